@@ -1,0 +1,457 @@
+/*
+ * cache.c - tree + pool + leases: the request logic of kvprefixd without the I/O.
+ *
+ *   owners (chained hash by owner id)          tree nodes            pool
+ *   ┌─────────┐   leases (list per owner)     ┌──────────┐        ┌──────────┐
+ *   │ owner 7 │──▶ lease 12 ─▶ lease 15       │ node     │──id──▶ │ block id │
+ *   └─────────┘    nodes[]: root..deepest ──▶ │ pins = k │        │ refs = k │
+ *
+ * Every pin of a node is mirrored by one pool reference on its block, and nothing else
+ * holds pool references between calls, so kvp_cache_check can verify that
+ * pool refs(block) == pins(node) == number of lease entries naming the node.
+ *
+ * Insert keeps one temporary pin on the node it is extending, so the eviction that
+ * makes room for the next block can never take the path being built.
+ */
+#include "kvp_cache.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct lease {
+	uint64_t id;
+	struct lease *next;               /* owner's list */
+	struct lease **pprev;
+	uint32_t n;
+	struct kvp_tree_node *nodes[];    /* (n) root first */
+};
+
+struct owner {
+	uint64_t id;
+	struct owner *hnext;
+	struct lease *leases;
+	uint32_t n_leases;
+};
+
+struct kvp_cache {
+	struct kvp_cache_config cfg;
+	struct kvp_tree *tree;
+	struct kvp_pool *pool;
+	struct kvp_tree_node **path;      /* (max_tokens / block_tokens) scratch */
+	size_t path_cap;
+	struct owner **owners;            /* (n_buckets) chained by hnext */
+	size_t n_buckets;
+	size_t n_owners;
+	uint64_t next_lease;
+	struct kvp_cache_stats st;
+};
+
+int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
+{
+	struct kvp_cache *c;
+	int rc;
+
+	if (cfg->block_tokens == 0 || cfg->block_tokens > KVP_BLOCK_TOKENS_MAX ||
+	    cfg->capacity_blocks == 0 || cfg->max_tokens == 0 || cfg->max_leases == 0)
+		return KVP_EINVAL;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return KVP_ENOMEM;
+	c->cfg = *cfg;
+	rc = kvp_tree_create(cfg->block_tokens, &c->tree);
+	if (rc)
+		goto out_free;
+	rc = kvp_pool_create(cfg->capacity_blocks, &c->pool);
+	if (rc)
+		goto out_tree;
+	rc = KVP_ENOMEM;
+	c->path_cap = cfg->max_tokens / cfg->block_tokens + 1;
+	c->path = calloc(c->path_cap, sizeof(*c->path));
+	if (!c->path)
+		goto out_pool;
+	c->n_buckets = 256;
+	c->owners = calloc(c->n_buckets, sizeof(*c->owners));
+	if (!c->owners)
+		goto out_path;
+	c->next_lease = 1;
+	*out = c;
+	return KVP_OK;
+
+out_path:
+	free(c->path);
+out_pool:
+	kvp_pool_destroy(c->pool);
+out_tree:
+	kvp_tree_destroy(c->tree);
+out_free:
+	free(c);
+	return rc;
+}
+
+void kvp_cache_destroy(struct kvp_cache *c)
+{
+	if (!c)
+		return;
+	for (size_t b = 0; b < c->n_buckets; b++) {
+		struct owner *o = c->owners[b];
+		while (o) {
+			struct owner *on = o->hnext;
+			for (struct lease *l = o->leases, *ln; l; l = ln) {
+				ln = l->next;
+				free(l);
+			}
+			free(o);
+			o = on;
+		}
+	}
+	free(c->owners);
+	free(c->path);
+	kvp_pool_destroy(c->pool);
+	kvp_tree_destroy(c->tree);
+	free(c);
+}
+
+uint32_t kvp_cache_block_tokens(const struct kvp_cache *c)
+{
+	return c->cfg.block_tokens;
+}
+
+static void pin_node(struct kvp_cache *c, struct kvp_tree_node *n)
+{
+	kvp_tree_pin(c->tree, n);
+	(void)kvp_pool_ref(c->pool, kvp_tree_node_block(n));
+}
+
+static void unpin_node(struct kvp_cache *c, struct kvp_tree_node *n)
+{
+	kvp_tree_unpin(c->tree, n);
+	(void)kvp_pool_unref(c->pool, kvp_tree_node_block(n));
+}
+
+/* ---- owners and leases ------------------------------------------------------- */
+
+static size_t owner_bucket(const struct kvp_cache *c, uint64_t id)
+{
+	return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 32) & (c->n_buckets - 1);
+}
+
+static struct owner *owner_find(const struct kvp_cache *c, uint64_t id)
+{
+	for (struct owner *o = c->owners[owner_bucket(c, id)]; o; o = o->hnext)
+		if (o->id == id)
+			return o;
+	return NULL;
+}
+
+/* Grow the owner table when it gets crowded; on failure keep the old one. */
+static void owners_maybe_grow(struct kvp_cache *c)
+{
+	size_t nb = c->n_buckets * 2;
+	struct owner **t;
+
+	if (c->n_owners < c->n_buckets)
+		return;
+	t = calloc(nb, sizeof(*t));
+	if (!t)
+		return;
+	for (size_t b = 0; b < c->n_buckets; b++) {
+		for (struct owner *o = c->owners[b], *on; o; o = on) {
+			size_t h = (size_t)((o->id * 0x9E3779B97F4A7C15ull) >> 32) & (nb - 1);
+			on = o->hnext;
+			o->hnext = t[h];
+			t[h] = o;
+		}
+	}
+	free(c->owners);
+	c->owners = t;
+	c->n_buckets = nb;
+}
+
+static void owner_remove(struct kvp_cache *c, struct owner *o)
+{
+	struct owner **pp = &c->owners[owner_bucket(c, o->id)];
+
+	while (*pp != o)
+		pp = &(*pp)->hnext;
+	*pp = o->hnext;
+	c->n_owners--;
+	free(o);
+}
+
+/* Room for a lease of up to n nodes, with its owner record. Changes nothing visible
+ * until lease_commit. */
+static int lease_prepare(struct kvp_cache *c, uint64_t owner, size_t n, struct owner **po,
+			 struct lease **pl)
+{
+	struct owner *o = owner_find(c, owner);
+	struct lease *l;
+
+	if (o && o->n_leases >= c->cfg.max_leases)
+		return KVP_EBUSY;
+	l = malloc(sizeof(*l) + n * sizeof(l->nodes[0]));
+	if (!l)
+		return KVP_ENOMEM;
+	if (!o) {
+		o = calloc(1, sizeof(*o));
+		if (!o) {
+			free(l);
+			return KVP_ENOMEM;
+		}
+		o->id = owner;
+		owners_maybe_grow(c);
+		o->hnext = c->owners[owner_bucket(c, owner)];
+		c->owners[owner_bucket(c, owner)] = o;
+		c->n_owners++;
+	}
+	*po = o;
+	*pl = l;
+	return KVP_OK;
+}
+
+/* Pin nodes[0..n) under lease l of owner o; n == 0 discards the lease. */
+static uint64_t lease_commit(struct kvp_cache *c, struct owner *o, struct lease *l,
+			     struct kvp_tree_node **nodes, size_t n)
+{
+	if (n == 0) {
+		free(l);
+		if (o->n_leases == 0)
+			owner_remove(c, o);
+		return 0;
+	}
+	l->id = c->next_lease++;
+	l->n = (uint32_t)n;
+	for (size_t i = 0; i < n; i++) {
+		l->nodes[i] = nodes[i];
+		pin_node(c, nodes[i]);
+	}
+	l->next = o->leases;
+	if (l->next)
+		l->next->pprev = &l->next;
+	l->pprev = &o->leases;
+	o->leases = l;
+	o->n_leases++;
+	c->st.leases_active++;
+	c->st.leases_total++;
+	return l->id;
+}
+
+static uint32_t lease_drop(struct kvp_cache *c, struct owner *o, struct lease *l)
+{
+	uint32_t n = l->n;
+
+	/* deepest first, so each unpinned node turns into an evictable leaf in order */
+	for (uint32_t i = n; i-- > 0;)
+		unpin_node(c, l->nodes[i]);
+	*l->pprev = l->next;
+	if (l->next)
+		l->next->pprev = l->pprev;
+	o->n_leases--;
+	c->st.leases_active--;
+	free(l);
+	return n;
+}
+
+int kvp_cache_release(struct kvp_cache *c, uint64_t owner, uint64_t lease, uint32_t *n_blocks)
+{
+	struct owner *o = owner_find(c, owner);
+	uint32_t n;
+
+	if (!o || lease == 0)
+		return KVP_ENOTFOUND;
+	for (struct lease *l = o->leases; l; l = l->next) {
+		if (l->id != lease)
+			continue;
+		n = lease_drop(c, o, l);
+		if (o->n_leases == 0)
+			owner_remove(c, o);
+		if (n_blocks)
+			*n_blocks = n;
+		return KVP_OK;
+	}
+	return KVP_ENOTFOUND;
+}
+
+size_t kvp_cache_release_owner(struct kvp_cache *c, uint64_t owner)
+{
+	struct owner *o = owner_find(c, owner);
+	size_t n = 0;
+
+	if (!o)
+		return 0;
+	while (o->leases) {
+		lease_drop(c, o, o->leases);
+		n++;
+	}
+	owner_remove(c, o);
+	return n;
+}
+
+/* ---- lookup and insert ------------------------------------------------------- */
+
+static void result_blocks(struct kvp_cache *c, size_t n, uint32_t *block_ids,
+			  struct kvp_cache_result *res)
+{
+	for (size_t i = 0; i < n; i++)
+		block_ids[i] = kvp_tree_node_block(c->path[i]);
+	res->n_blocks = (uint32_t)n;
+	res->matched_tokens = (uint32_t)(n * c->cfg.block_tokens);
+}
+
+int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+		     size_t n_tokens, uint64_t owner, bool pin, uint32_t *block_ids,
+		     struct kvp_cache_result *res)
+{
+	struct owner *o = NULL;
+	struct lease *l = NULL;
+	size_t m;
+	int rc;
+
+	memset(res, 0, sizeof(*res));
+	if (n_tokens > c->cfg.max_tokens)
+		return KVP_ETOOBIG;
+	if (pin && owner == 0)
+		return KVP_EINVAL;
+	if (pin) {
+		rc = lease_prepare(c, owner, n_tokens / c->cfg.block_tokens, &o, &l);
+		if (rc)
+			return rc;
+	}
+	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
+	result_blocks(c, m, block_ids, res);
+	res->prompt_tokens = (uint32_t)n_tokens;
+	if (pin)
+		res->lease = lease_commit(c, o, l, c->path, m);
+
+	c->st.lookups++;
+	c->st.lookup_hits += m > 0;
+	c->st.query_tokens += n_tokens;
+	c->st.hit_tokens += res->matched_tokens;
+	return KVP_OK;
+}
+
+/* A free pool block, evicting the least recently used unpinned leaf if needed. */
+static int take_block(struct kvp_cache *c, uint32_t *id)
+{
+	uint32_t victim;
+
+	while (kvp_pool_alloc(c->pool, id) == KVP_EFULL) {
+		if (kvp_tree_evict(c->tree, &victim))
+			return KVP_EFULL;
+		(void)kvp_pool_evict(c->pool, victim);
+		c->st.evictions++;
+	}
+	return KVP_OK;
+}
+
+int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+		     size_t n_tokens, uint64_t owner, bool pin, uint32_t *block_ids,
+		     struct kvp_cache_result *res)
+{
+	const uint32_t b = c->cfg.block_tokens;
+	const size_t nb = n_tokens / b;
+	struct kvp_tree_node *parent = NULL, *node;
+	struct owner *o = NULL;
+	struct lease *l = NULL;
+	struct kvp_key key = root;
+	size_t m, k;
+	int rc = KVP_OK;
+
+	memset(res, 0, sizeof(*res));
+	if (n_tokens > c->cfg.max_tokens)
+		return KVP_ETOOBIG;
+	if (pin && owner == 0)
+		return KVP_EINVAL;
+	if (pin) {
+		rc = lease_prepare(c, owner, nb, &o, &l);
+		if (rc)
+			return rc;
+	}
+
+	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
+	if (m > 0) {
+		parent = c->path[m - 1];
+		key = kvp_tree_node_key(parent);
+		pin_node(c, parent);   /* hold the path while evicting for the rest */
+	}
+	for (k = m; k < nb; k++) {
+		const uint32_t *blk = tokens + k * b;
+		uint32_t id;
+		int irc;
+
+		key = kvp_block_key(key, blk, b);
+		if (take_block(c, &id)) {
+			res->pool_full = true;
+			c->st.insert_full++;
+			break;
+		}
+		irc = kvp_tree_insert(c->tree, root, parent, key, blk, id, &node);
+		if (irc == KVP_EEXIST) {
+			(void)kvp_pool_put(c->pool, id);
+		} else if (irc) {
+			(void)kvp_pool_put(c->pool, id);
+			rc = irc;
+			break;
+		} else {
+			(void)kvp_pool_unref(c->pool, id);   /* now CACHED, owned by the tree */
+			res->new_blocks++;
+		}
+		pin_node(c, node);
+		if (parent)
+			unpin_node(c, parent);
+		parent = node;
+		c->path[k] = node;
+	}
+	if (parent)
+		unpin_node(c, parent);
+
+	result_blocks(c, k, block_ids, res);
+	res->prompt_tokens = (uint32_t)n_tokens;
+	if (pin)
+		res->lease = lease_commit(c, o, l, c->path, k);
+
+	c->st.inserts++;
+	c->st.insert_tokens += n_tokens;
+	c->st.inserted_blocks += res->new_blocks;
+	return rc;
+}
+
+void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st)
+{
+	*st = c->st;
+	st->pool = kvp_pool_counts(c->pool);
+	st->tree_nodes = kvp_tree_size(c->tree);
+}
+
+int kvp_cache_check(const struct kvp_cache *c)
+{
+	struct kvp_pool_counts pc = kvp_pool_counts(c->pool);
+	uint32_t *cnt;
+	int rc = KVP_OK;
+
+	if (kvp_pool_check(c->pool) || kvp_tree_check(c->tree))
+		return KVP_EINTERNAL;
+	/* every tree node owns exactly one non-free block */
+	if ((size_t)pc.cached + pc.referenced != kvp_tree_size(c->tree))
+		return KVP_EINTERNAL;
+	cnt = calloc(pc.total, sizeof(*cnt));
+	if (!cnt)
+		return KVP_ENOMEM;
+	for (size_t b = 0; b < c->n_buckets; b++)
+		for (const struct owner *o = c->owners[b]; o; o = o->hnext)
+			for (const struct lease *l = o->leases; l; l = l->next)
+				for (uint32_t i = 0; i < l->n; i++)
+					cnt[kvp_tree_node_block(l->nodes[i])]++;
+	for (size_t b = 0; b < c->n_buckets && rc == KVP_OK; b++)
+		for (const struct owner *o = c->owners[b]; o && rc == KVP_OK; o = o->hnext)
+			for (const struct lease *l = o->leases; l; l = l->next)
+				for (uint32_t i = 0; i < l->n; i++)
+					if (kvp_tree_node_pins(l->nodes[i]) !=
+					    cnt[kvp_tree_node_block(l->nodes[i])])
+						rc = KVP_EINTERNAL;
+	for (uint32_t id = 0; id < pc.total && rc == KVP_OK; id++)
+		if (kvp_pool_refs(c->pool, id) != cnt[id])
+			rc = KVP_EINTERNAL;
+	free(cnt);
+	return rc;
+}

@@ -1,0 +1,26 @@
+/*
+ * kvp_daemon.h - configuration and entry point of the kvprefixd server.
+ */
+#ifndef KVP_DAEMON_H
+#define KVP_DAEMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct kvp_config {
+	char socket_path[108];      /* sizeof(sockaddr_un.sun_path) */
+	char index_name[256];       /* namespace name in index-only mode */
+	bool index_only;
+	uint32_t block_tokens;
+	uint32_t capacity_blocks;
+	uint32_t max_tokens;        /* tokens per LOOKUP / INSERT */
+	uint32_t max_frame_bytes;   /* payload bytes per frame */
+	uint32_t max_connections;
+	uint32_t max_leases;        /* leases held by one connection */
+	uint32_t socket_mode;       /* permission bits of the socket file */
+};
+
+/* Run the event loop until SIGINT/SIGTERM. Returns the process exit code. */
+int kvp_server_run(const struct kvp_config *cfg);
+
+#endif

@@ -1,0 +1,111 @@
+/*
+ * kvp_index.h - chunking, chained block keys and the radix tree of cached blocks.
+ *
+ * A token sequence is cut into blocks of B tokens (1..KVP_BLOCK_TOKENS_MAX); only full
+ * blocks are cached. Block i's key is
+ *
+ *     k_i = XXH3-128( canon(k_{i-1}) || tokens_i as u32 little-endian )
+ *
+ * where canon() is xxHash's 16-byte canonical (big-endian) form and k_{-1} is the
+ * namespace root (kvp_ns_root). docs/hashing.md gives the byte layout and
+ * known-answer vectors.
+ *
+ * The tree holds one node per cached block: its key, its parent, a copy of its B
+ * tokens and the block id it owns (an opaque u32; the index knows nothing of KV).
+ * A match compares the key, the parent and the tokens, so a hash collision can only
+ * cost a miss. Leaves that no one pins sit on an LRU list and are evicted first.
+ *
+ * Threading: a tree is not thread-safe; one thread (the daemon's event loop) owns it.
+ * Memory: every allocation goes through kvp_index_alloc hooks (kvp_index_set_allocator)
+ * so tests can inject failure; a failed allocation leaves the tree unchanged.
+ */
+#ifndef KVP_INDEX_H
+#define KVP_INDEX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvp_status.h"
+
+#define KVP_BLOCK_TOKENS_MAX 4096u
+
+/* A 128-bit block key: the XXH128_hash_t value (low64, high64). */
+struct kvp_key {
+	uint64_t lo;
+	uint64_t hi;
+};
+
+static inline bool kvp_key_eq(struct kvp_key a, struct kvp_key b)
+{
+	return a.lo == b.lo && a.hi == b.hi;
+}
+
+/* Namespace root: XXH3-128 over "kvprefix/ns/v1" || u32le len(model) || model ||
+ * u32le tenant || u32le len(adapter) || adapter. NULL strings count as "". */
+struct kvp_key kvp_ns_root(const char *model, uint32_t tenant, const char *adapter);
+
+/* Key of one block of n tokens under parent. n <= KVP_BLOCK_TOKENS_MAX. */
+struct kvp_key kvp_block_key(struct kvp_key parent, const uint32_t *tokens, uint32_t n);
+
+/* Keys of the first n_blocks full blocks of tokens (block size b), written to out. */
+void kvp_chain_keys(struct kvp_key root, const uint32_t *tokens, size_t n_blocks,
+		    uint32_t b, struct kvp_key *out);
+
+/* Allocation hooks for index/ (default: libc). Pass NULLs to restore the default. */
+void kvp_index_set_allocator(void *(*alloc)(size_t), void (*release)(void *));
+
+struct kvp_tree;
+struct kvp_tree_node;
+
+/* Create a tree for blocks of block_tokens tokens. Returns KVP_EINVAL for a block size
+ * outside 1..KVP_BLOCK_TOKENS_MAX, KVP_ENOMEM. *out owned by the caller. */
+int kvp_tree_create(uint32_t block_tokens, struct kvp_tree **out);
+/* Free the tree and all its nodes (block ids are simply forgotten). NULL is fine. */
+void kvp_tree_destroy(struct kvp_tree *t);
+
+uint32_t kvp_tree_block_tokens(const struct kvp_tree *t);
+size_t kvp_tree_size(const struct kvp_tree *t);          /* nodes in the tree */
+size_t kvp_tree_evictable(const struct kvp_tree *t);     /* unpinned leaves on the LRU */
+
+/*
+ * Longest cached prefix of the full blocks of tokens[0..n_tokens) under root.
+ * Never allocates. Writes the matched nodes, root first, to path[] (room for
+ * max_nodes; matching stops there) and returns how many blocks matched. Matched nodes
+ * count as used now for LRU purposes.
+ */
+size_t kvp_tree_match(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens,
+		      size_t n_tokens, struct kvp_tree_node **path, size_t max_nodes);
+
+/*
+ * Add one block under parent (NULL: directly under root) with the given key (computed
+ * from parent's key, or root, by kvp_block_key) and tokens (block_tokens of them,
+ * copied). The new node is unpinned and becomes an evictable leaf; parent stops being
+ * one. Returns 0 and *out = the new node; KVP_EEXIST and *out = the existing node when
+ * the same block (key, parent, tokens) is already there; KVP_ENOMEM.
+ */
+int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_node *parent,
+		    struct kvp_key key, const uint32_t *tokens, uint32_t block_id,
+		    struct kvp_tree_node **out);
+
+/* Pin / unpin a node: a pinned node (or any ancestor of one) is never evicted. */
+void kvp_tree_pin(struct kvp_tree *t, struct kvp_tree_node *n);
+void kvp_tree_unpin(struct kvp_tree *t, struct kvp_tree_node *n);
+
+/* Evict the least recently used unpinned leaf: returns 0 and its block id, or
+ * KVP_EFULL when nothing can be evicted. Its parent may become an evictable leaf. */
+int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id);
+
+/* Remove every unpinned node, leaf first, calling cb for each block id freed. */
+void kvp_tree_clear(struct kvp_tree *t, void (*cb)(void *arg, uint32_t block_id), void *arg);
+
+struct kvp_key kvp_tree_node_key(const struct kvp_tree_node *n);
+uint32_t kvp_tree_node_block(const struct kvp_tree_node *n);
+uint32_t kvp_tree_node_pins(const struct kvp_tree_node *n);
+struct kvp_tree_node *kvp_tree_node_parent(const struct kvp_tree_node *n);
+const uint32_t *kvp_tree_node_tokens(const struct kvp_tree_node *n);
+
+/* Walk every structural invariant (links, LRU membership, counts). 0 or KVP_EINTERNAL. */
+int kvp_tree_check(const struct kvp_tree *t);
+
+#endif

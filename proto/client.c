@@ -1,0 +1,639 @@
+/*
+ * client.c - libkvprefix, the reference client of kvprefixd (contract: kvprefix.h).
+ *
+ * One call = one request frame out (a single sendmsg) and one reply frame in. The
+ * reply lands in a buffer the client owns and keeps until the next call, so that
+ * block ids can be handed out in place:
+ *
+ *   buf  0        16                40
+ *        | header | fixed reply fields | block ids ... |  next frame bytes, if any |
+ *        |<------------------ frame ----------------->|<-------- kept ---------->|
+ *        ^ a frame always starts at buf[0]: the next call drops `frame` bytes first
+ *
+ * Syscalls on the fast path (no timeout): sendmsg + recv, usually one of each. With a
+ * timeout, a poll() precedes each recv; the send side gets SO_SNDTIMEO once, when the
+ * timeout is set.
+ *
+ * A call that times out after its request went out leaves that reply owed: the next
+ * call reads and drops owed replies (their ids are the ones just before its own) before
+ * reading its own, so KVP_ETIMEDOUT leaves the client usable. A request only partly
+ * sent cannot be taken back: the client is then unusable (later calls: KVP_EIO).
+ * When the daemon hangs up mid-send (a frame over its limit), an ERROR it queued
+ * before closing is still read and returned; later calls return KVP_ECLOSED.
+ */
+#include "kvprefix.h"
+#include "kvp_proto.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define KVP_HOST_LE 1
+#else
+#define KVP_HOST_LE 0
+#endif
+
+#define CLIENT_MAX_REPLY (256u << 20)        /* payload bytes accepted in one reply */
+#define CLIENT_BUF_INIT (16u << 10)          /* receive buffer at connect */
+#define CLIENT_BUF_KEEP (4u << 20)           /* shrink back to INIT above this, when idle */
+#define CLIENT_MAX_TOKENS ((UINT32_MAX - 8u) / 4u)   /* what a u32 payload length holds */
+
+struct kvp_client {
+	int fd;
+	int fatal;              /* 0, or the status every later call returns */
+	uint32_t next_id;       /* req_id of the next request sent */
+	uint32_t owed;          /* replies still due to timed-out requests, to be dropped */
+	uint32_t timeout_ms;    /* 0: wait forever */
+	uint8_t *buf;           /* receive buffer; a frame starts at buf[0] */
+	size_t cap;             /* bytes allocated */
+	size_t have;            /* bytes received and held */
+	size_t frame;           /* bytes of the frame the last call returned */
+	uint8_t *scratch;       /* big-endian hosts: tokens converted for sending */
+	size_t scratch_cap;
+	char err[KVP_ERROR_MSG_MAX + 1];
+};
+
+static inline void put_le32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+/* ---- buffer ------------------------------------------------------------------------ */
+
+static int buf_reserve(struct kvp_client *c, size_t need)
+{
+	size_t ncap = c->cap;
+	uint8_t *nb;
+
+	if (need <= c->cap)
+		return 0;
+	while (ncap < need)
+		ncap = ncap > SIZE_MAX / 2 ? need : ncap * 2;
+	nb = realloc(c->buf, ncap);
+	if (!nb)
+		return KVP_ENOMEM;
+	c->buf = nb;
+	c->cap = ncap;
+	return 0;
+}
+
+/* Drop the frame the previous call returned, keeping any bytes received after it. */
+static void buf_consume(struct kvp_client *c)
+{
+	if (c->frame) {
+		c->have -= c->frame;
+		if (c->have)
+			memmove(c->buf, c->buf + c->frame, c->have);
+		c->frame = 0;
+	}
+	if (c->cap > CLIENT_BUF_KEEP && c->have <= CLIENT_BUF_INIT) {
+		uint8_t *nb = realloc(c->buf, CLIENT_BUF_INIT);
+
+		if (nb) {
+			c->buf = nb;
+			c->cap = CLIENT_BUF_INIT;
+		}
+	}
+}
+
+/* ---- time ---------------------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- I/O ------------------------------------------------------------------------------- */
+
+static int fail(struct kvp_client *c, int status)
+{
+	c->fatal = status;
+	return status;
+}
+
+/* Send every byte of iov. On failure nothing is retried: a partial frame on the wire
+ * makes the client unusable. */
+static int send_all(struct kvp_client *c, struct iovec *iov, int iovcnt, size_t total)
+{
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
+	size_t sent = 0;
+
+	for (;;) {
+		ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			int e = errno;
+
+			if (e == EINTR)
+				continue;
+			if (e == EAGAIN || e == EWOULDBLOCK) {
+				if (sent == 0)
+					return KVP_ETIMEDOUT;
+				c->fatal = KVP_EIO;
+				errno = ETIMEDOUT;
+				return KVP_ETIMEDOUT;
+			}
+			if (e == EPIPE || e == ECONNRESET)
+				return fail(c, KVP_ECLOSED);
+			return fail(c, KVP_EIO);
+		}
+		sent += (size_t)n;
+		if (sent == total)
+			return 0;
+		while ((size_t)n >= msg.msg_iov->iov_len) {
+			n -= (ssize_t)msg.msg_iov->iov_len;
+			msg.msg_iov++;
+			msg.msg_iovlen--;
+		}
+		msg.msg_iov->iov_base = (uint8_t *)msg.msg_iov->iov_base + n;
+		msg.msg_iov->iov_len -= (size_t)n;
+	}
+}
+
+/* Receive more bytes into the buffer (c->have < c->cap). */
+static int fill(struct kvp_client *c, int64_t deadline)
+{
+	for (;;) {
+		ssize_t n;
+
+		if (c->timeout_ms) {
+			struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+			int64_t left = deadline - now_ms();
+			int r;
+
+			if (left <= 0)
+				return KVP_ETIMEDOUT;
+			r = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left);
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				return fail(c, KVP_EIO);
+			}
+			if (r == 0)
+				return KVP_ETIMEDOUT;
+		}
+		n = recv(c->fd, c->buf + c->have, c->cap - c->have, 0);
+		if (n > 0) {
+			c->have += (size_t)n;
+			return 0;
+		}
+		if (n == 0)
+			return fail(c, KVP_ECLOSED);
+		if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+			continue;
+		if (errno == ECONNRESET)
+			return fail(c, KVP_ECLOSED);
+		return fail(c, KVP_EIO);
+	}
+}
+
+/* Make buf[0 .. KVP_HDR_SIZE + h->len) one whole frame. */
+static int read_frame(struct kvp_client *c, int64_t deadline, struct kvp_frame_hdr *h)
+{
+	size_t need;
+	int rc;
+
+	while (c->have < KVP_HDR_SIZE)
+		if ((rc = fill(c, deadline)) < 0)
+			return rc;
+	if (kvp_hdr_decode(c->buf, c->have, CLIENT_MAX_REPLY, h) < 0)
+		return fail(c, KVP_EPROTO);
+	need = KVP_HDR_SIZE + (size_t)h->len;
+	if ((rc = buf_reserve(c, need)) < 0)
+		return fail(c, rc);
+	while (c->have < need)
+		if ((rc = fill(c, deadline)) < 0)
+			return rc;
+	return 0;
+}
+
+static bool is_reply_type(uint8_t type)
+{
+	return type == KVP_T_ERROR ||
+	       ((type & KVP_T_REPLY) && kvp_frame_is_request((uint8_t)(type & ~KVP_T_REPLY)));
+}
+
+/* Keep an ERROR frame's message for kvp_client_error(); returns -code. */
+static int take_error(struct kvp_client *c, const uint8_t *p, size_t n)
+{
+	struct kvp_error e;
+
+	if (kvp_error_decode(p, n, &e) < 0)
+		return fail(c, KVP_EPROTO);
+	memcpy(c->err, e.msg, e.msg_len);
+	c->err[e.msg_len] = '\0';
+	return -(int)e.code;
+}
+
+/*
+ * The daemon closed while we were still sending: it may have said why first (a frame
+ * over its limit gets ERROR 4 as soon as its header is read). Take whatever is already
+ * queued, without waiting, and return that ERROR's code if a whole one is there.
+ */
+static int salvage_error(struct kvp_client *c, uint32_t id)
+{
+	struct kvp_frame_hdr h;
+
+	for (;;) {
+		ssize_t n;
+
+		if (c->have >= KVP_HDR_SIZE &&
+		    kvp_hdr_decode(c->buf, c->have, (uint32_t)kvp_error_size(KVP_ERROR_MSG_MAX), &h) == 0 &&
+		    c->have >= KVP_HDR_SIZE + (size_t)h.len) {
+			if (h.type != KVP_T_ERROR || h.req_id != id)
+				return KVP_ECLOSED;
+			c->frame = KVP_HDR_SIZE + (size_t)h.len;
+			return take_error(c, c->buf + KVP_HDR_SIZE, h.len);
+		}
+		if (c->have == c->cap)
+			return KVP_ECLOSED;
+		n = recv(c->fd, c->buf + c->have, c->cap - c->have, MSG_DONTWAIT);
+		if (n > 0)
+			c->have += (size_t)n;
+		else if (n < 0 && errno == EINTR)
+			continue;
+		else
+			return KVP_ECLOSED;
+	}
+}
+
+/*
+ * Send one request (iov[0] begins with KVP_HDR_SIZE bytes this function fills in) and
+ * wait for its reply; on 0, *payload / *len describe the reply payload inside c->buf.
+ */
+static int roundtrip(struct kvp_client *c, uint8_t type, struct iovec *iov, int iovcnt,
+		     size_t payload_len, const uint8_t **payload, uint32_t *len)
+{
+	struct kvp_frame_hdr h = {
+		.version = KVP_PROTO_VERSION,
+		.type = type,
+		.req_id = c->next_id,
+		.len = (uint32_t)payload_len,
+	};
+	uint32_t id = c->next_id;
+	int64_t deadline = 0;
+	int rc;
+
+	if (c->fatal)
+		return c->fatal;
+	buf_consume(c);
+	kvp_hdr_encode(iov[0].iov_base, &h);
+	if (c->timeout_ms)
+		deadline = now_ms() + c->timeout_ms;
+
+	/* On failure nothing went out unless c->fatal is set: the id stays free. */
+	if ((rc = send_all(c, iov, iovcnt, KVP_HDR_SIZE + payload_len)) < 0) {
+		if (rc == KVP_ECLOSED && !c->owed)
+			return salvage_error(c, id);
+		return rc;
+	}
+	c->next_id++;
+
+	for (;;) {
+		if ((rc = read_frame(c, deadline, &h)) < 0) {
+			if (rc == KVP_ETIMEDOUT && !c->fatal)
+				c->owed++;
+			return rc;
+		}
+		if (c->owed) {
+			/* A reply to an earlier request that timed out: drop it. */
+			if (h.req_id != id - c->owed || !is_reply_type(h.type))
+				return fail(c, KVP_EPROTO);
+			c->owed--;
+			c->frame = KVP_HDR_SIZE + (size_t)h.len;
+			buf_consume(c);
+			continue;
+		}
+		break;
+	}
+	c->frame = KVP_HDR_SIZE + (size_t)h.len;
+	if (h.type == KVP_T_ERROR) {
+		rc = take_error(c, c->buf + KVP_HDR_SIZE, h.len);
+		if (h.req_id != id)
+			return fail(c, KVP_EPROTO);
+		return rc;
+	}
+	if (h.req_id != id || h.type != (type | KVP_T_REPLY))
+		return fail(c, KVP_EPROTO);
+	*payload = c->buf + KVP_HDR_SIZE;
+	*len = h.len;
+	return 0;
+}
+
+static int check_client(struct kvp_client *c)
+{
+	if (!c)
+		return KVP_EINVAL;
+	c->err[0] = '\0';
+	return 0;
+}
+
+/* ---- public API ---------------------------------------------------------------------- */
+
+KVP_API int kvp_client_default_socket(char *buf, size_t cap)
+{
+	return kvp_default_socket_path(buf, cap);
+}
+
+KVP_API int kvp_client_connect(const char *path, struct kvp_client **out)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct kvp_client *c;
+	int rc, e;
+
+	*out = NULL;
+	if (path) {
+		if (strlen(path) >= sizeof(sa.sun_path))
+			return KVP_ETOOBIG;
+		memcpy(sa.sun_path, path, strlen(path) + 1);
+	} else if ((rc = kvp_default_socket_path(sa.sun_path, sizeof(sa.sun_path))) < 0) {
+		return rc;
+	}
+
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return KVP_ENOMEM;
+	c->buf = malloc(CLIENT_BUF_INIT);
+	if (!c->buf) {
+		rc = KVP_ENOMEM;
+		goto out_free_client;
+	}
+	c->cap = CLIENT_BUF_INIT;
+	c->next_id = 1;
+
+	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->fd < 0) {
+		rc = KVP_EIO;
+		goto out_free_buf;
+	}
+	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
+		socklen_t elen = sizeof(e);
+
+		if (errno != EINTR) {
+			rc = KVP_EIO;
+			goto out_close;
+		}
+		/* Interrupted: the connection goes on without us; wait for its outcome. */
+		while (poll(&pfd, 1, -1) < 0)
+			if (errno != EINTR) {
+				rc = KVP_EIO;
+				goto out_close;
+			}
+		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0 || e != 0) {
+			if (e != 0)
+				errno = e;
+			rc = KVP_EIO;
+			goto out_close;
+		}
+	}
+	*out = c;
+	return 0;
+
+out_close:
+	e = errno;
+	close(c->fd);
+	errno = e;
+out_free_buf:
+	free(c->buf);
+out_free_client:
+	e = errno;
+	free(c);
+	errno = e;
+	return rc;
+}
+
+KVP_API void kvp_client_close(struct kvp_client *c)
+{
+	if (!c)
+		return;
+	close(c->fd);
+	free(c->scratch);
+	free(c->buf);
+	free(c);
+}
+
+KVP_API int kvp_client_set_timeout_ms(struct kvp_client *c, uint32_t ms)
+{
+	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+	int rc;
+
+	if ((rc = check_client(c)) < 0)
+		return rc;
+	if (setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+		return KVP_EIO;
+	c->timeout_ms = ms;
+	return 0;
+}
+
+KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const char *salt,
+			     struct kvp_server_info *info)
+{
+	uint8_t frame[KVP_HDR_SIZE + 12 + 2 * KVP_NAME_MAX];
+	struct kvp_hello m = { .version = KVP_PROTO_VERSION };
+	struct kvp_hello_reply r;
+	struct iovec iov;
+	const uint8_t *p;
+	size_t alen, slen, n;
+	uint32_t len;
+	int rc;
+
+	if ((rc = check_client(c)) < 0)
+		return rc;
+	alen = adapter ? strnlen(adapter, KVP_NAME_MAX + 1) : 0;
+	slen = salt ? strnlen(salt, KVP_NAME_MAX + 1) : 0;
+	if (alen > KVP_NAME_MAX || slen > KVP_NAME_MAX)
+		return KVP_ETOOBIG;
+	m.adapter = adapter;
+	m.adapter_len = (uint16_t)alen;
+	m.salt = salt;
+	m.salt_len = (uint16_t)slen;
+	n = kvp_hello_encode(frame + KVP_HDR_SIZE, sizeof(frame) - KVP_HDR_SIZE, &m);
+	iov = (struct iovec){ frame, KVP_HDR_SIZE + n };
+
+	if ((rc = roundtrip(c, KVP_T_HELLO, &iov, 1, n, &p, &len)) < 0)
+		return rc;
+	if (kvp_hello_reply_decode(p, len, &r) < 0)
+		return fail(c, KVP_EPROTO);
+	if (r.version != KVP_PROTO_VERSION)
+		return KVP_EVERSION;
+	if (info) {
+		info->version = r.version;
+		info->block_tokens = r.block_tokens;
+		info->capacity_blocks = r.capacity_blocks;
+		info->max_tokens = r.max_tokens;
+		info->index_only = (r.flags & KVP_HELLO_INDEX_ONLY) ? 1 : 0;
+		info->tenant = r.tenant;
+		memcpy(info->name, r.name, r.name_len);
+		info->name[r.name_len] = '\0';
+	}
+	return 0;
+}
+
+/* LOOKUP and INSERT: header and fixed fields from the stack, tokens from the caller. */
+static int tokens_call(struct kvp_client *c, uint8_t type, const uint32_t *tokens,
+		       size_t n_tokens, uint32_t flags, struct kvp_match *out)
+{
+	uint8_t head[KVP_HDR_SIZE + 8];
+	struct iovec iov[2] = { { head, sizeof(head) } };
+	struct kvp_blocks_reply r;
+	const uint8_t *p;
+	size_t tbytes;
+	uint32_t len;
+	int rc;
+
+	if ((rc = check_client(c)) < 0)
+		return rc;
+	if ((flags & ~(uint32_t)KVP_LOOKUP_PIN) || (!tokens && n_tokens))
+		return KVP_EINVAL;
+	if (n_tokens > CLIENT_MAX_TOKENS)
+		return KVP_ETOOBIG;
+	tbytes = n_tokens * 4;
+	put_le32(head + KVP_HDR_SIZE, flags);
+	put_le32(head + KVP_HDR_SIZE + 4, (uint32_t)n_tokens);
+#if KVP_HOST_LE
+	iov[1].iov_base = (void *)tokens;
+#else
+	if (tbytes > c->scratch_cap) {
+		uint8_t *s = realloc(c->scratch, tbytes);
+
+		if (!s)
+			return KVP_ENOMEM;
+		c->scratch = s;
+		c->scratch_cap = tbytes;
+	}
+	kvp_store_u32s(c->scratch, tokens, n_tokens);
+	iov[1].iov_base = c->scratch;
+#endif
+	iov[1].iov_len = tbytes;
+
+	if ((rc = roundtrip(c, type, iov, tbytes ? 2 : 1, 8 + tbytes, &p, &len)) < 0)
+		return rc;
+	if (kvp_blocks_reply_decode(p, len, &r) < 0)
+		return fail(c, KVP_EPROTO);
+	if (!out)
+		return 0;
+	out->matched_tokens = r.matched_tokens;
+	out->prompt_tokens = r.prompt_tokens;
+	out->new_blocks = r.new_blocks;
+	out->lease = r.lease;
+	out->n_blocks = r.n_blocks;
+	/* The ids sit at buf + 40: 4-byte aligned, since buf comes from malloc. */
+#if KVP_HOST_LE
+	out->block_ids = (const uint32_t *)(const void *)r.block_ids;
+#else
+	{
+		/* Convert in place: the bytes are ours until the next call. */
+		uint8_t *raw = c->buf + KVP_HDR_SIZE + 24;
+		uint32_t *ids = (uint32_t *)(void *)raw;
+
+		for (uint32_t i = 0; i < r.n_blocks; i++) {
+			const uint8_t *b = raw + 4 * (size_t)i;
+			uint32_t v = (uint32_t)b[0] | (uint32_t)b[1] << 8 |
+				     (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+
+			ids[i] = v;
+		}
+		out->block_ids = ids;
+	}
+#endif
+	return 0;
+}
+
+KVP_API int kvp_client_lookup(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
+			      uint32_t flags, struct kvp_match *out)
+{
+	return tokens_call(c, KVP_T_LOOKUP, tokens, n_tokens, flags, out);
+}
+
+KVP_API int kvp_client_insert(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
+			      uint32_t flags, struct kvp_match *out)
+{
+	return tokens_call(c, KVP_T_INSERT, tokens, n_tokens, flags, out);
+}
+
+KVP_API int kvp_client_release(struct kvp_client *c, uint64_t lease, uint32_t *n_blocks)
+{
+	uint8_t frame[KVP_HDR_SIZE + 8];
+	struct iovec iov = { frame, sizeof(frame) };
+	const uint8_t *p;
+	uint32_t len, v;
+	int rc;
+
+	if ((rc = check_client(c)) < 0)
+		return rc;
+	kvp_release_encode(frame + KVP_HDR_SIZE, 8, lease);
+	if ((rc = roundtrip(c, KVP_T_RELEASE, &iov, 1, 8, &p, &len)) < 0)
+		return rc;
+	if (kvp_u32_decode(p, len, &v) < 0)
+		return fail(c, KVP_EPROTO);
+	if (n_blocks)
+		*n_blocks = v;
+	return 0;
+}
+
+KVP_API int kvp_client_stats(struct kvp_client *c, char **json)
+{
+	uint8_t frame[KVP_HDR_SIZE];
+	struct iovec iov = { frame, sizeof(frame) };
+	const uint8_t *p;
+	uint32_t len;
+	char *s;
+	int rc;
+
+	if ((rc = check_client(c)) < 0)
+		return rc;
+	if (!json)
+		return KVP_EINVAL;
+	*json = NULL;
+	if ((rc = roundtrip(c, KVP_T_STATS, &iov, 1, 0, &p, &len)) < 0)
+		return rc;
+	s = malloc((size_t)len + 1);
+	if (!s)
+		return KVP_ENOMEM;
+	memcpy(s, p, len);
+	s[len] = '\0';
+	*json = s;
+	return 0;
+}
+
+KVP_API int kvp_client_ping(struct kvp_client *c, const void *data, size_t n)
+{
+	uint8_t frame[KVP_HDR_SIZE];
+	struct iovec iov[2] = { { frame, sizeof(frame) }, { (void *)data, n } };
+	const uint8_t *p;
+	uint32_t len;
+	int rc;
+
+	if ((rc = check_client(c)) < 0)
+		return rc;
+	if (!data && n)
+		return KVP_EINVAL;
+	if (n > CLIENT_MAX_REPLY)
+		return KVP_ETOOBIG;
+	if ((rc = roundtrip(c, KVP_T_PING, iov, n ? 2 : 1, n, &p, &len)) < 0)
+		return rc;
+	if (len != n || (n && memcmp(p, data, n) != 0))
+		return fail(c, KVP_EPROTO);
+	return 0;
+}
+
+KVP_API const char *kvp_client_error(const struct kvp_client *c)
+{
+	return c ? c->err : "";
+}

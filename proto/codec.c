@@ -1,0 +1,471 @@
+/*
+ * codec.c - the frame codec of kvp_proto.h: bytes in, structs out. No I/O, no
+ * allocation, no global state; safe from any thread.
+ *
+ * Every decoder walks its payload with a cursor that checks each length against the
+ * bytes left before touching them, then insists the cursor ends exactly at n:
+ *
+ *     p                          p + n
+ *     |-- fixed --|len|--bytes--|                 ok: cursor == n
+ *     |-- fixed --|len|--by|                      KVP_EPROTO: field runs past n
+ *     |-- fixed --|len|--bytes--|xx|              KVP_EPROTO: trailing bytes
+ *
+ * Precedence when a payload is wrong in more than one way: layout first (KVP_EPROTO),
+ * then reserved flag bits (KVP_EINVAL), then limits (KVP_ETOOBIG). A frame whose
+ * layout is broken is always reported as malformed, whatever else it claims.
+ */
+#include "kvp_proto.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define KVP_HOST_LE 1
+#else
+#define KVP_HOST_LE 0
+#endif
+
+#define HELLO_FIXED 12u          /* version, flags, adapter_len, salt_len */
+#define HELLO_REPLY_FIXED 26u    /* six u32 and name_len */
+#define TOKENS_REQ_FIXED 8u      /* flags, n_tokens */
+#define BLOCKS_REPLY_FIXED 24u   /* matched, prompt, new_blocks, lease, n_blocks */
+#define ERROR_FIXED 6u           /* code, msg_len */
+
+#define HELLO_FLAGS_KNOWN 0u
+#define HELLO_REPLY_FLAGS_KNOWN KVP_HELLO_INDEX_ONLY
+#define TOKENS_FLAGS_KNOWN KVP_F_PIN
+
+/* ---- little-endian scalars --------------------------------------------------- */
+
+static inline void put_u16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void put_u32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+static inline void put_u64(uint8_t *p, uint64_t v)
+{
+	put_u32(p, (uint32_t)v);
+	put_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+static inline uint16_t get_u16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | (uint16_t)p[1] << 8);
+}
+
+static inline uint32_t get_u32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t get_u64(const uint8_t *p)
+{
+	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
+
+void kvp_load_u32s(uint32_t *dst, const uint8_t *src, size_t n)
+{
+	if (n == 0)
+		return;
+#if KVP_HOST_LE
+	memcpy(dst, src, n * sizeof(uint32_t));
+#else
+	for (size_t i = 0; i < n; i++)
+		dst[i] = get_u32(src + 4 * i);
+#endif
+}
+
+void kvp_store_u32s(uint8_t *dst, const uint32_t *src, size_t n)
+{
+	if (n == 0)
+		return;
+#if KVP_HOST_LE
+	memcpy(dst, src, n * sizeof(uint32_t));
+#else
+	for (size_t i = 0; i < n; i++)
+		put_u32(dst + 4 * i, src[i]);
+#endif
+}
+
+/* ---- bounded reader ----------------------------------------------------------- */
+
+struct rd {
+	const uint8_t *p;
+	size_t left;
+};
+
+static inline bool rd_u16(struct rd *r, uint16_t *v)
+{
+	if (r->left < 2)
+		return false;
+	*v = get_u16(r->p);
+	r->p += 2;
+	r->left -= 2;
+	return true;
+}
+
+static inline bool rd_u32(struct rd *r, uint32_t *v)
+{
+	if (r->left < 4)
+		return false;
+	*v = get_u32(r->p);
+	r->p += 4;
+	r->left -= 4;
+	return true;
+}
+
+static inline bool rd_u64(struct rd *r, uint64_t *v)
+{
+	if (r->left < 8)
+		return false;
+	*v = get_u64(r->p);
+	r->p += 8;
+	r->left -= 8;
+	return true;
+}
+
+/* Take len bytes in place; *out points into the input. */
+static inline bool rd_bytes(struct rd *r, size_t len, const uint8_t **out)
+{
+	if (r->left < len)
+		return false;
+	*out = r->p;
+	r->p += len;
+	r->left -= len;
+	return true;
+}
+
+/* Take count u32 values in place, without computing 4 * count first (it could wrap
+ * where size_t is 32 bits). */
+static inline bool rd_u32_array(struct rd *r, uint32_t count, const uint8_t **out)
+{
+	if (r->left / 4 < count)
+		return false;
+	return rd_bytes(r, (size_t)count * 4, out);
+}
+
+/* ---- header -------------------------------------------------------------------- */
+
+bool kvp_frame_is_request(uint8_t type)
+{
+	return type >= KVP_T_HELLO && type <= KVP_T_PING;
+}
+
+static bool frame_type_known(uint8_t type)
+{
+	if (type == KVP_T_ERROR)
+		return true;
+	return kvp_frame_is_request((uint8_t)(type & ~KVP_T_REPLY));
+}
+
+void kvp_hdr_encode(uint8_t out[KVP_HDR_SIZE], const struct kvp_frame_hdr *h)
+{
+	put_u32(out, KVP_PROTO_MAGIC);
+	out[4] = h->version;
+	out[5] = h->type;
+	put_u16(out + 6, h->flags);
+	put_u32(out + 8, h->req_id);
+	put_u32(out + 12, h->len);
+}
+
+int kvp_hdr_decode(const uint8_t *in, size_t n, uint32_t max_payload, struct kvp_frame_hdr *h)
+{
+	if (n < KVP_HDR_SIZE)
+		return KVP_EINVAL;
+	h->version = in[4];
+	h->type = in[5];
+	h->flags = get_u16(in + 6);
+	h->req_id = get_u32(in + 8);
+	h->len = get_u32(in + 12);
+
+	if (get_u32(in) != KVP_PROTO_MAGIC)
+		return KVP_EPROTO;
+	if (h->version != KVP_PROTO_VERSION)
+		return KVP_EVERSION;
+	if (!frame_type_known(h->type) || h->flags != 0)
+		return KVP_EPROTO;
+	if (h->len > max_payload)
+		return KVP_ETOOBIG;
+	return 0;
+}
+
+/* ---- HELLO ---------------------------------------------------------------------- */
+
+size_t kvp_hello_size(const struct kvp_hello *m)
+{
+	return HELLO_FIXED + (size_t)m->adapter_len + m->salt_len;
+}
+
+size_t kvp_hello_encode(uint8_t *out, size_t cap, const struct kvp_hello *m)
+{
+	size_t need = kvp_hello_size(m);
+	uint8_t *p = out;
+
+	if (m->adapter_len > KVP_NAME_MAX || m->salt_len > KVP_NAME_MAX || cap < need)
+		return 0;
+	put_u32(p, m->version);
+	put_u32(p + 4, m->flags);
+	put_u16(p + 8, m->adapter_len);
+	p += 10;
+	if (m->adapter_len)
+		memcpy(p, m->adapter, m->adapter_len);
+	p += m->adapter_len;
+	put_u16(p, m->salt_len);
+	p += 2;
+	if (m->salt_len)
+		memcpy(p, m->salt, m->salt_len);
+	return need;
+}
+
+int kvp_hello_decode(const uint8_t *p, size_t n, struct kvp_hello *m)
+{
+	struct rd r = { p, n };
+	const uint8_t *adapter, *salt;
+
+	if (!rd_u32(&r, &m->version) || !rd_u32(&r, &m->flags) ||
+	    !rd_u16(&r, &m->adapter_len) || !rd_bytes(&r, m->adapter_len, &adapter) ||
+	    !rd_u16(&r, &m->salt_len) || !rd_bytes(&r, m->salt_len, &salt) || r.left != 0)
+		return KVP_EPROTO;
+	m->adapter = (const char *)adapter;
+	m->salt = (const char *)salt;
+	if (m->flags & ~HELLO_FLAGS_KNOWN)
+		return KVP_EINVAL;
+	if (m->adapter_len > KVP_NAME_MAX || m->salt_len > KVP_NAME_MAX)
+		return KVP_ETOOBIG;
+	return 0;
+}
+
+/* ---- HELLO reply ------------------------------------------------------------------- */
+
+size_t kvp_hello_reply_size(const struct kvp_hello_reply *m)
+{
+	return HELLO_REPLY_FIXED + (size_t)m->name_len;
+}
+
+size_t kvp_hello_reply_encode(uint8_t *out, size_t cap, const struct kvp_hello_reply *m)
+{
+	size_t need = kvp_hello_reply_size(m);
+
+	if (m->name_len > KVP_NAME_MAX || cap < need)
+		return 0;
+	put_u32(out, m->version);
+	put_u32(out + 4, m->block_tokens);
+	put_u32(out + 8, m->capacity_blocks);
+	put_u32(out + 12, m->max_tokens);
+	put_u32(out + 16, m->flags);
+	put_u32(out + 20, m->tenant);
+	put_u16(out + 24, m->name_len);
+	if (m->name_len)
+		memcpy(out + HELLO_REPLY_FIXED, m->name, m->name_len);
+	return need;
+}
+
+int kvp_hello_reply_decode(const uint8_t *p, size_t n, struct kvp_hello_reply *m)
+{
+	struct rd r = { p, n };
+	const uint8_t *name;
+
+	if (!rd_u32(&r, &m->version) || !rd_u32(&r, &m->block_tokens) ||
+	    !rd_u32(&r, &m->capacity_blocks) || !rd_u32(&r, &m->max_tokens) ||
+	    !rd_u32(&r, &m->flags) || !rd_u32(&r, &m->tenant) ||
+	    !rd_u16(&r, &m->name_len) || !rd_bytes(&r, m->name_len, &name) || r.left != 0)
+		return KVP_EPROTO;
+	m->name = (const char *)name;
+	if (m->flags & ~HELLO_REPLY_FLAGS_KNOWN)
+		return KVP_EINVAL;
+	if (m->name_len > KVP_NAME_MAX)
+		return KVP_ETOOBIG;
+	return 0;
+}
+
+/* ---- LOOKUP / INSERT requests ---------------------------------------------------------- */
+
+size_t kvp_tokens_req_size(uint32_t n_tokens)
+{
+	return TOKENS_REQ_FIXED + (size_t)n_tokens * 4;
+}
+
+size_t kvp_tokens_req_encode(uint8_t *out, size_t cap, uint32_t flags, const uint32_t *tokens,
+			     uint32_t n_tokens)
+{
+	if ((flags & ~TOKENS_FLAGS_KNOWN) || cap < TOKENS_REQ_FIXED ||
+	    (cap - TOKENS_REQ_FIXED) / 4 < n_tokens)
+		return 0;
+	put_u32(out, flags);
+	put_u32(out + 4, n_tokens);
+	kvp_store_u32s(out + TOKENS_REQ_FIXED, tokens, n_tokens);
+	return kvp_tokens_req_size(n_tokens);
+}
+
+int kvp_tokens_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
+			  struct kvp_tokens_req *m)
+{
+	struct rd r = { p, n };
+
+	if (!rd_u32(&r, &m->flags) || !rd_u32(&r, &m->n_tokens) ||
+	    !rd_u32_array(&r, m->n_tokens, &m->tokens) || r.left != 0)
+		return KVP_EPROTO;
+	if (m->flags & ~TOKENS_FLAGS_KNOWN)
+		return KVP_EINVAL;
+	if (m->n_tokens > max_tokens)
+		return KVP_ETOOBIG;
+	return 0;
+}
+
+/* ---- LOOKUP / INSERT replies -------------------------------------------------------------- */
+
+size_t kvp_blocks_reply_size(uint32_t n_blocks)
+{
+	return BLOCKS_REPLY_FIXED + (size_t)n_blocks * 4;
+}
+
+size_t kvp_blocks_reply_encode(uint8_t *out, size_t cap, const struct kvp_blocks_reply *m,
+			       const uint32_t *block_ids)
+{
+	if (cap < BLOCKS_REPLY_FIXED || (cap - BLOCKS_REPLY_FIXED) / 4 < m->n_blocks)
+		return 0;
+	put_u32(out, m->matched_tokens);
+	put_u32(out + 4, m->prompt_tokens);
+	put_u32(out + 8, m->new_blocks);
+	put_u64(out + 12, m->lease);
+	put_u32(out + 20, m->n_blocks);
+	kvp_store_u32s(out + BLOCKS_REPLY_FIXED, block_ids, m->n_blocks);
+	return kvp_blocks_reply_size(m->n_blocks);
+}
+
+int kvp_blocks_reply_decode(const uint8_t *p, size_t n, struct kvp_blocks_reply *m)
+{
+	struct rd r = { p, n };
+
+	if (!rd_u32(&r, &m->matched_tokens) || !rd_u32(&r, &m->prompt_tokens) ||
+	    !rd_u32(&r, &m->new_blocks) || !rd_u64(&r, &m->lease) ||
+	    !rd_u32(&r, &m->n_blocks) || !rd_u32_array(&r, m->n_blocks, &m->block_ids) ||
+	    r.left != 0)
+		return KVP_EPROTO;
+	return 0;
+}
+
+/* ---- RELEASE and single-u32 payloads ------------------------------------------------------ */
+
+size_t kvp_release_encode(uint8_t *out, size_t cap, uint64_t lease)
+{
+	if (cap < 8)
+		return 0;
+	put_u64(out, lease);
+	return 8;
+}
+
+int kvp_release_decode(const uint8_t *p, size_t n, uint64_t *lease)
+{
+	if (n != 8)
+		return KVP_EPROTO;
+	*lease = get_u64(p);
+	return 0;
+}
+
+size_t kvp_u32_encode(uint8_t *out, size_t cap, uint32_t v)
+{
+	if (cap < 4)
+		return 0;
+	put_u32(out, v);
+	return 4;
+}
+
+int kvp_u32_decode(const uint8_t *p, size_t n, uint32_t *v)
+{
+	if (n != 4)
+		return KVP_EPROTO;
+	*v = get_u32(p);
+	return 0;
+}
+
+/* ---- ERROR --------------------------------------------------------------------------------- */
+
+size_t kvp_error_size(size_t msg_len)
+{
+	return ERROR_FIXED + (msg_len > KVP_ERROR_MSG_MAX ? KVP_ERROR_MSG_MAX : msg_len);
+}
+
+/* Length of msg once cut to KVP_ERROR_MSG_MAX bytes, backing off so that the cut
+ * never splits a UTF-8 sequence (at most 3 continuation bytes are dropped). */
+static size_t error_msg_len(const char *msg)
+{
+	size_t len;
+
+	if (!msg)
+		return 0;
+	len = strnlen(msg, KVP_ERROR_MSG_MAX + 1);
+	if (len <= KVP_ERROR_MSG_MAX)
+		return len;
+	len = KVP_ERROR_MSG_MAX;
+	for (int i = 0; i < 3 && ((uint8_t)msg[len] & 0xC0) == 0x80; i++)
+		len--;
+	return len;
+}
+
+size_t kvp_error_encode(uint8_t *out, size_t cap, int status, const char *msg)
+{
+	size_t len = error_msg_len(msg);
+	size_t need = ERROR_FIXED + len;
+	uint32_t code;
+
+	if (status == 0 || cap < need)
+		return 0;
+	code = status < 0 ? (uint32_t)0 - (uint32_t)status : (uint32_t)status;
+	if (code > INT32_MAX)
+		return 0;
+	put_u32(out, code);
+	put_u16(out + 4, (uint16_t)len);
+	if (len)
+		memcpy(out + ERROR_FIXED, msg, len);
+	return need;
+}
+
+int kvp_error_decode(const uint8_t *p, size_t n, struct kvp_error *m)
+{
+	struct rd r = { p, n };
+	const uint8_t *msg;
+
+	if (!rd_u32(&r, &m->code) || !rd_u16(&r, &m->msg_len) ||
+	    !rd_bytes(&r, m->msg_len, &msg) || r.left != 0)
+		return KVP_EPROTO;
+	m->msg = (const char *)msg;
+	/* 0 is success and cannot be an error; over INT32_MAX cannot be negated back. */
+	if (m->code == 0 || m->code > INT32_MAX)
+		return KVP_EPROTO;
+	if (m->msg_len > KVP_ERROR_MSG_MAX)
+		return KVP_ETOOBIG;
+	return 0;
+}
+
+/* ---- default socket path ------------------------------------------------------------------- */
+
+int kvp_default_socket_path(char *buf, size_t cap)
+{
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	uid_t uid = geteuid();
+	int len;
+
+	/* The XDG base directory spec says relative paths are invalid: ignore them. */
+	if (xdg && xdg[0] == '/')
+		len = snprintf(buf, cap, "%s/kvprefix/kvprefixd.sock", xdg);
+	else if (uid == 0)
+		len = snprintf(buf, cap, "/run/kvprefix/kvprefixd.sock");
+	else
+		len = snprintf(buf, cap, "/tmp/kvprefix-%lu/kvprefixd.sock", (unsigned long)uid);
+	if (len < 0 || (size_t)len >= cap)
+		return KVP_ETOOBIG;
+	return 0;
+}

@@ -1,0 +1,64 @@
+/*
+ * kvp_store.h - the block pool: fixed capacity, free list, per-block reference counts.
+ *
+ *   state        refs  on free list   meaning
+ *   FREE           0       yes        no one holds it
+ *   CACHED         0       no         resident in the index, evictable
+ *   REFERENCED    >=1      no         pinned by a lease or in use by a request
+ *
+ *   alloc:   FREE -> REFERENCED(1)          ref:   CACHED|REFERENCED -> REFERENCED(+1)
+ *   unref:   REFERENCED(1) -> CACHED        put:   REFERENCED(1) -> FREE (never cached)
+ *   evict:   CACHED -> FREE
+ *
+ * Invariant (kvp_pool_check): free + cached + referenced == total at every step.
+ * In index-only mode a block is only an id; no KV bytes exist.
+ * Threading: not thread-safe; one owner thread. Allocation only at create time.
+ */
+#ifndef KVP_STORE_H
+#define KVP_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvp_status.h"
+
+enum kvp_block_state {
+	KVP_BLOCK_FREE = 0,
+	KVP_BLOCK_CACHED = 1,
+	KVP_BLOCK_REFERENCED = 2,
+};
+
+struct kvp_pool;
+
+struct kvp_pool_counts {
+	uint32_t total;
+	uint32_t free;
+	uint32_t cached;
+	uint32_t referenced;
+};
+
+/* Allocation hooks for store/ (default: libc). NULLs restore the default. */
+void kvp_store_set_allocator(void *(*alloc)(size_t), void (*release)(void *));
+
+/* A pool of capacity blocks (1..2^31). KVP_EINVAL, KVP_ENOMEM. */
+int kvp_pool_create(uint32_t capacity, struct kvp_pool **out);
+void kvp_pool_destroy(struct kvp_pool *p);
+
+/* Take a free block: 0 and *id (now REFERENCED, refs 1), or KVP_EFULL. */
+int kvp_pool_alloc(struct kvp_pool *p, uint32_t *id);
+/* Add a reference to a CACHED or REFERENCED block. KVP_EINVAL on a FREE or bad id. */
+int kvp_pool_ref(struct kvp_pool *p, uint32_t id);
+/* Drop a reference; the last one leaves the block CACHED. KVP_EINVAL if not referenced. */
+int kvp_pool_unref(struct kvp_pool *p, uint32_t id);
+/* Drop the last reference of a block that was never cached: back to FREE. */
+int kvp_pool_put(struct kvp_pool *p, uint32_t id);
+/* Return an unreferenced CACHED block to the free list. KVP_EINVAL otherwise. */
+int kvp_pool_evict(struct kvp_pool *p, uint32_t id);
+
+enum kvp_block_state kvp_pool_state(const struct kvp_pool *p, uint32_t id);
+uint32_t kvp_pool_refs(const struct kvp_pool *p, uint32_t id);
+struct kvp_pool_counts kvp_pool_counts(const struct kvp_pool *p);
+/* Recount every block and compare with the counters: 0 or KVP_EINTERNAL. O(capacity). */
+int kvp_pool_check(const struct kvp_pool *p);
+
+#endif

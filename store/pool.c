@@ -1,0 +1,206 @@
+/*
+ * pool.c - the block pool: a fixed array of per-block states and reference counts
+ * with an intrusive free list threaded through a parallel array of next indices.
+ *
+ *   id:      0     1     2     3     4     5
+ *   state:   REF   FREE  CACH  FREE  REF   FREE
+ *   refs:    2     0     0     0     1     0
+ *   next:    -     3     -     5     -     NIL       free_head = 1
+ *
+ * The free list is LIFO so a recently freed block (warm in cache) is reused first.
+ * Counters (free, cached, referenced) change with every transition; kvp_pool_check
+ * recounts the arrays and compares, which is what the invariant tests call.
+ */
+#include "kvp_store.h"
+
+#include <assert.h>
+#include <stdlib.h>
+
+#define NIL UINT32_MAX
+#define KVP_POOL_MAX (1u << 31)
+
+static void *(*store_alloc)(size_t) = malloc;
+static void (*store_release)(void *) = free;
+
+void kvp_store_set_allocator(void *(*alloc)(size_t), void (*release)(void *))
+{
+	store_alloc = alloc ? alloc : malloc;
+	store_release = release ? release : free;
+}
+
+struct kvp_pool {
+	uint32_t capacity;
+	uint32_t free_head;
+	uint32_t n_free;
+	uint32_t n_cached;
+	uint32_t n_referenced;
+	uint8_t *state;       /* (capacity) enum kvp_block_state */
+	uint32_t *refs;       /* (capacity) reference counts */
+	uint32_t *next;       /* (capacity) free list links, NIL-terminated */
+};
+
+int kvp_pool_create(uint32_t capacity, struct kvp_pool **out)
+{
+	struct kvp_pool *p;
+
+	if (capacity == 0 || capacity > KVP_POOL_MAX)
+		return KVP_EINVAL;
+	p = store_alloc(sizeof(*p));
+	if (!p)
+		return KVP_ENOMEM;
+	p->state = store_alloc((size_t)capacity);
+	if (!p->state)
+		goto out_free_pool;
+	p->refs = store_alloc((size_t)capacity * sizeof(uint32_t));
+	if (!p->refs)
+		goto out_free_state;
+	p->next = store_alloc((size_t)capacity * sizeof(uint32_t));
+	if (!p->next)
+		goto out_free_refs;
+
+	p->capacity = capacity;
+	for (uint32_t i = 0; i < capacity; i++) {
+		p->state[i] = KVP_BLOCK_FREE;
+		p->refs[i] = 0;
+		p->next[i] = i + 1 < capacity ? i + 1 : NIL;
+	}
+	p->free_head = 0;
+	p->n_free = capacity;
+	p->n_cached = 0;
+	p->n_referenced = 0;
+	*out = p;
+	return KVP_OK;
+
+out_free_refs:
+	store_release(p->refs);
+out_free_state:
+	store_release(p->state);
+out_free_pool:
+	store_release(p);
+	return KVP_ENOMEM;
+}
+
+void kvp_pool_destroy(struct kvp_pool *p)
+{
+	if (!p)
+		return;
+	store_release(p->next);
+	store_release(p->refs);
+	store_release(p->state);
+	store_release(p);
+}
+
+int kvp_pool_alloc(struct kvp_pool *p, uint32_t *id)
+{
+	uint32_t b = p->free_head;
+
+	if (b == NIL)
+		return KVP_EFULL;
+	assert(p->state[b] == KVP_BLOCK_FREE);
+	p->free_head = p->next[b];
+	p->next[b] = NIL;
+	p->state[b] = KVP_BLOCK_REFERENCED;
+	p->refs[b] = 1;
+	p->n_free--;
+	p->n_referenced++;
+	*id = b;
+	return KVP_OK;
+}
+
+int kvp_pool_ref(struct kvp_pool *p, uint32_t id)
+{
+	if (id >= p->capacity || p->state[id] == KVP_BLOCK_FREE)
+		return KVP_EINVAL;
+	if (p->state[id] == KVP_BLOCK_CACHED) {
+		p->state[id] = KVP_BLOCK_REFERENCED;
+		p->n_cached--;
+		p->n_referenced++;
+	}
+	p->refs[id]++;
+	return KVP_OK;
+}
+
+int kvp_pool_unref(struct kvp_pool *p, uint32_t id)
+{
+	if (id >= p->capacity || p->state[id] != KVP_BLOCK_REFERENCED)
+		return KVP_EINVAL;
+	if (--p->refs[id] == 0) {
+		p->state[id] = KVP_BLOCK_CACHED;
+		p->n_referenced--;
+		p->n_cached++;
+	}
+	return KVP_OK;
+}
+
+static void push_free(struct kvp_pool *p, uint32_t id)
+{
+	p->state[id] = KVP_BLOCK_FREE;
+	p->refs[id] = 0;
+	p->next[id] = p->free_head;
+	p->free_head = id;
+	p->n_free++;
+}
+
+int kvp_pool_put(struct kvp_pool *p, uint32_t id)
+{
+	if (id >= p->capacity || p->state[id] != KVP_BLOCK_REFERENCED || p->refs[id] != 1)
+		return KVP_EINVAL;
+	p->n_referenced--;
+	push_free(p, id);
+	return KVP_OK;
+}
+
+int kvp_pool_evict(struct kvp_pool *p, uint32_t id)
+{
+	if (id >= p->capacity || p->state[id] != KVP_BLOCK_CACHED)
+		return KVP_EINVAL;
+	p->n_cached--;
+	push_free(p, id);
+	return KVP_OK;
+}
+
+enum kvp_block_state kvp_pool_state(const struct kvp_pool *p, uint32_t id)
+{
+	return id < p->capacity ? (enum kvp_block_state)p->state[id] : KVP_BLOCK_FREE;
+}
+
+uint32_t kvp_pool_refs(const struct kvp_pool *p, uint32_t id)
+{
+	return id < p->capacity ? p->refs[id] : 0;
+}
+
+struct kvp_pool_counts kvp_pool_counts(const struct kvp_pool *p)
+{
+	return (struct kvp_pool_counts){
+		.total = p->capacity,
+		.free = p->n_free,
+		.cached = p->n_cached,
+		.referenced = p->n_referenced,
+	};
+}
+
+int kvp_pool_check(const struct kvp_pool *p)
+{
+	uint32_t n[3] = { 0, 0, 0 };
+	uint32_t on_list = 0;
+
+	for (uint32_t i = 0; i < p->capacity; i++) {
+		uint8_t s = p->state[i];
+		if (s > KVP_BLOCK_REFERENCED)
+			return KVP_EINTERNAL;
+		if ((s == KVP_BLOCK_REFERENCED) != (p->refs[i] > 0))
+			return KVP_EINTERNAL;
+		n[s]++;
+	}
+	/* The free list must hold exactly the FREE blocks: walk at most capacity links. */
+	for (uint32_t b = p->free_head; b != NIL; b = p->next[b]) {
+		if (b >= p->capacity || p->state[b] != KVP_BLOCK_FREE || ++on_list > p->capacity)
+			return KVP_EINTERNAL;
+	}
+	if (n[KVP_BLOCK_FREE] != p->n_free || on_list != p->n_free ||
+	    n[KVP_BLOCK_CACHED] != p->n_cached || n[KVP_BLOCK_REFERENCED] != p->n_referenced)
+		return KVP_EINTERNAL;
+	if ((uint64_t)p->n_free + p->n_cached + p->n_referenced != p->capacity)
+		return KVP_EINTERNAL;
+	return KVP_OK;
+}

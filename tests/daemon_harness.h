@@ -1,0 +1,30 @@
+/*
+ * daemon_harness.h - start the real kvprefixd on a temporary socket for a test, and
+ * stop it. Tests talk to it through libkvprefix or the real tools, as users do.
+ */
+#ifndef KVP_DAEMON_HARNESS_H
+#define KVP_DAEMON_HARNESS_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct kvp_daemon {
+	pid_t pid;
+	char dir[64];       /* private temporary directory, removed by stop */
+	char socket[108];   /* dir + "/kvprefixd.sock" */
+	char log[128];      /* dir + "/kvprefixd.log": the daemon's stderr */
+};
+
+/* Start KVP_DAEMON_PATH --index-only --socket <tmp> --log-level info plus args (a NULL-
+ * terminated list, may be NULL) and wait up to 10 s until the socket accepts. 0 or -1. */
+int kvp_daemon_start(struct kvp_daemon *d, const char *const *args);
+/* SIGTERM, wait up to 10 s (then SIGKILL); returns the exit status (-1 if killed or it
+ * did not exit cleanly). Removes the temporary directory. */
+int kvp_daemon_stop(struct kvp_daemon *d);
+/* True while the daemon process has not exited. */
+bool kvp_daemon_alive(struct kvp_daemon *d);
+/* Run a command line via sh -c with stdout captured into out (NUL-terminated, cut at
+ * cap). Returns the exit status, or -1. */
+int kvp_run_capture(const char *cmd, char *out, size_t cap);
+
+#endif

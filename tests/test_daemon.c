@@ -1,0 +1,547 @@
+/*
+ * test_daemon.c - the real kvprefixd on a temporary socket, driven through libkvprefix
+ * (and raw frames where a misbehaving client is the point).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "daemon_harness.h"
+#include "kvp_proto.h"
+#include "kvprefix.h"
+
+#define B 16
+
+static struct kvp_daemon d;
+
+static void start(void)
+{
+	const char *args[] = { "--block-tokens", "16", "--capacity-blocks", "4096",
+			       "--max-tokens", "65536", "--max-frame-bytes", "1048576", NULL };
+	cr_assert_eq(kvp_daemon_start(&d, args), 0, "kvprefixd did not start");
+}
+
+static void stop(void)
+{
+	if (d.pid > 0)
+		kvp_daemon_stop(&d);
+}
+
+static struct kvp_client *conn(void)
+{
+	struct kvp_client *c = NULL;
+	int rc = kvp_client_connect(d.socket, &c);
+
+	cr_assert_eq(rc, 0, "connect: %s", kvp_strerror(rc));
+	cr_assert_eq(kvp_client_set_timeout_ms(c, 10000), 0);
+	return c;
+}
+
+static void fill(uint32_t *t, size_t n, uint32_t seed)
+{
+	for (size_t i = 0; i < n; i++)
+		t[i] = (uint32_t)((seed * 2654435761u) ^ (uint32_t)(i * 40503u)) % 32000u;
+}
+
+/* A numeric field of the daemon's STATS object. */
+static double stat_of(struct kvp_client *c, const char *key)
+{
+	char *json = NULL;
+	cJSON *o, *v;
+	double x;
+
+	cr_assert_eq(kvp_client_stats(c, &json), 0);
+	o = cJSON_Parse(json);
+	cr_assert_not_null(o, "STATS is not JSON: %s", json);
+	v = cJSON_GetObjectItemCaseSensitive(o, key);
+	cr_assert(cJSON_IsNumber(v), "STATS has no number '%s': %s", key, json);
+	x = v->valuedouble;
+	cJSON_Delete(o);
+	free(json);
+	return x;
+}
+
+static void assert_pool_balanced(struct kvp_client *c)
+{
+	double total = stat_of(c, "blocks_total"), f = stat_of(c, "blocks_free");
+	double cached = stat_of(c, "blocks_cached"), pinned = stat_of(c, "blocks_pinned");
+
+	cr_assert_eq(f + cached + pinned, total, "free %g + cached %g + pinned %g != total %g",
+		     f, cached, pinned, total);
+}
+
+/* Poll until blocks_pinned reaches want (a closed connection is released by the loop). */
+static void wait_pinned(struct kvp_client *c, double want)
+{
+	for (int i = 0; i < 500; i++) {
+		if (stat_of(c, "blocks_pinned") == want)
+			return;
+		usleep(10000);
+	}
+	cr_assert_fail("blocks_pinned stayed at %g, want %g", stat_of(c, "blocks_pinned"), want);
+}
+
+static int raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct timeval tv = { 10, 0 };
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d.socket);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static void raw_send(int fd, const void *p, size_t n)
+{
+	cr_assert_eq(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
+}
+
+/* Read one frame; returns its header, payload into buf. */
+static struct kvp_frame_hdr raw_recv(int fd, uint8_t *buf, size_t cap)
+{
+	uint8_t hb[KVP_HDR_SIZE];
+	struct kvp_frame_hdr h;
+	size_t got = 0;
+
+	while (got < sizeof(hb)) {
+		ssize_t r = recv(fd, hb + got, sizeof(hb) - got, 0);
+		cr_assert_gt(r, 0, "connection closed before a reply header");
+		got += (size_t)r;
+	}
+	cr_assert_eq(kvp_hdr_decode(hb, sizeof(hb), (uint32_t)cap, &h), 0);
+	for (got = 0; got < h.len;) {
+		ssize_t r = recv(fd, buf + got, h.len - got, 0);
+		cr_assert_gt(r, 0);
+		got += (size_t)r;
+	}
+	return h;
+}
+
+static void raw_expect_error_then_close(int fd, uint32_t code)
+{
+	uint8_t buf[4096];
+	struct kvp_frame_hdr h = raw_recv(fd, buf, sizeof(buf));
+	struct kvp_error e;
+	char sink;
+
+	cr_assert_eq(h.type, KVP_T_ERROR);
+	cr_assert_eq(kvp_error_decode(buf, h.len, &e), 0);
+	cr_assert_eq(e.code, code, "ERROR code %u (%.*s), want %u", e.code, e.msg_len, e.msg, code);
+	cr_assert_gt(e.msg_len, 0, "an ERROR carries a message");
+	cr_assert_eq(recv(fd, &sink, 1, 0), 0, "the daemon should close after a fatal error");
+}
+
+TestSuite(daemon, .init = start, .fini = stop, .timeout = 60);
+
+Test(daemon, hello_lookup_insert_release)
+{
+	struct kvp_client *c = conn();
+	struct kvp_server_info info;
+	struct kvp_match m;
+	uint32_t t[100];
+
+	cr_assert_eq(kvp_client_hello(c, NULL, NULL, &info), 0);
+	cr_assert_eq(info.block_tokens, B);
+	cr_assert_eq(info.capacity_blocks, 4096);
+	cr_assert_eq(info.index_only, 1);
+	cr_assert_eq(info.tenant, getuid());
+	fill(t, 100, 1);
+
+	cr_assert_eq(kvp_client_lookup(c, t, 100, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 0);
+	cr_assert_eq(m.prompt_tokens, 100);
+	cr_assert_eq(kvp_client_insert(c, t, 100, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 96, "only full blocks are cached");
+	cr_assert_eq(m.new_blocks, 6);
+	cr_assert_eq(m.n_blocks, 6);
+	uint32_t ids[6];
+	memcpy(ids, m.block_ids, sizeof(ids));
+
+	cr_assert_eq(kvp_client_lookup(c, t, 100, KVP_LOOKUP_PIN, &m), 0);
+	cr_assert_eq(m.matched_tokens, 96);
+	cr_assert_neq(m.lease, 0);
+	cr_assert_arr_eq(m.block_ids, ids, sizeof(ids), "lookup names the inserted blocks");
+	cr_assert_eq(stat_of(c, "blocks_pinned"), 6);
+	assert_pool_balanced(c);
+	uint32_t n = 0;
+	cr_assert_eq(kvp_client_release(c, m.lease, &n), 0);
+	cr_assert_eq(n, 6);
+	cr_assert_eq(kvp_client_release(c, m.lease, NULL), KVP_ENOTFOUND,
+		     "a lease is released once");
+	cr_assert_gt(strlen(kvp_client_error(c)), 0);
+	cr_assert_eq(stat_of(c, "blocks_pinned"), 0);
+
+	/* a diverging suffix matches only the shared full blocks */
+	t[40] ^= 1;
+	cr_assert_eq(kvp_client_lookup(c, t, 100, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 32);
+	cr_assert_eq(stat_of(c, "lookups"), 3);
+	cr_assert_eq(stat_of(c, "hit_tokens"), 96 + 32);
+	cr_assert_eq(stat_of(c, "query_tokens"), 300);
+	kvp_client_close(c);
+}
+
+Test(daemon, adapters_do_not_share_blocks)
+{
+	struct kvp_client *a = conn(), *b = conn();
+	struct kvp_match m;
+	uint32_t t[64];
+
+	fill(t, 64, 2);
+	cr_assert_eq(kvp_client_hello(b, "lora-7", NULL, NULL), 0);
+	cr_assert_eq(kvp_client_insert(a, t, 64, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 64);
+	cr_assert_eq(kvp_client_lookup(b, t, 64, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 0, "another adapter's namespace must not match");
+	cr_assert_eq(kvp_client_insert(b, t, 64, 0, &m), 0);
+	cr_assert_eq(m.new_blocks, 4, "the adapter gets blocks of its own");
+	cr_assert_eq(kvp_client_hello(b, "", "some-salt", NULL), KVP_EPERM,
+		     "a salt is refused unless allowed");
+	kvp_client_close(a);
+	kvp_client_close(b);
+}
+
+struct worker {
+	int idx;
+	int failures;
+	char why[256];
+};
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct kvp_client *c = NULL;
+	uint32_t shared[256], mine[512];
+	struct kvp_match m;
+
+	if (kvp_client_connect(d.socket, &c) != 0) {
+		w->failures++;
+		snprintf(w->why, sizeof(w->why), "connect");
+		return NULL;
+	}
+	fill(shared, 256, 99);
+	memcpy(mine, shared, sizeof(shared));
+	fill(mine + 256, 256, 1000 + (uint32_t)w->idx);
+	for (int round = 0; round < 200; round++) {
+		size_t n = 256 + (size_t)(round % 16) * 16;
+		if (kvp_client_insert(c, mine, n, 0, &m) || m.matched_tokens != n) {
+			w->failures++;
+			snprintf(w->why, sizeof(w->why), "insert round %d: %u of %zu", round,
+				 m.matched_tokens, n);
+			break;
+		}
+		if (kvp_client_lookup(c, mine, 512, KVP_LOOKUP_PIN, &m) || m.matched_tokens < n ||
+		    m.lease == 0) {
+			w->failures++;
+			snprintf(w->why, sizeof(w->why), "lookup round %d: %u < %zu", round,
+				 m.matched_tokens, n);
+			break;
+		}
+		if (kvp_client_release(c, m.lease, NULL)) {
+			w->failures++;
+			snprintf(w->why, sizeof(w->why), "release round %d", round);
+			break;
+		}
+	}
+	kvp_client_close(c);
+	return NULL;
+}
+
+Test(daemon, concurrent_clients)
+{
+	enum { N = 8 };
+	pthread_t th[N];
+	struct worker w[N];
+	struct kvp_client *c;
+	struct kvp_match m;
+	uint32_t shared[256];
+
+	for (int i = 0; i < N; i++) {
+		w[i] = (struct worker){ .idx = i };
+		cr_assert_eq(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+	}
+	for (int i = 0; i < N; i++) {
+		pthread_join(th[i], NULL);
+		cr_expect_eq(w[i].failures, 0, "worker %d: %s", i, w[i].why);
+	}
+	c = conn();
+	fill(shared, 256, 99);
+	cr_assert_eq(kvp_client_lookup(c, shared, 256, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 256, "the shared prefix is cached once for everyone");
+	cr_assert_eq(stat_of(c, "blocks_pinned"), 0);
+	cr_assert_eq(stat_of(c, "tree_nodes"), 16 + N * 15, "rounds insert up to 31 blocks");
+	assert_pool_balanced(c);
+	kvp_client_close(c);
+}
+
+Test(daemon, disconnect_with_lease_unpins)
+{
+	struct kvp_client *a = conn(), *obs = conn();
+	struct kvp_match m;
+	uint32_t t[160];
+
+	fill(t, 160, 3);
+	cr_assert_eq(kvp_client_insert(a, t, 160, KVP_LOOKUP_PIN, &m), 0);
+	cr_assert_neq(m.lease, 0);
+	cr_assert_eq(kvp_client_lookup(a, t, 160, KVP_LOOKUP_PIN, &m), 0);
+	cr_assert_eq(stat_of(obs, "blocks_pinned"), 10);
+	cr_assert_eq(stat_of(obs, "leases_active"), 2);
+	kvp_client_close(a);   /* two leases held, never released */
+	wait_pinned(obs, 0);
+	cr_assert_eq(stat_of(obs, "leases_active"), 0);
+	cr_assert_eq(stat_of(obs, "blocks_cached"), 10);
+	assert_pool_balanced(obs);
+	kvp_client_close(obs);
+}
+
+Test(daemon, pool_full_of_pinned_blocks_caches_what_fits)
+{
+	struct kvp_client *c = conn();
+	struct kvp_match m;
+	static uint32_t t[65536];
+
+	/* 4096 blocks of capacity; pin 4000, then ask for 200 more */
+	fill(t, 65536, 4);
+	cr_assert_eq(kvp_client_insert(c, t, 4000 * B, KVP_LOOKUP_PIN, &m), 0);
+	cr_assert_eq(m.matched_tokens, 4000 * B);
+	fill(t, 65536, 5);
+	cr_assert_eq(kvp_client_insert(c, t, 200 * B, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 96 * B, "only the 96 free blocks can be used");
+	cr_assert_eq(stat_of(c, "insert_full"), 1);
+	assert_pool_balanced(c);
+	kvp_client_close(c);
+}
+
+Test(daemon, eviction_makes_room)
+{
+	struct kvp_client *c = conn();
+	struct kvp_match m;
+	static uint32_t t[3000 * B];
+
+	for (uint32_t s = 0; s < 3; s++) {
+		fill(t, 3000 * B, 10 + s);
+		cr_assert_eq(kvp_client_insert(c, t, 3000 * B, 0, &m), 0);
+		cr_assert_eq(m.matched_tokens, 3000 * B);
+	}
+	cr_assert_eq(stat_of(c, "evictions"), 3 * 3000 - 4096);
+	/* the newest prompt is whole; the oldest lost its tail first (leaf-first) */
+	cr_assert_eq(kvp_client_lookup(c, t, 3000 * B, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 3000 * B);
+	fill(t, 3000 * B, 10);
+	cr_assert_eq(kvp_client_lookup(c, t, 3000 * B, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 0, "the least recently used prompt is gone");
+	assert_pool_balanced(c);
+	kvp_client_close(c);
+}
+
+Test(daemon, malformed_header_gets_error_and_close)
+{
+	struct kvp_client *other = conn();
+	struct kvp_match m;
+	uint32_t t[32];
+	int fd = raw_connect();
+	uint8_t junk[KVP_HDR_SIZE] = "GET / HTTP/1.1\r\n";
+
+	raw_send(fd, junk, sizeof(junk));
+	raw_expect_error_then_close(fd, (uint32_t)-KVP_EPROTO);
+	close(fd);
+	fill(t, 32, 6);
+	cr_assert_eq(kvp_client_insert(other, t, 32, 0, &m), 0, "other clients are unaffected");
+	cr_assert_eq(m.matched_tokens, 32);
+	kvp_client_close(other);
+}
+
+Test(daemon, oversized_frame_refused_before_buffering)
+{
+	int fd = raw_connect();
+	uint8_t hb[KVP_HDR_SIZE];
+	struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_LOOKUP, .req_id = 7,
+				   .len = 1048577 };
+
+	kvp_hdr_encode(hb, &h);
+	raw_send(fd, hb, sizeof(hb));   /* no payload follows: the header alone is refused */
+	raw_expect_error_then_close(fd, (uint32_t)-KVP_ETOOBIG);
+	close(fd);
+}
+
+Test(daemon, malformed_payload_and_bad_version)
+{
+	uint8_t f[KVP_HDR_SIZE + 12];
+	struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_LOOKUP, .req_id = 1, .len = 12 };
+	int fd = raw_connect();
+
+	/* LOOKUP claims 5 tokens but carries 1 */
+	kvp_hdr_encode(f, &h);
+	memset(f + KVP_HDR_SIZE, 0, 12);
+	f[KVP_HDR_SIZE + 4] = 5;
+	raw_send(fd, f, sizeof(f));
+	raw_expect_error_then_close(fd, (uint32_t)-KVP_EPROTO);
+	close(fd);
+
+	fd = raw_connect();
+	h.len = 0;
+	h.type = KVP_T_PING;
+	kvp_hdr_encode(f, &h);
+	f[4] = 9;   /* version */
+	raw_send(fd, f, KVP_HDR_SIZE);
+	raw_expect_error_then_close(fd, (uint32_t)-KVP_EVERSION);
+	close(fd);
+}
+
+Test(daemon, truncated_frame_then_hangup)
+{
+	struct kvp_client *c = conn();
+	uint8_t f[KVP_HDR_SIZE + 50] = { 0 };
+	struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_INSERT, .req_id = 1, .len = 400 };
+
+	for (int i = 0; i < 20; i++) {
+		int fd = raw_connect();
+		kvp_hdr_encode(f, &h);
+		raw_send(fd, f, sizeof(f));
+		close(fd);
+	}
+	cr_assert_eq(kvp_client_ping(c, "x", 1), 0, "the daemon is still serving");
+	cr_assert(kvp_daemon_alive(&d));
+	kvp_client_close(c);
+}
+
+Test(daemon, request_over_token_limit_keeps_connection)
+{
+	struct kvp_client *c = conn();
+	struct kvp_match m;
+	static uint32_t t[65537];
+
+	cr_assert_eq(kvp_client_lookup(c, t, 65537, 0, &m), KVP_ETOOBIG);
+	cr_assert(strstr(kvp_client_error(c), "65536") != NULL, "message names the limit: %s",
+		  kvp_client_error(c));
+	cr_assert_eq(kvp_client_lookup(c, t, 16, 0, &m), 0, "the connection is still usable");
+	kvp_client_close(c);
+}
+
+Test(daemon, pipelined_requests_answered_in_order)
+{
+	int fd = raw_connect();
+	uint8_t out[8 * (KVP_HDR_SIZE + 8)], buf[256];
+	size_t off = 0;
+
+	for (uint32_t i = 0; i < 8; i++) {
+		struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_PING, .req_id = 100 + i, .len = 8 };
+		kvp_hdr_encode(out + off, &h);
+		memcpy(out + off + KVP_HDR_SIZE, "pingpong", 8);
+		out[off + KVP_HDR_SIZE] = (uint8_t)i;
+		off += KVP_HDR_SIZE + 8;
+	}
+	raw_send(fd, out, off);
+	for (uint32_t i = 0; i < 8; i++) {
+		struct kvp_frame_hdr h = raw_recv(fd, buf, sizeof(buf));
+		cr_assert_eq(h.type, KVP_T_PING | KVP_T_REPLY);
+		cr_assert_eq(h.req_id, 100 + i);
+		cr_assert_eq(h.len, 8);
+		cr_assert_eq(buf[0], i);
+	}
+	close(fd);
+}
+
+Test(daemon, second_daemon_on_live_socket_refuses)
+{
+	char cmd[512], out[4096];
+	int st;
+
+	snprintf(cmd, sizeof(cmd), "%s --index-only --socket %s 2>&1", KVP_DAEMON_PATH, d.socket);
+	st = kvp_run_capture(cmd, out, sizeof(out));
+	cr_assert_neq(st, 0);
+	cr_assert(strstr(out, "already listening") != NULL, "got: %s", out);
+	cr_assert(kvp_daemon_alive(&d), "the live daemon is left alone");
+	struct kvp_client *c = conn();
+	cr_assert_eq(kvp_client_ping(c, "y", 1), 0);
+	kvp_client_close(c);
+}
+
+Test(daemon, sigterm_exits_zero_and_removes_socket)
+{
+	struct stat sb;
+	char sock[sizeof(d.socket)];
+
+	snprintf(sock, sizeof(sock), "%s", d.socket);
+	cr_assert_eq(stat(sock, &sb), 0);
+	cr_assert(S_ISSOCK(sb.st_mode));
+	cr_assert_eq(sb.st_mode & 0777, 0660);
+	kill(d.pid, SIGTERM);
+	for (int i = 0; i < 500 && kvp_daemon_alive(&d); i++)
+		usleep(10000);
+	cr_assert(!kvp_daemon_alive(&d));
+	cr_assert_eq(access(sock, F_OK), -1, "socket file removed on exit");
+	d.pid = 0;
+	kvp_daemon_stop(&d);
+}
+
+/* ---- without a running daemon ------------------------------------------- */
+
+Test(cli, stale_socket_is_replaced)
+{
+	char dir[] = "/tmp/kvp-stale-XXXXXX", sock[64], cmd[512], out[4096];
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd;
+	pid_t pid;
+	struct kvp_client *c = NULL;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+	/* a socket file with nobody listening: what a crashed daemon leaves */
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	close(fd);
+	pid = fork();
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 2);
+		execl(KVP_DAEMON_PATH, KVP_DAEMON_PATH, "--index-only", "--socket", sock, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500 && kvp_client_connect(sock, &c) != 0; i++)
+		usleep(10000);
+	cr_assert_not_null(c, "the daemon did not replace the stale socket");
+	cr_assert_eq(kvp_client_ping(c, "z", 1), 0);
+	kvp_client_close(c);
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
+}
+
+Test(cli, help_version_and_mode)
+{
+	char cmd[512], out[8192];
+
+	snprintf(cmd, sizeof(cmd), "%s --help", KVP_DAEMON_PATH);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
+	cr_assert(strstr(out, "--index-only") && strstr(out, "--socket"));
+	snprintf(cmd, sizeof(cmd), "%s --version", KVP_DAEMON_PATH);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
+	cr_assert(strstr(out, "kvprefixd") != NULL);
+	snprintf(cmd, sizeof(cmd), "%s 2>&1", KVP_DAEMON_PATH);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 2);
+	cr_assert(strstr(out, "--index-only") && strstr(out, "--model"),
+		  "without a mode, both are explained: %s", out);
+	snprintf(cmd, sizeof(cmd), "%s --index-only --block-tokens 0 2>&1", KVP_DAEMON_PATH);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 2);
+	cr_assert(strstr(out, "--block-tokens") != NULL, "%s", out);
+	snprintf(cmd, sizeof(cmd), "%s --index-only --block-tokens 4097 2>&1", KVP_DAEMON_PATH);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 2);
+}
