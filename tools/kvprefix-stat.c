@@ -1,1 +1,353 @@
-/* placeholder: written next */
+/*
+ * kvprefix-stat.c - show kvprefixd's statistics (STATS, a JSON object) as a table.
+ *
+ *   kvprefix-stat [--socket PATH] [--json] [--watch SECONDS]
+ *
+ * --json prints the daemon's object through unchanged (one line). --watch N refreshes
+ * every N seconds; the table then shows the last interval beside the lifetime figures
+ * (token hit rate, request hit rate, requests/s), and --json prints one object per
+ * refresh with interval_s, interval_hit_rate and interval_requests_per_s added. The
+ * screen is cleared between refreshes only when stdout is a terminal.
+ *
+ * Keys this tool reads (unknown keys are ignored, a missing one is shown as "-"):
+ * version mode name block_tokens uptime_s requests lookups lookup_hits
+ * request_hit_rate inserts query_tokens hit_tokens hit_rate insert_tokens
+ * inserted_blocks insert_full evictions blocks_total blocks_free blocks_cached
+ * blocks_pinned tree_nodes leases_active connections connections_total errors.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvprefix.h"
+#include "util.h"
+
+#define PROG "kvprefix-stat"
+#define WATCH_MAX_S 86400.0
+#define STAT_TIMEOUT_MS 30000u
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: kvprefix-stat [--socket PATH] [--json] [--watch SECONDS]\n"
+		"Show kvprefixd's hit rates and block pool state.\n"
+		"\n"
+		"  -s, --socket PATH      daemon socket (default: the library's default)\n"
+		"  -j, --json             print the daemon's statistics as one JSON object\n"
+		"  -w, --watch SECONDS    refresh every SECONDS (e.g. 1 or 0.5) and show the\n"
+		"                         last interval beside the lifetime figures;\n"
+		"                         with --json, one object per line per refresh\n"
+		"  -h, --help             show this help\n"
+		"\n"
+		"Hit rate = hit tokens / query tokens over lookups. Exit status: 0 ok,\n"
+		"1 daemon or I/O error, 2 usage error.\n");
+}
+
+/* One snapshot: the parsed object and when it was taken. */
+struct snap {
+	cJSON *o;
+	uint64_t t_ns;
+};
+
+/* Number under key, or NAN when missing or not a number. */
+static double num(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+static const char *str(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* An integer-looking count, a plain number, or "-". */
+static const char *fmt_count(char *buf, size_t cap, double v)
+{
+	if (isnan(v))
+		snprintf(buf, cap, "-");
+	else if (floor(v) == v && fabs(v) < 1e18)
+		snprintf(buf, cap, "%.0f", v);
+	else
+		snprintf(buf, cap, "%.3f", v);
+	return buf;
+}
+
+static const char *fmt_pct(char *buf, size_t cap, double v)
+{
+	if (isnan(v) || isinf(v))
+		snprintf(buf, cap, "-");
+	else
+		snprintf(buf, cap, "%.2f%%", v * 100.0);
+	return buf;
+}
+
+static const char *fmt_rate(char *buf, size_t cap, double v)
+{
+	if (isnan(v) || isinf(v))
+		snprintf(buf, cap, "-");
+	else
+		snprintf(buf, cap, "%.1f/s", v);
+	return buf;
+}
+
+static const char *fmt_uptime(char *buf, size_t cap, double s)
+{
+	unsigned long long t;
+
+	if (isnan(s) || s < 0) {
+		snprintf(buf, cap, "-");
+		return buf;
+	}
+	t = (unsigned long long)s;
+	if (t >= 86400)
+		snprintf(buf, cap, "%llud %02lluh %02llum %02llus", t / 86400, t / 3600 % 24,
+			 t / 60 % 60, t % 60);
+	else
+		snprintf(buf, cap, "%lluh %02llum %02llus", t / 3600, t / 60 % 60, t % 60);
+	return buf;
+}
+
+/* a/b with NAN for a missing value or a zero denominator. */
+static double ratio(double a, double b)
+{
+	if (isnan(a) || isnan(b) || b <= 0)
+		return NAN;
+	return a / b;
+}
+
+/* Difference of key between two snapshots (NAN when either lacks it). */
+static double delta(const struct snap *cur, const struct snap *prev, const char *key)
+{
+	return num(cur->o, key) - num(prev->o, key);
+}
+
+struct interval {
+	bool have;
+	double secs, hit_rate, req_hit_rate, req_per_s;
+};
+
+static struct interval interval_of(const struct snap *cur, const struct snap *prev)
+{
+	struct interval iv = { 0 };
+
+	if (!prev || !prev->o)
+		return iv;
+	iv.have = true;
+	iv.secs = (double)(cur->t_ns - prev->t_ns) / 1e9;
+	iv.hit_rate = ratio(delta(cur, prev, "hit_tokens"), delta(cur, prev, "query_tokens"));
+	iv.req_hit_rate = ratio(delta(cur, prev, "lookup_hits"), delta(cur, prev, "lookups"));
+	iv.req_per_s = ratio(delta(cur, prev, "requests"), iv.secs);
+	return iv;
+}
+
+static void print_table(const struct snap *cur, const struct interval *iv)
+{
+	static const char *const counts[][2] = {
+		{ "requests", "requests" },       { "  lookups", "lookups" },
+		{ "  lookup hits", "lookup_hits" }, { "  inserts", "inserts" },
+		{ "query tokens", "query_tokens" }, { "hit tokens", "hit_tokens" },
+		{ "insert tokens", "insert_tokens" }, { "inserted blocks", "inserted_blocks" },
+		{ "insert full", "insert_full" }, { "evictions", "evictions" },
+		{ "errors", "errors" },
+	};
+	const cJSON *o = cur->o;
+	const char *name = str(o, "name"), *mode = str(o, "mode"), *ver = str(o, "version");
+	char a[64], b[64], c[64], d[64];
+	double hit = num(o, "hit_rate"), rhit = num(o, "request_hit_rate");
+	double up = num(o, "uptime_s");
+
+	if (isnan(hit))
+		hit = ratio(num(o, "hit_tokens"), num(o, "query_tokens"));
+	if (isnan(rhit))
+		rhit = ratio(num(o, "lookup_hits"), num(o, "lookups"));
+	if (!ver && cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(o, "version")))
+		ver = fmt_count(d, sizeof(d), num(o, "version"));
+	printf("kvprefixd %s, %s, name '%s', block %s tokens, up %s\n", ver ? ver : "-",
+	       mode ? mode : "-", name ? name : "-",
+	       fmt_count(a, sizeof(a), num(o, "block_tokens")), fmt_uptime(b, sizeof(b), up));
+	printf("\n");
+	if (iv->have) {
+		snprintf(c, sizeof(c), "last %.1fs", iv->secs);
+		printf("  %-18s %14s %14s\n", "", "lifetime", c);
+	} else {
+		printf("  %-18s %14s\n", "", "lifetime");
+	}
+	printf("  %-18s %14s", "token hit rate", fmt_pct(a, sizeof(a), hit));
+	if (iv->have)
+		printf(" %14s", fmt_pct(b, sizeof(b), iv->hit_rate));
+	printf("\n  %-18s %14s", "request hit rate", fmt_pct(a, sizeof(a), rhit));
+	if (iv->have)
+		printf(" %14s", fmt_pct(b, sizeof(b), iv->req_hit_rate));
+	printf("\n  %-18s %14s", "requests/s",
+	       fmt_rate(a, sizeof(a), ratio(num(o, "requests"), up)));
+	if (iv->have)
+		printf(" %14s", fmt_rate(b, sizeof(b), iv->req_per_s));
+	printf("\n");
+	for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++)
+		printf("  %-18s %14s\n", counts[i][0],
+		       fmt_count(a, sizeof(a), num(o, counts[i][1])));
+
+	printf("\n  pool (blocks) %10s %10s %10s %10s\n", "total", "free", "cached", "pinned");
+	printf("  %-13s %10s", "", fmt_count(a, sizeof(a), num(o, "blocks_total")));
+	printf(" %10s", fmt_count(a, sizeof(a), num(o, "blocks_free")));
+	printf(" %10s", fmt_count(a, sizeof(a), num(o, "blocks_cached")));
+	printf(" %10s\n", fmt_count(a, sizeof(a), num(o, "blocks_pinned")));
+	printf("  tree nodes %s, leases active %s, connections %s",
+	       fmt_count(a, sizeof(a), num(o, "tree_nodes")),
+	       fmt_count(b, sizeof(b), num(o, "leases_active")),
+	       fmt_count(c, sizeof(c), num(o, "connections")));
+	printf(" (%s in all)\n", fmt_count(a, sizeof(a), num(o, "connections_total")));
+}
+
+/* Print one JSON line: the daemon's object, plus the interval figures when watching. */
+static int print_json(struct snap *cur, const struct interval *iv)
+{
+	char *s;
+
+	if (iv->have) {
+		cJSON_DeleteItemFromObjectCaseSensitive(cur->o, "interval_s");
+		cJSON_DeleteItemFromObjectCaseSensitive(cur->o, "interval_hit_rate");
+		cJSON_DeleteItemFromObjectCaseSensitive(cur->o, "interval_requests_per_s");
+		cJSON_AddNumberToObject(cur->o, "interval_s", iv->secs);
+		if (isnan(iv->hit_rate))
+			cJSON_AddNullToObject(cur->o, "interval_hit_rate");
+		else
+			cJSON_AddNumberToObject(cur->o, "interval_hit_rate", iv->hit_rate);
+		if (isnan(iv->req_per_s))
+			cJSON_AddNullToObject(cur->o, "interval_requests_per_s");
+		else
+			cJSON_AddNumberToObject(cur->o, "interval_requests_per_s", iv->req_per_s);
+	}
+	s = cJSON_PrintUnformatted(cur->o);
+	if (!s) {
+		fprintf(stderr, PROG ": out of memory\n");
+		return -1;
+	}
+	printf("%s\n", s);
+	free(s);
+	return 0;
+}
+
+/* Fetch and parse one snapshot. 0 or -1 (message printed). */
+static int fetch(struct kvp_client *c, struct snap *s)
+{
+	char *text = NULL;
+	int rc;
+
+	rc = kvp_client_stats(c, &text);
+	if (rc < 0) {
+		kvp_tool_perror(PROG, "stats", c, rc);
+		return -1;
+	}
+	s->t_ns = kvp_tool_now_ns();
+	s->o = cJSON_Parse(text);
+	free(text);
+	if (!cJSON_IsObject(s->o)) {
+		cJSON_Delete(s->o);
+		s->o = NULL;
+		fprintf(stderr, PROG ": the daemon's STATS reply is not a JSON object\n");
+		return -1;
+	}
+	return 0;
+}
+
+static void sleep_s(double s)
+{
+	struct timespec ts = { (time_t)s, (long)((s - floor(s)) * 1e9) };
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "watch", required_argument, NULL, 'w' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *sock = NULL;
+	struct snap cur = { 0 }, prev = { 0 };
+	struct kvp_client *c = NULL;
+	bool json = false, tty;
+	double watch = 0;
+	int opt, ret = KVP_EXIT_FAIL;
+
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":s:jw:h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 's': sock = optarg; break;
+		case 'j': json = true; break;
+		case 'w':
+			if (!kvp_tool_parse_seconds(optarg, WATCH_MAX_S, &watch)) {
+				fprintf(stderr, PROG ": --watch '%s': want a number of seconds "
+					"> 0 and <= %.0f\n", optarg, WATCH_MAX_S);
+				return KVP_EXIT_USAGE;
+			}
+			break;
+		case 'h': usage(stdout); return KVP_EXIT_OK;
+		case ':':
+			fprintf(stderr, PROG ": option '%s' needs a value\n", argv[optind - 1]);
+			goto out_usage;
+		default:
+			if (optopt)
+				fprintf(stderr, PROG ": unknown option '-%c'\n", optopt);
+			else
+				fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
+			goto out_usage;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
+		goto out_usage;
+	}
+	if (kvp_tool_connect(PROG, sock, &c) < 0)
+		return KVP_EXIT_FAIL;
+	kvp_client_set_timeout_ms(c, STAT_TIMEOUT_MS);
+	tty = isatty(STDOUT_FILENO);
+	for (bool first = true;; first = false) {
+		struct interval iv;
+
+		if (fetch(c, &cur) < 0)
+			goto out_close;
+		iv = interval_of(&cur, first ? NULL : &prev);
+		if (json) {
+			if (print_json(&cur, &iv) < 0)
+				goto out_close;
+		} else {
+			if (watch > 0 && tty)
+				printf("\033[H\033[2J");
+			else if (!first)
+				printf("\n");
+			print_table(&cur, &iv);
+		}
+		fflush(stdout);
+		cJSON_Delete(prev.o);
+		prev = cur;
+		cur.o = NULL;
+		if (watch <= 0)
+			break;
+		sleep_s(watch);
+	}
+	ret = KVP_EXIT_OK;
+out_close:
+	cJSON_Delete(prev.o);
+	cJSON_Delete(cur.o);
+	kvp_client_close(c);
+	return ret;
+out_usage:
+	fprintf(stderr, "Try '" PROG " --help'.\n");
+	return KVP_EXIT_USAGE;
+}

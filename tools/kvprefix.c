@@ -1,1 +1,417 @@
-/* placeholder: written next */
+/*
+ * kvprefix.c - the command-line client of kvprefixd (binary: kvprefix).
+ *
+ *   kvprefix lookup|insert [--socket PATH] (--tokens 1,2,3 | --tokens-file FILE)
+ *                          [--pin] [--json]
+ *   kvprefix stats [--socket PATH]
+ *   kvprefix ping  [--socket PATH] [--json]
+ *
+ * Exit status: 0 ok, 1 the daemon answered an error or I/O failed, 2 usage (including
+ * bad token input). Arguments are checked before connecting, so bad input never
+ * reaches the daemon.
+ */
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvprefix.h"
+#include "util.h"
+
+#define PROG "kvprefix"
+#define CLI_TIMEOUT_MS 60000u
+#define HUMAN_IDS_MAX 32   /* block ids listed in human output */
+
+static void usage_main(FILE *f)
+{
+	fprintf(f,
+		"Usage: kvprefix COMMAND [OPTIONS]\n"
+		"Talk to a running kvprefixd over its Unix socket.\n"
+		"\n"
+		"Commands:\n"
+		"  lookup   which prefix of a token sequence is cached\n"
+		"  insert   register the full blocks of a token sequence as computed\n"
+		"  stats    print the daemon's statistics (JSON)\n"
+		"  ping     check that the daemon answers, and show what it serves\n"
+		"\n"
+		"Run 'kvprefix COMMAND --help' for a command's options.\n"
+		"Exit status: 0 ok, 1 daemon or I/O error, 2 usage error.\n");
+}
+
+static void usage_tokens(FILE *f, const char *cmd)
+{
+	bool ins = strcmp(cmd, "insert") == 0;
+
+	fprintf(f,
+		"Usage: kvprefix %s [--socket PATH] (--tokens LIST | --tokens-file FILE)\n"
+		"                %*s [--pin] [--json]\n"
+		"%s\n"
+		"\n"
+		"  -s, --socket PATH       daemon socket (default: the library's default)\n"
+		"  -t, --tokens LIST       token ids, comma separated: 1,2,3\n"
+		"  -f, --tokens-file FILE  token ids from FILE ('-': stdin), separated by\n"
+		"                          whitespace or commas, or a JSON array\n"
+		"  -p, --pin               pin the blocks under a lease (released when this\n"
+		"                          command exits and its connection closes)\n"
+		"  -j, --json              print one JSON object:\n"
+		"                          %s\n"
+		"  -h, --help              show this help\n",
+		cmd, (int)strlen(cmd), "",
+		ins ? "Register the full blocks of the tokens as computed (only full blocks are\n"
+		      "cached; the tail shorter than a block is not)."
+		    : "Ask which prefix of the tokens is cached, in whole blocks.",
+		ins ? "cached_tokens, prompt_tokens, new_blocks, block_ids, lease"
+		    : "matched_tokens, prompt_tokens, blocks, block_ids, lease");
+}
+
+static void usage_simple(FILE *f, const char *cmd)
+{
+	if (strcmp(cmd, "stats") == 0)
+		fprintf(f,
+			"Usage: kvprefix stats [--socket PATH]\n"
+			"Print the daemon's statistics as a JSON object (kvprefix-stat shows a\n"
+			"table).\n"
+			"\n"
+			"  -s, --socket PATH   daemon socket (default: the library's default)\n"
+			"  -h, --help          show this help\n");
+	else
+		fprintf(f,
+			"Usage: kvprefix ping [--socket PATH] [--json]\n"
+			"Exchange HELLO and one PING with the daemon; print what it serves and\n"
+			"the round-trip time.\n"
+			"\n"
+			"  -s, --socket PATH   daemon socket (default: the library's default)\n"
+			"  -j, --json          print one JSON object\n"
+			"  -h, --help          show this help\n");
+}
+
+/* Report an option error the way every command does; returns KVP_EXIT_USAGE. */
+static int bad_option(const char *cmd, char **argv, int opt)
+{
+	if (opt == '?') {
+		if (optopt)
+			fprintf(stderr, PROG " %s: unknown option '-%c'\n", cmd, optopt);
+		else
+			fprintf(stderr, PROG " %s: unknown option '%s'\n", cmd, argv[optind - 1]);
+	} else {
+		fprintf(stderr, PROG " %s: option '%s' needs a value\n", cmd, argv[optind - 1]);
+	}
+	fprintf(stderr, "Try '" PROG " %s --help'.\n", cmd);
+	return KVP_EXIT_USAGE;
+}
+
+static cJSON *ids_array(const uint32_t *ids, uint32_t n)
+{
+	cJSON *a = cJSON_CreateArray();
+
+	for (uint32_t i = 0; a && i < n; i++) {
+		cJSON *v = cJSON_CreateNumber(ids[i]);
+
+		if (!v || !cJSON_AddItemToArray(a, v)) {
+			cJSON_Delete(v);
+			cJSON_Delete(a);
+			return NULL;
+		}
+	}
+	return a;
+}
+
+/* Print obj on one line; false when out of memory. Deletes obj. */
+static bool print_json(cJSON *obj)
+{
+	char *s = obj ? cJSON_PrintUnformatted(obj) : NULL;
+
+	cJSON_Delete(obj);
+	if (!s)
+		return false;
+	printf("%s\n", s);
+	free(s);
+	return true;
+}
+
+static bool add_u64(cJSON *o, const char *key, uint64_t v)
+{
+	char num[24];
+
+	/* A lease is an opaque u64: raw text keeps every bit a double would lose. */
+	snprintf(num, sizeof(num), "%" PRIu64, v);
+	return cJSON_AddRawToObject(o, key, num) != NULL;
+}
+
+static int print_match(bool ins, const struct kvp_match *m, bool json)
+{
+	if (json) {
+		cJSON *o = cJSON_CreateObject();
+		cJSON *ids = ids_array(m->block_ids, m->n_blocks);
+		bool ok = o && ids;
+
+		ok = ok && cJSON_AddNumberToObject(o, ins ? "cached_tokens" : "matched_tokens",
+						   m->matched_tokens);
+		ok = ok && cJSON_AddNumberToObject(o, "prompt_tokens", m->prompt_tokens);
+		if (ins)
+			ok = ok && cJSON_AddNumberToObject(o, "new_blocks", m->new_blocks);
+		else
+			ok = ok && cJSON_AddNumberToObject(o, "blocks", m->n_blocks);
+		if (ok) {
+			cJSON_AddItemToObject(o, "block_ids", ids);
+			ids = NULL;
+		}
+		ok = ok && add_u64(o, "lease", m->lease);
+		cJSON_Delete(ids);
+		if (!ok) {
+			cJSON_Delete(o);
+			fprintf(stderr, PROG ": out of memory\n");
+			return KVP_EXIT_FAIL;
+		}
+		return print_json(o) ? KVP_EXIT_OK : KVP_EXIT_FAIL;
+	}
+	if (ins)
+		printf("cached %u of %u tokens (%u block%s, %u new)\n", m->matched_tokens,
+		       m->prompt_tokens, m->n_blocks, m->n_blocks == 1 ? "" : "s",
+		       m->new_blocks);
+	else
+		printf("matched %u of %u tokens (%u block%s)\n", m->matched_tokens,
+		       m->prompt_tokens, m->n_blocks, m->n_blocks == 1 ? "" : "s");
+	if (m->n_blocks) {
+		printf("block ids:");
+		for (uint32_t i = 0; i < m->n_blocks && i < HUMAN_IDS_MAX; i++)
+			printf(" %u", m->block_ids[i]);
+		if (m->n_blocks > HUMAN_IDS_MAX)
+			printf(" ... (%u more)", m->n_blocks - HUMAN_IDS_MAX);
+		printf("\n");
+	}
+	if (m->lease)
+		printf("lease %" PRIu64 " (released when this command exits)\n", m->lease);
+	return KVP_EXIT_OK;
+}
+
+static int cmd_tokens(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "tokens", required_argument, NULL, 't' },
+		{ "tokens-file", required_argument, NULL, 'f' },
+		{ "pin", no_argument, NULL, 'p' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *cmd = argv[0], *sock = NULL, *list = NULL, *file = NULL;
+	bool ins = strcmp(cmd, "insert") == 0, json = false;
+	struct kvp_tokvec toks = { 0 };
+	struct kvp_client *c = NULL;
+	struct kvp_match m;
+	uint32_t flags = 0;
+	char err[512];
+	int opt, rc, ret = KVP_EXIT_USAGE;
+
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":s:t:f:pjh", opts, NULL)) != -1) {
+		switch (opt) {
+		case 's': sock = optarg; break;
+		case 't': list = optarg; break;
+		case 'f': file = optarg; break;
+		case 'p': flags |= KVP_LOOKUP_PIN; break;
+		case 'j': json = true; break;
+		case 'h': usage_tokens(stdout, cmd); return KVP_EXIT_OK;
+		default: return bad_option(cmd, argv, opt);
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, PROG " %s: unexpected argument '%s'\n", cmd, argv[optind]);
+		goto out_usage;
+	}
+	if (!list == !file) {
+		fprintf(stderr, PROG " %s: give exactly one of --tokens LIST or "
+			"--tokens-file FILE\n", cmd);
+		goto out_usage;
+	}
+	rc = list ? kvp_tool_parse_tokens(list, &toks, err, sizeof(err))
+		  : kvp_tool_read_tokens_file(file, &toks, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, PROG " %s: %s\n", cmd, err);
+		/* A file that cannot be read is an I/O error; bad content is usage. */
+		ret = rc == KVP_EIO || rc == KVP_ENOMEM ? KVP_EXIT_FAIL : KVP_EXIT_USAGE;
+		goto out_free;
+	}
+	if (kvp_tool_connect(PROG, sock, &c) < 0) {
+		ret = KVP_EXIT_FAIL;
+		goto out_free;
+	}
+	kvp_client_set_timeout_ms(c, CLI_TIMEOUT_MS);
+	rc = ins ? kvp_client_insert(c, toks.v, toks.n, flags, &m)
+		 : kvp_client_lookup(c, toks.v, toks.n, flags, &m);
+	if (rc < 0) {
+		kvp_tool_perror(PROG, cmd, c, rc);
+		ret = KVP_EXIT_FAIL;
+		goto out_close;
+	}
+	ret = print_match(ins, &m, json);
+out_close:
+	kvp_client_close(c);
+out_free:
+	kvp_tokvec_free(&toks);
+	return ret;
+out_usage:
+	fprintf(stderr, "Try '" PROG " %s --help'.\n", cmd);
+	return KVP_EXIT_USAGE;
+}
+
+static int cmd_stats(const char *sock)
+{
+	struct kvp_client *c = NULL;
+	char *text = NULL, *out = NULL;
+	cJSON *o = NULL;
+	int rc, ret = KVP_EXIT_FAIL;
+
+	if (kvp_tool_connect(PROG, sock, &c) < 0)
+		return KVP_EXIT_FAIL;
+	kvp_client_set_timeout_ms(c, CLI_TIMEOUT_MS);
+	rc = kvp_client_stats(c, &text);
+	if (rc < 0) {
+		kvp_tool_perror(PROG, "stats", c, rc);
+		goto out_close;
+	}
+	o = cJSON_Parse(text);
+	if (!cJSON_IsObject(o)) {
+		fprintf(stderr, PROG " stats: the daemon sent something that is not a JSON "
+			"object\n");
+		goto out_free;
+	}
+	out = cJSON_Print(o);
+	if (!out) {
+		fprintf(stderr, PROG " stats: out of memory\n");
+		goto out_free;
+	}
+	printf("%s\n", out);
+	ret = KVP_EXIT_OK;
+out_free:
+	free(out);
+	cJSON_Delete(o);
+	free(text);
+out_close:
+	kvp_client_close(c);
+	return ret;
+}
+
+static int cmd_ping(const char *sock, bool json)
+{
+	static const char payload[64] = "kvprefix ping";
+	struct kvp_server_info info;
+	struct kvp_client *c = NULL;
+	char def[256];
+	uint64_t t0, t1;
+	int rc, ret = KVP_EXIT_FAIL;
+
+	if (!sock && kvp_client_default_socket(def, sizeof(def)) == KVP_OK)
+		sock = def;
+	if (kvp_tool_connect(PROG, sock, &c) < 0)
+		return KVP_EXIT_FAIL;
+	kvp_client_set_timeout_ms(c, CLI_TIMEOUT_MS);
+	memset(&info, 0, sizeof(info));
+	rc = kvp_client_hello(c, NULL, NULL, &info);
+	if (rc < 0) {
+		kvp_tool_perror(PROG, "hello", c, rc);
+		goto out_close;
+	}
+	t0 = kvp_tool_now_ns();
+	rc = kvp_client_ping(c, payload, sizeof(payload));
+	t1 = kvp_tool_now_ns();
+	if (rc < 0) {
+		kvp_tool_perror(PROG, "ping", c, rc);
+		goto out_close;
+	}
+	info.name[sizeof(info.name) - 1] = '\0';
+	if (json) {
+		cJSON *o = cJSON_CreateObject();
+		bool ok = o != NULL;
+
+		ok = ok && cJSON_AddStringToObject(o, "socket", sock ? sock : "");
+		ok = ok && cJSON_AddNumberToObject(o, "version", info.version);
+		ok = ok && cJSON_AddStringToObject(o, "mode",
+						   info.index_only ? "index-only" : "engine");
+		ok = ok && cJSON_AddStringToObject(o, "name", info.name);
+		ok = ok && cJSON_AddNumberToObject(o, "block_tokens", info.block_tokens);
+		ok = ok && cJSON_AddNumberToObject(o, "capacity_blocks", info.capacity_blocks);
+		ok = ok && cJSON_AddNumberToObject(o, "max_tokens", info.max_tokens);
+		ok = ok && cJSON_AddNumberToObject(o, "tenant", info.tenant);
+		ok = ok && cJSON_AddNumberToObject(o, "rtt_us", (double)(t1 - t0) / 1e3);
+		if (!ok) {
+			cJSON_Delete(o);
+			fprintf(stderr, PROG " ping: out of memory\n");
+			goto out_close;
+		}
+		if (!print_json(o))
+			goto out_close;
+	} else {
+		printf("kvprefixd at %s: protocol %u, %s, name '%s'\n", sock ? sock : "?",
+		       info.version, info.index_only ? "index-only" : "engine", info.name);
+		printf("block %u tokens, capacity %u blocks, at most %u tokens a request, "
+		       "tenant %u\n", info.block_tokens, info.capacity_blocks, info.max_tokens,
+		       info.tenant);
+		printf("ping round trip %.1f us\n", (double)(t1 - t0) / 1e3);
+	}
+	ret = KVP_EXIT_OK;
+out_close:
+	kvp_client_close(c);
+	return ret;
+}
+
+static int cmd_simple(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *cmd = argv[0], *sock = NULL;
+	bool ping = strcmp(cmd, "ping") == 0, json = false;
+	int opt;
+
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":s:jh", opts, NULL)) != -1) {
+		switch (opt) {
+		case 's': sock = optarg; break;
+		case 'j': json = true; break;   /* stats always prints JSON */
+		case 'h': usage_simple(stdout, cmd); return KVP_EXIT_OK;
+		default: return bad_option(cmd, argv, opt);
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, PROG " %s: unexpected argument '%s'\n"
+			"Try '" PROG " %s --help'.\n", cmd, argv[optind], cmd);
+		return KVP_EXIT_USAGE;
+	}
+	return ping ? cmd_ping(sock, json) : cmd_stats(sock);
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd;
+
+	if (argc < 2) {
+		usage_main(stderr);
+		return KVP_EXIT_USAGE;
+	}
+	cmd = argv[1];
+	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+		usage_main(stdout);
+		return KVP_EXIT_OK;
+	}
+	if (strcmp(cmd, "--version") == 0) {
+		printf("kvprefix %s\n", KVP_VERSION);
+		return KVP_EXIT_OK;
+	}
+	if (strcmp(cmd, "lookup") == 0 || strcmp(cmd, "insert") == 0)
+		return cmd_tokens(argc - 1, argv + 1);
+	if (strcmp(cmd, "stats") == 0 || strcmp(cmd, "ping") == 0)
+		return cmd_simple(argc - 1, argv + 1);
+	fprintf(stderr, PROG ": unknown command '%s'\n", cmd);
+	usage_main(stderr);
+	return KVP_EXIT_USAGE;
+}
