@@ -82,7 +82,7 @@ size_t kvp_cache_release_owner(struct kvp_cache *c, uint64_t owner);
 
 void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st);
 /* Pool invariant, tree invariants, and node pins == pool references for every node.
- * 0 or KVP_EINTERNAL. O(capacity). */
+ * 0, KVP_EINTERNAL, or KVP_ENOMEM for its O(capacity) scratch array. */
 int kvp_cache_check(const struct kvp_cache *c);
 
 #endif

@@ -45,14 +45,16 @@ static inline bool kvp_key_eq(struct kvp_key a, struct kvp_key b)
  * u32le tenant || u32le len(adapter) || adapter. NULL strings count as "". */
 struct kvp_key kvp_ns_root(const char *model, uint32_t tenant, const char *adapter);
 
-/* Key of one block of n tokens under parent. n <= KVP_BLOCK_TOKENS_MAX. */
+/* Key of one block of n tokens under parent. n <= KVP_BLOCK_TOKENS_MAX. Never
+ * allocates; blocks over 56 tokens use a 16 KiB stack buffer. */
 struct kvp_key kvp_block_key(struct kvp_key parent, const uint32_t *tokens, uint32_t n);
 
 /* Keys of the first n_blocks full blocks of tokens (block size b), written to out. */
 void kvp_chain_keys(struct kvp_key root, const uint32_t *tokens, size_t n_blocks,
 		    uint32_t b, struct kvp_key *out);
 
-/* Allocation hooks for index/ (default: libc). Pass NULLs to restore the default. */
+/* Allocation hooks for index/ (default: libc). Pass NULLs to restore the default.
+ * Set them before any tree exists: nodes are freed through the hook current then. */
 void kvp_index_set_allocator(void *(*alloc)(size_t), void (*release)(void *));
 
 struct kvp_tree;
@@ -72,7 +74,8 @@ size_t kvp_tree_evictable(const struct kvp_tree *t);     /* unpinned leaves on t
  * Longest cached prefix of the full blocks of tokens[0..n_tokens) under root.
  * Never allocates. Writes the matched nodes, root first, to path[] (room for
  * max_nodes; matching stops there) and returns how many blocks matched. Matched nodes
- * count as used now for LRU purposes.
+ * count as used now for LRU purposes. Keys are computed here (one block ahead of the
+ * probes), so the caller need not hash.
  */
 size_t kvp_tree_match(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens,
 		      size_t n_tokens, struct kvp_tree_node **path, size_t max_nodes);
@@ -82,7 +85,9 @@ size_t kvp_tree_match(struct kvp_tree *t, struct kvp_key root, const uint32_t *t
  * from parent's key, or root, by kvp_block_key) and tokens (block_tokens of them,
  * copied). The new node is unpinned and becomes an evictable leaf; parent stops being
  * one. Returns 0 and *out = the new node; KVP_EEXIST and *out = the existing node when
- * the same block (key, parent, tokens) is already there; KVP_ENOMEM.
+ * the same block (key, parent, tokens) is already there; KVP_ENOMEM. A different
+ * block with an equal key is not "the same": both are kept (collisions are allowed).
+ * A non-NULL parent must belong to namespace root (asserted).
  */
 int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_node *parent,
 		    struct kvp_key key, const uint32_t *tokens, uint32_t block_id,
@@ -96,7 +101,9 @@ void kvp_tree_unpin(struct kvp_tree *t, struct kvp_tree_node *n);
  * KVP_EFULL when nothing can be evicted. Its parent may become an evictable leaf. */
 int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id);
 
-/* Remove every unpinned node, leaf first, calling cb for each block id freed. */
+/* Remove every unpinned node, leaf first, calling cb for each block id freed. Unpinned
+ * ancestors of pinned nodes stay (the tree is prefix-closed). cb may be NULL and must
+ * not call into the tree. Iterative: no depth limit. */
 void kvp_tree_clear(struct kvp_tree *t, void (*cb)(void *arg, uint32_t block_id), void *arg);
 
 struct kvp_key kvp_tree_node_key(const struct kvp_tree_node *n);
@@ -105,7 +112,9 @@ uint32_t kvp_tree_node_pins(const struct kvp_tree_node *n);
 struct kvp_tree_node *kvp_tree_node_parent(const struct kvp_tree_node *n);
 const uint32_t *kvp_tree_node_tokens(const struct kvp_tree_node *n);
 
-/* Walk every structural invariant (links, LRU membership, counts). 0 or KVP_EINTERNAL. */
+/* Walk every structural invariant (links, LRU membership, counts). 0 or KVP_EINTERNAL.
+ * O(nodes); writes a check-only scratch word in each node, so it is not safe to run
+ * concurrently with anything else on the tree (nothing is, see Threading). */
 int kvp_tree_check(const struct kvp_tree *t);
 
 #endif

@@ -1,1 +1,660 @@
-/* placeholder: written next */
+/*
+ * tree.c - the radix tree of cached blocks (index/).
+ *
+ * The tree has no child pointers. Each node names its parent; nodes are found through
+ * one hash table keyed by the node's chained block key, and a lookup walks down a
+ * prompt by computing the next block's key and probing for it. Leaves that nobody pins
+ * sit on an LRU list, oldest first.
+ *
+ *   struct kvp_tree
+ *   +---------------------+        buckets[] (power of two; grows x2 when size > buckets)
+ *   | buckets  ---------------->  [0] -> A -> D -> NULL      chained through node->hnext,
+ *   | mask, size          |      [1] -> NULL                 duplicate keys allowed
+ *   | tick (per call)     |      [2] -> B -> NULL
+ *   | lru (sentinel) -----------+ [3] -> C -> E -> NULL
+ *   +---------------------+     |
+ *                               |  LRU: evictable nodes only (pins == 0 && children == 0),
+ *                               |  ordered by last-use tick, least recently used first
+ *                               +-> E(t=3) <-> C(t=7) <-> sentinel
+ *
+ *   namespace root r (a key, not a node)
+ *        :
+ *        A (depth 0: parent NULL, root r stored and compared)
+ *        |
+ *        B          A node, in one allocation:
+ *       / \         +------+------+--------+------+------+-----------------------+
+ *      C   D (pin)  | key  |hnext | parent | root | tick | lru links | children,   |
+ *          |        | 128b |      |        | 128b |      |           | pins, block |
+ *          E        +------+------+--------+------+------+-----------+-------------+
+ *                   | tokens[block_tokens] (flexible array member, u32 each)    ...
+ *                   +---------------------------------------------------------------+
+ *
+ *   Here C and E are evictable leaves. D is pinned, so neither D nor its ancestors B,
+ *   A can go; once E is evicted D stays (pinned); when D is unpinned it becomes an
+ *   evictable leaf again and is put back on the LRU in tick order.
+ *
+ * Tricky cases
+ *   - Every namespace's first block has parent == NULL, so at depth 0 the stored root
+ *     key is compared as well; below depth 0 the parent pointer pins the namespace.
+ *   - Keys can collide (by accident, or crafted, or on purpose in the test build with
+ *     KVP_TREE_TEST_HASH_BITS). A node matches only if key, parent (and root at depth
+ *     0) AND tokens are all equal, and a probe walks the whole bucket past nodes that
+ *     fail, so a collision can cost a probe, never a wrong hit. Two different blocks
+ *     with the same key simply both live in the bucket.
+ *   - Prefix closure: a node is evicted only as a leaf, so a node is resident only
+ *     while its parent is. Evicting a leaf can make its parent an evictable leaf; the
+ *     parent is then inserted into the LRU at its own tick (typically the head, since a
+ *     parent is rarely used more recently than its last child).
+ *   - Deep chains: a 128k-token prompt at B=16 is 8k nodes deep. Nothing here recurses;
+ *     clear and check walk the LRU list and the bucket array iteratively.
+ *   - The bucket is the low bits of key.lo, a public function of the tokens. A client
+ *     that grinds prompts for keys with equal low bits can lengthen one chain: that
+ *     costs probe time (bounded by the pool size), never correctness. A keyed bucket
+ *     hash would close it; not done yet.
+ *   - Allocation: only insert (node), create and the table growth allocate. A failed
+ *     node allocation changes nothing; a failed growth keeps the old, fuller table.
+ *
+ * Test-only build: with KVP_TREE_TEST_HASH_BITS=n the table looks only at the low n
+ * bits of key.lo, both to pick the bucket and to compare keys (the full key is still
+ * stored), so that collisions happen constantly and verification has to reject them.
+ */
+#include <assert.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#include "hash_internal.h"
+#include "kvp_index.h"
+
+/* ---- module allocator ------------------------------------------------------------ */
+
+static void *(*kvp_index_alloc_fn)(size_t) = malloc;
+static void (*kvp_index_release_fn)(void *) = free;
+
+/* Set the hooks before creating any tree (or keep release able to free what the
+ * previous alloc returned): nodes are freed through whatever hook is current. */
+void kvp_index_set_allocator(void *(*alloc)(size_t), void (*release)(void *))
+{
+	kvp_index_alloc_fn = alloc ? alloc : malloc;
+	kvp_index_release_fn = release ? release : free;
+}
+
+#define KVP_INDEX_MALLOC(size) (kvp_index_alloc_fn(size))
+#define KVP_INDEX_FREE(p) (kvp_index_release_fn(p))
+
+/* Conditions that must hold even in release builds; checked by kvp_tree_check. */
+#define KVP_CHECK(cond)                    \
+	do {                               \
+		if (!(cond))               \
+			return KVP_EINTERNAL; \
+	} while (0)
+
+/* ---- layout ---------------------------------------------------------------------- */
+
+struct kvp_link {
+	struct kvp_link *prev;
+	struct kvp_link *next;
+};
+
+struct kvp_tree_node {
+	struct kvp_key key;             /* full 128-bit chained key */
+	struct kvp_tree_node *hnext;    /* next in the hash bucket */
+	struct kvp_tree_node *parent;   /* NULL at depth 0 */
+	struct kvp_key root;            /* namespace root (compared at depth 0) */
+	uint64_t tick;                  /* last use: tree tick of the last match/insert */
+	struct kvp_link lru;            /* linked iff pins == 0 && children == 0 */
+	uint32_t children;              /* resident nodes whose parent this is */
+	uint32_t pins;
+	uint32_t block_id;
+	uint32_t scratch;               /* kvp_tree_check's tally; meaningless otherwise */
+	uint32_t tokens[];              /* block_tokens of them */
+};
+
+struct kvp_tree {
+	struct kvp_tree_node **buckets;
+	size_t mask;                    /* number of buckets - 1 */
+	size_t size;                    /* nodes */
+	size_t n_lru;                   /* nodes on the LRU list */
+	uint64_t tick;                  /* bumped by every match and insert */
+	struct kvp_link lru;            /* sentinel: lru.next is the least recently used */
+	uint32_t block_tokens;
+};
+
+#define KVP_TREE_MIN_BUCKETS 16u
+#define KVP_CHECK_LRU_BIT 0x80000000u
+
+#define node_of_link(l) \
+	((struct kvp_tree_node *)((char *)(l) - offsetof(struct kvp_tree_node, lru)))
+
+#ifdef KVP_TREE_TEST_HASH_BITS
+#define KVP_TREE_KEY_MASK ((UINT64_C(1) << (KVP_TREE_TEST_HASH_BITS)) - 1u)
+static inline uint64_t tree_hash(struct kvp_key k)
+{
+	return k.lo & KVP_TREE_KEY_MASK;
+}
+static inline int tree_key_eq(struct kvp_key a, struct kvp_key b)
+{
+	return ((a.lo ^ b.lo) & KVP_TREE_KEY_MASK) == 0;
+}
+#else
+static inline uint64_t tree_hash(struct kvp_key k)
+{
+	return k.lo;
+}
+static inline int tree_key_eq(struct kvp_key a, struct kvp_key b)
+{
+	return kvp_key_eq(a, b);
+}
+#endif
+
+static inline struct kvp_tree_node **bucket_of(const struct kvp_tree *t, struct kvp_key k)
+{
+	return &t->buckets[tree_hash(k) & t->mask];
+}
+
+static inline size_t token_bytes(const struct kvp_tree *t)
+{
+	return (size_t)t->block_tokens * sizeof(uint32_t);
+}
+
+static inline int node_evictable(const struct kvp_tree_node *n)
+{
+	return n->pins == 0 && n->children == 0;
+}
+
+/* ---- LRU list (intrusive, sentinel-headed, ascending tick) ------------------------ */
+
+static inline void link_between(struct kvp_link *l, struct kvp_link *prev,
+				struct kvp_link *next)
+{
+	l->prev = prev;
+	l->next = next;
+	prev->next = l;
+	next->prev = l;
+}
+
+static inline void lru_remove(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	n->lru.prev->next = n->lru.next;
+	n->lru.next->prev = n->lru.prev;
+	n->lru.prev = n->lru.next = NULL;
+	t->n_lru--;
+}
+
+/* n->tick is the newest tick: append. */
+static inline void lru_push_tail(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	link_between(&n->lru, t->lru.prev, &t->lru);
+	t->n_lru++;
+}
+
+/*
+ * Put n (just become evictable) at its place by tick: after every node with a tick
+ * <= n's, before every node with a greater one. The two ends are checked first (the
+ * usual cases: a leaf just used goes last, a parent uncovered by an eviction goes
+ * first); otherwise the list is scanned from the end whose tick is nearer.
+ */
+static void lru_insert_ordered(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	struct kvp_link *head = &t->lru;
+	uint64_t first, last;
+
+	if (head->next == head || node_of_link(head->prev)->tick <= n->tick) {
+		lru_push_tail(t, n);
+		return;
+	}
+	first = node_of_link(head->next)->tick;
+	last = node_of_link(head->prev)->tick;
+	if (n->tick < first) {
+		link_between(&n->lru, head, head->next);
+	} else if (n->tick - first < last - n->tick) {
+		struct kvp_link *l = head->next;
+
+		while (l != head && node_of_link(l)->tick <= n->tick)
+			l = l->next;
+		link_between(&n->lru, l->prev, l);
+	} else {
+		struct kvp_link *l = head->prev;
+
+		while (l != head && node_of_link(l)->tick > n->tick)
+			l = l->prev;
+		link_between(&n->lru, l, l->next);
+	}
+	t->n_lru++;
+}
+
+/* ---- hash table ------------------------------------------------------------------ */
+
+static inline void table_unlink(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	struct kvp_tree_node **pp = bucket_of(t, n->key);
+
+	while (*pp != n) {
+		assert(*pp);
+		pp = &(*pp)->hnext;
+	}
+	*pp = n->hnext;
+	n->hnext = NULL;
+}
+
+/* Double the bucket array when the load passes 1. On allocation failure keep the old
+ * table: lookups stay correct, only chains get longer. */
+static void table_maybe_grow(struct kvp_tree *t)
+{
+	size_t old_n = t->mask + 1, new_n = old_n * 2;
+	struct kvp_tree_node **nb;
+
+	if (t->size <= old_n || new_n > SIZE_MAX / sizeof(*nb))
+		return;
+	nb = KVP_INDEX_MALLOC(new_n * sizeof(*nb));
+	if (!nb)
+		return;
+	memset(nb, 0, new_n * sizeof(*nb));
+	for (size_t i = 0; i < old_n; i++) {
+		struct kvp_tree_node *n = t->buckets[i], *next;
+
+		for (; n; n = next) {
+			size_t b = tree_hash(n->key) & (new_n - 1);
+
+			next = n->hnext;
+			n->hnext = nb[b];
+			nb[b] = n;
+		}
+	}
+	KVP_INDEX_FREE(t->buckets);
+	t->buckets = nb;
+	t->mask = new_n - 1;
+}
+
+/* Do two blocks of n tokens hold the same tokens? For the specialised small block
+ * sizes one branch on a vector compare instead of memcmp's word-by-word early exits. */
+static inline __attribute__((always_inline)) int
+tokens_eq(const uint32_t *a, const uint32_t *b, uint32_t n)
+{
+#ifdef __SSE2__
+	if (n % 4 == 0 && n <= 32) {
+		__m128i all = _mm_set1_epi32(-1);
+
+		for (uint32_t i = 0; i < n; i += 4) {
+			__m128i x = _mm_loadu_si128((const __m128i *)(const void *)(a + i));
+			__m128i y = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
+
+			all = _mm_and_si128(all, _mm_cmpeq_epi32(x, y));
+		}
+		return _mm_movemask_epi8(all) == 0xffff;
+	}
+#endif
+	return memcmp(a, b, (size_t)n * sizeof(uint32_t)) == 0;
+}
+
+/* The node for block (key, parent, tokens) in namespace root, or NULL. Inlined so that
+ * a constant block size makes the token comparison a few vector compares. */
+static inline __attribute__((always_inline)) struct kvp_tree_node *
+table_find(const struct kvp_tree *t, struct kvp_key root, const struct kvp_tree_node *parent,
+	   struct kvp_key key, const uint32_t *tokens, uint32_t b)
+{
+	struct kvp_tree_node *n = *bucket_of(t, key);
+
+	for (; n; n = n->hnext) {
+		if (!tree_key_eq(n->key, key) || n->parent != parent)
+			continue;
+		if (!parent && !kvp_key_eq(n->root, root))
+			continue;
+		if (tokens_eq(n->tokens, tokens, b))
+			return n;
+	}
+	return NULL;
+}
+
+static int table_contains(const struct kvp_tree *t, const struct kvp_tree_node *x)
+{
+	for (const struct kvp_tree_node *n = *bucket_of(t, x->key); n; n = n->hnext)
+		if (n == x)
+			return 1;
+	return 0;
+}
+
+/* ---- create / destroy / accessors ------------------------------------------------- */
+
+int kvp_tree_create(uint32_t block_tokens, struct kvp_tree **out)
+{
+	struct kvp_tree *t;
+
+	assert(out);
+	*out = NULL;
+	if (block_tokens < 1 || block_tokens > KVP_BLOCK_TOKENS_MAX)
+		return KVP_EINVAL;
+	t = KVP_INDEX_MALLOC(sizeof(*t));
+	if (!t)
+		goto out_nomem;
+	memset(t, 0, sizeof(*t));
+	t->buckets = KVP_INDEX_MALLOC(KVP_TREE_MIN_BUCKETS * sizeof(*t->buckets));
+	if (!t->buckets)
+		goto out_free_tree;
+	memset(t->buckets, 0, KVP_TREE_MIN_BUCKETS * sizeof(*t->buckets));
+	t->mask = KVP_TREE_MIN_BUCKETS - 1;
+	t->lru.prev = t->lru.next = &t->lru;
+	t->block_tokens = block_tokens;
+	*out = t;
+	return 0;
+
+out_free_tree:
+	KVP_INDEX_FREE(t);
+out_nomem:
+	return KVP_ENOMEM;
+}
+
+void kvp_tree_destroy(struct kvp_tree *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i <= t->mask; i++) {
+		struct kvp_tree_node *n = t->buckets[i], *next;
+
+		for (; n; n = next) {
+			next = n->hnext;
+			KVP_INDEX_FREE(n);
+		}
+	}
+	KVP_INDEX_FREE(t->buckets);
+	KVP_INDEX_FREE(t);
+}
+
+uint32_t kvp_tree_block_tokens(const struct kvp_tree *t)
+{
+	return t->block_tokens;
+}
+
+size_t kvp_tree_size(const struct kvp_tree *t)
+{
+	return t->size;
+}
+
+size_t kvp_tree_evictable(const struct kvp_tree *t)
+{
+	return t->n_lru;
+}
+
+struct kvp_key kvp_tree_node_key(const struct kvp_tree_node *n)
+{
+	return n->key;
+}
+
+uint32_t kvp_tree_node_block(const struct kvp_tree_node *n)
+{
+	return n->block_id;
+}
+
+uint32_t kvp_tree_node_pins(const struct kvp_tree_node *n)
+{
+	return n->pins;
+}
+
+struct kvp_tree_node *kvp_tree_node_parent(const struct kvp_tree_node *n)
+{
+	return n->parent;
+}
+
+const uint32_t *kvp_tree_node_tokens(const struct kvp_tree_node *n)
+{
+	return n->tokens;
+}
+
+/* ---- match ----------------------------------------------------------------------- */
+
+/*
+ * The match loop for block size b (a constant in the specialised copies).
+ *
+ * The key chain is a dependency chain of multiplies (~23 cycles a block at B=16) that
+ * leaves most of the core idle, and the probe of block i (bucket load, node load,
+ * compares) does not feed the key of block i+1. So the loop runs one block ahead: it
+ * hashes block i+1 and prefetches its bucket, then probes block i, and the CPU runs
+ * the probe in the shadow of the next hash. A miss at block i has cost one extra hash.
+ * Measured at B=16 on a fully cached 32k-token prompt (docs/hashing.md, "Speed"):
+ * ~3.6x one XXH3_128bits over the same 128 KiB; keys first and probes after was
+ * ~4.9x, hashing two blocks ahead with node prefetch ~3.9x.
+ */
+static inline __attribute__((always_inline)) size_t
+match_loop(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens, size_t n_blocks,
+	   struct kvp_tree_node **path, uint64_t tick, uint32_t b)
+{
+	struct kvp_key key, next;
+	struct kvp_tree_node *parent = NULL;
+	size_t i;
+
+	if (n_blocks == 0)
+		return 0;
+	next = kvp_hash_block(root, tokens, b);
+	for (i = 0; i < n_blocks; i++) {
+		const uint32_t *blk = tokens + i * b;
+		struct kvp_tree_node *n;
+
+		key = next;
+		if (i + 1 < n_blocks) {
+			next = kvp_hash_block(key, blk + b, b);
+			__builtin_prefetch(bucket_of(t, next));
+		}
+		n = table_find(t, root, parent, key, blk, b);
+		if (!n)
+			break;
+		n->tick = tick;
+		path[i] = n;
+		parent = n;
+	}
+	/* Only the deepest matched node can be a leaf (the others have a matched child):
+	 * if it is on the LRU, it is now the most recently used. */
+	if (i > 0 && node_evictable(parent) && parent->lru.next != &t->lru) {
+		lru_remove(t, parent);
+		lru_push_tail(t, parent);
+	}
+	return i;
+}
+
+size_t kvp_tree_match(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens,
+		      size_t n_tokens, struct kvp_tree_node **path, size_t max_nodes)
+{
+	size_t n_blocks = n_tokens / t->block_tokens, matched;
+	uint64_t tick = ++t->tick;
+
+	assert(n_tokens == 0 || tokens);
+	assert(max_nodes == 0 || path);
+	if (n_blocks > max_nodes)
+		n_blocks = max_nodes;
+	KVP_HASH_SPECIALISE(t->block_tokens,
+		matched = match_loop(t, root, tokens, n_blocks, path, tick, kvp_b_));
+	return matched;
+}
+
+/* ---- insert / pin / evict / clear ------------------------------------------------ */
+
+int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_node *parent,
+		    struct kvp_key key, const uint32_t *tokens, uint32_t block_id,
+		    struct kvp_tree_node **out)
+{
+	struct kvp_tree_node *n, **bucket;
+	size_t bytes = token_bytes(t);
+
+	assert(t && tokens && out);
+	assert(!parent || kvp_key_eq(parent->root, root));
+	*out = NULL;
+	n = table_find(t, root, parent, key, tokens, t->block_tokens);
+	if (n) {
+		*out = n;
+		return KVP_EEXIST;
+	}
+	n = KVP_INDEX_MALLOC(sizeof(*n) + bytes);
+	if (!n)
+		return KVP_ENOMEM;
+
+	n->key = key;
+	n->parent = parent;
+	n->root = parent ? parent->root : root;
+	n->tick = ++t->tick;
+	n->children = 0;
+	n->pins = 0;
+	n->block_id = block_id;
+	n->scratch = 0;
+	memcpy(n->tokens, tokens, bytes);
+
+	bucket = bucket_of(t, key);
+	n->hnext = *bucket;
+	*bucket = n;
+	t->size++;
+	if (parent) {
+		if (node_evictable(parent))
+			lru_remove(t, parent);
+		assert(parent->children < UINT32_MAX);
+		parent->children++;
+	}
+	lru_push_tail(t, n);        /* its tick is the newest */
+	table_maybe_grow(t);
+	*out = n;
+	return 0;
+}
+
+void kvp_tree_pin(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	assert(n && n->pins < UINT32_MAX);
+	if (node_evictable(n))
+		lru_remove(t, n);
+	n->pins++;
+}
+
+void kvp_tree_unpin(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	assert(n && n->pins > 0);
+	if (--n->pins == 0 && n->children == 0)
+		lru_insert_ordered(t, n);
+}
+
+/* Take n (an evictable leaf, already off the LRU) out of the table and its parent.
+ * Returns the parent if it just became an evictable leaf (not yet on the LRU). */
+static struct kvp_tree_node *node_detach(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	struct kvp_tree_node *p = n->parent;
+
+	table_unlink(t, n);
+	t->size--;
+	if (!p)
+		return NULL;
+	assert(p->children > 0);
+	return --p->children == 0 && p->pins == 0 ? p : NULL;
+}
+
+int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id)
+{
+	struct kvp_tree_node *n, *p;
+
+	assert(t && block_id);
+	if (t->lru.next == &t->lru)
+		return KVP_EFULL;
+	n = node_of_link(t->lru.next);
+	assert(node_evictable(n));
+	lru_remove(t, n);
+	p = node_detach(t, n);
+	if (p)
+		lru_insert_ordered(t, p);
+	*block_id = n->block_id;
+	KVP_INDEX_FREE(n);
+	return 0;
+}
+
+void kvp_tree_clear(struct kvp_tree *t, void (*cb)(void *arg, uint32_t block_id), void *arg)
+{
+	/* Pop the head until the LRU is empty. A parent uncovered on the way goes to the
+	 * head, so it is removed next (leaf first, no recursion); order no longer matters
+	 * because everything on the list goes. cb must not call into this tree. */
+	while (t->lru.next != &t->lru) {
+		struct kvp_tree_node *n = node_of_link(t->lru.next), *p;
+		uint32_t id = n->block_id;
+
+		lru_remove(t, n);
+		p = node_detach(t, n);
+		if (p) {
+			link_between(&p->lru, &t->lru, t->lru.next);
+			t->n_lru++;
+		}
+		KVP_INDEX_FREE(n);
+		if (cb)
+			cb(arg, id);
+	}
+}
+
+/* ---- invariants ------------------------------------------------------------------ */
+
+int kvp_tree_check(const struct kvp_tree *t)
+{
+	const struct kvp_link *head;
+	size_t count = 0, n_evictable = 0, bytes;
+	uint64_t last_tick = 0;
+
+	KVP_CHECK(t && t->buckets);
+	KVP_CHECK(((t->mask + 1) & t->mask) == 0 && t->mask + 1 >= KVP_TREE_MIN_BUCKETS);
+	KVP_CHECK(t->block_tokens >= 1 && t->block_tokens <= KVP_BLOCK_TOKENS_MAX);
+	bytes = token_bytes(t);
+
+	/* 1. Table: every node in its own bucket, the count matches; reset the tallies.
+	 * (The tree is const; the nodes' scratch words are check-only state.) */
+	for (size_t i = 0; i <= t->mask; i++) {
+		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
+			KVP_CHECK(++count <= t->size);
+			KVP_CHECK((tree_hash(n->key) & t->mask) == i);
+			KVP_CHECK(n->tick <= t->tick);
+			n->scratch = 0;
+		}
+	}
+	KVP_CHECK(count == t->size);
+
+	/* 2. Parents: resident, same namespace; tally children. No identical twins. */
+	for (size_t i = 0; i <= t->mask; i++) {
+		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
+			struct kvp_tree_node *p = n->parent;
+
+			if (p) {
+				KVP_CHECK(p != n && table_contains(t, p));
+				KVP_CHECK(kvp_key_eq(p->root, n->root));
+				KVP_CHECK(p->scratch < t->size);
+				p->scratch++;
+			}
+			for (struct kvp_tree_node *o = n->hnext; o; o = o->hnext)
+				KVP_CHECK(!(tree_key_eq(o->key, n->key) && o->parent == p &&
+					    kvp_key_eq(o->root, n->root) &&
+					    memcmp(o->tokens, n->tokens, bytes) == 0));
+		}
+	}
+
+	/* 3. LRU: resident evictable nodes, each once, ticks ascending, links mirrored. */
+	head = &t->lru;
+	for (const struct kvp_link *l = head->next; l != head; l = l->next) {
+		struct kvp_tree_node *n = node_of_link(l);
+
+		KVP_CHECK(++count <= 2 * t->size);
+		KVP_CHECK(l->next && l->prev && l->next->prev == l && l->prev->next == l);
+		KVP_CHECK(table_contains(t, n));
+		KVP_CHECK(!(n->scratch & KVP_CHECK_LRU_BIT));
+		KVP_CHECK(n->tick >= last_tick);
+		last_tick = n->tick;
+		n->scratch |= KVP_CHECK_LRU_BIT;
+	}
+	KVP_CHECK(head->next->prev == head && head->prev->next == head);
+	KVP_CHECK(count - t->size == t->n_lru);
+
+	/* 4. Every node: children counted right; on the LRU iff evictable. */
+	for (size_t i = 0; i <= t->mask; i++) {
+		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
+			int on_lru = (n->scratch & KVP_CHECK_LRU_BIT) != 0;
+
+			KVP_CHECK((n->scratch & ~KVP_CHECK_LRU_BIT) == n->children);
+			KVP_CHECK(on_lru == node_evictable(n));
+			KVP_CHECK(on_lru == (n->lru.next != NULL));
+			n_evictable += on_lru;
+			n->scratch = 0;
+		}
+	}
+	KVP_CHECK(n_evictable == t->n_lru);
+	return 0;
+}
