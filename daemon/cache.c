@@ -211,13 +211,20 @@ static int lease_prepare(struct kvp_cache *c, uint64_t owner, size_t n, struct o
 
 /* Pin nodes[0..n) under lease l of owner o; n == 0 discards the lease. */
 static uint64_t lease_commit(struct kvp_cache *c, struct owner *o, struct lease *l,
-			     struct kvp_tree_node **nodes, size_t n)
+			     size_t cap, struct kvp_tree_node **nodes, size_t n)
 {
 	if (n == 0) {
 		free(l);
 		if (o->n_leases == 0)
 			owner_remove(c, o);
 		return 0;
+	}
+	if (n < cap) {
+		/* prepared for every block of the request; keep only what is pinned */
+		struct lease *nl = realloc(l, sizeof(*l) + n * sizeof(l->nodes[0]));
+
+		if (nl)
+			l = nl;
 	}
 	l->id = c->next_lease++;
 	l->n = (uint32_t)n;
@@ -313,15 +320,21 @@ int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 	if (pin && owner == 0)
 		return KVP_EINVAL;
 	if (pin) {
-		rc = lease_prepare(c, owner, n_tokens / c->cfg.block_tokens, &o, &l);
+		o = owner_find(c, owner);
+		if (o && o->n_leases >= c->cfg.max_leases)
+			return KVP_EBUSY;
+	}
+	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
+	if (pin && m) {
+		/* sized by the match, not the request: a lease lives as long as its owner */
+		rc = lease_prepare(c, owner, m, &o, &l);
 		if (rc)
 			return rc;
 	}
-	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
 	result_blocks(c, m, block_ids, res);
 	res->prompt_tokens = (uint32_t)n_tokens;
-	if (pin)
-		res->lease = lease_commit(c, o, l, c->path, m);
+	if (pin && m)
+		res->lease = lease_commit(c, o, l, m, c->path, m);
 
 	c->st.lookups++;
 	c->st.lookup_hits += m > 0;
@@ -408,7 +421,7 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 	result_blocks(c, k, block_ids, res);
 	res->prompt_tokens = (uint32_t)n_tokens;
 	if (pin)
-		res->lease = lease_commit(c, o, l, c->path, k);
+		res->lease = lease_commit(c, o, l, nb, c->path, k);
 
 	c->st.inserts++;
 	c->st.insert_tokens += n_tokens;

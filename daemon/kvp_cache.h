@@ -16,7 +16,8 @@
  * release : unpin a lease; release_owner unpins every lease of an owner (disconnect).
  *
  * Threading: one owner thread. Memory: a lookup without pin never allocates; a failed
- * allocation leaves tree, pool and leases as they were (the call returns KVP_ENOMEM).
+ * allocation returns KVP_ENOMEM with every structure valid: a lookup changes nothing,
+ * an insert keeps the blocks it added before the failure (res says how many).
  */
 #ifndef KVP_CACHE_H
 #define KVP_CACHE_H

@@ -200,6 +200,11 @@ int main(int argc, char **argv)
 			cfg.max_tokens, (unsigned long long)cfg.max_tokens * 4 + 8, cfg.max_frame_bytes);
 		return 2;
 	}
+	if ((uint64_t)cfg.max_leases * cfg.max_connections >= UINT32_MAX) {
+		/* every lease may pin the same block: its pin count must not wrap */
+		fprintf(stderr, "kvprefixd: --max-leases x --max-connections must stay below 2^32\n");
+		return 2;
+	}
 	if (!cfg.socket_path[0] && kvp_default_socket_path(cfg.socket_path, sizeof(cfg.socket_path))) {
 		fprintf(stderr, "kvprefixd: the default socket path is too long; give --socket\n");
 		return 2;

@@ -40,6 +40,23 @@
 #include "kvp_log.h"
 #include "kvp_proto.h"
 
+/*
+ * One allocation route for the daemon (and, through event_set_mem_functions, libevent).
+ * The system mimalloc is not ASan-instrumented: under KVP_SANITIZE go through libc so
+ * that a use-after-free of a conn or a bufferevent is actually caught.
+ */
+#ifdef KVP_SANITIZE_BUILD
+#define srv_malloc(n) malloc(n)
+#define srv_zalloc(n) calloc(1, (n))
+#define srv_malloc_aligned(n, a) aligned_alloc((a), ((n) + (a) - 1) / (a) * (a))
+#define srv_free(p) free(p)
+#else
+#define srv_malloc(n) mi_malloc(n)
+#define srv_zalloc(n) mi_zalloc(n)
+#define srv_malloc_aligned(n, a) mi_malloc_aligned((n), (a))
+#define srv_free(p) mi_free(p)
+#endif
+
 #define FRAMES_PER_WAKEUP 64
 #define OUTPUT_HIGH_WATER (16u << 20)
 #define CLOSE_FLUSH_SECONDS 5
@@ -59,6 +76,7 @@ struct conn {
 	struct server *srv;
 	struct bufferevent *bev;
 	enum conn_state state;
+	bool peer_eof;               /* client shut its side: answer what came, then close */
 	uint64_t id;                 /* lease owner id, unique for the daemon's life */
 	uid_t uid;
 	pid_t pid;
@@ -72,6 +90,7 @@ struct server {
 	struct event_base *base;
 	struct evconnlistener *listener;
 	struct event *sig_int, *sig_term;
+	struct event *accept_pause;  /* re-enables the listener after EMFILE and friends */
 	struct kvp_cache *cache;
 	struct conn *conns;
 	uint32_t n_conns;
@@ -86,6 +105,8 @@ struct server {
 	uint8_t *reply;              /* encode scratch for the largest reply */
 	size_t reply_cap;
 	bool socket_bound;
+	dev_t sock_dev;              /* the socket file we bound, so exit removes only it */
+	ino_t sock_ino;
 };
 
 static void conn_close(struct conn *c, const char *why);
@@ -379,7 +400,7 @@ static void conn_free_cb(evutil_socket_t fd, short what, void *arg)
 	struct conn *c = arg;
 
 	bufferevent_free(c->bev);
-	mi_free(c);
+	srv_free(c);
 }
 
 /* Unlink the connection, release its leases now; free it from the loop later. */
@@ -402,11 +423,12 @@ static void conn_close(struct conn *c, const char *why)
 	if (event_base_once(s->base, -1, EV_TIMEOUT, conn_free_cb, c, NULL) != 0) {
 		/* cannot defer: freeing here is still safe with libevent's deferred cbs off */
 		bufferevent_free(c->bev);
-		mi_free(c);
+		srv_free(c);
 	}
 }
 
-static void conn_fatal(struct conn *c)
+/* Stop reading; flush what is queued (CLOSE_FLUSH_SECONDS at most), then close. */
+static void conn_finish(struct conn *c, const char *why)
 {
 	struct timeval tv = { CLOSE_FLUSH_SECONDS, 0 };
 
@@ -414,7 +436,12 @@ static void conn_fatal(struct conn *c)
 	bufferevent_disable(c->bev, EV_READ);
 	bufferevent_set_timeouts(c->bev, NULL, &tv);
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-		conn_close(c, "protocol error");
+		conn_close(c, why);
+}
+
+static void conn_fatal(struct conn *c)
+{
+	conn_finish(c, "protocol error");
 }
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
@@ -423,6 +450,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 	struct server *s = c->srv;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	int frames = 0;
+	bool more = false;
 
 	while (c->state == CONN_READING) {
 		uint8_t hb[KVP_HDR_SIZE];
@@ -436,6 +464,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 		if (frames == FRAMES_PER_WAKEUP) {
 			/* fairness: let other connections run, continue on the next turn */
 			bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+			more = true;
 			break;
 		}
 		evbuffer_copyout(in, hb, sizeof(hb));
@@ -478,7 +507,12 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			return;
 		}
 	}
-	if (c->state == CONN_READING &&
+	if (c->state == CONN_READING && c->peer_eof && !more) {
+		/* half-closed peer: every complete frame is answered; flush, then close */
+		conn_finish(c, "peer closed");
+		return;
+	}
+	if (c->state == CONN_READING && !c->peer_eof &&
 	    evbuffer_get_length(bufferevent_get_output(bev)) > OUTPUT_HIGH_WATER)
 		bufferevent_disable(bev, EV_READ);   /* the client is not reading its replies */
 }
@@ -489,8 +523,9 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 
 	/* called when the output has drained */
 	if (c->state == CONN_CLOSING) {
-		conn_close(c, "protocol error");
-	} else if (c->state == CONN_READING && !(bufferevent_get_enabled(bev) & EV_READ)) {
+		conn_close(c, "flushed");
+	} else if (c->state == CONN_READING && !c->peer_eof &&
+		   !(bufferevent_get_enabled(bev) & EV_READ)) {
 		bufferevent_enable(bev, EV_READ);
 		bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 	}
@@ -500,7 +535,12 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn *c = arg;
 
-	if (what & BEV_EVENT_EOF)
+	if ((what & BEV_EVENT_EOF) && c->state == CONN_READING) {
+		/* a shutdown(SHUT_WR) still expects its replies: answer the frames already
+		 * buffered (the read cb finishes the connection once they are done) */
+		c->peer_eof = true;
+		conn_read_cb(bev, c);
+	} else if (what & BEV_EVENT_EOF)
 		conn_close(c, "peer closed");
 	else if (what & BEV_EVENT_TIMEOUT)
 		conn_close(c, "flush timed out");
@@ -541,14 +581,14 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		evutil_closesocket(fd);
 		return;
 	}
-	c = mi_zalloc(sizeof(*c));
+	c = srv_zalloc(sizeof(*c));
 	if (!c) {
 		refuse(fd, KVP_ENOMEM, "out of memory");
 		return;
 	}
 	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (!c->bev) {
-		mi_free(c);
+		srv_free(c);
 		refuse(fd, KVP_ENOMEM, "out of memory");
 		return;
 	}
@@ -573,12 +613,28 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		  (unsigned)c->uid, (int)c->pid);
 }
 
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+
+	evconnlistener_enable(s->listener);
+}
+
 static void accept_error_cb(struct evconnlistener *l, void *arg)
 {
+	struct server *s = arg;
 	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = { 0, 100 * 1000 };
 
-	/* EMFILE and friends: log and keep listening; libevent retries on the next event */
-	kvp_warn("accept: %s", evutil_socket_error_to_string(err));
+	/*
+	 * EMFILE and friends leave the connection in the backlog, so the listening socket
+	 * stays readable: keep listening and this callback spins the loop at 100% CPU.
+	 * Pause accepting for 100 ms instead (closing connections free descriptors).
+	 */
+	kvp_warn("accept: %s; pausing accept for 100 ms", evutil_socket_error_to_string(err));
+	evconnlistener_disable(l);
+	if (event_add(s->accept_pause, &tv) != 0)
+		evconnlistener_enable(l);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -612,6 +668,23 @@ static int make_parent_dir(const char *path)
 	}
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
 		return -1;
+	/*
+	 * The socket's own directory must be ours and writable by no one else: in a shared
+	 * /tmp (the default path without XDG_RUNTIME_DIR) another user can create
+	 * /tmp/kvprefix-<uid> first and later swap our socket for theirs, receiving every
+	 * client's prompts.
+	 */
+	{
+		struct stat st;
+
+		if (lstat(dir, &st) != 0)
+			return -1;
+		if (!S_ISDIR(st.st_mode) || (st.st_uid != geteuid() && st.st_uid != 0) ||
+		    ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))) {
+			errno = EPERM;
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -624,7 +697,7 @@ static int listen_socket(struct server *s, evutil_socket_t *out)
 
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
 	if (make_parent_dir(path) != 0) {
-		kvp_err("cannot create the directory of %s: %s", path, strerror(errno));
+		kvp_err("cannot use the directory of %s: %s (it must exist or be creatable, belong to this user or root, and not be writable by others)", path, strerror(errno));
 		return -1;
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -632,15 +705,28 @@ static int listen_socket(struct server *s, evutil_socket_t *out)
 		kvp_err("socket: %s", strerror(errno));
 		return -1;
 	}
-	/* A live daemon on this path is left alone; a stale socket file is replaced. */
+	/* A live daemon on this path is left alone; a stale socket file is replaced;
+	 * anything else (a regular file, a socket we may not probe) is not ours to remove. */
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 || errno == EAGAIN) {
 		kvp_err("another kvprefixd is already listening on %s", path);
 		close(fd);
 		return -1;
 	}
+	rc = errno;
 	close(fd);
-	if (unlink(path) == 0)
-		kvp_info("removed a stale socket file at %s", path);
+	if (rc == ECONNREFUSED) {
+		struct stat st;
+
+		if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+			kvp_err("%s exists and is not a socket; not replacing it", path);
+			return -1;
+		}
+		if (unlink(path) == 0)
+			kvp_info("removed a stale socket file at %s", path);
+	} else if (rc != ENOENT) {
+		kvp_err("cannot probe %s: %s", path, strerror(rc));
+		return -1;
+	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0) {
 		kvp_err("socket: %s", strerror(errno));
@@ -655,8 +741,23 @@ static int listen_socket(struct server *s, evutil_socket_t *out)
 		return -1;
 	}
 	s->socket_bound = true;
+	{
+		struct stat st;
+
+		if (stat(path, &st) == 0) {
+			s->sock_dev = st.st_dev;
+			s->sock_ino = st.st_ino;
+		}
+	}
 	if (chmod(path, s->cfg->socket_mode) != 0)
 		kvp_warn("chmod %s: %s", path, strerror(errno));
+	/* listen now: between bind and listen a connect is refused, which a second
+	 * daemon starting at that moment would take for a stale socket and unlink */
+	if (listen(fd, 128) != 0) {
+		kvp_err("cannot listen on %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
 	*out = fd;
 	return 0;
 }
@@ -675,17 +776,25 @@ static void server_free(struct server *s)
 		event_free(s->sig_int);
 	if (s->sig_term)
 		event_free(s->sig_term);
+	if (s->accept_pause)
+		event_free(s->accept_pause);
 	if (s->base) {
 		/* run the deferred frees queued by conn_close */
 		event_base_loop(s->base, EVLOOP_NONBLOCK);
 		event_base_free(s->base);
 	}
-	if (s->socket_bound && unlink(s->cfg->socket_path) != 0)
-		kvp_warn("cannot remove %s: %s", s->cfg->socket_path, strerror(errno));
+	if (s->socket_bound) {
+		struct stat st;
+
+		/* remove only our own socket file, not one a later daemon put there */
+		if (lstat(s->cfg->socket_path, &st) == 0 && st.st_dev == s->sock_dev &&
+		    st.st_ino == s->sock_ino && unlink(s->cfg->socket_path) != 0)
+			kvp_warn("cannot remove %s: %s", s->cfg->socket_path, strerror(errno));
+	}
 	kvp_cache_destroy(s->cache);
-	mi_free(s->tokens);
-	mi_free(s->block_ids);
-	mi_free(s->reply);
+	srv_free(s->tokens);
+	srv_free(s->block_ids);
+	srv_free(s->reply);
 }
 
 int kvp_server_run(const struct kvp_config *cfg)
@@ -703,7 +812,9 @@ int kvp_server_run(const struct kvp_config *cfg)
 
 	clock_gettime(CLOCK_MONOTONIC, &s.started);
 	signal(SIGPIPE, SIG_IGN);
+#ifndef KVP_SANITIZE_BUILD
 	event_set_mem_functions(mi_malloc, mi_realloc, mi_free);
+#endif
 
 	rc = kvp_cache_create(&cc, &s.cache);
 	if (rc) {
@@ -711,10 +822,10 @@ int kvp_server_run(const struct kvp_config *cfg)
 			kvp_strerror(rc));
 		return 1;
 	}
-	s.tokens = mi_malloc_aligned((size_t)cfg->max_tokens * sizeof(uint32_t), 64);
-	s.block_ids = mi_malloc(max_blocks * sizeof(uint32_t));
+	s.tokens = srv_malloc_aligned((size_t)cfg->max_tokens * sizeof(uint32_t), 64);
+	s.block_ids = srv_malloc(max_blocks * sizeof(uint32_t));
 	s.reply_cap = kvp_blocks_reply_size((uint32_t)max_blocks);
-	s.reply = mi_malloc(s.reply_cap);
+	s.reply = srv_malloc(s.reply_cap);
 	s.base = event_base_new();
 	if (!s.tokens || !s.block_ids || !s.reply || !s.base) {
 		kvp_err("out of memory at start");
@@ -723,13 +834,18 @@ int kvp_server_run(const struct kvp_config *cfg)
 	if (listen_socket(&s, &fd) != 0)
 		goto out;
 	s.listener = evconnlistener_new(s.base, accept_cb, &s,
-					LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 128, fd);
+					LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
 	if (!s.listener) {
 		kvp_err("cannot listen on %s: %s", cfg->socket_path, strerror(errno));
 		close(fd);
 		goto out;
 	}
 	evconnlistener_set_error_cb(s.listener, accept_error_cb);
+	s.accept_pause = evtimer_new(s.base, accept_resume_cb, &s);
+	if (!s.accept_pause) {
+		kvp_err("out of memory at start");
+		goto out;
+	}
 	s.sig_int = evsignal_new(s.base, SIGINT, signal_cb, &s);
 	s.sig_term = evsignal_new(s.base, SIGTERM, signal_cb, &s);
 	if (!s.sig_int || !s.sig_term || event_add(s.sig_int, NULL) || event_add(s.sig_term, NULL)) {

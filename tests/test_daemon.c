@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -492,6 +493,8 @@ Test(daemon, sigterm_exits_zero_and_removes_socket)
 
 /* ---- without a running daemon ------------------------------------------- */
 
+TestSuite(cli, .timeout = 60);
+
 Test(cli, stale_socket_is_replaced)
 {
 	char dir[] = "/tmp/kvp-stale-XXXXXX", sock[64], cmd[512], out[4096];
@@ -544,4 +547,126 @@ Test(cli, help_version_and_mode)
 	cr_assert(strstr(out, "--block-tokens") != NULL, "%s", out);
 	snprintf(cmd, sizeof(cmd), "%s --index-only --block-tokens 4097 2>&1", KVP_DAEMON_PATH);
 	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 2);
+}
+
+/* ---- regressions ---------------------------------------------------------- */
+
+/* A client that sends its requests and then shuts down its writing side still gets
+ * every reply (it used to lose the ones queued behind the per-wakeup frame cap). */
+Test(daemon, half_closed_client_gets_every_reply)
+{
+	enum { N = 5000 };
+	int fd = raw_connect();
+	uint8_t *out = malloc((size_t)N * (KVP_HDR_SIZE + 4)), buf[64];
+	size_t off = 0;
+
+	for (uint32_t i = 0; i < N; i++) {
+		struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_PING, .req_id = i, .len = 4 };
+		kvp_hdr_encode(out + off, &h);
+		memcpy(out + off + KVP_HDR_SIZE, &i, 4);
+		off += KVP_HDR_SIZE + 4;
+	}
+	raw_send(fd, out, off);
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	for (uint32_t i = 0; i < N; i++) {
+		struct kvp_frame_hdr h = raw_recv(fd, buf, sizeof(buf));
+		cr_assert_eq(h.req_id, i, "reply %u of %u missing", i, N);
+	}
+	char sink;
+	cr_assert_eq(recv(fd, &sink, 1, 0), 0, "closed after the last reply");
+	close(fd);
+	free(out);
+}
+
+/* --socket naming a regular file must not delete it. */
+Test(cli, regular_file_at_socket_path_is_kept)
+{
+	char dir[] = "/tmp/kvp-file-XXXXXX", path[64], cmd[256], out[4096];
+	FILE *f;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/not-a-socket", dir);
+	f = fopen(path, "w");
+	fputs("precious", f);
+	fclose(f);
+	snprintf(cmd, sizeof(cmd), "timeout 10 %s --index-only --socket %s 2>&1", KVP_DAEMON_PATH, path);
+	cr_assert_neq(kvp_run_capture(cmd, out, sizeof(out)), 0);
+	cr_assert(strstr(out, "not a socket") != NULL, "%s", out);
+	cr_assert_eq(access(path, F_OK), 0, "the file is still there");
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
+}
+
+static long cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long ut = 0, st = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	p = strrchr(buf, ')');
+	/* fields after the command: state(3) ... utime(14) stime(15) */
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		return -1;
+	return (long)(ut + st);
+}
+
+/* Out of file descriptors, the daemon used to spin on accept errors at 100% CPU. */
+Test(cli, out_of_descriptors_does_not_spin)
+{
+	char dir[] = "/tmp/kvp-fd-XXXXXX", sock[64], cmd[256], out[64];
+	int fds[40], n = 0;
+	pid_t pid;
+	long t0, t1;
+	struct kvp_client *c = NULL;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+	pid = fork();
+	if (pid == 0) {
+		struct rlimit rl = { 24, 24 };
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 2);
+		close(null);
+		setrlimit(RLIMIT_NOFILE, &rl);
+		execl(KVP_DAEMON_PATH, KVP_DAEMON_PATH, "--index-only", "--socket", sock, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500 && kvp_client_connect(sock, &c) != 0; i++)
+		usleep(10000);
+	cr_assert_not_null(c);
+	kvp_client_close(c);
+	for (int i = 0; i < 40; i++) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		fds[n] = socket(AF_UNIX, SOCK_STREAM, 0);
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+		if (connect(fds[n], (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			n++;
+		else
+			close(fds[n]);
+	}
+	usleep(200000);
+	t0 = cpu_ticks(pid);
+	usleep(1000000);
+	t1 = cpu_ticks(pid);
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	/* a spinning loop burns ~100 ticks a second; an idle one close to none */
+	cr_expect_lt(t1 - t0, 30, "the daemon used %ld ticks in 1 s while out of descriptors",
+		     t1 - t0);
+	usleep(300000);
+	c = NULL;
+	cr_assert_eq(kvp_client_connect(sock, &c), 0);
+	cr_assert_eq(kvp_client_ping(c, "back", 4), 0, "accepting again once descriptors are free");
+	kvp_client_close(c);
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
 }
