@@ -1,7 +1,8 @@
 /*
  * client.c - libkvprefix, the reference client of kvprefixd (contract: kvprefix.h).
  *
- * One call = one request frame out (a single sendmsg) and one reply frame in. The
+ * One call = one request frame out (a single sendmsg) and one reply frame in (GENERATE:
+ * token frames, each handed to the caller's callback as it arrives, then DONE). The
  * reply lands in a buffer the client owns and keeps until the next call, so that
  * block ids can be handed out in place:
  *
@@ -14,10 +15,13 @@
  * timeout, a poll() precedes each recv; the send side gets SO_SNDTIMEO once, when the
  * timeout is set.
  *
- * A call that times out after its request went out leaves that reply owed: the next
- * call reads and drops owed replies (their ids are the ones just before its own) before
- * reading its own, so KVP_ETIMEDOUT leaves the client usable. A request only partly
- * sent cannot be taken back: the client is then unusable (later calls: KVP_EIO).
+ * A call that times out after its request went out leaves that reply owed: its id goes
+ * into a small set, and later calls read and drop every frame carrying an owed id (a
+ * GENERATE's token frames too) until that request's final frame, so KVP_ETIMEDOUT
+ * leaves the client usable. Frames are matched by req_id, not by order, because the
+ * daemon may answer a request sent after a GENERATE before that GENERATE is done.
+ * A request only partly sent cannot be taken back: the client is then unusable
+ * (later calls: KVP_EIO). So is one that has CLIENT_OWED_MAX requests owed at once.
  * When the daemon hangs up mid-send (a frame over its limit), an ERROR it queued
  * before closing is still read and returned; later calls return KVP_ECLOSED.
  */
@@ -46,12 +50,22 @@
 #define CLIENT_BUF_INIT (16u << 10)          /* receive buffer at connect */
 #define CLIENT_BUF_KEEP (4u << 20)           /* shrink back to INIT above this, when idle */
 #define CLIENT_MAX_TOKENS ((UINT32_MAX - 8u) / 4u)   /* what a u32 payload length holds */
+#define CLIENT_MAX_GEN_TOKENS ((UINT32_MAX - 36u - 4u * KVP_STOP_MAX) / 4u)
+#define CLIENT_OWED_MAX 64u                  /* timed-out requests awaited at once */
+#define CLIENT_LOGITS_ALIGN 64u
+
+/* kvprefix.h repeats a few protocol constants of kvp_proto.h. Both are included here,
+ * so a differing redefinition draws a warning; this pins the values as well. */
+_Static_assert(KVP_GEN_LOGITS == 0x1u && KVP_STOP_MAX == 64u && KVP_GEN_MAX_NEW == 1048576u &&
+	       KVP_FINISH_LENGTH == 0u && KVP_FINISH_STOP == 1u && KVP_FINISH_CONTEXT == 2u,
+	       "kvprefix.h and kvp_proto.h disagree");
 
 struct kvp_client {
 	int fd;
 	int fatal;              /* 0, or the status every later call returns */
 	uint32_t next_id;       /* req_id of the next request sent */
-	uint32_t owed;          /* replies still due to timed-out requests, to be dropped */
+	uint32_t owed[CLIENT_OWED_MAX];   /* ids of timed-out requests whose final frame is due */
+	uint32_t n_owed;
 	uint32_t timeout_ms;    /* 0: wait forever */
 	uint8_t *buf;           /* receive buffer; a frame starts at buf[0] */
 	size_t cap;             /* bytes allocated */
@@ -59,6 +73,8 @@ struct kvp_client {
 	size_t frame;           /* bytes of the frame the last call returned */
 	uint8_t *scratch;       /* big-endian hosts: tokens converted for sending */
 	size_t scratch_cap;
+	float *logits;          /* the last GENERATE's logits, CLIENT_LOGITS_ALIGN-aligned */
+	size_t logits_cap;      /* floats allocated */
 	char err[KVP_ERROR_MSG_MAX + 1];
 };
 
@@ -222,10 +238,31 @@ static int read_frame(struct kvp_client *c, int64_t deadline, struct kvp_frame_h
 	return 0;
 }
 
+/* The frame that ends a request: a reply, DONE or ERROR; not a GENERATE token frame. */
+static bool is_final_type(uint8_t type)
+{
+	if (type == KVP_T_ERROR || type == KVP_T_GENERATE_DONE)
+		return true;
+	return (type & KVP_T_REPLY) && type != (KVP_T_GENERATE | KVP_T_REPLY) &&
+	       kvp_frame_is_request((uint8_t)(type & ~KVP_T_REPLY));
+}
+
 static bool is_reply_type(uint8_t type)
 {
-	return type == KVP_T_ERROR ||
-	       ((type & KVP_T_REPLY) && kvp_frame_is_request((uint8_t)(type & ~KVP_T_REPLY)));
+	return is_final_type(type) || type == (KVP_T_GENERATE | KVP_T_REPLY);
+}
+
+/* Remember that request id timed out: its frames are to be dropped. With the set full
+ * the client gives up (the daemon has not answered CLIENT_OWED_MAX requests). */
+static void owe(struct kvp_client *c, uint32_t id)
+{
+	if (c->fatal)
+		return;
+	if (c->n_owed == CLIENT_OWED_MAX) {
+		c->fatal = KVP_EIO;
+		return;
+	}
+	c->owed[c->n_owed++] = id;
 }
 
 /* Keep an ERROR frame's message for kvp_client_error(); returns -code. */
@@ -273,11 +310,11 @@ static int salvage_error(struct kvp_client *c, uint32_t id)
 }
 
 /*
- * Send one request (iov[0] begins with KVP_HDR_SIZE bytes this function fills in) and
- * wait for its reply; on 0, *payload / *len describe the reply payload inside c->buf.
+ * Send one request: iov[0] begins with KVP_HDR_SIZE bytes this function fills in. *id
+ * gets the request's id. On failure nothing went out unless c->fatal is set.
  */
-static int roundtrip(struct kvp_client *c, uint8_t type, struct iovec *iov, int iovcnt,
-		     size_t payload_len, const uint8_t **payload, uint32_t *len)
+static int send_request(struct kvp_client *c, uint8_t type, struct iovec *iov, int iovcnt,
+			size_t payload_len, uint32_t *id)
 {
 	struct kvp_frame_hdr h = {
 		.version = KVP_PROTO_VERSION,
@@ -285,50 +322,77 @@ static int roundtrip(struct kvp_client *c, uint8_t type, struct iovec *iov, int 
 		.req_id = c->next_id,
 		.len = (uint32_t)payload_len,
 	};
-	uint32_t id = c->next_id;
-	int64_t deadline = 0;
 	int rc;
 
 	if (c->fatal)
 		return c->fatal;
 	buf_consume(c);
 	kvp_hdr_encode(iov[0].iov_base, &h);
-	if (c->timeout_ms)
-		deadline = now_ms() + c->timeout_ms;
-
-	/* On failure nothing went out unless c->fatal is set: the id stays free. */
 	if ((rc = send_all(c, iov, iovcnt, KVP_HDR_SIZE + payload_len)) < 0) {
-		if (rc == KVP_ECLOSED && !c->owed)
-			return salvage_error(c, id);
+		if (rc == KVP_ECLOSED && !c->n_owed)
+			return salvage_error(c, h.req_id);
 		return rc;
 	}
-	c->next_id++;
+	*id = c->next_id++;
+	return 0;
+}
+
+/*
+ * Read the next frame of request id into buf[0 ..), dropping the frames of owed
+ * requests on the way. On 0, h is its header (type not yet checked against the
+ * request) and c->frame covers it. A frame of any other request is KVP_EPROTO.
+ * KVP_ETIMEDOUT: the caller decides whether id is now owed.
+ */
+static int next_frame(struct kvp_client *c, uint32_t id, int64_t deadline,
+		      struct kvp_frame_hdr *h)
+{
+	int rc;
 
 	for (;;) {
-		if ((rc = read_frame(c, deadline, &h)) < 0) {
-			if (rc == KVP_ETIMEDOUT && !c->fatal)
-				c->owed++;
+		uint32_t i;
+
+		buf_consume(c);
+		if ((rc = read_frame(c, deadline, h)) < 0)
 			return rc;
-		}
-		if (c->owed) {
-			/* A reply to an earlier request that timed out: drop it. */
-			if (h.req_id != id - c->owed || !is_reply_type(h.type))
-				return fail(c, KVP_EPROTO);
-			c->owed--;
-			c->frame = KVP_HDR_SIZE + (size_t)h.len;
-			buf_consume(c);
-			continue;
-		}
-		break;
-	}
-	c->frame = KVP_HDR_SIZE + (size_t)h.len;
-	if (h.type == KVP_T_ERROR) {
-		rc = take_error(c, c->buf + KVP_HDR_SIZE, h.len);
-		if (h.req_id != id)
+		c->frame = KVP_HDR_SIZE + (size_t)h->len;
+		if (h->req_id == id)
+			return 0;
+		/* A frame for an earlier request that timed out: drop it. */
+		for (i = 0; i < c->n_owed && c->owed[i] != h->req_id; i++)
+			;
+		if (i == c->n_owed || !is_reply_type(h->type))
 			return fail(c, KVP_EPROTO);
+		if (is_final_type(h->type))
+			c->owed[i] = c->owed[--c->n_owed];
+	}
+}
+
+/*
+ * Send one request and wait for its single reply frame; on 0, *payload / *len describe
+ * the reply payload inside c->buf.
+ */
+static int roundtrip(struct kvp_client *c, uint8_t type, struct iovec *iov, int iovcnt,
+		     size_t payload_len, const uint8_t **payload, uint32_t *len)
+{
+	struct kvp_frame_hdr h;
+	int64_t deadline = 0;
+	uint32_t id;
+	int rc;
+
+	*payload = NULL;
+	*len = 0;
+	if (c->timeout_ms)
+		deadline = now_ms() + c->timeout_ms;
+	if ((rc = send_request(c, type, iov, iovcnt, payload_len, &id)) < 0)
+		return rc;
+	if ((rc = next_frame(c, id, deadline, &h)) < 0) {
+		if (rc == KVP_ETIMEDOUT)
+			owe(c, id);
 		return rc;
 	}
-	if (h.req_id != id || h.type != (type | KVP_T_REPLY))
+	if (h.type == KVP_T_ERROR)
+		return take_error(c, c->buf + KVP_HDR_SIZE, h.len);
+	if (h.type != (type | KVP_T_REPLY))
 		return fail(c, KVP_EPROTO);
 	*payload = c->buf + KVP_HDR_SIZE;
 	*len = h.len;
@@ -423,6 +487,7 @@ KVP_API void kvp_client_close(struct kvp_client *c)
 	if (!c)
 		return;
 	close(c->fd);
+	free(c->logits);
 	free(c->scratch);
 	free(c->buf);
 	free(c);
@@ -485,6 +550,50 @@ KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const ch
 	return 0;
 }
 
+/* Point iov at tokens as little-endian bytes: the caller's array itself on a
+ * little-endian host, a converted copy in c->scratch elsewhere. */
+static int tokens_iov(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
+		      struct iovec *iov)
+{
+	size_t tbytes = n_tokens * 4;
+
+#if KVP_HOST_LE
+	iov->iov_base = (void *)tokens;
+#else
+	if (tbytes > c->scratch_cap) {
+		uint8_t *s = realloc(c->scratch, tbytes);
+
+		if (!s)
+			return KVP_ENOMEM;
+		c->scratch = s;
+		c->scratch_cap = tbytes;
+	}
+	kvp_store_u32s(c->scratch, tokens, n_tokens);
+	iov->iov_base = c->scratch;
+#endif
+	iov->iov_len = tbytes;
+	return 0;
+}
+
+/* The token ids of a frame, in host order, in place: ids sits at a 4-byte aligned
+ * offset of c->buf (malloc'd), and the bytes are ours until the next call. */
+static const uint32_t *host_ids(const uint8_t *raw, uint32_t n)
+{
+	uint32_t *ids = (uint32_t *)(void *)(uintptr_t)raw;
+
+#if !KVP_HOST_LE
+	for (uint32_t i = 0; i < n; i++) {
+		const uint8_t *b = raw + 4 * (size_t)i;
+
+		ids[i] = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+			 (uint32_t)b[3] << 24;
+	}
+#else
+	(void)n;
+#endif
+	return ids;
+}
+
 /* LOOKUP and INSERT: header and fixed fields from the stack, tokens from the caller. */
 static int tokens_call(struct kvp_client *c, uint8_t type, const uint32_t *tokens,
 		       size_t n_tokens, uint32_t flags, struct kvp_match *out)
@@ -506,21 +615,8 @@ static int tokens_call(struct kvp_client *c, uint8_t type, const uint32_t *token
 	tbytes = n_tokens * 4;
 	put_le32(head + KVP_HDR_SIZE, flags);
 	put_le32(head + KVP_HDR_SIZE + 4, (uint32_t)n_tokens);
-#if KVP_HOST_LE
-	iov[1].iov_base = (void *)tokens;
-#else
-	if (tbytes > c->scratch_cap) {
-		uint8_t *s = realloc(c->scratch, tbytes);
-
-		if (!s)
-			return KVP_ENOMEM;
-		c->scratch = s;
-		c->scratch_cap = tbytes;
-	}
-	kvp_store_u32s(c->scratch, tokens, n_tokens);
-	iov[1].iov_base = c->scratch;
-#endif
-	iov[1].iov_len = tbytes;
+	if ((rc = tokens_iov(c, tokens, n_tokens, &iov[1])) < 0)
+		return rc;
 
 	if ((rc = roundtrip(c, type, iov, tbytes ? 2 : 1, 8 + tbytes, &p, &len)) < 0)
 		return rc;
@@ -534,24 +630,7 @@ static int tokens_call(struct kvp_client *c, uint8_t type, const uint32_t *token
 	out->lease = r.lease;
 	out->n_blocks = r.n_blocks;
 	/* The ids sit at buf + 40: 4-byte aligned, since buf comes from malloc. */
-#if KVP_HOST_LE
-	out->block_ids = (const uint32_t *)(const void *)r.block_ids;
-#else
-	{
-		/* Convert in place: the bytes are ours until the next call. */
-		uint8_t *raw = c->buf + KVP_HDR_SIZE + 24;
-		uint32_t *ids = (uint32_t *)(void *)raw;
-
-		for (uint32_t i = 0; i < r.n_blocks; i++) {
-			const uint8_t *b = raw + 4 * (size_t)i;
-			uint32_t v = (uint32_t)b[0] | (uint32_t)b[1] << 8 |
-				     (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-
-			ids[i] = v;
-		}
-		out->block_ids = ids;
-	}
-#endif
+	out->block_ids = host_ids(r.block_ids, r.n_blocks);
 	return 0;
 }
 
@@ -630,6 +709,168 @@ KVP_API int kvp_client_ping(struct kvp_client *c, const void *data, size_t n)
 		return rc;
 	if (len != n || (n && memcmp(p, data, n) != 0))
 		return fail(c, KVP_EPROTO);
+	return 0;
+}
+
+/* ---- GENERATE ------------------------------------------------------------------------ */
+
+KVP_API void kvp_generate_params_init(struct kvp_generate_params *p)
+{
+	if (!p)
+		return;
+	memset(p, 0, sizeof(*p));
+	p->max_new = 16;
+	p->temperature = 0.0f;
+	p->top_k = 0;
+	p->top_p = 1.0f;
+	p->seed = 0;
+	p->stop = NULL;
+	p->n_stop = 0;
+	p->flags = 0;
+}
+
+static bool is_stop(const struct kvp_generate_params *p, uint32_t tok)
+{
+	for (uint32_t i = 0; i < p->n_stop; i++)
+		if (p->stop[i] == tok)
+			return true;
+	return false;
+}
+
+/* Copy the DONE frame's logits into aligned storage the client owns. */
+static int keep_logits(struct kvp_client *c, const uint8_t *raw, uint32_t n)
+{
+	if (n > c->logits_cap) {
+		size_t bytes = ((size_t)n * sizeof(float) + CLIENT_LOGITS_ALIGN - 1) &
+			       ~(size_t)(CLIENT_LOGITS_ALIGN - 1);
+		float *l = aligned_alloc(CLIENT_LOGITS_ALIGN, bytes);
+
+		if (!l)
+			return KVP_ENOMEM;
+		free(c->logits);
+		c->logits = l;
+		c->logits_cap = bytes / sizeof(float);
+	}
+	kvp_load_f32s(c->logits, raw, n);
+	return 0;
+}
+
+/* The usage must add up with what was streamed (docs/protocol.md, GENERATE_DONE). */
+static bool done_consistent(const struct kvp_generate_done *d, const struct kvp_generate_params *p,
+			    size_t n, uint32_t streamed, bool stopped)
+{
+	if (d->prompt_tokens != n || d->generated_tokens != streamed)
+		return false;
+	if ((uint64_t)d->cached_tokens + d->computed_tokens != d->prompt_tokens ||
+	    d->computed_tokens == 0)
+		return false;
+	if (d->n_logits && !(p->flags & KVP_GEN_LOGITS))
+		return false;
+	switch (d->finish) {
+	case KVP_FINISH_STOP: return stopped;
+	case KVP_FINISH_LENGTH: return !stopped && streamed == p->max_new;
+	default: return !stopped && streamed < p->max_new;
+	}
+}
+
+KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, size_t n,
+				const struct kvp_generate_params *p, kvp_token_cb cb, void *arg,
+				struct kvp_usage *usage)
+{
+	uint8_t head[KVP_HDR_SIZE + 36 + 4 * KVP_STOP_MAX];
+	struct iovec iov[2] = { { head, 0 } };
+	struct kvp_generate_params defaults;
+	struct kvp_generate_req m;
+	struct kvp_generate_done d;
+	struct kvp_frame_hdr h;
+	int64_t deadline = 0;
+	uint32_t id, streamed = 0;
+	bool stopped = false;
+	size_t hn;
+	int rc;
+
+	if ((rc = check_client(c)) < 0)
+		return rc;
+	if (!p) {
+		kvp_generate_params_init(&defaults);
+		p = &defaults;
+	}
+	if (n == 0 || !prompt || (p->n_stop && !p->stop))
+		return KVP_EINVAL;
+	if (n > CLIENT_MAX_GEN_TOKENS)
+		return KVP_ETOOBIG;
+	m = (struct kvp_generate_req){
+		.flags = p->flags,
+		.max_new = p->max_new,
+		.temperature = p->temperature,
+		.top_k = p->top_k,
+		.top_p = p->top_p,
+		.seed = p->seed,
+		.n_stop = p->n_stop,
+		.n_tokens = (uint32_t)n,
+	};
+	/* The encoder refuses exactly what the daemon's decoder would (but max_tokens). */
+	hn = kvp_generate_req_encode_head(head + KVP_HDR_SIZE, sizeof(head) - KVP_HDR_SIZE, &m,
+					  p->stop);
+	if (hn == 0)
+		return KVP_EINVAL;
+	iov[0].iov_len = KVP_HDR_SIZE + hn;
+	if ((rc = tokens_iov(c, prompt, n, &iov[1])) < 0)
+		return rc;
+
+	if (c->timeout_ms)
+		deadline = now_ms() + c->timeout_ms;
+	if ((rc = send_request(c, KVP_T_GENERATE, iov, 2, hn + n * 4, &id)) < 0)
+		return rc;
+	for (;;) {
+		const uint8_t *payload;
+		struct kvp_token_chunk chunk;
+		const uint32_t *ids;
+
+		if ((rc = next_frame(c, id, deadline, &h)) < 0) {
+			if (rc == KVP_ETIMEDOUT)
+				owe(c, id);
+			return rc;
+		}
+		payload = c->buf + KVP_HDR_SIZE;
+		if (h.type == KVP_T_ERROR)
+			return take_error(c, payload, h.len);
+		if (h.type == KVP_T_GENERATE_DONE)
+			break;
+		if (h.type != (KVP_T_GENERATE | KVP_T_REPLY) ||
+		    kvp_token_chunk_decode(payload, h.len, &chunk) < 0 ||
+		    chunk.n > p->max_new - streamed || (stopped && chunk.n))
+			return fail(c, KVP_EPROTO);
+		ids = host_ids(chunk.ids, chunk.n);
+		/* A stop id ends the generation: it can only be the last token. */
+		for (uint32_t i = 0; i < chunk.n && p->n_stop; i++) {
+			if (stopped)
+				return fail(c, KVP_EPROTO);
+			stopped = is_stop(p, ids[i]);
+		}
+		streamed += chunk.n;
+		if (cb && chunk.n)
+			cb(arg, ids, chunk.n);
+		if (c->timeout_ms)
+			deadline = now_ms() + c->timeout_ms;
+	}
+	if (kvp_generate_done_decode(c->buf + KVP_HDR_SIZE, h.len, &d) < 0 ||
+	    !done_consistent(&d, p, n, streamed, stopped))
+		return fail(c, KVP_EPROTO);
+	if (d.n_logits && (rc = keep_logits(c, d.logits, d.n_logits)) < 0)
+		return rc;
+	if (usage) {
+		usage->prompt_tokens = d.prompt_tokens;
+		usage->cached_tokens = d.cached_tokens;
+		usage->computed_tokens = d.computed_tokens;
+		usage->generated_tokens = d.generated_tokens;
+		usage->finish = d.finish;
+		usage->ttft_us = d.ttft_us;
+		usage->prefill_us = d.prefill_us;
+		usage->decode_us = d.decode_us;
+		usage->n_logits = d.n_logits;
+		usage->logits = d.n_logits ? c->logits : NULL;
+	}
 	return 0;
 }
 

@@ -16,6 +16,7 @@
  */
 #include "kvp_proto.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,10 @@
 #define TOKENS_REQ_FIXED 8u      /* flags, n_tokens */
 #define BLOCKS_REPLY_FIXED 24u   /* matched, prompt, new_blocks, lease, n_blocks */
 #define ERROR_FIXED 6u           /* code, msg_len */
+#define GEN_REQ_FIXED 36u        /* flags .. n_stop (32), n_tokens (4) */
+#define GEN_REQ_STOP_OFF 32u     /* where the stop ids start */
+#define CHUNK_FIXED 4u           /* n */
+#define GEN_DONE_FIXED 52u       /* five u32, reserved, three u64, n_logits */
 
 #define HELLO_FLAGS_KNOWN 0u
 #define HELLO_REPLY_FLAGS_KNOWN KVP_HELLO_INDEX_ONLY
@@ -57,6 +62,14 @@ static inline void put_u64(uint8_t *p, uint64_t v)
 {
 	put_u32(p, (uint32_t)v);
 	put_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+static inline void put_f32(uint8_t *p, float v)
+{
+	uint32_t bits;
+
+	memcpy(&bits, &v, sizeof(bits));
+	put_u32(p, bits);
 }
 
 static inline uint16_t get_u16(const uint8_t *p)
@@ -99,6 +112,39 @@ void kvp_store_u32s(uint8_t *dst, const uint32_t *src, size_t n)
 #endif
 }
 
+static inline float get_f32(const uint8_t *p)
+{
+	uint32_t bits = get_u32(p);
+	float v;
+
+	memcpy(&v, &bits, sizeof(v));
+	return v;
+}
+
+void kvp_load_f32s(float *dst, const uint8_t *src, size_t n)
+{
+	if (n == 0)
+		return;
+#if KVP_HOST_LE
+	memcpy(dst, src, n * sizeof(float));
+#else
+	for (size_t i = 0; i < n; i++)
+		dst[i] = get_f32(src + 4 * i);
+#endif
+}
+
+void kvp_store_f32s(uint8_t *dst, const float *src, size_t n)
+{
+	if (n == 0)
+		return;
+#if KVP_HOST_LE
+	memcpy(dst, src, n * sizeof(float));
+#else
+	for (size_t i = 0; i < n; i++)
+		put_f32(dst + 4 * i, src[i]);
+#endif
+}
+
 /* ---- bounded reader ----------------------------------------------------------- */
 
 struct rd {
@@ -136,6 +182,16 @@ static inline bool rd_u64(struct rd *r, uint64_t *v)
 	return true;
 }
 
+static inline bool rd_f32(struct rd *r, float *v)
+{
+	if (r->left < 4)
+		return false;
+	*v = get_f32(r->p);
+	r->p += 4;
+	r->left -= 4;
+	return true;
+}
+
 /* Take len bytes in place; *out points into the input. */
 static inline bool rd_bytes(struct rd *r, size_t len, const uint8_t **out)
 {
@@ -160,12 +216,12 @@ static inline bool rd_u32_array(struct rd *r, uint32_t count, const uint8_t **ou
 
 bool kvp_frame_is_request(uint8_t type)
 {
-	return type >= KVP_T_HELLO && type <= KVP_T_PING;
+	return type >= KVP_T_HELLO && type <= KVP_T_GENERATE;
 }
 
 static bool frame_type_known(uint8_t type)
 {
-	if (type == KVP_T_ERROR)
+	if (type == KVP_T_ERROR || type == KVP_T_GENERATE_DONE)
 		return true;
 	return kvp_frame_is_request((uint8_t)(type & ~KVP_T_REPLY));
 }
@@ -447,6 +503,148 @@ int kvp_error_decode(const uint8_t *p, size_t n, struct kvp_error *m)
 		return KVP_EPROTO;
 	if (m->msg_len > KVP_ERROR_MSG_MAX)
 		return KVP_ETOOBIG;
+	return 0;
+}
+
+/* ---- GENERATE ------------------------------------------------------------------------------ */
+
+/* The value checks of a GENERATE request, reserved flags apart: KVP_EINVAL or 0. NaN
+ * fails every comparison, hence the negated forms. */
+static int generate_values_check(const struct kvp_generate_req *m)
+{
+	if (m->max_new > KVP_GEN_MAX_NEW)
+		return KVP_EINVAL;
+	if (!isfinite(m->temperature) || !(m->temperature >= 0.0f))
+		return KVP_EINVAL;
+	if (!(m->top_p > 0.0f && m->top_p <= 1.0f))
+		return KVP_EINVAL;
+	if (m->n_stop > KVP_STOP_MAX || m->n_tokens == 0)
+		return KVP_EINVAL;
+	return 0;
+}
+
+size_t kvp_generate_req_size(uint32_t n_stop, uint32_t n_tokens)
+{
+	return GEN_REQ_FIXED + ((size_t)n_stop + n_tokens) * 4;
+}
+
+size_t kvp_generate_req_encode_head(uint8_t *out, size_t cap, const struct kvp_generate_req *m,
+				    const uint32_t *stop)
+{
+	size_t need;
+
+	if ((m->flags & ~KVP_GEN_FLAGS_KNOWN) || generate_values_check(m) < 0)
+		return 0;
+	need = GEN_REQ_FIXED + (size_t)m->n_stop * 4;   /* n_stop <= KVP_STOP_MAX here */
+	if (cap < need)
+		return 0;
+	put_u32(out, m->flags);
+	put_u32(out + 4, m->max_new);
+	put_f32(out + 8, m->temperature);
+	put_u32(out + 12, m->top_k);
+	put_f32(out + 16, m->top_p);
+	put_u64(out + 20, m->seed);
+	put_u32(out + 28, m->n_stop);
+	kvp_store_u32s(out + GEN_REQ_STOP_OFF, stop, m->n_stop);
+	put_u32(out + GEN_REQ_STOP_OFF + (size_t)m->n_stop * 4, m->n_tokens);
+	return need;
+}
+
+size_t kvp_generate_req_encode(uint8_t *out, size_t cap, const struct kvp_generate_req *m,
+			       const uint32_t *stop, const uint32_t *tokens)
+{
+	size_t head = kvp_generate_req_encode_head(out, cap, m, stop);
+
+	if (head == 0 || (cap - head) / 4 < m->n_tokens)
+		return 0;
+	kvp_store_u32s(out + head, tokens, m->n_tokens);
+	return head + (size_t)m->n_tokens * 4;
+}
+
+int kvp_generate_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
+			    struct kvp_generate_req *m)
+{
+	struct rd r = { p, n };
+	int rc;
+
+	if (!rd_u32(&r, &m->flags) || !rd_u32(&r, &m->max_new) ||
+	    !rd_f32(&r, &m->temperature) || !rd_u32(&r, &m->top_k) ||
+	    !rd_f32(&r, &m->top_p) || !rd_u64(&r, &m->seed) ||
+	    !rd_u32(&r, &m->n_stop) || !rd_u32_array(&r, m->n_stop, &m->stop) ||
+	    !rd_u32(&r, &m->n_tokens) || !rd_u32_array(&r, m->n_tokens, &m->tokens) ||
+	    r.left != 0)
+		return KVP_EPROTO;
+	if (m->flags & ~KVP_GEN_FLAGS_KNOWN)
+		return KVP_EINVAL;
+	if ((rc = generate_values_check(m)) < 0)
+		return rc;
+	if (m->n_tokens > max_tokens)
+		return KVP_ETOOBIG;
+	return 0;
+}
+
+size_t kvp_token_chunk_size(uint32_t n)
+{
+	return CHUNK_FIXED + (size_t)n * 4;
+}
+
+size_t kvp_token_chunk_encode(uint8_t *out, size_t cap, const uint32_t *ids, uint32_t n)
+{
+	if (cap < CHUNK_FIXED || (cap - CHUNK_FIXED) / 4 < n)
+		return 0;
+	put_u32(out, n);
+	kvp_store_u32s(out + CHUNK_FIXED, ids, n);
+	return kvp_token_chunk_size(n);
+}
+
+int kvp_token_chunk_decode(const uint8_t *p, size_t n, struct kvp_token_chunk *m)
+{
+	struct rd r = { p, n };
+
+	if (!rd_u32(&r, &m->n) || !rd_u32_array(&r, m->n, &m->ids) || r.left != 0)
+		return KVP_EPROTO;
+	return 0;
+}
+
+size_t kvp_generate_done_size(uint32_t n_logits)
+{
+	return GEN_DONE_FIXED + (size_t)n_logits * 4;
+}
+
+size_t kvp_generate_done_encode(uint8_t *out, size_t cap, const struct kvp_generate_done *m,
+				const float *logits)
+{
+	if (m->finish > KVP_FINISH_CONTEXT || cap < GEN_DONE_FIXED ||
+	    (cap - GEN_DONE_FIXED) / 4 < m->n_logits)
+		return 0;
+	put_u32(out, m->prompt_tokens);
+	put_u32(out + 4, m->cached_tokens);
+	put_u32(out + 8, m->computed_tokens);
+	put_u32(out + 12, m->generated_tokens);
+	put_u32(out + 16, m->finish);
+	put_u32(out + 20, 0);
+	put_u64(out + 24, m->ttft_us);
+	put_u64(out + 32, m->prefill_us);
+	put_u64(out + 40, m->decode_us);
+	put_u32(out + 48, m->n_logits);
+	kvp_store_f32s(out + GEN_DONE_FIXED, logits, m->n_logits);
+	return kvp_generate_done_size(m->n_logits);
+}
+
+int kvp_generate_done_decode(const uint8_t *p, size_t n, struct kvp_generate_done *m)
+{
+	struct rd r = { p, n };
+	uint32_t reserved;
+
+	if (!rd_u32(&r, &m->prompt_tokens) || !rd_u32(&r, &m->cached_tokens) ||
+	    !rd_u32(&r, &m->computed_tokens) || !rd_u32(&r, &m->generated_tokens) ||
+	    !rd_u32(&r, &m->finish) || !rd_u32(&r, &reserved) ||
+	    !rd_u64(&r, &m->ttft_us) || !rd_u64(&r, &m->prefill_us) ||
+	    !rd_u64(&r, &m->decode_us) || !rd_u32(&r, &m->n_logits) ||
+	    !rd_u32_array(&r, m->n_logits, &m->logits) || r.left != 0)
+		return KVP_EPROTO;
+	if (reserved != 0 || m->finish > KVP_FINISH_CONTEXT)
+		return KVP_EINVAL;
 	return 0;
 }
 

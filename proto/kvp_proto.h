@@ -13,11 +13,13 @@
  *    8   4   req_id   chosen by the client, echoed in the reply
  *   12   4   len      payload bytes that follow
  *
- * A reply has the request's type | 0x80, or KVP_T_ERROR. Decoders check every length
+ * A reply has the request's type | 0x80, or KVP_T_ERROR; GENERATE is answered by zero
+ * or more KVP_T_GENERATE | KVP_T_REPLY token frames, then KVP_T_GENERATE_DONE (a
+ * reply-only type) or KVP_T_ERROR. Decoders check every length
  * against the bytes present before reading; pointers they return point into the input.
  * Payload decoders report the first of: KVP_EPROTO (the fields do not fill exactly n
- * bytes), KVP_EINVAL (a reserved flag bit is set), KVP_ETOOBIG (a string or count over
- * its limit). Output structs may be partly written on error.
+ * bytes), KVP_EINVAL (a reserved flag bit is set, or a value is out of its range),
+ * KVP_ETOOBIG (a string or count over its limit). Output structs may be partly written on error.
  */
 #ifndef KVP_PROTO_H
 #define KVP_PROTO_H
@@ -41,7 +43,9 @@ enum kvp_frame_type {
 	KVP_T_RELEASE = 0x04,
 	KVP_T_STATS = 0x05,
 	KVP_T_PING = 0x06,
+	KVP_T_GENERATE = 0x07,
 	KVP_T_REPLY = 0x80,   /* or-ed into a request type */
+	KVP_T_GENERATE_DONE = 0x88,   /* reply only: the last frame of a GENERATE */
 	KVP_T_ERROR = 0xFF,
 };
 
@@ -49,6 +53,17 @@ enum kvp_frame_type {
 #define KVP_F_PIN 0x1u     /* pin the resulting blocks under a new lease */
 /* HELLO reply flags. */
 #define KVP_HELLO_INDEX_ONLY 0x1u
+/* GENERATE request flags. kvprefix.h repeats KVP_GEN_LOGITS, KVP_STOP_MAX,
+ * KVP_GEN_MAX_NEW and KVP_FINISH_*: keep both in step (client.c checks). */
+#define KVP_GEN_LOGITS 0x1u     /* return the logits of the last prompt position */
+#define KVP_GEN_FLAGS_KNOWN KVP_GEN_LOGITS
+/* GENERATE limits. */
+#define KVP_STOP_MAX 64u               /* stop token ids in one request */
+#define KVP_GEN_MAX_NEW (1u << 20)     /* largest max_new */
+/* GENERATE_DONE finish codes. */
+#define KVP_FINISH_LENGTH 0u    /* max_new tokens were generated */
+#define KVP_FINISH_STOP 1u      /* the last token generated is a stop token */
+#define KVP_FINISH_CONTEXT 2u   /* the model's context is full */
 
 struct kvp_frame_hdr {
 	uint8_t version;
@@ -58,7 +73,8 @@ struct kvp_frame_hdr {
 	uint32_t len;
 };
 
-/* True for the request types a client may send (HELLO..PING). */
+/* True for the request types a client may send (HELLO..GENERATE); false for every
+ * reply type, KVP_T_GENERATE_DONE included. */
 bool kvp_frame_is_request(uint8_t type);
 
 void kvp_hdr_encode(uint8_t out[KVP_HDR_SIZE], const struct kvp_frame_hdr *h);
@@ -150,10 +166,106 @@ size_t kvp_error_size(size_t msg_len);
 size_t kvp_error_encode(uint8_t *out, size_t cap, int status, const char *msg);
 int kvp_error_decode(const uint8_t *p, size_t n, struct kvp_error *m);
 
+/*
+ * GENERATE request:
+ *
+ *   off   size  field
+ *    0     4    flags        KVP_GEN_LOGITS; other bits reserved
+ *    4     4    max_new      0 .. KVP_GEN_MAX_NEW
+ *    8     4    temperature  f32 (IEEE-754 bits), finite and >= 0; 0 = greedy
+ *   12     4    top_k        0 = off
+ *   16     4    top_p        f32 in (0, 1]; 1 = off
+ *   20     8    seed
+ *   28     4    n_stop       S <= KVP_STOP_MAX
+ *   32    4S    stop         stop token ids
+ *   32+4S  4    n_tokens     T, 1 .. max_tokens
+ *   36+4S 4T    tokens       prompt token ids
+ *
+ * Decode: KVP_EPROTO unless n == 36 + 4 * (S + T); then KVP_EINVAL for reserved flag
+ * bits, then KVP_EINVAL for a value out of range (max_new, temperature, top_p, n_stop,
+ * n_tokens 0), then KVP_ETOOBIG when T > max_tokens. Whenever the layout is sound
+ * every field is filled, so the daemon can name the count it refuses (and tell flags,
+ * m->flags & ~KVP_GEN_FLAGS_KNOWN, from other values). stop and tokens point at
+ * little-endian bytes inside the input.
+ */
+struct kvp_generate_req {
+	uint32_t flags;
+	uint32_t max_new;
+	float temperature;
+	uint32_t top_k;
+	float top_p;
+	uint64_t seed;
+	uint32_t n_stop;
+	const uint8_t *stop;
+	uint32_t n_tokens;
+	const uint8_t *tokens;
+};
+size_t kvp_generate_req_size(uint32_t n_stop, uint32_t n_tokens);
+/* Encoders refuse (0) whatever the decoder refuses, except T > max_tokens, which they
+ * cannot know. m->stop and m->tokens are ignored: the ids come from stop / tokens. */
+size_t kvp_generate_req_encode(uint8_t *out, size_t cap, const struct kvp_generate_req *m,
+			       const uint32_t *stop, const uint32_t *tokens);
+/* Everything before the prompt tokens (36 + 4 * S bytes: the fields, the stop ids and
+ * n_tokens), for a sender that gathers the tokens from elsewhere (writev). */
+size_t kvp_generate_req_encode_head(uint8_t *out, size_t cap, const struct kvp_generate_req *m,
+				    const uint32_t *stop);
+int kvp_generate_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
+			    struct kvp_generate_req *m);
+
+/* GENERATE token frame (type KVP_T_GENERATE | KVP_T_REPLY): u32 n, n x u32 token ids,
+ * the next tokens generated. n is normally >= 1; 0 is well-formed and carries nothing. */
+struct kvp_token_chunk {
+	uint32_t n;
+	const uint8_t *ids;   /* decode: little-endian bytes inside the input */
+};
+size_t kvp_token_chunk_size(uint32_t n);
+size_t kvp_token_chunk_encode(uint8_t *out, size_t cap, const uint32_t *ids, uint32_t n);
+int kvp_token_chunk_decode(const uint8_t *p, size_t n, struct kvp_token_chunk *m);
+
+/*
+ * GENERATE_DONE (type KVP_T_GENERATE_DONE): the usage of a finished GENERATE.
+ *
+ *   off  size  field
+ *    0    4    prompt_tokens     n_tokens of the request
+ *    4    4    cached_tokens     prompt tokens whose KV came from the cache
+ *    8    4    computed_tokens   prompt positions the engine ran (prompt - cached, >= 1)
+ *   12    4    generated_tokens  tokens sent in the token frames
+ *   16    4    finish            KVP_FINISH_*
+ *   20    4    reserved          0
+ *   24    8    ttft_us           request received -> first token ready
+ *   32    8    prefill_us        engine time on the prompt
+ *   40    8    decode_us         engine time on the rest
+ *   48    4    n_logits          L (0 unless KVP_GEN_LOGITS was asked for)
+ *   52   4L    logits            f32 each
+ *
+ * Decode: KVP_EPROTO unless n == 52 + 4 * L; KVP_EINVAL for reserved != 0 or an
+ * unknown finish code.
+ */
+struct kvp_generate_done {
+	uint32_t prompt_tokens;
+	uint32_t cached_tokens;
+	uint32_t computed_tokens;
+	uint32_t generated_tokens;
+	uint32_t finish;
+	uint64_t ttft_us;
+	uint64_t prefill_us;
+	uint64_t decode_us;
+	uint32_t n_logits;
+	const uint8_t *logits;   /* decode: little-endian f32 bytes inside the input */
+};
+size_t kvp_generate_done_size(uint32_t n_logits);
+/* m->logits is ignored: the values come from logits (n_logits of them). */
+size_t kvp_generate_done_encode(uint8_t *out, size_t cap, const struct kvp_generate_done *m,
+				const float *logits);
+int kvp_generate_done_decode(const uint8_t *p, size_t n, struct kvp_generate_done *m);
+
 /* Copy n little-endian u32 values from src (any alignment) to dst (host order). */
 void kvp_load_u32s(uint32_t *dst, const uint8_t *src, size_t n);
 /* And back. */
 void kvp_store_u32s(uint8_t *dst, const uint32_t *src, size_t n);
+/* The same for f32: IEEE-754 bits, little-endian, copied exactly (NaN payloads too). */
+void kvp_load_f32s(float *dst, const uint8_t *src, size_t n);
+void kvp_store_f32s(uint8_t *dst, const float *src, size_t n);
 
 /*
  * The default socket path, written to buf: $XDG_RUNTIME_DIR/kvprefix/kvprefixd.sock

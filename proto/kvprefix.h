@@ -2,7 +2,8 @@
  * kvprefix.h - libkvprefix, the C client of kvprefixd.
  *
  * A client is one blocking connection to the daemon's Unix socket. Calls send one
- * request and wait for its reply. A client is not thread-safe: use one per thread.
+ * request and wait for its reply (kvp_client_generate: for its last frame). A client
+ * is not thread-safe: use one per thread.
  * Every call returns 0 or a negative enum kvp_status (kvp_strerror() names it); when
  * the daemon answered with an ERROR frame, kvp_client_error() gives its message.
  * KVP_ECLOSED / KVP_EIO / KVP_EPROTO leave the client unusable: close it. So does
@@ -24,6 +25,14 @@ extern "C" {
 #endif
 
 #define KVP_LOOKUP_PIN 0x1u   /* lookup/insert: pin the blocks under a lease */
+#define KVP_GEN_LOGITS 0x1u   /* generate: return the last prompt position's logits */
+#define KVP_STOP_MAX 64u               /* generate: most stop token ids */
+#define KVP_GEN_MAX_NEW (1u << 20)     /* generate: largest max_new */
+
+/* Why a generation ended (struct kvp_usage.finish). */
+#define KVP_FINISH_LENGTH 0u    /* max_new tokens were generated */
+#define KVP_FINISH_STOP 1u      /* the last token generated is one of the stop ids */
+#define KVP_FINISH_CONTEXT 2u   /* the model's context is full */
 
 struct kvp_client;
 
@@ -47,6 +56,40 @@ struct kvp_match {
 	uint32_t n_blocks;
 	const uint32_t *block_ids;
 };
+
+/* Sampling and limits of one generation; kvp_generate_params_init() sets the defaults.
+ * The library checks them before sending (KVP_EINVAL), as the daemon would. */
+struct kvp_generate_params {
+	uint32_t max_new;          /* tokens to generate at most, 0 .. KVP_GEN_MAX_NEW */
+	float temperature;         /* finite, >= 0; 0: greedy (argmax) */
+	uint32_t top_k;            /* keep the k most likely tokens; 0: off */
+	float top_p;               /* nucleus mass in (0, 1]; 1: off */
+	uint64_t seed;             /* seeds the sampler's random numbers (unused when greedy) */
+	const uint32_t *stop;      /* stop token ids; generation ends after emitting one */
+	uint32_t n_stop;           /* 0 .. KVP_STOP_MAX */
+	uint32_t flags;            /* 0 or KVP_GEN_LOGITS */
+};
+
+/* max_new 16, greedy (temperature 0), top_k 0, top_p 1, seed 0, no stop ids, flags 0. */
+KVP_API void kvp_generate_params_init(struct kvp_generate_params *p);
+
+/* What a generation cost; see docs/protocol.md (GENERATE_DONE) for the exact meaning. */
+struct kvp_usage {
+	uint32_t prompt_tokens;    /* tokens of the prompt */
+	uint32_t cached_tokens;    /* prompt tokens whose KV came from the cache */
+	uint32_t computed_tokens;  /* prompt positions the engine ran: prompt - cached, >= 1 */
+	uint32_t generated_tokens; /* tokens handed to the callback */
+	uint32_t finish;           /* KVP_FINISH_* */
+	uint64_t ttft_us;          /* request received -> first token ready */
+	uint64_t prefill_us;       /* engine time on the prompt */
+	uint64_t decode_us;        /* engine time on the rest */
+	uint32_t n_logits;         /* vocabulary size with KVP_GEN_LOGITS, else 0 */
+	const float *logits;       /* n_logits floats, 64-byte aligned; valid until the next call */
+};
+
+/* Receives each batch of generated tokens as it arrives (n >= 1 in practice). tokens is
+ * valid only during the call. The callback must not call into the same client. */
+typedef void (*kvp_token_cb)(void *arg, const uint32_t *tokens, uint32_t n);
 
 /* The default socket path (see kvprefixd --help). KVP_ETOOBIG if cap is too small. */
 KVP_API int kvp_client_default_socket(char *buf, size_t cap);
@@ -80,6 +123,22 @@ KVP_API int kvp_client_release(struct kvp_client *c, uint64_t lease, uint32_t *n
 KVP_API int kvp_client_stats(struct kvp_client *c, char **json);
 /* Round trip of n opaque bytes, echoed back. */
 KVP_API int kvp_client_ping(struct kvp_client *c, const void *data, size_t n);
+
+/*
+ * Generate up to p->max_new tokens after prompt[0..n) (n >= 1; p NULL: the defaults).
+ * Needs a daemon in engine mode (an index-only daemon answers KVP_EUNSUPPORTED). cb
+ * (may be NULL) is called with each token frame as it arrives; the call returns once
+ * the daemon's final frame does: 0 with *usage filled (usage may be NULL), or the
+ * daemon's ERROR as a negative status (kvp_client_error() has its message; tokens
+ * already passed to cb stand, *usage is not written). The timeout, if set, bounds the
+ * wait for each frame, not the whole generation; after KVP_ETIMEDOUT the frames still
+ * to come for this generation are dropped by later calls. A reply that breaks the protocol
+ * (tokens after the end, usage that does not add up, logits not asked for) is
+ * KVP_EPROTO.
+ */
+KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, size_t n,
+				const struct kvp_generate_params *p, kvp_token_cb cb, void *arg,
+				struct kvp_usage *usage);
 
 /* The last ERROR message from the daemon ("" if none). Valid until the next call. */
 KVP_API const char *kvp_client_error(const struct kvp_client *c);

@@ -55,6 +55,15 @@ int kvp_pool_put(struct kvp_pool *p, uint32_t id);
 /* Return an unreferenced CACHED block to the free list. KVP_EINVAL otherwise. */
 int kvp_pool_evict(struct kvp_pool *p, uint32_t id);
 
+/* Give every block block_bytes of host memory (one 64-byte aligned allocation, zeroed
+ * lazily by the kernel). Call once, before blocks are used. KVP_ENOMEM, KVP_EINVAL
+ * (already attached, or capacity x block_bytes overflows). Index-only pools have none. */
+int kvp_pool_attach_memory(struct kvp_pool *p, size_t block_bytes);
+/* Base of a block's bytes (stable for the pool's life), or NULL without memory. Any
+ * thread may use the bytes of a block it was handed; the metadata stays single-owner. */
+void *kvp_pool_block_data(const struct kvp_pool *p, uint32_t id);
+size_t kvp_pool_block_bytes(const struct kvp_pool *p);
+
 enum kvp_block_state kvp_pool_state(const struct kvp_pool *p, uint32_t id);
 uint32_t kvp_pool_refs(const struct kvp_pool *p, uint32_t id);
 struct kvp_pool_counts kvp_pool_counts(const struct kvp_pool *p);

@@ -15,6 +15,7 @@
 
 #include <assert.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #define NIL UINT32_MAX
 #define KVP_POOL_MAX (1u << 31)
@@ -37,6 +38,9 @@ struct kvp_pool {
 	uint8_t *state;       /* (capacity) enum kvp_block_state */
 	uint32_t *refs;       /* (capacity) reference counts */
 	uint32_t *next;       /* (capacity) free list links, NIL-terminated */
+	uint8_t *data;        /* (capacity, block_bytes) KV bytes, or NULL (index-only) */
+	size_t block_bytes;
+	size_t data_bytes;    /* mapping length */
 };
 
 int kvp_pool_create(uint32_t capacity, struct kvp_pool **out)
@@ -59,6 +63,9 @@ int kvp_pool_create(uint32_t capacity, struct kvp_pool **out)
 		goto out_free_refs;
 
 	p->capacity = capacity;
+	p->data = NULL;
+	p->block_bytes = 0;
+	p->data_bytes = 0;
 	for (uint32_t i = 0; i < capacity; i++) {
 		p->state[i] = KVP_BLOCK_FREE;
 		p->refs[i] = 0;
@@ -80,10 +87,43 @@ out_free_pool:
 	return KVP_ENOMEM;
 }
 
+int kvp_pool_attach_memory(struct kvp_pool *p, size_t block_bytes)
+{
+	size_t total;
+	void *m;
+
+	if (p->data || block_bytes == 0 ||
+	    __builtin_mul_overflow((size_t)p->capacity, block_bytes, &total))
+		return KVP_EINVAL;
+	/* anonymous mapping: page aligned, zero pages until touched, huge pages if allowed */
+	m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED)
+		return KVP_ENOMEM;
+	(void)madvise(m, total, MADV_HUGEPAGE);
+	p->data = m;
+	p->block_bytes = block_bytes;
+	p->data_bytes = total;
+	return KVP_OK;
+}
+
+void *kvp_pool_block_data(const struct kvp_pool *p, uint32_t id)
+{
+	if (!p->data || id >= p->capacity)
+		return NULL;
+	return p->data + (size_t)id * p->block_bytes;
+}
+
+size_t kvp_pool_block_bytes(const struct kvp_pool *p)
+{
+	return p->block_bytes;
+}
+
 void kvp_pool_destroy(struct kvp_pool *p)
 {
 	if (!p)
 		return;
+	if (p->data)
+		munmap(p->data, p->data_bytes);
 	store_release(p->next);
 	store_release(p->refs);
 	store_release(p->state);

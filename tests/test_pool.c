@@ -4,6 +4,7 @@
  */
 #include <criterion/criterion.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kvp_store.h"
 
@@ -114,5 +115,27 @@ Test(pool, random_operations_match_model)
 		cr_assert_eq(kvp_pool_state(p, id), state[id]);
 		cr_assert_eq(kvp_pool_refs(p, id), refs[id]);
 	}
+	kvp_pool_destroy(p);
+}
+
+Test(pool, attached_memory_is_per_block_and_stable)
+{
+	struct kvp_pool *p;
+	uint32_t a, b;
+
+	cr_assert_eq(kvp_pool_create(8, &p), KVP_OK);
+	cr_assert_null(kvp_pool_block_data(p, 0), "index-only pools have no bytes");
+	cr_assert_eq(kvp_pool_attach_memory(p, 4096 + 64), KVP_OK);
+	cr_assert_eq(kvp_pool_attach_memory(p, 64), KVP_EINVAL, "attach once");
+	cr_assert_eq(kvp_pool_block_bytes(p), 4096 + 64);
+	cr_assert_eq(kvp_pool_alloc(p, &a), KVP_OK);
+	cr_assert_eq(kvp_pool_alloc(p, &b), KVP_OK);
+	uint8_t *da = kvp_pool_block_data(p, a), *db = kvp_pool_block_data(p, b);
+	cr_assert_eq((uintptr_t)da % 64, 0);
+	cr_assert_geq((size_t)(db > da ? db - da : da - db), 4096 + 64, "blocks do not overlap");
+	memset(da, 0xAB, 4096 + 64);
+	memset(db, 0xCD, 4096 + 64);
+	cr_assert_eq(da[4096 + 63], 0xAB);
+	cr_assert_null(kvp_pool_block_data(p, 8), "out of range");
 	kvp_pool_destroy(p);
 }

@@ -6,16 +6,19 @@
  * -DKVP_SANITIZE=ON a read one byte past the payload is an ASan error, not luck.
  *
  *   examples   the hex examples of docs/protocol.md: literal bytes here, the encoder,
- *              the decoder and the page itself must all agree
+ *              the decoder and the page itself must all agree (both sessions: the
+ *              index-only one and the GENERATE one)
  *   roundtrip  every message, edge values, encoders refusing a short cap
  *   header     magic, version, flags, every type byte, payload limit, short input
  *   truncate   every message cut at every length, and with trailing bytes
- *   limits     names, messages, token counts, flags, wrapping counts
+ *   limits     names, messages, token counts, flags, wrapping counts, GENERATE values
  *   random     random messages round-trip; mutated frames never crash, and whatever
  *              decodes re-encodes to the same bytes (the encoding is canonical)
  */
 #include <criterion/criterion.h>
 
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +58,30 @@ static void put32(uint8_t *p, uint32_t v)
 	p[1] = (uint8_t)(v >> 8);
 	p[2] = (uint8_t)(v >> 16);
 	p[3] = (uint8_t)(v >> 24);
+}
+
+static void putf(uint8_t *p, float f)
+{
+	uint32_t bits;
+
+	memcpy(&bits, &f, sizeof(bits));
+	put32(p, bits);
+}
+
+static uint32_t fbits(float f)
+{
+	uint32_t bits;
+
+	memcpy(&bits, &f, sizeof(bits));
+	return bits;
+}
+
+static float bitsf(uint32_t bits)
+{
+	float f;
+
+	memcpy(&f, &bits, sizeof(f));
+	return f;
 }
 
 static void put16(uint8_t *p, uint16_t v)
@@ -130,6 +157,46 @@ static const uint8_t hex_error[] = {
 	0x13, 0x00, 0x00, 0x00,
 	0x06, 0x00, 0x00, 0x00, 0x0d, 0x00,
 	0x6e, 0x6f, 0x20, 0x73, 0x75, 0x63, 0x68, 0x20, 0x6c, 0x65, 0x61, 0x73, 0x65,
+};
+
+/*
+ * The GENERATE session (§9.1): an engine-mode daemon with 4-token blocks and a model of
+ * 8 tokens. HELLO reply, GENERATE of 6 tokens with LOGITS and stop id 7, two token
+ * frames (3; 6 7), GENERATE_DONE with 8 logits, and an EFULL ERROR for another one.
+ */
+static const uint32_t gx_prompt[6] = { 1, 4, 2, 6, 3, 5 };
+static const uint32_t gx_stop[1] = { 7 };
+static const uint32_t gx_tok1[1] = { 3 };
+static const uint32_t gx_tok2[2] = { 6, 7 };
+static const float gx_logits[8] = { -1.5f, 0.25f, 2.0f, 3.5f, -0.75f, 1.0f, 0.5f, -2.0f };
+
+static const uint8_t hex_generate[] = {
+	0x4b, 0x56, 0x50, 0x31, 0x01, 0x07, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x40, 0x00, 0x00, 0x00,
+	0x01, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x33, 0x33, 0x33, 0x3f,
+	0x28, 0x00, 0x00, 0x00, 0x66, 0x66, 0x66, 0x3f,
+	0x2a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+	0x07, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00,
+	0x01, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x06, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00,
+};
+static const uint8_t hex_generate_done[] = {
+	0x4b, 0x56, 0x50, 0x31, 0x01, 0x88, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x54, 0x00, 0x00, 0x00,
+	0x06, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0xe2, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x4c, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0xfc, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x08, 0x00, 0x00, 0x00,
+	0x00, 0x00, 0xc0, 0xbf, 0x00, 0x00, 0x80, 0x3e, 0x00, 0x00, 0x00, 0x40,
+	0x00, 0x00, 0x60, 0x40, 0x00, 0x00, 0x40, 0xbf, 0x00, 0x00, 0x80, 0x3f,
+	0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x00, 0xc0,
+};
+static const uint8_t hex_generate_tokens_2[] = {
+	0x4b, 0x56, 0x50, 0x31, 0x01, 0x87, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x0c, 0x00, 0x00, 0x00,
+	0x02, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00,
 };
 
 /* Each example: its header, how to encode its payload, how to check a decode. */
@@ -334,6 +401,128 @@ static void chk_error(const uint8_t *p, size_t n)
 	cr_assert(memcmp(m.msg, "no such lease", 13) == 0);
 }
 
+static size_t enc_hello_reply_engine(uint8_t *out, size_t cap)
+{
+	struct kvp_hello_reply m = { 1, 4, 1024, 2048, 0, 1000, "tiny-llama", 10 };
+
+	return kvp_hello_reply_encode(out, cap, &m);
+}
+
+static void chk_hello_reply_engine(const uint8_t *p, size_t n)
+{
+	struct kvp_hello_reply m;
+
+	cr_assert_eq(kvp_hello_reply_decode(p, n, &m), 0);
+	cr_assert_eq(m.version, 1);
+	cr_assert_eq(m.block_tokens, 4);
+	cr_assert_eq(m.capacity_blocks, 1024);
+	cr_assert_eq(m.max_tokens, 2048);
+	cr_assert_eq(m.flags, 0, "engine mode: INDEX_ONLY clear");
+	cr_assert_eq(m.tenant, 1000);
+	cr_assert_eq(m.name_len, 10);
+	cr_assert(memcmp(m.name, "tiny-llama", 10) == 0);
+}
+
+static size_t enc_generate(uint8_t *out, size_t cap)
+{
+	struct kvp_generate_req m = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 1, NULL, 6, NULL };
+
+	return kvp_generate_req_encode(out, cap, &m, gx_stop, gx_prompt);
+}
+
+static void chk_generate(const uint8_t *p, size_t n)
+{
+	struct kvp_generate_req m;
+	uint32_t got[6];
+
+	cr_assert_eq(kvp_generate_req_decode(p, n, 2048, &m), 0);
+	cr_assert_eq(m.flags, KVP_GEN_LOGITS);
+	cr_assert_eq(m.max_new, 8);
+	cr_assert_eq(fbits(m.temperature), 0x3f333333u);
+	cr_assert_eq(m.temperature, 0.7f);
+	cr_assert_eq(m.top_k, 40);
+	cr_assert_eq(fbits(m.top_p), 0x3f666666u);
+	cr_assert_eq(m.seed, 42);
+	cr_assert_eq(m.n_stop, 1);
+	kvp_load_u32s(got, m.stop, 1);
+	cr_assert_eq(got[0], 7);
+	cr_assert_eq(m.n_tokens, 6);
+	kvp_load_u32s(got, m.tokens, 6);
+	cr_assert(memcmp(got, gx_prompt, sizeof(got)) == 0);
+}
+
+static void chk_chunk(const uint8_t *p, size_t n, const uint32_t *want, uint32_t count)
+{
+	struct kvp_token_chunk m;
+	uint32_t got[2];
+
+	cr_assert_eq(kvp_token_chunk_decode(p, n, &m), 0);
+	cr_assert_eq(m.n, count);
+	kvp_load_u32s(got, m.ids, count);
+	cr_assert(memcmp(got, want, count * sizeof(uint32_t)) == 0);
+}
+
+static size_t enc_generate_tokens(uint8_t *out, size_t cap)
+{
+	return kvp_token_chunk_encode(out, cap, gx_tok1, 1);
+}
+
+static void chk_generate_tokens(const uint8_t *p, size_t n)
+{
+	chk_chunk(p, n, gx_tok1, 1);
+}
+
+static size_t enc_generate_tokens_2(uint8_t *out, size_t cap)
+{
+	return kvp_token_chunk_encode(out, cap, gx_tok2, 2);
+}
+
+static void chk_generate_tokens_2(const uint8_t *p, size_t n)
+{
+	chk_chunk(p, n, gx_tok2, 2);
+}
+
+static size_t enc_generate_done(uint8_t *out, size_t cap)
+{
+	struct kvp_generate_done m = { 6, 4, 2, 3, KVP_FINISH_STOP, 1250, 1100, 2300, 8, NULL };
+
+	return kvp_generate_done_encode(out, cap, &m, gx_logits);
+}
+
+static void chk_generate_done(const uint8_t *p, size_t n)
+{
+	struct kvp_generate_done m;
+	float got[8];
+
+	cr_assert_eq(kvp_generate_done_decode(p, n, &m), 0);
+	cr_assert_eq(m.prompt_tokens, 6);
+	cr_assert_eq(m.cached_tokens, 4);
+	cr_assert_eq(m.computed_tokens, 2);
+	cr_assert_eq(m.generated_tokens, 3);
+	cr_assert_eq(m.finish, KVP_FINISH_STOP);
+	cr_assert_eq(m.ttft_us, 1250);
+	cr_assert_eq(m.prefill_us, 1100);
+	cr_assert_eq(m.decode_us, 2300);
+	cr_assert_eq(m.n_logits, 8);
+	kvp_load_f32s(got, m.logits, 8);
+	cr_assert(memcmp(got, gx_logits, sizeof(got)) == 0);
+}
+
+static size_t enc_generate_error(uint8_t *out, size_t cap)
+{
+	return kvp_error_encode(out, cap, KVP_EFULL, "pool full of pinned blocks");
+}
+
+static void chk_generate_error(const uint8_t *p, size_t n)
+{
+	struct kvp_error m;
+
+	cr_assert_eq(kvp_error_decode(p, n, &m), 0);
+	cr_assert_eq(m.code, 5);
+	cr_assert_eq(m.msg_len, 26);
+	cr_assert(memcmp(m.msg, "pool full of pinned blocks", 26) == 0);
+}
+
 static const struct example examples[] = {
 	{ "hello", KVP_T_HELLO, 1, enc_hello, chk_hello, hex_hello, sizeof(hex_hello) },
 	{ "hello_reply", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply, chk_hello_reply, NULL, 0 },
@@ -351,6 +540,17 @@ static const struct example examples[] = {
 	{ "ping", KVP_T_PING, 6, enc_ping, chk_ping, NULL, 0 },
 	{ "pong", KVP_T_PING | KVP_T_REPLY, 6, enc_ping, chk_ping, NULL, 0 },
 	{ "error", KVP_T_ERROR, 7, enc_error, chk_error, hex_error, sizeof(hex_error) },
+	{ "hello_reply_engine", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply_engine,
+	  chk_hello_reply_engine, NULL, 0 },
+	{ "generate", KVP_T_GENERATE, 2, enc_generate, chk_generate, hex_generate,
+	  sizeof(hex_generate) },
+	{ "generate_tokens", KVP_T_GENERATE | KVP_T_REPLY, 2, enc_generate_tokens,
+	  chk_generate_tokens, NULL, 0 },
+	{ "generate_tokens_2", KVP_T_GENERATE | KVP_T_REPLY, 2, enc_generate_tokens_2,
+	  chk_generate_tokens_2, hex_generate_tokens_2, sizeof(hex_generate_tokens_2) },
+	{ "generate_done", KVP_T_GENERATE_DONE, 2, enc_generate_done, chk_generate_done,
+	  hex_generate_done, sizeof(hex_generate_done) },
+	{ "generate_error", KVP_T_ERROR, 3, enc_generate_error, chk_generate_error, NULL, 0 },
 };
 #define N_EXAMPLES (sizeof(examples) / sizeof(examples[0]))
 
@@ -395,7 +595,7 @@ Test(examples, literal_bytes_match_encoder_and_decoder)
 		assert_bytes(buf, n, ex->literal, ex->literal_len, ex->name);
 		example_decode(ex, ex->literal, ex->literal_len);
 	}
-	cr_assert_geq(literals, 3);
+	cr_assert_geq(literals, 7);
 }
 
 /* The hex blocks of protocol.md: `<!-- example: NAME -->`, then a ```text fence of lines
@@ -698,6 +898,167 @@ Test(roundtrip, load_store_u32s_any_alignment)
 	kvp_store_u32s(NULL, NULL, 0);
 }
 
+Test(roundtrip, load_store_f32s_bits_exact)
+{
+	/* NaN payloads, infinities, -0 and denormals travel as their exact bits. */
+	static const uint32_t bits[] = { 0x00000000u, 0x80000000u, 0x3f800000u, 0x7f800000u,
+					 0xff800000u, 0x7fc00001u, 0x7fa00000u, 0xffffffffu,
+					 0x00000001u, 0x807fffffu, 0x7f7fffffu };
+	enum { N = sizeof(bits) / sizeof(bits[0]) };
+	float src[N], dst[N];
+	uint8_t raw[4 * N + 8];
+
+	for (size_t i = 0; i < N; i++)
+		src[i] = bitsf(bits[i]);
+	for (size_t off = 0; off < 8; off++) {
+		memset(dst, 0, sizeof(dst));
+		kvp_store_f32s(raw + off, src, N);
+		cr_assert_eq(raw[off + 2], 0x00);
+		cr_assert_eq(raw[off + 4 + 3], 0x80, "little-endian sign byte last");
+		kvp_load_f32s(dst, raw + off, N);
+		for (size_t i = 0; i < N; i++)
+			cr_assert_eq(fbits(dst[i]), bits[i], "value %zu at offset %zu", i, off);
+	}
+	kvp_load_f32s(NULL, NULL, 0);
+	kvp_store_f32s(NULL, NULL, 0);
+}
+
+/* Encode m (ids from stop / tokens) into an exact-size buffer, check the layout and
+ * decode it back. */
+static void generate_roundtrip_one(const struct kvp_generate_req *in, const uint32_t *stop,
+				   const uint32_t *tokens)
+{
+	size_t sz = kvp_generate_req_size(in->n_stop, in->n_tokens);
+	size_t head = 36 + 4 * (size_t)in->n_stop;
+	uint8_t *b = malloc(sz), *h = malloc(head);
+	uint32_t *back = malloc(((size_t)in->n_stop + in->n_tokens + 1) * sizeof(uint32_t));
+	struct kvp_generate_req out;
+
+	cr_assert_eq(sz, 36u + 4u * ((size_t)in->n_stop + in->n_tokens));
+	cr_assert_eq(kvp_generate_req_encode(b, sz - 1, in, stop, tokens), 0, "short cap");
+	cr_assert_eq(kvp_generate_req_encode(b, sz, in, stop, tokens), sz);
+	/* The head is the payload's first bytes, and needs only their room. */
+	cr_assert_eq(kvp_generate_req_encode_head(h, head - 1, in, stop), 0);
+	cr_assert_eq(kvp_generate_req_encode_head(h, head, in, stop), head);
+	cr_assert(memcmp(h, b, head) == 0);
+	/* Fixed offsets of docs/protocol.md §4.9. */
+	cr_assert_eq(b[4] | b[5] << 8 | b[6] << 16 | (uint32_t)b[7] << 24, in->max_new);
+	cr_assert_eq(b[8] | b[9] << 8 | b[10] << 16 | (uint32_t)b[11] << 24, fbits(in->temperature));
+	cr_assert_eq(b[20], (uint8_t)in->seed);
+	cr_assert_eq(b[27], (uint8_t)(in->seed >> 56));
+
+	cr_assert_eq(kvp_generate_req_decode(b, sz, in->n_tokens, &out), 0);
+	cr_assert_eq(out.flags, in->flags);
+	cr_assert_eq(out.max_new, in->max_new);
+	cr_assert_eq(fbits(out.temperature), fbits(in->temperature));
+	cr_assert_eq(out.top_k, in->top_k);
+	cr_assert_eq(fbits(out.top_p), fbits(in->top_p));
+	cr_assert_eq(out.seed, in->seed);
+	cr_assert_eq(out.n_stop, in->n_stop);
+	cr_assert_eq(out.n_tokens, in->n_tokens);
+	cr_assert(out.stop == b + 32);
+	cr_assert(out.tokens == b + head);
+	kvp_load_u32s(back, out.stop, out.n_stop);
+	cr_assert(in->n_stop == 0 || memcmp(back, stop, (size_t)in->n_stop * 4) == 0);
+	kvp_load_u32s(back, out.tokens, out.n_tokens);
+	cr_assert(memcmp(back, tokens, (size_t)in->n_tokens * 4) == 0);
+	free(back);
+	free(h);
+	free(b);
+}
+
+Test(roundtrip, generate_req)
+{
+	static uint32_t stop[KVP_STOP_MAX], toks[4096];
+	struct kvp_generate_req cases[] = {
+		{ 0, 16, 0.0f, 0, 1.0f, 0, 0, NULL, 1, NULL },
+		{ KVP_GEN_LOGITS, 0, 0.7f, 40, 0.9f, 42, 1, NULL, 6, NULL },
+		{ 0, KVP_GEN_MAX_NEW, FLT_MAX, UINT32_MAX, FLT_MIN, UINT64_MAX, KVP_STOP_MAX, NULL,
+		  4096, NULL },
+		/* -0 is >= 0; the smallest denormal is > 0 */
+		{ KVP_GEN_LOGITS, 1, -0.0f, 1, bitsf(1), 0x0102030405060708ull, 3, NULL, 17, NULL },
+		{ 0, 5, bitsf(1), 0, bitsf(0x3f7fffffu), 7, 0, NULL, 2, NULL },   /* top_p just below 1 */
+	};
+
+	for (size_t i = 0; i < KVP_STOP_MAX; i++)
+		stop[i] = (uint32_t)rnd();
+	for (size_t i = 0; i < 4096; i++)
+		toks[i] = (uint32_t)rnd();
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		generate_roundtrip_one(&cases[i], stop, toks);
+}
+
+Test(roundtrip, token_chunk)
+{
+	static const uint32_t counts[] = { 0, 1, 2, 1000 };
+
+	for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
+		uint32_t n = counts[c];
+		uint32_t *ids = malloc((n ? n : 1) * sizeof(uint32_t));
+		uint32_t *back = malloc((n ? n : 1) * sizeof(uint32_t));
+		size_t sz = kvp_token_chunk_size(n);
+		uint8_t *b = malloc(sz);
+		struct kvp_token_chunk m;
+
+		for (uint32_t i = 0; i < n; i++)
+			ids[i] = (uint32_t)rnd();
+		cr_assert_eq(sz, 4u + 4u * (size_t)n);
+		cr_assert_eq(kvp_token_chunk_encode(b, sz - 1, ids, n), 0);
+		cr_assert_eq(kvp_token_chunk_encode(b, sz, ids, n), sz);
+		cr_assert_eq(kvp_token_chunk_decode(b, sz, &m), 0);
+		cr_assert_eq(m.n, n);
+		cr_assert(m.ids == b + 4);
+		kvp_load_u32s(back, m.ids, n);
+		cr_assert(memcmp(back, ids, (size_t)n * 4) == 0);
+		free(b);
+		free(back);
+		free(ids);
+	}
+}
+
+Test(roundtrip, generate_done_with_and_without_logits)
+{
+	static const uint32_t counts[] = { 0, 1, 8, 151936 };
+
+	for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
+		uint32_t n = counts[c];
+		float *lg = malloc((n ? n : 1) * sizeof(float));
+		float *back = malloc((n ? n : 1) * sizeof(float));
+		struct kvp_generate_done in = { 1000 + n, 992, 8 + n, 16, (uint32_t)(c % 3),
+						0x1122334455667788ull, 1, UINT64_MAX, n, NULL };
+		struct kvp_generate_done out;
+		size_t sz = kvp_generate_done_size(n);
+		uint8_t *b = malloc(sz);
+
+		/* any bits: logits can be -inf (masked) or anything else */
+		for (uint32_t i = 0; i < n; i++)
+			lg[i] = i % 97 == 5 ? -INFINITY : bitsf((uint32_t)rnd());
+		cr_assert_eq(sz, 52u + 4u * (size_t)n);
+		cr_assert_eq(kvp_generate_done_encode(b, sz - 1, &in, lg), 0);
+		cr_assert_eq(kvp_generate_done_encode(b, sz, &in, lg), sz);
+		/* reserved at 20, zero; ttft_us at 24, little-endian */
+		cr_assert(b[20] == 0 && b[21] == 0 && b[22] == 0 && b[23] == 0);
+		cr_assert_eq(b[24], 0x88);
+		cr_assert_eq(b[31], 0x11);
+		cr_assert_eq(kvp_generate_done_decode(b, sz, &out), 0);
+		cr_assert_eq(out.prompt_tokens, in.prompt_tokens);
+		cr_assert_eq(out.cached_tokens, in.cached_tokens);
+		cr_assert_eq(out.computed_tokens, in.computed_tokens);
+		cr_assert_eq(out.generated_tokens, in.generated_tokens);
+		cr_assert_eq(out.finish, in.finish);
+		cr_assert_eq(out.ttft_us, in.ttft_us);
+		cr_assert_eq(out.prefill_us, in.prefill_us);
+		cr_assert_eq(out.decode_us, in.decode_us);
+		cr_assert_eq(out.n_logits, n);
+		cr_assert(out.logits == b + 52);
+		kvp_load_f32s(back, out.logits, n);
+		cr_assert(memcmp(back, lg, (size_t)n * 4) == 0, "logit bits kept exactly");
+		free(b);
+		free(back);
+		free(lg);
+	}
+}
+
 /* ---- header ----------------------------------------------------------------------------------- */
 
 static uint8_t *hdr_bytes(uint8_t version, uint8_t type, uint16_t flags, uint32_t req_id,
@@ -725,14 +1086,34 @@ Test(header, every_type_byte)
 	for (unsigned t = 0; t < 256; t++) {
 		uint8_t *b = hdr_bytes(1, (uint8_t)t, 0, 9, 0);
 		struct kvp_frame_hdr h;
-		bool req = t >= 0x01 && t <= 0x06;
-		bool known = req || (t >= 0x81 && t <= 0x86) || t == 0xFF;
+		bool req = t >= 0x01 && t <= 0x07;
+		bool known = req || (t >= 0x81 && t <= 0x88) || t == 0xFF;
 
 		cr_assert_eq(kvp_frame_is_request((uint8_t)t), req, "type 0x%02x", t);
 		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 0, &h), known ? 0 : KVP_EPROTO,
 			     "type 0x%02x", t);
 		cr_assert_eq(h.type, t);
 		cr_assert_eq(h.req_id, 9);
+		free(b);
+	}
+}
+
+Test(header, generate_types)
+{
+	/* GENERATE is a request; its token frame and DONE are replies, DONE reply-only. */
+	cr_assert(kvp_frame_is_request(KVP_T_GENERATE));
+	cr_assert(!kvp_frame_is_request(KVP_T_GENERATE | KVP_T_REPLY));
+	cr_assert(!kvp_frame_is_request(KVP_T_GENERATE_DONE));
+	cr_assert(!kvp_frame_is_request(KVP_T_GENERATE_DONE & ~KVP_T_REPLY), "no request 0x08");
+	cr_assert_eq(KVP_T_GENERATE_DONE, 0x88);
+	for (unsigned i = 0; i < 3; i++) {
+		static const uint8_t types[3] = { 0x07, 0x87, 0x88 };
+		uint8_t *b = hdr_bytes(1, types[i], 0, 0xABCD, 52);
+		struct kvp_frame_hdr h;
+
+		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 1024, &h), 0);
+		cr_assert_eq(h.type, types[i]);
+		cr_assert_eq(h.len, 52);
 		free(b);
 	}
 }
@@ -877,6 +1258,27 @@ static int dec_error(const uint8_t *p, size_t n)
 	return kvp_error_decode(p, n, &m);
 }
 
+static int dec_generate(const uint8_t *p, size_t n)
+{
+	struct kvp_generate_req m;
+
+	return kvp_generate_req_decode(p, n, UINT32_MAX, &m);
+}
+
+static int dec_chunk(const uint8_t *p, size_t n)
+{
+	struct kvp_token_chunk m;
+
+	return kvp_token_chunk_decode(p, n, &m);
+}
+
+static int dec_done(const uint8_t *p, size_t n)
+{
+	struct kvp_generate_done m;
+
+	return kvp_generate_done_decode(p, n, &m);
+}
+
 /* The whole payload decodes; every prefix of it and every extension of it is malformed. */
 static void check_exact_length(const char *what, decode_fn dec, const uint8_t *payload,
 			       size_t n)
@@ -938,6 +1340,24 @@ Test(truncate, every_message_at_every_length)
 	check_exact_length("ERROR", dec_error, buf, n);
 	n = kvp_error_encode(buf, sizeof(buf), KVP_EFULL, "");
 	check_exact_length("ERROR (no message)", dec_error, buf, n);
+
+	struct kvp_generate_req g = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 3, NULL, 10, NULL };
+	struct kvp_generate_req g0 = { 0, 0, 0.0f, 0, 1.0f, 0, 0, NULL, 1, NULL };
+	struct kvp_generate_done d = { 10, 8, 2, 4, KVP_FINISH_LENGTH, 5, 6, 7, 8, NULL };
+	struct kvp_generate_done d0 = { 10, 8, 2, 4, KVP_FINISH_CONTEXT, 5, 6, 7, 0, NULL };
+
+	n = kvp_generate_req_encode(buf, sizeof(buf), &g, ids, ex_tokens);
+	check_exact_length("GENERATE", dec_generate, buf, n);
+	n = kvp_generate_req_encode(buf, sizeof(buf), &g0, NULL, ex_tokens);
+	check_exact_length("GENERATE (no stop ids, one token)", dec_generate, buf, n);
+	n = kvp_token_chunk_encode(buf, sizeof(buf), ids, 5);
+	check_exact_length("GENERATE tokens", dec_chunk, buf, n);
+	n = kvp_token_chunk_encode(buf, sizeof(buf), NULL, 0);
+	check_exact_length("GENERATE tokens (none)", dec_chunk, buf, n);
+	n = kvp_generate_done_encode(buf, sizeof(buf), &d, gx_logits);
+	check_exact_length("GENERATE_DONE (logits)", dec_done, buf, n);
+	n = kvp_generate_done_encode(buf, sizeof(buf), &d0, NULL);
+	check_exact_length("GENERATE_DONE (no logits)", dec_done, buf, n);
 }
 
 /* ---- limits ---------------------------------------------------------------------------------- */
@@ -1148,6 +1568,236 @@ Test(limits, unknown_flags)
 	free(b);
 }
 
+/* A sound GENERATE payload (2 stop ids, 5 tokens; 64 bytes) in buf, for patching. */
+static size_t generate_base(uint8_t *buf, size_t cap)
+{
+	static const uint32_t stop[2] = { 2, 9 };
+	struct kvp_generate_req g = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 2, NULL, 5, NULL };
+	size_t n = kvp_generate_req_encode(buf, cap, &g, stop, ex_tokens);
+
+	cr_assert_eq(n, 64);
+	return n;
+}
+
+/* Decode an exact copy of buf with max_tokens and return the status; *out gets m. */
+static int generate_decode_copy(const uint8_t *buf, size_t n, uint32_t max_tokens,
+				struct kvp_generate_req *out)
+{
+	uint8_t *b = exact(buf, n);
+	int rc = kvp_generate_req_decode(b, n, max_tokens, out);
+
+	free(b);
+	return rc;
+}
+
+Test(limits, generate_bad_temperature)
+{
+	static const uint32_t bad[] = {
+		0x7fc00000u,   /* quiet NaN */
+		0xffc00000u,   /* negative NaN */
+		0x7fa00000u,   /* signalling NaN */
+		0x7f800001u,   /* smallest NaN payload */
+		0x7f800000u,   /* +inf */
+		0xff800000u,   /* -inf */
+		0xbf800000u,   /* -1 */
+		0x80000001u,   /* the negative denormal closest to 0 */
+	};
+	uint8_t buf[64], eb[64];
+	struct kvp_generate_req m;
+	size_t n = generate_base(buf, sizeof(buf));
+
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct kvp_generate_req e = { 0, 1, bitsf(bad[i]), 0, 1.0f, 0, 0, NULL, 1, NULL };
+
+		put32(buf + 8, bad[i]);
+		cr_assert_eq(generate_decode_copy(buf, n, 5, &m), KVP_EINVAL, "bits 0x%08x",
+			     bad[i]);
+		cr_assert_eq(fbits(m.temperature), bad[i], "fields are filled");
+		cr_assert_eq(kvp_generate_req_encode(eb, sizeof(eb), &e, NULL, ex_tokens), 0,
+			     "the encoder refuses it too");
+	}
+	/* -0, 0, the smallest denormal and FLT_MAX are fine */
+	putf(buf + 8, -0.0f);
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
+	put32(buf + 8, 1);
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
+	putf(buf + 8, FLT_MAX);
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
+}
+
+Test(limits, generate_bad_top_p)
+{
+	static const uint32_t bad[] = {
+		0x00000000u,   /* 0 */
+		0x80000000u,   /* -0 */
+		0x3fc00000u,   /* 1.5 */
+		0x3f800001u,   /* the float just above 1 */
+		0xbf000000u,   /* -0.5 */
+		0x7fc00000u,   /* NaN */
+		0x7f800000u,   /* +inf */
+	};
+	uint8_t buf[64], hb[64];
+	struct kvp_generate_req m;
+	size_t n = generate_base(buf, sizeof(buf));
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct kvp_generate_req e = { 0, 1, 0.0f, 0, bitsf(bad[i]), 0, 0, NULL, 1, NULL };
+
+		put32(buf + 16, bad[i]);
+		cr_assert_eq(generate_decode_copy(buf, n, 5, &m), KVP_EINVAL, "top_p bits 0x%08x",
+			     bad[i]);
+		cr_assert_eq(kvp_generate_req_encode_head(hb, sizeof(hb), &e, NULL), 0);
+	}
+	putf(buf + 16, 1.0f);
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
+	put32(buf + 16, 1);   /* the smallest denormal: above 0 */
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
+}
+
+Test(limits, generate_max_new_and_counts)
+{
+	static uint32_t stop[KVP_STOP_MAX + 1];
+	uint8_t buf[512];
+	struct kvp_generate_req m;
+	size_t n = generate_base(buf, sizeof(buf));
+
+	put32(buf + 4, KVP_GEN_MAX_NEW);
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
+	put32(buf + 4, KVP_GEN_MAX_NEW + 1);
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), KVP_EINVAL, "max_new over 2^20");
+	put32(buf + 4, UINT32_MAX);
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), KVP_EINVAL);
+	put32(buf + 4, 0);
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0, "max_new 0: prefill only");
+
+	/* n_stop 64 is the most; 65, with all its bytes present, is out of range. */
+	struct kvp_generate_req g = { 0, 4, 0.0f, 0, 1.0f, 0, KVP_STOP_MAX, NULL, 1, NULL };
+
+	n = kvp_generate_req_encode(buf, sizeof(buf), &g, stop, ex_tokens);
+	cr_assert_eq(n, 36 + 4 * KVP_STOP_MAX + 4);
+	cr_assert_eq(generate_decode_copy(buf, n, 1, &m), 0);
+	g.n_stop = KVP_STOP_MAX + 1;
+	cr_assert_eq(kvp_generate_req_encode(buf, sizeof(buf), &g, stop, ex_tokens), 0);
+	cr_assert_eq(kvp_generate_req_size(KVP_STOP_MAX + 1, 1), n + 4);
+	put32(buf + 28, KVP_STOP_MAX + 1);
+	memmove(buf + 32 + 4 * (KVP_STOP_MAX + 1), buf + 32 + 4 * KVP_STOP_MAX, 8);
+	put32(buf + 32 + 4 * KVP_STOP_MAX, 77);
+	cr_assert_eq(generate_decode_copy(buf, n + 4, 1, &m), KVP_EINVAL, "n_stop 65");
+	cr_assert_eq(m.n_stop, KVP_STOP_MAX + 1);
+	cr_assert_eq(m.n_tokens, 1);
+	cr_assert_eq(generate_decode_copy(buf, n + 3, 1, &m), KVP_EPROTO, "layout first");
+
+	/* n_tokens 0: sound layout, out of range; refused by the encoder too. */
+	struct kvp_generate_req z = { 0, 4, 0.0f, 0, 1.0f, 0, 0, NULL, 0, NULL };
+
+	cr_assert_eq(kvp_generate_req_encode(buf, sizeof(buf), &z, NULL, NULL), 0);
+	memset(buf, 0, 36);
+	putf(buf + 16, 1.0f);
+	cr_assert_eq(generate_decode_copy(buf, 36, 100, &m), KVP_EINVAL, "n_tokens 0");
+	cr_assert_eq(generate_decode_copy(buf, 36, 0, &m), KVP_EINVAL, "values before limits");
+}
+
+Test(limits, generate_token_count)
+{
+	uint8_t buf[64];
+	struct kvp_generate_req m;
+	size_t n = generate_base(buf, sizeof(buf));
+
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
+	cr_assert_eq(generate_decode_copy(buf, n, 4, &m), KVP_ETOOBIG);
+	cr_assert_eq(m.n_tokens, 5, "the count is filled, so the daemon can name it");
+	cr_assert_eq(generate_decode_copy(buf, n, 0, &m), KVP_ETOOBIG);
+	/* out-of-range values come before limits, flags before values */
+	putf(buf + 8, NAN);
+	cr_assert_eq(generate_decode_copy(buf, n, 4, &m), KVP_EINVAL);
+	put32(buf, 4);
+	cr_assert_eq(generate_decode_copy(buf, n, 4, &m), KVP_EINVAL);
+
+	/* Counts that claim more than the payload holds: malformed, never read, no wrap. */
+	n = generate_base(buf, sizeof(buf));
+	put32(buf + 28, 0x40000000u);   /* n_stop * 4 wraps to 0 in 32 bits */
+	cr_assert_eq(generate_decode_copy(buf, n, UINT32_MAX, &m), KVP_EPROTO);
+	put32(buf + 28, UINT32_MAX);
+	cr_assert_eq(generate_decode_copy(buf, n, UINT32_MAX, &m), KVP_EPROTO);
+	n = generate_base(buf, sizeof(buf));
+	put32(buf + 40, 0x40000000u);   /* n_tokens */
+	cr_assert_eq(generate_decode_copy(buf, n, UINT32_MAX, &m), KVP_EPROTO);
+	cr_assert_eq(generate_decode_copy(buf, n, 4, &m), KVP_EPROTO, "layout before limits");
+	put32(buf + 40, 4);
+	cr_assert_eq(generate_decode_copy(buf, n, UINT32_MAX, &m), KVP_EPROTO, "4 bytes extra");
+	put32(buf + 40, 6);
+	cr_assert_eq(generate_decode_copy(buf, n, UINT32_MAX, &m), KVP_EPROTO, "4 bytes short");
+}
+
+Test(limits, generate_flags)
+{
+	uint8_t buf[64], hb[64];
+	struct kvp_generate_req m;
+	size_t n = generate_base(buf, sizeof(buf));
+
+	for (int bit = 1; bit < 32; bit++) {
+		struct kvp_generate_req e = { KVP_GEN_LOGITS | 1u << bit, 1, 0.0f, 0, 1.0f, 0, 0,
+					      NULL, 1, NULL };
+
+		put32(buf, KVP_GEN_LOGITS | 1u << bit);
+		cr_assert_eq(generate_decode_copy(buf, n, 5, &m), KVP_EINVAL, "bit %d", bit);
+		cr_assert_eq(m.flags, KVP_GEN_LOGITS | 1u << bit);
+		cr_assert(m.flags & ~KVP_GEN_FLAGS_KNOWN, "the daemon can tell flags apart");
+		cr_assert_eq(generate_decode_copy(buf, n, 0, &m), KVP_EINVAL, "flags before limits");
+		cr_assert_eq(generate_decode_copy(buf, n - 1, 5, &m), KVP_EPROTO, "layout first");
+		cr_assert_eq(kvp_generate_req_encode_head(hb, sizeof(hb), &e, NULL), 0);
+	}
+	put32(buf, 0);
+	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
+}
+
+Test(limits, generate_done_reserved_and_finish)
+{
+	uint8_t buf[128];
+	struct kvp_generate_done d = { 10, 8, 2, 4, KVP_FINISH_STOP, 5, 6, 7, 2, NULL };
+	struct kvp_generate_done m;
+	size_t n = kvp_generate_done_encode(buf, sizeof(buf), &d, gx_logits);
+	uint8_t *b;
+
+	for (uint32_t f = 0; f <= KVP_FINISH_CONTEXT; f++) {
+		put32(buf + 16, f);
+		b = exact(buf, n);
+		cr_assert_eq(kvp_generate_done_decode(b, n, &m), 0);
+		cr_assert_eq(m.finish, f);
+		free(b);
+	}
+	put32(buf + 16, 3);
+	b = exact(buf, n);
+	cr_assert_eq(kvp_generate_done_decode(b, n, &m), KVP_EINVAL, "finish 3");
+	cr_assert_eq(kvp_generate_done_decode(b, n - 1, &m), KVP_EPROTO, "layout first");
+	free(b);
+	d.finish = 3;
+	cr_assert_eq(kvp_generate_done_encode(buf, sizeof(buf), &d, gx_logits), 0);
+	d.finish = 0;
+	n = kvp_generate_done_encode(buf, sizeof(buf), &d, gx_logits);
+	for (int bit = 0; bit < 32; bit++) {
+		put32(buf + 20, 1u << bit);
+		b = exact(buf, n);
+		cr_assert_eq(kvp_generate_done_decode(b, n, &m), KVP_EINVAL, "reserved bit %d", bit);
+		free(b);
+	}
+	/* n_logits that claims more than is there, wrapping or not */
+	put32(buf + 20, 0);
+	put32(buf + 48, 0x40000000u);
+	b = exact(buf, n);
+	cr_assert_eq(kvp_generate_done_decode(b, n, &m), KVP_EPROTO);
+	put32(b + 48, 3);
+	cr_assert_eq(kvp_generate_done_decode(b, n, &m), KVP_EPROTO);
+	free(b);
+
+	/* token frame: a count the payload cannot hold */
+	put32(buf, 0x40000000u);
+	b = exact(buf, 4);
+	cr_assert_eq(kvp_token_chunk_decode(b, 4, &(struct kvp_token_chunk){ 0 }), KVP_EPROTO);
+	free(b);
+}
+
 /* ---- default socket path ---------------------------------------------------------------------- */
 
 Test(socket_path, xdg_runtime_dir)
@@ -1207,7 +1857,7 @@ static uint32_t random_u32(void)
 static void random_roundtrip(unsigned k)
 {
 	char s1[KVP_NAME_MAX], s2[KVP_NAME_MAX];
-	uint32_t arr[300], back[300];
+	uint32_t arr[300], back[300];   /* kind 6: at most 64 stop + 200 tokens */
 	uint8_t *b;
 	size_t sz;
 
@@ -1289,7 +1939,7 @@ static void random_roundtrip(unsigned k)
 		cr_assert_eq(got, l);
 		break;
 	}
-	default: {
+	case 5: {
 		char msg[KVP_ERROR_MSG_MAX + 1];
 		size_t len = rnd_below(KVP_ERROR_MSG_MAX + 1);
 		int st = -(int)(1 + rnd_below(16));
@@ -1306,6 +1956,67 @@ static void random_roundtrip(unsigned k)
 		cr_assert(memcmp(out.msg, msg, len) == 0);
 		break;
 	}
+	case 6: {
+		uint32_t ns = rnd_below(KVP_STOP_MAX + 1), nt = 1 + rnd_below(200);
+		struct kvp_generate_req in = {
+			(uint32_t)rnd_below(2), rnd_below(KVP_GEN_MAX_NEW + 1),
+			rnd_below(4) ? (float)rnd_below(2000) / 100.0f : 0.0f, random_u32(),
+			(float)(1 + rnd_below(1000)) / 1000.0f, rnd(), ns, NULL, nt, NULL,
+		}, out;
+
+		for (uint32_t i = 0; i < ns + nt; i++)
+			arr[i] = random_u32();
+		sz = kvp_generate_req_size(ns, nt);
+		b = malloc(sz);
+		cr_assert_eq(kvp_generate_req_encode(b, sz, &in, arr, arr + ns), sz);
+		cr_assert_eq(kvp_generate_req_decode(b, sz, nt, &out), 0);
+		cr_assert(out.flags == in.flags && out.max_new == in.max_new &&
+			  fbits(out.temperature) == fbits(in.temperature) && out.top_k == in.top_k &&
+			  fbits(out.top_p) == fbits(in.top_p) && out.seed == in.seed &&
+			  out.n_stop == ns && out.n_tokens == nt);
+		kvp_load_u32s(back, out.stop, ns);
+		kvp_load_u32s(back + ns, out.tokens, nt);
+		cr_assert(memcmp(back, arr, ((size_t)ns + nt) * 4) == 0);
+		cr_assert_eq(kvp_generate_req_decode(b, sz, nt - 1, &out), KVP_ETOOBIG);
+		break;
+	}
+	case 7: {
+		uint32_t n = rnd_below(300);
+		struct kvp_token_chunk out;
+
+		for (uint32_t i = 0; i < n; i++)
+			arr[i] = random_u32();
+		sz = kvp_token_chunk_size(n);
+		b = malloc(sz);
+		cr_assert_eq(kvp_token_chunk_encode(b, sz, arr, n), sz);
+		cr_assert_eq(kvp_token_chunk_decode(b, sz, &out), 0);
+		cr_assert_eq(out.n, n);
+		kvp_load_u32s(back, out.ids, n);
+		cr_assert(memcmp(back, arr, (size_t)n * 4) == 0);
+		break;
+	}
+	default: {
+		float lg[300], lb[300];
+		struct kvp_generate_done in = { random_u32(), random_u32(), random_u32(),
+						random_u32(), rnd_below(3), rnd(), rnd(), rnd(),
+						rnd_below(300), NULL }, out;
+
+		for (uint32_t i = 0; i < in.n_logits; i++)
+			lg[i] = bitsf((uint32_t)rnd());
+		sz = kvp_generate_done_size(in.n_logits);
+		b = malloc(sz);
+		cr_assert_eq(kvp_generate_done_encode(b, sz, &in, lg), sz);
+		cr_assert_eq(kvp_generate_done_decode(b, sz, &out), 0);
+		cr_assert(out.prompt_tokens == in.prompt_tokens &&
+			  out.cached_tokens == in.cached_tokens &&
+			  out.computed_tokens == in.computed_tokens &&
+			  out.generated_tokens == in.generated_tokens && out.finish == in.finish &&
+			  out.ttft_us == in.ttft_us && out.prefill_us == in.prefill_us &&
+			  out.decode_us == in.decode_us && out.n_logits == in.n_logits);
+		kvp_load_f32s(lb, out.logits, in.n_logits);
+		cr_assert(memcmp(lb, lg, (size_t)in.n_logits * 4) == 0);
+		break;
+	}
 	}
 	free(b);
 }
@@ -1313,7 +2024,7 @@ static void random_roundtrip(unsigned k)
 Test(random, roundtrip_loop)
 {
 	for (unsigned i = 0; i < 20000; i++)
-		random_roundtrip(i % 6);
+		random_roundtrip(i % 9);
 }
 
 /* Re-encode what a decoder accepted; a canonical encoding gives back the input. */
@@ -1367,7 +2078,7 @@ static void reencode_matches(unsigned k, const uint8_t *p, size_t n)
 		m = kvp_release_encode(out, sizeof(out), l);
 		break;
 	}
-	default: {
+	case 5: {
 		struct kvp_error e;
 		char msg[KVP_ERROR_MSG_MAX + 1];
 
@@ -1382,14 +2093,47 @@ static void reencode_matches(unsigned k, const uint8_t *p, size_t n)
 			return;
 		break;
 	}
+	case 6: {
+		struct kvp_generate_req g;
+		uint32_t stop[KVP_STOP_MAX], tok[1024];
+
+		if (kvp_generate_req_decode(p, n, 1024, &g) != 0)
+			return;
+		kvp_load_u32s(stop, g.stop, g.n_stop);
+		kvp_load_u32s(tok, g.tokens, g.n_tokens);
+		m = kvp_generate_req_encode(out, sizeof(out), &g, stop, tok);
+		break;
+	}
+	case 7: {
+		struct kvp_token_chunk ch;
+		uint32_t ids[1024];
+
+		if (kvp_token_chunk_decode(p, n, &ch) != 0)
+			return;
+		kvp_load_u32s(ids, ch.ids, ch.n);
+		m = kvp_token_chunk_encode(out, sizeof(out), ids, ch.n);
+		break;
+	}
+	default: {
+		struct kvp_generate_done d;
+		float lg[1024];
+
+		if (kvp_generate_done_decode(p, n, &d) != 0)
+			return;
+		kvp_load_f32s(lg, d.logits, d.n_logits);
+		m = kvp_generate_done_encode(out, sizeof(out), &d, lg);
+		break;
+	}
 	}
 	assert_bytes(out, m, p, n, "re-encoded frame");
 }
 
 Test(random, mutated_payloads_never_overread)
 {
-	uint8_t base[6][512];
-	size_t base_n[6];
+	uint8_t base[9][512];
+	size_t base_n[9];
+	struct kvp_generate_req gr = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 2, NULL, 6, NULL };
+	struct kvp_generate_done gd = { 6, 4, 2, 3, KVP_FINISH_STOP, 1250, 1100, 2300, 8, NULL };
 	struct kvp_hello he = { 1, 0, "lora", 4, "s", 1 };
 	struct kvp_hello_reply hr = { 1, 16, 64, 4096, 1, 1000, "idx", 3 };
 	uint32_t ids[3] = { 9, 8, 7 };
@@ -1401,9 +2145,12 @@ Test(random, mutated_payloads_never_overread)
 	base_n[3] = kvp_blocks_reply_encode(base[3], 512, &br, ids);
 	base_n[4] = kvp_release_encode(base[4], 512, 77);
 	base_n[5] = kvp_error_encode(base[5], 512, KVP_EBUSY, "busy");
+	base_n[6] = kvp_generate_req_encode(base[6], 512, &gr, ids, ex_tokens);
+	base_n[7] = kvp_token_chunk_encode(base[7], 512, ids, 3);
+	base_n[8] = kvp_generate_done_encode(base[8], 512, &gd, gx_logits);
 
-	for (unsigned i = 0; i < 60000; i++) {
-		unsigned k = i % 6;
+	for (unsigned i = 0; i < 90000; i++) {
+		unsigned k = i % 9;
 		uint8_t tmp[512];
 		size_t n = base_n[k];
 		uint8_t *b;
@@ -1430,6 +2177,9 @@ Test(random, mutated_payloads_never_overread)
 		dec_release(b, n);
 		dec_u32(b, n);
 		dec_error(b, n);
+		dec_generate(b, n);
+		dec_chunk(b, n);
+		dec_done(b, n);
 		if (n >= KVP_HDR_SIZE) {
 			struct kvp_frame_hdr h;
 

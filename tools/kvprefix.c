@@ -3,6 +3,9 @@
  *
  *   kvprefix lookup|insert [--socket PATH] (--tokens 1,2,3 | --tokens-file FILE)
  *                          [--pin] [--json]
+ *   kvprefix generate [--socket PATH] (--tokens 1,2,3 | --tokens-file FILE)
+ *                     [--max-new N] [--temperature T] [--top-k K] [--top-p P]
+ *                     [--seed S] [--stop ID[,ID...]] [--json] [--logits-out FILE]
  *   kvprefix stats [--socket PATH]
  *   kvprefix ping  [--socket PATH] [--json]
  *
@@ -11,8 +14,10 @@
  * reaches the daemon.
  */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +27,7 @@
 
 #define PROG "kvprefix"
 #define CLI_TIMEOUT_MS 60000u
+#define CLI_GEN_TIMEOUT_MS 600000u   /* generate: the longest wait for each frame */
 #define HUMAN_IDS_MAX 32   /* block ids listed in human output */
 
 static void usage_main(FILE *f)
@@ -31,10 +37,11 @@ static void usage_main(FILE *f)
 		"Talk to a running kvprefixd over its Unix socket.\n"
 		"\n"
 		"Commands:\n"
-		"  lookup   which prefix of a token sequence is cached\n"
-		"  insert   register the full blocks of a token sequence as computed\n"
-		"  stats    print the daemon's statistics (JSON)\n"
-		"  ping     check that the daemon answers, and show what it serves\n"
+		"  lookup     which prefix of a token sequence is cached\n"
+		"  insert     register the full blocks of a token sequence as computed\n"
+		"  generate   generate tokens after a prompt (a daemon that runs a model)\n"
+		"  stats      print the daemon's statistics (JSON)\n"
+		"  ping       check that the daemon answers, and show what it serves\n"
 		"\n"
 		"Run 'kvprefix COMMAND --help' for a command's options.\n"
 		"Exit status: 0 ok, 1 daemon or I/O error, 2 usage error.\n");
@@ -260,6 +267,347 @@ out_usage:
 	return KVP_EXIT_USAGE;
 }
 
+/* ---- generate ---------------------------------------------------------------------- */
+
+enum {
+	OPT_MAX_NEW = 256,
+	OPT_TEMPERATURE,
+	OPT_TOP_K,
+	OPT_TOP_P,
+	OPT_SEED,
+	OPT_STOP,
+	OPT_LOGITS_OUT,
+};
+
+static void usage_generate(FILE *f)
+{
+	fprintf(f,
+		"Usage: kvprefix generate [--socket PATH] (--tokens LIST | --tokens-file FILE)\n"
+		"                         [--max-new N] [--temperature T] [--top-k K]\n"
+		"                         [--top-p P] [--seed S] [--stop ID[,ID...]]\n"
+		"                         [--json] [--logits-out FILE]\n"
+		"Generate tokens after a prompt of token ids (the daemon must run a model, not\n"
+		"--index-only). The cached prefix of the prompt is reused; the rest is computed\n"
+		"and cached. Without --json the generated ids are printed as they arrive,\n"
+		"space separated on one line, then a line of usage.\n"
+		"\n"
+		"  -s, --socket PATH       daemon socket (default: the library's default)\n"
+		"  -t, --tokens LIST       prompt token ids, comma separated: 1,2,3\n"
+		"  -f, --tokens-file FILE  prompt token ids from FILE ('-': stdin), separated by\n"
+		"                          whitespace or commas, or a JSON array\n"
+		"      --max-new N         generate at most N tokens, 0-%u (default 16; 0:\n"
+		"                          only compute the prompt)\n"
+		"      --temperature T     sampling temperature, >= 0 (default 0: greedy)\n"
+		"      --top-k K           sample among the K most likely tokens (default 0: off)\n"
+		"      --top-p P           nucleus sampling mass, in (0, 1] (default 1: off)\n"
+		"      --seed S            sampler seed, 0-18446744073709551615 (default 0)\n"
+		"      --stop LIST         stop token ids, comma separated; may be repeated, at\n"
+		"                          most %u in all. Generation ends after emitting one\n"
+		"                          (it is printed)\n"
+		"  -j, --json              print one JSON object: tokens, prompt_tokens,\n"
+		"                          cached_tokens, computed_tokens, generated_tokens,\n"
+		"                          finish (\"length\", \"stop\" or \"context\"), ttft_us,\n"
+		"                          prefill_us, decode_us\n"
+		"      --logits-out FILE   ask for the logits of the last prompt position and\n"
+		"                          write them to FILE as little-endian float32\n"
+		"  -h, --help              show this help\n"
+		"\n"
+		"Each frame from the daemon is awaited for at most %u s.\n",
+		KVP_GEN_MAX_NEW, KVP_STOP_MAX, CLI_GEN_TIMEOUT_MS / 1000);
+}
+
+/* A plain decimal number ("0.7", "1", ".5", "2e-1") that is finite as a float: no sign,
+ * no hex, no inf or nan. */
+static bool parse_float(const char *s, float *out)
+{
+	char *end = NULL;
+	double v;
+
+	if (!s || !((*s >= '0' && *s <= '9') || *s == '.') || strpbrk(s, "xX"))
+		return false;
+	errno = 0;
+	v = strtod(s, &end);
+	if (end == s || *end || (errno && errno != ERANGE) || !isfinite(v) ||
+	    !isfinite((float)v))
+		return false;
+	*out = (float)v;
+	return true;
+}
+
+static const char *finish_name(uint32_t finish)
+{
+	switch (finish) {
+	case KVP_FINISH_LENGTH: return "length";
+	case KVP_FINISH_STOP: return "stop";
+	case KVP_FINISH_CONTEXT: return "context";
+	}
+	return "unknown";
+}
+
+/* What the token callback does: print as the tokens arrive, or keep them for --json. */
+struct gen_sink {
+	bool json;
+	struct kvp_tokvec toks;   /* --json: every token, in order */
+	int err;                  /* --json: first failure keeping them */
+	uint64_t printed;
+};
+
+static void on_tokens(void *arg, const uint32_t *t, uint32_t n)
+{
+	struct gen_sink *g = arg;
+
+	if (g->json) {
+		for (uint32_t i = 0; i < n && g->err == 0; i++)
+			g->err = kvp_tokvec_push(&g->toks, t[i]);
+		return;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		printf(g->printed++ ? " %u" : "%u", t[i]);
+	fflush(stdout);
+}
+
+static int print_generate_json(const struct gen_sink *g, const struct kvp_usage *u)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON *toks = ids_array(g->toks.v, (uint32_t)g->toks.n);
+	bool ok = o && toks;
+
+	if (ok) {
+		cJSON_AddItemToObject(o, "tokens", toks);
+		toks = NULL;
+	}
+	ok = ok && cJSON_AddNumberToObject(o, "prompt_tokens", u->prompt_tokens);
+	ok = ok && cJSON_AddNumberToObject(o, "cached_tokens", u->cached_tokens);
+	ok = ok && cJSON_AddNumberToObject(o, "computed_tokens", u->computed_tokens);
+	ok = ok && cJSON_AddNumberToObject(o, "generated_tokens", u->generated_tokens);
+	ok = ok && cJSON_AddStringToObject(o, "finish", finish_name(u->finish));
+	ok = ok && add_u64(o, "ttft_us", u->ttft_us);
+	ok = ok && add_u64(o, "prefill_us", u->prefill_us);
+	ok = ok && add_u64(o, "decode_us", u->decode_us);
+	cJSON_Delete(toks);
+	if (!ok) {
+		cJSON_Delete(o);
+		fprintf(stderr, PROG " generate: out of memory\n");
+		return KVP_EXIT_FAIL;
+	}
+	return print_json(o) ? KVP_EXIT_OK : KVP_EXIT_FAIL;
+}
+
+/* Write n floats to f as little-endian float32. */
+static bool write_f32le(FILE *f, const float *v, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t bits;
+		uint8_t b[4];
+
+		memcpy(&bits, &v[i], sizeof(bits));
+		b[0] = (uint8_t)bits;
+		b[1] = (uint8_t)(bits >> 8);
+		b[2] = (uint8_t)(bits >> 16);
+		b[3] = (uint8_t)(bits >> 24);
+		if (fwrite(b, 1, 4, f) != 4)
+			return false;
+	}
+	return true;
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "tokens", required_argument, NULL, 't' },
+		{ "tokens-file", required_argument, NULL, 'f' },
+		{ "max-new", required_argument, NULL, OPT_MAX_NEW },
+		{ "temperature", required_argument, NULL, OPT_TEMPERATURE },
+		{ "top-k", required_argument, NULL, OPT_TOP_K },
+		{ "top-p", required_argument, NULL, OPT_TOP_P },
+		{ "seed", required_argument, NULL, OPT_SEED },
+		{ "stop", required_argument, NULL, OPT_STOP },
+		{ "json", no_argument, NULL, 'j' },
+		{ "logits-out", required_argument, NULL, OPT_LOGITS_OUT },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *cmd = "generate", *sock = NULL, *list = NULL, *file = NULL;
+	const char *logits_path = NULL;
+	struct kvp_generate_params gp;
+	struct gen_sink sink = { 0 };
+	struct kvp_tokvec toks = { 0 }, stop = { 0 };
+	struct kvp_client *c = NULL;
+	struct kvp_usage u;
+	FILE *lf = NULL;
+	uint64_t v;
+	char err[512];
+	int opt, rc, ret = KVP_EXIT_USAGE;
+
+	kvp_generate_params_init(&gp);
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":s:t:f:jh", opts, NULL)) != -1) {
+		switch (opt) {
+		case 's': sock = optarg; break;
+		case 't': list = optarg; break;
+		case 'f': file = optarg; break;
+		case 'j': sink.json = true; break;
+		case 'h': usage_generate(stdout); ret = KVP_EXIT_OK; goto out_free;
+		case OPT_MAX_NEW:
+			if (!kvp_tool_parse_u64(optarg, 0, KVP_GEN_MAX_NEW, &v)) {
+				fprintf(stderr, PROG " generate: --max-new '%s': want an integer "
+					"from 0 to %u\n", optarg, KVP_GEN_MAX_NEW);
+				goto out_usage;
+			}
+			gp.max_new = (uint32_t)v;
+			break;
+		case OPT_TEMPERATURE:
+			if (!parse_float(optarg, &gp.temperature)) {
+				fprintf(stderr, PROG " generate: --temperature '%s': want a finite "
+					"number >= 0, such as 0.7\n", optarg);
+				goto out_usage;
+			}
+			break;
+		case OPT_TOP_K:
+			if (!kvp_tool_parse_u64(optarg, 0, UINT32_MAX, &v)) {
+				fprintf(stderr, PROG " generate: --top-k '%s': want an integer from "
+					"0 (off) to %u\n", optarg, UINT32_MAX);
+				goto out_usage;
+			}
+			gp.top_k = (uint32_t)v;
+			break;
+		case OPT_TOP_P:
+			if (!parse_float(optarg, &gp.top_p) || !(gp.top_p > 0.0f) ||
+			    !(gp.top_p <= 1.0f)) {
+				fprintf(stderr, PROG " generate: --top-p '%s': want a number above 0 "
+					"and at most 1 (1: off)\n", optarg);
+				goto out_usage;
+			}
+			break;
+		case OPT_SEED:
+			if (!kvp_tool_parse_u64(optarg, 0, UINT64_MAX, &gp.seed)) {
+				fprintf(stderr, PROG " generate: --seed '%s': want an integer from 0 "
+					"to %" PRIu64 "\n", optarg, UINT64_MAX);
+				goto out_usage;
+			}
+			break;
+		case OPT_STOP:
+			rc = kvp_tool_parse_tokens(optarg, &stop, err, sizeof(err));
+			if (rc < 0) {
+				/* The parser names the option --tokens; this is --stop. */
+				const char *why = rc != KVP_EINVAL ? kvp_strerror(rc)
+					: strncmp(err, "--tokens: ", 10) == 0 ? err + 10 : err;
+
+				fprintf(stderr, PROG " generate: --stop: %s\n", why);
+				goto out_usage;
+			}
+			if (stop.n > KVP_STOP_MAX) {
+				fprintf(stderr, PROG " generate: --stop: %zu stop ids, at most %u "
+					"are allowed\n", stop.n, KVP_STOP_MAX);
+				goto out_usage;
+			}
+			break;
+		case OPT_LOGITS_OUT:
+			if (!optarg[0]) {
+				fprintf(stderr, PROG " generate: --logits-out needs a file name\n");
+				goto out_usage;
+			}
+			logits_path = optarg;
+			break;
+		default:
+			ret = bad_option(cmd, argv, opt);
+			goto out_free;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, PROG " generate: unexpected argument '%s'\n", argv[optind]);
+		goto out_usage;
+	}
+	if (!list == !file) {
+		fprintf(stderr, PROG " generate: give exactly one of --tokens LIST or "
+			"--tokens-file FILE\n");
+		goto out_usage;
+	}
+	rc = list ? kvp_tool_parse_tokens(list, &toks, err, sizeof(err))
+		  : kvp_tool_read_tokens_file(file, &toks, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, PROG " generate: %s\n", err);
+		ret = rc == KVP_EIO || rc == KVP_ENOMEM ? KVP_EXIT_FAIL : KVP_EXIT_USAGE;
+		goto out_free;
+	}
+	gp.stop = stop.v;
+	gp.n_stop = (uint32_t)stop.n;
+	if (logits_path) {
+		gp.flags |= KVP_GEN_LOGITS;
+		/* Opened before the work starts, so that a bad path costs no generation. */
+		lf = fopen(logits_path, "wb");
+		if (!lf) {
+			fprintf(stderr, PROG " generate: cannot write %s: %s\n", logits_path,
+				strerror(errno));
+			ret = KVP_EXIT_FAIL;
+			goto out_free;
+		}
+	}
+	ret = KVP_EXIT_FAIL;
+	if (kvp_tool_connect(PROG, sock, &c) < 0)
+		goto out_logits;
+	kvp_client_set_timeout_ms(c, CLI_GEN_TIMEOUT_MS);
+	rc = kvp_client_generate(c, toks.v, toks.n, &gp, on_tokens, &sink, &u);
+	if (!sink.json && (rc == 0 || sink.printed))
+		printf("\n");
+	if (rc < 0) {
+		fflush(stdout);
+		kvp_tool_perror(PROG, cmd, c, rc);
+		goto out_close;
+	}
+	if (sink.err) {
+		fprintf(stderr, PROG " generate: keeping the tokens: %s\n", kvp_strerror(sink.err));
+		goto out_close;
+	}
+	if (lf) {
+		int werr;
+
+		if (u.n_logits == 0) {
+			fprintf(stderr, PROG " generate: the daemon returned no logits\n");
+			goto out_close;
+		}
+		werr = !write_f32le(lf, u.logits, u.n_logits) ? errno : 0;
+		if (fclose(lf) != 0 && !werr)
+			werr = errno ? errno : EIO;
+		lf = NULL;
+		if (werr) {
+			fprintf(stderr, PROG " generate: writing %s: %s\n", logits_path,
+				strerror(werr));
+			goto out_close;
+		}
+	}
+	if (sink.json) {
+		ret = print_generate_json(&sink, &u);
+	} else {
+		printf("prompt %u tokens (%u cached, %u computed), generated %u (finish: %s); "
+		       "ttft %.3f ms, prefill %.3f ms, decode %.3f ms\n", u.prompt_tokens,
+		       u.cached_tokens, u.computed_tokens, u.generated_tokens,
+		       finish_name(u.finish), (double)u.ttft_us / 1e3,
+		       (double)u.prefill_us / 1e3, (double)u.decode_us / 1e3);
+		ret = KVP_EXIT_OK;
+	}
+out_close:
+	kvp_client_close(c);
+out_logits:
+	if (lf || (logits_path && ret != KVP_EXIT_OK)) {
+		/* Leave no empty or partial logits file behind a failure. */
+		if (lf)
+			fclose(lf);
+		remove(logits_path);
+	}
+out_free:
+	kvp_tokvec_free(&sink.toks);
+	kvp_tokvec_free(&stop);
+	kvp_tokvec_free(&toks);
+	return ret;
+out_usage:
+	fprintf(stderr, "Try '" PROG " generate --help'.\n");
+	ret = KVP_EXIT_USAGE;
+	goto out_free;
+}
+
 static int cmd_stats(const char *sock)
 {
 	struct kvp_client *c = NULL;
@@ -409,6 +757,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "lookup") == 0 || strcmp(cmd, "insert") == 0)
 		return cmd_tokens(argc - 1, argv + 1);
+	if (strcmp(cmd, "generate") == 0)
+		return cmd_generate(argc - 1, argv + 1);
 	if (strcmp(cmd, "stats") == 0 || strcmp(cmd, "ping") == 0)
 		return cmd_simple(argc - 1, argv + 1);
 	fprintf(stderr, PROG ": unknown command '%s'\n", cmd);
