@@ -117,6 +117,11 @@ uint32_t kvp_cache_block_tokens(const struct kvp_cache *c)
 	return c->cfg.block_tokens;
 }
 
+uint32_t kvp_cache_capacity(const struct kvp_cache *c)
+{
+	return c->cfg.capacity_blocks;
+}
+
 static void pin_node(struct kvp_cache *c, struct kvp_tree_node *n)
 {
 	kvp_tree_pin(c->tree, n);
@@ -427,6 +432,108 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 	c->st.insert_tokens += n_tokens;
 	c->st.inserted_blocks += res->new_blocks;
 	return rc;
+}
+
+/* ---- sequences --------------------------------------------------------------- */
+
+int kvp_cache_attach_memory(struct kvp_cache *c, size_t block_bytes)
+{
+	return kvp_pool_attach_memory(c->pool, block_bytes);
+}
+
+int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+			uint32_t n_prompt, uint32_t n_positions, struct kvp_seq *seq)
+{
+	const uint32_t b = c->cfg.block_tokens;
+	uint32_t need, m, got = 0;
+	int rc = KVP_ENOMEM;
+
+	memset(seq, 0, sizeof(*seq));
+	if (n_prompt > c->cfg.max_tokens)
+		return KVP_ETOOBIG;
+	if (n_positions < n_prompt)
+		n_positions = n_prompt;
+	need = (n_positions + b - 1) / b;
+	seq->block_ids = malloc((size_t)need * sizeof(uint32_t));
+	seq->block_data = malloc((size_t)need * sizeof(void *));
+	seq->nodes = malloc((size_t)(need ? need : 1) * sizeof(*seq->nodes));
+	if (!seq->block_ids || !seq->block_data || !seq->nodes)
+		goto out_free;
+
+	m = (uint32_t)kvp_tree_match(c->tree, root, tokens, n_prompt, c->path, c->path_cap);
+	for (uint32_t i = 0; i < m; i++) {
+		seq->nodes[i] = c->path[i];
+		seq->block_ids[i] = kvp_tree_node_block(c->path[i]);
+		pin_node(c, c->path[i]);
+	}
+	for (got = m; got < need; got++)
+		if (take_block(c, &seq->block_ids[got]))
+			break;
+	if (got < need) {
+		for (uint32_t i = m; i < got; i++)
+			(void)kvp_pool_put(c->pool, seq->block_ids[i]);
+		for (uint32_t i = m; i-- > 0;)
+			unpin_node(c, seq->nodes[i]);
+		c->st.insert_full++;
+		rc = KVP_EFULL;
+		goto out_free;
+	}
+	for (uint32_t i = 0; i < need; i++)
+		seq->block_data[i] = kvp_pool_block_data(c->pool, seq->block_ids[i]);
+	seq->root = root;
+	seq->n_blocks = need;
+	seq->matched_blocks = m;
+	c->st.generations++;
+	c->st.generation_hits += m > 0;
+	c->st.query_tokens += n_prompt;
+	c->st.hit_tokens += (uint64_t)m * b;
+	return KVP_OK;
+
+out_free:
+	free(seq->block_ids);
+	free(seq->block_data);
+	free(seq->nodes);
+	memset(seq, 0, sizeof(*seq));
+	return rc;
+}
+
+void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
+		       uint32_t n_valid)
+{
+	const uint32_t b = c->cfg.block_tokens;
+	uint32_t full = n_valid / b, i = seq->matched_blocks;
+	struct kvp_tree_node *parent = i ? seq->nodes[i - 1] : NULL;
+	struct kvp_key key = parent ? kvp_tree_node_key(parent) : seq->root;
+
+	if (full > seq->n_blocks)
+		full = seq->n_blocks;
+	for (; i < full; i++) {
+		struct kvp_tree_node *node;
+		uint32_t id = seq->block_ids[i];
+		int rc;
+
+		key = kvp_block_key(key, tokens + (size_t)i * b, b);
+		rc = kvp_tree_insert(c->tree, seq->root, parent, key, tokens + (size_t)i * b, id,
+				     &node);
+		if (rc == KVP_EEXIST) {
+			(void)kvp_pool_put(c->pool, id);   /* cached meanwhile: keep theirs */
+		} else if (rc) {
+			break;                             /* out of memory: free the rest */
+		} else {
+			(void)kvp_pool_unref(c->pool, id);
+			c->st.inserted_blocks++;
+		}
+		parent = node;
+	}
+	for (; i < seq->n_blocks; i++)
+		if (i >= seq->matched_blocks)
+			(void)kvp_pool_put(c->pool, seq->block_ids[i]);
+	for (uint32_t j = seq->matched_blocks; j-- > 0;)
+		unpin_node(c, seq->nodes[j]);
+	free(seq->block_ids);
+	free(seq->block_data);
+	free(seq->nodes);
+	memset(seq, 0, sizeof(*seq));
 }
 
 void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st)

@@ -50,7 +50,9 @@ struct kvp_cache_result {
 struct kvp_cache_stats {
 	uint64_t lookups;           /* LOOKUP requests */
 	uint64_t lookup_hits;       /* lookups that matched at least one block */
-	uint64_t query_tokens;      /* tokens looked up */
+	uint64_t generations;       /* sequences begun (GENERATE requests) */
+	uint64_t generation_hits;   /* of those, with at least one cached block */
+	uint64_t query_tokens;      /* tokens looked up (LOOKUP and GENERATE prompts) */
 	uint64_t hit_tokens;        /* of those, tokens served from cache */
 	uint64_t inserts;
 	uint64_t insert_tokens;
@@ -66,6 +68,7 @@ struct kvp_cache_stats {
 int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out);
 void kvp_cache_destroy(struct kvp_cache *c);
 uint32_t kvp_cache_block_tokens(const struct kvp_cache *c);
+uint32_t kvp_cache_capacity(const struct kvp_cache *c);
 
 /* block_ids: room for n_tokens / block_tokens ids. owner != 0 is needed for pin.
  * KVP_ETOOBIG when n_tokens > max_tokens, KVP_EBUSY when owner already holds
@@ -81,8 +84,38 @@ int kvp_cache_release(struct kvp_cache *c, uint64_t owner, uint64_t lease, uint3
 /* Release every lease of owner; returns how many. */
 size_t kvp_cache_release_owner(struct kvp_cache *c, uint64_t owner);
 
+/*
+ * Sequences: the blocks of one generation request. seq_begin matches the longest
+ * cached prefix of the prompt (pinned for the request's life, read-only), then takes
+ * fresh blocks (evicting if needed) so that positions 0 .. n_positions-1 all have a
+ * block. seq_end registers the full blocks of tokens[0 .. n_valid) whose KV the
+ * request computed, adopting its own blocks (where another request cached the same
+ * block meanwhile, ours is freed and theirs kept), unpins the prefix and frees every
+ * other block. A sequence is owned by its request, never by a connection, so a
+ * client that goes away cannot free blocks an engine is still writing.
+ */
+struct kvp_seq {
+	struct kvp_key root;
+	uint32_t n_blocks;            /* blocks held: cover n_positions */
+	uint32_t matched_blocks;      /* leading blocks from the cache (pinned, read-only) */
+	uint32_t *block_ids;          /* (n_blocks) */
+	void **block_data;            /* (n_blocks) KV bytes of each block */
+	struct kvp_tree_node **nodes; /* (matched_blocks) pinned prefix */
+};
+
+/* Give the pool's blocks block_bytes of host memory each (engine mode). */
+int kvp_cache_attach_memory(struct kvp_cache *c, size_t block_bytes);
+/* KVP_ETOOBIG (n_prompt > max_tokens), KVP_EFULL (not enough free or evictable
+ * blocks: the message-worthy "pool full of pinned blocks"), KVP_ENOMEM. Nothing is
+ * held after a failure. Counts as a query in the hit statistics. */
+int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+			uint32_t n_prompt, uint32_t n_positions, struct kvp_seq *seq);
+void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
+		       uint32_t n_valid);
+
 void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st);
-/* Pool invariant, tree invariants, and node pins == pool references for every node.
+/* Pool invariant, tree invariants, and node pins == pool references for every node;
+ * only meaningful while no sequence is running.
  * 0, KVP_EINTERNAL, or KVP_ENOMEM for its O(capacity) scratch array. */
 int kvp_cache_check(const struct kvp_cache *c);
 

@@ -18,6 +18,12 @@ struct kvp_config {
 	uint32_t max_connections;
 	uint32_t max_leases;        /* leases held by one connection */
 	uint32_t socket_mode;       /* permission bits of the socket file */
+	/* engine mode */
+	const char *model_path;     /* GGUF file; NULL in index-only mode */
+	int threads;                /* compute threads */
+	int kv_dtype;               /* enum kvp_kv_dtype */
+	uint32_t pool_mb;           /* KV pool size when capacity_blocks is not given */
+	bool capacity_given;        /* --capacity-blocks was on the command line */
 };
 
 /* Run the event loop until SIGINT/SIGTERM. Returns the process exit code. */

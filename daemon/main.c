@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "kvp_cpu.h"
 #include "kvp_daemon.h"
 #include "kvp_index.h"
 #include "kvp_log.h"
@@ -29,14 +31,19 @@ static void usage(FILE *f)
 "Mode (one is required):\n"
 "  --index-only            run the block index without an engine: clients ask which\n"
 "                          prefix is cached, lease block ids and register blocks\n"
-"  --model FILE            load a GGUF model and serve generation (not in this build)\n"
+"  --model FILE            load a llama-family GGUF model and serve generation; the\n"
+"                          cache then holds real KV and LOOKUP works alongside\n"
 "\n"
 "Options:\n"
 "  --socket PATH           Unix socket to listen on (default %s)\n"
 "  --socket-mode OCTAL     permissions of the socket file (default 0660)\n"
 "  --index-name NAME       namespace name of the index-only cache (default kvprefix)\n"
 "  --block-tokens N        tokens per block, 1..4096 (default 16)\n"
-"  --capacity-blocks N     blocks in the pool (default 262144)\n"
+"  --capacity-blocks N     blocks in the pool (default 262144 index-only; with a model\n"
+"                          the pool is sized by --pool-mb unless this is given)\n"
+"  --pool-mb MB            KV pool size in engine mode (default 1024)\n"
+"  --kv-dtype f16|f32      how KV is stored (default f16)\n"
+"  --threads N             compute threads of the engine (default: all cores)\n"
 "  --max-tokens N          tokens per request (default 1048576)\n"
 "  --max-frame-bytes N     payload bytes per frame (default 8388608)\n"
 "  --max-connections N     concurrent client connections (default 1024)\n"
@@ -68,7 +75,7 @@ static int parse_u32(const char *opt, const char *s, uint32_t min, uint32_t max,
 enum {
 	OPT_SOCKET = 256, OPT_SOCKET_MODE, OPT_INDEX_ONLY, OPT_INDEX_NAME, OPT_MODEL,
 	OPT_BLOCK_TOKENS, OPT_CAPACITY, OPT_MAX_TOKENS, OPT_MAX_FRAME, OPT_MAX_CONN,
-	OPT_MAX_LEASES, OPT_LOG_LEVEL,
+	OPT_MAX_LEASES, OPT_LOG_LEVEL, OPT_POOL_MB, OPT_KV_DTYPE, OPT_THREADS,
 };
 
 int main(int argc, char **argv)
@@ -86,6 +93,9 @@ int main(int argc, char **argv)
 		{ "max-connections", required_argument, NULL, OPT_MAX_CONN },
 		{ "max-leases", required_argument, NULL, OPT_MAX_LEASES },
 		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+		{ "pool-mb", required_argument, NULL, OPT_POOL_MB },
+		{ "kv-dtype", required_argument, NULL, OPT_KV_DTYPE },
+		{ "threads", required_argument, NULL, OPT_THREADS },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
@@ -98,7 +108,10 @@ int main(int argc, char **argv)
 		.max_connections = 1024,
 		.max_leases = 4096,
 		.socket_mode = 0660,
+		.pool_mb = 1024,
+		.kv_dtype = KVP_KV_F16,
 	};
+	uint32_t threads = 0;
 	const char *model = NULL;
 	int c, lvl;
 
@@ -126,6 +139,22 @@ int main(int argc, char **argv)
 			snprintf(cfg.index_name, sizeof(cfg.index_name), "%s", optarg);
 			break;
 		case OPT_MODEL: model = optarg; break;
+		case OPT_POOL_MB:
+			bad = parse_u32("--pool-mb", optarg, 1, 1u << 24, 10, &cfg.pool_mb);
+			break;
+		case OPT_KV_DTYPE:
+			if (strcmp(optarg, "f16") == 0) {
+				cfg.kv_dtype = KVP_KV_F16;
+			} else if (strcmp(optarg, "f32") == 0) {
+				cfg.kv_dtype = KVP_KV_F32;
+			} else {
+				fprintf(stderr, "kvprefixd: --kv-dtype: '%s' is not f16 or f32\n", optarg);
+				return 2;
+			}
+			break;
+		case OPT_THREADS:
+			bad = parse_u32("--threads", optarg, 1, 1024, 10, &threads);
+			break;
 		case OPT_BLOCK_TOKENS:
 			bad = parse_u32("--block-tokens", optarg, 1, KVP_BLOCK_TOKENS_MAX, 10,
 					&cfg.block_tokens);
@@ -133,6 +162,7 @@ int main(int argc, char **argv)
 		case OPT_CAPACITY:
 			bad = parse_u32("--capacity-blocks", optarg, 1, 1u << 31, 10,
 					&cfg.capacity_blocks);
+			cfg.capacity_given = true;
 			break;
 		case OPT_MAX_TOKENS:
 			bad = parse_u32("--max-tokens", optarg, 1, 1u << 28, 10, &cfg.max_tokens);
@@ -179,13 +209,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kvprefixd: --model and --index-only exclude each other\n");
 		return 2;
 	}
-	if (model) {
-		fprintf(stderr,
-			"kvprefixd: --model: this build has no engine yet; run with --index-only and\n"
-			"let an external engine compute the KV of the blocks it registers\n");
-		return 2;
+	cfg.model_path = model;
+	if (threads == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		threads = n > 0 ? (uint32_t)n : 1;
 	}
-	if (!cfg.index_only) {
+	cfg.threads = (int)threads;
+	if (!cfg.index_only && !model) {
 		fprintf(stderr,
 			"kvprefixd: choose a mode:\n"
 			"  --index-only   serve the block index alone: an external engine asks which\n"
@@ -194,10 +224,13 @@ int main(int argc, char **argv)
 			"Try 'kvprefixd --help'.\n");
 		return 2;
 	}
-	if ((uint64_t)cfg.max_tokens * 4 + 8 > cfg.max_frame_bytes) {
+	/* the largest request, a GENERATE with every stop id, must fit in a frame */
+	if ((uint64_t)cfg.max_tokens * 4 + kvp_generate_req_size(KVP_STOP_MAX, 0) > cfg.max_frame_bytes) {
 		fprintf(stderr,
 			"kvprefixd: --max-tokens %u needs frames of %llu bytes, over --max-frame-bytes %u\n",
-			cfg.max_tokens, (unsigned long long)cfg.max_tokens * 4 + 8, cfg.max_frame_bytes);
+			cfg.max_tokens,
+			(unsigned long long)cfg.max_tokens * 4 + kvp_generate_req_size(KVP_STOP_MAX, 0),
+			cfg.max_frame_bytes);
 		return 2;
 	}
 	if ((uint64_t)cfg.max_leases * cfg.max_connections >= UINT32_MAX) {

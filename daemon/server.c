@@ -33,10 +33,15 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <event2/thread.h>
 #include <mimalloc.h>
+#include <sys/mman.h>
+#include <fcntl.h>
+#include <xxhash.h>
 
 #include "kvp_cache.h"
 #include "kvp_daemon.h"
+#include "kvp_gen.h"
 #include "kvp_log.h"
 #include "kvp_proto.h"
 
@@ -82,7 +87,19 @@ struct conn {
 	pid_t pid;
 	struct kvp_key root;         /* namespace of this connection */
 	char adapter[KVP_NAME_MAX + 1];
+	struct gen_req *reqs;        /* generations in flight for this connection */
 	struct conn *next, **pprev;  /* server's list */
+};
+
+/* A GENERATE request from the loop's side: the engine job, its blocks and its client. */
+struct gen_req {
+	struct kvp_gen_job job;      /* handed to the engine thread */
+	struct conn *conn;           /* NULL once the client is gone */
+	uint32_t req_id;
+	uint32_t n_sent;             /* generated tokens already streamed */
+	uint32_t cached_report;      /* cached_tokens in the usage frame */
+	struct kvp_seq seq;          /* the request's blocks */
+	struct gen_req *next, **pprev;
 };
 
 struct server {
@@ -104,6 +121,15 @@ struct server {
 	uint32_t *block_ids;         /* (max_tokens / block_tokens + 1) reply scratch */
 	uint8_t *reply;              /* encode scratch for the largest reply */
 	size_t reply_cap;
+	const char *name;            /* index or model name, as HELLO and STATS show it */
+	char ns_name[KVP_NAME_MAX + 32];  /* namespace string: name, plus the model's fingerprint */
+	struct kvp_model *model;
+	struct kvp_engine *engine;
+	struct kvp_gen *gen;
+	struct event *gen_notify;    /* activated by the engine thread */
+	uint64_t generations_done;
+	uint64_t generated_tokens;
+	uint64_t computed_tokens;
 	bool socket_bound;
 	dev_t sock_dev;              /* the socket file we bound, so exit removes only it */
 	ino_t sock_ino;
@@ -202,14 +228,22 @@ static char *stats_json(struct server *s)
 	kvp_cache_get_stats(s->cache, &st);
 	cJSON_AddStringToObject(o, "version", KVP_VERSION);
 	cJSON_AddStringToObject(o, "mode", s->cfg->index_only ? "index-only" : "engine");
-	cJSON_AddStringToObject(o, "name", s->cfg->index_name);
+	cJSON_AddStringToObject(o, "name", s->name);
 	cJSON_AddNumberToObject(o, "block_tokens", s->cfg->block_tokens);
 	cJSON_AddNumberToObject(o, "uptime_s", uptime_s(s));
-	cJSON_AddNumberToObject(o, "requests", (double)(st.lookups + st.inserts));
+	cJSON_AddNumberToObject(o, "requests", (double)(st.lookups + st.inserts + st.generations));
 	cJSON_AddNumberToObject(o, "lookups", (double)st.lookups);
 	cJSON_AddNumberToObject(o, "lookup_hits", (double)st.lookup_hits);
+	cJSON_AddNumberToObject(o, "generations", (double)st.generations);
+	cJSON_AddNumberToObject(o, "generation_hits", (double)st.generation_hits);
+	cJSON_AddNumberToObject(o, "generations_done", (double)s->generations_done);
+	cJSON_AddNumberToObject(o, "generations_active", s->gen ? kvp_gen_active(s->gen) : 0);
+	cJSON_AddNumberToObject(o, "computed_tokens", (double)s->computed_tokens);
+	cJSON_AddNumberToObject(o, "generated_tokens", (double)s->generated_tokens);
 	cJSON_AddNumberToObject(o, "request_hit_rate",
-				st.lookups ? (double)st.lookup_hits / (double)st.lookups : 0.0);
+				st.lookups + st.generations ?
+				(double)(st.lookup_hits + st.generation_hits) /
+				(double)(st.lookups + st.generations) : 0.0);
 	cJSON_AddNumberToObject(o, "inserts", (double)st.inserts);
 	cJSON_AddNumberToObject(o, "query_tokens", (double)st.query_tokens);
 	cJSON_AddNumberToObject(o, "hit_tokens", (double)st.hit_tokens);
@@ -268,17 +302,17 @@ static int handle_hello(struct conn *c, const struct kvp_frame_hdr *h, const uin
 		c->adapter[0] = '\0';
 		return KVP_OK;
 	}
-	c->root = kvp_ns_root(cfg->index_name, (uint32_t)c->uid, c->adapter);
+	c->root = kvp_ns_root(c->srv->ns_name, (uint32_t)c->uid, c->adapter);
 
 	r = (struct kvp_hello_reply){
 		.version = KVP_PROTO_VERSION,
 		.block_tokens = cfg->block_tokens,
-		.capacity_blocks = cfg->capacity_blocks,
+		.capacity_blocks = kvp_cache_capacity(c->srv->cache),
 		.max_tokens = cfg->max_tokens,
 		.flags = cfg->index_only ? KVP_HELLO_INDEX_ONLY : 0,
 		.tenant = (uint32_t)c->uid,
-		.name = cfg->index_name,
-		.name_len = (uint16_t)strlen(cfg->index_name),
+		.name = c->srv->name,
+		.name_len = (uint16_t)strlen(c->srv->name),
 	};
 	n = kvp_hello_reply_encode(buf, sizeof(buf), &r);
 	return send_frame(c, KVP_T_HELLO | KVP_T_REPLY, h->req_id, buf, n);
@@ -304,6 +338,13 @@ static int handle_tokens(struct conn *c, const struct kvp_frame_hdr *h, const ui
 		send_error(c, h->req_id, rc, "malformed %s: %s", insert ? "INSERT" : "LOOKUP",
 			   kvp_strerror(rc));
 		return rc;
+	}
+	if (insert && !s->cfg->index_only) {
+		/* the engine computes every block it caches; foreign blocks would have no KV */
+		send_error(c, h->req_id, KVP_EUNSUPPORTED,
+			   "INSERT registers externally computed blocks: index-only mode only; "
+			   "in engine mode GENERATE caches the blocks it computes");
+		return KVP_OK;
 	}
 	kvp_load_u32s(s->tokens, m.tokens, m.n_tokens);
 	if (insert)
@@ -377,6 +418,224 @@ static int handle_stats(struct conn *c, const struct kvp_frame_hdr *h)
 	return rc;
 }
 
+/* ---- GENERATE -------------------------------------------------------------- */
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void gen_req_free(struct gen_req *r)
+{
+	srv_free(r->job.tokens);
+	srv_free(r->job.logits);
+	srv_free(r);
+}
+
+static int handle_generate(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p)
+{
+	struct server *s = c->srv;
+	struct kvp_generate_req m;
+	const struct kvp_model_config *mc;
+	struct gen_req *r;
+	uint32_t max_new, n_positions;
+	int rc = kvp_generate_req_decode(p, h->len, s->cfg->max_tokens, &m);
+
+	if (rc == KVP_EPROTO || (rc == KVP_EINVAL && (m.flags & ~KVP_GEN_FLAGS_KNOWN))) {
+		send_error(c, h->req_id, rc, "malformed GENERATE: %s", kvp_strerror(rc));
+		return rc;
+	}
+	if (rc == KVP_ETOOBIG) {
+		send_error(c, h->req_id, rc, "%u tokens: over the limit of %u per request",
+			   m.n_tokens, s->cfg->max_tokens);
+		return KVP_OK;
+	}
+	if (rc) {
+		send_error(c, h->req_id, rc, "GENERATE: a sampling value or count is out of range "
+			   "(temperature >= 0, top_p in (0, 1], 1..max tokens, <= %u stop ids)",
+			   KVP_STOP_MAX);
+		return KVP_OK;
+	}
+	if (!s->engine) {
+		send_error(c, h->req_id, KVP_EUNSUPPORTED,
+			   "this daemon runs --index-only: it has no engine to generate with");
+		return KVP_OK;
+	}
+	mc = &s->model->cfg;
+	if (m.n_tokens > mc->ctx) {
+		send_error(c, h->req_id, KVP_ETOOBIG, "%u prompt tokens: over the model's context of %u",
+			   m.n_tokens, mc->ctx);
+		return KVP_OK;
+	}
+	r = srv_zalloc(sizeof(*r));
+	if (!r)
+		goto out_nomem;
+	max_new = m.max_new;
+	if (max_new > mc->ctx - m.n_tokens + 1)
+		max_new = mc->ctx - m.n_tokens + 1;   /* the rest would finish "context" anyway */
+	r->job.tokens = srv_malloc(((size_t)m.n_tokens + max_new) * sizeof(uint32_t));
+	if (!r->job.tokens)
+		goto out_free;
+	kvp_load_u32s(r->job.tokens, m.tokens, m.n_tokens);
+	for (uint32_t i = 0; i < m.n_tokens; i++) {
+		if (r->job.tokens[i] >= mc->vocab) {
+			send_error(c, h->req_id, KVP_EINVAL, "token %u at position %u: the vocabulary has %u",
+				   r->job.tokens[i], i, mc->vocab);
+			gen_req_free(r);
+			return KVP_OK;
+		}
+	}
+	if (m.flags & KVP_GEN_LOGITS) {
+		r->job.logits = srv_malloc((size_t)mc->vocab * sizeof(float));
+		if (!r->job.logits)
+			goto out_free;
+		r->job.want_logits = true;
+	}
+	/* KV is written for every position but the last token drawn */
+	n_positions = m.n_tokens + (max_new ? max_new - 1 : 0);
+	if (n_positions > mc->ctx)
+		n_positions = mc->ctx;
+	rc = kvp_cache_seq_begin(s->cache, c->root, r->job.tokens, m.n_tokens, n_positions, &r->seq);
+	if (rc == KVP_EFULL) {
+		struct kvp_cache_stats st;
+		kvp_cache_get_stats(s->cache, &st);
+		send_error(c, h->req_id, rc,
+			   "pool full of pinned blocks: this request needs %u blocks, %u of %u are "
+			   "pinned by running requests and leases",
+			   (n_positions + s->cfg->block_tokens - 1) / s->cfg->block_tokens,
+			   st.pool.referenced, st.pool.total);
+		gen_req_free(r);
+		return KVP_OK;
+	}
+	if (rc)
+		goto out_free;
+
+	r->conn = c;
+	r->req_id = h->req_id;
+	r->job.n_prompt = m.n_tokens;
+	r->job.max_new = max_new;
+	r->job.ctx_limit = mc->ctx;
+	r->job.cached = r->seq.matched_blocks * s->cfg->block_tokens;
+	if (r->job.cached > m.n_tokens)
+		r->job.cached = m.n_tokens;
+	r->cached_report = r->job.cached < m.n_tokens ? r->job.cached : m.n_tokens - 1;
+	r->job.blocks = r->seq.block_data;
+	r->job.n_blocks = r->seq.n_blocks;
+	kvp_sampler_init(&r->job.sampler, m.temperature, m.top_k, m.top_p, m.seed);
+	r->job.n_stop = m.n_stop;
+	kvp_load_u32s(r->job.stop, m.stop, m.n_stop);
+	r->job.t_received_ns = mono_ns();
+	r->job.owner = r;
+	atomic_init(&r->job.cancel, false);
+	r->next = c->reqs;
+	if (r->next)
+		r->next->pprev = &r->next;
+	r->pprev = &c->reqs;
+	c->reqs = r;
+	kvp_debug("conn %llu: GENERATE %u: %u prompt tokens, %u cached, max_new %u",
+		  (unsigned long long)c->id, h->req_id, m.n_tokens, r->job.cached, max_new);
+	kvp_gen_submit(s->gen, &r->job);
+	return KVP_OK;
+
+out_free:
+	gen_req_free(r);
+out_nomem:
+	send_error(c, h->req_id, KVP_ENOMEM, "out of memory starting a generation");
+	return KVP_OK;
+}
+
+/* Stream a request's new tokens; when it is done, send usage (or its ERROR). */
+static void gen_req_flush(struct gen_req *r)
+{
+	struct conn *c = r->conn;
+	struct kvp_gen_job *j = &r->job;
+	uint8_t small[4 + 4 * 64];
+
+	if (j->n_generated > r->n_sent) {
+		uint32_t n = j->n_generated - r->n_sent;
+		size_t cap = kvp_token_chunk_size(n);
+		uint8_t *buf = cap <= sizeof(small) ? small : srv_malloc(cap);
+		size_t len = buf ? kvp_token_chunk_encode(buf, cap, j->tokens + j->n_prompt + r->n_sent, n) : 0;
+
+		if (len)
+			(void)send_frame(c, KVP_T_GENERATE | KVP_T_REPLY, r->req_id, buf, len);
+		if (buf != small)
+			srv_free(buf);
+		r->n_sent = j->n_generated;
+	}
+	if (!j->done)
+		return;
+	if (j->status) {
+		send_error(c, r->req_id, j->status, "generation failed: %s", kvp_strerror(j->status));
+		return;
+	}
+	struct kvp_generate_done d = {
+		.prompt_tokens = j->n_prompt,
+		.cached_tokens = r->cached_report,
+		.computed_tokens = j->n_prompt - r->cached_report,
+		.generated_tokens = j->n_generated,
+		.finish = j->finish,
+		.ttft_us = j->ttft_us,
+		.prefill_us = j->prefill_us,
+		.decode_us = j->decode_us,
+		.n_logits = j->want_logits ? c->srv->model->cfg.vocab : 0,
+	};
+	size_t cap = kvp_generate_done_size(d.n_logits);
+	uint8_t *buf = srv_malloc(cap);
+	size_t len = buf ? kvp_generate_done_encode(buf, cap, &d, j->logits) : 0;
+
+	if (len)
+		(void)send_frame(c, KVP_T_GENERATE_DONE, r->req_id, buf, len);
+	else
+		send_error(c, r->req_id, KVP_ENOMEM, "out of memory sending usage");
+	srv_free(buf);
+}
+
+/* A request is over: cache the blocks it computed, free the rest. */
+static void gen_req_finish(struct server *s, struct gen_req *r)
+{
+	struct kvp_gen_job *j = &r->job;
+
+	kvp_cache_seq_end(s->cache, &r->seq, j->tokens, j->n_valid);
+	s->generations_done++;
+	s->generated_tokens += j->n_generated;
+	s->computed_tokens += j->n_valid > j->cached ? j->n_valid - j->cached : 0;
+	if (r->conn) {
+		*r->pprev = r->next;
+		if (r->next)
+			r->next->pprev = r->pprev;
+	}
+	gen_req_free(r);
+}
+
+static void gen_notify_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+	struct kvp_gen_job *jobs[64];
+	size_t n;
+
+	while ((n = kvp_gen_poll(s->gen, jobs, 64)) > 0) {
+		for (size_t i = 0; i < n; i++) {
+			struct gen_req *r = jobs[i]->owner;
+			if (r->conn && r->conn->state == CONN_READING)
+				gen_req_flush(r);
+			if (jobs[i]->done)
+				gen_req_finish(s, r);
+		}
+	}
+}
+
+/* Called from the engine thread. */
+static void gen_notify(void *arg)
+{
+	struct server *s = arg;
+
+	event_active(s->gen_notify, EV_READ, 0);
+}
+
 static int dispatch(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p)
 {
 	switch (h->type) {
@@ -385,6 +644,7 @@ static int dispatch(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t
 	case KVP_T_INSERT: return handle_tokens(c, h, p);
 	case KVP_T_RELEASE: return handle_release(c, h, p);
 	case KVP_T_STATS: return handle_stats(c, h);
+	case KVP_T_GENERATE: return handle_generate(c, h, p);
 	case KVP_T_PING:
 		c->srv->pings++;
 		return send_frame(c, KVP_T_PING | KVP_T_REPLY, h->req_id, p, h->len);
@@ -414,6 +674,12 @@ static void conn_close(struct conn *c, const char *why)
 	conn_set_state(c, CONN_CLOSED);
 	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 	n = kvp_cache_release_owner(s->cache, c->id);
+	/* running generations end at their next step; their blocks come back via poll */
+	for (struct gen_req *r = c->reqs; r; r = r->next) {
+		atomic_store(&r->job.cancel, true);
+		r->conn = NULL;
+	}
+	c->reqs = NULL;
 	kvp_debug("conn %llu (uid %u): closed (%s); %zu leases released",
 		  (unsigned long long)c->id, (unsigned)c->uid, why, n);
 	*c->pprev = c->next;
@@ -597,7 +863,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	c->uid = cred.uid;
 	c->pid = cred.pid;
 	c->state = CONN_READING;
-	c->root = kvp_ns_root(s->cfg->index_name, (uint32_t)c->uid, "");
+	c->root = kvp_ns_root(s->ns_name, (uint32_t)c->uid, "");
 	c->next = s->conns;
 	if (c->next)
 		c->next->pprev = &c->next;
@@ -770,6 +1036,19 @@ static void server_free(struct server *s)
 		struct conn *c = s->conns;
 		conn_close(c, "daemon stopping");
 	}
+	if (s->gen) {
+		struct kvp_gen_job *jobs[64];
+		size_t n;
+
+		/* every job comes back done; return its blocks before the cache goes */
+		kvp_gen_stop_thread(s->gen);
+		while ((n = kvp_gen_poll(s->gen, jobs, 64)) > 0)
+			for (size_t i = 0; i < n; i++)
+				gen_req_finish(s, jobs[i]->owner);
+		kvp_gen_free(s->gen);
+	}
+	if (s->gen_notify)
+		event_free(s->gen_notify);
 	if (s->listener)
 		evconnlistener_free(s->listener);
 	if (s->sig_int)
@@ -792,14 +1071,97 @@ static void server_free(struct server *s)
 			kvp_warn("cannot remove %s: %s", s->cfg->socket_path, strerror(errno));
 	}
 	kvp_cache_destroy(s->cache);
+	kvp_engine_destroy(s->engine);
+	kvp_model_free(s->model);
 	srv_free(s->tokens);
 	srv_free(s->block_ids);
 	srv_free(s->reply);
 }
 
+/* XXH3-64 of the whole model file: blocks of different weights never share a namespace,
+ * even when two files carry the same general.name. */
+static int model_fingerprint(const char *path, uint64_t *fp)
+{
+	struct stat st;
+	void *m;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+		close(fd);
+		return -1;
+	}
+	m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED)
+		return -1;
+	*fp = XXH3_64bits(m, (size_t)st.st_size);
+	munmap(m, (size_t)st.st_size);
+	return 0;
+}
+
+static const char *dtype_name(uint32_t t)
+{
+	return t == 0 ? "f32" : t == 1 ? "f16" : t == 30 ? "bf16" : "?";
+}
+
+/* Load the model and the engine; size the pool from --pool-mb unless given in blocks. */
+static int engine_setup(struct server *s, uint32_t *capacity)
+{
+	const struct kvp_config *cfg = s->cfg;
+	struct kvp_engine_config ec = {
+		.threads = cfg->threads,
+		.kv_dtype = (enum kvp_kv_dtype)cfg->kv_dtype,
+		.block_tokens = cfg->block_tokens,
+		.max_batch = 512,
+	};
+	const struct kvp_model_config *mc;
+	char err[512];
+	uint64_t fp = 0;
+	size_t bb;
+	int rc;
+
+	rc = kvp_model_load(cfg->model_path, &s->model, err, sizeof(err));
+	if (rc) {
+		kvp_err("cannot load model %s: %s", cfg->model_path, err);
+		return -1;
+	}
+	mc = &s->model->cfg;
+	if (model_fingerprint(cfg->model_path, &fp) != 0) {
+		kvp_err("cannot read %s to fingerprint it: %s", cfg->model_path, strerror(errno));
+		return -1;
+	}
+	s->name = mc->name;
+	snprintf(s->ns_name, sizeof(s->ns_name), "%s@%016llx", mc->name, (unsigned long long)fp);
+	rc = kvp_engine_create(s->model, &ec, &s->engine);
+	if (rc) {
+		kvp_err("cannot create the engine: %s", kvp_strerror(rc));
+		return -1;
+	}
+	bb = kvp_engine_block_bytes(s->engine);
+	if (!cfg->capacity_given) {
+		uint64_t n = ((uint64_t)cfg->pool_mb << 20) / bb;
+		if (n == 0) {
+			kvp_err("--pool-mb %u holds no block of %zu bytes", cfg->pool_mb, bb);
+			return -1;
+		}
+		*capacity = n > (1u << 31) ? (1u << 31) : (uint32_t)n;
+	}
+	kvp_info("model %s: %s weights, %llu parameters, vocab %u, dim %u, %u layers, "
+		 "%u heads (%u kv), ffn %u, context %u",
+		 mc->name, dtype_name(mc->file_type), (unsigned long long)mc->n_params, mc->vocab,
+		 mc->dim, mc->n_layers, mc->n_heads, mc->n_kv_heads, mc->ffn, mc->ctx);
+	kvp_info("KV %s: %zu bytes per token; pool %u blocks of %u tokens (%.1f MiB); %d threads",
+		 cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32", kvp_engine_token_bytes(s->engine),
+		 *capacity, cfg->block_tokens, (double)*capacity * (double)bb / 1048576.0,
+		 cfg->threads);
+	return 0;
+}
+
 int kvp_server_run(const struct kvp_config *cfg)
 {
-	struct server s = { .cfg = cfg };
+	struct server s = { .cfg = cfg, .name = cfg->index_name };
 	struct kvp_cache_config cc = {
 		.block_tokens = cfg->block_tokens,
 		.capacity_blocks = cfg->capacity_blocks,
@@ -815,12 +1177,27 @@ int kvp_server_run(const struct kvp_config *cfg)
 #ifndef KVP_SANITIZE_BUILD
 	event_set_mem_functions(mi_malloc, mi_realloc, mi_free);
 #endif
+	if (evthread_use_pthreads() != 0) {
+		kvp_err("libevent has no pthreads support");
+		return 1;
+	}
+	snprintf(s.ns_name, sizeof(s.ns_name), "%s", cfg->index_name);
+	if (cfg->model_path && engine_setup(&s, &cc.capacity_blocks) != 0)
+		goto out;
 
 	rc = kvp_cache_create(&cc, &s.cache);
 	if (rc) {
-		kvp_err("cannot create the cache of %u blocks: %s", cfg->capacity_blocks,
+		kvp_err("cannot create the cache of %u blocks: %s", cc.capacity_blocks,
 			kvp_strerror(rc));
-		return 1;
+		goto out;
+	}
+	if (s.engine) {
+		rc = kvp_cache_attach_memory(s.cache, kvp_engine_block_bytes(s.engine));
+		if (rc) {
+			kvp_err("cannot allocate the KV pool (%u blocks of %zu bytes): %s",
+				cc.capacity_blocks, kvp_engine_block_bytes(s.engine), kvp_strerror(rc));
+			goto out;
+		}
 	}
 	s.tokens = srv_malloc_aligned((size_t)cfg->max_tokens * sizeof(uint32_t), 64);
 	s.block_ids = srv_malloc(max_blocks * sizeof(uint32_t));
@@ -830,6 +1207,13 @@ int kvp_server_run(const struct kvp_config *cfg)
 	if (!s.tokens || !s.block_ids || !s.reply || !s.base) {
 		kvp_err("out of memory at start");
 		goto out;
+	}
+	if (s.engine) {
+		s.gen_notify = event_new(s.base, -1, 0, gen_notify_cb, &s);
+		if (!s.gen_notify || kvp_gen_start(s.engine, gen_notify, &s, &s.gen) != 0) {
+			kvp_err("cannot start the engine thread");
+			goto out;
+		}
 	}
 	if (listen_socket(&s, &fd) != 0)
 		goto out;
@@ -852,8 +1236,9 @@ int kvp_server_run(const struct kvp_config *cfg)
 		kvp_err("cannot install signal handlers");
 		goto out;
 	}
-	kvp_info("kvprefixd %s: index-only, %u blocks of %u tokens, listening on %s",
-		 KVP_VERSION, cfg->capacity_blocks, cfg->block_tokens, cfg->socket_path);
+	kvp_info("kvprefixd %s: %s, %u blocks of %u tokens, listening on %s", KVP_VERSION,
+		 s.engine ? "engine" : "index-only", cc.capacity_blocks, cfg->block_tokens,
+		 cfg->socket_path);
 	if (event_base_dispatch(s.base) < 0) {
 		kvp_err("event loop failed");
 		goto out;

@@ -44,8 +44,13 @@ int kvp_daemon_start(struct kvp_daemon *d, const char *const *args)
 	snprintf(d->socket, sizeof(d->socket), "%s/kvprefixd.sock", d->dir);
 	snprintf(d->log, sizeof(d->log), "%s/kvprefixd.log", d->dir);
 
+	bool model = false;
+
+	for (int i = 0; args && args[i]; i++)
+		model |= strcmp(args[i], "--model") == 0;
 	argv[argc++] = KVP_DAEMON_PATH;
-	argv[argc++] = "--index-only";
+	if (!model)
+		argv[argc++] = "--index-only";
 	argv[argc++] = "--socket";
 	argv[argc++] = d->socket;
 	argv[argc++] = "--log-level";

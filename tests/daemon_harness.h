@@ -15,7 +15,8 @@ struct kvp_daemon {
 	char log[128];      /* dir + "/kvprefixd.log": the daemon's stderr */
 };
 
-/* Start KVP_DAEMON_PATH --index-only --socket <tmp> --log-level info plus args (a NULL-
+/* Start KVP_DAEMON_PATH --index-only (unless args has --model) --socket <tmp>
+ * --log-level info plus args (a NULL-
  * terminated list, may be NULL) and wait up to 10 s until the socket accepts. 0 or -1. */
 int kvp_daemon_start(struct kvp_daemon *d, const char *const *args);
 /* SIGTERM, wait up to 10 s (then SIGKILL); returns the exit status (-1 if killed or it

@@ -52,7 +52,10 @@
 
 #include <xxhash.h>
 
+#include "kvp_cpu.h"
+#include "kvp_engine.h"
 #include "kvp_index.h"
+#include "kvp_model.h"
 #include "kvprefix.h"
 #include "trace.h"
 #include "util.h"
@@ -488,7 +491,7 @@ out_free:
 	return rc;
 }
 
-/* ---- index: own daemon --------------------------------------------------------- */
+/* ---- own daemon (index, engine) --------------------------------------------------------- */
 
 struct own_daemon {
 	pid_t pid;
@@ -511,29 +514,29 @@ static bool socket_accepts(const char *path)
 	return ok;
 }
 
-/* kvprefixd beside this binary (build tree), else in ../sbin (installed). */
-static int find_daemon(char *out, size_t cap)
+/* A tool of this build: beside this binary (build tree), else in ../ALT (installed:
+ * kvprefixd in ../sbin, the other tools in ../bin). cmd names the command in messages. */
+static int find_tool(const char *cmd, const char *name, const char *alt, char *out, size_t cap)
 {
 	char exe[PATH_MAX], dir[PATH_MAX];
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	const char *d;
 
 	if (n <= 0) {
-		fprintf(stderr, PROG " index: cannot read /proc/self/exe: %s; start kvprefixd "
-			"yourself and pass --socket PATH\n", strerror(errno));
+		fprintf(stderr, PROG " %s: cannot read /proc/self/exe: %s; cannot find %s\n",
+			cmd, strerror(errno), name);
 		return -1;
 	}
 	exe[n] = '\0';
 	snprintf(dir, sizeof(dir), "%s", exe);
 	d = dirname(dir);
-	snprintf(out, cap, "%s/kvprefixd", d);
+	snprintf(out, cap, "%s/%s", d, name);
 	if (access(out, X_OK) == 0)
 		return 0;
-	snprintf(out, cap, "%s/../sbin/kvprefixd", d);
+	snprintf(out, cap, "%s/../%s/%s", d, alt, name);
 	if (access(out, X_OK) == 0)
 		return 0;
-	fprintf(stderr, PROG " index: cannot find kvprefixd in %s or %s/../sbin; start "
-		"one and pass --socket PATH\n", d, d);
+	fprintf(stderr, PROG " %s: cannot find %s in %s or %s/../%s\n", cmd, name, d, d, alt);
 	return -1;
 }
 
@@ -565,32 +568,51 @@ static void stop_daemon(struct own_daemon *d)
 	}
 }
 
-static int start_daemon(struct own_daemon *d, uint32_t block)
+/*
+ * Start kvprefixd (found by find_tool) with args (NULL-terminated) and --socket in a new
+ * private directory; wait until it accepts. cmd names the command in messages; wait_ms
+ * bounds the wait (a model to load takes longer than an index). On failure the daemon's
+ * log is printed and everything is cleaned up.
+ */
+static int start_daemon(struct own_daemon *d, const char *cmd, const char *const *args,
+			int wait_ms)
 {
-	char bin[PATH_MAX], bt[16];
+	char bin[PATH_MAX], line[1024];
+	const char *argv[32];
+	size_t na = 0, len = 0;
 	int st;
 
 	memset(d, 0, sizeof(*d));
-	if (find_daemon(bin, sizeof(bin)) < 0)
+	if (find_tool(cmd, "kvprefixd", "sbin", bin, sizeof(bin)) < 0) {
+		fprintf(stderr, PROG " %s: start kvprefixd yourself and pass --socket PATH\n",
+			cmd);
 		return -1;
+	}
 	snprintf(d->dir, sizeof(d->dir), "/tmp/kvprefix-bench-XXXXXX");
 	if (!mkdtemp(d->dir)) {
-		fprintf(stderr, PROG " index: mkdtemp: %s\n", strerror(errno));
+		fprintf(stderr, PROG " %s: mkdtemp: %s\n", cmd, strerror(errno));
 		d->dir[0] = '\0';
 		return -1;
 	}
 	snprintf(d->sock, sizeof(d->sock), "%s/kvprefixd.sock", d->dir);
 	snprintf(d->log, sizeof(d->log), "%s/kvprefixd.log", d->dir);
-	snprintf(bt, sizeof(bt), "%u", block);
+	argv[na++] = bin;
+	for (size_t i = 0; args[i] && na < sizeof(argv) / sizeof(argv[0]) - 3; i++)
+		argv[na++] = args[i];
+	argv[na++] = "--socket";
+	argv[na++] = d->sock;
+	argv[na] = NULL;
+	line[0] = '\0';
+	for (size_t i = 0; i < na && len < sizeof(line); i++)
+		len += (size_t)snprintf(line + len, sizeof(line) - len, "%s%s", i ? " " : "",
+					argv[i]);
 	fflush(NULL);
 	d->pid = fork();
 	if (d->pid < 0) {
-		fprintf(stderr, PROG " index: fork: %s\n", strerror(errno));
+		fprintf(stderr, PROG " %s: fork: %s\n", cmd, strerror(errno));
 		goto out_fail;
 	}
 	if (d->pid == 0) {
-		char *const args[] = { bin, "--index-only", "--socket", d->sock,
-				       "--block-tokens", bt, NULL };
 		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 
 		if (fd >= 0) {
@@ -598,22 +620,20 @@ static int start_daemon(struct own_daemon *d, uint32_t block)
 			dup2(fd, STDERR_FILENO);
 			close(fd);
 		}
-		execv(bin, args);
+		execv(bin, (char *const *)argv);
 		fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
-	for (int i = 0; i < DAEMON_WAIT_MS / 10; i++) {
+	for (int i = 0; i < wait_ms / 10; i++) {
 		if (socket_accepts(d->sock)) {
-			fprintf(stderr, "index: started %s --index-only --socket %s "
-				"--block-tokens %u (pid %d)\n", bin, d->sock, block, (int)d->pid);
+			fprintf(stderr, "%s: started %s (pid %d)\n", cmd, line, (int)d->pid);
 			return 0;
 		}
 		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-			char line[512];
 			FILE *f = fopen(d->log, "r");
 
 			d->pid = 0;
-			fprintf(stderr, PROG " index: %s exited at start; its log:\n", bin);
+			fprintf(stderr, PROG " %s: %s exited at start; its log:\n", cmd, bin);
 			while (f && fgets(line, sizeof(line), f))
 				fprintf(stderr, "  %s", line);
 			if (f)
@@ -622,8 +642,8 @@ static int start_daemon(struct own_daemon *d, uint32_t block)
 		}
 		sleep_ms(10);
 	}
-	fprintf(stderr, PROG " index: %s did not accept on %s within %d s\n", bin, d->sock,
-		DAEMON_WAIT_MS / 1000);
+	fprintf(stderr, PROG " %s: %s did not accept on %s within %d s\n", cmd, bin, d->sock,
+		wait_ms / 1000);
 out_fail:
 	stop_daemon(d);
 	return -1;
@@ -1066,7 +1086,11 @@ static int cmd_index(int argc, char **argv)
 			goto out;
 	}
 	if (!sock) {
-		if (start_daemon(&d, (uint32_t)block) < 0)
+		char bt[16];
+		const char *args[] = { "--index-only", "--block-tokens", bt, NULL };
+
+		snprintf(bt, sizeof(bt), "%" PRIu64, block);
+		if (start_daemon(&d, "index", args, DAEMON_WAIT_MS) < 0)
 			goto out;
 		sock = d.sock;
 		snprintf(tmpdir, sizeof(tmpdir), "%s", d.dir);
@@ -1151,6 +1175,1082 @@ out:
 	return ret;
 }
 
+/* ---- engine: shared helpers ------------------------------------------------------ */
+
+/* Targets printed beside the engine figures. */
+#define TARGET_PEAK_FRACTION 0.60     /* 512-token prefill, f32, 2 threads */
+#define TARGET_TTFT_RATIO 20.0        /* cold / cached TTFT of a 2,050-token prompt */
+#define ENGINE_MAX_BATCH 512u         /* rows per internal step, as the daemon uses */
+#define ENGINE_DAEMON_WAIT_MS 60000   /* a model to load and a pool to allocate */
+#define GEN_TIMEOUT_MS 600000u        /* the longest wait for one frame of a generation */
+#define TTFT_PREFIX 2000u             /* (b), (c): tokens of a shared prefix */
+#define TTFT_SUFFIX 50u               /* (b): tokens after it */
+#define WORK_PREFIXES 16u             /* (c) */
+#define WORK_REQUESTS 200u
+#define WORK_REQUESTS_QUICK 50u
+#define WORK_MAX_NEW 8u
+#define FIRST_TOKEN_ID 259u           /* after <unk> <s> </s> and the byte tokens */
+
+/* Token ids in [FIRST_TOKEN_ID, vocab) (or [0, vocab) for a tiny vocabulary), a pure
+ * function of (seed, i). */
+static void rand_tokens(uint32_t *out, size_t n, uint64_t seed, uint32_t vocab)
+{
+	uint32_t lo = vocab > 2 * FIRST_TOKEN_ID ? FIRST_TOKEN_ID : 0;
+
+	for (size_t i = 0; i < n; i++)
+		out[i] = lo + (uint32_t)(kvp_splitmix64(seed * 0x100000000ull + i) % (vocab - lo));
+}
+
+static double mean_of(const double *v, size_t n)
+{
+	double s = 0;
+
+	for (size_t i = 0; i < n; i++)
+		s += v[i];
+	return n ? s / (double)n : NAN;
+}
+
+/* p99 of v (sorted in place); NAN when empty. */
+static double p99_of(double *v, size_t n)
+{
+	if (!n)
+		return NAN;
+	qsort(v, n, sizeof(*v), cmp_double);
+	return quantile_sorted(v, n, 0.99);
+}
+
+static double best_of(const double *v, size_t n)   /* the largest (a rate) */
+{
+	double b = v[0];
+
+	for (size_t i = 1; i < n; i++)
+		if (v[i] > b)
+			b = v[i];
+	return b;
+}
+
+static int online_cpus(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n > 0 && n < 1024 ? (int)n : 1;
+}
+
+/* Collects the tokens of one generation. */
+struct gen_collect {
+	struct kvp_tokvec *out;   /* NULL: drop them */
+	int status;
+};
+
+static void collect_tokens(void *arg, const uint32_t *tokens, uint32_t n)
+{
+	struct gen_collect *g = arg;
+
+	for (uint32_t i = 0; g->out && i < n && g->status == 0; i++)
+		g->status = kvp_tokvec_push(g->out, tokens[i]);
+}
+
+/* One greedy generation; prints the error (naming what) on failure. */
+static int generate(const char *cmd, struct kvp_client *c, const uint32_t *prompt, size_t n,
+		    uint32_t max_new, struct kvp_tokvec *answer, struct kvp_usage *u,
+		    const char *what)
+{
+	struct kvp_generate_params gp;
+	struct gen_collect g = { .out = answer };
+	char msg[160];
+	int rc;
+
+	kvp_generate_params_init(&gp);
+	gp.max_new = max_new;
+	rc = kvp_client_generate(c, prompt, n, &gp, collect_tokens, &g, u);
+	if (rc == 0 && g.status)
+		rc = g.status;
+	if (rc < 0) {
+		snprintf(msg, sizeof(msg), "generate (%s, %zu tokens)", what, n);
+		kvp_tool_perror(cmd, msg, c, rc);
+	}
+	return rc;
+}
+
+/* Connect, HELLO, check the daemon runs a model. */
+static int connect_engine(const char *cmd, const char *sock, struct kvp_client **out,
+			  struct kvp_server_info *info)
+{
+	struct kvp_client *c = NULL;
+	int rc;
+
+	if (kvp_tool_connect(cmd, sock, &c) < 0)
+		return -1;
+	memset(info, 0, sizeof(*info));
+	rc = kvp_client_hello(c, NULL, NULL, info);
+	if (rc < 0) {
+		kvp_tool_perror(cmd, "hello", c, rc);
+		goto fail;
+	}
+	if (info->index_only) {
+		fprintf(stderr, "%s: the daemon at %s runs --index-only; start it with --model "
+			"FILE\n", cmd, sock ? sock : "the default socket");
+		goto fail;
+	}
+	rc = kvp_client_set_timeout_ms(c, GEN_TIMEOUT_MS);
+	if (rc < 0) {
+		kvp_tool_perror(cmd, "set timeout", c, rc);
+		goto fail;
+	}
+	*out = c;
+	return 0;
+fail:
+	kvp_client_close(c);
+	return -1;
+}
+
+/* ---- engine (a): in process ----------------------------------------------------- */
+
+struct eng_inproc {
+	/* model */
+	char name[256];
+	uint64_t n_params;
+	uint32_t vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn;
+	const char *isa;
+	size_t block_bytes;
+	/* figures */
+	double peak_gflops;
+	int prefill_runs_512, prefill_runs_2048, decode_runs;
+	double pf512_best, pf512_med;        /* tokens/s */
+	double pf2048_best, pf2048_med;
+	double dec_best, dec_med;            /* tokens/s */
+	uint32_t decode_prompt, decode_steps;
+	double suffix_ms_med;                /* 50 rows after 2,000 cached positions */
+	double cold2050_ms;                  /* 2,050 rows cold */
+	double flops_512;                    /* FLOPs of one 512-token prefill */
+	double gflops_best, gflops_med;
+	double frac_best, frac_med;          /* of peak */
+};
+
+/* FLOPs of a cold prefill of n tokens (positions 0..n-1) with the last row's logits. */
+static double prefill_flops(const struct kvp_model_config *mc, uint32_t n)
+{
+	double q_dim = (double)mc->n_heads * mc->head_dim;
+	double kv_dim = (double)mc->n_kv_heads * mc->head_dim;
+	double d = mc->dim, f = mc->ffn, m = n;
+	double per_layer = 2 * m * q_dim * d            /* q */
+			 + 2 * 2 * m * kv_dim * d       /* k, v */
+			 + 2 * m * d * q_dim            /* o */
+			 + 2 * 2 * m * f * d            /* gate, up */
+			 + 2 * m * d * f;               /* down */
+	double pairs = m * (m + 1) / 2;                 /* causal (query, key) pairs */
+	double attn = 2.0 * 2.0 * mc->head_dim * mc->n_heads * pairs;   /* QK^T and PV */
+
+	return mc->n_layers * (per_layer + attn) + 2.0 * mc->vocab * d;
+}
+
+struct eng_ctx {
+	struct kvp_engine *e;
+	uint8_t *arena;
+	void **blocks;           /* 2 sets of nb_set pointers */
+	uint32_t nb_set;
+	float *logits;
+	void *scratch;
+	uint32_t *tokens;        /* room for the longest prompt */
+	uint32_t vocab;
+};
+
+/*
+ * Prefill n tokens cold (write_from 0) runs times after warm warm-up runs, alternating
+ * between the two block sets; rates[] gets n / seconds of each timed run. With peaks
+ * non-NULL, the peak FMA GFLOP/s of the engine's threads is measured just before and
+ * just after each timed run and the higher kept, so that a run and its peak see the
+ * same machine (on a shared VM the throughput a core gives moves by 2x from minute to
+ * minute) and a neighbour's burst during one peak measurement cannot flatter the run.
+ */
+static int eng_prefill(struct eng_ctx *x, uint32_t n, int warm, int runs, double *rates,
+		       double *peaks, uint64_t seed)
+{
+	for (int r = -warm; r < runs; r++) {
+		void *const *set = x->blocks + (size_t)((r + warm) & 1) * x->nb_set;
+		uint64_t a, b;
+		int rc;
+
+		if (peaks && r >= 0)
+			peaks[r] = kvp_cpu_peak_gflops(kvp_engine_threads(x->e));
+		rand_tokens(x->tokens, n, seed + (uint64_t)(r + warm), x->vocab);
+		a = kvp_tool_now_ns();
+		rc = kvp_engine_forward(x->e, set, x->nb_set, x->tokens, n, 0, 0, x->logits);
+		b = kvp_tool_now_ns();
+		if (rc < 0) {
+			fprintf(stderr, PROG " engine: forward of %u tokens: %s\n", n,
+				kvp_strerror(rc));
+			return rc;
+		}
+		g_sink += (uint64_t)x->logits[0];
+		if (r >= 0)
+			rates[r] = (double)n / ((double)(b - a) / 1e9);
+		if (peaks && r >= 0) {
+			double after = kvp_cpu_peak_gflops(kvp_engine_threads(x->e));
+
+			fprintf(stderr, "engine: prefill %u tokens: %.3f s (peak FMA before %.1f, "
+				"after %.1f GFLOP/s)\n", n, (double)(b - a) / 1e9, peaks[r], after);
+			if (after > peaks[r])
+				peaks[r] = after;
+		}
+		else
+			fprintf(stderr, "engine: prefill %u tokens%s: %.3f s\n", n,
+				r < 0 ? " (warm-up)" : "", (double)(b - a) / 1e9);
+	}
+	return 0;
+}
+
+/* Prefill a prompt (untimed), then time steps greedy decode steps. */
+static int eng_decode(struct eng_ctx *x, uint32_t prompt, uint32_t steps, double *rate,
+		      uint64_t seed)
+{
+	struct kvp_sampler s;
+	uint64_t a, b;
+	uint32_t tok;
+	int rc;
+
+	kvp_sampler_init(&s, 0, 0, 1, 0);
+	rand_tokens(x->tokens, prompt, seed, x->vocab);
+	rc = kvp_engine_forward(x->e, x->blocks, x->nb_set, x->tokens, prompt, 0, 0, x->logits);
+	if (rc < 0)
+		goto fail;
+	a = kvp_tool_now_ns();
+	for (uint32_t i = 0; i < steps; i++) {
+		uint32_t pos = prompt + i;
+
+		tok = kvp_sample(&s, x->logits, x->vocab, x->scratch);
+		rc = kvp_engine_forward(x->e, x->blocks, x->nb_set, &tok, 1, pos, pos, x->logits);
+		if (rc < 0)
+			goto fail;
+	}
+	b = kvp_tool_now_ns();
+	*rate = (double)steps / ((double)(b - a) / 1e9);
+	fprintf(stderr, "engine: decode %u steps after %u tokens: %.3f s (%.1f tokens/s)\n",
+		steps, prompt, (double)(b - a) / 1e9, *rate);
+	return 0;
+fail:
+	fprintf(stderr, PROG " engine: decode forward: %s\n", kvp_strerror(rc));
+	return rc;
+}
+
+/* What (b) asks of the daemon, in process: the 50-token suffix after 2,000 positions
+ * already in the blocks (write_from 2000), against all 2,050 tokens cold. */
+static int eng_suffix(struct eng_ctx *x, int runs, double *suffix_ms, double *cold_ms)
+{
+	const uint32_t pre = TTFT_PREFIX, n = TTFT_PREFIX + TTFT_SUFFIX;
+	double t[8];
+	uint64_t a;
+	int rc;
+
+	rand_tokens(x->tokens, n, 400, x->vocab);
+	a = kvp_tool_now_ns();
+	rc = kvp_engine_forward(x->e, x->blocks, x->nb_set, x->tokens, n, 0, 0, x->logits);
+	*cold_ms = (double)(kvp_tool_now_ns() - a) / 1e6;
+	for (int r = -1; r < runs && rc == 0; r++) {
+		a = kvp_tool_now_ns();
+		rc = kvp_engine_forward(x->e, x->blocks, x->nb_set, x->tokens + pre, n - pre, pre,
+					pre, x->logits);
+		if (r >= 0)
+			t[r] = (double)(kvp_tool_now_ns() - a) / 1e6;
+	}
+	if (rc < 0) {
+		fprintf(stderr, PROG " engine: forward of the suffix: %s\n", kvp_strerror(rc));
+		return rc;
+	}
+	*suffix_ms = median_of(t, (size_t)runs);
+	fprintf(stderr, "engine: %u tokens cold %.1f ms; its last %u after %u cached %.1f ms "
+		"(median of %d)\n", n, *cold_ms, n - pre, pre, *suffix_ms, runs);
+	return 0;
+}
+
+static int bench_engine_inproc(const char *model_path, int threads, enum kvp_kv_dtype dtype,
+			       uint32_t block, bool quick, struct eng_inproc *res)
+{
+	const uint32_t max_tokens = TTFT_PREFIX + TTFT_SUFFIX;   /* >= 2048 */
+	struct kvp_engine_config ec = {
+		.threads = threads, .kv_dtype = dtype, .block_tokens = block,
+		.max_batch = ENGINE_MAX_BATCH,
+	};
+	struct kvp_model *m = NULL;
+	struct eng_ctx x = { 0 };
+	double r512[8], p512[8], f512[8], r2048[8], rdec[8];
+	char err[512];
+	size_t bb;
+	int rc, ret = -1;
+
+	memset(res, 0, sizeof(*res));
+	fprintf(stderr, "engine: loading %s\n", model_path);
+	rc = kvp_model_load(model_path, &m, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, PROG " engine: %s: %s\n", model_path, err);
+		return -1;
+	}
+	snprintf(res->name, sizeof(res->name), "%s", m->cfg.name);
+	res->n_params = m->cfg.n_params;
+	res->vocab = m->cfg.vocab;
+	res->dim = m->cfg.dim;
+	res->n_layers = m->cfg.n_layers;
+	res->n_heads = m->cfg.n_heads;
+	res->n_kv_heads = m->cfg.n_kv_heads;
+	res->head_dim = m->cfg.head_dim;
+	res->ffn = m->cfg.ffn;
+	if (m->cfg.ctx < max_tokens + 1) {
+		fprintf(stderr, PROG " engine: %s has a context of %u tokens; the bench needs "
+			"%u\n", model_path, m->cfg.ctx, max_tokens + 1);
+		goto out;
+	}
+	rc = kvp_engine_create(m, &ec, &x.e);
+	if (rc < 0) {
+		fprintf(stderr, PROG " engine: kvp_engine_create: %s\n", kvp_strerror(rc));
+		goto out;
+	}
+	res->isa = kvp_cpu_isa();
+	bb = kvp_engine_block_bytes(x.e);
+	res->block_bytes = bb;
+	bb = (bb + 63) / 64 * 64;
+	x.vocab = m->cfg.vocab;
+	x.nb_set = (max_tokens + block - 1) / block;
+	x.arena = aligned_alloc(64, 2 * (size_t)x.nb_set * bb);
+	x.blocks = malloc(2 * (size_t)x.nb_set * sizeof(*x.blocks));
+	x.logits = aligned_alloc(64, ((size_t)x.vocab * sizeof(float) + 63) / 64 * 64);
+	x.scratch = malloc(kvp_sampler_scratch_bytes(x.vocab));
+	x.tokens = malloc(max_tokens * sizeof(*x.tokens));
+	if (!x.arena || !x.blocks || !x.logits || !x.scratch || !x.tokens) {
+		fprintf(stderr, PROG " engine: out of memory for %u KV blocks of %zu bytes\n",
+			2 * x.nb_set, bb);
+		goto out;
+	}
+	/* Two sets of blocks, touched once: runs alternate between them so that each
+	 * prefill writes KV that is not in the caches, as a cold request does. */
+	memset(x.arena, 0, 2 * (size_t)x.nb_set * bb);
+	for (size_t i = 0; i < 2 * (size_t)x.nb_set; i++)
+		x.blocks[i] = x.arena + i * bb;
+
+	res->prefill_runs_512 = quick ? 2 : 5;
+	res->prefill_runs_2048 = quick ? 1 : 3;
+	res->decode_runs = quick ? 1 : 3;
+	res->decode_prompt = 512;
+	res->decode_steps = 128;
+	if (eng_prefill(&x, 512, 1, res->prefill_runs_512, r512, p512, 100) < 0 ||
+	    eng_prefill(&x, 2048, quick ? 0 : 1, res->prefill_runs_2048, r2048, NULL, 200) < 0)
+		goto out;
+	for (int i = 0; i < res->decode_runs; i++)
+		if (eng_decode(&x, res->decode_prompt, res->decode_steps, &rdec[i],
+			       300 + (uint64_t)i) < 0)
+			goto out;
+	if (eng_suffix(&x, quick ? 3 : 5, &res->suffix_ms_med, &res->cold2050_ms) < 0)
+		goto out;
+	res->flops_512 = prefill_flops(&m->cfg, 512);
+	for (int i = 0; i < res->prefill_runs_512; i++)
+		f512[i] = res->flops_512 / (512.0 / r512[i]) / 1e9 / p512[i];
+	res->frac_best = best_of(f512, (size_t)res->prefill_runs_512);
+	res->frac_med = median_of(f512, (size_t)res->prefill_runs_512);
+	res->peak_gflops = median_of(p512, (size_t)res->prefill_runs_512);
+	res->pf512_best = best_of(r512, (size_t)res->prefill_runs_512);
+	res->pf512_med = median_of(r512, (size_t)res->prefill_runs_512);
+	res->pf2048_best = best_of(r2048, (size_t)res->prefill_runs_2048);
+	res->pf2048_med = median_of(r2048, (size_t)res->prefill_runs_2048);
+	res->dec_best = best_of(rdec, (size_t)res->decode_runs);
+	res->dec_med = median_of(rdec, (size_t)res->decode_runs);
+	res->gflops_best = res->flops_512 / (512.0 / res->pf512_best) / 1e9;
+	res->gflops_med = res->flops_512 / (512.0 / res->pf512_med) / 1e9;
+	ret = 0;
+out:
+	free(x.tokens);
+	free(x.scratch);
+	free(x.logits);
+	free(x.blocks);
+	free(x.arena);
+	kvp_engine_destroy(x.e);
+	kvp_model_free(m);
+	return ret;
+}
+
+/* ---- engine (b): TTFT cached vs cold through the daemon ------------------------- */
+
+struct eng_ttft {
+	int reps;
+	uint32_t prompt, prefix;
+	double cached_us[8], cold_us[8], prefix_us[8];
+	uint32_t cached_tokens[8], cold_cached_tokens[8];
+	double cached_med_us, cold_med_us, prefix_med_us;
+	double ratio;            /* median over the repetitions of cold / cached */
+	double ratio_of_medians;
+	bool cached_ok;          /* every cached request found the whole prefix */
+};
+
+static int bench_ttft(struct kvp_client *c, uint32_t vocab, uint32_t block, bool quick,
+		      struct eng_ttft *res)
+{
+	const uint32_t n = TTFT_PREFIX + TTFT_SUFFIX;
+	const uint32_t want = TTFT_PREFIX / block * block;
+	uint32_t warm[256 + TTFT_SUFFIX], p[TTFT_PREFIX + TTFT_SUFFIX];
+	struct kvp_usage u;
+	double a[8];
+
+	memset(res, 0, sizeof(*res));
+	res->reps = quick ? 3 : 5;
+	res->prompt = n;
+	res->prefix = TTFT_PREFIX;
+	res->cached_ok = true;
+	/* warm-up: both kinds of request once (the first of a kind after the daemon
+	 * started runs slower: pages of the pool and of the engine touched first) */
+	rand_tokens(warm, 256 + TTFT_SUFFIX, 0x77A2, vocab);
+	if (generate(PROG " engine", c, warm, 256, 1, NULL, &u, "warm-up") < 0 ||
+	    generate(PROG " engine", c, warm, 256 + TTFT_SUFFIX, 1, NULL, &u, "warm-up") < 0)
+		return -1;
+	for (int r = 0; r < res->reps; r++) {
+		/* the prefix alone, so that its 2,000 tokens (full blocks) are cached */
+		rand_tokens(p, TTFT_PREFIX, 0x1000 + (uint64_t)r, vocab);
+		rand_tokens(p + TTFT_PREFIX, TTFT_SUFFIX, 0x2000 + (uint64_t)r, vocab);
+		if (generate(PROG " engine", c, p, TTFT_PREFIX, 1, NULL, &u, "prefix") < 0)
+			return -1;
+		res->prefix_us[r] = (double)u.ttft_us;
+		/* the same prefix and a suffix: only the suffix is computed */
+		if (generate(PROG " engine", c, p, n, 1, NULL, &u, "cached prompt") < 0)
+			return -1;
+		res->cached_us[r] = (double)u.ttft_us;
+		res->cached_tokens[r] = u.cached_tokens;
+		if (u.cached_tokens < want)
+			res->cached_ok = false;
+		/* a new random prefix, the same suffix: nothing is cached */
+		rand_tokens(p, TTFT_PREFIX, 0x3000 + (uint64_t)r, vocab);
+		if (generate(PROG " engine", c, p, n, 1, NULL, &u, "cold prompt") < 0)
+			return -1;
+		res->cold_us[r] = (double)u.ttft_us;
+		res->cold_cached_tokens[r] = u.cached_tokens;
+		fprintf(stderr, "engine: TTFT %u tokens: cached %u tokens %.1f ms, cold (%u "
+			"cached) %.1f ms: %.1fx\n", n, res->cached_tokens[r],
+			res->cached_us[r] / 1e3, res->cold_cached_tokens[r], res->cold_us[r] / 1e3,
+			res->cold_us[r] / res->cached_us[r]);
+	}
+	memcpy(a, res->cached_us, sizeof(a));
+	res->cached_med_us = median_of(a, (size_t)res->reps);
+	memcpy(a, res->cold_us, sizeof(a));
+	res->cold_med_us = median_of(a, (size_t)res->reps);
+	memcpy(a, res->prefix_us, sizeof(a));
+	res->prefix_med_us = median_of(a, (size_t)res->reps);
+	res->ratio_of_medians = res->cold_med_us / res->cached_med_us;
+	/* each repetition's pair ran back to back, on the same machine state */
+	for (int r = 0; r < res->reps; r++)
+		a[r] = res->cold_us[r] / res->cached_us[r];
+	res->ratio = median_of(a, (size_t)res->reps);
+	return 0;
+}
+
+/* ---- engine (c): many shared prefixes, interleaved ------------------------------- */
+
+struct eng_work {
+	uint32_t requests, prefixes, prefix;
+	uint64_t prompt_tokens, cached_tokens;
+	double hit_rate;
+	uint32_t after_first, after_first_hit;
+	uint32_t n_hit, n_miss;
+	double hit_mean_us, hit_p99_us, miss_mean_us, miss_p99_us;
+	double elapsed_s;
+	double evictions;        /* the daemon's counter at the end, NAN if unknown */
+};
+
+static double stats_number(struct kvp_client *c, const char *key)
+{
+	char *js = NULL;
+	double v = NAN;
+	cJSON *o, *it;
+
+	if (kvp_client_stats(c, &js) < 0)
+		return NAN;
+	o = cJSON_Parse(js);
+	it = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+	if (cJSON_IsNumber(it))
+		v = it->valuedouble;
+	cJSON_Delete(o);
+	free(js);
+	return v;
+}
+
+static int bench_workload(struct kvp_client *c, uint32_t vocab, uint32_t block,
+			  uint32_t requests, struct eng_work *res)
+{
+	const uint32_t pl = TTFT_PREFIX, maxs = 50;
+	uint32_t *prefixes = malloc((size_t)WORK_PREFIXES * pl * sizeof(uint32_t));
+	uint32_t *p = malloc((pl + maxs) * sizeof(uint32_t));
+	double *hit = calloc(requests, sizeof(double)), *miss = calloc(requests, sizeof(double));
+	uint64_t t0;
+	int ret = -1;
+
+	memset(res, 0, sizeof(*res));
+	res->requests = requests;
+	res->prefixes = WORK_PREFIXES;
+	res->prefix = pl;
+	if (!prefixes || !p || !hit || !miss) {
+		fprintf(stderr, PROG " engine: out of memory\n");
+		goto out;
+	}
+	for (uint32_t k = 0; k < WORK_PREFIXES; k++)
+		rand_tokens(prefixes + (size_t)k * pl, pl, 0x5000 + k, vocab);
+	t0 = kvp_tool_now_ns();
+	for (uint32_t i = 0; i < requests; i++) {
+		uint32_t k = i % WORK_PREFIXES;
+		uint32_t sl = 10 + (uint32_t)(kvp_splitmix64(0x6000 + i) % 41);   /* 10..50 */
+		struct kvp_usage u;
+		char what[48];
+		bool is_hit;
+
+		memcpy(p, prefixes + (size_t)k * pl, pl * sizeof(uint32_t));
+		rand_tokens(p + pl, sl, 0x7000 + i, vocab);
+		snprintf(what, sizeof(what), "request %u", i + 1);
+		if (generate(PROG " engine", c, p, pl + sl, WORK_MAX_NEW, NULL, &u, what) < 0)
+			goto out;
+		res->prompt_tokens += u.prompt_tokens;
+		res->cached_tokens += u.cached_tokens;
+		is_hit = u.cached_tokens + block >= pl;   /* cached >= 2000 - block */
+		if (i >= WORK_PREFIXES) {
+			res->after_first++;
+			res->after_first_hit += is_hit;
+		}
+		if (is_hit)
+			hit[res->n_hit++] = (double)u.ttft_us;
+		else
+			miss[res->n_miss++] = (double)u.ttft_us;
+		if ((i + 1) % 25 == 0 || i + 1 == requests)
+			fprintf(stderr, "engine: workload %u/%u requests, hit rate %.3f, %.1f s\n",
+				i + 1, requests,
+				(double)res->cached_tokens / (double)res->prompt_tokens,
+				(double)(kvp_tool_now_ns() - t0) / 1e9);
+	}
+	res->elapsed_s = (double)(kvp_tool_now_ns() - t0) / 1e9;
+	res->hit_rate = (double)res->cached_tokens / (double)res->prompt_tokens;
+	res->hit_mean_us = mean_of(hit, res->n_hit);
+	res->hit_p99_us = p99_of(hit, res->n_hit);
+	res->miss_mean_us = mean_of(miss, res->n_miss);
+	res->miss_p99_us = p99_of(miss, res->n_miss);
+	res->evictions = stats_number(c, "evictions");
+	ret = 0;
+out:
+	free(miss);
+	free(hit);
+	free(p);
+	free(prefixes);
+	return ret;
+}
+
+/* ---- engine: command ----------------------------------------------------------- */
+
+static void usage_engine(FILE *f)
+{
+	fprintf(f,
+		"Usage: kvprefix-bench engine [--model FILE] [--threads N] [--kv-dtype f32|f16]\n"
+		"                             [--block-tokens N] [--socket PATH] [--pool-mb MB]\n"
+		"                             [--quick]\n"
+		"Measure the transformer engine and what the prefix cache saves:\n"
+		"  (a) in process (kvp_engine_forward over host blocks): cold prefill tokens/s\n"
+		"      at 512 and 2,048 tokens, decode tokens/s (128 steps after 512 tokens),\n"
+		"      and the GFLOP/s of the 512-token prefill against this machine's peak FMA\n"
+		"      GFLOP/s on the engine's threads, measured around each run (target:\n"
+		"      median >= %.0f%% at f32, 2 threads);\n"
+		"  (b) through kvprefixd: TTFT of a %u-token prompt whose first %u tokens are\n"
+		"      cached vs the same-length prompt cold, back to back (target: median\n"
+		"      cold/cached >= %.0fx);\n"
+		"  (c) %u distinct %u-token prefixes, %u requests interleaved (request i: prefix\n"
+		"      i %% %u + a unique 10-50-token suffix, %u greedy tokens): token hit rate,\n"
+		"      whether every request after the first of its prefix hit, and the mean\n"
+		"      and p99 TTFT of hits and misses.\n"
+		"\n"
+		"  -m, --model FILE        GGUF model (default: make the default random model\n"
+		"                          with kvprefix-mkmodel, f32, in a temporary directory)\n"
+		"  -t, --threads N         compute threads, in process and in the daemon\n"
+		"                          (default: all online CPUs, here %d)\n"
+		"  -k, --kv-dtype T        f32 (default) or f16\n"
+		"  -b, --block-tokens N    tokens a block (default 16)\n"
+		"  -s, --socket PATH       use this running kvprefixd (engine mode) for (b) and\n"
+		"                          (c) instead of starting one with the model; it must\n"
+		"                          serve the same model, and its own options apply\n"
+		"      --pool-mb MB        KV pool of the daemon this command starts (default\n"
+		"                          1024)\n"
+		"  -q, --quick             a smoke run: fewer repetitions, %u requests in (c)\n"
+		"  -h, --help              show this help\n"
+		"\n"
+		"Progress goes to stderr; stdout gets a table, then one JSON line with every\n"
+		"figure. With the default model on 2 cores the full run takes about 30 s\n"
+		"(longer on a slower machine; under 3 minutes), --quick about 12 s.\n",
+		TARGET_PEAK_FRACTION * 100, TTFT_PREFIX + TTFT_SUFFIX, TTFT_PREFIX,
+		TARGET_TTFT_RATIO, WORK_PREFIXES, TTFT_PREFIX, WORK_REQUESTS, WORK_PREFIXES,
+		WORK_MAX_NEW, online_cpus(), WORK_REQUESTS_QUICK);
+}
+
+/* Make the default model into dir/default.gguf with kvprefix-mkmodel. */
+static int make_default_model(const char *dir, char *out, size_t cap)
+{
+	char bin[PATH_MAX];
+	pid_t pid;
+	int st;
+
+	if (find_tool("engine", "kvprefix-mkmodel", "bin", bin, sizeof(bin)) < 0) {
+		fprintf(stderr, PROG " engine: or pass --model FILE\n");
+		return -1;
+	}
+	snprintf(out, cap, "%s/default.gguf", dir);
+	fprintf(stderr, "engine: %s --out %s (the default model, f32)\n", bin, out);
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, PROG " engine: fork: %s\n", strerror(errno));
+		return -1;
+	}
+	if (pid == 0) {
+		char *const args[] = { bin, "--out", out, "--dtype", "f32", "--quiet", NULL };
+
+		dup2(STDERR_FILENO, STDOUT_FILENO);
+		execv(bin, args);
+		fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
+		_exit(127);
+	}
+	if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		fprintf(stderr, PROG " engine: %s failed\n", bin);
+		return -1;
+	}
+	return 0;
+}
+
+static int cmd_engine(int argc, char **argv)
+{
+	enum { O_POOL = 256 };
+	static const struct option opts[] = {
+		{ "model", required_argument, NULL, 'm' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "kv-dtype", required_argument, NULL, 'k' },
+		{ "block-tokens", required_argument, NULL, 'b' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "pool-mb", required_argument, NULL, O_POOL },
+		{ "quick", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *model = NULL, *sock = NULL;
+	uint64_t threads = (uint64_t)online_cpus(), block = 16, pool_mb = 1024;
+	enum kvp_kv_dtype dtype = KVP_KV_F32;
+	bool quick = false, peak_met, ttft_met;
+	char tmpdir[64] = "", model_buf[PATH_MAX];
+	struct own_daemon d = { 0 };
+	struct kvp_server_info info;
+	struct kvp_client *c = NULL;
+	struct eng_inproc a;
+	struct eng_ttft b;
+	struct eng_work w;
+	uint64_t t_start = kvp_tool_now_ns();
+	cJSON *o = NULL, *j;
+	int opt, ret = KVP_EXIT_FAIL;
+
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":m:t:k:b:s:qh", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'm': model = optarg; break;
+		case 's': sock = optarg; break;
+		case 'q': quick = true; break;
+		case 't':
+			if (!kvp_tool_parse_u64(optarg, 1, 1024, &threads)) {
+				fprintf(stderr, PROG " engine: --threads '%s': want 1..1024\n", optarg);
+				return KVP_EXIT_USAGE;
+			}
+			break;
+		case 'b':
+			if (!kvp_tool_parse_u64(optarg, 1, KVP_BLOCK_TOKENS_MAX, &block)) {
+				fprintf(stderr, PROG " engine: --block-tokens '%s': want 1..%u\n",
+					optarg, KVP_BLOCK_TOKENS_MAX);
+				return KVP_EXIT_USAGE;
+			}
+			break;
+		case O_POOL:
+			if (!kvp_tool_parse_u64(optarg, 1, 1u << 24, &pool_mb)) {
+				fprintf(stderr, PROG " engine: --pool-mb '%s': want 1..16777216\n",
+					optarg);
+				return KVP_EXIT_USAGE;
+			}
+			break;
+		case 'k':
+			if (strcmp(optarg, "f32") == 0) {
+				dtype = KVP_KV_F32;
+			} else if (strcmp(optarg, "f16") == 0) {
+				dtype = KVP_KV_F16;
+			} else {
+				fprintf(stderr, PROG " engine: --kv-dtype '%s': want f32 or f16\n",
+					optarg);
+				return KVP_EXIT_USAGE;
+			}
+			break;
+		case 'h': usage_engine(stdout); return KVP_EXIT_OK;
+		default: return bad_option("engine", argv, opt);
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, PROG " engine: unexpected argument '%s'\n"
+			"Try '" PROG " engine --help'.\n", argv[optind]);
+		return KVP_EXIT_USAGE;
+	}
+	if (!model) {
+		snprintf(tmpdir, sizeof(tmpdir), "/tmp/kvprefix-bench-model-XXXXXX");
+		if (!mkdtemp(tmpdir)) {
+			fprintf(stderr, PROG " engine: mkdtemp: %s\n", strerror(errno));
+			tmpdir[0] = '\0';
+			goto out;
+		}
+		if (make_default_model(tmpdir, model_buf, sizeof(model_buf)) < 0)
+			goto out;
+		model = model_buf;
+	}
+
+	/* (a) */
+	if (bench_engine_inproc(model, (int)threads, dtype, (uint32_t)block, quick, &a) < 0)
+		goto out;
+	peak_met = a.frac_med >= TARGET_PEAK_FRACTION;
+	printf("kvprefix-bench engine: %s (%.1fM parameters, dim %u, %u layers, %u heads "
+	       "(%u kv), ffn %u, vocab %u)\n", a.name, (double)a.n_params / 1e6, a.dim,
+	       a.n_layers, a.n_heads, a.n_kv_heads, a.ffn, a.vocab);
+	printf("  threads %" PRIu64 ", KV %s, %" PRIu64 "-token blocks (%zu bytes), kernels %s"
+	       "%s\n\n", threads, dtype == KVP_KV_F32 ? "f32" : "f16", block, a.block_bytes,
+	       a.isa, quick ? ", --quick" : "");
+	printf("(a) in process, kvp_engine_forward over host blocks\n");
+	printf("  %-34s %12s %12s %5s\n", "", "best", "median", "runs");
+	printf("  %-34s %8.0f t/s %8.0f t/s %5d\n", "prefill 512 tokens (cold)",
+	       a.pf512_best, a.pf512_med, a.prefill_runs_512);
+	printf("  %-34s %8.0f t/s %8.0f t/s %5d\n", "prefill 2048 tokens (cold)",
+	       a.pf2048_best, a.pf2048_med, a.prefill_runs_2048);
+	printf("  %-34s %8.1f t/s %8.1f t/s %5d\n", "decode 128 steps after 512 tokens",
+	       a.dec_best, a.dec_med, a.decode_runs);
+	printf("  %-34s %8.1f ms (%u tokens cold: %.1f ms, %.1fx)\n",
+	       "50 tokens after 2000 cached", a.suffix_ms_med, TTFT_PREFIX + TTFT_SUFFIX,
+	       a.cold2050_ms, a.cold2050_ms / a.suffix_ms_med);
+	printf("  512-token prefill: %.2f GFLOP, %.1f GFLOP/s best, %.1f median\n",
+	       a.flops_512 / 1e9, a.gflops_best, a.gflops_med);
+	printf("  peak FMA of the engine's thread pool (%" PRIu64 "): %.1f GFLOP/s (median; "
+	       "measured around each run)\n", threads, a.peak_gflops);
+	printf("  run / its peak: %.1f%% best, %.1f%% median; target >= %.0f%% (median, "
+	       "f32, 2 threads): %s%s\n\n", a.frac_best * 100, a.frac_med * 100,
+	       TARGET_PEAK_FRACTION * 100, peak_met ? "met" : "MISSED",
+	       dtype != KVP_KV_F32 || threads != 2 ? " (not the target's setting)" : "");
+	fflush(stdout);
+
+	/* (b), (c): through a daemon */
+	if (!sock) {
+		char th[16], bt[16], pm[16];
+		const char *args[] = { "--model", model, "--threads", th, "--block-tokens", bt,
+				       "--kv-dtype", dtype == KVP_KV_F32 ? "f32" : "f16",
+				       "--pool-mb", pm, NULL };
+
+		snprintf(th, sizeof(th), "%" PRIu64, threads);
+		snprintf(bt, sizeof(bt), "%" PRIu64, block);
+		snprintf(pm, sizeof(pm), "%" PRIu64, pool_mb);
+		if (start_daemon(&d, "engine", args, ENGINE_DAEMON_WAIT_MS) < 0)
+			goto out;
+		sock = d.sock;
+	}
+	if (connect_engine(PROG " engine", sock, &c, &info) < 0)
+		goto out;
+	if (info.block_tokens != block)
+		fprintf(stderr, "engine: note: the daemon uses %u-token blocks\n",
+			info.block_tokens);
+	if (bench_ttft(c, a.vocab, info.block_tokens, quick, &b) < 0)
+		goto out;
+	ttft_met = b.ratio >= TARGET_TTFT_RATIO;
+	printf("(b) through kvprefixd (%s): TTFT of a %u-token prompt, max_new 1\n", sock,
+	       b.prompt);
+	printf("  %-42s %10.1f ms (cached %u tokens)\n", "first 2000 tokens cached",
+	       b.cached_med_us / 1e3, b.cached_tokens[0]);
+	printf("  %-42s %10.1f ms (cached %u tokens)\n", "cold (a different prefix)",
+	       b.cold_med_us / 1e3, b.cold_cached_tokens[0]);
+	printf("  %-42s %10.1f ms\n", "(the 2000-token prefix alone, cold)",
+	       b.prefix_med_us / 1e3);
+	printf("  medians of %d pairs run back to back; cold/cached %.1fx (median of the pairs' "
+	       "ratios;\n  ratio of the medians %.1fx), target >= %.0fx: %s\n\n", b.reps, b.ratio,
+	       b.ratio_of_medians, TARGET_TTFT_RATIO,
+	       ttft_met && b.cached_ok ? "met" : "MISSED");
+	fflush(stdout);
+
+	if (bench_workload(c, a.vocab, info.block_tokens,
+			   quick ? WORK_REQUESTS_QUICK : WORK_REQUESTS, &w) < 0)
+		goto out;
+	printf("(c) %u prefixes of %u tokens, %u requests interleaved (suffix 10-50 tokens, "
+	       "max_new %u), %.1f s\n", w.prefixes, w.prefix, w.requests, WORK_MAX_NEW,
+	       w.elapsed_s);
+	printf("  hit rate %.4f (%" PRIu64 " cached of %" PRIu64 " prompt tokens)\n",
+	       w.hit_rate, w.cached_tokens, w.prompt_tokens);
+	printf("  requests after the first of their prefix that hit: %u of %u (%s)\n",
+	       w.after_first_hit, w.after_first,
+	       w.after_first_hit == w.after_first ? "all" : "NOT ALL");
+	printf("  %-8s %6s %14s %14s\n", "", "count", "TTFT mean", "TTFT p99");
+	printf("  %-8s %6u %11.1f ms %11.1f ms\n", "hits", w.n_hit, w.hit_mean_us / 1e3,
+	       w.hit_p99_us / 1e3);
+	printf("  %-8s %6u %11.1f ms %11.1f ms\n", "misses", w.n_miss, w.miss_mean_us / 1e3,
+	       w.miss_p99_us / 1e3);
+	if (!isnan(w.evictions))
+		printf("  daemon evictions so far: %.0f\n", w.evictions);
+	printf("  total %.1f s\n\n", (double)(kvp_tool_now_ns() - t_start) / 1e9);
+
+	o = cJSON_CreateObject();
+	if (!o)
+		goto out_nomem;
+	cJSON_AddStringToObject(o, "model", a.name);
+	cJSON_AddNumberToObject(o, "params", (double)a.n_params);
+	cJSON_AddNumberToObject(o, "threads", (double)threads);
+	cJSON_AddStringToObject(o, "kv_dtype", dtype == KVP_KV_F32 ? "f32" : "f16");
+	cJSON_AddNumberToObject(o, "block_tokens", (double)block);
+	cJSON_AddStringToObject(o, "isa", a.isa);
+	cJSON_AddBoolToObject(o, "quick", quick);
+	j = cJSON_AddObjectToObject(o, "inproc");
+	if (!j)
+		goto out_nomem;
+	cJSON_AddNumberToObject(j, "prefill_512_tps_best", a.pf512_best);
+	cJSON_AddNumberToObject(j, "prefill_512_tps_median", a.pf512_med);
+	cJSON_AddNumberToObject(j, "prefill_2048_tps_best", a.pf2048_best);
+	cJSON_AddNumberToObject(j, "prefill_2048_tps_median", a.pf2048_med);
+	cJSON_AddNumberToObject(j, "decode_tps_best", a.dec_best);
+	cJSON_AddNumberToObject(j, "decode_tps_median", a.dec_med);
+	cJSON_AddNumberToObject(j, "decode_prompt_tokens", a.decode_prompt);
+	cJSON_AddNumberToObject(j, "decode_steps", a.decode_steps);
+	cJSON_AddNumberToObject(j, "suffix_50_after_2000_ms_median", a.suffix_ms_med);
+	cJSON_AddNumberToObject(j, "cold_2050_ms", a.cold2050_ms);
+	cJSON_AddNumberToObject(j, "prefill_512_gflop", a.flops_512 / 1e9);
+	cJSON_AddNumberToObject(j, "prefill_512_gflops_best", a.gflops_best);
+	cJSON_AddNumberToObject(j, "prefill_512_gflops_median", a.gflops_med);
+	cJSON_AddNumberToObject(j, "peak_gflops", a.peak_gflops);
+	cJSON_AddNumberToObject(j, "peak_fraction_best", a.frac_best);
+	cJSON_AddNumberToObject(j, "peak_fraction_median", a.frac_med);
+	cJSON_AddNumberToObject(j, "peak_fraction_target", TARGET_PEAK_FRACTION);
+	cJSON_AddBoolToObject(j, "peak_fraction_met", peak_met);
+	j = cJSON_AddObjectToObject(o, "ttft");
+	if (!j)
+		goto out_nomem;
+	cJSON_AddNumberToObject(j, "prompt_tokens", b.prompt);
+	cJSON_AddNumberToObject(j, "cached_prefix_tokens", b.prefix);
+	cJSON_AddNumberToObject(j, "reps", b.reps);
+	cJSON_AddNumberToObject(j, "cached_tokens", b.cached_tokens[0]);
+	cJSON_AddNumberToObject(j, "cached_us_median", b.cached_med_us);
+	cJSON_AddNumberToObject(j, "cold_us_median", b.cold_med_us);
+	cJSON_AddNumberToObject(j, "prefix_cold_us_median", b.prefix_med_us);
+	cJSON_AddNumberToObject(j, "ratio", b.ratio);
+	cJSON_AddNumberToObject(j, "ratio_of_medians", b.ratio_of_medians);
+	cJSON_AddNumberToObject(j, "target", TARGET_TTFT_RATIO);
+	cJSON_AddBoolToObject(j, "met", ttft_met && b.cached_ok);
+	j = cJSON_AddObjectToObject(o, "workload");
+	if (!j)
+		goto out_nomem;
+	cJSON_AddNumberToObject(j, "requests", w.requests);
+	cJSON_AddNumberToObject(j, "prefixes", w.prefixes);
+	cJSON_AddNumberToObject(j, "prefix_tokens", w.prefix);
+	cJSON_AddNumberToObject(j, "prompt_tokens", (double)w.prompt_tokens);
+	cJSON_AddNumberToObject(j, "cached_tokens", (double)w.cached_tokens);
+	cJSON_AddNumberToObject(j, "hit_rate", w.hit_rate);
+	cJSON_AddNumberToObject(j, "after_first", w.after_first);
+	cJSON_AddNumberToObject(j, "after_first_hit", w.after_first_hit);
+	cJSON_AddBoolToObject(j, "all_hit", w.after_first_hit == w.after_first);
+	cJSON_AddNumberToObject(j, "hits", w.n_hit);
+	cJSON_AddNumberToObject(j, "misses", w.n_miss);
+	cJSON_AddNumberToObject(j, "hit_ttft_us_mean", w.hit_mean_us);
+	cJSON_AddNumberToObject(j, "hit_ttft_us_p99", w.hit_p99_us);
+	cJSON_AddNumberToObject(j, "miss_ttft_us_mean", w.miss_mean_us);
+	cJSON_AddNumberToObject(j, "miss_ttft_us_p99", w.miss_p99_us);
+	cJSON_AddNumberToObject(j, "elapsed_s", w.elapsed_s);
+	if (!isnan(w.evictions))
+		cJSON_AddNumberToObject(j, "daemon_evictions", w.evictions);
+	if (json_print_line(o))
+		ret = KVP_EXIT_OK;
+	goto out;
+
+out_nomem:
+	fprintf(stderr, PROG " engine: out of memory\n");
+out:
+	cJSON_Delete(o);
+	kvp_client_close(c);
+	if (d.pid > 0 || d.dir[0])
+		stop_daemon(&d);
+	if (tmpdir[0]) {
+		if (model == model_buf)
+			unlink(model_buf);
+		rmdir(tmpdir);
+	}
+	return ret;
+}
+
+/* ---- chat: a multi-turn chat workload with a shared system prompt ----------------- */
+
+static void usage_chat(FILE *f)
+{
+	fprintf(f,
+		"Usage: kvprefix-bench chat [--socket PATH] [--users N] [--turns N]\n"
+		"                           [--system-tokens N] [--user-tokens N] [--max-new N]\n"
+		"                           [--vocab N]\n"
+		"Play a chat against a running kvprefixd in engine mode: N users share one\n"
+		"system prompt; each turn's prompt is the previous prompt, the previous answer\n"
+		"and new user tokens. Turns go round the users (turn 1 of every user, then\n"
+		"turn 2, ...). Prints each request's prompt, cached and computed tokens and\n"
+		"TTFT, then one JSON line with the totals.\n"
+		"\n"
+		"  -s, --socket PATH       daemon socket (default: the library's default)\n"
+		"  -u, --users N           users (default 3)\n"
+		"  -n, --turns N           turns per user (default 3)\n"
+		"      --system-tokens N   tokens of the shared system prompt (default 512)\n"
+		"      --user-tokens N     new tokens a user adds each turn (default 48)\n"
+		"      --max-new N         tokens each answer has at most (default 32, greedy)\n"
+		"      --vocab N           token ids are drawn below N (default 32000, the\n"
+		"                          default model's vocabulary)\n"
+		"  -h, --help              show this help\n");
+}
+
+static int cmd_chat(int argc, char **argv)
+{
+	enum { O_SYS = 256, O_USER, O_MAXNEW, O_VOCAB };
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "users", required_argument, NULL, 'u' },
+		{ "turns", required_argument, NULL, 'n' },
+		{ "system-tokens", required_argument, NULL, O_SYS },
+		{ "user-tokens", required_argument, NULL, O_USER },
+		{ "max-new", required_argument, NULL, O_MAXNEW },
+		{ "vocab", required_argument, NULL, O_VOCAB },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *sock = NULL;
+	uint64_t users = 3, turns = 3, sys_n = 512, user_n = 48, max_new = 32, vocab = 32000;
+	uint64_t sum_prompt = 0, sum_cached = 0, sum_computed = 0, sum_gen = 0;
+	struct kvp_tokvec *conv = NULL, answer = { 0 };
+	struct kvp_server_info info;
+	struct kvp_client *c = NULL;
+	double ttft_first = NAN, ttft_rest = 0, elapsed;
+	uint32_t n_rest = 0, first_cached = 0, *sys = NULL, *ut = NULL;
+	uint64_t t0;
+	cJSON *o = NULL;
+	int opt, rc, ret = KVP_EXIT_FAIL;
+
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":s:u:n:h", opts, NULL)) != -1) {
+		uint64_t *dst = NULL, lo = 1, hi = 1u << 20;
+		const char *name = NULL;
+
+		switch (opt) {
+		case 's': sock = optarg; continue;
+		case 'u': dst = &users; name = "--users"; hi = 256; break;
+		case 'n': dst = &turns; name = "--turns"; hi = 256; break;
+		case O_SYS: dst = &sys_n; name = "--system-tokens"; break;
+		case O_USER: dst = &user_n; name = "--user-tokens"; break;
+		case O_MAXNEW: dst = &max_new; name = "--max-new"; lo = 0; hi = 65536; break;
+		case O_VOCAB: dst = &vocab; name = "--vocab"; lo = 2; hi = 1u << 24; break;
+		case 'h': usage_chat(stdout); return KVP_EXIT_OK;
+		default: return bad_option("chat", argv, opt);
+		}
+		if (!kvp_tool_parse_u64(optarg, lo, hi, dst)) {
+			fprintf(stderr, PROG " chat: %s '%s': want %" PRIu64 "..%" PRIu64 "\n",
+				name, optarg, lo, hi);
+			return KVP_EXIT_USAGE;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, PROG " chat: unexpected argument '%s'\n"
+			"Try '" PROG " chat --help'.\n", argv[optind]);
+		return KVP_EXIT_USAGE;
+	}
+	conv = calloc(users, sizeof(*conv));
+	sys = malloc(sys_n * sizeof(*sys));
+	ut = malloc(user_n * sizeof(*ut));
+	if (!conv || !sys || !ut) {
+		fprintf(stderr, PROG " chat: out of memory\n");
+		goto out;
+	}
+	rand_tokens(sys, sys_n, 0xC4A7, (uint32_t)vocab);
+	if (connect_engine(PROG " chat", sock, &c, &info) < 0)
+		goto out;
+	printf("kvprefix-bench chat: %" PRIu64 " users x %" PRIu64 " turns, system prompt %"
+	       PRIu64 " tokens, %" PRIu64 " user tokens a turn, answers of %" PRIu64
+	       " tokens\n", users, turns, sys_n, user_n, max_new);
+	printf("daemon: model %s, %u-token blocks\n\n", info.name, info.block_tokens);
+	printf("  %4s %4s %8s %8s %9s %9s %10s\n", "user", "turn", "prompt", "cached",
+	       "computed", "generated", "TTFT");
+	fflush(stdout);
+	t0 = kvp_tool_now_ns();
+	for (uint64_t t = 0; t < turns; t++) {
+		for (uint64_t u = 0; u < users; u++) {
+			struct kvp_tokvec *cv = &conv[u];
+			struct kvp_usage us;
+			char what[64];
+
+			if (t == 0)
+				for (uint64_t i = 0; i < sys_n; i++)
+					if ((rc = kvp_tokvec_push(cv, sys[i])) < 0)
+						goto out_rc;
+			rand_tokens(ut, user_n, 0x10000 * (u + 1) + t, (uint32_t)vocab);
+			for (uint64_t i = 0; i < user_n; i++)
+				if ((rc = kvp_tokvec_push(cv, ut[i])) < 0)
+					goto out_rc;
+			answer.n = 0;
+			snprintf(what, sizeof(what), "user %" PRIu64 " turn %" PRIu64, u + 1, t + 1);
+			if (generate(PROG " chat", c, cv->v, cv->n, (uint32_t)max_new, &answer, &us,
+				     what) < 0)
+				goto out;
+			printf("  %4" PRIu64 " %4" PRIu64 " %8u %8u %9u %9u %7.1f ms\n", u + 1,
+			       t + 1, us.prompt_tokens, us.cached_tokens, us.computed_tokens,
+			       us.generated_tokens, (double)us.ttft_us / 1e3);
+			fflush(stdout);
+			sum_prompt += us.prompt_tokens;
+			sum_cached += us.cached_tokens;
+			sum_computed += us.computed_tokens;
+			sum_gen += us.generated_tokens;
+			if (t == 0 && u == 0) {
+				ttft_first = (double)us.ttft_us;
+				first_cached = us.cached_tokens;
+			} else {
+				ttft_rest += (double)us.ttft_us;
+				n_rest++;
+			}
+			/* the answer becomes part of the conversation */
+			for (size_t i = 0; i < answer.n; i++)
+				if ((rc = kvp_tokvec_push(cv, answer.v[i])) < 0)
+					goto out_rc;
+		}
+	}
+	elapsed = (double)(kvp_tool_now_ns() - t0) / 1e9;
+	printf("\n  %" PRIu64 " requests in %.2f s: %" PRIu64 " prompt tokens, %" PRIu64
+	       " cached, %" PRIu64 " computed; hit rate %.3f\n", users * turns, elapsed,
+	       sum_prompt, sum_cached, sum_computed, (double)sum_cached / (double)sum_prompt);
+	printf("  TTFT: user 1 turn 1 (%u tokens cached) %.1f ms, the others %.1f ms on "
+	       "average\n\n", first_cached, ttft_first / 1e3,
+	       n_rest ? ttft_rest / n_rest / 1e3 : NAN);
+	o = cJSON_CreateObject();
+	if (!o) {
+		rc = KVP_ENOMEM;
+		goto out_rc;
+	}
+	cJSON_AddNumberToObject(o, "users", (double)users);
+	cJSON_AddNumberToObject(o, "turns", (double)turns);
+	cJSON_AddNumberToObject(o, "requests", (double)(users * turns));
+	cJSON_AddNumberToObject(o, "prompt_tokens", (double)sum_prompt);
+	cJSON_AddNumberToObject(o, "cached_tokens", (double)sum_cached);
+	cJSON_AddNumberToObject(o, "computed_tokens", (double)sum_computed);
+	cJSON_AddNumberToObject(o, "generated_tokens", (double)sum_gen);
+	cJSON_AddNumberToObject(o, "hit_rate", (double)sum_cached / (double)sum_prompt);
+	cJSON_AddNumberToObject(o, "first_ttft_us", ttft_first);
+	cJSON_AddNumberToObject(o, "first_cached_tokens", first_cached);
+	if (n_rest)
+		cJSON_AddNumberToObject(o, "other_ttft_us_mean", ttft_rest / n_rest);
+	cJSON_AddNumberToObject(o, "elapsed_s", elapsed);
+	if (json_print_line(o))
+		ret = KVP_EXIT_OK;
+	goto out;
+out_rc:
+	kvp_tool_perror(PROG " chat", "tokens", NULL, rc);
+out:
+	cJSON_Delete(o);
+	kvp_client_close(c);
+	for (uint64_t u = 0; conv && u < users; u++)
+		kvp_tokvec_free(&conv[u]);
+	kvp_tokvec_free(&answer);
+	free(conv);
+	free(ut);
+	free(sys);
+	return ret;
+}
+
 /* ---- main ---------------------------------------------------------------------- */
 
 static void usage_main(FILE *f)
@@ -1161,6 +2261,10 @@ static void usage_main(FILE *f)
 		"Commands:\n"
 		"  replay   replay a Mooncake trace against a running kvprefixd\n"
 		"  index    time the index vs raw hashing, and LOOKUP vs a socket echo\n"
+		"  engine   time the engine in process, TTFT cached vs cold, a shared-prefix\n"
+		"           workload through kvprefixd\n"
+		"  chat     play a multi-user chat with a shared system prompt against a\n"
+		"           running kvprefixd and show what each turn found cached\n"
 		"\n"
 		"Run 'kvprefix-bench COMMAND --help' for a command's options.\n"
 		"Exit status: 0 ok, 1 daemon, I/O or input error, 2 usage error.\n");
@@ -1184,6 +2288,10 @@ int main(int argc, char **argv)
 		return cmd_replay(argc - 1, argv + 1);
 	if (strcmp(cmd, "index") == 0)
 		return cmd_index(argc - 1, argv + 1);
+	if (strcmp(cmd, "engine") == 0)
+		return cmd_engine(argc - 1, argv + 1);
+	if (strcmp(cmd, "chat") == 0)
+		return cmd_chat(argc - 1, argv + 1);
 	fprintf(stderr, PROG ": unknown command '%s'\n", cmd);
 	usage_main(stderr);
 	return KVP_EXIT_USAGE;

@@ -145,7 +145,8 @@ static struct interval interval_of(const struct snap *cur, const struct snap *pr
 	iv.have = true;
 	iv.secs = (double)(cur->t_ns - prev->t_ns) / 1e9;
 	iv.hit_rate = ratio(delta(cur, prev, "hit_tokens"), delta(cur, prev, "query_tokens"));
-	iv.req_hit_rate = ratio(delta(cur, prev, "lookup_hits"), delta(cur, prev, "lookups"));
+	iv.req_hit_rate = ratio(delta(cur, prev, "lookup_hits") + delta(cur, prev, "generation_hits"),
+				delta(cur, prev, "lookups") + delta(cur, prev, "generations"));
 	iv.req_per_s = ratio(delta(cur, prev, "requests"), iv.secs);
 	return iv;
 }
@@ -155,6 +156,8 @@ static void print_table(const struct snap *cur, const struct interval *iv)
 	static const char *const counts[][2] = {
 		{ "requests", "requests" },       { "  lookups", "lookups" },
 		{ "  lookup hits", "lookup_hits" }, { "  inserts", "inserts" },
+		{ "  generations", "generations" }, { "  generation hits", "generation_hits" },
+		{ "computed tokens", "computed_tokens" }, { "generated tokens", "generated_tokens" },
 		{ "query tokens", "query_tokens" }, { "hit tokens", "hit_tokens" },
 		{ "insert tokens", "insert_tokens" }, { "inserted blocks", "inserted_blocks" },
 		{ "insert full", "insert_full" }, { "evictions", "evictions" },

@@ -1,0 +1,319 @@
+/*
+ * gen.c - the engine thread. See kvp_gen.h for the hand-over between threads.
+ *
+ * Scheduling: round robin over active jobs, one step each: a prefill chunk of at most
+ * max_batch prompt rows, or one decode token. A long prompt therefore delays the next
+ * token of other requests by one chunk at most, and every request makes progress.
+ */
+#include "kvp_gen.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kvp_proto.h"
+
+#define PREFILL_CHUNK 512u
+
+struct kvp_gen {
+	struct kvp_engine *e;
+	void (*notify)(void *arg);
+	void *notify_arg;
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool stopping;
+	struct kvp_gen_job *submitted, **submitted_tail;   /* FIFO, under mu */
+	struct kvp_gen_job *dirty;                         /* news for the loop, under mu */
+	uint32_t n_active;                                 /* submitted, not done; under mu */
+	/* engine thread only */
+	struct kvp_gen_job *active, **active_tail;
+	float *logits;                                     /* (vocab) */
+	void *sample_scratch;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Under mu: put job on the dirty list once. */
+static void mark_dirty(struct kvp_gen *g, struct kvp_gen_job *j)
+{
+	if (j->dirty)
+		return;
+	j->dirty = true;
+	j->next_dirty = g->dirty;
+	g->dirty = j;
+}
+
+static bool is_stop(const struct kvp_gen_job *j, uint32_t tok)
+{
+	for (uint32_t i = 0; i < j->n_stop; i++)
+		if (j->stop[i] == tok)
+			return true;
+	return false;
+}
+
+/* Publish the engine's progress on j; after a done publish the loop owns j. */
+static void publish(struct kvp_gen *g, struct kvp_gen_job *j)
+{
+	j->eng.prefill_us = j->t_prefill_ns / 1000;
+	j->eng.decode_us = j->t_decode_ns / 1000;
+	pthread_mutex_lock(&g->mu);
+	j->pub = j->eng;
+	if (j->eng.done)
+		g->n_active--;
+	mark_dirty(g, j);
+	pthread_mutex_unlock(&g->mu);
+	g->notify(g->notify_arg);
+}
+
+/* Sample after a forward; returns true when the job is finished. */
+static bool take_token(struct kvp_gen *g, struct kvp_gen_job *j)
+{
+	struct kvp_gen_job_progress *r = &j->eng;
+	const uint32_t vocab = kvp_engine_model(g->e)->cfg.vocab;
+	uint32_t tok = kvp_sample(&j->sampler, g->logits, vocab, g->sample_scratch);
+
+	j->tokens[j->n_prompt + r->n_generated] = tok;
+	r->n_generated++;
+	if (is_stop(j, tok)) {
+		r->finish = KVP_FINISH_STOP;
+		return true;
+	}
+	if (r->n_generated == j->max_new) {
+		r->finish = KVP_FINISH_LENGTH;
+		return true;
+	}
+	/* the token just drawn is fed next at position n_prompt + n_generated - 1 */
+	if (j->n_prompt + r->n_generated - 1 >= j->ctx_limit) {
+		r->finish = KVP_FINISH_CONTEXT;
+		return true;
+	}
+	return false;
+}
+
+/* One step of job j. Returns true when it finished: from then on the loop owns (and
+ * may already have freed) the job, so the caller must not touch it. */
+static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
+{
+	struct kvp_gen_job_progress *r = &j->eng;
+	uint64_t t0 = now_ns();
+	bool done;
+	int rc;
+
+	if (atomic_load_explicit(&j->cancel, memory_order_relaxed)) {
+		r->done = true;
+		r->status = KVP_ECLOSED;
+		publish(g, j);
+		return true;
+	}
+	if (j->pos < j->n_prompt) {
+		/* prefill: the uncached suffix, or just the last token of a cached prompt */
+		uint32_t rows = j->n_prompt - j->pos;
+		bool last;
+
+		if (rows > PREFILL_CHUNK)
+			rows = PREFILL_CHUNK;
+		last = j->pos + rows == j->n_prompt;
+		rc = kvp_engine_forward(g->e, j->blocks, j->n_blocks, j->tokens + j->pos, rows,
+					j->pos, j->cached, last ? g->logits : NULL);
+		j->pos += rows;
+		if (rc) {
+			r->done = true;
+			r->status = rc;
+		} else if (last) {
+			r->n_valid = j->n_prompt;
+			if (j->want_logits)
+				memcpy(j->logits, g->logits,
+				       kvp_engine_model(g->e)->cfg.vocab * sizeof(float));
+			if (j->max_new == 0) {
+				r->done = true;
+				r->finish = KVP_FINISH_LENGTH;
+			} else {
+				r->done = take_token(g, j);
+			}
+			r->ttft_us = (now_ns() - j->t_received_ns) / 1000;
+		} else {
+			r->n_valid = j->pos > j->cached ? j->pos : j->cached;
+		}
+		j->t_prefill_ns += now_ns() - t0;
+	} else {
+		/* decode: feed the last token drawn */
+		uint32_t p = j->n_prompt + r->n_generated - 1;
+
+		rc = kvp_engine_forward(g->e, j->blocks, j->n_blocks, j->tokens + p, 1, p, j->cached,
+					g->logits);
+		if (rc) {
+			r->done = true;
+			r->status = rc;
+		} else {
+			r->n_valid = p + 1;
+			r->done = take_token(g, j);
+		}
+		j->t_decode_ns += now_ns() - t0;
+	}
+	done = r->done;   /* read before publishing: a finished job may be freed at once */
+	publish(g, j);
+	return done;
+}
+
+static void *engine_main(void *arg)
+{
+	struct kvp_gen *g = arg;
+
+	for (;;) {
+		struct kvp_gen_job **pp;
+		bool stopping;
+
+		pthread_mutex_lock(&g->mu);
+		while (!g->submitted && !g->active && !g->stopping)
+			pthread_cond_wait(&g->cv, &g->mu);
+		if (g->submitted) {
+			*g->active_tail = g->submitted;
+			g->active_tail = g->submitted_tail;
+			g->submitted = NULL;
+			g->submitted_tail = &g->submitted;
+		}
+		stopping = g->stopping;
+		pthread_mutex_unlock(&g->mu);
+
+		if (stopping) {
+			for (struct kvp_gen_job *j = g->active, *next; j; j = next) {
+				next = j->next_q;
+				j->eng.done = true;
+				j->eng.status = KVP_ESHUTDOWN;
+				publish(g, j);
+			}
+			g->active = NULL;
+			return NULL;
+		}
+		/* one step of every active job, dropping the finished ones */
+		for (pp = &g->active; *pp;) {
+			struct kvp_gen_job *j = *pp, *next = j->next_q;
+			if (step(g, j)) {
+				*pp = next;
+				if (!next)
+					g->active_tail = pp;
+			} else {
+				pp = &j->next_q;
+			}
+		}
+	}
+}
+
+int kvp_gen_start(struct kvp_engine *e, void (*notify)(void *arg), void *arg,
+		  struct kvp_gen **out)
+{
+	const uint32_t vocab = kvp_engine_model(e)->cfg.vocab;
+	struct kvp_gen *g = calloc(1, sizeof(*g));
+
+	if (!g)
+		return KVP_ENOMEM;
+	g->e = e;
+	g->notify = notify;
+	g->notify_arg = arg;
+	g->submitted_tail = &g->submitted;
+	g->active_tail = &g->active;
+	g->logits = malloc((size_t)vocab * sizeof(float));
+	g->sample_scratch = malloc(kvp_sampler_scratch_bytes(vocab));
+	if (!g->logits || !g->sample_scratch)
+		goto out_free;
+	pthread_mutex_init(&g->mu, NULL);
+	pthread_cond_init(&g->cv, NULL);
+	if (pthread_create(&g->thread, NULL, engine_main, g) != 0)
+		goto out_sync;
+	g->started = true;
+	*out = g;
+	return KVP_OK;
+
+out_sync:
+	pthread_cond_destroy(&g->cv);
+	pthread_mutex_destroy(&g->mu);
+out_free:
+	free(g->logits);
+	free(g->sample_scratch);
+	free(g);
+	return KVP_ENOMEM;
+}
+
+void kvp_gen_submit(struct kvp_gen *g, struct kvp_gen_job *j)
+{
+	j->next_q = NULL;
+	j->pos = j->cached < j->n_prompt ? j->cached : j->n_prompt - 1;
+	memset(&j->eng, 0, sizeof(j->eng));
+	j->eng.n_valid = j->cached;
+	j->pub = j->eng;
+	j->n_valid = j->cached;
+	j->n_generated = 0;
+	j->done = false;
+	pthread_mutex_lock(&g->mu);
+	*g->submitted_tail = j;
+	g->submitted_tail = &j->next_q;
+	g->n_active++;
+	pthread_cond_signal(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+}
+
+size_t kvp_gen_poll(struct kvp_gen *g, struct kvp_gen_job **jobs, size_t max)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&g->mu);
+	while (g->dirty && n < max) {
+		struct kvp_gen_job *j = g->dirty;
+		g->dirty = j->next_dirty;
+		j->dirty = false;
+		j->n_generated = j->pub.n_generated;
+		j->n_valid = j->pub.n_valid;
+		j->done = j->pub.done;
+		j->status = j->pub.status;
+		j->finish = j->pub.finish;
+		j->ttft_us = j->pub.ttft_us;
+		j->prefill_us = j->pub.prefill_us;
+		j->decode_us = j->pub.decode_us;
+		jobs[n++] = j;
+	}
+	pthread_mutex_unlock(&g->mu);
+	return n;
+}
+
+uint32_t kvp_gen_active(struct kvp_gen *g)
+{
+	uint32_t n;
+
+	pthread_mutex_lock(&g->mu);
+	n = g->n_active;
+	pthread_mutex_unlock(&g->mu);
+	return n;
+}
+
+void kvp_gen_stop_thread(struct kvp_gen *g)
+{
+	if (!g || !g->started)
+		return;
+	pthread_mutex_lock(&g->mu);
+	g->stopping = true;   /* the thread moves jobs never started to active and ends them */
+	pthread_cond_signal(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+	pthread_join(g->thread, NULL);
+	g->started = false;
+}
+
+void kvp_gen_free(struct kvp_gen *g)
+{
+	if (!g)
+		return;
+	kvp_gen_stop_thread(g);
+	pthread_cond_destroy(&g->cv);
+	pthread_mutex_destroy(&g->mu);
+	free(g->logits);
+	free(g->sample_scratch);
+	free(g);
+}

@@ -1,0 +1,153 @@
+/*
+ * cpu_impl.h - private to engine/cpu: the per-ISA kernel table, the per-thread
+ * scratch of the pool, and the small helpers the kernel files share.
+ *
+ * One kernel table per instruction set, each built from its own file with its own
+ * compiler flags (engine/cpu/CMakeLists.txt):
+ *
+ *     kern_avx512.c  -mavx512f -mavx512vl -mavx2 -mfma -mf16c   12x32 GEMM tile
+ *     kern_avx2.c    -mavx2 -mfma -mf16c                          6x16 GEMM tile
+ *     kern_generic.c (baseline x86-64 / any target)               4x8  GEMM tile
+ *
+ * Everything but the GEMM tile and the peak loop is written once, in kern_body.h,
+ * against a handful of vector macros (VF_*) that each kernel file defines before
+ * including it. matmul.c picks the table at run time (__builtin_cpu_supports) and
+ * the drivers (matmul.c, ops.c, attention.c) only ever call through it.
+ */
+#ifndef KVP_CPU_IMPL_H
+#define KVP_CPU_IMPL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvp_cpu.h"
+
+/* Attention: tokens per K/V tile, and the most query vectors one work item holds. */
+#define KVP_ATTN_TILE 64
+#define KVP_ATTN_MAX_Q 64
+/* The small (decode) attention path keeps its tiles on the stack. */
+#define KVP_ATTN_SMALL_TILE 16    /* a multiple of every VLEN */
+#define KVP_ATTN_SMALL_MAX_D 256
+#define KVP_ATTN_SMALL_MAX_G 8
+
+/* Arguments of one attention call, shared by every work item. */
+struct kvp_attn_args {
+	const struct kvp_kv_view *kv;
+	const float *q;         /* (n, n_heads * head_dim) */
+	float *out;             /* (n, n_heads * head_dim) */
+	uint32_t n;
+	uint32_t pos0;
+	uint32_t n_heads;
+	uint32_t group;         /* n_heads / n_kv_heads */
+	float scale;            /* 1 / sqrt(head_dim) */
+};
+
+struct kvp_cpu_kern {
+	const char *name;
+	int mr;                 /* GEMM tile rows (of A and C) */
+	int nr;                 /* GEMM tile columns (of W^T and C); packed panel width */
+	int kc;                 /* K block: one packed W slice is (kc, nr) */
+	int vlen;               /* floats per vector register */
+
+	/*
+	 * C (mr, nr) (+)= A (mr, kc) . P (kc, NR): A rows lda apart, P a packed W slice
+	 * (pack_w), C rows ldc apart; mr <= MR, nr <= NR. load_c: add to C, else
+	 * overwrite it.
+	 */
+	void (*ukr)(int mr, int nr, int kc, const float *a, size_t lda, const float *p,
+		    float *c, size_t ldc, bool load_c);
+	/* P (kc, NR) <- W (nr, kc)^T, rows of W ldw apart; columns nr..NR-1 of P zero.
+	 * P is 64-byte aligned. */
+	void (*pack_w)(const float *w, size_t ldw, int nr, int kc, float *p);
+	/* C (m, n) (+)= A (m, k) . W (n, k)^T for m <= 4: the matrix-vector path. */
+	void (*gemv)(const float *a, size_t lda, int m, const float *w, size_t ldw, int n,
+		     int k, float *c, size_t ldc, bool accumulate);
+	/* Independent FMAs in registers, iters times; returns flops done. */
+	double (*peak)(long iters);
+
+	void (*rmsnorm)(float *out, const float *x, const float *w, int n, float eps);
+	void (*swiglu)(float *gate, const float *up, int n);
+	void (*add)(float *x, const float *y, int n);
+	/* x[2i], x[2i+1] of each head, i < pairs: x * cc + swap_pairs(x) * ss, with
+	 * cc = (c0, c0, c1, c1, ..) and ss = (-s0, s0, -s1, s1, ..) (2 pairs floats). */
+	void (*rope)(float *x, int n_heads, int head_dim, int pairs, const float *cc,
+		     const float *ss);
+	void (*f16_to_f32)(float *dst, const uint16_t *src, size_t n);
+	void (*f32_to_f16)(uint16_t *dst, const float *src, size_t n);
+
+	/* Attention for query rows [r0, r1) of kv head hk, all its query heads, with
+	 * scratch of kvp_attn_big_scratch_floats() floats (64-byte aligned). */
+	void (*attn_big)(const struct kvp_attn_args *args, uint32_t hk, uint32_t r0,
+			 uint32_t r1, float *scratch);
+	/* Attention for query row r of kv head hk; needs no heap (head_dim <= 256). */
+	void (*attn_small)(const struct kvp_attn_args *args, uint32_t r, uint32_t hk);
+};
+
+extern const struct kvp_cpu_kern kvp_cpu_kern_generic;
+#if defined(__x86_64__)
+extern const struct kvp_cpu_kern kvp_cpu_kern_avx2;
+extern const struct kvp_cpu_kern kvp_cpu_kern_avx512;
+#endif
+
+/* The dispatched table (kvp_cpu_force_isa can change it). */
+const struct kvp_cpu_kern *kvp_cpu_kern(void);
+
+/* ---- pool internals ---------------------------------------------------------------- */
+
+/* Per-thread scratch of at least bytes, 64-byte aligned, owned by the pool and valid
+ * until the next call by the same ith; only thread ith may ask for slot ith, from
+ * inside kvp_threadpool_run. NULL when it cannot grow (the caller takes a path that
+ * needs none). */
+void *kvp_threadpool_scratch(struct kvp_threadpool *tp, int ith, size_t bytes);
+
+/* Run fn on tp, or on the calling thread alone (ith 0 of 1) when tp is NULL. */
+void kvp_cpu_parallel(struct kvp_threadpool *tp, void (*fn)(void *arg, int ith, int nth),
+		      void *arg);
+
+/* Rows [r0, r1) of m for thread ith of nth: contiguous near-equal ranges (the batched
+ * row ops, and the matmul's split of panels or rows). */
+static inline void kvp_cpu_split_rows(int m, int ith, int nth, int *r0, int *r1)
+{
+	int q = m / nth, r = m % nth;
+	*r0 = ith * q + (ith < r ? ith : r);
+	*r1 = *r0 + q + (ith < r ? 1 : 0);
+}
+
+/* Batched row ops run on one thread below this many elements. */
+#define KVP_CPU_ROWS_MIN_PARALLEL 8192
+
+/* ---- shared helpers ------------------------------------------------------------------ */
+
+/* Exact IEEE half <-> single conversions, round to nearest even, NaN kept NaN. */
+float kvp_f16_to_f32_sw(uint16_t h);
+uint16_t kvp_f32_to_f16_sw(float f);
+
+/* Floats of scratch one attn_big work item needs for rp query vectors:
+ *   qt (d, rp)  q^T scaled      ot (d, rp)  output^T
+ *   st (TILE, rp) scores/probs  m, l, lim (rp) running max, sum, last position
+ *   kt, vt (TILE, d)            f16 K/V converted to f32 */
+static inline size_t kvp_attn_big_scratch_floats(uint32_t d, uint32_t rp)
+{
+	return (size_t)2 * d * rp + (size_t)KVP_ATTN_TILE * rp + 3 * (size_t)rp +
+	       (size_t)2 * KVP_ATTN_TILE * d + 64;
+}
+
+/* Element offset of K (which 0) or V (which 1) of kv head h, token j in a block. */
+static inline size_t kvp_kv_offset(const struct kvp_kv_view *kv, uint32_t which, uint32_t h,
+				   uint32_t j)
+{
+	return ((((size_t)kv->layer * 2 + which) * kv->n_kv_heads + h) * kv->block_tokens + j) *
+	       kv->head_dim;
+}
+
+/* Address of the K or V row of kv head h at sequence position pos. */
+static inline const void *kvp_kv_row(const struct kvp_kv_view *kv, uint32_t which, uint32_t h,
+				     uint32_t pos)
+{
+	size_t esz = kv->dtype == KVP_KV_F16 ? 2 : 4;
+	const char *base = kv->blocks[pos / kv->block_tokens];
+	return base + kvp_kv_offset(kv, which, h, pos % kv->block_tokens) * esz;
+}
+
+#endif

@@ -1,0 +1,532 @@
+/*
+ * kern_body.h - the kernels written once for every instruction set: matrix-vector,
+ * elementwise ops, f16 conversion loops and both attention paths. Included by the
+ * kern_<isa>.c files after they define, for their vector type:
+ *
+ *   VF, VLEN                      vector of VLEN floats
+ *   VF_ZERO() VF_SET1(x)          constructors
+ *   VF_LOAD(p) VF_STORE(p, v)     unaligned load / store
+ *   VF_ADD VF_SUB VF_MUL VF_DIV VF_MAX   lane-wise
+ *   VF_FMA(a, b, c)               a * b + c
+ *   VF_HSUM(v) VF_HMAX(v)         horizontal sum / max, a float
+ *   VF_EXP(v)                     e^v within ~2 ulp, 0 below -87.3 (so e^-inf = 0)
+ *   VF_GT_SEL(a, b, x, y)         lane-wise a > b ? x : y
+ *   VF_LOAD_F16(p) VF_STORE_F16(p, v)   VLEN halves <-> VF
+ *   VF_SWAP_PAIRS(v)              (optional) lanes (1, 0, 3, 2, ..)
+ *   BODY_TB BODY_QB BODY_DB       attention register blocking (see below)
+ *
+ * Every function here is static; the kern file puts them in its table.
+ */
+#ifndef VLEN
+#error "kern_body.h is included by a kern_<isa>.c after it defines the VF_ macros"
+#endif
+
+#include <math.h>
+#include <string.h>
+
+#define BODY_INLINE static inline __attribute__((always_inline))
+#define BODY_ROUND_UP(x, m) (((x) + (m) - 1) / (m) * (m))
+
+/* ---- f16 ------------------------------------------------------------------------------ */
+
+static void body_f16_to_f32(float *dst, const uint16_t *src, size_t n)
+{
+	size_t i = 0;
+	for (; i + VLEN <= n; i += VLEN)
+		VF_STORE(dst + i, VF_LOAD_F16(src + i));
+	for (; i < n; i++)
+		dst[i] = kvp_f16_to_f32_sw(src[i]);
+}
+
+static void body_f32_to_f16(uint16_t *dst, const float *src, size_t n)
+{
+	size_t i = 0;
+	for (; i + VLEN <= n; i += VLEN)
+		VF_STORE_F16(dst + i, VF_LOAD(src + i));
+	for (; i < n; i++)
+		dst[i] = kvp_f32_to_f16_sw(src[i]);
+}
+
+/* ---- elementwise ---------------------------------------------------------------------- */
+
+static void body_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+	VF s0 = VF_ZERO(), s1 = VF_ZERO(), s2 = VF_ZERO(), s3 = VF_ZERO();
+	int i = 0;
+	for (; i + 4 * VLEN <= n; i += 4 * VLEN) {
+		VF x0 = VF_LOAD(x + i), x1 = VF_LOAD(x + i + VLEN);
+		VF x2 = VF_LOAD(x + i + 2 * VLEN), x3 = VF_LOAD(x + i + 3 * VLEN);
+		s0 = VF_FMA(x0, x0, s0);
+		s1 = VF_FMA(x1, x1, s1);
+		s2 = VF_FMA(x2, x2, s2);
+		s3 = VF_FMA(x3, x3, s3);
+	}
+	for (; i + VLEN <= n; i += VLEN) {
+		VF x0 = VF_LOAD(x + i);
+		s0 = VF_FMA(x0, x0, s0);
+	}
+	double sum = (double)VF_HSUM(VF_ADD(VF_ADD(s0, s1), VF_ADD(s2, s3)));
+	for (; i < n; i++)
+		sum += (double)x[i] * x[i];
+	/* as llama.cpp: y = x * (1 / sqrtf(mean + eps)), then y * w */
+	float scale = 1.0f / sqrtf((float)(sum / n) + eps);
+	VF vs = VF_SET1(scale);
+	for (i = 0; i + VLEN <= n; i += VLEN)
+		VF_STORE(out + i, VF_MUL(VF_MUL(VF_LOAD(x + i), vs), VF_LOAD(w + i)));
+	for (; i < n; i++)
+		out[i] = x[i] * scale * w[i];
+}
+
+/* silu(g) * u = g / (1 + e^-g) * u */
+BODY_INLINE VF swiglu_vec(VF g, VF u)
+{
+	VF e = VF_EXP(VF_SUB(VF_ZERO(), g));
+	return VF_MUL(VF_DIV(g, VF_ADD(VF_SET1(1.0f), e)), u);
+}
+
+static void body_swiglu(float *gate, const float *up, int n)
+{
+	int i = 0;
+	for (; i + VLEN <= n; i += VLEN)
+		VF_STORE(gate + i, swiglu_vec(VF_LOAD(gate + i), VF_LOAD(up + i)));
+	if (i < n) {
+		/* the tail through the same vector code, so that results do not depend on
+		 * where a buffer is cut into calls */
+		float gt[VLEN] = { 0 }, ut[VLEN] = { 0 };
+		memcpy(gt, gate + i, sizeof(float) * (size_t)(n - i));
+		memcpy(ut, up + i, sizeof(float) * (size_t)(n - i));
+		VF_STORE(gt, swiglu_vec(VF_LOAD(gt), VF_LOAD(ut)));
+		memcpy(gate + i, gt, sizeof(float) * (size_t)(n - i));
+	}
+}
+
+static void body_add(float *x, const float *y, int n)
+{
+	int i = 0;
+	for (; i + VLEN <= n; i += VLEN)
+		VF_STORE(x + i, VF_ADD(VF_LOAD(x + i), VF_LOAD(y + i)));
+	for (; i < n; i++)
+		x[i] += y[i];
+}
+
+static void body_rope(float *x, int n_heads, int head_dim, int pairs, const float *cc,
+		      const float *ss)
+{
+	for (int h = 0; h < n_heads; h++) {
+		float *xh = x + (size_t)h * head_dim;
+		int i = 0;
+#ifdef VF_SWAP_PAIRS
+		for (; i + VLEN <= 2 * pairs; i += VLEN) {
+			VF v = VF_LOAD(xh + i);
+			VF_STORE(xh + i, VF_FMA(VF_SWAP_PAIRS(v), VF_LOAD(ss + i),
+						VF_MUL(v, VF_LOAD(cc + i))));
+		}
+#endif
+		for (; i < 2 * pairs; i += 2) {
+			float x0 = xh[i], x1 = xh[i + 1];
+			xh[i] = x0 * cc[i] + x1 * ss[i];
+			xh[i + 1] = x1 * cc[i + 1] + x0 * ss[i + 1];
+		}
+	}
+}
+
+/* ---- matrix-vector -------------------------------------------------------------------- */
+
+/* C[0:M, 0:J] (+)= A (M, k) . W (J, k)^T, dot products along k. */
+BODY_INLINE void gemv_tile(const int M, const int J, const float *a, size_t lda,
+			   const float *w, size_t ldw, int k, float *c, size_t ldc, bool accumulate)
+{
+	VF acc[4][4];
+	for (int r = 0; r < M; r++)
+		for (int j = 0; j < J; j++)
+			acc[r][j] = VF_ZERO();
+	int kk = 0;
+	for (; kk + VLEN <= k; kk += VLEN) {
+		VF wv[4];
+		for (int j = 0; j < J; j++)
+			wv[j] = VF_LOAD(w + (size_t)j * ldw + kk);
+		for (int r = 0; r < M; r++) {
+			VF av = VF_LOAD(a + (size_t)r * lda + kk);
+			for (int j = 0; j < J; j++)
+				acc[r][j] = VF_FMA(av, wv[j], acc[r][j]);
+		}
+	}
+	for (int r = 0; r < M; r++)
+		for (int j = 0; j < J; j++) {
+			float s = VF_HSUM(acc[r][j]);
+			for (int t = kk; t < k; t++)
+				s += a[(size_t)r * lda + t] * w[(size_t)j * ldw + t];
+			float *cp = c + (size_t)r * ldc + j;
+			*cp = accumulate ? *cp + s : s;
+		}
+}
+
+BODY_INLINE void gemv_rows(const int M, const float *a, size_t lda, const float *w, size_t ldw,
+			   int n, int k, float *c, size_t ldc, bool accumulate)
+{
+	int j = 0;
+	for (; j + 4 <= n; j += 4)
+		gemv_tile(M, 4, a, lda, w + (size_t)j * ldw, ldw, k, c + j, ldc, accumulate);
+	for (; j < n; j++)
+		gemv_tile(M, 1, a, lda, w + (size_t)j * ldw, ldw, k, c + j, ldc, accumulate);
+}
+
+static void body_gemv(const float *a, size_t lda, int m, const float *w, size_t ldw, int n,
+		      int k, float *c, size_t ldc, bool accumulate)
+{
+	switch (m) {
+	case 1: gemv_rows(1, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
+	case 2: gemv_rows(2, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
+	case 3: gemv_rows(3, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
+	default: gemv_rows(4, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
+	}
+}
+
+/* ---- attention, many queries per kv head ------------------------------------------------
+ *
+ * One work item: query rows [r0, r1) x the G query heads of kv head hk, R = (r1-r0)*G
+ * query vectors, padded to rp (a multiple of VLEN). Queries run along the vector lanes,
+ * so the online softmax is lane-wise and both products are broadcast-FMA GEMMs:
+ *
+ *   qt (d, rp)      q^T * scale               (built once)
+ *   for each tile of TILE positions t0 .. t0+tt-1 (K/V rows kp[i], vp[i] in the blocks,
+ *                                              or converted from f16 into kt, vt):
+ *     st (tt, rp)   = K_tile (tt, d) . qt      broadcast K[i][e], TB x QB vectors
+ *                     -inf where position > the query's last position (causal)
+ *     m' = max(m, max_i st); p = e^(st - m'); l = l e^(m - m') + sum_i p
+ *     ot (d, rp)    = ot * e^(m - m') + V_tile^T (d, tt) . p
+ *                                              broadcast V[i][e], DB x QB vectors
+ *   out = ot^T / l
+ */
+
+/* st[i][q] = sum_e kp[i][e] * qt[e][q] for i < TB, QB vectors of q. */
+BODY_INLINE void attn_scores_blk(const int TB, const int QB, const float *const *kp, int d,
+				 const float *qt, size_t rp, float *st)
+{
+	VF acc[BODY_TB][BODY_QB];
+	for (int i = 0; i < TB; i++)
+		for (int j = 0; j < QB; j++)
+			acc[i][j] = VF_ZERO();
+	for (int e = 0; e < d; e++) {
+		VF qv[BODY_QB];
+		for (int j = 0; j < QB; j++)
+			qv[j] = VF_LOAD(qt + (size_t)e * rp + (size_t)j * VLEN);
+		for (int i = 0; i < TB; i++) {
+			VF kb = VF_SET1(kp[i][e]);
+			for (int j = 0; j < QB; j++)
+				acc[i][j] = VF_FMA(kb, qv[j], acc[i][j]);
+		}
+	}
+	for (int i = 0; i < TB; i++)
+		for (int j = 0; j < QB; j++)
+			VF_STORE(st + (size_t)i * rp + (size_t)j * VLEN, acc[i][j]);
+}
+
+/* ot[e][q] += sum_i vp[i][e0 + e] * st[i][q] for e < DB, QB vectors of q. */
+BODY_INLINE void attn_pv_blk(const int DB, const int QB, const float *const *vp, int e0, int tt,
+			     const float *st, size_t rp, float *ot)
+{
+	VF acc[BODY_DB][BODY_QB];
+	for (int e = 0; e < DB; e++)
+		for (int j = 0; j < QB; j++)
+			acc[e][j] = VF_LOAD(ot + (size_t)e * rp + (size_t)j * VLEN);
+	for (int i = 0; i < tt; i++) {
+		VF pv[BODY_QB];
+		for (int j = 0; j < QB; j++)
+			pv[j] = VF_LOAD(st + (size_t)i * rp + (size_t)j * VLEN);
+		for (int e = 0; e < DB; e++) {
+			VF vb = VF_SET1(vp[i][e0 + e]);
+			for (int j = 0; j < QB; j++)
+				acc[e][j] = VF_FMA(vb, pv[j], acc[e][j]);
+		}
+	}
+	for (int e = 0; e < DB; e++)
+		for (int j = 0; j < QB; j++)
+			VF_STORE(ot + (size_t)e * rp + (size_t)j * VLEN, acc[e][j]);
+}
+
+/* Gather the K and V row pointers of positions t0 .. t0+tt-1, converting f16 rows into
+ * kt, vt (TILE, d). Walks the block table without a division per row. */
+static void attn_tile_rows(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t0, int tt,
+			   float *kt, float *vt, const float **kp, const float **vp)
+{
+	const size_t d = kv->head_dim, esz = kv->dtype == KVP_KV_F16 ? 2 : 4;
+	const size_t koff = kvp_kv_offset(kv, 0, hk, 0) * esz, voff = kvp_kv_offset(kv, 1, hk, 0) * esz;
+	uint32_t b = t0 / kv->block_tokens, j = t0 % kv->block_tokens;
+	for (int i = 0; i < tt; i++) {
+		const char *base = kv->blocks[b];
+		const void *kr = base + koff + j * d * esz;
+		const void *vr = base + voff + j * d * esz;
+		if (kv->dtype == KVP_KV_F16) {
+			body_f16_to_f32(kt + (size_t)i * d, kr, d);
+			body_f16_to_f32(vt + (size_t)i * d, vr, d);
+			kp[i] = kt + (size_t)i * d;
+			vp[i] = vt + (size_t)i * d;
+		} else {
+			kp[i] = kr;
+			vp[i] = vr;
+		}
+		if (++j == kv->block_tokens) {
+			j = 0;
+			b++;
+		}
+	}
+}
+
+/* Ask for the K and V rows of positions t0 .. t0+tt-1 ahead of use: a kv head's rows
+ * are only block_tokens * d contiguous (a few KiB, then another block anywhere), too
+ * short for the hardware prefetcher, so decode would wait on every block. */
+static void attn_tile_prefetch(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t0, int tt)
+{
+	const size_t esz = kv->dtype == KVP_KV_F16 ? 2 : 4, row = kv->head_dim * esz;
+	const size_t koff = kvp_kv_offset(kv, 0, hk, 0) * esz, voff = kvp_kv_offset(kv, 1, hk, 0) * esz;
+	uint32_t b = t0 / kv->block_tokens, j = t0 % kv->block_tokens;
+	for (int i = 0; i < tt; i++) {
+		const char *base = (const char *)kv->blocks[b] + j * row;
+		for (size_t off = 0; off < row; off += 64) {
+			__builtin_prefetch(base + koff + off);
+			__builtin_prefetch(base + voff + off);
+		}
+		if (++j == kv->block_tokens) {
+			j = 0;
+			b++;
+		}
+	}
+}
+
+static void body_attn_big(const struct kvp_attn_args *args, uint32_t hk, uint32_t r0,
+			  uint32_t r1, float *scratch)
+{
+	const struct kvp_kv_view *kv = args->kv;
+	const int d = (int)kv->head_dim, G = (int)args->group;
+	const int R = (int)(r1 - r0) * G;
+	const size_t rp = BODY_ROUND_UP((size_t)R, VLEN);
+	const int nqv = (int)(rp / VLEN);
+	const size_t ldq = (size_t)args->n_heads * (size_t)d;
+	float *qt = scratch;                            /* (d, rp) */
+	float *ot = qt + (size_t)d * rp;                /* (d, rp) */
+	float *st = ot + (size_t)d * rp;                /* (TILE, rp) */
+	float *mx = st + (size_t)KVP_ATTN_TILE * rp;    /* (rp) */
+	float *l = mx + rp;                             /* (rp) */
+	float *lim = l + rp;                            /* (rp) */
+	float *kt = lim + rp;                           /* (TILE, d) */
+	float *vt = kt + (size_t)KVP_ATTN_TILE * d;     /* (TILE, d) */
+	const float *kp[KVP_ATTN_TILE], *vp[KVP_ATTN_TILE];
+
+	for (size_t q = 0; q < rp; q++) {
+		/* padded lanes copy the last real query's limit and see zeros */
+		size_t qq = q < (size_t)R ? q : (size_t)R - 1;
+		uint32_t r = r0 + (uint32_t)(qq / (size_t)G);
+		uint32_t h = hk * (uint32_t)G + (uint32_t)(qq % (size_t)G);
+		const float *qr = args->q + (size_t)r * ldq + (size_t)h * d;
+		for (int e = 0; e < d; e++)
+			qt[(size_t)e * rp + q] = q < (size_t)R ? qr[e] * args->scale : 0.0f;
+		lim[q] = (float)(args->pos0 + r);
+		mx[q] = -INFINITY;
+		l[q] = 0.0f;
+	}
+	memset(ot, 0, sizeof(float) * (size_t)d * rp);
+
+	const uint32_t first_lim = args->pos0 + r0, last = args->pos0 + r1 - 1;
+	for (uint32_t t0 = 0; t0 <= last; t0 += KVP_ATTN_TILE) {
+		const int tt = (int)(last + 1 - t0 < KVP_ATTN_TILE ? last + 1 - t0 : KVP_ATTN_TILE);
+		attn_tile_rows(kv, hk, t0, tt, kt, vt, kp, vp);
+		if (t0 + KVP_ATTN_TILE <= last) {
+			uint32_t t1 = t0 + KVP_ATTN_TILE;
+			attn_tile_prefetch(kv, hk, t1, (int)(last + 1 - t1 < KVP_ATTN_TILE ? last + 1 - t1
+										  : KVP_ATTN_TILE));
+		}
+
+		/* scores */
+		int j = 0;
+		for (; j + BODY_QB <= nqv; j += BODY_QB) {
+			int i = 0;
+			for (; i + BODY_TB <= tt; i += BODY_TB)
+				attn_scores_blk(BODY_TB, BODY_QB, kp + i, d, qt + (size_t)j * VLEN, rp,
+						st + (size_t)i * rp + (size_t)j * VLEN);
+			for (; i < tt; i++)
+				attn_scores_blk(1, BODY_QB, kp + i, d, qt + (size_t)j * VLEN, rp,
+						st + (size_t)i * rp + (size_t)j * VLEN);
+		}
+		for (; j < nqv; j++) {
+			int i = 0;
+			for (; i + BODY_TB <= tt; i += BODY_TB)
+				attn_scores_blk(BODY_TB, 1, kp + i, d, qt + (size_t)j * VLEN, rp,
+						st + (size_t)i * rp + (size_t)j * VLEN);
+			for (; i < tt; i++)
+				attn_scores_blk(1, 1, kp + i, d, qt + (size_t)j * VLEN, rp,
+						st + (size_t)i * rp + (size_t)j * VLEN);
+		}
+
+		/* causal mask, online softmax, rescale the output so far */
+		const bool masked = t0 + (uint32_t)tt - 1 > first_lim;
+		const VF ninf = VF_SET1(-INFINITY);
+		for (j = 0; j < nqv; j++) {
+			const VF vlim = VF_LOAD(lim + (size_t)j * VLEN);
+			float *sj = st + (size_t)j * VLEN;
+			VF m = ninf;
+			for (int i = 0; i < tt; i++) {
+				VF s = VF_LOAD(sj + (size_t)i * rp);
+				if (masked) {
+					s = VF_GT_SEL(VF_SET1((float)(t0 + (uint32_t)i)), vlim, ninf, s);
+					VF_STORE(sj + (size_t)i * rp, s);
+				}
+				m = VF_MAX(m, s);
+			}
+			VF mold = VF_LOAD(mx + (size_t)j * VLEN);
+			VF mnew = VF_MAX(mold, m);
+			VF corr = VF_EXP(VF_SUB(mold, mnew));
+			VF sum = VF_ZERO();
+			for (int i = 0; i < tt; i++) {
+				VF p = VF_EXP(VF_SUB(VF_LOAD(sj + (size_t)i * rp), mnew));
+				VF_STORE(sj + (size_t)i * rp, p);
+				sum = VF_ADD(sum, p);
+			}
+			VF_STORE(mx + (size_t)j * VLEN, mnew);
+			VF_STORE(l + (size_t)j * VLEN, VF_FMA(VF_LOAD(l + (size_t)j * VLEN), corr, sum));
+			if (t0 > 0)
+				for (int e = 0; e < d; e++) {
+					float *o = ot + (size_t)e * rp + (size_t)j * VLEN;
+					VF_STORE(o, VF_MUL(VF_LOAD(o), corr));
+				}
+		}
+
+		/* ot += V^T . p */
+		j = 0;
+		for (; j + BODY_QB <= nqv; j += BODY_QB) {
+			int e = 0;
+			for (; e + BODY_DB <= d; e += BODY_DB)
+				attn_pv_blk(BODY_DB, BODY_QB, vp, e, tt, st + (size_t)j * VLEN, rp,
+					    ot + (size_t)e * rp + (size_t)j * VLEN);
+			for (; e < d; e++)
+				attn_pv_blk(1, BODY_QB, vp, e, tt, st + (size_t)j * VLEN, rp,
+					    ot + (size_t)e * rp + (size_t)j * VLEN);
+		}
+		for (; j < nqv; j++) {
+			int e = 0;
+			for (; e + BODY_DB <= d; e += BODY_DB)
+				attn_pv_blk(BODY_DB, 1, vp, e, tt, st + (size_t)j * VLEN, rp,
+					    ot + (size_t)e * rp + (size_t)j * VLEN);
+			for (; e < d; e++)
+				attn_pv_blk(1, 1, vp, e, tt, st + (size_t)j * VLEN, rp,
+					    ot + (size_t)e * rp + (size_t)j * VLEN);
+		}
+	}
+
+	for (int q = 0; q < R; q++) {
+		uint32_t r = r0 + (uint32_t)(q / G);
+		uint32_t h = hk * (uint32_t)G + (uint32_t)(q % G);
+		float *orow = args->out + (size_t)r * ldq + (size_t)h * d;
+		float inv = 1.0f / l[q];
+		for (int e = 0; e < d; e++)
+			orow[e] = ot[(size_t)e * rp + (size_t)q] * inv;
+	}
+}
+
+/* ---- attention, one query row (decode) ------------------------------------------------
+ *
+ * Query row r, the G heads of kv head hk; vectors run along head_dim. Per tile of up to
+ * 16 positions: s_i = q . k_i, online softmax, o = o * e^(m - m') + sum_i p_i v_i.
+ * Everything lives on the stack (48 KiB): heads go up to 8 at a time and tiles shrink
+ * so that (heads, d) and (tile, d) fit 8 x 256 and 16 x 256 floats (d <= 2048).
+ */
+
+static float body_dot(const float *a, const float *b, int n)
+{
+	VF s0 = VF_ZERO(), s1 = VF_ZERO();
+	int i = 0;
+	for (; i + 2 * VLEN <= n; i += 2 * VLEN) {
+		s0 = VF_FMA(VF_LOAD(a + i), VF_LOAD(b + i), s0);
+		s1 = VF_FMA(VF_LOAD(a + i + VLEN), VF_LOAD(b + i + VLEN), s1);
+	}
+	for (; i + VLEN <= n; i += VLEN)
+		s0 = VF_FMA(VF_LOAD(a + i), VF_LOAD(b + i), s0);
+	float s = VF_HSUM(VF_ADD(s0, s1));
+	for (; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+static void body_attn_small(const struct kvp_attn_args *args, uint32_t r, uint32_t hk)
+{
+	enum { TS = KVP_ATTN_SMALL_TILE, MAXD = KVP_ATTN_SMALL_MAX_D, MAXG = KVP_ATTN_SMALL_MAX_G };
+	const struct kvp_kv_view *kv = args->kv;
+	const int d = (int)kv->head_dim, G = (int)args->group;
+	const int gmax = d <= MAXD ? MAXG : MAXG * MAXD / d;
+	const int ts = d <= MAXD ? TS : TS * MAXD / d;
+	const size_t ldq = (size_t)args->n_heads * (size_t)d;
+	const uint32_t last = args->pos0 + r;
+	float qs[MAXG * MAXD];     /* (gmax, d) scaled queries */
+	float o[MAXG * MAXD];      /* (gmax, d) output so far */
+	float kt[TS * MAXD];       /* (ts, d) f16 K tile as f32 */
+	float vt[TS * MAXD];       /* (ts, d) f16 V tile as f32 */
+	float s[TS];               /* (TS) scores, then probabilities; -inf past ts */
+	float m[MAXG], l[MAXG];    /* (gmax) running max and sum */
+	const float *kp[TS], *vp[TS];
+
+	for (int g0 = 0; g0 < G; g0 += gmax) {
+		const int gn = G - g0 < gmax ? G - g0 : gmax;
+		for (int g = 0; g < gn; g++) {
+			uint32_t h = hk * (uint32_t)G + (uint32_t)(g0 + g);
+			const float *qr = args->q + (size_t)r * ldq + (size_t)h * d;
+			for (int e = 0; e < d; e++) {
+				qs[g * d + e] = qr[e] * args->scale;
+				o[g * d + e] = 0.0f;
+			}
+			m[g] = -INFINITY;
+			l[g] = 0.0f;
+		}
+		for (uint32_t t0 = 0; t0 <= last; t0 += (uint32_t)ts) {
+			const int tt = (int)(last + 1 - t0 < (uint32_t)ts ? last + 1 - t0 : (uint32_t)ts);
+			attn_tile_rows(kv, hk, t0, tt, kt, vt, kp, vp);
+			/* two tiles ahead: a tile's work is shorter than a DRAM round trip */
+			if (t0 + 2 * (uint32_t)ts <= last) {
+				uint32_t t2 = t0 + 2 * (uint32_t)ts;
+				attn_tile_prefetch(kv, hk, t2, (int)(last + 1 - t2 < (uint32_t)ts ? last + 1 - t2
+											: (uint32_t)ts));
+			}
+			for (int g = 0; g < gn; g++) {
+				float *og = o + (size_t)g * d;
+				for (int i = 0; i < tt; i++)
+					s[i] = body_dot(qs + (size_t)g * d, kp[i], d);
+				for (int i = tt; i < TS; i++)
+					s[i] = -INFINITY;
+				VF vm = VF_SET1(-INFINITY);
+				for (int i = 0; i < TS; i += VLEN)
+					vm = VF_MAX(vm, VF_LOAD(s + i));
+				float tmax = VF_HMAX(vm);
+				float mnew = m[g] > tmax ? m[g] : tmax;
+				float corr = mnew == m[g] ? 1.0f : expf(m[g] - mnew);
+				VF vs = VF_ZERO(), vmn = VF_SET1(mnew);
+				for (int i = 0; i < TS; i += VLEN) {
+					VF p = VF_EXP(VF_SUB(VF_LOAD(s + i), vmn));
+					VF_STORE(s + i, p);
+					vs = VF_ADD(vs, p);
+				}
+				float sum = VF_HSUM(vs);
+				m[g] = mnew;
+				l[g] = l[g] * corr + sum;
+				int e = 0;
+				for (; e + VLEN <= d; e += VLEN) {
+					VF acc = VF_MUL(VF_LOAD(og + e), VF_SET1(corr));
+					for (int i = 0; i < tt; i++)
+						acc = VF_FMA(VF_SET1(s[i]), VF_LOAD(vp[i] + e), acc);
+					VF_STORE(og + e, acc);
+				}
+				for (; e < d; e++) {
+					float acc = og[e] * corr;
+					for (int i = 0; i < tt; i++)
+						acc += s[i] * vp[i][e];
+					og[e] = acc;
+				}
+			}
+		}
+		for (int g = 0; g < gn; g++) {
+			uint32_t h = hk * (uint32_t)G + (uint32_t)(g0 + g);
+			float *orow = args->out + (size_t)r * ldq + (size_t)h * d;
+			float inv = 1.0f / l[g];
+			for (int e = 0; e < d; e++)
+				orow[e] = o[(size_t)g * d + e] * inv;
+		}
+	}
+}

@@ -1,0 +1,135 @@
+/*
+ * kvp_cpu.h - the CPU backend's kernels: a thread pool, f32 matrix multiply, the
+ * elementwise ops of a llama layer, and attention that reads K/V straight from the
+ * paged block table (never from a contiguous copy).
+ *
+ * Vectorised with runtime dispatch (AVX-512F, AVX2+FMA, portable C); results agree
+ * across paths within float rounding. All pointers are f32 unless named otherwise.
+ *
+ * KV block layout (DESIGN.md): one block holds, for its block_tokens positions,
+ *     (layer, K/V, kv_head, token, head_dim)
+ * elements of kv_dtype, so the K of layer l, kv head h, token j of a block starts at
+ * element (((l * 2 + 0) * n_kv_heads + h) * block_tokens + j) * head_dim, and its V at
+ * the same with 1 in place of 0. K is stored after the rotary embedding, so a block's
+ * bytes are exactly what attention at any later position reads.
+ */
+#ifndef KVP_CPU_H
+#define KVP_CPU_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvp_status.h"
+
+/* ---- threads ---------------------------------------------------------------- */
+
+struct kvp_threadpool;
+
+/* n_threads >= 1 (the caller's thread counts as one). KVP_EINVAL (n_threads < 1 or
+ * > 1024), KVP_ENOMEM, KVP_EIO. Workers spin ~0.2 ms after a run, then sleep on a futex;
+ * a run on a warm pool costs well under a microsecond. The pool also owns per-thread
+ * scratch for the kernels (grown on demand, freed by destroy). */
+int kvp_threadpool_create(int n_threads, struct kvp_threadpool **out);
+void kvp_threadpool_destroy(struct kvp_threadpool *tp);
+int kvp_threadpool_size(const struct kvp_threadpool *tp);
+/* Run fn(arg, ith, nth) on every thread (ith = 0..nth-1, the caller is 0) and return
+ * when all are done. Only one thread may call run on a pool at a time. */
+void kvp_threadpool_run(struct kvp_threadpool *tp, void (*fn)(void *arg, int ith, int nth),
+			void *arg);
+
+/* ---- matrix multiply ---------------------------------------------------------- */
+
+/* C (M, N) = A (M, K) . W (N, K)^T, or C += when accumulate. Row-major, contiguous rows
+ * with the given leading dimensions (elements). Parallel over tp (may be NULL). C must
+ * not overlap A or W. M <= 3 takes a matrix-vector path (N split across threads);
+ * larger M a blocked GEMM that packs W per call (no allocation with a pool; with
+ * tp NULL it mallocs 32 KiB, falling back to the matrix-vector path if that fails). */
+void kvp_cpu_matmul(struct kvp_threadpool *tp, const float *a, size_t lda, const float *w,
+		    size_t ldw, float *c, size_t ldc, int m, int n, int k, bool accumulate);
+
+/* Peak f32 FMA throughput of this machine on n_threads, in GFLOP/s (2 flops per FMA),
+ * measured with the widest vector unit the matmul uses: independent FMA chains in
+ * registers on every thread of tp at once, best of 8 runs of ~20 ms. Takes about 0.2 s. */
+double kvp_cpu_peak_gflops(struct kvp_threadpool *tp);
+/* Name of the dispatched path: "avx512", "avx2" or "generic". */
+const char *kvp_cpu_isa(void);
+/* Tests and benchmarks: dispatch every kernel to the named path ("avx512", "avx2",
+ * "generic"), or back to the detected one when name is NULL. KVP_EUNSUPPORTED when
+ * this CPU lacks it. Not thread-safe against kernels running on other threads. */
+int kvp_cpu_force_isa(const char *name);
+
+/* ---- elementwise -------------------------------------------------------------- */
+
+/* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i], i < n. out may equal x. */
+void kvp_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+/* Rotary embedding, adjacent pairs: for each head, for i < rope_dim/2:
+ * theta = pos * base^(-2i/rope_dim); (x[2i], x[2i+1]) rotated by theta. */
+void kvp_cpu_rope(float *x, int n_heads, int head_dim, int rope_dim, uint32_t pos, float base);
+/* gate[i] = silu(gate[i]) * up[i] */
+void kvp_cpu_swiglu(float *gate, const float *up, int n);
+/* x[i] += y[i] */
+void kvp_cpu_add(float *x, const float *y, int n);
+void kvp_cpu_f16_to_f32(float *dst, const uint16_t *src, size_t n);
+void kvp_cpu_f32_to_f16(uint16_t *dst, const float *src, size_t n);
+void kvp_cpu_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
+
+/* ---- batched rows (prefill) ------------------------------------------------------
+ *
+ * The ops above over n_rows rows (row r at x + r * ldx), split across tp (may be NULL)
+ * in contiguous row ranges; bit-identical to calling the single-row op on each row.
+ * Batches under 8192 elements run on the calling thread. At 512 rows of the default
+ * model the single-row calls in a loop cost ~4 % of a layer on 2 threads, these ~2 %. */
+void kvp_cpu_rmsnorm_rows(struct kvp_threadpool *tp, float *out, size_t ldo, const float *x,
+			  size_t ldx, const float *w, int n_rows, int n, float eps);
+/* row r at position pos0 + r */
+void kvp_cpu_rope_rows(struct kvp_threadpool *tp, float *x, size_t ldx, int n_rows, int n_heads,
+		       int head_dim, int rope_dim, uint32_t pos0, float base);
+void kvp_cpu_swiglu_rows(struct kvp_threadpool *tp, float *gate, size_t ldg, const float *up,
+			 size_t ldu, int n_rows, int n);
+void kvp_cpu_add_rows(struct kvp_threadpool *tp, float *x, size_t ldx, const float *y, size_t ldy,
+		      int n_rows, int n);
+
+/* ---- paged KV and attention --------------------------------------------------- */
+
+#define KVP_CPU_MAX_HEAD_DIM 2048
+
+enum kvp_kv_dtype { KVP_KV_F32 = 0, KVP_KV_F16 = 1 };
+
+/* One layer's view of a sequence's block table. */
+struct kvp_kv_view {
+	void *const *blocks;     /* (n_blocks) block base pointers, in sequence order */
+	uint32_t n_blocks;
+	uint32_t block_tokens;
+	uint32_t n_layers;
+	uint32_t n_kv_heads;
+	uint32_t head_dim;
+	uint32_t layer;
+	enum kvp_kv_dtype dtype;
+};
+
+/* Bytes of one block for a model of these dims. */
+size_t kvp_kv_block_bytes(uint32_t n_layers, uint32_t n_kv_heads, uint32_t head_dim,
+			  uint32_t block_tokens, enum kvp_kv_dtype dtype);
+
+/* Store the K and V rows (n_kv_heads * head_dim each) of position pos. */
+void kvp_cpu_kv_store(const struct kvp_kv_view *kv, uint32_t pos, const float *k, const float *v);
+/* The same for positions pos0 .. pos0+n_rows-1, rows ldk / ldv apart, on tp. */
+void kvp_cpu_kv_store_rows(struct kvp_threadpool *tp, const struct kvp_kv_view *kv, uint32_t pos0,
+			   int n_rows, const float *k, size_t ldk, const float *v, size_t ldv);
+
+/*
+ * Causal attention for n query rows at positions pos0 .. pos0+n-1 (head_dim at most
+ * KVP_CPU_MAX_HEAD_DIM):
+ * q (n, n_heads * head_dim), out (n, n_heads * head_dim). Query head h reads kv head
+ * h / (n_heads / n_kv_heads); row i attends to positions 0 .. pos0+i, whose K/V must
+ * be in the blocks. Scale 1/sqrt(head_dim). Tiled over positions (64 a tile, across
+ * block boundaries) with an online softmax; f16 K/V converted a tile at a time. Parallel
+ * on tp over (kv head, chunk of rows) when n * group >= 8, else over (row, kv head).
+ * The many-row path takes ~80 KiB of scratch per thread from the pool (malloc when tp
+ * is NULL; without memory it falls back to the per-row path, which needs none).
+ */
+void kvp_cpu_attention(struct kvp_threadpool *tp, const struct kvp_kv_view *kv,
+		       const float *q, float *out, uint32_t n, uint32_t pos0, uint32_t n_heads);
+
+#endif
