@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# Set up, build and run the whole test suite.
+# Set up, build and run the whole test suite: once as released (Release), once built
+# with AddressSanitizer + UndefinedBehaviorSanitizer, where any report fails the run.
+# KVP_SKIP_SANITIZE=1 runs the first pass only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-scripts/build.sh
-ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j2
+build=${BUILD_DIR:-build}
+BUILD_DIR=$build scripts/build.sh
+ctest --test-dir "$build" --output-on-failure -j2
+if [ "${KVP_SKIP_SANITIZE:-0}" != 1 ]; then
+	echo "== the same tests under ASan + UBSan" >&2
+	BUILD_DIR=$build-asan scripts/build.sh -DKVP_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+	ctest --test-dir "$build-asan" --output-on-failure -j2
+fi

@@ -116,6 +116,12 @@ int kvp_daemon_stop(struct kvp_daemon *d)
 		d->pid = 0;
 	}
 	if (d->dir[0]) {
+		if (ret != 0) {
+			/* show why (a sanitizer report, a crash) before the log goes */
+			snprintf(cmd, sizeof(cmd), "echo '--- kvprefixd log:' >&2; cat '%s' >&2", d->log);
+			if (system(cmd) != 0)
+				ret = -1;
+		}
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
 		if (system(cmd) != 0)
 			ret = -1;
