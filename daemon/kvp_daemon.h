@@ -17,6 +17,8 @@ struct kvp_config {
 	uint32_t max_frame_bytes;   /* payload bytes per frame */
 	uint32_t max_connections;
 	uint32_t max_leases;        /* leases held by one connection */
+	uint32_t max_inflight;      /* generations running for one connection */
+	uint32_t idle_timeout_s;    /* close a connection silent this long (0: never) */
 	uint32_t socket_mode;       /* permission bits of the socket file */
 	/* engine mode */
 	const char *model_path;     /* GGUF file; NULL in index-only mode */

@@ -48,6 +48,10 @@ static void usage(FILE *f)
 "  --max-frame-bytes N     payload bytes per frame (default 8388608)\n"
 "  --max-connections N     concurrent client connections (default 1024)\n"
 "  --max-leases N          leases one connection may hold (default 4096)\n"
+"  --max-inflight N        generations one connection may run at once (default 16)\n"
+"  --idle-timeout SECONDS  close a connection that sent nothing for this long and has\n"
+"                          no generation running; its leases are released (default\n"
+"                          600, 0: never)\n"
 "  --log-level LEVEL       error, warn, info or debug (default info)\n"
 "  -h, --help              show this help and exit\n"
 "  -V, --version           show the version and exit\n"
@@ -75,7 +79,7 @@ static int parse_u32(const char *opt, const char *s, uint32_t min, uint32_t max,
 enum {
 	OPT_SOCKET = 256, OPT_SOCKET_MODE, OPT_INDEX_ONLY, OPT_INDEX_NAME, OPT_MODEL,
 	OPT_BLOCK_TOKENS, OPT_CAPACITY, OPT_MAX_TOKENS, OPT_MAX_FRAME, OPT_MAX_CONN,
-	OPT_MAX_LEASES, OPT_LOG_LEVEL, OPT_POOL_MB, OPT_KV_DTYPE, OPT_THREADS,
+	OPT_MAX_LEASES, OPT_MAX_INFLIGHT, OPT_IDLE_TIMEOUT, OPT_LOG_LEVEL, OPT_POOL_MB, OPT_KV_DTYPE, OPT_THREADS,
 };
 
 int main(int argc, char **argv)
@@ -92,6 +96,8 @@ int main(int argc, char **argv)
 		{ "max-frame-bytes", required_argument, NULL, OPT_MAX_FRAME },
 		{ "max-connections", required_argument, NULL, OPT_MAX_CONN },
 		{ "max-leases", required_argument, NULL, OPT_MAX_LEASES },
+		{ "max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT },
+		{ "idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
 		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 		{ "pool-mb", required_argument, NULL, OPT_POOL_MB },
 		{ "kv-dtype", required_argument, NULL, OPT_KV_DTYPE },
@@ -107,6 +113,8 @@ int main(int argc, char **argv)
 		.max_frame_bytes = 8u << 20,
 		.max_connections = 1024,
 		.max_leases = 4096,
+		.max_inflight = 16,
+		.idle_timeout_s = 600,
 		.socket_mode = 0660,
 		.pool_mb = 1024,
 		.kv_dtype = KVP_KV_F16,
@@ -177,6 +185,12 @@ int main(int argc, char **argv)
 			break;
 		case OPT_MAX_LEASES:
 			bad = parse_u32("--max-leases", optarg, 1, 1u << 20, 10, &cfg.max_leases);
+			break;
+		case OPT_MAX_INFLIGHT:
+			bad = parse_u32("--max-inflight", optarg, 1, 1u << 16, 10, &cfg.max_inflight);
+			break;
+		case OPT_IDLE_TIMEOUT:
+			bad = parse_u32("--idle-timeout", optarg, 0, 1u << 24, 10, &cfg.idle_timeout_s);
 			break;
 		case OPT_LOG_LEVEL:
 			lvl = kvp_log_parse_level(optarg);

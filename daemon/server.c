@@ -88,6 +88,7 @@ struct conn {
 	struct kvp_key root;         /* namespace of this connection */
 	char adapter[KVP_NAME_MAX + 1];
 	struct gen_req *reqs;        /* generations in flight for this connection */
+	uint32_t n_reqs;
 	struct conn *next, **pprev;  /* server's list */
 };
 
@@ -459,6 +460,11 @@ static int handle_generate(struct conn *c, const struct kvp_frame_hdr *h, const 
 			   KVP_STOP_MAX);
 		return KVP_OK;
 	}
+	if (c->n_reqs >= s->cfg->max_inflight) {
+		send_error(c, h->req_id, KVP_EBUSY,
+			   "this connection already runs %u generations (--max-inflight)", c->n_reqs);
+		return KVP_OK;
+	}
 	if (!s->engine) {
 		send_error(c, h->req_id, KVP_EUNSUPPORTED,
 			   "this daemon runs --index-only: it has no engine to generate with");
@@ -535,6 +541,7 @@ static int handle_generate(struct conn *c, const struct kvp_frame_hdr *h, const 
 		r->next->pprev = &r->next;
 	r->pprev = &c->reqs;
 	c->reqs = r;
+	c->n_reqs++;
 	kvp_debug("conn %llu: GENERATE %u: %u prompt tokens, %u cached, max_new %u",
 		  (unsigned long long)c->id, h->req_id, m.n_tokens, r->job.cached, max_new);
 	kvp_gen_submit(s->gen, &r->job);
@@ -607,6 +614,7 @@ static void gen_req_finish(struct server *s, struct gen_req *r)
 		*r->pprev = r->next;
 		if (r->next)
 			r->next->pprev = r->pprev;
+		r->conn->n_reqs--;
 	}
 	gen_req_free(r);
 }
@@ -680,6 +688,7 @@ static void conn_close(struct conn *c, const char *why)
 		r->conn = NULL;
 	}
 	c->reqs = NULL;
+	c->n_reqs = 0;
 	kvp_debug("conn %llu (uid %u): closed (%s); %zu leases released",
 		  (unsigned long long)c->id, (unsigned)c->uid, why, n);
 	*c->pprev = c->next;
@@ -808,7 +817,17 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 		conn_read_cb(bev, c);
 	} else if (what & BEV_EVENT_EOF)
 		conn_close(c, "peer closed");
-	else if (what & BEV_EVENT_TIMEOUT)
+	else if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
+		 c->state == CONN_READING) {
+		/* idle: nothing arrived for --idle-timeout; a running generation is not idle */
+		if (c->n_reqs) {
+			bufferevent_enable(bev, EV_READ);
+			return;
+		}
+		kvp_debug("conn %llu: idle for %u s", (unsigned long long)c->id,
+			  c->srv->cfg->idle_timeout_s);
+		conn_close(c, "idle timeout");
+	} else if (what & BEV_EVENT_TIMEOUT)
 		conn_close(c, "flush timed out");
 	else if (what & BEV_EVENT_ERROR)
 		conn_close(c, strerror(EVUTIL_SOCKET_ERROR()));
@@ -872,6 +891,10 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	s->n_conns++;
 	s->connections_total++;
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	if (s->cfg->idle_timeout_s) {
+		struct timeval idle = { (time_t)s->cfg->idle_timeout_s, 0 };
+		bufferevent_set_timeouts(c->bev, &idle, NULL);
+	}
 	/* take a whole request in one read where the socket has it */
 	bufferevent_set_max_single_read(c->bev, READ_CHUNK);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);

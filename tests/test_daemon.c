@@ -673,3 +673,31 @@ Test(cli, out_of_descriptors_does_not_spin)
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
 }
+
+/* ---- limits ----------------------------------------------------------------- */
+
+Test(cli, idle_connection_is_closed_and_its_lease_released, .timeout = 60)
+{
+	struct kvp_daemon dd;
+	const char *args[] = { "--idle-timeout", "1", NULL };
+	struct kvp_client *a = NULL, *obs = NULL;
+	struct kvp_match m;
+	uint32_t t[64];
+
+	cr_assert_eq(kvp_daemon_start(&dd, args), 0);
+	cr_assert_eq(kvp_client_connect(dd.socket, &a), 0);
+	fill(t, 64, 77);
+	cr_assert_eq(kvp_client_insert(a, t, 64, KVP_LOOKUP_PIN, &m), 0);
+	cr_assert_neq(m.lease, 0);
+	usleep(2500000);   /* silent for longer than --idle-timeout */
+	cr_assert_eq(kvp_client_connect(dd.socket, &obs), 0);
+	cr_assert_eq(kvp_client_ping(obs, "x", 1), 0);
+	char *json = NULL;
+	cr_assert_eq(kvp_client_stats(obs, &json), 0);
+	cr_assert(strstr(json, "\"blocks_pinned\":0") != NULL, "the idle client's lease is gone: %s", json);
+	free(json);
+	cr_assert_lt(kvp_client_ping(a, "y", 1), 0, "the idle connection was closed");
+	kvp_client_close(a);
+	kvp_client_close(obs);
+	cr_assert_eq(kvp_daemon_stop(&dd), 0);
+}

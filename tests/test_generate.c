@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "daemon_harness.h"
+#include "kvp_proto.h"
 #include "kvprefix.h"
 
 #define B 16
@@ -489,4 +490,66 @@ Test(engine_limits, bad_model_file_is_refused_with_a_reason)
 	cr_assert(strstr(out, "cannot load model") != NULL, "%s", out);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
+}
+
+/* --max-inflight: a connection pipelining more generations than allowed gets EBUSY for
+ * the extra ones; the others run to the end. */
+Test(engine_limits, generations_in_flight_per_connection_are_bounded, .fini = stop,
+     .timeout = 120)
+{
+	const char *args[] = { "--model", small_model(), "--threads", "2", "--max-inflight", "2",
+			       NULL };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	static uint8_t out[3 * 2048], in[1 << 16];
+	uint32_t p[100];
+	size_t off = 0;
+	int fd, done = 0, busy = 0;
+
+	cr_assert_eq(kvp_daemon_start(&d, args), 0);
+	prompt(p, 100, 61);
+	for (uint32_t id = 1; id <= 3; id++) {
+		struct kvp_generate_req m = { .max_new = 64, .temperature = 0.0f, .top_p = 1.0f,
+					      .n_tokens = 100 };
+		struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_GENERATE, .req_id = id };
+		size_t n = kvp_generate_req_encode(out + off + KVP_HDR_SIZE, sizeof(out) - off, &m,
+						   NULL, p);
+		cr_assert_gt(n, 0);
+		h.len = (uint32_t)n;
+		kvp_hdr_encode(out + off, &h);
+		off += KVP_HDR_SIZE + n;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d.socket);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(send(fd, out, off, MSG_NOSIGNAL), (ssize_t)off);
+	while (done + busy < 3) {
+		uint8_t hb[KVP_HDR_SIZE];
+		struct kvp_frame_hdr h;
+		size_t got = 0;
+
+		while (got < KVP_HDR_SIZE) {
+			ssize_t r = recv(fd, hb + got, KVP_HDR_SIZE - got, 0);
+			cr_assert_gt(r, 0);
+			got += (size_t)r;
+		}
+		cr_assert_eq(kvp_hdr_decode(hb, KVP_HDR_SIZE, sizeof(in), &h), 0);
+		for (got = 0; got < h.len;) {
+			ssize_t r = recv(fd, in + got, h.len - got, 0);
+			cr_assert_gt(r, 0);
+			got += (size_t)r;
+		}
+		if (h.type == KVP_T_ERROR) {
+			struct kvp_error e;
+			cr_assert_eq(kvp_error_decode(in, h.len, &e), 0);
+			cr_assert_eq(e.code, (uint32_t)-KVP_EBUSY);
+			cr_assert_eq(h.req_id, 3, "the third request is the one refused");
+			busy++;
+		} else if (h.type == KVP_T_GENERATE_DONE) {
+			cr_assert_neq(h.req_id, 3);
+			done++;
+		}
+	}
+	cr_assert_eq(done, 2);
+	cr_assert_eq(busy, 1);
+	close(fd);
 }
