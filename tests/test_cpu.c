@@ -7,6 +7,9 @@
  *   matmul     many (m, n, k) incl. 1 and sizes off the tile grid, padded leading
  *              dimensions, accumulate on/off, with and without a pool;
  *              |c - ref| <= 1e-5 * (sum_k |a w| + |c0|)
+ *   packed     kvp_cpu_matmul_packed on the same shapes: the same tolerance, and bit for
+ *              bit kvp_cpu_matmul on the original W; packed under one ISA, run under
+ *              another (reads the original)
  *   rmsnorm    relative 1e-5;  rope: the formula in double, 1e-6 of the pair's norm
  *   swiglu     relative 1e-6;  add: exact
  *   f16        all 65536 halves: decode == reference, f16 -> f32 -> f16 exact (NaN stays
@@ -194,6 +197,115 @@ Test(matmul, model_shapes)
 		check_matmul(tp, 1, 512, 1536, 0, false);
 	}
 	kvp_threadpool_destroy(tp);
+}
+
+/* ---- prepacked W ------------------------------------------------------------------------ */
+
+/* kvp_cpu_matmul_packed against the double reference (the tolerance of check_matmul)
+ * and bit for bit against kvp_cpu_matmul on the original W. pack_isa: the ISA forced
+ * while packing (NULL: the one in force), to check a call under another dispatch. */
+static void check_matmul_packed(struct kvp_threadpool *tp, int m, int n, int k, int pad,
+				bool acc, const char *pack_isa)
+{
+	size_t lda = (size_t)k + pad, ldw = (size_t)k + 2 * pad, ldc = (size_t)n + 3 * pad;
+	float *a = rand_buf((size_t)m * lda);
+	float *w = rand_buf((size_t)n * ldw);
+	float *c = rand_buf((size_t)m * ldc);
+	float *c0 = malloc(sizeof(float) * ((size_t)m * ldc + 1));
+	float *cu = malloc(sizeof(float) * ((size_t)m * ldc + 1));
+	struct kvp_packed_w *pw = NULL;
+	const char *run_isa = kvp_cpu_isa();
+	cr_assert(c0 && cu);
+	memcpy(c0, c, sizeof(float) * (size_t)m * ldc);
+	memcpy(cu, c, sizeof(float) * (size_t)m * ldc);
+
+	if (pack_isa)
+		cr_assert_eq(kvp_cpu_force_isa(pack_isa), 0);
+	cr_assert_eq(kvp_cpu_pack_w(w, ldw, n, k, &pw), 0);
+	if (n > 0 && k > 0)
+		cr_assert_geq(kvp_cpu_packed_bytes(pw), (size_t)n * k * sizeof(float));
+	if (pack_isa)
+		cr_assert_eq(kvp_cpu_force_isa(run_isa), 0);
+
+	kvp_cpu_matmul_packed(tp, a, lda, pw, c, ldc, m, acc);
+	kvp_cpu_matmul(tp, a, lda, w, ldw, cu, ldc, m, n, k, acc);
+
+	for (int i = 0; i < m; i++) {
+		for (int j = 0; j < n; j++) {
+			double ref = acc ? c0[(size_t)i * ldc + j] : 0.0;
+			double mag = fabs(ref);
+			for (int t = 0; t < k; t++) {
+				double p = (double)a[(size_t)i * lda + t] * w[(size_t)j * ldw + t];
+				ref += p;
+				mag += fabs(p);
+			}
+			double got = c[(size_t)i * ldc + j];
+			cr_assert(fabs(got - ref) <= 1e-5 * mag + 1e-30,
+				  "packed %s (packed under %s) m %d n %d k %d pad %d acc %d: "
+				  "c[%d][%d] = %.9g, want %.9g", run_isa, pack_isa ? pack_isa : run_isa,
+				  m, n, k, pad, acc, i, j, got, ref);
+			cr_assert(got == cu[(size_t)i * ldc + j],
+				  "packed %s m %d n %d k %d: c[%d][%d] = %.9g, unpacked %.9g", run_isa,
+				  m, n, k, i, j, got, cu[(size_t)i * ldc + j]);
+		}
+		for (size_t j = (size_t)n; j < ldc; j++)
+			cr_assert_eq(c[(size_t)i * ldc + j], c0[(size_t)i * ldc + j]);
+	}
+	kvp_cpu_packed_free(pw);
+	free(a);
+	free(w);
+	free(c);
+	free(c0);
+	free(cu);
+}
+
+static void matmul_packed_all_shapes(const char *isa)
+{
+	if (!use_isa(isa))
+		return;
+	struct kvp_threadpool *tp2, *tp3;
+	cr_assert_eq(kvp_threadpool_create(2, &tp2), 0);
+	cr_assert_eq(kvp_threadpool_create(3, &tp3), 0);
+	for (size_t s = 0; s < sizeof(mm_shapes) / sizeof(mm_shapes[0]); s++) {
+		int m = mm_shapes[s][0], n = mm_shapes[s][1], k = mm_shapes[s][2];
+		check_matmul_packed(tp2, m, n, k, 0, false, NULL);
+		check_matmul_packed(tp2, m, n, k, 5, true, NULL);
+		check_matmul_packed(NULL, m, n, k, 3, s % 2 == 0, NULL);
+		check_matmul_packed(tp3, m, n, k, 1, s % 2 == 1, NULL);
+	}
+	/* the suffix shape of the engine bench, and K past one KC block, odd N */
+	check_matmul_packed(tp2, 50, 512, 512, 0, false, NULL);
+	check_matmul_packed(tp2, 50, 512, 1536, 0, true, NULL);
+	check_matmul_packed(tp3, 23, 301, 771, 2, true, NULL);
+	/* k == 0 and n == 0 */
+	check_matmul_packed(tp2, 5, 9, 0, 2, false, NULL);
+	check_matmul_packed(tp2, 5, 9, 0, 2, true, NULL);
+	check_matmul_packed(tp2, 5, 0, 7, 2, false, NULL);
+	/* packed under another ISA than the call's: the call reads the original */
+	for (int i = 0; i < N_ISAS; i++) {
+		if (strcmp(isas[i], isa) == 0 || kvp_cpu_force_isa(isas[i]) != 0)
+			continue;
+		cr_assert_eq(kvp_cpu_force_isa(isa), 0);
+		check_matmul_packed(tp2, 37, 97, 129, 1, true, isas[i]);
+	}
+	kvp_threadpool_destroy(tp2);
+	kvp_threadpool_destroy(tp3);
+}
+
+Test(matmul_packed, generic) { matmul_packed_all_shapes("generic"); }
+Test(matmul_packed, avx2) { matmul_packed_all_shapes("avx2"); }
+Test(matmul_packed, avx512) { matmul_packed_all_shapes("avx512"); }
+
+Test(matmul_packed, invalid)
+{
+	float w[4] = { 0 };
+	struct kvp_packed_w *pw = NULL;
+	cr_assert_eq(kvp_cpu_pack_w(w, 1, 2, 2, &pw), KVP_EINVAL);     /* ldw < k */
+	cr_assert_eq(kvp_cpu_pack_w(w, 2, -1, 2, &pw), KVP_EINVAL);
+	cr_assert_eq(kvp_cpu_pack_w(NULL, 2, 2, 2, &pw), KVP_EINVAL);
+	cr_assert_null(pw);
+	kvp_cpu_packed_free(NULL);
+	cr_assert_eq(kvp_cpu_packed_bytes(NULL), 0);
 }
 
 Test(matmul, peak_and_isa)
@@ -578,6 +690,11 @@ static void attention_cases(const char *isa, enum kvp_kv_dtype dtype)
 					continue;
 				check_attention((b + i + h) % 3 == 0 ? NULL : tp, &tc);
 			}
+	/* a suffix after a long cached prefix (the engine bench's shape): query vectors
+	 * per kv head not a multiple of the kernel's block, next tiles prefetched */
+	struct attn_case suffix = { .bt = 16, .dtype = dtype, .n = 50, .pos0 = 2000,
+				    .n_heads = 8, .n_kv_heads = 4, .head_dim = 64 };
+	check_attention(tp, &suffix);
 	kvp_threadpool_destroy(tp);
 }
 

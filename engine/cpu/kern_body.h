@@ -203,7 +203,7 @@ static void body_gemv(const float *a, size_t lda, int m, const float *w, size_t 
 BODY_INLINE void attn_scores_blk(const int TB, const int QB, const float *const *kp, int d,
 				 const float *qt, size_t rp, float *st)
 {
-	VF acc[BODY_TB][BODY_QB];
+	VF acc[2 * BODY_TB][BODY_QB];
 	for (int i = 0; i < TB; i++)
 		for (int j = 0; j < QB; j++)
 			acc[i][j] = VF_ZERO();
@@ -226,7 +226,7 @@ BODY_INLINE void attn_scores_blk(const int TB, const int QB, const float *const 
 BODY_INLINE void attn_pv_blk(const int DB, const int QB, const float *const *vp, int e0, int tt,
 			     const float *st, size_t rp, float *ot)
 {
-	VF acc[BODY_DB][BODY_QB];
+	VF acc[2 * BODY_DB][BODY_QB];
 	for (int e = 0; e < DB; e++)
 		for (int j = 0; j < QB; j++)
 			acc[e][j] = VF_LOAD(ot + (size_t)e * rp + (size_t)j * VLEN);
@@ -243,6 +243,59 @@ BODY_INLINE void attn_pv_blk(const int DB, const int QB, const float *const *vp,
 	for (int e = 0; e < DB; e++)
 		for (int j = 0; j < QB; j++)
 			VF_STORE(ot + (size_t)e * rp + (size_t)j * VLEN, acc[e][j]);
+}
+
+/* Scores of all tt positions for QB query vectors from column j0 (TB positions a
+ * block, then one at a time). */
+/* The K and V rows of the next tile, asked for a few at a time while this tile's scores
+ * run: a kv head's rows are only block_tokens * d contiguous (a few KiB, then another
+ * block anywhere), too short for the hardware prefetcher, and a whole tile asked for
+ * at once (hundreds of lines) fills the miss buffers and stalls the loads the
+ * arithmetic waits on. */
+struct attn_pf {
+	const char *k[KVP_ATTN_TILE], *v[KVP_ATTN_TILE];
+	int rows;               /* 0: nothing to fetch */
+	int lines;              /* 64-byte lines of one row */
+};
+
+BODY_INLINE void attn_pf_rows(const struct attn_pf *pf, int i0, int n)
+{
+	for (int i = i0; i < i0 + n && i < pf->rows; i++)
+		for (int c = 0; c < pf->lines; c++) {
+			__builtin_prefetch(pf->k[i] + 64 * c);
+			__builtin_prefetch(pf->v[i] + 64 * c);
+		}
+}
+
+BODY_INLINE void attn_scores_cols(const int TB, const int QB, const float *const *kp, int tt,
+				  int d, const float *qt, size_t rp, float *st,
+				  const struct attn_pf *pf)
+{
+	int i = 0;
+	for (; i + TB <= tt; i += TB) {
+		attn_scores_blk(TB, QB, kp + i, d, qt, rp, st + (size_t)i * rp);
+		if (pf)
+			attn_pf_rows(pf, i, TB);
+	}
+	for (; i < tt; i++) {
+		attn_scores_blk(1, QB, kp + i, d, qt, rp, st + (size_t)i * rp);
+		if (pf)
+			attn_pf_rows(pf, i, 1);
+	}
+	/* a tile shorter than the next (the first of a causal row range) */
+	if (pf && tt < pf->rows)
+		attn_pf_rows(pf, tt, pf->rows - tt);
+}
+
+/* ot += V^T . p over all d for QB query vectors (DB dims a block, then one at a time). */
+BODY_INLINE void attn_pv_cols(const int DB, const int QB, const float *const *vp, int d, int tt,
+			      const float *st, size_t rp, float *ot)
+{
+	int e = 0;
+	for (; e + DB <= d; e += DB)
+		attn_pv_blk(DB, QB, vp, e, tt, st, rp, ot + (size_t)e * rp);
+	for (; e < d; e++)
+		attn_pv_blk(1, QB, vp, e, tt, st, rp, ot + (size_t)e * rp);
 }
 
 /* Gather the K and V row pointers of positions t0 .. t0+tt-1, converting f16 rows into
@@ -294,6 +347,26 @@ static void attn_tile_prefetch(const struct kvp_kv_view *kv, uint32_t hk, uint32
 	}
 }
 
+/* The K and V row addresses of positions t0 .. t0+tt-1, for attn_pf_rows. */
+static void attn_pf_init(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t0, int tt,
+			 struct attn_pf *pf)
+{
+	const size_t esz = kv->dtype == KVP_KV_F16 ? 2 : 4, row = kv->head_dim * esz;
+	const size_t koff = kvp_kv_offset(kv, 0, hk, 0) * esz, voff = kvp_kv_offset(kv, 1, hk, 0) * esz;
+	uint32_t b = t0 / kv->block_tokens, j = t0 % kv->block_tokens;
+	pf->rows = tt;
+	pf->lines = (int)((row + 63) / 64);
+	for (int i = 0; i < tt; i++) {
+		const char *base = (const char *)kv->blocks[b] + j * row;
+		pf->k[i] = base + koff;
+		pf->v[i] = base + voff;
+		if (++j == kv->block_tokens) {
+			j = 0;
+			b++;
+		}
+	}
+}
+
 static void body_attn_big(const struct kvp_attn_args *args, uint32_t hk, uint32_t r0,
 			  uint32_t r1, float *scratch)
 {
@@ -312,6 +385,7 @@ static void body_attn_big(const struct kvp_attn_args *args, uint32_t hk, uint32_
 	float *kt = lim + rp;                           /* (TILE, d) */
 	float *vt = kt + (size_t)KVP_ATTN_TILE * d;     /* (TILE, d) */
 	const float *kp[KVP_ATTN_TILE], *vp[KVP_ATTN_TILE];
+	struct attn_pf pf;
 
 	for (size_t q = 0; q < rp; q++) {
 		/* padded lanes copy the last real query's limit and see zeros */
@@ -331,31 +405,40 @@ static void body_attn_big(const struct kvp_attn_args *args, uint32_t hk, uint32_
 	for (uint32_t t0 = 0; t0 <= last; t0 += KVP_ATTN_TILE) {
 		const int tt = (int)(last + 1 - t0 < KVP_ATTN_TILE ? last + 1 - t0 : KVP_ATTN_TILE);
 		attn_tile_rows(kv, hk, t0, tt, kt, vt, kp, vp);
+		pf.rows = 0;
 		if (t0 + KVP_ATTN_TILE <= last) {
 			uint32_t t1 = t0 + KVP_ATTN_TILE;
-			attn_tile_prefetch(kv, hk, t1, (int)(last + 1 - t1 < KVP_ATTN_TILE ? last + 1 - t1
-										  : KVP_ATTN_TILE));
+			attn_pf_init(kv, hk, t1, (int)(last + 1 - t1 < KVP_ATTN_TILE ? last + 1 - t1
+										     : KVP_ATTN_TILE), &pf);
 		}
 
-		/* scores */
+		/* scores: BODY_QB query vectors at a time, then the rest in one block of
+		 * 1 .. BODY_QB-1 vectors (not one at a time: a single vector's few
+		 * accumulators would leave the FMA pipes waiting on latency; with one
+		 * vector left, twice the positions a block instead) */
 		int j = 0;
-		for (; j + BODY_QB <= nqv; j += BODY_QB) {
-			int i = 0;
-			for (; i + BODY_TB <= tt; i += BODY_TB)
-				attn_scores_blk(BODY_TB, BODY_QB, kp + i, d, qt + (size_t)j * VLEN, rp,
-						st + (size_t)i * rp + (size_t)j * VLEN);
-			for (; i < tt; i++)
-				attn_scores_blk(1, BODY_QB, kp + i, d, qt + (size_t)j * VLEN, rp,
-						st + (size_t)i * rp + (size_t)j * VLEN);
-		}
-		for (; j < nqv; j++) {
-			int i = 0;
-			for (; i + BODY_TB <= tt; i += BODY_TB)
-				attn_scores_blk(BODY_TB, 1, kp + i, d, qt + (size_t)j * VLEN, rp,
-						st + (size_t)i * rp + (size_t)j * VLEN);
-			for (; i < tt; i++)
-				attn_scores_blk(1, 1, kp + i, d, qt + (size_t)j * VLEN, rp,
-						st + (size_t)i * rp + (size_t)j * VLEN);
+		for (; j + BODY_QB <= nqv; j += BODY_QB)
+			attn_scores_cols(BODY_TB, BODY_QB, kp, tt, d, qt + (size_t)j * VLEN, rp,
+					 st + (size_t)j * VLEN, j == 0 ? &pf : NULL);
+		switch (nqv - j) {
+		case 0:
+			break;
+#if BODY_QB > 3
+		case 3:
+			attn_scores_cols(BODY_TB, 3, kp, tt, d, qt + (size_t)j * VLEN, rp,
+					 st + (size_t)j * VLEN, j == 0 ? &pf : NULL);
+			break;
+#endif
+#if BODY_QB > 2
+		case 2:
+			attn_scores_cols(BODY_TB, 2, kp, tt, d, qt + (size_t)j * VLEN, rp,
+					 st + (size_t)j * VLEN, j == 0 ? &pf : NULL);
+			break;
+#endif
+		default:
+			attn_scores_cols(2 * BODY_TB, 1, kp, tt, d, qt + (size_t)j * VLEN, rp,
+					 st + (size_t)j * VLEN, j == 0 ? &pf : NULL);
+			break;
 		}
 
 		/* causal mask, online softmax, rescale the output so far */
@@ -391,25 +474,29 @@ static void body_attn_big(const struct kvp_attn_args *args, uint32_t hk, uint32_
 				}
 		}
 
-		/* ot += V^T . p */
-		j = 0;
-		for (; j + BODY_QB <= nqv; j += BODY_QB) {
-			int e = 0;
-			for (; e + BODY_DB <= d; e += BODY_DB)
-				attn_pv_blk(BODY_DB, BODY_QB, vp, e, tt, st + (size_t)j * VLEN, rp,
-					    ot + (size_t)e * rp + (size_t)j * VLEN);
-			for (; e < d; e++)
-				attn_pv_blk(1, BODY_QB, vp, e, tt, st + (size_t)j * VLEN, rp,
-					    ot + (size_t)e * rp + (size_t)j * VLEN);
-		}
-		for (; j < nqv; j++) {
-			int e = 0;
-			for (; e + BODY_DB <= d; e += BODY_DB)
-				attn_pv_blk(BODY_DB, 1, vp, e, tt, st + (size_t)j * VLEN, rp,
-					    ot + (size_t)e * rp + (size_t)j * VLEN);
-			for (; e < d; e++)
-				attn_pv_blk(1, 1, vp, e, tt, st + (size_t)j * VLEN, rp,
-					    ot + (size_t)e * rp + (size_t)j * VLEN);
+		/* ot += V^T . p, blocked like the scores */
+		for (j = 0; j + BODY_QB <= nqv; j += BODY_QB)
+			attn_pv_cols(BODY_DB, BODY_QB, vp, d, tt, st + (size_t)j * VLEN, rp,
+				     ot + (size_t)j * VLEN);
+		switch (nqv - j) {
+		case 0:
+			break;
+#if BODY_QB > 3
+		case 3:
+			attn_pv_cols(BODY_DB, 3, vp, d, tt, st + (size_t)j * VLEN, rp,
+				     ot + (size_t)j * VLEN);
+			break;
+#endif
+#if BODY_QB > 2
+		case 2:
+			attn_pv_cols(BODY_DB, 2, vp, d, tt, st + (size_t)j * VLEN, rp,
+				     ot + (size_t)j * VLEN);
+			break;
+#endif
+		default:
+			attn_pv_cols(2 * BODY_DB, 1, vp, d, tt, st + (size_t)j * VLEN, rp,
+				     ot + (size_t)j * VLEN);
+			break;
 		}
 	}
 

@@ -48,6 +48,28 @@ void kvp_threadpool_run(struct kvp_threadpool *tp, void (*fn)(void *arg, int ith
 void kvp_cpu_matmul(struct kvp_threadpool *tp, const float *a, size_t lda, const float *w,
 		    size_t ldw, float *c, size_t ldc, int m, int n, int k, bool accumulate);
 
+/*
+ * Prepacked W: a weight matrix W (N, K) packed once into the blocked GEMM's panel
+ * layout, so that kvp_cpu_matmul_packed skips the per-call packing (O(N K) memory
+ * traffic, as much as the compute at a few tens of rows). The copy takes N K floats
+ * (N rounded up to the tile width, K to 16) and belongs to the dispatched ISA at pack
+ * time. W itself must outlive the packed copy: M <= 3 reads it (the matrix-vector path
+ * streams W once either way), and so does a call made while kvp_cpu_force_isa has
+ * selected another ISA than the one that packed.
+ *
+ * kvp_cpu_pack_w: KVP_EINVAL (ldw < k, n or k negative), KVP_ENOMEM.
+ * kvp_cpu_matmul_packed: C (M, N) (+)= A (M, K) . W^T, as kvp_cpu_matmul on the
+ * original W with the same arguments, bit for bit (the same tiles and summation order).
+ */
+struct kvp_packed_w;
+int kvp_cpu_pack_w(const float *w, size_t ldw, int n, int k, struct kvp_packed_w **out);
+void kvp_cpu_packed_free(struct kvp_packed_w *pw);
+/* Bytes the packed copy holds (0 for an empty matrix). */
+size_t kvp_cpu_packed_bytes(const struct kvp_packed_w *pw);
+void kvp_cpu_matmul_packed(struct kvp_threadpool *tp, const float *a, size_t lda,
+			   const struct kvp_packed_w *w, float *c, size_t ldc, int m,
+			   bool accumulate);
+
 /* Peak f32 FMA throughput of this machine on n_threads, in GFLOP/s (2 flops per FMA),
  * measured with the widest vector unit the matmul uses: independent FMA chains in
  * registers on every thread of tp at once, best of 8 runs of ~20 ms. Takes about 0.2 s. */

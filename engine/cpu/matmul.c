@@ -133,6 +133,8 @@ struct gemm_job {
 	size_t lda, ldw, ldc;
 	int m, n, k;
 	bool accumulate;
+	const float *packed;    /* prepacked panels (kvp_cpu_pack_w), or NULL: pack per call */
+	size_t pstride;         /* floats from one packed panel to the next */
 };
 
 /* [lo, hi) of units split into nth near-equal contiguous parts. */
@@ -172,6 +174,25 @@ static struct wslice wslice_at(const struct gemm_job *g, int j, int kb)
 	return s;
 }
 
+/* Rows [m0, m1) in the fewest MR tiles, as even as they go: tile t of
+ * gemm_tile_split has base or base + 1 rows (50 rows of MR 12: 5 tiles of 10, not 4 of
+ * 12 and one of 2, whose few accumulators leave the FMA pipes waiting on latency).
+ * Every row is computed the same way whatever its tile, so the split is invisible in
+ * the results. */
+struct tile_split {
+	int tiles, base, extra;  /* the first extra tiles have base + 1 rows */
+};
+
+static struct tile_split gemm_tile_split(int rows, int MR)
+{
+	struct tile_split t = { (rows + MR - 1) / MR, 0, 0 };
+	if (t.tiles > 0) {
+		t.base = rows / t.tiles;
+		t.extra = rows % t.tiles;
+	}
+	return t;
+}
+
 static void gemm_worker(void *arg, int ith, int nth)
 {
 	const struct gemm_job *g = arg;
@@ -189,37 +210,61 @@ static void gemm_worker(void *arg, int ith, int nth)
 		return;
 
 	size_t pbytes = (size_t)KC * NR * sizeof(float);
-	float *p = g->tp ? kvp_threadpool_scratch(g->tp, ith, pbytes) : aligned_alloc(64, pbytes);
-	if (!p) {
-		int n1 = p1 * NR < g->n ? p1 * NR : g->n;
-		gemm_rows_gemv(g, m0, m1, p0 * NR, n1);
-		return;
+	float *p = NULL;
+	if (!g->packed) {
+		p = g->tp ? kvp_threadpool_scratch(g->tp, ith, pbytes) : aligned_alloc(64, pbytes);
+		if (!p) {
+			int n1 = p1 * NR < g->n ? p1 * NR : g->n;
+			gemm_rows_gemv(g, m0, m1, p0 * NR, n1);
+			return;
+		}
 	}
 
-	const int mtiles = (m1 - m0 + MR - 1) / MR;
+	const struct tile_split ts = gemm_tile_split(m1 - m0, MR);
+	const int mtiles = ts.tiles;
 	for (int kb = 0; kb < g->k; kb += KC) {
 		int kc = g->k - kb < KC ? g->k - kb : KC;
 		bool load_c = g->accumulate || kb > 0;
 		for (int j = p0; j < p1; j++) {
 			int n0 = j * NR;
 			int nr = g->n - n0 < NR ? g->n - n0 : NR;
-			kn->pack_w(g->w + (size_t)n0 * g->ldw + kb, g->ldw, nr, kc, p);
+			const float *pj;
 
-			/* the W slice packed next, fetched into L2 a little per tile */
+			/* the W slice used next, fetched into L2 a little per tile: from the
+			 * original rows when packing per call, else the next packed slice
+			 * (contiguous kc x NR floats) */
 			struct wslice nx = { 0 };
+			int jn = -1, kn_ = kb;
 			if (j + 1 < p1)
-				nx = wslice_at(g, j + 1, kb);
+				jn = j + 1;
 			else if (kb + KC < g->k)
-				nx = wslice_at(g, p0, kb + KC);
+				jn = p0, kn_ = kb + KC;
+			if (g->packed) {
+				pj = g->packed + (size_t)j * g->pstride + (size_t)kb * NR;
+				if (jn >= 0) {
+					int kcn = g->k - kn_ < KC ? g->k - kn_ : KC;
+					nx.w = g->packed + (size_t)jn * g->pstride + (size_t)kn_ * NR;
+					nx.row_lines = (kcn * NR + 15) / 16;
+					nx.lines = nx.row_lines;
+				}
+			} else {
+				kn->pack_w(g->w + (size_t)n0 * g->ldw + kb, g->ldw, nr, kc, p);
+				pj = p;
+				if (jn >= 0)
+					nx = wslice_at(g, jn, kn_);
+			}
+			const size_t pf_ld = g->packed ? 0 : g->ldw;
 			int per_tile = (nx.lines + mtiles - 1) / mtiles, left = nx.lines;
 			int prow = 0, pcol = 0;
 
-			for (int i = m0; i < m1; i += MR) {
-				int mr = m1 - i < MR ? m1 - i : MR;
-				kn->ukr(mr, nr, kc, g->a + (size_t)i * g->lda + kb, g->lda, p,
+			int i = m0;
+			for (int t = 0; t < mtiles; t++) {
+				int mr = ts.base + (t < ts.extra ? 1 : 0);
+				kn->ukr(mr, nr, kc, g->a + (size_t)i * g->lda + kb, g->lda, pj,
 					g->c + (size_t)i * g->ldc + n0, g->ldc, load_c);
-				for (int t = 0; t < per_tile && left > 0; t++, left--) {
-					__builtin_prefetch(nx.w + (size_t)prow * g->ldw + (size_t)pcol * 16, 0, 2);
+				i += mr;
+				for (int q = 0; q < per_tile && left > 0; q++, left--) {
+					__builtin_prefetch(nx.w + (size_t)prow * pf_ld + (size_t)pcol * 16, 0, 2);
 					if (++pcol == nx.row_lines) {
 						pcol = 0;
 						prow++;
@@ -265,6 +310,94 @@ void kvp_cpu_matmul(struct kvp_threadpool *tp, const float *a, size_t lda, const
 		kvp_cpu_parallel(tp, gemv_worker, &g);
 	else
 		kvp_cpu_parallel(tp, gemm_worker, &g);
+}
+
+/* ---- prepacked W ----------------------------------------------------------------------
+ *
+ * The whole of W in the layout pack_w gives one slice: panel j (output features
+ * j*NR .. j*NR+NR-1) is a (kpad, NR) array, k-major, columns past n zero, panels
+ * pstride = kpad * NR floats apart (kpad: k rounded up to 16, keeping every slice
+ * 64-byte aligned). Slice (j, kb) of the GEMM is then panel j from row kb: the driver
+ * reads it in place instead of packing it. */
+struct kvp_packed_w {
+	const struct kvp_cpu_kern *kern;  /* the layout (NR) is this table's */
+	const float *w;                   /* the original, for M <= 3 and other kernels */
+	size_t ldw;
+	int n, k;
+	size_t pstride;
+	float *p;                         /* (panels, kpad, NR) */
+};
+
+int kvp_cpu_pack_w(const float *w, size_t ldw, int n, int k, struct kvp_packed_w **out)
+{
+	if (!w || !out || n < 0 || k < 0 || ldw < (size_t)k)
+		return KVP_EINVAL;
+	struct kvp_packed_w *pw = calloc(1, sizeof(*pw));
+	if (!pw)
+		return KVP_ENOMEM;
+	const struct kvp_cpu_kern *kn = kvp_cpu_kern();
+	const int NR = kn->nr, KC = kn->kc;
+	const size_t panels = ((size_t)n + (size_t)NR - 1) / (size_t)NR;
+	const size_t kpad = ((size_t)k + 15) / 16 * 16;
+	*pw = (struct kvp_packed_w){ .kern = kn, .w = w, .ldw = ldw, .n = n, .k = k,
+				     .pstride = kpad * (size_t)NR };
+	if (panels > 0 && k > 0) {
+		size_t bytes = panels * pw->pstride * sizeof(float);
+		pw->p = aligned_alloc(64, (bytes + 63) / 64 * 64);
+		if (!pw->p) {
+			free(pw);
+			return KVP_ENOMEM;
+		}
+		for (size_t j = 0; j < panels; j++) {
+			int n0 = (int)j * NR, nr = n - n0 < NR ? n - n0 : NR;
+			float *pj = pw->p + j * pw->pstride;
+			for (int kb = 0; kb < k; kb += KC) {
+				int kc = k - kb < KC ? k - kb : KC;
+				kn->pack_w(w + (size_t)n0 * ldw + kb, ldw, nr, kc, pj + (size_t)kb * NR);
+			}
+			/* rows k .. kpad-1 are never read; keep them defined */
+			memset(pj + (size_t)k * NR, 0, (kpad - (size_t)k) * NR * sizeof(float));
+		}
+	}
+	*out = pw;
+	return KVP_OK;
+}
+
+void kvp_cpu_packed_free(struct kvp_packed_w *pw)
+{
+	if (!pw)
+		return;
+	free(pw->p);
+	free(pw);
+}
+
+size_t kvp_cpu_packed_bytes(const struct kvp_packed_w *pw)
+{
+	if (!pw || !pw->p)
+		return 0;
+	return ((size_t)pw->n + (size_t)pw->kern->nr - 1) / (size_t)pw->kern->nr * pw->pstride *
+	       sizeof(float);
+}
+
+void kvp_cpu_matmul_packed(struct kvp_threadpool *tp, const float *a, size_t lda,
+			   const struct kvp_packed_w *w, float *c, size_t ldc, int m,
+			   bool accumulate)
+{
+	const struct kvp_cpu_kern *kn = kvp_cpu_kern();
+
+	assert(m >= 0 && lda >= (size_t)w->k && ldc >= (size_t)w->n);
+	if (m <= KVP_GEMV_MAX_M || kn != w->kern || !w->p) {
+		/* matrix-vector (reads W once either way), a dispatch other than the one
+		 * that packed, or nothing packed (n or k 0) */
+		kvp_cpu_matmul(tp, a, lda, w->w, w->ldw, c, ldc, m, w->n, w->k, accumulate);
+		return;
+	}
+	struct gemm_job g = {
+		.kern = kn, .tp = tp, .a = a, .w = w->w, .c = c,
+		.lda = lda, .ldw = w->ldw, .ldc = ldc, .m = m, .n = w->n, .k = w->k,
+		.accumulate = accumulate, .packed = w->p, .pstride = w->pstride,
+	};
+	kvp_cpu_parallel(tp, gemm_worker, &g);
 }
 
 /* ---- peak ---------------------------------------------------------------------------- */
