@@ -117,6 +117,12 @@ uint32_t kvp_cache_block_tokens(const struct kvp_cache *c)
 	return c->cfg.block_tokens;
 }
 
+void kvp_cache_set_max_leases(struct kvp_cache *c, uint32_t max_leases)
+{
+	if (max_leases)
+		c->cfg.max_leases = max_leases;
+}
+
 uint32_t kvp_cache_capacity(const struct kvp_cache *c)
 {
 	return c->cfg.capacity_blocks;

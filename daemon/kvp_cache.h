@@ -69,6 +69,8 @@ int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
 void kvp_cache_destroy(struct kvp_cache *c);
 uint32_t kvp_cache_block_tokens(const struct kvp_cache *c);
 uint32_t kvp_cache_capacity(const struct kvp_cache *c);
+/* A new limit applies to leases taken from now on; held ones stay. 0 is ignored. */
+void kvp_cache_set_max_leases(struct kvp_cache *c, uint32_t max_leases);
 
 /* block_ids: room for n_tokens / block_tokens ids. owner != 0 is needed for pin.
  * KVP_ETOOBIG when n_tokens > max_tokens, KVP_EBUSY when owner already holds

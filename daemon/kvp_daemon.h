@@ -26,6 +26,10 @@ struct kvp_config {
 	int kv_dtype;               /* enum kvp_kv_dtype */
 	uint32_t pool_mb;           /* KV pool size when capacity_blocks is not given */
 	bool capacity_given;        /* --capacity-blocks was on the command line */
+	/* operations */
+	int log_level;              /* enum kvp_log_level */
+	char config_path[256];      /* the file read ("" when none) */
+	char metrics_listen[256];   /* "" off; "HOST:PORT" or a Unix socket path */
 };
 
 /* Run the event loop until SIGINT/SIGTERM. Returns the process exit code. */

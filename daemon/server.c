@@ -34,15 +34,18 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <systemd/sd-daemon.h>
 #include <mimalloc.h>
 #include <sys/mman.h>
 #include <fcntl.h>
 #include <xxhash.h>
 
 #include "kvp_cache.h"
+#include "kvp_config.h"
 #include "kvp_daemon.h"
 #include "kvp_gen.h"
 #include "kvp_log.h"
+#include "kvp_metrics.h"
 #include "kvp_proto.h"
 
 /*
@@ -66,6 +69,8 @@
 #define OUTPUT_HIGH_WATER (16u << 20)
 #define CLOSE_FLUSH_SECONDS 5
 #define READ_CHUNK (256u << 10)
+#define STOP_TIMEOUT_SECONDS 30
+#define STATUS_SECONDS 10
 
 enum conn_state {
 	CONN_READING,    /* normal: frames in, replies out */
@@ -100,14 +105,19 @@ struct gen_req {
 	uint32_t n_sent;             /* generated tokens already streamed */
 	uint32_t cached_report;      /* cached_tokens in the usage frame */
 	struct kvp_seq seq;          /* the request's blocks */
+	struct kvp_ns_counters *ns;  /* its namespace's counters (metrics) */
 	struct gen_req *next, **pprev;
 };
 
 struct server {
-	const struct kvp_config *cfg;
+	struct kvp_config *cfg;      /* the server's own copy: SIGHUP changes live fields */
 	struct event_base *base;
 	struct evconnlistener *listener;
-	struct event *sig_int, *sig_term;
+	struct event *sig_int, *sig_term, *sig_hup;
+	struct event *tick;          /* watchdog and STATUS= to systemd */
+	struct event *stop_timer;    /* graceful stop deadline */
+	bool stopping;               /* SIGTERM: finish running requests, refuse new ones */
+	bool activated;              /* the listening socket came from systemd (LISTEN_FDS) */
 	struct event *accept_pause;  /* re-enables the listener after EMFILE and friends */
 	struct kvp_cache *cache;
 	struct conn *conns;
@@ -134,9 +144,16 @@ struct server {
 	bool socket_bound;
 	dev_t sock_dev;              /* the socket file we bound, so exit removes only it */
 	ino_t sock_ino;
+	/* metrics (kvp_metrics.h): /metrics, and the extra STATS keys */
+	struct kvp_metrics *metrics;
+	struct kvp_ns_stats_table ns_stats;
+	struct kvp_hist ttft_hist, lookup_hist, insert_hist;
+	struct kvp_req_counts req_counts;
+	int last_error;              /* status of the last ERROR sent */
 };
 
 static void conn_close(struct conn *c, const char *why);
+static void maybe_finish_stop(struct server *s);
 
 static void conn_set_state(struct conn *c, enum conn_state s)
 {
@@ -201,6 +218,7 @@ static void send_error(struct conn *c, uint32_t req_id, int status, const char *
 	va_end(ap);
 	n = kvp_error_encode(buf, sizeof(buf), status, msg);
 	c->srv->errors++;
+	c->srv->last_error = status;
 	kvp_debug("conn %llu: ERROR %d (%s): %s", (unsigned long long)c->id, -status,
 		  kvp_strerror(status), msg);
 	if (n)
@@ -263,9 +281,37 @@ static char *stats_json(struct server *s)
 	cJSON_AddNumberToObject(o, "connections", s->n_conns);
 	cJSON_AddNumberToObject(o, "connections_total", (double)s->connections_total);
 	cJSON_AddNumberToObject(o, "errors", (double)s->errors);
+	kvp_metrics_stats_json(o, &s->ns_stats, &s->ttft_hist, &s->lookup_hist);
 	txt = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	return txt;
+}
+
+/* GET /metrics: the STATS counters and the metrics tables as Prometheus text. */
+static void metrics_render(void *arg, struct evbuffer *out)
+{
+	struct server *s = arg;
+	struct kvp_metrics_view v = {
+		.version = KVP_VERSION,
+		.mode = s->cfg->index_only ? "index-only" : "engine",
+		.name = s->name,
+		.uptime_s = uptime_s(s),
+		.computed_tokens = s->computed_tokens,
+		.generated_tokens = s->generated_tokens,
+		.generations_done = s->generations_done,
+		.generations_active = s->gen ? kvp_gen_active(s->gen) : 0,
+		.errors = s->errors,
+		.connections_total = s->connections_total,
+		.connections = s->n_conns,
+		.ns = &s->ns_stats,
+		.req = &s->req_counts,
+		.ttft = s->engine ? &s->ttft_hist : NULL,
+		.lookup = &s->lookup_hist,
+		.insert = s->cfg->index_only ? &s->insert_hist : NULL,
+	};
+
+	kvp_cache_get_stats(s->cache, &v.cache);
+	(void)kvp_metrics_render(&v, out);   /* on failure out is empty: a 500 */
 }
 
 /* ---- request handlers ------------------------------------------------------ */
@@ -325,7 +371,9 @@ static int handle_tokens(struct conn *c, const struct kvp_frame_hdr *h, const ui
 	struct kvp_tokens_req m;
 	struct kvp_cache_result res;
 	struct kvp_blocks_reply r;
+	struct kvp_ns_counters *ns;
 	bool insert = h->type == KVP_T_INSERT;
+	uint64_t t0;
 	size_t n;
 	int rc = kvp_tokens_req_decode(p, h->len, s->cfg->max_tokens, &m);
 
@@ -348,12 +396,15 @@ static int handle_tokens(struct conn *c, const struct kvp_frame_hdr *h, const ui
 		return KVP_OK;
 	}
 	kvp_load_u32s(s->tokens, m.tokens, m.n_tokens);
+	t0 = kvp_metrics_clock_ns();
 	if (insert)
 		rc = kvp_cache_insert(s->cache, c->root, s->tokens, m.n_tokens, c->id,
 				      m.flags & KVP_F_PIN, s->block_ids, &res);
 	else
 		rc = kvp_cache_lookup(s->cache, c->root, s->tokens, m.n_tokens, c->id,
 				      m.flags & KVP_F_PIN, s->block_ids, &res);
+	kvp_hist_observe(insert ? &s->insert_hist : &s->lookup_hist,
+			 (double)(kvp_metrics_clock_ns() - t0) / 1e3);
 	if (rc == KVP_EBUSY) {
 		send_error(c, h->req_id, rc, "this connection already holds %u leases",
 			   s->cfg->max_leases);
@@ -363,6 +414,13 @@ static int handle_tokens(struct conn *c, const struct kvp_frame_hdr *h, const ui
 		send_error(c, h->req_id, rc, "%s failed: %s", insert ? "INSERT" : "LOOKUP",
 			   kvp_strerror(rc));
 		return KVP_OK;
+	}
+	ns = kvp_ns_stats_get(&s->ns_stats, (uint32_t)c->uid, c->adapter);
+	ns->requests++;
+	if (!insert) {
+		ns->queries++;
+		ns->query_tokens += m.n_tokens;
+		ns->hit_tokens += res.matched_tokens;
 	}
 	if (res.pool_full)
 		kvp_debug("conn %llu: pool full of pinned blocks; cached %u of %u tokens",
@@ -520,6 +578,11 @@ static int handle_generate(struct conn *c, const struct kvp_frame_hdr *h, const 
 		goto out_free;
 
 	r->conn = c;
+	r->ns = kvp_ns_stats_get(&s->ns_stats, (uint32_t)c->uid, c->adapter);
+	r->ns->requests++;
+	r->ns->queries++;
+	r->ns->query_tokens += m.n_tokens;
+	r->ns->hit_tokens += (uint64_t)r->seq.matched_blocks * s->cfg->block_tokens;
 	r->req_id = h->req_id;
 	r->job.n_prompt = m.n_tokens;
 	r->job.max_new = max_new;
@@ -610,6 +673,13 @@ static void gen_req_finish(struct server *s, struct gen_req *r)
 	s->generations_done++;
 	s->generated_tokens += j->n_generated;
 	s->computed_tokens += j->n_valid > j->cached ? j->n_valid - j->cached : 0;
+	if (r->ns) {
+		r->ns->computed_tokens += j->n_valid > j->cached ? j->n_valid - j->cached : 0;
+		r->ns->generated_tokens += j->n_generated;
+	}
+	kvp_req_count(&s->req_counts, KVP_T_GENERATE, j->status);
+	if (j->status == 0)
+		kvp_hist_observe(&s->ttft_hist, (double)j->ttft_us);
 	if (r->conn) {
 		*r->pprev = r->next;
 		if (r->next)
@@ -634,6 +704,7 @@ static void gen_notify_cb(evutil_socket_t fd, short what, void *arg)
 				gen_req_finish(s, r);
 		}
 	}
+	maybe_finish_stop(s);
 }
 
 /* Called from the engine thread. */
@@ -646,6 +717,12 @@ static void gen_notify(void *arg)
 
 static int dispatch(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p)
 {
+	if (c->srv->stopping && h->type != KVP_T_STATS && h->type != KVP_T_PING &&
+	    h->type != KVP_T_RELEASE) {
+		send_error(c, h->req_id, KVP_ESHUTDOWN,
+			   "kvprefixd is shutting down: running requests finish, new ones are refused");
+		return KVP_OK;
+	}
 	switch (h->type) {
 	case KVP_T_HELLO: return handle_hello(c, h, p);
 	case KVP_T_LOOKUP:
@@ -659,6 +736,21 @@ static int dispatch(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t
 	}
 	send_error(c, h->req_id, KVP_EPROTO, "frame type 0x%02x is not a request", h->type);
 	return KVP_EPROTO;
+}
+
+/* dispatch, counting the request by type and outcome for /metrics; a GENERATE that
+ * starts is counted when it ends (gen_req_finish) */
+static int dispatch_counted(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p)
+{
+	struct server *s = c->srv;
+	uint64_t errors = s->errors;
+	int rc = dispatch(c, h, p);
+
+	if (s->errors != errors)
+		kvp_req_count(&s->req_counts, h->type, s->last_error);
+	else if (rc || h->type != KVP_T_GENERATE)
+		kvp_req_count(&s->req_counts, h->type, rc);
+	return rc;
 }
 
 /* ---- connection I/O -------------------------------------------------------- */
@@ -774,7 +866,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			}
 			p += KVP_HDR_SIZE;
 		}
-		rc = dispatch(c, &h, p);
+		rc = dispatch_counted(c, &h, p);
 		evbuffer_drain(in, KVP_HDR_SIZE + (size_t)h.len);
 		frames++;
 		if (rc) {
@@ -926,12 +1018,131 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 		evconnlistener_enable(l);
 }
 
-static void signal_cb(evutil_socket_t sig, short what, void *arg)
+/* One line for systemctl status: hit rate, pool use, connections, generations. */
+static void notify_status(struct server *s)
+{
+	struct kvp_cache_stats st;
+	char line[256];
+
+	kvp_cache_get_stats(s->cache, &st);
+	snprintf(line, sizeof(line),
+		 "STATUS=%s: hit rate %.1f%%, pool %.0f%% used (%u of %u blocks, %u pinned), "
+		 "%u connections, %u generating",
+		 s->stopping ? "stopping" : s->engine ? "engine" : "index-only",
+		 st.query_tokens ? 100.0 * (double)st.hit_tokens / (double)st.query_tokens : 0.0,
+		 100.0 * (double)(st.pool.total - st.pool.free) / (double)st.pool.total,
+		 st.pool.total - st.pool.free, st.pool.total, st.pool.referenced, s->n_conns,
+		 s->gen ? kvp_gen_active(s->gen) : 0);
+	(void)sd_notify(0, line);
+}
+
+/* Runs at half the watchdog interval (or every 10 s): proves the loop turns. */
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *s = arg;
 
-	kvp_info("%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+	(void)sd_notify(0, "WATCHDOG=1");
+	notify_status(s);
+}
+
+static void stop_now(struct server *s, const char *why)
+{
+	kvp_info("stopping (%s)", why);
 	event_base_loopbreak(s->base);
+}
+
+static void stop_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+
+	kvp_warn("stop timeout: %u generations still running are cut short",
+		 s->gen ? kvp_gen_active(s->gen) : 0);
+	stop_now(s, "stop timeout");
+}
+
+/* Called whenever a generation ends: a graceful stop waits for the last one. */
+static void maybe_finish_stop(struct server *s)
+{
+	if (s->stopping && (!s->gen || kvp_gen_active(s->gen) == 0))
+		stop_now(s, "running requests finished");
+}
+
+static void begin_stop(struct server *s, const char *sig)
+{
+	struct timeval tv = { STOP_TIMEOUT_SECONDS, 0 };
+
+	if (s->stopping) {
+		stop_now(s, "second signal");
+		return;
+	}
+	s->stopping = true;
+	(void)sd_notify(0, "STOPPING=1");
+	kvp_info("%s: stopping; no new connections or requests, running ones may finish "
+		 "(up to %d s)", sig, STOP_TIMEOUT_SECONDS);
+	if (s->listener)
+		evconnlistener_disable(s->listener);
+	if (s->stop_timer)
+		event_add(s->stop_timer, &tv);
+	maybe_finish_stop(s);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	begin_stop(arg, sig == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+struct reload_ctx {
+	struct server *s;
+	const struct kvp_config *next;
+	int live, restart;
+};
+
+static void reload_one(void *arg, const char *name, bool live)
+{
+	struct reload_ctx *r = arg;
+
+	if (live) {
+		r->live++;
+		kvp_info("reload: %s changed, applied", name);
+	} else {
+		r->restart++;
+		kvp_warn("reload: %s changed, needs a restart to take effect", name);
+	}
+}
+
+static void hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *s = arg;
+	struct kvp_config next;
+	struct reload_ctx r = { .s = s, .next = &next };
+	char err[512];
+
+	(void)sd_notify(0, "RELOADING=1");
+	if (kvp_config_reload(kvp_config_argc, kvp_config_argv, &next, err, sizeof(err)) != 0) {
+		kvp_err("reload refused, configuration unchanged: %s", err);
+		(void)sd_notify(0, "READY=1");
+		return;
+	}
+	if (s->activated)   /* systemd's socket stands for --socket: not a change */
+		snprintf(next.socket_path, sizeof(next.socket_path), "%s", s->cfg->socket_path);
+	kvp_config_diff(s->cfg, &next, reload_one, &r);
+	/* the live options take effect now; the others stay as they were */
+	s->cfg->log_level = next.log_level;
+	kvp_log_set_level((enum kvp_log_level)next.log_level);
+	s->cfg->max_connections = next.max_connections;
+	s->cfg->max_inflight = next.max_inflight;
+	s->cfg->max_leases = next.max_leases;
+	kvp_cache_set_max_leases(s->cache, next.max_leases);
+	if (s->cfg->idle_timeout_s != next.idle_timeout_s) {
+		struct timeval idle = { (time_t)next.idle_timeout_s, 0 };
+		s->cfg->idle_timeout_s = next.idle_timeout_s;
+		for (struct conn *c = s->conns; c; c = c->next)
+			if (c->state == CONN_READING)
+				bufferevent_set_timeouts(c->bev, next.idle_timeout_s ? &idle : NULL, NULL);
+	}
+	kvp_info("reload: %d live changes applied, %d need a restart", r.live, r.restart);
+	(void)sd_notify(0, "READY=1");
+	notify_status(s);
 }
 
 /* ---- listening socket ------------------------------------------------------ */
@@ -1072,12 +1283,19 @@ static void server_free(struct server *s)
 	}
 	if (s->gen_notify)
 		event_free(s->gen_notify);
+	kvp_metrics_free(s->metrics);
 	if (s->listener)
 		evconnlistener_free(s->listener);
 	if (s->sig_int)
 		event_free(s->sig_int);
 	if (s->sig_term)
 		event_free(s->sig_term);
+	if (s->sig_hup)
+		event_free(s->sig_hup);
+	if (s->tick)
+		event_free(s->tick);
+	if (s->stop_timer)
+		event_free(s->stop_timer);
 	if (s->accept_pause)
 		event_free(s->accept_pause);
 	if (s->base) {
@@ -1184,7 +1402,8 @@ static int engine_setup(struct server *s, uint32_t *capacity)
 
 int kvp_server_run(const struct kvp_config *cfg)
 {
-	struct server s = { .cfg = cfg, .name = cfg->index_name };
+	static struct kvp_config live;
+	struct server s = { .cfg = &live, .name = live.index_name };
 	struct kvp_cache_config cc = {
 		.block_tokens = cfg->block_tokens,
 		.capacity_blocks = cfg->capacity_blocks,
@@ -1193,9 +1412,13 @@ int kvp_server_run(const struct kvp_config *cfg)
 	};
 	size_t max_blocks = cfg->max_tokens / cfg->block_tokens + 1;
 	evutil_socket_t fd;
-	int rc, ret = 1;
+	int rc, ret = 1, n_fds;
 
+	live = *cfg;
 	clock_gettime(CLOCK_MONOTONIC, &s.started);
+	kvp_hist_init(&s.ttft_hist, KVP_HIST_TTFT);
+	kvp_hist_init(&s.lookup_hist, KVP_HIST_LATENCY);
+	kvp_hist_init(&s.insert_hist, KVP_HIST_LATENCY);
 	signal(SIGPIPE, SIG_IGN);
 #ifndef KVP_SANITIZE_BUILD
 	event_set_mem_functions(mi_malloc, mi_realloc, mi_free);
@@ -1231,6 +1454,10 @@ int kvp_server_run(const struct kvp_config *cfg)
 		kvp_err("out of memory at start");
 		goto out;
 	}
+	/* before the client socket exists: a bad --metrics-listen never takes a client */
+	if (cfg->metrics_listen[0] &&
+	    kvp_metrics_start(s.base, cfg->metrics_listen, metrics_render, &s, &s.metrics) != 0)
+		goto out;   /* logged */
 	if (s.engine) {
 		s.gen_notify = event_new(s.base, -1, 0, gen_notify_cb, &s);
 		if (!s.gen_notify || kvp_gen_start(s.engine, gen_notify, &s, &s.gen) != 0) {
@@ -1238,8 +1465,29 @@ int kvp_server_run(const struct kvp_config *cfg)
 			goto out;
 		}
 	}
-	if (listen_socket(&s, &fd) != 0)
+	n_fds = sd_listen_fds(1);
+	if (n_fds > 1) {
+		kvp_err("systemd passed %d sockets; kvprefixd listens on one", n_fds);
 		goto out;
+	} else if (n_fds == 1) {
+		/* socket activation: the unit's socket replaces --socket */
+		fd = SD_LISTEN_FDS_START;
+		if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
+			kvp_err("the socket systemd passed is not a listening Unix stream socket");
+			goto out;
+		}
+		evutil_make_socket_nonblocking(fd);
+		evutil_make_socket_closeonexec(fd);
+		s.activated = true;
+		{
+			struct sockaddr_un sa;
+			socklen_t sl = sizeof(sa);
+			if (getsockname(fd, (struct sockaddr *)&sa, &sl) == 0 && sa.sun_path[0])
+				snprintf(s.cfg->socket_path, sizeof(s.cfg->socket_path), "%s", sa.sun_path);
+		}
+	} else if (listen_socket(&s, &fd) != 0) {
+		goto out;
+	}
 	s.listener = evconnlistener_new(s.base, accept_cb, &s,
 					LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
 	if (!s.listener) {
@@ -1255,13 +1503,30 @@ int kvp_server_run(const struct kvp_config *cfg)
 	}
 	s.sig_int = evsignal_new(s.base, SIGINT, signal_cb, &s);
 	s.sig_term = evsignal_new(s.base, SIGTERM, signal_cb, &s);
-	if (!s.sig_int || !s.sig_term || event_add(s.sig_int, NULL) || event_add(s.sig_term, NULL)) {
+	s.sig_hup = evsignal_new(s.base, SIGHUP, hup_cb, &s);
+	s.stop_timer = evtimer_new(s.base, stop_timer_cb, &s);
+	s.tick = event_new(s.base, -1, EV_PERSIST, tick_cb, &s);
+	if (!s.sig_int || !s.sig_term || !s.sig_hup || !s.stop_timer || !s.tick ||
+	    event_add(s.sig_int, NULL) || event_add(s.sig_term, NULL) || event_add(s.sig_hup, NULL)) {
 		kvp_err("cannot install signal handlers");
 		goto out;
 	}
-	kvp_info("kvprefixd %s: %s, %u blocks of %u tokens, listening on %s", KVP_VERSION,
+	{
+		/* WATCHDOG=1 at half the interval systemd asked for, STATUS= along with it */
+		uint64_t usec = 0;
+		struct timeval tv = { STATUS_SECONDS, 0 };
+		if (sd_watchdog_enabled(0, &usec) > 0 && usec / 2 < (uint64_t)STATUS_SECONDS * 1000000) {
+			tv.tv_sec = (time_t)(usec / 2 / 1000000);
+			tv.tv_usec = (suseconds_t)(usec / 2 % 1000000);
+		}
+		event_add(s.tick, &tv);
+	}
+	kvp_info("kvprefixd %s: %s, %u blocks of %u tokens, listening on %s%s", KVP_VERSION,
 		 s.engine ? "engine" : "index-only", cc.capacity_blocks, cfg->block_tokens,
-		 cfg->socket_path);
+		 s.cfg->socket_path, s.activated ? " (from systemd)" : "");
+	/* the model is loaded and the socket listens: ready */
+	(void)sd_notify(0, "READY=1");
+	notify_status(&s);
 	if (event_base_dispatch(s.base) < 0) {
 		kvp_err("event loop failed");
 		goto out;

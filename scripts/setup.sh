@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Install the Debian packages kvprefix builds and tests with (only those missing).
 set -euo pipefail
+# clang + libclang-rt-14-dev (libFuzzer and the sanitizer runtimes of Debian 12's clang
+# 14) and llvm (llvm-symbolizer, for readable reports) are for scripts/fuzz.sh.
 pkgs=(build-essential cmake pkg-config libxxhash-dev libevent-dev libmimalloc-dev
-      libcjson-dev libcriterion-dev)
+      libcjson-dev libcriterion-dev libsystemd-dev libinih-dev
+      clang libclang-rt-14-dev llvm)
+# promtool, from the Debian package prometheus (~100 MB with its dependencies), checks
+# /metrics in test_metrics, which skips that check with a reason where it is missing:
+# installed only where apt knows the package.
+if apt-cache show prometheus >/dev/null 2>&1; then
+	pkgs+=(prometheus)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

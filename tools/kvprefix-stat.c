@@ -4,16 +4,27 @@
  *   kvprefix-stat [--socket PATH] [--json] [--watch SECONDS]
  *
  * --json prints the daemon's object through unchanged (one line). --watch N refreshes
- * every N seconds; the table then shows the last interval beside the lifetime figures
- * (token hit rate, request hit rate, requests/s), and --json prints one object per
+ * every N seconds and becomes a live view: the last interval beside the lifetime
+ * figures (token hit rate, request hit rate, requests/s), the pool as a bar, and the
+ * namespaces with the most requests over the interval; --json prints one object per
  * refresh with interval_s, interval_hit_rate and interval_requests_per_s added. The
  * screen is cleared between refreshes only when stdout is a terminal.
+ *
+ *   pool   [#########=====...................................]  50 columns
+ *           cached    pinned  free            (each state that has a block shows)
+ *
+ * Namespaces over an interval: the daemon lists its top 10 namespaces by lifetime
+ * requests; a namespace's interval is its difference from the previous list. One that
+ * was not in that list counts from 0 when the list was complete (fewer than 10), and is
+ * shown as "-" otherwise (it may have been just outside the top 10).
  *
  * Keys this tool reads (unknown keys are ignored, a missing one is shown as "-"):
  * version mode name block_tokens uptime_s requests lookups lookup_hits
  * request_hit_rate inserts query_tokens hit_tokens hit_rate insert_tokens
  * inserted_blocks insert_full evictions blocks_total blocks_free blocks_cached
- * blocks_pinned tree_nodes leases_active connections connections_total errors.
+ * blocks_pinned tree_nodes leases_active connections connections_total errors
+ * ttft_us_p50 ttft_us_p99 lookup_us_p99 namespaces (namespace requests query_tokens
+ * hit_tokens hit_rate).
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -31,6 +42,10 @@
 #define PROG "kvprefix-stat"
 #define WATCH_MAX_S 86400.0
 #define STAT_TIMEOUT_MS 30000u
+#define BAR_COLS 50
+#define NS_SHOWN 5            /* namespaces in the table */
+#define NS_LISTED 10          /* namespaces the daemon lists (top by requests) */
+#define NS_NAME_COLS 28
 
 static void usage(FILE *f)
 {
@@ -40,8 +55,9 @@ static void usage(FILE *f)
 		"\n"
 		"  -s, --socket PATH      daemon socket (default: the library's default)\n"
 		"  -j, --json             print the daemon's statistics as one JSON object\n"
-		"  -w, --watch SECONDS    refresh every SECONDS (e.g. 1 or 0.5) and show the\n"
-		"                         last interval beside the lifetime figures;\n"
+		"  -w, --watch SECONDS    refresh every SECONDS (e.g. 1 or 0.5): a live view\n"
+		"                         of the last interval beside the lifetime figures,\n"
+		"                         the pool as a bar and the busiest namespaces;\n"
 		"                         with --json, one object per line per refresh\n"
 		"  -h, --help             show this help\n"
 		"\n"
@@ -151,7 +167,188 @@ static struct interval interval_of(const struct snap *cur, const struct snap *pr
 	return iv;
 }
 
-static void print_table(const struct snap *cur, const struct interval *iv)
+static const char *fmt_us(char *buf, size_t cap, double us)
+{
+	if (isnan(us) || us < 0)
+		snprintf(buf, cap, "-");
+	else if (us >= 1e6)
+		snprintf(buf, cap, "%.2f s", us / 1e6);
+	else if (us >= 1e3)
+		snprintf(buf, cap, "%.2f ms", us / 1e3);
+	else
+		snprintf(buf, cap, "%.1f us", us);
+	return buf;
+}
+
+/*
+ * Split cols columns among n values in proportion (largest remainder), then give each
+ * non-zero value at least one column, taken from the widest. Sum of out[] == cols.
+ */
+static void bar_split(const double *v, int n, int cols, int *out)
+{
+	double total = 0, rem[8];
+	int used = 0;
+
+	for (int i = 0; i < n; i++)
+		total += v[i] > 0 ? v[i] : 0;
+	for (int i = 0; i < n; i++) {
+		double exact = total > 0 && v[i] > 0 ? v[i] / total * cols : 0;
+
+		out[i] = (int)exact;
+		rem[i] = exact - out[i];
+		used += out[i];
+	}
+	while (total > 0 && used < cols) {
+		int best = 0;
+
+		for (int i = 1; i < n; i++)
+			if (rem[i] > rem[best])
+				best = i;
+		out[best]++;
+		rem[best] = -1;
+		used++;
+	}
+	for (int i = 0; i < n; i++) {
+		int widest = 0;
+
+		if (!(v[i] > 0) || out[i] > 0)
+			continue;
+		for (int j = 1; j < n; j++)
+			if (out[j] > out[widest])
+				widest = j;
+		if (out[widest] > 1) {
+			out[widest]--;
+			out[i]++;
+		}
+	}
+}
+
+/* [#### cached ==== pinned .... free], BAR_COLS wide, with a legend. */
+static void print_pool_bar(const cJSON *o)
+{
+	static const char glyph[3] = { '#', '=', '.' };
+	double total = num(o, "blocks_total");
+	double v[3] = { num(o, "blocks_cached"), num(o, "blocks_pinned"), num(o, "blocks_free") };
+	char bar[BAR_COLS + 1], a[32], b[32], c[32];
+	int cols[3], k = 0;
+
+	if (isnan(total) || total <= 0 || isnan(v[0]) || isnan(v[1]) || isnan(v[2]))
+		return;
+	bar_split(v, 3, BAR_COLS, cols);
+	for (int i = 0; i < 3; i++)
+		for (int j = 0; j < cols[i] && k < BAR_COLS; j++)
+			bar[k++] = glyph[i];
+	while (k < BAR_COLS)
+		bar[k++] = ' ';
+	bar[k] = '\0';
+	printf("  pool [%s]\n", bar);
+	printf("       # cached %s   = pinned %s   . free %s\n",
+	       fmt_pct(a, sizeof(a), v[0] / total), fmt_pct(b, sizeof(b), v[1] / total),
+	       fmt_pct(c, sizeof(c), v[2] / total));
+}
+
+/* A namespace's name for a terminal: printable ASCII only, cut to fit its column. */
+static void ns_display(char *buf, size_t cap, const char *name)
+{
+	size_t n = 0;
+
+	for (const unsigned char *p = (const unsigned char *)(name ? name : "-");
+	     *p && n + 1 < cap; p++)
+		buf[n++] = *p >= 0x20 && *p < 0x7f ? (char)*p : '?';
+	buf[n] = '\0';
+	if (n >= NS_NAME_COLS) {
+		buf[NS_NAME_COLS - 3] = '.';
+		buf[NS_NAME_COLS - 2] = '.';
+		buf[NS_NAME_COLS - 1] = '\0';
+	}
+}
+
+static const cJSON *ns_find(const cJSON *arr, const char *name)
+{
+	const cJSON *x;
+
+	cJSON_ArrayForEach(x, arr) {
+		const char *n = str(x, "namespace");
+		if (n && name && strcmp(n, name) == 0)
+			return x;
+	}
+	return NULL;
+}
+
+struct ns_row {
+	const cJSON *cur;
+	double d_req, d_query, d_hit;   /* over the interval; NAN when unknown */
+};
+
+static int ns_row_cmp(const void *a, const void *b)
+{
+	const struct ns_row *x = a, *y = b;
+	double dx = isnan(x->d_req) ? -1 : x->d_req, dy = isnan(y->d_req) ? -1 : y->d_req;
+
+	if (dx != dy)
+		return dx < dy ? 1 : -1;
+	return num(x->cur, "requests") < num(y->cur, "requests") ? 1 : -1;
+}
+
+/* The top namespaces: by interval requests when watching, else by lifetime requests. */
+static void print_namespaces(const struct snap *cur, const struct snap *prev,
+			     const struct interval *iv)
+{
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(cur->o, "namespaces");
+	const cJSON *parr = prev && prev->o ?
+		cJSON_GetObjectItemCaseSensitive(prev->o, "namespaces") : NULL;
+	bool complete = cJSON_IsArray(parr) && cJSON_GetArraySize(parr) < NS_LISTED;
+	struct ns_row rows[NS_LISTED];
+	int n = 0;
+	const cJSON *x;
+	char name[NS_NAME_COLS + 4], a[32], b[32], c[32], d[32];
+
+	if (!cJSON_IsArray(arr))
+		return;
+	cJSON_ArrayForEach(x, arr) {
+		const cJSON *p;
+
+		if (n == NS_LISTED)
+			break;
+		rows[n] = (struct ns_row){ .cur = x, .d_req = NAN, .d_query = NAN, .d_hit = NAN };
+		if (iv->have && cJSON_IsArray(parr)) {
+			p = ns_find(parr, str(x, "namespace"));
+			if (p || complete) {
+				rows[n].d_req = num(x, "requests") - (p ? num(p, "requests") : 0);
+				rows[n].d_query = num(x, "query_tokens") - (p ? num(p, "query_tokens") : 0);
+				rows[n].d_hit = num(x, "hit_tokens") - (p ? num(p, "hit_tokens") : 0);
+			}
+		}
+		n++;
+	}
+	if (iv->have)
+		qsort(rows, (size_t)n, sizeof(rows[0]), ns_row_cmp);
+	printf("\n  %-*s %10s %10s %10s", NS_NAME_COLS, "namespace (uid:adapter)", "requests",
+	       "query tok", "hit rate");
+	if (iv->have)
+		printf(" %10s %10s", "req/s", "hit (last)");
+	printf("\n");
+	if (n == 0)
+		printf("  (none yet)\n");
+	for (int i = 0; i < n && i < NS_SHOWN; i++) {
+		const cJSON *o = rows[i].cur;
+
+		ns_display(name, sizeof(name), str(o, "namespace"));
+		printf("  %-*s %10s %10s %10s", NS_NAME_COLS, name,
+		       fmt_count(a, sizeof(a), num(o, "requests")),
+		       fmt_count(b, sizeof(b), num(o, "query_tokens")),
+		       fmt_pct(c, sizeof(c), ratio(num(o, "hit_tokens"), num(o, "query_tokens"))));
+		if (iv->have)
+			printf(" %10s %10s", fmt_rate(a, sizeof(a), ratio(rows[i].d_req, iv->secs)),
+			       fmt_pct(d, sizeof(d), ratio(rows[i].d_hit, rows[i].d_query)));
+		printf("\n");
+	}
+	if (n > NS_SHOWN)
+		printf("  (%d more listed; --json shows them)\n", n - NS_SHOWN);
+}
+
+static void print_table(const struct snap *cur, const struct snap *prev,
+			const struct interval *iv)
 {
 	static const char *const counts[][2] = {
 		{ "requests", "requests" },       { "  lookups", "lookups" },
@@ -200,6 +397,10 @@ static void print_table(const struct snap *cur, const struct interval *iv)
 		printf("  %-18s %14s\n", counts[i][0],
 		       fmt_count(a, sizeof(a), num(o, counts[i][1])));
 
+	printf("  %-18s %14s\n", "TTFT p50", fmt_us(a, sizeof(a), num(o, "ttft_us_p50")));
+	printf("  %-18s %14s\n", "TTFT p99", fmt_us(a, sizeof(a), num(o, "ttft_us_p99")));
+	printf("  %-18s %14s\n", "lookup p99", fmt_us(a, sizeof(a), num(o, "lookup_us_p99")));
+
 	printf("\n  pool (blocks) %10s %10s %10s %10s\n", "total", "free", "cached", "pinned");
 	printf("  %-13s %10s", "", fmt_count(a, sizeof(a), num(o, "blocks_total")));
 	printf(" %10s", fmt_count(a, sizeof(a), num(o, "blocks_free")));
@@ -210,6 +411,8 @@ static void print_table(const struct snap *cur, const struct interval *iv)
 	       fmt_count(b, sizeof(b), num(o, "leases_active")),
 	       fmt_count(c, sizeof(c), num(o, "connections")));
 	printf(" (%s in all)\n", fmt_count(a, sizeof(a), num(o, "connections_total")));
+	print_pool_bar(o);
+	print_namespaces(cur, prev, iv);
 }
 
 /* Print one JSON line: the daemon's object, plus the interval figures when watching. */
@@ -334,7 +537,7 @@ int main(int argc, char **argv)
 				printf("\033[H\033[2J");
 			else if (!first)
 				printf("\n");
-			print_table(&cur, &iv);
+			print_table(&cur, first ? NULL : &prev, &iv);
 		}
 		fflush(stdout);
 		cJSON_Delete(prev.o);

@@ -404,7 +404,11 @@ int kvp_tool_connect(const char *prog, const char *path, struct kvp_client **out
 		else
 			shown = "(default socket)";
 	}
-	if (rc == KVP_EIO)
+	if (rc == KVP_EIO && (saved == EACCES || saved == EPERM))
+		fprintf(stderr, "%s: cannot connect to %s: %s — the daemon runs, but this user "
+			"may not use its socket (join the socket's group, e.g. kvprefix-clients)\n",
+			prog, shown, strerror(saved));
+	else if (rc == KVP_EIO)
 		fprintf(stderr, "%s: cannot connect to %s: %s — is kvprefixd running? "
 			"(--socket PATH)\n", prog, shown, strerror(saved));
 	else if (rc == KVP_ETOOBIG)

@@ -1,0 +1,886 @@
+/*
+ * metrics.c - histograms, per-namespace counters, requests by outcome, the Prometheus
+ * text renderer and the evhttp server behind --metrics-listen.
+ *
+ *   histogram (bounds in µs)            exposed (seconds, cumulative)
+ *   buckets[0] : v <= b0          ──▶   _bucket{le="b0"}   = buckets[0]
+ *   buckets[1] : b0 < v <= b1     ──▶   _bucket{le="b1"}   = buckets[0] + buckets[1]
+ *   ...                                 ...
+ *   buckets[n] : v > b(n-1)       ──▶   _bucket{le="+Inf"} = count
+ *                                       _sum = sum_us / 1e6, _count = count
+ *
+ *   namespace table: e[0..n) tracked in order of first sight, then "other"
+ *   ┌──────────────┬──────────────┬─────┬──────────────┐   ┌───────┐
+ *   │ 1000 ""      │ 1000 "lora-a"│ ... │ e[31]        │   │ other │ ◀─ the 33rd and later,
+ *   └──────────────┴──────────────┴─────┴──────────────┘   └───────┘    and names that are
+ *                                                                       not printable UTF-8
+ *
+ * The HTTP side is libevent's evhttp on the daemon's own event_base: a scrape runs in
+ * the loop thread between client frames, so it reads every counter without locks. A
+ * page is a few KiB (bounded by the namespace cap), built in one go.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/util.h>
+
+#include "kvp_log.h"
+#include "kvp_metrics.h"
+#include "kvp_proto.h"
+#include "kvp_status.h"
+
+#define met_zalloc(n) calloc(1, (n))
+#define met_free(p) free(p)
+
+#define HTTP_TIMEOUT_S 10
+#define HTTP_MAX_HEADERS 8192
+#define HTTP_MAX_BODY 4096
+#define STATS_TOP_NAMESPACES 10
+
+/* ---- histograms ------------------------------------------------------------ */
+
+static const double latency_bounds_us[] = {
+	1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000,
+	100000, 250000, 1000000,
+};
+static const double ttft_bounds_us[] = {
+	250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+	5000000, 10000000, 25000000, 60000000,
+};
+
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+int kvp_hist_init_bounds(struct kvp_hist *h, const double *bounds_us, uint32_t n_bounds)
+{
+	memset(h, 0, sizeof(*h));
+	if (!bounds_us || n_bounds == 0 || n_bounds > KVP_HIST_MAX_BOUNDS)
+		return KVP_EINVAL;
+	for (uint32_t i = 0; i < n_bounds; i++)
+		if (!isfinite(bounds_us[i]) || (i && bounds_us[i] <= bounds_us[i - 1]))
+			return KVP_EINVAL;
+	h->bounds_us = bounds_us;
+	h->n_bounds = n_bounds;
+	return KVP_OK;
+}
+
+void kvp_hist_init(struct kvp_hist *h, enum kvp_hist_kind kind)
+{
+	if (kind == KVP_HIST_TTFT)
+		(void)kvp_hist_init_bounds(h, ttft_bounds_us, NELEM(ttft_bounds_us));
+	else
+		(void)kvp_hist_init_bounds(h, latency_bounds_us, NELEM(latency_bounds_us));
+}
+
+void kvp_hist_observe(struct kvp_hist *h, double us)
+{
+	uint32_t i = 0;
+
+	if (!(us >= 0))
+		us = 0;   /* a clock step or a NAN: count it, in the lowest bucket */
+	while (i < h->n_bounds && us > h->bounds_us[i])
+		i++;
+	h->buckets[i]++;
+	h->count++;
+	h->sum_us += us;
+}
+
+double kvp_hist_quantile_us(const struct kvp_hist *h, double q)
+{
+	double rank, below = 0;
+
+	if (h->count == 0 || isnan(q))
+		return NAN;
+	if (q < 0)
+		q = 0;
+	if (q > 1)
+		q = 1;
+	rank = q * (double)h->count;
+	for (uint32_t i = 0; i <= h->n_bounds; i++) {
+		double in = (double)h->buckets[i];
+
+		if (in > 0 && below + in >= rank) {
+			double lo = i ? h->bounds_us[i - 1] : 0;
+
+			if (i == h->n_bounds)   /* +Inf: nothing better than the last bound */
+				return h->n_bounds ? h->bounds_us[h->n_bounds - 1] : 0;
+			return lo + (h->bounds_us[i] - lo) * ((rank - below) / in);
+		}
+		below += in;
+	}
+	return h->n_bounds ? h->bounds_us[h->n_bounds - 1] : 0;
+}
+
+/* ---- namespaces ------------------------------------------------------------ */
+
+/* Length of the valid UTF-8 sequence at s (n bytes left), or 0 when it is not one. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	size_t len;
+	unsigned char lo = 0x80, hi = 0xbf;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	if (n < len)
+		return 0;
+	if (c == 0xe0)
+		lo = 0xa0;          /* overlong */
+	else if (c == 0xed)
+		hi = 0x9f;          /* surrogates */
+	else if (c == 0xf0)
+		lo = 0x90;          /* overlong */
+	else if (c == 0xf4)
+		hi = 0x8f;          /* above U+10FFFF */
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < len; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return len;
+}
+
+/* Printable UTF-8: valid, and no C0 or C1 control character (nor DEL). */
+static bool printable_utf8(const char *str, size_t n)
+{
+	const unsigned char *s = (const unsigned char *)str;
+
+	for (size_t i = 0; i < n;) {
+		size_t k = utf8_seq(s + i, n - i);
+
+		if (k == 0 || (k == 1 && (s[i] < 0x20 || s[i] == 0x7f)) ||
+		    (k == 2 && s[i] == 0xc2 && s[i + 1] < 0xa0))
+			return false;
+		i += k;
+	}
+	return true;
+}
+
+
+struct kvp_ns_counters *kvp_ns_stats_get(struct kvp_ns_stats_table *t, uint32_t tenant,
+					 const char *adapter)
+{
+	size_t len = strnlen(adapter, KVP_NS_ADAPTER_MAX);
+	struct kvp_ns_entry *e;
+
+	for (uint32_t i = 0; i < t->n; i++) {
+		e = &t->e[i];
+		if (e->tenant == tenant && strncmp(e->adapter, adapter, len) == 0 &&
+		    e->adapter[len] == '\0')
+			return &e->c;
+	}
+	/* labels must stay distinct and printable: a name the renderer would have to
+	 * alter (U+FFFD) could collide with another one, so it is not tracked */
+	if (t->n == KVP_NS_TRACKED_MAX || !printable_utf8(adapter, len)) {
+		t->overflowed++;
+		return &t->other;
+	}
+	e = &t->e[t->n++];
+	memset(e, 0, sizeof(*e));
+	e->tenant = tenant;
+	memcpy(e->adapter, adapter, len);
+	e->adapter[len] = '\0';
+	return &e->c;
+}
+
+bool kvp_ns_stats_is_other(const struct kvp_ns_stats_table *t, const struct kvp_ns_counters *c)
+{
+	return c == &t->other;
+}
+
+/* ---- requests by outcome --------------------------------------------------- */
+
+static const char *const status_names[KVP_REQ_NSTATUS + 1] = {
+	"ok", "ENOMEM", "EINVAL", "EPROTO", "ETOOBIG", "EFULL", "ENOTFOUND", "EVERSION",
+	"EIO", "ECLOSED", "ETIMEDOUT", "EBUSY", "EPERM", "EUNSUPPORTED", "ESHUTDOWN",
+	"EEXIST", "EINTERNAL",
+};
+
+static const char *const req_type_names[KVP_REQ_NTYPES] = {
+	"hello", "lookup", "insert", "release", "stats", "generate", "ping", "other",
+};
+
+static unsigned outcome_index(int status)
+{
+	if (status > 0)
+		status = -status;
+	if (status < -KVP_REQ_NSTATUS)
+		return KVP_REQ_NOUTCOMES - 1;
+	return (unsigned)-status;
+}
+
+const char *kvp_metrics_outcome_name(int status)
+{
+	unsigned k = outcome_index(status);
+
+	return k <= KVP_REQ_NSTATUS ? status_names[k] : "EUNKNOWN";
+}
+
+static enum kvp_req_type req_type_of(uint8_t frame_type)
+{
+	switch (frame_type) {
+	case KVP_T_HELLO: return KVP_REQ_HELLO;
+	case KVP_T_LOOKUP: return KVP_REQ_LOOKUP;
+	case KVP_T_INSERT: return KVP_REQ_INSERT;
+	case KVP_T_RELEASE: return KVP_REQ_RELEASE;
+	case KVP_T_STATS: return KVP_REQ_STATS;
+	case KVP_T_GENERATE: return KVP_REQ_GENERATE;
+	case KVP_T_PING: return KVP_REQ_PING;
+	}
+	return KVP_REQ_OTHER;
+}
+
+void kvp_req_count(struct kvp_req_counts *rc, uint8_t frame_type, int status)
+{
+	rc->n[req_type_of(frame_type)][outcome_index(status)]++;
+}
+
+uint64_t kvp_metrics_clock_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- the text format ------------------------------------------------------- */
+
+/* The renderer's output: every call is a no-op after the first failure. */
+struct emit {
+	struct evbuffer *out;
+	int err;
+};
+
+static void emitf(struct emit *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void emitf(struct emit *e, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (e->err)
+		return;
+	va_start(ap, fmt);
+	if (evbuffer_add_vprintf(e->out, fmt, ap) < 0)
+		e->err = KVP_ENOMEM;
+	va_end(ap);
+}
+
+int kvp_metrics_escape_label(struct evbuffer *out, const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	size_t n = strlen(str), run = 0;
+
+	/* copy runs of plain bytes in one go; escape or replace the rest */
+	for (size_t i = 0; i < n;) {
+		const char *rep = NULL;
+		size_t k = utf8_seq(s + i, n - i);
+
+		if (k == 0)
+			rep = "\xef\xbf\xbd";
+		else if (s[i] == '\\')
+			rep = "\\\\";
+		else if (s[i] == '"')
+			rep = "\\\"";
+		else if (s[i] == '\n')
+			rep = "\\n";
+		if (!rep) {
+			i += k;
+			run += k;
+			continue;
+		}
+		if ((run && evbuffer_add(out, s + i - run, run) != 0) ||
+		    evbuffer_add(out, rep, strlen(rep)) != 0)
+			return KVP_ENOMEM;
+		run = 0;
+		i += k ? k : 1;
+	}
+	if (run && evbuffer_add(out, s + n - run, run) != 0)
+		return KVP_ENOMEM;
+	return KVP_OK;
+}
+
+static void emit_label(struct emit *e, const char *s)
+{
+	if (!e->err && kvp_metrics_escape_label(e->out, s) != 0)
+		e->err = KVP_ENOMEM;
+}
+
+static void family(struct emit *e, const char *name, const char *type, const char *help)
+{
+	emitf(e, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void sample_u64(struct emit *e, const char *name, uint64_t v)
+{
+	emitf(e, "%s %" PRIu64 "\n", name, v);
+}
+
+static void counter(struct emit *e, const char *name, const char *help, uint64_t v)
+{
+	family(e, name, "counter", help);
+	sample_u64(e, name, v);
+}
+
+static void gauge(struct emit *e, const char *name, const char *help, double v)
+{
+	family(e, name, "gauge", help);
+	if (v == floor(v) && fabs(v) < 1e15)
+		emitf(e, "%s %.0f\n", name, v);
+	else
+		emitf(e, "%s %.9g\n", name, v);
+}
+
+/* Prometheus float: shortest that reads back the same. */
+static void fmt_float(char *buf, size_t cap, double v)
+{
+	for (int prec = 6; prec <= 17; prec++) {
+		snprintf(buf, cap, "%.*g", prec, v);
+		if (strtod(buf, NULL) == v)
+			return;
+	}
+}
+
+/* One histogram's series; labels is "" or `key="value",` (with its trailing comma). */
+static void hist_series(struct emit *e, const char *name, const char *labels,
+			const struct kvp_hist *h)
+{
+	uint64_t cum = 0;
+	char le[48], sum[48];
+
+	for (uint32_t i = 0; i < h->n_bounds; i++) {
+		cum += h->buckets[i];
+		fmt_float(le, sizeof(le), h->bounds_us[i] / 1e6);
+		emitf(e, "%s_bucket{%sle=\"%s\"} %" PRIu64 "\n", name, labels, le, cum);
+	}
+	cum += h->buckets[h->n_bounds];
+	emitf(e, "%s_bucket{%sle=\"+Inf\"} %" PRIu64 "\n", name, labels, cum);
+	snprintf(sum, sizeof(sum), "%.9g", h->sum_us / 1e6);
+	if (labels[0]) {
+		/* drop the trailing comma for _sum and _count */
+		int n = (int)strlen(labels) - 1;
+		emitf(e, "%s_sum{%.*s} %s\n%s_count{%.*s} %" PRIu64 "\n", name, n, labels, sum,
+		      name, n, labels, h->count);
+	} else {
+		emitf(e, "%s_sum %s\n%s_count %" PRIu64 "\n", name, sum, name, h->count);
+	}
+}
+
+/* The namespace labels of entry i of t, or of "other" when i == t->n. */
+static void ns_labels(struct emit *e, const struct kvp_ns_stats_table *t, uint32_t i)
+{
+	if (i == t->n) {
+		emitf(e, "{namespace=\"other\",tenant=\"\",adapter=\"\"}");
+		return;
+	}
+	emitf(e, "{namespace=\"%" PRIu32 ":", t->e[i].tenant);
+	emit_label(e, t->e[i].adapter);
+	emitf(e, "\",tenant=\"%" PRIu32 "\",adapter=\"", t->e[i].tenant);
+	emit_label(e, t->e[i].adapter);
+	emitf(e, "\"}");
+}
+
+static void ns_family(struct emit *e, const struct kvp_ns_stats_table *t, const char *name,
+		      const char *help, size_t field)
+{
+	family(e, name, "counter", help);
+	for (uint32_t i = 0; i <= t->n; i++) {
+		const struct kvp_ns_counters *c = i < t->n ? &t->e[i].c : &t->other;
+		uint64_t v;
+
+		memcpy(&v, (const char *)c + field, sizeof(v));
+		emitf(e, "%s", name);
+		ns_labels(e, t, i);
+		emitf(e, " %" PRIu64 "\n", v);
+	}
+}
+
+int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
+{
+	struct emit e = { .out = out };
+	const struct kvp_cache_stats *st = &v->cache;
+
+	family(&e, "kvprefix_info", "gauge", "kvprefixd build and mode (value is always 1)");
+	emitf(&e, "kvprefix_info{version=\"");
+	emit_label(&e, v->version ? v->version : "");
+	emitf(&e, "\",mode=\"");
+	emit_label(&e, v->mode ? v->mode : "");
+	emitf(&e, "\",name=\"");
+	emit_label(&e, v->name ? v->name : "");
+	emitf(&e, "\"} 1\n");
+	gauge(&e, "kvprefix_uptime_seconds", "Seconds since the daemon started", v->uptime_s);
+
+	family(&e, "kvprefix_queries_total", "counter",
+	       "Prompts matched against the cache: LOOKUP requests and GENERATE prompts");
+	emitf(&e, "kvprefix_queries_total{kind=\"lookup\"} %" PRIu64 "\n", st->lookups);
+	emitf(&e, "kvprefix_queries_total{kind=\"generate\"} %" PRIu64 "\n", st->generations);
+	family(&e, "kvprefix_query_hits_total", "counter",
+	       "Queries that matched at least one cached block");
+	emitf(&e, "kvprefix_query_hits_total{kind=\"lookup\"} %" PRIu64 "\n", st->lookup_hits);
+	emitf(&e, "kvprefix_query_hits_total{kind=\"generate\"} %" PRIu64 "\n",
+	      st->generation_hits);
+	counter(&e, "kvprefix_query_tokens_total", "Tokens of every query", st->query_tokens);
+	counter(&e, "kvprefix_hit_tokens_total",
+		"Query tokens served from the cache (hit rate = hit / query tokens)", st->hit_tokens);
+	counter(&e, "kvprefix_computed_tokens_total",
+		"Positions whose KV the engine computed (prompt not cached, and generated)",
+		v->computed_tokens);
+	counter(&e, "kvprefix_generated_tokens_total", "Tokens generated", v->generated_tokens);
+	counter(&e, "kvprefix_generations_done_total", "Generations finished, however they ended",
+		v->generations_done);
+	counter(&e, "kvprefix_inserts_total", "INSERT requests", st->inserts);
+	counter(&e, "kvprefix_insert_tokens_total", "Tokens of INSERT requests", st->insert_tokens);
+	counter(&e, "kvprefix_inserted_blocks_total", "Blocks added to the cache",
+		st->inserted_blocks);
+	counter(&e, "kvprefix_insert_full_total",
+		"Inserts and generations cut short by a pool full of pinned blocks", st->insert_full);
+	counter(&e, "kvprefix_evictions_total", "Cached blocks evicted to make room",
+		st->evictions);
+	counter(&e, "kvprefix_leases_total", "Leases granted", st->leases_total);
+	counter(&e, "kvprefix_errors_total", "ERROR frames sent", v->errors);
+	counter(&e, "kvprefix_connections_total", "Client connections accepted",
+		v->connections_total);
+
+	if (v->req) {
+		family(&e, "kvprefix_requests_total", "counter",
+		       "Requests by frame type and outcome (ok, or the error code sent)");
+		for (unsigned t = 0; t < KVP_REQ_NTYPES; t++) {
+			for (unsigned k = 0; k < KVP_REQ_NOUTCOMES; k++) {
+				uint64_t n = v->req->n[t][k];
+
+				/* ok always (so rate() starts at 0); errors once they happen */
+				if (k && !n)
+					continue;
+				if (!k && t == KVP_REQ_OTHER && !n)
+					continue;
+				emitf(&e, "kvprefix_requests_total{type=\"%s\",outcome=\"%s\"} %" PRIu64
+				      "\n", req_type_names[t],
+				      k <= KVP_REQ_NSTATUS ? status_names[k] : "EUNKNOWN", n);
+			}
+		}
+	}
+
+	family(&e, "kvprefix_pool_blocks", "gauge", "Pool blocks by state");
+	emitf(&e, "kvprefix_pool_blocks{state=\"free\"} %" PRIu32 "\n", st->pool.free);
+	emitf(&e, "kvprefix_pool_blocks{state=\"cached\"} %" PRIu32 "\n", st->pool.cached);
+	emitf(&e, "kvprefix_pool_blocks{state=\"pinned\"} %" PRIu32 "\n", st->pool.referenced);
+	gauge(&e, "kvprefix_pool_capacity_blocks", "Blocks in the pool", (double)st->pool.total);
+	gauge(&e, "kvprefix_tree_nodes", "Nodes of the prefix tree", (double)st->tree_nodes);
+	gauge(&e, "kvprefix_leases_active", "Leases held by clients", (double)st->leases_active);
+	gauge(&e, "kvprefix_connections", "Client connections open", (double)v->connections);
+	gauge(&e, "kvprefix_generations_active", "Generations submitted and not done",
+	      (double)v->generations_active);
+
+	if (v->ns) {
+		const struct kvp_ns_stats_table *t = v->ns;
+
+		gauge(&e, "kvprefix_namespaces_tracked",
+		      "Namespaces (tenant, adapter) with their own series; the rest are \"other\"",
+		      (double)t->n);
+		ns_family(&e, t, "kvprefix_namespace_requests_total",
+			  "LOOKUP, INSERT and GENERATE requests served, by namespace",
+			  offsetof(struct kvp_ns_counters, requests));
+		ns_family(&e, t, "kvprefix_namespace_queries_total", "Queries by namespace",
+			  offsetof(struct kvp_ns_counters, queries));
+		ns_family(&e, t, "kvprefix_namespace_query_tokens_total",
+			  "Query tokens by namespace", offsetof(struct kvp_ns_counters, query_tokens));
+		ns_family(&e, t, "kvprefix_namespace_hit_tokens_total",
+			  "Query tokens served from the cache, by namespace",
+			  offsetof(struct kvp_ns_counters, hit_tokens));
+		ns_family(&e, t, "kvprefix_namespace_computed_tokens_total",
+			  "Positions the engine computed, by namespace",
+			  offsetof(struct kvp_ns_counters, computed_tokens));
+		ns_family(&e, t, "kvprefix_namespace_generated_tokens_total",
+			  "Tokens generated, by namespace",
+			  offsetof(struct kvp_ns_counters, generated_tokens));
+	}
+
+	if (v->ttft) {
+		family(&e, "kvprefix_ttft_seconds", "histogram",
+		       "Time to first token of generations, from request to first token");
+		hist_series(&e, "kvprefix_ttft_seconds", "", v->ttft);
+	}
+	if (v->lookup || v->insert) {
+		family(&e, "kvprefix_lookup_duration_seconds", "histogram",
+		       "Time spent in the index per LOOKUP (op=lookup) and INSERT (op=insert)");
+		if (v->lookup)
+			hist_series(&e, "kvprefix_lookup_duration_seconds", "op=\"lookup\",", v->lookup);
+		if (v->insert)
+			hist_series(&e, "kvprefix_lookup_duration_seconds", "op=\"insert\",", v->insert);
+	}
+	if (e.err) {
+		size_t len = evbuffer_get_length(out);
+
+		evbuffer_drain(out, len);   /* never a page with series missing */
+		return e.err;
+	}
+	return KVP_OK;
+}
+
+/* ---- STATS JSON ------------------------------------------------------------ */
+
+static void add_num_or_null(cJSON *o, const char *key, double v)
+{
+	if (isnan(v))
+		cJSON_AddNullToObject(o, key);
+	else
+		cJSON_AddNumberToObject(o, key, v);
+}
+
+void kvp_metrics_stats_json(struct cJSON *o, const struct kvp_ns_stats_table *t,
+			    const struct kvp_hist *ttft, const struct kvp_hist *lookup)
+{
+	const struct kvp_ns_counters *top[STATS_TOP_NAMESPACES];
+	size_t n_top = 0;
+	cJSON *arr;
+
+	/* top by requests: a partial insertion sort over at most 33 entries */
+	for (uint32_t i = 0; i <= t->n; i++) {
+		const struct kvp_ns_counters *c = i < t->n ? &t->e[i].c : &t->other;
+		size_t j;
+
+		if (c == &t->other && c->requests == 0 && c->queries == 0)
+			continue;
+		if (n_top == STATS_TOP_NAMESPACES && c->requests <= top[n_top - 1]->requests)
+			continue;
+		if (n_top < STATS_TOP_NAMESPACES)
+			n_top++;
+		for (j = n_top - 1; j > 0 && top[j - 1]->requests < c->requests; j--)
+			top[j] = top[j - 1];
+		top[j] = c;
+	}
+	arr = cJSON_AddArrayToObject(o, "namespaces");
+	for (size_t i = 0; arr && i < n_top; i++) {
+		const struct kvp_ns_counters *c = top[i];
+		cJSON *x = cJSON_CreateObject();
+		char ns[KVP_NS_ADAPTER_MAX + 16];
+
+		if (!x)
+			break;
+		if (c == &t->other) {
+			cJSON_AddStringToObject(x, "namespace", "other");
+			cJSON_AddNullToObject(x, "tenant");
+			cJSON_AddNullToObject(x, "adapter");
+		} else {
+			const struct kvp_ns_entry *e =
+				(const struct kvp_ns_entry *)((const char *)c -
+							      offsetof(struct kvp_ns_entry, c));
+			snprintf(ns, sizeof(ns), "%" PRIu32 ":%s", e->tenant, e->adapter);
+			cJSON_AddStringToObject(x, "namespace", ns);
+			cJSON_AddNumberToObject(x, "tenant", e->tenant);
+			cJSON_AddStringToObject(x, "adapter", e->adapter);
+		}
+		cJSON_AddNumberToObject(x, "requests", (double)c->requests);
+		cJSON_AddNumberToObject(x, "queries", (double)c->queries);
+		cJSON_AddNumberToObject(x, "query_tokens", (double)c->query_tokens);
+		cJSON_AddNumberToObject(x, "hit_tokens", (double)c->hit_tokens);
+		cJSON_AddNumberToObject(x, "hit_rate", c->query_tokens ?
+					(double)c->hit_tokens / (double)c->query_tokens : 0.0);
+		cJSON_AddItemToArray(arr, x);
+	}
+	cJSON_AddNumberToObject(o, "namespaces_tracked", t->n);
+	add_num_or_null(o, "ttft_us_p50", ttft ? kvp_hist_quantile_us(ttft, 0.5) : NAN);
+	add_num_or_null(o, "ttft_us_p99", ttft ? kvp_hist_quantile_us(ttft, 0.99) : NAN);
+	add_num_or_null(o, "lookup_us_p99", lookup ? kvp_hist_quantile_us(lookup, 0.99) : NAN);
+}
+
+/* ---- the HTTP server ------------------------------------------------------- */
+
+struct kvp_metrics {
+	struct evhttp *http;
+	struct evhttp_bound_socket *bound;
+	void (*render)(void *arg, struct evbuffer *out);
+	void *arg;
+	int port;                                        /* TCP port bound, 0 for Unix */
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];  /* "" unless Unix */
+	dev_t dev;                                       /* the socket file we made */
+	ino_t ino;
+};
+
+static void reply_text(struct evhttp_request *req, int code, const char *reason,
+		       const char *text)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "text/plain; charset=utf-8");
+	if (b)
+		evbuffer_add(b, text, strlen(text));
+	evhttp_send_reply(req, code, reason, b);
+	if (b)
+		evbuffer_free(b);
+}
+
+static void http_cb(struct evhttp_request *req, void *arg)
+{
+	struct kvp_metrics *m = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	struct evbuffer *body;
+
+	if (!path || strcmp(path, "/metrics") != 0) {
+		reply_text(req, HTTP_NOTFOUND, "Not Found", "404 not found: try /metrics\n");
+		return;
+	}
+	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+		reply_text(req, 405, "Method Not Allowed", "405 method not allowed: GET /metrics\n");
+		return;
+	}
+	body = evbuffer_new();
+	if (body)
+		m->render(m->arg, body);
+	if (!body || evbuffer_get_length(body) == 0) {
+		kvp_warn("metrics: out of memory rendering /metrics");
+		if (body)
+			evbuffer_free(body);
+		reply_text(req, HTTP_INTERNAL, "Internal Server Error", "500 out of memory\n");
+		return;
+	}
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
+	if (cmd == EVHTTP_REQ_HEAD) {
+		/* evhttp would send the body after a HEAD too: send only its length */
+		char len[32];
+
+		snprintf(len, sizeof(len), "%zu", evbuffer_get_length(body));
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", len);
+		evhttp_send_reply(req, HTTP_OK, "OK", NULL);
+	} else {
+		evhttp_send_reply(req, HTTP_OK, "OK", body);
+	}
+	evbuffer_free(body);
+}
+
+/* "HOST:PORT", "[V6]:PORT" or ":PORT" into host and port. 0 or KVP_EINVAL. */
+static int parse_host_port(const char *s, char *host, size_t cap, uint16_t *port)
+{
+	const char *colon, *h = s;
+	size_t hlen;
+	char *end;
+	unsigned long p;
+
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+
+		if (!close || close[1] != ':')
+			return KVP_EINVAL;
+		h = s + 1;
+		hlen = (size_t)(close - h);
+		colon = close + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon || memchr(s, ':', (size_t)(colon - s)))
+			return KVP_EINVAL;   /* no port, or an unbracketed IPv6 address */
+		hlen = (size_t)(colon - s);
+	}
+	if (hlen + 1 > cap)
+		return KVP_EINVAL;
+	if (hlen == 0 && s[0] != '[')
+		snprintf(host, cap, "0.0.0.0");
+	else if (hlen == 0)
+		return KVP_EINVAL;
+	else {
+		memcpy(host, h, hlen);
+		host[hlen] = '\0';
+	}
+	if (colon[1] < '0' || colon[1] > '9')
+		return KVP_EINVAL;
+	errno = 0;
+	p = strtoul(colon + 1, &end, 10);
+	if (errno || *end || p > 65535)
+		return KVP_EINVAL;
+	*port = (uint16_t)p;
+	return KVP_OK;
+}
+
+/* A listening AF_UNIX socket at path, replacing a stale socket file. fd or -1 (logged). */
+static int unix_listen(struct kvp_metrics *m, const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st;
+	mode_t old;
+	int fd, rc;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		kvp_err("--metrics-listen %s: a Unix socket path is at most %zu bytes", path,
+			sizeof(sa.sun_path) - 1);
+		return -1;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		kvp_err("metrics: socket: %s", strerror(errno));
+		return -1;
+	}
+	/* someone listening there is left alone; a stale socket file is replaced */
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 || errno == EAGAIN) {
+		kvp_err("metrics: something is already listening on %s", path);
+		close(fd);
+		return -1;
+	}
+	rc = errno;
+	close(fd);
+	if (rc == ECONNREFUSED) {
+		if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+			kvp_err("metrics: %s exists and is not a socket; not replacing it", path);
+			return -1;
+		}
+		if (unlink(path) == 0)
+			kvp_info("metrics: removed a stale socket file at %s", path);
+	} else if (rc != ENOENT) {
+		kvp_err("metrics: cannot probe %s: %s", path, strerror(rc));
+		return -1;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		kvp_err("metrics: socket: %s", strerror(errno));
+		return -1;
+	}
+	old = umask(0117);   /* 0660 from the start, not after a chmod */
+	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (rc != 0) {
+		kvp_err("metrics: cannot bind %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	if (lstat(path, &st) == 0) {
+		snprintf(m->path, sizeof(m->path), "%s", path);
+		m->dev = st.st_dev;
+		m->ino = st.st_ino;
+	}
+	if (listen(fd, 64) != 0) {
+		kvp_err("metrics: cannot listen on %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+int kvp_metrics_start(struct event_base *base, const char *listen_on,
+		      void (*render)(void *arg, struct evbuffer *out), void *arg,
+		      struct kvp_metrics **out)
+{
+	struct kvp_metrics *m;
+	char host[256];
+	uint16_t port = 0;
+	int rc = KVP_EIO;
+
+	*out = NULL;
+	if (!listen_on || !listen_on[0] || !render)
+		return KVP_EINVAL;
+	if (!strchr(listen_on, '/') &&
+	    parse_host_port(listen_on, host, sizeof(host), &port) != 0) {
+		kvp_err("--metrics-listen '%s': want HOST:PORT, [IPV6]:PORT or a Unix socket path "
+			"(with a '/')", listen_on);
+		return KVP_EINVAL;
+	}
+	m = met_zalloc(sizeof(*m));
+	if (!m) {
+		kvp_err("metrics: out of memory starting the HTTP server");
+		return KVP_ENOMEM;
+	}
+	m->render = render;
+	m->arg = arg;
+	m->http = evhttp_new(base);
+	if (!m->http) {
+		rc = KVP_ENOMEM;
+		goto out_free;
+	}
+	evhttp_set_timeout(m->http, HTTP_TIMEOUT_S);
+	evhttp_set_max_headers_size(m->http, HTTP_MAX_HEADERS);
+	evhttp_set_max_body_size(m->http, HTTP_MAX_BODY);
+	/* every method reaches http_cb, which answers 405 itself (with Allow) */
+	evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+				   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+				   EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+	evhttp_set_gencb(m->http, http_cb, m);
+
+	if (strchr(listen_on, '/')) {
+		int fd = unix_listen(m, listen_on);
+
+		if (fd < 0)
+			goto out_free;
+		m->bound = evhttp_accept_socket_with_handle(m->http, fd);
+		if (!m->bound) {
+			kvp_err("metrics: cannot serve on %s", listen_on);
+			close(fd);
+			goto out_free;
+		}
+		kvp_info("metrics: serving /metrics on %s", listen_on);
+	} else {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		char addr[INET6_ADDRSTRLEN] = "?";
+
+		errno = 0;
+		m->bound = evhttp_bind_socket_with_handle(m->http, host, port);
+		if (!m->bound) {
+			kvp_err("metrics: cannot listen on %s: %s", listen_on,
+				errno ? strerror(errno) : "cannot resolve or bind the address");
+			goto out_free;
+		}
+		if (getsockname(evhttp_bound_socket_get_fd(m->bound), (struct sockaddr *)&ss,
+				&sl) == 0) {
+			if (ss.ss_family == AF_INET6) {
+				const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
+				inet_ntop(AF_INET6, &s6->sin6_addr, addr, sizeof(addr));
+				m->port = ntohs(s6->sin6_port);
+			} else if (ss.ss_family == AF_INET) {
+				const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
+				inet_ntop(AF_INET, &s4->sin_addr, addr, sizeof(addr));
+				m->port = ntohs(s4->sin_port);
+			}
+		}
+		kvp_info("metrics: serving /metrics on %s%s%s:%d",
+			 strchr(addr, ':') ? "[" : "", addr, strchr(addr, ':') ? "]" : "", m->port);
+	}
+	*out = m;
+	return KVP_OK;
+
+out_free:
+	if (rc == KVP_ENOMEM)
+		kvp_err("metrics: out of memory starting the HTTP server");
+	kvp_metrics_free(m);
+	return rc;
+}
+
+void kvp_metrics_free(struct kvp_metrics *m)
+{
+	struct stat st;
+
+	if (!m)
+		return;
+	if (m->http)
+		evhttp_free(m->http);   /* closes the listener and every connection */
+	/* remove only our own socket file, not one a later daemon put there */
+	if (m->path[0] && lstat(m->path, &st) == 0 && st.st_dev == m->dev &&
+	    st.st_ino == m->ino && unlink(m->path) != 0)
+		kvp_warn("metrics: cannot remove %s: %s", m->path, strerror(errno));
+	met_free(m);
+}
