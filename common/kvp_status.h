@@ -22,7 +22,8 @@ extern "C" {
 
 enum kvp_status {
 	KVP_OK = 0,
-	KVP_ENOMEM = -1,       /* an allocation failed; nothing was changed */
+	KVP_ENOMEM = -1,       /* an allocation failed; nothing was changed unless the
+	                          function's header says what was kept (kvp_cache_insert) */
 	KVP_EINVAL = -2,       /* an argument or field is out of range */
 	KVP_EPROTO = -3,       /* a frame is malformed (bad magic, type, layout) */
 	KVP_ETOOBIG = -4,      /* a length is over its configured limit */

@@ -22,6 +22,13 @@
  *       than the request, and which server the scheduler moves decides the ratio.
  *       LOOKUPs and echoes alternate in chunks of SOCKET_CHUNK for the same reason.
  *
+ *   kvprefix-bench load --clients N --duration S [--socket PATH] [--mix ...]
+ *       N client threads, each on its own connection, issue a seeded random mix of
+ *       LOOKUP (half pinned, then RELEASEd), INSERT (index-only), GENERATE (engine) and
+ *       STATS for S seconds; per-kind latency from fixed log-bucket histograms, errors
+ *       by status, the daemon's RSS (its pid via SO_PEERCRED with --socket) and its
+ *       pool once the clients are gone (blocks_pinned must be 0). See cmd_load.
+ *
  *   timing of one in-process figure:
  *
  *     calibrate: t1 = one call            K = calls per sample (>= 20 us a sample)
@@ -39,6 +46,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2251,6 +2259,1148 @@ out:
 	return ret;
 }
 
+/* ---- load: many clients, a random mix of requests, for a while -------------------- */
+
+/*
+ * N client threads, each with its own connection, issue a seeded random mix of LOOKUP
+ * (half of them pinned: the lease is held for a few requests, then RELEASEd), INSERT
+ * (index-only daemons), GENERATE (engine daemons) and STATS for S seconds.
+ *
+ * Prompts: --prefixes shared prefixes (3/4 of the prompt) + one of --suffixes suffixes
+ * per prefix (the rest), so that prefixes hit, whole prompts hit once they were seen,
+ * and the distinct suffix blocks (8 x 4096 x 8 = 262,144 by default) roughly fill the
+ * default pool. GENERATE prompts are the first --gen-prompt-tokens of the same
+ * prompts (the same shape), so LOOKUPs hit what the engine cached.
+ *
+ *   thread i:  connect + HELLO | barrier | loop until S s: pick kind, time it, bucket it
+ *   main:      barrier | every second: requests/s, errors, the daemon's RSS | join
+ *              | STATS until the clients' connections are gone | report
+ *
+ * Latencies go into per-thread, per-kind log-bucket histograms (32 sub-buckets per
+ * power of two: ~3% resolution), allocated once with the thread: no allocation per
+ * request on the bench's side.
+ */
+
+#define LOAD_CLIENTS_MAX 1000u
+#define LOAD_DURATION_MAX_S 86400.0
+#define LOAD_LEASES_HELD 4u           /* a client's pinned leases before it releases */
+#define LOAD_SETTLE_MS 5000           /* waiting for the daemon to see the clients go */
+#define LOAD_CONNECT_RETRY_MS 100
+#define LOAD_VOCAB_DEFAULT 32000u
+#define LOAD_ERR_SLOTS 18             /* -status 0..16, then one for a failed check */
+#define LOAD_ERR_CHECK (LOAD_ERR_SLOTS - 1)
+
+#define HIST_SUB_BITS 5u
+#define HIST_SUB (1u << HIST_SUB_BITS)
+#define HIST_BUCKETS ((64u - HIST_SUB_BITS + 1u) * HIST_SUB)
+
+enum load_kind { LK_LOOKUP, LK_PIN, LK_RELEASE, LK_INSERT, LK_GENERATE, LK_STATS, LK_N };
+static const char *const load_kind_name[LK_N] = {
+	"lookup", "lookup_pin", "release", "insert", "generate", "stats",
+};
+
+/* What --mix weighs: a LOOKUP is pinned (and later released) half of the time. */
+enum load_mix { LM_LOOKUP, LM_INSERT, LM_GENERATE, LM_STATS, LM_N };
+static const char *const load_mix_name[LM_N] = { "lookup", "insert", "generate", "stats" };
+
+/* Latencies in ns: exact below HIST_SUB, then HIST_SUB buckets per power of two. */
+struct load_hist {
+	uint64_t b[HIST_BUCKETS];
+	uint64_t n, sum_ns, max_ns;
+};
+
+static unsigned hist_index(uint64_t v)
+{
+	unsigned msb;
+
+	if (v < HIST_SUB)
+		return (unsigned)v;
+	msb = 63u - (unsigned)__builtin_clzll(v);
+	return (msb - HIST_SUB_BITS + 1u) * HIST_SUB +
+	       (unsigned)((v >> (msb - HIST_SUB_BITS)) & (HIST_SUB - 1u));
+}
+
+/* The smallest value of bucket i, and its width. */
+static void hist_bucket(unsigned i, uint64_t *lo, uint64_t *width)
+{
+	unsigned e = i / HIST_SUB, s = i % HIST_SUB;
+
+	if (e == 0) {
+		*lo = i;
+		*width = 1;
+		return;
+	}
+	*lo = (uint64_t)(HIST_SUB + s) << (e - 1u);
+	*width = (uint64_t)1 << (e - 1u);
+}
+
+static inline void hist_add(struct load_hist *h, uint64_t ns)
+{
+	h->b[hist_index(ns)]++;
+	h->n++;
+	h->sum_ns += ns;
+	if (ns > h->max_ns)
+		h->max_ns = ns;
+}
+
+static void hist_merge(struct load_hist *dst, const struct load_hist *src)
+{
+	for (unsigned i = 0; i < HIST_BUCKETS; i++)
+		dst->b[i] += src->b[i];
+	dst->n += src->n;
+	dst->sum_ns += src->sum_ns;
+	if (src->max_ns > dst->max_ns)
+		dst->max_ns = src->max_ns;
+}
+
+/* Quantile q in microseconds: the middle of the bucket holding rank ceil(q * n), at
+ * most the largest value seen. 0 when empty. */
+static double hist_quantile_us(const struct load_hist *h, double q)
+{
+	uint64_t rank, cum = 0, lo, w;
+	double v;
+
+	if (!h->n)
+		return 0;
+	rank = (uint64_t)ceil(q * (double)h->n);
+	if (rank < 1)
+		rank = 1;
+	for (unsigned i = 0; i < HIST_BUCKETS; i++) {
+		cum += h->b[i];
+		if (cum < rank)
+			continue;
+		hist_bucket(i, &lo, &w);
+		v = (double)lo + (double)(w - 1) / 2;
+		if (v > (double)h->max_ns)
+			v = (double)h->max_ns;
+		return v / 1e3;
+	}
+	return (double)h->max_ns / 1e3;
+}
+
+/* What every client reads; written by main before the threads start. */
+struct load_shared {
+	const char *sock;
+	double duration_s;
+	uint32_t weight[LM_N], weight_sum;
+	uint32_t prompt_tokens, prefix_tokens;          /* LOOKUP / INSERT prompts */
+	uint32_t gen_prompt_tokens, gen_prefix_tokens;  /* GENERATE prompts */
+	uint32_t n_prefixes, n_suffixes, vocab, max_new, timeout_ms;
+	uint64_t seed;
+	const uint32_t *prefixes;    /* n_prefixes x prefix_tokens */
+	/* start: every client connects, then waits for go (1: run, -1: give up) */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint32_t ready;
+	int go;
+};
+
+struct load_lease {
+	uint64_t id;
+	uint32_t n_blocks;
+};
+
+struct load_worker {
+	/* read by the progress loop while the thread runs: on a line of their own */
+	_Alignas(64) _Atomic uint64_t live_requests;
+	_Atomic uint64_t live_errors;
+	_Alignas(64) pthread_t th;
+	uint32_t idx;
+	struct load_shared *sh;
+	struct kvp_client *c;
+	uint64_t rng;
+	uint32_t *prompt;            /* room for max(prompt_tokens, gen_prompt_tokens) */
+	struct load_lease leases[LOAD_LEASES_HELD];
+	uint32_t n_leases;
+	uint64_t requests, errors, reconnects;
+	uint64_t count[LK_N], kind_errors[LK_N];
+	uint64_t err_by_status[LOAD_ERR_SLOTS];
+	uint64_t query_tokens, hit_tokens;              /* LOOKUP */
+	uint64_t gen_prompt, gen_cached, gen_tokens;    /* GENERATE */
+	uint32_t gen_bad_tokens;                        /* set by the token callback */
+	char first_error[256];
+	struct load_hist hist[LK_N];
+};
+
+static uint64_t load_rand(struct load_worker *w)
+{
+	/* xorshift64* */
+	uint64_t x = w->rng;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	w->rng = x;
+	return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* Count a failed call (status < 0) or a failed check (status 0, why set). */
+static void load_error(struct load_worker *w, enum load_kind k, int status, const char *why)
+{
+	unsigned slot = status < 0 && -status < LOAD_ERR_CHECK ? (unsigned)-status
+							       : LOAD_ERR_CHECK;
+
+	w->errors++;
+	if (k < LK_N)
+		w->kind_errors[k]++;
+	w->err_by_status[slot]++;
+	atomic_store_explicit(&w->live_errors, w->errors, memory_order_relaxed);
+	if (!w->first_error[0])
+		snprintf(w->first_error, sizeof(w->first_error), "client %u, %s: %s%s%s",
+			 w->idx, k < LK_N ? load_kind_name[k] : "connect",
+			 status < 0 ? kvp_strerror(status) : why,
+			 w->c && status < 0 && kvp_client_error(w->c)[0] ? ": " : "",
+			 w->c && status < 0 ? kvp_client_error(w->c) : "");
+}
+
+static const char *load_err_name(unsigned slot)
+{
+	return slot == LOAD_ERR_CHECK ? "failed check" : kvp_strerror(-(int)slot);
+}
+
+/* Statuses after which a client cannot be used any more (kvprefix.h). */
+static bool load_fatal(int rc)
+{
+	return rc == KVP_ECLOSED || rc == KVP_EIO || rc == KVP_EPROTO || rc == KVP_ENOMEM;
+}
+
+static int load_connect(struct load_worker *w)
+{
+	struct kvp_server_info info;
+	int rc;
+
+	rc = kvp_client_connect(w->sh->sock, &w->c);
+	if (rc == 0)
+		rc = kvp_client_hello(w->c, NULL, NULL, &info);
+	if (rc == 0)
+		rc = kvp_client_set_timeout_ms(w->c, w->sh->timeout_ms);
+	if (rc < 0) {
+		load_error(w, LK_N, rc, NULL);
+		kvp_client_close(w->c);
+		w->c = NULL;
+	}
+	return rc;
+}
+
+/* n tokens of prompt (prefix p, suffix s) into out: prefix p's first prefix_n tokens,
+ * then n - prefix_n suffix tokens, a pure function of (seed, p, s). rand_tokens keeps
+ * the low 32 bits of its seed: (p << 24) + s is distinct for p < 256, s < 2^24 (the
+ * limits of --prefixes and --suffixes). */
+static void load_prompt(const struct load_shared *sh, uint32_t p, uint32_t s, uint32_t *out,
+			uint32_t n, uint32_t prefix_n)
+{
+	memcpy(out, sh->prefixes + (size_t)p * sh->prefix_tokens, prefix_n * sizeof(uint32_t));
+	rand_tokens(out + prefix_n, n - prefix_n,
+		    kvp_splitmix64(sh->seed ^ 0x5EED5u) + ((uint64_t)p << 24) + s, sh->vocab);
+}
+
+struct load_gen_check {
+	uint32_t vocab, bad, n;
+};
+
+static void load_gen_cb(void *arg, const uint32_t *tokens, uint32_t n)
+{
+	struct load_gen_check *g = arg;
+
+	for (uint32_t i = 0; i < n; i++)
+		g->bad += tokens[i] >= g->vocab;
+	g->n += n;
+}
+
+/* Release the oldest held lease. */
+static int load_release_one(struct load_worker *w)
+{
+	struct load_lease l = w->leases[0];
+	uint32_t got = 0;
+	int rc;
+
+	memmove(w->leases, w->leases + 1, (w->n_leases - 1) * sizeof(w->leases[0]));
+	w->n_leases--;
+	rc = kvp_client_release(w->c, l.id, &got);
+	if (rc == 0 && got != l.n_blocks) {
+		load_error(w, LK_RELEASE, 0, "a lease released a different number of blocks "
+			   "than it pinned");
+		return 0;
+	}
+	return rc;
+}
+
+/* One request of kind *k (LK_LOOKUP may turn into LK_PIN); its status. */
+static int load_one(struct load_worker *w, enum load_mix m, enum load_kind *k)
+{
+	const struct load_shared *sh = w->sh;
+	uint32_t p = (uint32_t)(load_rand(w) % sh->n_prefixes);
+	uint32_t s = (uint32_t)(load_rand(w) % sh->n_suffixes);
+	struct kvp_match mt;
+	int rc;
+
+	switch (m) {
+	case LM_LOOKUP: {
+		bool pin = load_rand(w) & 1;
+
+		*k = pin ? LK_PIN : LK_LOOKUP;
+		load_prompt(sh, p, s, w->prompt, sh->prompt_tokens, sh->prefix_tokens);
+		rc = kvp_client_lookup(w->c, w->prompt, sh->prompt_tokens,
+				       pin ? KVP_LOOKUP_PIN : 0, &mt);
+		if (rc < 0)
+			return rc;
+		w->query_tokens += sh->prompt_tokens;
+		w->hit_tokens += mt.matched_tokens;
+		/* docs/protocol.md §8: a lease exactly when PIN was given and a block matched */
+		if ((mt.lease != 0) != (pin && mt.n_blocks > 0))
+			load_error(w, *k, 0, "a LOOKUP's lease does not match its PIN flag and "
+				   "blocks");
+		if (mt.lease) {
+			w->leases[w->n_leases].id = mt.lease;
+			w->leases[w->n_leases].n_blocks = mt.n_blocks;
+			w->n_leases++;
+		}
+		return 0;
+	}
+	case LM_INSERT:
+		*k = LK_INSERT;
+		load_prompt(sh, p, s, w->prompt, sh->prompt_tokens, sh->prefix_tokens);
+		return kvp_client_insert(w->c, w->prompt, sh->prompt_tokens, 0, &mt);
+	case LM_GENERATE: {
+		struct kvp_generate_params gp;
+		struct load_gen_check g = { .vocab = sh->vocab };
+		struct kvp_usage u;
+
+		*k = LK_GENERATE;
+		load_prompt(sh, p, s, w->prompt, sh->gen_prompt_tokens, sh->gen_prefix_tokens);
+		kvp_generate_params_init(&gp);
+		gp.max_new = sh->max_new;
+		rc = kvp_client_generate(w->c, w->prompt, sh->gen_prompt_tokens, &gp, load_gen_cb,
+					 &g, &u);
+		if (rc < 0)
+			return rc;
+		w->gen_prompt += u.prompt_tokens;
+		w->gen_cached += u.cached_tokens;
+		w->gen_tokens += g.n;
+		if (g.bad || g.n != u.generated_tokens || u.generated_tokens > sh->max_new ||
+		    u.prompt_tokens != sh->gen_prompt_tokens)
+			load_error(w, LK_GENERATE, 0, "a generation's tokens or usage do not add up");
+		return 0;
+	}
+	case LM_STATS:
+	default: {
+		char *js = NULL;
+
+		*k = LK_STATS;
+		rc = kvp_client_stats(w->c, &js);
+		free(js);
+		return rc;
+	}
+	}
+}
+
+static enum load_mix load_pick(struct load_worker *w)
+{
+	uint32_t r = (uint32_t)(load_rand(w) % w->sh->weight_sum);
+	unsigned m = 0;
+
+	while (r >= w->sh->weight[m]) {
+		r -= w->sh->weight[m];
+		m++;
+	}
+	return (enum load_mix)m;
+}
+
+static void load_record(struct load_worker *w, enum load_kind k, int rc, uint64_t ns)
+{
+	w->requests++;
+	w->count[k]++;
+	hist_add(&w->hist[k], ns);
+	if (rc < 0)
+		load_error(w, k, rc, NULL);
+	atomic_store_explicit(&w->live_requests, w->requests, memory_order_relaxed);
+}
+
+static void *load_worker_main(void *arg)
+{
+	struct load_worker *w = arg;
+	uint64_t deadline;
+	int rc;
+
+	int go;
+
+	load_connect(w);
+	pthread_mutex_lock(&w->sh->mu);
+	w->sh->ready++;
+	pthread_cond_broadcast(&w->sh->cv);
+	while (!w->sh->go)
+		pthread_cond_wait(&w->sh->cv, &w->sh->mu);
+	go = w->sh->go;
+	pthread_mutex_unlock(&w->sh->mu);
+	if (go < 0) {
+		kvp_client_close(w->c);
+		w->c = NULL;
+		return NULL;
+	}
+	deadline = kvp_tool_now_ns() + (uint64_t)(w->sh->duration_s * 1e9);
+	while (kvp_tool_now_ns() < deadline) {
+		enum load_kind k;
+		uint64_t t0;
+
+		if (!w->c) {
+			sleep_ms(LOAD_CONNECT_RETRY_MS);
+			if (load_connect(w) == 0)
+				w->reconnects++;
+			continue;
+		}
+		t0 = kvp_tool_now_ns();
+		rc = load_one(w, load_pick(w), &k);
+		load_record(w, k, rc, kvp_tool_now_ns() - t0);
+		while (rc == 0 && w->n_leases == LOAD_LEASES_HELD) {
+			t0 = kvp_tool_now_ns();
+			rc = load_release_one(w);
+			load_record(w, LK_RELEASE, rc, kvp_tool_now_ns() - t0);
+		}
+		if (load_fatal(rc)) {
+			/* the daemon released this connection's leases when it went */
+			kvp_client_close(w->c);
+			w->c = NULL;
+			w->n_leases = 0;
+		}
+	}
+	while (w->c && w->n_leases) {
+		uint64_t t0 = kvp_tool_now_ns();
+
+		rc = load_release_one(w);
+		load_record(w, LK_RELEASE, rc, kvp_tool_now_ns() - t0);
+		if (load_fatal(rc))
+			break;
+	}
+	kvp_client_close(w->c);
+	w->c = NULL;
+	return NULL;
+}
+
+/* "VmRSS" etc. from /proc/PID/status in kB; -1 if unreadable. */
+static long proc_status_kb(pid_t pid, const char *key)
+{
+	char path[64], line[256];
+	size_t kl = strlen(key);
+	long v = -1;
+	FILE *f;
+
+	if (pid <= 0)
+		return -1;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	while (f && fgets(line, sizeof(line), f))
+		if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
+			v = strtol(line + kl + 1, NULL, 10);
+			break;
+		}
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/* The pid of the process serving path, from SO_PEERCRED on a connection of our own
+ * (libkvprefix does not show its descriptor). -1 (message printed) on failure. */
+static pid_t socket_peer_pid(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct ucred cr = { 0 };
+	socklen_t len = sizeof(cr);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	pid_t pid = -1;
+
+	if (fd < 0 || strlen(path) >= sizeof(sa.sun_path)) {
+		fprintf(stderr, PROG " load: cannot ask %s for its pid\n", path);
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		fprintf(stderr, PROG " load: connect %s (for SO_PEERCRED): %s\n", path,
+			strerror(errno));
+	else if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		fprintf(stderr, PROG " load: SO_PEERCRED on %s: %s\n", path, strerror(errno));
+	else if (cr.pid > 0)
+		pid = cr.pid;
+	else
+		fprintf(stderr, PROG " load: SO_PEERCRED on %s gave no pid (another pid "
+			"namespace?)\n", path);
+	close(fd);
+	return pid;
+}
+
+/* The daemon's counters that load reports. */
+struct load_dstats {
+	double connections, generations_active, blocks_total, blocks_free, blocks_cached,
+		blocks_pinned, leases_active, errors, evictions, requests;
+};
+
+static double json_num(const cJSON *o, const char *key)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsNumber(it) ? it->valuedouble : NAN;
+}
+
+static int load_dstats(struct kvp_client *c, struct load_dstats *d)
+{
+	char *js = NULL;
+	cJSON *o;
+	int rc = kvp_client_stats(c, &js);
+
+	if (rc < 0)
+		return rc;
+	o = cJSON_Parse(js);
+	free(js);
+	if (!cJSON_IsObject(o)) {
+		cJSON_Delete(o);
+		return KVP_EPROTO;
+	}
+	d->connections = json_num(o, "connections");
+	d->generations_active = json_num(o, "generations_active");
+	d->blocks_total = json_num(o, "blocks_total");
+	d->blocks_free = json_num(o, "blocks_free");
+	d->blocks_cached = json_num(o, "blocks_cached");
+	d->blocks_pinned = json_num(o, "blocks_pinned");
+	d->leases_active = json_num(o, "leases_active");
+	d->errors = json_num(o, "errors");
+	d->evictions = json_num(o, "evictions");
+	d->requests = json_num(o, "requests");
+	cJSON_Delete(o);
+	return 0;
+}
+
+/* Parse --mix "lookup=70,stats=5,generate=25" into weights (unnamed kinds: 0). */
+static bool load_parse_mix(const char *s, uint32_t w[LM_N])
+{
+	bool seen[LM_N] = { false };
+	const char *p = s;
+
+	memset(w, 0, LM_N * sizeof(w[0]));
+	while (*p) {
+		const char *eq = strchr(p, '='), *end = strchr(p, ',');
+		char val[24];
+		uint64_t v;
+		size_t kl, vl;
+		unsigned m;
+
+		if (!end)
+			end = p + strlen(p);
+		if (!eq || eq > end) {
+			fprintf(stderr, PROG " load: --mix '%s': want KIND=WEIGHT,... (KIND: lookup, "
+				"insert, generate, stats)\n", s);
+			return false;
+		}
+		kl = (size_t)(eq - p);
+		vl = (size_t)(end - eq - 1);
+		for (m = 0; m < LM_N; m++)
+			if (strlen(load_mix_name[m]) == kl && strncmp(p, load_mix_name[m], kl) == 0)
+				break;
+		if (m == LM_N) {
+			fprintf(stderr, PROG " load: --mix: unknown kind '%.*s' (want lookup, insert, "
+				"generate, stats)\n", (int)kl, p);
+			return false;
+		}
+		if (vl == 0 || vl >= sizeof(val)) {
+			fprintf(stderr, PROG " load: --mix: bad weight for %s\n", load_mix_name[m]);
+			return false;
+		}
+		memcpy(val, eq + 1, vl);
+		val[vl] = '\0';
+		if (!kvp_tool_parse_u64(val, 0, 1000000, &v)) {
+			fprintf(stderr, PROG " load: --mix: weight '%s' of %s: want 0..1000000\n", val,
+				load_mix_name[m]);
+			return false;
+		}
+		if (seen[m]) {
+			fprintf(stderr, PROG " load: --mix: %s given twice\n", load_mix_name[m]);
+			return false;
+		}
+		seen[m] = true;
+		w[m] = (uint32_t)v;
+		p = *end ? end + 1 : end;
+		if (*end && !*p) {
+			fprintf(stderr, PROG " load: --mix '%s': trailing comma\n", s);
+			return false;
+		}
+	}
+	return true;
+}
+
+/* The model's vocabulary: one GENERATE of max_new 0 with KVP_GEN_LOGITS. 0 on failure. */
+static uint32_t load_probe_vocab(struct kvp_client *c)
+{
+	struct kvp_generate_params gp;
+	struct kvp_usage u;
+	const uint32_t tok = 1;
+
+	kvp_generate_params_init(&gp);
+	gp.max_new = 0;
+	gp.flags = KVP_GEN_LOGITS;
+	if (kvp_client_generate(c, &tok, 1, &gp, NULL, NULL, &u) < 0)
+		return 0;
+	return u.n_logits;
+}
+
+static void usage_load(FILE *f)
+{
+	fprintf(f,
+		"Usage: kvprefix-bench load --clients N --duration S [--socket PATH]\n"
+		"                           [--mix lookup=70,generate=25,stats=5] [--max-new 8]\n"
+		"                           [--prompt-tokens 512] [--gen-prompt-tokens 64]\n"
+		"                           [--prefixes 8] [--suffixes 4096] [--seed 1]\n"
+		"                           [--vocab N] [--timeout-ms 60000]\n"
+		"                           [--model FILE] [--threads N]\n"
+		"Load a kvprefixd with N client threads, each on its own connection, for S\n"
+		"seconds: a seeded random mix of LOOKUP (half pinned; a client holds up to %u\n"
+		"leases, then RELEASEs the oldest), INSERT (index-only daemons only), GENERATE\n"
+		"(daemons with a model only) and STATS. Prompts are one of --prefixes shared\n"
+		"prefixes (3/4 of the prompt) + one of --suffixes suffixes each, so prefixes\n"
+		"hit and repeated prompts hit whole.\n"
+		"\n"
+		"  -s, --socket PATH         use this running daemon; without it, start one\n"
+		"                            (kvprefixd --index-only, or --model FILE) from\n"
+		"                            this binary's directory or ../sbin\n"
+		"  -c, --clients N           client threads (1..%u)\n"
+		"  -d, --duration S          seconds to run (\"0.5\" is fine)\n"
+		"  -x, --mix KIND=W,...      weights of lookup, insert, generate, stats; kinds\n"
+		"                            the daemon does not serve are left out (with a\n"
+		"                            note). Default lookup=70,insert=25,stats=5 for an\n"
+		"                            index-only daemon, lookup=70,generate=25,stats=5\n"
+		"                            with a model\n"
+		"      --max-new N           tokens a GENERATE makes at most (default 8, greedy)\n"
+		"      --prompt-tokens N     tokens of a LOOKUP / INSERT prompt (default 512)\n"
+		"      --gen-prompt-tokens N tokens of a GENERATE prompt (default 64)\n"
+		"      --prefixes N          shared prefixes (default 8, at most 256)\n"
+		"      --suffixes N          suffixes per prefix (default 4096)\n"
+		"      --seed N              seeds the prompts and every client's mix (default 1)\n"
+		"      --vocab N             token ids drawn below N (default: the model's,\n"
+		"                            asked of the daemon; %u index-only)\n"
+		"      --timeout-ms N        deadline of each reply (default 60000; 0: none)\n"
+		"      --model FILE          the daemon this command starts serves FILE\n"
+		"      --threads N           and computes with N threads (default: all cores)\n"
+		"  -h, --help                show this help\n"
+		"\n"
+		"Progress (requests/s, errors so far, the daemon's RSS) on stderr once a\n"
+		"second. Prints a table, then one JSON line: requests, errors, errors_by_status\n"
+		"(kvp_strerror names), requests_per_s, p50_us, p99_us, kinds (count, errors,\n"
+		"latencies per kind), rss_start_kb, rss_end_kb, rss_peak_kb (the daemon's\n"
+		"VmRSS; its pid from SO_PEERCRED with --socket), and the daemon's pool once\n"
+		"the clients are gone: blocks_pinned (should be 0), pool_invariant_ok\n"
+		"(free + cached + pinned == total).\n"
+		"Exit status 1 when a request failed, blocks stayed pinned or the pool does\n"
+		"not add up (the JSON line is printed all the same).\n",
+		LOAD_LEASES_HELD, LOAD_CLIENTS_MAX, LOAD_VOCAB_DEFAULT);
+}
+
+static cJSON *load_kind_json(const struct load_hist *h, uint64_t count, uint64_t errors)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	if (!o)
+		return NULL;
+	cJSON_AddNumberToObject(o, "count", (double)count);
+	cJSON_AddNumberToObject(o, "errors", (double)errors);
+	cJSON_AddNumberToObject(o, "mean_us", h->n ? (double)h->sum_ns / (double)h->n / 1e3 : 0);
+	cJSON_AddNumberToObject(o, "p50_us", hist_quantile_us(h, 0.50));
+	cJSON_AddNumberToObject(o, "p99_us", hist_quantile_us(h, 0.99));
+	cJSON_AddNumberToObject(o, "p999_us", hist_quantile_us(h, 0.999));
+	cJSON_AddNumberToObject(o, "max_us", (double)h->max_ns / 1e3);
+	return o;
+}
+
+static void json_add_kb(cJSON *o, const char *key, long kb)
+{
+	if (kb >= 0)
+		cJSON_AddNumberToObject(o, key, (double)kb);
+	else
+		cJSON_AddNullToObject(o, key);
+}
+
+static int cmd_load(int argc, char **argv)
+{
+	enum { O_MAXNEW = 256, O_PROMPT, O_GENPROMPT, O_PREFIXES, O_SUFFIXES, O_SEED, O_VOCAB,
+	       O_TIMEOUT, O_MODEL, O_THREADS };
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "clients", required_argument, NULL, 'c' },
+		{ "duration", required_argument, NULL, 'd' },
+		{ "mix", required_argument, NULL, 'x' },
+		{ "max-new", required_argument, NULL, O_MAXNEW },
+		{ "prompt-tokens", required_argument, NULL, O_PROMPT },
+		{ "gen-prompt-tokens", required_argument, NULL, O_GENPROMPT },
+		{ "prefixes", required_argument, NULL, O_PREFIXES },
+		{ "suffixes", required_argument, NULL, O_SUFFIXES },
+		{ "seed", required_argument, NULL, O_SEED },
+		{ "vocab", required_argument, NULL, O_VOCAB },
+		{ "timeout-ms", required_argument, NULL, O_TIMEOUT },
+		{ "model", required_argument, NULL, O_MODEL },
+		{ "threads", required_argument, NULL, O_THREADS },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	uint64_t clients = 0, max_new = 8, prompt = 512, gen_prompt = 64, prefixes = 8;
+	uint64_t suffixes = 4096, seed = 1, vocab = 0, timeout_ms = 60000, threads = 0;
+	double duration = 0;
+	const char *sock = NULL, *mix = NULL, *model = NULL;
+	struct load_shared sh = { 0 };
+	struct load_worker *ws = NULL;
+	struct own_daemon d = { 0 };
+	struct kvp_server_info info;
+	struct kvp_client *c = NULL;
+	struct load_dstats ds0 = { 0 }, ds1 = { 0 };
+	struct load_hist *all = NULL, *kinds = NULL;
+	uint64_t count[LK_N] = { 0 }, kind_err[LK_N] = { 0 }, by_status[LOAD_ERR_SLOTS] = { 0 };
+	uint64_t requests = 0, errors = 0, reconnects = 0, qt = 0, ht = 0, gp = 0, gc = 0, gt = 0;
+	uint64_t t_start, t_end, last_req = 0, t_last;
+	long rss_start, rss_end, rss_peak, hwm;
+	pid_t dpid;
+	bool sync = false, invariant_ok, dstats_ok = false;
+	uint32_t started = 0;
+	double elapsed, settle_ms = 0;
+	const char *first_error = NULL;
+	uint32_t *prefix_buf = NULL;
+	cJSON *o = NULL, *j;
+	int opt, rc, ret = KVP_EXIT_FAIL;
+
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":s:c:d:x:h", opts, NULL)) != -1) {
+		uint64_t *dst = NULL, lo = 1, hi = 1u << 20;
+		const char *name = NULL;
+
+		switch (opt) {
+		case 's': sock = optarg; continue;
+		case 'x': mix = optarg; continue;
+		case O_MODEL: model = optarg; continue;
+		case 'd':
+			if (!kvp_tool_parse_seconds(optarg, LOAD_DURATION_MAX_S, &duration)) {
+				fprintf(stderr, PROG " load: --duration '%s': want seconds, > 0 and "
+					"<= %.0f\n", optarg, LOAD_DURATION_MAX_S);
+				return KVP_EXIT_USAGE;
+			}
+			continue;
+		case 'c': dst = &clients; name = "--clients"; hi = LOAD_CLIENTS_MAX; break;
+		case O_MAXNEW: dst = &max_new; name = "--max-new"; lo = 0; hi = 65536; break;
+		case O_PROMPT: dst = &prompt; name = "--prompt-tokens"; lo = 2; break;
+		case O_GENPROMPT: dst = &gen_prompt; name = "--gen-prompt-tokens"; lo = 2; break;
+		case O_PREFIXES: dst = &prefixes; name = "--prefixes"; hi = 256; break;
+		case O_SUFFIXES: dst = &suffixes; name = "--suffixes"; hi = 1u << 24; break;
+		case O_SEED: dst = &seed; name = "--seed"; lo = 0; hi = UINT64_MAX; break;
+		case O_VOCAB: dst = &vocab; name = "--vocab"; lo = 2; hi = 1u << 30; break;
+		case O_TIMEOUT: dst = &timeout_ms; name = "--timeout-ms"; lo = 0; hi = 86400000;
+			break;
+		case O_THREADS: dst = &threads; name = "--threads"; hi = 1024; break;
+		case 'h': usage_load(stdout); return KVP_EXIT_OK;
+		default: return bad_option("load", argv, opt);
+		}
+		if (!kvp_tool_parse_u64(optarg, lo, hi, dst)) {
+			fprintf(stderr, PROG " load: %s '%s': want %" PRIu64 "..%" PRIu64 "\n", name,
+				optarg, lo, hi);
+			return KVP_EXIT_USAGE;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, PROG " load: unexpected argument '%s'\n"
+			"Try '" PROG " load --help'.\n", argv[optind]);
+		return KVP_EXIT_USAGE;
+	}
+	if (!clients || duration <= 0) {
+		fprintf(stderr, PROG " load: --clients N and --duration S are required\n"
+			"Try '" PROG " load --help'.\n");
+		return KVP_EXIT_USAGE;
+	}
+	if (sock && (model || threads)) {
+		fprintf(stderr, PROG " load: --model and --threads are for the daemon this "
+			"command starts; not with --socket\n");
+		return KVP_EXIT_USAGE;
+	}
+	if (threads && !model) {
+		fprintf(stderr, PROG " load: --threads goes with --model\n");
+		return KVP_EXIT_USAGE;
+	}
+	if (mix && !load_parse_mix(mix, sh.weight))
+		return KVP_EXIT_USAGE;
+
+	/* the daemon */
+	if (!sock) {
+		char th[24];
+		const char *idx_args[] = { "--index-only", NULL };
+		const char *mod_args[] = { "--model", model, "--threads", th, NULL };
+
+		snprintf(th, sizeof(th), "%" PRIu64, threads ? threads : (uint64_t)online_cpus());
+		if (start_daemon(&d, "load", model ? mod_args : idx_args,
+				 model ? ENGINE_DAEMON_WAIT_MS : DAEMON_WAIT_MS) < 0)
+			goto out;
+		sock = d.sock;
+		dpid = d.pid;
+	} else {
+		dpid = socket_peer_pid(sock);
+	}
+	if (kvp_tool_connect(PROG " load", sock, &c) < 0)
+		goto out;
+	memset(&info, 0, sizeof(info));
+	rc = kvp_client_hello(c, NULL, NULL, &info);
+	if (rc < 0) {
+		kvp_tool_perror(PROG " load", "hello", c, rc);
+		goto out;
+	}
+	if (!mix) {
+		sh.weight[LM_LOOKUP] = 70;
+		sh.weight[info.index_only ? LM_INSERT : LM_GENERATE] = 25;
+		sh.weight[LM_STATS] = 5;
+	}
+	if (info.index_only && sh.weight[LM_GENERATE]) {
+		fprintf(stderr, "load: note: the daemon runs --index-only: no GENERATE\n");
+		sh.weight[LM_GENERATE] = 0;
+	}
+	if (!info.index_only && sh.weight[LM_INSERT]) {
+		fprintf(stderr, "load: note: the daemon runs a model and refuses INSERT: no "
+			"INSERT\n");
+		sh.weight[LM_INSERT] = 0;
+	}
+	for (unsigned m = 0; m < LM_N; m++)
+		sh.weight_sum += sh.weight[m];
+	if (!sh.weight_sum) {
+		fprintf(stderr, PROG " load: nothing left in the mix for this daemon\n");
+		ret = KVP_EXIT_USAGE;
+		goto out;
+	}
+	if (!vocab && !info.index_only) {
+		vocab = load_probe_vocab(c);
+		if (!vocab) {
+			kvp_tool_perror(PROG " load", "asking the model's vocabulary (pass --vocab)",
+					c, KVP_EPROTO);
+			goto out;
+		}
+	}
+	if (!vocab)
+		vocab = LOAD_VOCAB_DEFAULT;
+	rc = load_dstats(c, &ds0);   /* after the probe: the deltas are the clients' alone */
+	if (rc < 0) {
+		kvp_tool_perror(PROG " load", "stats", c, rc);
+		goto out;
+	}
+	if (prompt > info.max_tokens || gen_prompt > info.max_tokens) {
+		fprintf(stderr, PROG " load: the daemon takes at most %u tokens a request\n",
+			info.max_tokens);
+		ret = KVP_EXIT_USAGE;
+		goto out;
+	}
+	rss_start = proc_status_kb(dpid, "VmRSS");
+	rss_peak = rss_start;
+	if (rss_start < 0)
+		fprintf(stderr, "load: note: cannot read the daemon's RSS (pid %d)\n", (int)dpid);
+	kvp_client_close(c);   /* an idle connection could time out in a long run */
+	c = NULL;
+
+	/* the prompts */
+	sh.sock = sock;
+	sh.duration_s = duration;
+	sh.prompt_tokens = (uint32_t)prompt;
+	sh.prefix_tokens = (uint32_t)(prompt * 3 / 4);
+	sh.gen_prompt_tokens = (uint32_t)gen_prompt;
+	sh.gen_prefix_tokens = (uint32_t)(gen_prompt * 3 / 4);
+	if (sh.gen_prefix_tokens > sh.prefix_tokens)
+		sh.gen_prefix_tokens = sh.prefix_tokens;
+	sh.n_prefixes = (uint32_t)prefixes;
+	sh.n_suffixes = (uint32_t)suffixes;
+	sh.vocab = (uint32_t)vocab;
+	sh.max_new = (uint32_t)max_new;
+	sh.timeout_ms = (uint32_t)timeout_ms;
+	sh.seed = seed;
+	prefix_buf = malloc(prefixes * sh.prefix_tokens * sizeof(uint32_t) + 1);
+	ws = aligned_alloc(_Alignof(struct load_worker), clients * sizeof(*ws));
+	if (ws)
+		memset(ws, 0, clients * sizeof(*ws));
+	all = calloc(1, sizeof(*all));
+	kinds = calloc(LK_N, sizeof(*kinds));
+	if (!prefix_buf || !ws || !all || !kinds)
+		goto out_nomem;
+	for (uint32_t p = 0; p < prefixes; p++)
+		rand_tokens(prefix_buf + (size_t)p * sh.prefix_tokens, sh.prefix_tokens,
+			    kvp_splitmix64(seed) + p, sh.vocab);
+	sh.prefixes = prefix_buf;
+
+	fprintf(stderr, "load: %" PRIu64 " clients for %.1f s against %s (%s, pid %d), mix "
+		"lookup=%u insert=%u generate=%u stats=%u, prompts %u tokens (generate %u, "
+		"max_new %u), vocab %u\n", clients, duration, sock,
+		info.index_only ? "index-only" : info.name, (int)dpid, sh.weight[LM_LOOKUP],
+		sh.weight[LM_INSERT], sh.weight[LM_GENERATE], sh.weight[LM_STATS],
+		sh.prompt_tokens, sh.gen_prompt_tokens, sh.max_new, sh.vocab);
+	if (pthread_mutex_init(&sh.mu, NULL) != 0)
+		goto out_nomem;
+	if (pthread_cond_init(&sh.cv, NULL) != 0) {
+		pthread_mutex_destroy(&sh.mu);
+		goto out_nomem;
+	}
+	sync = true;
+	for (uint32_t i = 0; i < clients; i++) {
+		struct load_worker *w = &ws[i];
+
+		w->idx = i;
+		w->sh = &sh;
+		w->rng = kvp_splitmix64(seed * 0x9E3779B97F4A7C15ull + i + 1) | 1;
+		w->prompt = malloc((prompt > gen_prompt ? prompt : gen_prompt) * sizeof(uint32_t));
+		if (!w->prompt)
+			goto out_nomem;
+	}
+	for (uint32_t i = 0; i < clients; i++) {
+		rc = pthread_create(&ws[i].th, NULL, load_worker_main, &ws[i]);
+		if (rc != 0) {
+			fprintf(stderr, PROG " load: pthread_create (client %u): %s\n", i + 1,
+				strerror(rc));
+			break;
+		}
+		started++;
+	}
+	pthread_mutex_lock(&sh.mu);
+	while (sh.ready < started)
+		pthread_cond_wait(&sh.cv, &sh.mu);
+	sh.go = started == clients ? 1 : -1;
+	pthread_cond_broadcast(&sh.cv);
+	pthread_mutex_unlock(&sh.mu);
+	if (started < clients) {
+		for (uint32_t i = 0; i < started; i++)
+			pthread_join(ws[i].th, NULL);
+		goto out;
+	}
+	t_start = kvp_tool_now_ns();
+	t_last = t_start;
+
+	/* progress, once a second, until the clients are done */
+	for (uint32_t sec = 1;; sec++) {
+		uint64_t target = t_start + (uint64_t)sec * 1000000000ull, now, req = 0, err = 0;
+		long rss;
+
+		if (target >= t_start + (uint64_t)(duration * 1e9))
+			break;
+		while ((now = kvp_tool_now_ns()) < target) {
+			uint64_t ms = (target - now) / 1000000 + 1;
+
+			sleep_ms(ms > 100 ? 100 : (long)ms);
+		}
+		for (uint32_t i = 0; i < clients; i++) {
+			req += atomic_load_explicit(&ws[i].live_requests, memory_order_relaxed);
+			err += atomic_load_explicit(&ws[i].live_errors, memory_order_relaxed);
+		}
+		rss = proc_status_kb(dpid, "VmRSS");
+		if (rss > rss_peak)
+			rss_peak = rss;
+		fprintf(stderr, "load: %u s: %.0f requests/s, %" PRIu64 " requests, %" PRIu64
+			" errors, daemon RSS %ld kB\n", sec,
+			(double)(req - last_req) / ((double)(now - t_last) / 1e9), req, err, rss);
+		last_req = req;
+		t_last = now;
+	}
+	for (uint32_t i = 0; i < clients; i++)
+		pthread_join(ws[i].th, NULL);
+	t_end = kvp_tool_now_ns();
+	elapsed = (double)(t_end - t_start) / 1e9;
+
+	/* totals */
+	for (uint32_t i = 0; i < clients; i++) {
+		const struct load_worker *w = &ws[i];
+
+		requests += w->requests;
+		errors += w->errors;
+		reconnects += w->reconnects;
+		qt += w->query_tokens;
+		ht += w->hit_tokens;
+		gp += w->gen_prompt;
+		gc += w->gen_cached;
+		gt += w->gen_tokens;
+		for (unsigned k = 0; k < LK_N; k++) {
+			count[k] += w->count[k];
+			kind_err[k] += w->kind_errors[k];
+			hist_merge(&kinds[k], &w->hist[k]);
+		}
+		for (unsigned s = 0; s < LOAD_ERR_SLOTS; s++)
+			by_status[s] += w->err_by_status[s];
+		if (!first_error && w->first_error[0])
+			first_error = w->first_error;
+	}
+	for (unsigned k = 0; k < LK_N; k++)
+		hist_merge(all, &kinds[k]);
+
+	/* the daemon once every client has gone: the connections it still counts are
+	 * others' (and this one) */
+	{
+		uint64_t t0 = kvp_tool_now_ns();
+
+		rc = kvp_tool_connect(PROG " load", sock, &c);
+		while (rc == 0) {
+			rc = load_dstats(c, &ds1);
+			if (rc < 0)
+				break;
+			dstats_ok = true;
+			settle_ms = (double)(kvp_tool_now_ns() - t0) / 1e6;
+			if ((ds1.connections <= ds0.connections && ds1.generations_active == 0) ||
+			    settle_ms >= LOAD_SETTLE_MS)
+				break;
+			sleep_ms(10);
+		}
+		if (rc < 0) {
+			kvp_tool_perror(PROG " load", "stats at the end", c, rc);
+			dstats_ok = false;
+		}
+	}
+	rss_end = proc_status_kb(dpid, "VmRSS");
+	hwm = proc_status_kb(dpid, "VmHWM");
+	if (rss_end > rss_peak)
+		rss_peak = rss_end;
+	invariant_ok = dstats_ok && ds1.blocks_free + ds1.blocks_cached + ds1.blocks_pinned ==
+					    ds1.blocks_total;
+
+	/* the table */
+	printf("kvprefix-bench load: %" PRIu64 " clients, %.1f s, %s daemon (pid %d), seed %"
+	       PRIu64 "\n", clients, elapsed, info.index_only ? "index-only" : "engine",
+	       (int)dpid, seed);
+	printf("  mix lookup=%u (half pinned) insert=%u generate=%u stats=%u; prompts %u "
+	       "tokens (%u shared), generate %u (max_new %u)\n\n", sh.weight[LM_LOOKUP],
+	       sh.weight[LM_INSERT], sh.weight[LM_GENERATE], sh.weight[LM_STATS],
+	       sh.prompt_tokens, sh.prefix_tokens, sh.gen_prompt_tokens, sh.max_new);
+	printf("  %-10s %10s %7s %10s %10s %10s %10s\n", "kind", "count", "errors", "mean",
+	       "p50", "p99", "max");
+	for (unsigned k = 0; k < LK_N; k++) {
+		const struct load_hist *h = &kinds[k];
+
+		if (!count[k])
+			continue;
+		printf("  %-10s %10" PRIu64 " %7" PRIu64 " %7.1f us %7.1f us %7.1f us %7.1f us\n",
+		       load_kind_name[k], count[k], kind_err[k],
+		       (double)h->sum_ns / (double)h->n / 1e3, hist_quantile_us(h, 0.5),
+		       hist_quantile_us(h, 0.99), (double)h->max_ns / 1e3);
+	}
+	printf("  %-10s %10" PRIu64 " %7" PRIu64 " %10s %7.1f us %7.1f us %7.1f us\n", "all",
+	       requests, errors, "", hist_quantile_us(all, 0.5), hist_quantile_us(all, 0.99),
+	       (double)all->max_ns / 1e3);
+	printf("\n  %.0f requests/s; %" PRIu64 " errors", (double)requests / elapsed, errors);
+	for (unsigned s = 0, first = 1; s < LOAD_ERR_SLOTS; s++)
+		if (by_status[s]) {
+			printf("%s%s %" PRIu64, first ? ": " : ", ", load_err_name(s), by_status[s]);
+			first = 0;
+		}
+	printf("%s\n", reconnects ? " (clients reconnected)" : "");
+	if (first_error)
+		printf("  first error: %s\n", first_error);
+	if (qt)
+		printf("  lookup hit rate %.3f (%" PRIu64 " of %" PRIu64 " tokens)\n",
+		       (double)ht / (double)qt, ht, qt);
+	if (gp)
+		printf("  generate: %" PRIu64 " of %" PRIu64 " prompt tokens cached (%.3f), %"
+		       PRIu64 " tokens generated\n", gc, gp, (double)gc / (double)gp, gt);
+	printf("  daemon RSS %ld kB at the start, %ld kB at the end (%+ld kB), %ld kB peak "
+	       "(of the samples), VmHWM %ld kB\n", rss_start, rss_end,
+	       rss_start >= 0 && rss_end >= 0 ? rss_end - rss_start : 0, rss_peak, hwm);
+	if (dstats_ok)
+		printf("  daemon after the clients left (%.0f ms): blocks %.0f total, %.0f free, "
+		       "%.0f cached, %.0f pinned (%s), leases %.0f, pool %s\n\n", settle_ms,
+		       ds1.blocks_total, ds1.blocks_free, ds1.blocks_cached, ds1.blocks_pinned,
+		       ds1.blocks_pinned == 0 ? "ok" : "SHOULD BE 0", ds1.leases_active,
+		       invariant_ok ? "adds up" : "DOES NOT ADD UP");
+	fflush(stdout);
+
+	/* the JSON line */
+	o = cJSON_CreateObject();
+	if (!o)
+		goto out_nomem;
+	cJSON_AddStringToObject(o, "mode", info.index_only ? "index-only" : "engine");
+	cJSON_AddNumberToObject(o, "clients", (double)clients);
+	cJSON_AddNumberToObject(o, "duration_s", duration);
+	cJSON_AddNumberToObject(o, "elapsed_s", elapsed);
+	cJSON_AddNumberToObject(o, "seed", (double)seed);
+	j = cJSON_AddObjectToObject(o, "mix");
+	if (!j)
+		goto out_nomem;
+	for (unsigned m = 0; m < LM_N; m++)
+		cJSON_AddNumberToObject(j, load_mix_name[m], sh.weight[m]);
+	cJSON_AddNumberToObject(o, "prompt_tokens", sh.prompt_tokens);
+	cJSON_AddNumberToObject(o, "gen_prompt_tokens", sh.gen_prompt_tokens);
+	cJSON_AddNumberToObject(o, "max_new", sh.max_new);
+	cJSON_AddNumberToObject(o, "vocab", sh.vocab);
+	cJSON_AddNumberToObject(o, "requests", (double)requests);
+	cJSON_AddNumberToObject(o, "errors", (double)errors);
+	j = cJSON_AddObjectToObject(o, "errors_by_status");
+	if (!j)
+		goto out_nomem;
+	for (unsigned s = 0; s < LOAD_ERR_SLOTS; s++)
+		if (by_status[s])
+			cJSON_AddNumberToObject(j, load_err_name(s), (double)by_status[s]);
+	if (first_error)
+		cJSON_AddStringToObject(o, "first_error", first_error);
+	cJSON_AddNumberToObject(o, "reconnects", (double)reconnects);
+	cJSON_AddNumberToObject(o, "requests_per_s", (double)requests / elapsed);
+	cJSON_AddNumberToObject(o, "p50_us", hist_quantile_us(all, 0.5));
+	cJSON_AddNumberToObject(o, "p99_us", hist_quantile_us(all, 0.99));
+	cJSON_AddNumberToObject(o, "p999_us", hist_quantile_us(all, 0.999));
+	cJSON_AddNumberToObject(o, "max_us", (double)all->max_ns / 1e3);
+	j = cJSON_AddObjectToObject(o, "kinds");
+	if (!j)
+		goto out_nomem;
+	for (unsigned k = 0; k < LK_N; k++) {
+		cJSON *kj;
+
+		if (!count[k])
+			continue;
+		kj = load_kind_json(&kinds[k], count[k], kind_err[k]);
+		if (!kj || !cJSON_AddItemToObject(j, load_kind_name[k], kj)) {
+			cJSON_Delete(kj);
+			goto out_nomem;
+		}
+	}
+	cJSON_AddNumberToObject(o, "lookup_query_tokens", (double)qt);
+	cJSON_AddNumberToObject(o, "lookup_hit_tokens", (double)ht);
+	cJSON_AddNumberToObject(o, "lookup_hit_rate", qt ? (double)ht / (double)qt : 0);
+	cJSON_AddNumberToObject(o, "generate_prompt_tokens", (double)gp);
+	cJSON_AddNumberToObject(o, "generate_cached_tokens", (double)gc);
+	cJSON_AddNumberToObject(o, "generated_tokens", (double)gt);
+	cJSON_AddNumberToObject(o, "daemon_pid", (double)dpid);
+	json_add_kb(o, "rss_start_kb", rss_start);
+	json_add_kb(o, "rss_end_kb", rss_end);
+	json_add_kb(o, "rss_peak_kb", rss_peak);
+	json_add_kb(o, "vmhwm_kb", hwm);
+	if (rss_start >= 0 && rss_end >= 0)
+		cJSON_AddNumberToObject(o, "rss_growth_kb", (double)(rss_end - rss_start));
+	if (dstats_ok) {
+		cJSON_AddNumberToObject(o, "settle_ms", settle_ms);
+		cJSON_AddNumberToObject(o, "connections_end", ds1.connections);
+		cJSON_AddNumberToObject(o, "blocks_total", ds1.blocks_total);
+		cJSON_AddNumberToObject(o, "blocks_free", ds1.blocks_free);
+		cJSON_AddNumberToObject(o, "blocks_cached", ds1.blocks_cached);
+		cJSON_AddNumberToObject(o, "blocks_pinned", ds1.blocks_pinned);
+		cJSON_AddNumberToObject(o, "leases_active", ds1.leases_active);
+		cJSON_AddNumberToObject(o, "evictions", ds1.evictions - ds0.evictions);
+		cJSON_AddNumberToObject(o, "daemon_errors", ds1.errors - ds0.errors);
+		cJSON_AddNumberToObject(o, "daemon_requests", ds1.requests - ds0.requests);
+	}
+	cJSON_AddBoolToObject(o, "pool_invariant_ok", invariant_ok);
+	if (!json_print_line(o))
+		goto out;
+	ret = errors == 0 && dstats_ok && ds1.blocks_pinned == 0 && invariant_ok
+		      ? KVP_EXIT_OK : KVP_EXIT_FAIL;
+	goto out;
+
+out_nomem:
+	fprintf(stderr, PROG " load: out of memory\n");
+out:
+	cJSON_Delete(o);
+	kvp_client_close(c);
+	for (uint32_t i = 0; ws && i < clients; i++)
+		free(ws[i].prompt);
+	if (sync) {
+		pthread_cond_destroy(&sh.cv);
+		pthread_mutex_destroy(&sh.mu);
+	}
+	free(ws);
+	free(all);
+	free(kinds);
+	free(prefix_buf);
+	if (d.pid > 0 || d.dir[0])
+		stop_daemon(&d);
+	return ret;
+}
+
 /* ---- main ---------------------------------------------------------------------- */
 
 static void usage_main(FILE *f)
@@ -2265,6 +3415,8 @@ static void usage_main(FILE *f)
 		"           workload through kvprefixd\n"
 		"  chat     play a multi-user chat with a shared system prompt against a\n"
 		"           running kvprefixd and show what each turn found cached\n"
+		"  load     N clients issue a random mix of requests for S seconds; latency,\n"
+		"           errors, the daemon's RSS and pinned blocks at the end\n"
 		"\n"
 		"Run 'kvprefix-bench COMMAND --help' for a command's options.\n"
 		"Exit status: 0 ok, 1 daemon, I/O or input error, 2 usage error.\n");
@@ -2292,6 +3444,8 @@ int main(int argc, char **argv)
 		return cmd_engine(argc - 1, argv + 1);
 	if (strcmp(cmd, "chat") == 0)
 		return cmd_chat(argc - 1, argv + 1);
+	if (strcmp(cmd, "load") == 0)
+		return cmd_load(argc - 1, argv + 1);
 	fprintf(stderr, PROG ": unknown command '%s'\n", cmd);
 	usage_main(stderr);
 	return KVP_EXIT_USAGE;

@@ -1,0 +1,258 @@
+/*
+ * fuzz_frame.c - libFuzzer target for the frame codec (proto/kvp_proto.h).
+ *
+ * The input is taken as one frame, header then payload:
+ *
+ *     data[0..16)   kvp_hdr_decode (with a small payload limit)
+ *     data[16..)    the payload, handed to EVERY payload decoder whatever the header's
+ *                   type says, so the fuzzer need not find the right type byte first
+ *     (under 16 bytes: the whole input is the payload)
+ *
+ * The payload is copied to an exact-size heap buffer first, so a read one byte past it
+ * is an ASan report. For every decoder that accepts the bytes, the decoded struct is
+ * re-encoded and must give the same bytes (the encoding is canonical), the size
+ * function must agree, and the encoder must refuse a buffer one byte short; any
+ * mismatch aborts, which libFuzzer reports as a crash.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvp_proto.h"
+
+#define MAX_TOKENS 64u          /* a small max_tokens, so KVP_ETOOBIG paths are reached */
+#define MAX_PAYLOAD (1u << 16)  /* header payload limit */
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void die(const char *what, const uint8_t *p, size_t n)
+{
+	fprintf(stderr, "fuzz_frame: %s (payload of %zu bytes)\n", what, n);
+	abort();
+}
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+
+	if (!p)
+		abort();
+	return p;
+}
+
+/* got (the encoder's result, in out) must equal the n input bytes p. */
+static void same(const char *what, size_t got, const uint8_t *out, const uint8_t *p, size_t n)
+{
+	if (got != n) {
+		fprintf(stderr, "fuzz_frame: %s re-encodes to %zu bytes, want %zu\n", what, got, n);
+		abort();
+	}
+	if (n && memcmp(out, p, n) != 0)
+		die(what, p, n);
+}
+
+static uint32_t *load_ids(const uint8_t *src, size_t n)
+{
+	uint32_t *v = xmalloc(n * sizeof(*v));
+
+	kvp_load_u32s(v, src, n);
+	return v;
+}
+
+static void check_header(const uint8_t *data, size_t size)
+{
+	struct kvp_frame_hdr h;
+	uint8_t out[KVP_HDR_SIZE];
+	int rc = kvp_hdr_decode(data, size, MAX_PAYLOAD, &h);
+
+	if (size < KVP_HDR_SIZE) {
+		if (rc != KVP_EINVAL)
+			die("header: short input not refused", data, size);
+		return;
+	}
+	if (rc != 0)
+		return;
+	if (h.version != KVP_PROTO_VERSION || h.flags != 0 || h.len > MAX_PAYLOAD)
+		die("header: accepted out-of-range fields", data, size);
+	kvp_hdr_encode(out, &h);
+	if (memcmp(out, data, KVP_HDR_SIZE) != 0)
+		die("header: round trip", data, size);
+	/* a reply type is never a request, and vice versa */
+	if (kvp_frame_is_request(h.type) && (h.type & KVP_T_REPLY))
+		die("header: reply type taken for a request", data, size);
+}
+
+static void check_hello(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_hello m;
+
+	if (kvp_hello_decode(p, n, &m) != 0)
+		return;
+	if (kvp_hello_size(&m) != n)
+		die("hello: size", p, n);
+	same("hello", kvp_hello_encode(out, n, &m), out, p, n);
+	if (kvp_hello_encode(out, n - 1, &m) != 0)
+		die("hello: short cap accepted", p, n);
+}
+
+static void check_hello_reply(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_hello_reply m;
+
+	if (kvp_hello_reply_decode(p, n, &m) != 0)
+		return;
+	if (kvp_hello_reply_size(&m) != n)
+		die("hello reply: size", p, n);
+	same("hello reply", kvp_hello_reply_encode(out, n, &m), out, p, n);
+	if (kvp_hello_reply_encode(out, n - 1, &m) != 0)
+		die("hello reply: short cap accepted", p, n);
+}
+
+static void check_tokens_req(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_tokens_req m;
+	uint32_t *ids;
+
+	if (kvp_tokens_req_decode(p, n, MAX_TOKENS, &m) != 0)
+		return;
+	if (m.n_tokens > MAX_TOKENS || kvp_tokens_req_size(m.n_tokens) != n)
+		die("tokens req: count or size", p, n);
+	ids = load_ids(m.tokens, m.n_tokens);
+	same("tokens req", kvp_tokens_req_encode(out, n, m.flags, ids, m.n_tokens), out, p, n);
+	if (kvp_tokens_req_encode(out, n - 1, m.flags, ids, m.n_tokens) != 0)
+		die("tokens req: short cap accepted", p, n);
+	free(ids);
+}
+
+static void check_blocks_reply(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_blocks_reply m;
+	uint32_t *ids;
+
+	if (kvp_blocks_reply_decode(p, n, &m) != 0)
+		return;
+	if (kvp_blocks_reply_size(m.n_blocks) != n)
+		die("blocks reply: size", p, n);
+	ids = load_ids(m.block_ids, m.n_blocks);
+	same("blocks reply", kvp_blocks_reply_encode(out, n, &m, ids), out, p, n);
+	if (kvp_blocks_reply_encode(out, n - 1, &m, ids) != 0)
+		die("blocks reply: short cap accepted", p, n);
+	free(ids);
+}
+
+static void check_scalars(const uint8_t *p, size_t n, uint8_t *out)
+{
+	uint64_t lease;
+	uint32_t v;
+
+	if (kvp_release_decode(p, n, &lease) == 0)
+		same("release", kvp_release_encode(out, n, lease), out, p, n);
+	if (kvp_u32_decode(p, n, &v) == 0)
+		same("u32", kvp_u32_encode(out, n, v), out, p, n);
+}
+
+static void check_error(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_error m;
+	char *msg;
+
+	if (kvp_error_decode(p, n, &m) != 0)
+		return;
+	if (m.code == 0 || m.code > INT32_MAX || m.msg_len > KVP_ERROR_MSG_MAX ||
+	    kvp_error_size(m.msg_len) != n)
+		die("error: accepted out-of-range fields", p, n);
+	/* The encoder takes a C string: a message with a NUL inside cannot round-trip. */
+	if (memchr(m.msg, 0, m.msg_len))
+		return;
+	msg = xmalloc((size_t)m.msg_len + 1);
+	memcpy(msg, m.msg, m.msg_len);
+	msg[m.msg_len] = '\0';
+	same("error", kvp_error_encode(out, n, -(int)m.code, msg), out, p, n);
+	if (kvp_error_encode(out, n - 1, -(int)m.code, msg) != 0)
+		die("error: short cap accepted", p, n);
+	free(msg);
+}
+
+static void check_generate_req(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_generate_req m;
+	uint32_t *stop, *toks;
+	size_t head;
+
+	if (kvp_generate_req_decode(p, n, MAX_TOKENS, &m) != 0)
+		return;
+	if (m.n_tokens == 0 || m.n_tokens > MAX_TOKENS || m.n_stop > KVP_STOP_MAX ||
+	    kvp_generate_req_size(m.n_stop, m.n_tokens) != n)
+		die("generate req: counts or size", p, n);
+	stop = load_ids(m.stop, m.n_stop);
+	toks = load_ids(m.tokens, m.n_tokens);
+	same("generate req", kvp_generate_req_encode(out, n, &m, stop, toks), out, p, n);
+	if (kvp_generate_req_encode(out, n - 1, &m, stop, toks) != 0)
+		die("generate req: short cap accepted", p, n);
+	head = kvp_generate_req_encode_head(out, n, &m, stop);
+	if (head != n - (size_t)m.n_tokens * 4 || memcmp(out, p, head) != 0)
+		die("generate req: head", p, n);
+	free(stop);
+	free(toks);
+}
+
+static void check_token_chunk(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_token_chunk m;
+	uint32_t *ids;
+
+	if (kvp_token_chunk_decode(p, n, &m) != 0)
+		return;
+	if (kvp_token_chunk_size(m.n) != n)
+		die("token chunk: size", p, n);
+	ids = load_ids(m.ids, m.n);
+	same("token chunk", kvp_token_chunk_encode(out, n, ids, m.n), out, p, n);
+	if (kvp_token_chunk_encode(out, n - 1, ids, m.n) != 0)
+		die("token chunk: short cap accepted", p, n);
+	free(ids);
+}
+
+static void check_generate_done(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_generate_done m;
+	float *logits;
+
+	if (kvp_generate_done_decode(p, n, &m) != 0)
+		return;
+	if (m.finish > KVP_FINISH_CONTEXT || kvp_generate_done_size(m.n_logits) != n)
+		die("generate done: finish or size", p, n);
+	logits = xmalloc((size_t)m.n_logits * sizeof(float));
+	kvp_load_f32s(logits, m.logits, m.n_logits);
+	same("generate done", kvp_generate_done_encode(out, n, &m, logits), out, p, n);
+	if (kvp_generate_done_encode(out, n - 1, &m, logits) != 0)
+		die("generate done: short cap accepted", p, n);
+	free(logits);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	const uint8_t *src = size >= KVP_HDR_SIZE ? data + KVP_HDR_SIZE : data;
+	size_t n = size >= KVP_HDR_SIZE ? size - KVP_HDR_SIZE : size;
+	uint8_t *p, *out;
+
+	check_header(data, size);
+
+	/* exact-size copies: the payload, and the encoders' output buffer */
+	p = xmalloc(n);
+	out = xmalloc(n);
+	if (n)
+		memcpy(p, src, n);
+	check_hello(p, n, out);
+	check_hello_reply(p, n, out);
+	check_tokens_req(p, n, out);
+	check_blocks_reply(p, n, out);
+	check_scalars(p, n, out);
+	check_error(p, n, out);
+	check_generate_req(p, n, out);
+	check_token_chunk(p, n, out);
+	check_generate_done(p, n, out);
+	free(out);
+	free(p);
+	return 0;
+}
