@@ -99,6 +99,8 @@ int kvp_daemon_stop(struct kvp_daemon *d)
 	int st = 0, ret = -1;
 	char cmd[256];
 
+	if (d->pid == 0)
+		ret = 0;   /* the caller stopped and reaped it itself */
 	if (d->pid > 0) {
 		kill(d->pid, SIGTERM);
 		for (int i = 0; i < 1000; i++) {

@@ -701,3 +701,63 @@ Test(cli, idle_connection_is_closed_and_its_lease_released, .timeout = 60)
 	kvp_client_close(obs);
 	cr_assert_eq(kvp_daemon_stop(&dd), 0);
 }
+
+/* ---- isolation between uids ----------------------------------------------- */
+
+/* Runs in a child as uid/gid 65534 (nobody): what another user sees of root's cache.
+ * Exit codes name the check that failed. */
+static int as_nobody(const char *sock, const uint32_t *rootp, const uint32_t *fresh, size_t n)
+{
+	struct kvp_client *c = NULL;
+	struct kvp_server_info info;
+	struct kvp_match a, b;
+
+	if (setgid(65534) != 0 || setuid(65534) != 0)
+		return 10;
+	if (kvp_client_connect(sock, &c) != 0)
+		return 11;
+	if (kvp_client_hello(c, NULL, NULL, &info) != 0 || info.tenant != 65534)
+		return 12;
+	/* root's prefix and a never-seen one must look exactly alike */
+	if (kvp_client_lookup(c, rootp, n, KVP_LOOKUP_PIN, &a) != 0 ||
+	    kvp_client_lookup(c, fresh, n, KVP_LOOKUP_PIN, &b) != 0)
+		return 13;
+	if (a.matched_tokens != 0 || a.n_blocks != 0 || a.lease != 0 ||
+	    b.matched_tokens != 0 || b.n_blocks != 0 || b.lease != 0)
+		return 14;
+	/* caching the same tokens gives this user blocks of its own */
+	if (kvp_client_insert(c, rootp, n, 0, &a) != 0 || a.new_blocks != n / B)
+		return 15;
+	kvp_client_close(c);
+	return 0;
+}
+
+Test(daemon, two_uids_never_share_blocks)
+{
+	struct kvp_client *c = conn();
+	struct kvp_match m;
+	uint32_t rootp[96], fresh[96];
+	pid_t pid;
+	int st;
+
+	if (getuid() != 0)
+		cr_skip_test("needs root to run a client as another uid (nobody)");
+	/* let nobody reach the socket: the test's directory and socket are private */
+	cr_assert_eq(chmod(d.dir, 0755), 0);
+	cr_assert_eq(chmod(d.socket, 0666), 0);
+	fill(rootp, 96, 500);
+	fill(fresh, 96, 501);
+	cr_assert_eq(kvp_client_insert(c, rootp, 96, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 96);
+	pid = fork();
+	if (pid == 0)
+		_exit(as_nobody(d.socket, rootp, fresh, 96));
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "check %d failed as nobody",
+		  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	/* root still sees only its own blocks: nobody's insert added 6 more, not shared */
+	cr_assert_eq(kvp_client_lookup(c, rootp, 96, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 96);
+	cr_assert_eq(stat_of(c, "tree_nodes"), 12, "each uid holds its own 6 blocks");
+	kvp_client_close(c);
+}
