@@ -761,3 +761,43 @@ Test(daemon, two_uids_never_share_blocks)
 	cr_assert_eq(stat_of(c, "tree_nodes"), 12, "each uid holds its own 6 blocks");
 	kvp_client_close(c);
 }
+
+/* A full disk for logs (stderr on /dev/full) costs log lines, nothing else. */
+Test(cli, full_disk_for_logs_is_survived, .timeout = 60)
+{
+	char dir2[] = "/tmp/kvp-full-XXXXXX", sock[64], cmd[128], out[64];
+	struct kvp_client *c = NULL;
+	struct kvp_match m;
+	uint32_t t[64];
+	pid_t pid;
+	int st;
+
+	if (access("/dev/full", W_OK) != 0)
+		cr_skip_test("/dev/full is not writable here");
+	cr_assert_not_null(mkdtemp(dir2));
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir2);
+	pid = fork();
+	if (pid == 0) {
+		int full = open("/dev/full", O_WRONLY);
+		dup2(full, 2);
+		close(full);
+		execl(KVP_DAEMON_PATH, KVP_DAEMON_PATH, "--index-only", "--socket", sock,
+		      "--log-level", "debug", (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500 && kvp_client_connect(sock, &c) != 0; i++)
+		usleep(10000);
+	cr_assert_not_null(c, "the daemon did not come up with its log on a full disk");
+	fill(t, 64, 900);
+	for (int i = 0; i < 50; i++) {   /* every request logs at debug level */
+		cr_assert_eq(kvp_client_insert(c, t, 64, 0, &m), 0);
+		cr_assert_eq(kvp_client_lookup(c, t, 64, 0, &m), 0);
+		cr_assert_eq(m.matched_tokens, 64);
+	}
+	kvp_client_close(c);
+	kill(pid, SIGTERM);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir2);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
+}
