@@ -139,6 +139,12 @@ static const struct opt_def opt_table[] = {
 	  .help = "close a connection that sent nothing for this long and has\n"
 		  "no generation running; its leases are released (default\n"
 		  "600, 0: never)" },
+	{ .name = "salt-uids", .kind = KIND_TEXT, .flags = OPT_LIVE, FIELD(salt_uids), .min = 0,
+	  .max = sizeof(((struct kvp_config *)0)->salt_uids) - 1, .noun = "uid list",
+	  .arg = "UID,...",
+	  .help = "uids whose connections may set a cache salt in HELLO,\n"
+		  "sharing blocks across users that choose the same salt\n"
+		  "(default '': nobody)" },
 	/* operations */
 	{ .name = "metrics-listen", .kind = KIND_TEXT, FIELD(metrics_listen), .min = 0,
 	  .max = sizeof(((struct kvp_config *)0)->metrics_listen) - 1, .noun = "address",
@@ -769,6 +775,9 @@ static int finish(struct kvp_config *cfg, struct cerr *e)
 		return fail(e, CERR_OTHER,
 			    "--max-tokens %u needs frames of %llu bytes, over --max-frame-bytes %u",
 			    cfg->max_tokens, (unsigned long long)frame_need, cfg->max_frame_bytes);
+	if (kvp_config_uid_listed(cfg->salt_uids, 0) < 0)
+		return fail(e, CERR_OTHER,
+			    "--salt-uids '%s' is not a comma-separated list of uids", cfg->salt_uids);
 	/* every lease may pin the same block: its pin count must not wrap */
 	if ((uint64_t)cfg->max_leases * cfg->max_connections >= UINT32_MAX)
 		return fail(e, CERR_OTHER,
@@ -849,4 +858,27 @@ int kvp_config_reload(int argc, char **argv, struct kvp_config *out, char *err, 
 		return -1;
 	}
 	return 0;
+}
+
+int kvp_config_uid_listed(const char *list, uint32_t uid)
+{
+	const char *p = list;
+	int found = 0;
+
+	if (!*p)
+		return 0;
+	for (;;) {
+		uint64_t v = 0;
+		const char *start = p;
+
+		while (*p >= '0' && *p <= '9' && v <= UINT32_MAX)
+			v = v * 10 + (uint64_t)(*p++ - '0');
+		if (p == start || v >= UINT32_MAX)
+			return -1;
+		found |= v == uid;
+		if (*p == '\0')
+			return found;
+		if (*p++ != ',')
+			return -1;
+	}
 }

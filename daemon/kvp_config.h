@@ -32,6 +32,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kvp_daemon.h"
 
@@ -65,6 +66,11 @@ void kvp_config_diff(const struct kvp_config *a, const struct kvp_config *b,
 /* The i-th key the config file accepts (0-based), NULL past the last; *live (may be
  * NULL) says whether SIGHUP applies it without a restart. */
 const char *kvp_config_key(size_t i, bool *live);
+
+/* Is uid in list, a comma-separated list of uids like cfg->salt_uids ("" is empty)?
+ * 1 or 0; -1 when list is malformed (anything but digits and single commas, or a value
+ * of 2^32-1 or more). */
+int kvp_config_uid_listed(const char *list, uint32_t uid);
 
 /* The argv the daemon was started with, for kvp_config_reload on SIGHUP: main() calls
  * kvp_server_set_argv(argc, argv) before kvp_server_run; argv must outlive the server. */

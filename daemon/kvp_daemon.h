@@ -30,6 +30,7 @@ struct kvp_config {
 	int log_level;              /* enum kvp_log_level */
 	char config_path[256];      /* the file read ("" when none) */
 	char metrics_listen[256];   /* "" off; "HOST:PORT" or a Unix socket path */
+	char salt_uids[256];        /* uids allowed a HELLO cache salt, "0,1000"; "" none */
 };
 
 /* Run the event loop until SIGINT/SIGTERM. Returns the process exit code. */

@@ -71,6 +71,7 @@
 #define READ_CHUNK (256u << 10)
 #define STOP_TIMEOUT_SECONDS 30
 #define STATUS_SECONDS 10
+#define KVP_TENANT_SALTED UINT32_MAX   /* no uid is 2^32-1: salted namespaces only */
 
 enum conn_state {
 	CONN_READING,    /* normal: frames in, replies out */
@@ -90,6 +91,7 @@ struct conn {
 	uint64_t id;                 /* lease owner id, unique for the daemon's life */
 	uid_t uid;
 	pid_t pid;
+	uint32_t tenant;             /* the uid, or KVP_TENANT_SALTED after a salted HELLO */
 	struct kvp_key root;         /* namespace of this connection */
 	char adapter[KVP_NAME_MAX + 1];
 	struct gen_req *reqs;        /* generations in flight for this connection */
@@ -336,20 +338,40 @@ static int handle_hello(struct conn *c, const struct kvp_frame_hdr *h, const uin
 			   m.version);
 		return KVP_EVERSION;
 	}
-	if (m.salt_len) {
+	/* names are printable: no NUL, no control byte (0x1e separates adapter and salt) */
+	for (uint16_t i = 0; i < m.adapter_len; i++) {
+		if ((uint8_t)m.adapter[i] < 0x20) {
+			send_error(c, h->req_id, KVP_EINVAL,
+				   "adapter id contains a control byte (0x%02x) at %u",
+				   (uint8_t)m.adapter[i], i);
+			return KVP_OK;
+		}
+	}
+	for (uint16_t i = 0; i < m.salt_len; i++) {
+		if ((uint8_t)m.salt[i] < 0x20) {
+			send_error(c, h->req_id, KVP_EINVAL, "cache salt contains a control byte at %u", i);
+			return KVP_OK;
+		}
+	}
+	if (m.salt_len && kvp_config_uid_listed(cfg->salt_uids, (uint32_t)c->uid) != 1) {
 		send_error(c, h->req_id, KVP_EPERM,
-			   "cache salts are not enabled on this daemon; the tenant is uid %u",
+			   "a cache salt is allowed only for the uids in salt-uids; this is uid %u",
 			   (unsigned)c->uid);
 		return KVP_OK;
 	}
 	memcpy(c->adapter, m.adapter, m.adapter_len);
 	c->adapter[m.adapter_len] = '\0';
-	if (memchr(c->adapter, '\0', m.adapter_len)) {
-		send_error(c, h->req_id, KVP_EINVAL, "adapter id contains a NUL byte");
-		c->adapter[0] = '\0';
-		return KVP_OK;
+	if (m.salt_len) {
+		/* a salted namespace: tenant KVP_TENANT_SALTED, adapter || 0x1e || salt, so every
+		 * connection allowed the same salt (and adapter) shares blocks (docs/hashing.md) */
+		char joined[2 * KVP_NAME_MAX + 2];
+		snprintf(joined, sizeof(joined), "%s\x1e%.*s", c->adapter, (int)m.salt_len, m.salt);
+		c->tenant = KVP_TENANT_SALTED;
+		c->root = kvp_ns_root(c->srv->ns_name, KVP_TENANT_SALTED, joined);
+	} else {
+		c->tenant = (uint32_t)c->uid;
+		c->root = kvp_ns_root(c->srv->ns_name, (uint32_t)c->uid, c->adapter);
 	}
-	c->root = kvp_ns_root(c->srv->ns_name, (uint32_t)c->uid, c->adapter);
 
 	r = (struct kvp_hello_reply){
 		.version = KVP_PROTO_VERSION,
@@ -357,7 +379,7 @@ static int handle_hello(struct conn *c, const struct kvp_frame_hdr *h, const uin
 		.capacity_blocks = kvp_cache_capacity(c->srv->cache),
 		.max_tokens = cfg->max_tokens,
 		.flags = cfg->index_only ? KVP_HELLO_INDEX_ONLY : 0,
-		.tenant = (uint32_t)c->uid,
+		.tenant = c->tenant,
 		.name = c->srv->name,
 		.name_len = (uint16_t)strlen(c->srv->name),
 	};
@@ -974,6 +996,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	c->uid = cred.uid;
 	c->pid = cred.pid;
 	c->state = CONN_READING;
+	c->tenant = (uint32_t)c->uid;
 	c->root = kvp_ns_root(s->ns_name, (uint32_t)c->uid, "");
 	c->next = s->conns;
 	if (c->next)
@@ -1132,6 +1155,7 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 	s->cfg->max_connections = next.max_connections;
 	s->cfg->max_inflight = next.max_inflight;
 	s->cfg->max_leases = next.max_leases;
+	memcpy(s->cfg->salt_uids, next.salt_uids, sizeof(s->cfg->salt_uids));
 	kvp_cache_set_max_leases(s->cache, next.max_leases);
 	if (s->cfg->idle_timeout_s != next.idle_timeout_s) {
 		struct timeval idle = { (time_t)next.idle_timeout_s, 0 };

@@ -801,3 +801,42 @@ Test(cli, full_disk_for_logs_is_survived, .timeout = 60)
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir2);
 	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
 }
+
+/* salt-uids: listed uids may choose a cache salt; connections with the same salt share
+ * blocks, other salts and unsalted connections do not. */
+Test(cli, cache_salts_share_only_within_a_salt, .timeout = 60)
+{
+	struct kvp_daemon dd;
+	char uids[32];
+	const char *args[] = { "--salt-uids", uids, NULL };
+	struct kvp_client *a = NULL, *b = NULL, *other = NULL, *plain = NULL;
+	struct kvp_server_info info;
+	struct kvp_match m;
+	uint32_t t[64];
+
+	snprintf(uids, sizeof(uids), "7,%u", (unsigned)getuid());
+	cr_assert_eq(kvp_daemon_start(&dd, args), 0);
+	cr_assert_eq(kvp_client_connect(dd.socket, &a), 0);
+	cr_assert_eq(kvp_client_connect(dd.socket, &b), 0);
+	cr_assert_eq(kvp_client_connect(dd.socket, &other), 0);
+	cr_assert_eq(kvp_client_connect(dd.socket, &plain), 0);
+	cr_assert_eq(kvp_client_hello(a, NULL, "team-a", &info), 0);
+	cr_assert_eq(info.tenant, UINT32_MAX, "a salted connection has the salted tenant");
+	cr_assert_eq(kvp_client_hello(b, NULL, "team-a", NULL), 0);
+	cr_assert_eq(kvp_client_hello(other, NULL, "team-b", NULL), 0);
+	cr_assert_eq(kvp_client_hello(plain, "x\x01y", NULL, NULL), KVP_EINVAL,
+		     "control bytes are refused in adapter ids");
+	fill(t, 64, 321);
+	cr_assert_eq(kvp_client_insert(a, t, 64, 0, &m), 0);
+	cr_assert_eq(kvp_client_lookup(b, t, 64, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 64, "the same salt shares blocks");
+	cr_assert_eq(kvp_client_lookup(other, t, 64, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 0, "another salt does not");
+	cr_assert_eq(kvp_client_lookup(plain, t, 64, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 0, "the unsalted namespace does not");
+	kvp_client_close(a);
+	kvp_client_close(b);
+	kvp_client_close(other);
+	kvp_client_close(plain);
+	cr_assert_eq(kvp_daemon_stop(&dd), 0);
+}
