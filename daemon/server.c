@@ -694,9 +694,13 @@ static void gen_req_finish(struct server *s, struct gen_req *r)
 	kvp_cache_seq_end(s->cache, &r->seq, j->tokens, j->n_valid);
 	s->generations_done++;
 	s->generated_tokens += j->n_generated;
-	s->computed_tokens += j->n_valid > j->cached ? j->n_valid - j->cached : 0;
+	/* prompt positions the engine ran, as in the usage frame (decode steps are
+	 * generated_tokens); a request cut short mid-prefill counts what it got through */
+	uint32_t computed = j->n_valid >= j->n_prompt ? j->n_prompt - r->cached_report
+			    : j->n_valid > j->cached ? j->n_valid - j->cached : 0;
+	s->computed_tokens += computed;
 	if (r->ns) {
-		r->ns->computed_tokens += j->n_valid > j->cached ? j->n_valid - j->cached : 0;
+		r->ns->computed_tokens += computed;
 		r->ns->generated_tokens += j->n_generated;
 	}
 	kvp_req_count(&s->req_counts, KVP_T_GENERATE, j->status);

@@ -182,6 +182,8 @@ Test(generate, usage_adds_up)
 	cr_assert_eq(stat_of(c, "blocks_cached"), 3);
 	cr_assert_eq(stat_of(c, "blocks_pinned"), 0);
 	cr_assert_eq(stat_of(c, "generations_done"), 1);
+	cr_assert_eq(stat_of(c, "computed_tokens"), 40, "prompt positions run, as in usage");
+	cr_assert_eq(stat_of(c, "generated_tokens"), 10);
 	kvp_client_close(c);
 }
 
