@@ -1,5 +1,6 @@
 #include "daemon_harness.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -154,4 +155,29 @@ int kvp_run_capture(const char *cmd, char *out, size_t cap)
 	if (st == -1 || !WIFEXITED(st))
 		return -1;
 	return WEXITSTATUS(st);
+}
+
+int kvp_tmpdir_make(char *buf, size_t cap, const char *tag)
+{
+	if ((size_t)snprintf(buf, cap, "/tmp/kvp-%s-XXXXXX", tag) >= cap)
+		return -1;
+	return mkdtemp(buf) ? 0 : -1;
+}
+
+void kvp_tmpdir_remove(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	char p[512];
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+		unlink(p);
+	}
+	closedir(d);
+	rmdir(dir);
 }

@@ -24,6 +24,10 @@ int kvp_daemon_start(struct kvp_daemon *d, const char *const *args);
 int kvp_daemon_stop(struct kvp_daemon *d);
 /* True while the daemon process has not exited. */
 bool kvp_daemon_alive(struct kvp_daemon *d);
+/* A private temporary directory /tmp/kvp-<tag>-XXXXXX in buf (cap >= 32): 0 or -1. */
+int kvp_tmpdir_make(char *buf, size_t cap, const char *tag);
+/* Remove such a directory and the files in it (one level deep, as tests make them). */
+void kvp_tmpdir_remove(const char *dir);
 /* Run a command line via sh -c with stdout captured into out (NUL-terminated, cut at
  * cap). Returns the exit status, or -1. */
 int kvp_run_capture(const char *cmd, char *out, size_t cap);

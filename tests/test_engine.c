@@ -41,6 +41,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "daemon_harness.h"
 #include "kvp_cpu.h"
 #include "kvp_engine.h"
 #include "kvp_gguf.h"
@@ -64,26 +65,12 @@ static char g_dir[64];
 
 static void setup(void)
 {
-	snprintf(g_dir, sizeof(g_dir), "/tmp/kvp-engine-XXXXXX");
-	cr_assert_not_null(mkdtemp(g_dir));
+	cr_assert_eq(kvp_tmpdir_make(g_dir, sizeof(g_dir), "engine"), 0);
 }
 
 static void teardown(void)
 {
-	DIR *d = opendir(g_dir);
-	struct dirent *e;
-	char p[512];
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(p, sizeof(p), "%s/%s", g_dir, e->d_name);
-		unlink(p);
-	}
-	closedir(d);
-	rmdir(g_dir);
+	kvp_tmpdir_remove(g_dir);
 }
 
 TestSuite(reference, .init = setup, .fini = teardown);
