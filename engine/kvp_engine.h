@@ -1,6 +1,7 @@
 /*
  * kvp_engine.h - the forward pass of a loaded model over a paged block table, and
- * sampling. CPU backend (the reference); CUDA arrives behind the same calls.
+ * sampling. Two backends behind the same calls: the CPU (the reference, engine/cpu) and
+ * CUDA (engine/cuda, when built with KVP_CUDA), picked by kvp_engine_config.backend.
  *
  * KV of a sequence lives in store blocks (layout in engine/cpu/kvp_cpu.h); block i of
  * the table holds positions i*B .. i*B+B-1. A forward call computes rows for tokens at
@@ -23,7 +24,13 @@
 
 struct kvp_engine;
 
+enum kvp_backend { KVP_BACKEND_CPU = 0, KVP_BACKEND_CUDA = 1 };
+
 struct kvp_engine_config {
+	enum kvp_backend backend;     /* CUDA: KV in f16 only, blocks are device memory */
+	int device;                   /* CUDA device index (0) */
+	char *err;                    /* optional: why create failed, one line */
+	size_t errlen;
 	int threads;                  /* compute threads, >= 1 */
 	enum kvp_kv_dtype kv_dtype;
 	uint32_t block_tokens;
@@ -37,12 +44,16 @@ const struct kvp_model *kvp_engine_model(const struct kvp_engine *e);
 /* Bytes of KV per block, and per token. */
 size_t kvp_engine_block_bytes(const struct kvp_engine *e);
 size_t kvp_engine_token_bytes(const struct kvp_engine *e);
+/* The CPU backend's compute threads (NULL on CUDA). */
 struct kvp_threadpool *kvp_engine_threads(struct kvp_engine *e);
+enum kvp_backend kvp_engine_backend(const struct kvp_engine *e);
+const char *kvp_backend_name(enum kvp_backend b);   /* "cpu", "cuda" */
 
 /*
  * Forward tokens[0..n) at positions pos0.. over blocks[0..n_blocks), which must cover
  * positions 0 .. pos0+n-1. logits (vocab floats) receives the last row's logits when
- * non-NULL. KVP_EINVAL for n == 0, a token id >= vocab, a table too short or
+ * non-NULL. With the CUDA backend the blocks are device pointers (a pool attached with
+ * kvp_pool_attach_device) and logits still host memory. KVP_EINVAL for n == 0, a token id >= vocab, a table too short or
  * positions over the model context (nothing is written then); KVP_ENOMEM.
  */
 int kvp_engine_forward(struct kvp_engine *e, void *const *blocks, uint32_t n_blocks,

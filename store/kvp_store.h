@@ -17,6 +17,7 @@
 #ifndef KVP_STORE_H
 #define KVP_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -59,7 +60,18 @@ int kvp_pool_evict(struct kvp_pool *p, uint32_t id);
  * lazily by the kernel). Call once, before blocks are used. KVP_ENOMEM, KVP_EINVAL
  * (already attached, or capacity x block_bytes overflows). Index-only pools have none. */
 int kvp_pool_attach_memory(struct kvp_pool *p, size_t block_bytes);
-/* Base of a block's bytes (stable for the pool's life), or NULL without memory. Any
+/* The same on the GPU (store/pool_device.c): one device allocation of capacity x
+ * block_bytes, block i at base + i * block_bytes as on the host, and a page-locked
+ * staging buffer of one block for kvp_pool_block_read/write. KVP_EUNSUPPORTED (built
+ * without CUDA), KVP_ENOMEM (device memory), KVP_EINVAL as above. */
+int kvp_pool_attach_device(struct kvp_pool *p, size_t block_bytes);
+/* Whether the block bytes are device memory. */
+bool kvp_pool_on_device(const struct kvp_pool *p);
+/* Copy a block's bytes out to / in from host memory (block_bytes), through the staging
+ * buffer for a device pool. KVP_EINVAL (bad id, no memory), KVP_EIO. */
+int kvp_pool_block_read(const struct kvp_pool *p, uint32_t id, void *dst);
+int kvp_pool_block_write(struct kvp_pool *p, uint32_t id, const void *src);
+/* Base of a block's bytes (a device address for a device pool) (stable for the pool's life), or NULL without memory. Any
  * thread may use the bytes of a block it was handed; the metadata stays single-owner. */
 void *kvp_pool_block_data(const struct kvp_pool *p, uint32_t id);
 size_t kvp_pool_block_bytes(const struct kvp_pool *p);
