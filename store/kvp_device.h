@@ -40,7 +40,7 @@ struct kvp_device_info {
 };
 
 /* Select device index for this process and fill info (may be NULL). KVP_EUNSUPPORTED
- * (built without CUDA), KVP_ENOENT (no such device), KVP_EIO with err set. */
+ * (built without CUDA), KVP_ENOTFOUND (no such device), KVP_EIO with err set. */
 int kvp_device_open(int index, struct kvp_device_info *info, char *err, size_t errlen);
 
 /* Device memory. NULL on failure. */
