@@ -40,6 +40,7 @@ struct kvp_cache {
 	struct kvp_pool *pool;
 	struct kvp_tree_node **path;      /* (max_tokens / block_tokens) scratch */
 	size_t path_cap;
+	uint32_t *admin_ids;              /* (path_cap) block ids of an admin pin, unused */
 	struct owner **owners;            /* (n_buckets) chained by hnext */
 	size_t n_buckets;
 	size_t n_owners;
@@ -68,8 +69,9 @@ int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
 	rc = KVP_ENOMEM;
 	c->path_cap = cfg->max_tokens / cfg->block_tokens + 1;
 	c->path = calloc(c->path_cap, sizeof(*c->path));
-	if (!c->path)
-		goto out_pool;
+	c->admin_ids = calloc(c->path_cap, sizeof(*c->admin_ids));
+	if (!c->path || !c->admin_ids)
+		goto out_path;
 	c->n_buckets = 256;
 	c->owners = calloc(c->n_buckets, sizeof(*c->owners));
 	if (!c->owners)
@@ -80,7 +82,8 @@ int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
 
 out_path:
 	free(c->path);
-out_pool:
+	free(c->admin_ids);
+
 	kvp_pool_destroy(c->pool);
 out_tree:
 	kvp_tree_destroy(c->tree);
@@ -107,6 +110,7 @@ void kvp_cache_destroy(struct kvp_cache *c)
 	}
 	free(c->owners);
 	free(c->path);
+	free(c->admin_ids);
 	kvp_pool_destroy(c->pool);
 	kvp_tree_destroy(c->tree);
 	free(c);
@@ -121,6 +125,11 @@ void kvp_cache_set_max_leases(struct kvp_cache *c, uint32_t max_leases)
 {
 	if (max_leases)
 		c->cfg.max_leases = max_leases;
+}
+
+void kvp_cache_set_tenant_quota(struct kvp_cache *c, uint32_t blocks)
+{
+	c->cfg.tenant_quota = blocks;
 }
 
 uint32_t kvp_cache_capacity(const struct kvp_cache *c)
@@ -198,7 +207,7 @@ static int lease_prepare(struct kvp_cache *c, uint64_t owner, size_t n, struct o
 	struct owner *o = owner_find(c, owner);
 	struct lease *l;
 
-	if (o && o->n_leases >= c->cfg.max_leases)
+	if (o && o->n_leases >= c->cfg.max_leases && owner != KVP_CACHE_ADMIN_OWNER)
 		return KVP_EBUSY;
 	l = malloc(sizeof(*l) + n * sizeof(l->nodes[0]));
 	if (!l)
@@ -332,7 +341,7 @@ int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 		return KVP_EINVAL;
 	if (pin) {
 		o = owner_find(c, owner);
-		if (o && o->n_leases >= c->cfg.max_leases)
+		if (o && o->n_leases >= c->cfg.max_leases && owner != KVP_CACHE_ADMIN_OWNER)
 			return KVP_EBUSY;
 	}
 	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
@@ -354,11 +363,30 @@ int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 	return KVP_OK;
 }
 
-/* A free pool block, evicting the least recently used unpinned leaf if needed. */
-static int take_block(struct kvp_cache *c, uint32_t *id)
+/*
+ * A free pool block for namespace root, which already holds `pending` more blocks
+ * than its tree nodes (taken by this call, not cached yet). Under the tenant quota: a
+ * free block, else the least recently used unpinned leaf of anyone. At the quota: the
+ * namespace's own least recently used leaf, or KVP_EFULL with *quota set when it has
+ * none it may give up; it never takes a block of another namespace then.
+ */
+static int take_block(struct kvp_cache *c, struct kvp_key root, uint32_t pending, uint32_t *id,
+		      bool *quota)
 {
 	uint32_t victim;
 
+	if (c->cfg.tenant_quota &&
+	    kvp_tree_ns_size(c->tree, root) + pending >= c->cfg.tenant_quota) {
+		if (kvp_tree_evict_ns(c->tree, root, &victim)) {
+			c->st.quota_refusals++;
+			*quota = true;
+			return KVP_EFULL;
+		}
+		(void)kvp_pool_evict(c->pool, victim);
+		c->st.evictions++;
+		c->st.quota_evictions++;
+		return kvp_pool_alloc(c->pool, id);   /* the block just freed */
+	}
 	while (kvp_pool_alloc(c->pool, id) == KVP_EFULL) {
 		if (kvp_tree_evict(c->tree, &victim))
 			return KVP_EFULL;
@@ -404,7 +432,7 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 		int irc;
 
 		key = kvp_block_key(key, blk, b);
-		if (take_block(c, &id)) {
+		if (take_block(c, root, 0, &id, &res->quota_full)) {
 			res->pool_full = true;
 			c->st.insert_full++;
 			break;
@@ -452,6 +480,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 {
 	const uint32_t b = c->cfg.block_tokens;
 	uint32_t need, m, got = 0;
+	bool quota = false;
 	int rc = KVP_ENOMEM;
 
 	memset(seq, 0, sizeof(*seq));
@@ -473,7 +502,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 		pin_node(c, c->path[i]);
 	}
 	for (got = m; got < need; got++)
-		if (take_block(c, &seq->block_ids[got]))
+		if (take_block(c, root, got - m, &seq->block_ids[got], &quota))
 			break;
 	if (got < need) {
 		for (uint32_t i = m; i < got; i++)
@@ -500,6 +529,7 @@ out_free:
 	free(seq->block_data);
 	free(seq->nodes);
 	memset(seq, 0, sizeof(*seq));
+	seq->quota_full = quota;
 	return rc;
 }
 
@@ -540,6 +570,106 @@ void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t 
 	free(seq->block_data);
 	free(seq->nodes);
 	memset(seq, 0, sizeof(*seq));
+}
+
+/* ---- administration ------------------------------------------------------------- */
+
+static void evicted_cb(void *arg, uint32_t block_id)
+{
+	struct kvp_cache *c = arg;
+
+	(void)kvp_pool_evict(c->pool, block_id);
+	c->st.evictions++;
+}
+
+size_t kvp_cache_clear(struct kvp_cache *c, const struct kvp_key *root)
+{
+	size_t before = c->st.evictions;
+
+	if (root)
+		(void)kvp_tree_clear_ns(c->tree, *root, evicted_cb, c);
+	else
+		kvp_tree_clear(c->tree, evicted_cb, c);
+	return (size_t)(c->st.evictions - before);
+}
+
+int kvp_cache_evict_prefix(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+			   size_t n_tokens, uint32_t *evicted)
+{
+	size_t before = c->st.evictions, m;
+	uint32_t id;
+
+	*evicted = 0;
+	if (n_tokens > c->cfg.max_tokens)
+		return KVP_ETOOBIG;
+	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
+	if (m == 0)
+		return KVP_OK;
+	/* everything under the deepest matched block, then the matched blocks above it
+	 * for as long as each is left an unpinned leaf (the tree stays prefix-closed) */
+	(void)kvp_tree_evict_under(c->tree, c->path[m - 1], evicted_cb, c);
+	for (size_t i = m - 1; i-- > 0;) {
+		if (kvp_tree_evict_node(c->tree, c->path[i], &id))
+			break;
+		evicted_cb(c, id);
+	}
+	*evicted = (uint32_t)(c->st.evictions - before);
+	return KVP_OK;
+}
+
+int kvp_cache_admin_pin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+			size_t n_tokens, uint32_t *pinned)
+{
+	struct kvp_cache_result res;
+	int rc;
+
+	*pinned = 0;
+	/* a lease of the administrator's owner: no lease limit, and no connection whose
+	 * closing would release it */
+	rc = kvp_cache_lookup(c, root, tokens, n_tokens, KVP_CACHE_ADMIN_OWNER, true,
+			      c->admin_ids, &res);
+	if (rc)
+		return rc;
+	c->st.lookups--;              /* not a client's query: keep the hit rates clean */
+	c->st.lookup_hits -= res.n_blocks > 0;
+	c->st.query_tokens -= res.prompt_tokens;
+	c->st.hit_tokens -= res.matched_tokens;
+	*pinned = res.n_blocks;
+	return KVP_OK;
+}
+
+int kvp_cache_admin_unpin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+			  size_t n_tokens, uint32_t *unpinned)
+{
+	struct owner *o = owner_find(c, KVP_CACHE_ADMIN_OWNER);
+	struct lease *best = NULL;
+	size_t m;
+
+	*unpinned = 0;
+	if (n_tokens > c->cfg.max_tokens)
+		return KVP_ETOOBIG;
+	if (!o)
+		return KVP_ENOTFOUND;
+	/* pinned blocks cannot go, so a pin's blocks still match; blocks cached since
+	 * may make the match longer than the pin: take the longest pin it covers */
+	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
+	for (struct lease *l = o->leases; l; l = l->next) {
+		if (l->n > m || (best && best->n >= l->n))
+			continue;
+		if (memcmp(l->nodes, c->path, l->n * sizeof(l->nodes[0])) == 0)
+			best = l;
+	}
+	if (!best)
+		return KVP_ENOTFOUND;
+	*unpinned = lease_drop(c, o, best);
+	if (o->n_leases == 0)
+		owner_remove(c, o);
+	return KVP_OK;
+}
+
+size_t kvp_cache_ns_blocks(const struct kvp_cache *c, struct kvp_key root)
+{
+	return kvp_tree_ns_size(c->tree, root);
 }
 
 void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st)

@@ -36,7 +36,11 @@ struct kvp_cache_config {
 	uint32_t capacity_blocks;   /* pool size */
 	uint32_t max_tokens;        /* longest request accepted */
 	uint32_t max_leases;        /* leases one owner may hold at once */
+	uint32_t tenant_quota;      /* most blocks one namespace may hold; 0: no quota */
 };
+
+/* The owner of administrative pins (kvp_cache_admin_pin): never a connection. */
+#define KVP_CACHE_ADMIN_OWNER UINT64_MAX
 
 struct kvp_cache_result {
 	uint32_t matched_tokens;    /* lookup: cached prefix before the call; insert: after */
@@ -45,6 +49,7 @@ struct kvp_cache_result {
 	uint32_t n_blocks;          /* block ids written to the caller's array */
 	uint64_t lease;             /* 0 unless pinned */
 	bool pool_full;             /* insert stopped early: nothing left to evict */
+	bool quota_full;            /* ... because the namespace is at its quota */
 };
 
 struct kvp_cache_stats {
@@ -59,6 +64,9 @@ struct kvp_cache_stats {
 	uint64_t inserted_blocks;
 	uint64_t insert_full;       /* inserts cut short by a pool full of pinned blocks */
 	uint64_t evictions;
+	uint64_t quota_evictions;   /* of those, a namespace at its quota giving up its own */
+	uint64_t quota_refusals;    /* blocks refused: namespace at quota, nothing of its own
+	                               to give up */
 	uint64_t leases_active;
 	uint64_t leases_total;
 	struct kvp_pool_counts pool;
@@ -71,6 +79,34 @@ uint32_t kvp_cache_block_tokens(const struct kvp_cache *c);
 uint32_t kvp_cache_capacity(const struct kvp_cache *c);
 /* A new limit applies to leases taken from now on; held ones stay. 0 is ignored. */
 void kvp_cache_set_max_leases(struct kvp_cache *c, uint32_t max_leases);
+/*
+ * Tenant quota: at most `blocks` cached blocks per namespace (0: none). A namespace
+ * under its quota takes free blocks, then evicts anyone's least recently used; at its
+ * quota it only recycles its own, so however much one tenant asks for it never holds
+ * more than the quota, and the others keep capacity - quota blocks between them. A
+ * sequence's blocks count while it runs. Applies from the next allocation on; a
+ * namespace already over a lowered quota shrinks as it allocates.
+ */
+void kvp_cache_set_tenant_quota(struct kvp_cache *c, uint32_t blocks);
+/* Blocks cached in namespace root. */
+size_t kvp_cache_ns_blocks(const struct kvp_cache *c, struct kvp_key root);
+
+/*
+ * Administration (ADMIN requests). clear: evict every unpinned block of namespace root,
+ * or of every namespace when root is NULL; returns how many. evict_prefix: evict the
+ * unpinned blocks cached under the prefix of tokens (the subtree below its deepest
+ * cached block, then the prefix's own blocks while each is an unpinned leaf).
+ * admin_pin: pin the cached prefix of tokens until admin_unpin of the same tokens
+ * (held by KVP_CACHE_ADMIN_OWNER, outside any lease limit); *pinned 0 when nothing is
+ * cached. admin_unpin: KVP_ENOTFOUND when no pin of that prefix exists.
+ */
+size_t kvp_cache_clear(struct kvp_cache *c, const struct kvp_key *root);
+int kvp_cache_evict_prefix(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+			   size_t n_tokens, uint32_t *evicted);
+int kvp_cache_admin_pin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+			size_t n_tokens, uint32_t *pinned);
+int kvp_cache_admin_unpin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+			  size_t n_tokens, uint32_t *unpinned);
 
 /* block_ids: room for n_tokens / block_tokens ids. owner != 0 is needed for pin.
  * KVP_ETOOBIG when n_tokens > max_tokens, KVP_EBUSY when owner already holds
@@ -103,6 +139,7 @@ struct kvp_seq {
 	uint32_t *block_ids;          /* (n_blocks) */
 	void **block_data;            /* (n_blocks) KV bytes of each block */
 	struct kvp_tree_node **nodes; /* (matched_blocks) pinned prefix */
+	bool quota_full;              /* after a KVP_EFULL: the namespace's quota, not the pool */
 };
 
 /* Give the pool's blocks block_bytes of host memory each (engine mode). */

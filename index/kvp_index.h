@@ -106,6 +106,26 @@ int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id);
  * not call into the tree. Iterative: no depth limit. */
 void kvp_tree_clear(struct kvp_tree *t, void (*cb)(void *arg, uint32_t block_id), void *arg);
 
+/*
+ * Namespaces (all the nodes under one root). Each keeps its node count and its own LRU
+ * of evictable nodes, so quotas and clears need no walk over other namespaces.
+ */
+size_t kvp_tree_ns_size(const struct kvp_tree *t, struct kvp_key root);   /* nodes */
+size_t kvp_tree_ns_count(const struct kvp_tree *t);   /* namespaces with a node */
+/* kvp_tree_evict within namespace root: its least recently used unpinned leaf. */
+int kvp_tree_evict_ns(struct kvp_tree *t, struct kvp_key root, uint32_t *block_id);
+/* kvp_tree_clear within namespace root; returns how many nodes went. */
+size_t kvp_tree_clear_ns(struct kvp_tree *t, struct kvp_key root,
+			 void (*cb)(void *arg, uint32_t block_id), void *arg);
+/* Evict every unpinned node of the subtree under top (top included), leaf first;
+ * pinned nodes and their ancestors stay. top is invalid afterwards if it went (the
+ * count says nothing of which: check with a new match). O(evictable leaves of the
+ * namespace x depth): an administrative operation, not a request path. */
+size_t kvp_tree_evict_under(struct kvp_tree *t, struct kvp_tree_node *top,
+			    void (*cb)(void *arg, uint32_t block_id), void *arg);
+/* Evict n itself if it is an unpinned leaf: 0 and its block id, else KVP_EBUSY. */
+int kvp_tree_evict_node(struct kvp_tree *t, struct kvp_tree_node *n, uint32_t *block_id);
+
 struct kvp_key kvp_tree_node_key(const struct kvp_tree_node *n);
 uint32_t kvp_tree_node_block(const struct kvp_tree_node *n);
 uint32_t kvp_tree_node_pins(const struct kvp_tree_node *n);

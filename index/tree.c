@@ -107,11 +107,27 @@ struct kvp_tree_node {
 	struct kvp_key root;            /* namespace root (compared at depth 0) */
 	uint64_t tick;                  /* last use: tree tick of the last match/insert */
 	struct kvp_link lru;            /* linked iff pins == 0 && children == 0 */
+	struct tree_ns *ns;             /* its namespace's accounting */
+	struct kvp_link nlru;           /* the namespace's own LRU: linked iff lru is */
 	uint32_t children;              /* resident nodes whose parent this is */
 	uint32_t pins;
 	uint32_t block_id;
 	uint32_t scratch;               /* kvp_tree_check's tally; meaningless otherwise */
 	uint32_t tokens[];              /* block_tokens of them */
+};
+
+/* Per-namespace accounting: resident nodes, and an LRU of the namespace's evictable
+ * nodes (the same nodes as on the tree's LRU, in the same tick order), so that a
+ * namespace can give up its own least recently used block (quotas) and be cleared
+ * without a walk over everyone else's. Created with the namespace's first node, freed
+ * with its last. */
+struct tree_ns {
+	struct kvp_key root;
+	struct tree_ns *next;           /* hash chain */
+	size_t nodes;
+	size_t n_lru;
+	struct kvp_link lru;            /* sentinel, through node->nlru */
+	size_t scratch;                 /* kvp_tree_check's tally */
 };
 
 struct kvp_tree {
@@ -122,6 +138,9 @@ struct kvp_tree {
 	uint64_t tick;                  /* bumped by every match and insert */
 	struct kvp_link lru;            /* sentinel: lru.next is the least recently used */
 	uint32_t block_tokens;
+	struct tree_ns **ns_buckets;    /* namespaces by root.lo (power of two) */
+	size_t ns_mask;
+	size_t n_ns;
 };
 
 #define KVP_TREE_MIN_BUCKETS 16u
@@ -129,6 +148,9 @@ struct kvp_tree {
 
 #define node_of_link(l) \
 	((struct kvp_tree_node *)((char *)(l) - offsetof(struct kvp_tree_node, lru)))
+#define node_of_nlink(l) \
+	((struct kvp_tree_node *)((char *)(l) - offsetof(struct kvp_tree_node, nlru)))
+#define KVP_TREE_MIN_NS_BUCKETS 4u
 
 #ifdef KVP_TREE_TEST_HASH_BITS
 #define KVP_TREE_KEY_MASK ((UINT64_C(1) << (KVP_TREE_TEST_HASH_BITS)) - 1u)
@@ -177,54 +199,169 @@ static inline void link_between(struct kvp_link *l, struct kvp_link *prev,
 	next->prev = l;
 }
 
+static inline void link_unlink(struct kvp_link *l)
+{
+	l->prev->next = l->next;
+	l->next->prev = l->prev;
+	l->prev = l->next = NULL;
+}
+
 static inline void lru_remove(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	n->lru.prev->next = n->lru.next;
-	n->lru.next->prev = n->lru.prev;
-	n->lru.prev = n->lru.next = NULL;
+	link_unlink(&n->lru);
+	link_unlink(&n->nlru);
 	t->n_lru--;
+	n->ns->n_lru--;
 }
 
 /* n->tick is the newest tick: append. */
 static inline void lru_push_tail(struct kvp_tree *t, struct kvp_tree_node *n)
 {
 	link_between(&n->lru, t->lru.prev, &t->lru);
+	link_between(&n->nlru, n->ns->lru.prev, &n->ns->lru);
 	t->n_lru++;
+	n->ns->n_lru++;
+}
+
+/* n (evictable, not listed) to the head of both lists: it goes next. */
+static inline void lru_push_head(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	link_between(&n->lru, &t->lru, t->lru.next);
+	link_between(&n->nlru, &n->ns->lru, n->ns->lru.next);
+	t->n_lru++;
+	n->ns->n_lru++;
+}
+
+static inline uint64_t link_tick(const struct kvp_link *l, size_t off)
+{
+	return ((const struct kvp_tree_node *)(const void *)((const char *)l - off))->tick;
 }
 
 /*
- * Put n (just become evictable) at its place by tick: after every node with a tick
- * <= n's, before every node with a greater one. The two ends are checked first (the
- * usual cases: a leaf just used goes last, a parent uncovered by an eviction goes
- * first); otherwise the list is scanned from the end whose tick is nearer.
+ * Put link l of a node with this tick at its place in the list at head (links at
+ * offset off in the node): after every node with a tick <= tick, before every node
+ * with a greater one. The two ends are checked first (the usual cases: a leaf just
+ * used goes last, a parent uncovered by an eviction goes first); otherwise the list is
+ * scanned from the end whose tick is nearer.
  */
-static void lru_insert_ordered(struct kvp_tree *t, struct kvp_tree_node *n)
+static void list_insert_ordered(struct kvp_link *head, struct kvp_link *l, uint64_t tick,
+				size_t off)
 {
-	struct kvp_link *head = &t->lru;
 	uint64_t first, last;
 
-	if (head->next == head || node_of_link(head->prev)->tick <= n->tick) {
-		lru_push_tail(t, n);
+	if (head->next == head || link_tick(head->prev, off) <= tick) {
+		link_between(l, head->prev, head);
 		return;
 	}
-	first = node_of_link(head->next)->tick;
-	last = node_of_link(head->prev)->tick;
-	if (n->tick < first) {
-		link_between(&n->lru, head, head->next);
-	} else if (n->tick - first < last - n->tick) {
-		struct kvp_link *l = head->next;
+	first = link_tick(head->next, off);
+	last = link_tick(head->prev, off);
+	if (tick < first) {
+		link_between(l, head, head->next);
+	} else if (tick - first < last - tick) {
+		struct kvp_link *x = head->next;
 
-		while (l != head && node_of_link(l)->tick <= n->tick)
-			l = l->next;
-		link_between(&n->lru, l->prev, l);
+		while (x != head && link_tick(x, off) <= tick)
+			x = x->next;
+		link_between(l, x->prev, x);
 	} else {
-		struct kvp_link *l = head->prev;
+		struct kvp_link *x = head->prev;
 
-		while (l != head && node_of_link(l)->tick > n->tick)
-			l = l->prev;
-		link_between(&n->lru, l, l->next);
+		while (x != head && link_tick(x, off) > tick)
+			x = x->prev;
+		link_between(l, x, x->next);
 	}
+}
+
+/* n just became evictable: onto the tree's LRU and its namespace's, by tick. */
+static void lru_insert_ordered(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	list_insert_ordered(&t->lru, &n->lru, n->tick, offsetof(struct kvp_tree_node, lru));
+	list_insert_ordered(&n->ns->lru, &n->nlru, n->tick, offsetof(struct kvp_tree_node, nlru));
 	t->n_lru++;
+	n->ns->n_lru++;
+}
+
+/* ---- namespaces ------------------------------------------------------------------ */
+
+static inline size_t ns_bucket(const struct kvp_tree *t, struct kvp_key root)
+{
+	return (size_t)(root.lo ^ (root.hi >> 17)) & t->ns_mask;
+}
+
+static struct tree_ns *ns_find(const struct kvp_tree *t, struct kvp_key root)
+{
+	struct tree_ns *ns = t->ns_buckets[ns_bucket(t, root)];
+
+	while (ns && !kvp_key_eq(ns->root, root))
+		ns = ns->next;
+	return ns;
+}
+
+/* Double the namespace table past a load of 1; on allocation failure keep the old. */
+static __attribute__((noinline)) void ns_maybe_grow(struct kvp_tree *t)
+{
+	size_t old_n = t->ns_mask + 1, new_n = old_n * 2;
+	struct tree_ns **nb;
+
+	if (t->n_ns <= old_n || new_n > SIZE_MAX / sizeof(*nb))
+		return;
+	nb = KVP_INDEX_MALLOC(new_n * sizeof(*nb));
+	if (!nb)
+		return;
+	memset(nb, 0, new_n * sizeof(*nb));
+	for (size_t i = 0; i < old_n; i++) {
+		struct tree_ns *ns = t->ns_buckets[i], *next;
+
+		for (; ns; ns = next) {
+			size_t b = (size_t)(ns->root.lo ^ (ns->root.hi >> 17)) & (new_n - 1);
+
+			next = ns->next;
+			ns->next = nb[b];
+			nb[b] = ns;
+		}
+	}
+	KVP_INDEX_FREE(t->ns_buckets);
+	t->ns_buckets = nb;
+	t->ns_mask = new_n - 1;
+}
+
+/* The namespace of root, created (empty) if new; NULL when out of memory. Kept out of
+ * line, like node_new, so each allocation has one call site (tests/test_faults.c
+ * injects a failure at every site by its return address). */
+static __attribute__((noinline)) struct tree_ns *ns_get(struct kvp_tree *t, struct kvp_key root)
+{
+	struct tree_ns *ns = ns_find(t, root);
+	size_t b;
+
+	if (ns)
+		return ns;
+	ns = KVP_INDEX_MALLOC(sizeof(*ns));
+	if (!ns)
+		return NULL;
+	memset(ns, 0, sizeof(*ns));
+	ns->root = root;
+	ns->lru.prev = ns->lru.next = &ns->lru;
+	b = ns_bucket(t, root);
+	ns->next = t->ns_buckets[b];
+	t->ns_buckets[b] = ns;
+	t->n_ns++;
+	return ns;
+}
+
+/* Free a namespace that holds no node any more. */
+static void ns_drop_if_empty(struct kvp_tree *t, struct tree_ns *ns)
+{
+	struct tree_ns **pp;
+
+	if (ns->nodes)
+		return;
+	assert(ns->n_lru == 0);
+	pp = &t->ns_buckets[ns_bucket(t, ns->root)];
+	while (*pp != ns)
+		pp = &(*pp)->next;
+	*pp = ns->next;
+	t->n_ns--;
+	KVP_INDEX_FREE(ns);
 }
 
 /* ---- hash table ------------------------------------------------------------------ */
@@ -337,11 +474,18 @@ int kvp_tree_create(uint32_t block_tokens, struct kvp_tree **out)
 		goto out_free_tree;
 	memset(t->buckets, 0, KVP_TREE_MIN_BUCKETS * sizeof(*t->buckets));
 	t->mask = KVP_TREE_MIN_BUCKETS - 1;
+	t->ns_buckets = KVP_INDEX_MALLOC(KVP_TREE_MIN_NS_BUCKETS * sizeof(*t->ns_buckets));
+	if (!t->ns_buckets)
+		goto out_free_buckets;
+	memset(t->ns_buckets, 0, KVP_TREE_MIN_NS_BUCKETS * sizeof(*t->ns_buckets));
+	t->ns_mask = KVP_TREE_MIN_NS_BUCKETS - 1;
 	t->lru.prev = t->lru.next = &t->lru;
 	t->block_tokens = block_tokens;
 	*out = t;
 	return 0;
 
+out_free_buckets:
+	KVP_INDEX_FREE(t->buckets);
 out_free_tree:
 	KVP_INDEX_FREE(t);
 out_nomem:
@@ -360,6 +504,15 @@ void kvp_tree_destroy(struct kvp_tree *t)
 			KVP_INDEX_FREE(n);
 		}
 	}
+	for (size_t i = 0; i <= t->ns_mask; i++) {
+		struct tree_ns *ns = t->ns_buckets[i], *next;
+
+		for (; ns; ns = next) {
+			next = ns->next;
+			KVP_INDEX_FREE(ns);
+		}
+	}
+	KVP_INDEX_FREE(t->ns_buckets);
 	KVP_INDEX_FREE(t->buckets);
 	KVP_INDEX_FREE(t);
 }
@@ -447,7 +600,8 @@ match_loop(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens, size
 	}
 	/* Only the deepest matched node can be a leaf (the others have a matched child):
 	 * if it is on the LRU, it is now the most recently used. */
-	if (i > 0 && node_evictable(parent) && parent->lru.next != &t->lru) {
+	if (i > 0 && node_evictable(parent) &&
+	    (parent->lru.next != &t->lru || parent->nlru.next != &parent->ns->lru)) {
 		lru_remove(t, parent);
 		lru_push_tail(t, parent);
 	}
@@ -471,11 +625,17 @@ size_t kvp_tree_match(struct kvp_tree *t, struct kvp_key root, const uint32_t *t
 
 /* ---- insert / pin / evict / clear ------------------------------------------------ */
 
+static __attribute__((noinline)) struct kvp_tree_node *node_new(size_t token_bytes_)
+{
+	return KVP_INDEX_MALLOC(sizeof(struct kvp_tree_node) + token_bytes_);
+}
+
 int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_node *parent,
 		    struct kvp_key key, const uint32_t *tokens, uint32_t block_id,
 		    struct kvp_tree_node **out)
 {
 	struct kvp_tree_node *n, **bucket;
+	struct tree_ns *ns;
 	size_t bytes = token_bytes(t);
 
 	assert(t && tokens && out);
@@ -486,13 +646,20 @@ int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_nod
 		*out = n;
 		return KVP_EEXIST;
 	}
-	n = KVP_INDEX_MALLOC(sizeof(*n) + bytes);
-	if (!n)
+	ns = parent ? parent->ns : ns_get(t, root);
+	if (!ns)
 		return KVP_ENOMEM;
+	n = node_new(bytes);
+	if (!n) {
+		ns_drop_if_empty(t, ns);
+		return KVP_ENOMEM;
+	}
 
 	n->key = key;
 	n->parent = parent;
 	n->root = parent ? parent->root : root;
+	n->ns = ns;
+	ns->nodes++;
 	n->tick = ++t->tick;
 	n->children = 0;
 	n->pins = 0;
@@ -512,6 +679,7 @@ int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_nod
 	}
 	lru_push_tail(t, n);        /* its tick is the newest */
 	table_maybe_grow(t);
+	ns_maybe_grow(t);
 	*out = n;
 	return 0;
 }
@@ -531,35 +699,155 @@ void kvp_tree_unpin(struct kvp_tree *t, struct kvp_tree_node *n)
 		lru_insert_ordered(t, n);
 }
 
-/* Take n (an evictable leaf, already off the LRU) out of the table and its parent.
- * Returns the parent if it just became an evictable leaf (not yet on the LRU). */
+/* Take n (an evictable leaf, already off the LRU) out of the table, its namespace
+ * (freed with its last node) and its parent. Returns the parent if it just became an
+ * evictable leaf (not yet on the LRU). */
 static struct kvp_tree_node *node_detach(struct kvp_tree *t, struct kvp_tree_node *n)
 {
 	struct kvp_tree_node *p = n->parent;
 
 	table_unlink(t, n);
 	t->size--;
-	if (!p)
+	n->ns->nodes--;
+	if (!p) {
+		ns_drop_if_empty(t, n->ns);
 		return NULL;
+	}
 	assert(p->children > 0);
 	return --p->children == 0 && p->pins == 0 ? p : NULL;
 }
 
-int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id)
+/* Remove n, an evictable leaf; its parent goes onto the LRUs if it becomes one. */
+static uint32_t evict_leaf(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	struct kvp_tree_node *n, *p;
+	struct kvp_tree_node *p;
+	uint32_t id = n->block_id;
 
-	assert(t && block_id);
-	if (t->lru.next == &t->lru)
-		return KVP_EFULL;
-	n = node_of_link(t->lru.next);
 	assert(node_evictable(n));
 	lru_remove(t, n);
 	p = node_detach(t, n);
 	if (p)
 		lru_insert_ordered(t, p);
-	*block_id = n->block_id;
 	KVP_INDEX_FREE(n);
+	return id;
+}
+
+int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id)
+{
+	assert(t && block_id);
+	if (t->lru.next == &t->lru)
+		return KVP_EFULL;
+	*block_id = evict_leaf(t, node_of_link(t->lru.next));
+	return 0;
+}
+
+size_t kvp_tree_ns_size(const struct kvp_tree *t, struct kvp_key root)
+{
+	const struct tree_ns *ns = ns_find(t, root);
+
+	return ns ? ns->nodes : 0;
+}
+
+size_t kvp_tree_ns_count(const struct kvp_tree *t)
+{
+	return t->n_ns;
+}
+
+int kvp_tree_evict_ns(struct kvp_tree *t, struct kvp_key root, uint32_t *block_id)
+{
+	struct tree_ns *ns = ns_find(t, root);
+
+	assert(block_id);
+	if (!ns || ns->lru.next == &ns->lru)
+		return KVP_EFULL;
+	*block_id = evict_leaf(t, node_of_nlink(ns->lru.next));
+	return 0;
+}
+
+size_t kvp_tree_clear_ns(struct kvp_tree *t, struct kvp_key root,
+			 void (*cb)(void *arg, uint32_t block_id), void *arg)
+{
+	struct tree_ns *ns = ns_find(t, root);
+	size_t n = 0;
+
+	/* the namespace is freed with its last node: test before touching it again */
+	while (ns) {
+		bool last = ns->nodes == 1;
+		uint32_t id;
+
+		if (ns->lru.next == &ns->lru)
+			break;
+		id = evict_leaf(t, node_of_nlink(ns->lru.next));
+		n++;
+		if (cb)
+			cb(arg, id);
+		if (last)
+			break;
+	}
+	return n;
+}
+
+/* Is x in the subtree under top (top itself included)? Walks x's ancestors. */
+static bool in_subtree(const struct kvp_tree_node *x, const struct kvp_tree_node *top)
+{
+	for (; x; x = x->parent)
+		if (x == top)
+			return true;
+	return false;
+}
+
+size_t kvp_tree_evict_under(struct kvp_tree *t, struct kvp_tree_node *top,
+			    void (*cb)(void *arg, uint32_t block_id), void *arg)
+{
+	struct tree_ns *ns = top->ns;
+	struct kvp_link *l, *next;
+	size_t n = 0;
+	bool gone = false;
+
+	/*
+	 * One pass over the namespace's evictable leaves. A leaf under top goes, and so
+	 * does each ancestor it uncovers, up to top itself: those were not on the list
+	 * when the pass began, and the pass would not see them. Every node of the subtree
+	 * that can go is thus reached from one of its leaves. Evicting top ends the pass
+	 * (nothing under it is left; the namespace may have gone with it).
+	 */
+	for (l = ns->lru.next; l != &ns->lru && !gone; l = next) {
+		struct kvp_tree_node *x = node_of_nlink(l);
+
+		next = l->next;
+		if (!in_subtree(x, top))
+			continue;
+		lru_remove(t, x);
+		for (;;) {
+			bool at_top = x == top, last = ns->nodes == 1;
+			struct kvp_tree_node *up = node_detach(t, x);   /* uncovered parent */
+			uint32_t id = x->block_id;
+
+			KVP_INDEX_FREE(x);
+			n++;
+			if (cb)
+				cb(arg, id);
+			if (last || at_top) {
+				/* top is gone, so nothing under it is left; and after the
+				 * namespace's last node the namespace itself is gone */
+				if (up)
+					lru_insert_ordered(t, up);   /* above top: stays, evictable */
+				gone = true;
+				break;
+			}
+			if (!up)
+				break;
+			x = up;                    /* under top, evictable, on no list yet */
+		}
+	}
+	return n;
+}
+
+int kvp_tree_evict_node(struct kvp_tree *t, struct kvp_tree_node *n, uint32_t *block_id)
+{
+	if (!node_evictable(n))
+		return KVP_EBUSY;
+	*block_id = evict_leaf(t, n);
 	return 0;
 }
 
@@ -574,10 +862,8 @@ void kvp_tree_clear(struct kvp_tree *t, void (*cb)(void *arg, uint32_t block_id)
 
 		lru_remove(t, n);
 		p = node_detach(t, n);
-		if (p) {
-			link_between(&p->lru, &t->lru, t->lru.next);
-			t->n_lru++;
-		}
+		if (p)
+			lru_push_head(t, p);
 		KVP_INDEX_FREE(n);
 		if (cb)
 			cb(arg, id);
@@ -653,6 +939,48 @@ int kvp_tree_check(const struct kvp_tree *t)
 			KVP_CHECK(on_lru == (n->lru.next != NULL));
 			n_evictable += on_lru;
 			n->scratch = 0;
+		}
+	}
+	KVP_CHECK(n_evictable == t->n_lru);
+
+	/* 5. Namespaces: each node's namespace is its root's, counts add up, and each
+	 * namespace LRU holds exactly its nodes of the tree's LRU, in tick order. */
+	count = 0;
+	for (size_t i = 0; i <= t->ns_mask; i++) {
+		for (const struct tree_ns *ns = t->ns_buckets[i]; ns; ns = ns->next) {
+			size_t on = 0;
+
+			KVP_CHECK(++count <= t->n_ns);
+			KVP_CHECK(ns_find(t, ns->root) == ns && ns->nodes > 0);
+			last_tick = 0;
+			for (const struct kvp_link *l = ns->lru.next; l != &ns->lru; l = l->next) {
+				const struct kvp_tree_node *n = node_of_nlink(l);
+
+				KVP_CHECK(++on <= ns->nodes);
+				KVP_CHECK(l->next->prev == l && l->prev->next == l);
+				KVP_CHECK(n->ns == ns && n->lru.next != NULL);
+				KVP_CHECK(n->tick >= last_tick);
+				last_tick = n->tick;
+			}
+			KVP_CHECK(on == ns->n_lru);
+		}
+	}
+	KVP_CHECK(count == t->n_ns);
+	n_evictable = 0;
+	for (size_t i = 0; i <= t->ns_mask; i++)
+		for (struct tree_ns *ns = t->ns_buckets[i]; ns; ns = ns->next)
+			ns->scratch = 0;
+	for (size_t i = 0; i <= t->mask; i++) {
+		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
+			KVP_CHECK(n->ns && kvp_key_eq(n->ns->root, n->root));
+			KVP_CHECK((n->lru.next != NULL) == (n->nlru.next != NULL));
+			n->ns->scratch++;
+		}
+	}
+	for (size_t i = 0; i <= t->ns_mask; i++) {
+		for (const struct tree_ns *ns = t->ns_buckets[i]; ns; ns = ns->next) {
+			KVP_CHECK(ns->scratch == ns->nodes);
+			n_evictable += ns->n_lru;
 		}
 	}
 	KVP_CHECK(n_evictable == t->n_lru);

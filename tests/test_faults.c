@@ -34,12 +34,15 @@
  *
  * Coverage is checked, not assumed: the allocator records the return address of every
  * call (one per call instruction) and of every call it failed, and the sweep must have
- * failed every allocation site of index/ and store/. There are 8, counted by hand:
+ * failed every allocation site of index/ and store/. There are 11, counted by hand:
  *
  *   index/tree.c  kvp_tree_create   the tree                    KVP_INDEX_MALLOC(sizeof(*t))
  *   index/tree.c  kvp_tree_create   the first bucket array      KVP_INDEX_MALLOC(16 * ptr)
  *   index/tree.c  kvp_tree_insert   the node                    KVP_INDEX_MALLOC(node + tokens)
  *   index/tree.c  table_maybe_grow  the doubled bucket array    KVP_INDEX_MALLOC(new_n * ptr)
+ *   index/tree.c  kvp_tree_create   the namespace table         KVP_INDEX_MALLOC(4 * ptr) 
+ *   index/tree.c  ns_get            a namespace (first node)    KVP_INDEX_MALLOC(sizeof(*ns))
+ *   index/tree.c  ns_maybe_grow     the doubled namespace table KVP_INDEX_MALLOC(new_n * ptr)
  *   store/pool.c  kvp_pool_create   the pool                    store_alloc(sizeof(*p))
  *   store/pool.c  kvp_pool_create   state[]                     store_alloc(capacity)
  *   store/pool.c  kvp_pool_create   refs[]                      store_alloc(capacity * 4)
@@ -66,8 +69,8 @@
 #include "kvp_index.h"
 #include "kvp_store.h"
 
-#define EXPECTED_SITES 8        /* the list above */
-#define INDEX_SITES 4
+#define EXPECTED_SITES 11       /* the list above */
+#define INDEX_SITES 7
 #define STORE_SITES 4
 
 /* ---- failure reports with context --------------------------------------------------- */
@@ -191,7 +194,7 @@ static void fa_arm(uint64_t fail_at, enum fail_mode mode)
 #define CAP 80u                 /* pool blocks: the table grows 16 -> 32 -> 64 -> 128 */
 #define MAX_LEASES 3u
 #define N_OWNERS 3u
-#define N_NS 2
+#define N_NS 16   /* well over 4, so the namespace table has to grow */
 #define N_OPS 240
 #define PIN_STORM 120           /* cache runs: op where every owner pins long prompts */
 #define HIST 24
@@ -377,6 +380,20 @@ static uint32_t model_n_evictable(const struct model *m)
 	return n;
 }
 
+/* Namespaces holding at least one node: the tree allocates one record for each. */
+static uint32_t model_n_ns(const struct model *m)
+{
+	bool seen[N_NS] = { false };
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < m->hi; i++)
+		if (m->v[i].alive && !seen[m->v[i].ns]) {
+			seen[m->v[i].ns] = true;
+			n++;
+		}
+	return n;
+}
+
 static uint32_t model_n_pinned(const struct model *m)
 {
 	uint32_t n = 0;
@@ -474,8 +491,9 @@ struct crun {
 };
 
 /* Allocations live through the hooks while a cache exists: the tree, its bucket array,
- * one per node; the pool and its three arrays. */
-#define CACHE_FIXED_ALLOCS 6
+ * its namespace table, one per node and one per namespace holding a node; the pool and
+ * its three arrays. */
+#define CACHE_FIXED_ALLOCS 7
 
 static void cache_compare(struct crun *r)
 {
@@ -494,8 +512,8 @@ static void cache_compare(struct crun *r)
 	    (unsigned long long)st.evictions, (unsigned long long)m->evictions);
 	REQ(st.leases_active == m->n_leases, "%llu leases, model %u",
 	    (unsigned long long)st.leases_active, m->n_leases);
-	REQ(fa.live == (long)(CACHE_FIXED_ALLOCS + m->alive), "%ld live allocations for %u nodes",
-	    fa.live, m->alive);
+	REQ(fa.live == (long)(CACHE_FIXED_ALLOCS + m->alive + model_n_ns(m)),
+	    "%ld live allocations for %u nodes in %u namespaces", fa.live, m->alive, model_n_ns(m));
 }
 
 static void cache_lookup(struct crun *r, const struct prompt *p, uint64_t owner, bool pin)
@@ -937,8 +955,9 @@ static void tree_compare(struct trun *r)
 	    r->m.alive);
 	REQ(kvp_tree_evictable(r->t) == model_n_evictable(&r->m), "%zu evictable, model %u",
 	    kvp_tree_evictable(r->t), model_n_evictable(&r->m));
-	REQ(fa.live == (long)(2 + r->m.alive), "%ld live allocations for %u nodes", fa.live,
-	    r->m.alive);
+	REQ(fa.live == (long)(3 + r->m.alive + model_n_ns(&r->m)),
+	    "%ld live allocations for %u nodes in %u namespaces", fa.live, r->m.alive,
+	    model_n_ns(&r->m));
 }
 
 /* Match p in tree and model; returns the length, real nodes in path. */

@@ -695,6 +695,37 @@ static int model_victim(const struct model *m, int except)
 	return best;
 }
 
+/* The same within namespace ns: what kvp_tree_evict_ns must pick. */
+static int model_victim_ns(const struct model *m, int ns)
+{
+	int best = -1;
+
+	for (size_t i = 0; i < m->slots; i++) {
+		const struct mnode *x = &m->v[i];
+
+		if (model_evictable(x) && x->ns == ns && (best < 0 || x->tick < m->v[best].tick))
+			best = (int)i;
+	}
+	return best;
+}
+
+static size_t model_ns_size(const struct model *m, int ns)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < m->slots; i++)
+		n += m->v[i].alive && m->v[i].ns == ns;
+	return n;
+}
+
+static bool model_under(const struct model *m, int s, int top)
+{
+	for (; s >= 0; s = m->v[s].parent)
+		if (s == top)
+			return true;
+	return false;
+}
+
 static int model_add(struct model *m, int ns, int parent, const uint32_t *blk,
 		     struct kvp_key key, uint64_t tick)
 {
@@ -796,7 +827,7 @@ Test(tree_model, random_operations, .timeout = 60)
 	struct kvp_tree_node *path[GEN_MAX];
 	int mpath[GEN_MAX];
 	int pinned[256];
-	size_t n_pinned = 0, n_evict = 0, n_hits = 0;
+	size_t n_pinned = 0, n_evict = 0, n_hits = 0, n_evict_ns = 0, n_under = 0;
 
 	model_init(&m, b, limit + GEN_MAX);
 	gen_init(&g, 0xC0FFEE);
@@ -838,6 +869,21 @@ Test(tree_model, random_operations, .timeout = 60)
 				m.v[s].tn = n;
 				m.v[s].block = next_id++;
 				mpath[i] = s;
+			}
+		} else if (what < 64) {                    /* evict within a namespace */
+			int v = model_victim_ns(&m, ns);
+			uint32_t id;
+			int rc = kvp_tree_evict_ns(t, root, &id);
+
+			if (v < 0) {
+				cr_assert_eq(rc, KVP_EFULL);
+			} else {
+				cr_assert_eq(rc, 0);
+				cr_assert_eq(id, m.v[v].block, "op %zu: ns evicted %u, its LRU is %u", op,
+					     id, m.v[v].block);
+				model_remove(&m, v);
+				n_evict++;
+				n_evict_ns++;
 			}
 		} else if (what < 70) {                    /* evict */
 			int v = model_victim(&m, -1);
@@ -883,6 +929,56 @@ Test(tree_model, random_operations, .timeout = 60)
 							     x->key, x->tok, 999999, &n), KVP_EEXIST);
 				cr_assert_eq(n, x->tn);
 			}
+		} else if (what == 98 && rng_below(&g.r, 4) == 0) { /* evict a subtree */
+			int top = (int)rng_below(&g.r, (uint32_t)m.slots), v;
+			uint32_t *got = calloc(limit + GEN_MAX + 1, sizeof(*got));
+			size_t removed = 0, n;
+			bool progress = true;
+
+			cr_assert_not_null(got);
+			if (m.v[top].alive) {
+				n = kvp_tree_evict_under(t, m.v[top].tn, collect_id, got);
+				cr_assert_eq(n, got[0]);
+				/* the model: every unpinned node under top, leaf first */
+				while (progress) {
+					progress = false;
+					for (v = 0; v < (int)m.slots; v++) {
+						if (!model_evictable(&m.v[v]) || !model_under(&m, v, top))
+							continue;
+						bool found = false;
+
+						for (uint32_t i = 1; i <= got[0]; i++)
+							found |= got[i] == m.v[v].block;
+						cr_assert(found, "op %zu: subtree kept block %u", op,
+							  m.v[v].block);
+						model_remove(&m, v);
+						removed++;
+						progress = true;
+					}
+				}
+				cr_assert_eq(got[0], removed, "op %zu: subtree evicted %u, model %zu", op,
+					     got[0], removed);
+				n_under += removed;
+			}
+			free(got);
+		} else if (what == 99 && rng_below(&g.r, 2) == 0) { /* clear one namespace */
+			uint32_t *got = calloc(limit + GEN_MAX + 1, sizeof(*got));
+			size_t removed = 0;
+			int v;
+
+			cr_assert_not_null(got);
+			cr_assert_eq(kvp_tree_clear_ns(t, root, collect_id, got), got[0]);
+			while ((v = model_victim_ns(&m, ns)) >= 0) {
+				bool found = false;
+
+				for (uint32_t i = 1; i <= got[0]; i++)
+					found |= got[i] == m.v[v].block;
+				cr_assert(found, "clear_ns kept block %u", m.v[v].block);
+				model_remove(&m, v);
+				removed++;
+			}
+			cr_assert_eq(got[0], removed);
+			free(got);
 		} else if (what == 99 && rng_below(&g.r, 20) == 0) { /* clear */
 			uint32_t *got = calloc(limit + GEN_MAX + 1, sizeof(*got));
 			size_t removed = 0;
@@ -916,8 +1012,11 @@ Test(tree_model, random_operations, .timeout = 60)
 			n_evict++;
 		}
 		check_tree_against(t, &m);
+		cr_assert_eq(kvp_tree_ns_size(t, root), model_ns_size(&m, ns));
 	}
 	cr_assert(n_evict > 10000 && n_hits > 10000, "evictions %zu, hits %zu", n_evict, n_hits);
+	cr_assert(n_evict_ns > 1000 && n_under > 100, "namespace evictions %zu, subtree %zu",
+		  n_evict_ns, n_under);
 	kvp_tree_destroy(t);
 	model_free(&m);
 }
@@ -1353,6 +1452,177 @@ Test(cache, argument_errors)
 	cr_assert_eq(kvp_cache_release(c, 4, res.lease, NULL), KVP_ENOTFOUND);
 	cr_assert_eq(kvp_cache_release_owner(c, 3), 2);
 	cr_assert_eq(kvp_cache_release_owner(c, 3), 0);
+	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}
+
+/* ---- tenant quota and administration ------------------------------------------------ */
+
+/* n distinct blocks (b tokens each) for namespace tag `who`, prompt number `k`. */
+static void fill_prompt(uint32_t *tok, uint32_t n_tokens, uint32_t who, uint32_t k)
+{
+	for (uint32_t i = 0; i < n_tokens; i++)
+		tok[i] = who * 1000000u + k * 1000u + i;
+}
+
+/* Blocks of namespace root still cached among prompts 0..n-1 of `who` (one block each). */
+static uint32_t cached_of(struct kvp_cache *c, struct kvp_key root, uint32_t who, uint32_t n,
+			  uint32_t b)
+{
+	uint32_t tok[64], ids[16], hits = 0;
+	struct kvp_cache_result res;
+	struct kvp_cache_stats st;
+
+	kvp_cache_get_stats(c, &st);
+	for (uint32_t k = 0; k < n; k++) {
+		fill_prompt(tok, b, who, k);
+		cr_assert_eq(kvp_cache_lookup(c, root, tok, b, 0, false, ids, &res), 0);
+		hits += res.n_blocks;
+	}
+	return hits;
+}
+
+/* One tenant floods the pool: with a quota it recycles its own blocks and the other
+ * tenant keeps everything; without one (the control) the other tenant loses blocks. */
+static uint32_t flood(uint32_t quota, uint32_t *a_held, uint64_t *quota_evictions)
+{
+	const uint32_t b = 4, cap = 64;
+	struct kvp_cache *c = new_cache(b, cap, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1000, NULL), rb = kvp_ns_root("m", 1001, NULL);
+	uint32_t tok[4], ids[1], kept;
+	struct kvp_cache_result res;
+	struct kvp_cache_stats st;
+
+	kvp_cache_set_tenant_quota(c, quota);
+	for (uint32_t k = 0; k < 20; k++) {          /* tenant B: 20 blocks */
+		fill_prompt(tok, b, 2, k);
+		cr_assert_eq(kvp_cache_insert(c, rb, tok, b, 0, false, ids, &res), 0);
+		cr_assert_eq(res.new_blocks, 1);
+	}
+	for (uint32_t k = 0; k < 500; k++) {         /* tenant A: 500 blocks */
+		fill_prompt(tok, b, 1, k);
+		cr_assert_eq(kvp_cache_insert(c, ra, tok, b, 0, false, ids, &res), 0);
+		cr_assert_eq(res.new_blocks, 1, "insert %u of tenant A refused", k);
+		if (quota)
+			cr_assert_leq(kvp_cache_ns_blocks(c, ra), quota);
+		cr_assert_eq(kvp_cache_check(c), 0);
+	}
+	kept = cached_of(c, rb, 2, 20, b);
+	*a_held = (uint32_t)kvp_cache_ns_blocks(c, ra);
+	kvp_cache_get_stats(c, &st);
+	*quota_evictions = st.quota_evictions;
+	kvp_cache_destroy(c);
+	return kept;
+}
+
+Test(cache, tenant_quota_keeps_other_tenants_blocks)
+{
+	uint32_t held;
+	uint64_t qev;
+
+	cr_assert_eq(flood(32, &held, &qev), 20, "tenant B lost blocks under a quota");
+	cr_assert_eq(held, 32, "tenant A holds %u blocks, quota 32", held);
+	cr_assert_gt(qev, 400);
+	/* the control: without a quota the flood takes B's blocks */
+	cr_assert_lt(flood(0, &held, &qev), 20);
+	cr_assert_eq(qev, 0);
+}
+
+Test(cache, tenant_quota_with_own_blocks_pinned_refuses)
+{
+	/* A at its quota of 3 with all three pinned: a 4th block is refused (insert stops,
+	 * a sequence gets EFULL with quota_full), and B's blocks are not touched although
+	 * they are evictable. (B itself stops at 3: the block it would give up for its 4th
+	 * is the parent the insert is extending.) */
+	const uint32_t b = 2;
+	struct kvp_cache *c = new_cache(b, 16, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL), rb = kvp_ns_root("m", 2, NULL);
+	uint32_t tok[8], ids[4];
+	struct kvp_cache_result res, pin;
+	struct kvp_cache_stats st;
+	struct kvp_seq seq;
+
+	kvp_cache_set_tenant_quota(c, 3);
+	fill_prompt(tok, 8, 2, 0);
+	cr_assert_eq(kvp_cache_insert(c, rb, tok, 8, 0, false, ids, &res), 0);
+	cr_assert(res.quota_full, "B's own 4th block is over the quota too");
+	cr_assert_eq(res.new_blocks, 3);
+	fill_prompt(tok, 6, 1, 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, tok, 6, 7, true, ids, &pin), 0);
+	cr_assert_eq(pin.new_blocks, 3);
+	fill_prompt(tok, 2, 1, 1);
+	cr_assert_eq(kvp_cache_insert(c, ra, tok, 2, 0, false, ids, &res), 0);
+	cr_assert(res.quota_full && res.pool_full);
+	cr_assert_eq(res.new_blocks, 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, tok, 2, 4, &seq), KVP_EFULL);
+	cr_assert(seq.quota_full);
+	cr_assert_eq(cached_of(c, rb, 2, 1, 8), 3, "B's 3 blocks must stay");
+	kvp_cache_get_stats(c, &st);
+	cr_assert_eq(st.quota_refusals, 3);
+	cr_assert_eq(st.evictions, 0);
+	/* unpinned, A recycles its own */
+	cr_assert_eq(kvp_cache_release(c, 7, pin.lease, NULL), 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, tok, 2, 0, false, ids, &res), 0);
+	cr_assert_eq(res.new_blocks, 1);
+	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 3);
+	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}
+
+Test(cache, admin_clear_evict_pin_unpin)
+{
+	const uint32_t b = 2;
+	struct kvp_cache *c = new_cache(b, 32, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL), rb = kvp_ns_root("m", 2, NULL);
+	/* a tree in A: x = 10 11 | 12 13 | 14 15, y = 10 11 | 12 13 | 20 21 | 22 23,
+	 * z = 10 11 | 30 31 */
+	const uint32_t x[6] = { 10, 11, 12, 13, 14, 15 }, y[8] = { 10, 11, 12, 13, 20, 21, 22, 23 };
+	const uint32_t z[4] = { 10, 11, 30, 31 };
+	uint32_t ids[8], n, tok[8];
+	struct kvp_cache_result res;
+
+	cr_assert_eq(kvp_cache_insert(c, ra, x, 6, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, y, 8, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, z, 4, 0, false, ids, &res), 0);
+	fill_prompt(tok, 8, 2, 0);
+	cr_assert_eq(kvp_cache_insert(c, rb, tok, 8, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 6);
+
+	/* PIN x's prefix twice (10 11 | 12 13): it outlives any connection's release */
+	cr_assert_eq(kvp_cache_admin_pin(c, ra, x, 4, &n), 0);
+	cr_assert_eq(n, 2);
+	cr_assert_eq(kvp_cache_admin_pin(c, ra, x, 4, &n), 0);
+	cr_assert_eq(kvp_cache_release_owner(c, KVP_CACHE_ADMIN_OWNER - 1), 0);
+	cr_assert_eq(kvp_cache_check(c), 0);
+
+	/* EVICT 10 11 | 12 13: everything under 12 13 goes (x's 14 15, y's 20 21 | 22 23);
+	 * 12 13 and 10 11 are pinned, and z keeps 10 11 anyway */
+	cr_assert_eq(kvp_cache_evict_prefix(c, ra, x, 4, &n), 0);
+	cr_assert_eq(n, 3);
+	cr_assert_eq(kvp_cache_lookup(c, ra, x, 6, 0, false, ids, &res), 0);
+	cr_assert_eq(res.matched_tokens, 4);
+	cr_assert_eq(kvp_cache_lookup(c, ra, z, 4, 0, false, ids, &res), 0);
+	cr_assert_eq(res.matched_tokens, 4);
+
+	/* CLEAR A: z's 30 31 goes; the pinned 10 11 | 12 13 stay; B untouched */
+	cr_assert_eq(kvp_cache_clear(c, &ra), 1);
+	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 2);
+	cr_assert_eq(kvp_cache_ns_blocks(c, rb), 4);
+	cr_assert_eq(kvp_cache_check(c), 0);
+
+	/* UNPIN: two pins, two unpins, then ENOTFOUND; a prefix never pinned: ENOTFOUND */
+	cr_assert_eq(kvp_cache_admin_unpin(c, ra, z, 4, &n), KVP_ENOTFOUND);
+	cr_assert_eq(kvp_cache_admin_unpin(c, ra, x, 4, &n), 0);
+	cr_assert_eq(n, 2);
+	cr_assert_eq(kvp_cache_clear(c, &ra), 0, "still pinned once");
+	cr_assert_eq(kvp_cache_admin_unpin(c, ra, x, 6, &n), 0, "a longer prompt names it too");
+	cr_assert_eq(kvp_cache_admin_unpin(c, ra, x, 4, &n), KVP_ENOTFOUND);
+
+	/* EVICT of the whole prefix now takes both blocks; CLEAR of all takes B's */
+	cr_assert_eq(kvp_cache_evict_prefix(c, ra, x, 4, &n), 0);
+	cr_assert_eq(n, 2);
+	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 0);
+	cr_assert_eq(kvp_cache_clear(c, NULL), 4);
 	cr_assert_eq(kvp_cache_check(c), 0);
 	kvp_cache_destroy(c);
 }
