@@ -19,16 +19,29 @@
  * cost as much memory traffic as the compute). Decode (1 row) still streams the
  * original row-major weights, and so does the output head, which only ever sees the
  * last row.
+ *
+ * The CUDA backend (engine/cuda/engine_cuda.c, built with KVP_CUDA) runs the same pass
+ * on a GPU; an engine created with cfg->backend == KVP_BACKEND_CUDA holds one and every
+ * call below hands over to it. The CPU run state then stays unallocated.
  */
 #include "kvp_engine.h"
+#ifdef KVP_HAVE_CUDA
+#include "kvp_cuda.h"
+#endif
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct kvp_engine {
 	const struct kvp_model *m;
-	struct kvp_engine_config cfg;
+	struct kvp_engine_config cfg;   /* err / errlen cleared: create's alone */
+	enum kvp_backend backend;
+#ifdef KVP_HAVE_CUDA
+	struct kvp_cuda_engine *cuda;   /* KVP_BACKEND_CUDA */
+#endif
 	struct kvp_threadpool *tp;
 	size_t block_bytes;
 	uint32_t q_dim;      /* n_heads * head_dim */
@@ -57,6 +70,56 @@ static void *alloc_f32(size_t n)
 	return p;
 }
 
+static void say(const struct kvp_engine_config *cfg, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void say(const struct kvp_engine_config *cfg, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!cfg->err || cfg->errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(cfg->err, cfg->errlen, fmt, ap);
+	va_end(ap);
+}
+
+static int create_cuda(const struct kvp_model *m, const struct kvp_engine_config *cfg,
+		       struct kvp_engine **out)
+{
+#ifdef KVP_HAVE_CUDA
+	const struct kvp_model_config *mc = &m->cfg;
+	struct kvp_engine *e;
+	int rc;
+
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return KVP_ENOMEM;
+	e->m = m;
+	e->cfg = *cfg;
+	e->cfg.err = NULL;
+	e->cfg.errlen = 0;
+	e->backend = KVP_BACKEND_CUDA;
+	e->q_dim = mc->n_heads * mc->head_dim;
+	e->kv_dim = mc->n_kv_heads * mc->head_dim;
+	/* KV in f16 whatever cfg asks: kvp_cuda_engine_create refuses anything else */
+	e->block_bytes = kvp_kv_block_bytes(mc->n_layers, mc->n_kv_heads, mc->head_dim,
+					    cfg->block_tokens, KVP_KV_F16);
+	rc = kvp_cuda_engine_create(m, cfg, &e->cuda, cfg->err, cfg->errlen);
+	if (rc) {
+		free(e);
+		return rc;
+	}
+	*out = e;
+	return KVP_OK;
+#else
+	(void)m;
+	(void)out;
+	say(cfg, "this build has no CUDA backend (configure with -DKVP_CUDA=ON)");
+	return KVP_EUNSUPPORTED;
+#endif
+}
+
 int kvp_engine_create(const struct kvp_model *m, const struct kvp_engine_config *cfg,
 		      struct kvp_engine **out)
 {
@@ -65,14 +128,27 @@ int kvp_engine_create(const struct kvp_model *m, const struct kvp_engine_config 
 	size_t rows;
 	int rc;
 
-	if (cfg->threads < 1 || cfg->block_tokens == 0 || cfg->max_batch == 0 ||
-	    (cfg->kv_dtype != KVP_KV_F32 && cfg->kv_dtype != KVP_KV_F16))
+	if (cfg->err && cfg->errlen)
+		cfg->err[0] = '\0';
+	if (cfg->backend == KVP_BACKEND_CUDA)
+		return create_cuda(m, cfg, out);
+	if (cfg->backend != KVP_BACKEND_CPU) {
+		say(cfg, "unknown backend %d", (int)cfg->backend);
 		return KVP_EINVAL;
+	}
+	if (cfg->threads < 1 || cfg->block_tokens == 0 || cfg->max_batch == 0 ||
+	    (cfg->kv_dtype != KVP_KV_F32 && cfg->kv_dtype != KVP_KV_F16)) {
+		say(cfg, "threads, block_tokens and max_batch must be at least 1, kv_dtype f32 or f16");
+		return KVP_EINVAL;
+	}
 	e = calloc(1, sizeof(*e));
 	if (!e)
 		return KVP_ENOMEM;
 	e->m = m;
 	e->cfg = *cfg;
+	e->cfg.err = NULL;
+	e->cfg.errlen = 0;
+	e->backend = KVP_BACKEND_CPU;
 	e->q_dim = mc->n_heads * mc->head_dim;
 	e->kv_dim = mc->n_kv_heads * mc->head_dim;
 	e->block_bytes = kvp_kv_block_bytes(mc->n_layers, mc->n_kv_heads, mc->head_dim,
@@ -124,6 +200,9 @@ void kvp_engine_destroy(struct kvp_engine *e)
 {
 	if (!e)
 		return;
+#ifdef KVP_HAVE_CUDA
+	kvp_cuda_engine_destroy(e->cuda);
+#endif
 	kvp_threadpool_destroy(e->tp);
 	if (e->packed) {
 		for (uint32_t l = 0; l < e->m->cfg.n_layers; l++) {
@@ -166,7 +245,21 @@ size_t kvp_engine_token_bytes(const struct kvp_engine *e)
 
 struct kvp_threadpool *kvp_engine_threads(struct kvp_engine *e)
 {
-	return e->tp;
+	return e->tp;   /* NULL on CUDA */
+}
+
+enum kvp_backend kvp_engine_backend(const struct kvp_engine *e)
+{
+	return e->backend;
+}
+
+const char *kvp_backend_name(enum kvp_backend b)
+{
+	switch (b) {
+	case KVP_BACKEND_CPU: return "cpu";
+	case KVP_BACKEND_CUDA: return "cuda";
+	}
+	return "unknown";
 }
 
 /* One step: rows tokens at positions pos .. pos+rows-1. */
@@ -235,6 +328,11 @@ int kvp_engine_forward(struct kvp_engine *e, void *const *blocks, uint32_t n_blo
 	};
 	uint32_t done = 0, rows = 0;
 
+#ifdef KVP_HAVE_CUDA
+	if (e->backend == KVP_BACKEND_CUDA)
+		return kvp_cuda_engine_forward(e->cuda, blocks, n_blocks, tokens, n, pos0,
+					       kv_write_from, logits);
+#endif
 	if (n == 0 || (uint64_t)pos0 + n > mc->ctx || (uint64_t)n_blocks * b < (uint64_t)pos0 + n)
 		return KVP_EINVAL;
 	for (uint32_t i = 0; i < n; i++)

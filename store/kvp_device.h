@@ -33,9 +33,9 @@ struct kvp_device_info {
 	int sm_count;                /* multiprocessors */
 	int clock_khz;               /* peak SM clock */
 	size_t mem_total, mem_free;  /* bytes */
-	/* dense F16 tensor-core peak with F32 accumulation, TFLOP/s, from the compute
-	 * capability, SM count and clock (a table of FLOP per SM per clock: sm_80 1024,
-	 * sm_86/89 512, sm_90 2048, else 0 when unknown) */
+	/* dense F16 tensor-core peak with F32 accumulation, TFLOP/s: 2 FLOP per FMA x
+	 * FMAs per SM per clock (sm_80 1024, sm_86/89 512, sm_90 2048; 0 when unknown) x
+	 * SMs x clock. An A100 (108 SMs, 1.41 GHz) comes out at 312. */
 	double f16_tflops;
 };
 

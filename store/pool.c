@@ -10,14 +10,16 @@
  * The free list is LIFO so a recently freed block (warm in cache) is reused first.
  * Counters (free, cached, referenced) change with every transition; kvp_pool_check
  * recounts the arrays and compares, which is what the invariant tests call.
+ * KV bytes in GPU memory, and copies of a block in and out: pool_device.c.
  */
 #include "kvp_store.h"
+#include "kvp_device.h"
+#include "pool_impl.h"
 
 #include <assert.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
-#define NIL UINT32_MAX
 #define KVP_POOL_MAX (1u << 31)
 
 static void *(*store_alloc)(size_t) = malloc;
@@ -28,20 +30,6 @@ void kvp_store_set_allocator(void *(*alloc)(size_t), void (*release)(void *))
 	store_alloc = alloc ? alloc : malloc;
 	store_release = release ? release : free;
 }
-
-struct kvp_pool {
-	uint32_t capacity;
-	uint32_t free_head;
-	uint32_t n_free;
-	uint32_t n_cached;
-	uint32_t n_referenced;
-	uint8_t *state;       /* (capacity) enum kvp_block_state */
-	uint32_t *refs;       /* (capacity) reference counts */
-	uint32_t *next;       /* (capacity) free list links, NIL-terminated */
-	uint8_t *data;        /* (capacity, block_bytes) KV bytes, or NULL (index-only) */
-	size_t block_bytes;
-	size_t data_bytes;    /* mapping length */
-};
 
 int kvp_pool_create(uint32_t capacity, struct kvp_pool **out)
 {
@@ -66,6 +54,8 @@ int kvp_pool_create(uint32_t capacity, struct kvp_pool **out)
 	p->data = NULL;
 	p->block_bytes = 0;
 	p->data_bytes = 0;
+	p->on_device = false;
+	p->staging = NULL;
 	for (uint32_t i = 0; i < capacity; i++) {
 		p->state[i] = KVP_BLOCK_FREE;
 		p->refs[i] = 0;
@@ -126,8 +116,12 @@ void kvp_pool_destroy(struct kvp_pool *p)
 {
 	if (!p)
 		return;
-	if (p->data)
+	if (p->on_device) {
+		kvp_device_free(p->data);
+		kvp_device_host_free(p->staging);
+	} else if (p->data) {
 		munmap(p->data, p->data_bytes);
+	}
 	store_release(p->next);
 	store_release(p->refs);
 	store_release(p->state);

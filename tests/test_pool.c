@@ -1,11 +1,15 @@
 /*
  * test_pool.c - the block pool against a trivial model (an array of states and
- * reference counts), with the invariant checked after every operation.
+ * reference counts), with the invariant checked after every operation; host block
+ * memory, whole blocks in and out by id, and kvp_pool_attach_device where no device
+ * can be had (test_cuda covers device pools on a GPU).
  */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvp_device.h"
 #include "kvp_store.h"
 
 static uint64_t rng_state = 0x1234567887654321ull;
@@ -137,5 +141,121 @@ Test(pool, attached_memory_is_per_block_and_stable)
 	memset(db, 0xCD, 4096 + 64);
 	cr_assert_eq(da[4096 + 63], 0xAB);
 	cr_assert_null(kvp_pool_block_data(p, 8), "out of range");
+	kvp_pool_destroy(p);
+}
+
+/* Whole blocks in and out of a host pool by id: the bytes block_data points at, no
+ * neighbour touched, the pool's accounting untouched; bad ids and pools without memory
+ * refused, and a refused call changes nothing. */
+Test(pool, host_block_read_write)
+{
+	enum { CAP = 5 };
+	const size_t bb = 4096 + 80;
+	struct kvp_pool *p;
+	uint32_t id[CAP];
+	uint8_t *in = malloc(bb), *out = malloc(bb);
+
+	cr_assert(in && out);
+	cr_assert_eq(kvp_pool_create(4, &p), KVP_OK);
+	cr_assert_not(kvp_pool_on_device(p), "an index-only pool has no device memory");
+	cr_assert_eq(kvp_pool_block_read(p, 0, out), KVP_EINVAL, "index-only: no bytes to read");
+	cr_assert_eq(kvp_pool_block_write(p, 0, in), KVP_EINVAL, "index-only: nowhere to write");
+	kvp_pool_destroy(p);
+
+	cr_assert_eq(kvp_pool_create(CAP, &p), KVP_OK);
+	cr_assert_eq(kvp_pool_attach_memory(p, bb), KVP_OK);
+	cr_assert_not(kvp_pool_on_device(p), "host memory");
+	for (int i = 0; i < CAP; i++)
+		cr_assert_eq(kvp_pool_alloc(p, &id[i]), KVP_OK);
+	struct kvp_pool_counts before = kvp_pool_counts(p);
+	for (int i = 0; i < CAP; i++) {
+		for (size_t b = 0; b < bb; b++)
+			in[b] = (uint8_t)(b * 7 + (size_t)id[i] * 31 + 1);
+		cr_assert_eq(kvp_pool_block_write(p, id[i], in), KVP_OK);
+		cr_assert(memcmp(kvp_pool_block_data(p, id[i]), in, bb) == 0,
+			  "block %u: the written bytes are where block_data points", id[i]);
+	}
+	for (int i = 0; i < CAP; i++) {
+		memset(out, 0, bb);
+		cr_assert_eq(kvp_pool_block_read(p, id[i], out), KVP_OK);
+		for (size_t b = 0; b < bb; b++)
+			cr_assert_eq(out[b], (uint8_t)(b * 7 + (size_t)id[i] * 31 + 1),
+				     "block %u byte %zu: a neighbour's write reached it", id[i], b);
+	}
+	/* bad ids: refused, nothing read or written */
+	memset(in, 0xEE, bb);
+	memset(out, 0x11, bb);
+	cr_assert_eq(kvp_pool_block_write(p, CAP, in), KVP_EINVAL);
+	cr_assert_eq(kvp_pool_block_write(p, UINT32_MAX, in), KVP_EINVAL);
+	cr_assert_eq(kvp_pool_block_read(p, CAP, out), KVP_EINVAL);
+	cr_assert_eq(out[0], 0x11, "a refused read wrote dst");
+	cr_assert_eq(kvp_pool_block_read(p, id[CAP - 1], out), KVP_OK);
+	cr_assert_neq(out[0], 0xEE, "a refused write reached a block");
+	/* copies are not state changes */
+	struct kvp_pool_counts after = kvp_pool_counts(p);
+	cr_assert(memcmp(&before, &after, sizeof(before)) == 0);
+	cr_assert_eq(kvp_pool_check(p), KVP_OK);
+	/* a block's bytes outlive its state: evicted and taken again, they are still there */
+	cr_assert_eq(kvp_pool_unref(p, id[2]), KVP_OK);
+	cr_assert_eq(kvp_pool_evict(p, id[2]), KVP_OK);
+	cr_assert_eq(kvp_pool_block_read(p, id[2], out), KVP_OK);
+	cr_assert_eq(out[5], (uint8_t)(5 * 7 + (size_t)id[2] * 31 + 1));
+	cr_assert_eq(kvp_pool_check(p), KVP_OK);
+	kvp_pool_destroy(p);
+	free(in);
+	free(out);
+}
+
+/*
+ * kvp_pool_attach_device where no device can be had: a build without CUDA refuses it
+ * with KVP_EUNSUPPORTED; a CUDA build on a machine without a GPU fails to get device
+ * memory (KVP_ENOMEM, or KVP_EIO / KVP_ENOTFOUND from the runtime). Either way the pool
+ * is left as it was: no memory, not on the device, its accounting usable, and host
+ * memory can still be attached.
+ */
+Test(pool, attach_device_without_a_device_fails_cleanly)
+{
+	char why[256] = "";
+	struct kvp_pool *p;
+	uint32_t a, b;
+	uint8_t blk[256], out[256];
+	int n = kvp_device_count(why, sizeof(why)), rc;
+
+	if (n > 0)
+		cr_skip_test("a CUDA device is present (%d): test_cuda covers device pools", n);
+	cr_assert_eq(kvp_pool_create(6, &p), KVP_OK);
+	cr_assert_eq(kvp_pool_alloc(p, &a), KVP_OK);
+	rc = kvp_pool_attach_device(p, sizeof(blk));
+	fprintf(stderr, "test_pool: kvp_pool_attach_device with no device (%s): %s\n", why,
+		kvp_strerror(rc));
+	cr_assert_lt(rc, 0, "a device pool with no device");
+	if (!kvp_device_built())
+		cr_assert_eq(rc, KVP_EUNSUPPORTED, "built without CUDA: %s", kvp_strerror(rc));
+	else
+		cr_assert(rc == KVP_ENOMEM || rc == KVP_EIO || rc == KVP_ENOTFOUND ||
+			  rc == KVP_EUNSUPPORTED, "no device: %s", kvp_strerror(rc));
+	cr_assert_not(kvp_pool_on_device(p));
+	cr_assert_null(kvp_pool_block_data(p, a), "no memory after the failed attach");
+	cr_assert_eq(kvp_pool_block_bytes(p), 0);
+	cr_assert_eq(kvp_pool_block_read(p, a, out), KVP_EINVAL);
+	/* the accounting still works */
+	cr_assert_eq(kvp_pool_unref(p, a), KVP_OK);
+	cr_assert_eq(kvp_pool_evict(p, a), KVP_OK);
+	cr_assert_eq(kvp_pool_alloc(p, &b), KVP_OK);
+	cr_assert_eq(kvp_pool_check(p), KVP_OK);
+	/* and host memory attaches as to a fresh pool */
+	cr_assert_eq(kvp_pool_attach_memory(p, sizeof(blk)), KVP_OK);
+	cr_assert_not(kvp_pool_on_device(p));
+	for (size_t i = 0; i < sizeof(blk); i++)
+		blk[i] = (uint8_t)(i ^ 0x5A);
+	cr_assert_eq(kvp_pool_block_write(p, b, blk), KVP_OK);
+	cr_assert_eq(kvp_pool_block_read(p, b, out), KVP_OK);
+	cr_assert(memcmp(blk, out, sizeof(blk)) == 0);
+	cr_assert_lt(kvp_pool_attach_device(p, sizeof(blk)), 0, "memory is attached already");
+	cr_assert_not(kvp_pool_on_device(p));
+	cr_assert_eq(kvp_pool_block_read(p, b, out), KVP_OK);
+	cr_assert(memcmp(blk, out, sizeof(blk)) == 0, "a refused attach touched the memory");
+	cr_assert_eq(kvp_pool_put(p, b), KVP_OK);
+	cr_assert_eq(kvp_pool_check(p), KVP_OK);
 	kvp_pool_destroy(p);
 }

@@ -22,6 +22,12 @@
  *       than the request, and which server the scheduler moves decides the ratio.
  *       LOOKUPs and echoes alternate in chunks of SOCKET_CHUNK for the same reason.
  *
+ *   kvprefix-bench engine [--backend cpu|cuda] [--model FILE] ...
+ *       The engine in process (prefill, decode, a cached suffix; on the CPU against its
+ *       peak FMA rate, on CUDA against the device's f16 tensor-core peak and with a
+ *       TTFT of an 8k prompt 90 % cached vs cold), then TTFT and a shared-prefix
+ *       workload through a kvprefixd running the same backend. See usage_engine.
+ *
  *   kvprefix-bench load --clients N --duration S [--socket PATH] [--mix ...]
  *       N client threads, each on its own connection, issue a seeded random mix of
  *       LOOKUP (half pinned, then RELEASEd), INSERT (index-only), GENERATE (engine) and
@@ -61,9 +67,11 @@
 #include <xxhash.h>
 
 #include "kvp_cpu.h"
+#include "kvp_device.h"
 #include "kvp_engine.h"
 #include "kvp_index.h"
 #include "kvp_model.h"
+#include "kvp_store.h"
 #include "kvprefix.h"
 #include "trace.h"
 #include "util.h"
@@ -1198,6 +1206,13 @@ out:
 #define WORK_REQUESTS_QUICK 50u
 #define WORK_MAX_NEW 8u
 #define FIRST_TOKEN_ID 259u           /* after <unk> <s> </s> and the byte tokens */
+/* --backend cuda, in process */
+#define TARGET_GPU_FRACTION 0.50      /* prefill TFLOP/s of the f16 tensor-core peak */
+#define CUDA_N_SIZES 3
+#define CUDA_TARGET_SIZE 2            /* the size the target is judged on: 8,192 */
+#define CUDA_TTFT_PROMPT 8192u        /* in-process TTFT: this prompt ... */
+#define CUDA_TTFT_CACHED_PCT 90u      /* ... with this share of it already in the blocks */
+static const uint32_t cuda_prefill_sizes[CUDA_N_SIZES] = { 512, 2048, 8192 };
 
 /* Token ids in [FIRST_TOKEN_ID, vocab) (or [0, vocab) for a tiny vocabulary), a pure
  * function of (seed, i). */
@@ -1472,12 +1487,13 @@ static int eng_suffix(struct eng_ctx *x, int runs, double *suffix_ms, double *co
 }
 
 static int bench_engine_inproc(const char *model_path, int threads, enum kvp_kv_dtype dtype,
-			       uint32_t block, bool quick, struct eng_inproc *res)
+			       uint32_t block, uint32_t max_batch, bool quick,
+			       struct eng_inproc *res)
 {
 	const uint32_t max_tokens = TTFT_PREFIX + TTFT_SUFFIX;   /* >= 2048 */
 	struct kvp_engine_config ec = {
 		.threads = threads, .kv_dtype = dtype, .block_tokens = block,
-		.max_batch = ENGINE_MAX_BATCH,
+		.max_batch = max_batch,
 	};
 	struct kvp_model *m = NULL;
 	struct eng_ctx x = { 0 };
@@ -1569,6 +1585,230 @@ out:
 	free(x.logits);
 	free(x.blocks);
 	free(x.arena);
+	kvp_engine_destroy(x.e);
+	kvp_model_free(m);
+	return ret;
+}
+
+/* ---- engine (a), --backend cuda: in process on the GPU ------------------------- */
+
+struct eng_cuda {
+	struct kvp_device_info dev;
+	uint32_t max_batch;
+	int runs[CUDA_N_SIZES];
+	double pf_best[CUDA_N_SIZES], pf_med[CUDA_N_SIZES];         /* tokens/s */
+	double flops[CUDA_N_SIZES];                                 /* FLOPs of one prefill */
+	double tflops_best[CUDA_N_SIZES], tflops_med[CUDA_N_SIZES];
+	double frac_best[CUDA_N_SIZES], frac_med[CUDA_N_SIZES];    /* of dev.f16_tflops */
+	int decode_runs;
+	uint32_t decode_prompt, decode_steps;
+	double dec_best, dec_med;                                   /* tokens/s */
+	int ttft_reps;
+	uint32_t ttft_prompt, ttft_cached;                          /* tokens */
+	double ttft_cold_ms, ttft_cached_ms;                        /* medians */
+	double ttft_ratio;               /* median over the repetitions of cold / cached */
+	double ttft_logit_diff;          /* max |cold - cached| / max |cold| over the reps */
+};
+
+/*
+ * TTFT in process: CUDA_TTFT_PROMPT tokens cold (write_from 0), then the same prompt
+ * with its first CUDA_TTFT_CACHED_PCT % (whole blocks) already in the blocks (the cold
+ * run just wrote them): only the rest is computed, its last row gives the logits. Each
+ * call is timed to the logits in host memory. One untimed pair first; the prompt
+ * changes every repetition. The two logit vectors must agree (invariant 5): their
+ * largest difference is reported.
+ */
+static int eng_cuda_ttft(struct eng_ctx *x, uint32_t block, struct eng_cuda *res)
+{
+	const uint32_t n = CUDA_TTFT_PROMPT;
+	const uint32_t pre = n * CUDA_TTFT_CACHED_PCT / 100 / block * block;
+	double cold[8], cached[8], ratio[8];
+	float *ref = malloc((size_t)x->vocab * sizeof(float));
+	int rc = 0;
+
+	if (!ref) {
+		fprintf(stderr, PROG " engine: out of memory\n");
+		return -1;
+	}
+	res->ttft_prompt = n;
+	res->ttft_cached = pre;
+	res->ttft_logit_diff = 0;
+	for (int r = -1; r < res->ttft_reps && rc == 0; r++) {
+		void *const *set = x->blocks + (size_t)((r + 1) & 1) * x->nb_set;
+		uint64_t a, b, c;
+		double mx = 0, md = 0;
+
+		rand_tokens(x->tokens, n, 0x8000 + (uint64_t)(r + 1), x->vocab);
+		a = kvp_tool_now_ns();
+		rc = kvp_engine_forward(x->e, set, x->nb_set, x->tokens, n, 0, 0, ref);
+		b = kvp_tool_now_ns();
+		if (rc == 0)
+			rc = kvp_engine_forward(x->e, set, x->nb_set, x->tokens + pre, n - pre, pre,
+						pre, x->logits);
+		c = kvp_tool_now_ns();
+		if (rc < 0)
+			break;
+		for (uint32_t i = 0; i < x->vocab; i++) {
+			mx = fmax(mx, fabs((double)ref[i]));
+			md = fmax(md, fabs((double)ref[i] - (double)x->logits[i]));
+		}
+		if (mx > 0 && md / mx > res->ttft_logit_diff)
+			res->ttft_logit_diff = md / mx;
+		fprintf(stderr, "engine: TTFT %u tokens%s: cold %.1f ms, %u cached %.1f ms\n", n,
+			r < 0 ? " (warm-up)" : "", (double)(b - a) / 1e6, pre, (double)(c - b) / 1e6);
+		if (r >= 0) {
+			cold[r] = (double)(b - a) / 1e6;
+			cached[r] = (double)(c - b) / 1e6;
+			ratio[r] = cold[r] / cached[r];
+		}
+	}
+	free(ref);
+	if (rc < 0) {
+		fprintf(stderr, PROG " engine: TTFT forward: %s\n", kvp_strerror(rc));
+		return rc;
+	}
+	res->ttft_cold_ms = median_of(cold, (size_t)res->ttft_reps);
+	res->ttft_cached_ms = median_of(cached, (size_t)res->ttft_reps);
+	res->ttft_ratio = median_of(ratio, (size_t)res->ttft_reps);
+	return 0;
+}
+
+/*
+ * (a) with --backend cuda: the engine on CUDA device 0, KV f16 in device blocks (a pool
+ * attached with kvp_pool_attach_device, two sets as on the CPU so that each prefill
+ * writes blocks the previous one did not), prefill at cuda_prefill_sizes, decode,
+ * TTFT cold vs 90 % cached. Fills a's model fields as bench_engine_inproc does.
+ */
+static int bench_engine_cuda(const char *model_path, uint32_t block, uint32_t max_batch,
+			     bool quick, struct eng_inproc *a, struct eng_cuda *res)
+{
+	const uint32_t max_tokens = cuda_prefill_sizes[CUDA_N_SIZES - 1] > CUDA_TTFT_PROMPT
+					    ? cuda_prefill_sizes[CUDA_N_SIZES - 1]
+					    : CUDA_TTFT_PROMPT;
+	char err[512] = "", why[256] = "";
+	struct kvp_engine_config ec = {
+		.backend = KVP_BACKEND_CUDA, .device = 0, .err = err, .errlen = sizeof(err),
+		.threads = 1, .kv_dtype = KVP_KV_F16, .block_tokens = block,
+		.max_batch = max_batch,
+	};
+	struct kvp_model *m = NULL;
+	struct kvp_pool *pool = NULL;
+	struct eng_ctx x = { 0 };
+	double rates[8], rdec[8], f[8];
+	size_t bb;
+	int rc, ret = -1;
+
+	memset(a, 0, sizeof(*a));
+	memset(res, 0, sizeof(*res));
+	res->max_batch = max_batch;
+	if (kvp_device_count(why, sizeof(why)) <= 0) {
+		fprintf(stderr, PROG " engine: --backend cuda: no CUDA device: %s\n", why);
+		return -1;
+	}
+	rc = kvp_device_open(0, &res->dev, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, PROG " engine: --backend cuda: device 0: %s\n", err);
+		return -1;
+	}
+	fprintf(stderr, "engine: CUDA device 0: %s (sm_%d%d, %d SMs, %.1f GiB, f16 tensor peak "
+		"%.1f TFLOP/s)\n", res->dev.name, res->dev.sm_major, res->dev.sm_minor,
+		res->dev.sm_count, (double)res->dev.mem_total / 1073741824.0, res->dev.f16_tflops);
+	fprintf(stderr, "engine: loading %s\n", model_path);
+	rc = kvp_model_load(model_path, &m, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, PROG " engine: %s: %s\n", model_path, err);
+		return -1;
+	}
+	snprintf(a->name, sizeof(a->name), "%s", m->cfg.name);
+	a->n_params = m->cfg.n_params;
+	a->vocab = m->cfg.vocab;
+	a->dim = m->cfg.dim;
+	a->n_layers = m->cfg.n_layers;
+	a->n_heads = m->cfg.n_heads;
+	a->n_kv_heads = m->cfg.n_kv_heads;
+	a->head_dim = m->cfg.head_dim;
+	a->ffn = m->cfg.ffn;
+	a->isa = "cuda";
+	if (m->cfg.ctx < max_tokens + 1) {
+		fprintf(stderr, PROG " engine: %s has a context of %u tokens; --backend cuda needs "
+			"%u (kvprefix-mkmodel --ctx)\n", model_path, m->cfg.ctx, max_tokens + 1);
+		goto out;
+	}
+	err[0] = '\0';
+	rc = kvp_engine_create(m, &ec, &x.e);
+	if (rc < 0) {
+		fprintf(stderr, PROG " engine: kvp_engine_create (cuda): %s%s%s\n", kvp_strerror(rc),
+			err[0] ? ": " : "", err);
+		goto out;
+	}
+	bb = kvp_engine_block_bytes(x.e);
+	a->block_bytes = bb;
+	x.vocab = m->cfg.vocab;
+	x.nb_set = (max_tokens + block - 1) / block;
+	x.blocks = malloc(2 * (size_t)x.nb_set * sizeof(*x.blocks));
+	x.logits = malloc((size_t)x.vocab * sizeof(float));
+	x.scratch = malloc(kvp_sampler_scratch_bytes(x.vocab));
+	x.tokens = malloc(max_tokens * sizeof(*x.tokens));
+	if (!x.blocks || !x.logits || !x.scratch || !x.tokens) {
+		fprintf(stderr, PROG " engine: out of memory\n");
+		goto out;
+	}
+	/* the blocks: device memory from a pool, as kvprefixd --backend cuda keeps them */
+	rc = kvp_pool_create(2 * x.nb_set, &pool);
+	if (rc == 0)
+		rc = kvp_pool_attach_device(pool, bb);
+	if (rc < 0) {
+		fprintf(stderr, PROG " engine: %u KV blocks of %zu bytes on the device: %s (%s)\n",
+			2 * x.nb_set, bb, kvp_strerror(rc), kvp_device_last_error());
+		goto out;
+	}
+	for (uint32_t i = 0; i < 2 * x.nb_set; i++) {
+		uint32_t id;
+
+		if (kvp_pool_alloc(pool, &id) < 0) {
+			fprintf(stderr, PROG " engine: pool: no free block\n");
+			goto out;
+		}
+		x.blocks[i] = kvp_pool_block_data(pool, id);
+	}
+
+	for (int si = 0; si < CUDA_N_SIZES; si++) {
+		const uint32_t n = cuda_prefill_sizes[si];
+
+		res->runs[si] = quick ? (si == 0 ? 2 : 1) : (si == 0 ? 5 : 3);
+		if (eng_prefill(&x, n, 1, res->runs[si], rates, NULL, 100 + 100 * (uint64_t)si) < 0)
+			goto out;
+		res->flops[si] = prefill_flops(&m->cfg, n);
+		for (int r = 0; r < res->runs[si]; r++)
+			f[r] = res->flops[si] / ((double)n / rates[r]) / 1e12;
+		res->pf_best[si] = best_of(rates, (size_t)res->runs[si]);
+		res->pf_med[si] = median_of(rates, (size_t)res->runs[si]);
+		res->tflops_best[si] = best_of(f, (size_t)res->runs[si]);
+		res->tflops_med[si] = median_of(f, (size_t)res->runs[si]);
+		if (res->dev.f16_tflops > 0) {
+			res->frac_best[si] = res->tflops_best[si] / res->dev.f16_tflops;
+			res->frac_med[si] = res->tflops_med[si] / res->dev.f16_tflops;
+		}
+	}
+	res->decode_runs = quick ? 1 : 3;
+	res->decode_prompt = 512;
+	res->decode_steps = 128;
+	for (int i = 0; i < res->decode_runs; i++)
+		if (eng_decode(&x, res->decode_prompt, res->decode_steps, &rdec[i],
+			       300 + (uint64_t)i) < 0)
+			goto out;
+	res->dec_best = best_of(rdec, (size_t)res->decode_runs);
+	res->dec_med = median_of(rdec, (size_t)res->decode_runs);
+	res->ttft_reps = quick ? 3 : 5;
+	if (eng_cuda_ttft(&x, block, res) < 0)
+		goto out;
+	ret = 0;
+out:
+	free(x.tokens);
+	free(x.scratch);
+	free(x.logits);
+	free(x.blocks);
+	kvp_pool_destroy(pool);
 	kvp_engine_destroy(x.e);
 	kvp_model_free(m);
 	return ret;
@@ -1747,8 +1987,9 @@ out:
 static void usage_engine(FILE *f)
 {
 	fprintf(f,
-		"Usage: kvprefix-bench engine [--model FILE] [--threads N] [--kv-dtype f32|f16]\n"
-		"                             [--block-tokens N] [--socket PATH] [--pool-mb MB]\n"
+		"Usage: kvprefix-bench engine [--backend cpu|cuda] [--model FILE] [--threads N]\n"
+		"                             [--kv-dtype f32|f16] [--block-tokens N]\n"
+		"                             [--max-batch N] [--socket PATH] [--pool-mb MB]\n"
 		"                             [--quick]\n"
 		"Measure the transformer engine and what the prefix cache saves:\n"
 		"  (a) in process (kvp_engine_forward over host blocks): cold prefill tokens/s\n"
@@ -1763,31 +2004,50 @@ static void usage_engine(FILE *f)
 		"      i %% %u + a unique 10-50-token suffix, %u greedy tokens): token hit rate,\n"
 		"      whether every request after the first of its prefix hit, and the mean\n"
 		"      and p99 TTFT of hits and misses.\n"
+		"With --backend cuda, (a) runs the engine on CUDA device 0 with KV f16 in device\n"
+		"blocks (kvp_pool_attach_device) instead: cold prefill tokens/s at 512, 2,048 and\n"
+		"8,192 tokens and the TFLOP/s each achieves against the device's f16 tensor-core\n"
+		"peak (kvp_device_info.f16_tflops; target: median >= %.0f%% at 8,192 tokens),\n"
+		"decode tokens/s (128 steps after 512 tokens), and the TTFT of an 8,192-token\n"
+		"prompt with %u%% of it cached vs cold; the CPU's peak FMA measurement is not\n"
+		"made. FLOPs are counted as 2 per weight of the layer matrices per token, 4 x\n"
+		"head_dim per head per causal (query, key) pair for attention, and the output\n"
+		"head once (the last row). (b) and (c) start kvprefixd with --backend cuda.\n"
 		"\n"
-		"  -m, --model FILE        GGUF model (default: make the default random model\n"
-		"                          with kvprefix-mkmodel, f32, in a temporary directory)\n"
+		"  -B, --backend B         cpu (default) or cuda: the engine in process and in\n"
+		"                          the daemon this command starts (--backend cuda needs\n"
+		"                          a CUDA build and device; KV is f16 on it)\n"
+		"  -m, --model FILE        GGUF model (default: make a random model with\n"
+		"                          kvprefix-mkmodel in a temporary directory: for cpu the\n"
+		"                          default one, f32; for cuda a ~1.2B one, f16, dim 2048,\n"
+		"                          16 layers, 32 heads (8 kv), ffn 8192, context 16384)\n"
 		"  -t, --threads N         compute threads, in process and in the daemon\n"
 		"                          (default: all online CPUs, here %d)\n"
-		"  -k, --kv-dtype T        f32 (default) or f16\n"
+		"  -k, --kv-dtype T        f32 (default) or f16; cuda: f16 only (its default)\n"
 		"  -b, --block-tokens N    tokens a block (default 16)\n"
+		"      --max-batch N       rows one internal step computes in process (default\n"
+		"                          %u, as kvprefixd uses)\n"
 		"  -s, --socket PATH       use this running kvprefixd (engine mode) for (b) and\n"
 		"                          (c) instead of starting one with the model; it must\n"
 		"                          serve the same model, and its own options apply\n"
 		"      --pool-mb MB        KV pool of the daemon this command starts (default\n"
-		"                          1024)\n"
+		"                          1024; with --backend cuda 4096, on the GPU)\n"
 		"  -q, --quick             a smoke run: fewer repetitions, %u requests in (c)\n"
 		"  -h, --help              show this help\n"
 		"\n"
 		"Progress goes to stderr; stdout gets a table, then one JSON line with every\n"
 		"figure. With the default model on 2 cores the full run takes about 30 s\n"
-		"(longer on a slower machine; under 3 minutes), --quick about 12 s.\n",
+		"(longer on a slower machine; under 3 minutes), --quick about 12 s. The default\n"
+		"model of --backend cuda takes ~2.4 GB in the temporary directory and ~20 s to\n"
+		"write.\n",
 		TARGET_PEAK_FRACTION * 100, TTFT_PREFIX + TTFT_SUFFIX, TTFT_PREFIX,
 		TARGET_TTFT_RATIO, WORK_PREFIXES, TTFT_PREFIX, WORK_REQUESTS, WORK_PREFIXES,
-		WORK_MAX_NEW, online_cpus(), WORK_REQUESTS_QUICK);
+		WORK_MAX_NEW, TARGET_GPU_FRACTION * 100, CUDA_TTFT_CACHED_PCT, online_cpus(),
+		ENGINE_MAX_BATCH, WORK_REQUESTS_QUICK);
 }
 
-/* Make the default model into dir/default.gguf with kvprefix-mkmodel. */
-static int make_default_model(const char *dir, char *out, size_t cap)
+/* Make the default model of the backend into dir/default.gguf with kvprefix-mkmodel. */
+static int make_default_model(const char *dir, enum kvp_backend backend, char *out, size_t cap)
 {
 	char bin[PATH_MAX];
 	pid_t pid;
@@ -1798,7 +2058,9 @@ static int make_default_model(const char *dir, char *out, size_t cap)
 		return -1;
 	}
 	snprintf(out, cap, "%s/default.gguf", dir);
-	fprintf(stderr, "engine: %s --out %s (the default model, f32)\n", bin, out);
+	fprintf(stderr, "engine: %s --out %s (%s)\n", bin, out,
+		backend == KVP_BACKEND_CUDA ? "a ~1.2B model, f16, for --backend cuda"
+					    : "the default model, f32");
 	fflush(NULL);
 	pid = fork();
 	if (pid < 0) {
@@ -1807,9 +2069,12 @@ static int make_default_model(const char *dir, char *out, size_t cap)
 	}
 	if (pid == 0) {
 		char *const args[] = { bin, "--out", out, "--dtype", "f32", "--quiet", NULL };
+		char *const gpu[] = { bin, "--out", out, "--dim", "2048", "--layers", "16",
+				      "--heads", "32", "--kv-heads", "8", "--ffn", "8192",
+				      "--ctx", "16384", "--dtype", "f16", "--quiet", NULL };
 
 		dup2(STDERR_FILENO, STDOUT_FILENO);
-		execv(bin, args);
+		execv(bin, backend == KVP_BACKEND_CUDA ? gpu : args);
 		fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
@@ -1820,29 +2085,179 @@ static int make_default_model(const char *dir, char *out, size_t cap)
 	return 0;
 }
 
+/* (a) on the CPU as JSON fields of j. */
+static void json_engine_cpu(cJSON *j, const struct eng_inproc *a, bool peak_met)
+{
+	cJSON_AddNumberToObject(j, "prefill_512_tps_best", a->pf512_best);
+	cJSON_AddNumberToObject(j, "prefill_512_tps_median", a->pf512_med);
+	cJSON_AddNumberToObject(j, "prefill_2048_tps_best", a->pf2048_best);
+	cJSON_AddNumberToObject(j, "prefill_2048_tps_median", a->pf2048_med);
+	cJSON_AddNumberToObject(j, "decode_tps_best", a->dec_best);
+	cJSON_AddNumberToObject(j, "decode_tps_median", a->dec_med);
+	cJSON_AddNumberToObject(j, "decode_prompt_tokens", a->decode_prompt);
+	cJSON_AddNumberToObject(j, "decode_steps", a->decode_steps);
+	cJSON_AddNumberToObject(j, "suffix_50_after_2000_ms_median", a->suffix_ms_med);
+	cJSON_AddNumberToObject(j, "cold_2050_ms", a->cold2050_ms);
+	cJSON_AddNumberToObject(j, "prefill_512_gflop", a->flops_512 / 1e9);
+	cJSON_AddNumberToObject(j, "prefill_512_gflops_best", a->gflops_best);
+	cJSON_AddNumberToObject(j, "prefill_512_gflops_median", a->gflops_med);
+	cJSON_AddNumberToObject(j, "peak_gflops", a->peak_gflops);
+	cJSON_AddNumberToObject(j, "peak_fraction_best", a->frac_best);
+	cJSON_AddNumberToObject(j, "peak_fraction_median", a->frac_med);
+	cJSON_AddNumberToObject(j, "peak_fraction_target", TARGET_PEAK_FRACTION);
+	cJSON_AddBoolToObject(j, "peak_fraction_met", peak_met);
+}
+
+/* (a) on CUDA as JSON fields of j (what memory allows, as cJSON does). */
+static void json_engine_cuda(cJSON *j, const struct eng_cuda *cu, bool peak_met)
+{
+	const int ts = CUDA_TARGET_SIZE;
+	cJSON *p, *e;
+
+	cJSON_AddStringToObject(j, "device", cu->dev.name);
+	cJSON_AddNumberToObject(j, "sm", cu->dev.sm_major * 10 + cu->dev.sm_minor);
+	cJSON_AddNumberToObject(j, "f16_peak_tflops", cu->dev.f16_tflops);
+	cJSON_AddNumberToObject(j, "max_batch", cu->max_batch);
+	p = cJSON_AddArrayToObject(j, "prefill");
+	for (int si = 0; p && si < CUDA_N_SIZES; si++) {
+		e = cJSON_CreateObject();
+		if (!e || !cJSON_AddItemToArray(p, e)) {
+			cJSON_Delete(e);
+			break;
+		}
+		cJSON_AddNumberToObject(e, "tokens", cuda_prefill_sizes[si]);
+		cJSON_AddNumberToObject(e, "runs", cu->runs[si]);
+		cJSON_AddNumberToObject(e, "tps_best", cu->pf_best[si]);
+		cJSON_AddNumberToObject(e, "tps_median", cu->pf_med[si]);
+		cJSON_AddNumberToObject(e, "tflop", cu->flops[si] / 1e12);
+		cJSON_AddNumberToObject(e, "tflops_best", cu->tflops_best[si]);
+		cJSON_AddNumberToObject(e, "tflops_median", cu->tflops_med[si]);
+		cJSON_AddNumberToObject(e, "peak_fraction_best", cu->frac_best[si]);
+		cJSON_AddNumberToObject(e, "peak_fraction_median", cu->frac_med[si]);
+	}
+	cJSON_AddNumberToObject(j, "decode_tps_best", cu->dec_best);
+	cJSON_AddNumberToObject(j, "decode_tps_median", cu->dec_med);
+	cJSON_AddNumberToObject(j, "decode_prompt_tokens", cu->decode_prompt);
+	cJSON_AddNumberToObject(j, "decode_steps", cu->decode_steps);
+	cJSON_AddNumberToObject(j, "ttft_prompt_tokens", cu->ttft_prompt);
+	cJSON_AddNumberToObject(j, "ttft_cached_tokens", cu->ttft_cached);
+	cJSON_AddNumberToObject(j, "ttft_reps", cu->ttft_reps);
+	cJSON_AddNumberToObject(j, "ttft_cold_ms_median", cu->ttft_cold_ms);
+	cJSON_AddNumberToObject(j, "ttft_cached_ms_median", cu->ttft_cached_ms);
+	cJSON_AddNumberToObject(j, "ttft_ratio", cu->ttft_ratio);
+	cJSON_AddNumberToObject(j, "ttft_logit_diff", cu->ttft_logit_diff);
+	cJSON_AddNumberToObject(j, "peak_fraction_target", TARGET_GPU_FRACTION);
+	cJSON_AddNumberToObject(j, "peak_fraction_target_tokens", cuda_prefill_sizes[ts]);
+	cJSON_AddBoolToObject(j, "peak_fraction_met", peak_met);
+}
+
+/* (a) on the CPU, as a table on stdout. */
+static void print_engine_cpu(const struct eng_inproc *a, uint64_t threads,
+			     enum kvp_kv_dtype dtype, uint64_t block, bool quick, bool peak_met)
+{
+	printf("kvprefix-bench engine: %s (%.1fM parameters, dim %u, %u layers, %u heads "
+	       "(%u kv), ffn %u, vocab %u)\n", a->name, (double)a->n_params / 1e6, a->dim,
+	       a->n_layers, a->n_heads, a->n_kv_heads, a->ffn, a->vocab);
+	printf("  threads %" PRIu64 ", KV %s, %" PRIu64 "-token blocks (%zu bytes), kernels %s"
+	       "%s\n\n", threads, dtype == KVP_KV_F32 ? "f32" : "f16", block, a->block_bytes,
+	       a->isa, quick ? ", --quick" : "");
+	printf("(a) in process, kvp_engine_forward over host blocks\n");
+	printf("  %-34s %12s %12s %5s\n", "", "best", "median", "runs");
+	printf("  %-34s %8.0f t/s %8.0f t/s %5d\n", "prefill 512 tokens (cold)",
+	       a->pf512_best, a->pf512_med, a->prefill_runs_512);
+	printf("  %-34s %8.0f t/s %8.0f t/s %5d\n", "prefill 2048 tokens (cold)",
+	       a->pf2048_best, a->pf2048_med, a->prefill_runs_2048);
+	printf("  %-34s %8.1f t/s %8.1f t/s %5d\n", "decode 128 steps after 512 tokens",
+	       a->dec_best, a->dec_med, a->decode_runs);
+	printf("  %-34s %8.1f ms (%u tokens cold: %.1f ms, %.1fx)\n",
+	       "50 tokens after 2000 cached", a->suffix_ms_med, TTFT_PREFIX + TTFT_SUFFIX,
+	       a->cold2050_ms, a->cold2050_ms / a->suffix_ms_med);
+	printf("  512-token prefill: %.2f GFLOP, %.1f GFLOP/s best, %.1f median\n",
+	       a->flops_512 / 1e9, a->gflops_best, a->gflops_med);
+	printf("  peak FMA of the engine's thread pool (%" PRIu64 "): %.1f GFLOP/s (median; "
+	       "measured around each run)\n", threads, a->peak_gflops);
+	printf("  run / its peak: %.1f%% best, %.1f%% median; target >= %.0f%% (median, "
+	       "f32, 2 threads): %s%s\n\n", a->frac_best * 100, a->frac_med * 100,
+	       TARGET_PEAK_FRACTION * 100, peak_met ? "met" : "MISSED",
+	       dtype != KVP_KV_F32 || threads != 2 ? " (not the target's setting)" : "");
+}
+
+/* (a) on CUDA, as a table on stdout. */
+static void print_engine_cuda(const struct eng_inproc *a, const struct eng_cuda *cu,
+			      uint64_t block, bool quick, bool peak_met)
+{
+	const int ts = CUDA_TARGET_SIZE;
+
+	printf("kvprefix-bench engine: %s (%.1fM parameters, dim %u, %u layers, %u heads "
+	       "(%u kv), ffn %u, vocab %u)\n", a->name, (double)a->n_params / 1e6, a->dim,
+	       a->n_layers, a->n_heads, a->n_kv_heads, a->ffn, a->vocab);
+	printf("  backend cuda: %s (sm_%d%d, %d SMs, %.1f GiB), KV f16, %" PRIu64 "-token "
+	       "blocks (%zu bytes), max_batch %u%s\n\n", cu->dev.name, cu->dev.sm_major,
+	       cu->dev.sm_minor, cu->dev.sm_count, (double)cu->dev.mem_total / 1073741824.0,
+	       block, a->block_bytes, cu->max_batch, quick ? ", --quick" : "");
+	printf("(a) in process, kvp_engine_forward over device blocks (kvp_pool_attach_device)\n");
+	printf("  %-34s %12s %12s %5s %14s %9s\n", "", "best", "median", "runs",
+	       "TFLOP/s (med)", "of peak");
+	for (int si = 0; si < CUDA_N_SIZES; si++) {
+		char what[64];
+
+		snprintf(what, sizeof(what), "prefill %u tokens (cold)", cuda_prefill_sizes[si]);
+		printf("  %-34s %8.0f t/s %8.0f t/s %5d %14.1f %8.1f%%\n", what, cu->pf_best[si],
+		       cu->pf_med[si], cu->runs[si], cu->tflops_med[si], cu->frac_med[si] * 100);
+	}
+	printf("  %-34s %8.1f t/s %8.1f t/s %5d\n", "decode 128 steps after 512 tokens",
+	       cu->dec_best, cu->dec_med, cu->decode_runs);
+	printf("  TTFT, %u-token prompt: cold %.1f ms; %u tokens (%u%%) cached, %u computed "
+	       "%.1f ms: %.1fx\n  (medians of %d pairs; cold/cached the median of the pairs' "
+	       "ratios; logits of the pair agree within %.2g of max |logit|)\n",
+	       cu->ttft_prompt, cu->ttft_cold_ms, cu->ttft_cached, CUDA_TTFT_CACHED_PCT,
+	       cu->ttft_prompt - cu->ttft_cached, cu->ttft_cached_ms, cu->ttft_ratio, cu->ttft_reps,
+	       cu->ttft_logit_diff);
+	printf("  FLOPs counted: 2 per layer-matrix weight per token (q, k, v, o, gate, up, "
+	       "down),\n  4 x head_dim per head per causal (query, key) pair (QK^T and PV), the "
+	       "output head\n  for the last row; %u tokens: %.2f TFLOP\n",
+	       cuda_prefill_sizes[ts], cu->flops[ts] / 1e12);
+	printf("  f16 tensor-core peak of the device: %.1f TFLOP/s (kvp_device_info.f16_tflops)\n",
+	       cu->dev.f16_tflops);
+	if (cu->dev.f16_tflops > 0)
+		printf("  prefill %u tokens / peak: %.1f%% best, %.1f%% median; target >= %.0f%% "
+		       "(median): %s\n\n", cuda_prefill_sizes[ts], cu->frac_best[ts] * 100,
+		       cu->frac_med[ts] * 100, TARGET_GPU_FRACTION * 100,
+		       peak_met ? "met" : "MISSED");
+	else
+		printf("  prefill %u tokens: the peak of sm_%d%d is not in the table; target >= "
+		       "%.0f%% of peak: not judged\n\n", cuda_prefill_sizes[ts], cu->dev.sm_major,
+		       cu->dev.sm_minor, TARGET_GPU_FRACTION * 100);
+}
+
 static int cmd_engine(int argc, char **argv)
 {
-	enum { O_POOL = 256 };
+	enum { O_POOL = 256, O_MAX_BATCH };
 	static const struct option opts[] = {
+		{ "backend", required_argument, NULL, 'B' },
 		{ "model", required_argument, NULL, 'm' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "kv-dtype", required_argument, NULL, 'k' },
 		{ "block-tokens", required_argument, NULL, 'b' },
 		{ "socket", required_argument, NULL, 's' },
 		{ "pool-mb", required_argument, NULL, O_POOL },
+		{ "max-batch", required_argument, NULL, O_MAX_BATCH },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *model = NULL, *sock = NULL;
 	uint64_t threads = (uint64_t)online_cpus(), block = 16, pool_mb = 1024;
+	uint64_t max_batch = ENGINE_MAX_BATCH;
 	enum kvp_kv_dtype dtype = KVP_KV_F32;
-	bool quick = false, peak_met, ttft_met;
+	enum kvp_backend backend = KVP_BACKEND_CPU;
+	bool quick = false, dtype_given = false, pool_given = false, peak_met, ttft_met;
 	char tmpdir[64] = "", model_buf[PATH_MAX];
 	struct own_daemon d = { 0 };
 	struct kvp_server_info info;
 	struct kvp_client *c = NULL;
 	struct eng_inproc a;
+	struct eng_cuda cu;
 	struct eng_ttft b;
 	struct eng_work w;
 	uint64_t t_start = kvp_tool_now_ns();
@@ -1851,8 +2266,19 @@ static int cmd_engine(int argc, char **argv)
 
 	optind = 1;
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":m:t:k:b:s:qh", opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":B:m:t:k:b:s:qh", opts, NULL)) != -1) {
 		switch (opt) {
+		case 'B':
+			if (strcmp(optarg, "cpu") == 0) {
+				backend = KVP_BACKEND_CPU;
+			} else if (strcmp(optarg, "cuda") == 0) {
+				backend = KVP_BACKEND_CUDA;
+			} else {
+				fprintf(stderr, PROG " engine: --backend '%s': want cpu or cuda\n",
+					optarg);
+				return KVP_EXIT_USAGE;
+			}
+			break;
 		case 'm': model = optarg; break;
 		case 's': sock = optarg; break;
 		case 'q': quick = true; break;
@@ -1869,7 +2295,15 @@ static int cmd_engine(int argc, char **argv)
 				return KVP_EXIT_USAGE;
 			}
 			break;
+		case O_MAX_BATCH:
+			if (!kvp_tool_parse_u64(optarg, 1, 1u << 16, &max_batch)) {
+				fprintf(stderr, PROG " engine: --max-batch '%s': want 1..65536\n",
+					optarg);
+				return KVP_EXIT_USAGE;
+			}
+			break;
 		case O_POOL:
+			pool_given = true;
 			if (!kvp_tool_parse_u64(optarg, 1, 1u << 24, &pool_mb)) {
 				fprintf(stderr, PROG " engine: --pool-mb '%s': want 1..16777216\n",
 					optarg);
@@ -1877,6 +2311,7 @@ static int cmd_engine(int argc, char **argv)
 			}
 			break;
 		case 'k':
+			dtype_given = true;
 			if (strcmp(optarg, "f32") == 0) {
 				dtype = KVP_KV_F32;
 			} else if (strcmp(optarg, "f16") == 0) {
@@ -1896,6 +2331,17 @@ static int cmd_engine(int argc, char **argv)
 			"Try '" PROG " engine --help'.\n", argv[optind]);
 		return KVP_EXIT_USAGE;
 	}
+	if (backend == KVP_BACKEND_CUDA) {
+		if (dtype_given && dtype != KVP_KV_F16) {
+			fprintf(stderr, PROG " engine: --backend cuda keeps KV in f16; "
+				"--kv-dtype f32 is for the CPU\n");
+			return KVP_EXIT_USAGE;
+		}
+		dtype = KVP_KV_F16;
+		/* the default cuda model's blocks are twice the CPU one's: (c)'s prefixes fit */
+		if (!pool_given)
+			pool_mb = 4096;
+	}
 	if (!model) {
 		snprintf(tmpdir, sizeof(tmpdir), "/tmp/kvprefix-bench-model-XXXXXX");
 		if (!mkdtemp(tmpdir)) {
@@ -1903,46 +2349,32 @@ static int cmd_engine(int argc, char **argv)
 			tmpdir[0] = '\0';
 			goto out;
 		}
-		if (make_default_model(tmpdir, model_buf, sizeof(model_buf)) < 0)
+		if (make_default_model(tmpdir, backend, model_buf, sizeof(model_buf)) < 0)
 			goto out;
 		model = model_buf;
 	}
 
 	/* (a) */
-	if (bench_engine_inproc(model, (int)threads, dtype, (uint32_t)block, quick, &a) < 0)
-		goto out;
-	peak_met = a.frac_med >= TARGET_PEAK_FRACTION;
-	printf("kvprefix-bench engine: %s (%.1fM parameters, dim %u, %u layers, %u heads "
-	       "(%u kv), ffn %u, vocab %u)\n", a.name, (double)a.n_params / 1e6, a.dim,
-	       a.n_layers, a.n_heads, a.n_kv_heads, a.ffn, a.vocab);
-	printf("  threads %" PRIu64 ", KV %s, %" PRIu64 "-token blocks (%zu bytes), kernels %s"
-	       "%s\n\n", threads, dtype == KVP_KV_F32 ? "f32" : "f16", block, a.block_bytes,
-	       a.isa, quick ? ", --quick" : "");
-	printf("(a) in process, kvp_engine_forward over host blocks\n");
-	printf("  %-34s %12s %12s %5s\n", "", "best", "median", "runs");
-	printf("  %-34s %8.0f t/s %8.0f t/s %5d\n", "prefill 512 tokens (cold)",
-	       a.pf512_best, a.pf512_med, a.prefill_runs_512);
-	printf("  %-34s %8.0f t/s %8.0f t/s %5d\n", "prefill 2048 tokens (cold)",
-	       a.pf2048_best, a.pf2048_med, a.prefill_runs_2048);
-	printf("  %-34s %8.1f t/s %8.1f t/s %5d\n", "decode 128 steps after 512 tokens",
-	       a.dec_best, a.dec_med, a.decode_runs);
-	printf("  %-34s %8.1f ms (%u tokens cold: %.1f ms, %.1fx)\n",
-	       "50 tokens after 2000 cached", a.suffix_ms_med, TTFT_PREFIX + TTFT_SUFFIX,
-	       a.cold2050_ms, a.cold2050_ms / a.suffix_ms_med);
-	printf("  512-token prefill: %.2f GFLOP, %.1f GFLOP/s best, %.1f median\n",
-	       a.flops_512 / 1e9, a.gflops_best, a.gflops_med);
-	printf("  peak FMA of the engine's thread pool (%" PRIu64 "): %.1f GFLOP/s (median; "
-	       "measured around each run)\n", threads, a.peak_gflops);
-	printf("  run / its peak: %.1f%% best, %.1f%% median; target >= %.0f%% (median, "
-	       "f32, 2 threads): %s%s\n\n", a.frac_best * 100, a.frac_med * 100,
-	       TARGET_PEAK_FRACTION * 100, peak_met ? "met" : "MISSED",
-	       dtype != KVP_KV_F32 || threads != 2 ? " (not the target's setting)" : "");
+	if (backend == KVP_BACKEND_CUDA) {
+		if (bench_engine_cuda(model, (uint32_t)block, (uint32_t)max_batch, quick, &a,
+				      &cu) < 0)
+			goto out;
+		peak_met = cu.frac_med[CUDA_TARGET_SIZE] >= TARGET_GPU_FRACTION;
+		print_engine_cuda(&a, &cu, block, quick, peak_met);
+	} else {
+		if (bench_engine_inproc(model, (int)threads, dtype, (uint32_t)block,
+					(uint32_t)max_batch, quick, &a) < 0)
+			goto out;
+		peak_met = a.frac_med >= TARGET_PEAK_FRACTION;
+		print_engine_cpu(&a, threads, dtype, block, quick, peak_met);
+	}
 	fflush(stdout);
 
 	/* (b), (c): through a daemon */
 	if (!sock) {
 		char th[16], bt[16], pm[16];
-		const char *args[] = { "--model", model, "--threads", th, "--block-tokens", bt,
+		const char *args[] = { "--model", model, "--backend", kvp_backend_name(backend),
+				       "--threads", th, "--block-tokens", bt,
 				       "--kv-dtype", dtype == KVP_KV_F32 ? "f32" : "f16",
 				       "--pool-mb", pm, NULL };
 
@@ -1999,6 +2431,7 @@ static int cmd_engine(int argc, char **argv)
 	if (!o)
 		goto out_nomem;
 	cJSON_AddStringToObject(o, "model", a.name);
+	cJSON_AddStringToObject(o, "backend", kvp_backend_name(backend));
 	cJSON_AddNumberToObject(o, "params", (double)a.n_params);
 	cJSON_AddNumberToObject(o, "threads", (double)threads);
 	cJSON_AddStringToObject(o, "kv_dtype", dtype == KVP_KV_F32 ? "f32" : "f16");
@@ -2008,24 +2441,10 @@ static int cmd_engine(int argc, char **argv)
 	j = cJSON_AddObjectToObject(o, "inproc");
 	if (!j)
 		goto out_nomem;
-	cJSON_AddNumberToObject(j, "prefill_512_tps_best", a.pf512_best);
-	cJSON_AddNumberToObject(j, "prefill_512_tps_median", a.pf512_med);
-	cJSON_AddNumberToObject(j, "prefill_2048_tps_best", a.pf2048_best);
-	cJSON_AddNumberToObject(j, "prefill_2048_tps_median", a.pf2048_med);
-	cJSON_AddNumberToObject(j, "decode_tps_best", a.dec_best);
-	cJSON_AddNumberToObject(j, "decode_tps_median", a.dec_med);
-	cJSON_AddNumberToObject(j, "decode_prompt_tokens", a.decode_prompt);
-	cJSON_AddNumberToObject(j, "decode_steps", a.decode_steps);
-	cJSON_AddNumberToObject(j, "suffix_50_after_2000_ms_median", a.suffix_ms_med);
-	cJSON_AddNumberToObject(j, "cold_2050_ms", a.cold2050_ms);
-	cJSON_AddNumberToObject(j, "prefill_512_gflop", a.flops_512 / 1e9);
-	cJSON_AddNumberToObject(j, "prefill_512_gflops_best", a.gflops_best);
-	cJSON_AddNumberToObject(j, "prefill_512_gflops_median", a.gflops_med);
-	cJSON_AddNumberToObject(j, "peak_gflops", a.peak_gflops);
-	cJSON_AddNumberToObject(j, "peak_fraction_best", a.frac_best);
-	cJSON_AddNumberToObject(j, "peak_fraction_median", a.frac_med);
-	cJSON_AddNumberToObject(j, "peak_fraction_target", TARGET_PEAK_FRACTION);
-	cJSON_AddBoolToObject(j, "peak_fraction_met", peak_met);
+	if (backend == KVP_BACKEND_CUDA)
+		json_engine_cuda(j, &cu, peak_met);
+	else
+		json_engine_cpu(j, &a, peak_met);
 	j = cJSON_AddObjectToObject(o, "ttft");
 	if (!j)
 		goto out_nomem;
@@ -3412,7 +3831,8 @@ static void usage_main(FILE *f)
 		"  replay   replay a Mooncake trace against a running kvprefixd\n"
 		"  index    time the index vs raw hashing, and LOOKUP vs a socket echo\n"
 		"  engine   time the engine in process, TTFT cached vs cold, a shared-prefix\n"
-		"           workload through kvprefixd\n"
+		"           workload through kvprefixd; on the CPU or, with --backend cuda,\n"
+		"           on a CUDA GPU (TFLOP/s against its f16 tensor-core peak)\n"
 		"  chat     play a multi-user chat with a shared system prompt against a\n"
 		"           running kvprefixd and show what each turn found cached\n"
 		"  load     N clients issue a random mix of requests for S seconds; latency,\n"

@@ -25,6 +25,10 @@
 
 #include "kvp_status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct kvp_model;
 struct kvp_engine_config;
 
@@ -35,7 +39,9 @@ size_t kvp_cuda_dtype_size(enum kvp_cuda_dtype t);
 
 /* One layer's view of a sequence's block table on the device; KV is always f16. */
 struct kvp_cuda_kv {
-	void *const *d_blocks;    /* device array (n_blocks) of device block base pointers */
+	/* device array (n_blocks) of device block base pointers, 16-byte aligned for the
+	 * tensor-core attention path (4-byte for the others); kvp_device_alloc's are */
+	void *const *d_blocks;
 	uint32_t n_blocks;
 	uint32_t block_tokens;
 	uint32_t n_layers;
@@ -77,7 +83,11 @@ int kvp_cuda_kv_store(void *stream, const struct kvp_cuda_kv *kv, uint32_t pos0,
  * tiled over positions with an online softmax; decode (few rows) splits the positions
  * across blocks of threads and merges the partial softmaxes, in scratch.
  * scratch: device memory of at least kvp_cuda_attention_scratch_bytes(...) bytes for
- * the largest call (rows, positions) that will be made.
+ * the largest call that will be made: max_rows its rows, max_positions its pos0 + rows.
+ * Paths: rows < 16 split the positions across blocks (decode); more rows with head_dim
+ * 64 or 128 on sm_80+ (q and out 8-byte aligned) use the tensor cores, q rounded to f16
+ * for Q.K^T (error about 1e-3 of max |out| at ordinary score spreads, more for very
+ * peaked attention); any other even head_dim takes the same split kernel with one chunk.
  */
 size_t kvp_cuda_attention_scratch_bytes(uint32_t max_rows, uint32_t n_heads, uint32_t head_dim,
 					uint32_t max_positions);
@@ -128,4 +138,7 @@ int kvp_cuda_engine_forward(struct kvp_cuda_engine *e, void *const *blocks, uint
 /* Device bytes the weights take. */
 size_t kvp_cuda_engine_weight_bytes(const struct kvp_cuda_engine *e);
 
+#ifdef __cplusplus
+}
+#endif
 #endif
