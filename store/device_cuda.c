@@ -353,11 +353,12 @@ int kvp_device_stream_sync(void *stream)
 
 const char *kvp_device_last_error(void)
 {
-	cudaError_t e = t_err;
+	/* a launch error another module left pending is newer than t_err (note() clears
+	 * the runtime's error whenever it records one), so it comes first */
+	cudaError_t e = cudaPeekAtLastError();
 
-	/* nothing failed here: a launch error another module left pending, if any */
 	if (e == cudaSuccess)
-		e = cudaPeekAtLastError();
+		e = t_err;
 	if (e == cudaSuccess)
 		return "no error";
 	snprintf(t_msg, sizeof(t_msg), "%s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));

@@ -284,15 +284,19 @@ static int probe(struct kvp_cuda_engine *e, const struct kvp_device_info *info, 
 		 size_t errlen)
 {
 	const uint32_t dim = e->m->cfg.dim;
-	int rc;
 
-	if (kvp_device_memset(e->x, 0, (size_t)dim * sizeof(float)))
+	if (kvp_device_memset(e->x, 0, (size_t)dim * sizeof(float)) ||
+	    kvp_cuda_from_f32(e->stream, e->xb, e->wt, e->x, dim))
 		goto out_fail;
-	rc = kvp_cuda_from_f32(e->stream, e->xb, e->wt, e->x, dim);
-	if (!rc)
-		rc = kvp_cuda_gemm(e->blas, e->xb, dim, e->output, dim, e->wt, e->d_logits, 1, 1, 1,
-				   (int)dim, false);
-	if (rc || kvp_device_stream_sync(e->stream))
+	if (kvp_cuda_gemm(e->blas, e->xb, dim, e->output, dim, e->wt, e->d_logits, 1, 1, 1,
+			  (int)dim, false)) {
+		/* a cuBLAS status, not a CUDA error: kvp_device_last_error knows nothing of it */
+		say(err, errlen, "CUDA device %d (%s, sm_%d%d): cuBLAS cannot run a %s GEMM on it",
+		    e->device, info->name, info->sm_major, info->sm_minor,
+		    e->wt == KVP_CUDA_BF16 ? "bf16" : "f16");
+		return KVP_EIO;
+	}
+	if (kvp_device_stream_sync(e->stream))
 		goto out_fail;
 	return KVP_OK;
 

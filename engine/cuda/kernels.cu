@@ -149,9 +149,12 @@ static void clear_error(void)
 	(void)cudaGetLastError();
 }
 
+/* Whether the launch just made succeeded. A failure is left pending (peeked, not
+ * cleared), so that kvp_device_last_error can still name it; the next launcher's
+ * clear_error drops it. */
 static int launched(void)
 {
-	return cudaGetLastError() == cudaSuccess ? KVP_OK : KVP_EIO;
+	return cudaPeekAtLastError() == cudaSuccess ? KVP_OK : KVP_EIO;
 }
 
 static bool dtype_ok(enum kvp_cuda_dtype t)
