@@ -1192,16 +1192,24 @@ int kvp_gguf_write(struct kvp_gguf_writer *w, const char *path, char *err, size_
 			return fail(err, errlen, KVP_ETOOBIG, "tensor data overflows 64 bits");
 	}
 
+	/* a temporary name of our own beside the file (PATH.tmp.XXXXXX), so that writers
+	 * of the same path at once never write into each other's file; the last rename
+	 * wins, and each rename installs a complete file */
 	plen = strlen(path);
-	tmp = KVP_GGUF_MALLOC(plen + 5);
+	tmp = KVP_GGUF_MALLOC(plen + 12);
 	chunk = KVP_GGUF_MALLOC(GGUF_FILL_CHUNK);
 	if (!tmp || !chunk) {
 		rc = fail(err, errlen, KVP_ENOMEM, "out of memory");
 		goto out_free;
 	}
 	memcpy(tmp, path, plen);
-	memcpy(tmp + plen, ".tmp", 5);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	memcpy(tmp + plen, ".tmp.XXXXXX", 12);
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd >= 0 && fchmod(fd, 0644) != 0) {
+		rc = fail(err, errlen, KVP_EIO, "chmod %s: %s", tmp, strerror(errno));
+		close(fd);
+		goto out_unlink;
+	}
 	if (fd < 0) {
 		rc = fail(err, errlen, KVP_EIO, "create %s: %s", tmp, strerror(errno));
 		goto out_free;

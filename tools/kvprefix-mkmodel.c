@@ -83,7 +83,7 @@ static void usage(FILE *f)
 		"Write a llama-architecture GGUF model with random weights (loads in kvprefixd\n"
 		"and llama.cpp). The same options give the same bytes.\n"
 		"\n"
-		"  -o, --out FILE        the file to write (atomically, via FILE.tmp)\n"
+		"  -o, --out FILE        the file to write (atomically, via FILE.tmp.XXXXXX)\n"
 		"      --vocab N         vocabulary size, >= 259 (default 32000)\n"
 		"      --dim N           embedding length (default 512)\n"
 		"      --layers N        transformer blocks (default 8)\n"
