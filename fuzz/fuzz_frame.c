@@ -73,8 +73,12 @@ static void check_header(const uint8_t *data, size_t size)
 	}
 	if (rc != 0)
 		return;
-	if (h.version != KVP_PROTO_VERSION || h.flags != 0 || h.len > MAX_PAYLOAD)
+	if (h.version < KVP_PROTO_VERSION || h.version > KVP_PROTO_VERSION_MAX || h.flags != 0 ||
+	    h.len > MAX_PAYLOAD || !kvp_frame_type_valid(h.version, h.type))
 		die("header: accepted out-of-range fields", data, size);
+	/* ADMIN and its reply exist in version 2 only */
+	if ((h.type & ~KVP_T_REPLY) == KVP_T_ADMIN && h.version < KVP_PROTO_VERSION_ADMIN)
+		die("header: ADMIN accepted in a version-1 header", data, size);
 	kvp_hdr_encode(out, &h);
 	if (memcmp(out, data, KVP_HDR_SIZE) != 0)
 		die("header: round trip", data, size);
@@ -230,6 +234,40 @@ static void check_generate_done(const uint8_t *p, size_t n, uint8_t *out)
 	free(logits);
 }
 
+static void check_admin_req(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_admin_req m;
+	uint32_t *ids;
+
+	if (kvp_admin_req_decode(p, n, MAX_TOKENS, &m) != 0)
+		return;
+	if (m.n_tokens > MAX_TOKENS || m.text_len > KVP_ADMIN_TEXT_MAX ||
+	    (m.flags & ~KVP_ADMIN_FLAGS_KNOWN) || kvp_admin_req_check(&m) != 0 ||
+	    kvp_admin_req_size(&m) != n)
+		die("admin req: accepted out-of-range fields", p, n);
+	for (uint16_t i = 0; i < m.text_len; i++)
+		if ((uint8_t)m.text[i] < 0x20)
+			die("admin req: control byte in the text", p, n);
+	ids = load_ids(m.tokens, m.n_tokens);
+	same("admin req", kvp_admin_req_encode(out, n, &m, ids), out, p, n);
+	if (kvp_admin_req_encode(out, n - 1, &m, ids) != 0)
+		die("admin req: short cap accepted", p, n);
+	free(ids);
+}
+
+static void check_admin_reply(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_admin_reply m;
+
+	if (kvp_admin_reply_decode(p, n, &m) != 0)
+		return;
+	if (m.text_len > KVP_ADMIN_REPLY_TEXT_MAX || kvp_admin_reply_size(&m) != n)
+		die("admin reply: text or size", p, n);
+	same("admin reply", kvp_admin_reply_encode(out, n, &m), out, p, n);
+	if (kvp_admin_reply_encode(out, n - 1, &m) != 0)
+		die("admin reply: short cap accepted", p, n);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const uint8_t *src = size >= KVP_HDR_SIZE ? data + KVP_HDR_SIZE : data;
@@ -252,6 +290,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_generate_req(p, n, out);
 	check_token_chunk(p, n, out);
 	check_generate_done(p, n, out);
+	check_admin_req(p, n, out);
+	check_admin_reply(p, n, out);
 	free(out);
 	free(p);
 	return 0;

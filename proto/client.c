@@ -24,6 +24,12 @@
  * (later calls: KVP_EIO). So is one that has CLIENT_OWED_MAX requests owed at once.
  * When the daemon hangs up mid-send (a frame over its limit), an ERROR it queued
  * before closing is still read and returned; later calls return KVP_ECLOSED.
+ *
+ * Versions: every request goes in a version-1 header but ADMIN, which needs version 2.
+ * HELLO offers version 2; the daemon's answer is remembered, so that ADMIN to a daemon
+ * known to speak only 1 fails before it is sent. A reply must carry its request's
+ * version; an ERROR may carry another (a version-1 daemon answers a version-2 header
+ * with ERROR EVERSION in a version-1 header).
  */
 #include "kvprefix.h"
 #include "kvp_proto.h"
@@ -51,6 +57,7 @@
 #define CLIENT_BUF_KEEP (4u << 20)           /* shrink back to INIT above this, when idle */
 #define CLIENT_MAX_TOKENS ((UINT32_MAX - 8u) / 4u)   /* what a u32 payload length holds */
 #define CLIENT_MAX_GEN_TOKENS ((UINT32_MAX - 36u - 4u * KVP_STOP_MAX) / 4u)
+#define CLIENT_MAX_ADMIN_TOKENS ((UINT32_MAX - 18u - KVP_ADMIN_TEXT_MAX) / 4u)
 #define CLIENT_OWED_MAX 64u                  /* timed-out requests awaited at once */
 #define CLIENT_LOGITS_ALIGN 64u
 
@@ -59,6 +66,10 @@
 _Static_assert(KVP_GEN_LOGITS == 0x1u && KVP_STOP_MAX == 64u && KVP_GEN_MAX_NEW == 1048576u &&
 	       KVP_FINISH_LENGTH == 0u && KVP_FINISH_STOP == 1u && KVP_FINISH_CONTEXT == 2u,
 	       "kvprefix.h and kvp_proto.h disagree");
+_Static_assert(KVP_ADMIN_CLEAR == 1u && KVP_ADMIN_EVICT == 2u && KVP_ADMIN_PIN == 3u &&
+	       KVP_ADMIN_UNPIN == 4u && KVP_ADMIN_CONFIG == 5u && KVP_ADMIN_F_TENANT == 0x1u &&
+	       KVP_ADMIN_F_ALL == 0x2u && KVP_ADMIN_TEXT_MAX == 4096u,
+	       "kvprefix.h and kvp_proto.h disagree on ADMIN");
 
 struct kvp_client {
 	int fd;
@@ -67,6 +78,7 @@ struct kvp_client {
 	uint32_t owed[CLIENT_OWED_MAX];   /* ids of timed-out requests whose final frame is due */
 	uint32_t n_owed;
 	uint32_t timeout_ms;    /* 0: wait forever */
+	uint32_t server_version;   /* from the HELLO reply; 0: no HELLO yet */
 	uint8_t *buf;           /* receive buffer; a frame starts at buf[0] */
 	size_t cap;             /* bytes allocated */
 	size_t have;            /* bytes received and held */
@@ -310,14 +322,15 @@ static int salvage_error(struct kvp_client *c, uint32_t id)
 }
 
 /*
- * Send one request: iov[0] begins with KVP_HDR_SIZE bytes this function fills in. *id
- * gets the request's id. On failure nothing went out unless c->fatal is set.
+ * Send one request in a header of this version: iov[0] begins with KVP_HDR_SIZE bytes
+ * this function fills in. *id gets the request's id. On failure nothing went out
+ * unless c->fatal is set.
  */
-static int send_request(struct kvp_client *c, uint8_t type, struct iovec *iov, int iovcnt,
-			size_t payload_len, uint32_t *id)
+static int send_request(struct kvp_client *c, uint8_t version, uint8_t type,
+			struct iovec *iov, int iovcnt, size_t payload_len, uint32_t *id)
 {
 	struct kvp_frame_hdr h = {
-		.version = KVP_PROTO_VERSION,
+		.version = version,
 		.type = type,
 		.req_id = c->next_id,
 		.len = (uint32_t)payload_len,
@@ -338,12 +351,13 @@ static int send_request(struct kvp_client *c, uint8_t type, struct iovec *iov, i
 }
 
 /*
- * Read the next frame of request id into buf[0 ..), dropping the frames of owed
- * requests on the way. On 0, h is its header (type not yet checked against the
- * request) and c->frame covers it. A frame of any other request is KVP_EPROTO.
- * KVP_ETIMEDOUT: the caller decides whether id is now owed.
+ * Read the next frame of request id, sent in a header of this version, into buf[0 ..),
+ * dropping the frames of owed requests on the way. On 0, h is its header (type not yet
+ * checked against the request) and c->frame covers it. A frame of any other request,
+ * or a reply other than ERROR in another version, is KVP_EPROTO. KVP_ETIMEDOUT: the
+ * caller decides whether id is now owed.
  */
-static int next_frame(struct kvp_client *c, uint32_t id, int64_t deadline,
+static int next_frame(struct kvp_client *c, uint32_t id, uint8_t version, int64_t deadline,
 		      struct kvp_frame_hdr *h)
 {
 	int rc;
@@ -355,8 +369,11 @@ static int next_frame(struct kvp_client *c, uint32_t id, int64_t deadline,
 		if ((rc = read_frame(c, deadline, h)) < 0)
 			return rc;
 		c->frame = KVP_HDR_SIZE + (size_t)h->len;
-		if (h->req_id == id)
+		if (h->req_id == id) {
+			if (h->type != KVP_T_ERROR && h->version != version)
+				return fail(c, KVP_EPROTO);
 			return 0;
+		}
 		/* A frame for an earlier request that timed out: drop it. */
 		for (i = 0; i < c->n_owed && c->owed[i] != h->req_id; i++)
 			;
@@ -368,11 +385,11 @@ static int next_frame(struct kvp_client *c, uint32_t id, int64_t deadline,
 }
 
 /*
- * Send one request and wait for its single reply frame; on 0, *payload / *len describe
- * the reply payload inside c->buf.
+ * Send one request in a header of this version and wait for its single reply frame; on
+ * 0, *payload / *len describe the reply payload inside c->buf.
  */
-static int roundtrip(struct kvp_client *c, uint8_t type, struct iovec *iov, int iovcnt,
-		     size_t payload_len, const uint8_t **payload, uint32_t *len)
+static int roundtrip_v(struct kvp_client *c, uint8_t version, uint8_t type, struct iovec *iov,
+		       int iovcnt, size_t payload_len, const uint8_t **payload, uint32_t *len)
 {
 	struct kvp_frame_hdr h;
 	int64_t deadline = 0;
@@ -383,9 +400,9 @@ static int roundtrip(struct kvp_client *c, uint8_t type, struct iovec *iov, int 
 	*len = 0;
 	if (c->timeout_ms)
 		deadline = now_ms() + c->timeout_ms;
-	if ((rc = send_request(c, type, iov, iovcnt, payload_len, &id)) < 0)
+	if ((rc = send_request(c, version, type, iov, iovcnt, payload_len, &id)) < 0)
 		return rc;
-	if ((rc = next_frame(c, id, deadline, &h)) < 0) {
+	if ((rc = next_frame(c, id, version, deadline, &h)) < 0) {
 		if (rc == KVP_ETIMEDOUT)
 			owe(c, id);
 		return rc;
@@ -397,6 +414,13 @@ static int roundtrip(struct kvp_client *c, uint8_t type, struct iovec *iov, int 
 	*payload = c->buf + KVP_HDR_SIZE;
 	*len = h.len;
 	return 0;
+}
+
+/* Every request but ADMIN: a version-1 header. */
+static int roundtrip(struct kvp_client *c, uint8_t type, struct iovec *iov, int iovcnt,
+		     size_t payload_len, const uint8_t **payload, uint32_t *len)
+{
+	return roundtrip_v(c, KVP_PROTO_VERSION, type, iov, iovcnt, payload_len, payload, len);
 }
 
 static int check_client(struct kvp_client *c)
@@ -510,7 +534,7 @@ KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const ch
 			     struct kvp_server_info *info)
 {
 	uint8_t frame[KVP_HDR_SIZE + 12 + 2 * KVP_NAME_MAX];
-	struct kvp_hello m = { .version = KVP_PROTO_VERSION };
+	struct kvp_hello m = { .version = KVP_PROTO_VERSION_MAX };
 	struct kvp_hello_reply r;
 	struct iovec iov;
 	const uint8_t *p;
@@ -535,8 +559,10 @@ KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const ch
 		return rc;
 	if (kvp_hello_reply_decode(p, len, &r) < 0)
 		return fail(c, KVP_EPROTO);
-	if (r.version != KVP_PROTO_VERSION)
+	/* The daemon answers with the highest version both speak, never above the offer. */
+	if (r.version < KVP_PROTO_VERSION || r.version > KVP_PROTO_VERSION_MAX)
 		return KVP_EVERSION;
+	c->server_version = r.version;
 	if (info) {
 		info->version = r.version;
 		info->block_tokens = r.block_tokens;
@@ -820,14 +846,15 @@ KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, si
 
 	if (c->timeout_ms)
 		deadline = now_ms() + c->timeout_ms;
-	if ((rc = send_request(c, KVP_T_GENERATE, iov, 2, hn + n * 4, &id)) < 0)
+	rc = send_request(c, KVP_PROTO_VERSION, KVP_T_GENERATE, iov, 2, hn + n * 4, &id);
+	if (rc < 0)
 		return rc;
 	for (;;) {
 		const uint8_t *payload;
 		struct kvp_token_chunk chunk;
 		const uint32_t *ids;
 
-		if ((rc = next_frame(c, id, deadline, &h)) < 0) {
+		if ((rc = next_frame(c, id, KVP_PROTO_VERSION, deadline, &h)) < 0) {
 			if (rc == KVP_ETIMEDOUT)
 				owe(c, id);
 			return rc;
@@ -871,6 +898,76 @@ KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, si
 		usage->n_logits = d.n_logits;
 		usage->logits = d.n_logits ? c->logits : NULL;
 	}
+	return 0;
+}
+
+/* ---- ADMIN ------------------------------------------------------------------------------ */
+
+KVP_API int kvp_client_admin(struct kvp_client *c, uint32_t op, uint32_t flags,
+			     uint32_t tenant, const uint32_t *tokens, size_t n_tokens,
+			     const char *text, uint32_t *blocks, char **reply_text)
+{
+	struct kvp_admin_req m;
+	struct kvp_admin_reply r;
+	struct iovec iov;
+	const uint8_t *p;
+	uint8_t *frame;
+	size_t tlen, n;
+	uint32_t len;
+	char *s;
+	int rc;
+
+	if (reply_text)
+		*reply_text = NULL;
+	if ((rc = check_client(c)) < 0)
+		return rc;
+	if (!tokens && n_tokens)
+		return KVP_EINVAL;
+	if (n_tokens > CLIENT_MAX_ADMIN_TOKENS)
+		return KVP_ETOOBIG;
+	tlen = text ? strnlen(text, KVP_ADMIN_TEXT_MAX + 1) : 0;
+	if (tlen > KVP_ADMIN_TEXT_MAX)
+		return KVP_ETOOBIG;
+	m = (struct kvp_admin_req){
+		.op = op,
+		.flags = flags,
+		.tenant = tenant,
+		.n_tokens = (uint32_t)n_tokens,
+		.text_len = (uint16_t)tlen,
+		.text = text,
+	};
+	/* What the daemon's decoder would refuse is refused here, with its status. */
+	if ((rc = kvp_admin_req_check(&m)) < 0)
+		return rc;
+	if (c->server_version && c->server_version < KVP_PROTO_VERSION_ADMIN)
+		return KVP_EVERSION;
+
+	n = kvp_admin_req_size(&m);
+	frame = malloc(KVP_HDR_SIZE + n);
+	if (!frame)
+		return KVP_ENOMEM;
+	if (kvp_admin_req_encode(frame + KVP_HDR_SIZE, n, &m, tokens) != n) {
+		free(frame);
+		return KVP_EINVAL;
+	}
+	iov = (struct iovec){ frame, KVP_HDR_SIZE + n };
+	rc = roundtrip_v(c, KVP_PROTO_VERSION_ADMIN, KVP_T_ADMIN, &iov, 1, n, &p, &len);
+	free(frame);
+	if (rc < 0)
+		return rc;
+	if (kvp_admin_reply_decode(p, len, &r) < 0 || r.op != op)
+		return fail(c, KVP_EPROTO);
+	if (reply_text) {
+		s = malloc((size_t)r.text_len + 1);
+		if (!s)
+			return KVP_ENOMEM;
+		if (r.text_len)
+			memcpy(s, r.text, r.text_len);
+		s[r.text_len] = '\0';
+		*reply_text = s;
+	}
+	if (blocks)
+		*blocks = r.blocks;
 	return 0;
 }
 

@@ -37,6 +37,9 @@
 #define GEN_REQ_STOP_OFF 32u     /* where the stop ids start */
 #define CHUNK_FIXED 4u           /* n */
 #define GEN_DONE_FIXED 52u       /* five u32, reserved, three u64, n_logits */
+#define ADMIN_FIXED 18u          /* op, flags, tenant, n_tokens (16), text_len (2) */
+#define ADMIN_HEAD 16u           /* where the tokens start */
+#define ADMIN_REPLY_FIXED 12u    /* op, blocks, text_len */
 
 #define HELLO_FLAGS_KNOWN 0u
 #define HELLO_REPLY_FLAGS_KNOWN KVP_HELLO_INDEX_ONLY
@@ -216,14 +219,20 @@ static inline bool rd_u32_array(struct rd *r, uint32_t count, const uint8_t **ou
 
 bool kvp_frame_is_request(uint8_t type)
 {
-	return type >= KVP_T_HELLO && type <= KVP_T_GENERATE;
+	return (type >= KVP_T_HELLO && type <= KVP_T_GENERATE) || type == KVP_T_ADMIN;
 }
 
-static bool frame_type_known(uint8_t type)
+bool kvp_frame_type_valid(uint8_t version, uint8_t type)
 {
+	uint8_t req = (uint8_t)(type & ~KVP_T_REPLY);
+
+	if (version < KVP_PROTO_VERSION || version > KVP_PROTO_VERSION_MAX)
+		return false;
 	if (type == KVP_T_ERROR || type == KVP_T_GENERATE_DONE)
 		return true;
-	return kvp_frame_is_request((uint8_t)(type & ~KVP_T_REPLY));
+	if (req == KVP_T_ADMIN)
+		return version >= KVP_PROTO_VERSION_ADMIN;
+	return kvp_frame_is_request(req);
 }
 
 void kvp_hdr_encode(uint8_t out[KVP_HDR_SIZE], const struct kvp_frame_hdr *h)
@@ -248,9 +257,9 @@ int kvp_hdr_decode(const uint8_t *in, size_t n, uint32_t max_payload, struct kvp
 
 	if (get_u32(in) != KVP_PROTO_MAGIC)
 		return KVP_EPROTO;
-	if (h->version != KVP_PROTO_VERSION)
+	if (h->version < KVP_PROTO_VERSION || h->version > KVP_PROTO_VERSION_MAX)
 		return KVP_EVERSION;
-	if (!frame_type_known(h->type) || h->flags != 0)
+	if (!kvp_frame_type_valid(h->version, h->type) || h->flags != 0)
 		return KVP_EPROTO;
 	if (h->len > max_payload)
 		return KVP_ETOOBIG;
@@ -645,6 +654,126 @@ int kvp_generate_done_decode(const uint8_t *p, size_t n, struct kvp_generate_don
 		return KVP_EPROTO;
 	if (reserved != 0 || m->finish > KVP_FINISH_CONTEXT)
 		return KVP_EINVAL;
+	return 0;
+}
+
+/* ---- ADMIN ---------------------------------------------------------------------------------- */
+
+size_t kvp_admin_req_size(const struct kvp_admin_req *m)
+{
+	return ADMIN_FIXED + (size_t)m->n_tokens * 4 + m->text_len;
+}
+
+/* Which fields each known op takes; an unknown op is the daemon's to refuse. */
+static int admin_op_check(const struct kvp_admin_req *m)
+{
+	bool all = m->flags & KVP_ADMIN_F_ALL, tenant = m->flags & KVP_ADMIN_F_TENANT;
+
+	switch (m->op) {
+	case KVP_ADMIN_CLEAR:
+		if ((all && tenant) || m->n_tokens || m->text_len)
+			return KVP_EINVAL;
+		return 0;
+	case KVP_ADMIN_EVICT:
+	case KVP_ADMIN_PIN:
+	case KVP_ADMIN_UNPIN:
+		if (all || m->n_tokens == 0 || m->text_len)
+			return KVP_EINVAL;
+		return 0;
+	case KVP_ADMIN_CONFIG:
+		if (m->flags || m->n_tokens)
+			return KVP_EINVAL;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+int kvp_admin_req_check(const struct kvp_admin_req *m)
+{
+	if (m->flags & ~KVP_ADMIN_FLAGS_KNOWN)
+		return KVP_EINVAL;
+	if (m->tenant && !(m->flags & KVP_ADMIN_F_TENANT))
+		return KVP_EINVAL;
+	for (uint16_t i = 0; i < m->text_len; i++)
+		if ((uint8_t)m->text[i] < 0x20)
+			return KVP_EINVAL;
+	if (admin_op_check(m) < 0)
+		return KVP_EINVAL;
+	if (m->text_len > KVP_ADMIN_TEXT_MAX)
+		return KVP_ETOOBIG;
+	return 0;
+}
+
+size_t kvp_admin_req_encode(uint8_t *out, size_t cap, const struct kvp_admin_req *m,
+			    const uint32_t *tokens)
+{
+	uint8_t *p;
+
+	if (kvp_admin_req_check(m) < 0 || cap < ADMIN_FIXED ||
+	    (cap - ADMIN_FIXED) / 4 < m->n_tokens ||
+	    cap - ADMIN_FIXED - (size_t)m->n_tokens * 4 < m->text_len)
+		return 0;
+	put_u32(out, m->op);
+	put_u32(out + 4, m->flags);
+	put_u32(out + 8, m->tenant);
+	put_u32(out + 12, m->n_tokens);
+	kvp_store_u32s(out + ADMIN_HEAD, tokens, m->n_tokens);
+	p = out + ADMIN_HEAD + (size_t)m->n_tokens * 4;
+	put_u16(p, m->text_len);
+	if (m->text_len)
+		memcpy(p + 2, m->text, m->text_len);
+	return kvp_admin_req_size(m);
+}
+
+int kvp_admin_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
+			 struct kvp_admin_req *m)
+{
+	struct rd r = { p, n };
+	const uint8_t *text;
+	int rc;
+
+	if (!rd_u32(&r, &m->op) || !rd_u32(&r, &m->flags) || !rd_u32(&r, &m->tenant) ||
+	    !rd_u32(&r, &m->n_tokens) || !rd_u32_array(&r, m->n_tokens, &m->tokens) ||
+	    !rd_u16(&r, &m->text_len) || !rd_bytes(&r, m->text_len, &text) || r.left != 0)
+		return KVP_EPROTO;
+	m->text = (const char *)text;
+	if ((rc = kvp_admin_req_check(m)) < 0)
+		return rc;
+	if (m->n_tokens > max_tokens)
+		return KVP_ETOOBIG;
+	return 0;
+}
+
+size_t kvp_admin_reply_size(const struct kvp_admin_reply *m)
+{
+	return ADMIN_REPLY_FIXED + (size_t)m->text_len;
+}
+
+size_t kvp_admin_reply_encode(uint8_t *out, size_t cap, const struct kvp_admin_reply *m)
+{
+	if (m->text_len > KVP_ADMIN_REPLY_TEXT_MAX || cap < ADMIN_REPLY_FIXED ||
+	    cap - ADMIN_REPLY_FIXED < m->text_len)
+		return 0;
+	put_u32(out, m->op);
+	put_u32(out + 4, m->blocks);
+	put_u32(out + 8, m->text_len);
+	if (m->text_len)
+		memcpy(out + ADMIN_REPLY_FIXED, m->text, m->text_len);
+	return kvp_admin_reply_size(m);
+}
+
+int kvp_admin_reply_decode(const uint8_t *p, size_t n, struct kvp_admin_reply *m)
+{
+	struct rd r = { p, n };
+	const uint8_t *text;
+
+	if (!rd_u32(&r, &m->op) || !rd_u32(&r, &m->blocks) || !rd_u32(&r, &m->text_len) ||
+	    !rd_bytes(&r, m->text_len, &text) || r.left != 0)
+		return KVP_EPROTO;
+	m->text = (const char *)text;
+	if (m->text_len > KVP_ADMIN_REPLY_TEXT_MAX)
+		return KVP_ETOOBIG;
 	return 0;
 }
 

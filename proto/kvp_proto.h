@@ -7,11 +7,15 @@
  *
  *   off size field
  *    0   4   magic    0x3150564B  (the bytes "KVP1")
- *    4   1   version  1
+ *    4   1   version  1 or 2 (KVP_PROTO_VERSION .. KVP_PROTO_VERSION_MAX)
  *    5   1   type     enum kvp_frame_type
  *    6   2   flags    0 (reserved; non-zero is malformed)
  *    8   4   req_id   chosen by the client, echoed in the reply
  *   12   4   len      payload bytes that follow
+ *
+ * Version 2 is version 1 plus one request, ADMIN: every other type has the same payload
+ * in both, and KVP_T_ADMIN / its reply exist only in a version-2 header (in a version-1
+ * header they are unknown types). A reply carries the version of its request's header.
  *
  * A reply has the request's type | 0x80, or KVP_T_ERROR; GENERATE is answered by zero
  * or more KVP_T_GENERATE | KVP_T_REPLY token frames, then KVP_T_GENERATE_DONE (a
@@ -31,7 +35,9 @@
 #include "kvp_status.h"
 
 #define KVP_PROTO_MAGIC 0x3150564Bu
-#define KVP_PROTO_VERSION 1u
+#define KVP_PROTO_VERSION 1u         /* the version of ordinary frames */
+#define KVP_PROTO_VERSION_MAX 2u     /* the highest version the codec speaks */
+#define KVP_PROTO_VERSION_ADMIN 2u   /* the first version with KVP_T_ADMIN */
 #define KVP_HDR_SIZE 16u
 #define KVP_ERROR_MSG_MAX 1024u   /* longest ERROR message text */
 #define KVP_NAME_MAX 255u         /* longest adapter / salt / model name */
@@ -44,6 +50,7 @@ enum kvp_frame_type {
 	KVP_T_STATS = 0x05,
 	KVP_T_PING = 0x06,
 	KVP_T_GENERATE = 0x07,
+	KVP_T_ADMIN = 0x09,   /* version 2 only, like its reply KVP_T_ADMIN | KVP_T_REPLY */
 	KVP_T_REPLY = 0x80,   /* or-ed into a request type */
 	KVP_T_GENERATE_DONE = 0x88,   /* reply only: the last frame of a GENERATE */
 	KVP_T_ERROR = 0xFF,
@@ -73,15 +80,23 @@ struct kvp_frame_hdr {
 	uint32_t len;
 };
 
-/* True for the request types a client may send (HELLO..GENERATE); false for every
- * reply type, KVP_T_GENERATE_DONE included. */
+/* True for the request types a client may send (HELLO..GENERATE, ADMIN); false for
+ * every reply type, KVP_T_GENERATE_DONE included. It does not look at versions: ADMIN
+ * is a request, valid only in a version-2 header (kvp_frame_type_valid). */
 bool kvp_frame_is_request(uint8_t type);
+/* True when type, request or reply, exists in a header of this version: every known
+ * type in version 2; all but KVP_T_ADMIN and its reply in version 1; none in others. */
+bool kvp_frame_type_valid(uint8_t version, uint8_t type);
 
+/* Write the header h as is: h->version is sent verbatim, so a reply is encoded with
+ * its request's version (KVP_PROTO_VERSION for ordinary frames, KVP_PROTO_VERSION_ADMIN
+ * for ADMIN). */
 void kvp_hdr_encode(uint8_t out[KVP_HDR_SIZE], const struct kvp_frame_hdr *h);
 /* Decode the first KVP_HDR_SIZE bytes of in (n must be >= KVP_HDR_SIZE, else
- * KVP_EINVAL). KVP_EPROTO: bad magic, unknown type or non-zero flags. KVP_EVERSION:
- * version != 1. KVP_ETOOBIG: len > max_payload. h is filled in all cases but the first,
- * so the caller can echo req_id in its ERROR. */
+ * KVP_EINVAL). KVP_EPROTO: bad magic, a type unknown in the header's version, or
+ * non-zero flags. KVP_EVERSION: version not in 1 .. KVP_PROTO_VERSION_MAX.
+ * KVP_ETOOBIG: len > max_payload. h is filled in all cases but the first, so the
+ * caller can echo req_id (and see the version) in its ERROR. */
 int kvp_hdr_decode(const uint8_t *in, size_t n, uint32_t max_payload, struct kvp_frame_hdr *h);
 
 /* HELLO request: u32 version, u32 flags, u16 adapter_len, adapter, u16 salt_len, salt. */
@@ -258,6 +273,80 @@ size_t kvp_generate_done_size(uint32_t n_logits);
 size_t kvp_generate_done_encode(uint8_t *out, size_t cap, const struct kvp_generate_done *m,
 				const float *logits);
 int kvp_generate_done_decode(const uint8_t *p, size_t n, struct kvp_generate_done *m);
+
+/*
+ * ADMIN request (type KVP_T_ADMIN, version-2 header only):
+ *
+ *   off    size  field
+ *    0      4    op         KVP_ADMIN_*; the decoder takes any value (the daemon answers
+ *                           an unknown op with KVP_EINVAL)
+ *    4      4    flags      KVP_ADMIN_F_TENANT, KVP_ADMIN_F_ALL; other bits reserved
+ *    8      4    tenant     the namespace's tenant with KVP_ADMIN_F_TENANT, else 0
+ *   12      4    n_tokens   T
+ *   16     4T    tokens     a prefix of token ids (EVICT, PIN, UNPIN)
+ *   16+4T   2    text_len   X, 0 .. KVP_ADMIN_TEXT_MAX
+ *   18+4T   X    text       CONFIG's argument; no byte below 0x20
+ *
+ * Size 18 + 4T + X. Decode: KVP_EPROTO unless n == 18 + 4T + X; then KVP_EINVAL for
+ * reserved flag bits; then KVP_EINVAL for a value out of range (kvp_admin_req_check);
+ * then KVP_ETOOBIG for X > KVP_ADMIN_TEXT_MAX or T > max_tokens. Whenever the layout is
+ * sound every field is filled, so the daemon can tell reserved bits (m->flags &
+ * ~KVP_ADMIN_FLAGS_KNOWN: the connection is closed) from the other refusals (it stays
+ * usable). tokens points at little-endian bytes inside the input, text too.
+ */
+#define KVP_ADMIN_CLEAR 1u    /* evict every unpinned block of the namespace(s) */
+#define KVP_ADMIN_EVICT 2u    /* evict the unpinned blocks at and below a prefix */
+#define KVP_ADMIN_PIN 3u      /* pin a cached prefix until UNPIN or the daemon stops */
+#define KVP_ADMIN_UNPIN 4u    /* undo one PIN of the same prefix */
+#define KVP_ADMIN_CONFIG 5u   /* show or set the daemon's options */
+#define KVP_ADMIN_F_TENANT 0x1u   /* act on the namespace of `tenant` */
+#define KVP_ADMIN_F_ALL 0x2u      /* CLEAR: every namespace */
+#define KVP_ADMIN_FLAGS_KNOWN (KVP_ADMIN_F_TENANT | KVP_ADMIN_F_ALL)
+#define KVP_ADMIN_TEXT_MAX 4096u          /* longest ADMIN text */
+#define KVP_ADMIN_REPLY_TEXT_MAX 65536u   /* longest ADMIN reply text */
+
+struct kvp_admin_req {
+	uint32_t op;
+	uint32_t flags;
+	uint32_t tenant;
+	uint32_t n_tokens;
+	const uint8_t *tokens;   /* decode: little-endian bytes inside the input */
+	uint16_t text_len;
+	const char *text;        /* not NUL-terminated; text_len bytes */
+};
+size_t kvp_admin_req_size(const struct kvp_admin_req *m);
+/*
+ * The checks of an ADMIN request that are not about its layout or max_tokens, in the
+ * decoder's order: KVP_EINVAL for reserved flag bits; KVP_EINVAL for a value out of
+ * range: tenant != 0 without KVP_ADMIN_F_TENANT, a text byte below 0x20, and for the
+ * known ops a field the op does not take (ALL but with CLEAR; ALL with TENANT; tokens
+ * with CLEAR or CONFIG; T == 0 with EVICT, PIN or UNPIN; text but with CONFIG; flags
+ * with CONFIG); KVP_ETOOBIG for text_len > KVP_ADMIN_TEXT_MAX. 0 when none applies.
+ * Reads m->text (text_len bytes), not m->tokens. Lets a sender learn what the
+ * encoder's 0 means.
+ */
+int kvp_admin_req_check(const struct kvp_admin_req *m);
+/* Refuses (0) whatever kvp_admin_req_check refuses, or a short cap. m->tokens is
+ * ignored: the ids come from tokens (m->n_tokens of them). */
+size_t kvp_admin_req_encode(uint8_t *out, size_t cap, const struct kvp_admin_req *m,
+			    const uint32_t *tokens);
+int kvp_admin_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
+			 struct kvp_admin_req *m);
+
+/* ADMIN reply (type KVP_T_ADMIN | KVP_T_REPLY, version-2 header only): u32 op (the
+ * request's), u32 blocks (evicted, pinned or unpinned; 0 for CONFIG), u32 text_len
+ * (0 .. KVP_ADMIN_REPLY_TEXT_MAX), text (UTF-8, not NUL-terminated). Size 12 + X.
+ * Decode: KVP_EPROTO unless n == 12 + X, then KVP_ETOOBIG for X over the limit. */
+struct kvp_admin_reply {
+	uint32_t op;
+	uint32_t blocks;
+	uint32_t text_len;
+	const char *text;
+};
+size_t kvp_admin_reply_size(const struct kvp_admin_reply *m);
+/* 0 for text_len over the limit or a short cap. */
+size_t kvp_admin_reply_encode(uint8_t *out, size_t cap, const struct kvp_admin_reply *m);
+int kvp_admin_reply_decode(const uint8_t *p, size_t n, struct kvp_admin_reply *m);
 
 /* Copy n little-endian u32 values from src (any alignment) to dst (host order). */
 void kvp_load_u32s(uint32_t *dst, const uint8_t *src, size_t n);

@@ -29,6 +29,17 @@ extern "C" {
 #define KVP_STOP_MAX 64u               /* generate: most stop token ids */
 #define KVP_GEN_MAX_NEW (1u << 20)     /* generate: largest max_new */
 
+/* Administrative requests (kvp_client_admin): the op, and its flags. kvp_proto.h
+ * repeats these values (client.c checks that they agree). */
+#define KVP_ADMIN_CLEAR 1u    /* evict every unpinned cached block of a namespace */
+#define KVP_ADMIN_EVICT 2u    /* evict the unpinned blocks at and below a cached prefix */
+#define KVP_ADMIN_PIN 3u      /* pin a cached prefix until UNPIN or the daemon stops */
+#define KVP_ADMIN_UNPIN 4u    /* undo one PIN of the same prefix */
+#define KVP_ADMIN_CONFIG 5u   /* list, show or set the daemon's options */
+#define KVP_ADMIN_F_TENANT 0x1u   /* act on the namespace of `tenant`, not the connection's */
+#define KVP_ADMIN_F_ALL 0x2u      /* CLEAR: every namespace */
+#define KVP_ADMIN_TEXT_MAX 4096u  /* longest text of a request */
+
 /* Why a generation ended (struct kvp_usage.finish). */
 #define KVP_FINISH_LENGTH 0u    /* max_new tokens were generated */
 #define KVP_FINISH_STOP 1u      /* the last token generated is one of the stop ids */
@@ -37,7 +48,7 @@ extern "C" {
 struct kvp_client;
 
 struct kvp_server_info {
-	uint32_t version;
+	uint32_t version;          /* protocol version the daemon speaks to this client: 1 or 2 */
 	uint32_t block_tokens;
 	uint32_t capacity_blocks;
 	uint32_t max_tokens;       /* tokens per request the daemon accepts */
@@ -107,7 +118,9 @@ KVP_API void kvp_client_close(struct kvp_client *c);
 KVP_API int kvp_client_set_timeout_ms(struct kvp_client *c, uint32_t ms);
 
 /* Optional first call: checks the protocol version, sets the adapter id and (where the
- * daemon allows it) a cache salt for this connection; info may be NULL. */
+ * daemon allows it) a cache salt for this connection; info may be NULL. The library
+ * offers version 2; a daemon that answers 1 is fine, but kvp_client_admin then fails
+ * at once with KVP_EVERSION (nothing is sent). */
 KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const char *salt,
 		     struct kvp_server_info *info);
 
@@ -139,6 +152,30 @@ KVP_API int kvp_client_ping(struct kvp_client *c, const void *data, size_t n);
 KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, size_t n,
 				const struct kvp_generate_params *p, kvp_token_cb cb, void *arg,
 				struct kvp_usage *usage);
+
+/*
+ * An administrative request (docs/protocol.md, ADMIN), sent in a version-2 header.
+ * op: KVP_ADMIN_*; flags: KVP_ADMIN_F_TENANT (tenant names the namespace's tenant; else
+ * tenant must be 0) and, for CLEAR only, KVP_ADMIN_F_ALL. tokens[0..n_tokens): the
+ * prefix of EVICT, PIN and UNPIN (at least one token; none for the other ops). text
+ * (NULL: empty): CONFIG's "", "key" or "key=value", at most KVP_ADMIN_TEXT_MAX bytes,
+ * no byte below 0x20; no text for the other ops.
+ *
+ * On 0: *blocks (may be NULL) gets the blocks evicted, pinned or unpinned (0 for
+ * CONFIG), and *reply_text (may be NULL) a malloc'd NUL-terminated copy of the
+ * daemon's text ("" when it sent none): free() it. On failure *reply_text is NULL.
+ *
+ * Refused before anything is sent: a request the daemon's decoder would refuse
+ * (KVP_EINVAL; KVP_ETOOBIG for text over the limit); a daemon that said in HELLO that
+ * it speaks only version 1 (KVP_EVERSION). From the daemon: KVP_EPERM unless this
+ * process runs as root or in the daemon's admin group (the client stays usable),
+ * KVP_ENOTFOUND for an UNPIN with no such pin, KVP_EINVAL / KVP_EUNSUPPORTED for a
+ * CONFIG the daemon refuses (kvp_client_error() says why), and KVP_EVERSION from a
+ * daemon that speaks only version 1 (it then closes the connection; reconnect).
+ */
+KVP_API int kvp_client_admin(struct kvp_client *c, uint32_t op, uint32_t flags,
+			     uint32_t tenant, const uint32_t *tokens, size_t n_tokens,
+			     const char *text, uint32_t *blocks, char **reply_text);
 
 /* The last ERROR message from the daemon ("" if none). Valid until the next call. */
 KVP_API const char *kvp_client_error(const struct kvp_client *c);

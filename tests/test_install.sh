@@ -301,7 +301,7 @@ if [ -n "$p8" ] && [ -n "$p1" ] && [ -n "$p1s" ]; then
 	check_options "$p8" "$root$KVP_SBINDIR/kvprefixd"
 	check_options "$p1s" "$root$KVP_BINDIR/kvprefix-stat"
 	check_options "$p1" "$root$KVP_BINDIR/kvprefix"
-	for c in lookup insert generate stats ping; do
+	for c in lookup insert generate stats ping admin; do
 		check_options "$p1" "$root$KVP_BINDIR/kvprefix" "$c"
 		page_text "$p1" | grep -q "^\\.B $c\$" || fail "kvprefix.1 has no entry for the command $c"
 	done

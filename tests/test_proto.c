@@ -6,10 +6,13 @@
  * -DKVP_SANITIZE=ON a read one byte past the payload is an ASan error, not luck.
  *
  *   examples   the hex examples of docs/protocol.md: literal bytes here, the encoder,
- *              the decoder and the page itself must all agree (both sessions: the
- *              index-only one and the GENERATE one)
+ *              the decoder and the page itself must all agree (all three sessions:
+ *              the index-only one, the GENERATE one and the version-2 ADMIN one)
  *   roundtrip  every message, edge values, encoders refusing a short cap
- *   header     magic, version, flags, every type byte, payload limit, short input
+ *   header     magic, versions 1 and 2 (ADMIN only in 2), flags, every type byte in
+ *              every version, payload limit, short input
+ *   admin      the ADMIN request's rules: reserved flags, tenant, text bytes, the
+ *              fields each op takes, limits, and their precedence
  *   truncate   every message cut at every length, and with trailing bytes
  *   limits     names, messages, token counts, flags, wrapping counts, GENERATE values
  *   random     random messages round-trip; mutated frames never crash, and whatever
@@ -106,11 +109,11 @@ static uint32_t rnd_below(uint32_t n)
 	return n ? (uint32_t)(rnd() % n) : 0;
 }
 
-/* A whole frame: header then payload. */
-static size_t frame(uint8_t *out, uint8_t type, uint32_t req_id, const uint8_t *payload,
-		    size_t n)
+/* A whole frame: header (of this version) then payload. */
+static size_t frame(uint8_t *out, uint8_t version, uint8_t type, uint32_t req_id,
+		    const uint8_t *payload, size_t n)
 {
-	struct kvp_frame_hdr h = { KVP_PROTO_VERSION, type, 0, req_id, (uint32_t)n };
+	struct kvp_frame_hdr h = { version, type, 0, req_id, (uint32_t)n };
 
 	kvp_hdr_encode(out, &h);
 	if (n)
@@ -199,6 +202,34 @@ static const uint8_t hex_generate_tokens_2[] = {
 	0x02, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00,
 };
 
+/*
+ * The ADMIN session (§9.2): root offers version 2 in HELLO (a version-1 header) and the
+ * daemon answers 2; CLEAR of tenant 1000's namespace evicts 12 blocks; the same CLEAR
+ * from a peer that may not gets EPERM; CONFIG sets max-leases to 128.
+ */
+static const char ax_config[] = "max-leases=128";
+static const char ax_config_reply[] = "max-leases = 128\n";
+static const char ax_eperm[] = "not in the admin group";
+
+static const uint8_t hex_admin_clear[] = {
+	0x4b, 0x56, 0x50, 0x31, 0x02, 0x09, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x12, 0x00, 0x00, 0x00,
+	0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0xe8, 0x03, 0x00, 0x00,
+	0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+};
+static const uint8_t hex_admin_clear_reply[] = {
+	0x4b, 0x56, 0x50, 0x31, 0x02, 0x89, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x0c, 0x00, 0x00, 0x00,
+	0x01, 0x00, 0x00, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+};
+static const uint8_t hex_admin_config_reply[] = {
+	0x4b, 0x56, 0x50, 0x31, 0x02, 0x89, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+	0x1d, 0x00, 0x00, 0x00,
+	0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00,
+	0x6d, 0x61, 0x78, 0x2d, 0x6c, 0x65, 0x61, 0x73, 0x65, 0x73, 0x20, 0x3d,
+	0x20, 0x31, 0x32, 0x38, 0x0a,
+};
+
 /* Each example: its header, how to encode its payload, how to check a decode. */
 struct example {
 	const char *name;
@@ -208,6 +239,7 @@ struct example {
 	void (*check)(const uint8_t *p, size_t n);
 	const uint8_t *literal;
 	size_t literal_len;
+	uint8_t version;   /* of the header */
 };
 
 static size_t enc_hello(uint8_t *out, size_t cap)
@@ -523,34 +555,179 @@ static void chk_generate_error(const uint8_t *p, size_t n)
 	cr_assert(memcmp(m.msg, "pool full of pinned blocks", 26) == 0);
 }
 
+static size_t enc_hello_v2(uint8_t *out, size_t cap)
+{
+	struct kvp_hello m = { 2, 0, "", 0, "", 0 };
+
+	return kvp_hello_encode(out, cap, &m);
+}
+
+static void chk_hello_v2(const uint8_t *p, size_t n)
+{
+	struct kvp_hello m;
+
+	cr_assert_eq(kvp_hello_decode(p, n, &m), 0);
+	cr_assert_eq(m.version, 2, "the client offers version 2");
+	cr_assert_eq(m.flags, 0);
+	cr_assert_eq(m.adapter_len, 0);
+	cr_assert_eq(m.salt_len, 0);
+}
+
+static size_t enc_hello_reply_v2(uint8_t *out, size_t cap)
+{
+	struct kvp_hello_reply m = { 2, 4, 1024, 131072, KVP_HELLO_INDEX_ONLY, 0,
+				     "demo-index", 10 };
+
+	return kvp_hello_reply_encode(out, cap, &m);
+}
+
+static void chk_hello_reply_v2(const uint8_t *p, size_t n)
+{
+	struct kvp_hello_reply m;
+
+	cr_assert_eq(kvp_hello_reply_decode(p, n, &m), 0);
+	cr_assert_eq(m.version, 2, "min(offer 2, daemon 2)");
+	cr_assert_eq(m.block_tokens, 4);
+	cr_assert_eq(m.capacity_blocks, 1024);
+	cr_assert_eq(m.max_tokens, 131072);
+	cr_assert_eq(m.flags, KVP_HELLO_INDEX_ONLY);
+	cr_assert_eq(m.tenant, 0, "root");
+	cr_assert_eq(m.name_len, 10);
+	cr_assert(memcmp(m.name, "demo-index", 10) == 0);
+}
+
+static size_t enc_admin_clear(uint8_t *out, size_t cap)
+{
+	struct kvp_admin_req m = { KVP_ADMIN_CLEAR, KVP_ADMIN_F_TENANT, 1000, 0, NULL, 0, NULL };
+
+	return kvp_admin_req_encode(out, cap, &m, NULL);
+}
+
+static void chk_admin_clear(const uint8_t *p, size_t n)
+{
+	struct kvp_admin_req m;
+
+	cr_assert_eq(kvp_admin_req_decode(p, n, 131072, &m), 0);
+	cr_assert_eq(m.op, KVP_ADMIN_CLEAR);
+	cr_assert_eq(m.flags, KVP_ADMIN_F_TENANT);
+	cr_assert_eq(m.tenant, 1000);
+	cr_assert_eq(m.n_tokens, 0);
+	cr_assert_eq(m.text_len, 0);
+}
+
+static size_t enc_admin_clear_reply(uint8_t *out, size_t cap)
+{
+	struct kvp_admin_reply m = { KVP_ADMIN_CLEAR, 12, 0, NULL };
+
+	return kvp_admin_reply_encode(out, cap, &m);
+}
+
+static void chk_admin_clear_reply(const uint8_t *p, size_t n)
+{
+	struct kvp_admin_reply m;
+
+	cr_assert_eq(kvp_admin_reply_decode(p, n, &m), 0);
+	cr_assert_eq(m.op, KVP_ADMIN_CLEAR);
+	cr_assert_eq(m.blocks, 12);
+	cr_assert_eq(m.text_len, 0);
+}
+
+static size_t enc_admin_error(uint8_t *out, size_t cap)
+{
+	return kvp_error_encode(out, cap, KVP_EPERM, ax_eperm);
+}
+
+static void chk_admin_error(const uint8_t *p, size_t n)
+{
+	struct kvp_error m;
+
+	cr_assert_eq(kvp_error_decode(p, n, &m), 0);
+	cr_assert_eq(m.code, 12);
+	cr_assert_eq(m.msg_len, strlen(ax_eperm));
+	cr_assert(memcmp(m.msg, ax_eperm, m.msg_len) == 0);
+}
+
+static size_t enc_admin_config(uint8_t *out, size_t cap)
+{
+	struct kvp_admin_req m = { KVP_ADMIN_CONFIG, 0, 0, 0, NULL,
+				   (uint16_t)strlen(ax_config), ax_config };
+
+	return kvp_admin_req_encode(out, cap, &m, NULL);
+}
+
+static void chk_admin_config(const uint8_t *p, size_t n)
+{
+	struct kvp_admin_req m;
+
+	cr_assert_eq(kvp_admin_req_decode(p, n, 131072, &m), 0);
+	cr_assert_eq(m.op, KVP_ADMIN_CONFIG);
+	cr_assert_eq(m.flags, 0);
+	cr_assert_eq(m.tenant, 0);
+	cr_assert_eq(m.n_tokens, 0);
+	cr_assert_eq(m.text_len, strlen(ax_config));
+	cr_assert(memcmp(m.text, ax_config, m.text_len) == 0);
+}
+
+static size_t enc_admin_config_reply(uint8_t *out, size_t cap)
+{
+	struct kvp_admin_reply m = { KVP_ADMIN_CONFIG, 0, (uint32_t)strlen(ax_config_reply),
+				     ax_config_reply };
+
+	return kvp_admin_reply_encode(out, cap, &m);
+}
+
+static void chk_admin_config_reply(const uint8_t *p, size_t n)
+{
+	struct kvp_admin_reply m;
+
+	cr_assert_eq(kvp_admin_reply_decode(p, n, &m), 0);
+	cr_assert_eq(m.op, KVP_ADMIN_CONFIG);
+	cr_assert_eq(m.blocks, 0);
+	cr_assert_eq(m.text_len, strlen(ax_config_reply));
+	cr_assert(memcmp(m.text, ax_config_reply, m.text_len) == 0);
+}
+
 static const struct example examples[] = {
-	{ "hello", KVP_T_HELLO, 1, enc_hello, chk_hello, hex_hello, sizeof(hex_hello) },
-	{ "hello_reply", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply, chk_hello_reply, NULL, 0 },
-	{ "insert", KVP_T_INSERT, 2, enc_insert, chk_insert, NULL, 0 },
+	{ "hello", KVP_T_HELLO, 1, enc_hello, chk_hello, hex_hello, sizeof(hex_hello), 1 },
+	{ "hello_reply", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply, chk_hello_reply, NULL, 0,
+	  1 },
+	{ "insert", KVP_T_INSERT, 2, enc_insert, chk_insert, NULL, 0, 1 },
 	{ "insert_reply", KVP_T_INSERT | KVP_T_REPLY, 2, enc_insert_reply, chk_insert_reply,
-	  NULL, 0 },
-	{ "lookup", KVP_T_LOOKUP, 3, enc_lookup, chk_lookup, hex_lookup, sizeof(hex_lookup) },
+	  NULL, 0, 1 },
+	{ "lookup", KVP_T_LOOKUP, 3, enc_lookup, chk_lookup, hex_lookup, sizeof(hex_lookup), 1 },
 	{ "lookup_reply", KVP_T_LOOKUP | KVP_T_REPLY, 3, enc_lookup_reply, chk_lookup_reply,
-	  hex_lookup_reply, sizeof(hex_lookup_reply) },
-	{ "release", KVP_T_RELEASE, 4, enc_release, chk_release, NULL, 0 },
+	  hex_lookup_reply, sizeof(hex_lookup_reply), 1 },
+	{ "release", KVP_T_RELEASE, 4, enc_release, chk_release, NULL, 0, 1 },
 	{ "release_reply", KVP_T_RELEASE | KVP_T_REPLY, 4, enc_release_reply, chk_release_reply,
-	  NULL, 0 },
-	{ "stats", KVP_T_STATS, 5, enc_empty, chk_empty, NULL, 0 },
-	{ "stats_reply", KVP_T_STATS | KVP_T_REPLY, 5, enc_stats_reply, chk_stats_reply, NULL, 0 },
-	{ "ping", KVP_T_PING, 6, enc_ping, chk_ping, NULL, 0 },
-	{ "pong", KVP_T_PING | KVP_T_REPLY, 6, enc_ping, chk_ping, NULL, 0 },
-	{ "error", KVP_T_ERROR, 7, enc_error, chk_error, hex_error, sizeof(hex_error) },
+	  NULL, 0, 1 },
+	{ "stats", KVP_T_STATS, 5, enc_empty, chk_empty, NULL, 0, 1 },
+	{ "stats_reply", KVP_T_STATS | KVP_T_REPLY, 5, enc_stats_reply, chk_stats_reply, NULL, 0,
+	  1 },
+	{ "ping", KVP_T_PING, 6, enc_ping, chk_ping, NULL, 0, 1 },
+	{ "pong", KVP_T_PING | KVP_T_REPLY, 6, enc_ping, chk_ping, NULL, 0, 1 },
+	{ "error", KVP_T_ERROR, 7, enc_error, chk_error, hex_error, sizeof(hex_error), 1 },
 	{ "hello_reply_engine", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply_engine,
-	  chk_hello_reply_engine, NULL, 0 },
+	  chk_hello_reply_engine, NULL, 0, 1 },
 	{ "generate", KVP_T_GENERATE, 2, enc_generate, chk_generate, hex_generate,
-	  sizeof(hex_generate) },
+	  sizeof(hex_generate), 1 },
 	{ "generate_tokens", KVP_T_GENERATE | KVP_T_REPLY, 2, enc_generate_tokens,
-	  chk_generate_tokens, NULL, 0 },
+	  chk_generate_tokens, NULL, 0, 1 },
 	{ "generate_tokens_2", KVP_T_GENERATE | KVP_T_REPLY, 2, enc_generate_tokens_2,
-	  chk_generate_tokens_2, hex_generate_tokens_2, sizeof(hex_generate_tokens_2) },
+	  chk_generate_tokens_2, hex_generate_tokens_2, sizeof(hex_generate_tokens_2), 1 },
 	{ "generate_done", KVP_T_GENERATE_DONE, 2, enc_generate_done, chk_generate_done,
-	  hex_generate_done, sizeof(hex_generate_done) },
-	{ "generate_error", KVP_T_ERROR, 3, enc_generate_error, chk_generate_error, NULL, 0 },
+	  hex_generate_done, sizeof(hex_generate_done), 1 },
+	{ "generate_error", KVP_T_ERROR, 3, enc_generate_error, chk_generate_error, NULL, 0, 1 },
+	{ "hello_v2", KVP_T_HELLO, 1, enc_hello_v2, chk_hello_v2, NULL, 0, 1 },
+	{ "hello_reply_v2", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply_v2, chk_hello_reply_v2,
+	  NULL, 0, 1 },
+	{ "admin_clear", KVP_T_ADMIN, 2, enc_admin_clear, chk_admin_clear, hex_admin_clear,
+	  sizeof(hex_admin_clear), 2 },
+	{ "admin_clear_reply", KVP_T_ADMIN | KVP_T_REPLY, 2, enc_admin_clear_reply,
+	  chk_admin_clear_reply, hex_admin_clear_reply, sizeof(hex_admin_clear_reply), 2 },
+	{ "admin_error", KVP_T_ERROR, 2, enc_admin_error, chk_admin_error, NULL, 0, 2 },
+	{ "admin_config", KVP_T_ADMIN, 3, enc_admin_config, chk_admin_config, NULL, 0, 2 },
+	{ "admin_config_reply", KVP_T_ADMIN | KVP_T_REPLY, 3, enc_admin_config_reply,
+	  chk_admin_config_reply, hex_admin_config_reply, sizeof(hex_admin_config_reply), 2 },
 };
 #define N_EXAMPLES (sizeof(examples) / sizeof(examples[0]))
 
@@ -560,7 +737,7 @@ static size_t example_frame(const struct example *ex, uint8_t *out, size_t cap)
 	size_t n = ex->encode(payload, sizeof(payload));
 
 	cr_assert(cap >= KVP_HDR_SIZE + n);
-	return frame(out, ex->type, ex->req_id, payload, n);
+	return frame(out, ex->version, ex->type, ex->req_id, payload, n);
 }
 
 /* Decode a whole frame from an exact-size copy and check it. */
@@ -570,7 +747,7 @@ static void example_decode(const struct example *ex, const uint8_t *bytes, size_
 	struct kvp_frame_hdr h;
 
 	cr_assert_eq(kvp_hdr_decode(b, n, UINT32_MAX, &h), 0, "%s: header", ex->name);
-	cr_assert_eq(h.version, 1);
+	cr_assert_eq(h.version, ex->version, "%s: version", ex->name);
 	cr_assert_eq(h.type, ex->type, "%s: type", ex->name);
 	cr_assert_eq(h.flags, 0);
 	cr_assert_eq(h.req_id, ex->req_id, "%s: req_id", ex->name);
@@ -595,7 +772,7 @@ Test(examples, literal_bytes_match_encoder_and_decoder)
 		assert_bytes(buf, n, ex->literal, ex->literal_len, ex->name);
 		example_decode(ex, ex->literal, ex->literal_len);
 	}
-	cr_assert_geq(literals, 7);
+	cr_assert_geq(literals, 10);
 }
 
 /* The hex blocks of protocol.md: `<!-- example: NAME -->`, then a ```text fence of lines
@@ -1083,17 +1260,94 @@ Test(header, layout_is_byte_exact)
 
 Test(header, every_type_byte)
 {
-	for (unsigned t = 0; t < 256; t++) {
-		uint8_t *b = hdr_bytes(1, (uint8_t)t, 0, 9, 0);
-		struct kvp_frame_hdr h;
-		bool req = t >= 0x01 && t <= 0x07;
-		bool known = req || (t >= 0x81 && t <= 0x88) || t == 0xFF;
+	for (unsigned v = 1; v <= 2; v++) {
+		for (unsigned t = 0; t < 256; t++) {
+			uint8_t *b = hdr_bytes((uint8_t)v, (uint8_t)t, 0, 9, 0);
+			struct kvp_frame_hdr h;
+			bool req = (t >= 0x01 && t <= 0x07) || t == 0x09;
+			bool known = (t >= 0x01 && t <= 0x07) || (t >= 0x81 && t <= 0x88) ||
+				     t == 0xFF || (v == 2 && (t == 0x09 || t == 0x89));
 
-		cr_assert_eq(kvp_frame_is_request((uint8_t)t), req, "type 0x%02x", t);
-		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 0, &h), known ? 0 : KVP_EPROTO,
-			     "type 0x%02x", t);
-		cr_assert_eq(h.type, t);
-		cr_assert_eq(h.req_id, 9);
+			cr_assert_eq(kvp_frame_is_request((uint8_t)t), req, "type 0x%02x", t);
+			cr_assert_eq(kvp_frame_type_valid((uint8_t)v, (uint8_t)t), known,
+				     "version %u type 0x%02x", v, t);
+			cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 0, &h), known ? 0 : KVP_EPROTO,
+				     "version %u type 0x%02x", v, t);
+			cr_assert_eq(h.version, v);
+			cr_assert_eq(h.type, t);
+			cr_assert_eq(h.req_id, 9);
+			free(b);
+		}
+	}
+	/* No type exists in a version the codec does not speak. */
+	for (unsigned t = 0; t < 256; t++) {
+		cr_assert(!kvp_frame_type_valid(0, (uint8_t)t));
+		cr_assert(!kvp_frame_type_valid(3, (uint8_t)t));
+	}
+}
+
+Test(header, admin_only_in_version_2)
+{
+	static const uint8_t admin[] = { KVP_T_ADMIN, KVP_T_ADMIN | KVP_T_REPLY };
+	struct kvp_frame_hdr h;
+
+	cr_assert_eq(KVP_T_ADMIN, 0x09);
+	cr_assert_eq(KVP_PROTO_VERSION, 1);
+	cr_assert_eq(KVP_PROTO_VERSION_MAX, 2);
+	cr_assert_eq(KVP_PROTO_VERSION_ADMIN, 2);
+	cr_assert(kvp_frame_is_request(KVP_T_ADMIN));
+	cr_assert(!kvp_frame_is_request(KVP_T_ADMIN | KVP_T_REPLY));
+	for (size_t i = 0; i < sizeof(admin); i++) {
+		uint8_t *b = hdr_bytes(1, admin[i], 0, 44, 18);
+
+		/* in a version-1 header: an unknown type, with req_id and version kept */
+		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 1024, &h), KVP_EPROTO,
+			     "type 0x%02x in version 1", admin[i]);
+		cr_assert_eq(h.version, 1);
+		cr_assert_eq(h.req_id, 44);
+		free(b);
+		b = hdr_bytes(2, admin[i], 0, 45, 18);
+		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 1024, &h), 0);
+		cr_assert_eq(h.version, 2);
+		cr_assert_eq(h.type, admin[i]);
+		cr_assert_eq(h.req_id, 45);
+		cr_assert_eq(h.len, 18);
+		free(b);
+		/* in version 3: the version is refused first */
+		b = hdr_bytes(3, admin[i], 0, 46, 18);
+		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 1024, &h), KVP_EVERSION);
+		cr_assert_eq(h.req_id, 46);
+		free(b);
+	}
+}
+
+Test(header, version_2_carries_every_ordinary_type)
+{
+	static const uint8_t types[] = { 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x81, 0x82,
+					 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0xFF };
+
+	for (size_t i = 0; i < sizeof(types); i++) {
+		uint8_t *b = hdr_bytes(2, types[i], 0, 0x0102, 40);
+		struct kvp_frame_hdr h;
+
+		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 1024, &h), 0, "type 0x%02x", types[i]);
+		cr_assert_eq(h.version, 2);
+		cr_assert_eq(h.type, types[i]);
+		cr_assert_eq(h.len, 40);
+		/* the encoder writes the version it is given: a reply keeps its request's */
+		{
+			uint8_t out[KVP_HDR_SIZE];
+
+			kvp_hdr_encode(out, &h);
+			assert_bytes(out, sizeof(out), b, KVP_HDR_SIZE, "version-2 header");
+		}
+		/* the other header checks are the same in version 2 */
+		b[6] = 1;
+		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 1024, &h), KVP_EPROTO);
+		b[6] = 0;
+		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 39, &h), KVP_ETOOBIG);
+		b[0] = 'k';
+		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 1024, &h), KVP_EPROTO);
 		free(b);
 	}
 }
@@ -1140,7 +1394,7 @@ Test(header, bad_magic)
 
 Test(header, version)
 {
-	static const uint8_t bad[] = { 0, 2, 0x81, 0xFF };
+	static const uint8_t bad[] = { 0, 3, 4, 0x81, 0xFF };
 
 	for (size_t i = 0; i < sizeof(bad); i++) {
 		uint8_t *b = hdr_bytes(bad[i], KVP_T_HELLO, 0, 31, 12);
@@ -1279,6 +1533,20 @@ static int dec_done(const uint8_t *p, size_t n)
 	return kvp_generate_done_decode(p, n, &m);
 }
 
+static int dec_admin(const uint8_t *p, size_t n)
+{
+	struct kvp_admin_req m;
+
+	return kvp_admin_req_decode(p, n, UINT32_MAX, &m);
+}
+
+static int dec_admin_reply(const uint8_t *p, size_t n)
+{
+	struct kvp_admin_reply m;
+
+	return kvp_admin_reply_decode(p, n, &m);
+}
+
 /* The whole payload decodes; every prefix of it and every extension of it is malformed. */
 static void check_exact_length(const char *what, decode_fn dec, const uint8_t *payload,
 			       size_t n)
@@ -1358,6 +1626,26 @@ Test(truncate, every_message_at_every_length)
 	check_exact_length("GENERATE_DONE (logits)", dec_done, buf, n);
 	n = kvp_generate_done_encode(buf, sizeof(buf), &d0, NULL);
 	check_exact_length("GENERATE_DONE (no logits)", dec_done, buf, n);
+
+	struct kvp_admin_req a = { KVP_ADMIN_PIN, KVP_ADMIN_F_TENANT, 7, 10, NULL, 0, NULL };
+	struct kvp_admin_req a0 = { KVP_ADMIN_CLEAR, 0, 0, 0, NULL, 0, NULL };
+	struct kvp_admin_req ac = { KVP_ADMIN_CONFIG, 0, 0, 0, NULL, 9, "log-level" };
+	struct kvp_admin_req ax = { 77, KVP_ADMIN_F_ALL, 0, 3, NULL, 4, "text" };
+	struct kvp_admin_reply ar = { KVP_ADMIN_CONFIG, 0, 17, "log-level = info\n" };
+	struct kvp_admin_reply ar0 = { KVP_ADMIN_EVICT, 3, 0, NULL };
+
+	n = kvp_admin_req_encode(buf, sizeof(buf), &a, ex_tokens);
+	check_exact_length("ADMIN (tokens)", dec_admin, buf, n);
+	n = kvp_admin_req_encode(buf, sizeof(buf), &a0, NULL);
+	check_exact_length("ADMIN (nothing)", dec_admin, buf, n);
+	n = kvp_admin_req_encode(buf, sizeof(buf), &ac, NULL);
+	check_exact_length("ADMIN (text)", dec_admin, buf, n);
+	n = kvp_admin_req_encode(buf, sizeof(buf), &ax, ids);
+	check_exact_length("ADMIN (unknown op: tokens and text)", dec_admin, buf, n);
+	n = kvp_admin_reply_encode(buf, sizeof(buf), &ar);
+	check_exact_length("ADMIN reply", dec_admin_reply, buf, n);
+	n = kvp_admin_reply_encode(buf, sizeof(buf), &ar0);
+	check_exact_length("ADMIN reply (no text)", dec_admin_reply, buf, n);
 }
 
 /* ---- limits ---------------------------------------------------------------------------------- */
@@ -1798,6 +2086,380 @@ Test(limits, generate_done_reserved_and_finish)
 	free(b);
 }
 
+/* ---- ADMIN (version 2) ------------------------------------------------------------------- */
+
+/* Encode m (tokens from ids) into an exact-size buffer; *n gets its size. */
+static uint8_t *admin_bytes(const struct kvp_admin_req *m, const uint32_t *ids, size_t *n)
+{
+	size_t sz = kvp_admin_req_size(m);
+	uint8_t *b = malloc(sz);
+
+	cr_assert(b);
+	cr_assert_eq(kvp_admin_req_encode(b, sz, m, ids), sz);
+	*n = sz;
+	return b;
+}
+
+/* The bytes of an ADMIN request written by hand, so that the encoder's refusals cannot
+ * hide what the decoder does with them. */
+static uint8_t *admin_raw(uint32_t op, uint32_t flags, uint32_t tenant, uint32_t n_tokens,
+			  const char *text, uint16_t text_len, size_t *n)
+{
+	size_t sz = 18 + (size_t)n_tokens * 4 + text_len;
+	uint8_t *b = calloc(1, sz);
+
+	cr_assert(b);
+	put32(b, op);
+	put32(b + 4, flags);
+	put32(b + 8, tenant);
+	put32(b + 12, n_tokens);
+	for (uint32_t i = 0; i < n_tokens; i++)
+		put32(b + 16 + 4 * (size_t)i, 1000 + i);
+	put16(b + 16 + (size_t)n_tokens * 4, text_len);
+	if (text_len)
+		memcpy(b + 18 + (size_t)n_tokens * 4, text, text_len);
+	*n = sz;
+	return b;
+}
+
+static int admin_raw_decode(uint32_t op, uint32_t flags, uint32_t tenant, uint32_t n_tokens,
+			    const char *text, uint16_t text_len, uint32_t max_tokens,
+			    struct kvp_admin_req *m)
+{
+	size_t n;
+	uint8_t *b = admin_raw(op, flags, tenant, n_tokens, text, text_len, &n);
+	uint8_t *e = exact(b, n);
+	int rc = kvp_admin_req_decode(e, n, max_tokens, m);
+
+	free(e);
+	free(b);
+	return rc;
+}
+
+Test(roundtrip, admin_req)
+{
+	static char big[KVP_ADMIN_TEXT_MAX];
+	uint32_t toks[300];
+	struct kvp_admin_req cases[] = {
+		{ KVP_ADMIN_CLEAR, 0, 0, 0, NULL, 0, NULL },
+		{ KVP_ADMIN_CLEAR, KVP_ADMIN_F_TENANT, 1000, 0, NULL, 0, NULL },
+		{ KVP_ADMIN_CLEAR, KVP_ADMIN_F_TENANT, UINT32_MAX, 0, NULL, 0, NULL },
+		{ KVP_ADMIN_CLEAR, KVP_ADMIN_F_ALL, 0, 0, NULL, 0, NULL },
+		{ KVP_ADMIN_EVICT, 0, 0, 1, NULL, 0, NULL },
+		{ KVP_ADMIN_PIN, KVP_ADMIN_F_TENANT, 0, 300, NULL, 0, NULL },
+		{ KVP_ADMIN_UNPIN, 0, 0, 10, NULL, 0, NULL },
+		{ KVP_ADMIN_CONFIG, 0, 0, 0, NULL, 0, NULL },
+		{ KVP_ADMIN_CONFIG, 0, 0, 0, NULL, 10, "max-leases" },
+		{ KVP_ADMIN_CONFIG, 0, 0, 0, NULL, 18, "max-leases = 64 \xc3\xa9" },
+		{ KVP_ADMIN_CONFIG, 0, 0, 0, NULL, KVP_ADMIN_TEXT_MAX, big },
+		/* an unknown op is well-formed: the daemon answers it */
+		{ 0, 0, 0, 0, NULL, 0, NULL },
+		{ 6, KVP_ADMIN_F_TENANT | KVP_ADMIN_F_ALL, 3, 7, NULL, 5, "x y z" },
+		{ UINT32_MAX, KVP_ADMIN_F_ALL, 0, 2, NULL, 1, "~" },
+	};
+
+	memset(big, '~', sizeof(big));
+	for (uint32_t i = 0; i < 300; i++)
+		toks[i] = i * 2654435761u;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct kvp_admin_req *in = &cases[i];
+		size_t sz = kvp_admin_req_size(in), n;
+		uint8_t *b = admin_bytes(in, toks, &n);
+		struct kvp_admin_req out;
+		uint32_t back[300];
+
+		cr_assert_eq(sz, 18 + 4 * (size_t)in->n_tokens + in->text_len, "case %zu", i);
+		cr_assert_eq(kvp_admin_req_check(in), 0, "case %zu", i);
+		cr_assert_eq(kvp_admin_req_decode(b, n, 300, &out), 0, "case %zu", i);
+		cr_assert(out.op == in->op && out.flags == in->flags && out.tenant == in->tenant &&
+			  out.n_tokens == in->n_tokens && out.text_len == in->text_len,
+			  "case %zu", i);
+		kvp_load_u32s(back, out.tokens, out.n_tokens);
+		cr_assert(memcmp(back, toks, (size_t)out.n_tokens * 4) == 0, "case %zu", i);
+		if (in->text_len)
+			cr_assert(memcmp(out.text, in->text, in->text_len) == 0, "case %zu", i);
+		/* the pointers are into the input */
+		cr_assert_eq((const uint8_t *)out.tokens, b + 16);
+		cr_assert_eq((const uint8_t *)out.text, b + 18 + 4 * (size_t)in->n_tokens);
+		/* an encoder refuses a buffer one byte short */
+		cr_assert_eq(kvp_admin_req_encode(b, n - 1, in, toks), 0, "case %zu", i);
+		free(b);
+	}
+}
+
+Test(roundtrip, admin_reply)
+{
+	static char big[KVP_ADMIN_REPLY_TEXT_MAX];
+	struct kvp_admin_reply cases[] = {
+		{ KVP_ADMIN_CLEAR, 0, 0, NULL },
+		{ KVP_ADMIN_EVICT, UINT32_MAX, 0, NULL },
+		{ KVP_ADMIN_CONFIG, 0, 17, "log-level = info\n" },
+		{ KVP_ADMIN_CONFIG, 0, 3, "\0\x01\xff" },   /* the codec does not judge text */
+		{ 42, 7, KVP_ADMIN_REPLY_TEXT_MAX, big },
+	};
+
+	memset(big, 'k', sizeof(big));
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct kvp_admin_reply *in = &cases[i];
+		size_t sz = kvp_admin_reply_size(in);
+		uint8_t *b = malloc(sz);
+		struct kvp_admin_reply out;
+
+		cr_assert_eq(sz, 12 + (size_t)in->text_len);
+		cr_assert_eq(kvp_admin_reply_encode(b, sz, in), sz, "case %zu", i);
+		cr_assert_eq(kvp_admin_reply_encode(b, sz - 1, in), 0, "case %zu: short cap", i);
+		cr_assert_eq(kvp_admin_reply_decode(b, sz, &out), 0, "case %zu", i);
+		cr_assert(out.op == in->op && out.blocks == in->blocks &&
+			  out.text_len == in->text_len, "case %zu", i);
+		if (in->text_len)
+			cr_assert(memcmp(out.text, in->text, in->text_len) == 0);
+		cr_assert_eq((const uint8_t *)out.text, b + 12);
+		free(b);
+	}
+}
+
+Test(admin, reserved_flags)
+{
+	struct kvp_admin_req m;
+
+	for (unsigned bit = 2; bit < 32; bit++) {
+		uint32_t f = 1u << bit;
+		struct kvp_admin_req in = { KVP_ADMIN_CLEAR, f, 0, 0, NULL, 0, NULL };
+		uint8_t out[64];
+
+		cr_assert_eq(admin_raw_decode(KVP_ADMIN_CLEAR, f, 0, 0, NULL, 0, 16, &m),
+			     KVP_EINVAL, "flag bit %u", bit);
+		/* every field is filled, so the daemon can tell reserved bits from the rest */
+		cr_assert_eq(m.flags, f);
+		cr_assert_eq(m.flags & ~KVP_ADMIN_FLAGS_KNOWN, f);
+		cr_assert_eq(kvp_admin_req_check(&in), KVP_EINVAL);
+		cr_assert_eq(kvp_admin_req_encode(out, sizeof(out), &in, NULL), 0);
+		/* with any op, known or not */
+		cr_assert_eq(admin_raw_decode(99, f | KVP_ADMIN_F_TENANT, 5, 1, "a", 1, 16, &m),
+			     KVP_EINVAL);
+	}
+	cr_assert_eq(KVP_ADMIN_F_TENANT, 0x1);
+	cr_assert_eq(KVP_ADMIN_F_ALL, 0x2);
+	cr_assert_eq(KVP_ADMIN_FLAGS_KNOWN, 0x3);
+}
+
+Test(admin, tenant_needs_the_tenant_flag)
+{
+	static const uint32_t ops[] = { KVP_ADMIN_CLEAR, KVP_ADMIN_EVICT, KVP_ADMIN_PIN,
+					KVP_ADMIN_UNPIN, KVP_ADMIN_CONFIG, 0, 1234 };
+	struct kvp_admin_req m;
+
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+		uint32_t t = ops[i] >= KVP_ADMIN_EVICT && ops[i] <= KVP_ADMIN_UNPIN ? 4 : 0;
+		struct kvp_admin_req in = { ops[i], 0, 1000, t, NULL, 0, NULL };
+		uint32_t toks[4] = { 1, 2, 3, 4 };
+		uint8_t out[64];
+
+		cr_assert_eq(admin_raw_decode(ops[i], 0, 1000, t, NULL, 0, 16, &m), KVP_EINVAL,
+			     "op %u: tenant without TENANT", ops[i]);
+		cr_assert_eq(m.tenant, 1000);
+		cr_assert_eq(admin_raw_decode(ops[i], 0, 1, t, NULL, 0, 16, &m), KVP_EINVAL);
+		cr_assert_eq(kvp_admin_req_check(&in), KVP_EINVAL);
+		cr_assert_eq(kvp_admin_req_encode(out, sizeof(out), &in, toks), 0);
+	}
+	/* with TENANT, any tenant (0 included) is fine wherever TENANT is */
+	cr_assert_eq(admin_raw_decode(KVP_ADMIN_CLEAR, KVP_ADMIN_F_TENANT, 0, 0, NULL, 0, 16, &m),
+		     0);
+	cr_assert_eq(admin_raw_decode(KVP_ADMIN_EVICT, KVP_ADMIN_F_TENANT, UINT32_MAX, 2, NULL, 0,
+				      16, &m), 0);
+	cr_assert_eq(m.tenant, UINT32_MAX);
+}
+
+Test(admin, text_bytes)
+{
+	struct kvp_admin_req m;
+	char text[8];
+
+	for (unsigned c = 0; c < 256; c++) {
+		for (unsigned at = 0; at < sizeof(text); at += 7) {
+			struct kvp_admin_req in = { KVP_ADMIN_CONFIG, 0, 0, 0, NULL, 8, text };
+			int want = c < 0x20 ? KVP_EINVAL : 0;
+			uint8_t out[64];
+			size_t n;
+
+			memset(text, 'a', sizeof(text));
+			text[at] = (char)c;
+			cr_assert_eq(admin_raw_decode(KVP_ADMIN_CONFIG, 0, 0, 0, text, 8, 16, &m), want,
+				     "byte 0x%02x at %u", c, at);
+			cr_assert_eq(kvp_admin_req_check(&in), want);
+			n = kvp_admin_req_encode(out, sizeof(out), &in, NULL);
+			cr_assert_eq(n != 0, want == 0);
+		}
+	}
+	/* NUL is a byte below 0x20 too, wherever it is */
+	cr_assert_eq(admin_raw_decode(KVP_ADMIN_CONFIG, 0, 0, 0, "a=b\0", 4, 16, &m), KVP_EINVAL);
+	/* and the rule holds for an unknown op's text as well */
+	cr_assert_eq(admin_raw_decode(9, 0, 0, 0, "\t", 1, 16, &m), KVP_EINVAL);
+}
+
+Test(admin, fields_each_op_takes)
+{
+	static const struct {
+		uint32_t op, flags, n_tokens;
+		uint16_t text_len;
+		int want;
+	} cases[] = {
+		{ KVP_ADMIN_CLEAR, 0, 0, 0, 0 },
+		{ KVP_ADMIN_CLEAR, KVP_ADMIN_F_TENANT, 0, 0, 0 },
+		{ KVP_ADMIN_CLEAR, KVP_ADMIN_F_ALL, 0, 0, 0 },
+		{ KVP_ADMIN_CLEAR, KVP_ADMIN_F_TENANT | KVP_ADMIN_F_ALL, 0, 0, KVP_EINVAL },
+		{ KVP_ADMIN_CLEAR, 0, 1, 0, KVP_EINVAL },
+		{ KVP_ADMIN_CLEAR, 0, 0, 1, KVP_EINVAL },
+		{ KVP_ADMIN_EVICT, 0, 1, 0, 0 },
+		{ KVP_ADMIN_EVICT, KVP_ADMIN_F_TENANT, 9, 0, 0 },
+		{ KVP_ADMIN_EVICT, 0, 0, 0, KVP_EINVAL },
+		{ KVP_ADMIN_EVICT, KVP_ADMIN_F_ALL, 4, 0, KVP_EINVAL },
+		{ KVP_ADMIN_EVICT, 0, 4, 3, KVP_EINVAL },
+		{ KVP_ADMIN_PIN, 0, 4, 0, 0 },
+		{ KVP_ADMIN_PIN, 0, 0, 0, KVP_EINVAL },
+		{ KVP_ADMIN_PIN, KVP_ADMIN_F_ALL, 4, 0, KVP_EINVAL },
+		{ KVP_ADMIN_PIN, 0, 4, 1, KVP_EINVAL },
+		{ KVP_ADMIN_UNPIN, KVP_ADMIN_F_TENANT, 4, 0, 0 },
+		{ KVP_ADMIN_UNPIN, 0, 0, 0, KVP_EINVAL },
+		{ KVP_ADMIN_UNPIN, KVP_ADMIN_F_ALL, 4, 0, KVP_EINVAL },
+		{ KVP_ADMIN_UNPIN, 0, 4, 2, KVP_EINVAL },
+		{ KVP_ADMIN_CONFIG, 0, 0, 0, 0 },
+		{ KVP_ADMIN_CONFIG, 0, 0, 3, 0 },
+		{ KVP_ADMIN_CONFIG, KVP_ADMIN_F_TENANT, 0, 3, KVP_EINVAL },
+		{ KVP_ADMIN_CONFIG, KVP_ADMIN_F_ALL, 0, 0, KVP_EINVAL },
+		{ KVP_ADMIN_CONFIG, 0, 1, 3, KVP_EINVAL },
+		/* unknown ops take anything but reserved bits; the daemon refuses the op */
+		{ 0, KVP_ADMIN_F_TENANT | KVP_ADMIN_F_ALL, 5, 5, 0 },
+		{ 6, 0, 0, 0, 0 },
+		{ 0x80000001u, KVP_ADMIN_F_ALL, 1, 1, 0 },
+	};
+	uint32_t toks[16] = { 0 };
+	struct kvp_admin_req m;
+
+	cr_assert_eq(KVP_ADMIN_CLEAR, 1);
+	cr_assert_eq(KVP_ADMIN_EVICT, 2);
+	cr_assert_eq(KVP_ADMIN_PIN, 3);
+	cr_assert_eq(KVP_ADMIN_UNPIN, 4);
+	cr_assert_eq(KVP_ADMIN_CONFIG, 5);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint32_t tenant = (cases[i].flags & KVP_ADMIN_F_TENANT) ? 1000 : 0;
+		struct kvp_admin_req in = { cases[i].op, cases[i].flags, tenant, cases[i].n_tokens,
+					    NULL, cases[i].text_len, "k=v,w" };
+		uint8_t out[128];
+
+		int rc = admin_raw_decode(cases[i].op, cases[i].flags, tenant, cases[i].n_tokens,
+					  "k=v,w", cases[i].text_len, 16, &m);
+
+		cr_assert_eq(rc, cases[i].want, "case %zu (op %u)", i, cases[i].op);
+		cr_assert_eq(kvp_admin_req_check(&in), cases[i].want, "case %zu", i);
+		cr_assert_eq(kvp_admin_req_encode(out, sizeof(out), &in, toks) != 0,
+			     cases[i].want == 0, "case %zu: the encoder agrees", i);
+	}
+}
+
+Test(admin, limits)
+{
+	static char big[KVP_ADMIN_TEXT_MAX + 1];
+	struct kvp_admin_req in = { KVP_ADMIN_CONFIG, 0, 0, 0, NULL, KVP_ADMIN_TEXT_MAX, big };
+	struct kvp_admin_req m;
+	uint8_t out[KVP_ADMIN_TEXT_MAX + 64];
+
+	memset(big, 'v', sizeof(big));
+	/* text: 4096 bytes fit, 4097 are too big (and the u16 field holds up to 65535) */
+	cr_assert_eq(admin_raw_decode(KVP_ADMIN_CONFIG, 0, 0, 0, big, KVP_ADMIN_TEXT_MAX, 0, &m),
+		     0);
+	cr_assert_eq(kvp_admin_req_check(&in), 0);
+	cr_assert_eq(kvp_admin_req_encode(out, sizeof(out), &in, NULL), 18 + KVP_ADMIN_TEXT_MAX);
+	in.text_len = KVP_ADMIN_TEXT_MAX + 1;
+	cr_assert_eq(admin_raw_decode(KVP_ADMIN_CONFIG, 0, 0, 0, big, KVP_ADMIN_TEXT_MAX + 1, 0,
+				      &m), KVP_ETOOBIG);
+	cr_assert_eq(m.text_len, KVP_ADMIN_TEXT_MAX + 1);
+	cr_assert_eq(kvp_admin_req_check(&in), KVP_ETOOBIG);
+	cr_assert_eq(kvp_admin_req_encode(out, sizeof(out), &in, NULL), 0);
+
+	/* tokens: at most max_tokens, like LOOKUP */
+	for (uint32_t op = KVP_ADMIN_EVICT; op <= KVP_ADMIN_UNPIN; op++) {
+		cr_assert_eq(admin_raw_decode(op, 0, 0, 8, NULL, 0, 8, &m), 0);
+		cr_assert_eq(admin_raw_decode(op, 0, 0, 9, NULL, 0, 8, &m), KVP_ETOOBIG);
+		cr_assert_eq(m.n_tokens, 9, "filled, so the daemon can name the count");
+		cr_assert_eq(admin_raw_decode(op, 0, 0, 1, NULL, 0, 0, &m), KVP_ETOOBIG);
+	}
+	/* a count that would wrap 4 * n on 32 bits, or run past the payload: malformed */
+	{
+		uint8_t raw[20] = { 0 };
+
+		put32(raw, KVP_ADMIN_EVICT);
+		put32(raw + 12, 0x40000001u);
+		cr_assert_eq(kvp_admin_req_decode(raw, sizeof(raw), UINT32_MAX, &m), KVP_EPROTO);
+		put32(raw + 12, UINT32_MAX);
+		cr_assert_eq(kvp_admin_req_decode(raw, sizeof(raw), UINT32_MAX, &m), KVP_EPROTO);
+	}
+	/* the encoder refuses a count that does not fit its buffer */
+	{
+		struct kvp_admin_req e = { KVP_ADMIN_EVICT, 0, 0, UINT32_MAX, NULL, 0, NULL };
+		uint32_t t[4] = { 0 };
+
+		cr_assert_eq(kvp_admin_req_encode(out, sizeof(out), &e, t), 0);
+	}
+}
+
+Test(admin, precedence)
+{
+	struct kvp_admin_req m;
+	static char big[KVP_ADMIN_TEXT_MAX + 1];
+	size_t n;
+	uint8_t *b, *e;
+
+	memset(big, 'v', sizeof(big));
+	/* layout first: a reserved bit in a payload one byte short is malformed */
+	b = admin_raw(KVP_ADMIN_CLEAR, 0x80, 0, 0, NULL, 0, &n);
+	e = exact(b, n - 1);
+	cr_assert_eq(kvp_admin_req_decode(e, n - 1, 16, &m), KVP_EPROTO);
+	free(e);
+	free(b);
+	/* then reserved bits, before a tenant without its flag and a control byte */
+	cr_assert_eq(admin_raw_decode(KVP_ADMIN_CONFIG, 0x4, 5, 0, "\n", 1, 16, &m), KVP_EINVAL);
+	/* values before limits: a bad tenant or byte wins over too many tokens or text */
+	cr_assert_eq(admin_raw_decode(KVP_ADMIN_EVICT, 0, 5, 9, NULL, 0, 8, &m), KVP_EINVAL);
+	big[100] = '\x1f';
+	cr_assert_eq(admin_raw_decode(KVP_ADMIN_CONFIG, 0, 0, 0, big, KVP_ADMIN_TEXT_MAX + 1, 16,
+				      &m), KVP_EINVAL);
+	big[100] = 'v';
+	/* a field the op does not take wins over the text limit */
+	cr_assert_eq(admin_raw_decode(KVP_ADMIN_CLEAR, 0, 0, 0, big, KVP_ADMIN_TEXT_MAX + 1, 16,
+				      &m), KVP_EINVAL);
+	/* an unknown op with too much text: only the limit applies */
+	cr_assert_eq(admin_raw_decode(50, 0, 0, 0, big, KVP_ADMIN_TEXT_MAX + 1, 16, &m),
+		     KVP_ETOOBIG);
+}
+
+Test(admin, reply_limits)
+{
+	static char big[KVP_ADMIN_REPLY_TEXT_MAX + 1];
+	struct kvp_admin_reply in = { KVP_ADMIN_CONFIG, 0, KVP_ADMIN_REPLY_TEXT_MAX + 1, big };
+	struct kvp_admin_reply m;
+	size_t sz = 12 + sizeof(big);
+	uint8_t hdr[12];
+	uint8_t *b = malloc(sz);
+
+	memset(big, 'x', sizeof(big));
+	cr_assert_eq(kvp_admin_reply_encode(b, sz, &in), 0, "over 65536: refused");
+	put32(b, KVP_ADMIN_CONFIG);
+	put32(b + 4, 0);
+	put32(b + 8, KVP_ADMIN_REPLY_TEXT_MAX + 1);
+	memcpy(b + 12, big, sizeof(big));
+	cr_assert_eq(kvp_admin_reply_decode(b, sz, &m), KVP_ETOOBIG);
+	cr_assert_eq(m.text_len, KVP_ADMIN_REPLY_TEXT_MAX + 1);
+	free(b);
+	/* a text_len that runs past the payload is malformed, whatever its size */
+	put32(hdr, 1);
+	put32(hdr + 4, 0);
+	put32(hdr + 8, UINT32_MAX);
+	b = exact(hdr, sizeof(hdr));
+	cr_assert_eq(kvp_admin_reply_decode(b, sizeof(hdr), &m), KVP_EPROTO);
+	free(b);
+}
+
 /* ---- default socket path ---------------------------------------------------------------------- */
 
 Test(socket_path, xdg_runtime_dir)
@@ -1995,7 +2657,7 @@ static void random_roundtrip(unsigned k)
 		cr_assert(memcmp(back, arr, (size_t)n * 4) == 0);
 		break;
 	}
-	default: {
+	case 8: {
 		float lg[300], lb[300];
 		struct kvp_generate_done in = { random_u32(), random_u32(), random_u32(),
 						random_u32(), rnd_below(3), rnd(), rnd(), rnd(),
@@ -2017,14 +2679,75 @@ static void random_roundtrip(unsigned k)
 		cr_assert(memcmp(lb, lg, (size_t)in.n_logits * 4) == 0);
 		break;
 	}
+	case 9: {
+		static const uint32_t ops[] = { KVP_ADMIN_CLEAR, KVP_ADMIN_EVICT, KVP_ADMIN_PIN,
+						KVP_ADMIN_UNPIN, KVP_ADMIN_CONFIG,
+						0, 6, UINT32_MAX };
+		char text[300];
+		struct kvp_admin_req in = { ops[rnd_below(8)], 0, 0, 0, NULL, 0, text }, out;
+
+		switch (in.op) {
+		case KVP_ADMIN_CLEAR:
+			in.flags = rnd_below(3);   /* none, TENANT or ALL */
+			break;
+		case KVP_ADMIN_EVICT:
+		case KVP_ADMIN_PIN:
+		case KVP_ADMIN_UNPIN:
+			in.flags = rnd_below(2);
+			in.n_tokens = 1 + rnd_below(299);
+			break;
+		case KVP_ADMIN_CONFIG:
+			in.text_len = (uint16_t)rnd_below(300);
+			break;
+		default:
+			in.flags = rnd_below(4);
+			in.n_tokens = rnd_below(300);
+			in.text_len = (uint16_t)rnd_below(300);
+			break;
+		}
+		if (in.flags & KVP_ADMIN_F_TENANT)
+			in.tenant = random_u32();
+		for (uint32_t i = 0; i < in.n_tokens; i++)
+			arr[i] = random_u32();
+		for (uint16_t i = 0; i < in.text_len; i++)
+			text[i] = (char)(0x20 + rnd_below(0xE0));
+		sz = kvp_admin_req_size(&in);
+		b = malloc(sz);
+		cr_assert_eq(kvp_admin_req_encode(b, sz, &in, arr), sz);
+		cr_assert_eq(kvp_admin_req_decode(b, sz, in.n_tokens, &out), 0);
+		cr_assert(out.op == in.op && out.flags == in.flags && out.tenant == in.tenant &&
+			  out.n_tokens == in.n_tokens && out.text_len == in.text_len);
+		kvp_load_u32s(back, out.tokens, in.n_tokens);
+		cr_assert(memcmp(back, arr, (size_t)in.n_tokens * 4) == 0);
+		cr_assert(memcmp(out.text, text, in.text_len) == 0);
+		if (in.n_tokens)
+			cr_assert_eq(kvp_admin_req_decode(b, sz, in.n_tokens - 1, &out),
+				     KVP_ETOOBIG);
+		break;
+	}
+	default: {
+		char text[300];
+		struct kvp_admin_reply in = { random_u32(), random_u32(), rnd_below(300), text };
+		struct kvp_admin_reply out;
+
+		random_string(text, (uint16_t)in.text_len);
+		sz = kvp_admin_reply_size(&in);
+		b = malloc(sz);
+		cr_assert_eq(kvp_admin_reply_encode(b, sz, &in), sz);
+		cr_assert_eq(kvp_admin_reply_decode(b, sz, &out), 0);
+		cr_assert(out.op == in.op && out.blocks == in.blocks &&
+			  out.text_len == in.text_len);
+		cr_assert(memcmp(out.text, text, in.text_len) == 0);
+		break;
+	}
 	}
 	free(b);
 }
 
 Test(random, roundtrip_loop)
 {
-	for (unsigned i = 0; i < 20000; i++)
-		random_roundtrip(i % 9);
+	for (unsigned i = 0; i < 22000; i++)
+		random_roundtrip(i % 11);
 }
 
 /* Re-encode what a decoder accepted; a canonical encoding gives back the input. */
@@ -2114,7 +2837,7 @@ static void reencode_matches(unsigned k, const uint8_t *p, size_t n)
 		m = kvp_token_chunk_encode(out, sizeof(out), ids, ch.n);
 		break;
 	}
-	default: {
+	case 8: {
 		struct kvp_generate_done d;
 		float lg[1024];
 
@@ -2124,14 +2847,32 @@ static void reencode_matches(unsigned k, const uint8_t *p, size_t n)
 		m = kvp_generate_done_encode(out, sizeof(out), &d, lg);
 		break;
 	}
+	case 9: {
+		struct kvp_admin_req a;
+		uint32_t tok[1024];
+
+		if (kvp_admin_req_decode(p, n, 1024, &a) != 0)
+			return;
+		kvp_load_u32s(tok, a.tokens, a.n_tokens);
+		m = kvp_admin_req_encode(out, sizeof(out), &a, tok);
+		break;
+	}
+	default: {
+		struct kvp_admin_reply a;
+
+		if (kvp_admin_reply_decode(p, n, &a) != 0)
+			return;
+		m = kvp_admin_reply_encode(out, sizeof(out), &a);
+		break;
+	}
 	}
 	assert_bytes(out, m, p, n, "re-encoded frame");
 }
 
 Test(random, mutated_payloads_never_overread)
 {
-	uint8_t base[9][512];
-	size_t base_n[9];
+	uint8_t base[11][512];
+	size_t base_n[11];
 	struct kvp_generate_req gr = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 2, NULL, 6, NULL };
 	struct kvp_generate_done gd = { 6, 4, 2, 3, KVP_FINISH_STOP, 1250, 1100, 2300, 8, NULL };
 	struct kvp_hello he = { 1, 0, "lora", 4, "s", 1 };
@@ -2148,9 +2889,18 @@ Test(random, mutated_payloads_never_overread)
 	base_n[6] = kvp_generate_req_encode(base[6], 512, &gr, ids, ex_tokens);
 	base_n[7] = kvp_token_chunk_encode(base[7], 512, ids, 3);
 	base_n[8] = kvp_generate_done_encode(base[8], 512, &gd, gx_logits);
+	{
+		/* an unknown op: the one request that carries tokens and text together */
+		struct kvp_admin_req ar = { 77, KVP_ADMIN_F_TENANT, 1000, 10, NULL, 14,
+					    "max-leases=128" };
+		struct kvp_admin_reply rr = { KVP_ADMIN_CONFIG, 0, 17, "max-leases = 128\n" };
 
-	for (unsigned i = 0; i < 90000; i++) {
-		unsigned k = i % 9;
+		base_n[9] = kvp_admin_req_encode(base[9], 512, &ar, ex_tokens);
+		base_n[10] = kvp_admin_reply_encode(base[10], 512, &rr);
+	}
+
+	for (unsigned i = 0; i < 110000; i++) {
+		unsigned k = i % 11;
 		uint8_t tmp[512];
 		size_t n = base_n[k];
 		uint8_t *b;
@@ -2180,6 +2930,8 @@ Test(random, mutated_payloads_never_overread)
 		dec_generate(b, n);
 		dec_chunk(b, n);
 		dec_done(b, n);
+		dec_admin(b, n);
+		dec_admin_reply(b, n);
 		if (n >= KVP_HDR_SIZE) {
 			struct kvp_frame_hdr h;
 

@@ -8,6 +8,10 @@
  *                     [--seed S] [--stop ID[,ID...]] [--json] [--logits-out FILE]
  *   kvprefix stats [--socket PATH]
  *   kvprefix ping  [--socket PATH] [--json]
+ *   kvprefix admin clear [--socket PATH] [--all | --tenant UID]
+ *   kvprefix admin evict|pin|unpin [--socket PATH] [--tenant UID]
+ *                                  (--tokens 1,2,3 | --tokens-file FILE)
+ *   kvprefix admin config [--socket PATH] [KEY[=VALUE]]
  *
  * Exit status: 0 ok, 1 the daemon answered an error or I/O failed, 2 usage (including
  * bad token input). Arguments are checked before connecting, so bad input never
@@ -42,6 +46,8 @@ static void usage_main(FILE *f)
 		"  generate   generate tokens after a prompt (a daemon that runs a model)\n"
 		"  stats      print the daemon's statistics (JSON)\n"
 		"  ping       check that the daemon answers, and show what it serves\n"
+		"  admin      clear, evict or pin cached blocks; show or set daemon options\n"
+		"             (root or the daemon's admin group)\n"
 		"\n"
 		"Run 'kvprefix COMMAND --help' for a command's options.\n"
 		"Exit status: 0 ok, 1 daemon or I/O error, 2 usage error.\n");
@@ -738,6 +744,255 @@ static int cmd_simple(int argc, char **argv)
 	return ping ? cmd_ping(sock, json) : cmd_stats(sock);
 }
 
+/* ---- admin ----------------------------------------------------------------------------- */
+
+struct admin_sub {
+	const char *name;
+	uint32_t op;
+	const char *done;   /* "evicted", "pinned", ...; NULL: print the daemon's text */
+};
+
+static const struct admin_sub admin_subs[] = {
+	{ "clear", KVP_ADMIN_CLEAR, "evicted" },
+	{ "evict", KVP_ADMIN_EVICT, "evicted" },
+	{ "pin", KVP_ADMIN_PIN, "pinned" },
+	{ "unpin", KVP_ADMIN_UNPIN, "unpinned" },
+	{ "config", KVP_ADMIN_CONFIG, NULL },
+};
+
+static void usage_admin(FILE *f)
+{
+	fprintf(f,
+		"Usage: kvprefix admin clear  [--socket PATH] [--all | --tenant UID]\n"
+		"       kvprefix admin evict  [--socket PATH] [--tenant UID]\n"
+		"                             (--tokens LIST | --tokens-file FILE)\n"
+		"       kvprefix admin pin    (the same options as evict)\n"
+		"       kvprefix admin unpin  (the same options as evict)\n"
+		"       kvprefix admin config [--socket PATH] [KEY[=VALUE]]\n"
+		"Administrative requests (protocol version 2). The daemon accepts them only from\n"
+		"root and from the members of its admin-group.\n"
+		"\n"
+		"  clear    evict every cached block that nothing pins, in this user's namespace\n"
+		"           (--tenant: UID's; --all: every namespace)\n"
+		"  evict    evict the cached blocks of a token prefix and every block cached\n"
+		"           below them, but those still pinned or shared with another prompt\n"
+		"  pin      pin the cached blocks of a token prefix until 'admin unpin' with the\n"
+		"           same tokens, or until the daemon stops (it outlives this command)\n"
+		"  unpin    undo one 'admin pin' of the same tokens\n"
+		"  config   no argument: list the daemon's options; KEY: show one;\n"
+		"           KEY=VALUE: set an option that can change while the daemon runs\n"
+		"           (several words are joined with spaces: 'KEY = VALUE' works too)\n"
+		"\n"
+		"  -s, --socket PATH       daemon socket (default: the library's default)\n"
+		"  -T, --tenant UID        act on the namespace of tenant UID (a uid, 0-%u),\n"
+		"                          with no adapter, instead of this user's\n"
+		"  -a, --all               clear: every namespace\n"
+		"  -t, --tokens LIST       token ids, comma separated: 1,2,3\n"
+		"  -f, --tokens-file FILE  token ids from FILE ('-': stdin), separated by\n"
+		"                          whitespace or commas, or a JSON array\n"
+		"  -h, --help              show this help\n",
+		UINT32_MAX);
+}
+
+/* config: the words after the options, joined with single spaces, checked as the
+ * daemon's decoder would check them. NULL after printing why. */
+static char *admin_config_text(int argc, char **argv)
+{
+	size_t len = 0;
+	char *text, *p;
+
+	for (int i = 0; i < argc; i++)
+		len += strlen(argv[i]) + 1;
+	text = malloc(len + 1);
+	if (!text) {
+		fprintf(stderr, PROG " admin config: out of memory\n");
+		return NULL;
+	}
+	p = text;
+	*p = '\0';
+	for (int i = 0; i < argc; i++)
+		p += sprintf(p, "%s%s", i ? " " : "", argv[i]);
+	if (strlen(text) > KVP_ADMIN_TEXT_MAX) {
+		fprintf(stderr, PROG " admin config: the argument is %zu bytes, at most %u are "
+			"allowed\n", strlen(text), KVP_ADMIN_TEXT_MAX);
+		free(text);
+		return NULL;
+	}
+	for (p = text; *p; p++) {
+		if ((unsigned char)*p < 0x20) {
+			fprintf(stderr, PROG " admin config: the argument contains a control "
+				"character (0x%02x)\n", (unsigned char)*p);
+			free(text);
+			return NULL;
+		}
+	}
+	return text;
+}
+
+/* Report a failed ADMIN; the two statuses a user most needs explained get a sentence. */
+static void admin_perror(const char *what, const struct kvp_client *c, int rc)
+{
+	const char *msg = kvp_client_error(c);
+
+	if (rc == KVP_EPERM)
+		fprintf(stderr, PROG " %s: not allowed: administrative requests need root or the "
+			"daemon's admin group%s%s\n", what, msg[0] ? ": " : "", msg);
+	else if (rc == KVP_EVERSION)
+		fprintf(stderr, PROG " %s: the daemon speaks only protocol version 1, which has "
+			"no administrative requests%s%s\n", what, msg[0] ? ": " : "", msg);
+	else
+		kvp_tool_perror(PROG, what, c, rc);
+}
+
+static int cmd_admin(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "tenant", required_argument, NULL, 'T' },
+		{ "all", no_argument, NULL, 'a' },
+		{ "tokens", required_argument, NULL, 't' },
+		{ "tokens-file", required_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const struct admin_sub *sub = NULL;
+	const char *sock = NULL, *list = NULL, *file = NULL;
+	struct kvp_tokvec toks = { 0 };
+	struct kvp_server_info info;
+	struct kvp_client *c = NULL;
+	uint32_t flags = 0, tenant = 0, blocks = 0;
+	char what[32], err[512], *text = NULL, *reply = NULL;
+	bool takes_tokens;
+	uint64_t v;
+	int opt, rc, ret = KVP_EXIT_USAGE;
+
+	if (argc < 2) {
+		fprintf(stderr, PROG " admin: which request? clear, evict, pin, unpin or config\n"
+			"Try '" PROG " admin --help'.\n");
+		return KVP_EXIT_USAGE;
+	}
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+	    strcmp(argv[1], "help") == 0) {
+		usage_admin(stdout);
+		return KVP_EXIT_OK;
+	}
+	for (size_t i = 0; i < sizeof(admin_subs) / sizeof(admin_subs[0]); i++)
+		if (strcmp(argv[1], admin_subs[i].name) == 0)
+			sub = &admin_subs[i];
+	if (!sub) {
+		fprintf(stderr, PROG " admin: unknown request '%s' (clear, evict, pin, unpin or "
+			"config)\nTry '" PROG " admin --help'.\n", argv[1]);
+		return KVP_EXIT_USAGE;
+	}
+	snprintf(what, sizeof(what), "admin %s", sub->name);
+	takes_tokens = sub->op == KVP_ADMIN_EVICT || sub->op == KVP_ADMIN_PIN ||
+		       sub->op == KVP_ADMIN_UNPIN;
+
+	argc--;
+	argv++;
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":s:T:at:f:h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 's': sock = optarg; break;
+		case 'T':
+			if (!kvp_tool_parse_u64(optarg, 0, UINT32_MAX, &v)) {
+				fprintf(stderr, PROG " %s: --tenant '%s': want a uid from 0 "
+					"to %u\n", what, optarg, UINT32_MAX);
+				goto out_usage;
+			}
+			flags |= KVP_ADMIN_F_TENANT;
+			tenant = (uint32_t)v;
+			break;
+		case 'a': flags |= KVP_ADMIN_F_ALL; break;
+		case 't': list = optarg; break;
+		case 'f': file = optarg; break;
+		case 'h': usage_admin(stdout); return KVP_EXIT_OK;
+		default: return bad_option(what, argv, opt);
+		}
+	}
+	if ((flags & KVP_ADMIN_F_ALL) && sub->op != KVP_ADMIN_CLEAR) {
+		fprintf(stderr, PROG " %s: --all is for 'admin clear' only\n", what);
+		goto out_usage;
+	}
+	if ((flags & KVP_ADMIN_F_ALL) && (flags & KVP_ADMIN_F_TENANT)) {
+		fprintf(stderr, PROG " %s: give --all or --tenant, not both\n", what);
+		goto out_usage;
+	}
+	if ((flags & KVP_ADMIN_F_TENANT) && sub->op == KVP_ADMIN_CONFIG) {
+		fprintf(stderr, PROG " %s: the daemon's options are not per tenant: no "
+			"--tenant\n", what);
+		goto out_usage;
+	}
+	if (!takes_tokens && (list || file)) {
+		fprintf(stderr, PROG " %s: takes no tokens\n", what);
+		goto out_usage;
+	}
+	if (takes_tokens && !list == !file) {
+		fprintf(stderr, PROG " %s: give exactly one of --tokens LIST or --tokens-file "
+			"FILE\n", what);
+		goto out_usage;
+	}
+	if (sub->op != KVP_ADMIN_CONFIG && optind < argc) {
+		fprintf(stderr, PROG " %s: unexpected argument '%s'\n", what, argv[optind]);
+		goto out_usage;
+	}
+	if (sub->op == KVP_ADMIN_CONFIG &&
+	    !(text = admin_config_text(argc - optind, argv + optind)))
+		return KVP_EXIT_USAGE;
+	if (takes_tokens) {
+		rc = list ? kvp_tool_parse_tokens(list, &toks, err, sizeof(err))
+			  : kvp_tool_read_tokens_file(file, &toks, err, sizeof(err));
+		if (rc < 0) {
+			fprintf(stderr, PROG " %s: %s\n", what, err);
+			ret = rc == KVP_EIO || rc == KVP_ENOMEM ? KVP_EXIT_FAIL : KVP_EXIT_USAGE;
+			goto out_free;
+		}
+		if (toks.n == 0) {
+			fprintf(stderr, PROG " %s: no tokens given\n", what);
+			goto out_usage;
+		}
+	}
+
+	ret = KVP_EXIT_FAIL;
+	if (kvp_tool_connect(PROG, sock, &c) < 0)
+		goto out_free;
+	kvp_client_set_timeout_ms(c, CLI_TIMEOUT_MS);
+	/* HELLO first: a daemon that speaks only version 1 is told apart without a refusal
+	 * that would close the connection. */
+	rc = kvp_client_hello(c, NULL, NULL, &info);
+	if (rc < 0) {
+		kvp_tool_perror(PROG, "hello", c, rc);
+		goto out_close;
+	}
+	rc = kvp_client_admin(c, sub->op, flags, tenant, toks.v, toks.n, text, &blocks, &reply);
+	if (rc < 0) {
+		admin_perror(what, c, rc);
+		goto out_close;
+	}
+	if (sub->done)
+		printf("%s %u block%s\n", sub->done, blocks, blocks == 1 ? "" : "s");
+	if (reply[0]) {
+		size_t len = strlen(reply);
+
+		fputs(reply, stdout);
+		if (reply[len - 1] != '\n')
+			putchar('\n');
+	}
+	ret = KVP_EXIT_OK;
+out_close:
+	kvp_client_close(c);
+out_free:
+	free(reply);
+	free(text);
+	kvp_tokvec_free(&toks);
+	return ret;
+out_usage:
+	fprintf(stderr, "Try '" PROG " admin --help'.\n");
+	ret = KVP_EXIT_USAGE;
+	goto out_free;
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd;
@@ -761,6 +1016,8 @@ int main(int argc, char **argv)
 		return cmd_generate(argc - 1, argv + 1);
 	if (strcmp(cmd, "stats") == 0 || strcmp(cmd, "ping") == 0)
 		return cmd_simple(argc - 1, argv + 1);
+	if (strcmp(cmd, "admin") == 0)
+		return cmd_admin(argc - 1, argv + 1);
 	fprintf(stderr, PROG ": unknown command '%s'\n", cmd);
 	usage_main(stderr);
 	return KVP_EXIT_USAGE;
