@@ -475,6 +475,11 @@ int kvp_cache_attach_memory(struct kvp_cache *c, size_t block_bytes)
 	return kvp_pool_attach_memory(c->pool, block_bytes);
 }
 
+int kvp_cache_attach_device(struct kvp_cache *c, size_t block_bytes)
+{
+	return kvp_pool_attach_device(c->pool, block_bytes);
+}
+
 int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
 			uint32_t n_prompt, uint32_t n_positions, struct kvp_seq *seq)
 {

@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <ini.h>
 #include <mimalloc.h>
 #include <stdarg.h>
@@ -59,6 +60,7 @@ enum opt_kind {
 	KIND_PATH,       /* const char *, kept by intern(); "" is NULL */
 	KIND_LOG_LEVEL,  /* int: enum kvp_log_level */
 	KIND_KV_DTYPE,   /* int: enum kvp_kv_dtype */
+	KIND_BACKEND,    /* int: enum kvp_daemon_backend */
 	KIND_CONFIG,     /* the rest: command line only, no field */
 	KIND_HELP,
 	KIND_VERSION,
@@ -117,6 +119,10 @@ static const struct opt_def opt_table[] = {
 	  .base = 10, .arg = "MB", .help = "KV pool size in engine mode (default 1024)" },
 	{ .name = "kv-dtype", .kind = KIND_KV_DTYPE, FIELD(kv_dtype), .arg = "f16|f32",
 	  .help = "how KV is stored (default f16)" },
+	{ .name = "backend", .kind = KIND_BACKEND, FIELD(backend), .arg = "auto|cpu|cuda",
+	  .help = "where the engine runs: cuda keeps the KV pool on the GPU;\n"
+		  "auto picks cuda when a CUDA device is present, else the\n"
+		  "cpu, and logs which (default auto)" },
 	{ .name = "threads", .kind = KIND_U32, FIELD(threads), .min = 0, .max = 1024, .base = 10,
 	  .arg = "N", .help = "compute threads of the engine (default 0: all cores)" },
 	/* limits */
@@ -145,6 +151,17 @@ static const struct opt_def opt_table[] = {
 	  .help = "uids whose connections may set a cache salt in HELLO,\n"
 		  "sharing blocks across users that choose the same salt\n"
 		  "(default '': nobody)" },
+	{ .name = "tenant-quota", .kind = KIND_U32, .flags = OPT_LIVE, FIELD(tenant_quota_pct),
+	  .min = 0, .max = 100, .base = 10, .arg = "PERCENT",
+	  .help = "most of the pool one tenant (namespace) may hold; a tenant\n"
+		  "at its quota recycles its own blocks and never evicts\n"
+		  "anyone else's (default 0: no quota)" },
+	{ .name = "admin-group", .kind = KIND_TEXT, .flags = OPT_LIVE, FIELD(admin_group),
+	  .min = 0, .max = sizeof(((struct kvp_config *)0)->admin_group) - 1, .noun = "group",
+	  .arg = "GROUP",
+	  .help = "group (name or gid) whose members may send administrative\n"
+		  "requests (clear, evict, pin, config) besides root\n"
+		  "(default '': root only)" },
 	/* operations */
 	{ .name = "metrics-listen", .kind = KIND_TEXT, FIELD(metrics_listen), .min = 0,
 	  .max = sizeof(((struct kvp_config *)0)->metrics_listen) - 1, .noun = "address",
@@ -356,6 +373,19 @@ static int opt_store(const struct opt_def *o, const char *val, struct kvp_config
 			i = KVP_KV_F32;
 		} else {
 			snprintf(why, whylen, "'%s' is not f16 or f32", val);
+			return -1;
+		}
+		memcpy(field, &i, sizeof(i));
+		break;
+	case KIND_BACKEND:
+		if (strcmp(val, "auto") == 0) {
+			i = KVP_DAEMON_BACKEND_AUTO;
+		} else if (strcmp(val, "cpu") == 0) {
+			i = KVP_DAEMON_BACKEND_CPU;
+		} else if (strcmp(val, "cuda") == 0) {
+			i = KVP_DAEMON_BACKEND_CUDA;
+		} else {
+			snprintf(why, whylen, "'%s' is not auto, cpu or cuda", val);
 			return -1;
 		}
 		memcpy(field, &i, sizeof(i));
@@ -775,6 +805,8 @@ static int finish(struct kvp_config *cfg, struct cerr *e)
 		return fail(e, CERR_OTHER,
 			    "--max-tokens %u needs frames of %llu bytes, over --max-frame-bytes %u",
 			    cfg->max_tokens, (unsigned long long)frame_need, cfg->max_frame_bytes);
+	if (cfg->admin_group[0] && kvp_config_resolve_group(cfg->admin_group, NULL) < 0)
+		return fail(e, CERR_OTHER, "--admin-group '%s': no such group", cfg->admin_group);
 	if (kvp_config_uid_listed(cfg->salt_uids, 0) < 0)
 		return fail(e, CERR_OTHER,
 			    "--salt-uids '%s' is not a comma-separated list of uids", cfg->salt_uids);
@@ -881,4 +913,123 @@ int kvp_config_uid_listed(const char *list, uint32_t uid)
 		if (*p++ != ',')
 			return -1;
 	}
+}
+
+int kvp_config_resolve_group(const char *name, gid_t *gid)
+{
+	uint32_t v;
+	struct group *g;
+
+	if (parse_u32(name, 10, 0, UINT32_MAX - 1, &v) == 0) {
+		if (gid)
+			*gid = (gid_t)v;
+		return 0;
+	}
+	g = getgrnam(name);
+	if (!g)
+		return -1;
+	if (gid)
+		*gid = g->gr_gid;
+	return 0;
+}
+
+/* The value of o in cfg as the config file would spell it. */
+static void opt_format(const struct opt_def *o, const struct kvp_config *cfg, char *buf,
+		       size_t len)
+{
+	const char *field = (const char *)cfg + o->off;
+	uint32_t u;
+	bool b;
+	int i;
+
+	switch (o->kind) {
+	case KIND_BOOL:
+		memcpy(&b, field, sizeof(b));
+		snprintf(buf, len, "%s", b ? "true" : "false");
+		break;
+	case KIND_U32:
+		memcpy(&u, field, sizeof(u));
+		snprintf(buf, len, o->base == 8 ? "0%o" : "%u", u);
+		break;
+	case KIND_TEXT:
+		snprintf(buf, len, "%s", field);
+		break;
+	case KIND_PATH: {
+		const char *p;
+
+		memcpy(&p, field, sizeof(p));
+		snprintf(buf, len, "%s", p ? p : "");
+		break;
+	}
+	case KIND_LOG_LEVEL:
+		memcpy(&i, field, sizeof(i));
+		snprintf(buf, len, "%s", kvp_log_level_name((enum kvp_log_level)i));
+		break;
+	case KIND_KV_DTYPE:
+		memcpy(&i, field, sizeof(i));
+		snprintf(buf, len, "%s", i == KVP_KV_F32 ? "f32" : "f16");
+		break;
+	case KIND_BACKEND:
+		memcpy(&i, field, sizeof(i));
+		snprintf(buf, len, "%s", i == KVP_DAEMON_BACKEND_CPU ? "cpu" :
+			 i == KVP_DAEMON_BACKEND_CUDA ? "cuda" : "auto");
+		break;
+	default:
+		buf[0] = '\0';
+		break;
+	}
+}
+
+int kvp_config_format(const struct kvp_config *cfg, const char *key, char *buf, size_t len)
+{
+	size_t used = 0;
+	bool found = false;
+
+	if (len)
+		buf[0] = '\0';
+	for (size_t i = 0; i < N_OPTS; i++) {
+		const struct opt_def *o = &opt_table[i];
+		char val[512];
+		int n;
+
+		if (!opt_has_field(o) || (key && strcmp(key, o->name) != 0))
+			continue;
+		found = true;
+		opt_format(o, cfg, val, sizeof(val));
+		n = snprintf(buf + used, used < len ? len - used : 0, "%s = %s\n", o->name, val);
+		if (n > 0)
+			used += (size_t)n;
+	}
+	if (!found)
+		return -1;
+	return used < len ? 0 : 1;
+}
+
+int kvp_config_set_live(struct kvp_config *cfg, const char *key, const char *val, char *err,
+			size_t errlen)
+{
+	const struct opt_def *o = opt_by_name(key);
+	struct kvp_config next = *cfg;
+	struct cerr e = { 0 };
+	char why[256];
+
+	if (!o || !opt_has_field(o)) {
+		snprintf(err, errlen, "%s: no such option", key);
+		return -1;
+	}
+	if (!(o->flags & OPT_LIVE)) {
+		snprintf(err, errlen, "%s needs a restart to change", key);
+		return 1;
+	}
+	if (opt_store(o, val, &next, why, sizeof(why)) < 0) {
+		snprintf(err, errlen, "%s: %s", key, why);
+		return -1;
+	}
+	/* the same checks as a whole configuration gets */
+	if (finish(&next, &e) < 0) {
+		snprintf(err, errlen, "%s", e.msg);
+		return -1;
+	}
+	*cfg = next;
+	return 0;
 }

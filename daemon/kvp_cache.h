@@ -144,6 +144,8 @@ struct kvp_seq {
 
 /* Give the pool's blocks block_bytes of host memory each (engine mode). */
 int kvp_cache_attach_memory(struct kvp_cache *c, size_t block_bytes);
+/* The same in GPU memory (the CUDA backend): block_data are device addresses. */
+int kvp_cache_attach_device(struct kvp_cache *c, size_t block_bytes);
 /* KVP_ETOOBIG (n_prompt > max_tokens), KVP_EFULL (not enough free or evictable
  * blocks: the message-worthy "pool full of pinned blocks"), KVP_ENOMEM. Nothing is
  * held after a failure. Counts as a query in the hit statistics. */

@@ -20,7 +20,8 @@
  * below 2^32) run on the merged result.
  *
  * Each option is live (SIGHUP applies it at once: log-level, idle-timeout,
- * max-connections, max-inflight, max-leases) or needs a restart (all others);
+ * max-connections, max-inflight, max-leases, salt-uids, tenant-quota, admin-group) or
+ * needs a restart (all others);
  * kvp_config_diff says which.
  *
  * Threading: the main thread only (getopt's and inih's globals). Memory: a model path
@@ -33,6 +34,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "kvp_daemon.h"
 
@@ -71,6 +73,22 @@ const char *kvp_config_key(size_t i, bool *live);
  * 1 or 0; -1 when list is malformed (anything but digits and single commas, or a value
  * of 2^32-1 or more). */
 int kvp_config_uid_listed(const char *list, uint32_t uid);
+
+/* Is name a group (a name known to the system, or a numeric gid)? 0 and *gid (may be
+ * NULL), or -1. Looks the name up (NSS): not for the event loop's hot path. */
+int kvp_config_resolve_group(const char *name, gid_t *gid);
+
+/* "key = value" lines, as the config file spells them: every option with a field when
+ * key is NULL, else that one. 0; 1 when buf was too small (cut); -1 for an unknown
+ * key. */
+int kvp_config_format(const struct kvp_config *cfg, const char *key, char *buf, size_t len);
+
+/* Set one live option in cfg from its config-file spelling, with the checks a whole
+ * configuration gets: 0; 1 when the option needs a restart (cfg unchanged); -1 for an
+ * unknown option or a bad value. err: one line. The next SIGHUP reload replaces it with
+ * what the file and flags say. */
+int kvp_config_set_live(struct kvp_config *cfg, const char *key, const char *val, char *err,
+			size_t errlen);
 
 /* The argv the daemon was started with, for kvp_config_reload on SIGHUP: main() calls
  * kvp_server_set_argv(argc, argv) before kvp_server_run; argv must outlive the server. */

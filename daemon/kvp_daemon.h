@@ -31,6 +31,16 @@ struct kvp_config {
 	char config_path[256];      /* the file read ("" when none) */
 	char metrics_listen[256];   /* "" off; "HOST:PORT" or a Unix socket path */
 	char salt_uids[256];        /* uids allowed a HELLO cache salt, "0,1000"; "" none */
+	char admin_group[64];       /* group (name or gid) allowed ADMIN besides root; "" none */
+	uint32_t tenant_quota_pct;  /* most of the pool one namespace may hold, %; 0: no quota */
+	int backend;                /* enum kvp_daemon_backend */
+};
+
+/* --backend: where the engine runs. */
+enum kvp_daemon_backend {
+	KVP_DAEMON_BACKEND_AUTO = 0,   /* CUDA when a device is present, else the CPU */
+	KVP_DAEMON_BACKEND_CPU = 1,
+	KVP_DAEMON_BACKEND_CUDA = 2,
 };
 
 /* Run the event loop until SIGINT/SIGTERM. Returns the process exit code. */

@@ -15,6 +15,8 @@ enum kvp_log_level {
 
 /* Parse "error", "warn", "info", "debug": the level, or -1. */
 int kvp_log_parse_level(const char *s);
+/* The name of a level ("info"); "info" for an out-of-range value. */
+const char *kvp_log_level_name(enum kvp_log_level level);
 void kvp_log_set_level(enum kvp_log_level level);
 int kvp_log_enabled(enum kvp_log_level level);
 void kvp_log(enum kvp_log_level level, const char *fmt, ...)

@@ -28,6 +28,11 @@ int kvp_log_parse_level(const char *s)
 	return -1;
 }
 
+const char *kvp_log_level_name(enum kvp_log_level level)
+{
+	return (unsigned)level < 4 ? level_names[level] : "info";
+}
+
 void kvp_log_set_level(enum kvp_log_level level)
 {
 	log_level = level;

@@ -43,6 +43,7 @@
 #include "kvp_cache.h"
 #include "kvp_config.h"
 #include "kvp_daemon.h"
+#include "kvp_device.h"
 #include "kvp_gen.h"
 #include "kvp_log.h"
 #include "kvp_metrics.h"
@@ -90,7 +91,9 @@ struct conn {
 	bool peer_eof;               /* client shut its side: answer what came, then close */
 	uint64_t id;                 /* lease owner id, unique for the daemon's life */
 	uid_t uid;
+	gid_t gid;                   /* primary group of the peer at connect */
 	pid_t pid;
+	uint8_t version;             /* header version of the request being answered */
 	uint32_t tenant;             /* the uid, or KVP_TENANT_SALTED after a salted HELLO */
 	struct kvp_key root;         /* namespace of this connection */
 	char adapter[KVP_NAME_MAX + 1];
@@ -104,6 +107,7 @@ struct gen_req {
 	struct kvp_gen_job job;      /* handed to the engine thread */
 	struct conn *conn;           /* NULL once the client is gone */
 	uint32_t req_id;
+	uint8_t version;             /* its header's version: every frame of it carries it */
 	uint32_t n_sent;             /* generated tokens already streamed */
 	uint32_t cached_report;      /* cached_tokens in the usage frame */
 	struct kvp_seq seq;          /* the request's blocks */
@@ -152,6 +156,11 @@ struct server {
 	struct kvp_hist ttft_hist, lookup_hist, insert_hist;
 	struct kvp_req_counts req_counts;
 	int last_error;              /* status of the last ERROR sent */
+	/* live options as applied (apply_live) */
+	uint32_t idle_applied;       /* idle timeout the connections were given */
+	bool admin_gid_ok;           /* admin-group names a group */
+	gid_t admin_gid;
+	uint64_t admin_requests;
 };
 
 static void conn_close(struct conn *c, const char *why);
@@ -173,7 +182,8 @@ static int send_frame(struct conn *c, uint8_t type, uint32_t req_id, const void 
 {
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	struct kvp_frame_hdr h = {
-		.version = KVP_PROTO_VERSION, .type = type, .req_id = req_id, .len = (uint32_t)len,
+		.version = c->version ? c->version : KVP_PROTO_VERSION, .type = type,
+		.req_id = req_id, .len = (uint32_t)len,
 	};
 	uint8_t hdr[KVP_HDR_SIZE];
 
@@ -274,6 +284,9 @@ static char *stats_json(struct server *s)
 	cJSON_AddNumberToObject(o, "inserted_blocks", (double)st.inserted_blocks);
 	cJSON_AddNumberToObject(o, "insert_full", (double)st.insert_full);
 	cJSON_AddNumberToObject(o, "evictions", (double)st.evictions);
+	cJSON_AddNumberToObject(o, "quota_evictions", (double)st.quota_evictions);
+	cJSON_AddNumberToObject(o, "quota_refusals", (double)st.quota_refusals);
+	cJSON_AddNumberToObject(o, "admin_requests", (double)s->admin_requests);
 	cJSON_AddNumberToObject(o, "blocks_total", st.pool.total);
 	cJSON_AddNumberToObject(o, "blocks_free", st.pool.free);
 	cJSON_AddNumberToObject(o, "blocks_cached", st.pool.cached);
@@ -334,7 +347,7 @@ static int handle_hello(struct conn *c, const struct kvp_frame_hdr *h, const uin
 		return rc;
 	}
 	if (m.version < 1) {
-		send_error(c, h->req_id, KVP_EVERSION, "protocol version %u: this daemon speaks 1",
+		send_error(c, h->req_id, KVP_EVERSION, "protocol version %u: this daemon speaks 1 and 2",
 			   m.version);
 		return KVP_EVERSION;
 	}
@@ -374,7 +387,8 @@ static int handle_hello(struct conn *c, const struct kvp_frame_hdr *h, const uin
 	}
 
 	r = (struct kvp_hello_reply){
-		.version = KVP_PROTO_VERSION,
+		/* the highest version both sides speak */
+		.version = m.version < KVP_PROTO_VERSION_MAX ? m.version : KVP_PROTO_VERSION_MAX,
 		.block_tokens = cfg->block_tokens,
 		.capacity_blocks = kvp_cache_capacity(c->srv->cache),
 		.max_tokens = cfg->max_tokens,
@@ -585,6 +599,15 @@ static int handle_generate(struct conn *c, const struct kvp_frame_hdr *h, const 
 	if (n_positions > mc->ctx)
 		n_positions = mc->ctx;
 	rc = kvp_cache_seq_begin(s->cache, c->root, r->job.tokens, m.n_tokens, n_positions, &r->seq);
+	if (rc == KVP_EFULL && r->seq.quota_full) {
+		send_error(c, h->req_id, rc,
+			   "tenant quota reached: this request needs %u blocks, and its namespace "
+			   "holds %zu of its quota of %u%% of the pool, pinned",
+			   (n_positions + s->cfg->block_tokens - 1) / s->cfg->block_tokens,
+			   kvp_cache_ns_blocks(s->cache, c->root), s->cfg->tenant_quota_pct);
+		gen_req_free(r);
+		return KVP_OK;
+	}
 	if (rc == KVP_EFULL) {
 		struct kvp_cache_stats st;
 		kvp_cache_get_stats(s->cache, &st);
@@ -606,6 +629,7 @@ static int handle_generate(struct conn *c, const struct kvp_frame_hdr *h, const 
 	r->ns->query_tokens += m.n_tokens;
 	r->ns->hit_tokens += (uint64_t)r->seq.matched_blocks * s->cfg->block_tokens;
 	r->req_id = h->req_id;
+	r->version = h->version;
 	r->job.n_prompt = m.n_tokens;
 	r->job.max_new = max_new;
 	r->job.ctx_limit = mc->ctx;
@@ -646,6 +670,7 @@ static void gen_req_flush(struct gen_req *r)
 	struct kvp_gen_job *j = &r->job;
 	uint8_t small[4 + 4 * 64];
 
+	c->version = r->version;   /* these frames answer that request, not the current one */
 	if (j->n_generated > r->n_sent) {
 		uint32_t n = j->n_generated - r->n_sent;
 		size_t cap = kvp_token_chunk_size(n);
@@ -741,8 +766,216 @@ static void gen_notify(void *arg)
 	event_active(s->gen_notify, EV_READ, 0);
 }
 
+/* --tenant-quota in blocks of a pool of capacity blocks (0: none; at least 1). */
+static uint32_t quota_blocks(const struct kvp_config *cfg, uint32_t capacity)
+{
+	uint64_t q = (uint64_t)capacity * cfg->tenant_quota_pct / 100;
+
+	if (cfg->tenant_quota_pct == 0)
+		return 0;
+	return q ? (uint32_t)q : 1;
+}
+
+/*
+ * Make the server follow its live options (after startup, SIGHUP or an ADMIN CONFIG):
+ * the log level, the lease limit and tenant quota of the cache, the admin group, and
+ * the idle timeout of every reading connection when it changed.
+ */
+static void apply_live(struct server *s)
+{
+	const struct kvp_config *cfg = s->cfg;
+
+	kvp_log_set_level((enum kvp_log_level)cfg->log_level);
+	kvp_cache_set_max_leases(s->cache, cfg->max_leases);
+	kvp_cache_set_tenant_quota(s->cache, quota_blocks(cfg, kvp_cache_capacity(s->cache)));
+	s->admin_gid_ok = false;
+	if (cfg->admin_group[0]) {
+		if (kvp_config_resolve_group(cfg->admin_group, &s->admin_gid) == 0)
+			s->admin_gid_ok = true;
+		else
+			kvp_warn("admin-group '%s' names no group: only root may send ADMIN",
+				 cfg->admin_group);
+	}
+	if (s->idle_applied != cfg->idle_timeout_s) {
+		struct timeval idle = { (time_t)cfg->idle_timeout_s, 0 };
+
+		s->idle_applied = cfg->idle_timeout_s;
+		for (struct conn *c = s->conns; c; c = c->next)
+			if (c->state == CONN_READING)
+				bufferevent_set_timeouts(c->bev, cfg->idle_timeout_s ? &idle : NULL,
+							 NULL);
+	}
+}
+
+/* ---- ADMIN ------------------------------------------------------------------ */
+
+/* Root, or a member (primary or supplementary group) of admin-group. */
+static bool peer_is_admin(struct conn *c)
+{
+	struct server *s = c->srv;
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+
+	if (c->uid == 0)
+		return true;
+	if (!s->admin_gid_ok)
+		return false;
+	if (c->gid == s->admin_gid)
+		return true;
+	if (getsockopt(bufferevent_getfd(c->bev), SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0)
+		return false;   /* ERANGE: over 256 groups; refuse rather than guess */
+	for (size_t i = 0; i < len / sizeof(gid_t); i++)
+		if (groups[i] == s->admin_gid)
+			return true;
+	return false;
+}
+
+/* s without its leading and trailing blanks (cut in place). */
+static char *trim_blanks(char *s)
+{
+	size_t n;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	n = strlen(s);
+	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+		s[--n] = '\0';
+	return s;
+}
+
+/* ADMIN CONFIG: "" lists every option, "key" shows one, "key = value" sets a live one.
+ * Returns 0 with the reply text in out, or a status with the reason in out. */
+static int admin_config(struct server *s, struct conn *c, const char *text, size_t n,
+			char *out, size_t cap)
+{
+	char buf[KVP_ADMIN_TEXT_MAX + 1], *key, *val = NULL, *eq;
+	int rc;
+
+	if (n > KVP_ADMIN_TEXT_MAX)
+		n = KVP_ADMIN_TEXT_MAX;   /* the decoder refused longer ones already */
+	memcpy(buf, text, n);
+	buf[n] = '\0';
+	eq = strchr(buf, '=');
+	if (eq) {
+		*eq = '\0';
+		val = trim_blanks(eq + 1);
+	}
+	key = trim_blanks(buf);
+	if (!*key && !eq)
+		return kvp_config_format(s->cfg, NULL, out, cap) < 0 ? KVP_EINTERNAL : KVP_OK;
+	if (!*key) {
+		snprintf(out, cap, "expected 'key' or 'key = value'");
+		return KVP_EINVAL;
+	}
+	if (!val) {
+		if (kvp_config_format(s->cfg, key, out, cap) < 0) {
+			snprintf(out, cap, "%s: no such option", key);
+			return KVP_EINVAL;
+		}
+		return KVP_OK;
+	}
+	rc = kvp_config_set_live(s->cfg, key, val, out, cap);
+	if (rc > 0)
+		return KVP_EUNSUPPORTED;
+	if (rc < 0)
+		return KVP_EINVAL;
+	apply_live(s);
+	kvp_info("admin: uid %u set %s = %s", (unsigned)c->uid, key, val);
+	(void)kvp_config_format(s->cfg, key, out, cap);
+	return KVP_OK;
+}
+
+static int handle_admin(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p)
+{
+	static const char *const op_names[] = { "?", "CLEAR", "EVICT", "PIN", "UNPIN", "CONFIG" };
+	struct server *s = c->srv;
+	struct kvp_admin_req m;
+	struct kvp_admin_reply r = { 0 };
+	struct kvp_key root = c->root;
+	char *text = NULL;
+	uint8_t *buf;
+	size_t n, cap;
+	uint32_t blocks = 0;
+	int rc = kvp_admin_req_decode(p, h->len, s->cfg->max_tokens, &m);
+
+	if (rc == KVP_EPROTO || (rc == KVP_EINVAL && (m.flags & ~KVP_ADMIN_FLAGS_KNOWN))) {
+		send_error(c, h->req_id, rc, "malformed ADMIN: %s", kvp_strerror(rc));
+		return rc;
+	}
+	if (rc) {
+		send_error(c, h->req_id, rc, "ADMIN refused: %s", kvp_strerror(rc));
+		return KVP_OK;
+	}
+	if (!peer_is_admin(c)) {
+		kvp_warn("admin: %s refused for uid %u", m.op < 6 ? op_names[m.op] : "?",
+			 (unsigned)c->uid);
+		send_error(c, h->req_id, KVP_EPERM,
+			   "administrative requests need root%s%s; this is uid %u",
+			   s->admin_gid_ok ? " or group " : "",
+			   s->admin_gid_ok ? s->cfg->admin_group : "", (unsigned)c->uid);
+		return KVP_OK;
+	}
+	s->admin_requests++;
+	if (m.flags & KVP_ADMIN_F_TENANT)
+		root = kvp_ns_root(s->ns_name, m.tenant, c->adapter);
+	if (m.n_tokens)
+		kvp_load_u32s(s->tokens, m.tokens, m.n_tokens);
+	text = srv_malloc(KVP_ADMIN_REPLY_TEXT_MAX + 1);
+	if (!text) {
+		send_error(c, h->req_id, KVP_ENOMEM, "out of memory");
+		return KVP_OK;
+	}
+	text[0] = '\0';
+	switch (m.op) {
+	case KVP_ADMIN_CLEAR:
+		blocks = (uint32_t)kvp_cache_clear(s->cache, (m.flags & KVP_ADMIN_F_ALL) ? NULL : &root);
+		break;
+	case KVP_ADMIN_EVICT:
+		rc = kvp_cache_evict_prefix(s->cache, root, s->tokens, m.n_tokens, &blocks);
+		break;
+	case KVP_ADMIN_PIN:
+		rc = kvp_cache_admin_pin(s->cache, root, s->tokens, m.n_tokens, &blocks);
+		break;
+	case KVP_ADMIN_UNPIN:
+		rc = kvp_cache_admin_unpin(s->cache, root, s->tokens, m.n_tokens, &blocks);
+		if (rc == KVP_ENOTFOUND)
+			snprintf(text, KVP_ADMIN_REPLY_TEXT_MAX, "no PIN of that prefix");
+		break;
+	case KVP_ADMIN_CONFIG:
+		rc = admin_config(s, c, m.text, m.text_len, text, KVP_ADMIN_REPLY_TEXT_MAX + 1);
+		break;
+	default:
+		rc = KVP_EINVAL;
+		snprintf(text, KVP_ADMIN_REPLY_TEXT_MAX, "unknown ADMIN op %u", m.op);
+		break;
+	}
+	if (rc) {
+		send_error(c, h->req_id, rc, "%s", text[0] ? text : kvp_strerror(rc));
+		srv_free(text);
+		return KVP_OK;
+	}
+	if (m.op != KVP_ADMIN_CONFIG)
+		kvp_info("admin: uid %u %s%s: %u blocks", (unsigned)c->uid, op_names[m.op],
+			 (m.flags & KVP_ADMIN_F_ALL) ? " (all namespaces)" : "", blocks);
+	r.op = m.op;
+	r.blocks = blocks;
+	r.text_len = (uint32_t)strnlen(text, KVP_ADMIN_REPLY_TEXT_MAX);
+	r.text = text;
+	cap = kvp_admin_reply_size(&r);
+	buf = srv_malloc(cap);
+	n = buf ? kvp_admin_reply_encode(buf, cap, &r) : 0;
+	if (n)
+		rc = send_frame(c, KVP_T_ADMIN | KVP_T_REPLY, h->req_id, buf, n);
+	else
+		send_error(c, h->req_id, KVP_ENOMEM, "out of memory");
+	srv_free(buf);
+	srv_free(text);
+	return rc;
+}
+
 static int dispatch(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p)
 {
+	c->version = h->version;
 	if (c->srv->stopping && h->type != KVP_T_STATS && h->type != KVP_T_PING &&
 	    h->type != KVP_T_RELEASE) {
 		send_error(c, h->req_id, KVP_ESHUTDOWN,
@@ -756,6 +989,7 @@ static int dispatch(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t
 	case KVP_T_RELEASE: return handle_release(c, h, p);
 	case KVP_T_STATS: return handle_stats(c, h);
 	case KVP_T_GENERATE: return handle_generate(c, h, p);
+	case KVP_T_ADMIN: return handle_admin(c, h, p);
 	case KVP_T_PING:
 		c->srv->pings++;
 		return send_frame(c, KVP_T_PING | KVP_T_REPLY, h->req_id, p, h->len);
@@ -863,6 +1097,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 		evbuffer_copyout(in, hb, sizeof(hb));
 		rc = kvp_hdr_decode(hb, sizeof(hb), s->cfg->max_frame_bytes, &h);
 		if (rc) {
+			c->version = KVP_PROTO_VERSION;   /* nothing in a bad header is trusted */
 			if (rc == KVP_ETOOBIG)
 				send_error(c, h.req_id, rc, "frame of %u bytes: over the limit of %u",
 					   h.len, s->cfg->max_frame_bytes);
@@ -872,6 +1107,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			conn_fatal(c);
 			return;
 		}
+		c->version = h.version;
 		if (!kvp_frame_is_request(h.type)) {
 			send_error(c, h.req_id, KVP_EPROTO, "frame type 0x%02x is not a request", h.type);
 			conn_fatal(c);
@@ -998,6 +1234,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	c->srv = s;
 	c->id = ++s->next_conn_id;
 	c->uid = cred.uid;
+	c->gid = cred.gid;
 	c->pid = cred.pid;
 	c->state = CONN_READING;
 	c->tenant = (uint32_t)c->uid;
@@ -1155,19 +1392,14 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 	kvp_config_diff(s->cfg, &next, reload_one, &r);
 	/* the live options take effect now; the others stay as they were */
 	s->cfg->log_level = next.log_level;
-	kvp_log_set_level((enum kvp_log_level)next.log_level);
 	s->cfg->max_connections = next.max_connections;
 	s->cfg->max_inflight = next.max_inflight;
 	s->cfg->max_leases = next.max_leases;
+	s->cfg->idle_timeout_s = next.idle_timeout_s;
+	s->cfg->tenant_quota_pct = next.tenant_quota_pct;
 	memcpy(s->cfg->salt_uids, next.salt_uids, sizeof(s->cfg->salt_uids));
-	kvp_cache_set_max_leases(s->cache, next.max_leases);
-	if (s->cfg->idle_timeout_s != next.idle_timeout_s) {
-		struct timeval idle = { (time_t)next.idle_timeout_s, 0 };
-		s->cfg->idle_timeout_s = next.idle_timeout_s;
-		for (struct conn *c = s->conns; c; c = c->next)
-			if (c->state == CONN_READING)
-				bufferevent_set_timeouts(c->bev, next.idle_timeout_s ? &idle : NULL, NULL);
-	}
+	memcpy(s->cfg->admin_group, next.admin_group, sizeof(s->cfg->admin_group));
+	apply_live(s);
 	kvp_info("reload: %d live changes applied, %d need a restart", r.live, r.restart);
 	(void)sd_notify(0, "READY=1");
 	notify_status(s);
@@ -1386,10 +1618,34 @@ static int engine_setup(struct server *s, uint32_t *capacity)
 		.max_batch = 512,
 	};
 	const struct kvp_model_config *mc;
-	char err[512];
+	char err[512], why[256], dev[200] = "";
 	uint64_t fp = 0;
 	size_t bb;
 	int rc;
+
+	/* the backend first: a missing GPU is found before a large model is read */
+	ec.backend = KVP_BACKEND_CPU;
+	if (cfg->backend != KVP_DAEMON_BACKEND_CPU) {
+		struct kvp_device_info info;
+
+		if (kvp_device_count(why, sizeof(why)) > 0 &&
+		    kvp_device_open(0, &info, err, sizeof(err)) == 0) {
+			ec.backend = KVP_BACKEND_CUDA;
+			snprintf(dev, sizeof(dev), " on CUDA device 0 (%s, sm_%d%d, %.1f GiB)",
+				 info.name, info.sm_major, info.sm_minor,
+				 (double)info.mem_total / 1073741824.0);
+		} else if (cfg->backend == KVP_DAEMON_BACKEND_CUDA) {
+			kvp_err("--backend cuda: no CUDA device found: %s",
+				kvp_device_count(why, sizeof(why)) > 0 ? err : why);
+			return -1;
+		} else {
+			kvp_info("no CUDA device found (%s): using the CPU backend", why);
+		}
+	}
+	if (ec.backend == KVP_BACKEND_CUDA && cfg->kv_dtype != KVP_KV_F16) {
+		kvp_err("--kv-dtype f32 is for the CPU backend; the CUDA backend keeps KV in f16");
+		return -1;
+	}
 
 	rc = kvp_model_load(cfg->model_path, &s->model, err, sizeof(err));
 	if (rc) {
@@ -1403,9 +1659,13 @@ static int engine_setup(struct server *s, uint32_t *capacity)
 	}
 	s->name = mc->name;
 	snprintf(s->ns_name, sizeof(s->ns_name), "%s@%016llx", mc->name, (unsigned long long)fp);
+	err[0] = '\0';
+	ec.err = err;
+	ec.errlen = sizeof(err);
 	rc = kvp_engine_create(s->model, &ec, &s->engine);
 	if (rc) {
-		kvp_err("cannot create the engine: %s", kvp_strerror(rc));
+		kvp_err("cannot create the %s engine: %s%s%s", kvp_backend_name(ec.backend),
+			kvp_strerror(rc), err[0] ? ": " : "", err);
 		return -1;
 	}
 	bb = kvp_engine_block_bytes(s->engine);
@@ -1421,10 +1681,16 @@ static int engine_setup(struct server *s, uint32_t *capacity)
 		 "%u heads (%u kv), ffn %u, context %u",
 		 mc->name, dtype_name(mc->file_type), (unsigned long long)mc->n_params, mc->vocab,
 		 mc->dim, mc->n_layers, mc->n_heads, mc->n_kv_heads, mc->ffn, mc->ctx);
-	kvp_info("KV %s: %zu bytes per token; pool %u blocks of %u tokens (%.1f MiB); %d threads",
-		 cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32", kvp_engine_token_bytes(s->engine),
-		 *capacity, cfg->block_tokens, (double)*capacity * (double)bb / 1048576.0,
-		 cfg->threads);
+	if (ec.backend == KVP_BACKEND_CUDA)
+		kvp_info("KV f16: %zu bytes per token; pool %u blocks of %u tokens (%.1f MiB); "
+			 "backend cuda%s", kvp_engine_token_bytes(s->engine), *capacity,
+			 cfg->block_tokens, (double)*capacity * (double)bb / 1048576.0, dev);
+	else
+		kvp_info("KV %s: %zu bytes per token; pool %u blocks of %u tokens (%.1f MiB); "
+			 "backend cpu, %d threads",
+			 cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32", kvp_engine_token_bytes(s->engine),
+			 *capacity, cfg->block_tokens, (double)*capacity * (double)bb / 1048576.0,
+			 cfg->threads);
 	return 0;
 }
 
@@ -1458,6 +1724,7 @@ int kvp_server_run(const struct kvp_config *cfg)
 	snprintf(s.ns_name, sizeof(s.ns_name), "%s", cfg->index_name);
 	if (cfg->model_path && engine_setup(&s, &cc.capacity_blocks) != 0)
 		goto out;
+	cc.tenant_quota = quota_blocks(cfg, cc.capacity_blocks);
 
 	rc = kvp_cache_create(&cc, &s.cache);
 	if (rc) {
@@ -1465,11 +1732,17 @@ int kvp_server_run(const struct kvp_config *cfg)
 			kvp_strerror(rc));
 		goto out;
 	}
+	s.idle_applied = live.idle_timeout_s;   /* no connection yet */
+	apply_live(&s);
 	if (s.engine) {
-		rc = kvp_cache_attach_memory(s.cache, kvp_engine_block_bytes(s.engine));
+		bool gpu = kvp_engine_backend(s.engine) == KVP_BACKEND_CUDA;
+
+		rc = gpu ? kvp_cache_attach_device(s.cache, kvp_engine_block_bytes(s.engine))
+			 : kvp_cache_attach_memory(s.cache, kvp_engine_block_bytes(s.engine));
 		if (rc) {
-			kvp_err("cannot allocate the KV pool (%u blocks of %zu bytes): %s",
-				cc.capacity_blocks, kvp_engine_block_bytes(s.engine), kvp_strerror(rc));
+			kvp_err("cannot allocate the KV pool (%u blocks of %zu bytes%s): %s",
+				cc.capacity_blocks, kvp_engine_block_bytes(s.engine),
+				gpu ? " on the GPU" : "", kvp_strerror(rc));
 			goto out;
 		}
 	}

@@ -125,7 +125,8 @@ static struct changes diff(const struct kvp_config *a, const struct kvp_config *
 static bool expected_live(const char *name)
 {
 	static const char *const live[] = { "log-level", "idle-timeout", "max-connections",
-					     "max-inflight", "max-leases", "salt-uids" };
+					     "max-inflight", "max-leases", "salt-uids",
+					     "tenant-quota", "admin-group" };
 
 	for (size_t i = 0; i < sizeof(live) / sizeof(live[0]); i++)
 		if (strcmp(live[i], name) == 0)
@@ -468,6 +469,7 @@ Test(config, diff_names_each_option_with_its_live_flag)
 		{ "threads", "1025" /* replaced below */ }, { "max-tokens", "1000" },
 		{ "max-frame-bytes", "16777216" }, { "max-connections", "10" }, { "max-leases", "10" },
 		{ "max-inflight", "2" }, { "idle-timeout", "5" }, { "salt-uids", "0,1000" },
+		{ "backend", "cpu" }, { "tenant-quota", "25" }, { "admin-group", "0" },
 		{ "metrics-listen", "127.0.0.1:9464" }, { "log-level", "debug" },
 	};
 	char *argv[] = { "kvprefixd", "--index-only", "--config", conf, NULL };

@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -838,5 +839,310 @@ Test(cli, cache_salts_share_only_within_a_salt, .timeout = 60)
 	kvp_client_close(b);
 	kvp_client_close(other);
 	kvp_client_close(plain);
+	cr_assert_eq(kvp_daemon_stop(&dd), 0);
+}
+
+/* ---- administrative requests, tenant quota, timing isolation ------------------------- */
+
+/* Let processes of other uids reach dd's socket (the directory and socket are private). */
+static void open_to_all(struct kvp_daemon *dd)
+{
+	cr_assert_eq(chmod(dd->dir, 0755), 0);
+	cr_assert_eq(chmod(dd->socket, 0666), 0);
+}
+
+/* Drop to uid 65534 with the given primary group and supplementary groups. */
+static int become(gid_t gid, const gid_t *groups, size_t n)
+{
+	if (setgroups(n, groups) != 0 || setgid(gid) != 0 || setuid(65534) != 0)
+		return -1;
+	return 0;
+}
+
+/* In a child as uid 65534: an ADMIN CLEAR and CONFIG; expect want (0 or a status);
+ * exit 0 when the outcome matched and the connection stayed usable. */
+static int admin_as(const char *sock, gid_t gid, const gid_t *groups, size_t n, int want)
+{
+	struct kvp_client *c = NULL;
+	uint32_t blocks = 99;
+	char *text = NULL;
+	int rc;
+
+	if (become(gid, groups, n) != 0)
+		return 10;
+	if (kvp_client_connect(sock, &c) != 0)
+		return 11;
+	rc = kvp_client_admin(c, KVP_ADMIN_CLEAR, 0, 0, NULL, 0, NULL, &blocks, NULL);
+	if (rc != want)
+		return 12;
+	rc = kvp_client_admin(c, KVP_ADMIN_CONFIG, 0, 0, NULL, 0, "max-leases", NULL, &text);
+	if (rc != want || (rc == 0 && strcmp(text, "max-leases = 4096\n") != 0))
+		return 13;
+	free(text);
+	if (kvp_client_ping(c, "x", 1) != 0)
+		return 14;
+	kvp_client_close(c);
+	return 0;
+}
+
+static int run_child(int (*fn)(const char *, gid_t, const gid_t *, size_t, int), const char *sock,
+		     gid_t gid, const gid_t *groups, size_t n, int want)
+{
+	pid_t pid = fork();
+	int st;
+
+	if (pid == 0)
+		_exit(fn(sock, gid, groups, n, want));
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(admin, only_root_or_the_admin_group, .timeout = 60)
+{
+	struct kvp_daemon dd;
+	const char *args[] = { "--admin-group", "65534", NULL };
+	const gid_t other = 65533, admin = 65534;
+	int rc;
+
+	if (getuid() != 0)
+		cr_skip_test("needs root to run clients as other uids and groups");
+	cr_assert_eq(kvp_daemon_start(&dd, args), 0);
+	open_to_all(&dd);
+	rc = run_child(admin_as, dd.socket, other, NULL, 0, KVP_EPERM);
+	cr_assert_eq(rc, 0, "a uid outside the admin group: check %d", rc);
+	rc = run_child(admin_as, dd.socket, admin, NULL, 0, 0);
+	cr_assert_eq(rc, 0, "primary group is the admin group: check %d", rc);
+	rc = run_child(admin_as, dd.socket, other, &admin, 1, 0);
+	cr_assert_eq(rc, 0, "a supplementary group is the admin group: check %d", rc);
+	cr_assert_eq(kvp_daemon_stop(&dd), 0);
+}
+
+Test(admin, clear_evict_pin_unpin_config, .timeout = 60)
+{
+	struct kvp_daemon dd;
+	const char *args[] = { "--block-tokens", "16", "--capacity-blocks", "64", NULL };
+	struct kvp_client *c = NULL, *o = NULL;
+	struct kvp_match m;
+	uint32_t a[64], b[64], blocks;
+	char *text = NULL;
+
+	if (getuid() != 0)
+		cr_skip_test("administrative requests need root here (no admin group set)");
+	cr_assert_eq(kvp_daemon_start(&dd, args), 0);
+	cr_assert_eq(kvp_client_connect(dd.socket, &c), 0);
+	cr_assert_eq(kvp_client_connect(dd.socket, &o), 0);
+	fill(a, 64, 31);
+	fill(b, 64, 32);
+	cr_assert_eq(kvp_client_insert(c, a, 64, 0, &m), 0);
+	cr_assert_eq(kvp_client_insert(c, b, 64, 0, &m), 0);
+
+	/* PIN a's first two blocks: they survive a CLEAR and the pinning connection */
+	cr_assert_eq(kvp_client_admin(o, KVP_ADMIN_PIN, 0, 0, a, 32, NULL, &blocks, NULL), 0);
+	cr_assert_eq(blocks, 2);
+	kvp_client_close(o);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CLEAR, 0, 0, NULL, 0, NULL, &blocks, NULL), 0);
+	cr_assert_eq(blocks, 6, "a's last 2 and b's 4 go, the 2 pinned stay");
+	cr_assert_eq(kvp_client_lookup(c, a, 64, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 32);
+	cr_assert_eq(stat_of(c, "blocks_pinned"), 2);
+
+	/* UNPIN, then EVICT the prefix; UNPIN again finds nothing */
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_UNPIN, 0, 0, a, 32, NULL, &blocks, NULL), 0);
+	cr_assert_eq(blocks, 2);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_UNPIN, 0, 0, a, 32, NULL, &blocks, NULL),
+		     KVP_ENOTFOUND);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_EVICT, 0, 0, a, 16, NULL, &blocks, NULL), 0);
+	cr_assert_eq(blocks, 2);
+	cr_assert_eq(stat_of(c, "tree_nodes"), 0);
+
+	/* another tenant's namespace by uid, and CLEAR of every namespace */
+	cr_assert_eq(kvp_client_insert(c, b, 64, 0, &m), 0);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CLEAR, KVP_ADMIN_F_TENANT, 12345, NULL, 0, NULL,
+				      &blocks, NULL), 0);
+	cr_assert_eq(blocks, 0, "uid 12345 has nothing cached");
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CLEAR, KVP_ADMIN_F_TENANT, 0, NULL, 0, NULL,
+				      &blocks, NULL), 0);
+	cr_assert_eq(blocks, 4, "root's own namespace named by uid");
+	cr_assert_eq(kvp_client_insert(c, b, 64, 0, &m), 0);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CLEAR, KVP_ADMIN_F_ALL, 0, NULL, 0, NULL,
+				      &blocks, NULL), 0);
+	cr_assert_eq(blocks, 4);
+
+	/* CONFIG: list, show, set a live option, refuse a restart-only one and bad values */
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CONFIG, 0, 0, NULL, 0, NULL, NULL, &text), 0);
+	cr_assert(strstr(text, "block-tokens = 16\n") && strstr(text, "tenant-quota = 0\n"),
+		  "%s", text);
+	free(text);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CONFIG, 0, 0, NULL, 0, " tenant-quota = 50 ",
+				      NULL, &text), 0);
+	cr_assert_str_eq(text, "tenant-quota = 50\n");
+	free(text);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CONFIG, 0, 0, NULL, 0, "block-tokens=8", NULL,
+				      &text), KVP_EUNSUPPORTED);
+	cr_assert(strstr(kvp_client_error(c), "restart"), "%s", kvp_client_error(c));
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CONFIG, 0, 0, NULL, 0, "tenant-quota=101", NULL,
+				      &text), KVP_EINVAL);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CONFIG, 0, 0, NULL, 0, "no-such", NULL, &text),
+		     KVP_EINVAL);
+	cr_assert_eq(kvp_client_ping(c, "still", 5), 0);
+	kvp_client_close(c);
+	cr_assert_eq(kvp_daemon_stop(&dd), 0);
+}
+
+/* In a child as nobody: insert n distinct 1-block prompts (16 tokens each). */
+static int flood_as(const char *sock, gid_t gid, const gid_t *groups, size_t n, int want)
+{
+	struct kvp_client *c = NULL;
+	struct kvp_match m;
+	uint32_t t[16];
+
+	if (become(gid, groups, 0) != 0 || kvp_client_connect(sock, &c) != 0)
+		return 10;
+	for (int k = 0; k < want; k++) {
+		fill(t, 16, 1000 + (uint32_t)k);
+		if (kvp_client_insert(c, t, 16, 0, &m) != 0 || m.new_blocks != 1)
+			return 11;
+	}
+	kvp_client_close(c);
+	return 0;
+}
+
+/* root caches 20 blocks, nobody inserts 300: how many of root's are left? */
+static double flood_run(const char *quota, double *nobody_blocks)
+{
+	struct kvp_daemon dd;
+	const char *args[] = { "--block-tokens", "16", "--capacity-blocks", "64",
+			       "--tenant-quota", quota, NULL };
+	struct kvp_client *c = NULL;
+	struct kvp_match m;
+	uint32_t t[320];
+	double kept;
+	int rc;
+
+	cr_assert_eq(kvp_daemon_start(&dd, args), 0);
+	open_to_all(&dd);
+	cr_assert_eq(kvp_client_connect(dd.socket, &c), 0);
+	fill(t, 320, 7);
+	cr_assert_eq(kvp_client_insert(c, t, 320, 0, &m), 0);
+	cr_assert_eq(m.new_blocks, 20);
+	rc = run_child(flood_as, dd.socket, 65534, NULL, 0, 300);
+	cr_assert_eq(rc, 0, "nobody's inserts: check %d", rc);
+	cr_assert_eq(kvp_client_lookup(c, t, 320, 0, &m), 0);
+	kept = m.matched_tokens / 16.0;
+	*nobody_blocks = stat_of(c, "tree_nodes") - kept;
+	kvp_client_close(c);
+	cr_assert_eq(kvp_daemon_stop(&dd), 0);
+	return kept;
+}
+
+Test(quota, one_tenant_cannot_evict_the_others, .timeout = 60)
+{
+	double nobody;
+
+	if (getuid() != 0)
+		cr_skip_test("needs root to run a second uid (nobody)");
+	/* 50% of 64 blocks: nobody recycles its own 32, root's 20 all stay */
+	cr_assert_eq(flood_run("50", &nobody), 20);
+	cr_assert_eq(nobody, 32);
+	/* the control, no quota: nobody's flood takes root's blocks */
+	cr_assert_lt(flood_run("0", &nobody), 20);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* Median LOOKUP round trip, in ns, of each of two prompts, measured alternately. */
+static void median_pair(struct kvp_client *c, const uint32_t *p, const uint32_t *q, size_t n,
+			double *mp, double *mq)
+{
+	enum { N = 801 };
+	static double tp[N], tq[N];
+	struct kvp_match m;
+
+	for (int i = 0; i < N; i++) {
+		for (int k = 0; k < 2; k++) {
+			struct timespec t0, t1;
+
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			cr_assert_eq(kvp_client_lookup(c, k ? q : p, n, 0, &m), 0);
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			(k ? tq : tp)[i] = (double)(t1.tv_sec - t0.tv_sec) * 1e9 +
+					   (double)(t1.tv_nsec - t0.tv_nsec);
+		}
+	}
+	qsort(tp, N, sizeof(double), cmp_double);
+	qsort(tq, N, sizeof(double), cmp_double);
+	*mp = tp[N / 2];
+	*mq = tq[N / 2];
+}
+
+/* In a child as nobody: the ratio of medians, root's cached prompt over a fresh one,
+ * written to the pipe. */
+static int timing_as(const char *sock, gid_t gid, const gid_t *groups, size_t fd, int seed)
+{
+	static uint32_t p[4096], q[4096];
+	struct kvp_client *c = NULL;
+	double mp, mq, ratio;
+
+	if (become(gid, groups, 0) != 0 || kvp_client_connect(sock, &c) != 0)
+		return 10;
+	fill(p, 4096, (uint32_t)seed);
+	fill(q, 4096, (uint32_t)seed + 1);
+	median_pair(c, p, q, 4096, &mp, &mq);
+	ratio = mp / mq;
+	if (write((int)fd, &ratio, sizeof(ratio)) != sizeof(ratio))
+		return 11;
+	kvp_client_close(c);
+	return 0;
+}
+
+/*
+ * Another uid's cached prefix costs the same as a prompt nobody has seen: namespaces
+ * share no tree node, so both lookups miss at the first block. The check is a ratio of
+ * medians over interleaved runs in one process, so machine load cancels out; and the
+ * same measurement from root, whose prompt hits 4096 one-token blocks, must tell hit
+ * from miss, which shows it could see a difference if there were one: nobody's ratio
+ * must stay nearer 1 than a quarter of root's difference.
+ */
+Test(isolation, timing_does_not_tell_another_uids_prefix, .timeout = 120)
+{
+	struct kvp_daemon dd;
+	const char *args[] = { "--block-tokens", "1", "--capacity-blocks", "16384", NULL };
+	static uint32_t p[4096], q[4096];
+	struct kvp_client *c = NULL;
+	struct kvp_match m;
+	double mp, mq, ratio = 0, bound;
+	int fds[2], rc, ok = 0;
+
+	if (getuid() != 0)
+		cr_skip_test("needs root to run a second uid (nobody)");
+	cr_assert_eq(kvp_daemon_start(&dd, args), 0);
+	open_to_all(&dd);
+	cr_assert_eq(kvp_client_connect(dd.socket, &c), 0);
+	fill(p, 4096, 4242);
+	fill(q, 4096, 4243);
+	cr_assert_eq(kvp_client_insert(c, p, 4096, 0, &m), 0);
+	cr_assert_eq(m.matched_tokens, 4096);
+	median_pair(c, p, q, 4096, &mp, &mq);
+	cr_assert_gt(mp / mq, 1.4, "root's own 4096-block hit (%.0f ns) vs a miss (%.0f ns): "
+		     "the measurement cannot tell them apart", mp, mq);
+	bound = (mp / mq - 1) / 4;
+	/* nobody (up to three tries, for a noisy machine) */
+	for (int attempt = 0; attempt < 3 && !ok; attempt++) {
+		cr_assert_eq(pipe(fds), 0);
+		rc = run_child(timing_as, dd.socket, 65534, NULL, (size_t)fds[1], 4242);
+		close(fds[1]);
+		cr_assert_eq(rc, 0, "nobody's lookups: check %d", rc);
+		cr_assert_eq(read(fds[0], &ratio, sizeof(ratio)), (ssize_t)sizeof(ratio));
+		close(fds[0]);
+		ok = ratio > 1 - bound && ratio < 1 + bound;
+	}
+	cr_assert(ok, "as nobody, root's cached prompt takes %.3fx a fresh one (allowed 1 +- %.3f; "
+		  "root's own hit takes %.2fx its miss)", ratio, bound, mp / mq);
+	kvp_client_close(c);
 	cr_assert_eq(kvp_daemon_stop(&dd), 0);
 }

@@ -555,3 +555,49 @@ Test(engine_limits, generations_in_flight_per_connection_are_bounded, .fini = st
 	cr_assert_eq(busy, 1);
 	close(fd);
 }
+
+/* ---- --backend ------------------------------------------------------------------------ */
+
+/* --backend cuda on a machine without a CUDA device: exit 1 with a message that says so
+ * (before the model is read). */
+Test(backend, cuda_without_a_device_exits_with_a_clear_message, .timeout = 60)
+{
+	char dir[64], cmd[768], out[4096];
+	int rc;
+
+	cr_assert_eq(kvp_tmpdir_make(dir, sizeof(dir), "backend"), 0);
+	snprintf(cmd, sizeof(cmd), "timeout 20 %s --model %s --backend cuda --socket %s/s.sock 2>&1",
+		 KVP_DAEMON_PATH, small_model(), dir);
+	rc = kvp_run_capture(cmd, out, sizeof(out));
+	kvp_tmpdir_remove(dir);
+	if (rc == 124 && strstr(out, "backend cuda"))
+		cr_skip_test("a CUDA device is present: kvprefixd ran on it");
+	cr_assert_eq(rc, 1, "exit %d: %s", rc, out);
+	cr_assert(strstr(out, "--backend cuda: no CUDA device found: ") != NULL, "%s", out);
+	cr_assert(strstr(out, "cannot load model") == NULL, "%s", out);
+}
+
+/* --backend auto without a device: the CPU engine, said in the log, and it generates. */
+Test(backend, auto_falls_back_to_the_cpu_and_says_so, .fini = stop, .timeout = 60)
+{
+	const char *args[] = { "--model", small_model(), "--backend", "auto", "--threads", "2",
+			       "--capacity-blocks", "256", NULL };
+	char cmd[512], log[8192];
+	struct kvp_client *c;
+	static struct run r;
+	uint32_t t[40];
+
+	cr_assert_eq(kvp_daemon_start(&d, args), 0);
+	snprintf(cmd, sizeof(cmd), "cat %s", d.log);
+	cr_assert_eq(kvp_run_capture(cmd, log, sizeof(log)), 0);
+	if (strstr(log, "backend cuda"))
+		cr_skip_test("a CUDA device is present: auto picked it");
+	cr_assert(strstr(log, "no CUDA device found (") != NULL &&
+		  strstr(log, "): using the CPU backend") != NULL, "%s", log);
+	cr_assert(strstr(log, "backend cpu, 2 threads") != NULL, "%s", log);
+	c = conn();
+	prompt(t, 40, 3);
+	cr_assert_eq(generate(c, t, 40, 4, 0, &r), 0);
+	cr_assert_eq(r.n, 4);
+	kvp_client_close(c);
+}
