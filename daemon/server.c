@@ -1625,7 +1625,9 @@ static int engine_setup(struct server *s, uint32_t *capacity)
 
 	/* the backend first: a missing GPU is found before a large model is read */
 	ec.backend = KVP_BACKEND_CPU;
-	if (cfg->backend != KVP_DAEMON_BACKEND_CPU) {
+	if (cfg->backend == KVP_DAEMON_BACKEND_AUTO && cfg->kv_dtype != KVP_KV_F16) {
+		kvp_info("--kv-dtype f32: using the CPU backend (the CUDA backend keeps KV in f16)");
+	} else if (cfg->backend != KVP_DAEMON_BACKEND_CPU) {
 		struct kvp_device_info info;
 
 		if (kvp_device_count(why, sizeof(why)) > 0 &&

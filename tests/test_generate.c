@@ -601,3 +601,18 @@ Test(backend, auto_falls_back_to_the_cpu_and_says_so, .fini = stop, .timeout = 6
 	cr_assert_eq(r.n, 4);
 	kvp_client_close(c);
 }
+
+/* --backend auto with f32 KV (which only the CPU stores) takes the CPU on any machine. */
+Test(backend, auto_with_f32_kv_takes_the_cpu, .fini = stop, .timeout = 60)
+{
+	const char *args[] = { "--model", small_model(), "--backend", "auto", "--kv-dtype", "f32",
+			       "--threads", "2", "--capacity-blocks", "256", NULL };
+	char cmd[512], log[8192];
+
+	cr_assert_eq(kvp_daemon_start(&d, args), 0);
+	snprintf(cmd, sizeof(cmd), "cat %s", d.log);
+	cr_assert_eq(kvp_run_capture(cmd, log, sizeof(log)), 0);
+	cr_assert(strstr(log, "--kv-dtype f32: using the CPU backend") != NULL, "%s", log);
+	cr_assert(strstr(log, "backend cpu, 2 threads") != NULL, "%s", log);
+	cr_assert(strstr(log, "no CUDA device") == NULL, "the device was not even probed: %s", log);
+}
