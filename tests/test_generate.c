@@ -429,6 +429,27 @@ Test(engine_limits, pool_full_of_pinned_blocks_is_a_clear_error, .fini = stop, .
 	kvp_client_close(c);
 }
 
+/* --tenant-quota: a GENERATE that needs more blocks than its tenant may hold gets a
+ * clear ERROR naming the quota; one within it runs, and so does the connection. */
+Test(engine_limits, over_the_tenant_quota_is_a_clear_error, .fini = stop, .timeout = 120)
+{
+	const char *args[] = { "--model", small_model(), "--kv-dtype", "f32", "--block-tokens", "16",
+			       "--threads", "2", "--capacity-blocks", "100", "--tenant-quota", "10",
+			       NULL };
+	struct kvp_client *c;
+	uint32_t p[200];
+	struct run r;
+
+	cr_assert_eq(kvp_daemon_start(&d, args), 0);
+	c = conn();
+	prompt(p, 200, 43);
+	cr_assert_eq(generate(c, p, 200, 4, 0, &r), KVP_EFULL, "13 blocks, quota 10");
+	cr_assert(strstr(kvp_client_error(c), "tenant quota") != NULL, "%s", kvp_client_error(c));
+	cr_assert_eq(generate(c, p, 100, 4, 0, &r), 0, "7 blocks fit the quota");
+	cr_assert_eq(stat_of(c, "quota_refusals"), 1);
+	kvp_client_close(c);
+}
+
 /* Invariant 7: the event loop never waits on compute. */
 Test(engine_limits, lookups_answered_during_a_long_prefill, .fini = stop, .timeout = 300)
 {

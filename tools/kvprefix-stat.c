@@ -358,6 +358,7 @@ static void print_table(const struct snap *cur, const struct snap *prev,
 		{ "query tokens", "query_tokens" }, { "hit tokens", "hit_tokens" },
 		{ "insert tokens", "insert_tokens" }, { "inserted blocks", "inserted_blocks" },
 		{ "insert full", "insert_full" }, { "evictions", "evictions" },
+		{ "quota evictions", "quota_evictions" }, { "quota refusals", "quota_refusals" },
 		{ "errors", "errors" },
 	};
 	const cJSON *o = cur->o;
