@@ -1486,6 +1486,37 @@ static int eng_suffix(struct eng_ctx *x, int runs, double *suffix_ms, double *co
 	return 0;
 }
 
+/* Load the bench's model and describe it in res; NULL (reported) when it cannot be
+ * loaded or its context is shorter than need_ctx positions (hint ends that message). */
+static struct kvp_model *bench_load_model(const char *path, uint32_t need_ctx, const char *hint,
+					  struct eng_inproc *res)
+{
+	struct kvp_model *m = NULL;
+	char err[512];
+
+	fprintf(stderr, "engine: loading %s\n", path);
+	if (kvp_model_load(path, &m, err, sizeof(err)) < 0) {
+		fprintf(stderr, PROG " engine: %s: %s\n", path, err);
+		return NULL;
+	}
+	snprintf(res->name, sizeof(res->name), "%s", m->cfg.name);
+	res->n_params = m->cfg.n_params;
+	res->vocab = m->cfg.vocab;
+	res->dim = m->cfg.dim;
+	res->n_layers = m->cfg.n_layers;
+	res->n_heads = m->cfg.n_heads;
+	res->n_kv_heads = m->cfg.n_kv_heads;
+	res->head_dim = m->cfg.head_dim;
+	res->ffn = m->cfg.ffn;
+	if (m->cfg.ctx < need_ctx) {
+		fprintf(stderr, PROG " engine: %s has a context of %u tokens; the bench needs %u%s\n",
+			path, m->cfg.ctx, need_ctx, hint);
+		kvp_model_free(m);
+		return NULL;
+	}
+	return m;
+}
+
 static int bench_engine_inproc(const char *model_path, int threads, enum kvp_kv_dtype dtype,
 			       uint32_t block, uint32_t max_batch, bool quick,
 			       struct eng_inproc *res)
@@ -1498,31 +1529,13 @@ static int bench_engine_inproc(const char *model_path, int threads, enum kvp_kv_
 	struct kvp_model *m = NULL;
 	struct eng_ctx x = { 0 };
 	double r512[8], p512[8], f512[8], r2048[8], rdec[8];
-	char err[512];
 	size_t bb;
 	int rc, ret = -1;
 
 	memset(res, 0, sizeof(*res));
-	fprintf(stderr, "engine: loading %s\n", model_path);
-	rc = kvp_model_load(model_path, &m, err, sizeof(err));
-	if (rc < 0) {
-		fprintf(stderr, PROG " engine: %s: %s\n", model_path, err);
+	m = bench_load_model(model_path, max_tokens + 1, "", res);
+	if (!m)
 		return -1;
-	}
-	snprintf(res->name, sizeof(res->name), "%s", m->cfg.name);
-	res->n_params = m->cfg.n_params;
-	res->vocab = m->cfg.vocab;
-	res->dim = m->cfg.dim;
-	res->n_layers = m->cfg.n_layers;
-	res->n_heads = m->cfg.n_heads;
-	res->n_kv_heads = m->cfg.n_kv_heads;
-	res->head_dim = m->cfg.head_dim;
-	res->ffn = m->cfg.ffn;
-	if (m->cfg.ctx < max_tokens + 1) {
-		fprintf(stderr, PROG " engine: %s has a context of %u tokens; the bench needs "
-			"%u\n", model_path, m->cfg.ctx, max_tokens + 1);
-		goto out;
-	}
 	rc = kvp_engine_create(m, &ec, &x.e);
 	if (rc < 0) {
 		fprintf(stderr, PROG " engine: kvp_engine_create: %s\n", kvp_strerror(rc));
@@ -1713,27 +1726,10 @@ static int bench_engine_cuda(const char *model_path, uint32_t block, uint32_t ma
 	fprintf(stderr, "engine: CUDA device 0: %s (sm_%d%d, %d SMs, %.1f GiB, f16 tensor peak "
 		"%.1f TFLOP/s)\n", res->dev.name, res->dev.sm_major, res->dev.sm_minor,
 		res->dev.sm_count, (double)res->dev.mem_total / 1073741824.0, res->dev.f16_tflops);
-	fprintf(stderr, "engine: loading %s\n", model_path);
-	rc = kvp_model_load(model_path, &m, err, sizeof(err));
-	if (rc < 0) {
-		fprintf(stderr, PROG " engine: %s: %s\n", model_path, err);
+	m = bench_load_model(model_path, max_tokens + 1, " (kvprefix-mkmodel --ctx)", a);
+	if (!m)
 		return -1;
-	}
-	snprintf(a->name, sizeof(a->name), "%s", m->cfg.name);
-	a->n_params = m->cfg.n_params;
-	a->vocab = m->cfg.vocab;
-	a->dim = m->cfg.dim;
-	a->n_layers = m->cfg.n_layers;
-	a->n_heads = m->cfg.n_heads;
-	a->n_kv_heads = m->cfg.n_kv_heads;
-	a->head_dim = m->cfg.head_dim;
-	a->ffn = m->cfg.ffn;
 	a->isa = "cuda";
-	if (m->cfg.ctx < max_tokens + 1) {
-		fprintf(stderr, PROG " engine: %s has a context of %u tokens; --backend cuda needs "
-			"%u (kvprefix-mkmodel --ctx)\n", model_path, m->cfg.ctx, max_tokens + 1);
-		goto out;
-	}
 	err[0] = '\0';
 	rc = kvp_engine_create(m, &ec, &x.e);
 	if (rc < 0) {
