@@ -61,7 +61,7 @@ int kvp_pool_evict(struct kvp_pool *p, uint32_t id);
  * (already attached, or capacity x block_bytes overflows). Index-only pools have none. */
 int kvp_pool_attach_memory(struct kvp_pool *p, size_t block_bytes);
 /* The same on the GPU (store/pool_device.c): one device allocation of capacity x
- * block_bytes, block i at base + i * block_bytes as on the host, and a page-locked
+ * block_bytes (zeroed), block i at base + i * block_bytes as on the host, and a page-locked
  * staging buffer of one block for kvp_pool_block_read/write. KVP_EUNSUPPORTED (built
  * without CUDA), KVP_ENOMEM (device memory), KVP_EINVAL as above. */
 int kvp_pool_attach_device(struct kvp_pool *p, size_t block_bytes);

@@ -34,6 +34,10 @@ int kvp_pool_attach_device(struct kvp_pool *p, size_t block_bytes)
 	dev = kvp_device_alloc(total);
 	if (!dev)
 		return KVP_ENOMEM;
+	/* zeroed, as a host pool's fresh pages are: a block reads back the same way from
+	 * either kind before anything is written to it */
+	if (kvp_device_memset(dev, 0, total))
+		goto out_free_dev;
 	staging = kvp_device_host_alloc(block_bytes);
 	if (!staging)
 		goto out_free_dev;

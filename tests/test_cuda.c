@@ -492,6 +492,11 @@ Test(pool, device_blocks_in_and_out)
 			     "block %u at base + id * block_bytes", id[i]);
 	}
 	cr_assert_null(kvp_pool_block_data(p, cap));
+	/* a fresh device pool reads back zeroed, as a host pool does */
+	memset(out, 0xAB, bb);
+	cr_assert_eq(kvp_pool_block_read(p, id[cap - 1], out), 0, "%s", kvp_device_last_error());
+	for (size_t b = 0; b < bb; b++)
+		cr_assert_eq(out[b], 0, "fresh block byte %zu is %u", b, out[b]);
 	/* each block its own pattern; then read all back */
 	for (uint32_t i = 0; i < cap; i++) {
 		memset(in, (int)(0x10 + i), bb);
