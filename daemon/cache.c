@@ -12,6 +12,10 @@
  *
  * Insert keeps one temporary pin on the node it is extending, so the eviction that
  * makes room for the next block can never take the path being built.
+ *
+ * A running sequence holds pool blocks that are in no tree node yet. Each namespace
+ * with a sequence running has a tally of them (struct kvp_cache_ns, on a list), so
+ * that the tenant quota counts them, whichever sequence took them.
  */
 #include "kvp_cache.h"
 
@@ -34,6 +38,14 @@ struct owner {
 	uint32_t n_leases;
 };
 
+/* A namespace with sequences running: the blocks they hold outside the tree. */
+struct kvp_cache_ns {
+	struct kvp_key root;
+	struct kvp_cache_ns *next;
+	uint32_t seqs;                    /* running sequences */
+	uint32_t blocks;                  /* their blocks not cached yet */
+};
+
 struct kvp_cache {
 	struct kvp_cache_config cfg;
 	struct kvp_tree *tree;
@@ -44,6 +56,7 @@ struct kvp_cache {
 	struct owner **owners;            /* (n_buckets) chained by hnext */
 	size_t n_buckets;
 	size_t n_owners;
+	struct kvp_cache_ns *running;     /* namespaces with a sequence running */
 	uint64_t next_lease;
 	struct kvp_cache_stats st;
 };
@@ -107,6 +120,10 @@ void kvp_cache_destroy(struct kvp_cache *c)
 			free(o);
 			o = on;
 		}
+	}
+	for (struct kvp_cache_ns *r = c->running, *rn; r; r = rn) {
+		rn = r->next;
+		free(r);
 	}
 	free(c->owners);
 	free(c->path);
@@ -363,20 +380,70 @@ int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 	return KVP_OK;
 }
 
+/* The running tally of namespace root, or NULL when no sequence of it runs. */
+static struct kvp_cache_ns *running_find(const struct kvp_cache *c, struct kvp_key root)
+{
+	struct kvp_cache_ns *r = c->running;
+
+	while (r && !kvp_key_eq(r->root, root))
+		r = r->next;
+	return r;
+}
+
+/* One more sequence of namespace root: its tally, created if new; NULL when out of
+ * memory. */
+static struct kvp_cache_ns *running_get(struct kvp_cache *c, struct kvp_key root)
+{
+	struct kvp_cache_ns *r = running_find(c, root);
+
+	if (!r) {
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			return NULL;
+		r->root = root;
+		r->next = c->running;
+		c->running = r;
+	}
+	r->seqs++;
+	return r;
+}
+
+/* A sequence of r's namespace is over, its blocks cached or freed. */
+static void running_put(struct kvp_cache *c, struct kvp_cache_ns *r, uint32_t blocks)
+{
+	struct kvp_cache_ns **pp = &c->running;
+
+	assert(r->seqs > 0 && r->blocks >= blocks);
+	r->blocks -= blocks;
+	if (--r->seqs > 0)
+		return;
+	while (*pp != r)
+		pp = &(*pp)->next;
+	*pp = r->next;
+	free(r);
+}
+
 /*
  * A free pool block for namespace root, which already holds `pending` more blocks
- * than its tree nodes (taken by this call, not cached yet). Under the tenant quota: a
- * free block, else the least recently used unpinned leaf of anyone. At the quota: the
- * namespace's own least recently used leaf, or KVP_EFULL with *quota set when it has
- * none it may give up; it never takes a block of another namespace then.
+ * than its tree nodes (taken by running sequences, not cached yet). Under the tenant
+ * quota: a free block, else the least recently used unpinned leaf of anyone. At the
+ * quota: the namespace's own least recently used leaf (two while it is over a lowered
+ * quota, so that it shrinks back), or KVP_EFULL with *quota set when it has none it
+ * may give up; it never takes a block of another namespace then.
  */
 static int take_block(struct kvp_cache *c, struct kvp_key root, uint32_t pending, uint32_t *id,
 		      bool *quota)
 {
 	uint32_t victim;
+	size_t held;
 
 	if (c->cfg.tenant_quota &&
-	    kvp_tree_ns_size(c->tree, root) + pending >= c->cfg.tenant_quota) {
+	    (held = kvp_tree_ns_size(c->tree, root) + pending) >= c->cfg.tenant_quota) {
+		if (held > c->cfg.tenant_quota && kvp_tree_evict_ns(c->tree, root, &victim) == 0) {
+			(void)kvp_pool_evict(c->pool, victim);
+			c->st.evictions++;
+			c->st.quota_evictions++;
+		}
 		if (kvp_tree_evict_ns(c->tree, root, &victim)) {
 			c->st.quota_refusals++;
 			*quota = true;
@@ -406,6 +473,7 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 	struct owner *o = NULL;
 	struct lease *l = NULL;
 	struct kvp_key key = root;
+	const struct kvp_cache_ns *r = NULL;
 	size_t m, k;
 	int rc = KVP_OK;
 
@@ -421,6 +489,8 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 	}
 
 	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
+	if (c->cfg.tenant_quota)
+		r = running_find(c, root);
 	if (m > 0) {
 		parent = c->path[m - 1];
 		key = kvp_tree_node_key(parent);
@@ -432,7 +502,7 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 		int irc;
 
 		key = kvp_block_key(key, blk, b);
-		if (take_block(c, root, 0, &id, &res->quota_full)) {
+		if (take_block(c, root, r ? r->blocks : 0, &id, &res->quota_full)) {
 			res->pool_full = true;
 			c->st.insert_full++;
 			break;
@@ -485,6 +555,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 {
 	const uint32_t b = c->cfg.block_tokens;
 	uint32_t need, m, got = 0;
+	struct kvp_cache_ns *r;
 	bool quota = false;
 	int rc = KVP_ENOMEM;
 
@@ -499,6 +570,9 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 	seq->nodes = malloc((size_t)(need ? need : 1) * sizeof(*seq->nodes));
 	if (!seq->block_ids || !seq->block_data || !seq->nodes)
 		goto out_free;
+	r = running_get(c, root);
+	if (!r)
+		goto out_free;
 
 	m = (uint32_t)kvp_tree_match(c->tree, root, tokens, n_prompt, c->path, c->path_cap);
 	for (uint32_t i = 0; i < m; i++) {
@@ -506,14 +580,24 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 		seq->block_ids[i] = kvp_tree_node_block(c->path[i]);
 		pin_node(c, c->path[i]);
 	}
-	for (got = m; got < need; got++)
-		if (take_block(c, root, got - m, &seq->block_ids[got], &quota))
-			break;
+	if (c->cfg.tenant_quota && need > c->cfg.tenant_quota) {
+		/* it could never run: keep what the namespace has cached */
+		c->st.quota_refusals++;
+		quota = true;
+		got = m;
+	} else {
+		for (got = m; got < need; got++) {
+			if (take_block(c, root, r->blocks, &seq->block_ids[got], &quota))
+				break;
+			r->blocks++;
+		}
+	}
 	if (got < need) {
 		for (uint32_t i = m; i < got; i++)
 			(void)kvp_pool_put(c->pool, seq->block_ids[i]);
 		for (uint32_t i = m; i-- > 0;)
 			unpin_node(c, seq->nodes[i]);
+		running_put(c, r, got - m);
 		c->st.insert_full++;
 		rc = KVP_EFULL;
 		goto out_free;
@@ -521,6 +605,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 	for (uint32_t i = 0; i < need; i++)
 		seq->block_data[i] = kvp_pool_block_data(c->pool, seq->block_ids[i]);
 	seq->root = root;
+	seq->ns = r;
 	seq->n_blocks = need;
 	seq->matched_blocks = m;
 	c->st.generations++;
@@ -546,6 +631,7 @@ void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t 
 	struct kvp_tree_node *parent = i ? seq->nodes[i - 1] : NULL;
 	struct kvp_key key = parent ? kvp_tree_node_key(parent) : seq->root;
 
+	assert(seq->ns);
 	if (full > seq->n_blocks)
 		full = seq->n_blocks;
 	for (; i < full; i++) {
@@ -571,6 +657,7 @@ void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t 
 			(void)kvp_pool_put(c->pool, seq->block_ids[i]);
 	for (uint32_t j = seq->matched_blocks; j-- > 0;)
 		unpin_node(c, seq->nodes[j]);
+	running_put(c, seq->ns, seq->n_blocks - seq->matched_blocks);
 	free(seq->block_ids);
 	free(seq->block_data);
 	free(seq->nodes);

@@ -84,8 +84,11 @@ void kvp_cache_set_max_leases(struct kvp_cache *c, uint32_t max_leases);
  * under its quota takes free blocks, then evicts anyone's least recently used; at its
  * quota it only recycles its own, so however much one tenant asks for it never holds
  * more than the quota, and the others keep capacity - quota blocks between them. A
- * sequence's blocks count while it runs. Applies from the next allocation on; a
- * namespace already over a lowered quota shrinks as it allocates.
+ * sequence's blocks count while it runs, those of every sequence of the namespace
+ * together, and a sequence that needs more blocks than the quota is refused before the
+ * namespace gives up any. Applies from the next allocation on; a namespace already
+ * over a lowered quota gives up two of its own blocks for each one it takes until it
+ * is down to the quota.
  */
 void kvp_cache_set_tenant_quota(struct kvp_cache *c, uint32_t blocks);
 /* Blocks cached in namespace root. */
@@ -132,8 +135,11 @@ size_t kvp_cache_release_owner(struct kvp_cache *c, uint64_t owner);
  * other block. A sequence is owned by its request, never by a connection, so a
  * client that goes away cannot free blocks an engine is still writing.
  */
+struct kvp_cache_ns;
+
 struct kvp_seq {
 	struct kvp_key root;
+	struct kvp_cache_ns *ns;      /* its namespace's tally of running sequences */
 	uint32_t n_blocks;            /* blocks held: cover n_positions */
 	uint32_t matched_blocks;      /* leading blocks from the cache (pinned, read-only) */
 	uint32_t *block_ids;          /* (n_blocks) */

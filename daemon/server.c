@@ -813,8 +813,11 @@ static void apply_live(struct server *s)
 static bool peer_is_admin(struct conn *c)
 {
 	struct server *s = c->srv;
-	gid_t groups[256];
-	socklen_t len = sizeof(groups);
+	int fd = bufferevent_getfd(c->bev);
+	gid_t small[64], *groups = small;
+	socklen_t len = sizeof(small);
+	bool found = false;
+	int rc;
 
 	if (c->uid == 0)
 		return true;
@@ -822,12 +825,19 @@ static bool peer_is_admin(struct conn *c)
 		return false;
 	if (c->gid == s->admin_gid)
 		return true;
-	if (getsockopt(bufferevent_getfd(c->bev), SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0)
-		return false;   /* ERANGE: over 256 groups; refuse rather than guess */
-	for (size_t i = 0; i < len / sizeof(gid_t); i++)
-		if (groups[i] == s->admin_gid)
-			return true;
-	return false;
+	rc = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+	if (rc != 0 && errno == ERANGE && len > sizeof(small)) {
+		/* more groups than fit: the kernel said how many bytes they take */
+		groups = srv_malloc(len);
+		if (!groups)
+			return false;
+		rc = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+	}
+	for (size_t i = 0; rc == 0 && i < len / sizeof(gid_t) && !found; i++)
+		found = groups[i] == s->admin_gid;
+	if (groups != small)
+		srv_free(groups);
+	return found;
 }
 
 /* s without its leading and trailing blanks (cut in place). */
@@ -1637,11 +1647,12 @@ static int engine_setup(struct server *s, uint32_t *capacity)
 				 info.name, info.sm_major, info.sm_minor,
 				 (double)info.mem_total / 1073741824.0);
 		} else if (cfg->backend == KVP_DAEMON_BACKEND_CUDA) {
-			kvp_err("--backend cuda: no CUDA device found: %s",
-				kvp_device_count(why, sizeof(why)) > 0 ? err : why);
+			kvp_err("--backend cuda: no CUDA device found: %s", why[0] ? why : err);
 			return -1;
 		} else {
-			kvp_info("no CUDA device found (%s): using the CPU backend", why);
+			/* why is empty when a device is there but did not open: err says why */
+			kvp_info("no CUDA device found (%s): using the CPU backend",
+				 why[0] ? why : err);
 		}
 	}
 	if (ec.backend == KVP_BACKEND_CUDA && cfg->kv_dtype != KVP_KV_F16) {

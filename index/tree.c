@@ -242,10 +242,14 @@ static inline uint64_t link_tick(const struct kvp_link *l, size_t off)
  * offset off in the node): after every node with a tick <= tick, before every node
  * with a greater one. The two ends are checked first (the usual cases: a leaf just
  * used goes last, a parent uncovered by an eviction goes first); otherwise the list is
- * scanned from the end whose tick is nearer.
+ * walked from whichever is nearest by tick: either end, or hint (a link of the list,
+ * or head for none). A parent uncovered by evicting its child gets the link that
+ * followed the child as hint: the child may have sat anywhere in the list (a
+ * namespace's own least recently used leaf is in the middle of the tree's LRU), and
+ * the parent's tick is usually close to the child's.
  */
 static void list_insert_ordered(struct kvp_link *head, struct kvp_link *l, uint64_t tick,
-				size_t off)
+				size_t off, struct kvp_link *hint)
 {
 	uint64_t first, last;
 
@@ -257,7 +261,23 @@ static void list_insert_ordered(struct kvp_link *head, struct kvp_link *l, uint6
 	last = link_tick(head->prev, off);
 	if (tick < first) {
 		link_between(l, head, head->next);
-	} else if (tick - first < last - tick) {
+		return;
+	}
+	if (hint && hint != head) {
+		uint64_t at = link_tick(hint, off), d = at > tick ? at - tick : tick - at;
+
+		if (d < tick - first && d < last - tick) {
+			struct kvp_link *x = hint;
+
+			while (x->prev != head && link_tick(x->prev, off) > tick)
+				x = x->prev;
+			while (x != head && link_tick(x, off) <= tick)
+				x = x->next;
+			link_between(l, x->prev, x);
+			return;
+		}
+	}
+	if (tick - first < last - tick) {
 		struct kvp_link *x = head->next;
 
 		while (x != head && link_tick(x, off) <= tick)
@@ -272,13 +292,21 @@ static void list_insert_ordered(struct kvp_link *head, struct kvp_link *l, uint6
 	}
 }
 
-/* n just became evictable: onto the tree's LRU and its namespace's, by tick. */
-static void lru_insert_ordered(struct kvp_tree *t, struct kvp_tree_node *n)
+/* n just became evictable: onto the tree's LRU and its namespace's, by tick, with the
+ * links hint and nhint of those lists as places to start from (NULL: none). */
+static void lru_insert_near(struct kvp_tree *t, struct kvp_tree_node *n, struct kvp_link *hint,
+			    struct kvp_link *nhint)
 {
-	list_insert_ordered(&t->lru, &n->lru, n->tick, offsetof(struct kvp_tree_node, lru));
-	list_insert_ordered(&n->ns->lru, &n->nlru, n->tick, offsetof(struct kvp_tree_node, nlru));
+	list_insert_ordered(&t->lru, &n->lru, n->tick, offsetof(struct kvp_tree_node, lru), hint);
+	list_insert_ordered(&n->ns->lru, &n->nlru, n->tick, offsetof(struct kvp_tree_node, nlru),
+			    nhint);
 	t->n_lru++;
 	n->ns->n_lru++;
+}
+
+static void lru_insert_ordered(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	lru_insert_near(t, n, NULL, NULL);
 }
 
 /* ---- namespaces ------------------------------------------------------------------ */
@@ -717,17 +745,19 @@ static struct kvp_tree_node *node_detach(struct kvp_tree *t, struct kvp_tree_nod
 	return --p->children == 0 && p->pins == 0 ? p : NULL;
 }
 
-/* Remove n, an evictable leaf; its parent goes onto the LRUs if it becomes one. */
+/* Remove n, an evictable leaf; its parent goes onto the LRUs if it becomes one, placed
+ * from where n was. */
 static uint32_t evict_leaf(struct kvp_tree *t, struct kvp_tree_node *n)
 {
 	struct kvp_tree_node *p;
+	struct kvp_link *hint = n->lru.next, *nhint = n->nlru.next;
 	uint32_t id = n->block_id;
 
 	assert(node_evictable(n));
 	lru_remove(t, n);
 	p = node_detach(t, n);
 	if (p)
-		lru_insert_ordered(t, p);
+		lru_insert_near(t, p, hint, nhint);
 	KVP_INDEX_FREE(n);
 	return id;
 }
@@ -811,7 +841,7 @@ size_t kvp_tree_evict_under(struct kvp_tree *t, struct kvp_tree_node *top,
 	 * that can go is thus reached from one of its leaves. Evicting top ends the pass
 	 * (nothing under it is left; the namespace may have gone with it).
 	 */
-	for (l = ns->lru.next; l != &ns->lru && !gone; l = next) {
+	for (l = ns->lru.next; !gone && l != &ns->lru; l = next) {
 		struct kvp_tree_node *x = node_of_nlink(l);
 
 		next = l->next;

@@ -917,6 +917,30 @@ Test(admin, only_root_or_the_admin_group, .timeout = 60)
 	cr_assert_eq(kvp_daemon_stop(&dd), 0);
 }
 
+Test(admin, admin_group_among_hundreds_of_groups, .timeout = 60)
+{
+	/* a member of many groups (directory users often are): the admin group is one of
+	 * 300 supplementary groups, more than a small fixed buffer holds */
+	struct kvp_daemon dd;
+	const char *args[] = { "--admin-group", "65534", NULL };
+	gid_t groups[300];
+	int rc;
+
+	if (getuid() != 0)
+		cr_skip_test("needs root to run clients as other uids and groups");
+	for (size_t i = 0; i < 300; i++)
+		groups[i] = (gid_t)(40000 + i);
+	groups[299] = 65534;
+	cr_assert_eq(kvp_daemon_start(&dd, args), 0);
+	open_to_all(&dd);
+	rc = run_child(admin_as, dd.socket, 65533, groups, 300, 0);
+	cr_assert_eq(rc, 0, "the admin group as the 300th supplementary group: check %d", rc);
+	groups[299] = 40299;
+	rc = run_child(admin_as, dd.socket, 65533, groups, 300, KVP_EPERM);
+	cr_assert_eq(rc, 0, "300 groups, none of them the admin group: check %d", rc);
+	cr_assert_eq(kvp_daemon_stop(&dd), 0);
+}
+
 Test(admin, clear_evict_pin_unpin_config, .timeout = 60)
 {
 	struct kvp_daemon dd;

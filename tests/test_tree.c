@@ -386,6 +386,47 @@ Test(tree, eviction_uncovers_parent_at_its_tick)
 	kvp_tree_destroy(t);
 }
 
+Test(tree, namespace_eviction_uncovers_parent_in_the_middle)
+{
+	/* A's P (then its child C, added without a lookup of P) among B's leaves: the LRU
+	 * is W0..W3 P X Y C Z V0..V5 with P off it, and P's tick lies between W3's and
+	 * X's. Evicting A's own least recently used leaf (C) uncovers P, which belongs
+	 * before X although C sat after Y. */
+	struct kvp_tree *t = new_tree(1);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL), rb = kvp_ns_root("m", 2, NULL);
+	const uint32_t p[1] = { 1 }, c[1] = { 2 };
+	const uint32_t want[14] = { 0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14 };
+	struct kvp_tree_node *path[1], *pn, *cn;
+	uint32_t id = 0, got, tok[1];
+
+	for (uint32_t i = 0; i < 4; i++) {                  /* W0..W3 = 0..3 */
+		tok[0] = 100 + i;
+		tree_put(t, rb, tok, 1, &id, path);
+	}
+	tree_put(t, ra, p, 1, &id, &pn);                     /* P = 4 */
+	for (uint32_t i = 0; i < 2; i++) {                  /* X, Y = 5, 6 */
+		tok[0] = 200 + i;
+		tree_put(t, rb, tok, 1, &id, path);
+	}
+	cr_assert_eq(kvp_tree_insert(t, ra, pn, kvp_block_key(kvp_tree_node_key(pn), c, 1), c, id++,
+				     &cn), 0);               /* C = 7 */
+	for (uint32_t i = 0; i < 7; i++) {                  /* Z, V0..V5 = 8..14 */
+		tok[0] = 300 + i;
+		tree_put(t, rb, tok, 1, &id, path);
+	}
+	check_tree(t);
+	cr_assert_eq(kvp_tree_evict_ns(t, ra, &got), 0);
+	cr_assert_eq(got, 7);
+	check_tree(t);
+	for (int i = 0; i < 14; i++) {
+		cr_assert_eq(kvp_tree_evict(t, &got), 0);
+		cr_assert_eq(got, want[i], "eviction %d: got %u want %u", i, got, want[i]);
+		check_tree(t);
+	}
+	cr_assert_eq(kvp_tree_evict(t, &got), KVP_EFULL);
+	kvp_tree_destroy(t);
+}
+
 static void collect_id(void *arg, uint32_t id)
 {
 	uint32_t *v = arg;
@@ -1566,6 +1607,95 @@ Test(cache, tenant_quota_with_own_blocks_pinned_refuses)
 	cr_assert_eq(res.new_blocks, 1);
 	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 3);
 	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}
+
+Test(cache, tenant_quota_counts_every_running_sequence)
+{
+	/* Two generations of A at once under a quota of 4: the 4 blocks the first holds
+	 * until it ends count when the second asks, so the second is refused instead of
+	 * taking B's blocks; once the first has ended, the second recycles A's own. */
+	const uint32_t b = 2;
+	struct kvp_cache *c = new_cache(b, 8, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL), rb = kvp_ns_root("m", 2, NULL);
+	uint32_t tb[8], t1[8], t2[8], ids[4];
+	struct kvp_cache_result res;
+	struct kvp_seq s1, s2;
+
+	kvp_cache_set_tenant_quota(c, 4);
+	fill_prompt(tb, 8, 2, 0);
+	cr_assert_eq(kvp_cache_insert(c, rb, tb, 8, 0, false, ids, &res), 0);
+	cr_assert_eq(res.new_blocks, 4);
+	fill_prompt(t1, 8, 1, 0);
+	fill_prompt(t2, 8, 1, 1);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, t1, 8, 8, &s1), 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, t2, 8, 8, &s2), KVP_EFULL,
+		     "A's second sequence took blocks past its quota");
+	cr_assert(s2.quota_full);
+	cr_assert_eq(cached_of(c, rb, 2, 1, 8), 4, "B's 4 blocks must stay");
+	kvp_cache_seq_end(c, &s1, t1, 8);
+	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 4);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, t2, 8, 8, &s2), 0);
+	kvp_cache_seq_end(c, &s2, t2, 8);
+	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 4);
+	cr_assert_eq(cached_of(c, rb, 2, 1, 8), 4);
+	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}
+
+Test(cache, tenant_quota_request_over_the_quota_gives_up_nothing)
+{
+	/* A sequence that needs more blocks than the whole quota can never run: it is
+	 * refused before the namespace gives up any of its cached blocks for it. */
+	const uint32_t b = 2;
+	struct kvp_cache *c = new_cache(b, 16, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL);
+	uint32_t tok[16], ids[8];
+	struct kvp_cache_result res;
+	struct kvp_cache_stats st;
+	struct kvp_seq seq;
+
+	kvp_cache_set_tenant_quota(c, 4);
+	for (uint32_t k = 0; k < 4; k++) {
+		fill_prompt(tok, b, 1, k);
+		cr_assert_eq(kvp_cache_insert(c, ra, tok, b, 0, false, ids, &res), 0);
+	}
+	fill_prompt(tok, 16, 1, 9);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, tok, 8, 10, &seq), KVP_EFULL);
+	cr_assert(seq.quota_full);
+	kvp_cache_get_stats(c, &st);
+	cr_assert_eq(st.evictions, 0, "gave up %llu blocks for a request that cannot fit",
+		     (unsigned long long)st.evictions);
+	cr_assert_eq(cached_of(c, ra, 1, 4, b), 4);
+	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}
+
+Test(cache, tenant_quota_lowered_shrinks_the_namespace)
+{
+	/* A holds 16 blocks; the quota drops to 8: each block A takes from then on costs it
+	 * two of its own until it is down to the quota, where it stays. */
+	const uint32_t b = 2;
+	struct kvp_cache *c = new_cache(b, 64, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL);
+	uint32_t tok[2], ids[1];
+	struct kvp_cache_result res;
+
+	kvp_cache_set_tenant_quota(c, 16);
+	for (uint32_t k = 0; k < 16; k++) {
+		fill_prompt(tok, b, 1, k);
+		cr_assert_eq(kvp_cache_insert(c, ra, tok, b, 0, false, ids, &res), 0);
+	}
+	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 16);
+	kvp_cache_set_tenant_quota(c, 8);
+	for (uint32_t k = 16; k < 32; k++) {
+		fill_prompt(tok, b, 1, k);
+		cr_assert_eq(kvp_cache_insert(c, ra, tok, b, 0, false, ids, &res), 0);
+		cr_assert_eq(res.new_blocks, 1);
+		cr_assert_eq(kvp_cache_ns_blocks(c, ra), k < 24 ? 31 - k : 8,
+			     "after insert %u: A holds %zu", k, kvp_cache_ns_blocks(c, ra));
+		cr_assert_eq(kvp_cache_check(c), 0);
+	}
 	kvp_cache_destroy(c);
 }
 
