@@ -13,9 +13,9 @@
  * Insert keeps one temporary pin on the node it is extending, so the eviction that
  * makes room for the next block can never take the path being built.
  *
- * A running sequence holds pool blocks that are in no tree node yet. Each namespace
- * with a sequence running has a tally of them (struct kvp_cache_ns, on a list), so
- * that the tenant quota counts them, whichever sequence took them.
+ * A running sequence holds pool blocks that are in no tree node yet. Each quota group
+ * (tenant) with a sequence running has a tally of them (struct kvp_cache_ns, on a
+ * list), so that the tenant quota counts them, whichever sequence took them.
  */
 #include "kvp_cache.h"
 
@@ -38,9 +38,9 @@ struct owner {
 	uint32_t n_leases;
 };
 
-/* A namespace with sequences running: the blocks they hold outside the tree. */
+/* A quota group with sequences running: the blocks they hold outside the tree. */
 struct kvp_cache_ns {
-	struct kvp_key root;
+	struct kvp_key root;              /* the group's key */
 	struct kvp_cache_ns *next;
 	uint32_t seqs;                    /* running sequences */
 	uint32_t blocks;                  /* their blocks not cached yet */
@@ -424,27 +424,28 @@ static void running_put(struct kvp_cache *c, struct kvp_cache_ns *r, uint32_t bl
 }
 
 /*
- * A free pool block for namespace root, which already holds `pending` more blocks
- * than its tree nodes (taken by running sequences, not cached yet). Under the tenant
- * quota: a free block, else the least recently used unpinned leaf of anyone. At the
- * quota: the namespace's own least recently used leaf (two while it is over a lowered
- * quota, so that it shrinks back), or KVP_EFULL with *quota set when it has none it
- * may give up; it never takes a block of another namespace then.
+ * A free pool block for a namespace of quota group `group` (a tenant), which already
+ * holds `pending` more blocks than its tree nodes (taken by running sequences, not
+ * cached yet). Under the tenant quota: a free block, else the least recently used
+ * unpinned leaf of anyone. At the quota: the group's own least recently used leaf
+ * (two while it is over a lowered quota, so that it shrinks back), or KVP_EFULL with
+ * *quota set when it has none it may give up; it never takes another group's block
+ * then.
  */
-static int take_block(struct kvp_cache *c, struct kvp_key root, uint32_t pending, uint32_t *id,
+static int take_block(struct kvp_cache *c, struct kvp_key group, uint32_t pending, uint32_t *id,
 		      bool *quota)
 {
 	uint32_t victim;
 	size_t held;
 
 	if (c->cfg.tenant_quota &&
-	    (held = kvp_tree_ns_size(c->tree, root) + pending) >= c->cfg.tenant_quota) {
-		if (held > c->cfg.tenant_quota && kvp_tree_evict_ns(c->tree, root, &victim) == 0) {
+	    (held = kvp_tree_group_size(c->tree, group) + pending) >= c->cfg.tenant_quota) {
+		if (held > c->cfg.tenant_quota && kvp_tree_evict_group(c->tree, group, &victim) == 0) {
 			(void)kvp_pool_evict(c->pool, victim);
 			c->st.evictions++;
 			c->st.quota_evictions++;
 		}
-		if (kvp_tree_evict_ns(c->tree, root, &victim)) {
+		if (kvp_tree_evict_group(c->tree, group, &victim)) {
 			c->st.quota_refusals++;
 			*quota = true;
 			return KVP_EFULL;
@@ -463,7 +464,8 @@ static int take_block(struct kvp_cache *c, struct kvp_key root, uint32_t pending
 	return KVP_OK;
 }
 
-int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, struct kvp_key group,
+		     const uint32_t *tokens,
 		     size_t n_tokens, uint64_t owner, bool pin, uint32_t *block_ids,
 		     struct kvp_cache_result *res)
 {
@@ -490,7 +492,7 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 
 	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
 	if (c->cfg.tenant_quota)
-		r = running_find(c, root);
+		r = running_find(c, group);
 	if (m > 0) {
 		parent = c->path[m - 1];
 		key = kvp_tree_node_key(parent);
@@ -502,12 +504,12 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 		int irc;
 
 		key = kvp_block_key(key, blk, b);
-		if (take_block(c, root, r ? r->blocks : 0, &id, &res->quota_full)) {
+		if (take_block(c, group, r ? r->blocks : 0, &id, &res->quota_full)) {
 			res->pool_full = true;
 			c->st.insert_full++;
 			break;
 		}
-		irc = kvp_tree_insert(c->tree, root, parent, key, blk, id, &node);
+		irc = kvp_tree_insert_grouped(c->tree, root, group, parent, key, blk, id, &node);
 		if (irc == KVP_EEXIST) {
 			(void)kvp_pool_put(c->pool, id);
 		} else if (irc) {
@@ -550,7 +552,8 @@ int kvp_cache_attach_device(struct kvp_cache *c, size_t block_bytes)
 	return kvp_pool_attach_device(c->pool, block_bytes);
 }
 
-int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, struct kvp_key group,
+			const uint32_t *tokens,
 			uint32_t n_prompt, uint32_t n_positions, struct kvp_seq *seq)
 {
 	const uint32_t b = c->cfg.block_tokens;
@@ -570,7 +573,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 	seq->nodes = malloc((size_t)(need ? need : 1) * sizeof(*seq->nodes));
 	if (!seq->block_ids || !seq->block_data || !seq->nodes)
 		goto out_free;
-	r = running_get(c, root);
+	r = running_get(c, group);
 	if (!r)
 		goto out_free;
 
@@ -587,7 +590,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 		got = m;
 	} else {
 		for (got = m; got < need; got++) {
-			if (take_block(c, root, r->blocks, &seq->block_ids[got], &quota))
+			if (take_block(c, group, r->blocks, &seq->block_ids[got], &quota))
 				break;
 			r->blocks++;
 		}
@@ -605,6 +608,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 	for (uint32_t i = 0; i < need; i++)
 		seq->block_data[i] = kvp_pool_block_data(c->pool, seq->block_ids[i]);
 	seq->root = root;
+	seq->group = group;
 	seq->ns = r;
 	seq->n_blocks = need;
 	seq->matched_blocks = m;
@@ -640,7 +644,8 @@ void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t 
 		int rc;
 
 		key = kvp_block_key(key, tokens + (size_t)i * b, b);
-		rc = kvp_tree_insert(c->tree, seq->root, parent, key, tokens + (size_t)i * b, id,
+		rc = kvp_tree_insert_grouped(c->tree, seq->root, seq->group, parent, key,
+					     tokens + (size_t)i * b, id,
 				     &node);
 		if (rc == KVP_EEXIST) {
 			(void)kvp_pool_put(c->pool, id);   /* cached meanwhile: keep theirs */
@@ -762,6 +767,11 @@ int kvp_cache_admin_unpin(struct kvp_cache *c, struct kvp_key root, const uint32
 size_t kvp_cache_ns_blocks(const struct kvp_cache *c, struct kvp_key root)
 {
 	return kvp_tree_ns_size(c->tree, root);
+}
+
+size_t kvp_cache_group_blocks(const struct kvp_cache *c, struct kvp_key group)
+{
+	return kvp_tree_group_size(c->tree, group);
 }
 
 void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st)

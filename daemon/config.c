@@ -153,9 +153,10 @@ static const struct opt_def opt_table[] = {
 		  "(default '': nobody)" },
 	{ .name = "tenant-quota", .kind = KIND_U32, .flags = OPT_LIVE, FIELD(tenant_quota_pct),
 	  .min = 0, .max = 100, .base = 10, .arg = "PERCENT",
-	  .help = "most of the pool one tenant (namespace) may hold; a tenant\n"
-		  "at its quota recycles its own blocks and never evicts\n"
-		  "anyone else's (default 0: no quota)" },
+	  .help = "most of the pool one tenant (a uid, or a cache salt, with\n"
+		  "all its adapters) may hold; a tenant at its quota\n"
+		  "recycles its own blocks and never evicts anyone else's\n"
+		  "(default 0: no quota)" },
 	{ .name = "admin-group", .kind = KIND_TEXT, .flags = OPT_LIVE, FIELD(admin_group),
 	  .min = 0, .max = sizeof(((struct kvp_config *)0)->admin_group) - 1, .noun = "group",
 	  .arg = "GROUP",

@@ -80,19 +80,22 @@ uint32_t kvp_cache_capacity(const struct kvp_cache *c);
 /* A new limit applies to leases taken from now on; held ones stay. 0 is ignored. */
 void kvp_cache_set_max_leases(struct kvp_cache *c, uint32_t max_leases);
 /*
- * Tenant quota: at most `blocks` cached blocks per namespace (0: none). A namespace
- * under its quota takes free blocks, then evicts anyone's least recently used; at its
- * quota it only recycles its own, so however much one tenant asks for it never holds
- * more than the quota, and the others keep capacity - quota blocks between them. A
- * sequence's blocks count while it runs, those of every sequence of the namespace
- * together, and a sequence that needs more blocks than the quota is refused before the
- * namespace gives up any. Applies from the next allocation on; a namespace already
+ * Tenant quota: at most `blocks` blocks per quota group (0: none). The group is what
+ * insert and seq_begin are given beside the namespace root: the daemon passes one per
+ * tenant, so that a tenant's adapters share its quota; a group of one namespace is the
+ * root itself. A group under its quota takes free blocks, then evicts anyone's least
+ * recently used; at its quota it only recycles its own, so however much one tenant
+ * asks for it never holds more than the quota, and the others keep capacity - quota
+ * blocks between them. Running sequences' blocks count too, those of every sequence of
+ * the group together, and a sequence that needs more blocks than the quota is refused
+ * before the group gives up any. Applies from the next allocation on; a group already
  * over a lowered quota gives up two of its own blocks for each one it takes until it
  * is down to the quota.
  */
 void kvp_cache_set_tenant_quota(struct kvp_cache *c, uint32_t blocks);
-/* Blocks cached in namespace root. */
+/* Blocks cached in namespace root; in quota group group. */
 size_t kvp_cache_ns_blocks(const struct kvp_cache *c, struct kvp_key root);
+size_t kvp_cache_group_blocks(const struct kvp_cache *c, struct kvp_key group);
 
 /*
  * Administration (ADMIN requests). clear: evict every unpinned block of namespace root,
@@ -117,7 +120,8 @@ int kvp_cache_admin_unpin(struct kvp_cache *c, struct kvp_key root, const uint32
 int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
 		     size_t n_tokens, uint64_t owner, bool pin, uint32_t *block_ids,
 		     struct kvp_cache_result *res);
-int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, struct kvp_key group,
+		     const uint32_t *tokens,
 		     size_t n_tokens, uint64_t owner, bool pin, uint32_t *block_ids,
 		     struct kvp_cache_result *res);
 /* KVP_ENOTFOUND unless the lease exists and belongs to owner. */
@@ -139,7 +143,8 @@ struct kvp_cache_ns;
 
 struct kvp_seq {
 	struct kvp_key root;
-	struct kvp_cache_ns *ns;      /* its namespace's tally of running sequences */
+	struct kvp_key group;         /* its quota group */
+	struct kvp_cache_ns *ns;      /* its group's tally of running sequences */
 	uint32_t n_blocks;            /* blocks held: cover n_positions */
 	uint32_t matched_blocks;      /* leading blocks from the cache (pinned, read-only) */
 	uint32_t *block_ids;          /* (n_blocks) */
@@ -155,7 +160,8 @@ int kvp_cache_attach_device(struct kvp_cache *c, size_t block_bytes);
 /* KVP_ETOOBIG (n_prompt > max_tokens), KVP_EFULL (not enough free or evictable
  * blocks: the message-worthy "pool full of pinned blocks"), KVP_ENOMEM. Nothing is
  * held after a failure. Counts as a query in the hit statistics. */
-int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, struct kvp_key group,
+			const uint32_t *tokens,
 			uint32_t n_prompt, uint32_t n_positions, struct kvp_seq *seq);
 void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
 		       uint32_t n_valid);

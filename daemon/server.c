@@ -96,6 +96,7 @@ struct conn {
 	uint8_t version;             /* header version of the request being answered */
 	uint32_t tenant;             /* the uid, or KVP_TENANT_SALTED after a salted HELLO */
 	struct kvp_key root;         /* namespace of this connection */
+	struct kvp_key group;        /* its tenant's quota group: the namespace without adapter */
 	char adapter[KVP_NAME_MAX + 1];
 	struct gen_req *reqs;        /* generations in flight for this connection */
 	uint32_t n_reqs;
@@ -381,9 +382,13 @@ static int handle_hello(struct conn *c, const struct kvp_frame_hdr *h, const uin
 		snprintf(joined, sizeof(joined), "%s\x1e%.*s", c->adapter, (int)m.salt_len, m.salt);
 		c->tenant = KVP_TENANT_SALTED;
 		c->root = kvp_ns_root(c->srv->ns_name, KVP_TENANT_SALTED, joined);
+		/* the salt is the tenant: its quota spans every adapter used with it */
+		snprintf(joined, sizeof(joined), "\x1e%.*s", (int)m.salt_len, m.salt);
+		c->group = kvp_ns_root(c->srv->ns_name, KVP_TENANT_SALTED, joined);
 	} else {
 		c->tenant = (uint32_t)c->uid;
 		c->root = kvp_ns_root(c->srv->ns_name, (uint32_t)c->uid, c->adapter);
+		c->group = kvp_ns_root(c->srv->ns_name, (uint32_t)c->uid, "");
 	}
 
 	r = (struct kvp_hello_reply){
@@ -434,7 +439,7 @@ static int handle_tokens(struct conn *c, const struct kvp_frame_hdr *h, const ui
 	kvp_load_u32s(s->tokens, m.tokens, m.n_tokens);
 	t0 = kvp_metrics_clock_ns();
 	if (insert)
-		rc = kvp_cache_insert(s->cache, c->root, s->tokens, m.n_tokens, c->id,
+		rc = kvp_cache_insert(s->cache, c->root, c->group, s->tokens, m.n_tokens, c->id,
 				      m.flags & KVP_F_PIN, s->block_ids, &res);
 	else
 		rc = kvp_cache_lookup(s->cache, c->root, s->tokens, m.n_tokens, c->id,
@@ -598,13 +603,14 @@ static int handle_generate(struct conn *c, const struct kvp_frame_hdr *h, const 
 	n_positions = m.n_tokens + (max_new ? max_new - 1 : 0);
 	if (n_positions > mc->ctx)
 		n_positions = mc->ctx;
-	rc = kvp_cache_seq_begin(s->cache, c->root, r->job.tokens, m.n_tokens, n_positions, &r->seq);
+	rc = kvp_cache_seq_begin(s->cache, c->root, c->group, r->job.tokens, m.n_tokens,
+				 n_positions, &r->seq);
 	if (rc == KVP_EFULL && r->seq.quota_full) {
 		send_error(c, h->req_id, rc,
-			   "tenant quota reached: this request needs %u blocks, and its namespace "
-			   "holds %zu of its quota of %u%% of the pool, pinned",
+			   "tenant quota reached: this request needs %u blocks, and its tenant "
+			   "holds %zu cached blocks; its quota is %u%% of the pool",
 			   (n_positions + s->cfg->block_tokens - 1) / s->cfg->block_tokens,
-			   kvp_cache_ns_blocks(s->cache, c->root), s->cfg->tenant_quota_pct);
+			   kvp_cache_group_blocks(s->cache, c->group), s->cfg->tenant_quota_pct);
 		gen_req_free(r);
 		return KVP_OK;
 	}
@@ -1249,6 +1255,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	c->state = CONN_READING;
 	c->tenant = (uint32_t)c->uid;
 	c->root = kvp_ns_root(s->ns_name, (uint32_t)c->uid, "");
+	c->group = c->root;
 	c->next = s->conns;
 	if (c->next)
 		c->next->pprev = &c->next;

@@ -111,7 +111,21 @@ void kvp_tree_clear(struct kvp_tree *t, void (*cb)(void *arg, uint32_t block_id)
  * of evictable nodes, so quotas and clears need no walk over other namespaces.
  */
 size_t kvp_tree_ns_size(const struct kvp_tree *t, struct kvp_key root);   /* nodes */
-size_t kvp_tree_ns_count(const struct kvp_tree *t);   /* namespaces with a node */
+size_t kvp_tree_ns_count(const struct kvp_tree *t);   /* namespace and group records */
+
+/*
+ * Groups: the unit of a quota, a set of namespaces (e.g. every adapter of one tenant).
+ * A namespace joins the group named at its first insert (kvp_tree_insert_grouped; with
+ * kvp_tree_insert a namespace is its own group) and stays in it while it has nodes.
+ * The group keeps a node count and an LRU of its namespaces' evictable nodes.
+ */
+int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_key group,
+			    struct kvp_tree_node *parent, struct kvp_key key,
+			    const uint32_t *tokens, uint32_t block_id, struct kvp_tree_node **out);
+size_t kvp_tree_group_size(const struct kvp_tree *t, struct kvp_key group);   /* nodes */
+/* kvp_tree_evict within a group: the least recently used unpinned leaf of any of its
+ * namespaces; KVP_EFULL when there is none. */
+int kvp_tree_evict_group(struct kvp_tree *t, struct kvp_key group, uint32_t *block_id);
 /* kvp_tree_evict within namespace root: its least recently used unpinned leaf. */
 int kvp_tree_evict_ns(struct kvp_tree *t, struct kvp_key root, uint32_t *block_id);
 /* kvp_tree_clear within namespace root; returns how many nodes went. */

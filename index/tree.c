@@ -109,6 +109,7 @@ struct kvp_tree_node {
 	struct kvp_link lru;            /* linked iff pins == 0 && children == 0 */
 	struct tree_ns *ns;             /* its namespace's accounting */
 	struct kvp_link nlru;           /* the namespace's own LRU: linked iff lru is */
+	struct kvp_link glru;           /* its group's LRU: linked iff lru is */
 	uint32_t children;              /* resident nodes whose parent this is */
 	uint32_t pins;
 	uint32_t block_id;
@@ -127,7 +128,14 @@ struct tree_ns {
 	size_t nodes;
 	size_t n_lru;
 	struct kvp_link lru;            /* sentinel, through node->nlru */
-	size_t scratch;                 /* kvp_tree_check's tally */
+	/* the group (quota unit) the namespace's nodes count in: a record of the same
+	 * table, keyed by the group key given at the namespace's first insert (itself
+	 * when the key is the root); NULL while the namespace has no node */
+	struct tree_ns *grp;
+	size_t gnodes;                  /* as a group: nodes of its namespaces */
+	size_t gn_lru;
+	struct kvp_link glru;           /* sentinel, through node->glru */
+	size_t scratch, gscratch;       /* kvp_tree_check's tallies */
 };
 
 struct kvp_tree {
@@ -150,6 +158,8 @@ struct kvp_tree {
 	((struct kvp_tree_node *)((char *)(l) - offsetof(struct kvp_tree_node, lru)))
 #define node_of_nlink(l) \
 	((struct kvp_tree_node *)((char *)(l) - offsetof(struct kvp_tree_node, nlru)))
+#define node_of_glink(l) \
+	((struct kvp_tree_node *)((char *)(l) - offsetof(struct kvp_tree_node, glru)))
 #define KVP_TREE_MIN_NS_BUCKETS 4u
 
 #ifdef KVP_TREE_TEST_HASH_BITS
@@ -210,8 +220,10 @@ static inline void lru_remove(struct kvp_tree *t, struct kvp_tree_node *n)
 {
 	link_unlink(&n->lru);
 	link_unlink(&n->nlru);
+	link_unlink(&n->glru);
 	t->n_lru--;
 	n->ns->n_lru--;
+	n->ns->grp->gn_lru--;
 }
 
 /* n->tick is the newest tick: append. */
@@ -219,8 +231,10 @@ static inline void lru_push_tail(struct kvp_tree *t, struct kvp_tree_node *n)
 {
 	link_between(&n->lru, t->lru.prev, &t->lru);
 	link_between(&n->nlru, n->ns->lru.prev, &n->ns->lru);
+	link_between(&n->glru, n->ns->grp->glru.prev, &n->ns->grp->glru);
 	t->n_lru++;
 	n->ns->n_lru++;
+	n->ns->grp->gn_lru++;
 }
 
 /* n (evictable, not listed) to the head of both lists: it goes next. */
@@ -228,8 +242,10 @@ static inline void lru_push_head(struct kvp_tree *t, struct kvp_tree_node *n)
 {
 	link_between(&n->lru, &t->lru, t->lru.next);
 	link_between(&n->nlru, &n->ns->lru, n->ns->lru.next);
+	link_between(&n->glru, &n->ns->grp->glru, n->ns->grp->glru.next);
 	t->n_lru++;
 	n->ns->n_lru++;
+	n->ns->grp->gn_lru++;
 }
 
 static inline uint64_t link_tick(const struct kvp_link *l, size_t off)
@@ -292,21 +308,25 @@ static void list_insert_ordered(struct kvp_link *head, struct kvp_link *l, uint6
 	}
 }
 
-/* n just became evictable: onto the tree's LRU and its namespace's, by tick, with the
- * links hint and nhint of those lists as places to start from (NULL: none). */
+/* n just became evictable: onto the tree's LRU, its namespace's and its group's, by
+ * tick, with the links hint, nhint and ghint of those lists as places to start from
+ * (NULL: none). */
 static void lru_insert_near(struct kvp_tree *t, struct kvp_tree_node *n, struct kvp_link *hint,
-			    struct kvp_link *nhint)
+			    struct kvp_link *nhint, struct kvp_link *ghint)
 {
 	list_insert_ordered(&t->lru, &n->lru, n->tick, offsetof(struct kvp_tree_node, lru), hint);
 	list_insert_ordered(&n->ns->lru, &n->nlru, n->tick, offsetof(struct kvp_tree_node, nlru),
 			    nhint);
+	list_insert_ordered(&n->ns->grp->glru, &n->glru, n->tick,
+			    offsetof(struct kvp_tree_node, glru), ghint);
 	t->n_lru++;
 	n->ns->n_lru++;
+	n->ns->grp->gn_lru++;
 }
 
 static void lru_insert_ordered(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	lru_insert_near(t, n, NULL, NULL);
+	lru_insert_near(t, n, NULL, NULL, NULL);
 }
 
 /* ---- namespaces ------------------------------------------------------------------ */
@@ -369,6 +389,7 @@ static __attribute__((noinline)) struct tree_ns *ns_get(struct kvp_tree *t, stru
 	memset(ns, 0, sizeof(*ns));
 	ns->root = root;
 	ns->lru.prev = ns->lru.next = &ns->lru;
+	ns->glru.prev = ns->glru.next = &ns->glru;
 	b = ns_bucket(t, root);
 	ns->next = t->ns_buckets[b];
 	t->ns_buckets[b] = ns;
@@ -376,20 +397,55 @@ static __attribute__((noinline)) struct tree_ns *ns_get(struct kvp_tree *t, stru
 	return ns;
 }
 
-/* Free a namespace that holds no node any more. */
+/* Free a record that holds no node any more, neither as a namespace nor as a group. */
 static void ns_drop_if_empty(struct kvp_tree *t, struct tree_ns *ns)
 {
 	struct tree_ns **pp;
 
-	if (ns->nodes)
+	if (ns->nodes || ns->gnodes)
 		return;
-	assert(ns->n_lru == 0);
+	assert(ns->n_lru == 0 && ns->gn_lru == 0 && !ns->grp);
 	pp = &t->ns_buckets[ns_bucket(t, ns->root)];
 	while (*pp != ns)
 		pp = &(*pp)->next;
 	*pp = ns->next;
 	t->n_ns--;
 	KVP_INDEX_FREE(ns);
+}
+
+/* The namespace of root for an insert at depth 0, in group (root's own when equal),
+ * both created if new; NULL when out of memory (nothing is left behind then). A
+ * namespace keeps the group it was given while it has nodes. */
+static struct tree_ns *ns_get_in_group(struct kvp_tree *t, struct kvp_key root,
+				       struct kvp_key group)
+{
+	struct tree_ns *ns = ns_get(t, root), *g;
+
+	if (!ns || ns->grp)
+		return ns;
+	g = kvp_key_eq(group, root) ? ns : ns_find(t, group);
+	if (!g) {
+		g = ns_get(t, group);
+		if (!g) {
+			ns_drop_if_empty(t, ns);
+			return NULL;
+		}
+	}
+	ns->grp = g;
+	return ns;
+}
+
+/* A namespace lost its last node: it leaves its group, and either may go. */
+static void ns_release(struct kvp_tree *t, struct tree_ns *ns)
+{
+	struct tree_ns *g = ns->grp;
+
+	if (ns->nodes)
+		return;
+	ns->grp = NULL;
+	if (g && g != ns)
+		ns_drop_if_empty(t, g);
+	ns_drop_if_empty(t, ns);
 }
 
 /* ---- hash table ------------------------------------------------------------------ */
@@ -629,7 +685,8 @@ match_loop(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens, size
 	/* Only the deepest matched node can be a leaf (the others have a matched child):
 	 * if it is on the LRU, it is now the most recently used. */
 	if (i > 0 && node_evictable(parent) &&
-	    (parent->lru.next != &t->lru || parent->nlru.next != &parent->ns->lru)) {
+	    (parent->lru.next != &t->lru || parent->nlru.next != &parent->ns->lru ||
+	     parent->glru.next != &parent->ns->grp->glru)) {
 		lru_remove(t, parent);
 		lru_push_tail(t, parent);
 	}
@@ -662,6 +719,13 @@ int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_nod
 		    struct kvp_key key, const uint32_t *tokens, uint32_t block_id,
 		    struct kvp_tree_node **out)
 {
+	return kvp_tree_insert_grouped(t, root, root, parent, key, tokens, block_id, out);
+}
+
+int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_key group,
+			    struct kvp_tree_node *parent, struct kvp_key key,
+			    const uint32_t *tokens, uint32_t block_id, struct kvp_tree_node **out)
+{
 	struct kvp_tree_node *n, **bucket;
 	struct tree_ns *ns;
 	size_t bytes = token_bytes(t);
@@ -674,12 +738,12 @@ int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_nod
 		*out = n;
 		return KVP_EEXIST;
 	}
-	ns = parent ? parent->ns : ns_get(t, root);
+	ns = parent ? parent->ns : ns_get_in_group(t, root, group);
 	if (!ns)
 		return KVP_ENOMEM;
 	n = node_new(bytes);
 	if (!n) {
-		ns_drop_if_empty(t, ns);
+		ns_release(t, ns);
 		return KVP_ENOMEM;
 	}
 
@@ -688,6 +752,7 @@ int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_nod
 	n->root = parent ? parent->root : root;
 	n->ns = ns;
 	ns->nodes++;
+	ns->grp->gnodes++;
 	n->tick = ++t->tick;
 	n->children = 0;
 	n->pins = 0;
@@ -737,8 +802,9 @@ static struct kvp_tree_node *node_detach(struct kvp_tree *t, struct kvp_tree_nod
 	table_unlink(t, n);
 	t->size--;
 	n->ns->nodes--;
+	n->ns->grp->gnodes--;
 	if (!p) {
-		ns_drop_if_empty(t, n->ns);
+		ns_release(t, n->ns);
 		return NULL;
 	}
 	assert(p->children > 0);
@@ -750,14 +816,14 @@ static struct kvp_tree_node *node_detach(struct kvp_tree *t, struct kvp_tree_nod
 static uint32_t evict_leaf(struct kvp_tree *t, struct kvp_tree_node *n)
 {
 	struct kvp_tree_node *p;
-	struct kvp_link *hint = n->lru.next, *nhint = n->nlru.next;
+	struct kvp_link *hint = n->lru.next, *nhint = n->nlru.next, *ghint = n->glru.next;
 	uint32_t id = n->block_id;
 
 	assert(node_evictable(n));
 	lru_remove(t, n);
 	p = node_detach(t, n);
 	if (p)
-		lru_insert_near(t, p, hint, nhint);
+		lru_insert_near(t, p, hint, nhint, ghint);
 	KVP_INDEX_FREE(n);
 	return id;
 }
@@ -776,6 +842,24 @@ size_t kvp_tree_ns_size(const struct kvp_tree *t, struct kvp_key root)
 	const struct tree_ns *ns = ns_find(t, root);
 
 	return ns ? ns->nodes : 0;
+}
+
+size_t kvp_tree_group_size(const struct kvp_tree *t, struct kvp_key group)
+{
+	const struct tree_ns *g = ns_find(t, group);
+
+	return g ? g->gnodes : 0;
+}
+
+int kvp_tree_evict_group(struct kvp_tree *t, struct kvp_key group, uint32_t *block_id)
+{
+	struct tree_ns *g = ns_find(t, group);
+
+	assert(block_id);
+	if (!g || g->glru.next == &g->glru)
+		return KVP_EFULL;
+	*block_id = evict_leaf(t, node_of_glink(g->glru.next));
+	return 0;
 }
 
 size_t kvp_tree_ns_count(const struct kvp_tree *t)
@@ -973,15 +1057,17 @@ int kvp_tree_check(const struct kvp_tree *t)
 	}
 	KVP_CHECK(n_evictable == t->n_lru);
 
-	/* 5. Namespaces: each node's namespace is its root's, counts add up, and each
-	 * namespace LRU holds exactly its nodes of the tree's LRU, in tick order. */
+	/* 5. Namespaces and groups: each node's namespace is its root's and has a group;
+	 * counts add up; each namespace LRU and group LRU holds exactly its nodes of the
+	 * tree's LRU, in tick order. */
 	count = 0;
 	for (size_t i = 0; i <= t->ns_mask; i++) {
 		for (const struct tree_ns *ns = t->ns_buckets[i]; ns; ns = ns->next) {
 			size_t on = 0;
 
 			KVP_CHECK(++count <= t->n_ns);
-			KVP_CHECK(ns_find(t, ns->root) == ns && ns->nodes > 0);
+			KVP_CHECK(ns_find(t, ns->root) == ns && (ns->nodes > 0 || ns->gnodes > 0));
+			KVP_CHECK((ns->grp != NULL) == (ns->nodes > 0));
 			last_tick = 0;
 			for (const struct kvp_link *l = ns->lru.next; l != &ns->lru; l = l->next) {
 				const struct kvp_tree_node *n = node_of_nlink(l);
@@ -993,23 +1079,38 @@ int kvp_tree_check(const struct kvp_tree *t)
 				last_tick = n->tick;
 			}
 			KVP_CHECK(on == ns->n_lru);
+			on = 0;
+			last_tick = 0;
+			for (const struct kvp_link *l = ns->glru.next; l != &ns->glru; l = l->next) {
+				const struct kvp_tree_node *n = node_of_glink(l);
+
+				KVP_CHECK(++on <= ns->gnodes);
+				KVP_CHECK(l->next->prev == l && l->prev->next == l);
+				KVP_CHECK(n->ns->grp == ns && n->lru.next != NULL);
+				KVP_CHECK(n->tick >= last_tick);
+				last_tick = n->tick;
+			}
+			KVP_CHECK(on == ns->gn_lru);
 		}
 	}
 	KVP_CHECK(count == t->n_ns);
 	n_evictable = 0;
 	for (size_t i = 0; i <= t->ns_mask; i++)
 		for (struct tree_ns *ns = t->ns_buckets[i]; ns; ns = ns->next)
-			ns->scratch = 0;
+			ns->scratch = ns->gscratch = 0;
 	for (size_t i = 0; i <= t->mask; i++) {
 		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
-			KVP_CHECK(n->ns && kvp_key_eq(n->ns->root, n->root));
+			KVP_CHECK(n->ns && kvp_key_eq(n->ns->root, n->root) && n->ns->grp);
 			KVP_CHECK((n->lru.next != NULL) == (n->nlru.next != NULL));
+			KVP_CHECK((n->lru.next != NULL) == (n->glru.next != NULL));
+			KVP_CHECK(!n->parent || n->parent->ns == n->ns);
 			n->ns->scratch++;
+			n->ns->grp->gscratch++;
 		}
 	}
 	for (size_t i = 0; i <= t->ns_mask; i++) {
 		for (const struct tree_ns *ns = t->ns_buckets[i]; ns; ns = ns->next) {
-			KVP_CHECK(ns->scratch == ns->nodes);
+			KVP_CHECK(ns->scratch == ns->nodes && ns->gscratch == ns->gnodes);
 			n_evictable += ns->n_lru;
 		}
 	}

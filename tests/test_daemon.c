@@ -1013,19 +1013,31 @@ Test(admin, clear_evict_pin_unpin_config, .timeout = 60)
 	cr_assert_eq(kvp_daemon_stop(&dd), 0);
 }
 
-/* In a child as nobody: insert n distinct 1-block prompts (16 tokens each). */
+/* In a child as nobody: insert `want` distinct 1-block prompts (16 tokens each), a new
+ * connection with a new adapter every 50: adapters are namespaces of their own, and
+ * must not multiply the tenant's quota. */
 static int flood_as(const char *sock, gid_t gid, const gid_t *groups, size_t n, int want)
 {
 	struct kvp_client *c = NULL;
+	struct kvp_server_info info;
 	struct kvp_match m;
 	uint32_t t[16];
+	char adapter[16];
 
-	if (become(gid, groups, 0) != 0 || kvp_client_connect(sock, &c) != 0)
+	if (become(gid, groups, 0) != 0)
 		return 10;
 	for (int k = 0; k < want; k++) {
+		if (k % 50 == 0) {
+			kvp_client_close(c);
+			c = NULL;
+			snprintf(adapter, sizeof(adapter), "a%d", k / 50);
+			if (kvp_client_connect(sock, &c) != 0 ||
+			    kvp_client_hello(c, adapter, NULL, &info) != 0)
+				return 11;
+		}
 		fill(t, 16, 1000 + (uint32_t)k);
 		if (kvp_client_insert(c, t, 16, 0, &m) != 0 || m.new_blocks != 1)
-			return 11;
+			return 12;
 	}
 	kvp_client_close(c);
 	return 0;
@@ -1065,7 +1077,8 @@ Test(quota, one_tenant_cannot_evict_the_others, .timeout = 60)
 
 	if (getuid() != 0)
 		cr_skip_test("needs root to run a second uid (nobody)");
-	/* 50% of 64 blocks: nobody recycles its own 32, root's 20 all stay */
+	/* 50% of 64 blocks: nobody recycles its own 32 (across its 6 adapters), root's 20
+	 * all stay */
 	cr_assert_eq(flood_run("50", &nobody), 20);
 	cr_assert_eq(nobody, 32);
 	/* the control, no quota: nobody's flood takes root's blocks */

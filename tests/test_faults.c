@@ -34,7 +34,7 @@
  *
  * Coverage is checked, not assumed: the allocator records the return address of every
  * call (one per call instruction) and of every call it failed, and the sweep must have
- * failed every allocation site of index/ and store/. There are 11, counted by hand:
+ * failed every allocation site of index/ and store/. There are 12, counted by hand:
  *
  *   index/tree.c  kvp_tree_create   the tree                    KVP_INDEX_MALLOC(sizeof(*t))
  *   index/tree.c  kvp_tree_create   the first bucket array      KVP_INDEX_MALLOC(16 * ptr)
@@ -42,6 +42,8 @@
  *   index/tree.c  table_maybe_grow  the doubled bucket array    KVP_INDEX_MALLOC(new_n * ptr)
  *   index/tree.c  kvp_tree_create   the namespace table         KVP_INDEX_MALLOC(4 * ptr) 
  *   index/tree.c  ns_get            a namespace (first node)    KVP_INDEX_MALLOC(sizeof(*ns))
+ *                 (called twice by ns_get_in_group: for the namespace, and for its
+ *                 group when that is another record not made yet: two sites)
  *   index/tree.c  ns_maybe_grow     the doubled namespace table KVP_INDEX_MALLOC(new_n * ptr)
  *   store/pool.c  kvp_pool_create   the pool                    store_alloc(sizeof(*p))
  *   store/pool.c  kvp_pool_create   state[]                     store_alloc(capacity)
@@ -69,8 +71,8 @@
 #include "kvp_index.h"
 #include "kvp_store.h"
 
-#define EXPECTED_SITES 11       /* the list above */
-#define INDEX_SITES 7
+#define EXPECTED_SITES 12       /* the list above */
+#define INDEX_SITES 8
 #define STORE_SITES 4
 
 /* ---- failure reports with context --------------------------------------------------- */
@@ -195,6 +197,10 @@ static void fa_arm(uint64_t fail_at, enum fail_mode mode)
 #define MAX_LEASES 3u
 #define N_OWNERS 3u
 #define N_NS 16   /* well over 4, so the namespace table has to grow */
+/* Quota groups: namespaces 0..3 are their own; the others join them, so a group's
+ * record is also made before any namespace of it exists (namespace 5 before 1). */
+#define N_GROUPS 4
+#define GROUP_OF(ns) ((ns) % N_GROUPS)
 #define N_OPS 240
 #define PIN_STORM 120           /* cache runs: op where every owner pins long prompts */
 #define HIST 24
@@ -380,17 +386,18 @@ static uint32_t model_n_evictable(const struct model *m)
 	return n;
 }
 
-/* Namespaces holding at least one node: the tree allocates one record for each. */
+/* The tree's namespace records: one for each namespace holding a node, and one for
+ * each group of those that is not itself such a namespace. */
 static uint32_t model_n_ns(const struct model *m)
 {
 	bool seen[N_NS] = { false };
 	uint32_t n = 0;
 
 	for (uint32_t i = 0; i < m->hi; i++)
-		if (m->v[i].alive && !seen[m->v[i].ns]) {
-			seen[m->v[i].ns] = true;
-			n++;
-		}
+		if (m->v[i].alive)
+			seen[m->v[i].ns] = seen[GROUP_OF(m->v[i].ns)] = true;
+	for (int k = 0; k < N_NS; k++)
+		n += seen[k];
 	return n;
 }
 
@@ -560,7 +567,8 @@ static void cache_insert(struct crun *r, const struct prompt *p, uint64_t owner,
 	int path[MAXB], parent, rc, mrc = 0;
 	uint32_t mm, k, added = 0;
 
-	rc = kvp_cache_insert(r->c, r->root[p->ns], tok, nt, owner, pin, ids, &res);
+	rc = kvp_cache_insert(r->c, r->root[p->ns], r->root[GROUP_OF(p->ns)], tok, nt, owner, pin,
+			      ids, &res);
 	failed_here = fa.failures != failures;
 	REQ(rc != KVP_ENOMEM || failed_here, "KVP_ENOMEM with no failure injected");
 	if (pin && m->owner_leases[owner] >= MAX_LEASES) {
@@ -673,7 +681,8 @@ static void cache_generate(struct crun *r, const struct prompt *p0)
 	if (n_valid < prompt_nb * B && rng_below(&r->g.r, 2))
 		n_valid = n_positions;
 
-	rc = kvp_cache_seq_begin(r->c, r->root[q.ns], tok, prompt_nb * B, n_positions, &seq);
+	rc = kvp_cache_seq_begin(r->c, r->root[q.ns], r->root[GROUP_OF(q.ns)], tok, prompt_nb * B,
+				 n_positions, &seq);
 	REQ(fa.calls == calls, "seq_begin allocated through the index/store hooks");
 
 	q.nb = prompt_nb;
@@ -992,7 +1001,8 @@ static void tree_insert(struct trun *r, const struct prompt *p)
 		uint64_t calls = fa.calls;
 		struct kvp_tree_node *pp = mm > 1 ? path[mm - 2] : NULL;
 		struct kvp_key pk = pp ? kvp_tree_node_key(pp) : r->root[p->ns];
-		int rc = kvp_tree_insert(r->t, r->root[p->ns], pp, kvp_block_key(pk, tok + (mm - 1) * B, B),
+		int rc = kvp_tree_insert_grouped(r->t, r->root[p->ns], r->root[GROUP_OF(p->ns)], pp,
+						 kvp_block_key(pk, tok + (mm - 1) * B, B),
 					 tok + (mm - 1) * B, 0, &out);
 
 		REQ(rc == KVP_EEXIST && out == path[mm - 1] && fa.calls == calls,
@@ -1007,7 +1017,8 @@ static void tree_insert(struct trun *r, const struct prompt *p)
 		int rc, x;
 
 		key = kvp_block_key(key, blk, B);
-		rc = kvp_tree_insert(r->t, r->root[p->ns], parent, key, blk, p->tags[k], &out);
+		rc = kvp_tree_insert_grouped(r->t, r->root[p->ns], r->root[GROUP_OF(p->ns)], parent, key,
+					     blk, p->tags[k], &out);
 		REQ(rc != KVP_ENOMEM || fa.failures != failures, "KVP_ENOMEM, nothing failed");
 		if (rc == KVP_ENOMEM) {
 			/* "a failed allocation leaves the tree unchanged" */

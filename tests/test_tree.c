@@ -750,6 +750,33 @@ static int model_victim_ns(const struct model *m, int ns)
 	return best;
 }
 
+/* Quota groups of the random model: namespace 0 alone, 1 and 2 together (keyed by
+ * namespace 1's root, so one record is both a namespace and a group). */
+#define TREE_GROUP(ns) ((ns) == 0 ? 0 : 1)
+
+static int model_victim_group(const struct model *m, int grp)
+{
+	int best = -1;
+
+	for (size_t i = 0; i < m->slots; i++) {
+		const struct mnode *x = &m->v[i];
+
+		if (model_evictable(x) && TREE_GROUP(x->ns) == grp &&
+		    (best < 0 || x->tick < m->v[best].tick))
+			best = (int)i;
+	}
+	return best;
+}
+
+static size_t model_group_size(const struct model *m, int grp)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < m->slots; i++)
+		n += m->v[i].alive && TREE_GROUP(m->v[i].ns) == grp;
+	return n;
+}
+
 static size_t model_ns_size(const struct model *m, int ns)
 {
 	size_t n = 0;
@@ -869,6 +896,7 @@ Test(tree_model, random_operations, .timeout = 60)
 	int mpath[GEN_MAX];
 	int pinned[256];
 	size_t n_pinned = 0, n_evict = 0, n_hits = 0, n_evict_ns = 0, n_under = 0;
+	size_t n_evict_group = 0;
 
 	model_init(&m, b, limit + GEN_MAX);
 	gen_init(&g, 0xC0FFEE);
@@ -904,12 +932,28 @@ Test(tree_model, random_operations, .timeout = 60)
 				int s;
 
 				key = kvp_block_key(key, tok + i * b, b);
-				cr_assert_eq(kvp_tree_insert(t, root, parent >= 0 ? m.v[parent].tn : NULL,
-							     key, tok + i * b, next_id, &n), 0);
+				cr_assert_eq(kvp_tree_insert_grouped(t, root, g.root[TREE_GROUP(ns)],
+								     parent >= 0 ? m.v[parent].tn : NULL,
+								     key, tok + i * b, next_id, &n), 0);
 				s = model_add(&m, ns, parent, tok + i * b, key, ++m.tick);
 				m.v[s].tn = n;
 				m.v[s].block = next_id++;
 				mpath[i] = s;
+			}
+		} else if (what < 62) {                    /* evict within a group */
+			int grp = TREE_GROUP(ns), v = model_victim_group(&m, grp);
+			uint32_t id;
+			int rc = kvp_tree_evict_group(t, g.root[grp], &id);
+
+			if (v < 0) {
+				cr_assert_eq(rc, KVP_EFULL);
+			} else {
+				cr_assert_eq(rc, 0);
+				cr_assert_eq(id, m.v[v].block, "op %zu: group evicted %u, its LRU is %u",
+					     op, id, m.v[v].block);
+				model_remove(&m, v);
+				n_evict++;
+				n_evict_group++;
 			}
 		} else if (what < 64) {                    /* evict within a namespace */
 			int v = model_victim_ns(&m, ns);
@@ -1054,10 +1098,13 @@ Test(tree_model, random_operations, .timeout = 60)
 		}
 		check_tree_against(t, &m);
 		cr_assert_eq(kvp_tree_ns_size(t, root), model_ns_size(&m, ns));
+		cr_assert_eq(kvp_tree_group_size(t, g.root[TREE_GROUP(ns)]),
+			     model_group_size(&m, TREE_GROUP(ns)));
 	}
 	cr_assert(n_evict > 10000 && n_hits > 10000, "evictions %zu, hits %zu", n_evict, n_hits);
-	cr_assert(n_evict_ns > 1000 && n_under > 100, "namespace evictions %zu, subtree %zu",
-		  n_evict_ns, n_under);
+	cr_assert(n_evict_ns > 500 && n_evict_group > 500 && n_under > 100,
+		  "namespace evictions %zu, group %zu, subtree %zu", n_evict_ns, n_evict_group,
+		  n_under);
 	kvp_tree_destroy(t);
 	model_free(&m);
 }
@@ -1224,7 +1271,7 @@ static void cache_insert_op(struct cache_run *cr_, size_t op, int ns, const uint
 	int rc;
 
 	count_collisions(cr_, root, tok, nb);
-	rc = kvp_cache_insert(cr_->c, root, tok, len, owner, pin, ids, &res);
+	rc = kvp_cache_insert(cr_->c, root, root, tok, len, owner, pin, ids, &res);
 	if (busy) {
 		cr_assert_eq(rc, KVP_EBUSY);
 		cache_compare(cr_, op, 0);
@@ -1401,10 +1448,10 @@ Test(cache, chunking_only_full_blocks)
 
 	for (uint32_t i = 0; i < 64; i++)
 		tok[i] = i;
-	cr_assert_eq(kvp_cache_insert(c, root, tok, 15, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, root, root, tok, 15, 0, false, ids, &res), 0);
 	cr_assert_eq(res.new_blocks, 0);
 	cr_assert_eq(res.matched_tokens, 0);
-	cr_assert_eq(kvp_cache_insert(c, root, tok, 40, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, root, root, tok, 40, 0, false, ids, &res), 0);
 	cr_assert_eq(res.new_blocks, 2);
 	cr_assert_eq(res.matched_tokens, 32);
 	cr_assert_eq(res.n_blocks, 2);
@@ -1427,12 +1474,12 @@ Test(cache, block_sizes_1_and_4096)
 	cr_assert_not_null(tok);
 	for (uint32_t i = 0; i < 3 * 4096 + 7; i++)
 		tok[i] = i % 1000;
-	cr_assert_eq(kvp_cache_insert(c1, root, tok, 50, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c1, root, root, tok, 50, 0, false, ids, &res), 0);
 	cr_assert_eq(res.new_blocks, 50);
 	cr_assert_eq(kvp_cache_lookup(c1, root, tok, 100, 0, false, ids, &res), 0);
 	cr_assert_eq(res.matched_tokens, 50);
 	cr_assert_eq(kvp_cache_check(c1), 0);
-	cr_assert_eq(kvp_cache_insert(cb, root, tok, 3 * 4096 + 7, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(cb, root, root, tok, 3 * 4096 + 7, 0, false, ids, &res), 0);
 	cr_assert_eq(res.new_blocks, 3);
 	cr_assert_eq(res.matched_tokens, 3 * 4096);
 	cr_assert_eq(kvp_cache_lookup(cb, root, tok, 2 * 4096 + 5, 0, false, ids, &res), 0);
@@ -1454,9 +1501,9 @@ Test(cache, pinned_blocks_survive_and_full_pool_stops_insert)
 	struct kvp_cache_result res, pinned;
 	struct kvp_cache_stats st;
 
-	cr_assert_eq(kvp_cache_insert(c, root, a, 6, 5, true, ids, &pinned), 0);
+	cr_assert_eq(kvp_cache_insert(c, root, root, a, 6, 5, true, ids, &pinned), 0);
 	cr_assert_neq(pinned.lease, 0);
-	cr_assert_eq(kvp_cache_insert(c, root, b, 6, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, root, root, b, 6, 0, false, ids, &res), 0);
 	cr_assert(res.pool_full);
 	cr_assert_eq(res.new_blocks, 1);
 	cr_assert_eq(res.matched_tokens, 2);
@@ -1469,7 +1516,7 @@ Test(cache, pinned_blocks_survive_and_full_pool_stops_insert)
 	cr_assert_eq(st.insert_full, 1);
 	cr_assert_eq(kvp_cache_release(c, 5, pinned.lease, &n), 0);
 	cr_assert_eq(n, 3);
-	cr_assert_eq(kvp_cache_insert(c, root, b, 6, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, root, root, b, 6, 0, false, ids, &res), 0);
 	cr_assert(!res.pool_full);
 	cr_assert_eq(res.matched_tokens, 6);
 	cr_assert_eq(kvp_cache_check(c), 0);
@@ -1485,9 +1532,9 @@ Test(cache, argument_errors)
 	struct kvp_cache_result res;
 
 	cr_assert_eq(kvp_cache_lookup(c, root, tok, 10, 0, false, ids, &res), KVP_ETOOBIG);
-	cr_assert_eq(kvp_cache_insert(c, root, tok, 10, 0, false, ids, &res), KVP_ETOOBIG);
-	cr_assert_eq(kvp_cache_insert(c, root, tok, 8, 0, true, ids, &res), KVP_EINVAL);
-	cr_assert_eq(kvp_cache_insert(c, root, tok, 8, 3, true, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, root, root, tok, 10, 0, false, ids, &res), KVP_ETOOBIG);
+	cr_assert_eq(kvp_cache_insert(c, root, root, tok, 8, 0, true, ids, &res), KVP_EINVAL);
+	cr_assert_eq(kvp_cache_insert(c, root, root, tok, 8, 3, true, ids, &res), 0);
 	cr_assert_eq(kvp_cache_lookup(c, root, tok, 8, 3, true, ids, &res), 0);
 	cr_assert_eq(kvp_cache_lookup(c, root, tok, 8, 3, true, ids, &res), KVP_EBUSY);
 	cr_assert_eq(kvp_cache_release(c, 4, res.lease, NULL), KVP_ENOTFOUND);
@@ -1537,12 +1584,12 @@ static uint32_t flood(uint32_t quota, uint32_t *a_held, uint64_t *quota_eviction
 	kvp_cache_set_tenant_quota(c, quota);
 	for (uint32_t k = 0; k < 20; k++) {          /* tenant B: 20 blocks */
 		fill_prompt(tok, b, 2, k);
-		cr_assert_eq(kvp_cache_insert(c, rb, tok, b, 0, false, ids, &res), 0);
+		cr_assert_eq(kvp_cache_insert(c, rb, rb, tok, b, 0, false, ids, &res), 0);
 		cr_assert_eq(res.new_blocks, 1);
 	}
 	for (uint32_t k = 0; k < 500; k++) {         /* tenant A: 500 blocks */
 		fill_prompt(tok, b, 1, k);
-		cr_assert_eq(kvp_cache_insert(c, ra, tok, b, 0, false, ids, &res), 0);
+		cr_assert_eq(kvp_cache_insert(c, ra, ra, tok, b, 0, false, ids, &res), 0);
 		cr_assert_eq(res.new_blocks, 1, "insert %u of tenant A refused", k);
 		if (quota)
 			cr_assert_leq(kvp_cache_ns_blocks(c, ra), quota);
@@ -1585,17 +1632,17 @@ Test(cache, tenant_quota_with_own_blocks_pinned_refuses)
 
 	kvp_cache_set_tenant_quota(c, 3);
 	fill_prompt(tok, 8, 2, 0);
-	cr_assert_eq(kvp_cache_insert(c, rb, tok, 8, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, rb, rb, tok, 8, 0, false, ids, &res), 0);
 	cr_assert(res.quota_full, "B's own 4th block is over the quota too");
 	cr_assert_eq(res.new_blocks, 3);
 	fill_prompt(tok, 6, 1, 0);
-	cr_assert_eq(kvp_cache_insert(c, ra, tok, 6, 7, true, ids, &pin), 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, ra, tok, 6, 7, true, ids, &pin), 0);
 	cr_assert_eq(pin.new_blocks, 3);
 	fill_prompt(tok, 2, 1, 1);
-	cr_assert_eq(kvp_cache_insert(c, ra, tok, 2, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, ra, tok, 2, 0, false, ids, &res), 0);
 	cr_assert(res.quota_full && res.pool_full);
 	cr_assert_eq(res.new_blocks, 0);
-	cr_assert_eq(kvp_cache_seq_begin(c, ra, tok, 2, 4, &seq), KVP_EFULL);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, tok, 2, 4, &seq), KVP_EFULL);
 	cr_assert(seq.quota_full);
 	cr_assert_eq(cached_of(c, rb, 2, 1, 8), 3, "B's 3 blocks must stay");
 	kvp_cache_get_stats(c, &st);
@@ -1603,7 +1650,7 @@ Test(cache, tenant_quota_with_own_blocks_pinned_refuses)
 	cr_assert_eq(st.evictions, 0);
 	/* unpinned, A recycles its own */
 	cr_assert_eq(kvp_cache_release(c, 7, pin.lease, NULL), 0);
-	cr_assert_eq(kvp_cache_insert(c, ra, tok, 2, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, ra, tok, 2, 0, false, ids, &res), 0);
 	cr_assert_eq(res.new_blocks, 1);
 	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 3);
 	cr_assert_eq(kvp_cache_check(c), 0);
@@ -1624,18 +1671,18 @@ Test(cache, tenant_quota_counts_every_running_sequence)
 
 	kvp_cache_set_tenant_quota(c, 4);
 	fill_prompt(tb, 8, 2, 0);
-	cr_assert_eq(kvp_cache_insert(c, rb, tb, 8, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, rb, rb, tb, 8, 0, false, ids, &res), 0);
 	cr_assert_eq(res.new_blocks, 4);
 	fill_prompt(t1, 8, 1, 0);
 	fill_prompt(t2, 8, 1, 1);
-	cr_assert_eq(kvp_cache_seq_begin(c, ra, t1, 8, 8, &s1), 0);
-	cr_assert_eq(kvp_cache_seq_begin(c, ra, t2, 8, 8, &s2), KVP_EFULL,
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, t1, 8, 8, &s1), 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, t2, 8, 8, &s2), KVP_EFULL,
 		     "A's second sequence took blocks past its quota");
 	cr_assert(s2.quota_full);
 	cr_assert_eq(cached_of(c, rb, 2, 1, 8), 4, "B's 4 blocks must stay");
 	kvp_cache_seq_end(c, &s1, t1, 8);
 	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 4);
-	cr_assert_eq(kvp_cache_seq_begin(c, ra, t2, 8, 8, &s2), 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, t2, 8, 8, &s2), 0);
 	kvp_cache_seq_end(c, &s2, t2, 8);
 	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 4);
 	cr_assert_eq(cached_of(c, rb, 2, 1, 8), 4);
@@ -1658,10 +1705,10 @@ Test(cache, tenant_quota_request_over_the_quota_gives_up_nothing)
 	kvp_cache_set_tenant_quota(c, 4);
 	for (uint32_t k = 0; k < 4; k++) {
 		fill_prompt(tok, b, 1, k);
-		cr_assert_eq(kvp_cache_insert(c, ra, tok, b, 0, false, ids, &res), 0);
+		cr_assert_eq(kvp_cache_insert(c, ra, ra, tok, b, 0, false, ids, &res), 0);
 	}
 	fill_prompt(tok, 16, 1, 9);
-	cr_assert_eq(kvp_cache_seq_begin(c, ra, tok, 8, 10, &seq), KVP_EFULL);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, tok, 8, 10, &seq), KVP_EFULL);
 	cr_assert(seq.quota_full);
 	kvp_cache_get_stats(c, &st);
 	cr_assert_eq(st.evictions, 0, "gave up %llu blocks for a request that cannot fit",
@@ -1684,13 +1731,13 @@ Test(cache, tenant_quota_lowered_shrinks_the_namespace)
 	kvp_cache_set_tenant_quota(c, 16);
 	for (uint32_t k = 0; k < 16; k++) {
 		fill_prompt(tok, b, 1, k);
-		cr_assert_eq(kvp_cache_insert(c, ra, tok, b, 0, false, ids, &res), 0);
+		cr_assert_eq(kvp_cache_insert(c, ra, ra, tok, b, 0, false, ids, &res), 0);
 	}
 	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 16);
 	kvp_cache_set_tenant_quota(c, 8);
 	for (uint32_t k = 16; k < 32; k++) {
 		fill_prompt(tok, b, 1, k);
-		cr_assert_eq(kvp_cache_insert(c, ra, tok, b, 0, false, ids, &res), 0);
+		cr_assert_eq(kvp_cache_insert(c, ra, ra, tok, b, 0, false, ids, &res), 0);
 		cr_assert_eq(res.new_blocks, 1);
 		cr_assert_eq(kvp_cache_ns_blocks(c, ra), k < 24 ? 31 - k : 8,
 			     "after insert %u: A holds %zu", k, kvp_cache_ns_blocks(c, ra));
@@ -1711,11 +1758,11 @@ Test(cache, admin_clear_evict_pin_unpin)
 	uint32_t ids[8], n, tok[8];
 	struct kvp_cache_result res;
 
-	cr_assert_eq(kvp_cache_insert(c, ra, x, 6, 0, false, ids, &res), 0);
-	cr_assert_eq(kvp_cache_insert(c, ra, y, 8, 0, false, ids, &res), 0);
-	cr_assert_eq(kvp_cache_insert(c, ra, z, 4, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, ra, x, 6, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, ra, y, 8, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, ra, ra, z, 4, 0, false, ids, &res), 0);
 	fill_prompt(tok, 8, 2, 0);
-	cr_assert_eq(kvp_cache_insert(c, rb, tok, 8, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_insert(c, rb, rb, tok, 8, 0, false, ids, &res), 0);
 	cr_assert_eq(kvp_cache_ns_blocks(c, ra), 6);
 
 	/* PIN x's prefix twice (10 11 | 12 13): it outlives any connection's release */
