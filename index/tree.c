@@ -84,6 +84,15 @@ void kvp_index_set_allocator(void *(*alloc)(size_t), void (*release)(void *))
 }
 
 #define KVP_INDEX_MALLOC(size) (kvp_index_alloc_fn(size))
+
+/* A function that allocates, kept as one copy out of line so that its allocation has
+ * exactly one call site whatever the optimiser does (tests/test_faults.c counts the
+ * sites by return address): no inlining and, with GCC, no specialised clones. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define KVP_OUT_OF_LINE __attribute__((noinline, noclone))
+#else
+#define KVP_OUT_OF_LINE __attribute__((noinline))
+#endif
 #define KVP_INDEX_FREE(p) (kvp_index_release_fn(p))
 
 /* Conditions that must hold even in release builds; checked by kvp_tree_check. */
@@ -346,7 +355,7 @@ static struct tree_ns *ns_find(const struct kvp_tree *t, struct kvp_key root)
 }
 
 /* Double the namespace table past a load of 1; on allocation failure keep the old. */
-static __attribute__((noinline)) void ns_maybe_grow(struct kvp_tree *t)
+static KVP_OUT_OF_LINE void ns_maybe_grow(struct kvp_tree *t)
 {
 	size_t old_n = t->ns_mask + 1, new_n = old_n * 2;
 	struct tree_ns **nb;
@@ -376,7 +385,7 @@ static __attribute__((noinline)) void ns_maybe_grow(struct kvp_tree *t)
 /* The namespace of root, created (empty) if new; NULL when out of memory. Kept out of
  * line, like node_new, so each allocation has one call site (tests/test_faults.c
  * injects a failure at every site by its return address). */
-static __attribute__((noinline)) struct tree_ns *ns_get(struct kvp_tree *t, struct kvp_key root)
+static KVP_OUT_OF_LINE struct tree_ns *ns_get(struct kvp_tree *t, struct kvp_key root)
 {
 	struct tree_ns *ns = ns_find(t, root);
 	size_t b;
@@ -710,9 +719,15 @@ size_t kvp_tree_match(struct kvp_tree *t, struct kvp_key root, const uint32_t *t
 
 /* ---- insert / pin / evict / clear ------------------------------------------------ */
 
-static __attribute__((noinline)) struct kvp_tree_node *node_new(size_t token_bytes_)
+static KVP_OUT_OF_LINE struct kvp_tree_node *node_new(size_t token_bytes_)
 {
-	return KVP_INDEX_MALLOC(sizeof(struct kvp_tree_node) + token_bytes_);
+	struct kvp_tree_node *n = KVP_INDEX_MALLOC(sizeof(struct kvp_tree_node) + token_bytes_);
+
+	/* touching the result keeps the allocation a call from here, not a jump that
+	 * would make each caller of node_new a call site of its own */
+	if (n)
+		n->scratch = 0;
+	return n;
 }
 
 int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_node *parent,
