@@ -33,6 +33,7 @@
  * than a quiet read of the mapping's zero-filled last page.
  */
 #include "kvp_gguf.h"
+#include "kvp_le.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -72,37 +73,7 @@
 #define KVP_GGUF_FREE(p) free(p)
 #endif
 
-/* ---- little-endian scalars ------------------------------------------------------ */
-
-static inline uint16_t get_u16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (uint16_t)p[1] << 8);
-}
-
-static inline uint32_t get_u32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t get_u64(const uint8_t *p)
-{
-	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-
-static inline void put_u32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static inline void put_u64(uint8_t *p, uint64_t v)
-{
-	put_u32(p, (uint32_t)v);
-	put_u32(p + 4, (uint32_t)(v >> 32));
-}
+/* ---- element types -------------------------------------------------------------- */
 
 /* Bytes of one element of a ggml type this project handles, 0 for any other. */
 static size_t ggml_type_size(uint32_t type)
@@ -249,7 +220,7 @@ static int parse_value(struct cur *c, struct gguf_kv *kv, const char *what, char
 	if (kv->type == KVP_GGUF_STRING) {
 		if (!(p = cur_take(c, 8)))
 			goto truncated;
-		kv->n = get_u64(p);
+		kv->n = kvp_le_get_u64(p);
 		if (!(kv->val = cur_take(c, kv->n)))
 			return fail(err, errlen, KVP_EPROTO,
 				    "key '%s': string of %llu bytes runs past the end of the file",
@@ -259,8 +230,8 @@ static int parse_value(struct cur *c, struct gguf_kv *kv, const char *what, char
 	if (kv->type == KVP_GGUF_ARRAY) {
 		if (!(p = cur_take(c, 12)))
 			goto truncated;
-		kv->elem_type = get_u32(p);
-		kv->n = get_u64(p + 4);
+		kv->elem_type = kvp_le_get_u32(p);
+		kv->n = kvp_le_get_u64(p + 4);
 		kv->val = c->p + c->off;
 		if (kv->elem_type == KVP_GGUF_ARRAY)
 			return fail(err, errlen, KVP_EUNSUPPORTED,
@@ -276,7 +247,7 @@ static int parse_value(struct cur *c, struct gguf_kv *kv, const char *what, char
 
 				if (!(p = cur_take(c, 8)))
 					goto truncated;
-				len = get_u64(p);
+				len = kvp_le_get_u64(p);
 				if (!cur_take(c, len))
 					return fail(err, errlen, KVP_EPROTO,
 						    "key '%s': string %llu of the array (%llu bytes) runs past the end of the file",
@@ -331,7 +302,7 @@ static int parse_kvs(struct kvp_gguf *g, struct cur *c, uint64_t n_kv, char *err
 			return fail(err, errlen, KVP_EPROTO,
 				    "metadata key #%llu: name runs past the end of the file",
 				    (unsigned long long)i);
-		len = get_u64(p);
+		len = kvp_le_get_u64(p);
 		if (len == 0 || len > GGUF_MAX_KEY)
 			return fail(err, errlen, KVP_EPROTO,
 				    "metadata key #%llu: name length %llu (1 to %u bytes)",
@@ -348,7 +319,7 @@ static int parse_kvs(struct kvp_gguf *g, struct cur *c, uint64_t n_kv, char *err
 		if (!(p = cur_take(c, 4)))
 			return fail(err, errlen, KVP_EPROTO, "key '%s': type runs past the end of the file",
 				    buf);
-		kv->type = get_u32(p);
+		kv->type = kvp_le_get_u32(p);
 		rc = parse_value(c, kv, buf, err, errlen);
 		if (rc)
 			return rc;
@@ -421,7 +392,7 @@ static int parse_tensors(struct kvp_gguf *g, struct cur *c, uint64_t n_tensors,
 			return fail(err, errlen, KVP_EPROTO,
 				    "tensor #%llu: name runs past the end of the file",
 				    (unsigned long long)i);
-		len = get_u64(p);
+		len = kvp_le_get_u64(p);
 		if (len == 0 || len > GGUF_MAX_NAME)
 			return fail(err, errlen, KVP_EPROTO,
 				    "tensor #%llu: name length %llu (1 to %u bytes)",
@@ -437,7 +408,7 @@ static int parse_tensors(struct kvp_gguf *g, struct cur *c, uint64_t n_tensors,
 		if (!(p = cur_take(c, 4)))
 			return fail(err, errlen, KVP_EPROTO,
 				    "tensor '%s': n_dims runs past the end of the file", buf);
-		t->n_dims = get_u32(p);
+		t->n_dims = kvp_le_get_u32(p);
 		if (t->n_dims < 1 || t->n_dims > KVP_GGUF_MAX_DIMS)
 			return fail(err, errlen, KVP_EPROTO, "tensor '%s': n_dims %u (1 to %d)", buf,
 				    t->n_dims, KVP_GGUF_MAX_DIMS);
@@ -446,7 +417,7 @@ static int parse_tensors(struct kvp_gguf *g, struct cur *c, uint64_t n_tensors,
 				    "tensor '%s': shape, type and offset run past the end of the file",
 				    buf);
 		for (uint32_t d = 0; d < KVP_GGUF_MAX_DIMS; d++) {
-			t->ne[d] = d < t->n_dims ? get_u64(p + 8 * d) : 1;
+			t->ne[d] = d < t->n_dims ? kvp_le_get_u64(p + 8 * d) : 1;
 			if (t->ne[d] == 0 || t->ne[d] > INT64_MAX)
 				return fail(err, errlen, KVP_EPROTO,
 					    "tensor '%s': dimension %u is %llu", buf, d,
@@ -456,8 +427,8 @@ static int parse_tensors(struct kvp_gguf *g, struct cur *c, uint64_t n_tensors,
 					    "tensor '%s': element count overflows", buf);
 		}
 		p += 8 * t->n_dims;
-		t->type = get_u32(p);
-		ti[i].offset = get_u64(p + 4);
+		t->type = kvp_le_get_u32(p);
+		ti[i].offset = kvp_le_get_u64(p + 4);
 		tsz = ggml_type_size(t->type);
 		if (!tsz)
 			return fail(err, errlen, KVP_EUNSUPPORTED,
@@ -529,7 +500,7 @@ static int parse(struct kvp_gguf *g, char *err, size_t errlen)
 		return fail(err, errlen, KVP_EPROTO,
 			    "not a GGUF file: magic %02x %02x %02x %02x, want \"GGUF\"", p[0], p[1],
 			    p[2], p[3]);
-	g->version = get_u32(p + 4);
+	g->version = kvp_le_get_u32(p + 4);
 	if (g->version == 1)
 		return fail(err, errlen, KVP_EVERSION, "GGUF version 1 is not supported (2 and 3 are)");
 	if (g->version != 2 && g->version != 3) {
@@ -540,8 +511,8 @@ static int parse(struct kvp_gguf *g, char *err, size_t errlen)
 		return fail(err, errlen, KVP_EVERSION, "GGUF version %u is not supported (2 and 3 are)",
 			    g->version);
 	}
-	n_tensors = get_u64(p + 8);
-	n_kv = get_u64(p + 16);
+	n_tensors = kvp_le_get_u64(p + 8);
+	n_kv = kvp_le_get_u64(p + 16);
 	rc = parse_kvs(g, &c, n_kv, err, errlen);
 	if (rc)
 		return rc;
@@ -722,13 +693,13 @@ int kvp_gguf_get_u32(const struct kvp_gguf *g, const char *key, uint32_t *out)
 	p = kv->val;
 	switch (kv->type) {
 	case KVP_GGUF_U8: u = p[0]; break;
-	case KVP_GGUF_U16: u = get_u16(p); break;
-	case KVP_GGUF_U32: u = get_u32(p); break;
-	case KVP_GGUF_U64: u = get_u64(p); break;
+	case KVP_GGUF_U16: u = kvp_le_get_u16(p); break;
+	case KVP_GGUF_U32: u = kvp_le_get_u32(p); break;
+	case KVP_GGUF_U64: u = kvp_le_get_u64(p); break;
 	case KVP_GGUF_I8: s = (int8_t)p[0]; goto sign;
-	case KVP_GGUF_I16: s = (int16_t)get_u16(p); goto sign;
-	case KVP_GGUF_I32: s = (int32_t)get_u32(p); goto sign;
-	case KVP_GGUF_I64: s = (int64_t)get_u64(p); goto sign;
+	case KVP_GGUF_I16: s = (int16_t)kvp_le_get_u16(p); goto sign;
+	case KVP_GGUF_I32: s = (int32_t)kvp_le_get_u32(p); goto sign;
+	case KVP_GGUF_I64: s = (int64_t)kvp_le_get_u64(p); goto sign;
 	default: return KVP_EINVAL;
 	}
 	goto check;
@@ -752,12 +723,12 @@ int kvp_gguf_get_f32(const struct kvp_gguf *g, const char *key, float *out)
 	if (!kv)
 		return KVP_ENOTFOUND;
 	if (kv->type == KVP_GGUF_F32) {
-		a.u = get_u32(kv->val);
+		a.u = kvp_le_get_u32(kv->val);
 		*out = a.f;
 		return 0;
 	}
 	if (kv->type == KVP_GGUF_F64) {
-		b.u = get_u64(kv->val);
+		b.u = kvp_le_get_u64(kv->val);
 		*out = (float)b.d;
 		return 0;
 	}
@@ -920,7 +891,7 @@ int kvp_gguf_add_u32(struct kvp_gguf_writer *w, const char *key, uint32_t v)
 		return KVP_EINVAL;    /* this writer aligns to 32 */
 	rc = add_kv(w, key, KVP_GGUF_U32, 4, &b);
 	if (!rc)
-		put_u32(b, v);
+		kvp_le_put_u32(b, v);
 	return rc;
 }
 
@@ -934,7 +905,7 @@ int kvp_gguf_add_f32(struct kvp_gguf_writer *w, const char *key, float v)
 		return KVP_EINVAL;
 	rc = add_kv(w, key, KVP_GGUF_F32, 4, &b);
 	if (!rc)
-		put_u32(b, x.u);
+		kvp_le_put_u32(b, x.u);
 	return rc;
 }
 
@@ -951,7 +922,7 @@ int kvp_gguf_add_str(struct kvp_gguf_writer *w, const char *key, const char *v)
 		return KVP_ETOOBIG;
 	rc = add_kv(w, key, KVP_GGUF_STRING, 8 + n, &b);
 	if (!rc) {
-		put_u64(b, n);
+		kvp_le_put_u64(b, n);
 		memcpy(b + 8, v, n);
 	}
 	return rc;
@@ -975,13 +946,13 @@ int kvp_gguf_add_str_array(struct kvp_gguf_writer *w, const char *key, const cha
 	rc = add_kv(w, key, KVP_GGUF_ARRAY, total, &b);
 	if (rc)
 		return rc;
-	put_u32(b, KVP_GGUF_STRING);
-	put_u64(b + 4, n);
+	kvp_le_put_u32(b, KVP_GGUF_STRING);
+	kvp_le_put_u64(b + 4, n);
 	at = 12;
 	for (uint64_t i = 0; i < n; i++) {
 		size_t len = strlen(v[i]);
 
-		put_u64(b + at, len);
+		kvp_le_put_u64(b + at, len);
 		memcpy(b + at + 8, v[i], len);
 		at += 8 + len;
 	}
@@ -1004,13 +975,13 @@ static int add_scalar_array(struct kvp_gguf_writer *w, const char *key, uint32_t
 	rc = add_kv(w, key, KVP_GGUF_ARRAY, bytes, &b);
 	if (rc)
 		return rc;
-	put_u32(b, etype);
-	put_u64(b + 4, n);
+	kvp_le_put_u32(b, etype);
+	kvp_le_put_u64(b + 4, n);
 	for (uint64_t i = 0; i < n; i++) {
 		uint32_t x;
 
 		memcpy(&x, src + 4 * i, 4);
-		put_u32(b + 12 + 4 * i, x);
+		kvp_le_put_u32(b + 12 + 4 * i, x);
 	}
 	return 0;
 }
@@ -1104,7 +1075,7 @@ static void out_u32(struct wout *o, uint32_t v)
 {
 	uint8_t b[4];
 
-	put_u32(b, v);
+	kvp_le_put_u32(b, v);
 	out_bytes(o, b, 4);
 }
 
@@ -1112,7 +1083,7 @@ static void out_u64(struct wout *o, uint64_t v)
 {
 	uint8_t b[8];
 
-	put_u64(b, v);
+	kvp_le_put_u64(b, v);
 	out_bytes(o, b, 8);
 }
 

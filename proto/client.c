@@ -61,16 +61,6 @@
 #define CLIENT_OWED_MAX 64u                  /* timed-out requests awaited at once */
 #define CLIENT_LOGITS_ALIGN 64u
 
-/* kvprefix.h repeats a few protocol constants of kvp_proto.h. Both are included here,
- * so a differing redefinition draws a warning; this pins the values as well. */
-_Static_assert(KVP_GEN_LOGITS == 0x1u && KVP_STOP_MAX == 64u && KVP_GEN_MAX_NEW == 1048576u &&
-	       KVP_FINISH_LENGTH == 0u && KVP_FINISH_STOP == 1u && KVP_FINISH_CONTEXT == 2u,
-	       "kvprefix.h and kvp_proto.h disagree");
-_Static_assert(KVP_ADMIN_CLEAR == 1u && KVP_ADMIN_EVICT == 2u && KVP_ADMIN_PIN == 3u &&
-	       KVP_ADMIN_UNPIN == 4u && KVP_ADMIN_CONFIG == 5u && KVP_ADMIN_F_TENANT == 0x1u &&
-	       KVP_ADMIN_F_ALL == 0x2u && KVP_ADMIN_TEXT_MAX == 4096u,
-	       "kvprefix.h and kvp_proto.h disagree on ADMIN");
-
 struct kvp_client {
 	int fd;
 	int fatal;              /* 0, or the status every later call returns */

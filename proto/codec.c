@@ -15,6 +15,7 @@
  * layout is broken is always reported as malformed, whatever else it claims.
  */
 #include "kvp_proto.h"
+#include "kvp_le.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -45,51 +46,7 @@
 #define HELLO_REPLY_FLAGS_KNOWN KVP_HELLO_INDEX_ONLY
 #define TOKENS_FLAGS_KNOWN KVP_F_PIN
 
-/* ---- little-endian scalars --------------------------------------------------- */
-
-static inline void put_u16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static inline void put_u32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static inline void put_u64(uint8_t *p, uint64_t v)
-{
-	put_u32(p, (uint32_t)v);
-	put_u32(p + 4, (uint32_t)(v >> 32));
-}
-
-static inline void put_f32(uint8_t *p, float v)
-{
-	uint32_t bits;
-
-	memcpy(&bits, &v, sizeof(bits));
-	put_u32(p, bits);
-}
-
-static inline uint16_t get_u16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (uint16_t)p[1] << 8);
-}
-
-static inline uint32_t get_u32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t get_u64(const uint8_t *p)
-{
-	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
+/* ---- little-endian arrays (scalars: kvp_le.h) -------------------------------- */
 
 void kvp_load_u32s(uint32_t *dst, const uint8_t *src, size_t n)
 {
@@ -99,7 +56,7 @@ void kvp_load_u32s(uint32_t *dst, const uint8_t *src, size_t n)
 	memcpy(dst, src, n * sizeof(uint32_t));
 #else
 	for (size_t i = 0; i < n; i++)
-		dst[i] = get_u32(src + 4 * i);
+		dst[i] = kvp_le_get_u32(src + 4 * i);
 #endif
 }
 
@@ -111,17 +68,8 @@ void kvp_store_u32s(uint8_t *dst, const uint32_t *src, size_t n)
 	memcpy(dst, src, n * sizeof(uint32_t));
 #else
 	for (size_t i = 0; i < n; i++)
-		put_u32(dst + 4 * i, src[i]);
+		kvp_le_put_u32(dst + 4 * i, src[i]);
 #endif
-}
-
-static inline float get_f32(const uint8_t *p)
-{
-	uint32_t bits = get_u32(p);
-	float v;
-
-	memcpy(&v, &bits, sizeof(v));
-	return v;
 }
 
 void kvp_load_f32s(float *dst, const uint8_t *src, size_t n)
@@ -132,7 +80,7 @@ void kvp_load_f32s(float *dst, const uint8_t *src, size_t n)
 	memcpy(dst, src, n * sizeof(float));
 #else
 	for (size_t i = 0; i < n; i++)
-		dst[i] = get_f32(src + 4 * i);
+		dst[i] = kvp_le_get_f32(src + 4 * i);
 #endif
 }
 
@@ -144,7 +92,7 @@ void kvp_store_f32s(uint8_t *dst, const float *src, size_t n)
 	memcpy(dst, src, n * sizeof(float));
 #else
 	for (size_t i = 0; i < n; i++)
-		put_f32(dst + 4 * i, src[i]);
+		kvp_le_put_f32(dst + 4 * i, src[i]);
 #endif
 }
 
@@ -159,7 +107,7 @@ static inline bool rd_u16(struct rd *r, uint16_t *v)
 {
 	if (r->left < 2)
 		return false;
-	*v = get_u16(r->p);
+	*v = kvp_le_get_u16(r->p);
 	r->p += 2;
 	r->left -= 2;
 	return true;
@@ -169,7 +117,7 @@ static inline bool rd_u32(struct rd *r, uint32_t *v)
 {
 	if (r->left < 4)
 		return false;
-	*v = get_u32(r->p);
+	*v = kvp_le_get_u32(r->p);
 	r->p += 4;
 	r->left -= 4;
 	return true;
@@ -179,7 +127,7 @@ static inline bool rd_u64(struct rd *r, uint64_t *v)
 {
 	if (r->left < 8)
 		return false;
-	*v = get_u64(r->p);
+	*v = kvp_le_get_u64(r->p);
 	r->p += 8;
 	r->left -= 8;
 	return true;
@@ -189,7 +137,7 @@ static inline bool rd_f32(struct rd *r, float *v)
 {
 	if (r->left < 4)
 		return false;
-	*v = get_f32(r->p);
+	*v = kvp_le_get_f32(r->p);
 	r->p += 4;
 	r->left -= 4;
 	return true;
@@ -237,12 +185,12 @@ bool kvp_frame_type_valid(uint8_t version, uint8_t type)
 
 void kvp_hdr_encode(uint8_t out[KVP_HDR_SIZE], const struct kvp_frame_hdr *h)
 {
-	put_u32(out, KVP_PROTO_MAGIC);
+	kvp_le_put_u32(out, KVP_PROTO_MAGIC);
 	out[4] = h->version;
 	out[5] = h->type;
-	put_u16(out + 6, h->flags);
-	put_u32(out + 8, h->req_id);
-	put_u32(out + 12, h->len);
+	kvp_le_put_u16(out + 6, h->flags);
+	kvp_le_put_u32(out + 8, h->req_id);
+	kvp_le_put_u32(out + 12, h->len);
 }
 
 int kvp_hdr_decode(const uint8_t *in, size_t n, uint32_t max_payload, struct kvp_frame_hdr *h)
@@ -251,11 +199,11 @@ int kvp_hdr_decode(const uint8_t *in, size_t n, uint32_t max_payload, struct kvp
 		return KVP_EINVAL;
 	h->version = in[4];
 	h->type = in[5];
-	h->flags = get_u16(in + 6);
-	h->req_id = get_u32(in + 8);
-	h->len = get_u32(in + 12);
+	h->flags = kvp_le_get_u16(in + 6);
+	h->req_id = kvp_le_get_u32(in + 8);
+	h->len = kvp_le_get_u32(in + 12);
 
-	if (get_u32(in) != KVP_PROTO_MAGIC)
+	if (kvp_le_get_u32(in) != KVP_PROTO_MAGIC)
 		return KVP_EPROTO;
 	if (h->version < KVP_PROTO_VERSION || h->version > KVP_PROTO_VERSION_MAX)
 		return KVP_EVERSION;
@@ -280,14 +228,14 @@ size_t kvp_hello_encode(uint8_t *out, size_t cap, const struct kvp_hello *m)
 
 	if (m->adapter_len > KVP_NAME_MAX || m->salt_len > KVP_NAME_MAX || cap < need)
 		return 0;
-	put_u32(p, m->version);
-	put_u32(p + 4, m->flags);
-	put_u16(p + 8, m->adapter_len);
+	kvp_le_put_u32(p, m->version);
+	kvp_le_put_u32(p + 4, m->flags);
+	kvp_le_put_u16(p + 8, m->adapter_len);
 	p += 10;
 	if (m->adapter_len)
 		memcpy(p, m->adapter, m->adapter_len);
 	p += m->adapter_len;
-	put_u16(p, m->salt_len);
+	kvp_le_put_u16(p, m->salt_len);
 	p += 2;
 	if (m->salt_len)
 		memcpy(p, m->salt, m->salt_len);
@@ -325,13 +273,13 @@ size_t kvp_hello_reply_encode(uint8_t *out, size_t cap, const struct kvp_hello_r
 
 	if (m->name_len > KVP_NAME_MAX || cap < need)
 		return 0;
-	put_u32(out, m->version);
-	put_u32(out + 4, m->block_tokens);
-	put_u32(out + 8, m->capacity_blocks);
-	put_u32(out + 12, m->max_tokens);
-	put_u32(out + 16, m->flags);
-	put_u32(out + 20, m->tenant);
-	put_u16(out + 24, m->name_len);
+	kvp_le_put_u32(out, m->version);
+	kvp_le_put_u32(out + 4, m->block_tokens);
+	kvp_le_put_u32(out + 8, m->capacity_blocks);
+	kvp_le_put_u32(out + 12, m->max_tokens);
+	kvp_le_put_u32(out + 16, m->flags);
+	kvp_le_put_u32(out + 20, m->tenant);
+	kvp_le_put_u16(out + 24, m->name_len);
 	if (m->name_len)
 		memcpy(out + HELLO_REPLY_FIXED, m->name, m->name_len);
 	return need;
@@ -368,8 +316,8 @@ size_t kvp_tokens_req_encode(uint8_t *out, size_t cap, uint32_t flags, const uin
 	if ((flags & ~TOKENS_FLAGS_KNOWN) || cap < TOKENS_REQ_FIXED ||
 	    (cap - TOKENS_REQ_FIXED) / 4 < n_tokens)
 		return 0;
-	put_u32(out, flags);
-	put_u32(out + 4, n_tokens);
+	kvp_le_put_u32(out, flags);
+	kvp_le_put_u32(out + 4, n_tokens);
 	kvp_store_u32s(out + TOKENS_REQ_FIXED, tokens, n_tokens);
 	return kvp_tokens_req_size(n_tokens);
 }
@@ -401,11 +349,11 @@ size_t kvp_blocks_reply_encode(uint8_t *out, size_t cap, const struct kvp_blocks
 {
 	if (cap < BLOCKS_REPLY_FIXED || (cap - BLOCKS_REPLY_FIXED) / 4 < m->n_blocks)
 		return 0;
-	put_u32(out, m->matched_tokens);
-	put_u32(out + 4, m->prompt_tokens);
-	put_u32(out + 8, m->new_blocks);
-	put_u64(out + 12, m->lease);
-	put_u32(out + 20, m->n_blocks);
+	kvp_le_put_u32(out, m->matched_tokens);
+	kvp_le_put_u32(out + 4, m->prompt_tokens);
+	kvp_le_put_u32(out + 8, m->new_blocks);
+	kvp_le_put_u64(out + 12, m->lease);
+	kvp_le_put_u32(out + 20, m->n_blocks);
 	kvp_store_u32s(out + BLOCKS_REPLY_FIXED, block_ids, m->n_blocks);
 	return kvp_blocks_reply_size(m->n_blocks);
 }
@@ -428,7 +376,7 @@ size_t kvp_release_encode(uint8_t *out, size_t cap, uint64_t lease)
 {
 	if (cap < 8)
 		return 0;
-	put_u64(out, lease);
+	kvp_le_put_u64(out, lease);
 	return 8;
 }
 
@@ -436,7 +384,7 @@ int kvp_release_decode(const uint8_t *p, size_t n, uint64_t *lease)
 {
 	if (n != 8)
 		return KVP_EPROTO;
-	*lease = get_u64(p);
+	*lease = kvp_le_get_u64(p);
 	return 0;
 }
 
@@ -444,7 +392,7 @@ size_t kvp_u32_encode(uint8_t *out, size_t cap, uint32_t v)
 {
 	if (cap < 4)
 		return 0;
-	put_u32(out, v);
+	kvp_le_put_u32(out, v);
 	return 4;
 }
 
@@ -452,7 +400,7 @@ int kvp_u32_decode(const uint8_t *p, size_t n, uint32_t *v)
 {
 	if (n != 4)
 		return KVP_EPROTO;
-	*v = get_u32(p);
+	*v = kvp_le_get_u32(p);
 	return 0;
 }
 
@@ -491,8 +439,8 @@ size_t kvp_error_encode(uint8_t *out, size_t cap, int status, const char *msg)
 	code = status < 0 ? (uint32_t)0 - (uint32_t)status : (uint32_t)status;
 	if (code > INT32_MAX)
 		return 0;
-	put_u32(out, code);
-	put_u16(out + 4, (uint16_t)len);
+	kvp_le_put_u32(out, code);
+	kvp_le_put_u16(out + 4, (uint16_t)len);
 	if (len)
 		memcpy(out + ERROR_FIXED, msg, len);
 	return need;
@@ -547,15 +495,15 @@ size_t kvp_generate_req_encode_head(uint8_t *out, size_t cap, const struct kvp_g
 	need = GEN_REQ_FIXED + (size_t)m->n_stop * 4;   /* n_stop <= KVP_STOP_MAX here */
 	if (cap < need)
 		return 0;
-	put_u32(out, m->flags);
-	put_u32(out + 4, m->max_new);
-	put_f32(out + 8, m->temperature);
-	put_u32(out + 12, m->top_k);
-	put_f32(out + 16, m->top_p);
-	put_u64(out + 20, m->seed);
-	put_u32(out + 28, m->n_stop);
+	kvp_le_put_u32(out, m->flags);
+	kvp_le_put_u32(out + 4, m->max_new);
+	kvp_le_put_f32(out + 8, m->temperature);
+	kvp_le_put_u32(out + 12, m->top_k);
+	kvp_le_put_f32(out + 16, m->top_p);
+	kvp_le_put_u64(out + 20, m->seed);
+	kvp_le_put_u32(out + 28, m->n_stop);
 	kvp_store_u32s(out + GEN_REQ_STOP_OFF, stop, m->n_stop);
-	put_u32(out + GEN_REQ_STOP_OFF + (size_t)m->n_stop * 4, m->n_tokens);
+	kvp_le_put_u32(out + GEN_REQ_STOP_OFF + (size_t)m->n_stop * 4, m->n_tokens);
 	return need;
 }
 
@@ -601,7 +549,7 @@ size_t kvp_token_chunk_encode(uint8_t *out, size_t cap, const uint32_t *ids, uin
 {
 	if (cap < CHUNK_FIXED || (cap - CHUNK_FIXED) / 4 < n)
 		return 0;
-	put_u32(out, n);
+	kvp_le_put_u32(out, n);
 	kvp_store_u32s(out + CHUNK_FIXED, ids, n);
 	return kvp_token_chunk_size(n);
 }
@@ -626,16 +574,16 @@ size_t kvp_generate_done_encode(uint8_t *out, size_t cap, const struct kvp_gener
 	if (m->finish > KVP_FINISH_CONTEXT || cap < GEN_DONE_FIXED ||
 	    (cap - GEN_DONE_FIXED) / 4 < m->n_logits)
 		return 0;
-	put_u32(out, m->prompt_tokens);
-	put_u32(out + 4, m->cached_tokens);
-	put_u32(out + 8, m->computed_tokens);
-	put_u32(out + 12, m->generated_tokens);
-	put_u32(out + 16, m->finish);
-	put_u32(out + 20, 0);
-	put_u64(out + 24, m->ttft_us);
-	put_u64(out + 32, m->prefill_us);
-	put_u64(out + 40, m->decode_us);
-	put_u32(out + 48, m->n_logits);
+	kvp_le_put_u32(out, m->prompt_tokens);
+	kvp_le_put_u32(out + 4, m->cached_tokens);
+	kvp_le_put_u32(out + 8, m->computed_tokens);
+	kvp_le_put_u32(out + 12, m->generated_tokens);
+	kvp_le_put_u32(out + 16, m->finish);
+	kvp_le_put_u32(out + 20, 0);
+	kvp_le_put_u64(out + 24, m->ttft_us);
+	kvp_le_put_u64(out + 32, m->prefill_us);
+	kvp_le_put_u64(out + 40, m->decode_us);
+	kvp_le_put_u32(out + 48, m->n_logits);
 	kvp_store_f32s(out + GEN_DONE_FIXED, logits, m->n_logits);
 	return kvp_generate_done_size(m->n_logits);
 }
@@ -714,13 +662,13 @@ size_t kvp_admin_req_encode(uint8_t *out, size_t cap, const struct kvp_admin_req
 	    (cap - ADMIN_FIXED) / 4 < m->n_tokens ||
 	    cap - ADMIN_FIXED - (size_t)m->n_tokens * 4 < m->text_len)
 		return 0;
-	put_u32(out, m->op);
-	put_u32(out + 4, m->flags);
-	put_u32(out + 8, m->tenant);
-	put_u32(out + 12, m->n_tokens);
+	kvp_le_put_u32(out, m->op);
+	kvp_le_put_u32(out + 4, m->flags);
+	kvp_le_put_u32(out + 8, m->tenant);
+	kvp_le_put_u32(out + 12, m->n_tokens);
 	kvp_store_u32s(out + ADMIN_HEAD, tokens, m->n_tokens);
 	p = out + ADMIN_HEAD + (size_t)m->n_tokens * 4;
-	put_u16(p, m->text_len);
+	kvp_le_put_u16(p, m->text_len);
 	if (m->text_len)
 		memcpy(p + 2, m->text, m->text_len);
 	return kvp_admin_req_size(m);
@@ -755,9 +703,9 @@ size_t kvp_admin_reply_encode(uint8_t *out, size_t cap, const struct kvp_admin_r
 	if (m->text_len > KVP_ADMIN_REPLY_TEXT_MAX || cap < ADMIN_REPLY_FIXED ||
 	    cap - ADMIN_REPLY_FIXED < m->text_len)
 		return 0;
-	put_u32(out, m->op);
-	put_u32(out + 4, m->blocks);
-	put_u32(out + 8, m->text_len);
+	kvp_le_put_u32(out, m->op);
+	kvp_le_put_u32(out + 4, m->blocks);
+	kvp_le_put_u32(out + 8, m->text_len);
 	if (m->text_len)
 		memcpy(out + ADMIN_REPLY_FIXED, m->text, m->text_len);
 	return kvp_admin_reply_size(m);

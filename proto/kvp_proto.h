@@ -34,43 +34,7 @@
 
 #include "kvp_status.h"
 
-#define KVP_PROTO_MAGIC 0x3150564Bu
-#define KVP_PROTO_VERSION 1u         /* the version of ordinary frames */
-#define KVP_PROTO_VERSION_MAX 2u     /* the highest version the codec speaks */
-#define KVP_PROTO_VERSION_ADMIN 2u   /* the first version with KVP_T_ADMIN */
-#define KVP_HDR_SIZE 16u
-#define KVP_ERROR_MSG_MAX 1024u   /* longest ERROR message text */
-#define KVP_NAME_MAX 255u         /* longest adapter / salt / model name */
-
-enum kvp_frame_type {
-	KVP_T_HELLO = 0x01,
-	KVP_T_LOOKUP = 0x02,
-	KVP_T_INSERT = 0x03,
-	KVP_T_RELEASE = 0x04,
-	KVP_T_STATS = 0x05,
-	KVP_T_PING = 0x06,
-	KVP_T_GENERATE = 0x07,
-	KVP_T_ADMIN = 0x09,   /* version 2 only, like its reply KVP_T_ADMIN | KVP_T_REPLY */
-	KVP_T_REPLY = 0x80,   /* or-ed into a request type */
-	KVP_T_GENERATE_DONE = 0x88,   /* reply only: the last frame of a GENERATE */
-	KVP_T_ERROR = 0xFF,
-};
-
-/* LOOKUP / INSERT request flags. */
-#define KVP_F_PIN 0x1u     /* pin the resulting blocks under a new lease */
-/* HELLO reply flags. */
-#define KVP_HELLO_INDEX_ONLY 0x1u
-/* GENERATE request flags. kvprefix.h repeats KVP_GEN_LOGITS, KVP_STOP_MAX,
- * KVP_GEN_MAX_NEW and KVP_FINISH_*: keep both in step (client.c checks). */
-#define KVP_GEN_LOGITS 0x1u     /* return the logits of the last prompt position */
-#define KVP_GEN_FLAGS_KNOWN KVP_GEN_LOGITS
-/* GENERATE limits. */
-#define KVP_STOP_MAX 64u               /* stop token ids in one request */
-#define KVP_GEN_MAX_NEW (1u << 20)     /* largest max_new */
-/* GENERATE_DONE finish codes. */
-#define KVP_FINISH_LENGTH 0u    /* max_new tokens were generated */
-#define KVP_FINISH_STOP 1u      /* the last token generated is a stop token */
-#define KVP_FINISH_CONTEXT 2u   /* the model's context is full */
+#include "kvp_wire.h"
 
 struct kvp_frame_hdr {
 	uint8_t version;
@@ -294,16 +258,6 @@ int kvp_generate_done_decode(const uint8_t *p, size_t n, struct kvp_generate_don
  * ~KVP_ADMIN_FLAGS_KNOWN: the connection is closed) from the other refusals (it stays
  * usable). tokens points at little-endian bytes inside the input, text too.
  */
-#define KVP_ADMIN_CLEAR 1u    /* evict every unpinned block of the namespace(s) */
-#define KVP_ADMIN_EVICT 2u    /* evict the unpinned blocks at and below a prefix */
-#define KVP_ADMIN_PIN 3u      /* pin a cached prefix until UNPIN or the daemon stops */
-#define KVP_ADMIN_UNPIN 4u    /* undo one PIN of the same prefix */
-#define KVP_ADMIN_CONFIG 5u   /* show or set the daemon's options */
-#define KVP_ADMIN_F_TENANT 0x1u   /* act on the namespace of `tenant` */
-#define KVP_ADMIN_F_ALL 0x2u      /* CLEAR: every namespace */
-#define KVP_ADMIN_FLAGS_KNOWN (KVP_ADMIN_F_TENANT | KVP_ADMIN_F_ALL)
-#define KVP_ADMIN_TEXT_MAX 4096u          /* longest ADMIN text */
-#define KVP_ADMIN_REPLY_TEXT_MAX 65536u   /* longest ADMIN reply text */
 
 struct kvp_admin_req {
 	uint32_t op;

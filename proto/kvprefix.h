@@ -19,31 +19,15 @@
 #include <stdint.h>
 
 #include "kvp_status.h"
+#include "kvp_wire.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define KVP_LOOKUP_PIN 0x1u   /* lookup/insert: pin the blocks under a lease */
-#define KVP_GEN_LOGITS 0x1u   /* generate: return the last prompt position's logits */
-#define KVP_STOP_MAX 64u               /* generate: most stop token ids */
-#define KVP_GEN_MAX_NEW (1u << 20)     /* generate: largest max_new */
-
-/* Administrative requests (kvp_client_admin): the op, and its flags. kvp_proto.h
- * repeats these values (client.c checks that they agree). */
-#define KVP_ADMIN_CLEAR 1u    /* evict every unpinned cached block of a namespace */
-#define KVP_ADMIN_EVICT 2u    /* evict the unpinned blocks at and below a cached prefix */
-#define KVP_ADMIN_PIN 3u      /* pin a cached prefix until UNPIN or the daemon stops */
-#define KVP_ADMIN_UNPIN 4u    /* undo one PIN of the same prefix */
-#define KVP_ADMIN_CONFIG 5u   /* list, show or set the daemon's options */
-#define KVP_ADMIN_F_TENANT 0x1u   /* act on the namespace of `tenant`, not the connection's */
-#define KVP_ADMIN_F_ALL 0x2u      /* CLEAR: every namespace */
-#define KVP_ADMIN_TEXT_MAX 4096u  /* longest text of a request */
-
-/* Why a generation ended (struct kvp_usage.finish). */
-#define KVP_FINISH_LENGTH 0u    /* max_new tokens were generated */
-#define KVP_FINISH_STOP 1u      /* the last token generated is one of the stop ids */
-#define KVP_FINISH_CONTEXT 2u   /* the model's context is full */
+/* The protocol's constants (frame types, GENERATE flags and limits, finish codes, ADMIN
+ * ops and flags) come from kvp_wire.h, installed beside this header. */
+#define KVP_LOOKUP_PIN KVP_F_PIN   /* lookup/insert: pin the blocks under a lease */
 
 struct kvp_client;
 

@@ -12,7 +12,7 @@
  * arithmetic; for a device pool it is a device address, which only the CUDA engine
  * dereferences. The copies go through the one staging buffer, so like the rest of the
  * metadata they belong to the pool's owner thread. Device memory and the staging buffer
- * come from kvp_device.h (store/device_cuda.c or device_none.c), never from the
+ * come from kvp_device.h (device/device_cuda.c or device_none.c), never from the
  * allocation hook of kvp_store_set_allocator, which covers the metadata.
  */
 #include "kvp_store.h"

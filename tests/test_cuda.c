@@ -1,5 +1,5 @@
 /*
- * test_cuda.c - the CUDA backend (store/kvp_device.h, engine/cuda/kvp_cuda.h, the CUDA
+ * test_cuda.c - the CUDA backend (device/kvp_device.h, engine/cuda/kvp_cuda.h, the CUDA
  * engine behind kvp_engine.h) against the CPU reference (engine/cpu), each within a
  * stated tolerance (DESIGN: CPU is the reference backend; every CUDA op is tested
  * against it).

@@ -53,7 +53,7 @@
  * (index/hash.c allocates nothing; kvp_pool_attach_memory uses mmap, not the hook.)
  * If a site is added, EXPECTED_SITES must change with this list.
  *
- * Not covered here: daemon/cache.c's own allocations (the cache struct, its path
+ * Not covered here: cache/cache.c's own allocations (the cache struct, its path
  * scratch, the owner table and its growth, owners, leases and their shrinking
  * realloc, sequence arrays, kvp_cache_check's scratch) call libc directly, not a hook,
  * so no failure can be injected there from a test.

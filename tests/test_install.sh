@@ -110,6 +110,7 @@ for l in libkvprefix.so "libkvprefix.so.$KVP_SOVERSION"; do
 done
 need_file "$root$KVP_INCLUDEDIR/kvprefix.h" "$root"
 need_file "$root$KVP_INCLUDEDIR/kvp_status.h" "$root"
+need_file "$root$KVP_INCLUDEDIR/kvp_wire.h" "$root"
 need_file "$root$KVP_LIBDIR/pkgconfig/kvprefix.pc" "$root"
 need_file "$root$KVP_UNITDIR/kvprefixd.service" "$root"
 need_file "$root$KVP_UNITDIR/kvprefixd.socket" "$root"
@@ -151,9 +152,12 @@ if command -v pkg-config >/dev/null && [ -x "$KVP_C_COMPILER" ]; then
 #include <stdio.h>
 #include <kvprefix.h>
 #include <kvp_status.h>
+#include <kvp_wire.h>
 int main(void)
 {
 	char path[256];
+	if (KVP_PROTO_MAGIC != 0x3150564Bu || KVP_T_GENERATE != 0x07)
+		return 1;
 	if (kvp_client_default_socket(path, sizeof(path)) != 0)
 		return 1;
 	printf("%s\n", path);
@@ -414,6 +418,7 @@ else
 		done
 		need_file "$x/usr/include/kvprefix.h" "$x"
 		need_file "$x/usr/include/kvp_status.h" "$x"
+		need_file "$x/usr/include/kvp_wire.h" "$x"
 		need_file "$x$libdir/pkgconfig/kvprefix.pc" "$x"
 		grep -q '^prefix=/usr$' "$x$libdir/pkgconfig/kvprefix.pc" || fail "kvprefix.pc: prefix is not /usr"
 		need_file "$x/usr/lib/systemd/system/kvprefixd.service" "$x"

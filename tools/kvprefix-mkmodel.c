@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "kvp_gguf.h"
+#include "kvp_half.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF is written little-endian");
 
@@ -131,49 +132,6 @@ static inline float uniform(uint64_t key, uint64_t idx)
 	return (float)((double)(z >> 40) * 0x1.0p-23 - 1.0);
 }
 
-/* f32 -> f16 and bf16, round to nearest even (what ggml's converters do). */
-static uint16_t f32_to_f16(float f)
-{
-	union { float f; uint32_t u; } x = { .f = f };
-	uint32_t sign = (x.u >> 16) & 0x8000u, mant = x.u & 0x7fffffu;
-	int32_t exp = (int32_t)((x.u >> 23) & 0xff);
-
-	if (exp == 0xff)                                 /* inf, nan */
-		return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
-	exp = exp - 127 + 15;
-	if (exp >= 0x1f)
-		return (uint16_t)(sign | 0x7c00u);          /* overflow: inf */
-	if (exp <= 0) {                                  /* subnormal or zero */
-		uint32_t m, shift, half, r;
-
-		if (exp < -10)
-			return (uint16_t)sign;
-		m = mant | 0x800000u;
-		shift = (uint32_t)(14 - exp);
-		half = 1u << (shift - 1);
-		r = m >> shift;
-		if ((m & ((1u << shift) - 1)) > half || ((m & ((1u << shift) - 1)) == half && (r & 1)))
-			r++;
-		return (uint16_t)(sign | r);
-	}
-	{
-		uint32_t r = ((uint32_t)exp << 10) | (mant >> 13), low = mant & 0x1fffu;
-
-		if (low > 0x1000u || (low == 0x1000u && (r & 1)))
-			r++;                             /* may carry into the exponent: fine */
-		return (uint16_t)(sign | r);
-	}
-}
-
-static uint16_t f32_to_bf16(float f)
-{
-	union { float f; uint32_t u; } x = { .f = f };
-
-	if ((x.u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((x.u >> 16) | 0x40u);  /* quiet nan */
-	return (uint16_t)((x.u + 0x7fffu + ((x.u >> 16) & 1)) >> 16);
-}
-
 static void progress_add(struct progress *p, uint64_t n)
 {
 	struct timespec now;
@@ -216,11 +174,11 @@ static int fill(void *ctx, void *dst, uint64_t off, size_t n)
 			break;
 		case KVP_GGML_F16:
 			for (size_t j = 0; j < k; j++)
-				((uint16_t *)dst)[i + j] = f32_to_f16(v[j]);
+				((uint16_t *)dst)[i + j] = kvp_f32_to_f16(v[j]);
 			break;
 		case KVP_GGML_BF16:
 			for (size_t j = 0; j < k; j++)
-				((uint16_t *)dst)[i + j] = f32_to_bf16(v[j]);
+				((uint16_t *)dst)[i + j] = kvp_f32_to_bf16(v[j]);
 			break;
 		}
 	}

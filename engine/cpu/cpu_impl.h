@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "kvp_cpu.h"
+#include "kvp_half.h"
 
 /* Attention: tokens per K/V tile, and the most query vectors one work item holds. */
 #define KVP_ATTN_TILE 64
@@ -119,9 +120,8 @@ static inline void kvp_cpu_split_rows(int m, int ith, int nth, int *r0, int *r1)
 
 /* ---- shared helpers ------------------------------------------------------------------ */
 
-/* Exact IEEE half <-> single conversions, round to nearest even, NaN kept NaN. */
-float kvp_f16_to_f32_sw(uint16_t h);
-uint16_t kvp_f32_to_f16_sw(float f);
+/* Exact IEEE half <-> single conversions (kvp_f16_to_f32, kvp_f32_to_f16) come from
+ * common/kvp_half.h, included above. */
 
 /* Floats of scratch one attn_big work item needs for rp query vectors:
  *   qt (d, rp)  q^T scaled      ot (d, rp)  output^T

@@ -35,7 +35,7 @@ static void body_f16_to_f32(float *dst, const uint16_t *src, size_t n)
 	for (; i + VLEN <= n; i += VLEN)
 		VF_STORE(dst + i, VF_LOAD_F16(src + i));
 	for (; i < n; i++)
-		dst[i] = kvp_f16_to_f32_sw(src[i]);
+		dst[i] = kvp_f16_to_f32(src[i]);
 }
 
 static void body_f32_to_f16(uint16_t *dst, const float *src, size_t n)
@@ -44,7 +44,7 @@ static void body_f32_to_f16(uint16_t *dst, const float *src, size_t n)
 	for (; i + VLEN <= n; i += VLEN)
 		VF_STORE_F16(dst + i, VF_LOAD(src + i));
 	for (; i < n; i++)
-		dst[i] = kvp_f32_to_f16_sw(src[i]);
+		dst[i] = kvp_f32_to_f16(src[i]);
 }
 
 /* ---- elementwise ---------------------------------------------------------------------- */

@@ -28,8 +28,8 @@ typedef float VF;
 #define VF_HMAX(v) (v)
 #define VF_EXP(v) expf(v)
 #define VF_GT_SEL(a, b, x, y) ((a) > (b) ? (x) : (y))
-#define VF_LOAD_F16(p) kvp_f16_to_f32_sw(*(p))
-#define VF_STORE_F16(p, v) (*(p) = kvp_f32_to_f16_sw(v))
+#define VF_LOAD_F16(p) kvp_f16_to_f32(*(p))
+#define VF_STORE_F16(p, v) (*(p) = kvp_f32_to_f16(v))
 #define BODY_TB 4
 #define BODY_QB 4
 #define BODY_DB 4

@@ -39,6 +39,7 @@
  */
 #include "kvp_cuda.h"
 #include "kvp_device.h"
+#include "kvp_half.h"
 #include "kvp_engine.h"
 #include "kvp_gguf.h"
 
@@ -117,18 +118,6 @@ size_t kvp_cuda_engine_weight_bytes(const struct kvp_cuda_engine *e)
 	return e->weight_bytes;
 }
 
-/* f32 to bf16, rounded to nearest even; NaN stays NaN. */
-static uint16_t f32_to_bf16(float f)
-{
-	uint32_t u;
-
-	memcpy(&u, &f, sizeof(u));
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((u >> 16) | 0x40);
-	u += 0x7fffu + ((u >> 16) & 1);
-	return (uint16_t)(u >> 16);
-}
-
 static void convert(enum kvp_cuda_dtype t, void *dst, const float *src, size_t n)
 {
 	if (t == KVP_CUDA_F16) {
@@ -136,7 +125,7 @@ static void convert(enum kvp_cuda_dtype t, void *dst, const float *src, size_t n
 	} else {
 		uint16_t *d = dst;
 		for (size_t i = 0; i < n; i++)
-			d[i] = f32_to_bf16(src[i]);
+			d[i] = kvp_f32_to_bf16(src[i]);
 	}
 }
 

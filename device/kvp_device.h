@@ -1,9 +1,9 @@
 /*
  * kvp_device.h - the GPU runtime as the rest of kvprefix sees it: whether a CUDA device
  * is there, device memory, pinned host memory, copies and streams. No CUDA type appears
- * here; a stream is a void *. Built from store/device_cuda.c when KVP_CUDA is on (CUDA
+ * here; a stream is a void *. Built from device/device_cuda.c when KVP_CUDA is on (CUDA
  * runtime, linked statically, so binaries start on machines without a driver), else
- * from store/device_none.c, where every call fails with KVP_EUNSUPPORTED and
+ * from device/device_none.c, where every call fails with KVP_EUNSUPPORTED and
  * kvp_device_count reports "built without CUDA".
  *
  * Threading: the calls may be made from any thread; device memory and streams belong
