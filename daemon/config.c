@@ -33,7 +33,7 @@
 #include <unistd.h>
 
 #include "kvp_config.h"
-#include "kvp_cpu.h"
+#include "kvp_engine.h"
 #include "kvp_index.h"
 #include "kvp_log.h"
 #include "kvp_proto.h"

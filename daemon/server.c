@@ -43,7 +43,6 @@
 #include "kvp_cache.h"
 #include "kvp_config.h"
 #include "kvp_daemon.h"
-#include "kvp_device.h"
 #include "kvp_gen.h"
 #include "kvp_log.h"
 #include "kvp_metrics.h"
@@ -1635,7 +1634,7 @@ static int engine_setup(struct server *s, uint32_t *capacity)
 		.max_batch = 512,
 	};
 	const struct kvp_model_config *mc;
-	char err[512], why[256], dev[200] = "";
+	char err[512], why[256], dev[300] = "";
 	uint64_t fp = 0;
 	size_t bb;
 	int rc;
@@ -1645,21 +1644,14 @@ static int engine_setup(struct server *s, uint32_t *capacity)
 	if (cfg->backend == KVP_DAEMON_BACKEND_AUTO && cfg->kv_dtype != KVP_KV_F16) {
 		kvp_info("--kv-dtype f32: using the CPU backend (the CUDA backend keeps KV in f16)");
 	} else if (cfg->backend != KVP_DAEMON_BACKEND_CPU) {
-		struct kvp_device_info info;
-
-		if (kvp_device_count(why, sizeof(why)) > 0 &&
-		    kvp_device_open(0, &info, err, sizeof(err)) == 0) {
+		if (kvp_engine_probe(KVP_BACKEND_CUDA, why, sizeof(why)) == 0) {
 			ec.backend = KVP_BACKEND_CUDA;
-			snprintf(dev, sizeof(dev), " on CUDA device 0 (%s, sm_%d%d, %.1f GiB)",
-				 info.name, info.sm_major, info.sm_minor,
-				 (double)info.mem_total / 1073741824.0);
+			snprintf(dev, sizeof(dev), " on %s", why);
 		} else if (cfg->backend == KVP_DAEMON_BACKEND_CUDA) {
-			kvp_err("--backend cuda: no CUDA device found: %s", why[0] ? why : err);
+			kvp_err("--backend cuda: no CUDA device found: %s", why);
 			return -1;
 		} else {
-			/* why is empty when a device is there but did not open: err says why */
-			kvp_info("no CUDA device found (%s): using the CPU backend",
-				 why[0] ? why : err);
+			kvp_info("no CUDA device found (%s): using the CPU backend", why);
 		}
 	}
 	if (ec.backend == KVP_BACKEND_CUDA && cfg->kv_dtype != KVP_KV_F16) {

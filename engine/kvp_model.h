@@ -67,4 +67,10 @@ struct kvp_model {
 int kvp_model_load(const char *path, struct kvp_model **out, char *err, size_t errlen);
 void kvp_model_free(struct kvp_model *m);
 
+/* Is every token id of tokens[0..n) in the vocabulary? 0, or KVP_EINVAL with the
+ * position of the first that is not in *bad (may be NULL). The one check of token ids:
+ * the engine runs it on every batch, the daemon on a request to say which one. */
+int kvp_model_check_tokens(const struct kvp_model *m, const uint32_t *tokens, size_t n,
+			   size_t *bad);
+
 #endif

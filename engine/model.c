@@ -472,3 +472,18 @@ void kvp_model_free(struct kvp_model *m)
 	kvp_gguf_close(m->file);
 	KVP_MODEL_FREE(m);
 }
+
+int kvp_model_check_tokens(const struct kvp_model *m, const uint32_t *tokens, size_t n,
+			   size_t *bad)
+{
+	const uint32_t vocab = m->cfg.vocab;
+
+	for (size_t i = 0; i < n; i++) {
+		if (tokens[i] >= vocab) {
+			if (bad)
+				*bad = i;
+			return KVP_EINVAL;
+		}
+	}
+	return KVP_OK;
+}

@@ -66,7 +66,6 @@
 
 #include <xxhash.h>
 
-#include "kvp_cpu.h"
 #include "kvp_device.h"
 #include "kvp_engine.h"
 #include "kvp_index.h"
@@ -1395,7 +1394,7 @@ static int eng_prefill(struct eng_ctx *x, uint32_t n, int warm, int runs, double
 		int rc;
 
 		if (peaks && r >= 0)
-			peaks[r] = kvp_cpu_peak_gflops(kvp_engine_threads(x->e));
+			peaks[r] = kvp_engine_peak_gflops(x->e);
 		rand_tokens(x->tokens, n, seed + (uint64_t)(r + warm), x->vocab);
 		a = kvp_tool_now_ns();
 		rc = kvp_engine_forward(x->e, set, x->nb_set, x->tokens, n, 0, 0, x->logits);
@@ -1409,7 +1408,7 @@ static int eng_prefill(struct eng_ctx *x, uint32_t n, int warm, int runs, double
 		if (r >= 0)
 			rates[r] = (double)n / ((double)(b - a) / 1e9);
 		if (peaks && r >= 0) {
-			double after = kvp_cpu_peak_gflops(kvp_engine_threads(x->e));
+			double after = kvp_engine_peak_gflops(x->e);
 
 			fprintf(stderr, "engine: prefill %u tokens: %.3f s (peak FMA before %.1f, "
 				"after %.1f GFLOP/s)\n", n, (double)(b - a) / 1e9, peaks[r], after);
@@ -1541,7 +1540,7 @@ static int bench_engine_inproc(const char *model_path, int threads, enum kvp_kv_
 		fprintf(stderr, PROG " engine: kvp_engine_create: %s\n", kvp_strerror(rc));
 		goto out;
 	}
-	res->isa = kvp_cpu_isa();
+	res->isa = kvp_engine_kernels(x.e);
 	bb = kvp_engine_block_bytes(x.e);
 	res->block_bytes = bb;
 	bb = (bb + 63) / 64 * 64;

@@ -22,13 +22,6 @@
 
 #define KVP_ATTN_BIG_MIN_Q 8 /* query vectors per kv head that make the big path pay */
 
-size_t kvp_kv_block_bytes(uint32_t n_layers, uint32_t n_kv_heads, uint32_t head_dim,
-			  uint32_t block_tokens, enum kvp_kv_dtype dtype)
-{
-	size_t esz = dtype == KVP_KV_F16 ? 2 : 4;
-	return (size_t)n_layers * 2 * n_kv_heads * block_tokens * head_dim * esz;
-}
-
 void kvp_cpu_kv_store(const struct kvp_kv_view *kv, uint32_t pos, const float *k, const float *v)
 {
 	const struct kvp_cpu_kern *kn = kvp_cpu_kern();

@@ -6,12 +6,9 @@
  * Vectorised with runtime dispatch (AVX-512F, AVX2+FMA, portable C); results agree
  * across paths within float rounding. All pointers are f32 unless named otherwise.
  *
- * KV block layout (DESIGN.md): one block holds, for its block_tokens positions,
- *     (layer, K/V, kv_head, token, head_dim)
- * elements of kv_dtype, so the K of layer l, kv head h, token j of a block starts at
- * element (((l * 2 + 0) * n_kv_heads + h) * block_tokens + j) * head_dim, and its V at
- * the same with 1 in place of 0. K is stored after the rotary embedding, so a block's
- * bytes are exactly what attention at any later position reads.
+ * Private to the engine (engine/cpu/backend_cpu.c and the engine's tests): the rest of
+ * kvprefix reaches these kernels only through kvp_engine.h. The KV block layout the
+ * attention kernels read and write is the engine's, documented in kvp_engine.h.
  */
 #ifndef KVP_CPU_H
 #define KVP_CPU_H
@@ -20,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvp_engine.h"
 #include "kvp_status.h"
 
 /* ---- threads ---------------------------------------------------------------- */
@@ -116,8 +114,6 @@ void kvp_cpu_add_rows(struct kvp_threadpool *tp, float *x, size_t ldx, const flo
 
 #define KVP_CPU_MAX_HEAD_DIM 2048
 
-enum kvp_kv_dtype { KVP_KV_F32 = 0, KVP_KV_F16 = 1 };
-
 /* One layer's view of a sequence's block table. */
 struct kvp_kv_view {
 	void *const *blocks;     /* (n_blocks) block base pointers, in sequence order */
@@ -129,10 +125,6 @@ struct kvp_kv_view {
 	uint32_t layer;
 	enum kvp_kv_dtype dtype;
 };
-
-/* Bytes of one block for a model of these dims. */
-size_t kvp_kv_block_bytes(uint32_t n_layers, uint32_t n_kv_heads, uint32_t head_dim,
-			  uint32_t block_tokens, enum kvp_kv_dtype dtype);
 
 /* Store the K and V rows (n_kv_heads * head_dim each) of position pos. */
 void kvp_cpu_kv_store(const struct kvp_kv_view *kv, uint32_t pos, const float *k, const float *v);

@@ -1,5 +1,6 @@
 /*
- * engine_cuda.c - the forward pass of engine/engine.c on a CUDA device.
+ * engine_cuda.c - the forward pass of the CPU backend (engine/cpu/backend_cpu.c) on a
+ * CUDA device.
  *
  *   tokens (n) ──embed──▶ x (rows, dim) f32
  *   per layer:  xb = rmsnorm(x)                  q = xb . Wq      [k | v] = xb . Wkv
@@ -37,6 +38,7 @@
  * rows, so k, v, gate and up can share a buffer. The output head reuses the embedding
  * when the model ties them.
  */
+#include "kvp_cpu.h"    /* its bulk f32 -> f16 conversion, for the weights' upload */
 #include "kvp_cuda.h"
 #include "kvp_device.h"
 #include "kvp_half.h"
@@ -74,6 +76,7 @@ struct kvp_cuda_engine {
 	void *stream;
 	struct kvp_cuda_blas *blas;
 	size_t weight_bytes;
+	double peak_tflops;       /* the device's dense F16 peak (kvp_device_info) */
 	/* weights (device) */
 	void *embd;               /* (vocab, dim) */
 	void *output;             /* (vocab, dim); == embd when tied */
@@ -116,6 +119,11 @@ static void say(char *err, size_t errlen, const char *fmt, ...)
 size_t kvp_cuda_engine_weight_bytes(const struct kvp_cuda_engine *e)
 {
 	return e->weight_bytes;
+}
+
+double kvp_cuda_engine_peak_tflops(const struct kvp_cuda_engine *e)
+{
+	return e->peak_tflops;
 }
 
 static void convert(enum kvp_cuda_dtype t, void *dst, const float *src, size_t n)
@@ -310,10 +318,6 @@ int kvp_cuda_engine_create(const struct kvp_model *m, const struct kvp_engine_co
 		say(err, errlen, "block_tokens and max_batch must be at least 1");
 		return KVP_EINVAL;
 	}
-	if (cfg->kv_dtype != KVP_KV_F16) {
-		say(err, errlen, "the CUDA backend keeps KV in f16");
-		return KVP_EINVAL;
-	}
 	if (mc->head_dim == 0 || mc->head_dim % 2 || mc->head_dim > KVP_CUDA_MAX_HEAD_DIM) {
 		say(err, errlen, "head_dim %u: the CUDA backend needs an even head_dim of at most %d",
 		    mc->head_dim, KVP_CUDA_MAX_HEAD_DIM);
@@ -334,6 +338,7 @@ int kvp_cuda_engine_create(const struct kvp_model *m, const struct kvp_engine_co
 		return KVP_ENOMEM;
 	e->m = m;
 	e->device = cfg->device;
+	e->peak_tflops = info.f16_tflops;
 	e->block_tokens = cfg->block_tokens;
 	e->max_batch = cfg->max_batch;
 	e->wt = mc->file_type == KVP_GGML_BF16 ? KVP_CUDA_BF16 : KVP_CUDA_F16;
@@ -488,11 +493,7 @@ int kvp_cuda_engine_forward(struct kvp_cuda_engine *e, void *const *blocks, uint
 	uint32_t done = 0, rows = 0, need;
 	int rc, sync;
 
-	if (n == 0 || (uint64_t)pos0 + n > mc->ctx || (uint64_t)n_blocks * b < (uint64_t)pos0 + n)
-		return KVP_EINVAL;
-	for (uint32_t i = 0; i < n; i++)
-		if (tokens[i] >= mc->vocab)
-			return KVP_EINVAL;
+	/* sizes, positions and token ids were checked by kvp_engine_forward_batch */
 	need = (pos0 + n + b - 1) / b;   /* <= table_cap, as pos0 + n <= ctx */
 
 	/* The staging buffers are free: every forward waits for its stream before it

@@ -1,6 +1,6 @@
 /*
  * kvp_cuda.h - private to the engine: the CUDA backend's kernels, its cuBLAS GEMM and
- * the CUDA engine behind kvp_engine_create (engine.c dispatches on cfg->backend).
+ * the CUDA engine behind the backend table's "cuda" entry (backend_cuda.c).
  * Plain C; no CUDA type appears here (streams are void *, dtypes an enum), so C code
  * and tests include it without the CUDA headers.
  *
@@ -130,13 +130,17 @@ struct kvp_cuda_engine;
 int kvp_cuda_engine_create(const struct kvp_model *m, const struct kvp_engine_config *cfg,
 			   struct kvp_cuda_engine **out, char *err, size_t errlen);
 void kvp_cuda_engine_destroy(struct kvp_cuda_engine *e);
-/* As kvp_engine_forward, with blocks holding device pointers (a pool attached with
- * kvp_pool_attach_device); logits (host, vocab floats) when non-NULL. */
+/* One sequence of kvp_engine_forward_batch, which has checked the sizes, positions and
+ * token ids: blocks hold device pointers (a pool attached with kvp_pool_attach_device);
+ * logits (host, vocab floats) when non-NULL. KV is f16 (the table offers nothing
+ * else). */
 int kvp_cuda_engine_forward(struct kvp_cuda_engine *e, void *const *blocks, uint32_t n_blocks,
 			    const uint32_t *tokens, uint32_t n, uint32_t pos0,
 			    uint32_t kv_write_from, float *logits);
 /* Device bytes the weights take. */
 size_t kvp_cuda_engine_weight_bytes(const struct kvp_cuda_engine *e);
+/* The device's dense F16 tensor-core peak, TFLOP/s (kvp_device_info.f16_tflops). */
+double kvp_cuda_engine_peak_tflops(const struct kvp_cuda_engine *e);
 
 #ifdef __cplusplus
 }
