@@ -373,10 +373,6 @@ int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 	if (pin && m)
 		res->lease = lease_commit(c, o, l, m, c->path, m);
 
-	c->st.lookups++;
-	c->st.lookup_hits += m > 0;
-	c->st.query_tokens += n_tokens;
-	c->st.hit_tokens += res->matched_tokens;
 	return KVP_OK;
 }
 
@@ -534,8 +530,6 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, struct kvp_key gr
 	if (pin)
 		res->lease = lease_commit(c, o, l, nb, c->path, k);
 
-	c->st.inserts++;
-	c->st.insert_tokens += n_tokens;
 	c->st.inserted_blocks += res->new_blocks;
 	return rc;
 }
@@ -612,10 +606,6 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, struct kvp_key
 	seq->ns = r;
 	seq->n_blocks = need;
 	seq->matched_blocks = m;
-	c->st.generations++;
-	c->st.generation_hits += m > 0;
-	c->st.query_tokens += n_prompt;
-	c->st.hit_tokens += (uint64_t)m * b;
 	return KVP_OK;
 
 out_free:
@@ -727,10 +717,6 @@ int kvp_cache_admin_pin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 			      c->admin_ids, &res);
 	if (rc)
 		return rc;
-	c->st.lookups--;              /* not a client's query: keep the hit rates clean */
-	c->st.lookup_hits -= res.n_blocks > 0;
-	c->st.query_tokens -= res.prompt_tokens;
-	c->st.hit_tokens -= res.matched_tokens;
 	*pinned = res.n_blocks;
 	return KVP_OK;
 }

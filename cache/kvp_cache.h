@@ -52,15 +52,10 @@ struct kvp_cache_result {
 	bool quota_full;            /* ... because the namespace is at its quota */
 };
 
+/* What the cache did. What clients asked and got (queries, hit tokens, requests) is
+ * the daemon's to count (daemon/kvp_stats.h): a lookup made for an administrator is no
+ * client's query. */
 struct kvp_cache_stats {
-	uint64_t lookups;           /* LOOKUP requests */
-	uint64_t lookup_hits;       /* lookups that matched at least one block */
-	uint64_t generations;       /* sequences begun (GENERATE requests) */
-	uint64_t generation_hits;   /* of those, with at least one cached block */
-	uint64_t query_tokens;      /* tokens looked up (LOOKUP and GENERATE prompts) */
-	uint64_t hit_tokens;        /* of those, tokens served from cache */
-	uint64_t inserts;
-	uint64_t insert_tokens;
 	uint64_t inserted_blocks;
 	uint64_t insert_full;       /* inserts cut short by a pool full of pinned blocks */
 	uint64_t evictions;
@@ -159,7 +154,7 @@ int kvp_cache_attach_memory(struct kvp_cache *c, size_t block_bytes);
 int kvp_cache_attach_device(struct kvp_cache *c, size_t block_bytes);
 /* KVP_ETOOBIG (n_prompt > max_tokens), KVP_EFULL (not enough free or evictable
  * blocks: the message-worthy "pool full of pinned blocks"), KVP_ENOMEM. Nothing is
- * held after a failure. Counts as a query in the hit statistics. */
+ * held after a failure. */
 int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, struct kvp_key group,
 			const uint32_t *tokens,
 			uint32_t n_prompt, uint32_t n_positions, struct kvp_seq *seq);

@@ -241,7 +241,7 @@ static int fail(struct cerr *e, enum cerr_kind kind, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
 	va_end(ap);
-	return -1;
+	return KVP_EINVAL;
 }
 
 /* ---- values ---------------------------------------------------------------------------- */
@@ -286,7 +286,7 @@ static int parse_bool(const char *s, bool *out)
 			return 0;
 		}
 	}
-	return -1;
+	return KVP_EINVAL;
 }
 
 /* Only plain digits: no sign, no blank, no 0x. */
@@ -296,17 +296,17 @@ static int parse_u32(const char *s, int base, uint32_t min, uint32_t max, uint32
 	char *end;
 
 	if (s[0] < '0' || s[0] > '9')
-		return -1;
+		return KVP_EINVAL;
 	errno = 0;
 	v = strtoull(s, &end, base);
 	if (errno || *end || v < min || v > max)
-		return -1;
+		return KVP_EINVAL;
 	*out = (uint32_t)v;
 	return 0;
 }
 
-/* Set o's field in cfg from val (NULL: a KIND_BOOL flag on the command line). 0, or -1
- * with the reason in why (without the option's name). */
+/* Set o's field in cfg from val (NULL: a KIND_BOOL flag on the command line). 0, or
+ * KVP_EINVAL (KVP_ENOMEM) with the reason in why (without the option's name). */
 static int opt_store(const struct opt_def *o, const char *val, struct kvp_config *cfg,
 		     char *why, size_t whylen)
 {
@@ -320,7 +320,7 @@ static int opt_store(const struct opt_def *o, const char *val, struct kvp_config
 		b = true;
 		if (val && parse_bool(val, &b) < 0) {
 			snprintf(why, whylen, "'%s' is not true or false", val);
-			return -1;
+			return KVP_EINVAL;
 		}
 		memcpy(field, &b, sizeof(b));
 		break;
@@ -332,7 +332,7 @@ static int opt_store(const struct opt_def *o, const char *val, struct kvp_config
 			else
 				snprintf(why, whylen, "'%s' is not a number in %u..%u", val, o->min,
 					 o->max);
-			return -1;
+			return KVP_EINVAL;
 		}
 		memcpy(field, &u, sizeof(u));
 		break;
@@ -344,7 +344,7 @@ static int opt_store(const struct opt_def *o, const char *val, struct kvp_config
 				snprintf(why, whylen, "%u..%u bytes", o->min, o->max);
 			else
 				snprintf(why, whylen, "%s longer than %u bytes", o->noun, o->max);
-			return -1;
+			return KVP_EINVAL;
 		}
 		memcpy(field, val, len + 1);
 		break;
@@ -354,16 +354,15 @@ static int opt_store(const struct opt_def *o, const char *val, struct kvp_config
 
 		if (val[0] && !(p = intern(val))) {
 			snprintf(why, whylen, "out of memory");
-			return -1;
+			return KVP_ENOMEM;
 		}
 		memcpy(field, &p, sizeof(p));
 		break;
 	}
 	case KIND_LOG_LEVEL:
-		i = kvp_log_parse_level(val);
-		if (i < 0) {
+		if (kvp_log_parse_level(val, (enum kvp_log_level *)&i) != KVP_OK) {
 			snprintf(why, whylen, "'%s' is not one of error, warn, info, debug", val);
-			return -1;
+			return KVP_EINVAL;
 		}
 		memcpy(field, &i, sizeof(i));
 		break;
@@ -374,7 +373,7 @@ static int opt_store(const struct opt_def *o, const char *val, struct kvp_config
 			i = KVP_KV_F32;
 		} else {
 			snprintf(why, whylen, "'%s' is not f16 or f32", val);
-			return -1;
+			return KVP_EINVAL;
 		}
 		memcpy(field, &i, sizeof(i));
 		break;
@@ -387,7 +386,7 @@ static int opt_store(const struct opt_def *o, const char *val, struct kvp_config
 			i = KVP_DAEMON_BACKEND_CUDA;
 		} else {
 			snprintf(why, whylen, "'%s' is not auto, cpu or cuda", val);
-			return -1;
+			return KVP_EINVAL;
 		}
 		memcpy(field, &i, sizeof(i));
 		break;
@@ -431,6 +430,16 @@ void kvp_config_diff(const struct kvp_config *a, const struct kvp_config *b,
 
 		if (opt_has_field(o) && opt_differs(o, a, b))
 			fn(arg, o->name, o->flags & OPT_LIVE);
+	}
+}
+
+void kvp_config_copy_live(struct kvp_config *dst, const struct kvp_config *src)
+{
+	for (size_t i = 0; i < N_OPTS; i++) {
+		const struct opt_def *o = &opt_table[i];
+
+		if (opt_has_field(o) && (o->flags & OPT_LIVE))
+			memcpy((char *)dst + o->off, (const char *)src + o->off, o->size);
 	}
 }
 
@@ -538,7 +547,8 @@ struct cli_info {
 };
 
 /* One getopt_long pass over argv, applying each option to cfg. interactive: print and
- * stop at --help / --version (returns 1); otherwise they are skipped. 0, 1 or -1. */
+ * stop at --help / --version (returns KVP_CONFIG_DONE); otherwise they are skipped.
+ * 0, KVP_CONFIG_DONE, or KVP_EINVAL with the message in e. */
 static int cli_pass(int argc, char **argv, struct kvp_config *cfg, struct cli_info *info,
 		    bool interactive, struct cerr *e)
 {
@@ -584,12 +594,12 @@ static int cli_pass(int argc, char **argv, struct kvp_config *cfg, struct cli_in
 			if (!interactive)
 				continue;
 			usage(stdout);
-			return 1;
+			return KVP_CONFIG_DONE;
 		case KIND_VERSION:
 			if (!interactive)
 				continue;
 			printf("kvprefixd %s (mimalloc %d)\n", KVP_VERSION, mi_version());
-			return 1;
+			return KVP_CONFIG_DONE;
 		case KIND_CONFIG:
 			info->config = optarg;
 			info->config_given = true;
@@ -599,7 +609,7 @@ static int cli_pass(int argc, char **argv, struct kvp_config *cfg, struct cli_in
 		}
 		if (o->flags & OPT_MODE)
 			info->mode_given = true;
-		if (opt_store(o, o->kind == KIND_BOOL ? NULL : optarg, cfg, why, sizeof(why)) < 0)
+		if (opt_store(o, o->kind == KIND_BOOL ? NULL : optarg, cfg, why, sizeof(why)) != KVP_OK)
 			return fail(e, CERR_OTHER, "--%s: %s", o->name, why);
 	}
 	if (optind < argc)
@@ -716,7 +726,7 @@ static int file_handler(void *user, const char *section, const char *name, const
 		return 0;
 	}
 	fc->seen[i] = fc->lineno;
-	if (opt_store(o, value, fc->cfg, why, sizeof(why)) < 0) {
+	if (opt_store(o, value, fc->cfg, why, sizeof(why)) != KVP_OK) {
 		file_error(fc, "%s: %s", name, why);
 		return 0;
 	}
@@ -739,11 +749,11 @@ static void inih_setup(void)
 }
 
 /* Read `path` into cfg. explicit: --config named it (it must exist); otherwise a missing
- * file is no file. 0 or -1. */
+ * file is no file. 0, or KVP_EINVAL with the message in e. */
 static int file_load(const char *path, bool explicit, struct kvp_config *cfg, struct cerr *e)
 {
 	struct file_ctx *fc;
-	int r, rc = -1;
+	int r, rc = KVP_EINVAL;
 
 	if (!path || !path[0])
 		return 0;
@@ -806,9 +816,9 @@ static int finish(struct kvp_config *cfg, struct cerr *e)
 		return fail(e, CERR_OTHER,
 			    "--max-tokens %u needs frames of %llu bytes, over --max-frame-bytes %u",
 			    cfg->max_tokens, (unsigned long long)frame_need, cfg->max_frame_bytes);
-	if (cfg->admin_group[0] && kvp_config_resolve_group(cfg->admin_group, NULL) < 0)
+	if (cfg->admin_group[0] && kvp_config_resolve_group(cfg->admin_group, NULL) != KVP_OK)
 		return fail(e, CERR_OTHER, "--admin-group '%s': no such group", cfg->admin_group);
-	if (kvp_config_uid_listed(cfg->salt_uids, 0) < 0)
+	if (kvp_config_uid_listed(cfg->salt_uids, 0, NULL) != KVP_OK)
 		return fail(e, CERR_OTHER,
 			    "--salt-uids '%s' is not a comma-separated list of uids", cfg->salt_uids);
 	/* every lease may pin the same block: its pin count must not wrap */
@@ -821,7 +831,8 @@ static int finish(struct kvp_config *cfg, struct cerr *e)
 	return 0;
 }
 
-/* The whole parse. 0: cfg is ready; 1: --help/--version done (interactive only); -1. */
+/* The whole parse. 0: cfg is ready; KVP_CONFIG_DONE: --help/--version done (interactive
+ * only); KVP_EINVAL with the message in e. */
 static int load(int argc, char **argv, struct kvp_config *cfg, bool interactive,
 		struct cerr *e)
 {
@@ -836,9 +847,10 @@ static int load(int argc, char **argv, struct kvp_config *cfg, bool interactive,
 		return r;
 
 	set_defaults(cfg);
-	if (file_load(info.config_given ? info.config : kvp_config_default_path,
-		      info.config_given, cfg, e) < 0)
-		return -1;
+	r = file_load(info.config_given ? info.config : kvp_config_default_path,
+		      info.config_given, cfg, e);
+	if (r)
+		return r;
 	if (info.mode_given) {
 		/* the mode is one choice: the command line's replaces the file's */
 		cfg->model_path = NULL;
@@ -856,9 +868,9 @@ int kvp_config_parse(int argc, char **argv, struct kvp_config *cfg)
 	struct cerr e = { 0 };
 	int r = load(argc, argv, cfg, true, &e);
 
-	if (r > 0)
+	if (r == KVP_CONFIG_DONE)
 		return KVP_CONFIG_DONE;
-	if (r < 0) {
+	if (r) {
 		switch (e.kind) {
 		case CERR_USAGE:
 			fprintf(stderr, "kvprefixd: %s\nTry 'kvprefixd --help'.\n", e.msg);
@@ -875,7 +887,7 @@ int kvp_config_parse(int argc, char **argv, struct kvp_config *cfg)
 			fprintf(stderr, "kvprefixd: %s\n", e.msg);
 			break;
 		}
-		return 2;
+		return KVP_CONFIG_USAGE;
 	}
 	kvp_log_set_level((enum kvp_log_level)cfg->log_level);
 	return 0;
@@ -885,21 +897,25 @@ int kvp_config_reload(int argc, char **argv, struct kvp_config *out, char *err, 
 {
 	struct cerr e = { 0 };
 
-	if (load(argc, argv, out, false, &e) < 0) {
+	int r = load(argc, argv, out, false, &e);
+
+	if (r) {
 		if (err && errlen)
 			snprintf(err, errlen, "%s", e.msg);
-		return -1;
+		return r;
 	}
-	return 0;
+	return KVP_OK;
 }
 
-int kvp_config_uid_listed(const char *list, uint32_t uid)
+int kvp_config_uid_listed(const char *list, uint32_t uid, bool *listed)
 {
 	const char *p = list;
-	int found = 0;
+	bool found = false;
 
+	if (listed)
+		*listed = false;
 	if (!*p)
-		return 0;
+		return KVP_OK;
 	for (;;) {
 		uint64_t v = 0;
 		const char *start = p;
@@ -907,13 +923,16 @@ int kvp_config_uid_listed(const char *list, uint32_t uid)
 		while (*p >= '0' && *p <= '9' && v <= UINT32_MAX)
 			v = v * 10 + (uint64_t)(*p++ - '0');
 		if (p == start || v >= UINT32_MAX)
-			return -1;
+			return KVP_EINVAL;
 		found |= v == uid;
 		if (*p == '\0')
-			return found;
+			break;
 		if (*p++ != ',')
-			return -1;
+			return KVP_EINVAL;
 	}
+	if (listed)
+		*listed = found;
+	return KVP_OK;
 }
 
 int kvp_config_resolve_group(const char *name, gid_t *gid)
@@ -921,14 +940,14 @@ int kvp_config_resolve_group(const char *name, gid_t *gid)
 	uint32_t v;
 	struct group *g;
 
-	if (parse_u32(name, 10, 0, UINT32_MAX - 1, &v) == 0) {
+	if (parse_u32(name, 10, 0, UINT32_MAX - 1, &v) == KVP_OK) {
 		if (gid)
 			*gid = (gid_t)v;
-		return 0;
+		return KVP_OK;
 	}
 	g = getgrnam(name);
 	if (!g)
-		return -1;
+		return KVP_ENOTFOUND;
 	if (gid)
 		*gid = g->gr_gid;
 	return 0;
@@ -1002,8 +1021,8 @@ int kvp_config_format(const struct kvp_config *cfg, const char *key, char *buf, 
 			used += (size_t)n;
 	}
 	if (!found)
-		return -1;
-	return used < len ? 0 : 1;
+		return KVP_ENOTFOUND;
+	return used < len ? KVP_OK : KVP_ETOOBIG;
 }
 
 int kvp_config_set_live(struct kvp_config *cfg, const char *key, const char *val, char *err,
@@ -1016,21 +1035,21 @@ int kvp_config_set_live(struct kvp_config *cfg, const char *key, const char *val
 
 	if (!o || !opt_has_field(o)) {
 		snprintf(err, errlen, "%s: no such option", key);
-		return -1;
+		return KVP_EINVAL;
 	}
 	if (!(o->flags & OPT_LIVE)) {
 		snprintf(err, errlen, "%s needs a restart to change", key);
-		return 1;
+		return KVP_EUNSUPPORTED;
 	}
-	if (opt_store(o, val, &next, why, sizeof(why)) < 0) {
+	if (opt_store(o, val, &next, why, sizeof(why)) != KVP_OK) {
 		snprintf(err, errlen, "%s: %s", key, why);
-		return -1;
+		return KVP_EINVAL;
 	}
 	/* the same checks as a whole configuration gets */
-	if (finish(&next, &e) < 0) {
+	if (finish(&next, &e) != KVP_OK) {
 		snprintf(err, errlen, "%s", e.msg);
-		return -1;
+		return KVP_EINVAL;
 	}
 	*cfg = next;
-	return 0;
+	return KVP_OK;
 }

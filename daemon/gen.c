@@ -45,10 +45,10 @@ static uint64_t now_ns(void)
 /* Under mu: put job on the dirty list once. */
 static void mark_dirty(struct kvp_gen *g, struct kvp_gen_job *j)
 {
-	if (j->dirty)
+	if (j->priv.dirty)
 		return;
-	j->dirty = true;
-	j->next_dirty = g->dirty;
+	j->priv.dirty = true;
+	j->priv.next_dirty = g->dirty;
 	g->dirty = j;
 }
 
@@ -63,11 +63,13 @@ static bool is_stop(const struct kvp_gen_job *j, uint32_t tok)
 /* Publish the engine's progress on j; after a done publish the loop owns j. */
 static void publish(struct kvp_gen *g, struct kvp_gen_job *j)
 {
-	j->eng.prefill_us = j->t_prefill_ns / 1000;
-	j->eng.decode_us = j->t_decode_ns / 1000;
+	struct kvp_gen_job_private *q = &j->priv;
+
+	q->eng.prefill_us = q->t_prefill_ns / 1000;
+	q->eng.decode_us = q->t_decode_ns / 1000;
 	pthread_mutex_lock(&g->mu);
-	j->pub = j->eng;
-	if (j->eng.done)
+	q->pub = q->eng;
+	if (q->eng.done)
 		g->n_active--;
 	mark_dirty(g, j);
 	pthread_mutex_unlock(&g->mu);
@@ -77,7 +79,7 @@ static void publish(struct kvp_gen *g, struct kvp_gen_job *j)
 /* Sample after a forward; returns true when the job is finished. */
 static bool take_token(struct kvp_gen *g, struct kvp_gen_job *j)
 {
-	struct kvp_gen_job_progress *r = &j->eng;
+	struct kvp_gen_progress *r = &j->priv.eng;
 	const uint32_t vocab = kvp_engine_model(g->e)->cfg.vocab;
 	uint32_t tok = kvp_sample(&j->sampler, g->logits, vocab, g->sample_scratch);
 
@@ -103,7 +105,7 @@ static bool take_token(struct kvp_gen *g, struct kvp_gen_job *j)
  * may already have freed) the job, so the caller must not touch it. */
 static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
 {
-	struct kvp_gen_job_progress *r = &j->eng;
+	struct kvp_gen_progress *r = &j->priv.eng;
 	uint64_t t0 = now_ns();
 	bool done;
 	int rc;
@@ -114,17 +116,17 @@ static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
 		publish(g, j);
 		return true;
 	}
-	if (j->pos < j->n_prompt) {
+	if (j->priv.pos < j->n_prompt) {
 		/* prefill: the uncached suffix, or just the last token of a cached prompt */
-		uint32_t rows = j->n_prompt - j->pos;
+		uint32_t rows = j->n_prompt - j->priv.pos;
 		bool last;
 
 		if (rows > PREFILL_CHUNK)
 			rows = PREFILL_CHUNK;
-		last = j->pos + rows == j->n_prompt;
-		rc = kvp_engine_forward(g->e, j->blocks, j->n_blocks, j->tokens + j->pos, rows,
-					j->pos, j->cached, last ? g->logits : NULL);
-		j->pos += rows;
+		last = j->priv.pos + rows == j->n_prompt;
+		rc = kvp_engine_forward(g->e, j->blocks, j->n_blocks, j->tokens + j->priv.pos, rows,
+					j->priv.pos, j->cached, last ? g->logits : NULL);
+		j->priv.pos += rows;
 		if (rc) {
 			r->done = true;
 			r->status = rc;
@@ -141,9 +143,9 @@ static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
 			}
 			r->ttft_us = (now_ns() - j->t_received_ns) / 1000;
 		} else {
-			r->n_valid = j->pos > j->cached ? j->pos : j->cached;
+			r->n_valid = j->priv.pos > j->cached ? j->priv.pos : j->cached;
 		}
-		j->t_prefill_ns += now_ns() - t0;
+		j->priv.t_prefill_ns += now_ns() - t0;
 	} else {
 		/* decode: feed the last token drawn */
 		uint32_t p = j->n_prompt + r->n_generated - 1;
@@ -157,7 +159,7 @@ static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
 			r->n_valid = p + 1;
 			r->done = take_token(g, j);
 		}
-		j->t_decode_ns += now_ns() - t0;
+		j->priv.t_decode_ns += now_ns() - t0;
 	}
 	done = r->done;   /* read before publishing: a finished job may be freed at once */
 	publish(g, j);
@@ -186,9 +188,9 @@ static void *engine_main(void *arg)
 
 		if (stopping) {
 			for (struct kvp_gen_job *j = g->active, *next; j; j = next) {
-				next = j->next_q;
-				j->eng.done = true;
-				j->eng.status = KVP_ESHUTDOWN;
+				next = j->priv.next_q;
+				j->priv.eng.done = true;
+				j->priv.eng.status = KVP_ESHUTDOWN;
 				publish(g, j);
 			}
 			g->active = NULL;
@@ -196,13 +198,13 @@ static void *engine_main(void *arg)
 		}
 		/* one step of every active job, dropping the finished ones */
 		for (pp = &g->active; *pp;) {
-			struct kvp_gen_job *j = *pp, *next = j->next_q;
+			struct kvp_gen_job *j = *pp, *next = j->priv.next_q;
 			if (step(g, j)) {
 				*pp = next;
 				if (!next)
 					g->active_tail = pp;
 			} else {
-				pp = &j->next_q;
+				pp = &j->priv.next_q;
 			}
 		}
 	}
@@ -245,40 +247,33 @@ out_free:
 
 void kvp_gen_submit(struct kvp_gen *g, struct kvp_gen_job *j)
 {
-	j->next_q = NULL;
-	j->pos = j->cached < j->n_prompt ? j->cached : j->n_prompt - 1;
-	memset(&j->eng, 0, sizeof(j->eng));
-	j->eng.n_valid = j->cached;
-	j->pub = j->eng;
-	j->n_valid = j->cached;
-	j->n_generated = 0;
-	j->done = false;
+	struct kvp_gen_job_private *q = &j->priv;
+
+	memset(q, 0, sizeof(*q));
+	q->pos = j->cached < j->n_prompt ? j->cached : j->n_prompt - 1;
+	q->eng.n_valid = j->cached;
+	q->pub = q->eng;
 	pthread_mutex_lock(&g->mu);
 	*g->submitted_tail = j;
-	g->submitted_tail = &j->next_q;
+	g->submitted_tail = &q->next_q;
 	g->n_active++;
 	pthread_cond_signal(&g->cv);
 	pthread_mutex_unlock(&g->mu);
 }
 
-size_t kvp_gen_poll(struct kvp_gen *g, struct kvp_gen_job **jobs, size_t max)
+size_t kvp_gen_poll(struct kvp_gen *g, struct kvp_gen_news *news, size_t max)
 {
 	size_t n = 0;
 
 	pthread_mutex_lock(&g->mu);
 	while (g->dirty && n < max) {
 		struct kvp_gen_job *j = g->dirty;
-		g->dirty = j->next_dirty;
-		j->dirty = false;
-		j->n_generated = j->pub.n_generated;
-		j->n_valid = j->pub.n_valid;
-		j->done = j->pub.done;
-		j->status = j->pub.status;
-		j->finish = j->pub.finish;
-		j->ttft_us = j->pub.ttft_us;
-		j->prefill_us = j->pub.prefill_us;
-		j->decode_us = j->pub.decode_us;
-		jobs[n++] = j;
+
+		g->dirty = j->priv.next_dirty;
+		j->priv.dirty = false;
+		news[n].job = j;
+		news[n].p = j->priv.pub;
+		n++;
 	}
 	pthread_mutex_unlock(&g->mu);
 	return n;

@@ -7,12 +7,15 @@
  *                                       active job in turn (a prefill chunk of at most
  *                                       max_batch rows, or one decode token)
  *   notify cb ◀──event_active── publishes progress (tokens, done) on the dirty list
- *   kvp_gen_poll() takes dirty jobs, sends their new tokens, finishes done ones
+ *   kvp_gen_poll() takes dirty jobs with their progress, sends their new tokens,
+ *                  finishes done ones
  *
  * The event loop never waits on compute: submit and poll only take a mutex for a few
- * pointer moves. A job's tokens array is written by the engine thread before it
- * publishes under the mutex, and read by the loop after it polls, so the loop sees
- * every token it is told about. Jobs are never dropped: a cancelled job still comes
+ * pointer moves. Progress is published once per step: the engine copies its own
+ * progress into the job's published copy under the mutex, and poll hands the loop a
+ * copy of that. A job's tokens array is written by the engine thread before it
+ * publishes, and read by the loop after it polls, so the loop sees every token it is
+ * told about. Jobs are never dropped: a cancelled job still comes
  * back through poll (done, status KVP_ECLOSED) so its blocks can be returned.
  */
 #ifndef KVP_GEN_H
@@ -25,6 +28,16 @@
 #include "kvp_engine.h"
 
 #define KVP_GEN_STOP_MAX 64
+
+/* How far the engine got with a job: what it publishes, and what the loop reads. */
+struct kvp_gen_progress {
+	uint32_t n_generated;        /* tokens drawn, in tokens[n_prompt ..] */
+	uint32_t n_valid;            /* positions whose KV is in the blocks */
+	bool done;                   /* the engine is finished with the job */
+	int status;                  /* 0, or why the job ended early */
+	uint32_t finish;             /* KVP_FINISH_* when done with status 0 */
+	uint64_t ttft_us, prefill_us, decode_us;
+};
 
 struct kvp_gen_job {
 	/* set by the loop before submit; the engine only reads these */
@@ -44,27 +57,22 @@ struct kvp_gen_job {
 	void *owner;                 /* the loop's; never touched by the engine */
 	atomic_bool cancel;          /* set by the loop when the client is gone */
 
-	/* a snapshot taken under the gen mutex by kvp_gen_poll; what the loop reads */
-	uint32_t n_generated;
-	uint32_t n_valid;            /* positions whose KV is in the blocks */
-	bool done;                   /* last snapshot: the engine is finished with the job */
-	int status;                  /* 0, or why the job ended early */
-	uint32_t finish;             /* KVP_FINISH_* when done with status 0 */
-	uint64_t ttft_us, prefill_us, decode_us;
-
 	/* private to kvp_gen */
-	struct kvp_gen_job_progress {
-		uint32_t n_generated, n_valid;
-		bool done;
-		int status;
-		uint32_t finish;
-		uint64_t ttft_us, prefill_us, decode_us;
-	} eng, pub;                  /* engine's own, and published under the mutex */
-	struct kvp_gen_job *next_q;  /* submit queue / active list */
-	struct kvp_gen_job *next_dirty;
-	bool dirty;
-	uint32_t pos;                /* next prompt position to prefill */
-	uint64_t t_prefill_ns, t_decode_ns;
+	struct kvp_gen_job_private {
+		struct kvp_gen_progress eng;   /* the engine thread's own, moved by each step */
+		struct kvp_gen_progress pub;   /* the last published, under the gen mutex */
+		struct kvp_gen_job *next_q;    /* submit queue / active list */
+		struct kvp_gen_job *next_dirty;
+		bool dirty;
+		uint32_t pos;                  /* next prompt position to prefill */
+		uint64_t t_prefill_ns, t_decode_ns;
+	} priv;
+};
+
+/* One piece of news from kvp_gen_poll: a job and its progress as last published. */
+struct kvp_gen_news {
+	struct kvp_gen_job *job;
+	struct kvp_gen_progress p;
 };
 
 struct kvp_gen;
@@ -79,11 +87,10 @@ int kvp_gen_start(struct kvp_engine *e, void (*notify)(void *arg), void *arg,
 void kvp_gen_stop_thread(struct kvp_gen *g);
 void kvp_gen_free(struct kvp_gen *g);
 void kvp_gen_submit(struct kvp_gen *g, struct kvp_gen_job *job);
-/* Take up to max jobs with news; returns how many. Each one's snapshot fields
- * (n_generated .. decode_us) are refreshed under the mutex and stay as they are until
- * the next poll that returns it. A job whose snapshot says done is never returned
- * again: the loop owns it and frees it. */
-size_t kvp_gen_poll(struct kvp_gen *g, struct kvp_gen_job **jobs, size_t max);
+/* Take up to max jobs with news, each with a copy of its progress as published;
+ * returns how many. A job whose progress says done is never returned again: the loop
+ * owns it and frees it. */
+size_t kvp_gen_poll(struct kvp_gen *g, struct kvp_gen_news *news, size_t max);
 /* Jobs submitted and not yet done. */
 uint32_t kvp_gen_active(struct kvp_gen *g);
 

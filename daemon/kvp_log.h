@@ -13,8 +13,8 @@ enum kvp_log_level {
 	KVP_LOG_DEBUG = 3,
 };
 
-/* Parse "error", "warn", "info", "debug": the level, or -1. */
-int kvp_log_parse_level(const char *s);
+/* Parse "error", "warn", "info", "debug": 0 and the level in *out, or KVP_EINVAL. */
+int kvp_log_parse_level(const char *s, enum kvp_log_level *out);
 /* The name of a level ("info"); "info" for an out-of-range value. */
 const char *kvp_log_level_name(enum kvp_log_level level);
 void kvp_log_set_level(enum kvp_log_level level);

@@ -1,4 +1,5 @@
 #include "kvp_log.h"
+#include "kvp_status.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -20,12 +21,15 @@ static bool getenv_journal(void)
 	return cached;
 }
 
-int kvp_log_parse_level(const char *s)
+int kvp_log_parse_level(const char *s, enum kvp_log_level *out)
 {
-	for (int i = 0; i < 4; i++)
-		if (strcmp(s, level_names[i]) == 0)
-			return i;
-	return -1;
+	for (int i = 0; i < 4; i++) {
+		if (strcmp(s, level_names[i]) == 0) {
+			*out = (enum kvp_log_level)i;
+			return KVP_OK;
+		}
+	}
+	return KVP_EINVAL;
 }
 
 const char *kvp_log_level_name(enum kvp_log_level level)

@@ -1,19 +1,7 @@
 /*
- * metrics.c - histograms, per-namespace counters, requests by outcome, the Prometheus
- * text renderer and the evhttp server behind --metrics-listen.
- *
- *   histogram (bounds in µs)            exposed (seconds, cumulative)
- *   buckets[0] : v <= b0          ──▶   _bucket{le="b0"}   = buckets[0]
- *   buckets[1] : b0 < v <= b1     ──▶   _bucket{le="b1"}   = buckets[0] + buckets[1]
- *   ...                                 ...
- *   buckets[n] : v > b(n-1)       ──▶   _bucket{le="+Inf"} = count
- *                                       _sum = sum_us / 1e6, _count = count
- *
- *   namespace table: e[0..n) tracked in order of first sight, then "other"
- *   ┌──────────────┬──────────────┬─────┬──────────────┐   ┌───────┐
- *   │ 1000 ""      │ 1000 "lora-a"│ ... │ e[31]        │   │ other │ ◀─ the 33rd and later,
- *   └──────────────┴──────────────┴─────┴──────────────┘   └───────┘    and names that are
- *                                                                       not printable UTF-8
+ * metrics.c - the Prometheus text renderer and the evhttp server behind
+ * --metrics-listen. The counters are kvp_stats.h's; their layout (histogram buckets,
+ * the namespace table) is drawn in stats.c.
  *
  * The HTTP side is libevent's evhttp on the daemon's own event_base: a scrape runs in
  * the loop thread between client frames, so it reads every counter without locks. A
@@ -34,7 +22,6 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -44,6 +31,8 @@
 #include "kvp_metrics.h"
 #include "kvp_proto.h"
 #include "kvp_status.h"
+#include "kvp_unix_listen.h"
+#include "kvp_utf8.h"
 
 #define met_zalloc(n) calloc(1, (n))
 #define met_free(p) free(p)
@@ -51,220 +40,6 @@
 #define HTTP_TIMEOUT_S 10
 #define HTTP_MAX_HEADERS 8192
 #define HTTP_MAX_BODY 4096
-#define STATS_TOP_NAMESPACES 10
-
-/* ---- histograms ------------------------------------------------------------ */
-
-static const double latency_bounds_us[] = {
-	1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000,
-	100000, 250000, 1000000,
-};
-static const double ttft_bounds_us[] = {
-	250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
-	5000000, 10000000, 25000000, 60000000,
-};
-
-#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
-
-int kvp_hist_init_bounds(struct kvp_hist *h, const double *bounds_us, uint32_t n_bounds)
-{
-	memset(h, 0, sizeof(*h));
-	if (!bounds_us || n_bounds == 0 || n_bounds > KVP_HIST_MAX_BOUNDS)
-		return KVP_EINVAL;
-	for (uint32_t i = 0; i < n_bounds; i++)
-		if (!isfinite(bounds_us[i]) || (i && bounds_us[i] <= bounds_us[i - 1]))
-			return KVP_EINVAL;
-	h->bounds_us = bounds_us;
-	h->n_bounds = n_bounds;
-	return KVP_OK;
-}
-
-void kvp_hist_init(struct kvp_hist *h, enum kvp_hist_kind kind)
-{
-	if (kind == KVP_HIST_TTFT)
-		(void)kvp_hist_init_bounds(h, ttft_bounds_us, NELEM(ttft_bounds_us));
-	else
-		(void)kvp_hist_init_bounds(h, latency_bounds_us, NELEM(latency_bounds_us));
-}
-
-void kvp_hist_observe(struct kvp_hist *h, double us)
-{
-	uint32_t i = 0;
-
-	if (!(us >= 0))
-		us = 0;   /* a clock step or a NAN: count it, in the lowest bucket */
-	while (i < h->n_bounds && us > h->bounds_us[i])
-		i++;
-	h->buckets[i]++;
-	h->count++;
-	h->sum_us += us;
-}
-
-double kvp_hist_quantile_us(const struct kvp_hist *h, double q)
-{
-	double rank, below = 0;
-
-	if (h->count == 0 || isnan(q))
-		return NAN;
-	if (q < 0)
-		q = 0;
-	if (q > 1)
-		q = 1;
-	rank = q * (double)h->count;
-	for (uint32_t i = 0; i <= h->n_bounds; i++) {
-		double in = (double)h->buckets[i];
-
-		if (in > 0 && below + in >= rank) {
-			double lo = i ? h->bounds_us[i - 1] : 0;
-
-			if (i == h->n_bounds)   /* +Inf: nothing better than the last bound */
-				return h->n_bounds ? h->bounds_us[h->n_bounds - 1] : 0;
-			return lo + (h->bounds_us[i] - lo) * ((rank - below) / in);
-		}
-		below += in;
-	}
-	return h->n_bounds ? h->bounds_us[h->n_bounds - 1] : 0;
-}
-
-/* ---- namespaces ------------------------------------------------------------ */
-
-/* Length of the valid UTF-8 sequence at s (n bytes left), or 0 when it is not one. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-	unsigned char c = s[0];
-	size_t len;
-	unsigned char lo = 0x80, hi = 0xbf;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf)
-		len = 2;
-	else if (c >= 0xe0 && c <= 0xef)
-		len = 3;
-	else if (c >= 0xf0 && c <= 0xf4)
-		len = 4;
-	else
-		return 0;
-	if (n < len)
-		return 0;
-	if (c == 0xe0)
-		lo = 0xa0;          /* overlong */
-	else if (c == 0xed)
-		hi = 0x9f;          /* surrogates */
-	else if (c == 0xf0)
-		lo = 0x90;          /* overlong */
-	else if (c == 0xf4)
-		hi = 0x8f;          /* above U+10FFFF */
-	if (s[1] < lo || s[1] > hi)
-		return 0;
-	for (size_t i = 2; i < len; i++)
-		if (s[i] < 0x80 || s[i] > 0xbf)
-			return 0;
-	return len;
-}
-
-/* Printable UTF-8: valid, and no C0 or C1 control character (nor DEL). */
-static bool printable_utf8(const char *str, size_t n)
-{
-	const unsigned char *s = (const unsigned char *)str;
-
-	for (size_t i = 0; i < n;) {
-		size_t k = utf8_seq(s + i, n - i);
-
-		if (k == 0 || (k == 1 && (s[i] < 0x20 || s[i] == 0x7f)) ||
-		    (k == 2 && s[i] == 0xc2 && s[i + 1] < 0xa0))
-			return false;
-		i += k;
-	}
-	return true;
-}
-
-
-struct kvp_ns_counters *kvp_ns_stats_get(struct kvp_ns_stats_table *t, uint32_t tenant,
-					 const char *adapter)
-{
-	size_t len = strnlen(adapter, KVP_NS_ADAPTER_MAX);
-	struct kvp_ns_entry *e;
-
-	for (uint32_t i = 0; i < t->n; i++) {
-		e = &t->e[i];
-		if (e->tenant == tenant && strncmp(e->adapter, adapter, len) == 0 &&
-		    e->adapter[len] == '\0')
-			return &e->c;
-	}
-	/* labels must stay distinct and printable: a name the renderer would have to
-	 * alter (U+FFFD) could collide with another one, so it is not tracked */
-	if (t->n == KVP_NS_TRACKED_MAX || !printable_utf8(adapter, len)) {
-		t->overflowed++;
-		return &t->other;
-	}
-	e = &t->e[t->n++];
-	memset(e, 0, sizeof(*e));
-	e->tenant = tenant;
-	memcpy(e->adapter, adapter, len);
-	e->adapter[len] = '\0';
-	return &e->c;
-}
-
-bool kvp_ns_stats_is_other(const struct kvp_ns_stats_table *t, const struct kvp_ns_counters *c)
-{
-	return c == &t->other;
-}
-
-/* ---- requests by outcome --------------------------------------------------- */
-
-static const char *const status_names[KVP_REQ_NSTATUS + 1] = {
-	"ok", "ENOMEM", "EINVAL", "EPROTO", "ETOOBIG", "EFULL", "ENOTFOUND", "EVERSION",
-	"EIO", "ECLOSED", "ETIMEDOUT", "EBUSY", "EPERM", "EUNSUPPORTED", "ESHUTDOWN",
-	"EEXIST", "EINTERNAL",
-};
-
-static const char *const req_type_names[KVP_REQ_NTYPES] = {
-	"hello", "lookup", "insert", "release", "stats", "generate", "ping", "other",
-};
-
-static unsigned outcome_index(int status)
-{
-	if (status > 0)
-		status = -status;
-	if (status < -KVP_REQ_NSTATUS)
-		return KVP_REQ_NOUTCOMES - 1;
-	return (unsigned)-status;
-}
-
-const char *kvp_metrics_outcome_name(int status)
-{
-	unsigned k = outcome_index(status);
-
-	return k <= KVP_REQ_NSTATUS ? status_names[k] : "EUNKNOWN";
-}
-
-static enum kvp_req_type req_type_of(uint8_t frame_type)
-{
-	switch (frame_type) {
-	case KVP_T_HELLO: return KVP_REQ_HELLO;
-	case KVP_T_LOOKUP: return KVP_REQ_LOOKUP;
-	case KVP_T_INSERT: return KVP_REQ_INSERT;
-	case KVP_T_RELEASE: return KVP_REQ_RELEASE;
-	case KVP_T_STATS: return KVP_REQ_STATS;
-	case KVP_T_GENERATE: return KVP_REQ_GENERATE;
-	case KVP_T_PING: return KVP_REQ_PING;
-	}
-	return KVP_REQ_OTHER;
-}
-
-void kvp_req_count(struct kvp_req_counts *rc, uint8_t frame_type, int status)
-{
-	rc->n[req_type_of(frame_type)][outcome_index(status)]++;
-}
-
-uint64_t kvp_metrics_clock_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- the text format ------------------------------------------------------- */
 
@@ -296,7 +71,7 @@ int kvp_metrics_escape_label(struct evbuffer *out, const char *str)
 	/* copy runs of plain bytes in one go; escape or replace the rest */
 	for (size_t i = 0; i < n;) {
 		const char *rep = NULL;
-		size_t k = utf8_seq(s + i, n - i);
+		size_t k = kvp_utf8_seq(s + i, n - i);
 
 		if (k == 0)
 			rep = "\xef\xbf\xbd";
@@ -421,6 +196,7 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 {
 	struct emit e = { .out = out };
 	const struct kvp_cache_stats *st = &v->cache;
+	const struct kvp_stats_totals *tt = &v->totals;
 
 	family(&e, "kvprefix_info", "gauge", "kvprefixd build and mode (value is always 1)");
 	emitf(&e, "kvprefix_info{version=\"");
@@ -434,24 +210,24 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 
 	family(&e, "kvprefix_queries_total", "counter",
 	       "Prompts matched against the cache: LOOKUP requests and GENERATE prompts");
-	emitf(&e, "kvprefix_queries_total{kind=\"lookup\"} %" PRIu64 "\n", st->lookups);
-	emitf(&e, "kvprefix_queries_total{kind=\"generate\"} %" PRIu64 "\n", st->generations);
+	emitf(&e, "kvprefix_queries_total{kind=\"lookup\"} %" PRIu64 "\n", tt->lookups);
+	emitf(&e, "kvprefix_queries_total{kind=\"generate\"} %" PRIu64 "\n", tt->generations);
 	family(&e, "kvprefix_query_hits_total", "counter",
 	       "Queries that matched at least one cached block");
-	emitf(&e, "kvprefix_query_hits_total{kind=\"lookup\"} %" PRIu64 "\n", st->lookup_hits);
+	emitf(&e, "kvprefix_query_hits_total{kind=\"lookup\"} %" PRIu64 "\n", tt->lookup_hits);
 	emitf(&e, "kvprefix_query_hits_total{kind=\"generate\"} %" PRIu64 "\n",
-	      st->generation_hits);
-	counter(&e, "kvprefix_query_tokens_total", "Tokens of every query", st->query_tokens);
+	      tt->generation_hits);
+	counter(&e, "kvprefix_query_tokens_total", "Tokens of every query", tt->query_tokens);
 	counter(&e, "kvprefix_hit_tokens_total",
-		"Query tokens served from the cache (hit rate = hit / query tokens)", st->hit_tokens);
+		"Query tokens served from the cache (hit rate = hit / query tokens)", tt->hit_tokens);
 	counter(&e, "kvprefix_computed_tokens_total",
 		"Positions whose KV the engine computed (prompt not cached, and generated)",
-		v->computed_tokens);
-	counter(&e, "kvprefix_generated_tokens_total", "Tokens generated", v->generated_tokens);
+		tt->computed_tokens);
+	counter(&e, "kvprefix_generated_tokens_total", "Tokens generated", tt->generated_tokens);
 	counter(&e, "kvprefix_generations_done_total", "Generations finished, however they ended",
-		v->generations_done);
-	counter(&e, "kvprefix_inserts_total", "INSERT requests", st->inserts);
-	counter(&e, "kvprefix_insert_tokens_total", "Tokens of INSERT requests", st->insert_tokens);
+		tt->generations_done);
+	counter(&e, "kvprefix_inserts_total", "INSERT requests", tt->inserts);
+	counter(&e, "kvprefix_insert_tokens_total", "Tokens of INSERT requests", tt->insert_tokens);
 	counter(&e, "kvprefix_inserted_blocks_total", "Blocks added to the cache",
 		st->inserted_blocks);
 	counter(&e, "kvprefix_insert_full_total",
@@ -459,9 +235,9 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 	counter(&e, "kvprefix_evictions_total", "Cached blocks evicted to make room",
 		st->evictions);
 	counter(&e, "kvprefix_leases_total", "Leases granted", st->leases_total);
-	counter(&e, "kvprefix_errors_total", "ERROR frames sent", v->errors);
+	counter(&e, "kvprefix_errors_total", "ERROR frames sent", tt->errors);
 	counter(&e, "kvprefix_connections_total", "Client connections accepted",
-		v->connections_total);
+		tt->connections_total);
 
 	if (v->req) {
 		family(&e, "kvprefix_requests_total", "counter",
@@ -476,8 +252,8 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 				if (!k && t == KVP_REQ_OTHER && !n)
 					continue;
 				emitf(&e, "kvprefix_requests_total{type=\"%s\",outcome=\"%s\"} %" PRIu64
-				      "\n", req_type_names[t],
-				      k <= KVP_REQ_NSTATUS ? status_names[k] : "EUNKNOWN", n);
+				      "\n", kvp_req_type_name(t),
+				      kvp_req_outcome_name(k), n);
 			}
 		}
 	}
@@ -539,73 +315,6 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 	return KVP_OK;
 }
 
-/* ---- STATS JSON ------------------------------------------------------------ */
-
-static void add_num_or_null(cJSON *o, const char *key, double v)
-{
-	if (isnan(v))
-		cJSON_AddNullToObject(o, key);
-	else
-		cJSON_AddNumberToObject(o, key, v);
-}
-
-void kvp_metrics_stats_json(struct cJSON *o, const struct kvp_ns_stats_table *t,
-			    const struct kvp_hist *ttft, const struct kvp_hist *lookup)
-{
-	const struct kvp_ns_counters *top[STATS_TOP_NAMESPACES];
-	size_t n_top = 0;
-	cJSON *arr;
-
-	/* top by requests: a partial insertion sort over at most 33 entries */
-	for (uint32_t i = 0; i <= t->n; i++) {
-		const struct kvp_ns_counters *c = i < t->n ? &t->e[i].c : &t->other;
-		size_t j;
-
-		if (c == &t->other && c->requests == 0 && c->queries == 0)
-			continue;
-		if (n_top == STATS_TOP_NAMESPACES && c->requests <= top[n_top - 1]->requests)
-			continue;
-		if (n_top < STATS_TOP_NAMESPACES)
-			n_top++;
-		for (j = n_top - 1; j > 0 && top[j - 1]->requests < c->requests; j--)
-			top[j] = top[j - 1];
-		top[j] = c;
-	}
-	arr = cJSON_AddArrayToObject(o, "namespaces");
-	for (size_t i = 0; arr && i < n_top; i++) {
-		const struct kvp_ns_counters *c = top[i];
-		cJSON *x = cJSON_CreateObject();
-		char ns[KVP_NS_ADAPTER_MAX + 16];
-
-		if (!x)
-			break;
-		if (c == &t->other) {
-			cJSON_AddStringToObject(x, "namespace", "other");
-			cJSON_AddNullToObject(x, "tenant");
-			cJSON_AddNullToObject(x, "adapter");
-		} else {
-			const struct kvp_ns_entry *e =
-				(const struct kvp_ns_entry *)((const char *)c -
-							      offsetof(struct kvp_ns_entry, c));
-			snprintf(ns, sizeof(ns), "%" PRIu32 ":%s", e->tenant, e->adapter);
-			cJSON_AddStringToObject(x, "namespace", ns);
-			cJSON_AddNumberToObject(x, "tenant", e->tenant);
-			cJSON_AddStringToObject(x, "adapter", e->adapter);
-		}
-		cJSON_AddNumberToObject(x, "requests", (double)c->requests);
-		cJSON_AddNumberToObject(x, "queries", (double)c->queries);
-		cJSON_AddNumberToObject(x, "query_tokens", (double)c->query_tokens);
-		cJSON_AddNumberToObject(x, "hit_tokens", (double)c->hit_tokens);
-		cJSON_AddNumberToObject(x, "hit_rate", c->query_tokens ?
-					(double)c->hit_tokens / (double)c->query_tokens : 0.0);
-		cJSON_AddItemToArray(arr, x);
-	}
-	cJSON_AddNumberToObject(o, "namespaces_tracked", t->n);
-	add_num_or_null(o, "ttft_us_p50", ttft ? kvp_hist_quantile_us(ttft, 0.5) : NAN);
-	add_num_or_null(o, "ttft_us_p99", ttft ? kvp_hist_quantile_us(ttft, 0.99) : NAN);
-	add_num_or_null(o, "lookup_us_p99", lookup ? kvp_hist_quantile_us(lookup, 0.99) : NAN);
-}
-
 /* ---- the HTTP server ------------------------------------------------------- */
 
 struct kvp_metrics {
@@ -614,9 +323,7 @@ struct kvp_metrics {
 	void (*render)(void *arg, struct evbuffer *out);
 	void *arg;
 	int port;                                        /* TCP port bound, 0 for Unix */
-	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];  /* "" unless Unix */
-	dev_t dev;                                       /* the socket file we made */
-	ino_t ino;
+	struct kvp_unix_file file;                       /* the socket file we made, if Unix */
 };
 
 static void reply_text(struct evhttp_request *req, int code, const char *reason,
@@ -718,70 +425,6 @@ static int parse_host_port(const char *s, char *host, size_t cap, uint16_t *port
 	return KVP_OK;
 }
 
-/* A listening AF_UNIX socket at path, replacing a stale socket file. fd or -1 (logged). */
-static int unix_listen(struct kvp_metrics *m, const char *path)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct stat st;
-	mode_t old;
-	int fd, rc;
-
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		kvp_err("--metrics-listen %s: a Unix socket path is at most %zu bytes", path,
-			sizeof(sa.sun_path) - 1);
-		return -1;
-	}
-	memcpy(sa.sun_path, path, strlen(path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0) {
-		kvp_err("metrics: socket: %s", strerror(errno));
-		return -1;
-	}
-	/* someone listening there is left alone; a stale socket file is replaced */
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 || errno == EAGAIN) {
-		kvp_err("metrics: something is already listening on %s", path);
-		close(fd);
-		return -1;
-	}
-	rc = errno;
-	close(fd);
-	if (rc == ECONNREFUSED) {
-		if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
-			kvp_err("metrics: %s exists and is not a socket; not replacing it", path);
-			return -1;
-		}
-		if (unlink(path) == 0)
-			kvp_info("metrics: removed a stale socket file at %s", path);
-	} else if (rc != ENOENT) {
-		kvp_err("metrics: cannot probe %s: %s", path, strerror(rc));
-		return -1;
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0) {
-		kvp_err("metrics: socket: %s", strerror(errno));
-		return -1;
-	}
-	old = umask(0117);   /* 0660 from the start, not after a chmod */
-	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-	umask(old);
-	if (rc != 0) {
-		kvp_err("metrics: cannot bind %s: %s", path, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	if (lstat(path, &st) == 0) {
-		snprintf(m->path, sizeof(m->path), "%s", path);
-		m->dev = st.st_dev;
-		m->ino = st.st_ino;
-	}
-	if (listen(fd, 64) != 0) {
-		kvp_err("metrics: cannot listen on %s: %s", path, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 int kvp_metrics_start(struct event_base *base, const char *listen_on,
 		      void (*render)(void *arg, struct evbuffer *out), void *arg,
 		      struct kvp_metrics **out)
@@ -822,10 +465,12 @@ int kvp_metrics_start(struct event_base *base, const char *listen_on,
 	evhttp_set_gencb(m->http, http_cb, m);
 
 	if (strchr(listen_on, '/')) {
-		int fd = unix_listen(m, listen_on);
+		int fd;
 
-		if (fd < 0)
+		rc = kvp_unix_listen(listen_on, 0660, 64, "metrics: ", "something", &fd, &m->file);
+		if (rc)
 			goto out_free;
+		rc = KVP_EIO;
 		m->bound = evhttp_accept_socket_with_handle(m->http, fd);
 		if (!m->bound) {
 			kvp_err("metrics: cannot serve on %s", listen_on);
@@ -872,15 +517,10 @@ out_free:
 
 void kvp_metrics_free(struct kvp_metrics *m)
 {
-	struct stat st;
-
 	if (!m)
 		return;
 	if (m->http)
 		evhttp_free(m->http);   /* closes the listener and every connection */
-	/* remove only our own socket file, not one a later daemon put there */
-	if (m->path[0] && lstat(m->path, &st) == 0 && st.st_dev == m->dev &&
-	    st.st_ino == m->ino && unlink(m->path) != 0)
-		kvp_warn("metrics: cannot remove %s: %s", m->path, strerror(errno));
+	kvp_unix_unlink(&m->file, "metrics: ");
 	met_free(m);
 }

@@ -303,7 +303,7 @@ Test(config, each_bad_line_is_refused_with_its_line_and_reason)
 		cr_assert(strncmp(err, "kvprefixd: ", 11) == 0 && strstr(err, want) != NULL,
 			  "case %zu: want '%s', got '%s'", i, want, err);
 		/* reload: the same reason, as one line, nothing printed */
-		cr_assert_eq(reload(argv, &cfg, err, sizeof(err)), -1);
+		cr_assert_eq(reload(argv, &cfg, err, sizeof(err)), KVP_EINVAL);
 		cr_assert(strncmp(err, want, strlen(want)) == 0, "case %zu: want '%s', got '%s'", i,
 			  want, err);
 		cr_assert_null(strchr(err, '\n'));
@@ -321,7 +321,7 @@ Test(config, cross_checks_run_on_the_merged_options)
 	write_file(conf, "block-tokens = 8\n");
 	cr_assert_eq(parse(plain, &cfg, err, sizeof(err)), 2);
 	cr_assert(strstr(err, "--index-only") && strstr(err, "--model FILE"), "%s", err);
-	cr_assert_eq(reload(plain, &cfg, err, sizeof(err)), -1);
+	cr_assert_eq(reload(plain, &cfg, err, sizeof(err)), KVP_EINVAL);
 	cr_assert(strstr(err, "choose a mode") != NULL, "%s", err);
 
 	/* max-tokens from the file against the default frame, fixed by a flag */
@@ -387,7 +387,7 @@ Test(config, an_explicit_missing_file_is_refused)
 
 	cr_assert_eq(parse(argv, &cfg, err, sizeof(err)), 2);
 	cr_assert(strstr(err, "--config: /nonexistent/x.conf: cannot open") != NULL, "%s", err);
-	cr_assert_eq(reload(argv, &cfg, err, sizeof(err)), -1);
+	cr_assert_eq(reload(argv, &cfg, err, sizeof(err)), KVP_EINVAL);
 }
 
 Test(config, the_default_file_is_read_only_if_it_exists)
@@ -453,7 +453,7 @@ Test(config, reload_rereads_a_changed_file)
 	cr_assert(c.live[1]);
 
 	write_file(conf, "index-only = true\nmax-leases = twenty\n");
-	cr_assert_eq(reload(argv, &next, err, sizeof(err)), -1);
+	cr_assert_eq(reload(argv, &next, err, sizeof(err)), KVP_EINVAL);
 	snprintf(cur.index_name, sizeof(cur.index_name), "%s:2: max-leases: 'twenty'", conf);
 	cr_assert(strncmp(err, cur.index_name, strlen(cur.index_name)) == 0, "%s", err);
 }

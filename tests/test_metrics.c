@@ -1,8 +1,8 @@
 /*
  * test_metrics.c - /metrics and the metrics tables.
  *
- * Unit tests drive daemon/metrics.c directly (histograms, the namespace cap, label
- * escaping, the renderer, the STATS keys). Integration tests start the real kvprefixd
+ * Unit tests drive daemon/stats.c, stats_json.c and metrics.c directly (histograms, the
+ * namespace cap, label escaping, the renderer, the STATS keys). Integration tests start the real kvprefixd
  * with --metrics-listen on a Unix socket or a TCP port, talk to it through libkvprefix
  * from two adapters, fetch /metrics with raw HTTP and check it against STATS as
  * kvprefix-stat --json prints it; where promtool is installed it checks the pages.
@@ -266,8 +266,10 @@ Test(render, page_with_odd_adapters_and_the_other_namespace)
 	struct kvp_req_counts req = { 0 };
 	struct kvp_metrics_view v = {
 		.version = "0.1.0", .mode = "engine", .name = "tiny \"model\"\n",
-		.uptime_s = 12.5, .computed_tokens = 30, .generated_tokens = 20,
-		.generations_done = 2, .errors = 1, .connections_total = 3, .connections = 1,
+		.uptime_s = 12.5,
+		.totals = { .computed_tokens = 30, .generated_tokens = 20, .generations_done = 2,
+			    .errors = 1, .connections_total = 3 },
+		.connections = 1,
 		.ns = &t, .req = &req, .ttft = &ttft, .lookup = &lookup, .insert = &insert,
 	};
 	char name[32], *text, out[8192];
@@ -279,9 +281,9 @@ Test(render, page_with_odd_adapters_and_the_other_namespace)
 	kvp_hist_init(&insert, KVP_HIST_LATENCY);
 	kvp_hist_observe(&ttft, 12345);
 	kvp_hist_observe(&lookup, 3.5);
-	v.cache.lookups = 5;
-	v.cache.query_tokens = 100;
-	v.cache.hit_tokens = 64;
+	v.totals.lookups = 5;
+	v.totals.query_tokens = 100;
+	v.totals.hit_tokens = 64;
 	v.cache.pool = (struct kvp_pool_counts){ .total = 10, .free = 7, .cached = 2, .referenced = 1 };
 	c = kvp_ns_stats_get(&t, 1000, "we\"ird\\adapter");
 	c->requests = 7;
@@ -355,7 +357,7 @@ Test(render, stats_json_top_namespaces_and_percentiles)
 		c->query_tokens += 10;
 		c->hit_tokens += 5;
 	}
-	kvp_metrics_stats_json(o, &t, &ttft, &lookup);
+	kvp_stats_json_detail(o, &t, &ttft, &lookup);
 	arr = cJSON_GetObjectItem(o, "namespaces");
 	cr_assert(cJSON_IsArray(arr));
 	cr_assert_eq(cJSON_GetArraySize(arr), 10);

@@ -1,0 +1,405 @@
+/*
+ * conn.c - client connections: accept, the state of each, the read loop that cuts
+ * frames out of the byte stream, replies, and closing at a safe point.
+ *
+ *   accept ──▶ conn READING ──frame──▶ dispatch_frame ──▶ reply appended to output
+ *                 │   ▲                  │ malformed / over limit
+ *                 │   └──────────────────┘ ERROR, then ─▶ CLOSING (flush, 5 s max)
+ *                 └── EOF / error ─────────────────────▶ CLOSED: leases released at
+ *                                                        once, memory freed later from
+ *                                                        the loop, never in its own cb
+ *
+ * Bounds: a header's payload length is checked against --max-frame-bytes before any
+ * byte of the payload is buffered for it; at most FRAMES_PER_WAKEUP frames run per
+ * read callback (the rest are picked up by a deferred trigger) so one busy client
+ * cannot starve the others; reading pauses while a connection's unsent output is
+ * over OUTPUT_HIGH_WATER.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "kvp_log.h"
+#include "server.h"
+
+#define FRAMES_PER_WAKEUP 64
+#define OUTPUT_HIGH_WATER (16u << 20)
+#define CLOSE_FLUSH_SECONDS 5
+#define READ_CHUNK (256u << 10)
+
+static const char *const conn_state_names[] = { "reading", "closing", "closed" };
+
+static void conn_set_state(struct conn *c, enum conn_state s)
+{
+	if (c->state == s)
+		return;
+	kvp_debug("conn %llu: %s -> %s", (unsigned long long)c->id,
+		  conn_state_names[c->state], conn_state_names[s]);
+	c->state = s;
+}
+
+/* ---- replies --------------------------------------------------------------- */
+
+int send_frame(struct conn *c, uint8_t version, uint8_t type, uint32_t req_id,
+	       const void *payload, size_t len)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct kvp_frame_hdr h = {
+		.version = version, .type = type, .req_id = req_id, .len = (uint32_t)len,
+	};
+	uint8_t hdr[KVP_HDR_SIZE];
+	struct iovec iov[2] = {
+		{ .iov_base = hdr, .iov_len = sizeof(hdr) },
+		{ .iov_base = (void *)payload, .iov_len = len },
+	};
+	size_t sent = 0;
+
+	kvp_hdr_encode(hdr, &h);
+	/*
+	 * Nothing queued: write straight to the socket, which saves the write-readiness
+	 * round through epoll for the common small reply. Whatever does not fit is queued
+	 * behind, so order is kept either way.
+	 */
+	if (evbuffer_get_length(out) == 0) {
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
+		ssize_t r = sendmsg(bufferevent_getfd(c->bev), &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (r > 0)
+			sent = (size_t)r;
+	}
+	for (int i = 0; i < 2; i++) {
+		size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
+		sent -= skip;
+		if (iov[i].iov_len > skip &&
+		    evbuffer_add(out, (const uint8_t *)iov[i].iov_base + skip, iov[i].iov_len - skip))
+			return KVP_ENOMEM;
+	}
+	return KVP_OK;
+}
+
+int send_verror(struct conn *c, uint8_t version, uint32_t req_id, int status, const char *fmt,
+		va_list ap)
+{
+	char msg[KVP_ERROR_MSG_MAX + 1];
+	uint8_t buf[KVP_ERROR_MSG_MAX + 16];
+	size_t n;
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	n = kvp_error_encode(buf, sizeof(buf), status, msg);
+	kvp_stats_error(&c->srv->stats);
+	kvp_debug("conn %llu: ERROR %d (%s): %s", (unsigned long long)c->id, -status,
+		  kvp_strerror(status), msg);
+	if (n)
+		(void)send_frame(c, version, KVP_T_ERROR, req_id, buf, n);
+	return status;
+}
+
+int send_error(struct conn *c, uint8_t version, uint32_t req_id, int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	status = send_verror(c, version, req_id, status, fmt, ap);
+	va_end(ap);
+	return status;
+}
+
+/* ---- closing ----------------------------------------------------------------- */
+
+static void conn_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	bufferevent_free(c->bev);
+	srv_free(c);
+}
+
+void conn_close(struct conn *c, const char *why)
+{
+	struct server *s = c->srv;
+	size_t n;
+
+	if (c->state == CONN_CLOSED)
+		return;
+	conn_set_state(c, CONN_CLOSED);
+	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+	n = kvp_cache_release_owner(s->cache, c->id);
+	generate_detach(c);
+	kvp_debug("conn %llu (uid %u): closed (%s); %zu leases released",
+		  (unsigned long long)c->id, (unsigned)c->uid, why, n);
+	*c->pprev = c->next;
+	if (c->next)
+		c->next->pprev = c->pprev;
+	s->n_conns--;
+	if (event_base_once(s->base, -1, EV_TIMEOUT, conn_free_cb, c, NULL) != 0) {
+		/* cannot defer: freeing here is still safe with libevent's deferred cbs off */
+		bufferevent_free(c->bev);
+		srv_free(c);
+	}
+}
+
+/* Stop reading; flush what is queued (CLOSE_FLUSH_SECONDS at most), then close. */
+static void conn_finish(struct conn *c, const char *why)
+{
+	struct timeval tv = { CLOSE_FLUSH_SECONDS, 0 };
+
+	conn_set_state(c, CONN_CLOSING);
+	bufferevent_disable(c->bev, EV_READ);
+	bufferevent_set_timeouts(c->bev, NULL, &tv);
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_close(c, why);
+}
+
+/* ---- reading ------------------------------------------------------------------ */
+
+/* Decode and check the header at the front of in. 0, or the status of the ERROR sent
+ * (the connection must then close). */
+static int read_header(struct conn *c, struct evbuffer *in, struct kvp_frame_hdr *h)
+{
+	const uint32_t max = c->srv->cfg->max_frame_bytes;
+	uint8_t hb[KVP_HDR_SIZE];
+	int rc;
+
+	evbuffer_copyout(in, hb, sizeof(hb));
+	rc = kvp_hdr_decode(hb, sizeof(hb), max, h);
+	/* nothing in a bad header is trusted: the ERROR speaks version 1 */
+	if (rc == KVP_ETOOBIG)
+		return send_error(c, KVP_PROTO_VERSION, h->req_id, rc,
+				  "frame of %u bytes: over the limit of %u", h->len, max);
+	if (rc)
+		return send_error(c, KVP_PROTO_VERSION, rc == KVP_EPROTO ? 0 : h->req_id, rc,
+				  "bad frame header: %s", kvp_strerror(rc));
+	if (!kvp_frame_is_request(h->type))
+		return send_error(c, h->version, h->req_id, KVP_EPROTO,
+				  "frame type 0x%02x is not a request", h->type);
+	return KVP_OK;
+}
+
+/* Run one complete frame; false when the connection must close. */
+static bool run_frame(struct conn *c, struct evbuffer *in, const struct kvp_frame_hdr *h)
+{
+	const uint8_t *p = NULL;
+	struct req_outcome o;
+
+	if (h->len) {
+		p = evbuffer_pullup(in, KVP_HDR_SIZE + (ssize_t)h->len);
+		if (!p) {
+			send_error(c, h->version, h->req_id, KVP_ENOMEM, "out of memory reading a frame");
+			return false;
+		}
+		p += KVP_HDR_SIZE;
+	}
+	o = dispatch_frame(c, h, p);
+	if (!o.later)
+		kvp_stats_request(&c->srv->stats, h->type, o.status);
+	evbuffer_drain(in, KVP_HDR_SIZE + (size_t)h->len);
+	return !o.close;
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	int frames = 0;
+	bool more = false;
+
+	while (c->state == CONN_READING) {
+		struct kvp_frame_hdr h;
+		size_t avail = evbuffer_get_length(in);
+
+		if (avail < KVP_HDR_SIZE)
+			break;
+		if (frames == FRAMES_PER_WAKEUP) {
+			/* fairness: let other connections run, continue on the next turn */
+			bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+			more = true;
+			break;
+		}
+		if (read_header(c, in, &h) != KVP_OK) {
+			conn_finish(c, "protocol error");
+			return;
+		}
+		if (avail < KVP_HDR_SIZE + (size_t)h.len) {
+			/* wake up only once the whole frame is here */
+			bufferevent_setwatermark(bev, EV_READ, KVP_HDR_SIZE + (size_t)h.len, 0);
+			break;
+		}
+		bufferevent_setwatermark(bev, EV_READ, 0, 0);
+		frames++;
+		if (!run_frame(c, in, &h)) {
+			conn_finish(c, "protocol error");
+			return;
+		}
+	}
+	if (c->state == CONN_READING && c->peer_eof && !more) {
+		/* half-closed peer: every complete frame is answered; flush, then close */
+		conn_finish(c, "peer closed");
+		return;
+	}
+	if (c->state == CONN_READING && !c->peer_eof &&
+	    evbuffer_get_length(bufferevent_get_output(bev)) > OUTPUT_HIGH_WATER)
+		bufferevent_disable(bev, EV_READ);   /* the client is not reading its replies */
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	/* called when the output has drained */
+	if (c->state == CONN_CLOSING) {
+		conn_close(c, "flushed");
+	} else if (c->state == CONN_READING && !c->peer_eof &&
+		   !(bufferevent_get_enabled(bev) & EV_READ)) {
+		bufferevent_enable(bev, EV_READ);
+		bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+	}
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	if ((what & BEV_EVENT_EOF) && c->state == CONN_READING) {
+		/* a shutdown(SHUT_WR) still expects its replies: answer the frames already
+		 * buffered (the read cb finishes the connection once they are done) */
+		c->peer_eof = true;
+		conn_read_cb(bev, c);
+	} else if (what & BEV_EVENT_EOF)
+		conn_close(c, "peer closed");
+	else if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
+		 c->state == CONN_READING) {
+		/* idle: nothing arrived for --idle-timeout; a running generation is not idle */
+		if (c->n_reqs) {
+			bufferevent_enable(bev, EV_READ);
+			return;
+		}
+		kvp_debug("conn %llu: idle for %u s", (unsigned long long)c->id,
+			  c->srv->cfg->idle_timeout_s);
+		conn_close(c, "idle timeout");
+	} else if (what & BEV_EVENT_TIMEOUT)
+		conn_close(c, "flush timed out");
+	else if (what & BEV_EVENT_ERROR)
+		conn_close(c, strerror(EVUTIL_SOCKET_ERROR()));
+}
+
+void conn_apply_idle_timeout(struct server *s)
+{
+	const uint32_t idle_s = s->cfg->idle_timeout_s;
+	struct timeval idle = { (time_t)idle_s, 0 };
+
+	for (struct conn *c = s->conns; c; c = c->next)
+		if (c->state == CONN_READING)
+			bufferevent_set_timeouts(c->bev, idle_s ? &idle : NULL, NULL);
+}
+
+/* ---- accepting ---------------------------------------------------------------- */
+
+/* Answer a connection we will not serve with one ERROR frame, and close it. */
+static void refuse(evutil_socket_t fd, int status, const char *msg)
+{
+	uint8_t buf[KVP_HDR_SIZE + KVP_ERROR_MSG_MAX + 16];
+	struct kvp_frame_hdr h = { .version = KVP_PROTO_VERSION, .type = KVP_T_ERROR };
+	size_t n = kvp_error_encode(buf + KVP_HDR_SIZE, sizeof(buf) - KVP_HDR_SIZE, status, msg);
+
+	h.len = (uint32_t)n;
+	kvp_hdr_encode(buf, &h);
+	/* best effort: the socket is fresh, so a short message fits its buffer */
+	if (send(fd, buf, KVP_HDR_SIZE + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		kvp_debug("refusing a connection: %s", strerror(errno));
+	evutil_closesocket(fd);
+}
+
+/* A new connection in READING, its tenant its peer uid, on the server's list. */
+static void conn_register(struct server *s, struct conn *c, const struct ucred *cred)
+{
+	c->srv = s;
+	c->id = ++s->next_conn_id;
+	c->uid = cred->uid;
+	c->gid = cred->gid;
+	c->pid = cred->pid;
+	c->state = CONN_READING;
+	c->tenant = (uint32_t)c->uid;
+	c->root = kvp_ns_root(s->ns_name, (uint32_t)c->uid, "");
+	c->group = c->root;
+	c->next = s->conns;
+	if (c->next)
+		c->next->pprev = &c->next;
+	c->pprev = &s->conns;
+	s->conns = c;
+	s->n_conns++;
+	s->stats.t.connections_total++;
+}
+
+void conn_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+		    int salen, void *arg)
+{
+	struct server *s = arg;
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	struct conn *c;
+
+	if (s->n_conns >= s->cfg->max_connections) {
+		kvp_warn("refusing a connection: %u connections open (--max-connections)",
+			 s->n_conns);
+		refuse(fd, KVP_EBUSY, "too many connections");
+		return;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0) {
+		kvp_warn("refusing a connection: SO_PEERCRED: %s", strerror(errno));
+		evutil_closesocket(fd);
+		return;
+	}
+	c = srv_zalloc(sizeof(*c));
+	if (!c) {
+		refuse(fd, KVP_ENOMEM, "out of memory");
+		return;
+	}
+	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (!c->bev) {
+		srv_free(c);
+		refuse(fd, KVP_ENOMEM, "out of memory");
+		return;
+	}
+	conn_register(s, c, &cred);
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	if (s->cfg->idle_timeout_s) {
+		struct timeval idle = { (time_t)s->cfg->idle_timeout_s, 0 };
+		bufferevent_set_timeouts(c->bev, &idle, NULL);
+	}
+	/* take a whole request in one read where the socket has it */
+	bufferevent_set_max_single_read(c->bev, READ_CHUNK);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	kvp_debug("conn %llu: accepted (uid %u, pid %d)", (unsigned long long)c->id,
+		  (unsigned)c->uid, (int)c->pid);
+}
+
+void conn_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+
+	evconnlistener_enable(s->listener);
+}
+
+void conn_accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	struct server *s = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = { 0, 100 * 1000 };
+
+	/*
+	 * EMFILE and friends leave the connection in the backlog, so the listening socket
+	 * stays readable: keep listening and this callback spins the loop at 100% CPU.
+	 * Pause accepting for 100 ms instead (closing connections free descriptors).
+	 */
+	kvp_warn("accept: %s; pausing accept for 100 ms", evutil_socket_error_to_string(err));
+	evconnlistener_disable(l);
+	if (event_add(s->accept_pause, &tv) != 0)
+		evconnlistener_enable(l);
+}

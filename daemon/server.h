@@ -1,0 +1,227 @@
+/*
+ * server.h - private to kvprefixd: the server and connection structs that the daemon's
+ * files share, and the calls between those files. Nothing outside daemon/ includes it.
+ *
+ *   server.c      kvp_server_run: build everything in order, run the loop, tear down
+ *   listen.c      the listening socket: systemd's, or one bound at --socket
+ *   conn.c        accept, connection states, the read loop, replies, deferred close
+ *   handlers.c    dispatch a frame; HELLO, LOOKUP/INSERT, RELEASE, STATS, PING
+ *   admin.c       ADMIN: who may, and the ops
+ *   generate.c    GENERATE: start a job, stream its tokens, finish it
+ *   lifecycle.c   signals, graceful stop, SIGHUP reload, live options, watchdog
+ *   model_open.c  backend choice, model load, fingerprint, engine, pool size
+ *   stats.c ...   the counters (kvp_stats.h), STATS (stats_json.c), /metrics (metrics.c)
+ *
+ * Threading: everything here runs on the event loop thread, but for gen_notify (the
+ * engine thread's wake-up, which only activates an event). Errors: 0 or a negative
+ * enum kvp_status; a request's outcome travels as struct req_outcome.
+ */
+#ifndef KVP_SERVER_H
+#define KVP_SERVER_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include <event2/util.h>
+
+#include "kvp_cache.h"
+#include "kvp_config.h"
+#include "kvp_daemon.h"
+#include "kvp_gen.h"
+#include "kvp_proto.h"
+#include "kvp_stats.h"
+#include "kvp_unix_listen.h"
+
+struct bufferevent;
+struct event;
+struct event_base;
+struct evconnlistener;
+struct kvp_metrics;
+
+/*
+ * One allocation route for the daemon (and, through event_set_mem_functions, libevent).
+ * The system mimalloc is not ASan-instrumented: under KVP_SANITIZE go through libc so
+ * that a use-after-free of a conn or a bufferevent is actually caught.
+ */
+#ifdef KVP_SANITIZE_BUILD
+#include <stdlib.h>
+#define srv_malloc(n) malloc(n)
+#define srv_zalloc(n) calloc(1, (n))
+#define srv_malloc_aligned(n, a) aligned_alloc((a), ((n) + (a) - 1) / (a) * (a))
+#define srv_free(p) free(p)
+#else
+#include <mimalloc.h>
+#define srv_malloc(n) mi_malloc(n)
+#define srv_zalloc(n) mi_zalloc(n)
+#define srv_malloc_aligned(n, a) mi_malloc_aligned((n), (a))
+#define srv_free(p) mi_free(p)
+#endif
+
+#define KVP_TENANT_SALTED UINT32_MAX   /* no uid is 2^32-1: salted namespaces only */
+
+enum conn_state {
+	CONN_READING,    /* normal: frames in, replies out */
+	CONN_CLOSING,    /* a fatal ERROR is queued; flush it, then close */
+	CONN_CLOSED,     /* gone: waiting for the loop to free it */
+};
+
+struct conn {
+	struct server *srv;
+	struct bufferevent *bev;
+	enum conn_state state;
+	bool peer_eof;               /* client shut its side: answer what came, then close */
+	uint64_t id;                 /* lease owner id, unique for the daemon's life */
+	uid_t uid;
+	gid_t gid;                   /* primary group of the peer at connect */
+	pid_t pid;
+	uint32_t tenant;             /* the uid, or KVP_TENANT_SALTED after a salted HELLO */
+	struct kvp_key root;         /* namespace of this connection */
+	struct kvp_key group;        /* its tenant's quota group: the namespace without adapter */
+	char adapter[KVP_NAME_MAX + 1];
+	struct gen_req *reqs;        /* generations in flight for this connection */
+	uint32_t n_reqs;
+	struct conn *next, **pprev;  /* server's list */
+};
+
+struct server {
+	struct kvp_config *cfg;      /* the server's own copy: SIGHUP changes live fields */
+	struct event_base *base;
+	struct evconnlistener *listener;
+	struct event *accept_pause;  /* re-enables the listener after EMFILE and friends */
+	bool activated;              /* the listening socket came from systemd (LISTEN_FDS) */
+	struct kvp_unix_file sock;   /* the socket file bound, so that exit removes only it */
+	/* lifecycle.c */
+	struct event *sig_int, *sig_term, *sig_hup;
+	struct event *tick;          /* watchdog and STATUS= to systemd */
+	struct event *stop_timer;    /* graceful stop deadline */
+	bool stopping;               /* SIGTERM: finish running requests, refuse new ones */
+	uint32_t idle_applied;       /* idle timeout the connections were given */
+	bool admin_gid_ok;           /* admin-group names a group */
+	gid_t admin_gid;
+	/* the cache, its namespace names, the counters */
+	struct kvp_cache *cache;
+	const char *name;            /* index or model name, as HELLO and STATS show it */
+	char ns_name[KVP_NAME_MAX + 32];  /* namespace string: name, plus the model's fingerprint */
+	struct kvp_stats stats;
+	struct kvp_metrics *metrics;
+	struct timespec started;
+	/* connections */
+	struct conn *conns;
+	uint32_t n_conns;
+	uint64_t next_conn_id;
+	/* request scratch, sized at start from the limits */
+	uint32_t *tokens;            /* (max_tokens) aligned copy of a request's tokens */
+	uint32_t *block_ids;         /* (max_tokens / block_tokens + 1) reply scratch */
+	uint8_t *reply;              /* encode scratch for the largest reply */
+	size_t reply_cap;
+	/* the engine (model_open.c, generate.c) */
+	struct kvp_model *model;
+	struct kvp_engine *engine;
+	struct kvp_gen *gen;
+	struct event *gen_notify;    /* activated by the engine thread */
+};
+
+/*
+ * What a request handler did: its outcome (0, or the status its ERROR carried), whether
+ * the connection must close (a malformed frame: ERROR, then close), and whether the
+ * outcome is counted later (a GENERATE that started is counted when it ends).
+ */
+struct req_outcome {
+	int status;
+	bool close;
+	bool later;
+};
+
+/* ---- conn.c ------------------------------------------------------------------------ */
+
+/* Queue one frame of version version on c (written at once when nothing is queued).
+ * 0 or KVP_ENOMEM. */
+int send_frame(struct conn *c, uint8_t version, uint8_t type, uint32_t req_id,
+	       const void *payload, size_t len);
+/* Send an ERROR frame (counted in the stats); returns status. */
+int send_error(struct conn *c, uint8_t version, uint32_t req_id, int status, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+int send_verror(struct conn *c, uint8_t version, uint32_t req_id, int status, const char *fmt,
+		va_list ap) __attribute__((format(printf, 5, 0)));
+/* Unlink c, release its leases now, cancel its generations; free it from the loop
+ * later, never inside its own callback. */
+void conn_close(struct conn *c, const char *why);
+/* The listener's callbacks (evconnlistener_new, evconnlistener_set_error_cb, and the
+ * timer that resumes accepting). */
+void conn_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+		    int salen, void *arg);
+void conn_accept_error_cb(struct evconnlistener *l, void *arg);
+void conn_accept_resume_cb(evutil_socket_t fd, short what, void *arg);
+/* Give every reading connection the idle timeout of the live options. */
+void conn_apply_idle_timeout(struct server *s);
+
+/* ---- handlers.c -------------------------------------------------------------------- */
+
+/* Run the request in frame h (payload p, h->len bytes). */
+struct req_outcome dispatch_frame(struct conn *c, const struct kvp_frame_hdr *h,
+				  const uint8_t *p);
+/* Outcomes: a reply sent (the status of sending it), a refusal (ERROR sent, the
+ * connection stays), a malformed frame (ERROR sent, the connection closes). */
+struct req_outcome req_sent(int send_status);
+struct req_outcome req_refuse(struct conn *c, const struct kvp_frame_hdr *h, int status,
+			      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+struct req_outcome req_malformed(struct conn *c, const struct kvp_frame_hdr *h, int status,
+				 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* The reply to h (type h->type | KVP_T_REPLY, h's version and req_id). */
+struct req_outcome req_reply(struct conn *c, const struct kvp_frame_hdr *h, const void *payload,
+			     size_t len);
+double server_uptime_s(const struct server *s);
+/* The connection's namespace as the counters know it. */
+struct kvp_stats_ns conn_stats_ns(const struct conn *c);
+
+/* ---- admin.c ----------------------------------------------------------------------- */
+
+struct req_outcome handle_admin(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p);
+
+/* ---- generate.c -------------------------------------------------------------------- */
+
+struct req_outcome handle_generate(struct conn *c, const struct kvp_frame_hdr *h,
+				   const uint8_t *p);
+/* Start the engine thread and its wake-up event. 0 or a status (logged). */
+int generate_start(struct server *s);
+/* Stop the engine thread; every job comes back and its blocks go back to the cache. */
+void generate_stop(struct server *s);
+/* The client of c is gone: its generations end at their next step (their blocks come
+ * back through the engine thread's news) and forget the connection. */
+void generate_detach(struct conn *c);
+/* Generations submitted and not done (0 without an engine). */
+uint32_t generate_active(const struct server *s);
+
+/* ---- listen.c ---------------------------------------------------------------------- */
+
+/* The listening socket: systemd's (LISTEN_FDS), or one bound at cfg->socket_path.
+ * 0 and *fd, or a status (logged). */
+int listen_open(struct server *s, evutil_socket_t *fd);
+/* Remove the socket file, if it is still the one this daemon bound. */
+void listen_remove(struct server *s);
+
+/* ---- lifecycle.c ------------------------------------------------------------------- */
+
+/* Signal handlers, the stop timer, the watchdog tick. 0 or a status (logged). */
+int lifecycle_start(struct server *s);
+void lifecycle_free(struct server *s);
+/* Make the server follow its live options (startup, SIGHUP, ADMIN CONFIG). */
+void apply_live(struct server *s);
+/* --tenant-quota in blocks of a pool of capacity blocks (0: none; at least 1). */
+uint32_t quota_blocks(const struct kvp_config *cfg, uint32_t capacity);
+/* Called whenever a generation ends: a graceful stop waits for the last one. */
+void maybe_finish_stop(struct server *s);
+/* One line for systemctl status. */
+void notify_status(struct server *s);
+
+/* ---- model_open.c ------------------------------------------------------------------ */
+
+/* Pick the backend, load the model, fingerprint it, create the engine; size the pool
+ * from --pool-mb unless it was given in blocks (*capacity). 0 or a status (logged). */
+int model_open(struct server *s, uint32_t *capacity);
+
+#endif

@@ -1,0 +1,148 @@
+/*
+ * stats_json.c - the STATS reply: the daemon's counters (kvp_stats.h), the cache's
+ * and the pool's as one JSON object, the keys docs/protocol.md lists for STATS.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+
+#include <cjson/cJSON.h>
+
+#include "kvp_stats.h"
+
+#define STATS_TOP_NAMESPACES 10
+
+/* ---- namespaces and percentiles ---------------------------------------------- */
+
+static void add_num_or_null(cJSON *o, const char *key, double v)
+{
+	if (isnan(v))
+		cJSON_AddNullToObject(o, key);
+	else
+		cJSON_AddNumberToObject(o, key, v);
+}
+
+void kvp_stats_json_detail(struct cJSON *o, const struct kvp_ns_stats_table *t,
+			   const struct kvp_hist *ttft, const struct kvp_hist *lookup)
+{
+	const struct kvp_ns_counters *top[STATS_TOP_NAMESPACES];
+	size_t n_top = 0;
+	cJSON *arr;
+
+	/* top by requests: a partial insertion sort over at most 33 entries */
+	for (uint32_t i = 0; i <= t->n; i++) {
+		const struct kvp_ns_counters *c = i < t->n ? &t->e[i].c : &t->other;
+		size_t j;
+
+		if (c == &t->other && c->requests == 0 && c->queries == 0)
+			continue;
+		if (n_top == STATS_TOP_NAMESPACES && c->requests <= top[n_top - 1]->requests)
+			continue;
+		if (n_top < STATS_TOP_NAMESPACES)
+			n_top++;
+		for (j = n_top - 1; j > 0 && top[j - 1]->requests < c->requests; j--)
+			top[j] = top[j - 1];
+		top[j] = c;
+	}
+	arr = cJSON_AddArrayToObject(o, "namespaces");
+	for (size_t i = 0; arr && i < n_top; i++) {
+		const struct kvp_ns_counters *c = top[i];
+		cJSON *x = cJSON_CreateObject();
+		char ns[KVP_NS_ADAPTER_MAX + 16];
+
+		if (!x)
+			break;
+		if (c == &t->other) {
+			cJSON_AddStringToObject(x, "namespace", "other");
+			cJSON_AddNullToObject(x, "tenant");
+			cJSON_AddNullToObject(x, "adapter");
+		} else {
+			const struct kvp_ns_entry *e =
+				(const struct kvp_ns_entry *)((const char *)c -
+							      offsetof(struct kvp_ns_entry, c));
+			snprintf(ns, sizeof(ns), "%" PRIu32 ":%s", e->tenant, e->adapter);
+			cJSON_AddStringToObject(x, "namespace", ns);
+			cJSON_AddNumberToObject(x, "tenant", e->tenant);
+			cJSON_AddStringToObject(x, "adapter", e->adapter);
+		}
+		cJSON_AddNumberToObject(x, "requests", (double)c->requests);
+		cJSON_AddNumberToObject(x, "queries", (double)c->queries);
+		cJSON_AddNumberToObject(x, "query_tokens", (double)c->query_tokens);
+		cJSON_AddNumberToObject(x, "hit_tokens", (double)c->hit_tokens);
+		cJSON_AddNumberToObject(x, "hit_rate", c->query_tokens ?
+					(double)c->hit_tokens / (double)c->query_tokens : 0.0);
+		cJSON_AddItemToArray(arr, x);
+	}
+	cJSON_AddNumberToObject(o, "namespaces_tracked", t->n);
+	add_num_or_null(o, "ttft_us_p50", ttft ? kvp_hist_quantile_us(ttft, 0.5) : NAN);
+	add_num_or_null(o, "ttft_us_p99", ttft ? kvp_hist_quantile_us(ttft, 0.99) : NAN);
+	add_num_or_null(o, "lookup_us_p99", lookup ? kvp_hist_quantile_us(lookup, 0.99) : NAN);
+}
+
+/* ---- the reply ---------------------------------------------------------------- */
+
+/* Request counters and rates. */
+static void add_requests(cJSON *o, const struct kvp_stats_totals *t,
+			 const struct kvp_stats_view *v)
+{
+	uint64_t queries = t->lookups + t->generations;
+
+	cJSON_AddNumberToObject(o, "requests", (double)(t->lookups + t->inserts + t->generations));
+	cJSON_AddNumberToObject(o, "lookups", (double)t->lookups);
+	cJSON_AddNumberToObject(o, "lookup_hits", (double)t->lookup_hits);
+	cJSON_AddNumberToObject(o, "generations", (double)t->generations);
+	cJSON_AddNumberToObject(o, "generation_hits", (double)t->generation_hits);
+	cJSON_AddNumberToObject(o, "generations_done", (double)t->generations_done);
+	cJSON_AddNumberToObject(o, "generations_active", v->generations_active);
+	cJSON_AddNumberToObject(o, "computed_tokens", (double)t->computed_tokens);
+	cJSON_AddNumberToObject(o, "generated_tokens", (double)t->generated_tokens);
+	cJSON_AddNumberToObject(o, "request_hit_rate", queries ?
+				(double)(t->lookup_hits + t->generation_hits) / (double)queries :
+				0.0);
+	cJSON_AddNumberToObject(o, "inserts", (double)t->inserts);
+	cJSON_AddNumberToObject(o, "query_tokens", (double)t->query_tokens);
+	cJSON_AddNumberToObject(o, "hit_tokens", (double)t->hit_tokens);
+	cJSON_AddNumberToObject(o, "hit_rate", t->query_tokens ?
+				(double)t->hit_tokens / (double)t->query_tokens : 0.0);
+	cJSON_AddNumberToObject(o, "insert_tokens", (double)t->insert_tokens);
+}
+
+/* What the cache did, and the pool's blocks by state. */
+static void add_cache(cJSON *o, const struct kvp_stats_totals *t, const struct kvp_cache_stats *st)
+{
+	cJSON_AddNumberToObject(o, "inserted_blocks", (double)st->inserted_blocks);
+	cJSON_AddNumberToObject(o, "insert_full", (double)st->insert_full);
+	cJSON_AddNumberToObject(o, "evictions", (double)st->evictions);
+	cJSON_AddNumberToObject(o, "quota_evictions", (double)st->quota_evictions);
+	cJSON_AddNumberToObject(o, "quota_refusals", (double)st->quota_refusals);
+	cJSON_AddNumberToObject(o, "admin_requests", (double)t->admin_requests);
+	cJSON_AddNumberToObject(o, "blocks_total", st->pool.total);
+	cJSON_AddNumberToObject(o, "blocks_free", st->pool.free);
+	cJSON_AddNumberToObject(o, "blocks_cached", st->pool.cached);
+	cJSON_AddNumberToObject(o, "blocks_pinned", st->pool.referenced);
+	cJSON_AddNumberToObject(o, "tree_nodes", (double)st->tree_nodes);
+	cJSON_AddNumberToObject(o, "leases_active", (double)st->leases_active);
+}
+
+char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
+{
+	cJSON *o = cJSON_CreateObject();
+	char *txt;
+
+	if (!o)
+		return NULL;
+	cJSON_AddStringToObject(o, "version", v->version);
+	cJSON_AddStringToObject(o, "mode", v->mode);
+	cJSON_AddStringToObject(o, "name", v->name);
+	cJSON_AddNumberToObject(o, "block_tokens", v->block_tokens);
+	cJSON_AddNumberToObject(o, "uptime_s", v->uptime_s);
+	add_requests(o, &s->t, v);
+	add_cache(o, &s->t, &v->cache);
+	cJSON_AddNumberToObject(o, "connections", v->connections);
+	cJSON_AddNumberToObject(o, "connections_total", (double)s->t.connections_total);
+	cJSON_AddNumberToObject(o, "errors", (double)s->t.errors);
+	kvp_stats_json_detail(o, &s->ns, &s->ttft, &s->lookup);
+	txt = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	return txt;
+}
