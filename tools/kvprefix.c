@@ -417,7 +417,91 @@ static bool write_f32le(FILE *f, const float *v, uint32_t n)
 	return true;
 }
 
-static int cmd_generate(int argc, char **argv)
+/* What kvprefix generate was asked for. */
+struct gen_opts {
+	const char *sock, *list, *file, *logits_path;
+	struct kvp_generate_params gp;
+	struct kvp_tokvec stop;
+	bool json;
+};
+
+/* One option of generate's (not --socket, --tokens, --tokens-file, --json, --help) into
+ * o; false after printing why it is wrong. */
+static bool generate_option(int opt, struct gen_opts *o)
+{
+	char err[512];
+	uint64_t v;
+	int rc;
+
+	switch (opt) {
+	case OPT_MAX_NEW:
+		if (!kvp_tool_parse_u64(optarg, 0, KVP_GEN_MAX_NEW, &v)) {
+			fprintf(stderr, PROG " generate: --max-new '%s': want an integer "
+				"from 0 to %u\n", optarg, KVP_GEN_MAX_NEW);
+			return false;
+		}
+		o->gp.max_new = (uint32_t)v;
+		return true;
+	case OPT_TEMPERATURE:
+		if (!parse_float(optarg, &o->gp.temperature)) {
+			fprintf(stderr, PROG " generate: --temperature '%s': want a finite "
+				"number >= 0, such as 0.7\n", optarg);
+			return false;
+		}
+		return true;
+	case OPT_TOP_K:
+		if (!kvp_tool_parse_u64(optarg, 0, UINT32_MAX, &v)) {
+			fprintf(stderr, PROG " generate: --top-k '%s': want an integer from "
+				"0 (off) to %u\n", optarg, UINT32_MAX);
+			return false;
+		}
+		o->gp.top_k = (uint32_t)v;
+		return true;
+	case OPT_TOP_P:
+		if (!parse_float(optarg, &o->gp.top_p) || !(o->gp.top_p > 0.0f) ||
+		    !(o->gp.top_p <= 1.0f)) {
+			fprintf(stderr, PROG " generate: --top-p '%s': want a number above 0 "
+				"and at most 1 (1: off)\n", optarg);
+			return false;
+		}
+		return true;
+	case OPT_SEED:
+		if (!kvp_tool_parse_u64(optarg, 0, UINT64_MAX, &o->gp.seed)) {
+			fprintf(stderr, PROG " generate: --seed '%s': want an integer from 0 "
+				"to %" PRIu64 "\n", optarg, UINT64_MAX);
+			return false;
+		}
+		return true;
+	case OPT_STOP:
+		rc = kvp_tool_parse_tokens(optarg, &o->stop, err, sizeof(err));
+		if (rc < 0) {
+			/* The parser names the option --tokens; this is --stop. */
+			const char *why = rc != KVP_EINVAL ? kvp_strerror(rc)
+				: strncmp(err, "--tokens: ", 10) == 0 ? err + 10 : err;
+
+			fprintf(stderr, PROG " generate: --stop: %s\n", why);
+			return false;
+		}
+		if (o->stop.n > KVP_STOP_MAX) {
+			fprintf(stderr, PROG " generate: --stop: %zu stop ids, at most %u "
+				"are allowed\n", o->stop.n, KVP_STOP_MAX);
+			return false;
+		}
+		return true;
+	case OPT_LOGITS_OUT:
+		if (!optarg[0]) {
+			fprintf(stderr, PROG " generate: --logits-out needs a file name\n");
+			return false;
+		}
+		o->logits_path = optarg;
+		return true;
+	}
+	return false;
+}
+
+/* Parse generate's command line into o: -1 to go on, else the exit status (--help, a
+ * usage error: already printed). */
+static int generate_args(int argc, char **argv, struct gen_opts *o)
 {
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
@@ -434,133 +518,83 @@ static int cmd_generate(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *cmd = "generate", *sock = NULL, *list = NULL, *file = NULL;
-	const char *logits_path = NULL;
-	struct kvp_generate_params gp;
-	struct gen_sink sink = { 0 };
-	struct kvp_tokvec toks = { 0 }, stop = { 0 };
-	struct kvp_client *c = NULL;
-	struct kvp_usage u;
-	FILE *lf = NULL;
-	uint64_t v;
-	char err[512];
-	int opt, rc, ret = KVP_EXIT_USAGE;
+	int opt;
 
-	kvp_generate_params_init(&gp);
+	kvp_generate_params_init(&o->gp);
 	optind = 1;
 	opterr = 0;
 	while ((opt = getopt_long(argc, argv, ":s:t:f:jh", opts, NULL)) != -1) {
 		switch (opt) {
-		case 's': sock = optarg; break;
-		case 't': list = optarg; break;
-		case 'f': file = optarg; break;
-		case 'j': sink.json = true; break;
-		case 'h': usage_generate(stdout); ret = KVP_EXIT_OK; goto out_free;
-		case OPT_MAX_NEW:
-			if (!kvp_tool_parse_u64(optarg, 0, KVP_GEN_MAX_NEW, &v)) {
-				fprintf(stderr, PROG " generate: --max-new '%s': want an integer "
-					"from 0 to %u\n", optarg, KVP_GEN_MAX_NEW);
+		case 's': o->sock = optarg; break;
+		case 't': o->list = optarg; break;
+		case 'f': o->file = optarg; break;
+		case 'j': o->json = true; break;
+		case 'h': usage_generate(stdout); return KVP_EXIT_OK;
+		case OPT_MAX_NEW: case OPT_TEMPERATURE: case OPT_TOP_K: case OPT_TOP_P:
+		case OPT_SEED: case OPT_STOP: case OPT_LOGITS_OUT:
+			if (!generate_option(opt, o))
 				goto out_usage;
-			}
-			gp.max_new = (uint32_t)v;
-			break;
-		case OPT_TEMPERATURE:
-			if (!parse_float(optarg, &gp.temperature)) {
-				fprintf(stderr, PROG " generate: --temperature '%s': want a finite "
-					"number >= 0, such as 0.7\n", optarg);
-				goto out_usage;
-			}
-			break;
-		case OPT_TOP_K:
-			if (!kvp_tool_parse_u64(optarg, 0, UINT32_MAX, &v)) {
-				fprintf(stderr, PROG " generate: --top-k '%s': want an integer from "
-					"0 (off) to %u\n", optarg, UINT32_MAX);
-				goto out_usage;
-			}
-			gp.top_k = (uint32_t)v;
-			break;
-		case OPT_TOP_P:
-			if (!parse_float(optarg, &gp.top_p) || !(gp.top_p > 0.0f) ||
-			    !(gp.top_p <= 1.0f)) {
-				fprintf(stderr, PROG " generate: --top-p '%s': want a number above 0 "
-					"and at most 1 (1: off)\n", optarg);
-				goto out_usage;
-			}
-			break;
-		case OPT_SEED:
-			if (!kvp_tool_parse_u64(optarg, 0, UINT64_MAX, &gp.seed)) {
-				fprintf(stderr, PROG " generate: --seed '%s': want an integer from 0 "
-					"to %" PRIu64 "\n", optarg, UINT64_MAX);
-				goto out_usage;
-			}
-			break;
-		case OPT_STOP:
-			rc = kvp_tool_parse_tokens(optarg, &stop, err, sizeof(err));
-			if (rc < 0) {
-				/* The parser names the option --tokens; this is --stop. */
-				const char *why = rc != KVP_EINVAL ? kvp_strerror(rc)
-					: strncmp(err, "--tokens: ", 10) == 0 ? err + 10 : err;
-
-				fprintf(stderr, PROG " generate: --stop: %s\n", why);
-				goto out_usage;
-			}
-			if (stop.n > KVP_STOP_MAX) {
-				fprintf(stderr, PROG " generate: --stop: %zu stop ids, at most %u "
-					"are allowed\n", stop.n, KVP_STOP_MAX);
-				goto out_usage;
-			}
-			break;
-		case OPT_LOGITS_OUT:
-			if (!optarg[0]) {
-				fprintf(stderr, PROG " generate: --logits-out needs a file name\n");
-				goto out_usage;
-			}
-			logits_path = optarg;
 			break;
 		default:
-			ret = bad_option(cmd, argv, opt);
-			goto out_free;
+			return bad_option("generate", argv, opt);
 		}
 	}
 	if (optind < argc) {
 		fprintf(stderr, PROG " generate: unexpected argument '%s'\n", argv[optind]);
 		goto out_usage;
 	}
-	if (!list == !file) {
+	if (!o->list == !o->file) {
 		fprintf(stderr, PROG " generate: give exactly one of --tokens LIST or "
 			"--tokens-file FILE\n");
 		goto out_usage;
 	}
-	rc = list ? kvp_tool_parse_tokens(list, &toks, err, sizeof(err))
-		  : kvp_tool_read_tokens_file(file, &toks, err, sizeof(err));
-	if (rc < 0) {
-		fprintf(stderr, PROG " generate: %s\n", err);
-		ret = rc == KVP_EIO || rc == KVP_ENOMEM ? KVP_EXIT_FAIL : KVP_EXIT_USAGE;
-		goto out_free;
+	o->gp.stop = o->stop.v;
+	o->gp.n_stop = (uint32_t)o->stop.n;
+	return -1;
+
+out_usage:
+	fprintf(stderr, "Try '" PROG " generate --help'.\n");
+	return KVP_EXIT_USAGE;
+}
+
+/* Write the logits of u to lf (and close it); false after printing why not. */
+static bool generate_write_logits(FILE *lf, const char *path, const struct kvp_usage *u)
+{
+	int werr;
+
+	if (u->n_logits == 0) {
+		fprintf(stderr, PROG " generate: the daemon returned no logits\n");
+		fclose(lf);
+		return false;
 	}
-	gp.stop = stop.v;
-	gp.n_stop = (uint32_t)stop.n;
-	if (logits_path) {
-		gp.flags |= KVP_GEN_LOGITS;
-		/* Opened before the work starts, so that a bad path costs no generation. */
-		lf = fopen(logits_path, "wb");
-		if (!lf) {
-			fprintf(stderr, PROG " generate: cannot write %s: %s\n", logits_path,
-				strerror(errno));
-			ret = KVP_EXIT_FAIL;
-			goto out_free;
-		}
+	werr = !write_f32le(lf, u->logits, u->n_logits) ? errno : 0;
+	if (fclose(lf) != 0 && !werr)
+		werr = errno ? errno : EIO;
+	if (werr) {
+		fprintf(stderr, PROG " generate: writing %s: %s\n", path, strerror(werr));
+		return false;
 	}
-	ret = KVP_EXIT_FAIL;
-	if (kvp_tool_connect(PROG, sock, &c) < 0)
-		goto out_logits;
+	return true;
+}
+
+/* Run the generation on the daemon and print it; the exit status. lf: the open logits
+ * file, or NULL; closed here. */
+static int generate_run(struct gen_opts *o, const struct kvp_tokvec *toks, FILE *lf)
+{
+	struct gen_sink sink = { .json = o->json };
+	struct kvp_client *c = NULL;
+	struct kvp_usage u;
+	int rc, ret = KVP_EXIT_FAIL;
+
+	if (kvp_tool_connect(PROG, o->sock, &c) < 0)
+		goto out_lf;
 	kvp_client_set_timeout_ms(c, CLI_GEN_TIMEOUT_MS);
-	rc = kvp_client_generate(c, toks.v, toks.n, &gp, on_tokens, &sink, &u);
+	rc = kvp_client_generate(c, toks->v, toks->n, &o->gp, on_tokens, &sink, &u);
 	if (!sink.json && (rc == 0 || sink.printed))
 		printf("\n");
 	if (rc < 0) {
 		fflush(stdout);
-		kvp_tool_perror(PROG, cmd, c, rc);
+		kvp_tool_perror(PROG, "generate", c, rc);
 		goto out_close;
 	}
 	if (sink.err) {
@@ -568,21 +602,11 @@ static int cmd_generate(int argc, char **argv)
 		goto out_close;
 	}
 	if (lf) {
-		int werr;
+		bool ok = generate_write_logits(lf, o->logits_path, &u);
 
-		if (u.n_logits == 0) {
-			fprintf(stderr, PROG " generate: the daemon returned no logits\n");
-			goto out_close;
-		}
-		werr = !write_f32le(lf, u.logits, u.n_logits) ? errno : 0;
-		if (fclose(lf) != 0 && !werr)
-			werr = errno ? errno : EIO;
 		lf = NULL;
-		if (werr) {
-			fprintf(stderr, PROG " generate: writing %s: %s\n", logits_path,
-				strerror(werr));
+		if (!ok)
 			goto out_close;
-		}
 	}
 	if (sink.json) {
 		ret = print_generate_json(&sink, &u);
@@ -596,22 +620,48 @@ static int cmd_generate(int argc, char **argv)
 	}
 out_close:
 	kvp_client_close(c);
-out_logits:
-	if (lf || (logits_path && ret != KVP_EXIT_OK)) {
-		/* Leave no empty or partial logits file behind a failure. */
-		if (lf)
-			fclose(lf);
-		remove(logits_path);
-	}
-out_free:
+out_lf:
+	if (lf)
+		fclose(lf);
 	kvp_tokvec_free(&sink.toks);
-	kvp_tokvec_free(&stop);
+	return ret;
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+	struct gen_opts o = { 0 };
+	struct kvp_tokvec toks = { 0 };
+	FILE *lf = NULL;
+	char err[512];
+	int rc, ret = generate_args(argc, argv, &o);
+
+	if (ret >= 0)
+		goto out_free;
+	rc = o.list ? kvp_tool_parse_tokens(o.list, &toks, err, sizeof(err))
+		    : kvp_tool_read_tokens_file(o.file, &toks, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, PROG " generate: %s\n", err);
+		ret = rc == KVP_EIO || rc == KVP_ENOMEM ? KVP_EXIT_FAIL : KVP_EXIT_USAGE;
+		goto out_free;
+	}
+	if (o.logits_path) {
+		o.gp.flags |= KVP_GEN_LOGITS;
+		/* Opened before the work starts, so that a bad path costs no generation. */
+		lf = fopen(o.logits_path, "wb");
+		if (!lf) {
+			fprintf(stderr, PROG " generate: cannot write %s: %s\n", o.logits_path,
+				strerror(errno));
+			ret = KVP_EXIT_FAIL;
+			goto out_free;
+		}
+	}
+	ret = generate_run(&o, &toks, lf);
+	if (o.logits_path && ret != KVP_EXIT_OK)
+		remove(o.logits_path);   /* no empty or partial logits file behind a failure */
+out_free:
+	kvp_tokvec_free(&o.stop);
 	kvp_tokvec_free(&toks);
 	return ret;
-out_usage:
-	fprintf(stderr, "Try '" PROG " generate --help'.\n");
-	ret = KVP_EXIT_USAGE;
-	goto out_free;
 }
 
 static int cmd_stats(const char *sock)
