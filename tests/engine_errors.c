@@ -145,3 +145,43 @@ Test(errors, bad_config)
 	kvp_engine_destroy(e);
 	kvp_model_free(m);
 }
+
+/* One bad sequence refuses the whole batch before anything runs: the good sequence's
+ * blocks stay as they were, its logits unwritten. */
+Test(errors, bad_sequence_refuses_the_whole_batch)
+{
+	char path[256];
+	struct eng g;
+	struct table t[2];
+	uint32_t tok[32], bad[4] = { 1, 2, 300, 3 };
+	float lg[2][300];
+	char *before;
+
+	et_mkmodel("eb.gguf", "--vocab 300 --dim 64 --layers 1 --heads 4 --kv-heads 2 --ffn 96 "
+			      "--ctx 64 --dtype f32");
+	et_path_in(path, sizeof(path), "eb.gguf");
+	et_eng_open(&g, path, 2, KVP_KV_F32, 16, 16);
+	et_table_init(&t[0], 2, kvp_engine_block_bytes(g.e), 1);
+	et_table_init(&t[1], 2, kvp_engine_block_bytes(g.e), 2);
+	et_make_prompt(tok, 32, 300, 9);
+	before = malloc(t[0].bytes);
+	cr_assert_not_null(before);
+	memcpy(before, t[0].arena, t[0].bytes);
+	memset(lg, 0x7f, sizeof(lg));
+
+	struct kvp_engine_seq seqs[2] = {
+		{ .blocks = t[0].blocks, .n_blocks = 2, .tokens = tok, .n = 32, .logits = lg[0] },
+		{ .blocks = t[1].blocks, .n_blocks = 2, .tokens = bad, .n = 4, .logits = lg[1] },
+	};
+	cr_assert_eq(kvp_engine_forward_batch(g.e, seqs, 2), KVP_EINVAL);
+	cr_assert_eq(memcmp(before, t[0].arena, t[0].bytes), 0, "the good sequence was run");
+	for (int i = 0; i < 300; i++)
+		cr_assert_eq(lg[0][i], lg[0][0], "its logits were written");
+	cr_assert_eq(kvp_engine_forward_batch(g.e, seqs, 0), KVP_EINVAL, "an empty batch");
+	/* alone, the good one runs */
+	cr_assert_eq(kvp_engine_forward_batch(g.e, seqs, 1), 0);
+	free(before);
+	et_table_free(&t[0]);
+	et_table_free(&t[1]);
+	et_eng_close(&g);
+}

@@ -22,7 +22,9 @@
  *              reference with f32 KV, and with f16 KV within 1e-3 (mkmodel) or 2e-2
  *              (large weights); every K/V row (post-rope) in the blocks where kvp_cpu.h
  *              says it is. Also: every kernel path this CPU has, max_batch 1/7/64/512 on
- *              2 and 3 threads, a prompt fed in several calls, a 2,500-token context
+ *              2 and 3 threads, a prompt fed in several calls, a 2,500-token context;
+ *              and a batch of three sequences (prefill, a chunk after a prefix, a
+ *              decode row) gives each the logits and K/V it gets alone (invariant 9)
  *   cache      (engine_cache.c) invariant 5 as the daemon drives the engine: a prompt
  *              run cold and greedy-decoded 64 steps, then again with 0 %, ~50 % and
  *              100 % of its full blocks shared from the cold run (mprotect'ed read-only
@@ -31,7 +33,7 @@
  *              prompts k*B-1, k*B, k*B+1 and 1 token, B = 16
  *   errors     (engine_errors.c) token >= vocab, positions past the context, a table
  *              too short, n = 0, bad configs: KVP_EINVAL and nothing written; the
- *              boundaries accepted
+ *              boundaries accepted; one bad sequence refuses its whole batch
  *
  * Every function here fails the calling test through criterion's asserts; none returns
  * an error.
