@@ -68,14 +68,18 @@ struct kvp_stats_ns conn_stats_ns(const struct conn *c)
 
 /* ---- HELLO ----------------------------------------------------------------------- */
 
-/* A name from the wire: printable, no NUL, no control byte (0x1e separates adapter and
- * salt in a salted namespace). The position of the first bad byte, or -1. */
-static int bad_name_byte(const char *s, uint16_t n)
+/* A name from the wire must be printable: no NUL, no control byte (0x1e separates
+ * adapter and salt in a salted namespace). True with the first bad byte's position in
+ * *at when it is not. */
+static bool has_control_byte(const char *s, uint16_t n, uint16_t *at)
 {
-	for (uint16_t i = 0; i < n; i++)
-		if ((uint8_t)s[i] < 0x20)
-			return i;
-	return -1;
+	for (uint16_t i = 0; i < n; i++) {
+		if ((uint8_t)s[i] < 0x20) {
+			*at = i;
+			return true;
+		}
+	}
+	return false;
 }
 
 /* Put c in the namespace HELLO asked for: its uid's, or a salted one shared by every
@@ -110,18 +114,19 @@ static struct req_outcome handle_hello(struct conn *c, const struct kvp_frame_hd
 	struct kvp_hello_reply r;
 	uint8_t buf[64 + KVP_NAME_MAX];
 	bool salt_ok = false;
-	int rc = kvp_hello_decode(p, h->len, &m), bad;
+	uint16_t bad;
+	int rc = kvp_hello_decode(p, h->len, &m);
 
 	if (rc)
 		return req_malformed(c, h, rc, "malformed HELLO: %s", kvp_strerror(rc));
 	if (m.version < 1)
 		return req_malformed(c, h, KVP_EVERSION,
 				     "protocol version %u: this daemon speaks 1 and 2", m.version);
-	if ((bad = bad_name_byte(m.adapter, m.adapter_len)) >= 0)
-		return req_refuse(c, h, KVP_EINVAL, "adapter id contains a control byte (0x%02x) at %d",
+	if (has_control_byte(m.adapter, m.adapter_len, &bad))
+		return req_refuse(c, h, KVP_EINVAL, "adapter id contains a control byte (0x%02x) at %u",
 				  (uint8_t)m.adapter[bad], bad);
-	if ((bad = bad_name_byte(m.salt, m.salt_len)) >= 0)
-		return req_refuse(c, h, KVP_EINVAL, "cache salt contains a control byte at %d", bad);
+	if (has_control_byte(m.salt, m.salt_len, &bad))
+		return req_refuse(c, h, KVP_EINVAL, "cache salt contains a control byte at %u", bad);
 	if (m.salt_len && (kvp_config_uid_listed(cfg->salt_uids, (uint32_t)c->uid, &salt_ok) ||
 			   !salt_ok))
 		return req_refuse(c, h, KVP_EPERM,

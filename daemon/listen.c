@@ -25,7 +25,7 @@
 #define LISTEN_BACKLOG 128
 
 /* Create the missing directories of path, one component at a time (the runtime dir
- * itself usually exists). 0, or -1 with errno. */
+ * itself usually exists). 0, or KVP_EIO with errno set. */
 static int make_dirs(char *dir)
 {
 	for (char *q = dir + 1; *q; q++) {
@@ -33,12 +33,12 @@ static int make_dirs(char *dir)
 			continue;
 		*q = '\0';
 		if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-			return -1;
+			return KVP_EIO;
 		*q = '/';
 	}
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-		return -1;
-	return 0;
+		return KVP_EIO;
+	return KVP_OK;
 }
 
 /*
