@@ -7,8 +7,8 @@
  *   kvp_engine_destroy ──▶ backend->destroy(state)
  *
  * engine.c owns everything backends share: picking the backend, validating a batch
- * (sizes, positions, token ids) before a backend sees it, the block size. A backend
- * only computes. Entries marked optional may be NULL; engine.c then answers with the
+ * (sizes, positions, token ids) before a backend sees it. A backend computes, and says
+ * how many bytes a block of its KV takes. Entries marked optional may be NULL; engine.c then answers with the
  * documented default (kvp_engine.h).
  *
  * Each backend lives in its own folder and compiles only there (engine/cpu,
@@ -31,6 +31,9 @@ struct kvp_backend_ops {
 	int (*create)(const struct kvp_model *m, const struct kvp_engine_config *cfg,
 		      void **state, char *err, size_t errlen);
 	void (*destroy)(void *state);
+	/* Bytes of one KV block: the layout of kvp_engine.h in the dtype the backend
+	 * stores. */
+	size_t (*block_bytes)(void *state);
 	/* Forward a batch engine.c has checked (kvp_engine_forward_batch). */
 	int (*forward)(void *state, const struct kvp_engine_seq *seqs, uint32_t n_seqs);
 	/* Optional figures (kvp_engine.h). */

@@ -30,6 +30,12 @@ static void none_destroy(void *state)
 	(void)state;
 }
 
+static size_t none_block_bytes(void *state)
+{
+	(void)state;
+	return 0;
+}
+
 static int none_forward(void *state, const struct kvp_engine_seq *seqs, uint32_t n_seqs)
 {
 	(void)state;
@@ -44,5 +50,6 @@ const struct kvp_backend_ops kvp_backend_cuda = {
 	.probe = none_probe,
 	.create = none_create,
 	.destroy = none_destroy,
+	.block_bytes = none_block_bytes,
 	.forward = none_forward,
 };

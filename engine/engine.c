@@ -94,7 +94,6 @@ int kvp_engine_create(const struct kvp_model *m, const struct kvp_engine_config 
 		      struct kvp_engine **out)
 {
 	const struct kvp_backend_ops *ops = backend_ops(cfg->backend);
-	const struct kvp_model_config *mc = &m->cfg;
 	struct kvp_engine *e;
 	int rc;
 
@@ -123,13 +122,12 @@ int kvp_engine_create(const struct kvp_model *m, const struct kvp_engine_config 
 	e->backend = cfg->backend;
 	e->kv_dtype = cfg->kv_dtype;
 	e->block_tokens = cfg->block_tokens;
-	e->block_bytes = kvp_kv_block_bytes(mc->n_layers, mc->n_kv_heads, mc->head_dim,
-					    cfg->block_tokens, cfg->kv_dtype);
 	rc = ops->create(m, cfg, &e->state, cfg->err, cfg->errlen);
 	if (rc) {
 		free(e);
 		return rc;
 	}
+	e->block_bytes = ops->block_bytes(e->state);
 	*out = e;
 	return KVP_OK;
 }

@@ -254,6 +254,15 @@ static int cpu_forward(void *state, const struct kvp_engine_seq *seqs, uint32_t 
 	return KVP_OK;
 }
 
+static size_t cpu_block_bytes(void *state)
+{
+	const struct cpu_state *c = state;
+	const struct kvp_model_config *mc = &c->m->cfg;
+
+	return kvp_kv_block_bytes(mc->n_layers, mc->n_kv_heads, mc->head_dim, c->block_tokens,
+				  c->kv_dtype);
+}
+
 static struct kvp_threadpool *cpu_threads(void *state)
 {
 	return ((struct cpu_state *)state)->tp;
@@ -275,6 +284,7 @@ const struct kvp_backend_ops kvp_backend_cpu = {
 	.kv_dtypes = 1u << KVP_KV_F32 | 1u << KVP_KV_F16,
 	.create = cpu_create,
 	.destroy = cpu_destroy,
+	.block_bytes = cpu_block_bytes,
 	.forward = cpu_forward,
 	.threads = cpu_threads,
 	.kernels = cpu_kernels,

@@ -47,6 +47,11 @@ static void cuda_destroy(void *state)
 	kvp_cuda_engine_destroy(state);
 }
 
+static size_t cuda_block_bytes(void *state)
+{
+	return kvp_cuda_engine_block_bytes(state);
+}
+
 static int cuda_forward(void *state, const struct kvp_engine_seq *seqs, uint32_t n_seqs)
 {
 	int rc = KVP_OK;
@@ -69,6 +74,7 @@ const struct kvp_backend_ops kvp_backend_cuda = {
 	.probe = cuda_probe,
 	.create = cuda_create,
 	.destroy = cuda_destroy,
+	.block_bytes = cuda_block_bytes,
 	.forward = cuda_forward,
 	.peak_gflops = cuda_peak_gflops,
 };

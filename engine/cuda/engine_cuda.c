@@ -121,6 +121,14 @@ size_t kvp_cuda_engine_weight_bytes(const struct kvp_cuda_engine *e)
 	return e->weight_bytes;
 }
 
+size_t kvp_cuda_engine_block_bytes(const struct kvp_cuda_engine *e)
+{
+	const struct kvp_model_config *mc = &e->m->cfg;
+
+	return kvp_kv_block_bytes(mc->n_layers, mc->n_kv_heads, mc->head_dim, e->block_tokens,
+				  KVP_KV_F16);
+}
+
 double kvp_cuda_engine_peak_tflops(const struct kvp_cuda_engine *e)
 {
 	return e->peak_tflops;

@@ -139,6 +139,8 @@ int kvp_cuda_engine_forward(struct kvp_cuda_engine *e, void *const *blocks, uint
 			    uint32_t kv_write_from, float *logits);
 /* Device bytes the weights take. */
 size_t kvp_cuda_engine_weight_bytes(const struct kvp_cuda_engine *e);
+/* Bytes of one KV block (f16, the layout of kvp_engine.h). */
+size_t kvp_cuda_engine_block_bytes(const struct kvp_cuda_engine *e);
 /* The device's dense F16 tensor-core peak, TFLOP/s (kvp_device_info.f16_tflops). */
 double kvp_cuda_engine_peak_tflops(const struct kvp_cuda_engine *e);
 
