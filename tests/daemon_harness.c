@@ -1,52 +1,27 @@
+/*
+ * daemon_harness.c - the tests' way of starting kvprefixd: tools/spawn.c with the
+ * tests' defaults (KVP_DAEMON_PATH, /tmp/kvp-test-XXXXXX, --log-level info, quiet
+ * until a stop finds the daemon failed, then its log on stderr).
+ */
 #include "daemon_harness.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
-static void sleep_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-static bool socket_accepts(const char *path)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	bool ok;
-
-	if (fd < 0)
-		return false;
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	close(fd);
-	return ok;
-}
+#define HARNESS_WAIT_MS 10000   /* to accept at start, and to exit on SIGTERM */
+#define HARNESS_ARGS_MAX 64
 
 int kvp_daemon_start(struct kvp_daemon *d, const char *const *args)
 {
-	const char *argv[64];
+	static const struct kvp_spawn_opts opts = { .prog = NULL, .wait_ms = HARNESS_WAIT_MS };
+	const char *argv[HARNESS_ARGS_MAX];
+	bool model = false;
 	int argc = 0;
 
-	memset(d, 0, sizeof(*d));
-	snprintf(d->dir, sizeof(d->dir), "/tmp/kvp-test-XXXXXX");
-	if (!mkdtemp(d->dir))
+	if (kvp_spawn_prepare(d, "kvp-test", NULL) < 0)
 		return -1;
-	snprintf(d->socket, sizeof(d->socket), "%s/kvprefixd.sock", d->dir);
-	snprintf(d->log, sizeof(d->log), "%s/kvprefixd.log", d->dir);
-
-	bool model = false;
-
 	for (int i = 0; args && args[i]; i++)
 		model |= strcmp(args[i], "--model") == 0;
 	argv[argc++] = KVP_DAEMON_PATH;
@@ -56,79 +31,30 @@ int kvp_daemon_start(struct kvp_daemon *d, const char *const *args)
 	argv[argc++] = d->socket;
 	argv[argc++] = "--log-level";
 	argv[argc++] = "info";
-	for (int i = 0; args && args[i] && argc < 62; i++)
+	for (int i = 0; args && args[i] && argc < HARNESS_ARGS_MAX - 2; i++)
 		argv[argc++] = args[i];
 	argv[argc] = NULL;
-
-	d->pid = fork();
-	if (d->pid < 0)
-		return -1;
-	if (d->pid == 0) {
-		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-		if (fd >= 0) {
-			dup2(fd, 2);
-			close(fd);
-		}
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	for (int i = 0; i < 1000; i++) {
-		if (socket_accepts(d->socket))
-			return 0;
-		if (!kvp_daemon_alive(d))
-			return -1;
-		sleep_ms(10);
-	}
-	return -1;
+	return kvp_spawn_start(d, argv, &opts) == 0 ? 0 : -1;
 }
 
 bool kvp_daemon_alive(struct kvp_daemon *d)
 {
-	int st;
-
-	if (d->pid <= 0)
-		return false;
-	if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-		d->pid = -d->pid;   /* reaped: remember it exited */
-		return false;
-	}
-	return true;
+	return kvp_spawn_alive(d);
 }
 
 int kvp_daemon_stop(struct kvp_daemon *d)
 {
-	int st = 0, ret = -1;
-	char cmd[256];
+	int ret = kvp_spawn_stop(d, HARNESS_WAIT_MS, NULL);
 
-	if (d->pid == 0)
-		ret = 0;   /* the caller stopped and reaped it itself */
-	if (d->pid > 0) {
-		kill(d->pid, SIGTERM);
-		for (int i = 0; i < 1000; i++) {
-			pid_t r = waitpid(d->pid, &st, WNOHANG);
-			if (r == d->pid) {
-				ret = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-				break;
-			}
-			sleep_ms(10);
-		}
-		if (ret == -1 && kill(d->pid, 0) == 0) {
-			kill(d->pid, SIGKILL);
-			waitpid(d->pid, &st, 0);
-		}
-		d->pid = 0;
-	}
 	if (d->dir[0]) {
 		if (ret != 0) {
 			/* show why (a sanitizer report, a crash) before the log goes */
-			snprintf(cmd, sizeof(cmd), "echo '--- kvprefixd log:' >&2; cat '%s' >&2", d->log);
-			if (system(cmd) != 0)
+			fprintf(stderr, "--- kvprefixd log:\n");
+			if (kvp_spawn_print_log(d, stderr, "") < 0)
 				ret = -1;
 		}
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
-		if (system(cmd) != 0)
+		if (kvp_spawn_remove(d) < 0)
 			ret = -1;
-		d->dir[0] = '\0';
 	}
 	return ret;
 }
@@ -159,25 +85,14 @@ int kvp_run_capture(const char *cmd, char *out, size_t cap)
 
 int kvp_tmpdir_make(char *buf, size_t cap, const char *tag)
 {
-	if ((size_t)snprintf(buf, cap, "/tmp/kvp-%s-XXXXXX", tag) >= cap)
+	char name[64];
+
+	if ((size_t)snprintf(name, sizeof(name), "kvp-%s", tag) >= sizeof(name))
 		return -1;
-	return mkdtemp(buf) ? 0 : -1;
+	return kvp_spawn_mkdtemp(buf, cap, name);
 }
 
 void kvp_tmpdir_remove(const char *dir)
 {
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	char p[512];
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-		unlink(p);
-	}
-	closedir(d);
-	rmdir(dir);
+	(void)kvp_spawn_rmdir(dir);
 }

@@ -1,6 +1,8 @@
 /*
  * daemon_harness.h - start the real kvprefixd on a temporary socket for a test, and
- * stop it. Tests talk to it through libkvprefix or the real tools, as users do.
+ * stop it. Tests talk to it through libkvprefix or the real tools, as users do. A thin
+ * layer over tools/spawn.h, which also starts kvprefix-bench's own daemon: struct
+ * kvp_daemon (pid, dir, socket, log) is defined there.
  */
 #ifndef KVP_DAEMON_HARNESS_H
 #define KVP_DAEMON_HARNESS_H
@@ -8,19 +10,15 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-struct kvp_daemon {
-	pid_t pid;
-	char dir[64];       /* private temporary directory, removed by stop */
-	char socket[108];   /* dir + "/kvprefixd.sock" */
-	char log[128];      /* dir + "/kvprefixd.log": the daemon's stderr */
-};
+#include "spawn.h"
 
 /* Start KVP_DAEMON_PATH --index-only (unless args has --model) --socket <tmp>
  * --log-level info plus args (a NULL-
  * terminated list, may be NULL) and wait up to 10 s until the socket accepts. 0 or -1. */
 int kvp_daemon_start(struct kvp_daemon *d, const char *const *args);
 /* SIGTERM, wait up to 10 s (then SIGKILL); returns the exit status (-1 if killed or it
- * did not exit cleanly). Removes the temporary directory. */
+ * did not exit cleanly; 0 when pid is 0: the caller reaped it). Unless 0, the daemon's
+ * log goes to stderr first. Removes the temporary directory. */
 int kvp_daemon_stop(struct kvp_daemon *d);
 /* True while the daemon process has not exited. */
 bool kvp_daemon_alive(struct kvp_daemon *d);

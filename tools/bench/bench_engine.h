@@ -1,0 +1,120 @@
+/*
+ * bench_engine.h - the parts of kvprefix-bench engine: (a) the engine in process
+ * (bench_engine_inproc.c: on the CPU against its peak FMA rate, on CUDA against the
+ * device's f16 tensor-core peak), (b) TTFT cached vs cold and (c) a shared-prefix
+ * workload through a kvprefixd running the same backend (bench_engine_daemon.c), and
+ * the command that runs them and prints their figures (bench_engine.c).
+ */
+#ifndef KVP_BENCH_ENGINE_H
+#define KVP_BENCH_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvp_device.h"
+#include "kvp_engine.h"
+#include "kvprefix.h"
+
+/* Targets printed beside the engine figures. */
+#define TARGET_PEAK_FRACTION 0.60     /* 512-token prefill, f32, 2 threads */
+#define TARGET_TTFT_RATIO 20.0        /* cold / cached TTFT of a 2,050-token prompt */
+#define ENGINE_MAX_BATCH 512u         /* rows per internal step, as the daemon uses */
+#define TTFT_PREFIX 2000u             /* (b), (c): tokens of a shared prefix */
+#define TTFT_SUFFIX 50u               /* (b): tokens after it */
+#define WORK_PREFIXES 16u             /* (c) */
+#define WORK_REQUESTS 200u
+#define WORK_REQUESTS_QUICK 50u
+#define WORK_MAX_NEW 8u
+/* --backend cuda, in process */
+#define TARGET_GPU_FRACTION 0.50      /* prefill TFLOP/s of the f16 tensor-core peak */
+#define CUDA_N_SIZES 3
+#define CUDA_TARGET_SIZE 2            /* the size the target is judged on: 8,192 */
+#define CUDA_TTFT_PROMPT 8192u        /* in-process TTFT: this prompt ... */
+#define CUDA_TTFT_CACHED_PCT 90u      /* ... with this share of it already in the blocks */
+
+/* The prefill sizes of (a) on CUDA: 512, 2,048, 8,192. */
+extern const uint32_t cuda_prefill_sizes[CUDA_N_SIZES];
+
+/* (a): the model, and the figures on the CPU. */
+struct eng_inproc {
+	/* model */
+	char name[256];
+	uint64_t n_params;
+	uint32_t vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn;
+	const char *isa;
+	size_t block_bytes;
+	/* figures */
+	double peak_gflops;
+	int prefill_runs_512, prefill_runs_2048, decode_runs;
+	double pf512_best, pf512_med;        /* tokens/s */
+	double pf2048_best, pf2048_med;
+	double dec_best, dec_med;            /* tokens/s */
+	uint32_t decode_prompt, decode_steps;
+	double suffix_ms_med;                /* 50 rows after 2,000 cached positions */
+	double cold2050_ms;                  /* 2,050 rows cold */
+	double flops_512;                    /* FLOPs of one 512-token prefill */
+	double gflops_best, gflops_med;
+	double frac_best, frac_med;          /* of peak */
+};
+
+/* (a) with --backend cuda. */
+struct eng_cuda {
+	struct kvp_device_info dev;
+	uint32_t max_batch;
+	int runs[CUDA_N_SIZES];
+	double pf_best[CUDA_N_SIZES], pf_med[CUDA_N_SIZES];         /* tokens/s */
+	double flops[CUDA_N_SIZES];                                 /* FLOPs of one prefill */
+	double tflops_best[CUDA_N_SIZES], tflops_med[CUDA_N_SIZES];
+	double frac_best[CUDA_N_SIZES], frac_med[CUDA_N_SIZES];    /* of dev.f16_tflops */
+	int decode_runs;
+	uint32_t decode_prompt, decode_steps;
+	double dec_best, dec_med;                                   /* tokens/s */
+	int ttft_reps;
+	uint32_t ttft_prompt, ttft_cached;                          /* tokens */
+	double ttft_cold_ms, ttft_cached_ms;                        /* medians */
+	double ttft_ratio;               /* median over the repetitions of cold / cached */
+	double ttft_logit_diff;          /* max |cold - cached| / max |cold| over the reps */
+};
+
+/* (b) */
+struct eng_ttft {
+	int reps;
+	uint32_t prompt, prefix;
+	double cached_us[8], cold_us[8], prefix_us[8];
+	uint32_t cached_tokens[8], cold_cached_tokens[8];
+	double cached_med_us, cold_med_us, prefix_med_us;
+	double ratio;            /* median over the repetitions of cold / cached */
+	double ratio_of_medians;
+	bool cached_ok;          /* every cached request found the whole prefix */
+};
+
+/* (c) */
+struct eng_work {
+	uint32_t requests, prefixes, prefix;
+	uint64_t prompt_tokens, cached_tokens;
+	double hit_rate;
+	uint32_t after_first, after_first_hit;
+	uint32_t n_hit, n_miss;
+	double hit_mean_us, hit_p99_us, miss_mean_us, miss_p99_us;
+	double elapsed_s;
+	double evictions;        /* the daemon's counter at the end, NAN if unknown */
+};
+
+/* (a) on the CPU: load the model, prefill 512 and 2,048 tokens cold, decode, a cached
+ * suffix; against the peak FMA rate around each 512-token run. 0, or -1 (message). */
+int bench_engine_cpu(const char *model_path, int threads, enum kvp_kv_dtype dtype,
+		     uint32_t block, uint32_t max_batch, bool quick, struct eng_inproc *res);
+/* (a) on CUDA device 0 (KV f16 in device blocks); fills a's model fields as
+ * bench_engine_cpu does. 0, or -1 (message printed). */
+int bench_engine_cuda(const char *model_path, uint32_t block, uint32_t max_batch,
+		      bool quick, struct eng_inproc *a, struct eng_cuda *res);
+
+/* (b) through the daemon on c. 0, or -1 (message printed). */
+int bench_ttft(struct kvp_client *c, uint32_t vocab, uint32_t block, bool quick,
+	       struct eng_ttft *res);
+/* (c) through the daemon on c, requests requests. 0, or -1 (message printed). */
+int bench_workload(struct kvp_client *c, uint32_t vocab, uint32_t block, uint32_t requests,
+		   struct eng_work *res);
+
+#endif
