@@ -1,7 +1,7 @@
 /*
  * admin.c - ADMIN requests (protocol version 2): who may send them, and the ops.
  *
- *   ADMIN ──decode──▶ peer_is_admin? ──no──▶ ERROR EPERM (the connection stays)
+ *   ADMIN ──decode──▶ conn_is_admin? ──no──▶ ERROR EPERM (the connection stays)
  *                          │ yes
  *                          ▼
  *        CLEAR / EVICT / PIN / UNPIN ──▶ the cache      CONFIG ──▶ the live options
@@ -26,8 +26,7 @@ static const char *op_name(uint32_t op)
 	return op < sizeof(op_names) / sizeof(op_names[0]) ? op_names[op] : "?";
 }
 
-/* Root, or a member (primary or supplementary group) of admin-group. */
-static bool peer_is_admin(struct conn *c)
+bool conn_is_admin(struct conn *c)
 {
 	struct server *s = c->srv;
 	int fd = bufferevent_getfd(c->bev);
@@ -188,7 +187,7 @@ struct req_outcome handle_admin(struct conn *c, const struct kvp_frame_hdr *h, c
 		return req_malformed(c, h, rc, "malformed ADMIN: %s", kvp_strerror(rc));
 	if (rc)
 		return req_refuse(c, h, rc, "ADMIN refused: %s", kvp_strerror(rc));
-	if (!peer_is_admin(c)) {
+	if (!conn_is_admin(c)) {
 		kvp_warn("admin: %s refused for uid %u", op_name(m.op), (unsigned)c->uid);
 		return req_refuse(c, h, KVP_EPERM,
 				  "administrative requests need root%s%s; this is uid %u",

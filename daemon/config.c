@@ -145,6 +145,30 @@ static const struct opt_def opt_table[] = {
 	  .help = "close a connection that sent nothing for this long and has\n"
 		  "no generation running; its leases are released (default\n"
 		  "600, 0: never)" },
+	{ .name = "frame-timeout", .kind = KIND_U32, .flags = OPT_LIVE, FIELD(frame_timeout_s),
+	  .min = 1, .max = 3600, .base = 10, .arg = "SECONDS",
+	  .help = "a frame must arrive whole this long after its first byte,\n"
+		  "else ERROR ETIMEDOUT and the connection is closed (default 10)" },
+	{ .name = "max-connections-per-uid", .kind = KIND_U32, .flags = OPT_LIVE,
+	  FIELD(max_conns_per_uid), .min = 0, .max = 1u << 20, .base = 10, .arg = "N",
+	  .help = "concurrent connections of one uid (default 0: a quarter of\n"
+		  "max-connections, at least 1)" },
+	{ .name = "max-output-mb", .kind = KIND_U32, .flags = OPT_LIVE, FIELD(max_output_mb),
+	  .min = 1, .max = 1u << 20, .base = 10, .arg = "MB",
+	  .help = "replies queued for clients that do not read them, all\n"
+		  "connections together; over it the connection with the most\n"
+		  "unsent bytes is closed (default 256)" },
+	{ .name = "max-leased-blocks", .kind = KIND_U32, .flags = OPT_LIVE,
+	  FIELD(max_leased_blocks), .min = 1, .max = 1u << 31, .base = 10, .arg = "N",
+	  .help = "blocks pinned under the leases of one connection, all its\n"
+		  "leases together (default 65536)" },
+	{ .name = "max-leased-blocks-per-uid", .kind = KIND_U32, .flags = OPT_LIVE,
+	  FIELD(max_leased_blocks_per_uid), .min = 1, .max = 1u << 31, .base = 10, .arg = "N",
+	  .help = "the same for all the connections of one uid (default 262144)" },
+	{ .name = "stop-timeout", .kind = KIND_U32, .flags = OPT_LIVE, FIELD(stop_timeout_s),
+	  .min = 0, .max = 3600, .base = 10, .arg = "SECONDS",
+	  .help = "on SIGTERM, wait this long for running generations; those\n"
+		  "still running then get ERROR ESHUTDOWN (default 30)" },
 	{ .name = "salt-uids", .kind = KIND_TEXT, .flags = OPT_LIVE, FIELD(salt_uids), .min = 0,
 	  .max = sizeof(((struct kvp_config *)0)->salt_uids) - 1, .noun = "uid list",
 	  .arg = "UID,...",
@@ -153,8 +177,8 @@ static const struct opt_def opt_table[] = {
 		  "(default '': nobody)" },
 	{ .name = "tenant-quota", .kind = KIND_U32, .flags = OPT_LIVE, FIELD(tenant_quota_pct),
 	  .min = 0, .max = 100, .base = 10, .arg = "PERCENT",
-	  .help = "most of the pool one tenant (a uid, or a cache salt, with\n"
-		  "all its adapters) may hold; a tenant at its quota\n"
+	  .help = "most of the pool one tenant (a uid, with all its adapters\n"
+		  "and cache salts) may hold; a tenant at its quota\n"
 		  "recycles its own blocks and never evicts anyone else's\n"
 		  "(default 0: no quota)" },
 	{ .name = "admin-group", .kind = KIND_TEXT, .flags = OPT_LIVE, FIELD(admin_group),
@@ -454,6 +478,11 @@ static void set_defaults(struct kvp_config *cfg)
 		.max_leases = 4096,
 		.max_inflight = 16,
 		.idle_timeout_s = 600,
+		.frame_timeout_s = 10,
+		.max_output_mb = 256,
+		.max_leased_blocks = 65536,
+		.max_leased_blocks_per_uid = 262144,
+		.stop_timeout_s = 30,
 		.socket_mode = 0660,
 		.pool_mb = 1024,
 		.kv_dtype = KVP_KV_F16,

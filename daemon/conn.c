@@ -30,6 +30,10 @@
 #include "kvp_log.h"
 #include "server.h"
 
+#ifdef KVP_SANITIZE_BUILD
+#include <malloc.h>
+#endif
+
 #define FRAMES_PER_WAKEUP 64
 #define OUTPUT_HIGH_WATER (16u << 20)
 #define CLOSE_FLUSH_SECONDS 5
@@ -126,12 +130,31 @@ void conn_close(struct conn *c, const char *why)
 	struct server *s = c->srv;
 	size_t n;
 
+	struct uid_entry *u;
+
 	if (c->state == CONN_CLOSED)
 		return;
 	conn_set_state(c, CONN_CLOSED);
 	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 	n = kvp_cache_release_owner(s->cache, c->id);
 	generate_detach(c);
+	u = uid_table_find(&s->uids, c->uid);
+	if (u) {
+		u->conns--;
+		u->leased -= c->leased;
+		uid_table_release(&s->uids, u);
+	}
+	c->leased = 0;
+	if (c->out_cb) {
+		/* what is still queued is dropped with the connection */
+		s->out_bytes -= evbuffer_get_length(bufferevent_get_output(c->bev));
+		evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->out_cb);
+		c->out_cb = NULL;
+	}
+	if (c->frame_timer) {
+		event_free(c->frame_timer);
+		c->frame_timer = NULL;
+	}
 	kvp_debug("conn %llu (uid %u): closed (%s); %zu leases released",
 		  (unsigned long long)c->id, (unsigned)c->uid, why, n);
 	*c->pprev = c->next;
@@ -145,8 +168,7 @@ void conn_close(struct conn *c, const char *why)
 	}
 }
 
-/* Stop reading; flush what is queued (CLOSE_FLUSH_SECONDS at most), then close. */
-static void conn_finish(struct conn *c, const char *why)
+void conn_finish(struct conn *c, const char *why)
 {
 	struct timeval tv = { CLOSE_FLUSH_SECONDS, 0 };
 
@@ -203,6 +225,45 @@ static bool run_frame(struct conn *c, struct evbuffer *in, const struct kvp_fram
 	return !o.close;
 }
 
+/* The frame at the front of in is not whole yet: it has --frame-timeout from its first
+ * byte (the timer runs from the first call that sees it part-read). */
+static void frame_timer_arm(struct conn *c, struct evbuffer *in)
+{
+	struct timeval tv = { (time_t)c->srv->cfg->frame_timeout_s, 0 };
+
+	if (evbuffer_get_length(in) == 0) {
+		evtimer_del(c->frame_timer);
+		return;
+	}
+	if (!evtimer_pending(c->frame_timer, NULL))
+		evtimer_add(c->frame_timer, &tv);
+}
+
+/* A frame took longer than --frame-timeout to arrive: a client this slow holds a
+ * connection and a partly read frame; tell it and close. */
+static void frame_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+	struct kvp_frame_hdr h = { .version = KVP_PROTO_VERSION };
+	uint8_t hb[KVP_HDR_SIZE];
+
+	if (c->state != CONN_READING)
+		return;
+	/* the request's id where its header came whole and sound; 0 otherwise */
+	if (evbuffer_copyout(in, hb, sizeof(hb)) == (ssize_t)sizeof(hb) &&
+	    kvp_hdr_decode(hb, sizeof(hb), UINT32_MAX, &h) != KVP_OK)
+		h = (struct kvp_frame_hdr){ .version = KVP_PROTO_VERSION };
+	kvp_warn_limited(&c->srv->log_frame_timeout,
+			 "conn %llu (uid %u): a frame took over %u s to arrive (%zu bytes of it); "
+			 "closing", (unsigned long long)c->id, (unsigned)c->uid,
+			 c->srv->cfg->frame_timeout_s, evbuffer_get_length(in));
+	send_error(c, h.version, h.req_id, KVP_ETIMEDOUT,
+		   "a frame must arrive whole within %u s of its first byte (--frame-timeout)",
+		   c->srv->cfg->frame_timeout_s);
+	conn_finish(c, "frame timeout");
+}
+
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
@@ -232,20 +293,31 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			break;
 		}
 		bufferevent_setwatermark(bev, EV_READ, 0, 0);
+		evtimer_del(c->frame_timer);   /* the next frame's time starts now */
 		frames++;
 		if (!run_frame(c, in, &h)) {
 			conn_finish(c, "protocol error");
 			return;
 		}
 	}
-	if (c->state == CONN_READING && c->peer_eof && !more) {
-		/* half-closed peer: every complete frame is answered; flush, then close */
-		conn_finish(c, "peer closed");
+	if (c->state != CONN_READING)
+		return;
+	if (c->peer_eof && !more) {
+		/* half-closed peer: every complete frame is answered, and every generation it
+		 * started runs to its end (generate.c finishes the connection after the last
+		 * one); then flush and close */
+		if (c->n_reqs == 0)
+			conn_finish(c, "peer closed");
 		return;
 	}
-	if (c->state == CONN_READING && !c->peer_eof &&
-	    evbuffer_get_length(bufferevent_get_output(bev)) > OUTPUT_HIGH_WATER)
-		bufferevent_disable(bev, EV_READ);   /* the client is not reading its replies */
+	if (!more)
+		frame_timer_arm(c, in);
+	if (!c->peer_eof && evbuffer_get_length(bufferevent_get_output(bev)) > OUTPUT_HIGH_WATER) {
+		/* the client is not reading its replies: stop reading its requests, and stop
+		 * timing the frame it sends meanwhile (the wait is ours) */
+		bufferevent_disable(bev, EV_READ);
+		evtimer_del(c->frame_timer);
+	}
 }
 
 static void conn_write_cb(struct bufferevent *bev, void *arg)
@@ -299,6 +371,16 @@ void conn_apply_idle_timeout(struct server *s)
 			bufferevent_set_timeouts(c->bev, idle_s ? &idle : NULL, NULL);
 }
 
+void conn_flush_all(struct server *s)
+{
+	for (struct conn *c = s->conns; c; c = c->next) {
+		struct evbuffer *out = bufferevent_get_output(c->bev);
+
+		if (c->state != CONN_CLOSED && evbuffer_get_length(out))
+			(void)evbuffer_write(out, bufferevent_getfd(c->bev));
+	}
+}
+
 /* ---- accepting ---------------------------------------------------------------- */
 
 /* Answer a connection we will not serve with one ERROR frame, and close it. */
@@ -314,6 +396,82 @@ static void refuse(evutil_socket_t fd, int status, const char *msg)
 	if (send(fd, buf, KVP_HDR_SIZE + n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
 		kvp_debug("refusing a connection: %s", strerror(errno));
 	evutil_closesocket(fd);
+}
+
+uint32_t conn_uid_limit(const struct kvp_config *cfg)
+{
+	uint32_t q = cfg->max_connections / 4;
+
+	if (cfg->max_conns_per_uid)
+		return cfg->max_conns_per_uid;
+	return q ? q : 1;
+}
+
+void server_trim(void)
+{
+#ifdef KVP_SANITIZE_BUILD
+	(void)malloc_trim(0);
+#else
+	mi_collect(true);
+#endif
+}
+
+/* The server's out_bytes follows every connection's output buffer. */
+static void out_bytes_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct server *s = arg;
+
+	s->out_bytes += info->n_added;
+	s->out_bytes -= info->n_deleted;
+	if (s->out_bytes > ((uint64_t)s->cfg->max_output_mb << 20) &&
+	    !event_pending(s->shed, EV_READ, NULL))
+		event_active(s->shed, EV_READ, 0);   /* not here: a reply is being written */
+}
+
+void conn_shed_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+	const uint64_t budget = (uint64_t)s->cfg->max_output_mb << 20;
+	bool closed = false;
+
+	while (s->out_bytes > budget) {
+		struct conn *worst = NULL;
+		size_t most = 0;
+
+		for (struct conn *c = s->conns; c; c = c->next) {
+			size_t n = evbuffer_get_length(bufferevent_get_output(c->bev));
+			if (n > most) {
+				most = n;
+				worst = c;
+			}
+		}
+		if (!worst)
+			break;
+		kvp_warn_limited(&s->log_shed,
+				 "conn %llu (uid %u): closed with %.1f MiB of replies it does not read; "
+				 "all connections together hold %.1f MiB (--max-output-mb %u)",
+				 (unsigned long long)worst->id, (unsigned)worst->uid,
+				 (double)most / 1048576.0, (double)s->out_bytes / 1048576.0,
+				 s->cfg->max_output_mb);
+		conn_close(worst, "output budget");
+		closed = true;
+	}
+	if (closed)
+		server_trim();
+}
+
+/* Is uid at its connection limit? Then say so (rate-limited) and refuse fd. */
+static bool uid_refused(struct server *s, evutil_socket_t fd, uid_t uid)
+{
+	const uint32_t limit = conn_uid_limit(s->cfg);
+	const struct uid_entry *u = uid_table_find(&s->uids, uid);
+
+	if (!u || u->conns < limit)
+		return false;
+	kvp_warn_limited(&s->log_refused, "refusing a connection of uid %u: it has %u open "
+			 "(--max-connections-per-uid %u)", (unsigned)uid, u->conns, limit);
+	refuse(fd, KVP_EBUSY, "too many connections from this uid");
+	return true;
 }
 
 /* A new connection in READING, its tenant its peer uid, on the server's list. */
@@ -337,6 +495,42 @@ static void conn_register(struct server *s, struct conn *c, const struct ucred *
 	s->stats.t.connections_total++;
 }
 
+/* Free what conn_open made, leaving fd open (the caller refuses it). */
+static void conn_unopen(struct conn *c)
+{
+	if (c->out_cb)
+		evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->out_cb);
+	if (c->frame_timer)
+		event_free(c->frame_timer);
+	if (c->bev) {
+		bufferevent_setfd(c->bev, -1);
+		bufferevent_free(c->bev);
+	}
+	srv_free(c);
+}
+
+/* A connection on fd, with its bufferevent and timers, counted against its uid; NULL
+ * when out of memory (fd still open). */
+static struct conn *conn_open(struct server *s, evutil_socket_t fd, uid_t uid)
+{
+	struct conn *c = srv_zalloc(sizeof(*c));
+	struct uid_entry *u;
+
+	if (!c)
+		return NULL;
+	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->frame_timer = c->bev ? evtimer_new(s->base, frame_timeout_cb, c) : NULL;
+	c->out_cb = c->frame_timer ? evbuffer_add_cb(bufferevent_get_output(c->bev),
+						     out_bytes_cb, s) : NULL;
+	u = c->out_cb ? uid_table_get(&s->uids, uid) : NULL;
+	if (!u) {
+		conn_unopen(c);
+		return NULL;
+	}
+	u->conns++;
+	return c;
+}
+
 void conn_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 		    int salen, void *arg)
 {
@@ -345,25 +539,26 @@ void conn_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockadd
 	socklen_t cl = sizeof(cred);
 	struct conn *c;
 
+	if (s->stopping) {
+		refuse(fd, KVP_ESHUTDOWN, "kvprefixd is shutting down");
+		return;
+	}
 	if (s->n_conns >= s->cfg->max_connections) {
-		kvp_warn("refusing a connection: %u connections open (--max-connections)",
-			 s->n_conns);
+		kvp_warn_limited(&s->log_refused, "refusing a connection: %u connections open "
+				 "(--max-connections)", s->n_conns);
 		refuse(fd, KVP_EBUSY, "too many connections");
 		return;
 	}
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0) {
-		kvp_warn("refusing a connection: SO_PEERCRED: %s", strerror(errno));
+		kvp_warn_limited(&s->log_refused, "refusing a connection: SO_PEERCRED: %s",
+				 strerror(errno));
 		evutil_closesocket(fd);
 		return;
 	}
-	c = srv_zalloc(sizeof(*c));
-	if (!c) {
-		refuse(fd, KVP_ENOMEM, "out of memory");
+	if (uid_refused(s, fd, cred.uid))
 		return;
-	}
-	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (!c->bev) {
-		srv_free(c);
+	c = conn_open(s, fd, cred.uid);
+	if (!c) {
 		refuse(fd, KVP_ENOMEM, "out of memory");
 		return;
 	}
@@ -398,7 +593,8 @@ void conn_accept_error_cb(struct evconnlistener *l, void *arg)
 	 * stays readable: keep listening and this callback spins the loop at 100% CPU.
 	 * Pause accepting for 100 ms instead (closing connections free descriptors).
 	 */
-	kvp_warn("accept: %s; pausing accept for 100 ms", evutil_socket_error_to_string(err));
+	kvp_warn_limited(&s->log_refused, "accept: %s; pausing accept for 100 ms",
+			 evutil_socket_error_to_string(err));
 	evconnlistener_disable(l);
 	if (event_add(s->accept_pause, &tv) != 0)
 		evconnlistener_enable(l);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kvp_clock.h"
 #include "kvp_proto.h"
 
 #define PREFILL_CHUNK 512u
@@ -33,14 +34,6 @@ struct kvp_gen {
 	float *logits;                                     /* (vocab) */
 	void *sample_scratch;
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* Under mu: put job on the dirty list once. */
 static void mark_dirty(struct kvp_gen *g, struct kvp_gen_job *j)
@@ -90,7 +83,8 @@ static bool take_token(struct kvp_gen *g, struct kvp_gen_job *j)
 		return true;
 	}
 	if (r->n_generated == j->max_new) {
-		r->finish = KVP_FINISH_LENGTH;
+		/* a max_new cut to the context ends there: the context is what stopped it */
+		r->finish = j->max_new_is_context ? KVP_FINISH_CONTEXT : KVP_FINISH_LENGTH;
 		return true;
 	}
 	/* the token just drawn is fed next at position n_prompt + n_generated - 1 */
@@ -106,7 +100,7 @@ static bool take_token(struct kvp_gen *g, struct kvp_gen_job *j)
 static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
 {
 	struct kvp_gen_progress *r = &j->priv.eng;
-	uint64_t t0 = now_ns();
+	uint64_t t0 = kvp_clock_ns();
 	bool done;
 	int rc;
 
@@ -141,11 +135,11 @@ static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
 			} else {
 				r->done = take_token(g, j);
 			}
-			r->ttft_us = (now_ns() - j->t_received_ns) / 1000;
+			r->ttft_us = (kvp_clock_ns() - j->t_received_ns) / 1000;
 		} else {
 			r->n_valid = j->priv.pos > j->cached ? j->priv.pos : j->cached;
 		}
-		j->priv.t_prefill_ns += now_ns() - t0;
+		j->priv.t_prefill_ns += kvp_clock_ns() - t0;
 	} else {
 		/* decode: feed the last token drawn */
 		uint32_t p = j->n_prompt + r->n_generated - 1;
@@ -159,7 +153,7 @@ static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
 			r->n_valid = p + 1;
 			r->done = take_token(g, j);
 		}
-		j->priv.t_decode_ns += now_ns() - t0;
+		j->priv.t_decode_ns += kvp_clock_ns() - t0;
 	}
 	done = r->done;   /* read before publishing: a finished job may be freed at once */
 	publish(g, j);

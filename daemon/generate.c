@@ -19,6 +19,7 @@
 
 #include <event2/event.h>
 
+#include "kvp_clock.h"
 #include "kvp_engine.h"
 #include "kvp_log.h"
 #include "server.h"
@@ -37,14 +38,6 @@ struct gen_req {
 	struct kvp_ns_counters *ns;  /* its namespace's counters */
 	struct gen_req *next, **pprev;
 };
-
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void gen_req_free(struct gen_req *r)
 {
@@ -122,6 +115,7 @@ static void gen_req_prepare(struct conn *c, const struct kvp_frame_hdr *h, struc
 	r->version = h->version;
 	j->n_prompt = m->n_tokens;
 	j->max_new = max_new;
+	j->max_new_is_context = max_new < m->max_new;
 	j->ctx_limit = s->model->cfg.ctx;
 	j->cached = r->seq.matched_blocks * s->cfg->block_tokens;
 	if (j->cached > m->n_tokens)
@@ -135,7 +129,7 @@ static void gen_req_prepare(struct conn *c, const struct kvp_frame_hdr *h, struc
 	kvp_sampler_init(&j->sampler, m->temperature, m->top_k, m->top_p, m->seed);
 	j->n_stop = m->n_stop;
 	kvp_load_u32s(j->stop, m->stop, m->n_stop);
-	j->t_received_ns = mono_ns();
+	j->t_received_ns = kvp_clock_ns();
 	j->owner = r;
 	atomic_init(&j->cancel, false);
 	r->next = c->reqs;
@@ -284,10 +278,15 @@ static void gen_req_finish(struct server *s, struct gen_req *r, const struct kvp
 	kvp_stats_generation_end(&s->stats, r->ns, p->status, computed, p->n_generated,
 				 p->ttft_us);
 	if (r->conn) {
+		struct conn *c = r->conn;
+
 		*r->pprev = r->next;
 		if (r->next)
 			r->next->pprev = r->pprev;
-		r->conn->n_reqs--;
+		c->n_reqs--;
+		/* a half-closed client waited for its last generation */
+		if (c->peer_eof && c->n_reqs == 0 && c->state == CONN_READING)
+			conn_finish(c, "peer closed");
 	}
 	gen_req_free(r);
 }
@@ -339,6 +338,22 @@ void generate_detach(struct conn *c)
 	}
 	c->reqs = NULL;
 	c->n_reqs = 0;
+}
+
+void generate_cut_short(struct server *s)
+{
+	if (!s->gen)
+		return;
+	gen_take_news(s);   /* what was generated so far still goes out */
+	for (struct conn *c = s->conns; c; c = c->next) {
+		if (c->state != CONN_READING)
+			continue;
+		for (struct gen_req *r = c->reqs; r; r = r->next)
+			send_error(c, r->version, r->req_id, KVP_ESHUTDOWN,
+				   "kvprefixd is stopping: this generation was cut short after %u "
+				   "tokens", r->n_sent);
+		generate_detach(c);
+	}
 }
 
 /* ---- the engine thread ------------------------------------------------------------ */

@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "kvp_clock.h"
 #include "kvp_log.h"
 #include "server.h"
 
@@ -83,7 +84,8 @@ static bool has_control_byte(const char *s, uint16_t n, uint16_t *at)
 }
 
 /* Put c in the namespace HELLO asked for: its uid's, or a salted one shared by every
- * connection allowed the same salt (and adapter); docs/hashing.md. */
+ * connection allowed the same salt (and adapter); docs/hashing.md. Its quota group
+ * stays its uid's. */
 static void conn_set_namespace(struct conn *c, const struct kvp_hello *m)
 {
 	const char *ns = c->srv->ns_name;
@@ -96,14 +98,13 @@ static void conn_set_namespace(struct conn *c, const struct kvp_hello *m)
 		snprintf(joined, sizeof(joined), "%s\x1e%.*s", c->adapter, (int)m->salt_len, m->salt);
 		c->tenant = KVP_TENANT_SALTED;
 		c->root = kvp_ns_root(ns, KVP_TENANT_SALTED, joined);
-		/* the salt is the tenant: its quota spans every adapter used with it */
-		snprintf(joined, sizeof(joined), "\x1e%.*s", (int)m->salt_len, m->salt);
-		c->group = kvp_ns_root(ns, KVP_TENANT_SALTED, joined);
 	} else {
 		c->tenant = (uint32_t)c->uid;
 		c->root = kvp_ns_root(ns, (uint32_t)c->uid, c->adapter);
-		c->group = kvp_ns_root(ns, (uint32_t)c->uid, "");
 	}
+	/* the quota is the uid's, whatever it names: all its adapters and all its salts
+	 * together, so that no namespace it opens adds to its share of the pool */
+	c->group = kvp_ns_root(ns, (uint32_t)c->uid, "");
 }
 
 static struct req_outcome handle_hello(struct conn *c, const struct kvp_frame_hdr *h,
@@ -154,7 +155,7 @@ static int tokens_run(struct conn *c, bool insert, bool pin, uint32_t n_tokens,
 		      struct kvp_cache_result *res)
 {
 	struct server *s = c->srv;
-	uint64_t t0 = kvp_stats_clock_ns();
+	uint64_t t0 = kvp_clock_ns();
 	int rc;
 
 	if (insert)
@@ -163,8 +164,49 @@ static int tokens_run(struct conn *c, bool insert, bool pin, uint32_t n_tokens,
 	else
 		rc = kvp_cache_lookup(s->cache, c->root, s->tokens, n_tokens, c->id, pin,
 				      s->block_ids, res);
-	kvp_stats_index_latency(&s->stats, insert, (double)(kvp_stats_clock_ns() - t0) / 1e3);
+	kvp_stats_index_latency(&s->stats, insert, (double)(kvp_clock_ns() - t0) / 1e3);
 	return rc;
+}
+
+/* The blocks a lease pinned or released, on the connection's and its uid's tally. */
+static void lease_account(struct conn *c, bool pinned, uint32_t n)
+{
+	struct uid_entry *u = uid_table_find(&c->srv->uids, c->uid);
+
+	if (pinned) {
+		c->leased += n;
+		if (u)
+			u->leased += n;
+	} else {
+		c->leased -= n;
+		if (u)
+			u->leased -= n;
+	}
+}
+
+/* A pinned request may add up to n blocks to the connection's leases and its uid's:
+ * refused (EBUSY) when that could take either over its limit. */
+static bool lease_over_limit(struct conn *c, const struct kvp_frame_hdr *h, uint32_t n,
+			     struct req_outcome *o)
+{
+	const struct kvp_config *cfg = c->srv->cfg;
+	const struct uid_entry *u = uid_table_find(&c->srv->uids, c->uid);
+	const uint64_t uid_leased = u ? u->leased : 0;
+
+	if (c->leased + n > cfg->max_leased_blocks) {
+		*o = req_refuse(c, h, KVP_EBUSY, "this connection holds %llu blocks under leases and "
+				"this request may pin %u more: over --max-leased-blocks %u",
+				(unsigned long long)c->leased, n, cfg->max_leased_blocks);
+		return true;
+	}
+	if (uid_leased + n > cfg->max_leased_blocks_per_uid) {
+		*o = req_refuse(c, h, KVP_EBUSY, "uid %u holds %llu blocks under leases and this "
+				"request may pin %u more: over --max-leased-blocks-per-uid %u",
+				(unsigned)c->uid, (unsigned long long)uid_leased, n,
+				cfg->max_leased_blocks_per_uid);
+		return true;
+	}
+	return false;
 }
 
 static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_hdr *h,
@@ -175,6 +217,7 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 	struct kvp_tokens_req m;
 	struct kvp_cache_result res;
 	struct kvp_blocks_reply r;
+	struct req_outcome o;
 	int rc = kvp_tokens_req_decode(p, h->len, s->cfg->max_tokens, &m);
 
 	if (rc == KVP_ETOOBIG)   /* well-formed but over the limit: the connection stays */
@@ -187,6 +230,9 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 		return req_refuse(c, h, KVP_EUNSUPPORTED,
 				  "INSERT registers externally computed blocks: index-only mode only; "
 				  "in engine mode GENERATE caches the blocks it computes");
+	if ((m.flags & KVP_F_PIN) &&
+	    lease_over_limit(c, h, m.n_tokens / s->cfg->block_tokens, &o))
+		return o;
 	kvp_load_u32s(s->tokens, m.tokens, m.n_tokens);
 	rc = tokens_run(c, insert, m.flags & KVP_F_PIN, m.n_tokens, &res);
 	if (rc == KVP_EBUSY)
@@ -195,6 +241,8 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 	if (rc && !(insert && rc == KVP_ENOMEM && res.n_blocks))
 		return req_refuse(c, h, rc, "%s failed: %s", insert ? "INSERT" : "LOOKUP",
 				  kvp_strerror(rc));
+	if (res.lease)
+		lease_account(c, true, res.n_blocks);
 	if (insert)
 		kvp_stats_insert(&s->stats, conn_stats_ns(c), m.n_tokens);
 	else
@@ -229,6 +277,7 @@ static struct req_outcome handle_release(struct conn *c, const struct kvp_frame_
 	if (rc)
 		return req_refuse(c, h, rc, "no lease %llu on this connection",
 				  (unsigned long long)lease);
+	lease_account(c, false, n);
 	kvp_u32_encode(buf, sizeof(buf), n);
 	return req_reply(c, h, buf, sizeof(buf));
 }
@@ -245,11 +294,15 @@ static struct req_outcome handle_stats(struct conn *c, const struct kvp_frame_hd
 		.generations_active = generate_active(s),
 		.connections = s->n_conns,
 	};
+	const uint32_t uid = (uint32_t)c->uid;
 	struct req_outcome o;
 	char *txt;
 
 	if (h->len)
 		return req_malformed(c, h, KVP_EPROTO, "STATS takes no payload");
+	/* every tenant's detail is for root and the admin group; others see their own */
+	if (!conn_is_admin(c))
+		v.tenant = &uid;
 	kvp_cache_get_stats(s->cache, &v.cache);
 	txt = kvp_stats_json(&s->stats, &v);
 	if (!txt)

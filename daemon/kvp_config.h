@@ -19,10 +19,8 @@
  * --index-only, a full GENERATE fits in --max-frame-bytes, leases x connections stays
  * below 2^32) run on the merged result.
  *
- * Each option is live (SIGHUP applies it at once: log-level, idle-timeout,
- * max-connections, max-inflight, max-leases, salt-uids, tenant-quota, admin-group) or
- * needs a restart (all others);
- * kvp_config_diff says which.
+ * Each option is live (SIGHUP applies it at once: the table's OPT_LIVE entries, which
+ * --help lists) or needs a restart (all others); kvp_config_diff says which.
  *
  * Threading: the main thread only (getopt's and inih's globals). Memory: a model path
  * read from a file is kept by this module until the process exits (each distinct path

@@ -19,6 +19,12 @@ struct kvp_config {
 	uint32_t max_leases;        /* leases held by one connection */
 	uint32_t max_inflight;      /* generations running for one connection */
 	uint32_t idle_timeout_s;    /* close a connection silent this long (0: never) */
+	uint32_t frame_timeout_s;   /* a frame must arrive whole this long after its first byte */
+	uint32_t max_conns_per_uid; /* connections of one uid; 0: max_connections / 4 */
+	uint32_t max_output_mb;     /* unsent reply bytes of all connections together */
+	uint32_t max_leased_blocks; /* blocks under the leases of one connection */
+	uint32_t max_leased_blocks_per_uid;  /* ... of all the connections of one uid */
+	uint32_t stop_timeout_s;    /* a graceful stop waits this long for generations */
 	uint32_t socket_mode;       /* permission bits of the socket file */
 	/* engine mode */
 	const char *model_path;     /* GGUF file; NULL in index-only mode */

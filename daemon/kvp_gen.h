@@ -44,6 +44,7 @@ struct kvp_gen_job {
 	uint32_t *tokens;            /* (n_prompt + max_new) prompt, then generated tokens */
 	uint32_t n_prompt;
 	uint32_t max_new;            /* clamped so positions stay within the context */
+	bool max_new_is_context;     /* ... and the clamp cut it: reaching it is "context" */
 	uint32_t ctx_limit;          /* positions the blocks cover (<= model context) */
 	uint32_t cached;             /* leading prompt positions whose KV is in the blocks */
 	void *const *blocks;

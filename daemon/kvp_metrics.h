@@ -57,8 +57,8 @@ struct kvp_metrics;
 /*
  * Serve GET (and HEAD) /metrics on base: 404 for any other path, 405 (with Allow) for
  * another method on /metrics, 500 when render leaves the buffer empty. listen is
- * "HOST:PORT" ("[v6addr]:PORT"; an empty host is 0.0.0.0; port 0 takes a free one and
- * the log says which) or, when it contains a '/', a Unix socket path: a stale socket
+ * "HOST:PORT" ("[v6addr]:PORT"; an empty host is 127.0.0.1, this machine only; port 0
+ * takes a free one and the log says which) or, when it contains a '/', a Unix socket path: a stale socket
  * file there is replaced, a live one or any other file is an error, and the file is
  * created with mode 0660 and removed by kvp_metrics_free. render(arg, out) appends the
  * page to out; it runs on the loop thread inside the request callback.

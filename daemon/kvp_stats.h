@@ -130,9 +130,6 @@ const char *kvp_req_type_name(enum kvp_req_type t);
  * "EUNKNOWN" for the last. Never NULL. */
 const char *kvp_req_outcome_name(unsigned k);
 
-/* CLOCK_MONOTONIC in nanoseconds, for timing what the histograms observe. */
-uint64_t kvp_stats_clock_ns(void);
-
 /* ---- the daemon's counters ------------------------------------------------------- */
 
 struct kvp_stats_totals {
@@ -197,6 +194,7 @@ double kvp_stats_hit_rate(const struct kvp_stats *s);
 /* What a STATS reply shows beside the counters. */
 struct kvp_stats_view {
 	const char *version, *mode, *name;
+	const uint32_t *tenant;     /* namespaces of this tenant only; NULL: every one */
 	uint32_t block_tokens;
 	double uptime_s;
 	uint32_t generations_active;
@@ -205,13 +203,17 @@ struct kvp_stats_view {
 };
 
 /* The STATS reply (docs/protocol.md): a JSON object as compact text, to free with
- * cJSON_free; NULL when out of memory. */
+ * cJSON_free; NULL when out of memory. The totals are global; with v->tenant set, the
+ * per-namespace detail shows that tenant's namespaces only (and no "other" entry,
+ * which mixes tenants). */
 char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v);
 /* Add to a STATS object: "namespaces" (top 10 by requests, "other" included when it
  * has any: namespace, tenant, adapter, requests, queries, query_tokens, hit_tokens,
  * hit_rate), "namespaces_tracked", and "ttft_us_p50", "ttft_us_p99", "lookup_us_p99"
- * (null while the histogram is empty). Allocation failures leave keys out. */
+ * (null while the histogram is empty). With tenant set, only that tenant's tracked
+ * namespaces are listed and counted. Allocation failures leave keys out. */
 void kvp_stats_json_detail(struct cJSON *o, const struct kvp_ns_stats_table *t,
-			   const struct kvp_hist *ttft, const struct kvp_hist *lookup);
+			   const struct kvp_hist *ttft, const struct kvp_hist *lookup,
+			   const uint32_t *tenant);
 
 #endif

@@ -2,9 +2,10 @@
  * lifecycle.c - the daemon between start and exit: signals, the graceful stop, SIGHUP's
  * reload, the live options, and the watchdog and STATUS= lines for systemd.
  *
- *   SIGTERM/SIGINT ──▶ stopping: no new connections, new requests get ESHUTDOWN,
- *                      running generations finish (STOP_TIMEOUT_SECONDS at most) ──▶ exit
- *   second signal  ──▶ exit now
+ *   SIGTERM/SIGINT ──▶ stopping: new connections and new requests get ESHUTDOWN,
+ *                      running generations finish (--stop-timeout at most; those cut
+ *                      short get ESHUTDOWN after their tokens) ──▶ exit
+ *   second signal  ──▶ cut the generations short the same way, exit now
  *   SIGHUP         ──▶ re-read the file with the same flags; the live options (the
  *                      option table's OPT_LIVE) apply at once, the rest are logged as
  *                      needing a restart
@@ -15,13 +16,11 @@
 #include <stdio.h>
 
 #include <event2/event.h>
-#include <event2/listener.h>
 #include <systemd/sd-daemon.h>
 
 #include "kvp_log.h"
 #include "server.h"
 
-#define STOP_TIMEOUT_SECONDS 30
 #define STATUS_SECONDS 10
 
 uint32_t quota_blocks(const struct kvp_config *cfg, uint32_t capacity)
@@ -99,6 +98,8 @@ static void stop_timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct server *s = arg;
 
 	kvp_warn("stop timeout: %u generations still running are cut short", generate_active(s));
+	generate_cut_short(s);
+	conn_flush_all(s);
 	stop_now(s, "stop timeout");
 }
 
@@ -110,18 +111,20 @@ void maybe_finish_stop(struct server *s)
 
 static void begin_stop(struct server *s, const char *sig)
 {
-	struct timeval tv = { STOP_TIMEOUT_SECONDS, 0 };
+	struct timeval tv = { (time_t)s->cfg->stop_timeout_s, 0 };
 
 	if (s->stopping) {
+		generate_cut_short(s);
+		conn_flush_all(s);
 		stop_now(s, "second signal");
 		return;
 	}
+	/* new connections are still accepted, to be told ESHUTDOWN (conn.c) rather than
+	 * left waiting in the backlog until the daemon exits */
 	s->stopping = true;
 	(void)sd_notify(0, "STOPPING=1");
-	kvp_info("%s: stopping; no new connections or requests, running ones may finish "
-		 "(up to %d s)", sig, STOP_TIMEOUT_SECONDS);
-	if (s->listener)
-		evconnlistener_disable(s->listener);
+	kvp_info("%s: stopping; new connections and requests are refused, running "
+		 "generations may finish (up to %u s)", sig, s->cfg->stop_timeout_s);
 	if (s->stop_timer)
 		event_add(s->stop_timer, &tv);
 	maybe_finish_stop(s);

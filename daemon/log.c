@@ -1,3 +1,4 @@
+#include "kvp_clock.h"
 #include "kvp_log.h"
 #include "kvp_status.h"
 
@@ -47,15 +48,13 @@ int kvp_log_enabled(enum kvp_log_level level)
 	return level <= log_level;
 }
 
-void kvp_log(enum kvp_log_level level, const char *fmt, ...)
+/* Write one line: the level's prefix, fmt, then tail (may be ""). */
+static void log_line(enum kvp_log_level level, const char *tail, const char *fmt, va_list ap)
 {
 	char line[1024];
 	size_t n = 0;
-	va_list ap;
 	int r;
 
-	if (!kvp_log_enabled(level))
-		return;
 	/* Under systemd (JOURNAL_STREAM set) journald stamps lines; use its priority prefix. */
 	if (getenv_journal()) {
 		static const int prio[] = { 3, 4, 6, 7 };
@@ -69,16 +68,50 @@ void kvp_log(enum kvp_log_level level, const char *fmt, ...)
 		n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ld %s: ",
 				      ts.tv_nsec / 1000000, level_names[level]);
 	}
-	va_start(ap, fmt);
 	r = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
-	va_end(ap);
 	if (r < 0)
 		return;
 	n += (size_t)r;
+	if (n < sizeof(line) - 2)
+		n += (size_t)snprintf(line + n, sizeof(line) - n - 1, "%s", tail);
 	if (n > sizeof(line) - 2)
 		n = sizeof(line) - 2;
 	line[n++] = '\n';
 	/* A failed log write (full disk, closed stderr) must never take the daemon down. */
 	if (write(STDERR_FILENO, line, n) < 0)
 		return;
+}
+
+void kvp_log(enum kvp_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!kvp_log_enabled(level))
+		return;
+	va_start(ap, fmt);
+	log_line(level, "", fmt, ap);
+	va_end(ap);
+}
+
+void kvp_log_limited(struct kvp_log_limit *lim, enum kvp_log_level level, const char *fmt, ...)
+{
+	uint64_t now;
+	char tail[64] = "";
+	va_list ap;
+
+	if (!kvp_log_enabled(level))
+		return;
+	now = kvp_clock_ns();
+	if (now < lim->next_ns) {
+		lim->suppressed++;
+		return;
+	}
+	if (lim->suppressed)
+		snprintf(tail, sizeof(tail), " (%llu more like this suppressed)",
+			 (unsigned long long)lim->suppressed);
+	lim->suppressed = 0;
+	lim->next_ns = now + KVP_LOG_LIMIT_NS;
+	va_start(ap, fmt);
+	log_line(level, tail, fmt, ap);
+	va_end(ap);
 }

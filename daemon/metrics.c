@@ -408,7 +408,8 @@ static int parse_host_port(const char *s, char *host, size_t cap, uint16_t *port
 	if (hlen + 1 > cap)
 		return KVP_EINVAL;
 	if (hlen == 0 && s[0] != '[')
-		snprintf(host, cap, "0.0.0.0");
+		snprintf(host, cap, "127.0.0.1");   /* ":PORT": this machine only; name a host to
+						       serve others */
 	else if (hlen == 0)
 		return KVP_EINVAL;
 	else {

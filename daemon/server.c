@@ -58,6 +58,8 @@ static void server_free(struct server *s)
 		evconnlistener_free(s->listener);
 	if (s->accept_pause)
 		event_free(s->accept_pause);
+	if (s->shed)
+		event_free(s->shed);
 	lifecycle_free(s);
 	if (s->base) {
 		/* run the deferred frees queued by conn_close */
@@ -68,6 +70,7 @@ static void server_free(struct server *s)
 	kvp_cache_destroy(s->cache);
 	kvp_engine_destroy(s->engine);
 	kvp_model_free(s->model);
+	uid_table_free(&s->uids);
 	srv_free(s->tokens);
 	srv_free(s->block_ids);
 	srv_free(s->reply);
@@ -116,7 +119,8 @@ static int loop_open(struct server *s)
 	s->reply_cap = kvp_blocks_reply_size((uint32_t)max_blocks);
 	s->reply = srv_malloc(s->reply_cap);
 	s->base = event_base_new();
-	if (!s->tokens || !s->block_ids || !s->reply || !s->base) {
+	s->shed = s->base ? event_new(s->base, -1, 0, conn_shed_cb, s) : NULL;
+	if (!s->tokens || !s->block_ids || !s->reply || !s->base || !s->shed) {
 		kvp_err("out of memory at start");
 		return KVP_ENOMEM;
 	}

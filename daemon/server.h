@@ -32,11 +32,14 @@
 #include "kvp_config.h"
 #include "kvp_daemon.h"
 #include "kvp_gen.h"
+#include "kvp_log.h"
 #include "kvp_proto.h"
 #include "kvp_stats.h"
 #include "kvp_unix_listen.h"
+#include "uid_table.h"
 
 struct bufferevent;
+struct evbuffer_cb_entry;
 struct event;
 struct event_base;
 struct evconnlistener;
@@ -84,6 +87,9 @@ struct conn {
 	char adapter[KVP_NAME_MAX + 1];
 	struct gen_req *reqs;        /* generations in flight for this connection */
 	uint32_t n_reqs;
+	uint64_t leased;             /* blocks under this connection's leases */
+	struct event *frame_timer;   /* from a frame's first byte to its last (--frame-timeout) */
+	struct evbuffer_cb_entry *out_cb;   /* keeps the server's out_bytes */
 	struct conn *next, **pprev;  /* server's list */
 };
 
@@ -113,6 +119,11 @@ struct server {
 	struct conn *conns;
 	uint32_t n_conns;
 	uint64_t next_conn_id;
+	struct uid_table uids;       /* connections and leased blocks of each uid */
+	uint64_t out_bytes;          /* replies queued, all connections together */
+	struct event *shed;          /* closes the worst reader when out_bytes is over budget */
+	/* log lines a client can make us repeat: at most one a second each (kvp_log.h) */
+	struct kvp_log_limit log_refused, log_frame_timeout, log_shed;
 	/* request scratch, sized at start from the limits */
 	uint32_t *tokens;            /* (max_tokens) aligned copy of a request's tokens */
 	uint32_t *block_ids;         /* (max_tokens / block_tokens + 1) reply scratch */
@@ -150,6 +161,8 @@ int send_verror(struct conn *c, uint8_t version, uint32_t req_id, int status, co
 /* Unlink c, release its leases now, cancel its generations; free it from the loop
  * later, never inside its own callback. */
 void conn_close(struct conn *c, const char *why);
+/* Stop reading; flush what is queued (a few seconds at most), then conn_close. */
+void conn_finish(struct conn *c, const char *why);
 /* The listener's callbacks (evconnlistener_new, evconnlistener_set_error_cb, and the
  * timer that resumes accepting). */
 void conn_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -158,6 +171,17 @@ void conn_accept_error_cb(struct evconnlistener *l, void *arg);
 void conn_accept_resume_cb(evutil_socket_t fd, short what, void *arg);
 /* Give every reading connection the idle timeout of the live options. */
 void conn_apply_idle_timeout(struct server *s);
+/* Over the output budget (--max-output-mb), close the connections with the most
+ * unsent bytes until it holds again. The shed event's callback. */
+void conn_shed_cb(evutil_socket_t fd, short what, void *arg);
+/* Connections one uid may hold (--max-connections-per-uid, 0: a quarter of
+ * --max-connections, at least 1). */
+uint32_t conn_uid_limit(const struct kvp_config *cfg);
+/* Give memory freed by closed connections back to the system. */
+void server_trim(void);
+/* Write what every connection has queued, as far as the sockets take it now: the last
+ * frames before the daemon exits. */
+void conn_flush_all(struct server *s);
 
 /* ---- handlers.c -------------------------------------------------------------------- */
 
@@ -175,6 +199,8 @@ struct req_outcome req_malformed(struct conn *c, const struct kvp_frame_hdr *h, 
 struct req_outcome req_reply(struct conn *c, const struct kvp_frame_hdr *h, const void *payload,
 			     size_t len);
 double server_uptime_s(const struct server *s);
+/* Root, or a member (primary or supplementary group) of admin-group (admin.c). */
+bool conn_is_admin(struct conn *c);
 /* The connection's namespace as the counters know it. */
 struct kvp_stats_ns conn_stats_ns(const struct conn *c);
 
@@ -193,6 +219,9 @@ void generate_stop(struct server *s);
 /* The client of c is gone: its generations end at their next step (their blocks come
  * back through the engine thread's news) and forget the connection. */
 void generate_detach(struct conn *c);
+/* The stop timeout passed: every generation still running gets an ESHUTDOWN ERROR
+ * after the tokens it was sent, and is detached from its client. */
+void generate_cut_short(struct server *s);
 /* Generations submitted and not done (0 without an engine). */
 uint32_t generate_active(const struct server *s);
 

@@ -179,14 +179,6 @@ void kvp_req_count(struct kvp_req_counts *rc, uint8_t frame_type, int status)
 	rc->n[req_type_of(frame_type)][outcome_index(status)]++;
 }
 
-uint64_t kvp_stats_clock_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- the daemon's counters ------------------------------------------------------- */
 
 void kvp_stats_init(struct kvp_stats *s)

@@ -23,10 +23,12 @@ static void add_num_or_null(cJSON *o, const char *key, double v)
 }
 
 void kvp_stats_json_detail(struct cJSON *o, const struct kvp_ns_stats_table *t,
-			   const struct kvp_hist *ttft, const struct kvp_hist *lookup)
+			   const struct kvp_hist *ttft, const struct kvp_hist *lookup,
+			   const uint32_t *tenant)
 {
 	const struct kvp_ns_counters *top[STATS_TOP_NAMESPACES];
 	size_t n_top = 0;
+	uint32_t tracked = 0;
 	cJSON *arr;
 
 	/* top by requests: a partial insertion sort over at most 33 entries */
@@ -34,6 +36,10 @@ void kvp_stats_json_detail(struct cJSON *o, const struct kvp_ns_stats_table *t,
 		const struct kvp_ns_counters *c = i < t->n ? &t->e[i].c : &t->other;
 		size_t j;
 
+		if (tenant && (c == &t->other || t->e[i].tenant != *tenant))
+			continue;   /* another tenant's, or mixed: not this client's to see */
+		if (c != &t->other)
+			tracked++;
 		if (c == &t->other && c->requests == 0 && c->queries == 0)
 			continue;
 		if (n_top == STATS_TOP_NAMESPACES && c->requests <= top[n_top - 1]->requests)
@@ -73,7 +79,7 @@ void kvp_stats_json_detail(struct cJSON *o, const struct kvp_ns_stats_table *t,
 					(double)c->hit_tokens / (double)c->query_tokens : 0.0);
 		cJSON_AddItemToArray(arr, x);
 	}
-	cJSON_AddNumberToObject(o, "namespaces_tracked", t->n);
+	cJSON_AddNumberToObject(o, "namespaces_tracked", tracked);
 	add_num_or_null(o, "ttft_us_p50", ttft ? kvp_hist_quantile_us(ttft, 0.5) : NAN);
 	add_num_or_null(o, "ttft_us_p99", ttft ? kvp_hist_quantile_us(ttft, 0.99) : NAN);
 	add_num_or_null(o, "lookup_us_p99", lookup ? kvp_hist_quantile_us(lookup, 0.99) : NAN);
@@ -141,7 +147,7 @@ char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
 	cJSON_AddNumberToObject(o, "connections", v->connections);
 	cJSON_AddNumberToObject(o, "connections_total", (double)s->t.connections_total);
 	cJSON_AddNumberToObject(o, "errors", (double)s->t.errors);
-	kvp_stats_json_detail(o, &s->ns, &s->ttft, &s->lookup);
+	kvp_stats_json_detail(o, &s->ns, &s->ttft, &s->lookup, v->tenant);
 	txt = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	return txt;

@@ -126,7 +126,10 @@ static bool expected_live(const char *name)
 {
 	static const char *const live[] = { "log-level", "idle-timeout", "max-connections",
 					     "max-inflight", "max-leases", "salt-uids",
-					     "tenant-quota", "admin-group" };
+					     "tenant-quota", "admin-group", "frame-timeout",
+					     "max-connections-per-uid", "max-output-mb",
+					     "max-leased-blocks", "max-leased-blocks-per-uid",
+					     "stop-timeout" };
 
 	for (size_t i = 0; i < sizeof(live) / sizeof(live[0]); i++)
 		if (strcmp(live[i], name) == 0)
@@ -469,6 +472,9 @@ Test(config, diff_names_each_option_with_its_live_flag)
 		{ "threads", "1025" /* replaced below */ }, { "max-tokens", "1000" },
 		{ "max-frame-bytes", "16777216" }, { "max-connections", "10" }, { "max-leases", "10" },
 		{ "max-inflight", "2" }, { "idle-timeout", "5" }, { "salt-uids", "0,1000" },
+		{ "frame-timeout", "3" }, { "max-connections-per-uid", "4" },
+		{ "max-output-mb", "64" }, { "max-leased-blocks", "100" },
+		{ "max-leased-blocks-per-uid", "400" }, { "stop-timeout", "5" },
 		{ "backend", "cpu" }, { "tenant-quota", "25" }, { "admin-group", "0" },
 		{ "metrics-listen", "127.0.0.1:9464" }, { "log-level", "debug" },
 	};

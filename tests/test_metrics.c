@@ -357,7 +357,7 @@ Test(render, stats_json_top_namespaces_and_percentiles)
 		c->query_tokens += 10;
 		c->hit_tokens += 5;
 	}
-	kvp_stats_json_detail(o, &t, &ttft, &lookup);
+	kvp_stats_json_detail(o, &t, &ttft, &lookup, NULL);
 	arr = cJSON_GetObjectItem(o, "namespaces");
 	cr_assert(cJSON_IsArray(arr));
 	cr_assert_eq(cJSON_GetArraySize(arr), 10);
