@@ -617,6 +617,52 @@ out_free:
 	return rc;
 }
 
+int kvp_cache_seq_grow(struct kvp_cache *c, struct kvp_seq *seq, uint32_t n_positions)
+{
+	const uint32_t b = c->cfg.block_tokens;
+	const uint32_t need = (uint32_t)(((uint64_t)n_positions + b - 1) / b);
+	struct kvp_cache_ns *r = seq->ns;
+	uint32_t *ids;
+	void **data;
+	uint32_t got;
+	bool quota = false;
+
+	seq->quota_full = false;
+	if (need <= seq->n_blocks)
+		return KVP_OK;
+	if (c->cfg.tenant_quota && need > c->cfg.tenant_quota) {
+		c->st.quota_refusals++;
+		seq->quota_full = true;
+		return KVP_EFULL;   /* it could never have them: give up nothing */
+	}
+	/* room first: the arrays only ever grow, so a failure keeps the sequence whole */
+	ids = realloc(seq->block_ids, (size_t)need * sizeof(*ids));
+	if (!ids)
+		return KVP_ENOMEM;
+	seq->block_ids = ids;
+	data = realloc(seq->block_data, (size_t)need * sizeof(*data));
+	if (!data)
+		return KVP_ENOMEM;
+	seq->block_data = data;
+	for (got = seq->n_blocks; got < need; got++) {
+		if (take_block(c, seq->group, r->blocks, &ids[got], &quota))
+			break;
+		r->blocks++;
+	}
+	if (got < need) {
+		for (uint32_t i = seq->n_blocks; i < got; i++)
+			(void)kvp_pool_put(c->pool, ids[i]);
+		r->blocks -= got - seq->n_blocks;
+		c->st.insert_full++;
+		seq->quota_full = quota;
+		return KVP_EFULL;
+	}
+	for (uint32_t i = seq->n_blocks; i < need; i++)
+		data[i] = kvp_pool_block_data(c->pool, ids[i]);
+	seq->n_blocks = need;
+	return KVP_OK;
+}
+
 void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
 		       uint32_t n_valid)
 {

@@ -128,7 +128,7 @@ size_t kvp_cache_release_owner(struct kvp_cache *c, uint64_t owner);
  * Sequences: the blocks of one generation request. seq_begin matches the longest
  * cached prefix of the prompt (pinned for the request's life, read-only), then takes
  * fresh blocks (evicting if needed) so that positions 0 .. n_positions-1 all have a
- * block. seq_end registers the full blocks of tokens[0 .. n_valid) whose KV the
+ * block; seq_grow takes more as the generation goes on. seq_end registers the full blocks of tokens[0 .. n_valid) whose KV the
  * request computed, adopting its own blocks (where another request cached the same
  * block meanwhile, ours is freed and theirs kept), unpins the prefix and frees every
  * other block. A sequence is owned by its request, never by a connection, so a
@@ -158,6 +158,12 @@ int kvp_cache_attach_device(struct kvp_cache *c, size_t block_bytes);
 int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, struct kvp_key group,
 			const uint32_t *tokens,
 			uint32_t n_prompt, uint32_t n_positions, struct kvp_seq *seq);
+/* More blocks for a running sequence, so that positions 0 .. n_positions-1 all have
+ * one (nothing to do when they already have). The new blocks are taken as seq_begin
+ * takes them, under the same tenant quota. KVP_EFULL (seq->quota_full when the quota
+ * is why), KVP_ENOMEM: the sequence keeps what it had, whole. block_ids and block_data
+ * may move: take them from seq again after a success. */
+int kvp_cache_seq_grow(struct kvp_cache *c, struct kvp_seq *seq, uint32_t n_positions);
 void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
 		       uint32_t n_valid);
 

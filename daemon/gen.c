@@ -27,6 +27,8 @@ struct kvp_gen {
 	pthread_cond_t cv;
 	bool stopping;
 	struct kvp_gen_job *submitted, **submitted_tail;   /* FIFO, under mu */
+	struct kvp_gen_job *resumed, **resumed_tail;       /* FIFO, under mu */
+	struct kvp_gen_job *parked;                        /* waiting for blocks, under mu */
 	struct kvp_gen_job *dirty;                         /* news for the loop, under mu */
 	uint32_t n_active;                                 /* submitted, not done; under mu */
 	/* engine thread only */
@@ -95,21 +97,63 @@ static bool take_token(struct kvp_gen *g, struct kvp_gen_job *j)
 	return false;
 }
 
-/* One step of job j. Returns true when it finished: from then on the loop owns (and
- * may already have freed) the job, so the caller must not touch it. */
-static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
+/* Under mu: j waits for blocks on the parked list. */
+static void park(struct kvp_gen *g, struct kvp_gen_job *j)
+{
+	j->priv.next_park = g->parked;
+	if (g->parked)
+		g->parked->priv.pprev_park = &j->priv.next_park;
+	j->priv.pprev_park = &g->parked;
+	g->parked = j;
+}
+
+/* Under mu: j is no longer parked. */
+static void unpark(struct kvp_gen_job *j)
+{
+	*j->priv.pprev_park = j->priv.next_park;
+	if (j->priv.next_park)
+		j->priv.next_park->priv.pprev_park = j->priv.pprev_park;
+	j->priv.pprev_park = NULL;
+}
+
+enum step_result {
+	STEP_GOING,     /* still active */
+	STEP_DONE,      /* finished: the loop owns the job now, do not touch it */
+	STEP_PARKED,    /* waiting for blocks: the loop has it until kvp_gen_resume */
+};
+
+/* End j with status and publish it. */
+static enum step_result end_job(struct kvp_gen *g, struct kvp_gen_job *j, int status)
+{
+	j->priv.eng.done = true;
+	j->priv.eng.status = status;
+	publish(g, j);
+	return STEP_DONE;
+}
+
+/* j's next decode position has no block: ask the loop for one, and wait. */
+static enum step_result park_for_blocks(struct kvp_gen *g, struct kvp_gen_job *j, uint32_t pos)
+{
+	j->priv.eng.need_positions = pos + 1;
+	pthread_mutex_lock(&g->mu);
+	park(g, j);
+	pthread_mutex_unlock(&g->mu);
+	publish(g, j);
+	return STEP_PARKED;
+}
+
+/* One step of job j. */
+static enum step_result step(struct kvp_gen *g, struct kvp_gen_job *j)
 {
 	struct kvp_gen_progress *r = &j->priv.eng;
 	uint64_t t0 = kvp_clock_ns();
 	bool done;
 	int rc;
 
-	if (atomic_load_explicit(&j->cancel, memory_order_relaxed)) {
-		r->done = true;
-		r->status = KVP_ECLOSED;
-		publish(g, j);
-		return true;
-	}
+	if (atomic_load_explicit(&j->cancel, memory_order_relaxed))
+		return end_job(g, j, KVP_ECLOSED);
+	if (j->priv.pos >= j->n_prompt && j->n_prompt + r->n_generated - 1 >= j->positions)
+		return park_for_blocks(g, j, j->n_prompt + r->n_generated - 1);
 	if (j->priv.pos < j->n_prompt) {
 		/* prefill: the uncached suffix, or just the last token of a cached prompt */
 		uint32_t rows = j->n_prompt - j->priv.pos;
@@ -157,7 +201,46 @@ static bool step(struct kvp_gen *g, struct kvp_gen_job *j)
 	}
 	done = r->done;   /* read before publishing: a finished job may be freed at once */
 	publish(g, j);
-	return done;
+	return done ? STEP_DONE : STEP_GOING;
+}
+
+/* Under mu: take the submitted and resumed jobs into the active list. */
+static void take_new(struct kvp_gen *g)
+{
+	if (g->submitted) {
+		*g->active_tail = g->submitted;
+		g->active_tail = g->submitted_tail;
+		g->submitted = NULL;
+		g->submitted_tail = &g->submitted;
+	}
+	if (g->resumed) {
+		*g->active_tail = g->resumed;
+		g->active_tail = g->resumed_tail;
+		g->resumed = NULL;
+		g->resumed_tail = &g->resumed;
+	}
+}
+
+/* Stopping: every job not done, active or parked, ends with KVP_ESHUTDOWN. */
+static void end_all(struct kvp_gen *g)
+{
+	pthread_mutex_lock(&g->mu);
+	take_new(g);
+	while (g->parked) {
+		struct kvp_gen_job *j = g->parked;
+
+		unpark(j);
+		j->priv.next_q = NULL;
+		*g->active_tail = j;
+		g->active_tail = &j->priv.next_q;
+	}
+	pthread_mutex_unlock(&g->mu);
+	for (struct kvp_gen_job *j = g->active, *next; j; j = next) {
+		next = j->priv.next_q;
+		(void)end_job(g, j, KVP_ESHUTDOWN);
+	}
+	g->active = NULL;
+	g->active_tail = &g->active;
 }
 
 static void *engine_main(void *arg)
@@ -169,37 +252,32 @@ static void *engine_main(void *arg)
 		bool stopping;
 
 		pthread_mutex_lock(&g->mu);
-		while (!g->submitted && !g->active && !g->stopping)
+		while (!g->submitted && !g->resumed && !g->active && !g->stopping)
 			pthread_cond_wait(&g->cv, &g->mu);
-		if (g->submitted) {
-			*g->active_tail = g->submitted;
-			g->active_tail = g->submitted_tail;
-			g->submitted = NULL;
-			g->submitted_tail = &g->submitted;
-		}
+		take_new(g);
 		stopping = g->stopping;
 		pthread_mutex_unlock(&g->mu);
 
 		if (stopping) {
-			for (struct kvp_gen_job *j = g->active, *next; j; j = next) {
-				next = j->priv.next_q;
-				j->priv.eng.done = true;
-				j->priv.eng.status = KVP_ESHUTDOWN;
-				publish(g, j);
-			}
-			g->active = NULL;
+			end_all(g);
 			return NULL;
 		}
-		/* one step of every active job, dropping the finished ones */
+		/* one step of every active job, dropping the finished and the parked ones */
 		for (pp = &g->active; *pp;) {
 			struct kvp_gen_job *j = *pp, *next = j->priv.next_q;
-			if (step(g, j)) {
-				*pp = next;
-				if (!next)
-					g->active_tail = pp;
-			} else {
+
+			if (j->priv.resume_status) {
+				int st = j->priv.resume_status;
+
+				j->priv.resume_status = 0;
+				(void)end_job(g, j, st);
+			} else if (step(g, j) == STEP_GOING) {
 				pp = &j->priv.next_q;
+				continue;
 			}
+			*pp = next;
+			if (!next)
+				g->active_tail = pp;
 		}
 	}
 }
@@ -216,6 +294,7 @@ int kvp_gen_start(struct kvp_engine *e, void (*notify)(void *arg), void *arg,
 	g->notify = notify;
 	g->notify_arg = arg;
 	g->submitted_tail = &g->submitted;
+	g->resumed_tail = &g->resumed;
 	g->active_tail = &g->active;
 	g->logits = malloc((size_t)vocab * sizeof(float));
 	g->sample_scratch = malloc(kvp_sampler_scratch_bytes(vocab));
@@ -271,6 +350,19 @@ size_t kvp_gen_poll(struct kvp_gen *g, struct kvp_gen_news *news, size_t max)
 	}
 	pthread_mutex_unlock(&g->mu);
 	return n;
+}
+
+void kvp_gen_resume(struct kvp_gen *g, struct kvp_gen_job *j, int status)
+{
+	pthread_mutex_lock(&g->mu);
+	unpark(j);
+	j->priv.eng.need_positions = 0;
+	j->priv.resume_status = status;
+	j->priv.next_q = NULL;
+	*g->resumed_tail = j;
+	g->resumed_tail = &j->priv.next_q;
+	pthread_cond_signal(&g->cv);
+	pthread_mutex_unlock(&g->mu);
 }
 
 uint32_t kvp_gen_active(struct kvp_gen *g)

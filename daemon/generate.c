@@ -1,12 +1,18 @@
 /*
  * generate.c - GENERATE requests on the loop's side: start a job, stream its tokens as
- * the engine thread publishes them, finish it.
+ * the engine thread publishes them, give it blocks as it grows, finish it.
  *
- *   GENERATE ──checks──▶ kvp_cache_seq_begin (pin the cached prefix, take blocks)
- *            ──▶ kvp_gen_submit ──▶ engine thread (gen.c) ──news──▶ gen_notify_cb
+ *   GENERATE ──checks──▶ kvp_cache_seq_begin (pin the cached prefix, take blocks for
+ *            the rest of the prompt) ──▶ kvp_gen_submit ──▶ engine thread (gen.c)
+ *            ──news──▶ gen_notify_cb
  *   gen_notify_cb: per job with news, send its new tokens (if its client is still
- *   there); when done, GENERATE_DONE (or an ERROR), then kvp_cache_seq_end caches the
- *   full blocks it computed and frees the rest.
+ *   there); when it waits for blocks, kvp_cache_seq_grow and kvp_gen_resume (a pool
+ *   with nothing to give ends it with EFULL after the tokens it sent); when done,
+ *   GENERATE_DONE (or an ERROR), then kvp_cache_seq_end caches the full blocks it
+ *   computed and frees the rest.
+ *
+ * So a generation holds blocks for what it has computed, plus at most one, never for
+ * the max_new it may reach.
  *
  * A request is owned by the loop from submit to finish, never by its connection: a
  * client that goes away only detaches (the job is cancelled at its next step and comes
@@ -126,6 +132,7 @@ static void gen_req_prepare(struct conn *c, const struct kvp_frame_hdr *h, struc
 					   r->seq.matched_blocks * s->cfg->block_tokens);
 	j->blocks = r->seq.block_data;
 	j->n_blocks = r->seq.n_blocks;
+	j->positions = r->seq.n_blocks * s->cfg->block_tokens;
 	kvp_sampler_init(&j->sampler, m->temperature, m->top_k, m->top_p, m->seed);
 	j->n_stop = m->n_stop;
 	kvp_load_u32s(j->stop, m->stop, m->n_stop);
@@ -174,7 +181,7 @@ struct req_outcome handle_generate(struct conn *c, const struct kvp_frame_hdr *h
 	struct server *s = c->srv;
 	struct kvp_generate_req m;
 	const struct kvp_model_config *mc;
-	uint32_t max_new, n_positions;
+	uint32_t max_new;
 	struct req_outcome o;
 	struct gen_req *r;
 	size_t bad;
@@ -196,11 +203,8 @@ struct req_outcome handle_generate(struct conn *c, const struct kvp_frame_hdr *h
 		gen_req_free(r);
 		return o;
 	}
-	/* KV is written for every position but the last token drawn */
-	n_positions = m.n_tokens + (max_new ? max_new - 1 : 0);
-	if (n_positions > mc->ctx)
-		n_positions = mc->ctx;
-	o = gen_req_blocks(c, h, r, m.n_tokens, n_positions);
+	/* the prompt's blocks now; the generated tokens' as they come (gen_req_grow) */
+	o = gen_req_blocks(c, h, r, m.n_tokens, m.n_tokens);
 	if (!o.later) {
 		gen_req_free(r);
 		return o;
@@ -250,6 +254,13 @@ static void gen_req_send_done(struct gen_req *r, const struct kvp_gen_progress *
 	size_t cap, len;
 	uint8_t *buf;
 
+	if (p->status == KVP_EFULL) {
+		send_error(r->conn, r->version, r->req_id, p->status,
+			   "%s: no block for the next tokens, after %u generated; the tokens sent "
+			   "stand", r->seq.quota_full ? "tenant quota reached" :
+			   "pool full of pinned blocks", p->n_generated);
+		return;
+	}
 	if (p->status) {
 		send_error(r->conn, r->version, r->req_id, p->status, "generation failed: %s",
 			   kvp_strerror(p->status));
@@ -291,6 +302,21 @@ static void gen_req_finish(struct server *s, struct gen_req *r, const struct kvp
 	gen_req_free(r);
 }
 
+/* The engine waits for blocks to cover need positions: take them from the cache and let
+ * it go on, or end it (EFULL: no block to be had; a client gone: no point). */
+static void gen_req_grow(struct server *s, struct gen_req *r, uint32_t need)
+{
+	struct kvp_gen_job *j = &r->job;
+	int rc = r->conn ? kvp_cache_seq_grow(s->cache, &r->seq, need) : KVP_ECLOSED;
+
+	if (rc == KVP_OK) {
+		j->blocks = r->seq.block_data;
+		j->n_blocks = r->seq.n_blocks;
+		j->positions = r->seq.n_blocks * s->cfg->block_tokens;
+	}
+	kvp_gen_resume(s->gen, j, rc);
+}
+
 /* Take the engine thread's news, as many rounds as it has. */
 static void gen_take_news(struct server *s)
 {
@@ -310,6 +336,8 @@ static void gen_take_news(struct server *s)
 			}
 			if (p->done)
 				gen_req_finish(s, r, p);
+			else if (p->need_positions)
+				gen_req_grow(s, r, p->need_positions);
 		}
 	}
 }

@@ -10,6 +10,12 @@
  *   kvp_gen_poll() takes dirty jobs with their progress, sends their new tokens,
  *                  finishes done ones
  *
+ *   Blocks as the job grows: a decode step whose position has no block yet parks the
+ *   job (progress.need_positions) instead of running; the loop takes more blocks from
+ *   the cache, sets job->blocks / n_blocks / positions and calls kvp_gen_resume (or
+ *   resumes it with a status, KVP_EFULL, that ends it). The engine never touches a
+ *   parked job, and the loop never touches a running one's blocks.
+ *
  * The event loop never waits on compute: submit and poll only take a mutex for a few
  * pointer moves. Progress is published once per step: the engine copies its own
  * progress into the job's published copy under the mutex, and poll hands the loop a
@@ -33,6 +39,7 @@
 struct kvp_gen_progress {
 	uint32_t n_generated;        /* tokens drawn, in tokens[n_prompt ..] */
 	uint32_t n_valid;            /* positions whose KV is in the blocks */
+	uint32_t need_positions;     /* waiting for blocks to cover this many positions (0: not) */
 	bool done;                   /* the engine is finished with the job */
 	int status;                  /* 0, or why the job ended early */
 	uint32_t finish;             /* KVP_FINISH_* when done with status 0 */
@@ -47,8 +54,9 @@ struct kvp_gen_job {
 	bool max_new_is_context;     /* ... and the clamp cut it: reaching it is "context" */
 	uint32_t ctx_limit;          /* positions the blocks cover (<= model context) */
 	uint32_t cached;             /* leading prompt positions whose KV is in the blocks */
-	void *const *blocks;
+	void *const *blocks;         /* may change while the job waits for blocks (kvp_gen_resume) */
 	uint32_t n_blocks;
+	uint32_t positions;          /* positions the blocks cover: n_blocks x block size */
 	struct kvp_sampler sampler;
 	uint32_t stop[KVP_GEN_STOP_MAX];
 	uint32_t n_stop;
@@ -62,7 +70,9 @@ struct kvp_gen_job {
 	struct kvp_gen_job_private {
 		struct kvp_gen_progress eng;   /* the engine thread's own, moved by each step */
 		struct kvp_gen_progress pub;   /* the last published, under the gen mutex */
-		struct kvp_gen_job *next_q;    /* submit queue / active list */
+		struct kvp_gen_job *next_q;    /* submit queue / active list / resumed queue */
+		struct kvp_gen_job *next_park, **pprev_park;   /* waiting for blocks, under mu */
+		int resume_status;             /* set by kvp_gen_resume: 0, or why it must end */
 		struct kvp_gen_job *next_dirty;
 		bool dirty;
 		uint32_t pos;                  /* next prompt position to prefill */
@@ -92,6 +102,10 @@ void kvp_gen_submit(struct kvp_gen *g, struct kvp_gen_job *job);
  * returns how many. A job whose progress says done is never returned again: the loop
  * owns it and frees it. */
 size_t kvp_gen_poll(struct kvp_gen *g, struct kvp_gen_news *news, size_t max);
+/* A job parked for blocks may go on: its blocks now cover job->positions (set by the
+ * caller before this call), or, with status != 0, it ends with that status. Only for a
+ * job whose last news had need_positions set; once per park. */
+void kvp_gen_resume(struct kvp_gen *g, struct kvp_gen_job *job, int status);
 /* Jobs submitted and not yet done. */
 uint32_t kvp_gen_active(struct kvp_gen *g);
 

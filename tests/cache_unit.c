@@ -391,3 +391,72 @@ Test(cache, admin_clear_evict_pin_unpin)
 	cr_assert_eq(kvp_cache_check(c), 0);
 	kvp_cache_destroy(c);
 }
+
+/* ---- sequences that grow ---------------------------------------------------------------- */
+
+/* A generation takes the blocks of its prompt at begin and one more as each fills: a
+ * pool that cannot give one stops it with EFULL and the sequence keeps what it had,
+ * whole; what it computed is cached at the end as if it had had them all up front. */
+Test(cache, sequence_grows_block_by_block)
+{
+	const uint32_t b = 4;
+	struct kvp_cache *c = new_cache(b, 6, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL), rb = kvp_ns_root("m", 2, NULL);
+	uint32_t tok[64], other[16], ids[8];
+	struct kvp_cache_result res;
+	struct kvp_cache_stats st;
+	struct kvp_seq seq, s2;
+
+	cr_assert_eq(kvp_cache_attach_memory(c, 64), 0);
+	fill_prompt(tok, 64, 1, 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, tok, 6, 6, &seq), 0);
+	cr_assert_eq(seq.n_blocks, 2, "the prompt's blocks only");
+	kvp_cache_get_stats(c, &st);
+	cr_assert_eq(st.pool.free, 4);
+	cr_assert_eq(kvp_cache_seq_grow(c, &seq, 8), 0, "already covered");
+	cr_assert_eq(seq.n_blocks, 2);
+	cr_assert_eq(kvp_cache_seq_grow(c, &seq, 9), 0);
+	cr_assert_eq(seq.n_blocks, 3);
+	cr_assert_not_null(seq.block_data[2]);
+	/* another sequence holds the other 3 blocks: the pool has nothing left */
+	fill_prompt(other, 12, 2, 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, rb, rb, other, 12, 12, &s2), 0);
+	cr_assert_eq(kvp_cache_seq_grow(c, &seq, 13), KVP_EFULL);
+	cr_assert(!seq.quota_full);
+	cr_assert_eq(seq.n_blocks, 3, "a failed grow keeps the sequence as it was");
+	kvp_cache_seq_end(c, &s2, other, 12);
+	/* the other's blocks are cached now, unpinned: evictable for the grow */
+	cr_assert_eq(kvp_cache_seq_grow(c, &seq, 16), 0);
+	cr_assert_eq(seq.n_blocks, 4);
+	kvp_cache_seq_end(c, &seq, tok, 16);
+	cr_assert_eq(kvp_cache_lookup(c, ra, tok, 16, 0, false, ids, &res), 0);
+	cr_assert_eq(res.matched_tokens, 16, "every block it computed is cached");
+	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}
+
+/* Growing under a tenant quota: past the quota the grow is refused as a begin would be,
+ * and never takes another tenant's blocks. */
+Test(cache, sequence_grows_within_its_tenant_quota)
+{
+	const uint32_t b = 2;
+	struct kvp_cache *c = new_cache(b, 8, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL), rb = kvp_ns_root("m", 2, NULL);
+	uint32_t tb[8], ta[16], ids[4];
+	struct kvp_cache_result res;
+	struct kvp_seq seq;
+
+	kvp_cache_set_tenant_quota(c, 4);
+	fill_prompt(tb, 8, 2, 0);
+	cr_assert_eq(kvp_cache_insert(c, rb, rb, tb, 8, 0, false, ids, &res), 0);
+	fill_prompt(ta, 16, 1, 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, ta, 4, 4, &seq), 0);
+	cr_assert_eq(kvp_cache_seq_grow(c, &seq, 8), 0);
+	cr_assert_eq(seq.n_blocks, 4);
+	cr_assert_eq(kvp_cache_seq_grow(c, &seq, 10), KVP_EFULL);
+	cr_assert(seq.quota_full);
+	cr_assert_eq(cached_of(c, rb, 2, 1, 8), 4, "B's blocks must stay");
+	kvp_cache_seq_end(c, &seq, ta, 8);
+	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}

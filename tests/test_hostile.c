@@ -771,3 +771,42 @@ Test(hostile, a_full_context_before_max_new_is_finish_context)
 	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0, "%s", out);
 	cr_assert(strstr(out, "\"finish\":\"context\""), "%s", out);
 }
+
+/* ---- 8: a generation holds blocks for what it computed, not for max_new ----------------- */
+
+/* A 16-token prompt with max_new 4000 in a pool of 64 blocks (1,024 positions) used to be
+ * refused before its first token (it pinned 251 blocks up front); it runs now, and when
+ * the pool has no block for its next tokens it ends with EFULL after the ~1,000 it got.
+ * Meanwhile another client's generation still gets its blocks. */
+Test(hostile, a_generation_takes_blocks_as_it_fills_them)
+{
+	const char *args[] = { "--model", long_model(), "--threads", "1", "--block-tokens", "16",
+			       "--capacity-blocks", "64", "--kv-dtype", "f32", NULL };
+	uint32_t prompt[16], tokens = 0, code = 0;
+	struct kvp_generate_params gp;
+	struct kvp_usage u;
+	struct kvp_client *c;
+	uint8_t type = 0;
+	int fd;
+
+	start(args);
+	fill(prompt, 16, 12);
+	for (int i = 0; i < 16; i++)
+		prompt[i] %= 512;
+	fd = raw_connect();
+	send_generate(fd, 3, prompt, 16, 4000);
+	/* while it runs, a short generation of another client is served */
+	c = conn();
+	kvp_generate_params_init(&gp);
+	gp.max_new = 8;
+	prompt[0] ^= 1;
+	cr_assert_eq(kvp_client_generate(c, prompt, 16, &gp, NULL, NULL, &u), 0,
+		     "%s", kvp_client_error(c));
+	cr_assert_eq(u.generated_tokens, 8);
+	kvp_client_close(c);
+	cr_assert(read_generation(fd, &tokens, &type, &code, 60000), "EOF after %u", tokens);
+	cr_assert_eq(type, KVP_T_ERROR, "it finished with %u tokens in 64 blocks", tokens);
+	cr_assert_eq(code, (uint32_t)-KVP_EFULL);
+	cr_assert_geq(tokens, 900, "only %u tokens before EFULL", tokens);
+	close(fd);
+}
