@@ -18,10 +18,7 @@
 #include "kvp_le.h"
 
 #include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define KVP_HOST_LE 1
@@ -721,26 +718,6 @@ int kvp_admin_reply_decode(const uint8_t *p, size_t n, struct kvp_admin_reply *m
 		return KVP_EPROTO;
 	m->text = (const char *)text;
 	if (m->text_len > KVP_ADMIN_REPLY_TEXT_MAX)
-		return KVP_ETOOBIG;
-	return 0;
-}
-
-/* ---- default socket path ------------------------------------------------------------------- */
-
-int kvp_default_socket_path(char *buf, size_t cap)
-{
-	const char *xdg = getenv("XDG_RUNTIME_DIR");
-	uid_t uid = geteuid();
-	int len;
-
-	/* The XDG base directory spec says relative paths are invalid: ignore them. */
-	if (xdg && xdg[0] == '/')
-		len = snprintf(buf, cap, "%s/kvprefix/kvprefixd.sock", xdg);
-	else if (uid == 0)
-		len = snprintf(buf, cap, "/run/kvprefix/kvprefixd.sock");
-	else
-		len = snprintf(buf, cap, "/tmp/kvprefix-%lu/kvprefixd.sock", (unsigned long)uid);
-	if (len < 0 || (size_t)len >= cap)
 		return KVP_ETOOBIG;
 	return 0;
 }

@@ -32,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvp_sockpath.h"   /* kvp_default_socket_path: daemon and client agree */
 #include "kvp_status.h"
 
 #include "kvp_wire.h"
@@ -309,14 +310,5 @@ void kvp_store_u32s(uint8_t *dst, const uint32_t *src, size_t n);
 /* The same for f32: IEEE-754 bits, little-endian, copied exactly (NaN payloads too). */
 void kvp_load_f32s(float *dst, const uint8_t *src, size_t n);
 void kvp_store_f32s(uint8_t *dst, const float *src, size_t n);
-
-/*
- * The default socket path, written to buf: $XDG_RUNTIME_DIR/kvprefix/kvprefixd.sock
- * when XDG_RUNTIME_DIR is set, else /run/kvprefix/kvprefixd.sock for root, else
- * /tmp/kvprefix-<uid>/kvprefixd.sock. Returns KVP_ETOOBIG if it does not fit.
- * XDG_RUNTIME_DIR counts only when absolute (an empty or relative value is ignored);
- * uid is the effective uid. Creates nothing.
- */
-int kvp_default_socket_path(char *buf, size_t cap);
 
 #endif
