@@ -13,9 +13,9 @@
 #define HARNESS_WAIT_MS 10000   /* to accept at start, and to exit on SIGTERM */
 #define HARNESS_ARGS_MAX 64
 
-int kvp_daemon_start(struct kvp_daemon *d, const char *const *args)
+static int start_with(struct kvp_daemon *d, const char *const *args,
+		      const struct kvp_spawn_opts *opts)
 {
-	static const struct kvp_spawn_opts opts = { .prog = NULL, .wait_ms = HARNESS_WAIT_MS };
 	const char *argv[HARNESS_ARGS_MAX];
 	bool model = false;
 	int argc = 0;
@@ -34,7 +34,23 @@ int kvp_daemon_start(struct kvp_daemon *d, const char *const *args)
 	for (int i = 0; args && args[i] && argc < HARNESS_ARGS_MAX - 2; i++)
 		argv[argc++] = args[i];
 	argv[argc] = NULL;
-	return kvp_spawn_start(d, argv, &opts) == 0 ? 0 : -1;
+	return kvp_spawn_start(d, argv, opts) == 0 ? 0 : -1;
+}
+
+int kvp_daemon_start(struct kvp_daemon *d, const char *const *args)
+{
+	static const struct kvp_spawn_opts opts = { .prog = NULL, .wait_ms = HARNESS_WAIT_MS };
+
+	return start_with(d, args, &opts);
+}
+
+int kvp_daemon_start_as(struct kvp_daemon *d, const char *const *args, uid_t uid, gid_t gid)
+{
+	const struct kvp_spawn_opts opts = {
+		.prog = NULL, .wait_ms = HARNESS_WAIT_MS, .as_user = true, .uid = uid, .gid = gid,
+	};
+
+	return start_with(d, args, &opts);
 }
 
 bool kvp_daemon_alive(struct kvp_daemon *d)

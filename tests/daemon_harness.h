@@ -16,6 +16,9 @@
  * --log-level info plus args (a NULL-
  * terminated list, may be NULL) and wait up to 10 s until the socket accepts. 0 or -1. */
 int kvp_daemon_start(struct kvp_daemon *d, const char *const *args);
+/* The same, the daemon running as uid:gid (the test must be root): its directory is
+ * given to that user. */
+int kvp_daemon_start_as(struct kvp_daemon *d, const char *const *args, uid_t uid, gid_t gid);
 /* SIGTERM, wait up to 10 s (then SIGKILL); returns the exit status (-1 if killed or it
  * did not exit cleanly; 0 when pid is 0: the caller reaped it). Unless 0, the daemon's
  * log goes to stderr first. Removes the temporary directory. */

@@ -51,10 +51,13 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: kvprefix-stat [--socket PATH] [--json] [--watch [SECONDS]]\n"
+		"Usage: kvprefix-stat [--socket PATH] [--server-uid UID] [--json]\n"
+		"                     [--watch [SECONDS]]\n"
 		"Show kvprefixd's hit rates and block pool state.\n"
 		"\n"
 		"  -s, --socket PATH      daemon socket (default: the library's default)\n"
+		"      --server-uid UID   also trust a kvprefixd that runs as UID (else: root,\n"
+		"                         you, the kvprefix user or $KVP_SERVER_UID)\n"
 		"  -j, --json             print the daemon's statistics as one JSON object\n"
 		"  -w, --watch [SECONDS]  refresh every SECONDS (default 1; e.g. 0.5): a live\n"
 		"                         view of the last interval beside the lifetime\n"
@@ -506,6 +509,7 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
+		{ "server-uid", required_argument, NULL, 'U' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "watch", optional_argument, NULL, 'w' },
 		{ "help", no_argument, NULL, 'h' },
@@ -522,6 +526,10 @@ int main(int argc, char **argv)
 	while ((opt = getopt_long(argc, argv, ":s:jw::h", opts, NULL)) != -1) {
 		switch (opt) {
 		case 's': sock = optarg; break;
+		case 'U':
+			if (!kvp_tool_server_uid_option(PROG, optarg))
+				goto out_usage;
+			break;
 		case 'j': json = true; break;
 		case 'w':
 			if (!watch_option(argc, argv, &watch))
