@@ -4,9 +4,10 @@
  *
  *   --socket PATH: the directory (created if missing) must belong to this user or root
  *   and be writable by no one else (kvp_socket_dir_check; a sticky one such as /tmp may
- *   be writable by all), else the log says what to do; then kvp_unix_listen.h's rules: a live daemon on
- *   PATH is left alone (we exit), a stale socket file is replaced, anything else at
- *   PATH is not ours to remove, and at exit only the file we bound is removed.
+ *   be writable by all), else the log says what to do; then kvp_unix_listen.h's rules:
+ *   a live daemon on PATH is left alone (we exit), a stale socket file is replaced,
+ *   anything else at PATH is not ours to remove, and at exit only the file we bound is
+ *   removed.
  */
 #include <errno.h>
 #include <stdio.h>

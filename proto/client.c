@@ -26,14 +26,16 @@
  * before closing is still read and returned; later calls return KVP_ECLOSED.
  *
  * Versions: every request goes in a version-1 header but ADMIN, which needs version 2.
- * HELLO offers version 2; the daemon's answer is remembered, so that ADMIN to a daemon
- * known to speak only 1 fails before it is sent. A reply must carry its request's
- * version; an ERROR may carry another (a version-1 daemon answers a version-2 header
- * with ERROR EVERSION in a version-1 header).
+ * HELLO offers version 3 (whose reply carries the model's vocabulary and context); the
+ * daemon's answer is remembered, so that ADMIN to a daemon known to speak only 1 fails
+ * before it is sent. A reply must carry its request's version; an ERROR may carry
+ * another (a version-1 daemon answers a version-2 header with ERROR EVERSION in a
+ * version-1 header).
  */
 #include "kvprefix.h"
 #include "kvp_proto.h"
 #include "kvp_sockpath.h"
+#include "dump_internal.h"
 
 #include <errno.h>
 #include <limits.h>

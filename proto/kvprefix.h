@@ -33,13 +33,18 @@ extern "C" {
 struct kvp_client;
 
 struct kvp_server_info {
-	uint32_t version;          /* protocol version the daemon speaks to this client: 1 or 2 */
+	uint32_t version;          /* protocol version the daemon speaks to this client: 1 to 3 */
 	uint32_t block_tokens;
 	uint32_t capacity_blocks;
 	uint32_t max_tokens;       /* tokens per request the daemon accepts */
 	uint32_t index_only;       /* 1 when the daemon runs without an engine */
 	uint32_t tenant;           /* the tenant the daemon assigned this connection */
 	char name[256];            /* index or model name */
+	/* What bounds a GENERATE: token ids below vocab_size, prompt + generated tokens at
+	 * most ctx_tokens. 0 in index-only mode, and from a daemon that speaks only
+	 * version 1 or 2 (version < 3: unknown). */
+	uint32_t vocab_size;
+	uint32_t ctx_tokens;
 };
 
 /* Result of lookup / insert. block_ids points into the client and stays valid until
@@ -133,8 +138,9 @@ KVP_API int kvp_client_set_timeout_ms(struct kvp_client *c, uint32_t ms);
 
 /* Optional first call: checks the protocol version, sets the adapter id and (where the
  * daemon allows it) a cache salt for this connection; info may be NULL. The library
- * offers version 2; a daemon that answers 1 is fine, but kvp_client_admin then fails
- * at once with KVP_EVERSION (nothing is sent). */
+ * offers version 3; a daemon that answers 1 or 2 is fine (info then lacks the model's
+ * sizes), but after a 1 kvp_client_admin fails at once with KVP_EVERSION (nothing is
+ * sent). */
 KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const char *salt,
 		     struct kvp_server_info *info);
 

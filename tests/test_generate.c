@@ -156,6 +156,32 @@ static float max_abs_diff(const float *a, const float *b, size_t n)
 
 TestSuite(generate, .init = start_small, .fini = stop, .timeout = 120);
 
+/* HELLO (version 3) tells a client the vocabulary and context it must size requests by;
+ * kvprefix ping shows them. */
+Test(generate, hello_gives_vocabulary_and_context)
+{
+	struct kvp_client *c = conn();
+	struct kvp_server_info info;
+	char cmd[512], out[2048];
+	int rc;
+
+	memset(&info, 0xAA, sizeof(info));
+	cr_assert_eq(kvp_client_hello(c, NULL, NULL, &info), 0);
+	cr_assert_eq(info.version, 3);
+	cr_assert_eq(info.index_only, 0);
+	cr_assert_eq(info.vocab_size, VOCAB);
+	cr_assert_eq(info.ctx_tokens, 2048);
+	kvp_client_close(c);
+	snprintf(cmd, sizeof(cmd), "'%s' ping --json --socket '%s'", KVP_CLI_PATH, d.socket);
+	rc = kvp_run_capture(cmd, out, sizeof(out));
+	cr_assert_eq(rc, 0, "%s", out);
+	cr_assert(strstr(out, "\"vocab_size\":1024,\"ctx_tokens\":2048"), "%s", out);
+	snprintf(cmd, sizeof(cmd), "'%s' ping --socket '%s'", KVP_CLI_PATH, d.socket);
+	rc = kvp_run_capture(cmd, out, sizeof(out));
+	cr_assert_eq(rc, 0, "%s", out);
+	cr_assert(strstr(out, "model: vocabulary 1024 tokens, context 2048 tokens"), "%s", out);
+}
+
 Test(generate, usage_adds_up)
 {
 	struct kvp_client *c = conn();

@@ -4,9 +4,10 @@
  *   kvprefix-stat [--socket PATH] [--json] [--watch [SECONDS]]
  *
  * --json prints the daemon's object through unchanged (one line). --watch N refreshes
- * every N seconds (--watch alone: every second, as watch(1)) and becomes a live view: the last interval beside the lifetime
- * figures (token hit rate, request hit rate, requests/s), the pool as a bar, and the
- * namespaces with the most requests over the interval; --json prints one object per
+ * every N seconds (--watch alone: every second, as watch(1)) and becomes a live view:
+ * the last interval beside the lifetime figures (token hit rate, request hit rate,
+ * requests/s), the pool as a bar, and the namespaces with the most requests over the
+ * interval; --json prints one object per
  * refresh with interval_s, interval_hit_rate and interval_requests_per_s added. The
  * screen is cleared between refreshes only when stdout is a terminal.
  *

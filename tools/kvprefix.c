@@ -99,8 +99,9 @@ static void usage_simple(FILE *f, const char *cmd)
 	else
 		fprintf(f,
 			"Usage: kvprefix ping [--socket PATH] [--json]\n"
-			"Exchange HELLO and one PING with the daemon; print what it serves and\n"
-			"the round-trip time.\n"
+			"Exchange HELLO and one PING with the daemon; print what it serves (with a\n"
+			"model: its vocabulary and context, from a daemon of protocol version 3)\n"
+			"and the round-trip time.\n"
 			"\n"
 			"  -s, --socket PATH     daemon socket (default: the library's default)\n"
 			"      --server-uid UID  also trust a kvprefixd that runs as UID (else: root,\n"
@@ -764,6 +765,8 @@ static int cmd_ping(const char *sock, bool json)
 		ok = ok && cJSON_AddNumberToObject(o, "capacity_blocks", info.capacity_blocks);
 		ok = ok && cJSON_AddNumberToObject(o, "max_tokens", info.max_tokens);
 		ok = ok && cJSON_AddNumberToObject(o, "tenant", info.tenant);
+		ok = ok && cJSON_AddNumberToObject(o, "vocab_size", info.vocab_size);
+		ok = ok && cJSON_AddNumberToObject(o, "ctx_tokens", info.ctx_tokens);
 		ok = ok && cJSON_AddNumberToObject(o, "rtt_us", (double)(t1 - t0) / 1e3);
 		if (!ok) {
 			cJSON_Delete(o);
@@ -778,6 +781,9 @@ static int cmd_ping(const char *sock, bool json)
 		printf("block %u tokens, capacity %u blocks, at most %u tokens a request, "
 		       "tenant %u\n", info.block_tokens, info.capacity_blocks, info.max_tokens,
 		       info.tenant);
+		if (info.vocab_size)
+			printf("model: vocabulary %u tokens, context %u tokens\n", info.vocab_size,
+			       info.ctx_tokens);
 		printf("ping round trip %.1f us\n", (double)(t1 - t0) / 1e3);
 	}
 	ret = KVP_EXIT_OK;
