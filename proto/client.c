@@ -78,6 +78,7 @@ struct kvp_client {
 	uint32_t server_uid;    /* with server_uid_set: a daemon uid trusted besides the usual */
 	bool server_uid_set;
 	bool refused;           /* the daemon refused the connection as a whole */
+	bool trace;             /* KVP_TRACE_FRAMES: every frame to stderr, in hex */
 	uint8_t *buf;           /* receive buffer; a frame starts at buf[0] */
 	size_t cap;             /* bytes allocated */
 	size_t have;            /* bytes received and held */
@@ -347,6 +348,8 @@ static int salvage_error(struct kvp_client *c, uint32_t id)
 			if (h.type != KVP_T_ERROR || (h.req_id != id && h.req_id != 0))
 				return KVP_ECLOSED;
 			c->frame = KVP_HDR_SIZE + (size_t)h.len;
+			if (c->trace)
+				kvp_frame_dump(stderr, false, &(struct iovec){ c->buf, c->frame }, 1);
 			if (h.req_id == 0)
 				return take_refusal(c, c->buf + KVP_HDR_SIZE, h.len);
 			return take_error(c, c->buf + KVP_HDR_SIZE, h.len);
@@ -383,6 +386,8 @@ static int send_request(struct kvp_client *c, uint8_t version, uint8_t type,
 		return c->fatal;
 	buf_consume(c);
 	kvp_hdr_encode(iov[0].iov_base, &h);
+	if (c->trace)
+		kvp_frame_dump(stderr, true, iov, iovcnt);
 	if ((rc = send_all(c, iov, iovcnt, KVP_HDR_SIZE + payload_len)) < 0) {
 		if (rc == KVP_ECLOSED && !c->n_owed)
 			return salvage_error(c, h.req_id);
@@ -414,6 +419,8 @@ static int next_frame(struct kvp_client *c, uint32_t id, uint8_t version, int64_
 		if ((rc = read_frame(c, deadline, h)) < 0)
 			return rc;
 		c->frame = KVP_HDR_SIZE + (size_t)h->len;
+		if (c->trace)
+			kvp_frame_dump(stderr, false, &(struct iovec){ c->buf, c->frame }, 1);
 		if (h->req_id == id) {
 			if (h->type != KVP_T_ERROR && h->version != version)
 				return broken(c, "a reply in a version-%u header to a version-%u "
@@ -505,6 +512,7 @@ KVP_API int kvp_client_new(struct kvp_client **out)
 	c->next_id = 1;
 	c->fd = -1;
 	c->fatal = KVP_ECLOSED;   /* until kvp_client_open succeeds */
+	c->trace = kvp_trace_frames_wanted();
 	*out = c;
 	return 0;
 }
@@ -775,6 +783,8 @@ KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const ch
 		info->tenant = r.tenant;
 		memcpy(info->name, r.name, r.name_len);
 		info->name[r.name_len] = '\0';
+		info->vocab_size = r.vocab_size;
+		info->ctx_tokens = r.ctx_tokens;
 	}
 	return 0;
 }
