@@ -1,13 +1,16 @@
 /*
  * daemon_harness.c - the tests' way of starting kvprefixd: tools/spawn.c with the
  * tests' defaults (KVP_DAEMON_PATH, /tmp/kvp-test-XXXXXX, --log-level info, quiet
- * until a stop finds the daemon failed, then its log on stderr).
+ * until a stop finds the daemon failed, then its log on stderr); and the models they
+ * serve.
  */
 #include "daemon_harness.h"
 
+#include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #define HARNESS_WAIT_MS 10000   /* to accept at start, and to exit on SIGTERM */
@@ -112,3 +115,24 @@ void kvp_tmpdir_remove(const char *dir)
 {
 	(void)kvp_spawn_rmdir(dir);
 }
+
+#ifdef KVP_MKMODEL_PATH
+const char *kvp_test_model(const char *tag, const char *args)
+{
+	static char path[256];
+	char cmd[768], out[1024];
+	struct stat st;
+
+	/* keyed by the generator's build, so a changed generator never leaves stale files */
+	cr_assert_eq(stat(KVP_MKMODEL_PATH, &st), 0);
+	mkdir(KVP_TEST_MODEL_DIR, 0755);
+	snprintf(path, sizeof(path), "%s/%s-%lld.gguf", KVP_TEST_MODEL_DIR, tag,
+		 (long long)st.st_mtime);
+	if (stat(path, &st) == 0)
+		return path;
+	snprintf(cmd, sizeof(cmd), "'%s' --out '%s' %s --quiet 2>&1", KVP_MKMODEL_PATH, path,
+		 args);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0, "mkmodel failed: %s", out);
+	return path;
+}
+#endif

@@ -33,4 +33,13 @@ void kvp_tmpdir_remove(const char *dir);
  * cap). Returns the exit status, or -1. */
 int kvp_run_capture(const char *cmd, char *out, size_t cap);
 
+#ifdef KVP_MKMODEL_PATH
+/* A random-weight model made by kvprefix-mkmodel with args (--out and --quiet added),
+ * once per build of the generator: KVP_TEST_MODEL_DIR/<tag>-<its mtime>.gguf, shared by
+ * the tests of a run (mkmodel writes atomically, so two making it at once is fine).
+ * Returns its path, in static storage overwritten by the next call; fails the test
+ * when mkmodel does. */
+const char *kvp_test_model(const char *tag, const char *args);
+#endif
+
 #endif

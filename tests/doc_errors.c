@@ -557,23 +557,11 @@ out:
 		close(held);
 }
 
+/* The 8-token model of protocol.md §9.1. */
 static const char *tiny_model(void)
 {
-	static char path[256];
-	char cmd[768], out[1024];
-	struct stat st;
-
-	cr_assert_eq(stat(KVP_MKMODEL_PATH, &st), 0);
-	mkdir(KVP_TEST_MODEL_DIR, 0755);
-	snprintf(path, sizeof(path), "%s/doc-tiny-%lld.gguf", KVP_TEST_MODEL_DIR,
-		 (long long)st.st_mtime);
-	if (stat(path, &st) == 0)
-		return path;
-	snprintf(cmd, sizeof(cmd), "'%s' --out '%s' --vocab 8 --dim 8 --layers 1 --heads 2 "
-		 "--kv-heads 1 --ffn 16 --ctx 64 --seed 8 --weight-std 0.5 --quiet 2>&1",
-		 KVP_MKMODEL_PATH, path);
-	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0, "mkmodel: %s", out);
-	return path;
+	return kvp_test_model("doc-tiny", "--vocab 8 --dim 8 --layers 1 --heads 2 --kv-heads 1 "
+			      "--ffn 16 --ctx 64 --seed 8 --weight-std 0.5");
 }
 
 static void start_all(void)

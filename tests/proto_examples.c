@@ -346,21 +346,33 @@ static void chk_error(const uint8_t *p, size_t n)
 	cr_assert(memcmp(m.msg, "no such lease", 13) == 0);
 }
 
-static size_t enc_hello_v3(uint8_t *out, size_t cap)
+/* A HELLO offering version, with no adapter and no salt (§9.1 and §9.2). */
+static size_t enc_hello_offer(uint8_t *out, size_t cap, uint32_t version)
 {
-	struct kvp_hello m = { 3, 0, "", 0, "", 0 };
+	struct kvp_hello m = { version, 0, "", 0, "", 0 };
 
 	return kvp_hello_encode(out, cap, &m);
 }
 
-static void chk_hello_v3(const uint8_t *p, size_t n)
+static void chk_hello_offer(const uint8_t *p, size_t n, uint32_t version)
 {
 	struct kvp_hello m;
 
 	cr_assert_eq(kvp_hello_decode(p, n, &m), 0);
-	cr_assert_eq(m.version, 3, "the client offers version 3");
+	cr_assert_eq(m.version, version, "the client offers version %u", version);
+	cr_assert_eq(m.flags, 0);
 	cr_assert_eq(m.adapter_len, 0);
 	cr_assert_eq(m.salt_len, 0);
+}
+
+static size_t enc_hello_v3(uint8_t *out, size_t cap)
+{
+	return enc_hello_offer(out, cap, 3);
+}
+
+static void chk_hello_v3(const uint8_t *p, size_t n)
+{
+	chk_hello_offer(p, n, 3);
 }
 
 static size_t enc_hello_reply_engine(uint8_t *out, size_t cap)
@@ -492,20 +504,12 @@ static void chk_generate_error(const uint8_t *p, size_t n)
 
 static size_t enc_hello_v2(uint8_t *out, size_t cap)
 {
-	struct kvp_hello m = { 2, 0, "", 0, "", 0 };
-
-	return kvp_hello_encode(out, cap, &m);
+	return enc_hello_offer(out, cap, 2);
 }
 
 static void chk_hello_v2(const uint8_t *p, size_t n)
 {
-	struct kvp_hello m;
-
-	cr_assert_eq(kvp_hello_decode(p, n, &m), 0);
-	cr_assert_eq(m.version, 2, "the client offers version 2");
-	cr_assert_eq(m.flags, 0);
-	cr_assert_eq(m.adapter_len, 0);
-	cr_assert_eq(m.salt_len, 0);
+	chk_hello_offer(p, n, 2);
 }
 
 static size_t enc_hello_reply_v2(uint8_t *out, size_t cap)

@@ -26,28 +26,9 @@
 
 static struct kvp_daemon d;
 
-/* A model file shared by the tests of one run (mkmodel writes atomically). */
-static const char *model(const char *tag, const char *args)
-{
-	static char path[256];
-	char cmd[768], out[1024];
-	struct stat st;
-
-	/* keyed by the generator's build, so a changed generator never leaves stale files */
-	cr_assert_eq(stat(KVP_MKMODEL_PATH, &st), 0);
-	mkdir(KVP_TEST_MODEL_DIR, 0755);
-	snprintf(path, sizeof(path), "%s/%s-%lld.gguf", KVP_TEST_MODEL_DIR, tag,
-		 (long long)st.st_mtime);
-	if (stat(path, &st) == 0)
-		return path;
-	snprintf(cmd, sizeof(cmd), "%s --out %s %s --quiet 2>&1", KVP_MKMODEL_PATH, path, args);
-	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0, "mkmodel failed: %s", out);
-	return path;
-}
-
 static const char *small_model(void)
 {
-	return model("small", "--vocab 1024 --dim 128 --layers 2 --heads 4 --kv-heads 2 "
+	return kvp_test_model("small", "--vocab 1024 --dim 128 --layers 2 --heads 4 --kv-heads 2 "
 			      "--ffn 256 --ctx 2048 --dtype f32 --seed 7 --weight-std 0.08");
 }
 
@@ -484,7 +465,7 @@ Test(engine_limits, lookups_answered_during_a_long_prefill, .fini = stop, .timeo
 	pthread_t th;
 	struct kvp_client *c;
 	struct kvp_match m;
-	const char *mp = model("medium", "--vocab 1024 --dim 256 --layers 6 --heads 8 "
+	const char *mp = kvp_test_model("medium", "--vocab 1024 --dim 256 --layers 6 --heads 8 "
 				"--kv-heads 4 --ffn 1024 --ctx 4096 --dtype f32 --seed 3");
 	const char *args[] = { "--model", mp, "--kv-dtype", "f32", "--threads", "2", NULL };
 	int answered_during = 0;

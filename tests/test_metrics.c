@@ -870,20 +870,8 @@ Test(daemon, stat_watch_without_a_value_refreshes_every_second, .init = start_un
 
 static const char *small_model(void)
 {
-	static char path[256];
-	char cmd[768], out[1024];
-	struct stat st;
-
-	cr_assert_eq(stat(KVP_MKMODEL_PATH, &st), 0);
-	mkdir(KVP_TEST_MODEL_DIR, 0755);
-	snprintf(path, sizeof(path), "%s/small-%lld.gguf", KVP_TEST_MODEL_DIR, (long long)st.st_mtime);
-	if (stat(path, &st) == 0)
-		return path;
-	snprintf(cmd, sizeof(cmd), "%s --out %s --vocab 1024 --dim 128 --layers 2 --heads 4 "
-		 "--kv-heads 2 --ffn 256 --ctx 2048 --dtype f32 --seed 7 --weight-std 0.08 --quiet 2>&1",
-		 KVP_MKMODEL_PATH, path);
-	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0, "mkmodel failed: %s", out);
-	return path;
+	return kvp_test_model("small", "--vocab 1024 --dim 128 --layers 2 --heads 4 --kv-heads 2 "
+			      "--ffn 256 --ctx 2048 --dtype f32 --seed 7 --weight-std 0.08");
 }
 
 Test(engine, ttft_and_generation_counters, .fini = stop, .timeout = 300)
