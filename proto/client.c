@@ -632,14 +632,14 @@ static int check_server(struct kvp_client *c, const char *path)
 	char name[256];
 	int rc;
 
+	/* a bad KVP_SERVER_UID is refused whoever serves: a mistake should not wait for an
+	 * impostor to show */
+	if ((rc = env_server_uid(c, &env_uid, &env_set)) < 0)
+		return rc;
 	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
 		return KVP_EIO;
 	if (cred.uid == 0 || cred.uid == geteuid() || is_service_user(cred.uid) ||
-	    (c->server_uid_set && cred.uid == c->server_uid))
-		return 0;
-	if ((rc = env_server_uid(c, &env_uid, &env_set)) < 0)
-		return rc;
-	if (env_set && cred.uid == env_uid)
+	    (c->server_uid_set && cred.uid == c->server_uid) || (env_set && cred.uid == env_uid))
 		return 0;
 	kvp_uid_name(cred.uid, name, sizeof(name));
 	snprintf(c->err, sizeof(c->err),
@@ -1098,9 +1098,10 @@ KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, si
 			return take_error(c, payload, h.len);
 		if (h.type == KVP_T_GENERATE_DONE)
 			break;
-		if (h.type != (KVP_T_GENERATE | KVP_T_REPLY) ||
-		    kvp_token_chunk_decode(payload, h.len, &chunk) < 0)
+		if (h.type != (KVP_T_GENERATE | KVP_T_REPLY))
 			return broken(c, "a frame of type 0x%02x in a GENERATE's answer", h.type);
+		if (kvp_token_chunk_decode(payload, h.len, &chunk) < 0)
+			return broken(c, "a GENERATE token frame that does not decode");
 		if (chunk.n > p->max_new - streamed)
 			return broken(c, "%u tokens after %u, over max_new %u", chunk.n, streamed,
 				      p->max_new);
