@@ -16,6 +16,7 @@
 
 #include "kvp_clock.h"
 #include "kvp_log.h"
+#include "kvp_model.h"
 #include "server.h"
 
 /* ---- outcomes ------------------------------------------------------------------ */
@@ -122,7 +123,8 @@ static struct req_outcome handle_hello(struct conn *c, const struct kvp_frame_hd
 		return req_malformed(c, h, rc, "malformed HELLO: %s", kvp_strerror(rc));
 	if (m.version < 1)
 		return req_malformed(c, h, KVP_EVERSION,
-				     "protocol version %u: this daemon speaks 1 and 2", m.version);
+				     "protocol version %u: this daemon speaks 1 to %u", m.version,
+				     KVP_PROTO_VERSION_MAX);
 	if (has_control_byte(m.adapter, m.adapter_len, &bad))
 		return req_refuse(c, h, KVP_EINVAL, "adapter id contains a control byte (0x%02x) at %u",
 				  (uint8_t)m.adapter[bad], bad);
@@ -144,6 +146,9 @@ static struct req_outcome handle_hello(struct conn *c, const struct kvp_frame_hd
 		.tenant = c->tenant,
 		.name = c->srv->name,
 		.name_len = (uint16_t)strlen(c->srv->name),
+		/* what a client needs to size requests; a version-3 reply carries them */
+		.vocab_size = c->srv->model ? c->srv->model->cfg.vocab : 0,
+		.ctx_tokens = c->srv->model ? c->srv->model->cfg.ctx : 0,
 	};
 	return req_reply(c, h, buf, kvp_hello_reply_encode(buf, sizeof(buf), &r));
 }

@@ -3,9 +3,11 @@
  * LISTEN_FDS), or one bound at --socket in a directory that must be ours.
  *
  *   --socket PATH: the directory (created if missing) must belong to this user or root
- *   and be writable by no one else; then kvp_unix_listen.h's rules: a live daemon on
- *   PATH is left alone (we exit), a stale socket file is replaced, anything else at
- *   PATH is not ours to remove, and at exit only the file we bound is removed.
+ *   and be writable by no one else (kvp_socket_dir_check; a sticky one such as /tmp may
+ *   be writable by all), else the log says what to do; then kvp_unix_listen.h's rules:
+ *   a live daemon on PATH is left alone (we exit), a stale socket file is replaced,
+ *   anything else at PATH is not ours to remove, and at exit only the file we bound is
+ *   removed.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -45,27 +47,27 @@ static int make_dirs(char *dir)
  * The socket's own directory must be ours and writable by no one else: in a shared
  * /tmp (the default path without XDG_RUNTIME_DIR) another user can create
  * /tmp/kvprefix-<uid> first and later swap our socket for theirs, receiving every
- * client's prompts. 0, or KVP_EPERM / KVP_EIO with errno set.
+ * client's prompts. 0; or KVP_EPERM / KVP_EIO with why (cap bytes) saying what is wrong.
  */
-static int make_parent_dir(const char *path)
+static int make_parent_dir(const char *path, char *why, size_t cap)
 {
 	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	struct stat st;
 	char *slash;
+	int rc;
 
 	snprintf(dir, sizeof(dir), "%s", path);
 	slash = strrchr(dir, '/');
 	if (!slash || slash == dir)
 		return KVP_OK;
 	*slash = '\0';
-	if (make_dirs(dir) != 0 || lstat(dir, &st) != 0)
+	if (make_dirs(dir) != 0) {
+		snprintf(why, cap, "cannot create %s: %s", dir, strerror(errno));
 		return KVP_EIO;
-	if (!S_ISDIR(st.st_mode) || (st.st_uid != geteuid() && st.st_uid != 0) ||
-	    ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))) {
-		errno = EPERM;
-		return KVP_EPERM;
 	}
-	return KVP_OK;
+	rc = kvp_socket_dir_check(dir, geteuid(), true, why, cap);
+	if (rc == KVP_ENOTFOUND || rc == KVP_EIO)
+		snprintf(why, cap, "cannot examine %s: %s", dir, strerror(errno));
+	return rc == KVP_ENOTFOUND ? KVP_EIO : rc;
 }
 
 /* The socket systemd passed; --socket then names it. */
@@ -91,7 +93,8 @@ static int take_activated(struct server *s, evutil_socket_t *out)
 int listen_open(struct server *s, evutil_socket_t *fd)
 {
 	const char *path = s->cfg->socket_path;
-	int n_fds = sd_listen_fds(1);
+	int n_fds = sd_listen_fds(1), rc;
+	char why[512];
 
 	if (n_fds > 1) {
 		kvp_err("systemd passed %d sockets; kvprefixd listens on one", n_fds);
@@ -99,10 +102,17 @@ int listen_open(struct server *s, evutil_socket_t *fd)
 	}
 	if (n_fds == 1)
 		return take_activated(s, fd);
-	if (make_parent_dir(path) != KVP_OK) {
-		kvp_err("cannot use the directory of %s: %s (it must exist or be creatable, belong "
-			"to this user or root, and not be writable by others)", path, strerror(errno));
-		return KVP_EPERM;
+	rc = make_parent_dir(path, why, sizeof(why));
+	if (rc == KVP_EPERM) {
+		kvp_err("not listening at %s: %s, so another user could put a socket of theirs "
+			"there and receive the clients' prompts; remove it and start again "
+			"(kvprefixd then makes it, private), or give --socket a path in a "
+			"directory of this user's (e.g. under $XDG_RUNTIME_DIR)", path, why);
+		return rc;
+	}
+	if (rc != KVP_OK) {
+		kvp_err("not listening at %s: %s", path, why);
+		return rc;
 	}
 	return kvp_unix_listen(path, s->cfg->socket_mode, LISTEN_BACKLOG, "", "another kvprefixd",
 			       fd, &s->sock);

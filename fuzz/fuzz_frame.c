@@ -76,7 +76,7 @@ static void check_header(const uint8_t *data, size_t size)
 	if (h.version < KVP_PROTO_VERSION || h.version > KVP_PROTO_VERSION_MAX || h.flags != 0 ||
 	    h.len > MAX_PAYLOAD || !kvp_frame_type_valid(h.version, h.type))
 		die("header: accepted out-of-range fields", data, size);
-	/* ADMIN and its reply exist in version 2 only */
+	/* ADMIN and its reply exist from version 2 on */
 	if ((h.type & ~KVP_T_REPLY) == KVP_T_ADMIN && h.version < KVP_PROTO_VERSION_ADMIN)
 		die("header: ADMIN accepted in a version-1 header", data, size);
 	kvp_hdr_encode(out, &h);

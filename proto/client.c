@@ -26,18 +26,24 @@
  * before closing is still read and returned; later calls return KVP_ECLOSED.
  *
  * Versions: every request goes in a version-1 header but ADMIN, which needs version 2.
- * HELLO offers version 2; the daemon's answer is remembered, so that ADMIN to a daemon
- * known to speak only 1 fails before it is sent. A reply must carry its request's
- * version; an ERROR may carry another (a version-1 daemon answers a version-2 header
- * with ERROR EVERSION in a version-1 header).
+ * HELLO offers version 3 (whose reply carries the model's vocabulary and context); the
+ * daemon's answer is remembered, so that ADMIN to a daemon known to speak only 1 fails
+ * before it is sent. A reply must carry its request's version; an ERROR may carry
+ * another (a version-1 daemon answers a version-2 header with ERROR EVERSION in a
+ * version-1 header).
  */
 #include "kvprefix.h"
 #include "kvp_proto.h"
+#include "kvp_sockpath.h"
+#include "dump_internal.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <pwd.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -69,6 +75,10 @@ struct kvp_client {
 	uint32_t n_owed;
 	uint32_t timeout_ms;    /* 0: wait forever */
 	uint32_t server_version;   /* from the HELLO reply; 0: no HELLO yet */
+	uint32_t server_uid;    /* with server_uid_set: a daemon uid trusted besides the usual */
+	bool server_uid_set;
+	bool refused;           /* the daemon refused the connection as a whole */
+	bool trace;             /* KVP_TRACE_FRAMES: every frame to stderr, in hex */
 	uint8_t *buf;           /* receive buffer; a frame starts at buf[0] */
 	size_t cap;             /* bytes allocated */
 	size_t have;            /* bytes received and held */
@@ -142,6 +152,18 @@ static int fail(struct kvp_client *c, int status)
 {
 	c->fatal = status;
 	return status;
+}
+
+/* The daemon broke the protocol: say how, for kvp_client_error(); KVP_EPROTO. */
+__attribute__((format(printf, 2, 3)))
+static int broken(struct kvp_client *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->err, sizeof(c->err), fmt, ap);
+	va_end(ap);
+	return fail(c, KVP_EPROTO);
 }
 
 /* Send every byte of iov. On failure nothing is retried: a partial frame on the wire
@@ -267,22 +289,51 @@ static void owe(struct kvp_client *c, uint32_t id)
 	c->owed[c->n_owed++] = id;
 }
 
-/* Keep an ERROR frame's message for kvp_client_error(); returns -code. */
-static int take_error(struct kvp_client *c, const uint8_t *p, size_t n)
+/* Keep an ERROR frame's message for kvp_client_error() and its code in *code (as a
+ * status, -code). 0, or KVP_EPROTO when it does not decode. */
+static int keep_error(struct kvp_client *c, const uint8_t *p, size_t n, int *code)
 {
 	struct kvp_error e;
 
 	if (kvp_error_decode(p, n, &e) < 0)
-		return fail(c, KVP_EPROTO);
+		return KVP_EPROTO;
 	memcpy(c->err, e.msg, e.msg_len);
 	c->err[e.msg_len] = '\0';
-	return -(int)e.code;
+	*code = -(int)e.code;
+	return 0;
+}
+
+/* An ERROR answering our request: its code. */
+static int take_error(struct kvp_client *c, const uint8_t *p, size_t n)
+{
+	int code;
+
+	if (keep_error(c, p, n, &code) < 0)
+		return broken(c, "an ERROR frame that does not decode");
+	return code;
+}
+
+/*
+ * An ERROR with req_id 0 that answers no request of ours: the daemon refused the
+ * connection as a whole (its connection limit, a stop in progress) and closes it. Its
+ * code is returned, its text kept; later calls return KVP_ECLOSED.
+ */
+static int take_refusal(struct kvp_client *c, const uint8_t *p, size_t n)
+{
+	int code;
+
+	if (keep_error(c, p, n, &code) < 0)
+		return broken(c, "an ERROR frame that does not decode");
+	c->refused = true;
+	c->fatal = KVP_ECLOSED;
+	return code;
 }
 
 /*
  * The daemon closed while we were still sending: it may have said why first (a frame
- * over its limit gets ERROR 4 as soon as its header is read). Take whatever is already
- * queued, without waiting, and return that ERROR's code if a whole one is there.
+ * over its limit gets ERROR 4 as soon as its header is read; a refused connection its
+ * unprompted ERROR). Take whatever is already queued, without waiting, and return that
+ * ERROR's code if a whole one is there.
  */
 static int salvage_error(struct kvp_client *c, uint32_t id)
 {
@@ -294,9 +345,13 @@ static int salvage_error(struct kvp_client *c, uint32_t id)
 		if (c->have >= KVP_HDR_SIZE &&
 		    kvp_hdr_decode(c->buf, c->have, (uint32_t)kvp_error_size(KVP_ERROR_MSG_MAX), &h) == 0 &&
 		    c->have >= KVP_HDR_SIZE + (size_t)h.len) {
-			if (h.type != KVP_T_ERROR || h.req_id != id)
+			if (h.type != KVP_T_ERROR || (h.req_id != id && h.req_id != 0))
 				return KVP_ECLOSED;
 			c->frame = KVP_HDR_SIZE + (size_t)h.len;
+			if (c->trace)
+				kvp_frame_dump(stderr, false, &(struct iovec){ c->buf, c->frame }, 1);
+			if (h.req_id == 0)
+				return take_refusal(c, c->buf + KVP_HDR_SIZE, h.len);
 			return take_error(c, c->buf + KVP_HDR_SIZE, h.len);
 		}
 		if (c->have == c->cap)
@@ -331,21 +386,26 @@ static int send_request(struct kvp_client *c, uint8_t version, uint8_t type,
 		return c->fatal;
 	buf_consume(c);
 	kvp_hdr_encode(iov[0].iov_base, &h);
+	if (c->trace)
+		kvp_frame_dump(stderr, true, iov, iovcnt);
 	if ((rc = send_all(c, iov, iovcnt, KVP_HDR_SIZE + payload_len)) < 0) {
 		if (rc == KVP_ECLOSED && !c->n_owed)
 			return salvage_error(c, h.req_id);
 		return rc;
 	}
 	*id = c->next_id++;
+	if (c->next_id == 0)
+		c->next_id = 1;   /* req_id 0 is the daemon's for frames that answer none */
 	return 0;
 }
 
 /*
  * Read the next frame of request id, sent in a header of this version, into buf[0 ..),
  * dropping the frames of owed requests on the way. On 0, h is its header (type not yet
- * checked against the request) and c->frame covers it. A frame of any other request,
- * or a reply other than ERROR in another version, is KVP_EPROTO. KVP_ETIMEDOUT: the
- * caller decides whether id is now owed.
+ * checked against the request) and c->frame covers it. An ERROR with req_id 0 is the
+ * daemon refusing the connection: its code. A frame of any other request, or a reply
+ * other than ERROR in another version, is KVP_EPROTO. KVP_ETIMEDOUT: the caller decides
+ * whether id is now owed.
  */
 static int next_frame(struct kvp_client *c, uint32_t id, uint8_t version, int64_t deadline,
 		      struct kvp_frame_hdr *h)
@@ -359,11 +419,16 @@ static int next_frame(struct kvp_client *c, uint32_t id, uint8_t version, int64_
 		if ((rc = read_frame(c, deadline, h)) < 0)
 			return rc;
 		c->frame = KVP_HDR_SIZE + (size_t)h->len;
+		if (c->trace)
+			kvp_frame_dump(stderr, false, &(struct iovec){ c->buf, c->frame }, 1);
 		if (h->req_id == id) {
 			if (h->type != KVP_T_ERROR && h->version != version)
-				return fail(c, KVP_EPROTO);
+				return broken(c, "a reply in a version-%u header to a version-%u "
+					      "request", h->version, version);
 			return 0;
 		}
+		if (h->req_id == 0 && h->type == KVP_T_ERROR)
+			return take_refusal(c, c->buf + KVP_HDR_SIZE, h->len);
 		/* A frame for an earlier request that timed out: drop it. */
 		for (i = 0; i < c->n_owed && c->owed[i] != h->req_id; i++)
 			;
@@ -428,79 +493,229 @@ KVP_API int kvp_client_default_socket(char *buf, size_t cap)
 	return kvp_default_socket_path(buf, cap);
 }
 
-KVP_API int kvp_client_connect(const char *path, struct kvp_client **out)
+KVP_API int kvp_client_new(struct kvp_client **out)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct kvp_client *c;
-	int rc, e;
 
+	if (!out)
+		return KVP_EINVAL;
 	*out = NULL;
-	if (path) {
-		if (strlen(path) >= sizeof(sa.sun_path))
-			return KVP_ETOOBIG;
-		memcpy(sa.sun_path, path, strlen(path) + 1);
-	} else if ((rc = kvp_default_socket_path(sa.sun_path, sizeof(sa.sun_path))) < 0) {
-		return rc;
-	}
-
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return KVP_ENOMEM;
 	c->buf = malloc(CLIENT_BUF_INIT);
 	if (!c->buf) {
-		rc = KVP_ENOMEM;
-		goto out_free_client;
+		free(c);
+		return KVP_ENOMEM;
 	}
 	c->cap = CLIENT_BUF_INIT;
 	c->next_id = 1;
+	c->fd = -1;
+	c->fatal = KVP_ECLOSED;   /* until kvp_client_open succeeds */
+	c->trace = kvp_trace_frames_wanted();
+	*out = c;
+	return 0;
+}
+
+KVP_API int kvp_client_set_server_uid(struct kvp_client *c, uint32_t uid)
+{
+	if (!c || uid == UINT32_MAX)
+		return KVP_EINVAL;
+	c->server_uid = uid;
+	c->server_uid_set = true;
+	return 0;
+}
+
+/* Where to connect: path, or the default one, whose directory is checked first when it
+ * is the shared-/tmp one. */
+static int socket_address(struct kvp_client *c, const char *path, struct sockaddr_un *sa)
+{
+	char dir[sizeof(sa->sun_path)], why[512];
+	int rc;
+
+	*sa = (struct sockaddr_un){ .sun_family = AF_UNIX };
+	if (path) {
+		if (strlen(path) >= sizeof(sa->sun_path))
+			return KVP_ETOOBIG;
+		memcpy(sa->sun_path, path, strlen(path) + 1);
+		return 0;
+	}
+	if ((rc = kvp_default_socket_path(sa->sun_path, sizeof(sa->sun_path))) < 0)
+		return rc;
+	if (kvp_default_socket_tmpdir(dir, sizeof(dir)) != 0)
+		return 0;
+	rc = kvp_socket_dir_check(dir, geteuid(), false, why, sizeof(why));
+	if (rc == KVP_EPERM) {
+		snprintf(c->err, sizeof(c->err),
+			 "not connecting to %s: %s, so another user may be listening there for "
+			 "your prompts; remove %s and restart kvprefixd (it makes the directory "
+			 "anew), or set XDG_RUNTIME_DIR, or give the socket path", sa->sun_path,
+			 why, dir);
+		return rc;
+	}
+	return 0;   /* missing: connect says so; unreadable: connect will fail too */
+}
+
+/* Connect c->fd to sa, waiting out an interrupted connect. 0 or KVP_EIO (errno kept). */
+static int connect_socket(struct kvp_client *c, const struct sockaddr_un *sa)
+{
+	struct pollfd pfd = { .events = POLLOUT };
+	socklen_t elen;
+	int e = 0;
 
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (c->fd < 0) {
-		rc = KVP_EIO;
-		goto out_free_buf;
+	if (c->fd < 0)
+		return KVP_EIO;
+	if (connect(c->fd, (const struct sockaddr *)sa, sizeof(*sa)) == 0)
+		return 0;
+	if (errno != EINTR)
+		return KVP_EIO;
+	/* Interrupted: the connection goes on without us; wait for its outcome. */
+	pfd.fd = c->fd;
+	while (poll(&pfd, 1, -1) < 0)
+		if (errno != EINTR)
+			return KVP_EIO;
+	elen = sizeof(e);
+	if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
+		return KVP_EIO;
+	if (e != 0) {
+		errno = e;
+		return KVP_EIO;
 	}
-	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
-		socklen_t elen = sizeof(e);
+	return 0;
+}
 
-		if (errno != EINTR) {
-			rc = KVP_EIO;
-			goto out_close;
-		}
-		/* Interrupted: the connection goes on without us; wait for its outcome. */
-		while (poll(&pfd, 1, -1) < 0)
-			if (errno != EINTR) {
-				rc = KVP_EIO;
-				goto out_close;
-			}
-		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0 || e != 0) {
-			if (e != 0)
-				errno = e;
-			rc = KVP_EIO;
-			goto out_close;
-		}
+/* A uid in KVP_SERVER_UID: 0 with *set; KVP_EINVAL (message kept) when it is not one. */
+static int env_server_uid(struct kvp_client *c, uint32_t *uid, bool *set)
+{
+	const char *v = getenv("KVP_SERVER_UID");
+	unsigned long long u = 0;
+	char *end = NULL;
+
+	*set = false;
+	if (!v || !*v)
+		return 0;
+	errno = 0;
+	if (*v >= '0' && *v <= '9')
+		u = strtoull(v, &end, 10);
+	if (!end || *end || errno || u >= UINT32_MAX) {
+		snprintf(c->err, sizeof(c->err), "KVP_SERVER_UID='%.64s' is not a uid (a decimal "
+			 "number below %u)", v, UINT32_MAX);
+		return KVP_EINVAL;
+	}
+	*uid = (uint32_t)u;
+	*set = true;
+	return 0;
+}
+
+/* True when the system user "kvprefix" (the packaged service's) exists and is uid. */
+static bool is_service_user(uid_t uid)
+{
+	struct passwd pw, *res = NULL;
+	char strings[4096];
+
+	return getpwnam_r("kvprefix", &pw, strings, sizeof(strings), &res) == 0 && res &&
+	       res->pw_uid == uid;
+}
+
+/*
+ * Whom the socket's server runs as (SO_PEERCRED: the process that listens) must be one
+ * we trust with prompts: root, ourselves, the kvprefix service user, KVP_SERVER_UID or
+ * kvp_client_set_server_uid's. 0, KVP_EPERM or KVP_EINVAL with the reason kept.
+ */
+static int check_server(struct kvp_client *c, const char *path)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	uint32_t env_uid;
+	bool env_set;
+	char name[256];
+	int rc;
+
+	/* a bad KVP_SERVER_UID is refused whoever serves: a mistake should not wait for an
+	 * impostor to show */
+	if ((rc = env_server_uid(c, &env_uid, &env_set)) < 0)
+		return rc;
+	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return KVP_EIO;
+	if (cred.uid == 0 || cred.uid == geteuid() || is_service_user(cred.uid) ||
+	    (c->server_uid_set && cred.uid == c->server_uid) || (env_set && cred.uid == env_uid))
+		return 0;
+	kvp_uid_name(cred.uid, name, sizeof(name));
+	snprintf(c->err, sizeof(c->err),
+		 "kvprefixd at %s runs as uid %lu (%s), not root, you or the kvprefix user: "
+		 "refusing to send it your prompts; set KVP_SERVER_UID=%lu or --server-uid %lu "
+		 "if you trust it", path, (unsigned long)cred.uid, name[0] ? name : "no name",
+		 (unsigned long)cred.uid, (unsigned long)cred.uid);
+	return KVP_EPERM;
+}
+
+/* The send timeout, once there is a socket to set it on. */
+static int apply_timeout(struct kvp_client *c)
+{
+	struct timeval tv = { .tv_sec = c->timeout_ms / 1000,
+			      .tv_usec = (c->timeout_ms % 1000) * 1000 };
+
+	if (c->fd >= 0 && setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+		return KVP_EIO;
+	return 0;
+}
+
+KVP_API int kvp_client_open(struct kvp_client *c, const char *path)
+{
+	struct sockaddr_un sa;
+	int rc, e;
+
+	if (!c)
+		return KVP_EINVAL;
+	c->err[0] = '\0';
+	if (c->fd >= 0)
+		return KVP_EINVAL;
+	if ((rc = socket_address(c, path, &sa)) < 0)
+		return rc;
+	rc = connect_socket(c, &sa);
+	if (rc == 0)
+		rc = check_server(c, sa.sun_path);
+	if (rc == 0 && c->timeout_ms)
+		rc = apply_timeout(c);
+	if (rc < 0) {
+		e = errno;
+		if (c->fd >= 0)
+			close(c->fd);
+		c->fd = -1;
+		errno = e;
+		return rc;
+	}
+	c->fatal = 0;
+	return 0;
+}
+
+KVP_API int kvp_client_connect(const char *path, struct kvp_client **out)
+{
+	struct kvp_client *c;
+	int rc, e;
+
+	if (!out)
+		return KVP_EINVAL;
+	*out = NULL;
+	if ((rc = kvp_client_new(&c)) < 0)
+		return rc;
+	if ((rc = kvp_client_open(c, path)) < 0) {
+		e = errno;
+		kvp_client_close(c);
+		errno = e;
+		return rc;
 	}
 	*out = c;
 	return 0;
-
-out_close:
-	e = errno;
-	close(c->fd);
-	errno = e;
-out_free_buf:
-	free(c->buf);
-out_free_client:
-	e = errno;
-	free(c);
-	errno = e;
-	return rc;
 }
 
 KVP_API void kvp_client_close(struct kvp_client *c)
 {
 	if (!c)
 		return;
-	close(c->fd);
+	if (c->fd >= 0)
+		close(c->fd);
 	free(c->logits);
 	free(c->scratch);
 	free(c->buf);
@@ -509,15 +724,21 @@ KVP_API void kvp_client_close(struct kvp_client *c)
 
 KVP_API int kvp_client_set_timeout_ms(struct kvp_client *c, uint32_t ms)
 {
-	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+	uint32_t old;
 	int rc;
 
 	if ((rc = check_client(c)) < 0)
 		return rc;
-	if (setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
-		return KVP_EIO;
+	old = c->timeout_ms;
 	c->timeout_ms = ms;
-	return 0;
+	if ((rc = apply_timeout(c)) < 0)
+		c->timeout_ms = old;
+	return rc;
+}
+
+KVP_API int kvp_client_refused(const struct kvp_client *c)
+{
+	return c && c->refused;
 }
 
 KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const char *salt,
@@ -562,6 +783,8 @@ KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const ch
 		info->tenant = r.tenant;
 		memcpy(info->name, r.name, r.name_len);
 		info->name[r.name_len] = '\0';
+		info->vocab_size = r.vocab_size;
+		info->ctx_tokens = r.ctx_tokens;
 	}
 	return 0;
 }
@@ -771,22 +994,43 @@ static int keep_logits(struct kvp_client *c, const uint8_t *raw, uint32_t n)
 	return 0;
 }
 
-/* The usage must add up with what was streamed (docs/protocol.md, GENERATE_DONE). */
-static bool done_consistent(const struct kvp_generate_done *d, const struct kvp_generate_params *p,
-			    size_t n, uint32_t streamed, bool stopped)
+static const char *finish_name(uint32_t finish)
+{
+	switch (finish) {
+	case KVP_FINISH_LENGTH: return "length";
+	case KVP_FINISH_STOP: return "stop";
+	default: return "context";
+	}
+}
+
+/*
+ * The usage must add up with what was streamed (docs/protocol.md, GENERATE_DONE): 0, or
+ * KVP_EPROTO saying what does not. finish is checked against the request: "length" is
+ * max_new tokens, "context" fewer (the model's context filled first), "stop" a stop id
+ * last.
+ */
+static int done_check(struct kvp_client *c, const struct kvp_generate_done *d,
+		      const struct kvp_generate_params *p, size_t n, uint32_t streamed,
+		      bool stopped)
 {
 	if (d->prompt_tokens != n || d->generated_tokens != streamed)
-		return false;
+		return broken(c, "GENERATE_DONE counts %u prompt and %u generated tokens; %zu "
+			      "and %u were sent", d->prompt_tokens, d->generated_tokens, n,
+			      streamed);
 	if ((uint64_t)d->cached_tokens + d->computed_tokens != d->prompt_tokens ||
 	    d->computed_tokens == 0)
-		return false;
+		return broken(c, "GENERATE_DONE: %u cached + %u computed tokens are not the "
+			      "prompt's %u (with at least 1 computed)", d->cached_tokens,
+			      d->computed_tokens, d->prompt_tokens);
 	if (d->n_logits && !(p->flags & KVP_GEN_LOGITS))
-		return false;
-	switch (d->finish) {
-	case KVP_FINISH_STOP: return stopped;
-	case KVP_FINISH_LENGTH: return !stopped && streamed == p->max_new;
-	default: return !stopped && streamed < p->max_new;
-	}
+		return broken(c, "GENERATE_DONE carries logits that were not asked for");
+	if (d->finish == KVP_FINISH_STOP ? stopped
+	    : !stopped && (d->finish == KVP_FINISH_LENGTH ? streamed == p->max_new
+							  : streamed < p->max_new))
+		return 0;
+	return broken(c, "GENERATE_DONE says finish %u (%s) after %u of at most %u tokens%s",
+		      d->finish, finish_name(d->finish), streamed, p->max_new,
+		      stopped ? ", the last a stop id" : ", none a stop id");
 }
 
 KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, size_t n,
@@ -854,16 +1098,19 @@ KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, si
 			return take_error(c, payload, h.len);
 		if (h.type == KVP_T_GENERATE_DONE)
 			break;
-		if (h.type != (KVP_T_GENERATE | KVP_T_REPLY) ||
-		    kvp_token_chunk_decode(payload, h.len, &chunk) < 0 ||
-		    chunk.n > p->max_new - streamed || (stopped && chunk.n))
-			return fail(c, KVP_EPROTO);
+		if (h.type != (KVP_T_GENERATE | KVP_T_REPLY))
+			return broken(c, "a frame of type 0x%02x in a GENERATE's answer", h.type);
+		if (kvp_token_chunk_decode(payload, h.len, &chunk) < 0)
+			return broken(c, "a GENERATE token frame that does not decode");
+		if (chunk.n > p->max_new - streamed)
+			return broken(c, "%u tokens after %u, over max_new %u", chunk.n, streamed,
+				      p->max_new);
 		ids = host_ids(chunk.ids, chunk.n);
 		/* A stop id ends the generation: it can only be the last token. */
-		for (uint32_t i = 0; i < chunk.n && p->n_stop; i++) {
+		for (uint32_t i = 0; i < chunk.n; i++) {
 			if (stopped)
-				return fail(c, KVP_EPROTO);
-			stopped = is_stop(p, ids[i]);
+				return broken(c, "token %u after a stop id", ids[i]);
+			stopped = p->n_stop && is_stop(p, ids[i]);
 		}
 		streamed += chunk.n;
 		if (cb && chunk.n)
@@ -871,9 +1118,10 @@ KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, si
 		if (c->timeout_ms)
 			deadline = now_ms() + c->timeout_ms;
 	}
-	if (kvp_generate_done_decode(c->buf + KVP_HDR_SIZE, h.len, &d) < 0 ||
-	    !done_consistent(&d, p, n, streamed, stopped))
-		return fail(c, KVP_EPROTO);
+	if (kvp_generate_done_decode(c->buf + KVP_HDR_SIZE, h.len, &d) < 0)
+		return broken(c, "a GENERATE_DONE that does not decode");
+	if ((rc = done_check(c, &d, p, n, streamed, stopped)) < 0)
+		return rc;
 	if (d.n_logits && (rc = keep_logits(c, d.logits, d.n_logits)) < 0)
 		return rc;
 	if (usage) {

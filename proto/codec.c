@@ -18,10 +18,7 @@
 #include "kvp_le.h"
 
 #include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define KVP_HOST_LE 1
@@ -31,6 +28,7 @@
 
 #define HELLO_FIXED 12u          /* version, flags, adapter_len, salt_len */
 #define HELLO_REPLY_FIXED 26u    /* six u32 and name_len */
+#define HELLO_REPLY_SIZES 8u     /* version >= 3: vocab_size, ctx_tokens after the name */
 #define TOKENS_REQ_FIXED 8u      /* flags, n_tokens */
 #define BLOCKS_REPLY_FIXED 24u   /* matched, prompt, new_blocks, lease, n_blocks */
 #define ERROR_FIXED 6u           /* code, msg_len */
@@ -262,17 +260,26 @@ int kvp_hello_decode(const uint8_t *p, size_t n, struct kvp_hello *m)
 
 /* ---- HELLO reply ------------------------------------------------------------------- */
 
+/* A reply of this version ends with vocab_size and ctx_tokens. */
+static bool hello_reply_has_sizes(uint32_t version)
+{
+	return version >= KVP_PROTO_VERSION_SIZES;
+}
+
 size_t kvp_hello_reply_size(const struct kvp_hello_reply *m)
 {
-	return HELLO_REPLY_FIXED + (size_t)m->name_len;
+	return HELLO_REPLY_FIXED + (size_t)m->name_len +
+	       (hello_reply_has_sizes(m->version) ? HELLO_REPLY_SIZES : 0);
 }
 
 size_t kvp_hello_reply_encode(uint8_t *out, size_t cap, const struct kvp_hello_reply *m)
 {
 	size_t need = kvp_hello_reply_size(m);
+	uint8_t *p;
 
 	if (m->name_len > KVP_NAME_MAX || cap < need)
 		return 0;
+	p = out + HELLO_REPLY_FIXED + m->name_len;
 	kvp_le_put_u32(out, m->version);
 	kvp_le_put_u32(out + 4, m->block_tokens);
 	kvp_le_put_u32(out + 8, m->capacity_blocks);
@@ -282,6 +289,10 @@ size_t kvp_hello_reply_encode(uint8_t *out, size_t cap, const struct kvp_hello_r
 	kvp_le_put_u16(out + 24, m->name_len);
 	if (m->name_len)
 		memcpy(out + HELLO_REPLY_FIXED, m->name, m->name_len);
+	if (hello_reply_has_sizes(m->version)) {
+		kvp_le_put_u32(p, m->vocab_size);
+		kvp_le_put_u32(p + 4, m->ctx_tokens);
+	}
 	return need;
 }
 
@@ -290,10 +301,16 @@ int kvp_hello_reply_decode(const uint8_t *p, size_t n, struct kvp_hello_reply *m
 	struct rd r = { p, n };
 	const uint8_t *name;
 
+	m->vocab_size = m->ctx_tokens = 0;
 	if (!rd_u32(&r, &m->version) || !rd_u32(&r, &m->block_tokens) ||
 	    !rd_u32(&r, &m->capacity_blocks) || !rd_u32(&r, &m->max_tokens) ||
 	    !rd_u32(&r, &m->flags) || !rd_u32(&r, &m->tenant) ||
-	    !rd_u16(&r, &m->name_len) || !rd_bytes(&r, m->name_len, &name) || r.left != 0)
+	    !rd_u16(&r, &m->name_len) || !rd_bytes(&r, m->name_len, &name))
+		return KVP_EPROTO;
+	if (hello_reply_has_sizes(m->version) &&
+	    (!rd_u32(&r, &m->vocab_size) || !rd_u32(&r, &m->ctx_tokens)))
+		return KVP_EPROTO;
+	if (r.left != 0)
 		return KVP_EPROTO;
 	m->name = (const char *)name;
 	if (m->flags & ~HELLO_REPLY_FLAGS_KNOWN)
@@ -721,26 +738,6 @@ int kvp_admin_reply_decode(const uint8_t *p, size_t n, struct kvp_admin_reply *m
 		return KVP_EPROTO;
 	m->text = (const char *)text;
 	if (m->text_len > KVP_ADMIN_REPLY_TEXT_MAX)
-		return KVP_ETOOBIG;
-	return 0;
-}
-
-/* ---- default socket path ------------------------------------------------------------------- */
-
-int kvp_default_socket_path(char *buf, size_t cap)
-{
-	const char *xdg = getenv("XDG_RUNTIME_DIR");
-	uid_t uid = geteuid();
-	int len;
-
-	/* The XDG base directory spec says relative paths are invalid: ignore them. */
-	if (xdg && xdg[0] == '/')
-		len = snprintf(buf, cap, "%s/kvprefix/kvprefixd.sock", xdg);
-	else if (uid == 0)
-		len = snprintf(buf, cap, "/run/kvprefix/kvprefixd.sock");
-	else
-		len = snprintf(buf, cap, "/tmp/kvprefix-%lu/kvprefixd.sock", (unsigned long)uid);
-	if (len < 0 || (size_t)len >= cap)
 		return KVP_ETOOBIG;
 	return 0;
 }

@@ -7,15 +7,17 @@
  *
  *   off size field
  *    0   4   magic    0x3150564B  (the bytes "KVP1")
- *    4   1   version  1 or 2 (KVP_PROTO_VERSION .. KVP_PROTO_VERSION_MAX)
+ *    4   1   version  1 to 3 (KVP_PROTO_VERSION .. KVP_PROTO_VERSION_MAX)
  *    5   1   type     enum kvp_frame_type
  *    6   2   flags    0 (reserved; non-zero is malformed)
  *    8   4   req_id   chosen by the client, echoed in the reply
  *   12   4   len      payload bytes that follow
  *
  * Version 2 is version 1 plus one request, ADMIN: every other type has the same payload
- * in both, and KVP_T_ADMIN / its reply exist only in a version-2 header (in a version-1
- * header they are unknown types). A reply carries the version of its request's header.
+ * in all, and KVP_T_ADMIN / its reply exist only in a header of version 2 or above (in
+ * a version-1 header they are unknown types). Version 3 is version 2 plus two fields at
+ * the end of a HELLO reply whose version field says 3. A reply carries the version of
+ * its request's header.
  *
  * A reply has the request's type | 0x80, or KVP_T_ERROR; GENERATE is answered by zero
  * or more KVP_T_GENERATE | KVP_T_REPLY token frames, then KVP_T_GENERATE_DONE (a
@@ -32,6 +34,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvp_sockpath.h"   /* kvp_default_socket_path: daemon and client agree */
 #include "kvp_status.h"
 
 #include "kvp_wire.h"
@@ -49,7 +52,8 @@ struct kvp_frame_hdr {
  * is a request, valid only in a version-2 header (kvp_frame_type_valid). */
 bool kvp_frame_is_request(uint8_t type);
 /* True when type, request or reply, exists in a header of this version: every known
- * type in version 2; all but KVP_T_ADMIN and its reply in version 1; none in others. */
+ * type in versions 2 and 3; all but KVP_T_ADMIN and its reply in version 1; none in
+ * others. */
 bool kvp_frame_type_valid(uint8_t version, uint8_t type);
 
 /* Write the header h as is: h->version is sent verbatim, so a reply is encoded with
@@ -79,7 +83,10 @@ size_t kvp_hello_encode(uint8_t *out, size_t cap, const struct kvp_hello *m);
 int kvp_hello_decode(const uint8_t *p, size_t n, struct kvp_hello *m);
 
 /* HELLO reply: u32 version, u32 block_tokens, u32 capacity_blocks, u32 max_tokens,
- * u32 flags, u32 tenant, u16 name_len, name. */
+ * u32 flags, u32 tenant, u16 name_len, name; then, when version >= 3
+ * (KVP_PROTO_VERSION_SIZES), u32 vocab_size and u32 ctx_tokens. The layout follows the
+ * reply's own version field, the version negotiated: a reply of version 1 or 2 is
+ * byte for byte what it was before version 3. */
 struct kvp_hello_reply {
 	uint32_t version;
 	uint32_t block_tokens;
@@ -89,6 +96,8 @@ struct kvp_hello_reply {
 	uint32_t tenant;
 	const char *name;      /* index or model name, name_len bytes */
 	uint16_t name_len;
+	uint32_t vocab_size;   /* version >= 3: the model's vocabulary; 0 index-only */
+	uint32_t ctx_tokens;   /* version >= 3: the model's context length; 0 index-only */
 };
 size_t kvp_hello_reply_size(const struct kvp_hello_reply *m);
 size_t kvp_hello_reply_encode(uint8_t *out, size_t cap, const struct kvp_hello_reply *m);
@@ -309,14 +318,5 @@ void kvp_store_u32s(uint8_t *dst, const uint32_t *src, size_t n);
 /* The same for f32: IEEE-754 bits, little-endian, copied exactly (NaN payloads too). */
 void kvp_load_f32s(float *dst, const uint8_t *src, size_t n);
 void kvp_store_f32s(uint8_t *dst, const float *src, size_t n);
-
-/*
- * The default socket path, written to buf: $XDG_RUNTIME_DIR/kvprefix/kvprefixd.sock
- * when XDG_RUNTIME_DIR is set, else /run/kvprefix/kvprefixd.sock for root, else
- * /tmp/kvprefix-<uid>/kvprefixd.sock. Returns KVP_ETOOBIG if it does not fit.
- * XDG_RUNTIME_DIR counts only when absolute (an empty or relative value is ignored);
- * uid is the effective uid. Creates nothing.
- */
-int kvp_default_socket_path(char *buf, size_t cap);
 
 #endif

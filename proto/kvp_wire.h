@@ -1,6 +1,7 @@
 /*
  * kvp_wire.h - the constants of kvprefixd's wire protocol, in one place: the frame
- * header's magic and versions, the frame types, the flag bits and limits of each
+ * header's magic and versions (1; 2 adds ADMIN; 3 adds the model's sizes to the HELLO
+ * reply), the frame types, the flag bits and limits of each
  * request, the finish codes of a generation and the ADMIN ops.
  *
  * Installed beside kvprefix.h (the client library includes it) and used by the frame
@@ -17,8 +18,9 @@
 
 #define KVP_PROTO_MAGIC 0x3150564Bu  /* the bytes "KVP1" read as a little-endian u32 */
 #define KVP_PROTO_VERSION 1u         /* the version of ordinary frames */
-#define KVP_PROTO_VERSION_MAX 2u     /* the highest version spoken */
+#define KVP_PROTO_VERSION_MAX 3u     /* the highest version spoken */
 #define KVP_PROTO_VERSION_ADMIN 2u   /* the first version with KVP_T_ADMIN */
+#define KVP_PROTO_VERSION_SIZES 3u   /* the first whose HELLO reply has vocab and context */
 #define KVP_HDR_SIZE 16u             /* bytes of a frame header */
 
 enum kvp_frame_type {
@@ -29,7 +31,7 @@ enum kvp_frame_type {
 	KVP_T_STATS = 0x05,
 	KVP_T_PING = 0x06,
 	KVP_T_GENERATE = 0x07,
-	KVP_T_ADMIN = 0x09,           /* version 2 only, like its reply KVP_T_ADMIN | KVP_T_REPLY */
+	KVP_T_ADMIN = 0x09,           /* version 2 and up, like its reply KVP_T_ADMIN | KVP_T_REPLY */
 	KVP_T_REPLY = 0x80,           /* or-ed into a request type */
 	KVP_T_GENERATE_DONE = 0x88,   /* reply only: the last frame of a GENERATE */
 	KVP_T_ERROR = 0xFF,
@@ -60,7 +62,7 @@ enum kvp_frame_type {
 #define KVP_FINISH_STOP 1u          /* the last token generated is one of the stop ids */
 #define KVP_FINISH_CONTEXT 2u       /* the model's context is full */
 
-/* ---- ADMIN (version 2) -------------------------------------------------------------------- */
+/* ---- ADMIN (version 2 and up) ----------------------------------------------------------- */
 
 #define KVP_ADMIN_CLEAR 1u          /* evict every unpinned cached block of a namespace */
 #define KVP_ADMIN_EVICT 2u          /* evict the unpinned blocks at and below a cached prefix */

@@ -5,7 +5,8 @@
  * request and wait for its reply (kvp_client_generate: for its last frame). A client
  * is not thread-safe: use one per thread.
  * Every call returns 0 or a negative enum kvp_status (kvp_strerror() names it); when
- * the daemon answered with an ERROR frame, kvp_client_error() gives its message.
+ * the daemon answered with an ERROR frame, kvp_client_error() gives its message. A
+ * connection is opened only to a daemon run by a user it trusts (kvp_client_open).
  * KVP_ECLOSED / KVP_EIO / KVP_EPROTO leave the client unusable: close it. So does
  * KVP_ENOMEM when it comes from growing the reply buffer (replies over 256 MiB are
  * refused with KVP_EPROTO).
@@ -32,13 +33,18 @@ extern "C" {
 struct kvp_client;
 
 struct kvp_server_info {
-	uint32_t version;          /* protocol version the daemon speaks to this client: 1 or 2 */
+	uint32_t version;          /* protocol version the daemon speaks to this client: 1 to 3 */
 	uint32_t block_tokens;
 	uint32_t capacity_blocks;
 	uint32_t max_tokens;       /* tokens per request the daemon accepts */
 	uint32_t index_only;       /* 1 when the daemon runs without an engine */
 	uint32_t tenant;           /* the tenant the daemon assigned this connection */
 	char name[256];            /* index or model name */
+	/* What bounds a GENERATE: token ids below vocab_size, prompt + generated tokens at
+	 * most ctx_tokens. 0 in index-only mode, and from a daemon that speaks only
+	 * version 1 or 2 (version < 3: unknown). */
+	uint32_t vocab_size;
+	uint32_t ctx_tokens;
 };
 
 /* Result of lookup / insert. block_ids points into the client and stays valid until
@@ -86,25 +92,55 @@ struct kvp_usage {
  * valid only during the call. The callback must not call into the same client. */
 typedef void (*kvp_token_cb)(void *arg, const uint32_t *tokens, uint32_t n);
 
-/* The default socket path (see kvprefixd --help). KVP_ETOOBIG if cap is too small. */
+/* The default socket path (see kvprefixd --help): $XDG_RUNTIME_DIR/kvprefix/kvprefixd.sock
+ * when XDG_RUNTIME_DIR is set, else /run/kvprefix/kvprefixd.sock for root, else
+ * /tmp/kvprefix-<uid>/kvprefixd.sock. KVP_ETOOBIG if cap is too small. */
 KVP_API int kvp_client_default_socket(char *buf, size_t cap);
 
-/* Connect to path (NULL: the default). KVP_ENOMEM, KVP_EIO (errno kept), KVP_ETOOBIG
- * for a path longer than a sockaddr_un holds. */
+/*
+ * Whom a client talks to. Right after connecting, the library asks the kernel who
+ * serves the socket (SO_PEERCRED: the process that listens on it) and goes on only when
+ * it is root, this process's effective uid, the system user "kvprefix" (the packaged
+ * service's, when it exists), the uid in the environment variable KVP_SERVER_UID, or
+ * the uid given to kvp_client_set_server_uid(). Anyone else could be an impostor
+ * waiting for prompts (another user can create /tmp/kvprefix-<uid> first): the
+ * connection is closed before a byte is sent, with KVP_EPERM. A KVP_SERVER_UID that is
+ * not a decimal uid is KVP_EINVAL. With the default path (path NULL) in /tmp, the
+ * directory /tmp/kvprefix-<uid> must belong to this user or root and be writable by no
+ * one else, or the call fails with KVP_EPERM before connecting.
+ */
+
+/* Connect to path (NULL: the default) in one call: kvp_client_new() then
+ * kvp_client_open(). KVP_ENOMEM, KVP_EIO (errno kept), KVP_ETOOBIG for a path longer
+ * than a sockaddr_un holds, KVP_EPERM / KVP_EINVAL as above (use kvp_client_new and
+ * kvp_client_open to read the reason with kvp_client_error). */
 KVP_API int kvp_client_connect(const char *path, struct kvp_client **out);
+/* A client not yet connected, to set options on before kvp_client_open(). KVP_ENOMEM.
+ * Every request call on it fails with KVP_ECLOSED until it is open. */
+KVP_API int kvp_client_new(struct kvp_client **out);
+/* Also trust a daemon that runs as uid (besides root, this user, the kvprefix user and
+ * KVP_SERVER_UID); call before kvp_client_open. KVP_EINVAL for uid 4294967295. */
+KVP_API int kvp_client_set_server_uid(struct kvp_client *c, uint32_t uid);
+/* Connect c to path (NULL: the default) and check who serves it. Errors as for
+ * kvp_client_connect; on failure kvp_client_error() says why (for KVP_EPERM, the uid
+ * found and how to trust it, or what is wrong with the directory) and c can be opened
+ * again or closed. KVP_EINVAL when c is already open. */
+KVP_API int kvp_client_open(struct kvp_client *c, const char *path);
 /* Close the connection; the daemon releases every lease it held. NULL is fine. */
 KVP_API void kvp_client_close(struct kvp_client *c);
 
 /* Set a deadline for each reply (0: wait forever, the default). A call past it returns
  * KVP_ETIMEDOUT and the client stays usable: the late reply is read and dropped by a
  * later call. The same ms bounds each stalled write (SO_SNDTIMEO); a request cut off
- * part-way cannot be resumed, and later calls return KVP_EIO. */
+ * part-way cannot be resumed, and later calls return KVP_EIO. May be set before
+ * kvp_client_open. */
 KVP_API int kvp_client_set_timeout_ms(struct kvp_client *c, uint32_t ms);
 
 /* Optional first call: checks the protocol version, sets the adapter id and (where the
  * daemon allows it) a cache salt for this connection; info may be NULL. The library
- * offers version 2; a daemon that answers 1 is fine, but kvp_client_admin then fails
- * at once with KVP_EVERSION (nothing is sent). */
+ * offers version 3; a daemon that answers 1 or 2 is fine (info then lacks the model's
+ * sizes), but after a 1 kvp_client_admin fails at once with KVP_EVERSION (nothing is
+ * sent). */
 KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const char *salt,
 		     struct kvp_server_info *info);
 
@@ -161,8 +197,19 @@ KVP_API int kvp_client_admin(struct kvp_client *c, uint32_t op, uint32_t flags,
 			     uint32_t tenant, const uint32_t *tokens, size_t n_tokens,
 			     const char *text, uint32_t *blocks, char **reply_text);
 
-/* The last ERROR message from the daemon ("" if none). Valid until the next call. */
+/* The last ERROR message from the daemon; or, for a failure of the library's own, why
+ * (a refused server or socket directory, a reply that breaks the protocol: KVP_EPROTO).
+ * "" if none. Valid until the next call. */
 KVP_API const char *kvp_client_error(const struct kvp_client *c);
+
+/*
+ * Non-zero when the daemon refused the connection as a whole: instead of answering, it
+ * sent an ERROR with req_id 0 and closed (docs/protocol.md: its connection limit,
+ * KVP_EBUSY; a graceful stop in progress, KVP_ESHUTDOWN). The call that met it returned
+ * that ERROR's code and kvp_client_error() has its text; later calls return
+ * KVP_ECLOSED. Connect again later.
+ */
+KVP_API int kvp_client_refused(const struct kvp_client *c);
 
 #ifdef __cplusplus
 }

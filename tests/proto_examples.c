@@ -1,8 +1,8 @@
 /*
  * proto_examples.c - the hex examples of docs/protocol.md against the frame codec
  * (proto/kvp_proto.h): literal bytes here, the encoder, the decoder and the page itself
- * must all agree (all three sessions: the index-only one, the GENERATE one and the
- * version-2 ADMIN one).
+ * must all agree (all three sessions: the index-only one, the version-3 GENERATE one and
+ * the version-2 ADMIN one).
  *
  * One of the proto_*.c files of test_proto; proto_test_util.h has what they share.
  */
@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "doc_test_util.h"
 #include "kvp_proto.h"
 #include "proto_test_util.h"
 
@@ -56,18 +57,29 @@ static const uint8_t hex_error[] = {
 };
 
 /*
- * The GENERATE session (§9.1): an engine-mode daemon with 4-token blocks and a model of
- * 8 tokens. HELLO reply, GENERATE of 6 tokens with LOGITS and stop id 7, two token
- * frames (3; 6 7), GENERATE_DONE with 8 logits, and an EFULL ERROR for another one.
- * The logits, pt_gx_logits, are in proto_test_util.c.
+ * The GENERATE session (§9.1, version 3, replayed by doc_replay.c): an engine-mode
+ * daemon with 4-token blocks and kvprefix-mkmodel's model of 8 tokens. HELLO offering
+ * 3 and its reply with the model's sizes, GENERATE of 6 tokens with LOGITS and stop id
+ * 7 (req_id 1: each command has a connection of its own), the first and the last token
+ * frame (6; 7), GENERATE_DONE with the model's 8 logits, and an EINVAL ERROR for a
+ * prompt token outside the vocabulary.
  */
 static const uint32_t gx_prompt[6] = { 1, 4, 2, 6, 3, 5 };
 static const uint32_t gx_stop[1] = { 7 };
-static const uint32_t gx_tok1[1] = { 3 };
-static const uint32_t gx_tok2[2] = { 6, 7 };
+static const uint32_t gx_tok1[1] = { 6 };
+static const uint32_t gx_tok2[1] = { 7 };
+/* the logits as the model computes them, as f32 bit patterns */
+static const uint32_t gx_logit_bits[8] = { 0xbfca4aa3, 0xbf4a3612, 0xbeaa1326, 0x3f0f0652,
+					   0x3e194778, 0xbfb5d307, 0x4011005c, 0x3dc57600 };
+static const char gx_error[] = "token 9 at position 6: the vocabulary has 8";
+
+static void gx_logits(float out[8])
+{
+	memcpy(out, gx_logit_bits, sizeof(gx_logit_bits));
+}
 
 static const uint8_t hex_generate[] = {
-	0x4b, 0x56, 0x50, 0x31, 0x01, 0x07, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x4b, 0x56, 0x50, 0x31, 0x01, 0x07, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
 	0x40, 0x00, 0x00, 0x00,
 	0x01, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x33, 0x33, 0x33, 0x3f,
 	0x28, 0x00, 0x00, 0x00, 0x66, 0x66, 0x66, 0x3f,
@@ -77,22 +89,30 @@ static const uint8_t hex_generate[] = {
 	0x06, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00,
 };
 static const uint8_t hex_generate_done[] = {
-	0x4b, 0x56, 0x50, 0x31, 0x01, 0x88, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x4b, 0x56, 0x50, 0x31, 0x01, 0x88, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
 	0x54, 0x00, 0x00, 0x00,
 	0x06, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
-	0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-	0xe2, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-	0x4c, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-	0xfc, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x04, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0xf1, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0xd1, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0xe5, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
 	0x08, 0x00, 0x00, 0x00,
-	0x00, 0x00, 0xc0, 0xbf, 0x00, 0x00, 0x80, 0x3e, 0x00, 0x00, 0x00, 0x40,
-	0x00, 0x00, 0x60, 0x40, 0x00, 0x00, 0x40, 0xbf, 0x00, 0x00, 0x80, 0x3f,
-	0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x00, 0xc0,
+	0xa3, 0x4a, 0xca, 0xbf, 0x12, 0x36, 0x4a, 0xbf, 0x26, 0x13, 0xaa, 0xbe,
+	0x52, 0x06, 0x0f, 0x3f, 0x78, 0x47, 0x19, 0x3e, 0x07, 0xd3, 0xb5, 0xbf,
+	0x5c, 0x00, 0x11, 0x40, 0x00, 0x76, 0xc5, 0x3d,
 };
 static const uint8_t hex_generate_tokens_2[] = {
-	0x4b, 0x56, 0x50, 0x31, 0x01, 0x87, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
-	0x0c, 0x00, 0x00, 0x00,
-	0x02, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00,
+	0x4b, 0x56, 0x50, 0x31, 0x01, 0x87, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+	0x08, 0x00, 0x00, 0x00,
+	0x01, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00,
+};
+static const uint8_t hex_hello_reply_engine[] = {
+	0x4b, 0x56, 0x50, 0x31, 0x01, 0x81, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+	0x2c, 0x00, 0x00, 0x00,
+	0x03, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00,
+	0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xe8, 0x03, 0x00, 0x00,
+	0x0a, 0x00, 0x74, 0x69, 0x6e, 0x79, 0x2d, 0x6c, 0x6c, 0x61, 0x6d, 0x61,
+	0x08, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00,
 };
 
 /*
@@ -157,7 +177,7 @@ static void chk_hello(const uint8_t *p, size_t n)
 static size_t enc_hello_reply(uint8_t *out, size_t cap)
 {
 	struct kvp_hello_reply m = { 1, 4, 1024, 131072, KVP_HELLO_INDEX_ONLY, 1000,
-				     "demo-index", 10 };
+				     "demo-index", 10, 0, 0 };
 
 	return kvp_hello_reply_encode(out, cap, &m);
 }
@@ -326,9 +346,38 @@ static void chk_error(const uint8_t *p, size_t n)
 	cr_assert(memcmp(m.msg, "no such lease", 13) == 0);
 }
 
+/* A HELLO offering version, with no adapter and no salt (§9.1 and §9.2). */
+static size_t enc_hello_offer(uint8_t *out, size_t cap, uint32_t version)
+{
+	struct kvp_hello m = { version, 0, "", 0, "", 0 };
+
+	return kvp_hello_encode(out, cap, &m);
+}
+
+static void chk_hello_offer(const uint8_t *p, size_t n, uint32_t version)
+{
+	struct kvp_hello m;
+
+	cr_assert_eq(kvp_hello_decode(p, n, &m), 0);
+	cr_assert_eq(m.version, version, "the client offers version %u", version);
+	cr_assert_eq(m.flags, 0);
+	cr_assert_eq(m.adapter_len, 0);
+	cr_assert_eq(m.salt_len, 0);
+}
+
+static size_t enc_hello_v3(uint8_t *out, size_t cap)
+{
+	return enc_hello_offer(out, cap, 3);
+}
+
+static void chk_hello_v3(const uint8_t *p, size_t n)
+{
+	chk_hello_offer(p, n, 3);
+}
+
 static size_t enc_hello_reply_engine(uint8_t *out, size_t cap)
 {
-	struct kvp_hello_reply m = { 1, 4, 1024, 2048, 0, 1000, "tiny-llama", 10 };
+	struct kvp_hello_reply m = { 3, 4, 1024, 2048, 0, 1000, "tiny-llama", 10, 8, 64 };
 
 	return kvp_hello_reply_encode(out, cap, &m);
 }
@@ -338,7 +387,9 @@ static void chk_hello_reply_engine(const uint8_t *p, size_t n)
 	struct kvp_hello_reply m;
 
 	cr_assert_eq(kvp_hello_reply_decode(p, n, &m), 0);
-	cr_assert_eq(m.version, 1);
+	cr_assert_eq(m.version, 3);
+	cr_assert_eq(m.vocab_size, 8, "version 3: the vocabulary");
+	cr_assert_eq(m.ctx_tokens, 64, "version 3: the context");
 	cr_assert_eq(m.block_tokens, 4);
 	cr_assert_eq(m.capacity_blocks, 1024);
 	cr_assert_eq(m.max_tokens, 2048);
@@ -379,7 +430,7 @@ static void chk_generate(const uint8_t *p, size_t n)
 static void chk_chunk(const uint8_t *p, size_t n, const uint32_t *want, uint32_t count)
 {
 	struct kvp_token_chunk m;
-	uint32_t got[2];
+	uint32_t got[1];
 
 	cr_assert_eq(kvp_token_chunk_decode(p, n, &m), 0);
 	cr_assert_eq(m.n, count);
@@ -399,43 +450,46 @@ static void chk_generate_tokens(const uint8_t *p, size_t n)
 
 static size_t enc_generate_tokens_2(uint8_t *out, size_t cap)
 {
-	return kvp_token_chunk_encode(out, cap, gx_tok2, 2);
+	return kvp_token_chunk_encode(out, cap, gx_tok2, 1);
 }
 
 static void chk_generate_tokens_2(const uint8_t *p, size_t n)
 {
-	chk_chunk(p, n, gx_tok2, 2);
+	chk_chunk(p, n, gx_tok2, 1);
 }
 
 static size_t enc_generate_done(uint8_t *out, size_t cap)
 {
-	struct kvp_generate_done m = { 6, 4, 2, 3, KVP_FINISH_STOP, 1250, 1100, 2300, 8, NULL };
+	struct kvp_generate_done m = { 6, 4, 2, 4, KVP_FINISH_STOP, 241, 209, 485, 8, NULL };
+	float logits[8];
 
-	return kvp_generate_done_encode(out, cap, &m, pt_gx_logits);
+	gx_logits(logits);
+	return kvp_generate_done_encode(out, cap, &m, logits);
 }
 
 static void chk_generate_done(const uint8_t *p, size_t n)
 {
 	struct kvp_generate_done m;
-	float got[8];
+	float got[8], want[8];
 
 	cr_assert_eq(kvp_generate_done_decode(p, n, &m), 0);
 	cr_assert_eq(m.prompt_tokens, 6);
 	cr_assert_eq(m.cached_tokens, 4);
 	cr_assert_eq(m.computed_tokens, 2);
-	cr_assert_eq(m.generated_tokens, 3);
+	cr_assert_eq(m.generated_tokens, 4);
 	cr_assert_eq(m.finish, KVP_FINISH_STOP);
-	cr_assert_eq(m.ttft_us, 1250);
-	cr_assert_eq(m.prefill_us, 1100);
-	cr_assert_eq(m.decode_us, 2300);
+	cr_assert_eq(m.ttft_us, 241);
+	cr_assert_eq(m.prefill_us, 209);
+	cr_assert_eq(m.decode_us, 485);
 	cr_assert_eq(m.n_logits, 8);
 	kvp_load_f32s(got, m.logits, 8);
-	cr_assert(memcmp(got, pt_gx_logits, sizeof(got)) == 0);
+	gx_logits(want);
+	cr_assert(memcmp(got, want, sizeof(got)) == 0);
 }
 
 static size_t enc_generate_error(uint8_t *out, size_t cap)
 {
-	return kvp_error_encode(out, cap, KVP_EFULL, "pool full of pinned blocks");
+	return kvp_error_encode(out, cap, KVP_EINVAL, gx_error);
 }
 
 static void chk_generate_error(const uint8_t *p, size_t n)
@@ -443,33 +497,25 @@ static void chk_generate_error(const uint8_t *p, size_t n)
 	struct kvp_error m;
 
 	cr_assert_eq(kvp_error_decode(p, n, &m), 0);
-	cr_assert_eq(m.code, 5);
-	cr_assert_eq(m.msg_len, 26);
-	cr_assert(memcmp(m.msg, "pool full of pinned blocks", 26) == 0);
+	cr_assert_eq(m.code, 2);
+	cr_assert_eq(m.msg_len, strlen(gx_error));
+	cr_assert(memcmp(m.msg, gx_error, m.msg_len) == 0);
 }
 
 static size_t enc_hello_v2(uint8_t *out, size_t cap)
 {
-	struct kvp_hello m = { 2, 0, "", 0, "", 0 };
-
-	return kvp_hello_encode(out, cap, &m);
+	return enc_hello_offer(out, cap, 2);
 }
 
 static void chk_hello_v2(const uint8_t *p, size_t n)
 {
-	struct kvp_hello m;
-
-	cr_assert_eq(kvp_hello_decode(p, n, &m), 0);
-	cr_assert_eq(m.version, 2, "the client offers version 2");
-	cr_assert_eq(m.flags, 0);
-	cr_assert_eq(m.adapter_len, 0);
-	cr_assert_eq(m.salt_len, 0);
+	chk_hello_offer(p, n, 2);
 }
 
 static size_t enc_hello_reply_v2(uint8_t *out, size_t cap)
 {
 	struct kvp_hello_reply m = { 2, 4, 1024, 131072, KVP_HELLO_INDEX_ONLY, 0,
-				     "demo-index", 10 };
+				     "demo-index", 10, 0, 0 };
 
 	return kvp_hello_reply_encode(out, cap, &m);
 }
@@ -599,17 +645,18 @@ static const struct example examples[] = {
 	{ "ping", KVP_T_PING, 6, enc_ping, chk_ping, NULL, 0, 1 },
 	{ "pong", KVP_T_PING | KVP_T_REPLY, 6, enc_ping, chk_ping, NULL, 0, 1 },
 	{ "error", KVP_T_ERROR, 7, enc_error, chk_error, hex_error, sizeof(hex_error), 1 },
+	{ "hello_v3", KVP_T_HELLO, 1, enc_hello_v3, chk_hello_v3, NULL, 0, 1 },
 	{ "hello_reply_engine", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply_engine,
-	  chk_hello_reply_engine, NULL, 0, 1 },
-	{ "generate", KVP_T_GENERATE, 2, enc_generate, chk_generate, hex_generate,
+	  chk_hello_reply_engine, hex_hello_reply_engine, sizeof(hex_hello_reply_engine), 1 },
+	{ "generate", KVP_T_GENERATE, 1, enc_generate, chk_generate, hex_generate,
 	  sizeof(hex_generate), 1 },
-	{ "generate_tokens", KVP_T_GENERATE | KVP_T_REPLY, 2, enc_generate_tokens,
+	{ "generate_tokens", KVP_T_GENERATE | KVP_T_REPLY, 1, enc_generate_tokens,
 	  chk_generate_tokens, NULL, 0, 1 },
-	{ "generate_tokens_2", KVP_T_GENERATE | KVP_T_REPLY, 2, enc_generate_tokens_2,
+	{ "generate_tokens_2", KVP_T_GENERATE | KVP_T_REPLY, 1, enc_generate_tokens_2,
 	  chk_generate_tokens_2, hex_generate_tokens_2, sizeof(hex_generate_tokens_2), 1 },
-	{ "generate_done", KVP_T_GENERATE_DONE, 2, enc_generate_done, chk_generate_done,
+	{ "generate_done", KVP_T_GENERATE_DONE, 1, enc_generate_done, chk_generate_done,
 	  hex_generate_done, sizeof(hex_generate_done), 1 },
-	{ "generate_error", KVP_T_ERROR, 3, enc_generate_error, chk_generate_error, NULL, 0, 1 },
+	{ "generate_error", KVP_T_ERROR, 1, enc_generate_error, chk_generate_error, NULL, 0, 1 },
 	{ "hello_v2", KVP_T_HELLO, 1, enc_hello_v2, chk_hello_v2, NULL, 0, 1 },
 	{ "hello_reply_v2", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply_v2, chk_hello_reply_v2,
 	  NULL, 0, 1 },
@@ -668,77 +715,16 @@ Test(examples, literal_bytes_match_encoder_and_decoder)
 	cr_assert_geq(literals, 10);
 }
 
-/* The hex blocks of protocol.md: `<!-- example: NAME -->`, then a ```text fence of lines
- * `hex bytes  # comment`. */
-static size_t doc_example(const char *doc, const char *name, uint8_t *out, size_t cap)
-{
-	char marker[64];
-	const char *p, *end;
-	size_t n = 0;
-
-	snprintf(marker, sizeof(marker), "<!-- example: %s -->", name);
-	p = strstr(doc, marker);
-	cr_assert(p, "protocol.md has no example \"%s\"", name);
-	p = strstr(p, "```text\n");
-	cr_assert(p, "example \"%s\": no ```text block", name);
-	p += 8;
-	end = strstr(p, "```");
-	cr_assert(end);
-	while (p < end) {
-		const char *eol = memchr(p, '\n', (size_t)(end - p));
-		const char *hash;
-
-		if (!eol)
-			eol = end;
-		hash = memchr(p, '#', (size_t)(eol - p));
-		if (!hash)
-			hash = eol;
-		for (const char *q = p; q < hash;) {
-			unsigned v;
-
-			if (*q == ' ') {
-				q++;
-				continue;
-			}
-			cr_assert(hash - q >= 2 && sscanf(q, "%2x", &v) == 1,
-				  "example \"%s\": bad hex near \"%.10s\"", name, q);
-			cr_assert(n < cap);
-			out[n++] = (uint8_t)v;
-			q += 2;
-		}
-		p = eol + 1;
-	}
-	return n;
-}
-
-static char *read_doc(void)
-{
-	FILE *f = fopen(KVP_DOCS_DIR "/protocol.md", "rb");
-	char *s;
-	long len;
-
-	cr_assert(f, "cannot open %s", KVP_DOCS_DIR "/protocol.md");
-	fseek(f, 0, SEEK_END);
-	len = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	s = malloc((size_t)len + 1);
-	cr_assert(s);
-	cr_assert_eq(fread(s, 1, (size_t)len, f), (size_t)len);
-	s[len] = '\0';
-	fclose(f);
-	return s;
-}
-
 Test(examples, protocol_md_matches_encoder)
 {
-	char *doc = read_doc();
+	char *doc = dt_read_doc("protocol.md");
 	size_t in_doc = 0;
 
 	for (size_t i = 0; i < N_EXAMPLES; i++) {
 		const struct example *ex = &examples[i];
 		uint8_t want[512], got[512];
 		size_t wn = example_frame(ex, want, sizeof(want));
-		size_t gn = doc_example(doc, ex->name, got, sizeof(got));
+		size_t gn = dt_example(doc, ex->name, got, sizeof(got));
 
 		pt_assert_bytes(got, gn, want, wn, ex->name);
 		example_decode(ex, got, gn);

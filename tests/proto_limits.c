@@ -50,8 +50,9 @@ Test(truncate, every_message_at_every_length)
 	size_t n;
 	struct kvp_hello he = { 1, 0, "adapter-x", 9, "salt", 4 };
 	struct kvp_hello he0 = { 1, 0, "", 0, "", 0 };
-	struct kvp_hello_reply hr = { 1, 16, 100, 2048, 1, 5, "model", 5 };
-	struct kvp_hello_reply hr0 = { 1, 16, 100, 2048, 0, 5, "", 0 };
+	struct kvp_hello_reply hr = { 1, 16, 100, 2048, 1, 5, "model", 5, 0, 0 };
+	struct kvp_hello_reply hr0 = { 1, 16, 100, 2048, 0, 5, "", 0, 0, 0 };
+	struct kvp_hello_reply hr3 = { 3, 16, 100, 2048, 0, 5, "model", 5, 32000, 4096 };
 	uint32_t ids[5] = { 1, 2, 3, 4, 5 };
 	struct kvp_blocks_reply br = { 80, 83, 1, 42, 5, NULL };
 	struct kvp_blocks_reply br0 = { 0, 3, 0, 0, 0, NULL };
@@ -64,6 +65,8 @@ Test(truncate, every_message_at_every_length)
 	check_exact_length("HELLO reply", pt_dec_hello_reply, buf, n);
 	n = kvp_hello_reply_encode(buf, sizeof(buf), &hr0);
 	check_exact_length("HELLO reply (empty name)", pt_dec_hello_reply, buf, n);
+	n = kvp_hello_reply_encode(buf, sizeof(buf), &hr3);
+	check_exact_length("HELLO reply (version 3)", pt_dec_hello_reply, buf, n);
 	n = kvp_tokens_req_encode(buf, sizeof(buf), KVP_F_PIN, pt_ex_tokens, 10);
 	check_exact_length("LOOKUP/INSERT", pt_dec_tokens, buf, n);
 	n = kvp_tokens_req_encode(buf, sizeof(buf), 0, NULL, 0);
@@ -127,7 +130,7 @@ Test(limits, names_over_255)
 	static char big[KVP_NAME_MAX + 1];
 	struct kvp_hello a = { 1, 0, big, KVP_NAME_MAX + 1, "", 0 };
 	struct kvp_hello s = { 1, 0, "", 0, big, KVP_NAME_MAX + 1 };
-	struct kvp_hello_reply r = { 1, 16, 1, 1, 0, 0, big, KVP_NAME_MAX + 1 };
+	struct kvp_hello_reply r = { 1, 16, 1, 1, 0, 0, big, KVP_NAME_MAX + 1, 0, 0 };
 	uint8_t buf[1024];
 
 	memset(big, 'z', sizeof(big));
@@ -319,7 +322,7 @@ Test(limits, unknown_flags)
 	free(b);
 
 	/* HELLO reply: only INDEX_ONLY */
-	struct kvp_hello_reply hr = { 1, 16, 1, 1, 0, 0, "", 0 };
+	struct kvp_hello_reply hr = { 1, 16, 1, 1, 0, 0, "", 0, 0, 0 };
 
 	n = kvp_hello_reply_encode(buf, sizeof(buf), &hr);
 	pt_put32(buf + 16, KVP_HELLO_INDEX_ONLY | 2);

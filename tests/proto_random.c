@@ -63,7 +63,8 @@ static void random_roundtrip_index(unsigned k)
 	case 1: {
 		struct kvp_hello_reply in = { random_u32(), random_u32(), random_u32(), random_u32(),
 					      (uint32_t)pt_rnd_below(2), random_u32(), s1,
-					      (uint16_t)pt_rnd_below(KVP_NAME_MAX + 1) }, out;
+					      (uint16_t)pt_rnd_below(KVP_NAME_MAX + 1), random_u32(),
+					      random_u32() }, out;
 
 		random_string(s1, in.name_len);
 		sz = kvp_hello_reply_size(&in);
@@ -74,6 +75,9 @@ static void random_roundtrip_index(unsigned k)
 			  out.capacity_blocks == in.capacity_blocks &&
 			  out.max_tokens == in.max_tokens && out.flags == in.flags &&
 			  out.tenant == in.tenant && out.name_len == in.name_len);
+		/* the model's sizes travel from version 3 on */
+		cr_assert(in.version < 3 ? out.vocab_size == 0 && out.ctx_tokens == 0
+			  : out.vocab_size == in.vocab_size && out.ctx_tokens == in.ctx_tokens);
 		cr_assert(memcmp(out.name, s1, in.name_len) == 0);
 		break;
 	}
@@ -419,7 +423,7 @@ Test(random, mutated_payloads_never_overread)
 	struct kvp_generate_req gr = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 2, NULL, 6, NULL };
 	struct kvp_generate_done gd = { 6, 4, 2, 3, KVP_FINISH_STOP, 1250, 1100, 2300, 8, NULL };
 	struct kvp_hello he = { 1, 0, "lora", 4, "s", 1 };
-	struct kvp_hello_reply hr = { 1, 16, 64, 4096, 1, 1000, "idx", 3 };
+	struct kvp_hello_reply hr = { 1, 16, 64, 4096, 1, 1000, "idx", 3, 0, 0 };
 	uint32_t ids[3] = { 9, 8, 7 };
 	struct kvp_blocks_reply br = { 48, 50, 3, 7, 3, NULL };
 

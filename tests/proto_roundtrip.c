@@ -53,9 +53,13 @@ Test(roundtrip, hello_reply)
 {
 	static char big[KVP_NAME_MAX];
 	struct kvp_hello_reply cases[] = {
-		{ 1, 16, 65536, 131072, 0, 0, "", 0 },
-		{ 1, 1, 1, 1, KVP_HELLO_INDEX_ONLY, 4294967295u, "m", 1 },
-		{ 7, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0, 12345, big, KVP_NAME_MAX },
+		{ 1, 16, 65536, 131072, 0, 0, "", 0, 0, 0 },
+		{ 1, 1, 1, 1, KVP_HELLO_INDEX_ONLY, 4294967295u, "m", 1, 0, 0 },
+		{ 2, 16, 4096, 2048, 0, 1000, "m", 1, 0, 0 },
+		{ 3, 16, 4096, 2048, 0, 1000, "llama", 5, 32000, 4096 },
+		{ 3, 16, 4096, 2048, KVP_HELLO_INDEX_ONLY, 0, "", 0, 0, 0 },
+		{ 7, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0, 12345, big, KVP_NAME_MAX,
+		  0xFFFFFFFFu, 0xFFFFFFFFu },
 	};
 
 	memset(big, 'n', sizeof(big));
@@ -65,7 +69,8 @@ Test(roundtrip, hello_reply)
 		uint8_t *b = malloc(sz);
 		struct kvp_hello_reply out;
 
-		cr_assert_eq(sz, 26u + in->name_len);
+		/* from version 3 on, vocab_size and ctx_tokens follow the name */
+		cr_assert_eq(sz, 26u + in->name_len + (in->version >= 3 ? 8u : 0u));
 		cr_assert_eq(kvp_hello_reply_encode(b, sz - 1, in), 0);
 		cr_assert_eq(kvp_hello_reply_encode(b, sz, in), sz);
 		cr_assert_eq(kvp_hello_reply_decode(b, sz, &out), 0);
@@ -77,6 +82,8 @@ Test(roundtrip, hello_reply)
 		cr_assert_eq(out.tenant, in->tenant);
 		cr_assert_eq(out.name_len, in->name_len);
 		cr_assert(memcmp(out.name, in->name, in->name_len) == 0);
+		cr_assert_eq(out.vocab_size, in->vocab_size);
+		cr_assert_eq(out.ctx_tokens, in->ctx_tokens);
 		free(b);
 	}
 }

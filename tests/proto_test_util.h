@@ -34,8 +34,8 @@ uint32_t pt_rnd_below(uint32_t n);
 size_t pt_frame(uint8_t *out, uint8_t version, uint8_t type, uint32_t req_id,
 		const uint8_t *payload, size_t n);
 
-/* The 10 tokens of the index-only session of docs/protocol.md (§9), and the 8 logits
- * of its GENERATE session (§9.1). */
+/* The 10 tokens of the index-only session of docs/protocol.md (§9), and 8 logits whose
+ * f32 values are short and exact, for GENERATE_DONE payloads. */
 extern const uint32_t pt_ex_tokens[10];
 extern const float pt_gx_logits[8];
 

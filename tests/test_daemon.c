@@ -201,6 +201,54 @@ Test(daemon, hello_lookup_insert_release)
 	kvp_client_close(c);
 }
 
+/* The HELLO reply to an offer of `offer`, in a version-1 header with no adapter or salt;
+ * its payload into buf, its length returned. */
+static uint32_t raw_hello(uint32_t offer, uint8_t *buf, size_t cap)
+{
+	uint8_t f[KVP_HDR_SIZE + 12] = { 0 };
+	struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_HELLO, .req_id = 5, .len = 12 };
+	int fd = raw_connect();
+
+	kvp_hdr_encode(f, &h);
+	f[KVP_HDR_SIZE] = (uint8_t)offer;
+	raw_send(fd, f, sizeof(f));
+	h = raw_recv(fd, buf, cap);
+	close(fd);
+	cr_assert_eq(h.type, KVP_T_HELLO | KVP_T_REPLY);
+	cr_assert_eq(h.version, 1, "the reply keeps its request's header version");
+	cr_assert_eq(h.req_id, 5);
+	return h.len;
+}
+
+/* Offers of 1 and 2 get exactly the reply they always got; 3 adds the model's sizes,
+ * 0 and 0 without a model. */
+Test(daemon, hello_reply_of_versions_1_and_2_unchanged_version_3_adds_sizes)
+{
+	static const char name[] = "kvprefix";   /* the default index name */
+	const uint32_t n = sizeof(name) - 1;
+	uint8_t want[64], got[128];
+	uint32_t len;
+
+	for (uint32_t offer = 1; offer <= 4; offer++) {
+		uint32_t v = offer < 3 ? offer : 3;
+
+		/* written out field by field, as protocol.md's table has it */
+		memset(want, 0, sizeof(want));
+		want[0] = (uint8_t)v;
+		want[4] = B;
+		want[8] = 0x00, want[9] = 0x10;        /* capacity_blocks 4096 */
+		want[14] = 0x01;                       /* max_tokens 65536 */
+		want[16] = KVP_HELLO_INDEX_ONLY;
+		for (int i = 0; i < 4; i++)
+			want[20 + i] = (uint8_t)(getuid() >> (8 * i));
+		want[24] = (uint8_t)n;
+		memcpy(want + 26, name, n);            /* then vocab_size 0, ctx_tokens 0 */
+		len = raw_hello(offer, got, sizeof(got));
+		cr_assert_eq(len, 26 + n + (v >= 3 ? 8 : 0), "offer %u: %u bytes", offer, len);
+		cr_assert_arr_eq(got, want, len, "offer %u: the reply differs", offer);
+	}
+}
+
 Test(daemon, adapters_do_not_share_blocks)
 {
 	struct kvp_client *a = conn(), *b = conn();

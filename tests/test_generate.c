@@ -26,28 +26,9 @@
 
 static struct kvp_daemon d;
 
-/* A model file shared by the tests of one run (mkmodel writes atomically). */
-static const char *model(const char *tag, const char *args)
-{
-	static char path[256];
-	char cmd[768], out[1024];
-	struct stat st;
-
-	/* keyed by the generator's build, so a changed generator never leaves stale files */
-	cr_assert_eq(stat(KVP_MKMODEL_PATH, &st), 0);
-	mkdir(KVP_TEST_MODEL_DIR, 0755);
-	snprintf(path, sizeof(path), "%s/%s-%lld.gguf", KVP_TEST_MODEL_DIR, tag,
-		 (long long)st.st_mtime);
-	if (stat(path, &st) == 0)
-		return path;
-	snprintf(cmd, sizeof(cmd), "%s --out %s %s --quiet 2>&1", KVP_MKMODEL_PATH, path, args);
-	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0, "mkmodel failed: %s", out);
-	return path;
-}
-
 static const char *small_model(void)
 {
-	return model("small", "--vocab 1024 --dim 128 --layers 2 --heads 4 --kv-heads 2 "
+	return kvp_test_model("small", "--vocab 1024 --dim 128 --layers 2 --heads 4 --kv-heads 2 "
 			      "--ffn 256 --ctx 2048 --dtype f32 --seed 7 --weight-std 0.08");
 }
 
@@ -155,6 +136,32 @@ static float max_abs_diff(const float *a, const float *b, size_t n)
 }
 
 TestSuite(generate, .init = start_small, .fini = stop, .timeout = 120);
+
+/* HELLO (version 3) tells a client the vocabulary and context it must size requests by;
+ * kvprefix ping shows them. */
+Test(generate, hello_gives_vocabulary_and_context)
+{
+	struct kvp_client *c = conn();
+	struct kvp_server_info info;
+	char cmd[512], out[2048];
+	int rc;
+
+	memset(&info, 0xAA, sizeof(info));
+	cr_assert_eq(kvp_client_hello(c, NULL, NULL, &info), 0);
+	cr_assert_eq(info.version, 3);
+	cr_assert_eq(info.index_only, 0);
+	cr_assert_eq(info.vocab_size, VOCAB);
+	cr_assert_eq(info.ctx_tokens, 2048);
+	kvp_client_close(c);
+	snprintf(cmd, sizeof(cmd), "'%s' ping --json --socket '%s'", KVP_CLI_PATH, d.socket);
+	rc = kvp_run_capture(cmd, out, sizeof(out));
+	cr_assert_eq(rc, 0, "%s", out);
+	cr_assert(strstr(out, "\"vocab_size\":1024,\"ctx_tokens\":2048"), "%s", out);
+	snprintf(cmd, sizeof(cmd), "'%s' ping --socket '%s'", KVP_CLI_PATH, d.socket);
+	rc = kvp_run_capture(cmd, out, sizeof(out));
+	cr_assert_eq(rc, 0, "%s", out);
+	cr_assert(strstr(out, "model: vocabulary 1024 tokens, context 2048 tokens"), "%s", out);
+}
 
 Test(generate, usage_adds_up)
 {
@@ -458,7 +465,7 @@ Test(engine_limits, lookups_answered_during_a_long_prefill, .fini = stop, .timeo
 	pthread_t th;
 	struct kvp_client *c;
 	struct kvp_match m;
-	const char *mp = model("medium", "--vocab 1024 --dim 256 --layers 6 --heads 8 "
+	const char *mp = kvp_test_model("medium", "--vocab 1024 --dim 256 --layers 6 --heads 8 "
 				"--kv-heads 4 --ffn 1024 --ctx 4096 --dtype f32 --seed 3");
 	const char *args[] = { "--model", mp, "--kv-dtype", "f32", "--threads", "2", NULL };
 	int answered_during = 0;

@@ -255,6 +255,11 @@ Test(mkmodel, loads_with_the_right_config)
 		  1000, 32, 1, 2, 1, 64, 8, KVP_GGML_F16, true },
 		{ "--vocab 512 --dim 32 --layers 2 --heads 4 --kv-heads 1 --ffn 48 --ctx 64 --dtype bf16",
 		  512, 32, 2, 4, 1, 48, 64, KVP_GGML_BF16, false },
+		/* below 259: no byte tokens, but a model all the same */
+		{ "--vocab 8 --dim 8 --layers 1 --heads 2 --kv-heads 1 --ffn 16 --ctx 64",
+		  8, 8, 1, 2, 1, 16, 64, KVP_GGML_F32, false },
+		{ "--vocab 4 --dim 8 --layers 1 --heads 2 --kv-heads 1 --ffn 16 --ctx 8 --tied",
+		  4, 8, 1, 2, 1, 16, 8, KVP_GGML_F32, true },
 	};
 	char name[32];
 
@@ -344,7 +349,7 @@ Test(mkmodel, refuses_nonsense)
 		"--heads 3",                       /* does not divide 512 */
 		"--kv-heads 3",                    /* does not divide 8 */
 		"--dim 24 --heads 8",              /* head dim 3: odd */
-		"--vocab 100",                     /* below 259 */
+		"--vocab 3",                       /* no room for a piece after the specials */
 		"--dim 0", "--layers 0", "--ffn -1", "--dim 12x", "--ctx 99999999999",
 		"--dtype q4_0", "--bogus", "extra",
 	};

@@ -825,24 +825,53 @@ Test(daemon, stat_watch_live_view, .init = start_unix, .fini = stop)
 	kvp_client_close(a);
 }
 
+/* The interval_s of each line of kvprefix-stat --json --watch output; how many lines. */
+static int watch_intervals(const char *out, double *iv, int cap)
+{
+	int n = 0;
+
+	for (const char *p = out; (p = strstr(p, "\"interval_s\":")) && n < cap; p++)
+		iv[n++] = strtod(p + strlen("\"interval_s\":"), NULL);
+	return n;
+}
+
+/* --watch without a value refreshes every second, as watch(1) does; with one, as asked. */
+Test(daemon, stat_watch_without_a_value_refreshes_every_second, .init = start_unix,
+     .fini = stop)
+{
+	static const char *const forms[] = { "--watch", "-w", "--watch 0.3", "-w 0.3",
+					     "--watch=0.3" };
+	char cmd[512], out[16384];
+	double iv[16];
+	int rc, n;
+
+	for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+		bool dflt = strchr(forms[i], '3') == NULL;
+
+		/* the option last, where a value-taking --watch would find none */
+		snprintf(cmd, sizeof(cmd), "timeout -s INT %s '%s' --json --socket '%s' %s 2>&1",
+			 dflt ? "2.5" : "1.1", KVP_STAT_PATH, d.socket, forms[i]);
+		rc = kvp_run_capture(cmd, out, sizeof(out));
+		cr_assert(rc == 124 || rc == 130 || rc == 0, "kvprefix-stat %s: exit %d\n%s",
+			  forms[i], rc, out);
+		n = watch_intervals(out, iv, 16);
+		cr_assert_geq(n, 1, "kvprefix-stat %s: no second refresh\n%s", forms[i], out);
+		for (int k = 0; k < n; k++)
+			cr_assert(dflt ? iv[k] > 0.9 && iv[k] < 1.5 : iv[k] > 0.2 && iv[k] < 0.6,
+				  "kvprefix-stat %s: refreshed after %.3f s\n%s", forms[i], iv[k], out);
+	}
+	/* a value that is not a number of seconds is still refused */
+	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' --watch 0 2>&1", KVP_STAT_PATH, d.socket);
+	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 2, "%s", out);
+	cr_assert(strstr(out, "--watch '0'"), "%s", out);
+}
+
 /* ---- engine mode: TTFT ----------------------------------------------------- */
 
 static const char *small_model(void)
 {
-	static char path[256];
-	char cmd[768], out[1024];
-	struct stat st;
-
-	cr_assert_eq(stat(KVP_MKMODEL_PATH, &st), 0);
-	mkdir(KVP_TEST_MODEL_DIR, 0755);
-	snprintf(path, sizeof(path), "%s/small-%lld.gguf", KVP_TEST_MODEL_DIR, (long long)st.st_mtime);
-	if (stat(path, &st) == 0)
-		return path;
-	snprintf(cmd, sizeof(cmd), "%s --out %s --vocab 1024 --dim 128 --layers 2 --heads 4 "
-		 "--kv-heads 2 --ffn 256 --ctx 2048 --dtype f32 --seed 7 --weight-std 0.08 --quiet 2>&1",
-		 KVP_MKMODEL_PATH, path);
-	cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0, "mkmodel failed: %s", out);
-	return path;
+	return kvp_test_model("small", "--vocab 1024 --dim 128 --layers 2 --heads 4 --kv-heads 2 "
+			      "--ffn 256 --ctx 2048 --dtype f32 --seed 7 --weight-std 0.08");
 }
 
 Test(engine, ttft_and_generation_counters, .fini = stop, .timeout = 300)

@@ -8,7 +8,10 @@
  *
  * The file carries the keys and tensors llama.cpp reads for architecture "llama" and a
  * made-up SentencePiece-style vocabulary (<unk>, <s>, </s>, the 256 byte tokens, then
- * one piece "▁t<id>" per id), so llama.cpp loads it as well as kvprefixd.
+ * one piece "▁t<id>" per id), so llama.cpp loads it as well as kvprefixd. A vocabulary
+ * smaller than 259 leaves the byte tokens out (<unk>, <s>, </s>, then pieces): kvprefixd
+ * computes with it as with any other, which lets a protocol example show every logit;
+ * llama.cpp's tokenizer then has no byte fallback.
  *
  * Weights are a pure function of (seed, tensor name, element index): a counter-based
  * generator (splitmix64), so the same arguments give the same bytes on any machine, and
@@ -37,7 +40,8 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF is written littl
 #define PROG "kvprefix-mkmodel"
 #define N_SPECIAL 3u                    /* <unk> <s> </s> */
 #define N_BYTE_TOKENS 256u
-#define MIN_VOCAB (N_SPECIAL + N_BYTE_TOKENS)
+#define BYTE_VOCAB (N_SPECIAL + N_BYTE_TOKENS)   /* the smallest with the byte tokens */
+#define MIN_VOCAB (N_SPECIAL + 1u)                /* the specials and one piece */
 #define MAX_VOCAB (1u << 24)
 #define MAX_DIM (1u << 20)
 #define MAX_LAYERS 4096u
@@ -85,7 +89,8 @@ static void usage(FILE *f)
 		"and llama.cpp). The same options give the same bytes.\n"
 		"\n"
 		"  -o, --out FILE        the file to write (atomically, via FILE.tmp.XXXXXX)\n"
-		"      --vocab N         vocabulary size, >= 259 (default 32000)\n"
+		"      --vocab N         vocabulary size, >= 4 (default 32000); below 259 the\n"
+		"                        256 byte tokens are left out\n"
 		"      --dim N           embedding length (default 512)\n"
 		"      --layers N        transformer blocks (default 8)\n"
 		"      --heads N         attention heads; must divide --dim, even head dim (default 8)\n"
@@ -209,6 +214,7 @@ static int vocab_build(struct vocab *v, uint32_t n)
 	static const char *const special[N_SPECIAL] = { "<unk>", "<s>", "</s>" };
 	static const int32_t special_type[N_SPECIAL] = { TOK_UNKNOWN, TOK_CONTROL, TOK_CONTROL };
 	const size_t slot = 16;          /* "▁t16777215" is 11 bytes + NUL */
+	const uint32_t first_piece = n >= BYTE_VOCAB ? BYTE_VOCAB : N_SPECIAL;
 	char *p;
 
 	v->buf = malloc((size_t)n * slot);
@@ -223,14 +229,14 @@ static int vocab_build(struct vocab *v, uint32_t n)
 			snprintf(p, slot, "%s", special[i]);
 			v->type[i] = special_type[i];
 			v->score[i] = 0.0f;
-		} else if (i < MIN_VOCAB) {
+		} else if (i < first_piece) {
 			snprintf(p, slot, "<0x%02X>", i - N_SPECIAL);
 			v->type[i] = TOK_BYTE;
 			v->score[i] = 0.0f;
 		} else {
 			snprintf(p, slot, "\xe2\x96\x81t%u", i);
 			v->type[i] = TOK_NORMAL;
-			v->score[i] = -(float)(i - MIN_VOCAB);
+			v->score[i] = -(float)(i - first_piece);
 		}
 		v->tok[i] = p;
 	}

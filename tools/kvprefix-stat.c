@@ -1,12 +1,13 @@
 /*
  * kvprefix-stat.c - show kvprefixd's statistics (STATS, a JSON object) as a table.
  *
- *   kvprefix-stat [--socket PATH] [--json] [--watch SECONDS]
+ *   kvprefix-stat [--socket PATH] [--json] [--watch [SECONDS]]
  *
  * --json prints the daemon's object through unchanged (one line). --watch N refreshes
- * every N seconds and becomes a live view: the last interval beside the lifetime
- * figures (token hit rate, request hit rate, requests/s), the pool as a bar, and the
- * namespaces with the most requests over the interval; --json prints one object per
+ * every N seconds (--watch alone: every second, as watch(1)) and becomes a live view:
+ * the last interval beside the lifetime figures (token hit rate, request hit rate,
+ * requests/s), the pool as a bar, and the namespaces with the most requests over the
+ * interval; --json prints one object per
  * refresh with interval_s, interval_hit_rate and interval_requests_per_s added. The
  * screen is cleared between refreshes only when stdout is a terminal.
  *
@@ -41,6 +42,7 @@
 
 #define PROG "kvprefix-stat"
 #define WATCH_MAX_S 86400.0
+#define WATCH_DEFAULT_S 1.0   /* --watch without a value */
 #define STAT_TIMEOUT_MS 30000u
 #define BAR_COLS 50
 #define NS_SHOWN 5            /* namespaces in the table */
@@ -50,15 +52,19 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: kvprefix-stat [--socket PATH] [--json] [--watch SECONDS]\n"
+		"Usage: kvprefix-stat [--socket PATH] [--server-uid UID] [--json]\n"
+		"                     [--watch [SECONDS]]\n"
 		"Show kvprefixd's hit rates and block pool state.\n"
 		"\n"
 		"  -s, --socket PATH      daemon socket (default: the library's default)\n"
+		"      --server-uid UID   also trust a kvprefixd that runs as UID (else: root,\n"
+		"                         you, the kvprefix user or $KVP_SERVER_UID)\n"
 		"  -j, --json             print the daemon's statistics as one JSON object\n"
-		"  -w, --watch SECONDS    refresh every SECONDS (e.g. 1 or 0.5): a live view\n"
-		"                         of the last interval beside the lifetime figures,\n"
-		"                         the pool as a bar and the busiest namespaces;\n"
-		"                         with --json, one object per line per refresh\n"
+		"  -w, --watch [SECONDS]  refresh every SECONDS (default 1; e.g. 0.5): a live\n"
+		"                         view of the last interval beside the lifetime\n"
+		"                         figures, the pool as a bar and the busiest\n"
+		"                         namespaces; with --json, one object per line per\n"
+		"                         refresh\n"
 		"  -h, --help             show this help\n"
 		"\n"
 		"Hit rate = hit tokens / query tokens over lookups. Exit status: 0 ok,\n"
@@ -468,6 +474,30 @@ static int fetch(struct kvp_client *c, struct snap *s)
 	return 0;
 }
 
+/*
+ * --watch's value: optarg (--watch=N, -wN), else the next argument when it starts like a
+ * number (--watch N, -w N, taken from argv), else WATCH_DEFAULT_S, as watch(1) does.
+ * false after printing why the value is bad.
+ */
+static bool watch_option(int argc, char **argv, double *out)
+{
+	const char *v = optarg;
+
+	if (!v && optind < argc &&
+	    ((argv[optind][0] >= '0' && argv[optind][0] <= '9') || argv[optind][0] == '.'))
+		v = argv[optind++];
+	if (!v) {
+		*out = WATCH_DEFAULT_S;
+		return true;
+	}
+	if (!kvp_tool_parse_seconds(v, WATCH_MAX_S, out)) {
+		fprintf(stderr, PROG ": --watch '%s': want a number of seconds > 0 and <= %.0f\n",
+			v, WATCH_MAX_S);
+		return false;
+	}
+	return true;
+}
+
 static void sleep_s(double s)
 {
 	struct timespec ts = { (time_t)s, (long)((s - floor(s)) * 1e9) };
@@ -480,8 +510,9 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
+		{ "server-uid", required_argument, NULL, 'U' },
 		{ "json", no_argument, NULL, 'j' },
-		{ "watch", required_argument, NULL, 'w' },
+		{ "watch", optional_argument, NULL, 'w' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -493,16 +524,17 @@ int main(int argc, char **argv)
 	int opt, ret = KVP_EXIT_FAIL;
 
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":s:jw:h", opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":s:jw::h", opts, NULL)) != -1) {
 		switch (opt) {
 		case 's': sock = optarg; break;
+		case 'U':
+			if (!kvp_tool_server_uid_option(PROG, optarg))
+				goto out_usage;
+			break;
 		case 'j': json = true; break;
 		case 'w':
-			if (!kvp_tool_parse_seconds(optarg, WATCH_MAX_S, &watch)) {
-				fprintf(stderr, PROG ": --watch '%s': want a number of seconds "
-					"> 0 and <= %.0f\n", optarg, WATCH_MAX_S);
+			if (!watch_option(argc, argv, &watch))
 				return KVP_EXIT_USAGE;
-			}
 			break;
 		case 'h': usage(stdout); return KVP_EXIT_OK;
 		case ':':

@@ -33,6 +33,7 @@
 #define CLI_TIMEOUT_MS 60000u
 #define CLI_GEN_TIMEOUT_MS 600000u   /* generate: the longest wait for each frame */
 #define HUMAN_IDS_MAX 32   /* block ids listed in human output */
+#define OPT_SERVER_UID 512 /* --server-uid, an option of every command */
 
 static void usage_main(FILE *f)
 {
@@ -49,7 +50,9 @@ static void usage_main(FILE *f)
 		"  admin      clear, evict or pin cached blocks; show or set daemon options\n"
 		"             (root or the daemon's admin group)\n"
 		"\n"
-		"Run 'kvprefix COMMAND --help' for a command's options.\n"
+		"Run 'kvprefix COMMAND --help' for a command's options. Every command takes\n"
+		"--socket PATH and --server-uid UID (also trust a kvprefixd that runs as UID;\n"
+		"else only root, you, the kvprefix user or $KVP_SERVER_UID are trusted).\n"
 		"Exit status: 0 ok, 1 daemon or I/O error, 2 usage error.\n");
 }
 
@@ -63,6 +66,8 @@ static void usage_tokens(FILE *f, const char *cmd)
 		"%s\n"
 		"\n"
 		"  -s, --socket PATH       daemon socket (default: the library's default)\n"
+		"      --server-uid UID    also trust a kvprefixd that runs as UID (else: root,\n"
+		"                          you, the kvprefix user or $KVP_SERVER_UID)\n"
 		"  -t, --tokens LIST       token ids, comma separated: 1,2,3\n"
 		"  -f, --tokens-file FILE  token ids from FILE ('-': stdin), separated by\n"
 		"                          whitespace or commas, or a JSON array\n"
@@ -87,17 +92,22 @@ static void usage_simple(FILE *f, const char *cmd)
 			"Print the daemon's statistics as a JSON object (kvprefix-stat shows a\n"
 			"table).\n"
 			"\n"
-			"  -s, --socket PATH   daemon socket (default: the library's default)\n"
-			"  -h, --help          show this help\n");
+			"  -s, --socket PATH     daemon socket (default: the library's default)\n"
+			"      --server-uid UID  also trust a kvprefixd that runs as UID (else: root,\n"
+			"                        you, the kvprefix user or $KVP_SERVER_UID)\n"
+			"  -h, --help            show this help\n");
 	else
 		fprintf(f,
 			"Usage: kvprefix ping [--socket PATH] [--json]\n"
-			"Exchange HELLO and one PING with the daemon; print what it serves and\n"
-			"the round-trip time.\n"
+			"Exchange HELLO and one PING with the daemon; print what it serves (with a\n"
+			"model: its vocabulary and context, from a daemon of protocol version 3)\n"
+			"and the round-trip time.\n"
 			"\n"
-			"  -s, --socket PATH   daemon socket (default: the library's default)\n"
-			"  -j, --json          print one JSON object\n"
-			"  -h, --help          show this help\n");
+			"  -s, --socket PATH     daemon socket (default: the library's default)\n"
+			"      --server-uid UID  also trust a kvprefixd that runs as UID (else: root,\n"
+			"                        you, the kvprefix user or $KVP_SERVER_UID)\n"
+			"  -j, --json            print one JSON object\n"
+			"  -h, --help            show this help\n");
 }
 
 /* Report an option error the way every command does; returns KVP_EXIT_USAGE. */
@@ -204,6 +214,7 @@ static int cmd_tokens(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
+		{ "server-uid", required_argument, NULL, OPT_SERVER_UID },
 		{ "tokens", required_argument, NULL, 't' },
 		{ "tokens-file", required_argument, NULL, 'f' },
 		{ "pin", no_argument, NULL, 'p' },
@@ -229,6 +240,10 @@ static int cmd_tokens(int argc, char **argv)
 		case 'f': file = optarg; break;
 		case 'p': flags |= KVP_LOOKUP_PIN; break;
 		case 'j': json = true; break;
+		case OPT_SERVER_UID:
+			if (!kvp_tool_server_uid_option(PROG, optarg))
+				goto out_usage;
+			break;
 		case 'h': usage_tokens(stdout, cmd); return KVP_EXIT_OK;
 		default: return bad_option(cmd, argv, opt);
 		}
@@ -298,6 +313,8 @@ static void usage_generate(FILE *f)
 		"space separated on one line, then a line of usage.\n"
 		"\n"
 		"  -s, --socket PATH       daemon socket (default: the library's default)\n"
+		"      --server-uid UID    also trust a kvprefixd that runs as UID (else: root,\n"
+		"                          you, the kvprefix user or $KVP_SERVER_UID)\n"
 		"  -t, --tokens LIST       prompt token ids, comma separated: 1,2,3\n"
 		"  -f, --tokens-file FILE  prompt token ids from FILE ('-': stdin), separated by\n"
 		"                          whitespace or commas, or a JSON array\n"
@@ -505,6 +522,7 @@ static int generate_args(int argc, char **argv, struct gen_opts *o)
 {
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
+		{ "server-uid", required_argument, NULL, OPT_SERVER_UID },
 		{ "tokens", required_argument, NULL, 't' },
 		{ "tokens-file", required_argument, NULL, 'f' },
 		{ "max-new", required_argument, NULL, OPT_MAX_NEW },
@@ -529,6 +547,10 @@ static int generate_args(int argc, char **argv, struct gen_opts *o)
 		case 't': o->list = optarg; break;
 		case 'f': o->file = optarg; break;
 		case 'j': o->json = true; break;
+		case OPT_SERVER_UID:
+			if (!kvp_tool_server_uid_option(PROG, optarg))
+				goto out_usage;
+			break;
 		case 'h': usage_generate(stdout); return KVP_EXIT_OK;
 		case OPT_MAX_NEW: case OPT_TEMPERATURE: case OPT_TOP_K: case OPT_TOP_P:
 		case OPT_SEED: case OPT_STOP: case OPT_LOGITS_OUT:
@@ -710,10 +732,11 @@ static int cmd_ping(const char *sock, bool json)
 	uint64_t t0, t1;
 	int rc, ret = KVP_EXIT_FAIL;
 
-	if (!sock && kvp_client_default_socket(def, sizeof(def)) == KVP_OK)
-		sock = def;
 	if (kvp_tool_connect(PROG, sock, &c) < 0)
 		return KVP_EXIT_FAIL;
+	/* shown, not used: the library picks the default itself, checking its directory */
+	if (!sock && kvp_client_default_socket(def, sizeof(def)) == KVP_OK)
+		sock = def;
 	kvp_client_set_timeout_ms(c, CLI_TIMEOUT_MS);
 	memset(&info, 0, sizeof(info));
 	rc = kvp_client_hello(c, NULL, NULL, &info);
@@ -742,6 +765,8 @@ static int cmd_ping(const char *sock, bool json)
 		ok = ok && cJSON_AddNumberToObject(o, "capacity_blocks", info.capacity_blocks);
 		ok = ok && cJSON_AddNumberToObject(o, "max_tokens", info.max_tokens);
 		ok = ok && cJSON_AddNumberToObject(o, "tenant", info.tenant);
+		ok = ok && cJSON_AddNumberToObject(o, "vocab_size", info.vocab_size);
+		ok = ok && cJSON_AddNumberToObject(o, "ctx_tokens", info.ctx_tokens);
 		ok = ok && cJSON_AddNumberToObject(o, "rtt_us", (double)(t1 - t0) / 1e3);
 		if (!ok) {
 			cJSON_Delete(o);
@@ -756,6 +781,9 @@ static int cmd_ping(const char *sock, bool json)
 		printf("block %u tokens, capacity %u blocks, at most %u tokens a request, "
 		       "tenant %u\n", info.block_tokens, info.capacity_blocks, info.max_tokens,
 		       info.tenant);
+		if (info.vocab_size)
+			printf("model: vocabulary %u tokens, context %u tokens\n", info.vocab_size,
+			       info.ctx_tokens);
 		printf("ping round trip %.1f us\n", (double)(t1 - t0) / 1e3);
 	}
 	ret = KVP_EXIT_OK;
@@ -768,6 +796,7 @@ static int cmd_simple(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
+		{ "server-uid", required_argument, NULL, OPT_SERVER_UID },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -782,6 +811,12 @@ static int cmd_simple(int argc, char **argv)
 		switch (opt) {
 		case 's': sock = optarg; break;
 		case 'j': json = true; break;   /* stats always prints JSON */
+		case OPT_SERVER_UID:
+			if (!kvp_tool_server_uid_option(PROG, optarg)) {
+				fprintf(stderr, "Try '" PROG " %s --help'.\n", cmd);
+				return KVP_EXIT_USAGE;
+			}
+			break;
 		case 'h': usage_simple(stdout, cmd); return KVP_EXIT_OK;
 		default: return bad_option(cmd, argv, opt);
 		}
@@ -834,6 +869,8 @@ static void usage_admin(FILE *f)
 		"           (several words are joined with spaces: 'KEY = VALUE' works too)\n"
 		"\n"
 		"  -s, --socket PATH       daemon socket (default: the library's default)\n"
+		"      --server-uid UID    also trust a kvprefixd that runs as UID (else: root,\n"
+		"                          you, the kvprefix user or $KVP_SERVER_UID)\n"
 		"  -T, --tenant UID        act on the namespace of tenant UID (a uid, 0-%u),\n"
 		"                          with no adapter, instead of this user's\n"
 		"  -a, --all               clear: every namespace\n"
@@ -898,6 +935,7 @@ static int cmd_admin(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
+		{ "server-uid", required_argument, NULL, OPT_SERVER_UID },
 		{ "tenant", required_argument, NULL, 'T' },
 		{ "all", no_argument, NULL, 'a' },
 		{ "tokens", required_argument, NULL, 't' },
@@ -957,6 +995,10 @@ static int cmd_admin(int argc, char **argv)
 		case 'a': flags |= KVP_ADMIN_F_ALL; break;
 		case 't': list = optarg; break;
 		case 'f': file = optarg; break;
+		case OPT_SERVER_UID:
+			if (!kvp_tool_server_uid_option(PROG, optarg))
+				goto out_usage;
+			break;
 		case 'h': usage_admin(stdout); return KVP_EXIT_OK;
 		default: return bad_option(what, argv, opt);
 		}

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,17 +96,30 @@ int kvp_spawn_prepare(struct kvp_daemon *d, const char *name, const char *prog)
 	return KVP_OK;
 }
 
+/* In the child: become uid:gid, giving it the directory the daemon binds in. */
+static void drop_to(const struct kvp_daemon *d, uid_t uid, gid_t gid)
+{
+	if (chown(d->dir, uid, gid) != 0 || setgroups(0, NULL) != 0 || setgid(gid) != 0 ||
+	    setuid(uid) != 0) {
+		fprintf(stderr, "cannot run as uid %lu: %s\n", (unsigned long)uid, strerror(errno));
+		_exit(126);
+	}
+}
+
 /* In the child: stderr (and stdout) into the log, then the daemon. Never returns. */
-static void exec_daemon(const struct kvp_daemon *d, const char *const *argv, bool log_stdout)
+static void exec_daemon(const struct kvp_daemon *d, const char *const *argv,
+			const struct kvp_spawn_opts *o)
 {
 	int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 
 	if (fd >= 0) {
-		if (log_stdout)
+		if (o->log_stdout)
 			dup2(fd, STDOUT_FILENO);
 		dup2(fd, STDERR_FILENO);
 		close(fd);
 	}
+	if (o->as_user)
+		drop_to(d, o->uid, o->gid);
 	execv(argv[0], (char *const *)argv);
 	fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
 	_exit(127);
@@ -123,7 +137,7 @@ int kvp_spawn_start(struct kvp_daemon *d, const char *const *argv,
 		return KVP_EIO;
 	}
 	if (d->pid == 0)
-		exec_daemon(d, argv, o->log_stdout);
+		exec_daemon(d, argv, o);
 	for (int i = 0; i < o->wait_ms / POLL_MS; i++) {
 		if (socket_accepts(d->socket))
 			return KVP_OK;

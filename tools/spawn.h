@@ -4,9 +4,10 @@
  * test (tests/daemon_harness.h is a thin layer over this).
  *
  *   kvp_spawn_prepare   /tmp/<name>-XXXXXX (0700)   socket, log: paths in it
- *   kvp_spawn_start     fork; the child's stderr (and stdout, if asked) -> log; exec
- *                       argv; poll every 10 ms until the socket accepts, the child
- *                       exits (its log printed) or wait_ms pass
+ *   kvp_spawn_start     fork; the child's stderr (and stdout, if asked) -> log; as
+ *                       another user if asked; exec argv; poll every 10 ms until the
+ *                       socket accepts, the child exits (its log printed) or wait_ms
+ *                       pass
  *   kvp_spawn_stop      SIGTERM; poll every 10 ms for wait_ms; then SIGKILL
  *   kvp_spawn_remove    the directory and the files in it
  *
@@ -37,6 +38,10 @@ struct kvp_spawn_opts {
 	const char *prog;   /* prefix of messages on stderr; NULL: print nothing */
 	int wait_ms;        /* longest wait for the socket to accept */
 	bool log_stdout;    /* the daemon's stdout goes to the log too (else inherited) */
+	bool as_user;       /* run the daemon as uid:gid (no supplementary groups), with
+			     * d->dir given to it; the caller must be root */
+	uid_t uid;
+	gid_t gid;
 };
 
 /* Make a private directory /tmp/<name>-XXXXXX into buf. 0, or -1 with errno set

@@ -387,24 +387,37 @@ out_free:
 
 /* ---- the daemon ---------------------------------------------------------------- */
 
-int kvp_tool_connect(const char *prog, const char *path, struct kvp_client **out)
+static uint32_t tool_server_uid;
+static bool tool_server_uid_set;
+
+bool kvp_tool_server_uid_option(const char *prog, const char *value)
 {
+	uint64_t v;
+
+	if (!kvp_tool_parse_u64(value, 0, UINT32_MAX - 1u, &v)) {
+		fprintf(stderr, "%s: --server-uid '%s': want a uid from 0 to %u\n", prog, value,
+			UINT32_MAX - 1u);
+		return false;
+	}
+	tool_server_uid = (uint32_t)v;
+	tool_server_uid_set = true;
+	return true;
+}
+
+/* Say why connecting failed, in words that tell what to do. */
+static void connect_perror(const char *prog, const char *path, const struct kvp_client *c,
+			   int rc, int saved)
+{
+	const char *msg = c ? kvp_client_error(c) : "";
 	char def[256];
 	const char *shown = path;
-	int rc, saved;
 
-	*out = NULL;
-	rc = kvp_client_connect(path, out);
-	if (rc == KVP_OK)
-		return KVP_OK;
-	saved = errno;
-	if (!shown) {
-		if (kvp_client_default_socket(def, sizeof(def)) == KVP_OK)
-			shown = def;
-		else
-			shown = "(default socket)";
-	}
-	if (rc == KVP_EIO && (saved == EACCES || saved == EPERM))
+	if (!shown)
+		shown = kvp_client_default_socket(def, sizeof(def)) == KVP_OK ? def
+									     : "(default socket)";
+	if (msg[0])   /* the library's own reason: an untrusted server or directory */
+		fprintf(stderr, "%s: %s\n", prog, msg);
+	else if (rc == KVP_EIO && (saved == EACCES || saved == EPERM))
 		fprintf(stderr, "%s: cannot connect to %s: %s — the daemon runs, but this user "
 			"may not use its socket (join the socket's group, e.g. kvprefix-clients)\n",
 			prog, shown, strerror(saved));
@@ -415,8 +428,27 @@ int kvp_tool_connect(const char *prog, const char *path, struct kvp_client **out
 		fprintf(stderr, "%s: cannot connect to %s: path too long for a Unix socket\n",
 			prog, shown);
 	else
-		fprintf(stderr, "%s: cannot connect to %s: %s\n", prog, shown,
-			kvp_strerror(rc));
+		fprintf(stderr, "%s: cannot connect to %s: %s\n", prog, shown, kvp_strerror(rc));
+}
+
+int kvp_tool_connect(const char *prog, const char *path, struct kvp_client **out)
+{
+	struct kvp_client *c = NULL;
+	int rc, saved;
+
+	*out = NULL;
+	rc = kvp_client_new(&c);
+	if (rc == KVP_OK && tool_server_uid_set)
+		rc = kvp_client_set_server_uid(c, tool_server_uid);
+	if (rc == KVP_OK)
+		rc = kvp_client_open(c, path);
+	if (rc == KVP_OK) {
+		*out = c;
+		return KVP_OK;
+	}
+	saved = errno;
+	connect_perror(prog, path, c, rc, saved);
+	kvp_client_close(c);
 	return rc;
 }
 
@@ -426,7 +458,10 @@ void kvp_tool_perror(const char *prog, const char *what, const struct kvp_client
 	const char *msg = c ? kvp_client_error(c) : "";
 	int saved = errno;
 
-	if (msg && msg[0])
+	if (c && kvp_client_refused(c))
+		fprintf(stderr, "%s: %s: kvprefixd refused the connection (%s)%s%s\n", prog, what,
+			kvp_strerror(status), msg[0] ? ": " : "", msg);
+	else if (msg && msg[0])
 		fprintf(stderr, "%s: %s: %s: %s\n", prog, what, kvp_strerror(status), msg);
 	else if (status == KVP_EIO)
 		fprintf(stderr, "%s: %s: %s: %s\n", prog, what, kvp_strerror(status),

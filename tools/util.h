@@ -64,14 +64,23 @@ int kvp_tool_read_tokens_file(const char *path, struct kvp_tokvec *out, char *er
 			      size_t errcap);
 
 /*
- * Connect to the daemon at path (NULL: the library's default socket). On failure prints
- * "<prog>: cannot connect to PATH: <reason> — is kvprefixd running? (--socket PATH)"
- * to stderr and returns the status. *out owned by the caller (kvp_client_close).
+ * Connect to the daemon at path (NULL: the library's default socket), trusting the uid
+ * of --server-uid too (kvp_tool_server_uid_option). On failure prints why to stderr,
+ * with what to do: "<prog>: cannot connect to PATH: <reason> — is kvprefixd running?
+ * (--socket PATH)", or the library's reason for refusing the server or its directory
+ * (kvp_client_open), and returns the status. *out owned by the caller
+ * (kvp_client_close).
  */
 int kvp_tool_connect(const char *prog, const char *path, struct kvp_client **out);
 
+/* --server-uid UID, an option of every tool: kvp_tool_connect also trusts a daemon
+ * running as UID (kvp_client_set_server_uid). false after printing why value is not a
+ * uid. One value per process: the tools are single-threaded. */
+bool kvp_tool_server_uid_option(const char *prog, const char *value);
+
 /* Print "<prog>: <what>: <kvp_strerror(status)>[: <daemon message>]" to stderr; for
- * KVP_EIO the errno text is added. c may be NULL. */
+ * KVP_EIO the errno text is added; a connection the daemon refused as a whole
+ * (kvp_client_refused) is said to be one. c may be NULL. */
 void kvp_tool_perror(const char *prog, const char *what, const struct kvp_client *c,
 		     int status);
 
