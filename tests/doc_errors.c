@@ -56,7 +56,12 @@ static const char *const not_provoked[][2] = {
 	{ "stopping", "needs a stop held open by a running generation; test_systemd checks it" },
 	{ "out-of-memory", "no memory to run out of on demand" },
 	{ "frame-out-of-memory", "no memory to run out of on demand" },
-	{ "refused-stopping", "needs a stop held open by a running generation" },
+	{ "refused-stopping", "needs a stop held open by a running generation; test_hostile "
+			      "checks it" },
+	{ "leased-blocks-limit", "needs a daemon with a small --max-leased-blocks; test_hostile "
+				 "checks it" },
+	{ "frame-timeout", "takes --frame-timeout (10 s) to see; test_hostile checks it" },
+	{ "unread-replies", "sends no frame: a close; test_hostile checks it" },
 	{ "refused-no-memory", "no memory to run out of on demand" },
 };
 
@@ -399,7 +404,7 @@ static void p_generate_bad_token(int fd, uint8_t v)
 
 static void p_generate_no_blocks(int fd, uint8_t v)
 {
-	generate(fd, v, 10, 0, 40, 1.0f);  /* 49 positions: 13 blocks of a pool of 4 */
+	generate(fd, v, 20, 0, 1, 1.0f);   /* a prompt of 5 blocks, a pool of 4 */
 }
 
 /* ADMIN op with flags/tenant, tokens 1..n, text. */
