@@ -225,6 +225,15 @@ static bool run_frame(struct conn *c, struct evbuffer *in, const struct kvp_fram
 	return !o.close;
 }
 
+/* No frame is part-read: stop timing (a flag spares the event base's lock per frame). */
+static void frame_timer_stop(struct conn *c)
+{
+	if (c->frame_timing) {
+		evtimer_del(c->frame_timer);
+		c->frame_timing = false;
+	}
+}
+
 /* The frame at the front of in is not whole yet: it has --frame-timeout from its first
  * byte (the timer runs from the first call that sees it part-read). */
 static void frame_timer_arm(struct conn *c, struct evbuffer *in)
@@ -232,11 +241,11 @@ static void frame_timer_arm(struct conn *c, struct evbuffer *in)
 	struct timeval tv = { (time_t)c->srv->cfg->frame_timeout_s, 0 };
 
 	if (evbuffer_get_length(in) == 0) {
-		evtimer_del(c->frame_timer);
+		frame_timer_stop(c);
 		return;
 	}
-	if (!evtimer_pending(c->frame_timer, NULL))
-		evtimer_add(c->frame_timer, &tv);
+	if (!c->frame_timing && evtimer_add(c->frame_timer, &tv) == 0)
+		c->frame_timing = true;
 }
 
 /* A frame took longer than --frame-timeout to arrive: a client this slow holds a
@@ -248,6 +257,7 @@ static void frame_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	struct kvp_frame_hdr h = { .version = KVP_PROTO_VERSION };
 	uint8_t hb[KVP_HDR_SIZE];
 
+	c->frame_timing = false;
 	if (c->state != CONN_READING)
 		return;
 	/* the request's id where its header came whole and sound; 0 otherwise */
@@ -293,7 +303,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			break;
 		}
 		bufferevent_setwatermark(bev, EV_READ, 0, 0);
-		evtimer_del(c->frame_timer);   /* the next frame's time starts now */
+		frame_timer_stop(c);   /* the next frame's time starts now */
 		frames++;
 		if (!run_frame(c, in, &h)) {
 			conn_finish(c, "protocol error");
@@ -316,7 +326,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 		/* the client is not reading its replies: stop reading its requests, and stop
 		 * timing the frame it sends meanwhile (the wait is ours) */
 		bufferevent_disable(bev, EV_READ);
-		evtimer_del(c->frame_timer);
+		frame_timer_stop(c);
 	}
 }
 

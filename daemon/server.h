@@ -89,6 +89,7 @@ struct conn {
 	uint32_t n_reqs;
 	uint64_t leased;             /* blocks under this connection's leases */
 	struct event *frame_timer;   /* from a frame's first byte to its last (--frame-timeout) */
+	bool frame_timing;           /* frame_timer is pending */
 	struct evbuffer_cb_entry *out_cb;   /* keeps the server's out_bytes */
 	struct conn *next, **pprev;  /* server's list */
 };
