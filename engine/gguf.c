@@ -34,6 +34,7 @@
  */
 #include "kvp_gguf.h"
 #include "kvp_le.h"
+#include "kvp_quant.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -75,15 +76,21 @@
 
 /* ---- element types -------------------------------------------------------------- */
 
-/* Bytes of one element of a ggml type this project handles, 0 for any other. */
-static size_t ggml_type_size(uint32_t type)
+/* Bytes of a tensor of type with element counts ne[0..n_dims): rows of ne[0] elements
+ * (a multiple of the type's block). 0 for a type without a known layout or a row that
+ * is not whole blocks; KVP_EPROTO (in *rc) when the size overflows. */
+static uint64_t tensor_bytes(uint32_t type, const uint64_t *ne, uint32_t n_dims, int *rc)
 {
-	switch (type) {
-	case KVP_GGML_F32: return 4;
-	case KVP_GGML_F16: return 2;
-	case KVP_GGML_BF16: return 2;
+	uint64_t bytes = kvp_ggml_row_bytes(type, ne[0]);
+
+	*rc = KVP_OK;
+	for (uint32_t d = 1; d < n_dims && bytes; d++) {
+		if (__builtin_mul_overflow(bytes, ne[d], &bytes) || bytes > INT64_MAX) {
+			*rc = KVP_EPROTO;
+			return 0;
+		}
 	}
-	return 0;
+	return bytes;
 }
 
 /* Bytes of one scalar metadata value, 0 for string, array or an unknown type. */
@@ -386,7 +393,8 @@ static int parse_tensors(struct kvp_gguf *g, struct cur *c, uint64_t n_tensors,
 		struct kvp_gguf_tensor *t = &g->tensors[i];
 		const uint8_t *p;
 		uint64_t len, nel = 1;
-		size_t tsz;
+		char tname[16];
+		int rc;
 
 		if (!(p = cur_take(c, 8)))
 			return fail(err, errlen, KVP_EPROTO,
@@ -429,13 +437,19 @@ static int parse_tensors(struct kvp_gguf *g, struct cur *c, uint64_t n_tensors,
 		p += 8 * t->n_dims;
 		t->type = kvp_le_get_u32(p);
 		ti[i].offset = kvp_le_get_u64(p + 4);
-		tsz = ggml_type_size(t->type);
-		if (!tsz)
-			return fail(err, errlen, KVP_EUNSUPPORTED,
-				    "tensor '%s': ggml type %u is not supported (F32, F16, BF16 are)",
-				    buf, t->type);
-		if (__builtin_mul_overflow(nel, (uint64_t)tsz, &t->nbytes))
+		t->nbytes = tensor_bytes(t->type, t->ne, t->n_dims, &rc);
+		if (rc)
 			return fail(err, errlen, KVP_EPROTO, "tensor '%s': byte size overflows", buf);
+		if (!kvp_ggml_type(t->type))
+			return fail(err, errlen, KVP_EUNSUPPORTED,
+				    "tensor '%s': ggml type %s (%u) is not supported (F32, F16, BF16, "
+				    "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K types Q2_K to Q6_K are)",
+				    buf, kvp_ggml_type_name(t->type, tname, sizeof(tname)), t->type);
+		if (!t->nbytes)
+			return fail(err, errlen, KVP_EPROTO,
+				    "tensor '%s': %llu elements a row is not a whole number of %s blocks",
+				    buf, (unsigned long long)t->ne[0],
+				    kvp_ggml_type_name(t->type, tname, sizeof(tname)));
 	}
 	g->n_tensors = (size_t)n_tensors;
 	return 0;
@@ -1002,20 +1016,22 @@ static int add_tensor(struct kvp_gguf_writer *w, const char *name, uint32_t n_di
 		      const uint64_t *ne, enum kvp_ggml_type type, const void *data,
 		      kvp_gguf_fill_fn fill, void *ctx)
 {
-	size_t nlen, tsz = ggml_type_size((uint32_t)type);
-	uint64_t nbytes = tsz;
+	uint64_t nbytes;
 	struct wtensor *t;
+	size_t nlen;
 	int rc;
 
-	if (!w || !name || !ne || !tsz || n_dims < 1 || n_dims > KVP_GGUF_MAX_DIMS)
+	if (!w || !name || !ne || n_dims < 1 || n_dims > KVP_GGUF_MAX_DIMS)
 		return KVP_EINVAL;
 	nlen = strlen(name);
 	if (nlen == 0 || nlen > GGUF_MAX_NAME)
 		return KVP_EINVAL;
 	for (uint32_t d = 0; d < n_dims; d++)
-		if (ne[d] == 0 || ne[d] > INT64_MAX ||
-		    __builtin_mul_overflow(nbytes, ne[d], &nbytes) || nbytes > INT64_MAX)
+		if (ne[d] == 0 || ne[d] > INT64_MAX)
 			return KVP_EINVAL;
+	nbytes = tensor_bytes((uint32_t)type, ne, n_dims, &rc);
+	if (rc || !nbytes)
+		return KVP_EINVAL;
 	for (size_t i = 0; i < w->n_t; i++)
 		if (strcmp(w->t[i].name, name) == 0)
 			return KVP_EEXIST;

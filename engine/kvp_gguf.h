@@ -16,14 +16,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvp_quant.h"
 #include "kvp_status.h"
 
-/* ggml tensor types this project reads or writes (values as in the GGUF spec). */
-enum kvp_ggml_type {
-	KVP_GGML_F32 = 0,
-	KVP_GGML_F16 = 1,
-	KVP_GGML_BF16 = 30,
-};
+/* ggml tensor types (enum kvp_ggml_type) and their layouts: kvp_quant.h. A tensor of a
+ * type without a known layout is refused at open, naming the type. */
 
 /* GGUF metadata value types (values as in the GGUF spec). */
 enum kvp_gguf_vtype {

@@ -185,6 +185,8 @@ static int fill(void *ctx, void *dst, uint64_t off, size_t n)
 			for (size_t j = 0; j < k; j++)
 				((uint16_t *)dst)[i + j] = kvp_f32_to_bf16(v[j]);
 			break;
+		default:
+			break;   /* mkmodel writes only the types of --dtype */
 		}
 	}
 	progress_add(g->prog, n);
