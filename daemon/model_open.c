@@ -49,16 +49,6 @@ static int model_fingerprint(const char *path, uint64_t *fp)
 	return KVP_OK;
 }
 
-static const char *weight_type_name(uint32_t t)
-{
-	switch (t) {
-	case KVP_GGML_F32: return "f32";
-	case KVP_GGML_F16: return "f16";
-	case KVP_GGML_BF16: return "bf16";
-	}
-	return "?";
-}
-
 /* --backend: where the engine runs; dev says where, for the log. */
 static int choose_backend(const struct kvp_config *cfg, enum kvp_backend *out, char *dev,
 			  size_t devlen)
@@ -110,6 +100,41 @@ static int load_model(struct server *s)
 	return KVP_OK;
 }
 
+/* Resident memory of this process in MiB, or -1 where /proc says nothing. */
+static double rss_mib(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	unsigned long long size, resident;
+	int n;
+
+	if (!f)
+		return -1;
+	n = fscanf(f, "%llu %llu", &size, &resident);
+	fclose(f);
+	if (n != 2)
+		return -1;
+	return (double)resident * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
+}
+
+/* "q4_k 169, q6_k 1, f32 65": how many tensors of each type the engine reads. */
+static void format_types(const struct kvp_model_config *mc, char *out, size_t n)
+{
+	size_t used = 0;
+
+	out[0] = '\0';
+	for (uint32_t t = 0; t < sizeof(mc->type_count) / sizeof(mc->type_count[0]); t++) {
+		char unknown[16];
+
+		if (!mc->type_count[t] || used >= n)
+			continue;
+		int w = snprintf(out + used, n - used, "%s%s %u", used ? ", " : "",
+				 kvp_ggml_type_name(t, unknown, sizeof(unknown)), mc->type_count[t]);
+		if (w < 0)
+			break;
+		used += (size_t)w;
+	}
+}
+
 /* What was loaded, and where it runs. */
 static void log_engine(const struct server *s, uint32_t capacity, const char *dev)
 {
@@ -117,12 +142,16 @@ static void log_engine(const struct server *s, uint32_t capacity, const char *de
 	const struct kvp_model_config *mc = &s->model->cfg;
 	const size_t bb = kvp_engine_block_bytes(s->engine);
 	const double pool_mib = (double)capacity * (double)bb / 1048576.0;
-	char where[400];
+	char where[400], types[256];
 
-	kvp_info("model %s: %s weights, %llu parameters, vocab %u, dim %u, %u layers, "
-		 "%u heads (%u kv), ffn %u, context %u",
-		 mc->name, weight_type_name(mc->file_type), (unsigned long long)mc->n_params,
-		 mc->vocab, mc->dim, mc->n_layers, mc->n_heads, mc->n_kv_heads, mc->ffn, mc->ctx);
+	format_types(mc, types, sizeof(types));
+	kvp_info("model %s: %s, %llu parameters, vocab %u, dim %u, %u layers, "
+		 "%u heads (%u kv), ffn %u, context %u%s",
+		 mc->name, mc->arch_name, (unsigned long long)mc->n_params, mc->vocab, mc->dim,
+		 mc->n_layers, mc->n_heads, mc->n_kv_heads, mc->ffn, mc->ctx,
+		 mc->ctx < mc->ctx_file ? " (the sliding window)" : "");
+	kvp_info("weights: %.1f MiB in the file; tensors %s; resident after load %.1f MiB",
+		 (double)mc->weight_bytes / 1048576.0, types, rss_mib());
 	if (kvp_engine_backend(s->engine) == KVP_BACKEND_CUDA)
 		snprintf(where, sizeof(where), "cuda%s", dev);
 	else

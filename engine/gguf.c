@@ -695,17 +695,14 @@ const struct kvp_gguf_tensor *kvp_gguf_find_tensor(const struct kvp_gguf *g, con
 	return NULL;
 }
 
-int kvp_gguf_get_u32(const struct kvp_gguf *g, const char *key, uint32_t *out)
+/* An integer of scalar type type at p as a u32: KVP_EINVAL when it is not an integer
+ * type or the value does not fit. */
+static int int_as_u32(uint32_t type, const uint8_t *p, uint32_t *out)
 {
-	const struct gguf_kv *kv = find_kv(g, key);
-	const uint8_t *p;
 	int64_t s;
 	uint64_t u;
 
-	if (!kv)
-		return KVP_ENOTFOUND;
-	p = kv->val;
-	switch (kv->type) {
+	switch (type) {
 	case KVP_GGUF_U8: u = p[0]; break;
 	case KVP_GGUF_U16: u = kvp_le_get_u16(p); break;
 	case KVP_GGUF_U32: u = kvp_le_get_u32(p); break;
@@ -726,6 +723,15 @@ check:
 		return KVP_EINVAL;
 	*out = (uint32_t)u;
 	return 0;
+}
+
+int kvp_gguf_get_u32(const struct kvp_gguf *g, const char *key, uint32_t *out)
+{
+	const struct gguf_kv *kv = find_kv(g, key);
+
+	if (!kv)
+		return KVP_ENOTFOUND;
+	return int_as_u32(kv->type, kv->val, out);
 }
 
 int kvp_gguf_get_f32(const struct kvp_gguf *g, const char *key, float *out)
@@ -773,6 +779,21 @@ int kvp_gguf_get_arr(const struct kvp_gguf *g, const char *key, uint32_t *elem_t
 	*elem_type = kv->elem_type;
 	*n = kv->n;
 	return 0;
+}
+
+int kvp_gguf_get_arr_u32(const struct kvp_gguf *g, const char *key, uint64_t i, uint32_t *out)
+{
+	const struct gguf_kv *kv = find_kv(g, key);
+	size_t es;
+
+	if (!kv)
+		return KVP_ENOTFOUND;
+	if (kv->type != KVP_GGUF_ARRAY || i >= kv->n)
+		return KVP_EINVAL;
+	es = vtype_size(kv->elem_type);   /* 0 for strings and nested arrays */
+	if (es == 0)
+		return KVP_EINVAL;
+	return int_as_u32(kv->elem_type, kv->val + i * es, out);
 }
 
 /* ---- writer --------------------------------------------------------------------- */

@@ -62,6 +62,10 @@ int kvp_gguf_get_str(const struct kvp_gguf *g, const char *key, const char **s, 
 /* Array value: element type and count. */
 int kvp_gguf_get_arr(const struct kvp_gguf *g, const char *key, uint32_t *elem_type,
 		     uint64_t *n);
+/* Element i of an array of integers, as get_u32 converts a scalar: KVP_ENOTFOUND (no
+ * key), KVP_EINVAL (not an array of integers, i past its end, a value that does not
+ * fit). */
+int kvp_gguf_get_arr_u32(const struct kvp_gguf *g, const char *key, uint64_t i, uint32_t *out);
 
 /* ---- writer ----------------------------------------------------------------- */
 

@@ -106,27 +106,48 @@ static void poke_gguf(const struct kvp_gguf *g)
 	}
 }
 
+static void touch_tensor(const struct kvp_tensor *t)
+{
+	touch(t->data, (uint64_t)t->rows * t->row_bytes);
+}
+
+static void touch_bias(const float *b, uint64_t n)
+{
+	if (b)
+		touch(b, n * sizeof(float));
+}
+
 static void poke_model(const struct kvp_model *m)
 {
 	const struct kvp_model_config *c = &m->cfg;
-	uint64_t emb = (uint64_t)c->vocab * c->dim;
 	uint64_t q = (uint64_t)c->n_heads * c->head_dim, kv = (uint64_t)c->n_kv_heads * c->head_dim;
 
-	touch(m->tok_embd, emb * sizeof(float));
-	touch(m->output, emb * sizeof(float));
+	touch_tensor(&m->tok_embd);
+	touch_tensor(&m->output);
 	touch(m->output_norm, c->dim * sizeof(float));
+	touch_bias(m->rope_freqs, c->rope_dim / 2);
 	for (uint32_t l = 0; l < c->n_layers; l++) {
 		const struct kvp_layer_weights *w = &m->layers[l];
 
 		touch(w->attn_norm, c->dim * sizeof(float));
-		touch(w->wq, q * c->dim * sizeof(float));
-		touch(w->wk, kv * c->dim * sizeof(float));
-		touch(w->wv, kv * c->dim * sizeof(float));
-		touch(w->wo, c->dim * q * sizeof(float));
 		touch(w->ffn_norm, c->dim * sizeof(float));
-		touch(w->w_gate, (uint64_t)c->ffn * c->dim * sizeof(float));
-		touch(w->w_up, (uint64_t)c->ffn * c->dim * sizeof(float));
-		touch(w->w_down, (uint64_t)c->dim * c->ffn * sizeof(float));
+		touch_tensor(&w->wq);
+		touch_tensor(&w->wk);
+		touch_tensor(&w->wv);
+		touch_tensor(&w->wo);
+		touch_tensor(&w->w_gate);
+		touch_tensor(&w->w_up);
+		touch_tensor(&w->w_down);
+		touch_bias(w->bq, q);
+		touch_bias(w->bk, kv);
+		touch_bias(w->bv, kv);
+		touch_bias(w->bo, c->dim);
+		touch_bias(w->b_gate, c->ffn);
+		touch_bias(w->b_up, c->ffn);
+		touch_bias(w->b_down, c->dim);
+		if (w->wq.rows != q || w->wq.cols != c->dim || w->wk.rows != kv ||
+		    w->w_down.rows != c->dim || w->w_down.cols != c->ffn)
+			abort();   /* the loader promised these shapes */
 	}
 	if (c->head_dim * c->n_heads != c->dim || c->n_kv_heads == 0 ||
 	    c->n_heads % c->n_kv_heads || c->rope_dim > c->head_dim)

@@ -13,36 +13,54 @@
 
 #include "engine_test_ref.h"
 #include "kvp_gguf.h"
+#include "kvp_quant.h"
 
 /* ---- the reference ---------------------------------------------------------------- */
 
 const char *const ref_mutant_name[REF_N_MUTANTS] = {
-	"ok", "rope-halves", "no-rope", "gqa-mod", "transposed", "scale-dim",
-	"rope-full",
+	"ok", "rope-pairs", "no-rope", "gqa-mod", "transposed", "scale-dim",
+	"rope-full", "no-bias", "no-freq-scale",
 };
 
 struct ref_layer {
 	const float *an, *wq, *wk, *wv, *wo, *fn, *wg, *wu, *wd;
+	const float *bq, *bk, *bv, *bo, *bg, *bu, *bd;   /* NULL: no bias */
 };
 
-static const float *ref_tensor(struct kvp_gguf *g, const char *name, uint64_t ne0, uint64_t ne1,
-			       bool optional)
+/* The tensor's data widened to f32 (ne[0] * ne[1] floats), kept in r->owned. */
+static const float *ref_widen(struct ref_model *r, const struct kvp_gguf_tensor *t,
+			      uint64_t ne0, uint64_t ne1)
 {
-	const struct kvp_gguf_tensor *t = kvp_gguf_find_tensor(g, name);
+	const size_t row_bytes = kvp_ggml_row_bytes(t->type, ne0);
+	float *out = malloc((size_t)(ne0 * ne1) * sizeof(float));
+	float **list = realloc(r->owned, (r->n_owned + 1) * sizeof(*list));
+
+	cr_assert(out && list && row_bytes);
+	r->owned = list;
+	r->owned[r->n_owned++] = out;
+	cr_assert_eq(t->nbytes, row_bytes * ne1, "reference: %s size", t->name);
+	for (uint64_t row = 0; row < ne1; row++)
+		cr_assert_eq(kvp_dequant_row(t->type, (const uint8_t *)t->data + row * row_bytes,
+					     out + row * ne0, ne0),
+			     0, "reference: %s type %u", t->name, t->type);
+	return out;
+}
+
+static const float *ref_tensor(struct ref_model *r, const char *name, uint64_t ne0,
+			      uint64_t ne1, bool optional)
+{
+	const struct kvp_gguf_tensor *t = kvp_gguf_find_tensor(r->g, name);
 
 	if (!t) {
 		cr_assert(optional, "reference: tensor %s missing", name);
 		return NULL;
 	}
-	cr_assert_eq(t->type, KVP_GGML_F32, "reference: %s is not f32", name);
 	cr_assert_eq(t->ne[0], ne0, "reference: %s ne[0] %llu want %llu", name,
 		     (unsigned long long)t->ne[0], (unsigned long long)ne0);
 	cr_assert_eq(t->n_dims >= 2 ? t->ne[1] : 1, ne1, "reference: %s ne[1]", name);
 	for (uint32_t i = 2; i < t->n_dims; i++)
 		cr_assert_eq(t->ne[i], 1);
-	cr_assert_eq(t->nbytes, ne0 * ne1 * 4);
-	cr_assert_eq((uintptr_t)t->data % sizeof(float), 0);
-	return t->data;
+	return ref_widen(r, t, ne0, ne1);
 }
 
 static uint32_t ref_u32(struct kvp_gguf *g, const char *key, bool required, uint32_t def)
@@ -74,53 +92,100 @@ static double *dalloc(size_t n)
 	return p;
 }
 
+/* "<arch>.<what>" for the file's architecture. */
+static const char *ref_key(const struct ref_model *r, const char *what, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s.%s", r->halves ? "qwen2" : "llama", what);
+	return buf;
+}
+
+/* The architecture, and the rope's pairing and frequency scaling. */
+static void ref_open_rope(struct ref_model *r)
+{
+	const char *s;
+	size_t len;
+	char k[96];
+
+	cr_assert_eq(kvp_gguf_get_str(r->g, "general.architecture", &s, &len), 0);
+	cr_assert((len == 5 && !memcmp(s, "llama", 5)) || (len == 5 && !memcmp(s, "qwen2", 5)),
+		  "reference: architecture %.*s", (int)len, s);
+	r->halves = !memcmp(s, "qwen2", 5);
+	/* the factor (or the older scale_linear) scales unless the type says none */
+	r->rope_scale = ref_f32(r->g, ref_key(r, "rope.scaling.factor", k, sizeof(k)), 0.0);
+	if (r->rope_scale == 0.0)
+		r->rope_scale = ref_f32(r->g, ref_key(r, "rope.scale_linear", k, sizeof(k)), 0.0);
+	if (r->rope_scale == 0.0 ||
+	    (kvp_gguf_get_str(r->g, ref_key(r, "rope.scaling.type", k, sizeof(k)), &s, &len) == 0 &&
+	     len == 4 && !memcmp(s, "none", 4)))
+		r->rope_scale = 1.0;
+}
+
+static void ref_open_layer(struct ref_model *r, uint32_t l)
+{
+	struct ref_layer *L = &r->L[l];
+	const uint32_t d = r->dim, qd = r->n_heads * r->head_dim, kvd = r->n_kv_heads * r->head_dim;
+	char tn[64];
+
+#define T(field, what, kind, n0, n1, opt)                                        \
+	snprintf(tn, sizeof(tn), "blk.%u.%s.%s", l, what, kind);                 \
+	L->field = ref_tensor(r, tn, n0, n1, opt)
+	T(an, "attn_norm", "weight", d, 1, false);
+	T(wq, "attn_q", "weight", d, qd, false);
+	T(wk, "attn_k", "weight", d, kvd, false);
+	T(wv, "attn_v", "weight", d, kvd, false);
+	T(wo, "attn_output", "weight", qd, d, false);
+	T(fn, "ffn_norm", "weight", d, 1, false);
+	T(wg, "ffn_gate", "weight", d, r->ffn, false);
+	T(wu, "ffn_up", "weight", d, r->ffn, false);
+	T(wd, "ffn_down", "weight", r->ffn, d, false);
+	T(bq, "attn_q", "bias", qd, 1, true);
+	T(bk, "attn_k", "bias", kvd, 1, true);
+	T(bv, "attn_v", "bias", kvd, 1, true);
+	T(bo, "attn_output", "bias", d, 1, true);
+	T(bg, "ffn_gate", "bias", r->ffn, 1, true);
+	T(bu, "ffn_up", "bias", r->ffn, 1, true);
+	T(bd, "ffn_down", "bias", d, 1, true);
+#undef T
+	r->has_bias |= L->bq || L->bk || L->bv || L->bo || L->bg || L->bu || L->bd;
+}
+
 struct ref_model *ref_open(const char *path, enum ref_mutant mutant)
 {
 	struct ref_model *r = calloc(1, sizeof(*r));
-	char err[256], tn[64];
+	char err[256], k[96];
 	const struct kvp_gguf_tensor *te;
 
 	cr_assert_not_null(r);
 	cr_assert_eq(kvp_gguf_open(path, &r->g, err, sizeof(err)), 0, "%s", err);
 	r->mutant = mutant;
-	r->dim = ref_u32(r->g, "llama.embedding_length", true, 0);
-	r->n_layers = ref_u32(r->g, "llama.block_count", true, 0);
-	r->ffn = ref_u32(r->g, "llama.feed_forward_length", true, 0);
-	r->n_heads = ref_u32(r->g, "llama.attention.head_count", true, 0);
-	r->ctx = ref_u32(r->g, "llama.context_length", true, 0);
-	r->n_kv_heads = ref_u32(r->g, "llama.attention.head_count_kv", false, r->n_heads);
+	ref_open_rope(r);
+	r->dim = ref_u32(r->g, ref_key(r, "embedding_length", k, sizeof(k)), true, 0);
+	r->n_layers = ref_u32(r->g, ref_key(r, "block_count", k, sizeof(k)), true, 0);
+	r->ffn = ref_u32(r->g, ref_key(r, "feed_forward_length", k, sizeof(k)), true, 0);
+	r->n_heads = ref_u32(r->g, ref_key(r, "attention.head_count", k, sizeof(k)), true, 0);
+	r->ctx = ref_u32(r->g, ref_key(r, "context_length", k, sizeof(k)), true, 0);
+	r->n_kv_heads = ref_u32(r->g, ref_key(r, "attention.head_count_kv", k, sizeof(k)), false,
+				r->n_heads);
 	r->head_dim = r->dim / r->n_heads;
-	r->rope_dim = ref_u32(r->g, "llama.rope.dimension_count", false, r->head_dim);
-	r->eps = ref_f32(r->g, "llama.attention.layer_norm_rms_epsilon", 1e-5);
-	r->base = ref_f32(r->g, "llama.rope.freq_base", 10000.0);
+	r->rope_dim = ref_u32(r->g, ref_key(r, "rope.dimension_count", k, sizeof(k)), false,
+			      r->head_dim);
+	r->eps = ref_f32(r->g, ref_key(r, "attention.layer_norm_rms_epsilon", k, sizeof(k)), 1e-5);
+	r->base = ref_f32(r->g, ref_key(r, "rope.freq_base", k, sizeof(k)), 10000.0);
 	te = kvp_gguf_find_tensor(r->g, "token_embd.weight");
 	cr_assert_not_null(te);
 	r->vocab = (uint32_t)te->ne[1];
 
 	const uint32_t d = r->dim, qd = r->n_heads * r->head_dim, kvd = r->n_kv_heads * r->head_dim;
-	r->tok = ref_tensor(r->g, "token_embd.weight", d, r->vocab, false);
-	r->onorm = ref_tensor(r->g, "output_norm.weight", d, 1, false);
-	r->out = ref_tensor(r->g, "output.weight", d, r->vocab, true);
+	r->tok = ref_tensor(r, "token_embd.weight", d, r->vocab, false);
+	r->onorm = ref_tensor(r, "output_norm.weight", d, 1, false);
+	r->out = ref_tensor(r, "output.weight", d, r->vocab, true);
 	if (!r->out)
 		r->out = r->tok;
+	r->freq_factors = ref_tensor(r, "rope_freqs.weight", r->rope_dim / 2, 1, true);
 	r->L = calloc(r->n_layers, sizeof(*r->L));
 	cr_assert_not_null(r->L);
-	for (uint32_t l = 0; l < r->n_layers; l++) {
-		struct ref_layer *L = &r->L[l];
-#define T(field, what, n0, n1)                                                   \
-	snprintf(tn, sizeof(tn), "blk.%u.%s.weight", l, what);                   \
-	L->field = ref_tensor(r->g, tn, n0, n1, false)
-		T(an, "attn_norm", d, 1);
-		T(wq, "attn_q", d, qd);
-		T(wk, "attn_k", d, kvd);
-		T(wv, "attn_v", d, kvd);
-		T(wo, "attn_output", qd, d);
-		T(fn, "ffn_norm", d, 1);
-		T(wg, "ffn_gate", d, r->ffn);
-		T(wu, "ffn_up", d, r->ffn);
-		T(wd, "ffn_down", r->ffn, d);
-#undef T
-	}
+	for (uint32_t l = 0; l < r->n_layers; l++)
+		ref_open_layer(r, l);
 	r->kc = dalloc((size_t)r->n_layers * r->ctx * kvd);
 	r->vc = dalloc((size_t)r->n_layers * r->ctx * kvd);
 	r->x = dalloc(d);
@@ -140,6 +205,9 @@ void ref_close(struct ref_model *r)
 	if (!r)
 		return;
 	kvp_gguf_close(r->g);
+	for (uint32_t i = 0; i < r->n_owned; i++)
+		free(r->owned[i]);
+	free(r->owned);
 	free(r->L);
 	free(r->kc);
 	free(r->vc);
@@ -165,9 +233,10 @@ static void ref_rmsnorm(const struct ref_model *r, double *out, const double *x,
 		out[i] = x[i] * inv * (double)w[i];
 }
 
-/* out (n_out) = W x, W the GGUF tensor ne = [n_in, n_out]: n_out rows of n_in floats. */
-static void ref_matvec(const struct ref_model *r, double *out, const float *w, const double *x,
-		       uint32_t n_in, uint32_t n_out, bool accumulate)
+/* out (n_out) = W x (+ b), W the GGUF tensor ne = [n_in, n_out]: n_out rows of n_in
+ * floats; b (n_out) or NULL. */
+static void ref_matvec(const struct ref_model *r, double *out, const float *w, const float *b,
+		       const double *x, uint32_t n_in, uint32_t n_out, bool accumulate)
 {
 	for (uint32_t o = 0; o < n_out; o++) {
 		double s = 0.0;
@@ -176,6 +245,8 @@ static void ref_matvec(const struct ref_model *r, double *out, const float *w, c
 								 : (size_t)o * n_in + i;
 			s += (double)w[idx] * x[i];
 		}
+		if (b && r->mutant != REF_NO_BIAS)
+			s += (double)b[o];
 		out[o] = accumulate ? out[o] + s : s;
 	}
 }
@@ -184,6 +255,8 @@ void ref_rope(const struct ref_model *r, double *x, uint32_t n_heads, uint32_t p
 {
 	const uint32_t hd = r->head_dim;
 	const uint32_t rd = r->mutant == REF_ROPE_FULL ? hd : r->rope_dim;
+	const bool halves = r->halves != (r->mutant == REF_ROPE_PAIRS);
+	const bool scaled = r->mutant != REF_NO_FREQ_SCALE;
 
 	if (r->mutant == REF_NO_ROPE)
 		return;
@@ -191,12 +264,12 @@ void ref_rope(const struct ref_model *r, double *x, uint32_t n_heads, uint32_t p
 		double *xh = x + (size_t)h * hd;
 		for (uint32_t i = 0; i < rd / 2; i++) {
 			double th = (double)pos * pow(r->base, -2.0 * i / (double)rd);
+			if (scaled && r->freq_factors && i < r->rope_dim / 2)
+				th /= (double)r->freq_factors[i];
+			if (scaled)
+				th /= r->rope_scale;
 			double c = cos(th), s = sin(th);
-			uint32_t a = 2 * i, b = 2 * i + 1;
-			if (r->mutant == REF_ROPE_HALVES) {
-				a = i;
-				b = i + rd / 2;
-			}
+			uint32_t a = halves ? i : 2 * i, b = halves ? i + rd / 2 : 2 * i + 1;
 			double x0 = xh[a], x1 = xh[b];
 			xh[a] = x0 * c - x1 * s;
 			xh[b] = x0 * s + x1 * c;
@@ -206,7 +279,7 @@ void ref_rope(const struct ref_model *r, double *x, uint32_t n_heads, uint32_t p
 
 /* One token at position pos (all positions below must have been run); logits (vocab
  * doubles) when non-NULL. */
-static void ref_step(struct ref_model *r, uint32_t tok, uint32_t pos, double *logits)
+void ref_step(struct ref_model *r, uint32_t tok, uint32_t pos, double *logits)
 {
 	const uint32_t d = r->dim, hd = r->head_dim, qd = r->n_heads * hd;
 	const uint32_t kvd = r->n_kv_heads * hd, group = r->n_heads / r->n_kv_heads;
@@ -221,9 +294,9 @@ static void ref_step(struct ref_model *r, uint32_t tok, uint32_t pos, double *lo
 		double *kc = r->kc + (size_t)l * r->ctx * kvd, *vc = r->vc + (size_t)l * r->ctx * kvd;
 
 		ref_rmsnorm(r, r->xn, r->x, L->an);
-		ref_matvec(r, r->q, L->wq, r->xn, d, qd, false);
-		ref_matvec(r, r->k, L->wk, r->xn, d, kvd, false);
-		ref_matvec(r, r->v, L->wv, r->xn, d, kvd, false);
+		ref_matvec(r, r->q, L->wq, L->bq, r->xn, d, qd, false);
+		ref_matvec(r, r->k, L->wk, L->bk, r->xn, d, kvd, false);
+		ref_matvec(r, r->v, L->wv, L->bv, r->xn, d, kvd, false);
 		ref_rope(r, r->q, r->n_heads, pos);
 		ref_rope(r, r->k, r->n_kv_heads, pos);
 		memcpy(kc + (size_t)pos * kvd, r->k, kvd * sizeof(double));
@@ -255,19 +328,19 @@ static void ref_step(struct ref_model *r, uint32_t tok, uint32_t pos, double *lo
 					oh[e] += p * vt[e];
 			}
 		}
-		ref_matvec(r, r->x, L->wo, r->att, qd, d, true);
+		ref_matvec(r, r->x, L->wo, L->bo, r->att, qd, d, true);
 		ref_rmsnorm(r, r->xn, r->x, L->fn);
-		ref_matvec(r, r->g1, L->wg, r->xn, d, r->ffn, false);
-		ref_matvec(r, r->u1, L->wu, r->xn, d, r->ffn, false);
+		ref_matvec(r, r->g1, L->wg, L->bg, r->xn, d, r->ffn, false);
+		ref_matvec(r, r->u1, L->wu, L->bu, r->xn, d, r->ffn, false);
 		for (uint32_t i = 0; i < r->ffn; i++) {
 			double g = r->g1[i];
 			r->g1[i] = g / (1.0 + exp(-g)) * r->u1[i];
 		}
-		ref_matvec(r, r->x, L->wd, r->g1, r->ffn, d, true);
+		ref_matvec(r, r->x, L->wd, L->bd, r->g1, r->ffn, d, true);
 	}
 	if (logits) {
 		ref_rmsnorm(r, r->xn, r->x, r->onorm);
-		ref_matvec(r, logits, r->out, r->xn, d, r->vocab, false);
+		ref_matvec(r, logits, r->out, NULL, r->xn, d, r->vocab, false);
 	}
 }
 

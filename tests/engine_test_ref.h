@@ -1,8 +1,11 @@
 /*
  * engine_test_ref.h - the reference of test_engine (engine_test_ref.c): a llama forward
  * pass written from the spec alone. It reads the raw tensors from the GGUF file
- * (kvp_gguf, not kvp_model, so an orientation mistake in the loader is caught), f32
- * files only; no paging, no SIMD, double everywhere, one contiguous K/V cache per layer.
+ * (kvp_gguf, not kvp_model, so an orientation mistake in the loader is caught), widens
+ * every tensor to f32 once with the reference dequantizers (kvp_dequant_row), and runs
+ * in double: no paging, no SIMD, one contiguous K/V cache per layer. It knows the
+ * llama and qwen2 architectures: adjacent or half-split rope pairs, linear rope scaling,
+ * rope_freqs.weight frequency factors, projection biases.
  * Its mutants each get one thing wrong on purpose, so that a test can show that its
  * comparison with the engine has the power to fail.
  *
@@ -12,6 +15,7 @@
 #ifndef KVP_ENGINE_TEST_REF_H
 #define KVP_ENGINE_TEST_REF_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct kvp_gguf;
@@ -19,12 +23,14 @@ struct ref_layer;
 
 enum ref_mutant {
 	REF_OK = 0,
-	REF_ROPE_HALVES,   /* rotate (x[i], x[i + rope_dim/2]) (NeoX) instead of adjacent pairs */
+	REF_ROPE_PAIRS,    /* the other rope pairing: halves for llama, adjacent for qwen2 */
 	REF_NO_ROPE,
 	REF_GQA_MOD,       /* q head h reads kv head h % n_kv instead of h / group */
 	REF_TRANSPOSED,    /* read W[i * out + o] instead of W[o * in + i] */
 	REF_SCALE_DIM,     /* scale by 1/sqrt(dim) instead of 1/sqrt(head_dim) */
 	REF_ROPE_FULL,     /* rotate all head_dim dims even when rope_dim is smaller */
+	REF_NO_BIAS,       /* ignore the projection biases */
+	REF_NO_FREQ_SCALE, /* ignore rope scaling and rope_freqs.weight */
 	REF_N_MUTANTS,
 };
 
@@ -35,7 +41,13 @@ struct ref_model {
 	struct kvp_gguf *g;
 	uint32_t vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn, ctx, rope_dim;
 	double eps, base;
+	bool halves;            /* qwen2: pairs (x[i], x[i + rope_dim/2]) */
+	double rope_scale;      /* linear: positions divided by it; 1 without scaling */
+	const float *freq_factors;  /* rope_freqs.weight (rope_dim/2), or NULL */
+	bool has_bias;          /* the file has any projection bias */
 	const float *tok, *onorm, *out;
+	float **owned;          /* every widened tensor, freed by ref_close */
+	uint32_t n_owned;
 	struct ref_layer *L;
 	enum ref_mutant mutant;
 	/* state: K (post-rope) and V of every position, per layer, contiguous */
@@ -44,12 +56,13 @@ struct ref_model {
 	double *x, *xn, *q, *k, *v, *att, *g1, *u1, *sc;
 };
 
-/* The reference (or a mutant of it) on the f32 GGUF file at path; ref_close frees it. */
+/* The reference (or a mutant of it) on the GGUF file at path (any tensor type the
+ * loader takes); ref_close frees it. */
 struct ref_model *ref_open(const char *path, enum ref_mutant mutant);
 void ref_close(struct ref_model *r);
 
 /* Rope on n_heads heads of x (head_dim doubles each) at position pos; reads only
- * head_dim, rope_dim, base and mutant of r. */
+ * head_dim, rope_dim, base, halves, rope_scale, freq_factors and mutant of r. */
 void ref_rope(const struct ref_model *r, double *x, uint32_t n_heads, uint32_t pos);
 
 /* Reference logits of positions n_prompt-1 .. n_prompt-1+n_extra (n_extra+1 vectors of
@@ -57,5 +70,9 @@ void ref_rope(const struct ref_model *r, double *x, uint32_t n_heads, uint32_t p
  * position 0; the reference keeps its K/V (kc, vc) for layout checks. */
 double *ref_run(struct ref_model *r, const uint32_t *tok, uint32_t n_prompt,
 		uint32_t n_extra);
+
+/* One token at position pos, every position below already run (by ref_run or
+ * ref_step); its logits (vocab doubles) into logits when non-NULL. */
+void ref_step(struct ref_model *r, uint32_t tok, uint32_t pos, double *logits);
 
 #endif

@@ -308,6 +308,11 @@ double et_tol_f16(const struct fwd_case *c)
 	return c->mk_args ? TOL_F16_MK : TOL_F16;
 }
 
+double et_tol_ref(const struct fwd_case *c)
+{
+	return c->tol_ref > 0 ? c->tol_ref : TOL_F32;
+}
+
 void et_fwd_model_path(const struct fwd_case *c, char *path, size_t n)
 {
 	char file[64];

@@ -9,9 +9,9 @@
  * reference, and checks DESIGN invariant 5 (caching never changes the answer) at engine
  * level:
  *
- *   reference  (engine_reference.c) the reference by hand, and its mutants (rope on
- *              halves, no rope, GQA by modulo, transposed weights, 1/sqrt(dim), rope
- *              over the whole head), which must all disagree with the engine by > 10x
+ *   reference  (engine_reference.c) the reference by hand, and its mutants (the other
+ *              rope pairing, no rope, GQA by modulo, transposed weights, 1/sqrt(dim),
+ *              rope over the whole head), which must all disagree with the engine by > 10x
  *              the tolerance: the comparison has the power to fail
  *   forward    (engine_forward.c) models from kvprefix-mkmodel (GQA 4/2, tied, MHA 4/4,
  *              MQA 8/1) and models written here with larger weights (peaked attention),
@@ -31,6 +31,11 @@
  *              meanwhile, and compared byte for byte after): same tokens, logits within
  *              1e-4 (f32 KV) and 1e-3 (f16 KV), bit-identical when nothing is cached;
  *              prompts k*B-1, k*B, k*B+1 and 1 token, B = 16
+ *   quant      (engine_quant.c) every weight type, qwen2, biases, rope scaling and
+ *              frequency factors from kvprefix-mkmodel against the reference on the
+ *              dequantized weights (TOL_F32 for f32 arithmetic, 5e-3 where activations
+ *              are quantized to 8 bits), 64 greedy steps, each feature shown computed
+ *              (its mutant disagrees), invariant 5 on quantized models
  *   errors     (engine_errors.c) token >= vocab, positions past the context, a table
  *              too short, n = 0, bad configs: KVP_EINVAL and nothing written; the
  *              boundaries accepted; one bad sequence refuses its whole batch
@@ -132,6 +137,9 @@ struct fwd_case {
 	struct custom_model cm;
 	uint32_t n_prompt;
 	bool light;                        /* big: B = 16 only */
+	/* logits vs the reference with f32 KV: 0 for TOL_F32; quantized weights need more
+	 * (the engine quantizes activations to 8 bits, the reference does not) */
+	double tol_ref;
 };
 
 /* 0 gqa-4-2, 1 tied, 2 mha-4-4, 3 mqa-8-1 (mkmodel); 4 custom-hd12, 5 custom-hd320,
@@ -140,7 +148,14 @@ extern const struct fwd_case et_fwd_cases[];
 
 /* The f16 KV tolerance against the reference for c's model. */
 double et_tol_f16(const struct fwd_case *c);
+/* The f32 KV tolerance against the reference for c's model. */
+double et_tol_ref(const struct fwd_case *c);
 /* Make c's model in the suite's temporary directory; its path in path. */
 void et_fwd_model_path(const struct fwd_case *c, char *path, size_t n);
+
+/* Invariant 5 on c's model (engine_cache.c): cold, then 0 / ~50 / 100 % of the full
+ * blocks shared, KV f32 and f16, threads 1 and 2: the same greedy tokens over 64 steps,
+ * logits within TOL_F32 / TOL_F16_SAME of the cold run's. */
+void et_cache_model(const struct fwd_case *c);
 
 #endif

@@ -59,6 +59,19 @@ static void path_in(char *out, size_t n, const char *name)
 	snprintf(out, n, "%s/%s", g_dir, name);
 }
 
+/* A matrix of any file type widened to f32 (rows * cols, row-major), for comparing
+ * weights across types. Freed by the caller. */
+static float *tensor_f32(const struct kvp_tensor *t)
+{
+	float *out = malloc((size_t)t->rows * t->cols * sizeof(float));
+
+	cr_assert(out);
+	for (uint32_t r = 0; r < t->rows; r++)
+		cr_assert_eq(kvp_dequant_row(t->type, (const uint8_t *)t->data + (size_t)r * t->row_bytes,
+					     out + (size_t)r * t->cols, t->cols), 0);
+	return out;
+}
+
 /* Run kvprefix-mkmodel --out DIR/name --quiet ARGS; returns its exit status. */
 static int mkmodel(const char *name, const char *args)
 {
@@ -215,28 +228,41 @@ static void check_loaded(const char *file, const struct shape *s)
 		     expect_params(s->vocab, s->dim, s->layers, s->heads, s->kv, s->ffn, s->tied),
 		     "%s: n_params %llu", s->args, (unsigned long long)c->n_params);
 	cr_expect_eq(strncmp(c->name, "kvprefix-random-", 16), 0, "name %s", c->name);
-	cr_expect(s->tied ? m->output == m->tok_embd : m->output != m->tok_embd);
-	cr_expect(m->owned ? s->type != KVP_GGML_F32 : s->type == KVP_GGML_F32);
+	cr_expect(s->tied ? m->output.data == m->tok_embd.data : m->output.data != m->tok_embd.data);
+	cr_expect_eq(m->owned, NULL, "mkmodel keeps vectors f32: nothing to convert");
+	cr_expect_eq(m->tok_embd.type, s->type);
+	cr_expect_eq(m->tok_embd.rows, c->vocab);
+	cr_expect_eq(m->tok_embd.cols, c->dim);
 	for (uint32_t l = 0; l < c->n_layers; l++) {
 		const struct kvp_layer_weights *w = &m->layers[l];
 
-		cr_assert(w->attn_norm && w->wq && w->wk && w->wv && w->wo && w->ffn_norm &&
-			  w->w_gate && w->w_up && w->w_down);
+		cr_assert(w->attn_norm && w->wq.data && w->wk.data && w->wv.data && w->wo.data &&
+			  w->ffn_norm && w->w_gate.data && w->w_up.data && w->w_down.data);
+		cr_assert(!w->bq && !w->bk && !w->bv && !w->bo && !w->b_gate && !w->b_up && !w->b_down);
+		cr_expect_eq(w->w_down.rows, c->dim);
+		cr_expect_eq(w->w_down.cols, c->ffn);
+		cr_expect_eq(w->w_down.type, s->type);
 		/* norms near 1, matrices small and not all zero */
 		for (uint32_t i = 0; i < c->dim; i++)
 			cr_assert(fabsf(w->attn_norm[i] - 1.0f) <= 0.051f && fabsf(w->ffn_norm[i] - 1.0f) <= 0.051f);
+		float *wq = tensor_f32(&w->wq), *wd = tensor_f32(&w->w_down);
 		double ss = 0;
 		for (uint32_t i = 0; i < c->dim * c->dim; i++) {
-			cr_assert(fabsf(w->wq[i]) <= 0.0347f);
-			ss += (double)w->wq[i] * w->wq[i];
+			cr_assert(fabsf(wq[i]) <= 0.0347f);
+			ss += (double)wq[i] * wq[i];
 		}
 		cr_expect(fabs(sqrt(ss / (c->dim * c->dim)) - 0.02) < 0.002, "wq std %g",
 			  sqrt(ss / (c->dim * c->dim)));
 		for (size_t i = 0; i < (size_t)c->ffn * c->dim; i++)
-			cr_assert(isfinite(w->w_down[i]));
+			cr_assert(isfinite(wd[i]));
+		free(wq);
+		free(wd);
 	}
+	float *emb = tensor_f32(&m->tok_embd), *out = tensor_f32(&m->output);
 	for (size_t i = 0; i < (size_t)c->vocab * c->dim; i++)
-		cr_assert(isfinite(m->tok_embd[i]) && isfinite(m->output[i]));
+		cr_assert(isfinite(emb[i]) && isfinite(out[i]));
+	free(emb);
+	free(out);
 	for (uint32_t i = 0; i < c->dim; i++)
 		cr_assert(fabsf(m->output_norm[i] - 1.0f) <= 0.051f);
 	kvp_model_free(m);
@@ -291,21 +317,27 @@ Test(mkmodel, f16_and_bf16_convert_to_the_f32_weights)
 		path_in(path, sizeof(path), file);
 		cr_assert_eq(kvp_model_load(path, &m[k], err, sizeof(err)), 0, "%s", err);
 	}
+	float *emb0 = tensor_f32(&m[0]->tok_embd), *down0 = tensor_f32(&m[0]->layers[0].w_down);
 	for (int k = 1; k < 3; k++) {
 		size_t n = (size_t)300 * 32;
+		float *emb = tensor_f32(&m[k]->tok_embd), *down = tensor_f32(&m[k]->layers[0].w_down);
 
 		for (size_t i = 0; i < n; i++) {
-			float a = m[0]->tok_embd[i], b = m[k]->tok_embd[i];
+			float a = emb0[i], b = emb[i];
 
 			cr_assert(fabsf(a - b) <= tol[k] * fabsf(a) + 1e-7f, "%s tok_embd[%zu] %g vs %g",
 				  dt[k], i, (double)b, (double)a);
-			a = m[0]->layers[0].w_down[i % (64 * 32)];
-			b = m[k]->layers[0].w_down[i % (64 * 32)];
+			a = down0[i % (64 * 32)];
+			b = down[i % (64 * 32)];
 			cr_assert(fabsf(a - b) <= tol[k] * fabsf(a) + 1e-7f);
 		}
+		free(emb);
+		free(down);
 		/* norms stay f32 in every file */
 		cr_assert_eq(memcmp(m[0]->output_norm, m[k]->output_norm, 32 * sizeof(float)), 0);
 	}
+	free(emb0);
+	free(down0);
 	for (int k = 0; k < 3; k++)
 		kvp_model_free(m[k]);
 }
@@ -759,8 +791,8 @@ Test(corrupt, tensor_infos)
 	fx_refused(&f, "ne product overflows", "tensor 'blk.0.attn_q.weight'", "overflows");
 	patch64(&f, o + 4, 1ull << 61);
 	fx_refused(&f, "nbytes overflows", "tensor 'blk.0.attn_q.weight'");
-	patch32(&f, o + 20, 2);
-	fx_refused(&f, "type Q4_0", "tensor 'blk.0.attn_q.weight'", "ggml type 2 is not supported");
+	patch32(&f, o + 20, 16);
+	fx_refused(&f, "type IQ2_XXS", "tensor 'blk.0.attn_q.weight'", "IQ2_XXS (16) is not supported");
 	patch32(&f, o + 20, 0xffffffffu);
 	fx_refused(&f, "type 2^32-1", "tensor 'blk.0.attn_q.weight'", "4294967295");
 	uint64_t off = get64(f.b + o + 24);
@@ -821,8 +853,10 @@ Test(corrupt, model_shapes_and_values)
 	fx_refused(&f, "missing output_norm", "tensor 'output_norm.weight' is missing");
 	/* architecture and keys */
 	o = key_type_at(f.b, f.n, "general.architecture");
+	memcpy(f.b + o + 12, "gemma", 5);
+	fx_refused(&f, "architecture", "general.architecture", "'gemma'", "llama", "qwen2");
 	memcpy(f.b + o + 12, "qwen2", 5);
-	fx_refused(&f, "architecture", "general.architecture", "'qwen2'", "llama");
+	fx_refused(&f, "qwen2 keys", "key 'qwen2.embedding_length' is missing");
 	rename_str(&f, "general.architecture", "general.architecturX");
 	fx_refused(&f, "no architecture", "key 'general.architecture' is missing");
 	rename_str(&f, "llama.block_count", "llama.block_counX");
@@ -966,9 +1000,16 @@ static void x_ropefreqs(struct kvp_gguf_writer *w)
 	kvp_gguf_add_tensor(w, "rope_freqs.weight", 1, ne, KVP_GGML_F32, zeros);
 }
 static void x_tokens_f32(struct kvp_gguf_writer *w) { kvp_gguf_add_f32_array(w, "tokenizer.ggml.tokens", zeros, L_VOCAB); }
+/* per-layer kv heads: the same in every layer (as the tensors are shaped), or not */
 static void x_kv_array(struct kvp_gguf_writer *w)
 {
-	const int32_t v[2] = { 2, 2 };
+	const int32_t v[2] = { 4, 4 };
+
+	kvp_gguf_add_i32_array(w, "llama.attention.head_count_kv", v, 2);
+}
+static void x_kv_array_mixed(struct kvp_gguf_writer *w)
+{
+	const int32_t v[2] = { 4, 2 };
 
 	kvp_gguf_add_i32_array(w, "llama.attention.head_count_kv", v, 2);
 }
@@ -999,7 +1040,7 @@ Test(corrupt, llama_defaults_and_variants)
 	cr_expect_float_eq(m->cfg.rms_eps, 1e-6f, 1e-12f);
 	cr_expect_float_eq(m->cfg.rope_base, 500000.0f, 1e-1f);
 	cr_expect_eq(m->cfg.file_type, KVP_GGML_F16);
-	cr_expect(m->cfg.tied_output && m->output == m->tok_embd);
+	cr_expect(m->cfg.tied_output && m->output.data == m->tok_embd.data);
 	cr_expect_eq(m->cfg.n_params, expect_params(L_VOCAB, L_DIM, 2, 4, 2, 64, true));
 	kvp_model_free(m);
 	write_llama("f16norm.gguf", NULL, NULL, KVP_GGML_F16);
@@ -1007,7 +1048,7 @@ Test(corrupt, llama_defaults_and_variants)
 	kvp_model_free(m);
 	write_llama("out.gguf", NULL, x_output, KVP_GGML_F32);
 	m = load_ok("out.gguf");
-	cr_expect(!m->cfg.tied_output && m->output != m->tok_embd);
+	cr_expect(!m->cfg.tied_output && m->output.data != m->tok_embd.data);
 	kvp_model_free(m);
 
 	write_llama("nokv.gguf", "llama.attention.head_count_kv", NULL, KVP_GGML_F32);
@@ -1036,6 +1077,10 @@ Test(corrupt, llama_defaults_and_variants)
 	kvp_model_free(load_ok("none.gguf"));
 	write_llama("kl8.gguf", NULL, x_keylen_ok, KVP_GGML_F32);
 	kvp_model_free(load_ok("kl8.gguf"));
+	write_llama("kva.gguf", "llama.attention.head_count_kv", x_kv_array, KVP_GGML_F32);
+	m = load_ok("kva.gguf");
+	cr_expect_eq(m->cfg.n_kv_heads, 4);
+	kvp_model_free(m);
 
 	/* refused */
 	write_llama("exp.gguf", NULL, x_experts, KVP_GGML_F32);
@@ -1052,8 +1097,8 @@ Test(corrupt, llama_defaults_and_variants)
 	refused_file("tf.gguf", "f32 tokens", "tokenizer.ggml.tokens");
 	write_llama("ts.gguf", NULL, x_tokens_short, KVP_GGML_F32);
 	refused_file("ts.gguf", "299 tokens", "'tokenizer.ggml.tokens' has 299 tokens");
-	write_llama("kva.gguf", "llama.attention.head_count_kv", x_kv_array, KVP_GGML_F32);
-	refused_file("kva.gguf", "per-layer kv heads", "llama.attention.head_count_kv");
+	write_llama("kvm.gguf", "llama.attention.head_count_kv", x_kv_array_mixed, KVP_GGML_F32);
+	refused_file("kvm.gguf", "per-layer kv heads", "llama.attention.head_count_kv");
 	write_llama("au.gguf", "general.architecture", x_arch_u32, KVP_GGML_F32);
 	refused_file("au.gguf", "architecture u32", "general.architecture");
 	write_llama("noq.gguf", "blk.1.attn_q.weight", NULL, KVP_GGML_F32);

@@ -29,8 +29,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct cpu_packed {
-	struct kvp_packed_w *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
+/* One weight matrix as the GEMM takes it: f32 rows (the file's, or a widened copy of
+ * a file in another type) and their packed panels. */
+struct cpu_matrix {
+	const float *w;               /* (rows, cols) */
+	float *owned;                 /* the widened copy, when the file is not f32 */
+	struct kvp_packed_w *packed;
+};
+
+struct cpu_layer {
+	struct cpu_matrix wq, wk, wv, wo, w_gate, w_up, w_down;
 };
 
 struct cpu_state {
@@ -50,7 +58,10 @@ struct cpu_state {
 	float *att;          /* (max_batch, q_dim) attention output */
 	float *hb;           /* (max_batch, ffn) gate, then silu(gate) * up */
 	float *hb2;          /* (max_batch, ffn) up */
-	struct cpu_packed *packed;   /* (n_layers) packed copies of the layer matrices */
+	struct cpu_layer *layers;    /* (n_layers) */
+	struct cpu_matrix output;    /* (vocab, dim), unpacked: only ever one row of A */
+	double *rope_freq;           /* (rope_dim / 2) kvp_model_rope_freq */
+	struct kvp_cpu_rope rope;
 };
 
 static void *alloc_f32(size_t n)
@@ -62,6 +73,40 @@ static void *alloc_f32(size_t n)
 	return p;
 }
 
+static void matrix_free(struct cpu_matrix *mx)
+{
+	kvp_cpu_packed_free(mx->packed);
+	free(mx->owned);
+	*mx = (struct cpu_matrix){ 0 };
+}
+
+/* The f32 rows of t: in place for an f32 file, else widened into a copy. */
+static int matrix_rows(const struct kvp_tensor *t, struct cpu_matrix *mx)
+{
+	if (t->type == KVP_GGML_F32) {
+		mx->w = t->data;
+		return KVP_OK;
+	}
+	mx->owned = alloc_f32((size_t)t->rows * t->cols);
+	if (!mx->owned)
+		return KVP_ENOMEM;
+	for (uint32_t r = 0; r < t->rows; r++)
+		(void)kvp_dequant_row(t->type, (const uint8_t *)t->data + (size_t)r * t->row_bytes,
+				      mx->owned + (size_t)r * t->cols, t->cols);
+	mx->w = mx->owned;
+	return KVP_OK;
+}
+
+/* t's f32 rows and their packed panels. */
+static int matrix_open(const struct kvp_tensor *t, struct cpu_matrix *mx)
+{
+	int rc = matrix_rows(t, mx);
+
+	if (rc == KVP_OK)
+		rc = kvp_cpu_pack_w(mx->w, t->cols, (int)t->rows, (int)t->cols, &mx->packed);
+	return rc;
+}
+
 static void cpu_destroy(void *state)
 {
 	struct cpu_state *c = state;
@@ -69,19 +114,19 @@ static void cpu_destroy(void *state)
 	if (!c)
 		return;
 	kvp_threadpool_destroy(c->tp);
-	if (c->packed) {
+	if (c->layers) {
 		for (uint32_t l = 0; l < c->m->cfg.n_layers; l++) {
-			struct cpu_packed *p = &c->packed[l];
-			kvp_cpu_packed_free(p->wq);
-			kvp_cpu_packed_free(p->wk);
-			kvp_cpu_packed_free(p->wv);
-			kvp_cpu_packed_free(p->wo);
-			kvp_cpu_packed_free(p->w_gate);
-			kvp_cpu_packed_free(p->w_up);
-			kvp_cpu_packed_free(p->w_down);
+			struct cpu_layer *p = &c->layers[l];
+			struct cpu_matrix *ms[] = { &p->wq, &p->wk, &p->wv, &p->wo, &p->w_gate,
+						    &p->w_up, &p->w_down };
+
+			for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
+				matrix_free(ms[i]);
 		}
-		free(c->packed);
+		free(c->layers);
 	}
+	matrix_free(&c->output);
+	free(c->rope_freq);
 	free(c->x);
 	free(c->xb);
 	free(c->q);
@@ -107,32 +152,35 @@ static int alloc_run_state(struct cpu_state *c)
 	c->att = alloc_f32(rows * c->q_dim);
 	c->hb = alloc_f32(rows * mc->ffn);
 	c->hb2 = alloc_f32(rows * mc->ffn);
-	c->packed = calloc(mc->n_layers ? mc->n_layers : 1, sizeof(*c->packed));
+	c->layers = calloc(mc->n_layers ? mc->n_layers : 1, sizeof(*c->layers));
+	c->rope_freq = calloc(mc->rope_dim / 2 ? mc->rope_dim / 2 : 1, sizeof(double));
 	if (!c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->hb || !c->hb2 ||
-	    !c->packed)
+	    !c->layers || !c->rope_freq)
 		return KVP_ENOMEM;
+	for (uint32_t i = 0; i < mc->rope_dim / 2; i++)
+		c->rope_freq[i] = kvp_model_rope_freq(c->m, i);
+	c->rope = (struct kvp_cpu_rope){ .freq = c->rope_freq, .rope_dim = (int)mc->rope_dim,
+					 .halves = mc->rope_style == KVP_ROPE_HALVES };
 	return KVP_OK;
 }
 
-/* Pack the seven matrices of every layer once. */
-static int pack_layers(struct cpu_state *c)
+/* Every layer's seven matrices as the GEMM takes them, and the output head. */
+static int open_matrices(struct cpu_state *c)
 {
-	const struct kvp_model_config *mc = &c->m->cfg;
-	const int dim = (int)mc->dim, ffn = (int)mc->ffn;
-	const int qd = (int)c->q_dim, kvd = (int)c->kv_dim;
-	int rc = KVP_OK;
+	const struct kvp_model *m = c->m;
+	int rc = matrix_rows(&m->output, &c->output);
 
-	for (uint32_t l = 0; l < mc->n_layers && rc == KVP_OK; l++) {
-		const struct kvp_layer_weights *w = &c->m->layers[l];
-		struct cpu_packed *p = &c->packed[l];
+	for (uint32_t l = 0; l < m->cfg.n_layers && rc == KVP_OK; l++) {
+		const struct kvp_layer_weights *w = &m->layers[l];
+		struct cpu_layer *p = &c->layers[l];
 
-		if ((rc = kvp_cpu_pack_w(w->wq, dim, qd, dim, &p->wq)) < 0 ||
-		    (rc = kvp_cpu_pack_w(w->wk, dim, kvd, dim, &p->wk)) < 0 ||
-		    (rc = kvp_cpu_pack_w(w->wv, dim, kvd, dim, &p->wv)) < 0 ||
-		    (rc = kvp_cpu_pack_w(w->wo, qd, dim, qd, &p->wo)) < 0 ||
-		    (rc = kvp_cpu_pack_w(w->w_gate, dim, ffn, dim, &p->w_gate)) < 0 ||
-		    (rc = kvp_cpu_pack_w(w->w_up, dim, ffn, dim, &p->w_up)) < 0 ||
-		    (rc = kvp_cpu_pack_w(w->w_down, ffn, dim, ffn, &p->w_down)) < 0)
+		if ((rc = matrix_open(&w->wq, &p->wq)) < 0 ||
+		    (rc = matrix_open(&w->wk, &p->wk)) < 0 ||
+		    (rc = matrix_open(&w->wv, &p->wv)) < 0 ||
+		    (rc = matrix_open(&w->wo, &p->wo)) < 0 ||
+		    (rc = matrix_open(&w->w_gate, &p->w_gate)) < 0 ||
+		    (rc = matrix_open(&w->w_up, &p->w_up)) < 0 ||
+		    (rc = matrix_open(&w->w_down, &p->w_down)) < 0)
 			break;
 	}
 	return rc;
@@ -159,7 +207,7 @@ static int cpu_create(const struct kvp_model *m, const struct kvp_engine_config 
 	if (rc == KVP_OK)
 		rc = alloc_run_state(c);
 	if (rc == KVP_OK)
-		rc = pack_layers(c);
+		rc = open_matrices(c);
 	if (rc) {
 		cpu_destroy(c);
 		return rc;
@@ -168,51 +216,87 @@ static int cpu_create(const struct kvp_model *m, const struct kvp_engine_config 
 	return KVP_OK;
 }
 
+/* y (rows, n) += b, per row; nothing when the model has no such bias. */
+static void add_bias(struct cpu_state *c, float *y, size_t ldy, const float *b, uint32_t rows,
+		     int n)
+{
+	if (b)
+		kvp_cpu_add_rows(c->tp, y, ldy, b, 0, (int)rows, n);
+}
+
+/* x (rows, dim) = the embeddings of tokens (rows of token_embd, in its type). */
+static void embed(struct cpu_state *c, const uint32_t *tokens, uint32_t rows)
+{
+	const struct kvp_tensor *e = &c->m->tok_embd;
+
+	for (uint32_t i = 0; i < rows; i++)
+		(void)kvp_dequant_row(e->type, (const uint8_t *)e->data + (size_t)tokens[i] * e->row_bytes,
+				      c->x + (size_t)i * e->cols, e->cols);
+}
+
+/* The attention sublayer of layer l over rows at positions pos..: x += attention. */
+static void attention_block(struct cpu_state *c, uint32_t l, struct kvp_kv_view *kv,
+			    uint32_t rows, uint32_t pos, uint32_t kv_write_from)
+{
+	const struct kvp_model_config *mc = &c->m->cfg;
+	const struct kvp_layer_weights *w = &c->m->layers[l];
+	const struct cpu_layer *p = &c->layers[l];
+	const int dim = (int)mc->dim, qd = (int)c->q_dim, kvd = (int)c->kv_dim;
+
+	kv->layer = l;
+	kvp_cpu_rmsnorm_rows(c->tp, c->xb, dim, c->x, dim, w->attn_norm, (int)rows, dim,
+			     mc->rms_eps);
+	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->wq.packed, c->q, qd, (int)rows, false);
+	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->wk.packed, c->k, kvd, (int)rows, false);
+	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->wv.packed, c->v, kvd, (int)rows, false);
+	add_bias(c, c->q, qd, w->bq, rows, qd);
+	add_bias(c, c->k, kvd, w->bk, rows, kvd);
+	add_bias(c, c->v, kvd, w->bv, rows, kvd);
+	kvp_cpu_rope_rows_spec(c->tp, c->q, qd, (int)rows, (int)mc->n_heads, (int)mc->head_dim,
+			       &c->rope, pos);
+	kvp_cpu_rope_rows_spec(c->tp, c->k, kvd, (int)rows, (int)mc->n_kv_heads,
+			       (int)mc->head_dim, &c->rope, pos);
+	/* rows below kv_write_from are a cached prefix: its KV is already there */
+	if (pos + rows > kv_write_from) {
+		uint32_t skip = kv_write_from > pos ? kv_write_from - pos : 0;
+		kvp_cpu_kv_store_rows(c->tp, kv, pos + skip, (int)(rows - skip),
+				      c->k + (size_t)skip * kvd, kvd, c->v + (size_t)skip * kvd, kvd);
+	}
+	kvp_cpu_attention(c->tp, kv, c->q, c->att, rows, pos, mc->n_heads);
+	kvp_cpu_matmul_packed(c->tp, c->att, qd, p->wo.packed, c->x, dim, (int)rows, true);
+	add_bias(c, c->x, dim, w->bo, rows, dim);
+}
+
+/* The FFN sublayer of layer l: x += down(silu(gate(xb)) * up(xb)). */
+static void ffn_block(struct cpu_state *c, uint32_t l, uint32_t rows)
+{
+	const struct kvp_model_config *mc = &c->m->cfg;
+	const struct kvp_layer_weights *w = &c->m->layers[l];
+	const struct cpu_layer *p = &c->layers[l];
+	const int dim = (int)mc->dim, ffn = (int)mc->ffn;
+
+	kvp_cpu_rmsnorm_rows(c->tp, c->xb, dim, c->x, dim, w->ffn_norm, (int)rows, dim,
+			     mc->rms_eps);
+	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->w_gate.packed, c->hb, ffn, (int)rows, false);
+	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->w_up.packed, c->hb2, ffn, (int)rows, false);
+	add_bias(c, c->hb, ffn, w->b_gate, rows, ffn);
+	add_bias(c, c->hb2, ffn, w->b_up, rows, ffn);
+	kvp_cpu_swiglu_rows(c->tp, c->hb, ffn, c->hb2, ffn, (int)rows, ffn);
+	kvp_cpu_matmul_packed(c->tp, c->hb, ffn, p->w_down.packed, c->x, dim, (int)rows, true);
+	add_bias(c, c->x, dim, w->b_down, rows, dim);
+}
+
 /* One step: rows tokens at positions pos .. pos+rows-1. */
 static void forward_rows(struct cpu_state *c, const struct kvp_kv_view *base,
 			 const uint32_t *tokens, uint32_t rows, uint32_t pos,
 			 uint32_t kv_write_from)
 {
-	const struct kvp_model *m = c->m;
-	const struct kvp_model_config *mc = &m->cfg;
-	const int dim = (int)mc->dim, ffn = (int)mc->ffn;
-	const int qd = (int)c->q_dim, kvd = (int)c->kv_dim;
 	struct kvp_kv_view kv = *base;
 
-	for (uint32_t i = 0; i < rows; i++)
-		memcpy(c->x + (size_t)i * dim, m->tok_embd + (size_t)tokens[i] * dim,
-		       (size_t)dim * sizeof(float));
-
-	for (uint32_t l = 0; l < mc->n_layers; l++) {
-		const struct kvp_layer_weights *w = &m->layers[l];
-		const struct cpu_packed *p = &c->packed[l];
-
-		kv.layer = l;
-		kvp_cpu_rmsnorm_rows(c->tp, c->xb, dim, c->x, dim, w->attn_norm, (int)rows, dim,
-				     mc->rms_eps);
-		kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->wq, c->q, qd, (int)rows, false);
-		kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->wk, c->k, kvd, (int)rows, false);
-		kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->wv, c->v, kvd, (int)rows, false);
-		kvp_cpu_rope_rows(c->tp, c->q, qd, (int)rows, (int)mc->n_heads, (int)mc->head_dim,
-				  (int)mc->rope_dim, pos, mc->rope_base);
-		kvp_cpu_rope_rows(c->tp, c->k, kvd, (int)rows, (int)mc->n_kv_heads, (int)mc->head_dim,
-				  (int)mc->rope_dim, pos, mc->rope_base);
-		/* rows below kv_write_from are a cached prefix: its KV is already there */
-		if (pos + rows > kv_write_from) {
-			uint32_t skip = kv_write_from > pos ? kv_write_from - pos : 0;
-			kvp_cpu_kv_store_rows(c->tp, &kv, pos + skip, (int)(rows - skip),
-					      c->k + (size_t)skip * kvd, kvd, c->v + (size_t)skip * kvd,
-					      kvd);
-		}
-		kvp_cpu_attention(c->tp, &kv, c->q, c->att, rows, pos, mc->n_heads);
-		kvp_cpu_matmul_packed(c->tp, c->att, qd, p->wo, c->x, dim, (int)rows, true);
-
-		kvp_cpu_rmsnorm_rows(c->tp, c->xb, dim, c->x, dim, w->ffn_norm, (int)rows, dim,
-				     mc->rms_eps);
-		kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->w_gate, c->hb, ffn, (int)rows, false);
-		kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->w_up, c->hb2, ffn, (int)rows, false);
-		kvp_cpu_swiglu_rows(c->tp, c->hb, ffn, c->hb2, ffn, (int)rows, ffn);
-		kvp_cpu_matmul_packed(c->tp, c->hb, ffn, p->w_down, c->x, dim, (int)rows, true);
+	embed(c, tokens, rows);
+	for (uint32_t l = 0; l < c->m->cfg.n_layers; l++) {
+		attention_block(c, l, &kv, rows, pos, kv_write_from);
+		ffn_block(c, l, rows);
 	}
 }
 
@@ -242,7 +326,7 @@ static void forward_seq(struct cpu_state *c, const struct kvp_engine_seq *s)
 	if (s->logits) {
 		const float *last = c->x + (size_t)(rows - 1) * mc->dim;
 		kvp_cpu_rmsnorm(c->xb, last, m->output_norm, (int)mc->dim, mc->rms_eps);
-		kvp_cpu_matmul(c->tp, c->xb, mc->dim, m->output, mc->dim, s->logits, mc->vocab, 1,
+		kvp_cpu_matmul(c->tp, c->xb, mc->dim, c->output.w, mc->dim, s->logits, mc->vocab, 1,
 			       (int)mc->vocab, (int)mc->dim, false);
 	}
 }

@@ -83,8 +83,19 @@ int kvp_cpu_force_isa(const char *name);
 
 /* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i], i < n. out may equal x. */
 void kvp_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
-/* Rotary embedding, adjacent pairs: for each head, for i < rope_dim/2:
- * theta = pos * base^(-2i/rope_dim); (x[2i], x[2i+1]) rotated by theta. */
+/* A rotary embedding: the first rope_dim dims of each head, pair i turned by
+ * pos * freq[i]; pairs adjacent (x[2i], x[2i+1]) or halves (x[i], x[i + rope_dim/2]).
+ * freq NULL: the plain base^(-2i/rope_dim). The tables it builds from freq are kept
+ * per thread, rebuilt when freq's values change. */
+struct kvp_cpu_rope {
+	const double *freq;   /* (rope_dim / 2), or NULL */
+	float base;           /* with freq NULL */
+	int rope_dim;
+	bool halves;
+};
+void kvp_cpu_rope_spec(float *x, int n_heads, int head_dim, const struct kvp_cpu_rope *r,
+		       uint32_t pos);
+/* The plain rope, adjacent pairs: theta = pos * base^(-2i/rope_dim). */
 void kvp_cpu_rope(float *x, int n_heads, int head_dim, int rope_dim, uint32_t pos, float base);
 /* gate[i] = silu(gate[i]) * up[i] */
 void kvp_cpu_swiglu(float *gate, const float *up, int n);
@@ -105,6 +116,8 @@ void kvp_cpu_rmsnorm_rows(struct kvp_threadpool *tp, float *out, size_t ldo, con
 /* row r at position pos0 + r */
 void kvp_cpu_rope_rows(struct kvp_threadpool *tp, float *x, size_t ldx, int n_rows, int n_heads,
 		       int head_dim, int rope_dim, uint32_t pos0, float base);
+void kvp_cpu_rope_rows_spec(struct kvp_threadpool *tp, float *x, size_t ldx, int n_rows,
+			    int n_heads, int head_dim, const struct kvp_cpu_rope *r, uint32_t pos0);
 void kvp_cpu_swiglu_rows(struct kvp_threadpool *tp, float *gate, size_t ldg, const float *up,
 			 size_t ldu, int n_rows, int n);
 void kvp_cpu_add_rows(struct kvp_threadpool *tp, float *x, size_t ldx, const float *y, size_t ldy,

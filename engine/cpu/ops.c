@@ -49,26 +49,27 @@ void kvp_cpu_add(float *x, const float *y, int n)
 }
 
 /*
- * Rotary embedding. For pair i the angle is pos * f_i, f_i = base^(-2i/rope_dim), and
- * its cosine and sine are needed to ~1e-7 relative even at large pos (a float angle at
- * pos 4096 is already off by ~5e-4 rad), so they are built in double:
+ * Rotary embedding. Pair i of a head turns by pos * f_i (f_i from struct kvp_cpu_rope:
+ * base^(-2i/rope_dim) for a plain model, scaled or divided by frequency factors for
+ * others), and its cosine and sine are needed to ~1e-7 relative even at large pos (a
+ * float angle at pos 4096 is already off by ~5e-4 rad), so they are built in double:
  *
  *   pos = a + j, a = pos rounded down to a multiple of 16 (the anchor), j < 16
  *   e^(i pos f) = e^(i a f) * e^(i j f)
  *
- * e^(i a f) by cos/sin once per anchor, e^(i j f) from a table made once per
- * (rope_dim, base); the product is the same whatever order positions come in, so the
- * result is deterministic. The rotation itself runs in float, vectorised (kern table),
- * on cos/sin rounded to float: within ~3 ulp of the pair's norm. All of it is kept per
- * thread; rope_dim > 256 takes a direct (slower) path.
+ * e^(i a f) by cos/sin once per anchor, e^(i j f) from a table made once per set of
+ * frequencies; the product is the same whatever order positions come in, so the
+ * result is deterministic. The rotation itself runs in float, vectorised for adjacent
+ * pairs (kern table), on cos/sin rounded to float: within ~3 ulp of the pair's norm;
+ * pairs of halves (x[i], x[i + rope_dim/2]) turn in a plain loop. All of it is kept
+ * per thread; rope_dim > 256 takes a direct (slower) path.
  */
 #define ROPE_STEPS 16
 #define ROPE_MAX_PAIRS 128
 
 struct rope_cache {
 	bool valid;
-	int rope_dim;
-	float base;
+	int pairs;
 	bool anchor_valid;
 	uint32_t anchor;
 	uint32_t pos;
@@ -81,7 +82,15 @@ struct rope_cache {
 
 static _Thread_local struct rope_cache rope_tls;
 
-/* Fill cc, ss for pos (cache valid for rope_dim, base). */
+/* The frequencies of a plain rope (base^(-2i/rope_dim)), per thread, for the base-only
+ * entry points. */
+static _Thread_local struct {
+	int rope_dim;
+	float base;
+	double freq[ROPE_MAX_PAIRS];
+} plain_tls;
+
+/* Fill cc, ss for pos (cache valid for its frequencies). */
 static void rope_angles(struct rope_cache *rc, int pairs, uint32_t pos)
 {
 	uint32_t anchor = pos - pos % ROPE_STEPS, j = pos % ROPE_STEPS;
@@ -106,42 +115,99 @@ static void rope_angles(struct rope_cache *rc, int pairs, uint32_t pos)
 	rc->pos = pos;
 }
 
-void kvp_cpu_rope(float *x, int n_heads, int head_dim, int rope_dim, uint32_t pos, float base)
+/* rope_dim > 2 * ROPE_MAX_PAIRS: every angle straight from its frequency. */
+static void rope_direct(float *x, int n_heads, int head_dim, const struct kvp_cpu_rope *r,
+			uint32_t pos)
 {
-	assert(rope_dim >= 0 && rope_dim <= head_dim);
-	const int pairs = rope_dim / 2;
-	if (pairs == 0)
-		return;
-	if (pairs > ROPE_MAX_PAIRS) {
-		for (int h = 0; h < n_heads; h++) {
-			float *xh = x + (size_t)h * head_dim;
-			for (int i = 0; i < pairs; i++) {
-				double th = (double)pos * pow((double)base, -2.0 * i / (double)rope_dim);
-				double c = cos(th), s = sin(th), x0 = xh[2 * i], x1 = xh[2 * i + 1];
-				xh[2 * i] = (float)(x0 * c - x1 * s);
-				xh[2 * i + 1] = (float)(x0 * s + x1 * c);
-			}
-		}
-		return;
-	}
-	struct rope_cache *rc = &rope_tls;
-	if (!rc->valid || rc->rope_dim != rope_dim || rc->base != base) {
+	const int pairs = r->rope_dim / 2;
+
+	for (int h = 0; h < n_heads; h++) {
+		float *xh = x + (size_t)h * head_dim;
 		for (int i = 0; i < pairs; i++) {
-			rc->freq[i] = pow((double)base, -2.0 * i / (double)rope_dim);
+			int i0 = r->halves ? i : 2 * i, i1 = r->halves ? i + pairs : 2 * i + 1;
+			double f = r->freq ? r->freq[i]
+					   : pow((double)r->base, -2.0 * i / (double)r->rope_dim);
+			double th = (double)pos * f;
+			double c = cos(th), s = sin(th), x0 = xh[i0], x1 = xh[i1];
+			xh[i0] = (float)(x0 * c - x1 * s);
+			xh[i1] = (float)(x0 * s + x1 * c);
+		}
+	}
+}
+
+/* r's frequencies (pairs <= ROPE_MAX_PAIRS): its own, or the plain ones of its base,
+ * made once per thread. */
+static const double *rope_freqs(const struct kvp_cpu_rope *r, int pairs)
+{
+	if (r->freq)
+		return r->freq;
+	if (plain_tls.rope_dim != r->rope_dim || plain_tls.base != r->base) {
+		for (int i = 0; i < pairs; i++)
+			plain_tls.freq[i] = pow((double)r->base, -2.0 * i / (double)r->rope_dim);
+		plain_tls.rope_dim = r->rope_dim;
+		plain_tls.base = r->base;
+	}
+	return plain_tls.freq;
+}
+
+/* The thread's cache, made valid for r's frequencies and pos. */
+static struct rope_cache *rope_cached(const struct kvp_cpu_rope *r, int pairs, uint32_t pos)
+{
+	struct rope_cache *rc = &rope_tls;
+	const double *freq = rope_freqs(r, pairs);
+
+	if (!rc->valid || rc->pairs != pairs ||
+	    memcmp(rc->freq, freq, (size_t)pairs * sizeof(double)) != 0) {
+		for (int i = 0; i < pairs; i++) {
+			rc->freq[i] = freq[i];
 			for (int j = 0; j < ROPE_STEPS; j++) {
 				rc->step[j][i][0] = cos((double)j * rc->freq[i]);
 				rc->step[j][i][1] = sin((double)j * rc->freq[i]);
 			}
 		}
 		rc->valid = true;
-		rc->rope_dim = rope_dim;
-		rc->base = base;
+		rc->pairs = pairs;
 		rc->anchor_valid = false;
 		rope_angles(rc, pairs, pos);
 	} else if (rc->pos != pos) {
 		rope_angles(rc, pairs, pos);
 	}
-	kvp_cpu_kern()->rope(x, n_heads, head_dim, pairs, rc->cc, rc->ss);
+	return rc;
+}
+
+void kvp_cpu_rope_spec(float *x, int n_heads, int head_dim, const struct kvp_cpu_rope *r,
+		       uint32_t pos)
+{
+	assert(r->rope_dim >= 0 && r->rope_dim <= head_dim);
+	const int pairs = r->rope_dim / 2;
+	struct rope_cache *rc;
+
+	if (pairs == 0)
+		return;
+	if (pairs > ROPE_MAX_PAIRS) {
+		rope_direct(x, n_heads, head_dim, r, pos);
+		return;
+	}
+	rc = rope_cached(r, pairs, pos);
+	if (!r->halves) {
+		kvp_cpu_kern()->rope(x, n_heads, head_dim, pairs, rc->cc, rc->ss);
+		return;
+	}
+	for (int h = 0; h < n_heads; h++) {
+		float *xh = x + (size_t)h * head_dim;
+		for (int i = 0; i < pairs; i++) {
+			float x0 = xh[i], x1 = xh[i + pairs], c = rc->cc[2 * i], s = rc->ss[2 * i + 1];
+			xh[i] = x0 * c - x1 * s;
+			xh[i + pairs] = x0 * s + x1 * c;
+		}
+	}
+}
+
+void kvp_cpu_rope(float *x, int n_heads, int head_dim, int rope_dim, uint32_t pos, float base)
+{
+	const struct kvp_cpu_rope r = { .rope_dim = rope_dim, .base = base };
+
+	kvp_cpu_rope_spec(x, n_heads, head_dim, &r, pos);
 }
 
 /* ---- batched rows ---------------------------------------------------------------------- */
@@ -157,9 +223,9 @@ struct rows_job {
 	const float *w;         /* (n) rmsnorm weight */
 	int n_rows, n;
 	float eps;
-	int n_heads, head_dim, rope_dim;
+	int n_heads, head_dim;
+	const struct kvp_cpu_rope *rope;
 	uint32_t pos0;
-	float base;
 };
 
 static void rows_worker(void *arg, int ith, int nth)
@@ -174,8 +240,7 @@ static void rows_worker(void *arg, int ith, int nth)
 		switch (j->op) {
 		case ROW_RMSNORM: kn->rmsnorm(xr, yr, j->w, j->n, j->eps); break;
 		case ROW_ROPE:
-			kvp_cpu_rope(xr, j->n_heads, j->head_dim, j->rope_dim, j->pos0 + (uint32_t)r,
-				     j->base);
+			kvp_cpu_rope_spec(xr, j->n_heads, j->head_dim, j->rope, j->pos0 + (uint32_t)r);
 			break;
 		case ROW_SWIGLU: kn->swiglu(xr, yr, j->n); break;
 		case ROW_ADD: kn->add(xr, yr, j->n); break;
@@ -204,9 +269,17 @@ void kvp_cpu_rope_rows(struct kvp_threadpool *tp, float *x, size_t ldx, int n_ro
 		       int head_dim, int rope_dim, uint32_t pos0, float base)
 {
 	assert(n_rows >= 0);
+	const struct kvp_cpu_rope r = { .rope_dim = rope_dim, .base = base };
+
+	kvp_cpu_rope_rows_spec(tp, x, ldx, n_rows, n_heads, head_dim, &r, pos0);
+}
+
+void kvp_cpu_rope_rows_spec(struct kvp_threadpool *tp, float *x, size_t ldx, int n_rows,
+			    int n_heads, int head_dim, const struct kvp_cpu_rope *r, uint32_t pos0)
+{
 	struct rows_job j = { .op = ROW_ROPE, .x = x, .ldx = ldx, .n_rows = n_rows,
 			      .n = n_heads * head_dim, .n_heads = n_heads, .head_dim = head_dim,
-			      .rope_dim = rope_dim, .pos0 = pos0, .base = base };
+			      .rope = r, .pos0 = pos0 };
 	rows_run(tp, &j);
 }
 

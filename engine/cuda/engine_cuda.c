@@ -145,35 +145,57 @@ static void convert(enum kvp_cuda_dtype t, void *dst, const float *src, size_t n
 	}
 }
 
-/*
- * A weight matrix on the device, in e->wt: the f32 parts (rows x cols each, row-major,
- * contiguous) stacked by rows. Converted on the host a chunk at a time into staging
- * (page-locked, STAGE_ELEMS elements of wt) and uploaded.
- */
-static int upload_matrix(struct kvp_cuda_engine *e, void **dst, const float *const *parts,
-			 const size_t *elems, int nparts, void *staging)
+/* Upload the rows [r0, r1) of t, converted to e->wt (a quantized file dequantized on
+ * the host a row at a time), to d: through staging, whole rows at a time. */
+static int upload_rows(struct kvp_cuda_engine *e, uint8_t *d, const struct kvp_tensor *t,
+		       void *staging, float *row)
 {
-	size_t total = 0, off = 0;
-	uint8_t *d;
+	const size_t per = STAGE_ELEMS / t->cols ? STAGE_ELEMS / t->cols : 1;
 
-	for (int i = 0; i < nparts; i++)
-		total += elems[i];
-	d = kvp_device_alloc(total * e->wsz);
-	if (!d)
-		return KVP_ENOMEM;
-	*dst = d;
-	e->weight_bytes += total * e->wsz;
-	for (int i = 0; i < nparts; i++) {
-		for (size_t done = 0; done < elems[i];) {
-			size_t c = elems[i] - done < STAGE_ELEMS ? elems[i] - done : STAGE_ELEMS;
-			convert(e->wt, staging, parts[i] + done, c);
-			if (kvp_device_upload(d + off * e->wsz, staging, c * e->wsz))
-				return KVP_EIO;
-			done += c;
-			off += c;
+	for (uint32_t r = 0; r < t->rows;) {
+		size_t k = t->rows - r < per ? t->rows - r : per;
+
+		for (size_t i = 0; i < k; i++) {
+			(void)kvp_dequant_row(t->type, (const uint8_t *)t->data +
+					      (size_t)(r + i) * t->row_bytes, row, t->cols);
+			convert(e->wt, (uint8_t *)staging + i * t->cols * e->wsz, row, t->cols);
 		}
+		if (kvp_device_upload(d + (size_t)r * t->cols * e->wsz, staging, k * t->cols * e->wsz))
+			return KVP_EIO;
+		r += (uint32_t)k;
 	}
 	return KVP_OK;
+}
+
+/*
+ * A weight matrix on the device, in e->wt: the parts (matrices of the same columns)
+ * stacked by rows. Converted on the host a chunk of whole rows at a time into staging
+ * (page-locked, STAGE_ELEMS elements of wt; one row when a row is larger) and
+ * uploaded.
+ */
+static int upload_matrix(struct kvp_cuda_engine *e, void **dst,
+			 const struct kvp_tensor *const *parts, int nparts, void *staging)
+{
+	size_t total = 0, off = 0;
+	float *row = malloc((size_t)parts[0]->cols * sizeof(float));
+	uint8_t *d;
+	int rc = KVP_OK;
+
+	for (int i = 0; i < nparts; i++)
+		total += (size_t)parts[i]->rows * parts[i]->cols;
+	d = row ? kvp_device_alloc(total * e->wsz) : NULL;
+	if (!d) {
+		free(row);
+		return KVP_ENOMEM;
+	}
+	*dst = d;
+	e->weight_bytes += total * e->wsz;
+	for (int i = 0; i < nparts && rc == KVP_OK; i++) {
+		rc = upload_rows(e, d + off * e->wsz, parts[i], staging, row);
+		off += (size_t)parts[i]->rows * parts[i]->cols;
+	}
+	free(row);
+	return rc;
 }
 
 /* A norm vector (n floats), as it is. */
@@ -190,7 +212,7 @@ static int upload_weights(struct kvp_cuda_engine *e, char *err, size_t errlen)
 {
 	const struct kvp_model *m = e->m;
 	const struct kvp_model_config *mc = &m->cfg;
-	const size_t dim = mc->dim, ffn = mc->ffn, qd = e->q_dim, kvd = e->kv_dim;
+	const size_t dim = mc->dim;
 	void *staging;
 	int rc = KVP_OK;
 
@@ -201,36 +223,31 @@ static int upload_weights(struct kvp_cuda_engine *e, char *err, size_t errlen)
 		return KVP_ENOMEM;
 	}
 	{
-		const float *p[1] = { m->tok_embd };
-		const size_t n[1] = { (size_t)mc->vocab * dim };
-		rc = upload_matrix(e, &e->embd, p, n, 1, staging);
+		const struct kvp_tensor *p[1] = { &m->tok_embd };
+		rc = upload_matrix(e, &e->embd, p, 1, staging);
 	}
-	if (!rc && m->output == m->tok_embd) {
+	if (!rc && mc->tied_output) {
 		e->output = e->embd;
 	} else if (!rc) {
-		const float *p[1] = { m->output };
-		const size_t n[1] = { (size_t)mc->vocab * dim };
-		rc = upload_matrix(e, &e->output, p, n, 1, staging);
+		const struct kvp_tensor *p[1] = { &m->output };
+		rc = upload_matrix(e, &e->output, p, 1, staging);
 	}
 	if (!rc)
 		rc = upload_f32(e, &e->output_norm, m->output_norm, dim);
 	for (uint32_t l = 0; l < mc->n_layers && !rc; l++) {
 		const struct kvp_layer_weights *w = &m->layers[l];
 		struct cuda_layer *d = &e->layers[l];
-		const float *pq[1] = { w->wq }, *pkv[2] = { w->wk, w->wv };
-		const float *po[1] = { w->wo }, *pgu[2] = { w->w_gate, w->w_up };
-		const float *pd[1] = { w->w_down };
-		const size_t nq[1] = { qd * dim }, nkv[2] = { kvd * dim, kvd * dim };
-		const size_t no[1] = { dim * qd }, ngu[2] = { ffn * dim, ffn * dim };
-		const size_t nd[1] = { dim * ffn };
+		const struct kvp_tensor *pq[1] = { &w->wq }, *pkv[2] = { &w->wk, &w->wv };
+		const struct kvp_tensor *po[1] = { &w->wo }, *pgu[2] = { &w->w_gate, &w->w_up };
+		const struct kvp_tensor *pd[1] = { &w->w_down };
 
 		if ((rc = upload_f32(e, &d->attn_norm, w->attn_norm, dim)) ||
 		    (rc = upload_f32(e, &d->ffn_norm, w->ffn_norm, dim)) ||
-		    (rc = upload_matrix(e, &d->wq, pq, nq, 1, staging)) ||
-		    (rc = upload_matrix(e, &d->wkv, pkv, nkv, 2, staging)) ||
-		    (rc = upload_matrix(e, &d->wo, po, no, 1, staging)) ||
-		    (rc = upload_matrix(e, &d->w_gate_up, pgu, ngu, 2, staging)) ||
-		    (rc = upload_matrix(e, &d->w_down, pd, nd, 1, staging)))
+		    (rc = upload_matrix(e, &d->wq, pq, 1, staging)) ||
+		    (rc = upload_matrix(e, &d->wkv, pkv, 2, staging)) ||
+		    (rc = upload_matrix(e, &d->wo, po, 1, staging)) ||
+		    (rc = upload_matrix(e, &d->w_gate_up, pgu, 2, staging)) ||
+		    (rc = upload_matrix(e, &d->w_down, pd, 1, staging)))
 			break;
 	}
 	kvp_device_host_free(staging);
@@ -325,6 +342,14 @@ int kvp_cuda_engine_create(const struct kvp_model *m, const struct kvp_engine_co
 	if (cfg->block_tokens == 0 || cfg->max_batch == 0) {
 		say(err, errlen, "block_tokens and max_batch must be at least 1");
 		return KVP_EINVAL;
+	}
+	if (mc->rope_style != KVP_ROPE_ADJACENT || mc->rope_scale != 1.0f ||
+	    mc->rope_freq_factors || mc->attn_bias || mc->ffn_bias) {
+		say(err, errlen, "the CUDA backend does not compute %s yet: run this model with "
+		    "--backend cpu", mc->rope_style != KVP_ROPE_ADJACENT ? "rotary embedding on "
+		    "halves (qwen2)" : mc->attn_bias || mc->ffn_bias ? "projection biases" :
+		    "rope scaling");
+		return KVP_EUNSUPPORTED;
 	}
 	if (mc->head_dim == 0 || mc->head_dim % 2 || mc->head_dim > KVP_CUDA_MAX_HEAD_DIM) {
 		say(err, errlen, "head_dim %u: the CUDA backend needs an even head_dim of at most %d",
