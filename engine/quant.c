@@ -490,9 +490,17 @@ static void quant_q8_0(const float *x, void *out)
 
 #define NCAND 9
 
+/* v rounded to the nearest integer, ties to even, for |v| < 2^22 (beyond, the nearest
+ * of +-2^22): adding 1.5 * 2^23 leaves the rounded integer in the low mantissa bits. */
 static int nearest(float v)
 {
-	return (int)lrintf(v);   /* ties to even */
+	float t;
+	int32_t i;
+
+	v = v > 0x1.0p22f ? 0x1.0p22f : v < -0x1.0p22f ? -0x1.0p22f : v;
+	t = v + 0x1.8p23f;
+	memcpy(&i, &t, sizeof(i));
+	return (i & 0x007fffff) - 0x00400000;
 }
 
 static int clamp_int(int v, int lo, int hi)
@@ -500,11 +508,12 @@ static int clamp_int(int v, int lo, int hi)
 	return v < lo ? lo : v > hi ? hi : v;
 }
 
-/* One asymmetric group of n (<= 32) values, levels 0..top: x ~ scale * q - min. */
+/* One asymmetric group of n (<= 32) values, levels 0..top: x ~ scale * q - min. Sums in
+ * double, so that the squared error of a fit comes from them without a second pass. */
 static void fit_asym(const float *x, int n, int top, float *scale, float *min)
 {
-	float lo, hi, best = INFINITY;
-	int q[32];
+	float lo, hi;
+	double sx = 0, sxx = 0, best = INFINITY;
 
 	min_max(x, n, &lo, &hi);
 	lo = lo < 0.0f ? lo : 0.0f;
@@ -512,40 +521,42 @@ static void fit_asym(const float *x, int n, int top, float *scale, float *min)
 	*min = -lo;                      /* all values equal: scale 0, min the value */
 	if (!(hi > lo))
 		return;
+	for (int j = 0; j < n; j++) {
+		sx += x[j];
+		sxx += (double)x[j] * x[j];
+	}
 	for (int c = 0; c < NCAND; c++) {
 		const float is = ((float)top - 1.0f + 2.0f * (float)c / (NCAND - 1)) / (hi - lo);
-		float s1 = 0, s2 = 0, sx = 0, sqx = 0, det, s, b, err = 0;
+		int s1 = 0, s2 = 0;
+		double sqx = 0, det, s, b, err;
 
 		for (int j = 0; j < n; j++) {
-			q[j] = clamp_int(nearest((x[j] - lo) * is), 0, top);
-			s1 += (float)q[j];
-			s2 += (float)(q[j] * q[j]);
-			sx += x[j];
-			sqx += (float)q[j] * x[j];
+			const int q = clamp_int(nearest((x[j] - lo) * is), 0, top);
+
+			s1 += q;
+			s2 += q * q;
+			sqx += q * (double)x[j];
 		}
-		det = (float)n * s2 - s1 * s1;
-		if (det > 0.0f) {
-			s = ((float)n * sqx - s1 * sx) / det;
-			b = (sx - s * s1) / (float)n;
+		det = (double)n * s2 - (double)s1 * s1;
+		if (det > 0) {
+			s = (n * sqx - s1 * sx) / det;
+			b = (sx - s * s1) / n;
 		} else {             /* every value on one level */
-			s = s2 > 0.0f ? sqx / s2 : 0.0f;
-			b = 0.0f;
+			s = s2 > 0 ? sqx / s2 : 0;
+			b = 0;
 		}
-		if (b > 0.0f) {      /* the min must not be negative: fit through zero */
-			b = 0.0f;
+		if (b > 0) {         /* the min must not be negative: fit through zero */
+			b = 0;
 			s = sqx / s2;
 		}
-		if (!(s > 0.0f))
+		if (!(s > 0))
 			continue;
-		for (int j = 0; j < n; j++) {
-			const float e = s * (float)q[j] + b - x[j];
-
-			err += e * e;
-		}
+		/* sum (s q + b - x)^2, expanded */
+		err = s * s * s2 + n * b * b + sxx + 2 * s * b * s1 - 2 * s * sqx - 2 * b * sx;
 		if (err < best) {
 			best = err;
-			*scale = s;
-			*min = -b;
+			*scale = (float)s;
+			*min = (float)-b;
 		}
 	}
 }
