@@ -10,29 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon_harness.h"
 #include "kvp_gguf.h"
 #include "kvp_quant.h"
 #include "quant_test_util.h"
 
-static char g_dir[64];
-
-static void setup(void)
-{
-	cr_assert_eq(kvp_tmpdir_make(g_dir, sizeof(g_dir), "quant"), 0);
-}
-
-static void teardown(void)
-{
-	kvp_tmpdir_remove(g_dir);
-}
-
-TestSuite(gguf_types, .init = setup, .fini = teardown);
-
-static void path_in(char *out, size_t n, const char *name)
-{
-	snprintf(out, n, "%s/%s", g_dir, name);
-}
+TestSuite(gguf_types, .init = qt_tmp_setup, .fini = qt_tmp_teardown);
 
 static uint8_t *read_file(const char *path, size_t *n)
 {
@@ -113,7 +95,7 @@ Test(gguf_types, a_tensor_of_every_type_reads_back)
 	size_t calls = 0;
 	uint64_t s = 3;
 
-	path_in(path, sizeof(path), "types.gguf");
+	qt_path(path, sizeof(path), "types.gguf");
 	cr_assert_eq(kvp_gguf_writer_new(&w), 0);
 	for (size_t i = 0; i < N_TYPES; i++) {
 		const struct kvp_ggml_type_info *t = kvp_ggml_type(all_types[i]);
@@ -213,7 +195,7 @@ Test(gguf_types, types_without_a_layout_are_refused_by_name)
 	size_t n, at;
 	uint8_t *b;
 
-	path_in(path, sizeof(path), "iq.gguf");
+	qt_path(path, sizeof(path), "iq.gguf");
 	b = small_file(path, &n, &at);
 	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
 		const char *want[] = { "blk.0.attn_q.weight", ids[i].name, "not supported", NULL };
@@ -237,7 +219,7 @@ Test(gguf_types, a_row_of_part_blocks_is_refused)
 	size_t n, at;
 	uint8_t *b;
 
-	path_in(path, sizeof(path), "part.gguf");
+	qt_path(path, sizeof(path), "part.gguf");
 	b = small_file(path, &n, &at);
 	memcpy(b + at + 4, ne, sizeof(ne));
 	write_file(path, b, n);
@@ -255,7 +237,7 @@ Test(gguf_types, a_row_past_64_bits_is_refused)
 	size_t n, at;
 	uint8_t *b;
 
-	path_in(path, sizeof(path), "big.gguf");
+	qt_path(path, sizeof(path), "big.gguf");
 	b = small_file(path, &n, &at);
 	at = tensor_info_at(b, n, "norm");
 	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {

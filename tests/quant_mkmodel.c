@@ -30,19 +30,7 @@
 #error "KVP_MKMODEL_PATH must name the kvprefix-mkmodel binary"
 #endif
 
-static char g_dir[64];
-
-static void setup(void)
-{
-	cr_assert_eq(kvp_tmpdir_make(g_dir, sizeof(g_dir), "qmk"), 0);
-}
-
-static void teardown(void)
-{
-	kvp_tmpdir_remove(g_dir);
-}
-
-TestSuite(mkmodel_types, .init = setup, .fini = teardown);
+TestSuite(mkmodel_types, .init = qt_tmp_setup, .fini = qt_tmp_teardown);
 
 /* dim and ffn multiples of 256, head dim 64 */
 #define SHAPE "--vocab 300 --dim 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --ctx 128"
@@ -51,17 +39,12 @@ TestSuite(mkmodel_types, .init = setup, .fini = teardown);
 #define HD 64u
 #define KV (2u * HD)
 
-static void path_in(char *out, size_t n, const char *name)
-{
-	snprintf(out, n, "%s/%s", g_dir, name);
-}
-
 /* Run kvprefix-mkmodel --out DIR/name --quiet ARGS, its stderr into msg; exit status. */
 static int mkmodel(const char *name, const char *args, char *msg, size_t cap)
 {
 	char cmd[1024], out[256], sink[512];
 
-	path_in(out, sizeof(out), name);
+	qt_path(out, sizeof(out), name);
 	snprintf(cmd, sizeof(cmd), "'%s' --quiet --out '%s' %s 2>&1", KVP_MKMODEL_PATH, out, args);
 	return kvp_run_capture(cmd, msg ? msg : sink, msg ? cap : sizeof(sink));
 }
@@ -72,7 +55,7 @@ static struct kvp_gguf *open_model(const char *name, const char *args)
 	char path[256], err[512];
 
 	cr_assert_eq(mkmodel(name, args, err, sizeof(err)), 0, "mkmodel %s: %s", args, err);
-	path_in(path, sizeof(path), name);
+	qt_path(path, sizeof(path), name);
 	cr_assert_eq(kvp_gguf_open(path, &g, err, sizeof(err)), 0, "%s: %s", args, err);
 	return g;
 }
@@ -212,7 +195,7 @@ Test(mkmodel_types, rows_of_part_blocks_are_refused)
 		cr_expect(strstr(msg, bad[i].want), "%s: message '%s' lacks '%s'", bad[i].args, msg,
 			  bad[i].want);
 	}
-	path_in(path, sizeof(path), "bad.gguf");
+	qt_path(path, sizeof(path), "bad.gguf");
 	cr_assert_neq(access(path, F_OK), 0, "a refused run left a file");
 }
 
@@ -389,7 +372,7 @@ static uint64_t file_fnv1a(const char *name, size_t *len)
 	FILE *f;
 	int c;
 
-	path_in(path, sizeof(path), name);
+	qt_path(path, sizeof(path), name);
 	f = fopen(path, "rb");
 	cr_assert_not_null(f, "%s", path);
 	*len = 0;

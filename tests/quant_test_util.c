@@ -3,9 +3,12 @@
  */
 #include "quant_test_util.h"
 
+#include <criterion/criterion.h>
+
 #include <math.h>
 #include <stdio.h>
 
+#include "daemon_harness.h"
 #include "kvp_half.h"
 #include "kvp_quant.h"
 
@@ -15,6 +18,23 @@ const uint32_t qt_quant_types[] = {
 	KVP_GGML_Q4_K, KVP_GGML_Q5_K, KVP_GGML_Q6_K,
 };
 const size_t qt_n_quant_types = sizeof(qt_quant_types) / sizeof(qt_quant_types[0]);
+
+static char tmp_dir[64];
+
+void qt_tmp_setup(void)
+{
+	cr_assert_eq(kvp_tmpdir_make(tmp_dir, sizeof(tmp_dir), "quant"), 0);
+}
+
+void qt_tmp_teardown(void)
+{
+	kvp_tmpdir_remove(tmp_dir);
+}
+
+void qt_path(char *out, size_t cap, const char *name)
+{
+	snprintf(out, cap, "%s/%s", tmp_dir, name);
+}
 
 const char *qt_dist_name(enum qt_dist d)
 {

@@ -1,6 +1,7 @@
 /*
  * quant_test_util.h - what the quantization tests share: seeded rows of several
- * distributions, and each type's stated error bound for a row quantized and dequantized.
+ * distributions, each type's stated error bound for a row quantized and dequantized,
+ * and a private directory for the files a test writes.
  *
  * The bounds, per type (x the input, y what comes back, e = y - x; for the block types
  * d is the f32 scale the format's reference chooses and d_h it rounded to f16, H(v) =
@@ -62,6 +63,11 @@ extern const size_t qt_n_quant_types;
  * (the K types' tight one when tight); otherwise false and the first breach in why. */
 bool qt_within_bound(uint32_t type, const float *x, const float *y, size_t n, bool tight,
 		     char *why, size_t cap);
+/* A private directory per test (criterion .init / .fini), and a path in it. */
+void qt_tmp_setup(void);
+void qt_tmp_teardown(void);
+void qt_path(char *out, size_t cap, const char *name);
+
 /* The K types' rms bound c, tight or for any row (0 for other types). */
 double qt_rms_bound(uint32_t type, bool tight);
 /* The distributions the tight bound is stated for. */
