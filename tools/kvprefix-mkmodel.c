@@ -118,8 +118,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"Usage: " PROG " --out FILE [options]\n"
-		"Write a llama-family GGUF model with random weights (loads in kvprefixd and\n"
-		"llama.cpp). The same options give the same bytes.\n"
+		"Write a llama-family GGUF model with random weights, in the form kvprefixd and\n"
+		"llama.cpp read. The same options give the same bytes.\n"
 		"\n"
 		"  -o, --out FILE        the file to write (atomically, via FILE.tmp.XXXXXX)\n"
 		"      --vocab N         vocabulary size, >= 4 (default 32000); below 259 the\n"
