@@ -81,9 +81,14 @@
  * is not whole blocks; KVP_EPROTO (in *rc) when the size overflows. */
 static uint64_t tensor_bytes(uint32_t type, const uint64_t *ne, uint32_t n_dims, int *rc)
 {
+	const struct kvp_ggml_type_info *t = kvp_ggml_type(type);
 	uint64_t bytes = kvp_ggml_row_bytes(type, ne[0]);
 
 	*rc = KVP_OK;
+	if (t && ne[0] % t->block_elems == 0 && ne[0] / t->block_elems > INT64_MAX / t->block_bytes) {
+		*rc = KVP_EPROTO;    /* a row alone overflows */
+		return 0;
+	}
 	for (uint32_t d = 1; d < n_dims && bytes; d++) {
 		if (__builtin_mul_overflow(bytes, ne[d], &bytes) || bytes > INT64_MAX) {
 			*rc = KVP_EPROTO;
@@ -1144,6 +1149,8 @@ static void out_pad(struct wout *o)
 static int write_tensor_data(struct wout *o, const struct wtensor *t, uint8_t *chunk, char *err,
 			     size_t errlen)
 {
+	/* whole blocks a chunk, so that a fill function produces whole blocks */
+	const size_t chunk_max = GGUF_FILL_CHUNK - GGUF_FILL_CHUNK % kvp_ggml_type(t->type)->block_bytes;
 	uint64_t off = 0;
 	int rc;
 
@@ -1151,16 +1158,14 @@ static int write_tensor_data(struct wout *o, const struct wtensor *t, uint8_t *c
 		const uint8_t *p = t->data;
 
 		while (off < t->nbytes && !o->err) {
-			size_t n = t->nbytes - off > GGUF_FILL_CHUNK ? GGUF_FILL_CHUNK
-								      : (size_t)(t->nbytes - off);
+			size_t n = t->nbytes - off > chunk_max ? chunk_max : (size_t)(t->nbytes - off);
 			out_bytes(o, p + off, n);
 			off += n;
 		}
 		return 0;
 	}
 	while (off < t->nbytes && !o->err) {
-		size_t n = t->nbytes - off > GGUF_FILL_CHUNK ? GGUF_FILL_CHUNK
-							      : (size_t)(t->nbytes - off);
+		size_t n = t->nbytes - off > chunk_max ? chunk_max : (size_t)(t->nbytes - off);
 		rc = t->fill(t->ctx, chunk, off, n);
 		if (rc)
 			return fail(err, errlen, rc, "tensor '%s': producing its data failed: %s",

@@ -71,8 +71,9 @@ int kvp_gguf_get_arr_u32(const struct kvp_gguf *g, const char *key, uint64_t i, 
 
 /* A writer collects keys (copied when added) and tensors, then writes them in one go.
  * Used by one thread. The adders return 0, KVP_EINVAL (key not 1..65535 bytes, tensor
- * name not 1..64 bytes, n_dims not 1..4, a zero dimension, a type other than F32, F16,
- * BF16, or general.alignment other than the u32 32 the writer always uses), KVP_EEXIST
+ * name not 1..64 bytes, n_dims not 1..4, a zero dimension, a type without a layout in
+ * kvp_quant.h, a row (ne[0]) that is not whole blocks of its type, or general.alignment
+ * other than the u32 32 the writer always uses), KVP_EEXIST
  * (the key or tensor name was already added), KVP_ETOOBIG (over 65,536 keys or
  * tensors) or KVP_ENOMEM; a failed add changes nothing. general.alignment is written
  * whether or not it was added. */
@@ -96,7 +97,8 @@ int kvp_gguf_add_tensor(struct kvp_gguf_writer *w, const char *name, uint32_t n_
 /* Add a tensor whose data is produced at write time, chunk by chunk, so a file of any
  * size is written in bounded memory: fill(ctx, dst, off, n) writes bytes [off, off + n)
  * of the tensor's data into dst and returns 0 or a negative status (which aborts the
- * write). off and n are multiples of the element size, n <= 1 MiB, chunks in order.
+ * write). off and n are multiples of the type's block bytes (the element size of F32,
+ * F16 and BF16), n <= 1 MiB, chunks in order.
  * ctx must stay valid until kvp_gguf_write returns. */
 typedef int (*kvp_gguf_fill_fn)(void *ctx, void *dst, uint64_t off, size_t n);
 int kvp_gguf_add_tensor_fill(struct kvp_gguf_writer *w, const char *name, uint32_t n_dims,

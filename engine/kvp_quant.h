@@ -107,14 +107,19 @@ struct kvp_ggml_type_info {
 const struct kvp_ggml_type_info *kvp_ggml_type(uint32_t type);
 /* "Q4_K"; "type N" in buf for an unknown id (buf: at least 16 bytes). */
 const char *kvp_ggml_type_name(uint32_t type, char *buf, size_t cap);
-/* Bytes of a row of n elements: 0 for an unknown type or n not a multiple of its block. */
+/* Bytes of a row of n elements: 0 for an unknown type, n not a multiple of its block, or
+ * a size that does not fit in size_t. */
 size_t kvp_ggml_row_bytes(uint32_t type, uint64_t n);
 
 /* The reference conversions, one row of n elements (a multiple of the type's block),
  * exact as the format defines them (f32 arithmetic in the order of the definition).
  * dequant: every type with a layout above; KVP_EINVAL otherwise. quant: F32, F16,
- * BF16 and every block type above but Q8_1 and Q8_K, choosing scales as the format's
- * reference quantizers do; KVP_EINVAL otherwise. */
+ * BF16 (rounded to nearest even) and every block type above but Q8_1 and Q8_K (the
+ * kernels quantize activations); KVP_EINVAL otherwise (nothing written). The 32-element
+ * types choose their scales as the format's reference quantizers do and round each
+ * value to its nearest level; the K types search each group's scale (and min) by least
+ * squares, then round the group scales against the block's, then each value (quant.c
+ * says how: a valid block, not byte for byte llama.cpp's). src must be finite. */
 int kvp_dequant_row(uint32_t type, const void *src, float *dst, size_t n);
 int kvp_quant_row(uint32_t type, const float *src, void *dst, size_t n);
 

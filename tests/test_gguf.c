@@ -383,7 +383,7 @@ Test(mkmodel, refuses_nonsense)
 		"--dim 24 --heads 8",              /* head dim 3: odd */
 		"--vocab 3",                       /* no room for a piece after the specials */
 		"--dim 0", "--layers 0", "--ffn -1", "--dim 12x", "--ctx 99999999999",
-		"--dtype q4_0", "--bogus", "extra",
+		"--dtype q4_3", "--dtype q4_k --dim 128 --heads 4", "--bogus", "extra",
 	};
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)

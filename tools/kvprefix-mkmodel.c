@@ -1,24 +1,28 @@
 /*
- * kvprefix-mkmodel.c - write a random-weight llama model as GGUF, for tests and
+ * kvprefix-mkmodel.c - write a random-weight llama-family model as GGUF, for tests and
  * benchmarks (the project never downloads weights).
  *
  *   kvprefix-mkmodel --out FILE [--vocab N] [--dim N] [--layers N] [--heads N]
- *                    [--kv-heads N] [--ffn N] [--ctx N] [--dtype f32|f16|bf16]
- *                    [--seed N] [--tied] [--name NAME] [--quiet]
+ *                    [--kv-heads N] [--ffn N] [--ctx N] [--dtype TYPE] [--arch llama|qwen2]
+ *                    [--bias] [--rope-scaling none|linear:FACTOR|llama3] [--seed N]
+ *                    [--tied] [--name NAME] [--quiet]
  *
- * The file carries the keys and tensors llama.cpp reads for architecture "llama" and a
- * made-up SentencePiece-style vocabulary (<unk>, <s>, </s>, the 256 byte tokens, then
- * one piece "▁t<id>" per id), so llama.cpp loads it as well as kvprefixd. A vocabulary
- * smaller than 259 leaves the byte tokens out (<unk>, <s>, </s>, then pieces): kvprefixd
- * computes with it as with any other, which lets a protocol example show every logit;
- * llama.cpp's tokenizer then has no byte fallback.
+ * The file carries the keys and tensors llama.cpp reads for its architecture ("llama",
+ * or "qwen2": the same keys under qwen2.*, and the q, k, v biases) and a made-up
+ * SentencePiece-style vocabulary (<unk>, <s>, </s>, the 256 byte tokens, then one piece
+ * "▁t<id>" per id), so llama.cpp loads it as well as kvprefixd. A vocabulary smaller than
+ * 259 leaves the byte tokens out (<unk>, <s>, </s>, then pieces): kvprefixd computes with
+ * it as with any other, which lets a protocol example show every logit; llama.cpp's
+ * tokenizer then has no byte fallback.
  *
  * Weights are a pure function of (seed, tensor name, element index): a counter-based
  * generator (splitmix64), so the same arguments give the same bytes on any machine, and
  * each tensor is produced chunk by chunk while it is written (kvp_gguf_add_tensor_fill):
- * memory stays at a few MiB plus the vocabulary whatever the model size.
+ * memory stays at a few MiB plus the vocabulary whatever the model size. A quantized
+ * --dtype draws the same values, then quantizes them a block at a time (kvp_quant_row).
  *
  *   matrices  uniform in [-a, a], a = 0.02 * sqrt(3)   (std 0.02, as GPT-2 initialises)
+ *   biases    uniform, std a quarter of the matrices'  (always f32)
  *   norms     uniform in [0.95, 1.05], always f32       (as llama.cpp writes norms)
  */
 #include <errno.h>
@@ -33,7 +37,7 @@
 #include <unistd.h>
 
 #include "kvp_gguf.h"
-#include "kvp_half.h"
+#include "kvp_quant.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF is written little-endian");
 
@@ -48,20 +52,49 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF is written littl
 #define MAX_CTX (1u << 24)
 #define WEIGHT_STD 0.02
 #define NORM_SPREAD 0.05
+#define ROPE_BASE 10000.0f
 #define PROGRESS_MIN_BYTES (256ull << 20)
 
-/* llama.cpp's token types and file types */
+#define RUN 256                         /* values drawn at a time: whole blocks of every type */
+
+/* llama.cpp's token types */
 enum { TOK_NORMAL = 1, TOK_UNKNOWN = 2, TOK_CONTROL = 3, TOK_BYTE = 6 };
-enum { FTYPE_F32 = 0, FTYPE_F16 = 1, FTYPE_BF16 = 32 };
+
+enum arch { ARCH_LLAMA, ARCH_QWEN2 };
+static const char *const arch_names[] = { "llama", "qwen2" };
+
+enum rope_scaling { ROPE_NONE, ROPE_LINEAR, ROPE_LLAMA3 };
+
+/* --dtype: the matrices' type and general.file_type, llama.cpp's LLAMA_FTYPE_MOSTLY_*
+ * for it (a pure K type is the _S file type, as llama-quantize names it). */
+struct dtype {
+	const char *name;
+	enum kvp_ggml_type type;
+	uint32_t ftype;
+	bool q6k_mix;               /* output, attn_v and ffn_down in Q6_K, as Q4_K_M files */
+};
+
+static const struct dtype dtypes[] = {
+	{ "f32", KVP_GGML_F32, 0, false },     { "f16", KVP_GGML_F16, 1, false },
+	{ "bf16", KVP_GGML_BF16, 32, false },  { "q8_0", KVP_GGML_Q8_0, 7, false },
+	{ "q4_0", KVP_GGML_Q4_0, 2, false },   { "q4_1", KVP_GGML_Q4_1, 3, false },
+	{ "q5_0", KVP_GGML_Q5_0, 8, false },   { "q5_1", KVP_GGML_Q5_1, 9, false },
+	{ "q2_k", KVP_GGML_Q2_K, 10, false },  { "q3_k", KVP_GGML_Q3_K, 11, false },
+	{ "q4_k", KVP_GGML_Q4_K, 14, false },  { "q5_k", KVP_GGML_Q5_K, 16, false },
+	{ "q6_k", KVP_GGML_Q6_K, 18, false },  { "q4_k_m", KVP_GGML_Q4_K, 15, true },
+};
 
 struct opts {
 	const char *out;
 	const char *name;
 	uint32_t vocab, dim, layers, heads, kv_heads, ffn, ctx;
-	enum kvp_ggml_type dtype;
+	const struct dtype *dtype;
+	enum arch arch;
+	enum rope_scaling rope;
+	float rope_factor;          /* ROPE_LINEAR */
 	uint64_t seed;
 	double std;
-	bool tied, quiet;
+	bool tied, bias, quiet;
 };
 
 /* Progress over the whole file's tensor data, printed on stderr for big models. */
@@ -72,12 +105,12 @@ struct progress {
 	struct timespec t0;
 };
 
-/* One tensor's generator: the fill callback's context. */
+/* One tensor's generator, the fill callback's context: value i = offset + scale * u(i),
+ * stored as type. */
 struct gen {
 	uint64_t key;
 	enum kvp_ggml_type type;
-	bool norm;
-	double std;                  /* of the matrices' values */
+	double scale, offset;
 	struct progress *prog;
 };
 
@@ -85,8 +118,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"Usage: " PROG " --out FILE [options]\n"
-		"Write a llama-architecture GGUF model with random weights (loads in kvprefixd\n"
-		"and llama.cpp). The same options give the same bytes.\n"
+		"Write a llama-family GGUF model with random weights, in the form kvprefixd and\n"
+		"llama.cpp read. The same options give the same bytes.\n"
 		"\n"
 		"  -o, --out FILE        the file to write (atomically, via FILE.tmp.XXXXXX)\n"
 		"      --vocab N         vocabulary size, >= 4 (default 32000); below 259 the\n"
@@ -97,16 +130,31 @@ static void usage(FILE *f)
 		"      --kv-heads N      key/value heads; must divide --heads (default 4)\n"
 		"      --ffn N           feed-forward length (default 1536)\n"
 		"      --ctx N           context length (default 4096)\n"
-		"      --dtype T         f32, f16 or bf16 for the matrices; norms are f32 (default f32)\n"
+		"      --dtype T         the type of the 7 layer matrices, token_embd and output:\n"
+		"                        f32 (default), f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1,\n"
+		"                        q2_k, q3_k, q4_k, q5_k, q6_k, or q4_k_m (q4_k, but q6_k\n"
+		"                        for output, attn_v and ffn_down); norms and biases stay\n"
+		"                        f32. Block types need --dim and --ffn multiples of their\n"
+		"                        block: 32 (q4_0 .. q8_0) or 256 (the k types)\n"
+		"      --arch A          llama (default) or qwen2: qwen2.* keys, and the q, k and\n"
+		"                        v projections' biases\n"
+		"      --bias            a bias on each of the 7 layer matrices (f32)\n"
+		"      --rope-scaling S  none (default); linear:FACTOR (rope.scaling.type linear,\n"
+		"                        rope.scaling.factor FACTOR); llama3 (a rope_freqs.weight\n"
+		"                        tensor of Llama 3's frequency factors: factor 8, low and\n"
+		"                        high frequency factors 1 and 4, original context 8192)\n"
 		"      --seed N          weight seed (default 1)\n"
 		"      --weight-std S    spread of the matrices' values (default 0.02); larger\n"
-		"                        values give sharper attention, useful in tests\n"
+		"                        values give sharper attention, useful in tests; biases\n"
+		"                        get a quarter of it\n"
 		"      --tied            no output.weight: logits use token_embd\n"
 		"      --name NAME       general.name (default kvprefix-random-<params>)\n"
 		"  -q, --quiet           print nothing on success\n"
 		"  -h, --help            show this help\n"
 		"\n"
-		"The defaults make a ~58M parameter model (232 MB in f32). A ~1B one:\n"
+		"general.file_type is llama.cpp's for the dtype (0 f32, 1 f16, 32 bf16, 7 q8_0,\n"
+		"2 q4_0, 3 q4_1, 8 q5_0, 9 q5_1, 10 q2_k, 11 q3_k, 14 q4_k, 16 q5_k, 18 q6_k,\n"
+		"15 q4_k_m). The defaults make a ~58M parameter model (232 MB in f32). A ~1B one:\n"
 		"  " PROG " --out 1b.gguf --dim 2048 --layers 16 --heads 32 --kv-heads 8 --ffn 8192 --dtype f16\n"
 		"Exit status: 0 written, 1 error, 2 usage error.\n");
 }
@@ -155,39 +203,27 @@ static void progress_add(struct progress *p, uint64_t n)
 		(double)(now.tv_sec - p->t0.tv_sec) + (double)(now.tv_nsec - p->t0.tv_nsec) / 1e9);
 }
 
+/* The writer asks for whole blocks (kvp_gguf.h), so a chunk quantizes on its own. */
 static int fill(void *ctx, void *dst, uint64_t off, size_t n)
 {
 	const struct gen *g = ctx;
-	/* scale * u is exact in double (24-bit by 24-bit), so the result is the same
-	 * whether or not the compiler contracts it into an FMA: same bytes everywhere */
-	const double scale = g->norm ? (double)(float)NORM_SPREAD
-				     : (double)(float)(g->std * 1.7320508075688772);
-	const double bias = g->norm ? 1.0 : 0.0;
-	size_t es = g->type == KVP_GGML_F32 ? 4 : 2, count = n / es;
-	uint64_t first = off / es;
-	float v[256];
+	const struct kvp_ggml_type_info *t = kvp_ggml_type(g->type);
+	const uint64_t first = off / t->block_bytes * t->block_elems;
+	const size_t count = n / t->block_bytes * t->block_elems;
+	float v[RUN];
+	int rc;
 
-	/* values in runs of 256 (a loop the compiler vectorises), then stored as the type */
-	for (size_t i = 0; i < count; i += 256) {
-		size_t k = count - i < 256 ? count - i : 256;
+	/* values in runs of RUN (a loop the compiler vectorises), then stored as the type.
+	 * scale * u is exact in double (24-bit by 24-bit), so the value is the same whether
+	 * or not the compiler contracts it into an FMA: same bytes everywhere */
+	for (size_t i = 0; i < count; i += RUN) {
+		const size_t k = count - i < RUN ? count - i : RUN;
 
 		for (size_t j = 0; j < k; j++)
-			v[j] = (float)(bias + scale * (double)uniform(g->key, first + i + j));
-		switch (g->type) {
-		case KVP_GGML_F32:
-			memcpy((char *)dst + 4 * i, v, 4 * k);
-			break;
-		case KVP_GGML_F16:
-			for (size_t j = 0; j < k; j++)
-				((uint16_t *)dst)[i + j] = kvp_f32_to_f16(v[j]);
-			break;
-		case KVP_GGML_BF16:
-			for (size_t j = 0; j < k; j++)
-				((uint16_t *)dst)[i + j] = kvp_f32_to_bf16(v[j]);
-			break;
-		default:
-			break;   /* mkmodel writes only the types of --dtype */
-		}
+			v[j] = (float)(g->offset + g->scale * (double)uniform(g->key, first + i + j));
+		rc = kvp_quant_row(g->type, v, (uint8_t *)dst + i / t->block_elems * t->block_bytes, k);
+		if (rc)
+			return rc;
 	}
 	progress_add(g->prog, n);
 	return 0;
@@ -245,51 +281,131 @@ static int vocab_build(struct vocab *v, uint32_t n)
 	return 0;
 }
 
+/* Which of the 7 layer matrices (attn_q .. ffn_down, in the order of build's table) have
+ * a bias: all of them with --bias, q, k and v in a Qwen2 file. */
+static bool has_bias(const struct opts *o, int m)
+{
+	return o->bias || (o->arch == ARCH_QWEN2 && m < 3);
+}
+
 static uint64_t n_params(const struct opts *o)
 {
 	uint64_t hd = o->dim / o->heads, q = (uint64_t)o->heads * hd, kv = (uint64_t)o->kv_heads * hd;
 	uint64_t layer = 2ull * o->dim + 2 * q * o->dim + 2 * kv * o->dim + 3ull * o->dim * o->ffn;
+	const uint64_t bias_len[7] = { q, kv, kv, o->dim, o->ffn, o->ffn, o->dim };
 
+	for (int m = 0; m < 7; m++)
+		layer += has_bias(o, m) ? bias_len[m] : 0;
 	return (uint64_t)o->vocab * o->dim * (o->tied ? 1 : 2) + layer * o->layers + o->dim;
 }
 
-static int add_tensor(struct kvp_gguf_writer *w, struct gen *g, const struct opts *o,
-		      struct progress *prog, const char *name, uint64_t ne0, uint64_t ne1)
+/* Llama 3's rope frequency factors, as its converters compute them for rope_freqs.weight:
+ * per rotated pair i, wavelength 2 pi base^(2i / rope_dim); under 8192 / 4 kept (1),
+ * over 8192 / 1 divided by 8, in between blended smoothly. */
+static void llama3_rope_factors(float *f, uint32_t rope_dim, double base)
 {
-	uint64_t ne[2] = { ne0, ne1 };
+	const double factor = 8.0, low_freq_factor = 1.0, high_freq_factor = 4.0, old_ctx = 8192.0;
+	const double low_freq_wavelen = old_ctx / low_freq_factor;
+	const double high_freq_wavelen = old_ctx / high_freq_factor;
 
-	g->key = name_key(o->seed, name);
-	g->norm = ne1 == 0;
-	g->std = o->std;
-	g->type = g->norm ? KVP_GGML_F32 : o->dtype;
-	g->prog = prog;
-	prog->total += ne0 * (ne1 ? ne1 : 1) * (g->type == KVP_GGML_F32 ? 4 : 2);
-	return kvp_gguf_add_tensor_fill(w, name, ne1 ? 2 : 1, ne, g->type, fill, g);
+	for (uint32_t i = 0; i < rope_dim / 2; i++) {
+		const double freq = 1.0 / pow(base, (double)(2 * i) / (double)rope_dim);
+		const double wavelen = 2.0 * M_PI / freq;
+
+		if (wavelen < high_freq_wavelen) {
+			f[i] = 1.0f;
+		} else if (wavelen > low_freq_wavelen) {
+			f[i] = (float)factor;
+		} else {
+			const double smooth = (old_ctx / wavelen - low_freq_factor) /
+					      (high_freq_factor - low_freq_factor);
+
+			f[i] = (float)(1.0 / ((1.0 - smooth) / factor + smooth));
+		}
+	}
 }
 
-static int build(struct kvp_gguf_writer *w, const struct opts *o, struct vocab *v, struct gen *gens,
-		 struct progress *prog, const char *name)
+/* What build adds tensors and keys with. */
+struct builder {
+	struct kvp_gguf_writer *w;
+	const struct opts *o;
+	struct gen *next;            /* the next free generator */
+	struct progress *prog;
+	char key[96];
+};
+
+/* "<arch>.<suffix>", for the key about to be added (the writer copies it). */
+static const char *akey(struct builder *b, const char *suffix)
 {
-	uint32_t hd = o->dim / o->heads, q = o->heads * hd, kv = o->kv_heads * hd;
-	uint32_t ftype = o->dtype == KVP_GGML_F16 ? FTYPE_F16 : o->dtype == KVP_GGML_BF16 ? FTYPE_BF16 : FTYPE_F32;
-	struct gen *g = gens;
-	char tname[64];
+	snprintf(b->key, sizeof(b->key), "%s.%s", arch_names[b->o->arch], suffix);
+	return b->key;
+}
+
+/* A tensor of ne0 x ne1 (ne1 0: a vector) of values offset + scale * u, stored as type. */
+static int add_tensor(struct builder *b, const char *name, enum kvp_ggml_type type, double scale,
+		      double offset, uint64_t ne0, uint64_t ne1)
+{
+	uint64_t ne[2] = { ne0, ne1 };
+	struct gen *g = b->next++;
+
+	g->key = name_key(b->o->seed, name);
+	g->type = type;
+	g->scale = scale;
+	g->offset = offset;
+	g->prog = b->prog;
+	b->prog->total += kvp_ggml_row_bytes(type, ne0) * (ne1 ? ne1 : 1);
+	return kvp_gguf_add_tensor_fill(b->w, name, ne1 ? 2 : 1, ne, type, fill, g);
+}
+
+/* The matrix called what ("attn_v", "output"): --dtype's type, or Q6_K where a Q4_K_M
+ * file has it. */
+static int add_matrix(struct builder *b, const char *name, const char *what, uint64_t ne0,
+		      uint64_t ne1)
+{
+	const struct dtype *dt = b->o->dtype;
+	const bool q6k = dt->q6k_mix && (strcmp(what, "output") == 0 ||
+					 strcmp(what, "attn_v") == 0 || strcmp(what, "ffn_down") == 0);
+
+	return add_tensor(b, name, q6k ? KVP_GGML_Q6_K : dt->type,
+			  (double)(float)(b->o->std * 1.7320508075688772), 0.0, ne0, ne1);
+}
+
+static int add_norm(struct builder *b, const char *name, uint64_t n)
+{
+	return add_tensor(b, name, KVP_GGML_F32, (double)(float)NORM_SPREAD, 1.0, n, 0);
+}
+
+static int add_bias(struct builder *b, const char *name, uint64_t n)
+{
+	return add_tensor(b, name, KVP_GGML_F32, (double)(float)(b->o->std / 4 * 1.7320508075688772),
+			  0.0, n, 0);
+}
+
+static int add_keys(struct builder *b, const struct vocab *v, const char *name)
+{
+	const struct opts *o = b->o;
+	struct kvp_gguf_writer *w = b->w;
 	int rc;
 
-	if ((rc = kvp_gguf_add_str(w, "general.architecture", "llama")) ||
+	if ((rc = kvp_gguf_add_str(w, "general.architecture", arch_names[o->arch])) ||
 	    (rc = kvp_gguf_add_str(w, "general.name", name)) ||
 	    (rc = kvp_gguf_add_u32(w, "general.alignment", 32)) ||
-	    (rc = kvp_gguf_add_u32(w, "general.file_type", ftype)) ||
-	    (rc = kvp_gguf_add_u32(w, "llama.context_length", o->ctx)) ||
-	    (rc = kvp_gguf_add_u32(w, "llama.embedding_length", o->dim)) ||
-	    (rc = kvp_gguf_add_u32(w, "llama.block_count", o->layers)) ||
-	    (rc = kvp_gguf_add_u32(w, "llama.feed_forward_length", o->ffn)) ||
-	    (rc = kvp_gguf_add_u32(w, "llama.attention.head_count", o->heads)) ||
-	    (rc = kvp_gguf_add_u32(w, "llama.attention.head_count_kv", o->kv_heads)) ||
-	    (rc = kvp_gguf_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f)) ||
-	    (rc = kvp_gguf_add_u32(w, "llama.rope.dimension_count", hd)) ||
-	    (rc = kvp_gguf_add_f32(w, "llama.rope.freq_base", 10000.0f)) ||
-	    (rc = kvp_gguf_add_u32(w, "llama.vocab_size", o->vocab)) ||
+	    (rc = kvp_gguf_add_u32(w, "general.file_type", o->dtype->ftype)) ||
+	    (rc = kvp_gguf_add_u32(w, akey(b, "context_length"), o->ctx)) ||
+	    (rc = kvp_gguf_add_u32(w, akey(b, "embedding_length"), o->dim)) ||
+	    (rc = kvp_gguf_add_u32(w, akey(b, "block_count"), o->layers)) ||
+	    (rc = kvp_gguf_add_u32(w, akey(b, "feed_forward_length"), o->ffn)) ||
+	    (rc = kvp_gguf_add_u32(w, akey(b, "attention.head_count"), o->heads)) ||
+	    (rc = kvp_gguf_add_u32(w, akey(b, "attention.head_count_kv"), o->kv_heads)) ||
+	    (rc = kvp_gguf_add_f32(w, akey(b, "attention.layer_norm_rms_epsilon"), 1e-5f)) ||
+	    (rc = kvp_gguf_add_u32(w, akey(b, "rope.dimension_count"), o->dim / o->heads)) ||
+	    (rc = kvp_gguf_add_f32(w, akey(b, "rope.freq_base"), ROPE_BASE)))
+		return rc;
+	if (o->rope == ROPE_LINEAR &&
+	    ((rc = kvp_gguf_add_str(w, akey(b, "rope.scaling.type"), "linear")) ||
+	     (rc = kvp_gguf_add_f32(w, akey(b, "rope.scaling.factor"), o->rope_factor))))
+		return rc;
+	if ((rc = kvp_gguf_add_u32(w, akey(b, "vocab_size"), o->vocab)) ||
 	    (rc = kvp_gguf_add_str(w, "tokenizer.ggml.model", "llama")) ||
 	    (rc = kvp_gguf_add_str_array(w, "tokenizer.ggml.tokens", v->tok, o->vocab)) ||
 	    (rc = kvp_gguf_add_f32_array(w, "tokenizer.ggml.scores", v->score, o->vocab)) ||
@@ -298,28 +414,63 @@ static int build(struct kvp_gguf_writer *w, const struct opts *o, struct vocab *
 	    (rc = kvp_gguf_add_u32(w, "tokenizer.ggml.eos_token_id", 2)) ||
 	    (rc = kvp_gguf_add_u32(w, "tokenizer.ggml.unknown_token_id", 0)))
 		return rc;
+	return 0;
+}
 
-	if ((rc = add_tensor(w, g++, o, prog, "token_embd.weight", o->dim, o->vocab)) ||
-	    (rc = add_tensor(w, g++, o, prog, "output_norm.weight", o->dim, 0)))
-		return rc;
-	if (!o->tied && (rc = add_tensor(w, g++, o, prog, "output.weight", o->dim, o->vocab)))
-		return rc;
-	for (uint32_t l = 0; l < o->layers; l++) {
-		static const char *const what[9] = {
-			"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-			"ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
-		};
-		const uint64_t shape[9][2] = {
-			{ o->dim, 0 }, { o->dim, q }, { o->dim, kv }, { o->dim, kv }, { q, o->dim },
-			{ o->dim, 0 }, { o->dim, o->ffn }, { o->dim, o->ffn }, { o->ffn, o->dim },
-		};
+static int add_layer(struct builder *b, uint32_t l)
+{
+	const struct opts *o = b->o;
+	const uint32_t hd = o->dim / o->heads, q = o->heads * hd, kv = o->kv_heads * hd;
+	/* the 7 matrices: name, ne0 (the row, the input), ne1 (the output) */
+	static const char *const what[7] = {
+		"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+	};
+	const uint64_t shape[7][2] = {
+		{ o->dim, q }, { o->dim, kv }, { o->dim, kv }, { q, o->dim },
+		{ o->dim, o->ffn }, { o->dim, o->ffn }, { o->ffn, o->dim },
+	};
+	char name[64];
+	int rc;
 
-		for (int k = 0; k < 9; k++) {
-			snprintf(tname, sizeof(tname), "blk.%u.%s.weight", l, what[k]);
-			if ((rc = add_tensor(w, g++, o, prog, tname, shape[k][0], shape[k][1])))
+	for (int m = 0; m < 7; m++) {
+		if (m == 0 || m == 4) {   /* each half begins with its norm */
+			snprintf(name, sizeof(name), "blk.%u.%s_norm.weight", l, m ? "ffn" : "attn");
+			if ((rc = add_norm(b, name, o->dim)))
 				return rc;
 		}
+		snprintf(name, sizeof(name), "blk.%u.%s.weight", l, what[m]);
+		if ((rc = add_matrix(b, name, what[m], shape[m][0], shape[m][1])))
+			return rc;
+		snprintf(name, sizeof(name), "blk.%u.%s.bias", l, what[m]);
+		if (has_bias(o, m) && (rc = add_bias(b, name, shape[m][1])))
+			return rc;
 	}
+	return 0;
+}
+
+/* rope_freqs: the values, rope_dim / 2 of them, must live until the file is written. */
+static int build(struct builder *b, const struct vocab *v, const char *name, const float *rope_freqs)
+{
+	const struct opts *o = b->o;
+	int rc;
+
+	if ((rc = add_keys(b, v, name)))
+		return rc;
+	if ((rc = add_matrix(b, "token_embd.weight", "token_embd", o->dim, o->vocab)) ||
+	    (rc = add_norm(b, "output_norm.weight", o->dim)))
+		return rc;
+	if (!o->tied && (rc = add_matrix(b, "output.weight", "output", o->dim, o->vocab)))
+		return rc;
+	if (rope_freqs) {
+		const uint64_t ne = o->dim / o->heads / 2;
+
+		if ((rc = kvp_gguf_add_tensor(b->w, "rope_freqs.weight", 1, &ne, KVP_GGML_F32,
+					      rope_freqs)))
+			return rc;
+	}
+	for (uint32_t l = 0; l < o->layers; l++)
+		if ((rc = add_layer(b, l)))
+			return rc;
 	return 0;
 }
 
@@ -359,82 +510,65 @@ static int parse_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi, u
 	return 0;
 }
 
-static int parse_args(int argc, char **argv, struct opts *o)
+static int parse_dtype(const char *s, struct opts *o)
 {
-	enum { O_VOCAB = 256, O_DIM, O_LAYERS, O_HEADS, O_KV, O_FFN, O_CTX, O_DTYPE, O_SEED, O_STD,
-	       O_TIED, O_NAME };
-	static const struct option lopts[] = {
-		{ "out", required_argument, NULL, 'o' },
-		{ "vocab", required_argument, NULL, O_VOCAB },
-		{ "dim", required_argument, NULL, O_DIM },
-		{ "layers", required_argument, NULL, O_LAYERS },
-		{ "heads", required_argument, NULL, O_HEADS },
-		{ "kv-heads", required_argument, NULL, O_KV },
-		{ "ffn", required_argument, NULL, O_FFN },
-		{ "ctx", required_argument, NULL, O_CTX },
-		{ "dtype", required_argument, NULL, O_DTYPE },
-		{ "seed", required_argument, NULL, O_SEED },
-		{ "weight-std", required_argument, NULL, O_STD },
-		{ "tied", no_argument, NULL, O_TIED },
-		{ "name", required_argument, NULL, O_NAME },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	int c, bad = 0;
+	for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++) {
+		if (strcmp(s, dtypes[i].name) == 0) {
+			o->dtype = &dtypes[i];
+			return 0;
+		}
+	}
+	fprintf(stderr, PROG ": --dtype is f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, "
+		"q3_k, q4_k, q5_k, q6_k or q4_k_m, not '%s'\n", s);
+	return -1;
+}
 
-	*o = (struct opts){
-		.vocab = 32000, .dim = 512, .layers = 8, .heads = 8, .kv_heads = 4, .ffn = 1536,
-		.ctx = 4096, .dtype = KVP_GGML_F32, .seed = 1, .std = WEIGHT_STD,
-	};
-	while ((c = getopt_long(argc, argv, "o:qh", lopts, NULL)) != -1) {
-		switch (c) {
-		case 'o': o->out = optarg; break;
-		case 'q': o->quiet = true; break;
-		case 'h': usage(stdout); exit(0);
-		case O_VOCAB: bad |= parse_u32("vocab", optarg, MIN_VOCAB, MAX_VOCAB, &o->vocab); break;
-		case O_DIM: bad |= parse_u32("dim", optarg, 2, MAX_DIM, &o->dim); break;
-		case O_LAYERS: bad |= parse_u32("layers", optarg, 1, MAX_LAYERS, &o->layers); break;
-		case O_HEADS: bad |= parse_u32("heads", optarg, 1, MAX_DIM, &o->heads); break;
-		case O_KV: bad |= parse_u32("kv-heads", optarg, 1, MAX_DIM, &o->kv_heads); break;
-		case O_FFN: bad |= parse_u32("ffn", optarg, 1, MAX_DIM, &o->ffn); break;
-		case O_CTX: bad |= parse_u32("ctx", optarg, 1, MAX_CTX, &o->ctx); break;
-		case O_SEED: bad |= parse_u64("seed", optarg, 0, UINT64_MAX, &o->seed); break;
-		case O_TIED: o->tied = true; break;
-		case O_STD: {
-			char *end;
-			o->std = strtod(optarg, &end);
-			if (end == optarg || *end || !(o->std > 0.0) || o->std > 10.0) {
-				fprintf(stderr, PROG ": --weight-std wants a number in (0, 10], got '%s'\n",
-					optarg);
-				bad = 1;
-			}
-			break;
-		}
-		case O_NAME: o->name = optarg; break;
-		case O_DTYPE:
-			if (strcmp(optarg, "f32") == 0) {
-				o->dtype = KVP_GGML_F32;
-			} else if (strcmp(optarg, "f16") == 0) {
-				o->dtype = KVP_GGML_F16;
-			} else if (strcmp(optarg, "bf16") == 0) {
-				o->dtype = KVP_GGML_BF16;
-			} else {
-				fprintf(stderr, PROG ": --dtype is f32, f16 or bf16, not '%s'\n", optarg);
-				bad = -1;
-			}
-			break;
-		default:
-			usage(stderr);
-			return -1;
-		}
-	}
-	if (bad)
-		return -1;
-	if (optind < argc) {
-		fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
+static int parse_arch(const char *s, struct opts *o)
+{
+	if (strcmp(s, "llama") == 0) {
+		o->arch = ARCH_LLAMA;
+	} else if (strcmp(s, "qwen2") == 0) {
+		o->arch = ARCH_QWEN2;
+	} else {
+		fprintf(stderr, PROG ": --arch is llama or qwen2, not '%s'\n", s);
 		return -1;
 	}
+	return 0;
+}
+
+static int parse_rope_scaling(const char *s, struct opts *o)
+{
+	char *end;
+	double f;
+
+	if (strcmp(s, "none") == 0) {
+		o->rope = ROPE_NONE;
+		return 0;
+	}
+	if (strcmp(s, "llama3") == 0) {
+		o->rope = ROPE_LLAMA3;
+		return 0;
+	}
+	if (strncmp(s, "linear:", 7) == 0) {
+		f = strtod(s + 7, &end);
+		if (end != s + 7 && !*end && f > 0.0 && f <= 1024.0) {
+			o->rope = ROPE_LINEAR;
+			o->rope_factor = (float)f;
+			return 0;
+		}
+		fprintf(stderr, PROG ": --rope-scaling linear:FACTOR wants a factor in (0, 1024], got '%s'\n",
+			s + 7);
+		return -1;
+	}
+	fprintf(stderr, PROG ": --rope-scaling is none, linear:FACTOR or llama3, not '%s'\n", s);
+	return -1;
+}
+
+/* The options that depend on each other; 0 or -1 with a message. */
+static int check_args(const struct opts *o)
+{
+	const struct kvp_ggml_type_info *t = kvp_ggml_type(o->dtype->type);
+
 	if (!o->out) {
 		fprintf(stderr, PROG ": --out FILE is required (see --help)\n");
 		return -1;
@@ -452,11 +586,104 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		fprintf(stderr, PROG ": --kv-heads %u must divide --heads %u\n", o->kv_heads, o->heads);
 		return -1;
 	}
+	/* a row is whole blocks: every matrix's rows are --dim long but ffn_down's (--ffn);
+	 * Q4_K_M's Q6_K has Q4_K's block */
+	if (o->dim % t->block_elems) {
+		fprintf(stderr, PROG ": --dtype %s: --dim %u must be a multiple of %u (a %s block): "
+			"the matrices' rows are --dim long\n", o->dtype->name, o->dim, t->block_elems,
+			t->name);
+		return -1;
+	}
+	if (o->ffn % t->block_elems) {
+		fprintf(stderr, PROG ": --dtype %s: --ffn %u must be a multiple of %u (a %s block): "
+			"ffn_down's rows are --ffn long\n", o->dtype->name, o->ffn, t->block_elems,
+			t->name);
+		return -1;
+	}
+	if (o->rope == ROPE_LLAMA3 && o->arch != ARCH_LLAMA) {
+		fprintf(stderr, PROG ": --rope-scaling llama3 is Llama 3's (rope_freqs.weight); "
+			"--arch %s files have none\n", arch_names[o->arch]);
+		return -1;
+	}
 	if (o->name && (!*o->name || strlen(o->name) > 255)) {
 		fprintf(stderr, PROG ": --name must be 1 to 255 bytes\n");
 		return -1;
 	}
 	return 0;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+	enum { O_VOCAB = 256, O_DIM, O_LAYERS, O_HEADS, O_KV, O_FFN, O_CTX, O_DTYPE, O_SEED, O_STD,
+	       O_TIED, O_NAME, O_ARCH, O_BIAS, O_ROPE };
+	static const struct option lopts[] = {
+		{ "out", required_argument, NULL, 'o' },
+		{ "vocab", required_argument, NULL, O_VOCAB },
+		{ "dim", required_argument, NULL, O_DIM },
+		{ "layers", required_argument, NULL, O_LAYERS },
+		{ "heads", required_argument, NULL, O_HEADS },
+		{ "kv-heads", required_argument, NULL, O_KV },
+		{ "ffn", required_argument, NULL, O_FFN },
+		{ "ctx", required_argument, NULL, O_CTX },
+		{ "dtype", required_argument, NULL, O_DTYPE },
+		{ "arch", required_argument, NULL, O_ARCH },
+		{ "bias", no_argument, NULL, O_BIAS },
+		{ "rope-scaling", required_argument, NULL, O_ROPE },
+		{ "seed", required_argument, NULL, O_SEED },
+		{ "weight-std", required_argument, NULL, O_STD },
+		{ "tied", no_argument, NULL, O_TIED },
+		{ "name", required_argument, NULL, O_NAME },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c, bad = 0;
+
+	*o = (struct opts){
+		.vocab = 32000, .dim = 512, .layers = 8, .heads = 8, .kv_heads = 4, .ffn = 1536,
+		.ctx = 4096, .dtype = &dtypes[0], .seed = 1, .std = WEIGHT_STD,
+	};
+	while ((c = getopt_long(argc, argv, "o:qh", lopts, NULL)) != -1) {
+		switch (c) {
+		case 'o': o->out = optarg; break;
+		case 'q': o->quiet = true; break;
+		case 'h': usage(stdout); exit(0);
+		case O_VOCAB: bad |= parse_u32("vocab", optarg, MIN_VOCAB, MAX_VOCAB, &o->vocab); break;
+		case O_DIM: bad |= parse_u32("dim", optarg, 2, MAX_DIM, &o->dim); break;
+		case O_LAYERS: bad |= parse_u32("layers", optarg, 1, MAX_LAYERS, &o->layers); break;
+		case O_HEADS: bad |= parse_u32("heads", optarg, 1, MAX_DIM, &o->heads); break;
+		case O_KV: bad |= parse_u32("kv-heads", optarg, 1, MAX_DIM, &o->kv_heads); break;
+		case O_FFN: bad |= parse_u32("ffn", optarg, 1, MAX_DIM, &o->ffn); break;
+		case O_CTX: bad |= parse_u32("ctx", optarg, 1, MAX_CTX, &o->ctx); break;
+		case O_SEED: bad |= parse_u64("seed", optarg, 0, UINT64_MAX, &o->seed); break;
+		case O_TIED: o->tied = true; break;
+		case O_BIAS: o->bias = true; break;
+		case O_STD: {
+			char *end;
+			o->std = strtod(optarg, &end);
+			if (end == optarg || *end || !(o->std > 0.0) || o->std > 10.0) {
+				fprintf(stderr, PROG ": --weight-std wants a number in (0, 10], got '%s'\n",
+					optarg);
+				bad = 1;
+			}
+			break;
+		}
+		case O_NAME: o->name = optarg; break;
+		case O_DTYPE: bad |= parse_dtype(optarg, o); break;
+		case O_ARCH: bad |= parse_arch(optarg, o); break;
+		case O_ROPE: bad |= parse_rope_scaling(optarg, o); break;
+		default:
+			usage(stderr);
+			return -1;
+		}
+	}
+	if (bad)
+		return -1;
+	if (optind < argc) {
+		fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
+		return -1;
+	}
+	return check_args(o);
 }
 
 int main(int argc, char **argv)
@@ -465,6 +692,8 @@ int main(int argc, char **argv)
 	struct progress prog = { .last_pct = -1 };
 	struct vocab v = { 0 };
 	struct gen *gens = NULL;
+	float *rope_freqs = NULL;
+	struct builder b;
 	struct timespec t1;
 	struct opts o;
 	struct stat st;
@@ -482,12 +711,17 @@ int main(int argc, char **argv)
 		snprintf(name, sizeof(name), "kvprefix-random-%.0fM", (double)params / 1e6);
 
 	clock_gettime(CLOCK_MONOTONIC, &prog.t0);
-	gens = calloc(3 + 9 * (size_t)o.layers, sizeof(*gens));
-	if (!gens || vocab_build(&v, o.vocab) || kvp_gguf_writer_new(&w)) {
+	/* token_embd, output_norm, output; per layer 2 norms, 7 matrices, 7 biases */
+	gens = calloc(3 + 16 * (size_t)o.layers, sizeof(*gens));
+	if (o.rope == ROPE_LLAMA3 && (rope_freqs = malloc(o.dim / o.heads / 2 * sizeof(float))))
+		llama3_rope_factors(rope_freqs, o.dim / o.heads, ROPE_BASE);
+	if (!gens || (o.rope == ROPE_LLAMA3 && !rope_freqs) || vocab_build(&v, o.vocab) ||
+	    kvp_gguf_writer_new(&w)) {
 		fprintf(stderr, PROG ": out of memory\n");
 		goto out;
 	}
-	rc = build(w, &o, &v, gens, &prog, o.name ? o.name : name);
+	b = (struct builder){ .w = w, .o = &o, .next = gens, .prog = &prog };
+	rc = build(&b, &v, o.name ? o.name : name, rope_freqs);
 	if (rc) {
 		fprintf(stderr, PROG ": building the file: %s\n", kvp_strerror(rc));
 		goto out;
@@ -502,13 +736,13 @@ int main(int argc, char **argv)
 	secs = (double)(t1.tv_sec - prog.t0.tv_sec) + (double)(t1.tv_nsec - prog.t0.tv_nsec) / 1e9;
 	if (!o.quiet)
 		printf("%s: %s, %" PRIu64 " parameters, %s, %lld bytes, %.2f s\n", o.out,
-		       o.name ? o.name : name, params,
-		       o.dtype == KVP_GGML_F16 ? "f16" : o.dtype == KVP_GGML_BF16 ? "bf16" : "f32",
+		       o.name ? o.name : name, params, o.dtype->name,
 		       stat(o.out, &st) == 0 ? (long long)st.st_size : -1LL, secs);
 	status = 0;
 out:
 	kvp_gguf_writer_free(w);
 	vocab_free(&v);
+	free(rope_freqs);
 	free(gens);
 	return status;
 }
