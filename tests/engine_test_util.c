@@ -265,42 +265,42 @@ double et_eng_run_vs_ref(struct eng *g, struct table *t, const uint32_t *tok,
 
 const struct fwd_case et_fwd_cases[] = {
 	{ "gqa-4-2", "--vocab 512 --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 "
-		     "--ctx 1024 --dtype f32", { 0 }, 300, false },
+		     "--ctx 1024 --dtype f32", { 0 }, 300, false, 0 },
 	{ "tied", "--vocab 512 --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 160 "
-		  "--ctx 1024 --dtype f32 --tied --seed 2", { 0 }, 300, false },
+		  "--ctx 1024 --dtype f32 --tied --seed 2", { 0 }, 300, false, 0 },
 	{ "mha-4-4", "--vocab 512 --dim 64 --layers 2 --heads 4 --kv-heads 4 --ffn 160 "
-		     "--ctx 1024 --dtype f32 --seed 3", { 0 }, 300, false },
+		     "--ctx 1024 --dtype f32 --seed 3", { 0 }, 300, false, 0 },
 	{ "mqa-8-1", "--vocab 512 --dim 64 --layers 2 --heads 8 --kv-heads 1 --ffn 160 "
-		     "--ctx 1024 --dtype f32 --seed 4", { 0 }, 300, false },
+		     "--ctx 1024 --dtype f32 --seed 4", { 0 }, 300, false, 0 },
 	/* large weights, head dim 12 (vector tails), partial rope 8 of 12, GQA group 3 */
 	{ "custom-hd12", NULL,
 	  { .vocab = 300, .dim = 72, .layers = 2, .heads = 6, .kv_heads = 2, .ffn = 100,
 	    .ctx = 512, .rope_dim = 8, .eps = 1e-6f, .base = 500000.0f, .wscale = 0.25f,
-	    .nspread = 0.3f, .seed = 21 }, 300, false },
+	    .nspread = 0.3f, .seed = 21 }, 300, false, 0 },
 	/* head dim 320: the decode attention's shrunken tiles, and rope over 160 pairs
 	 * (over 128: the direct rope path); tied */
 	{ "custom-hd320", NULL,
 	  { .vocab = 280, .dim = 640, .layers = 1, .heads = 2, .kv_heads = 1, .ffn = 64,
 	    .ctx = 256, .rope_dim = 320, .eps = 1e-5f, .base = 10000.0f, .wscale = 0.08f,
-	    .nspread = 0.2f, .tied = true, .seed = 22 }, 150, false },
+	    .nspread = 0.2f, .tied = true, .seed = 22 }, 150, false, 0 },
 	/* 96 query heads on one kv head (a group over KVP_ATTN_MAX_Q = 64 query vectors),
 	 * head dim 4 */
 	{ "custom-g96", NULL,
 	  { .vocab = 270, .dim = 384, .layers = 2, .heads = 96, .kv_heads = 1, .ffn = 64,
 	    .ctx = 256, .rope_dim = 4, .eps = 1e-5f, .base = 10000.0f, .wscale = 0.1f,
-	    .nspread = 0.2f, .seed = 23 }, 120, false },
+	    .nspread = 0.2f, .seed = 23 }, 120, false, 0 },
 	/* head dim 2048 = KVP_CPU_MAX_HEAD_DIM, rope over 1024 pairs */
 	{ "custom-hd2048", NULL,
 	  { .vocab = 260, .dim = 2048, .layers = 1, .heads = 1, .kv_heads = 1, .ffn = 32,
 	    .ctx = 128, .rope_dim = 2048, .eps = 1e-5f, .base = 10000.0f, .wscale = 0.03f,
-	    .nspread = 0.2f, .seed = 24 }, 40, true },
+	    .nspread = 0.2f, .seed = 24 }, 40, true, 0 },
 	/* head dim 320 with 7 query heads per kv head: decode attention (1 row x 7 heads,
 	 * under 8 query vectors) takes the one-row path, whose stack tiles hold 6 heads of
 	 * 320, so the heads go in two rounds (6 + 1); partial rope 64 of 320 */
 	{ "custom-hd320-g7", NULL,
 	  { .vocab = 260, .dim = 2240, .layers = 1, .heads = 7, .kv_heads = 1, .ffn = 32,
 	    .ctx = 64, .rope_dim = 64, .eps = 1e-5f, .base = 10000.0f, .wscale = 0.03f,
-	    .nspread = 0.2f, .seed = 25 }, 24, true },
+	    .nspread = 0.2f, .seed = 25 }, 24, true, 0 },
 };
 
 double et_tol_f16(const struct fwd_case *c)
