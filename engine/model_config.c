@@ -51,6 +51,10 @@ static int get_size(const struct kvp_model *m, const char *rest, bool required, 
 	if (kvp_gguf_get_arr(m->file, key, &etype, &n) != KVP_OK || n == 0)
 		return model_fail(err, errlen, KVP_EINVAL,
 				  "key '%s' is not an unsigned integer that fits in 32 bits", key);
+	if (m->cfg.n_layers && n != m->cfg.n_layers)
+		return model_fail(err, errlen, KVP_EINVAL,
+				  "key '%s' is an array of %llu values for %u layers", key,
+				  (unsigned long long)n, m->cfg.n_layers);
 	for (uint64_t i = 0; i < n; i++) {
 		if (kvp_gguf_get_arr_u32(m->file, key, i, &v) != KVP_OK)
 			return model_fail(err, errlen, KVP_EINVAL,

@@ -532,8 +532,20 @@ Test(refuse, a_tensor_the_engine_would_not_use)
 	refused("qb.gguf", &qb, "tensor 'blk.1.post_norm.weight'", "qwen2");
 }
 
+static void k_ffn_short(struct kvp_gguf_writer *w, const char *arch)
+{
+	const int32_t ffn[1] = { M_FFN };
+	char k[96];
+
+	snprintf(k, sizeof(k), "%s.feed_forward_length", arch);
+	cr_assert_eq(kvp_gguf_add_i32_array(w, k, ffn, 1), 0);
+}
+
 Test(refuse, non_uniform_layers)
 {
+	const struct spec sh = { .keys = k_ffn_short, .no_ffn_key = true };
+
+	refused("sh.gguf", &sh, "llama.feed_forward_length", "an array of 1 values for 2 layers");
 	const struct spec nu = { .keys = k_ffn_mixed, .no_ffn_key = true };
 
 	refused("nu.gguf", &nu, "llama.feed_forward_length", "layers of different sizes");
