@@ -152,6 +152,10 @@ static void log_engine(const struct server *s, uint32_t capacity, const char *de
 		 mc->ctx < mc->ctx_file ? " (the sliding window)" : "");
 	kvp_info("weights: %.1f MiB in the file; tensors %s; resident after load %.1f MiB",
 		 (double)mc->weight_bytes / 1048576.0, types, rss_mib());
+	if (kvp_engine_weight_bytes(s->engine))
+		kvp_info("weights held by the %s backend: %.1f MiB (converted from the file's "
+			 "types when it started)", kvp_engine_kernels(s->engine),
+			 (double)kvp_engine_weight_bytes(s->engine) / 1048576.0);
 	if (kvp_engine_backend(s->engine) == KVP_BACKEND_CUDA)
 		snprintf(where, sizeof(where), "cuda%s", dev);
 	else

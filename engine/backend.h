@@ -40,6 +40,7 @@ struct kvp_backend_ops {
 	struct kvp_threadpool *(*threads)(void *state);
 	const char *(*kernels)(void *state);
 	double (*peak_gflops)(void *state);
+	size_t (*weight_bytes)(void *state);
 };
 
 extern const struct kvp_backend_ops kvp_backend_cpu;    /* engine/cpu/backend_cpu.c */

@@ -180,6 +180,11 @@ double kvp_engine_peak_gflops(struct kvp_engine *e)
 	return e->ops->peak_gflops ? e->ops->peak_gflops(e->state) : 0.0;
 }
 
+size_t kvp_engine_weight_bytes(const struct kvp_engine *e)
+{
+	return e->ops->weight_bytes ? e->ops->weight_bytes(e->state) : 0;
+}
+
 /* Every sequence fits the model and its own table; KVP_EINVAL otherwise. */
 static int batch_check(const struct kvp_engine *e, const struct kvp_engine_seq *seqs,
 		       uint32_t n_seqs)

@@ -97,6 +97,10 @@ size_t kvp_engine_token_bytes(const struct kvp_engine *e);
 struct kvp_threadpool *kvp_engine_threads(struct kvp_engine *e);
 const char *kvp_engine_kernels(const struct kvp_engine *e);
 double kvp_engine_peak_gflops(struct kvp_engine *e);
+/* Bytes the backend keeps for the weights besides the model file's mapping: the CUDA
+ * backend's device copy (f16 or bf16, dequantized at upload); 0 where the engine
+ * computes on the mapping itself (the CPU backend). */
+size_t kvp_engine_weight_bytes(const struct kvp_engine *e);
 
 /* One sequence's share of a batch. */
 struct kvp_engine_seq {

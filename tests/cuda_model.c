@@ -1,7 +1,8 @@
 /*
  * cuda_model.c - the whole CUDA engine against the CPU engine: a random f16 model's
- * logits, greedy tokens and K/V blocks, a bf16 model's logits, bad calls refused with
- * nothing written (model); and DESIGN invariant 5 on CUDA, caching never changes the
+ * logits, greedy tokens and K/V blocks, bf16, Q8_0 and Q4_K_M models' logits (weights
+ * dequantized to f16 at upload), what its kernels do not compute refused, bad calls
+ * refused with nothing written (model); and DESIGN invariant 5 on CUDA, caching never changes the
  * answer (cache). Needs a GPU.
  *
  * One of the files of test_cuda; see cuda_test_util.h.
@@ -233,23 +234,28 @@ Test(model, cuda_matches_cpu_f16)
 	kvp_model_free(m);
 }
 
-/* A bf16 model (its matrices stay bf16 on the device): the prompt's logits within
- * TOL_MODEL_BF16, then 4 steps fed the CPU's picks on both. */
-Test(model, cuda_matches_cpu_bf16)
+/* The prompt's logits of the file mkmodel makes with dtype, CUDA against CPU within tol,
+ * then 4 steps fed the CPU's picks on both. */
+static void prompt_matches(const char *dtype, double tol)
 {
 	const uint32_t B = 16, L = MODEL_PROMPT, nb = (L + 4 + B - 1) / B;
-	char path[256], err[256];
+	char path[256], err[256], args[256], file[32];
 	struct kvp_model *m;
 	uint32_t tok[MODEL_PROMPT + 4];
 	struct htable ht;
 	struct dtable dt;
 
-	ct_need_gpu();
-	ct_mkmodel("bf16.gguf", MODEL_ARGS " --dtype bf16", path, sizeof(path));
+	snprintf(args, sizeof(args), MODEL_ARGS " --dtype %s", dtype);
+	snprintf(file, sizeof(file), "%s.gguf", dtype);
+	ct_mkmodel(file, args, path, sizeof(path));
 	cr_assert_eq(kvp_model_load(path, &m, err, sizeof(err)), 0, "%s", err);
 	const uint32_t V = m->cfg.vocab;
 	struct kvp_engine *ec = cpu_engine(m, B, 512), *eg = cuda_engine(m, B, 512);
 	const size_t bb = kvp_engine_block_bytes(ec);
+	/* every matrix on the device, 2 bytes an element, whatever the file's type */
+	cr_assert_geq(kvp_engine_weight_bytes(eg), 2 * (m->cfg.n_params - m->cfg.n_params / 64),
+		      "%s: %zu bytes of weights on the device for %llu parameters", dtype,
+		      kvp_engine_weight_bytes(eg), (unsigned long long)m->cfg.n_params);
 	ct_htable_new(&ht, nb, bb);
 	struct kvp_pool *p = ct_dpool_new(nb, bb);
 	ct_dtable_take(&dt, p, 0, nb, 8);
@@ -263,8 +269,8 @@ Test(model, cuda_matches_cpu_bf16)
 		size_t at;
 		double d = ct_max_rel_diff(lg, lc, V, ct_max_abs(lc, V), &at);
 		worst = d > worst ? d : worst;
-		cr_assert_leq(d, TOL_MODEL_BF16, "bf16 step %u: CUDA logit %zu %.6g vs CPU %.6g "
-			      "(%.3g of max |logit|)", s, at, lg[at], lc[at], d);
+		cr_assert_leq(d, tol, "%s step %u: CUDA logit %zu %.6g vs CPU %.6g (%.3g of max "
+			      "|logit|)", dtype, s, at, lg[at], lc[at], d);
 		if (s == 4)
 			break;
 		uint32_t b = 0;
@@ -277,8 +283,8 @@ Test(model, cuda_matches_cpu_bf16)
 		cr_assert_eq(kvp_engine_forward(eg, dt.blocks, nb, &tok[L + s], 1, L + s, L + s, lg),
 			     0);
 	}
-	fprintf(stderr, "test_cuda: model bf16: CUDA vs CPU logits max diff %.3g of max |logit| "
-		"(tol %g)\n", worst, TOL_MODEL_BF16);
+	fprintf(stderr, "test_cuda: model %s: CUDA vs CPU logits max diff %.3g of max |logit| "
+		"(tol %g)\n", dtype, worst, tol);
 	free(lc);
 	free(lg);
 	ct_htable_free(&ht);
@@ -287,6 +293,52 @@ Test(model, cuda_matches_cpu_bf16)
 	kvp_engine_destroy(ec);
 	kvp_engine_destroy(eg);
 	kvp_model_free(m);
+}
+
+/* A bf16 model (its matrices stay bf16 on the device). */
+Test(model, cuda_matches_cpu_bf16)
+{
+	ct_need_gpu();
+	prompt_matches("bf16", TOL_MODEL_BF16);
+}
+
+/* Quantized files reach the GPU dequantized to f16: the CUDA engine computes on the same
+ * values as the CPU engine, which quantizes its activations to 8 bits per block; that
+ * moves the logits by up to ~1 % of max |logit| more than f16 rounding alone. */
+Test(model, cuda_matches_cpu_quantized)
+{
+	ct_need_gpu();
+	prompt_matches("q8_0", 2 * TOL_MODEL_F16);
+	prompt_matches("q4_k_m", 2 * TOL_MODEL_F16);
+}
+
+/* What the CUDA kernels do not compute (qwen2's half-split rope, biases, rope scaling)
+ * is refused when the engine is made, saying to use the CPU backend. */
+Test(model, cuda_refuses_what_it_does_not_compute)
+{
+	static const char *const args[] = { "--arch qwen2", "--bias", "--rope-scaling linear:2",
+					     "--rope-scaling llama3" };
+	char path[256], err[256], a[256], file[32];
+
+	ct_need_gpu();
+	for (size_t i = 0; i < sizeof(args) / sizeof(args[0]); i++) {
+		struct kvp_model *m;
+		struct kvp_engine *e = NULL;
+		struct kvp_engine_config cfg = { .backend = KVP_BACKEND_CUDA, .err = err,
+						 .errlen = sizeof(err), .threads = 1,
+						 .kv_dtype = KVP_KV_F16, .block_tokens = 16,
+						 .max_batch = 64 };
+
+		snprintf(a, sizeof(a), "--vocab 300 --dim 64 --layers 1 --heads 2 --kv-heads 1 "
+				       "--ffn 64 --ctx 64 --dtype f16 %s", args[i]);
+		snprintf(file, sizeof(file), "r%zu.gguf", i);
+		ct_mkmodel(file, a, path, sizeof(path));
+		cr_assert_eq(kvp_model_load(path, &m, err, sizeof(err)), 0, "%s", err);
+		cr_assert_neq(kvp_engine_create(m, &cfg, &e), 0, "%s: created", args[i]);
+		cr_assert_null(e);
+		cr_assert_not_null(strstr(err, "--backend cpu"), "%s: %s", args[i], err);
+		kvp_model_free(m);
+	}
 }
 
 /* The engine refuses what the CPU engine refuses, and writes nothing then. */

@@ -68,6 +68,11 @@ static double cuda_peak_gflops(void *state)
 	return kvp_cuda_engine_peak_tflops(state) * 1000.0;
 }
 
+static size_t cuda_weight_bytes(void *state)
+{
+	return kvp_cuda_engine_weight_bytes(state);
+}
+
 const struct kvp_backend_ops kvp_backend_cuda = {
 	.name = "cuda",
 	.kv_dtypes = 1u << KVP_KV_F16,
@@ -77,4 +82,5 @@ const struct kvp_backend_ops kvp_backend_cuda = {
 	.block_bytes = cuda_block_bytes,
 	.forward = cuda_forward,
 	.peak_gflops = cuda_peak_gflops,
+	.weight_bytes = cuda_weight_bytes,
 };
