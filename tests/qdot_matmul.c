@@ -60,7 +60,7 @@ static void check_case(struct kvp_threadpool *tp, uint32_t type, int m, int n, i
 	free(c0);
 }
 
-static const int ms[] = { 1, 2, 3, KVP_CPU_DOT_MAX_M, KVP_CPU_DOT_MAX_M + 1, 13 };
+static const int ms[] = { 1, 2, 3, 7, KVP_CPU_DOT_MAX_M, KVP_CPU_DOT_MAX_M + 1 };
 static const int ns[] = { 1, 37, 70 };
 
 static void reference_cases(uint32_t type)

@@ -5,14 +5,17 @@
  * One kernel table per instruction set, each built from its own file with its own
  * compiler flags (engine/cpu/CMakeLists.txt):
  *
- *     kern_avx512.c  -mavx512f -mavx512vl -mavx2 -mfma -mf16c   12x32 GEMM tile
- *     kern_avx2.c    -mavx2 -mfma -mf16c                          6x16 GEMM tile
- *     kern_generic.c (baseline x86-64 / any target)               4x8  GEMM tile
+ *     kern_avx512.c  -mavx512f -mavx512vl -mavx512bw -mavx2 -mfma -mf16c   12x32 GEMM tile
+ *     kern_avx2.c    -mavx2 -mfma -mf16c                                     6x16 GEMM tile
+ *     kern_generic.c (baseline x86-64 / any target)                          4x8  GEMM tile
  *
  * Everything but the GEMM tile and the peak loop is written once, in kern_body.h,
  * against a handful of vector macros (VF_*) that each kernel file defines before
  * including it. matmul.c picks the table at run time (__builtin_cpu_supports) and
- * the drivers (matmul.c, ops.c, attention.c) only ever call through it.
+ * the drivers (matmul.c, matmul_w.c, ops.c, attention.c) only ever call through it.
+ * Each kern table points at its ISA's dot kernels for weights in their file form
+ * (qdot_avx512.c, qdot_avx2.c, qdot_generic.c; their loops in qdot_body.h), so
+ * kvp_cpu_force_isa switches both.
  */
 #ifndef KVP_CPU_IMPL_H
 #define KVP_CPU_IMPL_H

@@ -1,6 +1,6 @@
 /*
- * kern_avx512.c - AVX-512F kernels (built with -mavx512f -mavx512vl -mavx2 -mfma -mf16c,
- * called only when the CPU has them).
+ * kern_avx512.c - AVX-512F kernels (built with -mavx512f -mavx512vl -mavx512bw -mavx2
+ * -mfma -mf16c, called only when the CPU has them).
  *
  * GEMM tile 12 x 32: 24 zmm accumulators C[i][0:16], C[i][16:32] for 12 rows of A;
  * per k, two aligned loads of the packed W slice and 12 broadcasts of A[i][k] read in

@@ -3,8 +3,10 @@
  * elementwise ops of a llama layer, and attention that reads K/V straight from the
  * paged block table (never from a contiguous copy).
  *
- * Vectorised with runtime dispatch (AVX-512F, AVX2+FMA, portable C); results agree
- * across paths within float rounding. All pointers are f32 unless named otherwise.
+ * Vectorised with runtime dispatch (AVX-512 F/BW/VL, AVX2+FMA+F16C, portable C);
+ * results agree across paths within float rounding. All pointers are f32 unless named
+ * otherwise. Weights may also stay in the form a GGUF file stores them: F16, BF16 and
+ * the quantized types (kvp_cpu_matmul_w).
  *
  * Private to the engine (engine/cpu/backend_cpu.c and the engine's tests): the rest of
  * kvprefix reaches these kernels only through kvp_engine.h. The KV block layout the
@@ -85,8 +87,11 @@ struct kvp_cpu_weight {
 	size_t row_bytes;       /* >= kvp_ggml_row_bytes(type, k) */
 };
 
-/* Rows of A up to which kvp_cpu_matmul_w takes the dot path (decode). */
-#define KVP_CPU_DOT_MAX_M 8
+/* Rows of A up to which kvp_cpu_matmul_w takes the dot path (decode, and batches of a
+ * few sequences). The dot path's cost grows with M from the first row, the GEMM's
+ * hardly below a tile of rows: measured on AVX2 (2 threads), the GEMM overtakes it
+ * between 12 rows (F16, Q8_0) and 32 (Q4_K, Q6_K, whose slices cost more to unpack). */
+#define KVP_CPU_DOT_MAX_M 16
 
 /* 0 when w describes a matrix the kernels take (data may be NULL only when n or k is 0);
  * KVP_EINVAL for a negative size, k off the type's block or row_bytes too small;
@@ -96,7 +101,8 @@ int kvp_cpu_weight_check(const struct kvp_cpu_weight *w);
 /*
  * C (M, N) = A (M, K) . W^T, or C += when accumulate: A f32 rows lda apart (lda >= K),
  * C f32 rows ldc apart (ldc >= N), N = w->n, K = w->k, M = m >= 0. C must not overlap
- * A or W. Parallel over tp (may be NULL); only one thread may use tp at a time.
+ * A or W. Parallel over tp; only one thread may use tp at a time. With tp NULL, on the
+ * calling thread, from any thread. The dispatched ISA (kvp_cpu_isa) picks the kernels.
  *
  * M <= KVP_CPU_DOT_MAX_M (decode), the dot path, split across threads by rows of W
  * (16 at a time), each weight byte read once:
@@ -113,8 +119,8 @@ int kvp_cpu_weight_check(const struct kvp_cpu_weight *w);
  *     min, -8 d and the like). The first term is the 8-bit rounding of A, half a step;
  *     the second f32 rounding, for K up to 2^14. Rows of A of the 32-element types must
  *     stay under 8.3e6 in magnitude (an f16 scale).
- *   F16, BF16: W converted to f32 in registers, dotted with the f32 rows of A, M <= 4
- *     at a time (W re-read from cache for more); relative error 1e-5 of sum |a_i w_i|.
+ *   F16, BF16: W converted to f32 in registers, dotted with the f32 rows of A, 4 rows
+ *     of A at a time over a few rows of W that stay in L1; error 1e-5 sum |a_i w_i|.
  *   F32: kvp_cpu_matmul (its matrix-vector path for M <= 3, the GEMM above).
  * M > KVP_CPU_DOT_MAX_M (prefill), the blocked GEMM of kvp_cpu_matmul, each slice of W
  *   dequantized (kvp_dequant_row's values, exactly) into the packed-panel layout once a

@@ -87,9 +87,11 @@ QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const 
 
 			for (int i = 0; i < QDOT_NR; i++)
 				acc[i] = QACC_ZERO();
-			for (int b = 0; b < nb; b++)
+			for (int b = 0; b < nb; b++) {
+#pragma GCC unroll 4
 				for (int i = 0; i < QDOT_NR; i++)
 					acc[i] = fn(w + (size_t)i * x->w_stride, b, a, acc[i]);
+			}
 			for (int i = 0; i < QDOT_NR; i++)
 				qdot_store(x, r, j + i, QACC_SUM(acc[i]));
 		}
