@@ -135,7 +135,9 @@ static void gemm_exact(struct kvp_threadpool *tp, uint32_t type, int m, int n, i
 	free(c2);
 }
 
-Test(matmul_w, gemm_is_matmul_on_dequantized_w)
+/* fn(tp, type, blk) for every type on every ISA this CPU runs, blk the activation block
+ * (32 for F32, F16, BF16), with a pool of 2 threads. */
+static void every_isa_and_type(void (*fn)(struct kvp_threadpool *tp, uint32_t type, int blk))
 {
 	struct kvp_threadpool *tp;
 
@@ -143,17 +145,21 @@ Test(matmul_w, gemm_is_matmul_on_dequantized_w)
 	for (int i = 0; i < qt_n_isas; i++) {
 		if (!qt_use_isa(qt_isas[i]))
 			continue;
-		for (int t = 0; t < qt_n_types; t++) {
-			int blk = block_of(qt_types[t]) == KVP_QK_K ? KVP_QK_K : KVP_QK;
-
-			gemm_exact(tp, qt_types[t], KVP_CPU_DOT_MAX_M + 1, 45, 3 * blk);
-			gemm_exact(tp, qt_types[t], 70, 100, 1280);
-			gemm_exact(NULL, qt_types[t], 33, 1, 2 * blk);
-		}
+		for (int t = 0; t < qt_n_types; t++)
+			fn(tp, qt_types[t], block_of(qt_types[t]) == KVP_QK_K ? KVP_QK_K : KVP_QK);
 	}
 	kvp_cpu_force_isa(NULL);
 	kvp_threadpool_destroy(tp);
 }
+
+static void gemm_cases(struct kvp_threadpool *tp, uint32_t type, int blk)
+{
+	gemm_exact(tp, type, KVP_CPU_DOT_MAX_M + 1, 45, 3 * blk);
+	gemm_exact(tp, type, 70, 100, 1280);
+	gemm_exact(NULL, type, 33, 1, 2 * blk);
+}
+
+Test(matmul_w, gemm_is_matmul_on_dequantized_w) { every_isa_and_type(gemm_cases); }
 
 /* ---- on the grid every ISA gets the exact answer ---------------------------------------- */
 
@@ -180,23 +186,12 @@ static void grid_case(struct kvp_threadpool *tp, uint32_t type, int m, int n, in
 	free(c);
 }
 
-Test(matmul_w, grid_is_exact_on_every_isa)
+static void grid_cases(struct kvp_threadpool *tp, uint32_t type, int blk)
 {
-	struct kvp_threadpool *tp;
-
-	cr_assert_eq(kvp_threadpool_create(2, &tp), 0);
-	for (int i = 0; i < qt_n_isas; i++) {
-		if (!qt_use_isa(qt_isas[i]))
-			continue;
-		for (int t = 0; t < qt_n_types; t++) {
-			int blk = block_of(qt_types[t]) == KVP_QK_K ? KVP_QK_K : KVP_QK;
-
-			for (int m = 1; m <= KVP_CPU_DOT_MAX_M; m += 3) {
-				grid_case(tp, qt_types[t], m, 19, blk);
-				grid_case(tp, qt_types[t], m, 33, 4 * blk);
-			}
-		}
+	for (int m = 1; m <= KVP_CPU_DOT_MAX_M; m += 3) {
+		grid_case(tp, type, m, 19, blk);
+		grid_case(tp, type, m, 33, 4 * blk);
 	}
-	kvp_cpu_force_isa(NULL);
-	kvp_threadpool_destroy(tp);
 }
+
+Test(matmul_w, grid_is_exact_on_every_isa) { every_isa_and_type(grid_cases); }

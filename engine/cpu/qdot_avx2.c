@@ -316,30 +316,4 @@ QDOT_INLINE __m256 blk_q6_k(const void *wv, int b, const void *av, __m256 acc)
 	return _mm256_fmadd_ps(_mm256_set1_ps(a->d * H2F(w->d)), _mm256_cvtepi32_ps(sumi), acc);
 }
 
-QDOT_ROWS(q4_0, KVP_QK)
-QDOT_ROWS(q4_1, KVP_QK)
-QDOT_ROWS(q5_0, KVP_QK)
-QDOT_ROWS(q5_1, KVP_QK)
-QDOT_ROWS(q8_0, KVP_QK)
-QDOT_ROWS(q2_k, KVP_QK_K)
-QDOT_ROWS(q3_k, KVP_QK_K)
-QDOT_ROWS(q4_k, KVP_QK_K)
-QDOT_ROWS(q5_k, KVP_QK_K)
-QDOT_ROWS(q6_k, KVP_QK_K)
-
-const struct kvp_cpu_qdot kvp_cpu_qdot_avx2 = {
-	.name = "avx2",
-	.dot = {
-		[KVP_GGML_Q4_0] = rows_q4_0,
-		[KVP_GGML_Q4_1] = rows_q4_1,
-		[KVP_GGML_Q5_0] = rows_q5_0,
-		[KVP_GGML_Q5_1] = rows_q5_1,
-		[KVP_GGML_Q8_0] = rows_q8_0,
-		[KVP_GGML_Q2_K] = rows_q2_k,
-		[KVP_GGML_Q3_K] = rows_q3_k,
-		[KVP_GGML_Q4_K] = rows_q4_k,
-		[KVP_GGML_Q5_K] = rows_q5_k,
-		[KVP_GGML_Q6_K] = rows_q6_k,
-	},
-	.fallback = &kvp_cpu_qdot_generic,
-};
+QDOT_EVERY_TYPE(kvp_cpu_qdot_avx2, "avx2", &kvp_cpu_qdot_generic)

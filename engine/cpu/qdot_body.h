@@ -121,4 +121,28 @@ QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const 
 		qdot_rows(x, j0, j1, blk, blk_##type);                                     \
 	}
 
+/* The row loops and the table of an ISA with a blk_ function for every block type. */
+#define QDOT_EVERY_TYPE(table, isa, fb)                                                   \
+	QDOT_ROWS(q4_0, KVP_QK)                                                            \
+	QDOT_ROWS(q4_1, KVP_QK)                                                            \
+	QDOT_ROWS(q5_0, KVP_QK)                                                            \
+	QDOT_ROWS(q5_1, KVP_QK)                                                            \
+	QDOT_ROWS(q8_0, KVP_QK)                                                            \
+	QDOT_ROWS(q2_k, KVP_QK_K)                                                          \
+	QDOT_ROWS(q3_k, KVP_QK_K)                                                          \
+	QDOT_ROWS(q4_k, KVP_QK_K)                                                          \
+	QDOT_ROWS(q5_k, KVP_QK_K)                                                          \
+	QDOT_ROWS(q6_k, KVP_QK_K)                                                          \
+	const struct kvp_cpu_qdot table = {                                                \
+		.name = isa,                                                               \
+		.dot = {                                                                   \
+			[KVP_GGML_Q4_0] = rows_q4_0, [KVP_GGML_Q4_1] = rows_q4_1,          \
+			[KVP_GGML_Q5_0] = rows_q5_0, [KVP_GGML_Q5_1] = rows_q5_1,          \
+			[KVP_GGML_Q8_0] = rows_q8_0, [KVP_GGML_Q2_K] = rows_q2_k,          \
+			[KVP_GGML_Q3_K] = rows_q3_k, [KVP_GGML_Q4_K] = rows_q4_k,          \
+			[KVP_GGML_Q5_K] = rows_q5_k, [KVP_GGML_Q6_K] = rows_q6_k,          \
+		},                                                                         \
+		.fallback = fb,                                                            \
+	};
+
 #endif
