@@ -5,7 +5,8 @@
  *   decode   C (1, N) = A (1, K) . W^T for every weight type, at the default model's FFN
  *            shape (fits the caches) and at one that does not: GB/s of W's bytes, and
  *            the read bandwidth of the same buffer by a plain vector read on the same
- *            threads (what a memory-bound kernel can reach), timed in alternation
+ *            threads, one stream a thread (STREAM's) and four (as the kernels read
+ *            their rows: more misses in flight), timed in turns with the kernel
  *   prefill  M = 512 rows: GFLOP/s (2 M N K flops a call) against kvp_cpu_peak_gflops,
  *            F32 prepacked and packed per call, F16, Q8_0, Q4_K
  *
@@ -57,8 +58,10 @@ static void usage_kernels(FILE *f)
 		"the quantized GGUF types), in process:\n"
 		"  decode   one row of A against W (N x K) at %d x %d (the default model's FFN)\n"
 		"           and %d x %d (past the caches): GB/s of W's bytes against the read\n"
-		"           bandwidth of the same buffer on the same threads (target: >= 70%% for\n"
-		"           F16 and Q8_0 on 2 threads);\n"
+		"           bandwidth of the same buffer on the same threads, one sequential\n"
+		"           stream a thread (STREAM's) and four (as the kernels read; higher\n"
+		"           where one thread's misses in flight limit it), timed in turns\n"
+		"           (target: >= 70%% for F16 and Q8_0 on 2 threads);\n"
 		"  prefill  %d rows of A: GFLOP/s against this machine's peak f32 FMA rate, F32\n"
 		"           prepacked and packed per call, F16, Q8_0, Q4_K.\n"
 		"\n"
@@ -170,52 +173,57 @@ static int make_weight(uint32_t type, int n, int k, struct kvp_cpu_weight *w)
 struct read_job {
 	const uint8_t *p;
 	size_t bytes;
+	int streams;            /* 1: STREAM's sequential read; 4: as the kernels read */
 	uint64_t sink[64];
 };
 
-/* Sum n bytes (a multiple of 256) as four interleaved streams, one from each quarter:
- * one sequential stream a thread leaves bandwidth unused (too few misses in flight),
- * and the kernels read several rows at once. */
+/* Sum n bytes (a multiple of 256) as S interleaved streams, one from each S-th: one
+ * sequential stream is what STREAM times; a thread that reads several rows at once,
+ * as the kernels do, keeps more misses in flight. */
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) static uint64_t read_avx2(const uint8_t *p, size_t n)
+__attribute__((target("avx2"), always_inline)) static inline uint64_t
+read_avx2(const uint8_t *p, size_t n, const int S)
 {
-	const size_t q = n / 4;
-	__m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+	const size_t q = n / (size_t)S;
+	__m256i s[4] = { _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+			 _mm256_setzero_si256() };
 
-	for (size_t i = 0; i < q; i += 64) {
-		const __m256i *a = (const __m256i *)(p + i);
-		const __m256i *b = (const __m256i *)(p + q + i);
-		const __m256i *c = (const __m256i *)(p + 2 * q + i);
-		const __m256i *d = (const __m256i *)(p + 3 * q + i);
+	for (size_t i = 0; i < q; i += 64 * (size_t)(5 - S))
+		for (int t = 0; t < 4; t++) {
+			const __m256i *v = (const __m256i *)(p + (size_t)(t % S) * q + i +
+							      64 * (size_t)(t / S));
 
-		s0 = _mm256_add_epi64(s0, _mm256_add_epi64(_mm256_load_si256(a), _mm256_load_si256(a + 1)));
-		s1 = _mm256_add_epi64(s1, _mm256_add_epi64(_mm256_load_si256(b), _mm256_load_si256(b + 1)));
-		s2 = _mm256_add_epi64(s2, _mm256_add_epi64(_mm256_load_si256(c), _mm256_load_si256(c + 1)));
-		s3 = _mm256_add_epi64(s3, _mm256_add_epi64(_mm256_load_si256(d), _mm256_load_si256(d + 1)));
-	}
-	s0 = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
-	return (uint64_t)_mm256_extract_epi64(s0, 0) + (uint64_t)_mm256_extract_epi64(s0, 3);
+			s[t] = _mm256_add_epi64(s[t], _mm256_add_epi64(_mm256_load_si256(v),
+								       _mm256_load_si256(v + 1)));
+		}
+	s[0] = _mm256_add_epi64(_mm256_add_epi64(s[0], s[1]), _mm256_add_epi64(s[2], s[3]));
+	return (uint64_t)_mm256_extract_epi64(s[0], 0) + (uint64_t)_mm256_extract_epi64(s[0], 3);
+}
+
+__attribute__((target("avx2"))) static uint64_t read1_avx2(const uint8_t *p, size_t n)
+{
+	return read_avx2(p, n, 1);
+}
+
+__attribute__((target("avx2"))) static uint64_t read4_avx2(const uint8_t *p, size_t n)
+{
+	return read_avx2(p, n, 4);
 }
 #endif
 
-static uint64_t read_plain(const uint8_t *p, size_t n)
+static uint64_t read_plain(const uint8_t *p, size_t n, int S)
 {
-	const size_t q = n / 4;
-	uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	const size_t q = n / (size_t)S;
+	uint64_t sum[4] = { 0 };
 
-	for (size_t i = 0; i < q; i += 8) {
-		uint64_t a, b, c, d;
+	for (size_t i = 0; i < q; i += 8)
+		for (int t = 0; t < S; t++) {
+			uint64_t v;
 
-		memcpy(&a, p + i, 8);
-		memcpy(&b, p + q + i, 8);
-		memcpy(&c, p + 2 * q + i, 8);
-		memcpy(&d, p + 3 * q + i, 8);
-		s0 += a;
-		s1 += b;
-		s2 += c;
-		s3 += d;
-	}
-	return s0 + s1 + s2 + s3;
+			memcpy(&v, p + (size_t)t * q + i, 8);
+			sum[t] += v;
+		}
+	return sum[0] + sum[1] + sum[2] + sum[3];
 }
 
 static void read_worker(void *arg, int ith, int nth)
@@ -224,14 +232,15 @@ static void read_worker(void *arg, int ith, int nth)
 	size_t units = r->bytes / 256, u0 = units * (size_t)ith / (size_t)nth;
 	size_t u1 = units * (size_t)(ith + 1) / (size_t)nth;
 	const uint8_t *p = r->p + u0 * 256;
+	const size_t n = (u1 - u0) * 256;
 	uint64_t s;
 
 #if defined(__x86_64__)
 	if (__builtin_cpu_supports("avx2"))
-		s = read_avx2(p, (u1 - u0) * 256);
+		s = r->streams == 4 ? read4_avx2(p, n) : read1_avx2(p, n);
 	else
 #endif
-		s = read_plain(p, (u1 - u0) * 256);
+		s = read_plain(p, n, r->streams);
 	r->sink[ith % 64] += s;
 }
 
@@ -262,40 +271,34 @@ static int run_call(const struct call *x)
 				false);
 }
 
-/* Seconds a call of x and of y (y may be NULL), the best of 7 batches of about
- * batch_s each, the batches of x and y alternating: on a machine whose bandwidth
- * varies from second to second (a VM beside others), a kernel and the read probe it
- * is compared with see the same conditions. -1 on an error. */
-static int time_calls(const struct call *x, const struct call *y, double batch_s, double *tx,
-		      double *ty)
+/* Seconds a call of each of c[0..n), the best of 7 batches of about batch_s each, the
+ * batches of the calls in turn: on a machine whose bandwidth varies from second to
+ * second (a VM beside others), a kernel and the read probes it is compared with see
+ * the same conditions. -1 on an error. */
+static int time_calls(const struct call *const *c, int n, double batch_s, double *t)
 {
-	const struct call *c[2] = { x, y };
-	double best[2] = { INFINITY, INFINITY };
-	long reps[2] = { 1, 1 };
+	long reps[4];
 
-	for (int i = 0; i < 2 && c[i]; i++) {
-		double t0, t;
+	for (int i = 0; i < n; i++) {
+		double t0, dt;
 
 		if (run_call(c[i]) < 0)
 			return -1;
 		t0 = now_s();
 		run_call(c[i]);
-		t = now_s() - t0;
-		if (t > 0)
-			reps[i] = (long)(batch_s / t) + 1;
+		dt = now_s() - t0;
+		reps[i] = dt > 0 ? (long)(batch_s / dt) + 1 : 1;
+		t[i] = INFINITY;
 	}
 	for (int b = 0; b < 7; b++)
-		for (int i = 0; i < 2 && c[i]; i++) {
-			double t0 = now_s(), t;
+		for (int i = 0; i < n; i++) {
+			double t0 = now_s(), dt;
 
 			for (long r = 0; r < reps[i]; r++)
 				run_call(c[i]);
-			t = (now_s() - t0) / (double)reps[i];
-			best[i] = t < best[i] ? t : best[i];
+			dt = (now_s() - t0) / (double)reps[i];
+			t[i] = dt < t[i] ? dt : t[i];
 		}
-	*tx = best[0];
-	if (ty)
-		*ty = best[1];
 	return 0;
 }
 
@@ -304,7 +307,7 @@ static int time_calls(const struct call *x, const struct call *y, double batch_s
 struct decode_fig {
 	uint32_t type;
 	int n, k;
-	double mb, gbps, read_gbps;
+	double mb, gbps, read1_gbps, read4_gbps;
 };
 
 static int run_decode(struct kvp_threadpool *tp, uint32_t type, int n, int k, double batch_s,
@@ -312,23 +315,27 @@ static int run_decode(struct kvp_threadpool *tp, uint32_t type, int n, int k, do
 {
 	struct kvp_cpu_weight w;
 	float *a = malloc((size_t)k * sizeof(float)), *c = malloc((size_t)n * sizeof(float));
-	struct read_job *rj = calloc(1, sizeof(*rj));
+	struct read_job *rj = calloc(2, sizeof(*rj));
 	int rc = -1;
 
 	if (!a || !c || !rj || make_weight(type, n, k, &w) < 0)
 		goto out_free;
 	for (int i = 0; i < k; i++)
 		a[i] = (float)((i * 7919) % 2001) / 1000.0f - 1.0f;
-	*rj = (struct read_job){ .p = w.data, .bytes = w.row_bytes * (size_t)n };
-	struct call rd = { .tp = tp, .read = rj }, mv = { .tp = tp, .a = a, .w = &w, .c = c, .m = 1 };
-	double tr, tm;
+	rj[0] = (struct read_job){ .p = w.data, .bytes = w.row_bytes * (size_t)n, .streams = 1 };
+	rj[1] = (struct read_job){ .p = w.data, .bytes = w.row_bytes * (size_t)n, .streams = 4 };
+	const struct call mv = { .tp = tp, .a = a, .w = &w, .c = c, .m = 1 };
+	const struct call r1 = { .tp = tp, .read = &rj[0] }, r4 = { .tp = tp, .read = &rj[1] };
+	const struct call *calls[3] = { &mv, &r1, &r4 };
+	const double bytes = (double)rj[0].bytes;
+	double t[3];
 
-	if (time_calls(&mv, &rd, batch_s, &tm, &tr) == 0 && tm > 0 && tr > 0) {
-		*f = (struct decode_fig){ type, n, k, (double)rj->bytes / 1e6, (double)rj->bytes / tm / 1e9,
-					  (double)rj->bytes / tr / 1e9 };
+	if (time_calls(calls, 3, batch_s, t) == 0 && t[0] > 0 && t[1] > 0 && t[2] > 0) {
+		*f = (struct decode_fig){ type, n, k, bytes / 1e6, bytes / t[0] / 1e9,
+					  bytes / t[1] / 1e9, bytes / t[2] / 1e9 };
 		rc = 0;
 	}
-	bench_sink += rj->sink[0] + (uint64_t)(c[0] != 0);
+	bench_sink += rj[0].sink[0] + rj[1].sink[0] + (uint64_t)(c[0] != 0);
 	free((void *)w.data);
 out_free:
 	free(a);
@@ -361,10 +368,11 @@ static int run_prefill(struct kvp_threadpool *tp, uint32_t type, bool prepacked,
 		a[i] = (float)((i * 7919) % 2001) / 1000.0f - 1.0f;
 	if (prepacked && kvp_cpu_pack_w(w.data, (size_t)k, n, k, &pw) < 0)
 		goto out_weight;
-	struct call x = { .tp = tp, .a = a, .w = &w, .pw = pw, .c = c, .m = PREFILL_M };
+	const struct call x = { .tp = tp, .a = a, .w = &w, .pw = pw, .c = c, .m = PREFILL_M };
+	const struct call *calls[1] = { &x };
 	double t;
 
-	if (time_calls(&x, NULL, batch_s, &t, NULL) == 0 && t > 0) {
+	if (time_calls(calls, 1, batch_s, &t) == 0 && t > 0) {
 		f->what = prepacked ? "F32 prepacked" : kvp_ggml_type_name(type, buf, sizeof(buf));
 		f->n = n;
 		f->k = k;
@@ -433,20 +441,23 @@ static void print_kernels(const struct kernels_opts *o, const struct kernels_fig
 
 	printf("CPU kernels on weights in their file form: %s, %d thread%s\n\n", kvp_cpu_isa(),
 	       (int)o->threads, o->threads == 1 ? "" : "s");
-	printf("decode, 1 row of A      N      K    W MB   kernel GB/s   read GB/s   of read\n");
+	printf("decode, 1 row of A %25s  %-19s %s\n", "kernel", "read, 1 stream a", "read, 4 streams a");
+	printf("  %-10s %6s %6s %8s %8s  %-19s %s\n", "type", "N", "K", "W MB", "GB/s",
+	       "thread: GB/s (%)", "thread: GB/s (%)");
 	for (int i = 0; i < fg->n_dec; i++) {
 		const struct decode_fig *d = &fg->dec[i];
 
-		printf("  %-20s %5d  %5d  %6.1f   %11.1f   %9.1f   %5.0f %%\n",
+		printf("  %-10s %6d %6d %8.1f %8.1f  %11.1f (%3.0f%%) %11.1f (%3.0f%%)\n",
 		       kvp_ggml_type_name(d->type, buf, sizeof(buf)), d->n, d->k, d->mb, d->gbps,
-		       d->read_gbps, 100.0 * d->gbps / d->read_gbps);
+		       d->read1_gbps, 100.0 * d->gbps / d->read1_gbps, d->read4_gbps,
+		       100.0 * d->gbps / d->read4_gbps);
 	}
-	printf("\nprefill, %d rows of A   N      K    GFLOP/s   of peak (%.1f GFLOP/s)\n", PREFILL_M,
-	       fg->peak);
+	printf("\nprefill, %d rows of A, against a peak of %.1f GFLOP/s\n", PREFILL_M, fg->peak);
+	printf("  %-15s %6s %6s %8s %8s\n", "type", "N", "K", "GFLOP/s", "of peak");
 	for (int i = 0; i < fg->n_pre; i++) {
 		const struct prefill_fig *p = &fg->pre[i];
 
-		printf("  %-20s %5d  %5d  %8.1f   %5.0f %%\n", p->what, p->n, p->k, p->gflops,
+		printf("  %-15s %6d %6d %8.1f %7.0f%%\n", p->what, p->n, p->k, p->gflops,
 		       100.0 * p->gflops / fg->peak);
 	}
 	printf("\n");
@@ -470,7 +481,8 @@ static bool json_kernels(const struct kernels_opts *o, const struct kernels_figs
 			cJSON_AddStringToObject(e, "type", kvp_ggml_type_name(d->type, buf, sizeof(buf))) &&
 			cJSON_AddNumberToObject(e, "n", d->n) && cJSON_AddNumberToObject(e, "k", d->k) &&
 			cJSON_AddNumberToObject(e, "gbps", d->gbps) &&
-			cJSON_AddNumberToObject(e, "read_gbps", d->read_gbps);
+			cJSON_AddNumberToObject(e, "read_gbps", d->read1_gbps) &&
+			cJSON_AddNumberToObject(e, "read4_gbps", d->read4_gbps);
 	}
 	for (int i = 0; built && i < fg->n_pre; i++) {
 		const struct prefill_fig *p = &fg->pre[i];
