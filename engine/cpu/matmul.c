@@ -19,7 +19,9 @@
  * Each W element is packed once per call (O(NK) against O(MNK) compute); while the
  * tiles of one slice run, the next slice's lines are prefetched into L2, so packing
  * weights that come from DRAM costs ~2 % of a prefill. M < 4 takes the matrix-vector
- * path instead (dot products along K, N split across threads).
+ * path instead (dot products along K, N split across threads). kvp_cpu_gemm_w runs the
+ * same driver on W of any type: each slice is made by the caller's fill (matmul_w.c
+ * dequantizes it) instead of pack_w, with twice the scratch for the fill to work in.
  *
  * Measured (Zen 5, 2 threads, M = 512, the default model's shapes): 91-95 % of
  * kvp_cpu_peak_gflops on AVX-512 and on AVX2, ~90 % on the generic path.
