@@ -3,9 +3,11 @@
 set -euo pipefail
 # clang + libclang-rt-14-dev (libFuzzer and the sanitizer runtimes of Debian 12's clang
 # 14) and llvm (llvm-symbolizer, for readable reports) are for scripts/fuzz.sh.
+# libsimde-dev (headers) lets test_qdot_emulated run the AVX-512 kernels on CPUs
+# without AVX-512.
 pkgs=(build-essential cmake pkg-config libxxhash-dev libevent-dev libmimalloc-dev
       libcjson-dev libcriterion-dev libsystemd-dev libinih-dev
-      clang libclang-rt-14-dev llvm)
+      clang libclang-rt-14-dev llvm libsimde-dev)
 # promtool, from the Debian package prometheus (~100 MB with its dependencies), checks
 # /metrics in test_metrics, which skips that check with a reason where it is missing:
 # installed only where apt knows the package.

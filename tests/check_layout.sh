@@ -32,6 +32,7 @@ module_of() {
 	case "$1" in
 	engine/cpu/*) echo engine/cpu ;;
 	engine/cuda/*) echo engine/cuda ;;
+	tools/bench/bench_kernels.c) echo tools/kernels ;;
 	tools/*) echo tools ;;
 	*/*) echo "${1%%/*}" ;;
 	*) echo top ;;
@@ -52,6 +53,8 @@ allowed_of() {
 	engine/cuda) echo "engine/cuda engine/cpu engine device common" ;;
 	daemon) echo "daemon cache index store proto engine common" ;;
 	tools) echo "tools proto common engine index store device" ;;
+	# kvprefix-bench kernels times the CPU kernels directly, as the engine's tests do
+	tools/kernels) echo "tools proto common engine engine/cpu index store device" ;;
 	tests | fuzz) echo "*" ;;
 	*) echo "" ;;
 	esac
@@ -60,7 +63,7 @@ allowed_of() {
 # Headers private to a part of the tree: the modules that may include them.
 private_to() {
 	case "$1" in
-	engine/cpu/*) echo "engine engine/cpu engine/cuda tests" ;;
+	engine/cpu/*) echo "engine engine/cpu engine/cuda tests tools/kernels" ;;
 	engine/cuda/*) echo "engine/cuda tests" ;;
 	engine/backend.h) echo "engine engine/cpu engine/cuda" ;;
 	daemon/server.h) echo "daemon" ;;

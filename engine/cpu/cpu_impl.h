@@ -5,14 +5,17 @@
  * One kernel table per instruction set, each built from its own file with its own
  * compiler flags (engine/cpu/CMakeLists.txt):
  *
- *     kern_avx512.c  -mavx512f -mavx512vl -mavx2 -mfma -mf16c   12x32 GEMM tile
- *     kern_avx2.c    -mavx2 -mfma -mf16c                          6x16 GEMM tile
- *     kern_generic.c (baseline x86-64 / any target)               4x8  GEMM tile
+ *     kern_avx512.c  -mavx512f -mavx512vl -mavx512bw -mavx2 -mfma -mf16c   12x32 GEMM tile
+ *     kern_avx2.c    -mavx2 -mfma -mf16c                                     6x16 GEMM tile
+ *     kern_generic.c (baseline x86-64 / any target)                          4x8  GEMM tile
  *
  * Everything but the GEMM tile and the peak loop is written once, in kern_body.h,
  * against a handful of vector macros (VF_*) that each kernel file defines before
  * including it. matmul.c picks the table at run time (__builtin_cpu_supports) and
- * the drivers (matmul.c, ops.c, attention.c) only ever call through it.
+ * the drivers (matmul.c, matmul_w.c, ops.c, attention.c) only ever call through it.
+ * Each kern table points at its ISA's dot kernels for weights in their file form
+ * (qdot_avx512.c, qdot_avx2.c, qdot_generic.c; their loops in qdot_body.h), so
+ * kvp_cpu_force_isa switches both.
  */
 #ifndef KVP_CPU_IMPL_H
 #define KVP_CPU_IMPL_H
@@ -44,6 +47,8 @@ struct kvp_attn_args {
 	float scale;            /* 1 / sqrt(head_dim) */
 };
 
+struct kvp_cpu_qdot;
+
 struct kvp_cpu_kern {
 	const char *name;
 	int mr;                 /* GEMM tile rows (of A and C) */
@@ -64,6 +69,11 @@ struct kvp_cpu_kern {
 	/* C (m, n) (+)= A (m, k) . W (n, k)^T for m <= 4: the matrix-vector path. */
 	void (*gemv)(const float *a, size_t lda, int m, const float *w, size_t ldw, int n,
 		     int k, float *c, size_t ldc, bool accumulate);
+	/* The same with W in f16 or bf16 (ldw in elements), converted in registers. */
+	void (*gemv_f16)(const float *a, size_t lda, int m, const uint16_t *w, size_t ldw,
+			 int n, int k, float *c, size_t ldc, bool accumulate);
+	void (*gemv_bf16)(const float *a, size_t lda, int m, const uint16_t *w, size_t ldw,
+			  int n, int k, float *c, size_t ldc, bool accumulate);
 	/* Independent FMAs in registers, iters times; returns flops done. */
 	double (*peak)(long iters);
 
@@ -83,6 +93,9 @@ struct kvp_cpu_kern {
 			 uint32_t r1, float *scratch);
 	/* Attention for query row r of kv head hk; needs no heap (head_dim <= 256). */
 	void (*attn_small)(const struct kvp_attn_args *args, uint32_t r, uint32_t hk);
+
+	/* The dot kernels on weights in their file form (qdot_<isa>.c). */
+	const struct kvp_cpu_qdot *qdot;
 };
 
 extern const struct kvp_cpu_kern kvp_cpu_kern_generic;
@@ -98,8 +111,10 @@ const struct kvp_cpu_kern *kvp_cpu_kern(void);
 
 /* Per-thread scratch of at least bytes, 64-byte aligned, owned by the pool and valid
  * until the next call by the same ith; only thread ith may ask for slot ith, from
- * inside kvp_threadpool_run. NULL when it cannot grow (the caller takes a path that
- * needs none). */
+ * inside kvp_threadpool_run, except slot 0, which is also the calling thread's between
+ * runs (a buffer it fills and then shares with a run, as matmul_w.c does with the
+ * quantized activations). NULL when it cannot grow (the caller takes a path that needs
+ * none, or reports KVP_ENOMEM). */
 void *kvp_threadpool_scratch(struct kvp_threadpool *tp, int ith, size_t bytes);
 
 /* Run fn on tp, or on the calling thread alone (ith 0 of 1) when tp is NULL. */
@@ -117,6 +132,69 @@ static inline void kvp_cpu_split_rows(int m, int ith, int nth, int *r0, int *r1)
 
 /* Batched row ops run on one thread below this many elements. */
 #define KVP_CPU_ROWS_MIN_PARALLEL 8192
+
+/* ---- weights in their file form (matmul_w.c, qdot_<isa>.c) ---------------------------- */
+
+/*
+ * One dot-path call: C[r][j] (+)= A_r . W_j for r < m and W rows j of [j0, j1), where
+ * A_r is row r of A quantized per block (kvp_cpu_quant_q8_0 for the 32-element types,
+ * kvp_cpu_quant_q8_k for the K types) and W_j row j of W in its file form. The block
+ * products are integer; each block's scales are applied in f32.
+ */
+struct kvp_qdot_args {
+	const char *w;          /* row j of W at w + j * w_stride */
+	size_t w_stride;
+	const char *aq;         /* quantized row r of A at aq + r * aq_stride */
+	size_t aq_stride;
+	int m;                  /* rows of A, 1 .. KVP_CPU_DOT_MAX_M */
+	int k;                  /* elements a row, a multiple of the block */
+	float *c;               /* (m, n) rows ldc apart */
+	size_t ldc;
+	bool accumulate;
+};
+
+typedef void (*kvp_qdot_fn)(const struct kvp_qdot_args *x, int j0, int j1);
+
+#define KVP_QDOT_NTYPES 31      /* ggml type ids 0 .. 30 (BF16) */
+
+/* One instruction set's dot kernels, indexed by ggml type id; a type it leaves NULL is
+ * taken from the fallback table (avx512 -> avx2 -> generic, which has every block type
+ * with weights true). F32, F16 and BF16 go through the kern table's gemv entries. */
+struct kvp_cpu_qdot {
+	const char *name;
+	kvp_qdot_fn dot[KVP_QDOT_NTYPES];
+	const struct kvp_cpu_qdot *fallback;
+};
+
+extern const struct kvp_cpu_qdot kvp_cpu_qdot_generic;
+#if defined(__x86_64__)
+extern const struct kvp_cpu_qdot kvp_cpu_qdot_avx2;
+extern const struct kvp_cpu_qdot kvp_cpu_qdot_avx512;
+#endif
+
+/*
+ * W as the blocked GEMM driver (matmul.c) reads it, whatever its type: row j's bytes
+ * at base + j * stride; elements [kb, kb + kc) of a row start at byte
+ * kb / blk_elems * blk_bytes (kb and kc multiples of the block). fill makes the packed
+ * slice P (kc, NR) of rows [n0, n0 + nr) as kern->pack_w lays it out, with tmp
+ * (NR * KC floats, 64-byte aligned) to work in.
+ */
+struct kvp_gemm_w {
+	const char *base;
+	size_t stride;
+	uint32_t type;
+	uint32_t blk_elems, blk_bytes;
+	void (*fill)(const struct kvp_gemm_w *w, const struct kvp_cpu_kern *kn, int n0, int nr,
+		     int kb, int kc, float *p, float *tmp);
+};
+
+/* C (m, n) (+)= A (m, k) . W^T through the blocked GEMM, each W slice made by w->fill
+ * once per call. Scratch: 2 * KC * NR floats per thread, from the pool (reserved on
+ * every thread before C is touched) or, with tp NULL, malloc'd for the call.
+ * 0, or KVP_ENOMEM with C untouched. */
+int kvp_cpu_gemm_w(struct kvp_threadpool *tp, const float *a, size_t lda,
+		   const struct kvp_gemm_w *w, float *c, size_t ldc, int m, int n, int k,
+		   bool accumulate);
 
 /* ---- shared helpers ------------------------------------------------------------------ */
 

@@ -31,6 +31,8 @@ typedef __m256 VF;
 #define VF_EXP(v) exp256(v)
 #define VF_GT_SEL(a, b, x, y) _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_GT_OQ))
 #define VF_LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define VF_LOAD_BF16(p) \
+	_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
 #define VF_STORE_F16(p, v) \
 	_mm_storeu_si128((__m128i *)(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT))
 #define VF_SWAP_PAIRS(v) _mm256_permute_ps(v, 0xb1)
@@ -216,6 +218,8 @@ const struct kvp_cpu_kern kvp_cpu_kern_avx2 = {
 	.ukr = ukr,
 	.pack_w = pack_w,
 	.gemv = body_gemv,
+	.gemv_f16 = body_gemv_f16,
+	.gemv_bf16 = body_gemv_bf16,
 	.peak = peak,
 	.rmsnorm = body_rmsnorm,
 	.swiglu = body_swiglu,
@@ -225,4 +229,5 @@ const struct kvp_cpu_kern kvp_cpu_kern_avx2 = {
 	.f32_to_f16 = body_f32_to_f16,
 	.attn_big = body_attn_big,
 	.attn_small = body_attn_small,
+	.qdot = &kvp_cpu_qdot_avx2,
 };

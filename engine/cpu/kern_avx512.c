@@ -1,6 +1,6 @@
 /*
- * kern_avx512.c - AVX-512F kernels (built with -mavx512f -mavx512vl -mavx2 -mfma -mf16c,
- * called only when the CPU has them).
+ * kern_avx512.c - AVX-512F kernels (built with -mavx512f -mavx512vl -mavx512bw -mavx2
+ * -mfma -mf16c, called only when the CPU has them).
  *
  * GEMM tile 12 x 32: 24 zmm accumulators C[i][0:16], C[i][16:32] for 12 rows of A;
  * per k, two aligned loads of the packed W slice and 12 broadcasts of A[i][k] read in
@@ -33,6 +33,8 @@ typedef __m512 VF;
 #define VF_EXP(v) exp512(v)
 #define VF_GT_SEL(a, b, x, y) _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), y, x)
 #define VF_LOAD_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define VF_LOAD_BF16(p) \
+	_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 #define VF_STORE_F16(p, v) \
 	_mm256_storeu_si256((__m256i *)(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT))
 #define VF_SWAP_PAIRS(v) _mm512_permute_ps(v, 0xb1)
@@ -203,6 +205,8 @@ const struct kvp_cpu_kern kvp_cpu_kern_avx512 = {
 	.ukr = ukr,
 	.pack_w = pack_w,
 	.gemv = body_gemv,
+	.gemv_f16 = body_gemv_f16,
+	.gemv_bf16 = body_gemv_bf16,
 	.peak = peak,
 	.rmsnorm = body_rmsnorm,
 	.swiglu = body_swiglu,
@@ -212,4 +216,5 @@ const struct kvp_cpu_kern kvp_cpu_kern_avx512 = {
 	.f32_to_f16 = body_f32_to_f16,
 	.attn_big = body_attn_big,
 	.attn_small = body_attn_small,
+	.qdot = &kvp_cpu_qdot_avx512,
 };

@@ -1,7 +1,7 @@
 /*
- * kern_body.h - the kernels written once for every instruction set: matrix-vector,
- * elementwise ops, f16 conversion loops and both attention paths. Included by the
- * kern_<isa>.c files after they define, for their vector type:
+ * kern_body.h - the kernels written once for every instruction set: matrix-vector (W in
+ * f32, f16 or bf16), elementwise ops, f16 conversion loops and both attention paths.
+ * Included by the kern_<isa>.c files after they define, for their vector type:
  *
  *   VF, VLEN                      vector of VLEN floats
  *   VF_ZERO() VF_SET1(x)          constructors
@@ -12,6 +12,7 @@
  *   VF_EXP(v)                     e^v within ~2 ulp, 0 below -87.3 (so e^-inf = 0)
  *   VF_GT_SEL(a, b, x, y)         lane-wise a > b ? x : y
  *   VF_LOAD_F16(p) VF_STORE_F16(p, v)   VLEN halves <-> VF
+ *   VF_LOAD_BF16(p)               VLEN bfloat16s -> VF
  *   VF_SWAP_PAIRS(v)              (optional) lanes (1, 0, 3, 2, ..)
  *   BODY_TB BODY_QB BODY_DB       attention register blocking (see below)
  *
@@ -132,9 +133,31 @@ static void body_rope(float *x, int n_heads, int head_dim, int pairs, const floa
 
 /* ---- matrix-vector -------------------------------------------------------------------- */
 
+/* W's element type in the matrix-vector kernels: f32, or f16 / bf16 converted in
+ * registers (a constant after inlining). */
+enum { GEMV_F32, GEMV_F16, GEMV_BF16 };
+
+BODY_INLINE VF gemv_wload(const int wt, const void *w, size_t i)
+{
+	if (wt == GEMV_F16)
+		return VF_LOAD_F16((const uint16_t *)w + i);
+	if (wt == GEMV_BF16)
+		return VF_LOAD_BF16((const uint16_t *)w + i);
+	return VF_LOAD((const float *)w + i);
+}
+
+BODY_INLINE float gemv_wscalar(const int wt, const void *w, size_t i)
+{
+	if (wt == GEMV_F16)
+		return kvp_f16_to_f32(((const uint16_t *)w)[i]);
+	if (wt == GEMV_BF16)
+		return kvp_bf16_to_f32(((const uint16_t *)w)[i]);
+	return ((const float *)w)[i];
+}
+
 /* C[0:M, 0:J] (+)= A (M, k) . W (J, k)^T, dot products along k. */
-BODY_INLINE void gemv_tile(const int M, const int J, const float *a, size_t lda,
-			   const float *w, size_t ldw, int k, float *c, size_t ldc, bool accumulate)
+BODY_INLINE void gemv_tile(const int wt, const int M, const int J, const float *a, size_t lda,
+			   const void *w, size_t ldw, int k, float *c, size_t ldc, bool accumulate)
 {
 	VF acc[4][4];
 	for (int r = 0; r < M; r++)
@@ -144,7 +167,7 @@ BODY_INLINE void gemv_tile(const int M, const int J, const float *a, size_t lda,
 	for (; kk + VLEN <= k; kk += VLEN) {
 		VF wv[4];
 		for (int j = 0; j < J; j++)
-			wv[j] = VF_LOAD(w + (size_t)j * ldw + kk);
+			wv[j] = gemv_wload(wt, w, (size_t)j * ldw + kk);
 		for (int r = 0; r < M; r++) {
 			VF av = VF_LOAD(a + (size_t)r * lda + kk);
 			for (int j = 0; j < J; j++)
@@ -155,31 +178,52 @@ BODY_INLINE void gemv_tile(const int M, const int J, const float *a, size_t lda,
 		for (int j = 0; j < J; j++) {
 			float s = VF_HSUM(acc[r][j]);
 			for (int t = kk; t < k; t++)
-				s += a[(size_t)r * lda + t] * w[(size_t)j * ldw + t];
+				s += a[(size_t)r * lda + t] * gemv_wscalar(wt, w, (size_t)j * ldw + t);
 			float *cp = c + (size_t)r * ldc + j;
 			*cp = accumulate ? *cp + s : s;
 		}
 }
 
-BODY_INLINE void gemv_rows(const int M, const float *a, size_t lda, const float *w, size_t ldw,
-			   int n, int k, float *c, size_t ldc, bool accumulate)
+BODY_INLINE void gemv_rows(const int wt, const int M, const float *a, size_t lda, const void *w,
+			   size_t ldw, int n, int k, float *c, size_t ldc, bool accumulate)
 {
+	const size_t esz = wt == GEMV_F32 ? sizeof(float) : sizeof(uint16_t);
 	int j = 0;
 	for (; j + 4 <= n; j += 4)
-		gemv_tile(M, 4, a, lda, w + (size_t)j * ldw, ldw, k, c + j, ldc, accumulate);
+		gemv_tile(wt, M, 4, a, lda, (const char *)w + (size_t)j * ldw * esz, ldw, k, c + j,
+			  ldc, accumulate);
 	for (; j < n; j++)
-		gemv_tile(M, 1, a, lda, w + (size_t)j * ldw, ldw, k, c + j, ldc, accumulate);
+		gemv_tile(wt, M, 1, a, lda, (const char *)w + (size_t)j * ldw * esz, ldw, k, c + j,
+			  ldc, accumulate);
+}
+
+BODY_INLINE void gemv_any(const int wt, const float *a, size_t lda, int m, const void *w,
+			  size_t ldw, int n, int k, float *c, size_t ldc, bool accumulate)
+{
+	switch (m) {
+	case 1: gemv_rows(wt, 1, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
+	case 2: gemv_rows(wt, 2, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
+	case 3: gemv_rows(wt, 3, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
+	default: gemv_rows(wt, 4, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
+	}
 }
 
 static void body_gemv(const float *a, size_t lda, int m, const float *w, size_t ldw, int n,
 		      int k, float *c, size_t ldc, bool accumulate)
 {
-	switch (m) {
-	case 1: gemv_rows(1, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
-	case 2: gemv_rows(2, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
-	case 3: gemv_rows(3, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
-	default: gemv_rows(4, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
-	}
+	gemv_any(GEMV_F32, a, lda, m, w, ldw, n, k, c, ldc, accumulate);
+}
+
+static void body_gemv_f16(const float *a, size_t lda, int m, const uint16_t *w, size_t ldw,
+			  int n, int k, float *c, size_t ldc, bool accumulate)
+{
+	gemv_any(GEMV_F16, a, lda, m, w, ldw, n, k, c, ldc, accumulate);
+}
+
+static void body_gemv_bf16(const float *a, size_t lda, int m, const uint16_t *w, size_t ldw,
+			   int n, int k, float *c, size_t ldc, bool accumulate)
+{
+	gemv_any(GEMV_BF16, a, lda, m, w, ldw, n, k, c, ldc, accumulate);
 }
 
 /* ---- attention, many queries per kv head ------------------------------------------------

@@ -29,6 +29,7 @@ typedef float VF;
 #define VF_EXP(v) expf(v)
 #define VF_GT_SEL(a, b, x, y) ((a) > (b) ? (x) : (y))
 #define VF_LOAD_F16(p) kvp_f16_to_f32(*(p))
+#define VF_LOAD_BF16(p) kvp_bf16_to_f32(*(p))
 #define VF_STORE_F16(p, v) (*(p) = kvp_f32_to_f16(v))
 #define BODY_TB 4
 #define BODY_QB 4
@@ -124,6 +125,8 @@ const struct kvp_cpu_kern kvp_cpu_kern_generic = {
 	.ukr = ukr,
 	.pack_w = pack_w,
 	.gemv = body_gemv,
+	.gemv_f16 = body_gemv_f16,
+	.gemv_bf16 = body_gemv_bf16,
 	.peak = peak,
 	.rmsnorm = body_rmsnorm,
 	.swiglu = body_swiglu,
@@ -133,4 +136,5 @@ const struct kvp_cpu_kern kvp_cpu_kern_generic = {
 	.f32_to_f16 = body_f32_to_f16,
 	.attn_big = body_attn_big,
 	.attn_small = body_attn_small,
+	.qdot = &kvp_cpu_qdot_generic,
 };

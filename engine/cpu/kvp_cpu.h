@@ -3,8 +3,10 @@
  * elementwise ops of a llama layer, and attention that reads K/V straight from the
  * paged block table (never from a contiguous copy).
  *
- * Vectorised with runtime dispatch (AVX-512F, AVX2+FMA, portable C); results agree
- * across paths within float rounding. All pointers are f32 unless named otherwise.
+ * Vectorised with runtime dispatch (AVX-512 F/BW/VL, AVX2+FMA+F16C, portable C);
+ * results agree across paths within float rounding. All pointers are f32 unless named
+ * otherwise. Weights may also stay in the form a GGUF file stores them: F16, BF16 and
+ * the quantized types (kvp_cpu_matmul_w).
  *
  * Private to the engine (engine/cpu/backend_cpu.c and the engine's tests): the rest of
  * kvprefix reaches these kernels only through kvp_engine.h. The KV block layout the
@@ -18,6 +20,7 @@
 #include <stdint.h>
 
 #include "kvp_engine.h"
+#include "kvp_quant.h"
 #include "kvp_status.h"
 
 /* ---- threads ---------------------------------------------------------------- */
@@ -67,6 +70,84 @@ size_t kvp_cpu_packed_bytes(const struct kvp_packed_w *pw);
 void kvp_cpu_matmul_packed(struct kvp_threadpool *tp, const float *a, size_t lda,
 			   const struct kvp_packed_w *w, float *c, size_t ldc, int m,
 			   bool accumulate);
+
+/* ---- weights in their file form -------------------------------------------------
+ *
+ * A weight matrix as a GGUF file stores it: n rows (output features) of k elements
+ * (input features) of a ggml type (kvp_quant.h), row r at data + r * row_bytes, each
+ * row its k / block_elems blocks end to end. The kernels compute on these bytes; nothing
+ * is widened at load. Types: those whose kvp_ggml_type()->weights is true (F32, F16,
+ * BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K).
+ */
+struct kvp_cpu_weight {
+	const void *data;
+	uint32_t type;          /* enum kvp_ggml_type */
+	int n;                  /* rows, >= 0 */
+	int k;                  /* elements a row, >= 0, a multiple of the type's block */
+	size_t row_bytes;       /* >= kvp_ggml_row_bytes(type, k) */
+};
+
+/* Rows of A up to which kvp_cpu_matmul_w takes the dot path (decode, and batches of a
+ * few sequences). The dot path's cost grows with M from the first row, the GEMM's
+ * hardly below a tile of rows: measured on AVX2 (2 threads), the GEMM overtakes it
+ * between 12 rows (F16, Q8_0) and 32 (Q4_K, Q6_K, whose slices cost more to unpack). */
+#define KVP_CPU_DOT_MAX_M 16
+
+/* 0 when w describes a matrix the kernels take (data may be NULL only when n or k is 0);
+ * KVP_EINVAL for a negative size, k off the type's block or row_bytes too small;
+ * KVP_EUNSUPPORTED for a type the engine does not compute with. */
+int kvp_cpu_weight_check(const struct kvp_cpu_weight *w);
+
+/*
+ * C (M, N) = A (M, K) . W^T, or C += when accumulate: A f32 rows lda apart (lda >= K),
+ * C f32 rows ldc apart (ldc >= N), N = w->n, K = w->k, M = m >= 0. C must not overlap
+ * A or W. Parallel over tp; only one thread may use tp at a time. With tp NULL, on the
+ * calling thread, from any thread. The dispatched ISA (kvp_cpu_isa) picks the kernels.
+ *
+ * M <= KVP_CPU_DOT_MAX_M (decode), the dot path, split across threads by rows of W
+ * (16 at a time), each weight byte read once:
+ *   block types: each row of A is quantized per block to 8 bits on the calling thread
+ *     (kvp_cpu_quant_q8_0 for the 32-element types, kvp_cpu_quant_q8_k for the K
+ *     types), then dotted with each row of W in integers, the block scales applied in
+ *     f32. Against dequantize (kvp_dequant_row) + a dot in double, the error of C[r][j]
+ *     is at most
+ *         sum_b (0.6 amax_b / 127 + e) sum_{i in b} |w_i|
+ *           + 1e-5 sum_b amax_b sum_{i in b} (|w_i| + |o_i|)
+ *     b: the activation blocks (32 or 256 elements), amax_b = max |a_i| over b, e = 4e-6
+ *     for the 32-element types (their f16 activation scale's subnormal steps) and 0 for
+ *     the K types, o_i the element's offset (its value with the quant bits zero: the
+ *     min, -8 d and the like). The first term is the 8-bit rounding of A, half a step;
+ *     the second f32 rounding, for K up to 2^14. Rows of A of the 32-element types must
+ *     stay under 8.3e6 in magnitude (an f16 scale).
+ *   F16, BF16: W converted to f32 in registers, dotted with the f32 rows of A, 4 rows
+ *     of A at a time over a few rows of W that stay in L1; error 1e-5 sum |a_i w_i|.
+ *   F32: kvp_cpu_matmul (its matrix-vector path for M <= 3, the GEMM above).
+ * M > KVP_CPU_DOT_MAX_M (prefill), the blocked GEMM of kvp_cpu_matmul, each slice of W
+ *   dequantized (kvp_dequant_row's values, exactly) into the packed-panel layout once a
+ *   call: bit for bit kvp_cpu_matmul on the dequantized W (F32: on W itself).
+ *
+ * Scratch: with a pool, its per-thread scratch (the quantized rows of A, on slot 0:
+ * M * K * 1.14 bytes at most; the GEMM 2 KC NR floats a thread), grown on first need and
+ * then reused: no allocation once warm. With tp NULL, the dot path keeps A's blocks on
+ * the stack up to 16 KiB and mallocs above; the GEMM mallocs its panels per call.
+ *
+ * 0; KVP_EINVAL / KVP_EUNSUPPORTED as kvp_cpu_weight_check; KVP_ENOMEM when scratch
+ * cannot be had, C untouched. Rows of A that are not finite give unspecified values in
+ * the dot path (never undefined behaviour).
+ */
+int kvp_cpu_matmul_w(struct kvp_threadpool *tp, const float *a, size_t lda,
+		     const struct kvp_cpu_weight *w, float *c, size_t ldc, int m, bool accumulate);
+
+/* Row r (0 <= r < n) of W into out (k floats), exactly kvp_dequant_row's values: the
+ * embedding lookup. Any thread, no allocation. 0, or as kvp_cpu_weight_check, or
+ * KVP_EINVAL for r out of range. */
+int kvp_cpu_weight_row(const struct kvp_cpu_weight *w, int r, float *out);
+
+/* The activation quantizers of the dot path, k a multiple of the block (32, 256): per
+ * block d = max |x| / 127, q = x / d rounded half to even (the same bits on every ISA),
+ * Q8_0's d stored as f16, Q8_K's as f32 with bsums the sums of each 16 q. Any thread. */
+void kvp_cpu_quant_q8_0(const float *x, struct kvp_block_q8_0 *y, int k);
+void kvp_cpu_quant_q8_k(const float *x, struct kvp_block_q8_k *y, int k);
 
 /* Peak f32 FMA throughput of this machine on n_threads, in GFLOP/s (2 flops per FMA),
  * measured with the widest vector unit the matmul uses: independent FMA chains in

@@ -19,7 +19,9 @@
  * Each W element is packed once per call (O(NK) against O(MNK) compute); while the
  * tiles of one slice run, the next slice's lines are prefetched into L2, so packing
  * weights that come from DRAM costs ~2 % of a prefill. M < 4 takes the matrix-vector
- * path instead (dot products along K, N split across threads).
+ * path instead (dot products along K, N split across threads). kvp_cpu_gemm_w runs the
+ * same driver on W of any type: each slice is made by the caller's fill (matmul_w.c
+ * dequantizes it) instead of pack_w, with twice the scratch for the fill to work in.
  *
  * Measured (Zen 5, 2 threads, M = 512, the default model's shapes): 91-95 % of
  * kvp_cpu_peak_gflops on AVX-512 and on AVX2, ~90 % on the generic path.
@@ -60,7 +62,7 @@ static bool has_avx512_path(void)
 {
 	__builtin_cpu_init();
 	return has_avx2_path() && __builtin_cpu_supports("avx512f") &&
-	       __builtin_cpu_supports("avx512vl");
+	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 }
 #endif
 
@@ -135,6 +137,8 @@ struct gemm_job {
 	bool accumulate;
 	const float *packed;    /* prepacked panels (kvp_cpu_pack_w), or NULL: pack per call */
 	size_t pstride;         /* floats from one packed panel to the next */
+	const struct kvp_gemm_w *wsrc;  /* W of any type, a slice made by its fill; w unused */
+	_Atomic int no_scratch; /* a thread of a wsrc job found no scratch */
 };
 
 /* [lo, hi) of units split into nth near-equal contiguous parts. */
@@ -159,7 +163,8 @@ static void gemm_rows_gemv(const struct gemm_job *g, int m0, int m1, int n0, int
  * DRAM (a model's weights do not fit the L3), and the strided rows of a slice are too
  * many streams for the hardware prefetcher, so pack_w would wait on every line. */
 struct wslice {
-	const float *w;         /* first element: row j * NR, column kb */
+	const char *w;          /* first byte: row j * NR, column kb */
+	size_t ld;              /* bytes from one row to the next */
 	int lines;              /* rows * row_lines */
 	int row_lines;          /* 64-byte lines per row of the slice (+1: any alignment) */
 };
@@ -169,9 +174,29 @@ static struct wslice wslice_at(const struct gemm_job *g, int j, int kb)
 	const int NR = g->kern->nr, KC = g->kern->kc;
 	int n0 = j * NR, rows = g->n - n0 < NR ? g->n - n0 : NR;
 	int kc = g->k - kb < KC ? g->k - kb : KC;
-	struct wslice s = { g->w + (size_t)n0 * g->ldw + kb, 0, (kc + 15) / 16 + 1 };
+	struct wslice s;
+
+	if (g->wsrc) {
+		const struct kvp_gemm_w *w = g->wsrc;
+		size_t bytes = (size_t)kc / w->blk_elems * w->blk_bytes;
+		s = (struct wslice){ w->base + (size_t)n0 * w->stride +
+					     (size_t)kb / w->blk_elems * w->blk_bytes,
+				     w->stride, 0, (int)((bytes + 63) / 64) + 1 };
+	} else {
+		s = (struct wslice){ (const char *)(g->w + (size_t)n0 * g->ldw + kb),
+				     g->ldw * sizeof(float), 0, (kc + 15) / 16 + 1 };
+	}
 	s.lines = rows * s.row_lines;
 	return s;
+}
+
+/* Thread ith's packing scratch: P (KC, NR) floats, and for a wsrc job as much again
+ * for its fill; NULL when there is none. */
+static float *gemm_scratch(const struct gemm_job *g, int ith)
+{
+	size_t bytes = (size_t)g->kern->kc * (size_t)g->kern->nr * sizeof(float) * (g->wsrc ? 2 : 1);
+
+	return g->tp ? kvp_threadpool_scratch(g->tp, ith, bytes) : aligned_alloc(64, bytes);
 }
 
 /* Rows [m0, m1) in the fewest MR tiles, as even as they go: tile t of
@@ -209,10 +234,14 @@ static void gemm_worker(void *arg, int ith, int nth)
 	if (p0 >= p1 || m0 >= m1)
 		return;
 
-	size_t pbytes = (size_t)KC * NR * sizeof(float);
 	float *p = NULL;
 	if (!g->packed) {
-		p = g->tp ? kvp_threadpool_scratch(g->tp, ith, pbytes) : aligned_alloc(64, pbytes);
+		p = gemm_scratch(g, ith);
+		if (!p && g->wsrc) {
+			/* kvp_cpu_gemm_w reserved it: cannot happen */
+			atomic_store(&((struct gemm_job *)g)->no_scratch, 1);
+			return;
+		}
 		if (!p) {
 			int n1 = p1 * NR < g->n ? p1 * NR : g->n;
 			gemm_rows_gemv(g, m0, m1, p0 * NR, n1);
@@ -243,17 +272,22 @@ static void gemm_worker(void *arg, int ith, int nth)
 				pj = g->packed + (size_t)j * g->pstride + (size_t)kb * NR;
 				if (jn >= 0) {
 					int kcn = g->k - kn_ < KC ? g->k - kn_ : KC;
-					nx.w = g->packed + (size_t)jn * g->pstride + (size_t)kn_ * NR;
+					nx.w = (const char *)(g->packed + (size_t)jn * g->pstride +
+							      (size_t)kn_ * NR);
 					nx.row_lines = (kcn * NR + 15) / 16;
 					nx.lines = nx.row_lines;
 				}
 			} else {
-				kn->pack_w(g->w + (size_t)n0 * g->ldw + kb, g->ldw, nr, kc, p);
+				if (g->wsrc)
+					g->wsrc->fill(g->wsrc, kn, n0, nr, kb, kc, p,
+						      p + (size_t)KC * NR);
+				else
+					kn->pack_w(g->w + (size_t)n0 * g->ldw + kb, g->ldw, nr,
+						   kc, p);
 				pj = p;
 				if (jn >= 0)
 					nx = wslice_at(g, jn, kn_);
 			}
-			const size_t pf_ld = g->packed ? 0 : g->ldw;
 			int per_tile = (nx.lines + mtiles - 1) / mtiles, left = nx.lines;
 			int prow = 0, pcol = 0;
 
@@ -264,7 +298,7 @@ static void gemm_worker(void *arg, int ith, int nth)
 					g->c + (size_t)i * g->ldc + n0, g->ldc, load_c);
 				i += mr;
 				for (int q = 0; q < per_tile && left > 0; q++, left--) {
-					__builtin_prefetch(nx.w + (size_t)prow * pf_ld + (size_t)pcol * 16, 0, 2);
+					__builtin_prefetch(nx.w + (size_t)prow * nx.ld + (size_t)pcol * 64, 0, 2);
 					if (++pcol == nx.row_lines) {
 						pcol = 0;
 						prow++;
@@ -310,6 +344,37 @@ void kvp_cpu_matmul(struct kvp_threadpool *tp, const float *a, size_t lda, const
 		kvp_cpu_parallel(tp, gemv_worker, &g);
 	else
 		kvp_cpu_parallel(tp, gemm_worker, &g);
+}
+
+/* ---- W of any type -------------------------------------------------------------------- */
+
+static void reserve_worker(void *arg, int ith, int nth)
+{
+	struct gemm_job *g = arg;
+
+	if (!gemm_scratch(g, ith))
+		atomic_store(&g->no_scratch, 1);
+}
+
+int kvp_cpu_gemm_w(struct kvp_threadpool *tp, const float *a, size_t lda,
+		   const struct kvp_gemm_w *w, float *c, size_t ldc, int m, int n, int k,
+		   bool accumulate)
+{
+	struct gemm_job g = {
+		.kern = kvp_cpu_kern(), .tp = tp, .a = a, .c = c, .lda = lda, .ldc = ldc,
+		.m = m, .n = n, .k = k, .accumulate = accumulate, .wsrc = w,
+	};
+
+	assert(m > 0 && n > 0 && k > 0 && lda >= (size_t)k && ldc >= (size_t)n);
+	assert(k % (int)w->blk_elems == 0 && g.kern->kc % (int)w->blk_elems == 0);
+	/* every thread's scratch first, so that C is untouched when some cannot be had */
+	if (tp) {
+		kvp_threadpool_run(tp, reserve_worker, &g);
+		if (atomic_load(&g.no_scratch))
+			return KVP_ENOMEM;
+	}
+	kvp_cpu_parallel(tp, gemm_worker, &g);
+	return atomic_load(&g.no_scratch) ? KVP_ENOMEM : KVP_OK;
 }
 
 /* ---- prepacked W ----------------------------------------------------------------------

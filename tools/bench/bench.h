@@ -2,8 +2,8 @@
  * bench.h - what the kvprefix-bench commands share (bench_util.c): statistics of
  * timing samples, synthetic prompts, option errors, the JSON line, the daemon a command
  * starts for itself, and a client of an engine daemon. One file a command:
- * bench_replay.c, bench_index.c, bench_engine*.c, bench_chat.c, bench_load*.c; main.c
- * dispatches.
+ * bench_replay.c, bench_index.c, bench_engine*.c, bench_kernels.c, bench_chat.c,
+ * bench_load*.c; main.c dispatches.
  *
  * Conventions of every command: progress and errors on stderr, each error prefixed
  * with "kvprefix-bench COMMAND: "; figures on stdout, ending with one JSON line. A
@@ -124,6 +124,7 @@ int bench_generate(const char *prog, struct kvp_client *c, const uint32_t *promp
 int bench_cmd_replay(int argc, char **argv);
 int bench_cmd_index(int argc, char **argv);
 int bench_cmd_engine(int argc, char **argv);
+int bench_cmd_kernels(int argc, char **argv);
 int bench_cmd_chat(int argc, char **argv);
 int bench_cmd_load(int argc, char **argv);
 

@@ -7,6 +7,7 @@
  *   index    the index vs raw hashing, LOOKUP vs a socket echo (bench_index.c)
  *   engine   the engine in process, TTFT cached vs cold, a shared-prefix workload
  *            through kvprefixd, on the CPU or CUDA (bench_engine*.c)
+ *   kernels  the CPU matrix kernels on weights in their file form (bench_kernels.c)
  *   chat     a multi-user chat with a shared system prompt (bench_chat.c)
  *   load     N clients, a random mix of requests for S seconds (bench_load*.c)
  */
@@ -28,6 +29,8 @@ static void usage_main(FILE *f)
 		"  engine   time the engine in process, TTFT cached vs cold, a shared-prefix\n"
 		"           workload through kvprefixd; on the CPU or, with --backend cuda,\n"
 		"           on a CUDA GPU (TFLOP/s against its f16 tensor-core peak)\n"
+		"  kernels  time the CPU matrix kernels on F32, F16 and quantized weights:\n"
+		"           decode GB/s against the read bandwidth, prefill GFLOP/s\n"
 		"  chat     play a multi-user chat with a shared system prompt against a\n"
 		"           running kvprefixd and show what each turn found cached\n"
 		"  load     N clients issue a random mix of requests for S seconds; latency,\n"
@@ -46,6 +49,7 @@ int main(int argc, char **argv)
 		{ "replay", bench_cmd_replay },
 		{ "index", bench_cmd_index },
 		{ "engine", bench_cmd_engine },
+		{ "kernels", bench_cmd_kernels },
 		{ "chat", bench_cmd_chat },
 		{ "load", bench_cmd_load },
 	};

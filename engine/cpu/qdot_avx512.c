@@ -1,0 +1,169 @@
+/*
+ * qdot_avx512.c - the dot kernels with AVX-512 F/BW/VL (built with -mavx512f -mavx512bw
+ * -mavx512vl, called only when the CPU has all three) for the types decode spends its
+ * time on: Q8_0, Q4_K, Q6_K. The others take the AVX2 kernels (the fallback table);
+ * F16 and BF16 rows go through kern_avx512.c's matrix-vector kernels.
+ *
+ * The products as in qdot_avx2.c, 64 bytes an instruction: two Q8_0 blocks, or 64
+ * elements of a K super-block (two of Q4_K's 32-element groups, four of Q6_K's 16).
+ * AVX-512BW has no vpsignb: the sign trick is |w| (vpabsb) against a negated where w
+ * is negative (a masked subtract). No VNNI: vpmaddubsw + vpmaddwd keep the decode path
+ * on the weights' bandwidth already, and every AVX-512 CPU has them.
+ *
+ * KVP_QDOT_EMULATE (tests only) builds this file against SIMDe's portable AVX-512, so
+ * that a CPU without it still checks these kernels' arithmetic.
+ */
+#include <string.h>
+
+#if defined(KVP_QDOT_EMULATE)
+#include "qdot_emulate.h"
+#define kvp_cpu_qdot_avx512 kvp_cpu_qdot_avx512_emulated
+#else
+#include <immintrin.h>
+#endif
+#define H2F(h) _cvtsh_ss(h)
+
+#include "cpu_impl.h"
+
+#define QACC __m512
+#define QACC_ZERO() _mm512_setzero_ps()
+#define QACC_SUM(acc) _mm512_reduce_add_ps(acc)
+
+#include "qdot_body.h"
+
+#if defined(KVP_QDOT_EMULATE)
+extern const struct kvp_cpu_qdot kvp_cpu_qdot_avx512_emulated;
+#endif
+
+/* 2 x 32 bytes -> one register */
+static inline __m512i join256(__m256i lo, __m256i hi)
+{
+	return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+static inline __m256i load256(const void *p)
+{
+	return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* 16 word scales, lane t = s[g0 + t / 8] (Q6_K: four 16-element groups in 64 bytes)
+ * or s[g0 + t / 16] (Q4_K: two 32-element groups): s as words in the low 256 bits. */
+static inline __m512i scales_by(__m512i s, int g0, int shift)
+{
+	const __m512i lane = _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18,
+					      17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+	const __m512i idx = _mm512_add_epi16(_mm512_set1_epi16((short)g0), _mm512_srli_epi16(lane, (unsigned)shift));
+
+	return _mm512_permutexvar_epi16(idx, s);
+}
+
+/* ---- Q8_0, two blocks at a time -------------------------------------------------------- */
+
+QDOT_INLINE __m512 blk2_q8_0(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q8_0 *w = (const struct kvp_block_q8_0 *)wv + 2 * b;
+	const struct kvp_block_q8_0 *a = (const struct kvp_block_q8_0 *)av + 2 * b;
+	const __m512i x = join256(load256(w[0].qs), load256(w[1].qs));
+	const __m512i y = join256(load256(a[0].qs), load256(a[1].qs));
+	/* |x| * (y * sign x) */
+	const __m512i sy = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(x), _mm512_setzero_si512(), y);
+	const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(x), sy),
+					    _mm512_set1_epi16(1));
+	const __m512 d = _mm512_mask_blend_ps((__mmask16)0xFF00,
+					      _mm512_set1_ps(H2F(w[0].d) * H2F(a[0].d)),
+					      _mm512_set1_ps(H2F(w[1].d) * H2F(a[1].d)));
+
+	return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+}
+
+static void rows_q8_0(const struct kvp_qdot_args *x, int j0, int j1)
+{
+	if (x->k % (2 * KVP_QK)) {
+		/* an odd number of blocks: the AVX2 kernel's */
+		kvp_cpu_qdot_avx2.dot[KVP_GGML_Q8_0](x, j0, j1);
+		return;
+	}
+	qdot_rows(x, j0, j1, 2 * KVP_QK, blk2_q8_0);
+}
+
+/* ---- Q4_K ------------------------------------------------------------------------------- */
+
+QDOT_INLINE __m512 blk_q4_k(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q4_k *w = (const struct kvp_block_q4_k *)wv + b;
+	const struct kvp_block_q8_k *a = (const struct kvp_block_q8_k *)av + b;
+	const __m256i m4 = _mm256_set1_epi8(0xF);
+	const uint8_t *q4 = w->qs;
+	const int8_t *q8 = a->qs;
+	__m512i sumi = _mm512_setzero_si512();
+	uint32_t u[4];
+
+	qdot_k4_scales(w->scales, u);
+	/* words: scales 0-7, then mins 0-7 */
+	const __m256i ms = _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
+	const __m256i bsums = load256(a->bsums);
+	const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+	const __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(ms, 1), q8s);
+	const __m512i sc = _mm512_castsi256_si512(ms);
+
+	acc = _mm512_fmadd_ps(_mm512_set1_ps(-a->d * H2F(w->dmin)),
+			      _mm512_cvtepi32_ps(_mm512_inserti32x4(_mm512_setzero_si512(), prod, 0)), acc);
+	for (int j = 0; j < 4; j++, q4 += 32, q8 += 64) {
+		const __m256i bits = load256(q4);
+		const __m512i q = join256(_mm256_and_si256(bits, m4),
+					  _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4));
+		const __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)q8));
+
+		sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scales_by(sc, 2 * j, 4), p));
+	}
+	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
+}
+
+/* ---- Q6_K ------------------------------------------------------------------------------- */
+
+QDOT_INLINE __m512 blk_q6_k(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q6_k *w = (const struct kvp_block_q6_k *)wv + b;
+	const struct kvp_block_q8_k *a = (const struct kvp_block_q8_k *)av + b;
+	const __m512i m4 = _mm512_set1_epi8(0xF), m2 = _mm512_set1_epi8(3);
+	const __m512i m32 = _mm512_set1_epi8(32);
+	const __m512i sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w->scales)));
+	const int8_t *q8 = a->qs;
+	__m512i sumi = _mm512_setzero_si512();
+
+	for (int h = 0; h < 2; h++, q8 += 128) {
+		const __m512i lb = _mm512_loadu_si512((const void *)(w->ql + 64 * h));
+		const __m256i bh = load256(w->qh + 32 * h);
+		/* top bits of elements 0-63 (qh bits 0-1, 2-3) and 64-127 (4-5, 6-7) */
+		const __m512i h01 = join256(bh, _mm256_srli_epi16(bh, 2));
+		const __m512i h23 = join256(_mm256_srli_epi16(bh, 4), _mm256_srli_epi16(bh, 6));
+		const __m512i q[2] = {
+			_mm512_or_si512(_mm512_and_si512(lb, m4),
+					_mm512_slli_epi16(_mm512_and_si512(h01, m2), 4)),
+			_mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lb, 4), m4),
+					_mm512_slli_epi16(_mm512_and_si512(h23, m2), 4)),
+		};
+
+		for (int s = 0; s < 2; s++) {
+			const __m512i y = _mm512_loadu_si512((const void *)(q8 + 64 * s));
+			const __m512i p = _mm512_sub_epi16(_mm512_maddubs_epi16(q[s], y),
+							   _mm512_maddubs_epi16(m32, y));
+
+			sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scales_by(sc, 8 * h + 4 * s, 3), p));
+		}
+	}
+	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
+}
+
+QDOT_ROWS(q4_k, KVP_QK_K)
+QDOT_ROWS(q6_k, KVP_QK_K)
+
+const struct kvp_cpu_qdot kvp_cpu_qdot_avx512 = {
+	.name = "avx512",
+	.dot = {
+		[KVP_GGML_Q8_0] = rows_q8_0,
+		[KVP_GGML_Q4_K] = rows_q4_k,
+		[KVP_GGML_Q6_K] = rows_q6_k,
+	},
+	.fallback = &kvp_cpu_qdot_avx2,
+};

@@ -1,0 +1,148 @@
+/*
+ * qdot_body.h - what the dot kernels of every instruction set share: the unpacking of
+ * the K types' packed scales, and the loop over rows of W and of A. Included by the
+ * qdot_<isa>.c files after they define an accumulator (QACC, QACC_ZERO(), QACC_SUM(acc):
+ * a vector of partial sums and its total) and, for every type they implement, the
+ * product of one block of W with the same block of a quantized row of A added into it:
+ *
+ *     QDOT_INLINE QACC blk_<type>(const void *w, int b, const void *a, QACC acc)
+ *
+ * (block b of the rows at w and a), then name the type's row loop QDOT_ROWS(<type>,
+ * block elements). The loop dots QDOT_NR rows of W at once, block by block: as many
+ * independent accumulators, and as many streams from memory (one sequential stream a
+ * thread leaves bandwidth unused: too few misses in flight).
+ *
+ * The element order inside the K types' super-blocks, from quant.c's dequantizers: an
+ * element e of a super-block of 256 belongs to scale group e / 16 (Q2_K, Q3_K, Q6_K) or
+ * e / 32 (Q4_K, Q5_K), so each group lines up with whole bsums of the Q8_K activations.
+ *
+ *   Q2_K, Q3_K   byte l (0..31) of the 32-byte run qs[32 h .. 32 h + 31], bits 2s..2s+1
+ *                -> element 128 h + 32 s + l;  Q3_K's high bit: hmask[l], bit 4 h + s
+ *   Q4_K, Q5_K   byte l of qs[32 j ..]: low nibble -> element 64 j + l, high -> 64 j + 32
+ *                + l;  Q5_K's fifth bits: qh[l], bits 2 j and 2 j + 1
+ *   Q6_K         half h (128 elements): ql[64 h + l] low nibble -> 128 h + l, ql[64 h +
+ *                32 + l] low -> 128 h + 32 + l, the high nibbles -> + 64 and + 96; the top
+ *                two bits from qh[32 h + l], bits 0-1, 2-3, 4-5, 6-7 in that order
+ */
+#ifndef KVP_QDOT_BODY_H
+#define KVP_QDOT_BODY_H
+
+#include <string.h>
+
+#include "cpu_impl.h"
+
+#define QDOT_INLINE static inline __attribute__((always_inline))
+
+/* Q4_K's and Q5_K's 12 scale bytes as 4 words: bytes 0-7 the 8 six-bit scales, bytes
+ * 8-15 the 8 six-bit mins (quant.c's k4_scale_min, four at a time). */
+QDOT_INLINE void qdot_k4_scales(const uint8_t packed[12], uint32_t out[4])
+{
+	const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+	uint32_t u[3];
+
+	memcpy(u, packed, sizeof(u));
+	out[0] = u[0] & m6;                                     /* scales 0-3 */
+	out[1] = (u[2] & m4) | ((u[0] >> 6) & m2) << 4;         /* scales 4-7 */
+	out[2] = u[1] & m6;                                     /* mins 0-3 */
+	out[3] = ((u[2] >> 4) & m4) | ((u[1] >> 6) & m2) << 4;  /* mins 4-7 */
+}
+
+/* Q3_K's 12 scale bytes as 4 words of 16 six-bit scales, each + 32 (subtract 32 for the
+ * signed scale; quant.c's q3_k_scales). */
+QDOT_INLINE void qdot_k3_scales(const uint8_t packed[12], uint32_t out[4])
+{
+	const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
+	uint32_t u[3];
+
+	memcpy(u, packed, sizeof(u));
+	out[0] = (u[0] & m4) | ((u[2] >> 0) & m2) << 4;
+	out[1] = (u[1] & m4) | ((u[2] >> 2) & m2) << 4;
+	out[2] = ((u[0] >> 4) & m4) | ((u[2] >> 4) & m2) << 4;
+	out[3] = ((u[1] >> 4) & m4) | ((u[2] >> 6) & m2) << 4;
+}
+
+#define QDOT_NR 4               /* rows of W dotted at once */
+
+QDOT_INLINE void qdot_store(const struct kvp_qdot_args *x, int r, int j, float s)
+{
+	float *cp = x->c + (size_t)r * x->ldc + j;
+
+	*cp = x->accumulate ? *cp + s : s;
+}
+
+/* C[r][j] (+)= dot(W_j, A_r) for every row r of A and W rows [j0, j1): each W row is
+ * read from memory once, then from L1 for the further rows of A. */
+QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
+			   QACC (*fn)(const void *w, int b, const void *a, QACC acc))
+{
+	const int nb = x->k / blk;
+	int j = j0;
+
+	for (; j + QDOT_NR <= j1; j += QDOT_NR) {
+		const char *w = x->w + (size_t)j * x->w_stride;
+
+		for (int r = 0; r < x->m; r++) {
+			const char *a = x->aq + (size_t)r * x->aq_stride;
+			QACC acc[QDOT_NR];
+
+			for (int i = 0; i < QDOT_NR; i++)
+				acc[i] = QACC_ZERO();
+			for (int b = 0; b < nb; b++) {
+#pragma GCC unroll 4
+				for (int i = 0; i < QDOT_NR; i++)
+					acc[i] = fn(w + (size_t)i * x->w_stride, b, a, acc[i]);
+			}
+			for (int i = 0; i < QDOT_NR; i++)
+				qdot_store(x, r, j + i, QACC_SUM(acc[i]));
+		}
+	}
+	for (; j < j1; j++) {
+		const char *w = x->w + (size_t)j * x->w_stride;
+
+		for (int r = 0; r < x->m; r++) {
+			const char *a = x->aq + (size_t)r * x->aq_stride;
+			QACC acc0 = QACC_ZERO(), acc1 = QACC_ZERO();
+			int b = 0;
+
+			for (; b + 1 < nb; b += 2) {
+				acc0 = fn(w, b, a, acc0);
+				acc1 = fn(w, b + 1, a, acc1);
+			}
+			if (b < nb)
+				acc0 = fn(w, b, a, acc0);
+			qdot_store(x, r, j, QACC_SUM(acc0) + QACC_SUM(acc1));
+		}
+	}
+}
+
+#define QDOT_ROWS(type, blk)                                                              \
+	static void rows_##type(const struct kvp_qdot_args *x, int j0, int j1)            \
+	{                                                                                  \
+		qdot_rows(x, j0, j1, blk, blk_##type);                                     \
+	}
+
+/* The row loops and the table of an ISA with a blk_ function for every block type. */
+#define QDOT_EVERY_TYPE(table, isa, fb)                                                   \
+	QDOT_ROWS(q4_0, KVP_QK)                                                            \
+	QDOT_ROWS(q4_1, KVP_QK)                                                            \
+	QDOT_ROWS(q5_0, KVP_QK)                                                            \
+	QDOT_ROWS(q5_1, KVP_QK)                                                            \
+	QDOT_ROWS(q8_0, KVP_QK)                                                            \
+	QDOT_ROWS(q2_k, KVP_QK_K)                                                          \
+	QDOT_ROWS(q3_k, KVP_QK_K)                                                          \
+	QDOT_ROWS(q4_k, KVP_QK_K)                                                          \
+	QDOT_ROWS(q5_k, KVP_QK_K)                                                          \
+	QDOT_ROWS(q6_k, KVP_QK_K)                                                          \
+	const struct kvp_cpu_qdot table = {                                                \
+		.name = isa,                                                               \
+		.dot = {                                                                   \
+			[KVP_GGML_Q4_0] = rows_q4_0, [KVP_GGML_Q4_1] = rows_q4_1,          \
+			[KVP_GGML_Q5_0] = rows_q5_0, [KVP_GGML_Q5_1] = rows_q5_1,          \
+			[KVP_GGML_Q8_0] = rows_q8_0, [KVP_GGML_Q2_K] = rows_q2_k,          \
+			[KVP_GGML_Q3_K] = rows_q3_k, [KVP_GGML_Q4_K] = rows_q4_k,          \
+			[KVP_GGML_Q5_K] = rows_q5_k, [KVP_GGML_Q6_K] = rows_q6_k,          \
+		},                                                                         \
+		.fallback = fb,                                                            \
+	};
+
+#endif

@@ -1,0 +1,197 @@
+/*
+ * qdot_matmul.c - kvp_cpu_matmul_w on every weight type and every ISA this CPU runs:
+ *
+ *   reference   random valid W, random A, shapes off every tile (N 1, 37, 70; K of one
+ *               and of several blocks and KC slices; M 1, 2, 3, the dot path's limit and
+ *               past it), no pool, 1 and 2 threads, accumulate on and off, padded rows:
+ *               within the bound kvp_cpu.h states against dequantize + a dot in double
+ *   gemm_exact  M past the dot path: bit for bit kvp_cpu_matmul on the dequantized W
+ *   grid        scales and activations on a grid where every sum is exact: every ISA's
+ *               result equals the double reference exactly (the integer parts agree)
+ */
+#include <criterion/criterion.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qdot_util.h"
+
+static int block_of(uint32_t type)
+{
+	return (int)kvp_ggml_type(type)->block_elems;
+}
+
+static void check_case(struct kvp_threadpool *tp, uint32_t type, int m, int n, int k, bool acc,
+		       size_t pad)
+{
+	const size_t lda = (size_t)k + pad, ldc = (size_t)n + 3;
+	struct kvp_cpu_weight w;
+	struct qt_ref ref;
+	float *a = qt_rand_floats((size_t)m * lda), *c = qt_rand_floats((size_t)m * ldc);
+	float *c0 = qt_alloc((size_t)m * ldc * sizeof(float));
+	char buf[16];
+
+	qt_rand_weight(&w, type, n, k, pad, false);
+	memcpy(c0, c, (size_t)m * ldc * sizeof(float));
+	cr_assert_eq(kvp_cpu_matmul_w(tp, a, lda, &w, c, ldc, m, acc), 0);
+	qt_reference(&w, a, lda, m, &ref);
+	for (int r = 0; r < m; r++) {
+		for (int j = 0; j < n; j++) {
+			double c0v = acc ? c0[(size_t)r * ldc + j] : 0.0;
+			double want = ref.c[(size_t)r * n + j] + c0v;
+			double tol = ref.tol[(size_t)r * n + j] + 1e-6 * fabs(c0v) + 1e-30;
+			double got = c[(size_t)r * ldc + j];
+
+			cr_assert(fabs(got - want) <= tol,
+				  "%s %s m %d n %d k %d acc %d threads %d: c[%d][%d] = %.9g, want "
+				  "%.9g (tolerance %.3g)", kvp_cpu_isa(),
+				  kvp_ggml_type_name(type, buf, sizeof(buf)), m, n, k, acc,
+				  tp ? kvp_threadpool_size(tp) : 0, r, j, got, want, tol);
+		}
+		for (size_t j = (size_t)n; j < ldc; j++)
+			cr_assert_eq(c[(size_t)r * ldc + j], c0[(size_t)r * ldc + j],
+				     "padding of C written");
+	}
+	qt_ref_free(&ref);
+	free((void *)w.data);
+	free(a);
+	free(c);
+	free(c0);
+}
+
+static const int ms[] = { 1, 2, 3, 7, KVP_CPU_DOT_MAX_M, KVP_CPU_DOT_MAX_M + 1 };
+static const int ns[] = { 1, 37, 70 };
+
+static void reference_cases(uint32_t type)
+{
+	const int blk = block_of(type);
+	/* one block, a few, and past the GEMM's KC slice of 256 */
+	const int ks[] = { blk == 1 ? 7 : blk, blk == 1 ? 40 : 3 * blk,
+			   blk == 1 ? 300 : blk == KVP_QK ? 17 * blk : 5 * blk };
+	struct kvp_threadpool *tp1, *tp2;
+
+	cr_assert_eq(kvp_threadpool_create(1, &tp1), 0);
+	cr_assert_eq(kvp_threadpool_create(2, &tp2), 0);
+	for (int i = 0; i < qt_n_isas; i++) {
+		int s = 0;
+
+		if (!qt_use_isa(qt_isas[i]))
+			continue;
+		for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++)
+			for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++)
+				for (size_t ki = 0; ki < 3; ki++, s++) {
+					check_case(tp2, type, ms[mi], ns[ni], ks[ki], false, 0);
+					check_case(s % 2 ? tp1 : NULL, type, ms[mi], ns[ni], ks[ki],
+						   true, (size_t)(s % 3) * 4);
+				}
+		/* the default model's FFN, a decode row */
+		check_case(tp2, type, 1, 1536, 512, s % 2, 0);
+	}
+	kvp_cpu_force_isa(NULL);
+	kvp_threadpool_destroy(tp1);
+	kvp_threadpool_destroy(tp2);
+}
+
+#define TYPE_TEST(name, type) \
+	Test(matmul_w, name) { reference_cases(type); }
+
+TYPE_TEST(f32, KVP_GGML_F32)
+TYPE_TEST(f16, KVP_GGML_F16)
+TYPE_TEST(bf16, KVP_GGML_BF16)
+TYPE_TEST(q4_0, KVP_GGML_Q4_0)
+TYPE_TEST(q4_1, KVP_GGML_Q4_1)
+TYPE_TEST(q5_0, KVP_GGML_Q5_0)
+TYPE_TEST(q5_1, KVP_GGML_Q5_1)
+TYPE_TEST(q8_0, KVP_GGML_Q8_0)
+TYPE_TEST(q2_k, KVP_GGML_Q2_K)
+TYPE_TEST(q3_k, KVP_GGML_Q3_K)
+TYPE_TEST(q4_k, KVP_GGML_Q4_K)
+TYPE_TEST(q5_k, KVP_GGML_Q5_K)
+TYPE_TEST(q6_k, KVP_GGML_Q6_K)
+
+/* ---- the GEMM path is kvp_cpu_matmul on the dequantized W, bit for bit ---------------- */
+
+static void gemm_exact(struct kvp_threadpool *tp, uint32_t type, int m, int n, int k)
+{
+	const size_t lda = (size_t)k + 1, ldc = (size_t)n + 2;
+	struct kvp_cpu_weight w;
+	float *a = qt_rand_floats((size_t)m * lda), *wd;
+	float *c = qt_rand_floats((size_t)m * ldc), *c2 = qt_alloc((size_t)m * ldc * sizeof(float));
+	char buf[16];
+
+	qt_rand_weight(&w, type, n, k, 0, false);
+	wd = qt_dequant_all(&w);
+	memcpy(c2, c, (size_t)m * ldc * sizeof(float));
+	cr_assert_eq(kvp_cpu_matmul_w(tp, a, lda, &w, c, ldc, m, true), 0);
+	kvp_cpu_matmul(tp, a, lda, wd, (size_t)k, c2, ldc, m, n, k, true);
+	cr_assert(memcmp(c, c2, (size_t)m * ldc * sizeof(float)) == 0,
+		  "%s %s m %d n %d k %d: not kvp_cpu_matmul on the dequantized W", kvp_cpu_isa(),
+		  kvp_ggml_type_name(type, buf, sizeof(buf)), m, n, k);
+	free((void *)w.data);
+	free(wd);
+	free(a);
+	free(c);
+	free(c2);
+}
+
+/* fn(tp, type, blk) for every type on every ISA this CPU runs, blk the activation block
+ * (32 for F32, F16, BF16), with a pool of 2 threads. */
+static void every_isa_and_type(void (*fn)(struct kvp_threadpool *tp, uint32_t type, int blk))
+{
+	struct kvp_threadpool *tp;
+
+	cr_assert_eq(kvp_threadpool_create(2, &tp), 0);
+	for (int i = 0; i < qt_n_isas; i++) {
+		if (!qt_use_isa(qt_isas[i]))
+			continue;
+		for (int t = 0; t < qt_n_types; t++)
+			fn(tp, qt_types[t], block_of(qt_types[t]) == KVP_QK_K ? KVP_QK_K : KVP_QK);
+	}
+	kvp_cpu_force_isa(NULL);
+	kvp_threadpool_destroy(tp);
+}
+
+static void gemm_cases(struct kvp_threadpool *tp, uint32_t type, int blk)
+{
+	gemm_exact(tp, type, KVP_CPU_DOT_MAX_M + 1, 45, 3 * blk);
+	gemm_exact(tp, type, 70, 100, 1280);
+	gemm_exact(NULL, type, 33, 1, 2 * blk);
+}
+
+Test(matmul_w, gemm_is_matmul_on_dequantized_w) { every_isa_and_type(gemm_cases); }
+
+/* ---- on the grid every ISA gets the exact answer ---------------------------------------- */
+
+static void grid_case(struct kvp_threadpool *tp, uint32_t type, int m, int n, int k)
+{
+	const size_t lda = (size_t)k, ldc = (size_t)n;
+	struct kvp_cpu_weight w;
+	struct qt_ref ref;
+	float *a = qt_grid_rows(type, m, k, lda), *c = qt_alloc((size_t)m * ldc * sizeof(float));
+	char buf[16];
+
+	qt_rand_weight(&w, type, n, k, 0, true);
+	cr_assert_eq(kvp_cpu_matmul_w(tp, a, lda, &w, c, ldc, m, false), 0);
+	qt_reference(&w, a, lda, m, &ref);
+	for (int r = 0; r < m; r++)
+		for (int j = 0; j < n; j++)
+			cr_assert(c[(size_t)r * ldc + j] == ref.c[(size_t)r * n + j],
+				  "%s %s m %d k %d: c[%d][%d] = %.9g, exactly %.9g", kvp_cpu_isa(),
+				  kvp_ggml_type_name(type, buf, sizeof(buf)), m, k, r, j,
+				  c[(size_t)r * ldc + j], ref.c[(size_t)r * n + j]);
+	qt_ref_free(&ref);
+	free((void *)w.data);
+	free(a);
+	free(c);
+}
+
+static void grid_cases(struct kvp_threadpool *tp, uint32_t type, int blk)
+{
+	for (int m = 1; m <= KVP_CPU_DOT_MAX_M; m += 3) {
+		grid_case(tp, type, m, 19, blk);
+		grid_case(tp, type, m, 33, 4 * blk);
+	}
+}
+
+Test(matmul_w, grid_is_exact_on_every_isa) { every_isa_and_type(grid_cases); }
