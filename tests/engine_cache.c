@@ -1,8 +1,10 @@
 /*
  * engine_cache.c - DESIGN invariant 5 at engine level, caching never changes the answer:
  * a prompt run cold and greedy-decoded, then again with 0 %, ~50 % and 100 % of its full
- * blocks shared from the cold run (read-only meanwhile): the same tokens, the same
- * logits within tolerance, the shared blocks untouched.
+ * blocks shared from the cold run (read-only meanwhile), fed the cold run's tokens: the
+ * same picks (but at a tie closer than the tolerance, which only quantized weights'
+ * 8-bit activations bring within reach), the same logits within tolerance, the shared
+ * blocks untouched.
  *
  * One of the files of test_engine; see engine_test_util.h.
  */
@@ -40,9 +42,11 @@ struct run_out {
 
 /* Prefill tok[pos0 .. L) with kv_write_from wf over t, then greedy-decode DECODE_STEPS
  * steps, each argmax fed at the next position and its K/V written; as the daemon
- * (daemon/gen.c) does, every call passes the cached length wf as kv_write_from. */
+ * (daemon/gen.c) does, every call passes the cached length wf as kv_write_from. With
+ * follow, the tokens fed are follow's instead (o->toks still records the argmax): a
+ * warm run kept on the cold run's path past a near tie it broke the other way. */
 static void run_greedy(struct eng *g, struct table *t, const uint32_t *tok, uint32_t L,
-		       uint32_t pos0, uint32_t wf, struct run_out *o)
+		       uint32_t pos0, uint32_t wf, const uint32_t *follow, struct run_out *o)
 {
 	const uint32_t V = g->m->cfg.vocab;
 
@@ -54,7 +58,9 @@ static void run_greedy(struct eng *g, struct table *t, const uint32_t *tok, uint
 	for (uint32_t s = 0; s < DECODE_STEPS; s++) {
 		uint32_t p = L + s;
 		float *lg = o->logits + (size_t)(s + 1) * V;
-		cr_assert_eq(kvp_engine_forward(g->e, t->blocks, t->n, &o->toks[s], 1, p, wf, lg), 0);
+		const uint32_t *next = follow ? &follow[s] : &o->toks[s];
+
+		cr_assert_eq(kvp_engine_forward(g->e, t->blocks, t->n, next, 1, p, wf, lg), 0);
 		o->toks[s + 1] = argmax_f(lg, V);
 	}
 }
@@ -80,8 +86,10 @@ static void on_segv(int sig)
 	raise(sig);
 }
 
-static void cache_check(const char *path, int threads, enum kvp_kv_dtype dt, double tol32,
-			double tol16, double *worst)
+/* tol_ref: the cold run's logits against the reference; tol_same: every run's logits
+ * against the cold run's. */
+static void cache_check(const char *path, int threads, enum kvp_kv_dtype dt, double tol_ref,
+			double tol_same, double *worst)
 {
 	const uint32_t B = 16, k = 6;
 	const uint32_t lens[] = { k * B - 1, k * B, k * B + 1, 1 };
@@ -102,11 +110,11 @@ static void cache_check(const char *path, int threads, enum kvp_kv_dtype dt, dou
 
 		/* the cold run, checked against the reference for the prompt */
 		et_table_init_aligned(&a, nb, bb, 100 + L, (size_t)sysconf(_SC_PAGESIZE));
-		run_greedy(&g, &a, tok, L, 0, 0, &cold);
+		run_greedy(&g, &a, tok, L, 0, 0, NULL, &cold);
 		double *ref = ref_run(r, tok, L, 0);
 		double dref = et_max_diff_fd(cold.logits, ref, V);
 		free(ref);
-		cr_assert_leq(dref, dt ? tol16 : tol32, "L=%u cold vs reference: %g", L, dref);
+		cr_assert_leq(dref, tol_ref, "L=%u cold vs reference: %g", L, dref);
 
 		/* set A's full blocks as they are once the cold run is over */
 		char *snap = malloc(full ? (size_t)full * bb : 1);
@@ -138,7 +146,7 @@ static void cache_check(const char *path, int threads, enum kvp_kv_dtype dt, dou
 			for (uint32_t i = 0; i < m; i++)
 				et_table_protect(&a, i, true);
 			void (*old)(int) = signal(SIGSEGV, on_segv);
-			run_greedy(&g, &b, tok, L, pos0, wf, &warm);
+			run_greedy(&g, &b, tok, L, pos0, wf, cold.toks, &warm);
 			signal(SIGSEGV, old);
 			for (uint32_t i = 0; i < m; i++)
 				et_table_protect(&a, i, false);
@@ -159,12 +167,14 @@ static void cache_check(const char *path, int threads, enum kvp_kv_dtype dt, dou
 				const float *lw = warm.logits + (size_t)s * V;
 				double d = et_max_diff_ff(lc, lw, V);
 				*worst = d > *worst ? d : *worst;
-				cr_assert_eq(cold.toks[s], warm.toks[s],
-					     "L=%u, %u of %u full blocks cached, threads %d, kv %s: "
-					     "greedy token %u differs (%u vs %u; cold top-2 gap %g)",
-					     L, m, full, threads, dt ? "f16" : "f32", s, cold.toks[s],
-					     warm.toks[s], top2_gap(lc, V));
-				cr_assert_leq(d, dt ? TOL_F16_SAME : TOL_F32,
+				/* the same pick, or a tie closer than the runs' tolerance */
+				cr_assert(cold.toks[s] == warm.toks[s] ||
+						  top2_gap(lc, V) <= 2 * tol_same,
+					  "L=%u, %u of %u full blocks cached, threads %d, kv %s: "
+					  "greedy token %u differs (%u vs %u; cold top-2 gap %g)",
+					  L, m, full, threads, dt ? "f16" : "f32", s, cold.toks[s],
+					  warm.toks[s], top2_gap(lc, V));
+				cr_assert_leq(d, tol_same,
 					      "L=%u, %u of %u full blocks cached, kv %s: step %u logits "
 					      "differ by %g", L, m, full, dt ? "f16" : "f32", s, d);
 			}
@@ -182,16 +192,22 @@ static void cache_check(const char *path, int threads, enum kvp_kv_dtype dt, dou
 void et_cache_model(const struct fwd_case *c)
 {
 	char path[256];
-	double worst[2] = { 0, 0 };
+	double worst[2] = { 0, 0 }, same[2];
 
+	/* with activations rounded to 8 bits (quantized weights), the last digits of a
+	 * value can move an element across a rounding step: the runs agree within the
+	 * reference tolerance then, not to f32 rounding */
+	same[KVP_KV_F32] = c->tol_ref > 0 ? c->tol_ref : TOL_F32;
+	same[KVP_KV_F16] = c->tol_ref > 0 ? c->tol_ref : TOL_F16_SAME;
 	et_fwd_model_path(c, path, sizeof(path));
 	for (int dt = 0; dt < 2; dt++)
 		for (int th = 1; th <= 2; th++)
-			cache_check(path, th, (enum kvp_kv_dtype)dt, et_tol_ref(c),
-				    et_tol_f16(c) + et_tol_ref(c) - TOL_F32, &worst[dt]);
+			cache_check(path, th, (enum kvp_kv_dtype)dt,
+				    dt ? et_tol_f16(c) + et_tol_ref(c) - TOL_F32 : et_tol_ref(c),
+				    same[dt], &worst[dt]);
 	fprintf(stderr, "test_engine: cache %-12s max logit diff across 0/50/100%% cached: "
 			"f32 KV %.3g (tol %g), f16 KV %.3g (tol %g)\n",
-		c->name, worst[0], TOL_F32, worst[1], TOL_F16_SAME);
+		c->name, worst[0], same[KVP_KV_F32], worst[1], same[KVP_KV_F16]);
 }
 
 Test(cache, same_answer_gqa) { et_cache_model(&et_fwd_cases[0]); }

@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 
+#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 
 #include "engine_test_ref.h"
 #include "kvp_gguf.h"
+#include "kvp_half.h"
 #include "kvp_quant.h"
 
 /* ---- the reference ---------------------------------------------------------------- */
@@ -34,9 +36,12 @@ static const float *ref_widen(struct ref_model *r, const struct kvp_gguf_tensor 
 	const size_t row_bytes = kvp_ggml_row_bytes(t->type, ne0);
 	float *out = malloc((size_t)(ne0 * ne1) * sizeof(float));
 	float **list = realloc(r->owned, (r->n_owned + 1) * sizeof(*list));
+	uint32_t *types = realloc(r->owned_type, (r->n_owned + 1) * sizeof(*types));
 
-	cr_assert(out && list && row_bytes);
+	cr_assert(out && list && types && row_bytes);
 	r->owned = list;
+	r->owned_type = types;
+	r->owned_type[r->n_owned] = t->type;
 	r->owned[r->n_owned++] = out;
 	cr_assert_eq(t->nbytes, row_bytes * ne1, "reference: %s size", t->name);
 	for (uint64_t row = 0; row < ne1; row++)
@@ -197,6 +202,8 @@ struct ref_model *ref_open(const char *path, enum ref_mutant mutant)
 	r->g1 = dalloc(r->ffn);
 	r->u1 = dalloc(r->ffn);
 	r->sc = dalloc(r->ctx);
+	r->xq = dalloc(r->ffn > qd ? (r->ffn > d ? r->ffn : d) : (qd > d ? qd : d));
+	r->act8 = true;
 	return r;
 }
 
@@ -208,6 +215,8 @@ void ref_close(struct ref_model *r)
 	for (uint32_t i = 0; i < r->n_owned; i++)
 		free(r->owned[i]);
 	free(r->owned);
+	free(r->owned_type);
+	free(r->xq);
 	free(r->L);
 	free(r->kc);
 	free(r->vc);
@@ -233,11 +242,51 @@ static void ref_rmsnorm(const struct ref_model *r, double *out, const double *x,
 		out[i] = x[i] * inv * (double)w[i];
 }
 
+/* The file type of a widened tensor. */
+static uint32_t ref_type_of(const struct ref_model *r, const float *w)
+{
+	for (uint32_t i = 0; i < r->n_owned; i++)
+		if (r->owned[i] == w)
+			return r->owned_type[i];
+	cr_assert_fail("reference: a matrix it did not widen");
+	return 0;
+}
+
+/* x (n) rounded as the engine rounds the activations of a block-type matrix (kvp_cpu.h):
+ * per block of 32 (256 for the K types) d = max |x| / 127, for the 32-element types as
+ * the f16 the block stores; each element to the nearest multiple of d (ties to even),
+ * within 127 steps. From the definition, in double, not from the engine's code. */
+static const double *ref_round_act(const struct ref_model *r, uint32_t type, const double *x,
+				   uint32_t n)
+{
+	const uint32_t be = kvp_ggml_type(type)->block_elems;
+
+	if (!r->act8 || be == 1)
+		return x;
+	for (uint32_t b = 0; b < n; b += be) {
+		double amax = 0.0;
+
+		for (uint32_t i = b; i < b + be; i++)
+			amax = fmax(amax, fabs(x[i]));
+		float d = (float)(amax / 127.0);
+		if (be == 32)
+			d = kvp_f16_to_f32(kvp_f32_to_f16(d));
+		for (uint32_t i = b; i < b + be; i++) {
+			double q = d >= FLT_MIN ? nearbyint(x[i] / d) : 0.0;
+
+			q = q > 127 ? 127 : q < -127 ? -127 : q;
+			r->xq[i] = (double)d * q;
+		}
+	}
+	return r->xq;
+}
+
 /* out (n_out) = W x (+ b), W the GGUF tensor ne = [n_in, n_out]: n_out rows of n_in
  * floats; b (n_out) or NULL. */
 static void ref_matvec(const struct ref_model *r, double *out, const float *w, const float *b,
 		       const double *x, uint32_t n_in, uint32_t n_out, bool accumulate)
 {
+	x = ref_round_act(r, ref_type_of(r, w), x, n_in);
 	for (uint32_t o = 0; o < n_out; o++) {
 		double s = 0.0;
 		for (uint32_t i = 0; i < n_in; i++) {

@@ -3,7 +3,9 @@
  * pass written from the spec alone. It reads the raw tensors from the GGUF file
  * (kvp_gguf, not kvp_model, so an orientation mistake in the loader is caught), widens
  * every tensor to f32 once with the reference dequantizers (kvp_dequant_row), and runs
- * in double: no paging, no SIMD, one contiguous K/V cache per layer. It knows the
+ * in double: no paging, no SIMD, one contiguous K/V cache per layer. The input of a
+ * matrix stored in a block type is rounded to 8 bits per block first, as kvp_cpu.h
+ * says the engine computes (act8; off, the reference is the exact product). It knows the
  * llama and qwen2 architectures: adjacent or half-split rope pairs, linear rope scaling,
  * rope_freqs.weight frequency factors, projection biases.
  * Its mutants each get one thing wrong on purpose, so that a test can show that its
@@ -47,7 +49,12 @@ struct ref_model {
 	bool has_bias;          /* the file has any projection bias */
 	const float *tok, *onorm, *out;
 	float **owned;          /* every widened tensor, freed by ref_close */
+	uint32_t *owned_type;   /* its type in the file */
 	uint32_t n_owned;
+	/* round the input of each block-type matrix to 8 bits per block, as the engine
+	 * does (ref_open sets it; the quantization tests also compare without) */
+	bool act8;
+	double *xq;             /* the rounded input */
 	struct ref_layer *L;
 	enum ref_mutant mutant;
 	/* state: K (post-rope) and V of every position, per layer, contiguous */

@@ -6,6 +6,10 @@
  *               past it), no pool, 1 and 2 threads, accumulate on and off, padded rows:
  *               within the bound kvp_cpu.h states against dequantize + a dot in double
  *   gemm_exact  M past the dot path: bit for bit kvp_cpu_matmul on the dequantized W
+ *               (for block types, with A rounded to 8 bits per block as the dot path
+ *               rounds it)
+ *   paths_agree a row of A gives the same C whether it is one of 1 row (the dot path)
+ *               or of 40 (the GEMM), up to f32 rounding
  *   grid        scales and activations on a grid where every sum is exact: every ISA's
  *               result equals the double reference exactly (the integer parts agree)
  */
@@ -112,6 +116,32 @@ TYPE_TEST(q6_k, KVP_GGML_Q6_K)
 
 /* ---- the GEMM path is kvp_cpu_matmul on the dequantized W, bit for bit ---------------- */
 
+/* A's rows rounded in place as the dot path rounds them for a block type: each block
+ * quantized to Q8_K (K types) or Q8_0 (the others) and read back. */
+static void round_rows(uint32_t type, float *a, size_t lda, int m, int k)
+{
+	const int blk = block_of(type);
+
+	if (blk == 1)
+		return;
+	for (int r = 0; r < m; r++)
+		for (int i = 0; i < k; i += blk == KVP_QK_K ? KVP_QK_K : KVP_QK) {
+			float *x = a + (size_t)r * lda + i;
+
+			if (blk == KVP_QK_K) {
+				struct kvp_block_q8_k b;
+
+				kvp_cpu_quant_q8_k(x, &b, KVP_QK_K);
+				cr_assert_eq(kvp_dequant_row(KVP_GGML_Q8_K, &b, x, KVP_QK_K), 0);
+			} else {
+				struct kvp_block_q8_0 b;
+
+				kvp_cpu_quant_q8_0(x, &b, KVP_QK);
+				cr_assert_eq(kvp_dequant_row(KVP_GGML_Q8_0, &b, x, KVP_QK), 0);
+			}
+		}
+}
+
 static void gemm_exact(struct kvp_threadpool *tp, uint32_t type, int m, int n, int k)
 {
 	const size_t lda = (size_t)k + 1, ldc = (size_t)n + 2;
@@ -124,6 +154,7 @@ static void gemm_exact(struct kvp_threadpool *tp, uint32_t type, int m, int n, i
 	wd = qt_dequant_all(&w);
 	memcpy(c2, c, (size_t)m * ldc * sizeof(float));
 	cr_assert_eq(kvp_cpu_matmul_w(tp, a, lda, &w, c, ldc, m, true), 0);
+	round_rows(type, a, lda, m, k);
 	kvp_cpu_matmul(tp, a, lda, wd, (size_t)k, c2, ldc, m, n, k, true);
 	cr_assert(memcmp(c, c2, (size_t)m * ldc * sizeof(float)) == 0,
 		  "%s %s m %d n %d k %d: not kvp_cpu_matmul on the dequantized W", kvp_cpu_isa(),
@@ -160,6 +191,41 @@ static void gemm_cases(struct kvp_threadpool *tp, uint32_t type, int blk)
 }
 
 Test(matmul_w, gemm_is_matmul_on_dequantized_w) { every_isa_and_type(gemm_cases); }
+
+/* The same row of A alone (the dot path) and as row 5 of 40 (the GEMM): the same C up
+ * to f32 rounding, so that caching (a prompt's last row computed alone or in a prefill)
+ * and batching do not change the answer. */
+static void paths_agree(struct kvp_threadpool *tp, uint32_t type, int blk)
+{
+	const int m = 40, n = 37, k = 4 * blk;
+	struct kvp_cpu_weight w;
+	float *a = qt_rand_floats((size_t)m * k);
+	float *c = qt_alloc((size_t)m * n * sizeof(float)), *c1 = qt_alloc((size_t)n * sizeof(float));
+	struct qt_ref ref;
+	char buf[16];
+
+	qt_rand_weight(&w, type, n, k, 0, false);
+	cr_assert_eq(kvp_cpu_matmul_w(tp, a, (size_t)k, &w, c, (size_t)n, m, false), 0);
+	cr_assert_eq(kvp_cpu_matmul_w(tp, a + 5 * (size_t)k, (size_t)k, &w, c1, (size_t)n, 1, false),
+		     0);
+	qt_reference(&w, a + 5 * (size_t)k, (size_t)k, 1, &ref);
+	for (int j = 0; j < n; j++) {
+		/* both within f32 rounding of the same sum: far below the 8-bit bound */
+		double d = fabs((double)c[5 * (size_t)n + j] - c1[j]);
+		cr_assert(d <= 0.02 * ref.tol[j] + 1e-6,
+			  "%s %s: row alone %.9g, in a GEMM of %d rows %.9g (apart %.3g; the "
+			  "8-bit bound is %.3g)", kvp_cpu_isa(),
+			  kvp_ggml_type_name(type, buf, sizeof(buf)), c1[j], m,
+			  c[5 * (size_t)n + j], d, ref.tol[j]);
+	}
+	qt_ref_free(&ref);
+	free((void *)w.data);
+	free(a);
+	free(c);
+	free(c1);
+}
+
+Test(matmul_w, decode_and_prefill_paths_agree) { every_isa_and_type(paths_agree); }
 
 /* ---- on the grid every ISA gets the exact answer ---------------------------------------- */
 

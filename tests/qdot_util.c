@@ -204,7 +204,7 @@ static void offsets_row(const struct kvp_cpu_weight *w, int j, float *o)
 void qt_reference(const struct kvp_cpu_weight *w, const float *a, size_t lda, int m,
 		  struct qt_ref *ref)
 {
-	const bool quantized = kvp_ggml_type(w->type)->block_elems > 1 && m <= KVP_CPU_DOT_MAX_M;
+	const bool quantized = kvp_ggml_type(w->type)->block_elems > 1;
 	const int ab = act_block(w->type);
 	float *wd = qt_dequant_all(w), *o = qt_alloc((size_t)w->k * sizeof(float));
 

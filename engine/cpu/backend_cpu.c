@@ -15,30 +15,22 @@
  * matrix-vector work (decode, one row). Attention reads K/V from the blocks themselves;
  * a cached prefix is read, never written.
  *
- * The seven matrices of every layer are packed once, at create, into the GEMM's panel
- * layout (kvp_cpu_pack_w): a second copy of the layer weights in memory (~100 MB for
- * the default 58M-parameter model), which spares each forward of more than 3 rows
- * packing them again (at 50 rows, e.g. a suffix after a cached prefix, that packing
- * cost as much memory traffic as the compute). Decode (1 row) still streams the
- * original row-major weights, and so does the output head, which only ever sees the
- * last row.
+ * Every matrix is used as the file stores it (kvp_cpu_weight over the model's mapping):
+ * nothing is widened or packed at create, so the engine adds only its run state to the
+ * model's mapped file. kvp_cpu_matmul_w takes the dot path for up to
+ * KVP_CPU_DOT_MAX_M rows (decode: each weight byte read once, activations quantized to
+ * 8 bits for block types) and the blocked GEMM above, dequantizing and packing W's
+ * slices as it goes (prefill).
  */
 #include "backend.h"
 #include "kvp_cpu.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* One weight matrix as the GEMM takes it: f32 rows (the file's, or a widened copy of
- * a file in another type) and their packed panels. */
-struct cpu_matrix {
-	const float *w;               /* (rows, cols) */
-	float *owned;                 /* the widened copy, when the file is not f32 */
-	struct kvp_packed_w *packed;
-};
-
 struct cpu_layer {
-	struct cpu_matrix wq, wk, wv, wo, w_gate, w_up, w_down;
+	struct kvp_cpu_weight wq, wk, wv, wo, w_gate, w_up, w_down;
 };
 
 struct cpu_state {
@@ -59,7 +51,8 @@ struct cpu_state {
 	float *hb;           /* (max_batch, ffn) gate, then silu(gate) * up */
 	float *hb2;          /* (max_batch, ffn) up */
 	struct cpu_layer *layers;    /* (n_layers) */
-	struct cpu_matrix output;    /* (vocab, dim), unpacked: only ever one row of A */
+	struct kvp_cpu_weight embd;  /* (vocab, dim): rows looked up */
+	struct kvp_cpu_weight output;   /* (vocab, dim): only ever one row of A */
 	double *rope_freq;           /* (rope_dim / 2) kvp_model_rope_freq */
 	struct kvp_cpu_rope rope;
 };
@@ -73,38 +66,11 @@ static void *alloc_f32(size_t n)
 	return p;
 }
 
-static void matrix_free(struct cpu_matrix *mx)
+/* The kernels' view of a model matrix. */
+static struct kvp_cpu_weight weight_of(const struct kvp_tensor *t)
 {
-	kvp_cpu_packed_free(mx->packed);
-	free(mx->owned);
-	*mx = (struct cpu_matrix){ 0 };
-}
-
-/* The f32 rows of t: in place for an f32 file, else widened into a copy. */
-static int matrix_rows(const struct kvp_tensor *t, struct cpu_matrix *mx)
-{
-	if (t->type == KVP_GGML_F32) {
-		mx->w = t->data;
-		return KVP_OK;
-	}
-	mx->owned = alloc_f32((size_t)t->rows * t->cols);
-	if (!mx->owned)
-		return KVP_ENOMEM;
-	for (uint32_t r = 0; r < t->rows; r++)
-		(void)kvp_dequant_row(t->type, (const uint8_t *)t->data + (size_t)r * t->row_bytes,
-				      mx->owned + (size_t)r * t->cols, t->cols);
-	mx->w = mx->owned;
-	return KVP_OK;
-}
-
-/* t's f32 rows and their packed panels. */
-static int matrix_open(const struct kvp_tensor *t, struct cpu_matrix *mx)
-{
-	int rc = matrix_rows(t, mx);
-
-	if (rc == KVP_OK)
-		rc = kvp_cpu_pack_w(mx->w, t->cols, (int)t->rows, (int)t->cols, &mx->packed);
-	return rc;
+	return (struct kvp_cpu_weight){ .data = t->data, .type = t->type, .n = (int)t->rows,
+					 .k = (int)t->cols, .row_bytes = t->row_bytes };
 }
 
 static void cpu_destroy(void *state)
@@ -114,18 +80,7 @@ static void cpu_destroy(void *state)
 	if (!c)
 		return;
 	kvp_threadpool_destroy(c->tp);
-	if (c->layers) {
-		for (uint32_t l = 0; l < c->m->cfg.n_layers; l++) {
-			struct cpu_layer *p = &c->layers[l];
-			struct cpu_matrix *ms[] = { &p->wq, &p->wk, &p->wv, &p->wo, &p->w_gate,
-						    &p->w_up, &p->w_down };
-
-			for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
-				matrix_free(ms[i]);
-		}
-		free(c->layers);
-	}
-	matrix_free(&c->output);
+	free(c->layers);
 	free(c->rope_freq);
 	free(c->x);
 	free(c->xb);
@@ -164,26 +119,40 @@ static int alloc_run_state(struct cpu_state *c)
 	return KVP_OK;
 }
 
-/* Every layer's seven matrices as the GEMM takes them, and the output head. */
-static int open_matrices(struct cpu_state *c)
+/* Every matrix as the kernels take it; KVP_EUNSUPPORTED (err says which) for a type
+ * they do not compute with. */
+static int open_matrices(struct cpu_state *c, char *err, size_t errlen)
 {
 	const struct kvp_model *m = c->m;
-	int rc = matrix_rows(&m->output, &c->output);
 
-	for (uint32_t l = 0; l < m->cfg.n_layers && rc == KVP_OK; l++) {
+	c->embd = weight_of(&m->tok_embd);
+	c->output = weight_of(&m->output);
+	for (uint32_t l = 0; l < m->cfg.n_layers; l++) {
 		const struct kvp_layer_weights *w = &m->layers[l];
-		struct cpu_layer *p = &c->layers[l];
 
-		if ((rc = matrix_open(&w->wq, &p->wq)) < 0 ||
-		    (rc = matrix_open(&w->wk, &p->wk)) < 0 ||
-		    (rc = matrix_open(&w->wv, &p->wv)) < 0 ||
-		    (rc = matrix_open(&w->wo, &p->wo)) < 0 ||
-		    (rc = matrix_open(&w->w_gate, &p->w_gate)) < 0 ||
-		    (rc = matrix_open(&w->w_up, &p->w_up)) < 0 ||
-		    (rc = matrix_open(&w->w_down, &p->w_down)) < 0)
-			break;
+		c->layers[l] = (struct cpu_layer){
+			.wq = weight_of(&w->wq), .wk = weight_of(&w->wk), .wv = weight_of(&w->wv),
+			.wo = weight_of(&w->wo), .w_gate = weight_of(&w->w_gate),
+			.w_up = weight_of(&w->w_up), .w_down = weight_of(&w->w_down),
+		};
+		const struct kvp_cpu_weight *ws[] = {
+			&c->layers[l].wq, &c->layers[l].wk, &c->layers[l].wv, &c->layers[l].wo,
+			&c->layers[l].w_gate, &c->layers[l].w_up, &c->layers[l].w_down,
+			&c->embd, &c->output,
+		};
+		for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++) {
+			int rc = kvp_cpu_weight_check(ws[i]);
+			char tn[16];
+
+			if (rc < 0) {
+				snprintf(err, errlen, "CPU kernels: a layer-%u matrix of type %s: %s",
+					 l, kvp_ggml_type_name(ws[i]->type, tn, sizeof(tn)),
+					 kvp_strerror(rc));
+				return rc;
+			}
+		}
 	}
-	return rc;
+	return KVP_OK;
 }
 
 static int cpu_create(const struct kvp_model *m, const struct kvp_engine_config *cfg,
@@ -193,8 +162,6 @@ static int cpu_create(const struct kvp_model *m, const struct kvp_engine_config 
 	struct cpu_state *c = calloc(1, sizeof(*c));
 	int rc;
 
-	(void)err;
-	(void)errlen;
 	if (!c)
 		return KVP_ENOMEM;
 	c->m = m;
@@ -207,7 +174,7 @@ static int cpu_create(const struct kvp_model *m, const struct kvp_engine_config 
 	if (rc == KVP_OK)
 		rc = alloc_run_state(c);
 	if (rc == KVP_OK)
-		rc = open_matrices(c);
+		rc = open_matrices(c, err, errlen);
 	if (rc) {
 		cpu_destroy(c);
 		return rc;
@@ -227,28 +194,39 @@ static void add_bias(struct cpu_state *c, float *y, size_t ldy, const float *b, 
 /* x (rows, dim) = the embeddings of tokens (rows of token_embd, in its type). */
 static void embed(struct cpu_state *c, const uint32_t *tokens, uint32_t rows)
 {
-	const struct kvp_tensor *e = &c->m->tok_embd;
-
 	for (uint32_t i = 0; i < rows; i++)
-		(void)kvp_dequant_row(e->type, (const uint8_t *)e->data + (size_t)tokens[i] * e->row_bytes,
-				      c->x + (size_t)i * e->cols, e->cols);
+		(void)kvp_cpu_weight_row(&c->embd, (int)tokens[i], c->x + (size_t)i * c->embd.k);
+}
+
+/* C (rows, w->n) (+)= A . W^T into *rc, unless an earlier call failed. The weights were
+ * checked at create: only the scratch's growth (at the first call of each shape) can
+ * fail, KVP_ENOMEM. */
+static void mm(struct cpu_state *c, const float *a, int lda, const struct kvp_cpu_weight *w,
+	       float *out, int ldc, uint32_t rows, bool accumulate, int *rc)
+{
+	if (*rc == KVP_OK)
+		*rc = kvp_cpu_matmul_w(c->tp, a, (size_t)lda, w, out, (size_t)ldc, (int)rows,
+				       accumulate);
 }
 
 /* The attention sublayer of layer l over rows at positions pos..: x += attention. */
-static void attention_block(struct cpu_state *c, uint32_t l, struct kvp_kv_view *kv,
+static int attention_block(struct cpu_state *c, uint32_t l, struct kvp_kv_view *kv,
 			    uint32_t rows, uint32_t pos, uint32_t kv_write_from)
 {
 	const struct kvp_model_config *mc = &c->m->cfg;
 	const struct kvp_layer_weights *w = &c->m->layers[l];
 	const struct cpu_layer *p = &c->layers[l];
 	const int dim = (int)mc->dim, qd = (int)c->q_dim, kvd = (int)c->kv_dim;
+	int rc = KVP_OK;
 
 	kv->layer = l;
 	kvp_cpu_rmsnorm_rows(c->tp, c->xb, dim, c->x, dim, w->attn_norm, (int)rows, dim,
 			     mc->rms_eps);
-	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->wq.packed, c->q, qd, (int)rows, false);
-	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->wk.packed, c->k, kvd, (int)rows, false);
-	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->wv.packed, c->v, kvd, (int)rows, false);
+	mm(c, c->xb, dim, &p->wq, c->q, qd, rows, false, &rc);
+	mm(c, c->xb, dim, &p->wk, c->k, kvd, rows, false, &rc);
+	mm(c, c->xb, dim, &p->wv, c->v, kvd, rows, false, &rc);
+	if (rc)
+		return rc;
 	add_bias(c, c->q, qd, w->bq, rows, qd);
 	add_bias(c, c->k, kvd, w->bk, rows, kvd);
 	add_bias(c, c->v, kvd, w->bv, rows, kvd);
@@ -263,45 +241,50 @@ static void attention_block(struct cpu_state *c, uint32_t l, struct kvp_kv_view 
 				      c->k + (size_t)skip * kvd, kvd, c->v + (size_t)skip * kvd, kvd);
 	}
 	kvp_cpu_attention(c->tp, kv, c->q, c->att, rows, pos, mc->n_heads);
-	kvp_cpu_matmul_packed(c->tp, c->att, qd, p->wo.packed, c->x, dim, (int)rows, true);
+	mm(c, c->att, qd, &p->wo, c->x, dim, rows, true, &rc);
 	add_bias(c, c->x, dim, w->bo, rows, dim);
+	return rc;
 }
 
 /* The FFN sublayer of layer l: x += down(silu(gate(xb)) * up(xb)). */
-static void ffn_block(struct cpu_state *c, uint32_t l, uint32_t rows)
+static int ffn_block(struct cpu_state *c, uint32_t l, uint32_t rows)
 {
 	const struct kvp_model_config *mc = &c->m->cfg;
 	const struct kvp_layer_weights *w = &c->m->layers[l];
 	const struct cpu_layer *p = &c->layers[l];
 	const int dim = (int)mc->dim, ffn = (int)mc->ffn;
+	int rc = KVP_OK;
 
 	kvp_cpu_rmsnorm_rows(c->tp, c->xb, dim, c->x, dim, w->ffn_norm, (int)rows, dim,
 			     mc->rms_eps);
-	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->w_gate.packed, c->hb, ffn, (int)rows, false);
-	kvp_cpu_matmul_packed(c->tp, c->xb, dim, p->w_up.packed, c->hb2, ffn, (int)rows, false);
+	mm(c, c->xb, dim, &p->w_gate, c->hb, ffn, rows, false, &rc);
+	mm(c, c->xb, dim, &p->w_up, c->hb2, ffn, rows, false, &rc);
 	add_bias(c, c->hb, ffn, w->b_gate, rows, ffn);
 	add_bias(c, c->hb2, ffn, w->b_up, rows, ffn);
 	kvp_cpu_swiglu_rows(c->tp, c->hb, ffn, c->hb2, ffn, (int)rows, ffn);
-	kvp_cpu_matmul_packed(c->tp, c->hb, ffn, p->w_down.packed, c->x, dim, (int)rows, true);
+	mm(c, c->hb, ffn, &p->w_down, c->x, dim, rows, true, &rc);
 	add_bias(c, c->x, dim, w->b_down, rows, dim);
+	return rc;
 }
 
 /* One step: rows tokens at positions pos .. pos+rows-1. */
-static void forward_rows(struct cpu_state *c, const struct kvp_kv_view *base,
-			 const uint32_t *tokens, uint32_t rows, uint32_t pos,
-			 uint32_t kv_write_from)
+static int forward_rows(struct cpu_state *c, const struct kvp_kv_view *base,
+			const uint32_t *tokens, uint32_t rows, uint32_t pos, uint32_t kv_write_from)
 {
 	struct kvp_kv_view kv = *base;
+	int rc = KVP_OK;
 
 	embed(c, tokens, rows);
-	for (uint32_t l = 0; l < c->m->cfg.n_layers; l++) {
-		attention_block(c, l, &kv, rows, pos, kv_write_from);
-		ffn_block(c, l, rows);
+	for (uint32_t l = 0; l < c->m->cfg.n_layers && rc == KVP_OK; l++) {
+		rc = attention_block(c, l, &kv, rows, pos, kv_write_from);
+		if (rc == KVP_OK)
+			rc = ffn_block(c, l, rows);
 	}
+	return rc;
 }
 
 /* One sequence of the batch, in steps of at most max_batch rows. */
-static void forward_seq(struct cpu_state *c, const struct kvp_engine_seq *s)
+static int forward_seq(struct cpu_state *c, const struct kvp_engine_seq *s)
 {
 	const struct kvp_model *m = c->m;
 	const struct kvp_model_config *mc = &m->cfg;
@@ -316,26 +299,29 @@ static void forward_seq(struct cpu_state *c, const struct kvp_engine_seq *s)
 		.dtype = c->kv_dtype,
 	};
 	uint32_t done = 0, rows = 0;
+	int rc = KVP_OK;
 
-	while (done < s->n) {
+	while (done < s->n && rc == KVP_OK) {
 		rows = s->n - done < c->max_batch ? s->n - done : c->max_batch;
 		kv.n_blocks = (s->pos0 + done + rows + b - 1) / b;   /* what this step may read */
-		forward_rows(c, &kv, s->tokens + done, rows, s->pos0 + done, s->kv_write_from);
+		rc = forward_rows(c, &kv, s->tokens + done, rows, s->pos0 + done, s->kv_write_from);
 		done += rows;
 	}
-	if (s->logits) {
+	if (s->logits && rc == KVP_OK) {
 		const float *last = c->x + (size_t)(rows - 1) * mc->dim;
 		kvp_cpu_rmsnorm(c->xb, last, m->output_norm, (int)mc->dim, mc->rms_eps);
-		kvp_cpu_matmul(c->tp, c->xb, mc->dim, c->output.w, mc->dim, s->logits, mc->vocab, 1,
-			       (int)mc->vocab, (int)mc->dim, false);
+		mm(c, c->xb, (int)mc->dim, &c->output, s->logits, (int)mc->vocab, 1, false, &rc);
 	}
+	return rc;
 }
 
 static int cpu_forward(void *state, const struct kvp_engine_seq *seqs, uint32_t n_seqs)
 {
-	for (uint32_t i = 0; i < n_seqs; i++)
-		forward_seq(state, &seqs[i]);
-	return KVP_OK;
+	int rc = KVP_OK;
+
+	for (uint32_t i = 0; i < n_seqs && rc == KVP_OK; i++)
+		rc = forward_seq(state, &seqs[i]);
+	return rc;
 }
 
 static size_t cpu_block_bytes(void *state)

@@ -113,8 +113,11 @@ const struct kvp_cpu_kern *kvp_cpu_kern(void);
  * until the next call by the same ith; only thread ith may ask for slot ith, from
  * inside kvp_threadpool_run, except slot 0, which is also the calling thread's between
  * runs (a buffer it fills and then shares with a run, as matmul_w.c does with the
- * quantized activations). NULL when it cannot grow (the caller takes a path that needs
- * none, or reports KVP_ENOMEM). */
+ * quantized activations). Slot KVP_POOL_CALLER_SLOT is the calling thread's alone,
+ * between runs: a buffer it fills and shares with runs that use their own slots, 0
+ * included (matmul_w.c's rounded activations for the GEMM). NULL when it cannot grow
+ * (the caller takes a path that needs none, or reports KVP_ENOMEM). */
+#define KVP_POOL_CALLER_SLOT (-1)
 void *kvp_threadpool_scratch(struct kvp_threadpool *tp, int ith, size_t bytes);
 
 /* Run fn on tp, or on the calling thread alone (ith 0 of 1) when tp is NULL. */

@@ -124,12 +124,18 @@ int kvp_cpu_weight_check(const struct kvp_cpu_weight *w);
  *   F32: kvp_cpu_matmul (its matrix-vector path for M <= 3, the GEMM above).
  * M > KVP_CPU_DOT_MAX_M (prefill), the blocked GEMM of kvp_cpu_matmul, each slice of W
  *   dequantized (kvp_dequant_row's values, exactly) into the packed-panel layout once a
- *   call: bit for bit kvp_cpu_matmul on the dequantized W (F32: on W itself).
+ *   call: bit for bit kvp_cpu_matmul on the dequantized W (F32: on W itself). For block
+ *   types A is first rounded as the dot path rounds it (each block quantized to 8 bits
+ *   and read back), so the two paths compute the same sum in another order: a row's
+ *   result does not depend on how many rows share the call beyond f32 rounding (what
+ *   lets caching and batching keep the answer, DESIGN invariants 5 and 9), and the
+ *   bound above holds for every M.
  *
  * Scratch: with a pool, its per-thread scratch (the quantized rows of A, on slot 0:
- * M * K * 1.14 bytes at most; the GEMM 2 KC NR floats a thread), grown on first need and
- * then reused: no allocation once warm. With tp NULL, the dot path keeps A's blocks on
- * the stack up to 16 KiB and mallocs above; the GEMM mallocs its panels per call.
+ * M * K * 1.14 bytes at most; the GEMM 2 KC NR floats a thread; the GEMM's rounded A,
+ * M * K floats, on the caller's own slot), grown on first need and then reused: no
+ * allocation once warm. With tp NULL, the dot path keeps A's blocks on the stack up to
+ * 16 KiB and mallocs above; the GEMM mallocs its panels and rounded A per call.
  *
  * 0; KVP_EINVAL / KVP_EUNSUPPORTED as kvp_cpu_weight_check; KVP_ENOMEM when scratch
  * cannot be had, C untouched. Rows of A that are not finite give unspecified values in

@@ -5,7 +5,9 @@
  *
  *   M <= KVP_CPU_DOT_MAX_M (decode)            M > KVP_CPU_DOT_MAX_M (prefill)
  *   ─────────────────────────────              ───────────────────────────────
- *   A rows -> Q8_0 / Q8_K blocks (caller)       for each W slice (NR rows, KC elements):
+ *   A rows -> Q8_0 / Q8_K blocks (caller)       block types: A rows -> Q8 blocks -> f32
+ *                                                 (the dot path's values, threads by rows)
+ *                                               for each W slice (NR rows, KC elements):
  *   thread t: W rows [j0, j1), 16 at a time       dequantize its rows into tmp (f32)
  *     dot[type](W_j, A_r) for each r: one read    pack_w(tmp) -> P; the f32 micro-kernel
  *     of W from memory, integer block products    over all M rows (kvp_cpu_gemm_w)
@@ -180,6 +182,46 @@ static void fill_dequant(const struct kvp_gemm_w *w, const struct kvp_cpu_kern *
 	kn->pack_w(tmp, (size_t)kc, nr, kc, p);
 }
 
+/* ---- the GEMM path's activations: rounded as the dot path rounds them ---------------- */
+
+struct round_job {
+	const float *a;
+	size_t lda;
+	float *out;             /* (m, k), k apart */
+	int m, k;
+	bool ktype;
+};
+
+/* Rows of thread ith: each block quantized to 8 bits (Q8_K for the K types, Q8_0 for
+ * the others) and read back, the values the dot path's integer products stand for. */
+static void round_worker(void *arg, int ith, int nth)
+{
+	const struct round_job *j = arg;
+	int r0, r1;
+
+	kvp_cpu_split_rows(j->m, ith, nth, &r0, &r1);
+	for (int r = r0; r < r1; r++) {
+		const float *x = j->a + (size_t)r * j->lda;
+		float *y = j->out + (size_t)r * j->k;
+
+		if (j->ktype) {
+			struct kvp_block_q8_k b;
+
+			for (int i = 0; i < j->k; i += KVP_QK_K) {
+				kvp_cpu_quant_q8_k(x + i, &b, KVP_QK_K);
+				kvp_dequant_row(KVP_GGML_Q8_K, &b, y + i, KVP_QK_K);
+			}
+		} else {
+			struct kvp_block_q8_0 b;
+
+			for (int i = 0; i < j->k; i += KVP_QK) {
+				kvp_cpu_quant_q8_0(x + i, &b, KVP_QK);
+				kvp_dequant_row(KVP_GGML_Q8_0, &b, y + i, KVP_QK);
+			}
+		}
+	}
+}
+
 static int matmul_gemm(struct kvp_threadpool *tp, const float *a, size_t lda,
 		       const struct kvp_cpu_weight *w, float *c, size_t ldc, int m, bool accumulate)
 {
@@ -188,8 +230,29 @@ static int matmul_gemm(struct kvp_threadpool *tp, const float *a, size_t lda,
 		.base = w->data, .stride = w->row_bytes, .type = w->type,
 		.blk_elems = t->block_elems, .blk_bytes = t->block_bytes, .fill = fill_dequant,
 	};
+	const size_t bytes = (size_t)m * (size_t)w->k * sizeof(float);
+	float *rounded = NULL;
+	int rc;
 
-	return kvp_cpu_gemm_w(tp, a, lda, &gw, c, ldc, m, w->n, w->k, accumulate);
+	if (t->block_elems > 1) {
+		/* block types: A as the dot path rounds it, so that a row's result does not
+		 * depend on how many rows share the call (decode and prefill agree) */
+		struct round_job j = { .a = a, .lda = lda, .m = m, .k = w->k,
+				       .ktype = t->block_elems == KVP_QK_K };
+
+		rounded = tp ? kvp_threadpool_scratch(tp, KVP_POOL_CALLER_SLOT, bytes)
+			     : aligned_alloc(64, (bytes + 63) / 64 * 64);
+		if (!rounded)
+			return KVP_ENOMEM;
+		j.out = rounded;
+		kvp_cpu_parallel(tp, round_worker, &j);
+		a = rounded;
+		lda = (size_t)w->k;
+	}
+	rc = kvp_cpu_gemm_w(tp, a, lda, &gw, c, ldc, m, w->n, w->k, accumulate);
+	if (!tp)
+		free(rounded);
+	return rc;
 }
 
 int kvp_cpu_matmul_w(struct kvp_threadpool *tp, const float *a, size_t lda,

@@ -54,7 +54,8 @@ struct pool_slot {
 struct kvp_threadpool {
 	int n;                                  /* threads including the caller */
 	pthread_t *threads;                     /* (n - 1) workers */
-	struct pool_slot *slots;                /* (n) per-thread scratch */
+	struct pool_slot *slots;                /* (n + 1) per-thread scratch, then the
+						   caller's own (KVP_POOL_CALLER_SLOT) */
 	void (*fn)(void *arg, int ith, int nth);
 	void *arg;
 	_Alignas(64) _Atomic uint32_t gen;      /* futex: bumped once per run */
@@ -151,10 +152,10 @@ int kvp_threadpool_create(int n_threads, struct kvp_threadpool **out)
 		return KVP_ENOMEM;
 	memset(tp, 0, sizeof(*tp));
 	tp->n = n_threads;
-	tp->slots = KVP_POOL_ALLOC(sizeof(*tp->slots) * (size_t)n_threads);
+	tp->slots = KVP_POOL_ALLOC(sizeof(*tp->slots) * ((size_t)n_threads + 1));
 	if (!tp->slots)
 		goto out_free_tp;
-	memset(tp->slots, 0, sizeof(*tp->slots) * (size_t)n_threads);
+	memset(tp->slots, 0, sizeof(*tp->slots) * ((size_t)n_threads + 1));
 	tp->threads = KVP_POOL_ALLOC(sizeof(*tp->threads) * (size_t)n_threads);
 	if (!tp->threads)
 		goto out_free_slots;
@@ -196,7 +197,7 @@ void kvp_threadpool_destroy(struct kvp_threadpool *tp)
 	wake_workers(tp);
 	for (int i = 1; i < tp->n; i++)
 		pthread_join(tp->threads[i - 1], NULL);
-	for (int i = 0; i < tp->n; i++)
+	for (int i = 0; i <= tp->n; i++)
 		free(tp->slots[i].buf);
 	KVP_POOL_FREE(tp->threads);
 	KVP_POOL_FREE(tp->slots);
@@ -241,7 +242,7 @@ void kvp_threadpool_run(struct kvp_threadpool *tp, void (*fn)(void *arg, int ith
 
 void *kvp_threadpool_scratch(struct kvp_threadpool *tp, int ith, size_t bytes)
 {
-	struct pool_slot *s = &tp->slots[ith];
+	struct pool_slot *s = &tp->slots[ith == KVP_POOL_CALLER_SLOT ? tp->n : ith];
 	if (s->cap >= bytes)
 		return s->buf;
 	size_t cap = (bytes + 65535) & ~(size_t)65535;
