@@ -150,7 +150,8 @@ static void log_engine(const struct server *s, uint32_t capacity, const char *de
 		 mc->name, mc->arch_name, (unsigned long long)mc->n_params, mc->vocab, mc->dim,
 		 mc->n_layers, mc->n_heads, mc->n_kv_heads, mc->ffn, mc->ctx,
 		 mc->ctx < mc->ctx_file ? " (the sliding window)" : "");
-	kvp_info("weights: %.1f MiB in the file; tensors %s; resident after load %.1f MiB",
+	kvp_info("weights: %.1f MiB in the file, used in place; tensors %s; resident after "
+		 "load %.1f MiB (the file's pages come in as the engine first reads them)",
 		 (double)mc->weight_bytes / 1048576.0, types, rss_mib());
 	if (kvp_engine_weight_bytes(s->engine))
 		kvp_info("weights held by the %s backend: %.1f MiB (converted from the file's "

@@ -32,7 +32,7 @@ module_of() {
 	case "$1" in
 	engine/cpu/*) echo engine/cpu ;;
 	engine/cuda/*) echo engine/cuda ;;
-	tools/bench/bench_kernels.c) echo tools/kernels ;;
+	tools/bench/bench_kernels.c | tools/bench/bench_membw.c | tools/bench/bench_engine_types.c) echo tools/kernels ;;
 	tools/*) echo tools ;;
 	*/*) echo "${1%%/*}" ;;
 	*) echo top ;;

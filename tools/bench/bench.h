@@ -51,6 +51,8 @@ double bench_best(const double *v, size_t n);
 void bench_sleep_ms(long ms);
 /* Online CPUs (1 when unknown). */
 int bench_online_cpus(void);
+/* This process's /proc/self/status field ("VmRSS", "VmHWM") in MB (10^6 bytes), or -1. */
+double bench_rss_mb(const char *field);
 
 /* Token ids in [FIRST_TOKEN_ID, vocab) (or [0, vocab) for a tiny vocabulary), a pure
  * function of (seed, i). */

@@ -23,6 +23,7 @@
 
 struct engine_opts {
 	const char *model, *sock;
+	const char *types;       /* --types */
 	uint64_t threads, block, pool_mb, max_batch;
 	enum kvp_kv_dtype dtype;
 	enum kvp_backend backend;
@@ -45,6 +46,7 @@ static void usage_engine(FILE *f)
 		"                             [--kv-dtype f32|f16] [--block-tokens N]\n"
 		"                             [--max-batch N] [--socket PATH] [--pool-mb MB]\n"
 		"                             [--quick]\n"
+		"       kvprefix-bench engine --types LIST [--threads N] [--kv-dtype T] [--quick]\n"
 		"Measure the transformer engine and what the prefix cache saves:\n"
 		"  (a) in process (kvp_engine_forward over host blocks): cold prefill tokens/s\n"
 		"      at 512 and 2,048 tokens, decode tokens/s (128 steps after 512 tokens),\n"
@@ -86,6 +88,14 @@ static void usage_engine(FILE *f)
 		"                          serve the same model, and its own options apply\n"
 		"      --pool-mb MB        KV pool of the daemon this command starts (default\n"
 		"                          1024; with --backend cuda 4096, on the GPU)\n"
+		"      --types LIST        instead of (a) to (c): (a) on the default model in each\n"
+		"                          weight type of LIST (kvprefix-mkmodel --dtype values:\n"
+		"                          f32,f16,bf16,q8_0,q4_0,q4_1,q5_0,q5_1,q2_k,q3_k,q4_k,\n"
+		"                          q5_k,q6_k,q4_k_m), each in a process of its own: prefill\n"
+		"                          and decode tokens/s, RSS, and decode's bytes per second\n"
+		"                          against this machine's read bandwidth measured in the\n"
+		"                          same process (target: >= 70%% for f16 and q8_0, 2\n"
+		"                          threads)\n"
 		"  -q, --quick             a smoke run: fewer repetitions, %u requests in (c)\n"
 		"  -h, --help              show this help\n"
 		"\n"
@@ -117,7 +127,7 @@ static int check_engine_cuda(struct engine_opts *o, bool dtype_given, bool pool_
 
 static int parse_engine(int argc, char **argv, struct engine_opts *o)
 {
-	enum { O_POOL = 256, O_MAX_BATCH };
+	enum { O_POOL = 256, O_MAX_BATCH, O_TYPES };
 	static const struct option opts[] = {
 		{ "backend", required_argument, NULL, 'B' },
 		{ "model", required_argument, NULL, 'm' },
@@ -127,6 +137,7 @@ static int parse_engine(int argc, char **argv, struct engine_opts *o)
 		{ "socket", required_argument, NULL, 's' },
 		{ "pool-mb", required_argument, NULL, O_POOL },
 		{ "max-batch", required_argument, NULL, O_MAX_BATCH },
+		{ "types", required_argument, NULL, O_TYPES },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -145,6 +156,7 @@ static int parse_engine(int argc, char **argv, struct engine_opts *o)
 
 		switch (opt) {
 		case 'm': o->model = optarg; break;
+		case O_TYPES: o->types = optarg; break;
 		case 's': o->sock = optarg; break;
 		case 'q': o->quick = true; break;
 		case 'B':
@@ -182,15 +194,18 @@ static int parse_engine(int argc, char **argv, struct engine_opts *o)
 	}
 	if (optind < argc)
 		return bench_usage_error("engine", "unexpected argument '%s'", argv[optind]);
+	if (o->types && (o->model || o->sock || o->backend == KVP_BACKEND_CUDA))
+		return bench_usage_error("engine", "--types makes its own models and runs in "
+					 "process on the CPU: no --model, --socket or --backend cuda");
 	if (o->backend == KVP_BACKEND_CUDA)
 		return check_engine_cuda(o, dtype_given, pool_given);
 	return BENCH_RUN;
 }
 
-/* Make the default model of the backend into dir/default.gguf with kvprefix-mkmodel. */
-static int make_default_model(const char *dir, enum kvp_backend backend, char *out, size_t cap)
+int bench_make_model(const char *dir, enum kvp_backend backend, const char *dtype, char *out,
+		     size_t cap)
 {
-	char bin[PATH_MAX];
+	char bin[PATH_MAX], dt[32];
 	pid_t pid;
 	int st;
 
@@ -198,10 +213,11 @@ static int make_default_model(const char *dir, enum kvp_backend backend, char *o
 		fprintf(stderr, PROG " engine: or pass --model FILE\n");
 		return -1;
 	}
-	snprintf(out, cap, "%s/default.gguf", dir);
-	fprintf(stderr, "engine: %s --out %s (%s)\n", bin, out,
-		backend == KVP_BACKEND_CUDA ? "a ~1.2B model, f16, for --backend cuda"
-					    : "the default model, f32");
+	snprintf(dt, sizeof(dt), "%s", dtype);
+	snprintf(out, cap, "%s/%s.gguf", dir, dt);
+	fprintf(stderr, "engine: %s --out %s (%s, %s)\n", bin, out,
+		backend == KVP_BACKEND_CUDA ? "a ~1.2B model for --backend cuda"
+					    : "the default model", dt);
 	fflush(NULL);
 	pid = fork();
 	if (pid < 0) {
@@ -209,10 +225,10 @@ static int make_default_model(const char *dir, enum kvp_backend backend, char *o
 		return -1;
 	}
 	if (pid == 0) {
-		char *const args[] = { bin, "--out", out, "--dtype", "f32", "--quiet", NULL };
+		char *const args[] = { bin, "--out", out, "--dtype", dt, "--quiet", NULL };
 		char *const gpu[] = { bin, "--out", out, "--dim", "2048", "--layers", "16",
 				      "--heads", "32", "--kv-heads", "8", "--ffn", "8192",
-				      "--ctx", "16384", "--dtype", "f16", "--quiet", NULL };
+				      "--ctx", "16384", "--dtype", dt, "--quiet", NULL };
 
 		dup2(STDERR_FILENO, STDOUT_FILENO);
 		execv(bin, backend == KVP_BACKEND_CUDA ? gpu : args);
@@ -220,7 +236,7 @@ static int make_default_model(const char *dir, enum kvp_backend backend, char *o
 		_exit(127);
 	}
 	if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-		fprintf(stderr, PROG " engine: %s failed\n", bin);
+		fprintf(stderr, PROG " engine: %s --dtype %s failed\n", bin, dt);
 		return -1;
 	}
 	return 0;
@@ -561,9 +577,21 @@ int bench_cmd_engine(int argc, char **argv)
 	if (ret != BENCH_RUN)
 		return ret;
 	ret = KVP_EXIT_FAIL;
+	if (o.types) {
+		const struct bench_types_opts to = {
+			.types = o.types, .threads = (int)o.threads, .kv_dtype = o.dtype,
+			.block = (uint32_t)o.block, .max_batch = (uint32_t)o.max_batch,
+			.quick = o.quick,
+		};
+
+		if (bench_tmpdir("engine", tmpdir, sizeof(tmpdir), "kvprefix-bench-types") == 0)
+			ret = bench_engine_types(&to, tmpdir);
+		goto out;
+	}
 	if (!o.model) {
 		if (bench_tmpdir("engine", tmpdir, sizeof(tmpdir), "kvprefix-bench-model") < 0 ||
-		    make_default_model(tmpdir, o.backend, model_buf, sizeof(model_buf)) < 0)
+		    bench_make_model(tmpdir, o.backend, o.backend == KVP_BACKEND_CUDA ? "f16" : "f32",
+				     model_buf, sizeof(model_buf)) < 0)
 			goto out;
 		o.model = model_buf;
 	}

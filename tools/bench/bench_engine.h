@@ -19,8 +19,11 @@
 /* Targets printed beside the engine figures. */
 #define TARGET_PEAK_FRACTION 0.60     /* 512-token prefill, f32, 2 threads */
 #define TARGET_TTFT_RATIO 20.0        /* cold / cached TTFT of a 2,050-token prompt */
+#define TARGET_DECODE_FRACTION 0.70   /* --types: decode GB/s of the read bandwidth
+                                         (f16, q8_0, 2 threads) */
 #define ENGINE_MAX_BATCH 512u         /* rows per internal step, as the daemon uses */
 #define TTFT_PREFIX 2000u             /* (b), (c): tokens of a shared prefix */
+#define DECODE_SHORT 16u              /* (a): the prompt of the short-context decode */
 #define TTFT_SUFFIX 50u               /* (b): tokens after it */
 #define WORK_PREFIXES 16u             /* (c) */
 #define WORK_REQUESTS 200u
@@ -51,11 +54,15 @@ struct eng_inproc {
 	double pf2048_best, pf2048_med;
 	double dec_best, dec_med;            /* tokens/s */
 	uint32_t decode_prompt, decode_steps;
+	double dec_short_med;                /* tokens/s, decode_steps after DECODE_SHORT
+	                                        tokens: the weights, little K/V */
 	double suffix_ms_med;                /* 50 rows after 2,000 cached positions */
 	double cold2050_ms;                  /* 2,050 rows cold */
 	double flops_512;                    /* FLOPs of one 512-token prefill */
 	double gflops_best, gflops_med;
 	double frac_best, frac_med;          /* of peak */
+	double rss_load_mb;                  /* the process, model loaded, engine made */
+	double rss_end_mb;                   /* after the runs */
 };
 
 /* (a) with --backend cuda. */
@@ -109,6 +116,25 @@ int bench_engine_cpu(const char *model_path, int threads, enum kvp_kv_dtype dtyp
  * bench_engine_cpu does. 0, or -1 (message printed). */
 int bench_engine_cuda(const char *model_path, uint32_t block, uint32_t max_batch,
 		      bool quick, struct eng_inproc *a, struct eng_cuda *res);
+
+/* --types: the in-process runs per weight type of the default model. */
+struct bench_types_opts {
+	const char *types;       /* "f16,q8_0,...": kvprefix-mkmodel --dtype values */
+	int threads;
+	enum kvp_kv_dtype kv_dtype;
+	uint32_t block, max_batch;
+	bool quick;
+};
+
+/* Make each type's model in dir, measure it in a child process, print a table and a
+ * JSON line (bench_engine_types.c). An exit status. */
+int bench_engine_types(const struct bench_types_opts *o, const char *dir);
+
+/* kvprefix-mkmodel's default model of the backend (for cpu the default shape, for cuda
+ * a ~1.2B one) in dtype, as dir/<dtype>.gguf; its path in out. 0, or -1 (message
+ * printed). */
+int bench_make_model(const char *dir, enum kvp_backend backend, const char *dtype, char *out,
+		     size_t cap);
 
 /* (b) through the daemon on c. 0, or -1 (message printed). */
 int bench_ttft(struct kvp_client *c, uint32_t vocab, uint32_t block, bool quick,

@@ -275,7 +275,7 @@ static void cpu_summarize(struct eng_inproc *res, const double *r512, double *p5
 static int cpu_runs(struct eng_ctx *x, const struct kvp_model *m, bool quick,
 		    struct eng_inproc *res)
 {
-	double r512[8], p512[8], r2048[8];
+	double r512[8], p512[8], r2048[8], best_short;
 
 	res->prefill_runs_512 = quick ? 2 : 5;
 	res->prefill_runs_2048 = quick ? 1 : 3;
@@ -286,6 +286,8 @@ static int cpu_runs(struct eng_ctx *x, const struct kvp_model *m, bool quick,
 	    eng_prefill(x, 2048, quick ? 0 : 1, res->prefill_runs_2048, r2048, NULL, 200) < 0 ||
 	    eng_decode_runs(x, res->decode_runs, res->decode_prompt, res->decode_steps,
 			    &res->dec_best, &res->dec_med) < 0 ||
+	    eng_decode_runs(x, res->decode_runs, DECODE_SHORT, res->decode_steps, &best_short,
+			    &res->dec_short_med) < 0 ||
 	    eng_suffix(x, quick ? 3 : 5, &res->suffix_ms_med, &res->cold2050_ms) < 0)
 		return -1;
 	res->flops_512 = prefill_flops(&m->cfg, 512);
@@ -316,8 +318,10 @@ int bench_engine_cpu(const char *model_path, int threads, enum kvp_kv_dtype dtyp
 	}
 	res->isa = kvp_engine_kernels(x.e);
 	res->block_bytes = kvp_engine_block_bytes(x.e);
+	res->rss_load_mb = bench_rss_mb("VmRSS");
 	if (cpu_host_blocks(&x, m, block, max_tokens) == 0 && cpu_runs(&x, m, quick, res) == 0)
 		ret = 0;
+	res->rss_end_mb = bench_rss_mb("VmRSS");
 out:
 	eng_ctx_free(&x);
 	kvp_model_free(m);

@@ -25,6 +25,7 @@
 #endif
 
 #include "bench.h"
+#include "bench_membw.h"
 #include "kvp_cpu.h"
 #include "kvp_half.h"
 #include "kvp_quant.h"
@@ -168,82 +169,6 @@ static int make_weight(uint32_t type, int n, int k, struct kvp_cpu_weight *w)
 	return 0;
 }
 
-/* ---- read bandwidth ------------------------------------------------------------------------ */
-
-struct read_job {
-	const uint8_t *p;
-	size_t bytes;
-	int streams;            /* 1: STREAM's sequential read; 4: as the kernels read */
-	uint64_t sink[64];
-};
-
-/* Sum n bytes (a multiple of 256) as S interleaved streams, one from each S-th: one
- * sequential stream is what STREAM times; a thread that reads several rows at once,
- * as the kernels do, keeps more misses in flight. */
-#if defined(__x86_64__)
-__attribute__((target("avx2"), always_inline)) static inline uint64_t
-read_avx2(const uint8_t *p, size_t n, const int S)
-{
-	const size_t q = n / (size_t)S;
-	__m256i s[4] = { _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-			 _mm256_setzero_si256() };
-
-	for (size_t i = 0; i < q; i += 64 * (size_t)(5 - S))
-		for (int t = 0; t < 4; t++) {
-			const __m256i *v = (const __m256i *)(p + (size_t)(t % S) * q + i +
-							      64 * (size_t)(t / S));
-
-			s[t] = _mm256_add_epi64(s[t], _mm256_add_epi64(_mm256_load_si256(v),
-								       _mm256_load_si256(v + 1)));
-		}
-	s[0] = _mm256_add_epi64(_mm256_add_epi64(s[0], s[1]), _mm256_add_epi64(s[2], s[3]));
-	return (uint64_t)_mm256_extract_epi64(s[0], 0) + (uint64_t)_mm256_extract_epi64(s[0], 3);
-}
-
-__attribute__((target("avx2"))) static uint64_t read1_avx2(const uint8_t *p, size_t n)
-{
-	return read_avx2(p, n, 1);
-}
-
-__attribute__((target("avx2"))) static uint64_t read4_avx2(const uint8_t *p, size_t n)
-{
-	return read_avx2(p, n, 4);
-}
-#endif
-
-static uint64_t read_plain(const uint8_t *p, size_t n, int S)
-{
-	const size_t q = n / (size_t)S;
-	uint64_t sum[4] = { 0 };
-
-	for (size_t i = 0; i < q; i += 8)
-		for (int t = 0; t < S; t++) {
-			uint64_t v;
-
-			memcpy(&v, p + (size_t)t * q + i, 8);
-			sum[t] += v;
-		}
-	return sum[0] + sum[1] + sum[2] + sum[3];
-}
-
-static void read_worker(void *arg, int ith, int nth)
-{
-	struct read_job *r = arg;
-	size_t units = r->bytes / 256, u0 = units * (size_t)ith / (size_t)nth;
-	size_t u1 = units * (size_t)(ith + 1) / (size_t)nth;
-	const uint8_t *p = r->p + u0 * 256;
-	const size_t n = (u1 - u0) * 256;
-	uint64_t s;
-
-#if defined(__x86_64__)
-	if (__builtin_cpu_supports("avx2"))
-		s = r->streams == 4 ? read4_avx2(p, n) : read1_avx2(p, n);
-	else
-#endif
-		s = read_plain(p, n, r->streams);
-	r->sink[ith % 64] += s;
-}
-
 /* ---- timing ----------------------------------------------------------------------------- */
 
 struct call {
@@ -251,7 +176,7 @@ struct call {
 	const float *a;
 	const struct kvp_cpu_weight *w;
 	const struct kvp_packed_w *pw;   /* set: kvp_cpu_matmul_packed */
-	struct read_job *read;           /* set: the read probe */
+	struct bench_read_job *read;     /* set: the read probe */
 	float *c;
 	int m;
 };
@@ -259,7 +184,7 @@ struct call {
 static int run_call(const struct call *x)
 {
 	if (x->read) {
-		kvp_threadpool_run(x->tp, read_worker, x->read);
+		bench_read_pass(x->tp, x->read);
 		return 0;
 	}
 	if (x->pw) {
@@ -315,15 +240,15 @@ static int run_decode(struct kvp_threadpool *tp, uint32_t type, int n, int k, do
 {
 	struct kvp_cpu_weight w;
 	float *a = malloc((size_t)k * sizeof(float)), *c = malloc((size_t)n * sizeof(float));
-	struct read_job *rj = calloc(2, sizeof(*rj));
+	struct bench_read_job *rj = calloc(2, sizeof(*rj));
 	int rc = -1;
 
 	if (!a || !c || !rj || make_weight(type, n, k, &w) < 0)
 		goto out_free;
 	for (int i = 0; i < k; i++)
 		a[i] = (float)((i * 7919) % 2001) / 1000.0f - 1.0f;
-	rj[0] = (struct read_job){ .p = w.data, .bytes = w.row_bytes * (size_t)n, .streams = 1 };
-	rj[1] = (struct read_job){ .p = w.data, .bytes = w.row_bytes * (size_t)n, .streams = 4 };
+	rj[0] = (struct bench_read_job){ .p = w.data, .bytes = w.row_bytes * (size_t)n, .streams = 1 };
+	rj[1] = (struct bench_read_job){ .p = w.data, .bytes = w.row_bytes * (size_t)n, .streams = 4 };
 	const struct call mv = { .tp = tp, .a = a, .w = &w, .c = c, .m = 1 };
 	const struct call r1 = { .tp = tp, .read = &rj[0] }, r4 = { .tp = tp, .read = &rj[1] };
 	const struct call *calls[3] = { &mv, &r1, &r4 };

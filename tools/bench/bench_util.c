@@ -89,6 +89,24 @@ int bench_online_cpus(void)
 	return n > 0 && n < 1024 ? (int)n : 1;
 }
 
+double bench_rss_mb(const char *field)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	size_t len = strlen(field);
+	double mb = -1.0;
+
+	if (!f)
+		return -1.0;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, field, len) == 0 && line[len] == ':') {
+			mb = strtod(line + len + 1, NULL) * 1024.0 / 1e6;   /* kB */
+			break;
+		}
+	fclose(f);
+	return mb;
+}
+
 void bench_rand_tokens(uint32_t *out, size_t n, uint64_t seed, uint32_t vocab)
 {
 	uint32_t lo = vocab > 2 * FIRST_TOKEN_ID ? FIRST_TOKEN_ID : 0;
