@@ -24,15 +24,6 @@
 
 /* ---- cache: DESIGN invariant 5 ----------------------------------------------------- */
 
-static uint32_t argmax_f(const float *x, uint32_t n)
-{
-	uint32_t b = 0;
-	for (uint32_t i = 1; i < n; i++)
-		if (x[i] > x[b])
-			b = i;
-	return b;
-}
-
 #define DECODE_STEPS 64
 
 struct run_out {
@@ -54,21 +45,21 @@ static void run_greedy(struct eng *g, struct table *t, const uint32_t *tok, uint
 	cr_assert_not_null(o->logits);
 	cr_assert_eq(kvp_engine_forward(g->e, t->blocks, t->n, tok + pos0, L - pos0, pos0, wf,
 					o->logits), 0);
-	o->toks[0] = argmax_f(o->logits, V);
+	o->toks[0] = et_argmax_f(o->logits, V);
 	for (uint32_t s = 0; s < DECODE_STEPS; s++) {
 		uint32_t p = L + s;
 		float *lg = o->logits + (size_t)(s + 1) * V;
 		const uint32_t *next = follow ? &follow[s] : &o->toks[s];
 
 		cr_assert_eq(kvp_engine_forward(g->e, t->blocks, t->n, next, 1, p, wf, lg), 0);
-		o->toks[s + 1] = argmax_f(lg, V);
+		o->toks[s + 1] = et_argmax_f(lg, V);
 	}
 }
 
 /* Second gap of a logits vector: best - second best (how close a greedy tie was). */
 static double top2_gap(const float *x, uint32_t n)
 {
-	uint32_t b = argmax_f(x, n);
+	uint32_t b = et_argmax_f(x, n);
 	double s = -INFINITY;
 	for (uint32_t i = 0; i < n; i++)
 		if (i != b && x[i] > s)

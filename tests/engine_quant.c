@@ -68,26 +68,6 @@ static const struct fwd_case q_cases[] = {
 	QCASE("llama3-q4_k_m", "--rope-scaling llama3 --dtype q4_k_m --seed 49", TOL_Q),
 };
 
-static uint32_t argmax_d(const double *x, uint32_t n)
-{
-	uint32_t b = 0;
-
-	for (uint32_t i = 1; i < n; i++)
-		if (x[i] > x[b])
-			b = i;
-	return b;
-}
-
-static uint32_t argmax_f(const float *x, uint32_t n)
-{
-	uint32_t b = 0;
-
-	for (uint32_t i = 1; i < n; i++)
-		if (x[i] > x[b])
-			b = i;
-	return b;
-}
-
 #define Q_EXTRA 4
 #define Q_GREEDY 64
 /* mkmodel's random weights give nearly flat logits (512 of them under 1.5): a step's
@@ -139,7 +119,7 @@ static int q_greedy(const struct fwd_case *c, const char *path)
 	for (uint32_t p = 0; p < n; p++)
 		ref_step(r, tok[p], p, p + 1 == n ? rl : NULL);
 	for (uint32_t s = 0; s <= Q_GREEDY; s++) {
-		const uint32_t pe = argmax_f(lg, V), pr = argmax_d(rl, V);
+		const uint32_t pe = et_argmax_f(lg, V), pr = et_argmax_d(rl, V);
 
 		if (pe != pr) {
 			cr_assert_leq(rl[pr] - rl[pe], 2 * tol,

@@ -212,6 +212,26 @@ void et_eng_close(struct eng *g)
 	kvp_model_free(g->m);
 }
 
+uint32_t et_argmax_f(const float *x, uint32_t n)
+{
+	uint32_t b = 0;
+
+	for (uint32_t i = 1; i < n; i++)
+		if (x[i] > x[b])
+			b = i;
+	return b;
+}
+
+uint32_t et_argmax_d(const double *x, uint32_t n)
+{
+	uint32_t b = 0;
+
+	for (uint32_t i = 1; i < n; i++)
+		if (x[i] > x[b])
+			b = i;
+	return b;
+}
+
 void et_make_prompt(uint32_t *tok, uint32_t n, uint32_t vocab, uint64_t seed)
 {
 	for (uint32_t i = 0; i < n; i++)

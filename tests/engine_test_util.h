@@ -118,6 +118,9 @@ void et_eng_open(struct eng *g, const char *path, int threads, enum kvp_kv_dtype
 		 uint32_t block_tokens, uint32_t max_batch);
 void et_eng_close(struct eng *g);
 
+/* The index of the largest of x[0..n) (the first on ties): a greedy pick. */
+uint32_t et_argmax_f(const float *x, uint32_t n);
+uint32_t et_argmax_d(const double *x, uint32_t n);
 /* n tokens below vocab from seed. */
 void et_make_prompt(uint32_t *tok, uint32_t n, uint32_t vocab, uint64_t seed);
 /* max |a - ref| and max |a - b| over n; NaN counts as infinity. */
