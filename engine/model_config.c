@@ -29,7 +29,19 @@ const char *model_key(const struct kvp_model *m, const char *rest, char *buf, si
 	return buf;
 }
 
-/* A size key: a u32, or an array of integers all equal (per-layer values). */
+/* Keys a converter may write per layer (an array of block_count values). */
+static bool per_layer_key(const char *rest)
+{
+	static const char *const keys[] = { "feed_forward_length", "attention.head_count",
+					    "attention.head_count_kv" };
+
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		if (strcmp(rest, keys[i]) == 0)
+			return true;
+	return false;
+}
+
+/* A size key: a u32, or for a per-layer key an array of block_count integers all equal. */
 static int get_size(const struct kvp_model *m, const char *rest, bool required, uint32_t def,
 		    uint32_t *out, char *err, size_t errlen)
 {
@@ -48,10 +60,11 @@ static int get_size(const struct kvp_model *m, const char *rest, bool required, 
 		*out = def;
 		return KVP_OK;
 	}
-	if (kvp_gguf_get_arr(m->file, key, &etype, &n) != KVP_OK || n == 0)
+	if (!per_layer_key(rest) || kvp_gguf_get_arr(m->file, key, &etype, &n) != KVP_OK ||
+	    n == 0)
 		return model_fail(err, errlen, KVP_EINVAL,
 				  "key '%s' is not an unsigned integer that fits in 32 bits", key);
-	if (m->cfg.n_layers && n != m->cfg.n_layers)
+	if (n != m->cfg.n_layers)
 		return model_fail(err, errlen, KVP_EINVAL,
 				  "key '%s' is an array of %llu values for %u layers", key,
 				  (unsigned long long)n, m->cfg.n_layers);
@@ -148,8 +161,9 @@ static int read_sizes(struct kvp_model *m, char *err, size_t errlen)
 	uint32_t u;
 	int rc;
 
-	if ((rc = get_size(m, "embedding_length", true, 0, &c->dim, err, errlen)) ||
-	    (rc = get_size(m, "block_count", true, 0, &c->n_layers, err, errlen)) ||
+	/* block_count first: the per-layer arrays are checked against it */
+	if ((rc = get_size(m, "block_count", true, 0, &c->n_layers, err, errlen)) ||
+	    (rc = get_size(m, "embedding_length", true, 0, &c->dim, err, errlen)) ||
 	    (rc = get_size(m, "feed_forward_length", true, 0, &c->ffn, err, errlen)) ||
 	    (rc = get_size(m, "attention.head_count", true, 0, &c->n_heads, err, errlen)) ||
 	    (rc = get_size(m, "context_length", true, 0, &c->ctx, err, errlen)))
@@ -227,8 +241,10 @@ static int read_rope_scaling(struct kvp_model *m, char *err, size_t errlen)
 	c->rope_scale = 1.0f;
 	if (strcmp(st, "none") == 0)
 		return KVP_OK;
-	if (factor == 0.0f)
-		factor = legacy;   /* the older key of the same thing */
+	float probe;
+	if (kvp_gguf_get_f32(m->file, model_key(m, "rope.scaling.factor", key, sizeof(key)),
+			     &probe) == KVP_ENOTFOUND)
+		factor = legacy;   /* the older key of the same thing, read when it is absent */
 	if (factor == 0.0f && strcmp(st, "linear") == 0)
 		return model_fail(err, errlen, KVP_EINVAL, "key '%s' is 'linear' without a factor",
 				  model_key(m, "rope.scaling.type", key, sizeof(key)));

@@ -94,6 +94,8 @@ static void add_layer(struct bindings *bs, const struct kvp_model_config *c, uin
 	add_vector(bs, LAYER("attn_q.bias"), q, !qkv_bias_required, &w->bq);
 	add_vector(bs, LAYER("attn_k.bias"), kv, !qkv_bias_required, &w->bk);
 	add_vector(bs, LAYER("attn_v.bias"), kv, !qkv_bias_required, &w->bv);
+	if (c->arch != KVP_ARCH_LLAMA)
+		return;   /* qwen2 has q, k, v biases only: any other is refused as unused */
 	add_vector(bs, LAYER("attn_output.bias"), c->dim, true, &w->bo);
 	add_vector(bs, LAYER("ffn_gate.bias"), c->ffn, true, &w->b_gate);
 	add_vector(bs, LAYER("ffn_up.bias"), c->ffn, true, &w->b_up);
@@ -144,34 +146,53 @@ static int check_tensor(struct binding *b, const struct kvp_gguf *g, char *err, 
 		return model_fail(err, errlen, KVP_EUNSUPPORTED,
 				  "tensor '%s': ggml type %s is not supported for weights", b->name,
 				  kvp_ggml_type_name(t->type, tn, sizeof(tn)));
-	if ((uintptr_t)t->data % 8)
+	/* read in place: an f32 element, or a block's f16 fields, at its natural alignment */
+	if ((uintptr_t)t->data % (t->type == KVP_GGML_F32 ? 4 : 2))
 		return model_fail(err, errlen, KVP_EUNSUPPORTED,
-				  "tensor '%s': its data is not 8-byte aligned in the file", b->name);
+				  "tensor '%s': its data is not aligned to its elements in the file "
+				  "(general.alignment 1)", b->name);
 	b->convert = b->vector && t->type != KVP_GGML_F32;
 	return KVP_OK;
 }
 
-/* Every tensor of the file is one the engine uses. */
+static int cmp_ptr(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)*(const void *const *)a, y = (uintptr_t)*(const void *const *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Every tensor of the file is one the engine uses: the bound tensors sorted, each of
+ * the file's looked up (a hostile file of 65,536 tensors costs n log n, not n^2). */
 static int check_all_used(const struct kvp_model *m, const struct bindings *bs, char *err,
 			  size_t errlen)
 {
 	size_t found = 0, n = kvp_gguf_n_tensors(m->file);
+	const void **used;
 
 	for (size_t i = 0; i < bs->n; i++)
 		found += bs->b[i].t != NULL;
 	if (found == n)
 		return KVP_OK;
+	used = KVP_MODEL_CALLOC(found ? found : 1, sizeof(*used));
+	if (!used)
+		return model_fail(err, errlen, KVP_ENOMEM, "out of memory checking the tensors");
+	found = 0;
+	for (size_t i = 0; i < bs->n; i++)
+		if (bs->b[i].t)
+			used[found++] = bs->b[i].t;
+	qsort(used, found, sizeof(*used), cmp_ptr);
 	for (size_t i = 0; i < n; i++) {
 		const struct kvp_gguf_tensor *t = kvp_gguf_tensor_at(m->file, i);
-		bool used = false;
 
-		for (size_t k = 0; k < bs->n && !used; k++)
-			used = bs->b[k].t == t;
-		if (!used)
+		if (!bsearch(&t, used, found, sizeof(*used), cmp_ptr)) {
+			KVP_MODEL_FREE(used);
 			return model_fail(err, errlen, KVP_EUNSUPPORTED,
 					  "tensor '%s' is not one a %s model computes with: refused "
 					  "rather than computed differently", t->name, m->cfg.arch_name);
+		}
 	}
+	KVP_MODEL_FREE(used);
 	return model_fail(err, errlen, KVP_EINTERNAL, "tensor count mismatch");
 }
 
@@ -268,7 +289,8 @@ int model_bind(struct kvp_model *m, char *err, size_t errlen)
 		add_layer(&bs, c, l, &m->layers[l]);
 	add_vector(&bs, "output_norm.weight", c->dim, false, &m->output_norm);
 	add_matrix(&bs, "output.weight", c->dim, c->vocab, &m->output)->optional = true;
-	add_vector(&bs, "rope_freqs.weight", c->rope_dim / 2, true, &m->rope_freqs);
+	if (c->arch == KVP_ARCH_LLAMA)   /* Llama 3's factors; qwen2 files have none */
+		add_vector(&bs, "rope_freqs.weight", c->rope_dim / 2, true, &m->rope_freqs);
 	for (size_t i = 0; i < bs.n && rc == KVP_OK; i++)
 		rc = check_tensor(&bs.b[i], m->file, err, errlen);
 	if (rc == KVP_OK)

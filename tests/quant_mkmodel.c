@@ -187,6 +187,7 @@ Test(mkmodel_types, rows_of_part_blocks_are_refused)
 		{ "--rope-scaling linear:0", "wants a factor" },
 		{ "--rope-scaling linear:2x", "wants a factor" },
 		{ "--arch qwen2 --rope-scaling llama3", "--arch qwen2 files have none" },
+		{ "--arch qwen2 --bias", "--arch qwen2 files have their q, k and v biases only" },
 	};
 	char msg[1024], path[256];
 
@@ -387,7 +388,7 @@ static uint64_t file_fnv1a(const char *name, size_t *len)
 Test(mkmodel_types, same_options_same_bytes)
 {
 	static const char *const args[] = {
-		SHAPE " --dtype q4_k_m --arch qwen2 --bias --rope-scaling linear:2 --seed 9",
+		SHAPE " --dtype q4_k_m --arch qwen2 --rope-scaling linear:2 --seed 9",
 		SHAPE " --dtype q3_k --rope-scaling llama3 --tied",
 		SHAPE " --dtype q5_1 --bias",
 	};

@@ -856,7 +856,7 @@ Test(corrupt, model_shapes_and_values)
 	memcpy(f.b + o + 12, "gemma", 5);
 	fx_refused(&f, "architecture", "general.architecture", "'gemma'", "llama", "qwen2");
 	memcpy(f.b + o + 12, "qwen2", 5);
-	fx_refused(&f, "qwen2 keys", "key 'qwen2.embedding_length' is missing");
+	fx_refused(&f, "qwen2 keys", "key 'qwen2.block_count' is missing");
 	rename_str(&f, "general.architecture", "general.architecturX");
 	fx_refused(&f, "no architecture", "key 'general.architecture' is missing");
 	rename_str(&f, "llama.block_count", "llama.block_counX");

@@ -58,6 +58,7 @@ struct spec {
 	const char *extra_tensor;    /* one more (vector of M_DIM) tensor, by name */
 	bool head_arrays;            /* head counts as per-layer arrays, not scalars */
 	bool no_ffn_key;             /* leave feed_forward_length to keys() */
+	bool no_block_key;           /* leave block_count to keys() */
 };
 
 /* Bytes of value v in every element of a tensor of type t: a constant is exact in every
@@ -169,7 +170,8 @@ static void write_model(const char *file, const struct spec *s)
 	cr_assert_eq(kvp_gguf_add_str(wr.w, "general.name", file), 0);
 	key_u32(wr.w, arch, "context_length", M_CTX);
 	key_u32(wr.w, arch, "embedding_length", M_DIM);
-	key_u32(wr.w, arch, "block_count", M_LAYERS);
+	if (!s->no_block_key)
+		key_u32(wr.w, arch, "block_count", M_LAYERS);
 	if (!s->no_ffn_key)
 		key_u32(wr.w, arch, "feed_forward_length", M_FFN);
 	if (s->head_arrays) {
@@ -541,9 +543,39 @@ static void k_ffn_short(struct kvp_gguf_writer *w, const char *arch)
 	cr_assert_eq(kvp_gguf_add_i32_array(w, k, ffn, 1), 0);
 }
 
+/* qwen2 has q, k and v biases and nothing else llama files may add: an output or FFN bias,
+ * or Llama 3's rope_freqs, is refused by name rather than computed. */
+Test(refuse, qwen2_takes_no_llama_extras)
+{
+	float f[M_HD / 2];
+
+	for (uint32_t i = 0; i < M_HD / 2; i++)
+		f[i] = 1.0f;
+	const struct spec ob = { .arch = "qwen2", .qkv_bias = true, .o_bias = true };
+	const struct spec fb = { .arch = "qwen2", .qkv_bias = true, .ffn_bias = true };
+	const struct spec rf = { .arch = "qwen2", .qkv_bias = true, .freq_factors = f };
+
+	refused("ob.gguf", &ob, "tensor 'blk.0.attn_output.bias'", "not one a qwen2 model");
+	refused("fb.gguf", &fb, "tensor 'blk.0.ffn_gate.bias'", "not one a qwen2 model");
+	refused("rf.gguf", &rf, "tensor 'rope_freqs.weight'", "not one a qwen2 model");
+}
+
+/* Only the sizes a converter writes per layer may be arrays. */
+static void k_block_array(struct kvp_gguf_writer *w, const char *arch)
+{
+	const int32_t v[M_LAYERS] = { M_LAYERS, M_LAYERS };
+	char k[96];
+
+	snprintf(k, sizeof(k), "%s.block_count", arch);
+	cr_assert_eq(kvp_gguf_add_i32_array(w, k, v, M_LAYERS), 0);
+}
+
 Test(refuse, non_uniform_layers)
 {
 	const struct spec sh = { .keys = k_ffn_short, .no_ffn_key = true };
+	const struct spec ba = { .keys = k_block_array, .no_block_key = true };
+
+	refused("ba.gguf", &ba, "key 'llama.block_count' is not an unsigned integer");
 
 	refused("sh.gguf", &sh, "llama.feed_forward_length", "an array of 1 values for 2 layers");
 	const struct spec nu = { .keys = k_ffn_mixed, .no_ffn_key = true };

@@ -138,7 +138,7 @@ static void usage(FILE *f)
 		"                        block: 32 (q4_0 .. q8_0) or 256 (the k types)\n"
 		"      --arch A          llama (default) or qwen2: qwen2.* keys, and the q, k and\n"
 		"                        v projections' biases\n"
-		"      --bias            a bias on each of the 7 layer matrices (f32)\n"
+		"      --bias            a bias on each of the 7 layer matrices (f32; llama only)\n"
 		"      --rope-scaling S  none (default); linear:FACTOR (rope.scaling.type linear,\n"
 		"                        rope.scaling.factor FACTOR); llama3 (a rope_freqs.weight\n"
 		"                        tensor of Llama 3's frequency factors: factor 8, low and\n"
@@ -603,6 +603,11 @@ static int check_args(const struct opts *o)
 	if (o->rope == ROPE_LLAMA3 && o->arch != ARCH_LLAMA) {
 		fprintf(stderr, PROG ": --rope-scaling llama3 is Llama 3's (rope_freqs.weight); "
 			"--arch %s files have none\n", arch_names[o->arch]);
+		return -1;
+	}
+	if (o->bias && o->arch != ARCH_LLAMA) {
+		fprintf(stderr, PROG ": --bias adds the biases llama files may carry; --arch %s "
+			"files have their q, k and v biases only\n", arch_names[o->arch]);
 		return -1;
 	}
 	if (o->name && (!*o->name || strlen(o->name) > 255)) {
