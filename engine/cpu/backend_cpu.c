@@ -10,10 +10,13 @@
  *               xb = rmsnorm(x)              x += (silu(xb.Wg) * xb.Wu) . Wd
  *   last row:   logits = rmsnorm(x) . Wout
  *
- * A batch's sequences run one after the other; each sequence's rows go in steps of at
- * most max_batch, each step as matrix-matrix work over its rows (prefill) or
- * matrix-vector work (decode, one row). Attention reads K/V from the blocks themselves;
- * a cached prefix is read, never written.
+ * A batch's rows go in steps of at most max_batch rows, taken from its sequences in
+ * order (decode rows of many sequences and prompt chunks side by side): the matrix work
+ * runs once per step over all its rows, so the weights are read once for the whole
+ * step, while rope, the K/V stores and attention run per sequence over its own block
+ * table. Attention reads K/V from the blocks themselves; a cached prefix is read, never
+ * written. The logits of every sequence that wants them come from one pass of the
+ * output matrix over their last rows.
  *
  * Every matrix is used as the file stores it (kvp_cpu_weight over the model's mapping):
  * nothing is widened or packed at create, so the engine adds only its run state to the
@@ -33,6 +36,14 @@ struct cpu_layer {
 	struct kvp_cpu_weight wq, wk, wv, wo, w_gate, w_up, w_down;
 };
 
+/* A piece of one sequence in a step: its rows row0 .. row0+rows-1 of the run state,
+ * at positions pos .. pos+rows-1, over its own block table. */
+struct seg {
+	const struct kvp_engine_seq *s;
+	struct kvp_kv_view kv;
+	uint32_t row0, rows, pos;
+};
+
 struct cpu_state {
 	const struct kvp_model *m;
 	struct kvp_threadpool *tp;
@@ -50,9 +61,14 @@ struct cpu_state {
 	float *att;          /* (max_batch, q_dim) attention output */
 	float *hb;           /* (max_batch, ffn) gate, then silu(gate) * up */
 	float *hb2;          /* (max_batch, ffn) up */
+	uint32_t *tok;       /* (max_batch) the step's tokens */
+	struct seg *segs;    /* (max_batch) the step's pieces of sequences */
+	float *last_h;       /* (last_cap, dim) last hidden rows of sequences wanting logits */
+	float *last_logits;  /* (last_cap, vocab) */
+	uint32_t last_cap;
 	struct cpu_layer *layers;    /* (n_layers) */
 	struct kvp_cpu_weight embd;  /* (vocab, dim): rows looked up */
-	struct kvp_cpu_weight output;   /* (vocab, dim): only ever one row of A */
+	struct kvp_cpu_weight output;   /* (vocab, dim) */
 	double *rope_freq;           /* (rope_dim / 2) kvp_model_rope_freq */
 	struct kvp_cpu_rope rope;
 };
@@ -90,6 +106,10 @@ static void cpu_destroy(void *state)
 	free(c->att);
 	free(c->hb);
 	free(c->hb2);
+	free(c->tok);
+	free(c->segs);
+	free(c->last_h);
+	free(c->last_logits);
 	free(c);
 }
 
@@ -107,10 +127,12 @@ static int alloc_run_state(struct cpu_state *c)
 	c->att = alloc_f32(rows * c->q_dim);
 	c->hb = alloc_f32(rows * mc->ffn);
 	c->hb2 = alloc_f32(rows * mc->ffn);
+	c->tok = calloc(rows, sizeof(*c->tok));
+	c->segs = calloc(rows, sizeof(*c->segs));
 	c->layers = calloc(mc->n_layers ? mc->n_layers : 1, sizeof(*c->layers));
 	c->rope_freq = calloc(mc->rope_dim / 2 ? mc->rope_dim / 2 : 1, sizeof(double));
 	if (!c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->hb || !c->hb2 ||
-	    !c->layers || !c->rope_freq)
+	    !c->tok || !c->segs || !c->layers || !c->rope_freq)
 		return KVP_ENOMEM;
 	for (uint32_t i = 0; i < mc->rope_dim / 2; i++)
 		c->rope_freq[i] = kvp_model_rope_freq(c->m, i);
@@ -145,9 +167,10 @@ static int open_matrices(struct cpu_state *c, char *err, size_t errlen)
 			char tn[16];
 
 			if (rc < 0) {
-				snprintf(err, errlen, "CPU kernels: a layer-%u matrix of type %s: %s",
-					 l, kvp_ggml_type_name(ws[i]->type, tn, sizeof(tn)),
-					 kvp_strerror(rc));
+				if (err && errlen)
+					snprintf(err, errlen, "CPU kernels: a matrix of type %s: %s",
+						 kvp_ggml_type_name(ws[i]->type, tn, sizeof(tn)),
+						 kvp_strerror(rc));
 				return rc;
 			}
 		}
@@ -209,9 +232,10 @@ static void mm(struct cpu_state *c, const float *a, int lda, const struct kvp_cp
 				       accumulate);
 }
 
-/* The attention sublayer of layer l over rows at positions pos..: x += attention. */
-static int attention_block(struct cpu_state *c, uint32_t l, struct kvp_kv_view *kv,
-			    uint32_t rows, uint32_t pos, uint32_t kv_write_from)
+/* The attention sublayer of layer l over a step's rows: x += attention. The matrix
+ * work runs once over every row; rope, the K/V stores and attention per sequence. */
+static int attention_block(struct cpu_state *c, uint32_t l, struct seg *segs, uint32_t n_segs,
+			   uint32_t rows)
 {
 	const struct kvp_model_config *mc = &c->m->cfg;
 	const struct kvp_layer_weights *w = &c->m->layers[l];
@@ -219,7 +243,6 @@ static int attention_block(struct cpu_state *c, uint32_t l, struct kvp_kv_view *
 	const int dim = (int)mc->dim, qd = (int)c->q_dim, kvd = (int)c->kv_dim;
 	int rc = KVP_OK;
 
-	kv->layer = l;
 	kvp_cpu_rmsnorm_rows(c->tp, c->xb, dim, c->x, dim, w->attn_norm, (int)rows, dim,
 			     mc->rms_eps);
 	mm(c, c->xb, dim, &p->wq, c->q, qd, rows, false, &rc);
@@ -230,17 +253,28 @@ static int attention_block(struct cpu_state *c, uint32_t l, struct kvp_kv_view *
 	add_bias(c, c->q, qd, w->bq, rows, qd);
 	add_bias(c, c->k, kvd, w->bk, rows, kvd);
 	add_bias(c, c->v, kvd, w->bv, rows, kvd);
-	kvp_cpu_rope_rows_spec(c->tp, c->q, qd, (int)rows, (int)mc->n_heads, (int)mc->head_dim,
-			       &c->rope, pos);
-	kvp_cpu_rope_rows_spec(c->tp, c->k, kvd, (int)rows, (int)mc->n_kv_heads,
-			       (int)mc->head_dim, &c->rope, pos);
-	/* rows below kv_write_from are a cached prefix: its KV is already there */
-	if (pos + rows > kv_write_from) {
-		uint32_t skip = kv_write_from > pos ? kv_write_from - pos : 0;
-		kvp_cpu_kv_store_rows(c->tp, kv, pos + skip, (int)(rows - skip),
-				      c->k + (size_t)skip * kvd, kvd, c->v + (size_t)skip * kvd, kvd);
+	for (uint32_t i = 0; i < n_segs; i++) {
+		struct seg *g = &segs[i];
+		float *q = c->q + (size_t)g->row0 * qd, *k = c->k + (size_t)g->row0 * kvd;
+		const float *v = c->v + (size_t)g->row0 * kvd;
+		const uint32_t from = g->s->kv_write_from;
+
+		g->kv.layer = l;
+		kvp_cpu_rope_rows_spec(c->tp, q, qd, (int)g->rows, (int)mc->n_heads,
+				       (int)mc->head_dim, &c->rope, g->pos);
+		kvp_cpu_rope_rows_spec(c->tp, k, kvd, (int)g->rows, (int)mc->n_kv_heads,
+				       (int)mc->head_dim, &c->rope, g->pos);
+		/* rows below kv_write_from are a cached prefix: its KV is already there */
+		if (g->pos + g->rows > from) {
+			uint32_t skip = from > g->pos ? from - g->pos : 0;
+
+			kvp_cpu_kv_store_rows(c->tp, &g->kv, g->pos + skip, (int)(g->rows - skip),
+					      k + (size_t)skip * kvd, kvd, v + (size_t)skip * kvd,
+					      kvd);
+		}
+		kvp_cpu_attention(c->tp, &g->kv, q, c->att + (size_t)g->row0 * qd, g->rows, g->pos,
+				  mc->n_heads);
 	}
-	kvp_cpu_attention(c->tp, kv, c->q, c->att, rows, pos, mc->n_heads);
 	mm(c, c->att, qd, &p->wo, c->x, dim, rows, true, &rc);
 	add_bias(c, c->x, dim, w->bo, rows, dim);
 	return rc;
@@ -267,61 +301,115 @@ static int ffn_block(struct cpu_state *c, uint32_t l, uint32_t rows)
 	return rc;
 }
 
-/* One step: rows tokens at positions pos .. pos+rows-1. */
-static int forward_rows(struct cpu_state *c, const struct kvp_kv_view *base,
-			const uint32_t *tokens, uint32_t rows, uint32_t pos, uint32_t kv_write_from)
+/* One step over the rows of segs (rows in all, their tokens in c->tok). */
+static int forward_step(struct cpu_state *c, struct seg *segs, uint32_t n_segs, uint32_t rows)
 {
-	struct kvp_kv_view kv = *base;
 	int rc = KVP_OK;
 
-	embed(c, tokens, rows);
+	embed(c, c->tok, rows);
 	for (uint32_t l = 0; l < c->m->cfg.n_layers && rc == KVP_OK; l++) {
-		rc = attention_block(c, l, &kv, rows, pos, kv_write_from);
+		rc = attention_block(c, l, segs, n_segs, rows);
 		if (rc == KVP_OK)
 			rc = ffn_block(c, l, rows);
 	}
 	return rc;
 }
 
-/* One sequence of the batch, in steps of at most max_batch rows. */
-static int forward_seq(struct cpu_state *c, const struct kvp_engine_seq *s)
+/* Room for n rows of the logits stage: their last hidden rows and their logits. */
+static int reserve_last(struct cpu_state *c, uint32_t n)
 {
-	const struct kvp_model *m = c->m;
-	const struct kvp_model_config *mc = &m->cfg;
-	const uint32_t b = c->block_tokens;
-	struct kvp_kv_view kv = {
-		.blocks = s->blocks,
-		.n_blocks = s->n_blocks,
-		.block_tokens = b,
-		.n_layers = mc->n_layers,
-		.n_kv_heads = mc->n_kv_heads,
-		.head_dim = mc->head_dim,
-		.dtype = c->kv_dtype,
-	};
-	uint32_t done = 0, rows = 0;
-	int rc = KVP_OK;
+	const struct kvp_model_config *mc = &c->m->cfg;
+	float *h, *lg;
 
-	while (done < s->n && rc == KVP_OK) {
-		rows = s->n - done < c->max_batch ? s->n - done : c->max_batch;
-		kv.n_blocks = (s->pos0 + done + rows + b - 1) / b;   /* what this step may read */
-		rc = forward_rows(c, &kv, s->tokens + done, rows, s->pos0 + done, s->kv_write_from);
-		done += rows;
+	if (n <= c->last_cap)
+		return KVP_OK;
+	h = alloc_f32((size_t)n * mc->dim);
+	lg = alloc_f32((size_t)n * mc->vocab);
+	if (!h || !lg) {
+		free(h);
+		free(lg);
+		return KVP_ENOMEM;
 	}
-	if (s->logits && rc == KVP_OK) {
-		const float *last = c->x + (size_t)(rows - 1) * mc->dim;
-		kvp_cpu_rmsnorm(c->xb, last, m->output_norm, (int)mc->dim, mc->rms_eps);
-		mm(c, c->xb, (int)mc->dim, &c->output, s->logits, (int)mc->vocab, 1, false, &rc);
-	}
+	free(c->last_h);
+	free(c->last_logits);
+	c->last_h = h;
+	c->last_logits = lg;
+	c->last_cap = n;
+	return KVP_OK;
+}
+
+/* The batch's logits: the final norm and the output matrix over every sequence's last
+ * hidden row at once (last_h, n rows), each row's logits copied to its sequence. */
+static int logits_stage(struct cpu_state *c, const struct kvp_engine_seq *seqs, uint32_t n_seqs,
+			uint32_t n)
+{
+	const struct kvp_model_config *mc = &c->m->cfg;
+	int rc = KVP_OK;
+	uint32_t r = 0;
+
+	kvp_cpu_rmsnorm_rows(c->tp, c->last_h, mc->dim, c->last_h, mc->dim, c->m->output_norm,
+			     (int)n, (int)mc->dim, mc->rms_eps);
+	mm(c, c->last_h, (int)mc->dim, &c->output, c->last_logits, (int)mc->vocab, n, false, &rc);
+	for (uint32_t i = 0; i < n_seqs && rc == KVP_OK; i++)
+		if (seqs[i].logits)
+			memcpy(seqs[i].logits, c->last_logits + (size_t)r++ * mc->vocab,
+			       (size_t)mc->vocab * sizeof(float));
 	return rc;
 }
 
+/*
+ * The whole batch in steps of at most max_batch rows: each step takes the rows of the
+ * sequences in order, the last one it reaches cut where the step is full and carried on
+ * in the next. A sequence's last hidden row is kept (last_h) for the logits stage.
+ */
 static int cpu_forward(void *state, const struct kvp_engine_seq *seqs, uint32_t n_seqs)
 {
-	int rc = KVP_OK;
+	struct cpu_state *c = state;
+	const struct kvp_model_config *mc = &c->m->cfg;
+	const uint32_t b = c->block_tokens;
+	uint32_t i = 0, off = 0, n_last = 0, want = 0;
+	int rc;
 
-	for (uint32_t i = 0; i < n_seqs && rc == KVP_OK; i++)
-		rc = forward_seq(state, &seqs[i]);
-	return rc;
+	for (uint32_t s = 0; s < n_seqs; s++)
+		want += seqs[s].logits != NULL;
+	if ((rc = reserve_last(c, want)))
+		return rc;
+	while (i < n_seqs) {
+		uint32_t rows = 0, n_segs = 0;
+
+		while (i < n_seqs && rows < c->max_batch) {
+			const struct kvp_engine_seq *s = &seqs[i];
+			uint32_t take = s->n - off < c->max_batch - rows ? s->n - off
+									 : c->max_batch - rows;
+			struct seg *g = &c->segs[n_segs++];
+
+			*g = (struct seg){
+				.s = s, .row0 = rows, .rows = take, .pos = s->pos0 + off,
+				.kv = { .blocks = s->blocks, .block_tokens = b,
+					.n_blocks = (s->pos0 + off + take + b - 1) / b,
+					.n_layers = mc->n_layers, .n_kv_heads = mc->n_kv_heads,
+					.head_dim = mc->head_dim, .dtype = c->kv_dtype },
+			};
+			memcpy(c->tok + rows, s->tokens + off, take * sizeof(uint32_t));
+			rows += take;
+			off += take;
+			if (off == s->n) {
+				i++;
+				off = 0;
+			}
+		}
+		if ((rc = forward_step(c, c->segs, n_segs, rows)))
+			return rc;
+		for (uint32_t k = 0; k < n_segs; k++) {
+			const struct seg *g = &c->segs[k];
+
+			if (g->s->logits && g->pos + g->rows == g->s->pos0 + g->s->n)
+				memcpy(c->last_h + (size_t)n_last++ * mc->dim,
+				       c->x + (size_t)(g->row0 + g->rows - 1) * mc->dim,
+				       mc->dim * sizeof(float));
+		}
+	}
+	return n_last ? logits_stage(c, seqs, n_seqs, n_last) : KVP_OK;
 }
 
 static size_t cpu_block_bytes(void *state)

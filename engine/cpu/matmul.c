@@ -18,8 +18,9 @@
  *
  * Each W element is packed once per call (O(NK) against O(MNK) compute); while the
  * tiles of one slice run, the next slice's lines are prefetched into L2, so packing
- * weights that come from DRAM costs ~2 % of a prefill. M < 4 takes the matrix-vector
- * path instead (dot products along K, N split across threads). kvp_cpu_gemm_w runs the
+ * weights that come from DRAM costs ~2 % of a prefill. M <= 16 (decode, one row per
+ * running sequence) takes the matrix-vector path instead (dot products along K, N split
+ * across threads, W a chunk at a time so that it is read once for every row). kvp_cpu_gemm_w runs the
  * same driver on W of any type: each slice is made by the caller's fill (matmul_w.c
  * dequantizes it) instead of pack_w, with twice the scratch for the fill to work in.
  *
@@ -38,7 +39,9 @@
 #include <cpuid.h>
 #endif
 
-#define KVP_GEMV_MAX_M 3         /* up to this many rows: matrix-vector path */
+#define KVP_GEMV_MAX_M 16        /* up to this many rows (a decode batch): the
+                                    matrix-vector path, W read once */
+#define KVP_GEMV_CHUNK_BYTES 32768   /* W rows dotted with every row of A while in L1 */
 #define KVP_GEMV_ROWS 4          /* rows one gemv kernel call takes at most */
 #define KVP_CPU_PEAK_MAX_THREADS 1024
 
@@ -148,14 +151,24 @@ static void split(int units, int ith, int nth, int *lo, int *hi)
 }
 
 /* C[m0:m1, n0:n1] through the gemv kernel, KVP_GEMV_ROWS rows at a time (the small-M
- * path, and the fallback when a thread gets no scratch). */
+ * path, and the fallback when a thread gets no scratch). W goes a chunk of rows at a
+ * time, small enough to stay in L1 while every group of rows of A passes over it: W is
+ * read from memory once whatever M. */
 static void gemm_rows_gemv(const struct gemm_job *g, int m0, int m1, int n0, int n1)
 {
-	for (int i = m0; i < m1; i += KVP_GEMV_ROWS) {
-		int mr = m1 - i < KVP_GEMV_ROWS ? m1 - i : KVP_GEMV_ROWS;
-		g->kern->gemv(g->a + (size_t)i * g->lda, g->lda, mr, g->w + (size_t)n0 * g->ldw,
-			      g->ldw, n1 - n0, g->k, g->c + (size_t)i * g->ldc + n0, g->ldc,
-			      g->accumulate);
+	const int fit = (int)(KVP_GEMV_CHUNK_BYTES / (sizeof(float) * (size_t)g->k)) / 4 * 4;
+	const int chunk = m1 - m0 <= KVP_GEMV_ROWS ? n1 - n0 : fit > 4 ? fit : 4;
+
+	for (int j = n0; j < n1; j += chunk) {
+		int nj = n1 - j < chunk ? n1 - j : chunk;
+
+		for (int i = m0; i < m1; i += KVP_GEMV_ROWS) {
+			int mr = m1 - i < KVP_GEMV_ROWS ? m1 - i : KVP_GEMV_ROWS;
+
+			g->kern->gemv(g->a + (size_t)i * g->lda, g->lda, mr,
+				      g->w + (size_t)j * g->ldw, g->ldw, nj, g->k,
+				      g->c + (size_t)i * g->ldc + j, g->ldc, g->accumulate);
+		}
 	}
 }
 
