@@ -125,6 +125,15 @@ static const struct opt_def opt_table[] = {
 		  "cpu, and logs which (default auto)" },
 	{ .name = "threads", .kind = KIND_U32, FIELD(threads), .min = 0, .max = 1024, .base = 10,
 	  .arg = "N", .help = "compute threads of the engine (default 0: all cores)" },
+	{ .name = "max-seqs", .kind = KIND_U32, FIELD(max_seqs), .min = 1, .max = 1024,
+	  .base = 10, .arg = "N",
+	  .help = "generations the engine runs at once, in one batched step;\n"
+		  "more wait their turn (default 16)" },
+	{ .name = "max-batch-tokens", .kind = KIND_U32, FIELD(max_batch_tokens), .min = 1,
+	  .max = 65536, .base = 10, .arg = "N",
+	  .help = "rows of one engine step: a decode token of every running\n"
+		  "generation, then prompt chunks filling the rest; at least\n"
+		  "--max-seqs (default 512)" },
 	/* limits */
 	{ .name = "max-tokens", .kind = KIND_U32, FIELD(max_tokens), .min = 1, .max = 1u << 28,
 	  .base = 10, .arg = "N", .help = "tokens per request (default 1048576)" },
@@ -477,6 +486,8 @@ static void set_defaults(struct kvp_config *cfg)
 		.max_connections = 1024,
 		.max_leases = 4096,
 		.max_inflight = 16,
+		.max_seqs = 16,
+		.max_batch_tokens = 512,
 		.idle_timeout_s = 600,
 		.frame_timeout_s = 10,
 		.max_output_mb = 256,
@@ -845,6 +856,11 @@ static int finish(struct kvp_config *cfg, struct cerr *e)
 		return fail(e, CERR_OTHER,
 			    "--max-tokens %u needs frames of %llu bytes, over --max-frame-bytes %u",
 			    cfg->max_tokens, (unsigned long long)frame_need, cfg->max_frame_bytes);
+	if (cfg->max_batch_tokens < cfg->max_seqs)
+		return fail(e, CERR_OTHER,
+			    "--max-batch-tokens %u is below --max-seqs %u: every running "
+			    "generation's decode token must fit in a step",
+			    cfg->max_batch_tokens, cfg->max_seqs);
 	if (cfg->admin_group[0] && kvp_config_resolve_group(cfg->admin_group, NULL) != KVP_OK)
 		return fail(e, CERR_OTHER, "--admin-group '%s': no such group", cfg->admin_group);
 	if (kvp_config_uid_listed(cfg->salt_uids, 0, NULL) != KVP_OK)

@@ -43,6 +43,12 @@ struct gen_req {
 	struct kvp_seq seq;          /* the request's blocks */
 	struct kvp_ns_counters *ns;  /* its namespace's counters */
 	struct gen_req *next, **pprev;
+	/* parked and waiting on the loop: for blocks to grow (starved), or preempted (its
+	 * blocks given back, r->seq empty) to take them again */
+	enum { REQ_GOING, REQ_STARVED, REQ_PREEMPTED } wait;
+	uint32_t need;               /* starved: positions its blocks must cover */
+	uint32_t n_valid;            /* preempted: positions whose KV it had computed */
+	struct gen_req *next_wait;   /* the server's starved or preempted list */
 };
 
 static void gen_req_free(struct gen_req *r)
@@ -137,6 +143,8 @@ static void gen_req_prepare(struct conn *c, const struct kvp_frame_hdr *h, struc
 	j->n_stop = m->n_stop;
 	kvp_load_u32s(j->stop, m->stop, m->n_stop);
 	j->t_received_ns = kvp_clock_ns();
+	j->fair_tenant = c->group.hi ^ c->group.lo;
+	j->fair_conn = c->id;
 	j->owner = r;
 	atomic_init(&j->cancel, false);
 	r->next = c->reqs;
@@ -276,6 +284,8 @@ static void gen_req_send_done(struct gen_req *r, const struct kvp_gen_progress *
 	srv_free(buf);
 }
 
+static void waiters_forget(struct server *s, struct gen_req *r);
+
 /* A request is over: cache the blocks it computed, free the rest, count it. */
 static void gen_req_finish(struct server *s, struct gen_req *r, const struct kvp_gen_progress *p)
 {
@@ -285,7 +295,9 @@ static void gen_req_finish(struct server *s, struct gen_req *r, const struct kvp
 	uint32_t computed = p->n_valid >= j->n_prompt ? j->n_prompt - r->cached_report
 			    : p->n_valid > j->cached ? p->n_valid - j->cached : 0;
 
-	kvp_cache_seq_end(s->cache, &r->seq, j->tokens, p->n_valid);
+	waiters_forget(s, r);
+	if (r->seq.ns)   /* a preempted request gave its blocks back already */
+		kvp_cache_seq_end(s->cache, &r->seq, j->tokens, p->n_valid);
 	kvp_stats_generation_end(&s->stats, r->ns, p->status, computed, p->n_generated,
 				 p->ttft_us);
 	if (r->conn) {
@@ -302,19 +314,181 @@ static void gen_req_finish(struct server *s, struct gen_req *r, const struct kvp
 	gen_req_free(r);
 }
 
-/* The engine waits for blocks to cover need positions: take them from the cache and let
- * it go on, or end it (EFULL: no block to be had; a client gone: no point). */
-static void gen_req_grow(struct server *s, struct gen_req *r, uint32_t need)
+/* ---- blocks as generations grow: pausing and preemption ---------------------------- *
+ *
+ * A parked generation whose blocks cannot grow (the pool is full of pinned blocks, or
+ * its tenant at its quota) waits, starved, until a finishing one frees blocks. When
+ * nothing else can free any (every generation the engine has is starved or
+ * preempted), the youngest starved one is preempted: the blocks it computed go to the
+ * cache as any finished request's do (unpinned: others may take them) and it waits to
+ * take blocks for tokens[0 .. n_valid) again, its cached part matched, the rest
+ * recomputed. Oldest first, starved before preempted, every time the engine has news.
+ * One left alone that still cannot go on ends with EFULL: it needs more than the pool
+ * can give it (leases and admin pins hold the rest).
+ */
+
+static void wait_push(struct gen_req **head, struct gen_req *r)
+{
+	while (*head)
+		head = &(*head)->next_wait;
+	r->next_wait = NULL;
+	*head = r;
+}
+
+static uint32_t wait_count(const struct gen_req *r)
+{
+	uint32_t n = 0;
+
+	for (; r; r = r->next_wait)
+		n++;
+	return n;
+}
+
+/* Take r out of the list at head. */
+static void wait_remove(struct gen_req **head, struct gen_req *r)
+{
+	while (*head != r)
+		head = &(*head)->next_wait;
+	*head = r->next_wait;
+	r->wait = REQ_GOING;
+}
+
+/* r ends while it waits (the daemon stops): off the lists. */
+static void waiters_forget(struct server *s, struct gen_req *r)
+{
+	if (r->wait == REQ_STARVED)
+		wait_remove(&s->starved, r);
+	else if (r->wait == REQ_PREEMPTED)
+		wait_remove(&s->preempted_reqs, r);
+}
+
+/* Blocks for r's next positions: 0 and the engine goes on, or the status. */
+static int starved_grow(struct server *s, struct gen_req *r)
 {
 	struct kvp_gen_job *j = &r->job;
-	int rc = r->conn ? kvp_cache_seq_grow(s->cache, &r->seq, need) : KVP_ECLOSED;
+	int rc = kvp_cache_seq_grow(s->cache, &r->seq, r->need);
 
 	if (rc == KVP_OK) {
 		j->blocks = r->seq.block_data;
 		j->n_blocks = r->seq.n_blocks;
 		j->positions = r->seq.n_blocks * s->cfg->block_tokens;
 	}
-	kvp_gen_resume(s->gen, j, rc);
+	return rc;
+}
+
+/* The blocks of a preempted r again: its cached part matched, fresh ones for the rest
+ * and its next position. */
+static int preempted_restart(struct server *s, struct gen_req *r)
+{
+	struct kvp_gen_job *j = &r->job;
+	const uint32_t b = s->cfg->block_tokens;
+	int rc = kvp_cache_seq_begin(s->cache, r->conn->root, r->conn->group, j->tokens,
+				     r->n_valid, r->n_valid + 1, &r->seq);
+
+	if (rc == KVP_OK) {
+		j->blocks = r->seq.block_data;
+		j->n_blocks = r->seq.n_blocks;
+		j->positions = r->seq.n_blocks * b;
+		j->cached = r->seq.matched_blocks * b;
+		if (j->cached > r->n_valid)
+			j->cached = r->n_valid;
+	}
+	return rc;
+}
+
+/* Give r's blocks back (the computed ones cached) and wait to take them again. */
+static void preempt(struct server *s, struct gen_req *r)
+{
+	kvp_debug("GENERATE %u preempted at %u positions: no block for more", r->req_id,
+		  r->need - 1);
+	r->n_valid = r->need - 1;
+	kvp_cache_seq_end(s->cache, &r->seq, r->job.tokens, r->n_valid);
+	wait_remove(&s->starved, r);
+	r->wait = REQ_PREEMPTED;
+	wait_push(&s->preempted_reqs, r);
+	s->preempted++;
+}
+
+/* Let go on whatever can: starved ones that get their blocks, then preempted ones that
+ * get theirs back; a client gone ends its request. Stops at the first that cannot
+ * (oldest first). */
+static void waiters_retry(struct server *s)
+{
+	struct gen_req *r, *next;
+	int rc;
+
+	/* a client gone: end its request wherever it waits */
+	for (int l = 0; l < 2; l++)
+		for (r = l ? s->preempted_reqs : s->starved; r; r = next) {
+			next = r->next_wait;
+			if (r->conn)
+				continue;
+			wait_remove(l ? &s->preempted_reqs : &s->starved, r);
+			kvp_gen_resume(s->gen, &r->job, KVP_ECLOSED);
+		}
+	while ((r = s->starved)) {
+		rc = starved_grow(s, r);
+		if (rc == KVP_EFULL)
+			break;
+		wait_remove(&s->starved, r);
+		kvp_gen_resume(s->gen, &r->job, rc);
+	}
+	while (!s->starved && (r = s->preempted_reqs)) {
+		rc = preempted_restart(s, r);
+		if (rc == KVP_EFULL)
+			break;
+		wait_remove(&s->preempted_reqs, r);
+		if (rc == KVP_OK)
+			kvp_gen_resume_recompute(s->gen, &r->job);
+		else
+			kvp_gen_resume(s->gen, &r->job, rc);
+	}
+}
+
+/* Nothing the engine runs can free a block: preempt the youngest starved, or end the
+ * last one waiting. */
+static void waiters_unblock(struct server *s)
+{
+	for (;;) {
+		uint32_t starved, pre;
+		struct gen_req *r, *young = NULL;
+
+		waiters_retry(s);
+		starved = wait_count(s->starved);
+		pre = wait_count(s->preempted_reqs);
+		if (starved + pre == 0 || kvp_gen_active(s->gen) > starved + pre)
+			return;   /* something runs: its end or its growth brings news */
+		if (starved + pre >= 2 && starved > 0) {
+			for (r = s->starved; r; r = r->next_wait)
+				if (!young || r->job.t_received_ns > young->job.t_received_ns)
+					young = r;
+			preempt(s, young);
+			continue;
+		}
+		/* alone, and the pool still cannot hold it */
+		r = s->starved ? s->starved : s->preempted_reqs;
+		wait_remove(s->starved ? &s->starved : &s->preempted_reqs, r);
+		kvp_gen_resume(s->gen, &r->job, KVP_EFULL);
+	}
+}
+
+/* The engine waits for blocks to cover need positions: take them from the cache and let
+ * it go on, or make it wait (a client gone: end it). */
+static void gen_req_grow(struct server *s, struct gen_req *r, uint32_t need)
+{
+	int rc = r->conn ? KVP_OK : KVP_ECLOSED;
+
+	r->need = need;
+	if (rc == KVP_OK && !s->starved)
+		rc = starved_grow(s, r);
+	else if (rc == KVP_OK)
+		rc = KVP_EFULL;   /* older ones wait first */
+	if (rc == KVP_EFULL) {
+		r->wait = REQ_STARVED;
+		wait_push(&s->starved, r);
+		return;
+	}
+	kvp_gen_resume(s->gen, &r->job, rc);
 }
 
 /* Take the engine thread's news, as many rounds as it has. */
@@ -340,6 +514,8 @@ static void gen_take_news(struct server *s)
 				gen_req_grow(s, r, p->need_positions);
 		}
 	}
+	if (s->starved || s->preempted_reqs)
+		waiters_unblock(s);
 }
 
 static void gen_notify_cb(evutil_socket_t fd, short what, void *arg)
@@ -360,12 +536,17 @@ static void gen_notify(void *arg)
 
 void generate_detach(struct conn *c)
 {
+	struct server *s = c->srv;
+
 	for (struct gen_req *r = c->reqs; r; r = r->next) {
 		atomic_store(&r->job.cancel, true);
 		r->conn = NULL;
 	}
 	c->reqs = NULL;
 	c->n_reqs = 0;
+	/* those waiting for blocks get no news from the engine: end them now */
+	if (s->gen && (s->starved || s->preempted_reqs))
+		waiters_unblock(s);
 }
 
 void generate_cut_short(struct server *s)
@@ -389,7 +570,12 @@ void generate_cut_short(struct server *s)
 int generate_start(struct server *s)
 {
 	s->gen_notify = event_new(s->base, -1, 0, gen_notify_cb, s);
-	if (!s->gen_notify || kvp_gen_start(s->engine, gen_notify, s, &s->gen) != KVP_OK) {
+	const struct kvp_gen_config gc = {
+		.max_seqs = s->cfg->max_seqs,
+		.max_batch_tokens = s->cfg->max_batch_tokens,
+	};
+
+	if (!s->gen_notify || kvp_gen_start(s->engine, &gc, gen_notify, s, &s->gen) != KVP_OK) {
 		kvp_err("cannot start the engine thread");
 		return KVP_ENOMEM;
 	}
@@ -413,4 +599,13 @@ void generate_stop(struct server *s)
 uint32_t generate_active(const struct server *s)
 {
 	return s->gen ? kvp_gen_active(s->gen) : 0;
+}
+
+void generate_sched_stats(const struct server *s, struct kvp_sched_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!s->gen)
+		return;
+	kvp_gen_get_stats(s->gen, out);
+	out->preempted = s->preempted;
 }

@@ -306,6 +306,7 @@ static struct req_outcome handle_stats(struct conn *c, const struct kvp_frame_hd
 	if (h->len)
 		return req_malformed(c, h, KVP_EPROTO, "STATS takes no payload");
 	/* every tenant's detail is for root and the admin group; others see their own */
+	generate_sched_stats(s, &v.sched);
 	if (!conn_is_admin(c))
 		v.tenant = &uid;
 	kvp_cache_get_stats(s->cache, &v.cache);

@@ -31,6 +31,8 @@ struct kvp_config {
 	int threads;                /* compute threads */
 	int kv_dtype;               /* enum kvp_kv_dtype */
 	uint32_t pool_mb;           /* KV pool size when capacity_blocks is not given */
+	uint32_t max_seqs;          /* generations the engine runs at once */
+	uint32_t max_batch_tokens;  /* rows of one engine step */
 	bool capacity_given;        /* --capacity-blocks was on the command line */
 	/* operations */
 	int log_level;              /* enum kvp_log_level */

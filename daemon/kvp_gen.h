@@ -3,18 +3,31 @@
  *
  *   loop thread                         engine thread
  *   ───────────                         ─────────────
- *   kvp_gen_submit(job) ──queue──▶      takes new jobs, then runs one step of each
- *                                       active job in turn (a prefill chunk of at most
- *                                       max_batch rows, or one decode token)
+ *   kvp_gen_submit(job) ──queue──▶      waiting (by arrival) ──admit──▶ running
+ *                                       each step, one batched forward over the
+ *                                       running jobs: a decode row of every job past
+ *                                       its prompt, then prompt chunks of the oldest
+ *                                       prefilling jobs filling the token budget
  *   notify cb ◀──event_active── publishes progress (tokens, done) on the dirty list
  *   kvp_gen_poll() takes dirty jobs with their progress, sends their new tokens,
  *                  finishes done ones
  *
+ *   Admission: at most max_seqs jobs run (parked ones included); a free place goes to
+ *   the waiting job whose tenant, then whose connection, has the fewest jobs running,
+ *   the earliest arrival among equals. So one client with many requests queued takes
+ *   turns with a client that has one, and a tenant with many connections with a
+ *   tenant that has one.
+ *
  *   Blocks as the job grows: a decode step whose position has no block yet parks the
  *   job (progress.need_positions) instead of running; the loop takes more blocks from
  *   the cache, sets job->blocks / n_blocks / positions and calls kvp_gen_resume (or
- *   resumes it with a status, KVP_EFULL, that ends it). The engine never touches a
- *   parked job, and the loop never touches a running one's blocks.
+ *   resumes it with a status, KVP_EFULL, that ends it). A parked job the loop cannot
+ *   give blocks to may instead be preempted: the loop returns its blocks to the cache,
+ *   later takes the blocks of tokens[0 .. n_valid) again (the cached part matched, the
+ *   rest fresh), sets blocks / n_blocks / positions / cached and calls
+ *   kvp_gen_resume_recompute; the engine then recomputes the positions from cached to
+ *   n_valid as a prompt chunk (no token drawn) and goes on decoding. The engine never
+ *   touches a parked job, and the loop never touches a running one's blocks.
  *
  * The event loop never waits on compute: submit and poll only take a mutex for a few
  * pointer moves. Progress is published once per step: the engine copies its own
@@ -23,6 +36,9 @@
  * publishes, and read by the loop after it polls, so the loop sees every token it is
  * told about. Jobs are never dropped: a cancelled job still comes
  * back through poll (done, status KVP_ECLOSED) so its blocks can be returned.
+ *
+ * Results do not depend on the batch (DESIGN.md invariant 9): a job's rows are computed
+ * as the engine computes any batch, and sampling uses the job's own sampler.
  */
 #ifndef KVP_GEN_H
 #define KVP_GEN_H
@@ -32,6 +48,7 @@
 #include <stdint.h>
 
 #include "kvp_engine.h"
+#include "kvp_stats.h"
 
 #define KVP_GEN_STOP_MAX 64
 
@@ -63,6 +80,8 @@ struct kvp_gen_job {
 	bool want_logits;
 	float *logits;               /* (vocab) when want_logits: last prompt position */
 	uint64_t t_received_ns;      /* CLOCK_MONOTONIC when the request arrived */
+	uint64_t fair_tenant;        /* admission turns: the job's tenant, and its */
+	uint64_t fair_conn;          /* connection (any values; equal means the same) */
 	void *owner;                 /* the loop's; never touched by the engine */
 	atomic_bool cancel;          /* set by the loop when the client is gone */
 
@@ -75,8 +94,11 @@ struct kvp_gen_job {
 		int resume_status;             /* set by kvp_gen_resume: 0, or why it must end */
 		struct kvp_gen_job *next_dirty;
 		bool dirty;
-		uint32_t pos;                  /* next prompt position to prefill */
-		uint64_t t_prefill_ns, t_decode_ns;
+		uint32_t pos;                  /* next position to prefill */
+		uint32_t prefill_end;          /* prefill runs to here: n_prompt, or n_valid
+		                                  after a preemption (then draws no token) */
+		bool recompute;                /* kvp_gen_resume_recompute was called */
+		uint64_t t_prefill_ns, t_decode_ns, t_submit_ns;
 	} priv;
 };
 
@@ -88,10 +110,17 @@ struct kvp_gen_news {
 
 struct kvp_gen;
 
+struct kvp_gen_config {
+	uint32_t max_seqs;           /* jobs running at once, >= 1 */
+	uint32_t max_batch_tokens;   /* rows of one step, >= max_seqs; at most the
+	                                engine's max_batch for one pass of the weights */
+};
+
 /* Start the engine thread. notify(arg) is called from it whenever poll has news; it
- * must be thread-safe (event_active on a loop event is). */
-int kvp_gen_start(struct kvp_engine *e, void (*notify)(void *arg), void *arg,
-		  struct kvp_gen **out);
+ * must be thread-safe (event_active on a loop event is). KVP_EINVAL for a config out
+ * of range, KVP_ENOMEM. */
+int kvp_gen_start(struct kvp_engine *e, const struct kvp_gen_config *cfg,
+		  void (*notify)(void *arg), void *arg, struct kvp_gen **out);
 /* Cancel every job, finish them (status KVP_ESHUTDOWN unless already done) and join
  * the thread. Afterwards kvp_gen_poll hands back every job not yet polled as done, so
  * the loop can return their blocks; then kvp_gen_free. */
@@ -106,7 +135,14 @@ size_t kvp_gen_poll(struct kvp_gen *g, struct kvp_gen_news *news, size_t max);
  * caller before this call), or, with status != 0, it ends with that status. Only for a
  * job whose last news had need_positions set; once per park. */
 void kvp_gen_resume(struct kvp_gen *g, struct kvp_gen_job *job, int status);
+/* A parked job was preempted (its blocks given back) and has blocks again: job->blocks,
+ * n_blocks, positions and cached are set for tokens[0 .. n_valid of its last news) plus
+ * the next position. The engine recomputes what is not cached, then decodes on. */
+void kvp_gen_resume_recompute(struct kvp_gen *g, struct kvp_gen_job *job);
 /* Jobs submitted and not yet done. */
 uint32_t kvp_gen_active(struct kvp_gen *g);
+/* What the scheduler did, for STATS and /metrics (all but preempted, which the loop
+ * counts). */
+void kvp_gen_get_stats(struct kvp_gen *g, struct kvp_sched_stats *st);
 
 #endif

@@ -189,6 +189,24 @@ void kvp_stats_error(struct kvp_stats *s);
 /* Hit rate over every query so far (0 before the first). */
 double kvp_stats_hit_rate(const struct kvp_stats *s);
 
+/* ---- the engine's scheduler (kept by daemon/gen.c) ----------------------------------- */
+
+#define KVP_SCHED_HIST_BUCKETS 11      /* rows per step: <= 1, 2, 4, .. 512, more */
+struct kvp_sched_stats {
+	bool present;                /* an engine runs (not index-only) */
+	uint32_t running;            /* generations admitted, not done (parked included) */
+	uint32_t waiting;            /* submitted, not admitted yet (--max-seqs) */
+	uint32_t parked;             /* waiting for blocks, or preempted */
+	uint64_t steps;              /* batched forwards run */
+	uint64_t step_rows;          /* rows over all steps */
+	uint64_t step_seqs;          /* sequences over all steps */
+	uint64_t rows_hist[KVP_SCHED_HIST_BUCKETS];   /* steps by rows: bucket i, <= 2^i */
+	uint64_t admitted;           /* generations admitted */
+	uint64_t queue_us;           /* their time from submit to admission, summed */
+	uint64_t preempted;          /* generations whose blocks were given back for others */
+	uint64_t recomputes;         /* preempted ones taken up again */
+};
+
 /* ---- STATS (stats_json.c) -------------------------------------------------------- */
 
 /* What a STATS reply shows beside the counters. */
@@ -200,6 +218,7 @@ struct kvp_stats_view {
 	uint32_t generations_active;
 	uint32_t connections;
 	struct kvp_cache_stats cache;
+	struct kvp_sched_stats sched;
 };
 
 /* The STATS reply (docs/protocol.md): a JSON object as compact text, to free with

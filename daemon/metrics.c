@@ -192,6 +192,43 @@ static void ns_family(struct emit *e, const struct kvp_ns_stats_table *t, const 
 	}
 }
 
+/* The engine scheduler's series: sequences by state, steps, rows per step (a histogram
+ * of powers of two), preemptions, queue time. */
+static void sched_series(struct emit *e, const struct kvp_sched_stats *sc)
+{
+	uint64_t cum = 0;
+
+	family(e, "kvprefix_sequences", "gauge", "Generations in the engine by state");
+	emitf(e, "kvprefix_sequences{state=\"running\"} %" PRIu32 "\n",
+	      sc->running - sc->parked);
+	emitf(e, "kvprefix_sequences{state=\"parked\"} %" PRIu32 "\n", sc->parked);
+	emitf(e, "kvprefix_sequences{state=\"waiting\"} %" PRIu32 "\n", sc->waiting);
+	family(e, "kvprefix_step_rows", "histogram",
+	       "Rows (decode tokens and prompt positions) of each batched engine step");
+	for (int i = 0; i < KVP_SCHED_HIST_BUCKETS - 1; i++) {
+		cum += sc->rows_hist[i];
+		emitf(e, "kvprefix_step_rows_bucket{le=\"%u\"} %" PRIu64 "\n", 1u << i, cum);
+	}
+	cum += sc->rows_hist[KVP_SCHED_HIST_BUCKETS - 1];
+	emitf(e, "kvprefix_step_rows_bucket{le=\"+Inf\"} %" PRIu64 "\n", cum);
+	emitf(e, "kvprefix_step_rows_sum %" PRIu64 "\nkvprefix_step_rows_count %" PRIu64 "\n",
+	      sc->step_rows, sc->steps);
+	counter(e, "kvprefix_step_sequences_total",
+		"Sequences over all engine steps (divided by steps: the mean batch)",
+		sc->step_seqs);
+	counter(e, "kvprefix_admitted_total", "Generations admitted to the engine",
+		sc->admitted);
+	family(e, "kvprefix_queue_seconds_total", "counter",
+	       "Time generations waited for a place (--max-seqs), summed");
+	emitf(e, "kvprefix_queue_seconds_total %.6f\n", (double)sc->queue_us / 1e6);
+	counter(e, "kvprefix_preemptions_total",
+		"Generations whose blocks were given back so that others could go on",
+		sc->preempted);
+	counter(e, "kvprefix_recomputes_total",
+		"Preempted generations taken up again, their uncached positions recomputed",
+		sc->recomputes);
+}
+
 int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 {
 	struct emit e = { .out = out };
@@ -269,6 +306,8 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 	gauge(&e, "kvprefix_generations_active", "Generations submitted and not done",
 	      (double)v->generations_active);
 
+	if (v->sched.present)
+		sched_series(&e, &v->sched);
 	if (v->ns) {
 		const struct kvp_ns_stats_table *t = v->ns;
 

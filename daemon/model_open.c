@@ -23,9 +23,6 @@
 #include "kvp_log.h"
 #include "server.h"
 
-/* The engine's prefill step: most prompt rows one forward computes. */
-#define ENGINE_MAX_BATCH 512
-
 /* XXH3-64 of the whole model file: blocks of different weights never share a namespace,
  * even when two files carry the same general.name. 0, or KVP_EIO with errno set. */
 static int model_fingerprint(const char *path, uint64_t *fp)
@@ -174,7 +171,7 @@ int model_open(struct server *s, uint32_t *capacity)
 		.threads = cfg->threads,
 		.kv_dtype = (enum kvp_kv_dtype)cfg->kv_dtype,
 		.block_tokens = cfg->block_tokens,
-		.max_batch = ENGINE_MAX_BATCH,
+		.max_batch = cfg->max_batch_tokens,
 		.err = err,
 		.errlen = sizeof(err),
 	};

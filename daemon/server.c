@@ -45,6 +45,7 @@ static void metrics_render(void *arg, struct evbuffer *out)
 	};
 
 	kvp_cache_get_stats(s->cache, &v.cache);
+	generate_sched_stats(s, &v.sched);
 	(void)kvp_metrics_render(&v, out);   /* on failure out is empty: a 500 */
 }
 

@@ -134,6 +134,9 @@ struct server {
 	struct kvp_model *model;
 	struct kvp_engine *engine;
 	struct kvp_gen *gen;
+	uint64_t preempted;          /* generations preempted for blocks (generate.c) */
+	struct gen_req *starved;     /* parked, no block to grow into: oldest first */
+	struct gen_req *preempted_reqs;   /* blocks given back, waiting to take them again */
 	struct event *gen_notify;    /* activated by the engine thread */
 };
 
@@ -225,6 +228,8 @@ void generate_detach(struct conn *c);
 void generate_cut_short(struct server *s);
 /* Generations submitted and not done (0 without an engine). */
 uint32_t generate_active(const struct server *s);
+/* The engine scheduler's figures (present false in index-only mode). */
+void generate_sched_stats(const struct server *s, struct kvp_sched_stats *out);
 
 /* ---- listen.c ---------------------------------------------------------------------- */
 

@@ -130,6 +130,33 @@ static void add_cache(cJSON *o, const struct kvp_stats_totals *t, const struct k
 	cJSON_AddNumberToObject(o, "leases_active", (double)st->leases_active);
 }
 
+/* "scheduler": the engine's batched steps (engine mode only). */
+static void add_sched(cJSON *o, const struct kvp_sched_stats *sc)
+{
+	cJSON *x = cJSON_AddObjectToObject(o, "scheduler"), *h;
+
+	if (!x)
+		return;
+	cJSON_AddNumberToObject(x, "running", sc->running);
+	cJSON_AddNumberToObject(x, "waiting", sc->waiting);
+	cJSON_AddNumberToObject(x, "parked", sc->parked);
+	cJSON_AddNumberToObject(x, "steps", (double)sc->steps);
+	cJSON_AddNumberToObject(x, "step_rows", (double)sc->step_rows);
+	cJSON_AddNumberToObject(x, "step_seqs", (double)sc->step_seqs);
+	cJSON_AddNumberToObject(x, "rows_per_step_mean",
+				sc->steps ? (double)sc->step_rows / (double)sc->steps : 0);
+	cJSON_AddNumberToObject(x, "seqs_per_step_mean",
+				sc->steps ? (double)sc->step_seqs / (double)sc->steps : 0);
+	if ((h = cJSON_AddArrayToObject(x, "rows_per_step_hist")))
+		for (int i = 0; i < KVP_SCHED_HIST_BUCKETS; i++)
+			cJSON_AddItemToArray(h, cJSON_CreateNumber((double)sc->rows_hist[i]));
+	cJSON_AddNumberToObject(x, "admitted", (double)sc->admitted);
+	cJSON_AddNumberToObject(x, "queue_us_mean",
+				sc->admitted ? (double)sc->queue_us / (double)sc->admitted : 0);
+	cJSON_AddNumberToObject(x, "preempted", (double)sc->preempted);
+	cJSON_AddNumberToObject(x, "recomputes", (double)sc->recomputes);
+}
+
 char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -144,6 +171,8 @@ char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
 	cJSON_AddNumberToObject(o, "uptime_s", v->uptime_s);
 	add_requests(o, &s->t, v);
 	add_cache(o, &s->t, &v->cache);
+	if (v->sched.present)
+		add_sched(o, &v->sched);
 	cJSON_AddNumberToObject(o, "connections", v->connections);
 	cJSON_AddNumberToObject(o, "connections_total", (double)s->t.connections_total);
 	cJSON_AddNumberToObject(o, "errors", (double)s->t.errors);

@@ -354,6 +354,8 @@ Test(config, command_line_errors)
 		{ { "kvprefixd", "--index-only", "--kv-dtype", "bf16", NULL },
 		  "--kv-dtype: 'bf16' is not f16 or f32" },
 		{ { "kvprefixd", "--model", "a.gguf", "--index-only", NULL }, "exclude each other" },
+		{ { "kvprefixd", "--index-only", "--max-seqs", "32", "--max-batch-tokens=16", NULL },
+		  "--max-batch-tokens 16 is below --max-seqs 32" },
 	};
 	struct kvp_config cfg;
 	char err[1024];
@@ -469,7 +471,8 @@ Test(config, diff_names_each_option_with_its_live_flag)
 		{ "socket", "/tmp/kvp-other.sock" }, { "socket-mode", "0600" },
 		{ "index-name", "other" }, { "block-tokens", "32" },
 		{ "capacity-blocks", "1000" }, { "pool-mb", "64" }, { "kv-dtype", "f32" },
-		{ "threads", "1025" /* replaced below */ }, { "max-tokens", "1000" },
+		{ "threads", "1025" /* replaced below */ }, { "max-seqs", "4" },
+		{ "max-batch-tokens", "64" }, { "max-tokens", "1000" },
 		{ "max-frame-bytes", "16777216" }, { "max-connections", "10" }, { "max-leases", "10" },
 		{ "max-inflight", "2" }, { "idle-timeout", "5" }, { "salt-uids", "0,1000" },
 		{ "frame-timeout", "3" }, { "max-connections-per-uid", "4" },
