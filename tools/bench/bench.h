@@ -37,6 +37,8 @@ extern volatile uint64_t bench_sink;
 
 /* ---- statistics ---------------------------------------------------------------- */
 
+/* Sort v[0..n) ascending, in place. */
+void bench_sort(double *v, size_t n);
 /* Median of v[0..n) (n >= 1); sorts v in place. */
 double bench_median(double *v, size_t n);
 /* Value at quantile q of sorted v[0..n) (n >= 1), rounded to the nearest rank. */

@@ -24,6 +24,9 @@
 struct engine_opts {
 	const char *model, *sock;
 	const char *types;       /* --types */
+	const char *weights;     /* --dtype: the default model's weight type */
+	uint32_t levels[CONC_MAX_LEVELS];   /* --concurrency */
+	uint32_t n_levels;
 	uint64_t threads, block, pool_mb, max_batch;
 	enum kvp_kv_dtype dtype;
 	enum kvp_backend backend;
@@ -47,6 +50,8 @@ static void usage_engine(FILE *f)
 		"                             [--max-batch N] [--socket PATH] [--pool-mb MB]\n"
 		"                             [--quick]\n"
 		"       kvprefix-bench engine --types LIST [--threads N] [--kv-dtype T] [--quick]\n"
+		"       kvprefix-bench engine --concurrency LIST [--dtype T | --model FILE]\n"
+		"                             [--socket PATH] [--threads N] [--quick]\n"
 		"Measure the transformer engine and what the prefix cache saves:\n"
 		"  (a) in process (kvp_engine_forward over host blocks): cold prefill tokens/s\n"
 		"      at 512 and 2,048 tokens, decode tokens/s (128 steps after 512 tokens),\n"
@@ -96,6 +101,17 @@ static void usage_engine(FILE *f)
 		"                          against this machine's read bandwidth measured in the\n"
 		"                          same process (target: >= 70%% for f16 and q8_0, 2\n"
 		"                          threads)\n"
+		"      --concurrency LIST  instead of (a) to (c), through kvprefixd: for each client\n"
+		"                          count C of LIST (e.g. 1,2,4,8,16), C clients at once,\n"
+		"                          each on its own connection one greedy generation of\n"
+		"                          %u tokens after a fresh %u-token prompt: aggregate\n"
+		"                          decode tokens/s while all C decode, TTFT and\n"
+		"                          inter-token latency p50/p99 (target: 8 clients >= %.0fx\n"
+		"                          the decode of 1, inter-token p99 <= %.0fx of 1's); then\n"
+		"                          a mixed chat (%u users over %u system prompts arriving\n"
+		"                          at random, %u turns each): throughput, hit rate, TTFT\n"
+		"      --dtype T           weight type of the default model (kvprefix-mkmodel\n"
+		"                          --dtype: f32, f16, q8_0, q4_k_m, ...; default f32)\n"
 		"  -q, --quick             a smoke run: fewer repetitions, %u requests in (c)\n"
 		"  -h, --help              show this help\n"
 		"\n"
@@ -107,7 +123,9 @@ static void usage_engine(FILE *f)
 		TARGET_PEAK_FRACTION * 100, TTFT_PREFIX + TTFT_SUFFIX, TTFT_PREFIX,
 		TARGET_TTFT_RATIO, WORK_PREFIXES, TTFT_PREFIX, WORK_REQUESTS, WORK_PREFIXES,
 		WORK_MAX_NEW, TARGET_GPU_FRACTION * 100, CUDA_TTFT_CACHED_PCT, bench_online_cpus(),
-		ENGINE_MAX_BATCH, WORK_REQUESTS_QUICK);
+		ENGINE_MAX_BATCH, CONC_MAX_NEW, CONC_PROMPT, TARGET_CONC_SPEEDUP, TARGET_CONC_ITL,
+		CHAT_USERS, CHAT_SYSTEMS, CHAT_TURNS,
+		WORK_REQUESTS_QUICK);
 }
 
 /* --backend cuda: KV f16 only, and a larger default pool. */
@@ -125,9 +143,34 @@ static int check_engine_cuda(struct engine_opts *o, bool dtype_given, bool pool_
 	return BENCH_RUN;
 }
 
+/* --concurrency "1,2,4,8": client counts, each 1..CONC_MAX_LEVEL. */
+static bool parse_levels(const char *arg, struct engine_opts *o)
+{
+	const char *p = arg;
+
+	o->n_levels = 0;
+	while (*p) {
+		char *end;
+		unsigned long v = strtoul(p, &end, 10);
+
+		if (end == p || v < 1 || v > CONC_MAX_LEVEL || (*end && *end != ',') ||
+		    o->n_levels == CONC_MAX_LEVELS) {
+			bench_usage_error("engine", "--concurrency '%s': want up to %d client counts "
+					  "in 1..%d, comma-separated", arg, CONC_MAX_LEVELS,
+					  CONC_MAX_LEVEL);
+			return false;
+		}
+		o->levels[o->n_levels++] = (uint32_t)v;
+		p = *end ? end + 1 : end;
+	}
+	if (o->n_levels == 0)
+		bench_usage_error("engine", "--concurrency: an empty list");
+	return o->n_levels > 0;
+}
+
 static int parse_engine(int argc, char **argv, struct engine_opts *o)
 {
-	enum { O_POOL = 256, O_MAX_BATCH, O_TYPES };
+	enum { O_POOL = 256, O_MAX_BATCH, O_TYPES, O_CONC, O_DTYPE };
 	static const struct option opts[] = {
 		{ "backend", required_argument, NULL, 'B' },
 		{ "model", required_argument, NULL, 'm' },
@@ -138,6 +181,8 @@ static int parse_engine(int argc, char **argv, struct engine_opts *o)
 		{ "pool-mb", required_argument, NULL, O_POOL },
 		{ "max-batch", required_argument, NULL, O_MAX_BATCH },
 		{ "types", required_argument, NULL, O_TYPES },
+		{ "concurrency", required_argument, NULL, O_CONC },
+		{ "dtype", required_argument, NULL, O_DTYPE },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -157,6 +202,8 @@ static int parse_engine(int argc, char **argv, struct engine_opts *o)
 		switch (opt) {
 		case 'm': o->model = optarg; break;
 		case O_TYPES: o->types = optarg; break;
+		case O_DTYPE: o->weights = optarg; break;
+		case O_CONC: ok = parse_levels(optarg, o); break;
 		case 's': o->sock = optarg; break;
 		case 'q': o->quick = true; break;
 		case 'B':
@@ -194,6 +241,12 @@ static int parse_engine(int argc, char **argv, struct engine_opts *o)
 	}
 	if (optind < argc)
 		return bench_usage_error("engine", "unexpected argument '%s'", argv[optind]);
+	if (o->weights && (o->model || o->types))
+		return bench_usage_error("engine", "--dtype is the weight type of the default "
+					 "model: not with --model or --types");
+	if (o->types && o->n_levels)
+		return bench_usage_error("engine", "--types and --concurrency are runs of their "
+					 "own: one at a time");
 	if (o->types && (o->model || o->sock || o->backend == KVP_BACKEND_CUDA))
 		return bench_usage_error("engine", "--types makes its own models and runs in "
 					 "process on the CPU: no --model, --socket or --backend cuda");
@@ -564,6 +617,126 @@ out:
 	return ret;
 }
 
+/* The level of r with c clients, or NULL. */
+static const struct eng_conc_level *conc_find(const struct eng_conc *r, uint32_t c)
+{
+	for (uint32_t i = 0; i < r->n_levels; i++)
+		if (r->levels[i].clients == c)
+			return &r->levels[i];
+	return NULL;
+}
+
+/* --concurrency's targets: 8 clients against 1; false when either level is missing. */
+static bool conc_targets(const struct eng_conc *r, double *speedup, double *itl_ratio)
+{
+	const struct eng_conc_level *one = conc_find(r, 1), *eight = conc_find(r, 8);
+
+	if (!one || !eight)
+		return false;
+	*speedup = eight->decode_tps / one->decode_tps;
+	*itl_ratio = eight->itl_p99_ms / one->itl_p99_ms;
+	return true;
+}
+
+static void print_engine_conc(const char *model, const struct eng_conc *r)
+{
+	const struct eng_conc_level *one = conc_find(r, 1);
+	const struct eng_conc_mixed *m = &r->mixed;
+	double speedup, itl;
+
+	printf("kvprefixd on %s: C clients at once, each a %u-token prompt, %u greedy tokens;\n"
+	       "decode and inter-token figures while all C decode (whole-stream p99: with the\n"
+	       "steps that took the others' prompts)\n", model, r->prompt, r->max_new);
+	printf("  %8s %14s %8s %20s %24s %18s\n", "clients", "decode tok/s", "x of 1",
+	       "TTFT p50 / p99 ms", "inter-token p50 / p99 ms", "whole-stream p99");
+	for (uint32_t i = 0; i < r->n_levels; i++) {
+		const struct eng_conc_level *lv = &r->levels[i];
+
+		printf("  %8u %14.1f %8.2f %9.1f / %8.1f %11.1f / %10.1f %18.1f\n", lv->clients,
+		       lv->decode_tps, one ? lv->decode_tps / one->decode_tps : NAN,
+		       lv->ttft_p50_ms, lv->ttft_p99_ms, lv->itl_p50_ms, lv->itl_p99_ms,
+		       lv->itl_all_p99_ms);
+	}
+	if (conc_targets(r, &speedup, &itl))
+		printf("  8 clients: %.2fx the decode of 1 (target >= %.0fx: %s), inter-token p99 "
+		       "%.2fx of 1's (target <= %.0fx: %s)\n", speedup, TARGET_CONC_SPEEDUP,
+		       speedup >= TARGET_CONC_SPEEDUP ? "met" : "MISSED", itl, TARGET_CONC_ITL,
+		       itl <= TARGET_CONC_ITL ? "met" : "MISSED");
+	printf("mixed chat: %u users over %u system prompts arriving at random, %u turns each: "
+	       "%u requests in %.1f s\n", m->users, m->systems, m->turns, m->requests,
+	       m->elapsed_s);
+	printf("  generated %.1f tokens/s, prompts %.1f tokens/s; hit rate %.3f (%llu cached of "
+	       "%llu prompt tokens); TTFT p50 %.1f ms, p99 %.1f ms\n", m->generated_tps,
+	       m->prompt_tps, m->hit_rate, (unsigned long long)m->cached_tokens,
+	       (unsigned long long)m->prompt_tokens, m->ttft_p50_ms, m->ttft_p99_ms);
+	fflush(stdout);
+}
+
+static bool json_engine_conc_fields(cJSON *root, const char *model, const struct eng_conc *r)
+{
+	cJSON *levels = cJSON_AddArrayToObject(root, "concurrency"), *m;
+	double speedup, itl;
+
+	cJSON_AddStringToObject(root, "model", model);
+	cJSON_AddNumberToObject(root, "prompt_tokens", r->prompt);
+	cJSON_AddNumberToObject(root, "max_new", r->max_new);
+	if (!levels)
+		return false;
+	for (uint32_t i = 0; i < r->n_levels; i++) {
+		const struct eng_conc_level *lv = &r->levels[i];
+		cJSON *o = cJSON_CreateObject();
+
+		if (!o || !cJSON_AddItemToArray(levels, o))
+			return false;
+		cJSON_AddNumberToObject(o, "clients", lv->clients);
+		cJSON_AddNumberToObject(o, "decode_tps", lv->decode_tps);
+		cJSON_AddNumberToObject(o, "window_s", lv->window_s);
+		cJSON_AddNumberToObject(o, "ttft_ms_p50", lv->ttft_p50_ms);
+		cJSON_AddNumberToObject(o, "ttft_ms_p99", lv->ttft_p99_ms);
+		cJSON_AddNumberToObject(o, "itl_ms_p50", lv->itl_p50_ms);
+		cJSON_AddNumberToObject(o, "itl_ms_p99", lv->itl_p99_ms);
+		cJSON_AddNumberToObject(o, "itl_whole_ms_p50", lv->itl_all_p50_ms);
+		cJSON_AddNumberToObject(o, "itl_whole_ms_p99", lv->itl_all_p99_ms);
+	}
+	if (conc_targets(r, &speedup, &itl)) {
+		cJSON_AddNumberToObject(root, "speedup_8", speedup);
+		cJSON_AddNumberToObject(root, "itl_p99_ratio_8", itl);
+		cJSON_AddBoolToObject(root, "target_met",
+				      speedup >= TARGET_CONC_SPEEDUP && itl <= TARGET_CONC_ITL);
+	}
+	if (!(m = cJSON_AddObjectToObject(root, "mixed")))
+		return false;
+	cJSON_AddNumberToObject(m, "users", r->mixed.users);
+	cJSON_AddNumberToObject(m, "requests", r->mixed.requests);
+	cJSON_AddNumberToObject(m, "elapsed_s", r->mixed.elapsed_s);
+	cJSON_AddNumberToObject(m, "generated_tps", r->mixed.generated_tps);
+	cJSON_AddNumberToObject(m, "prompt_tps", r->mixed.prompt_tps);
+	cJSON_AddNumberToObject(m, "hit_rate", r->mixed.hit_rate);
+	cJSON_AddNumberToObject(m, "ttft_ms_p50", r->mixed.ttft_p50_ms);
+	cJSON_AddNumberToObject(m, "ttft_ms_p99", r->mixed.ttft_p99_ms);
+	return true;
+}
+
+/* --concurrency through the daemon at sock. An exit status. */
+static int run_engine_conc(const struct engine_opts *o, const char *sock)
+{
+	static struct eng_conc r;
+	struct kvp_server_info info;
+	struct kvp_client *c = NULL;
+	cJSON *root;
+
+	if (bench_connect_engine(PROG " engine", sock, &c, &info) < 0)
+		return KVP_EXIT_FAIL;
+	kvp_client_close(c);
+	if (bench_concurrency(sock, info.vocab_size, o->levels, o->n_levels, o->quick, &r) < 0)
+		return KVP_EXIT_FAIL;
+	print_engine_conc(info.name, &r);
+	root = cJSON_CreateObject();
+	return bench_json_finish("engine", root, root && json_engine_conc_fields(root, info.name,
+										  &r))
+		       ? KVP_EXIT_OK : KVP_EXIT_FAIL;
+}
+
 int bench_cmd_engine(int argc, char **argv)
 {
 	uint64_t t_start = kvp_tool_now_ns();
@@ -590,10 +763,17 @@ int bench_cmd_engine(int argc, char **argv)
 	}
 	if (!o.model) {
 		if (bench_tmpdir("engine", tmpdir, sizeof(tmpdir), "kvprefix-bench-model") < 0 ||
-		    bench_make_model(tmpdir, o.backend, o.backend == KVP_BACKEND_CUDA ? "f16" : "f32",
+		    bench_make_model(tmpdir, o.backend, o.weights ? o.weights :
+				     o.backend == KVP_BACKEND_CUDA ? "f16" : "f32",
 				     model_buf, sizeof(model_buf)) < 0)
 			goto out;
 		o.model = model_buf;
+	}
+	if (o.n_levels) {
+		sock = o.sock;
+		if (sock || engine_daemon(&o, &d, &sock) == 0)
+			ret = run_engine_conc(&o, sock);
+		goto out;
 	}
 	if (run_engine_inproc(&o, &f) < 0)
 		goto out;

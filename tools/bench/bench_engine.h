@@ -108,6 +108,46 @@ struct eng_work {
 	double evictions;        /* the daemon's counter at the end, NAN if unknown */
 };
 
+/* --concurrency: many clients at once (bench_engine_conc.c). */
+#define CONC_MAX_LEVEL 256            /* clients of one level, at most */
+#define CONC_MAX_LEVELS 16
+#define TARGET_CONC_SPEEDUP 5.0       /* 8 clients' aggregate decode of 1 client's */
+#define TARGET_CONC_ITL 3.0           /* 8 clients' inter-token p99 of 1 client's, at most */
+#define CONC_PROMPT 64u               /* a client's prompt */
+#define CONC_MAX_NEW 128u             /* its greedy tokens */
+#define CONC_MAX_NEW_QUICK 32u
+#define CONC_ROUNDS 3u                /* rounds of each level, the median taken */
+#define CHAT_SYSTEMS 4u               /* the mixed chat: system prompts */
+#define CHAT_USERS 16u                /* users, each on its own connection */
+#define CHAT_TURNS 3u                 /* turns of each */
+
+struct eng_conc_level {
+	uint32_t clients;
+	double decode_tps;       /* tokens/s of all streams while all were decoding */
+	double window_s;         /* that window */
+	double ttft_p50_ms, ttft_p99_ms;
+	double itl_p50_ms, itl_p99_ms;           /* while all C decode */
+	double itl_all_p50_ms, itl_all_p99_ms;   /* whole streams */
+};
+
+struct eng_conc_mixed {
+	uint32_t users, systems, turns, requests;
+	uint64_t prompt_tokens, cached_tokens, generated;
+	double hit_rate, elapsed_s, generated_tps, prompt_tps;
+	double ttft_p50_ms, ttft_p99_ms;
+};
+
+struct eng_conc {
+	uint32_t prompt, max_new, n_levels;
+	struct eng_conc_level levels[CONC_MAX_LEVELS];
+	struct eng_conc_mixed mixed;
+};
+
+/* Each level of levels (clients, at most CONC_MAX_LEVEL) against the daemon at sock,
+ * then the mixed chat workload. 0, or -1 (message printed). */
+int bench_concurrency(const char *sock, uint32_t vocab, const uint32_t *levels,
+		      uint32_t n_levels, bool quick, struct eng_conc *res);
+
 /* (a) on the CPU: load the model, prefill 512 and 2,048 tokens cold, decode, a cached
  * suffix; against the peak FMA rate around each 512-token run. 0, or -1 (message). */
 int bench_engine_cpu(const char *model_path, int threads, enum kvp_kv_dtype dtype,
