@@ -663,6 +663,45 @@ int kvp_cache_seq_grow(struct kvp_cache *c, struct kvp_seq *seq, uint32_t n_posi
 	return KVP_OK;
 }
 
+uint32_t kvp_cache_seq_publish(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
+			       uint32_t n_valid)
+{
+	const uint32_t b = c->cfg.block_tokens;
+	uint32_t full = n_valid / b, i = seq->matched_blocks, done;
+	struct kvp_tree_node *parent = i ? seq->nodes[i - 1] : NULL, **nodes;
+	struct kvp_key key = parent ? kvp_tree_node_key(parent) : seq->root;
+
+	assert(seq->ns);
+	if (full > seq->n_blocks)
+		full = seq->n_blocks;
+	if (full <= i)
+		return 0;
+	nodes = realloc(seq->nodes, (size_t)full * sizeof(*nodes));
+	if (!nodes)
+		return 0;   /* seq_end caches them instead */
+	seq->nodes = nodes;
+	for (; i < full; i++) {
+		struct kvp_tree_node *node;
+
+		key = kvp_block_key(key, tokens + (size_t)i * b, b);
+		/* cached meanwhile by another request (or no memory): seq_end sorts out the
+		 * rest as it always does */
+		if (kvp_tree_insert_grouped(c->tree, seq->root, seq->group, parent, key,
+					    tokens + (size_t)i * b, seq->block_ids[i], &node))
+			break;
+		/* the sequence's reference on its block becomes the pin of the node, as
+		 * for a matched prefix */
+		kvp_tree_pin(c->tree, node);
+		seq->nodes[i] = node;
+		c->st.inserted_blocks++;
+		parent = node;
+	}
+	done = i - seq->matched_blocks;
+	seq->ns->blocks -= done;   /* the tree counts them now, not the running tally */
+	seq->matched_blocks = i;
+	return done;
+}
+
 void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
 		       uint32_t n_valid)
 {

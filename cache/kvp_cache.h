@@ -164,6 +164,15 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, struct kvp_key
  * is why), KVP_ENOMEM: the sequence keeps what it had, whole. block_ids and block_data
  * may move: take them from seq again after a success. */
 int kvp_cache_seq_grow(struct kvp_cache *c, struct kvp_seq *seq, uint32_t n_positions);
+/* Register the full blocks of tokens[0 .. n_valid) that the sequence computed (beyond
+ * its matched prefix) now, while it runs: other requests match them from here on. The
+ * sequence keeps them pinned and read-only, as its matched prefix (matched_blocks
+ * grows), so its KV there must be final: positions below n_valid are never written
+ * again. Stops at a block another request cached meanwhile, or without memory; seq_end
+ * handles the rest as usual. Returns the blocks registered. Only block_ids / block_data
+ * of seq are read: an engine may be reading them meanwhile. */
+uint32_t kvp_cache_seq_publish(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
+			       uint32_t n_valid);
 void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
 		       uint32_t n_valid);
 

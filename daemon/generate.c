@@ -1,22 +1,25 @@
 /*
  * generate.c - GENERATE requests on the loop's side: start a job, stream its tokens as
- * the engine thread publishes them, give it blocks as it grows, finish it.
+ * the engine thread publishes them, finish it. The request itself is in gen_req.h;
+ * blocks as it grows in gen_wait.c; waiting for a prompt another request is computing
+ * in gen_follow.c.
  *
- *   GENERATE ──checks──▶ kvp_cache_seq_begin (pin the cached prefix, take blocks for
- *            the rest of the prompt) ──▶ kvp_gen_submit ──▶ engine thread (gen.c)
- *            ──news──▶ gen_notify_cb
+ *   GENERATE ──checks──▶ (another request computes this prompt's blocks: follow it,
+ *            begin when it releases them) ──▶ gen_req_begin: kvp_cache_seq_begin (pin
+ *            the cached prefix, take blocks for the rest of the prompt) ──▶
+ *            kvp_gen_submit ──▶ engine thread (gen.c) ──news──▶ gen_notify_cb
  *   gen_notify_cb: per job with news, send its new tokens (if its client is still
- *   there); when it waits for blocks, kvp_cache_seq_grow and kvp_gen_resume (a pool
- *   with nothing to give ends it with EFULL after the tokens it sent); when done,
- *   GENERATE_DONE (or an ERROR), then kvp_cache_seq_end caches the full blocks it
- *   computed and frees the rest.
+ *   there); once its prompt is computed, release its followers; when it waits for
+ *   blocks, gen_wait_grow; when done, GENERATE_DONE (or an ERROR), then
+ *   kvp_cache_seq_end caches the full blocks it computed and frees the rest.
  *
  * So a generation holds blocks for what it has computed, plus at most one, never for
  * the max_new it may reach.
  *
- * A request is owned by the loop from submit to finish, never by its connection: a
- * client that goes away only detaches (the job is cancelled at its next step and comes
- * back through the news), so no block an engine is writing is ever freed under it.
+ * A request is owned by the loop from its start to its finish, never by its
+ * connection: a client that goes away only detaches (the job is cancelled at its next
+ * step and comes back through the news), so no block an engine is writing is ever
+ * freed under it.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -28,28 +31,10 @@
 #include "kvp_clock.h"
 #include "kvp_engine.h"
 #include "kvp_log.h"
+#include "gen_req.h"
 #include "server.h"
 
 #define NEWS_BATCH 64
-
-/* A GENERATE request from the loop's side: the engine job, its blocks and its client. */
-struct gen_req {
-	struct kvp_gen_job job;      /* handed to the engine thread */
-	struct conn *conn;           /* NULL once the client is gone */
-	uint32_t req_id;
-	uint8_t version;             /* its header's version: every frame of it carries it */
-	uint32_t n_sent;             /* generated tokens already streamed */
-	uint32_t cached_report;      /* cached_tokens in the usage frame */
-	struct kvp_seq seq;          /* the request's blocks */
-	struct kvp_ns_counters *ns;  /* its namespace's counters */
-	struct gen_req *next, **pprev;
-	/* parked and waiting on the loop: for blocks to grow (starved), or preempted (its
-	 * blocks given back, r->seq empty) to take them again */
-	enum { REQ_GOING, REQ_STARVED, REQ_PREEMPTED } wait;
-	uint32_t need;               /* starved: positions its blocks must cover */
-	uint32_t n_valid;            /* preempted: positions whose KV it had computed */
-	struct gen_req *next_wait;   /* the server's starved or preempted list */
-};
 
 static void gen_req_free(struct gen_req *r)
 {
@@ -115,19 +100,45 @@ static struct req_outcome gen_req_blocks(struct conn *c, const struct kvp_frame_
 	return (struct req_outcome){ .later = true };
 }
 
-/* Fill the engine job from the request and its blocks, and link r to c. */
-static void gen_req_prepare(struct conn *c, const struct kvp_frame_hdr *h, struct gen_req *r,
-			    const struct kvp_generate_req *m, uint32_t max_new)
+/* r joins its connection's requests (it counts for --max-inflight from here). */
+static void gen_req_link(struct conn *c, struct gen_req *r)
 {
-	struct server *s = c->srv;
+	r->conn = c;
+	r->next = c->reqs;
+	if (r->next)
+		r->next->pprev = &r->next;
+	r->pprev = &c->reqs;
+	c->reqs = r;
+	c->n_reqs++;
+}
+
+/* r leaves its connection's requests (nothing when the client is gone). */
+static void gen_req_unlink(struct gen_req *r)
+{
+	struct conn *c = r->conn;
+
+	if (!c)
+		return;
+	*r->pprev = r->next;
+	if (r->next)
+		r->next->pprev = r->pprev;
+	c->n_reqs--;
+	r->conn = NULL;
+	/* a half-closed client waited for its last generation */
+	if (c->peer_eof && c->n_reqs == 0 && c->state == CONN_READING)
+		conn_finish(c, "peer closed");
+}
+
+/* Fill the engine job from the request and its blocks. */
+static void gen_req_prepare(struct server *s, struct gen_req *r)
+{
+	const struct kvp_generate_req *m = &r->req;
+	struct conn *c = r->conn;
 	struct kvp_gen_job *j = &r->job;
 
-	r->conn = c;
-	r->req_id = h->req_id;
-	r->version = h->version;
 	j->n_prompt = m->n_tokens;
-	j->max_new = max_new;
-	j->max_new_is_context = max_new < m->max_new;
+	j->max_new = r->max_new;
+	j->max_new_is_context = r->max_new < m->max_new;
 	j->ctx_limit = s->model->cfg.ctx;
 	j->cached = r->seq.matched_blocks * s->cfg->block_tokens;
 	if (j->cached > m->n_tokens)
@@ -141,18 +152,44 @@ static void gen_req_prepare(struct conn *c, const struct kvp_frame_hdr *h, struc
 	j->positions = r->seq.n_blocks * s->cfg->block_tokens;
 	kvp_sampler_init(&j->sampler, m->temperature, m->top_k, m->top_p, m->seed);
 	j->n_stop = m->n_stop;
-	kvp_load_u32s(j->stop, m->stop, m->n_stop);
-	j->t_received_ns = kvp_clock_ns();
 	j->fair_tenant = c->group.hi ^ c->group.lo;
 	j->fair_conn = c->id;
 	j->owner = r;
 	atomic_init(&j->cancel, false);
-	r->next = c->reqs;
-	if (r->next)
-		r->next->pprev = &r->next;
-	r->pprev = &c->reqs;
-	c->reqs = r;
-	c->n_reqs++;
+}
+
+int gen_req_begin(struct server *s, struct gen_req *r)
+{
+	const struct kvp_frame_hdr h = { .version = r->version, .type = KVP_T_GENERATE,
+					 .req_id = r->req_id };
+	struct req_outcome o;
+
+	if (s->gen_closing) {
+		send_error(r->conn, r->version, r->req_id, KVP_ESHUTDOWN,
+			   "kvprefixd is stopping: this generation did not start");
+		o.status = KVP_ESHUTDOWN;
+	} else {
+		/* the prompt's blocks now; the generated tokens' as they come (gen_wait.c) */
+		o = gen_req_blocks(r->conn, &h, r, r->req.n_tokens, r->req.n_tokens);
+	}
+	if (!o.later) {
+		gen_req_unlink(r);
+		gen_req_free(r);
+		return o.status ? o.status : KVP_EINTERNAL;
+	}
+	gen_req_prepare(s, r);
+	kvp_debug("conn %llu: GENERATE %u: %u prompt tokens, %u cached, max_new %u",
+		  (unsigned long long)r->conn->id, r->req_id, r->req.n_tokens, r->job.cached,
+		  r->max_new);
+	kvp_gen_submit(s->gen, &r->job);
+	return KVP_OK;
+}
+
+void gen_req_drop(struct server *s, struct gen_req *r)
+{
+	(void)s;
+	gen_req_unlink(r);
+	gen_req_free(r);
 }
 
 /* The checks a GENERATE passes before it takes any memory. */
@@ -191,7 +228,7 @@ struct req_outcome handle_generate(struct conn *c, const struct kvp_frame_hdr *h
 	const struct kvp_model_config *mc;
 	uint32_t max_new;
 	struct req_outcome o;
-	struct gen_req *r;
+	struct gen_req *r, *leader;
 	size_t bad;
 	int rc = kvp_generate_req_decode(p, h->len, s->cfg->max_tokens, &m);
 
@@ -211,17 +248,26 @@ struct req_outcome handle_generate(struct conn *c, const struct kvp_frame_hdr *h
 		gen_req_free(r);
 		return o;
 	}
-	/* the prompt's blocks now; the generated tokens' as they come (gen_req_grow) */
-	o = gen_req_blocks(c, h, r, m.n_tokens, m.n_tokens);
-	if (!o.later) {
-		gen_req_free(r);
-		return o;
+	/* the request's values kept until it begins; its stop ids beside its tokens */
+	r->req_id = h->req_id;
+	r->version = h->version;
+	r->req = m;
+	r->req.tokens = r->req.stop = NULL;
+	r->max_new = max_new;
+	kvp_load_u32s(r->job.stop, m.stop, m.n_stop);
+	r->job.t_received_ns = kvp_clock_ns();
+	gen_req_link(c, r);
+	/* a prompt another request is computing right now: wait for its blocks */
+	leader = gen_follow_leader(s, c, r->job.tokens, m.n_tokens);
+	if (leader) {
+		kvp_debug("conn %llu: GENERATE %u waits for GENERATE %u's prompt blocks",
+			  (unsigned long long)c->id, h->req_id, leader->req_id);
+		gen_follow(leader, r);
+		s->n_following++;
+		return (struct req_outcome){ .later = true };
 	}
-	gen_req_prepare(c, h, r, &m, max_new);
-	kvp_debug("conn %llu: GENERATE %u: %u prompt tokens, %u cached, max_new %u",
-		  (unsigned long long)c->id, h->req_id, m.n_tokens, r->job.cached, max_new);
-	kvp_gen_submit(s->gen, &r->job);
-	return o;
+	rc = gen_req_begin(s, r);
+	return rc ? (struct req_outcome){ .status = rc } : (struct req_outcome){ .later = true };
 }
 
 /* ---- streaming and finishing ------------------------------------------------------- */
@@ -284,8 +330,6 @@ static void gen_req_send_done(struct gen_req *r, const struct kvp_gen_progress *
 	srv_free(buf);
 }
 
-static void waiters_forget(struct server *s, struct gen_req *r);
-
 /* A request is over: cache the blocks it computed, free the rest, count it. */
 static void gen_req_finish(struct server *s, struct gen_req *r, const struct kvp_gen_progress *p)
 {
@@ -295,200 +339,13 @@ static void gen_req_finish(struct server *s, struct gen_req *r, const struct kvp
 	uint32_t computed = p->n_valid >= j->n_prompt ? j->n_prompt - r->cached_report
 			    : p->n_valid > j->cached ? p->n_valid - j->cached : 0;
 
-	waiters_forget(s, r);
+	gen_wait_forget(s, r);
 	if (r->seq.ns)   /* a preempted request gave its blocks back already */
 		kvp_cache_seq_end(s->cache, &r->seq, j->tokens, p->n_valid);
 	kvp_stats_generation_end(&s->stats, r->ns, p->status, computed, p->n_generated,
 				 p->ttft_us);
-	if (r->conn) {
-		struct conn *c = r->conn;
-
-		*r->pprev = r->next;
-		if (r->next)
-			r->next->pprev = r->pprev;
-		c->n_reqs--;
-		/* a half-closed client waited for its last generation */
-		if (c->peer_eof && c->n_reqs == 0 && c->state == CONN_READING)
-			conn_finish(c, "peer closed");
-	}
+	gen_req_unlink(r);
 	gen_req_free(r);
-}
-
-/* ---- blocks as generations grow: pausing and preemption ---------------------------- *
- *
- * A parked generation whose blocks cannot grow (the pool is full of pinned blocks, or
- * its tenant at its quota) waits, starved, until a finishing one frees blocks. When
- * nothing else can free any (every generation the engine has is starved or
- * preempted), the youngest starved one is preempted: the blocks it computed go to the
- * cache as any finished request's do (unpinned: others may take them) and it waits to
- * take blocks for tokens[0 .. n_valid) again, its cached part matched, the rest
- * recomputed. Oldest first, starved before preempted, every time the engine has news.
- * One left alone that still cannot go on ends with EFULL: it needs more than the pool
- * can give it (leases and admin pins hold the rest).
- */
-
-static void wait_push(struct gen_req **head, struct gen_req *r)
-{
-	while (*head)
-		head = &(*head)->next_wait;
-	r->next_wait = NULL;
-	*head = r;
-}
-
-static uint32_t wait_count(const struct gen_req *r)
-{
-	uint32_t n = 0;
-
-	for (; r; r = r->next_wait)
-		n++;
-	return n;
-}
-
-/* Take r out of the list at head. */
-static void wait_remove(struct gen_req **head, struct gen_req *r)
-{
-	while (*head != r)
-		head = &(*head)->next_wait;
-	*head = r->next_wait;
-	r->wait = REQ_GOING;
-}
-
-/* r ends while it waits (the daemon stops): off the lists. */
-static void waiters_forget(struct server *s, struct gen_req *r)
-{
-	if (r->wait == REQ_STARVED)
-		wait_remove(&s->starved, r);
-	else if (r->wait == REQ_PREEMPTED)
-		wait_remove(&s->preempted_reqs, r);
-}
-
-/* Blocks for r's next positions: 0 and the engine goes on, or the status. */
-static int starved_grow(struct server *s, struct gen_req *r)
-{
-	struct kvp_gen_job *j = &r->job;
-	int rc = kvp_cache_seq_grow(s->cache, &r->seq, r->need);
-
-	if (rc == KVP_OK) {
-		j->blocks = r->seq.block_data;
-		j->n_blocks = r->seq.n_blocks;
-		j->positions = r->seq.n_blocks * s->cfg->block_tokens;
-	}
-	return rc;
-}
-
-/* The blocks of a preempted r again: its cached part matched, fresh ones for the rest
- * and its next position. */
-static int preempted_restart(struct server *s, struct gen_req *r)
-{
-	struct kvp_gen_job *j = &r->job;
-	const uint32_t b = s->cfg->block_tokens;
-	int rc = kvp_cache_seq_begin(s->cache, r->conn->root, r->conn->group, j->tokens,
-				     r->n_valid, r->n_valid + 1, &r->seq);
-
-	if (rc == KVP_OK) {
-		j->blocks = r->seq.block_data;
-		j->n_blocks = r->seq.n_blocks;
-		j->positions = r->seq.n_blocks * b;
-		j->cached = r->seq.matched_blocks * b;
-		if (j->cached > r->n_valid)
-			j->cached = r->n_valid;
-	}
-	return rc;
-}
-
-/* Give r's blocks back (the computed ones cached) and wait to take them again. */
-static void preempt(struct server *s, struct gen_req *r)
-{
-	kvp_debug("GENERATE %u preempted at %u positions: no block for more", r->req_id,
-		  r->need - 1);
-	r->n_valid = r->need - 1;
-	kvp_cache_seq_end(s->cache, &r->seq, r->job.tokens, r->n_valid);
-	wait_remove(&s->starved, r);
-	r->wait = REQ_PREEMPTED;
-	wait_push(&s->preempted_reqs, r);
-	s->preempted++;
-}
-
-/* Let go on whatever can: starved ones that get their blocks, then preempted ones that
- * get theirs back; a client gone ends its request. Stops at the first that cannot
- * (oldest first). */
-static void waiters_retry(struct server *s)
-{
-	struct gen_req *r, *next;
-	int rc;
-
-	/* a client gone: end its request wherever it waits */
-	for (int l = 0; l < 2; l++)
-		for (r = l ? s->preempted_reqs : s->starved; r; r = next) {
-			next = r->next_wait;
-			if (r->conn)
-				continue;
-			wait_remove(l ? &s->preempted_reqs : &s->starved, r);
-			kvp_gen_resume(s->gen, &r->job, KVP_ECLOSED);
-		}
-	while ((r = s->starved)) {
-		rc = starved_grow(s, r);
-		if (rc == KVP_EFULL)
-			break;
-		wait_remove(&s->starved, r);
-		kvp_gen_resume(s->gen, &r->job, rc);
-	}
-	while (!s->starved && (r = s->preempted_reqs)) {
-		rc = preempted_restart(s, r);
-		if (rc == KVP_EFULL)
-			break;
-		wait_remove(&s->preempted_reqs, r);
-		if (rc == KVP_OK)
-			kvp_gen_resume_recompute(s->gen, &r->job);
-		else
-			kvp_gen_resume(s->gen, &r->job, rc);
-	}
-}
-
-/* Nothing the engine runs can free a block: preempt the youngest starved, or end the
- * last one waiting. */
-static void waiters_unblock(struct server *s)
-{
-	for (;;) {
-		uint32_t starved, pre;
-		struct gen_req *r, *young = NULL;
-
-		waiters_retry(s);
-		starved = wait_count(s->starved);
-		pre = wait_count(s->preempted_reqs);
-		if (starved + pre == 0 || kvp_gen_active(s->gen) > starved + pre)
-			return;   /* something runs: its end or its growth brings news */
-		if (starved + pre >= 2 && starved > 0) {
-			for (r = s->starved; r; r = r->next_wait)
-				if (!young || r->job.t_received_ns > young->job.t_received_ns)
-					young = r;
-			preempt(s, young);
-			continue;
-		}
-		/* alone, and the pool still cannot hold it */
-		r = s->starved ? s->starved : s->preempted_reqs;
-		wait_remove(s->starved ? &s->starved : &s->preempted_reqs, r);
-		kvp_gen_resume(s->gen, &r->job, KVP_EFULL);
-	}
-}
-
-/* The engine waits for blocks to cover need positions: take them from the cache and let
- * it go on, or make it wait (a client gone: end it). */
-static void gen_req_grow(struct server *s, struct gen_req *r, uint32_t need)
-{
-	int rc = r->conn ? KVP_OK : KVP_ECLOSED;
-
-	r->need = need;
-	if (rc == KVP_OK && !s->starved)
-		rc = starved_grow(s, r);
-	else if (rc == KVP_OK)
-		rc = KVP_EFULL;   /* older ones wait first */
-	if (rc == KVP_EFULL) {
-		r->wait = REQ_STARVED;
-		wait_push(&s->starved, r);
-		return;
-	}
-	kvp_gen_resume(s->gen, &r->job, rc);
 }
 
 /* Take the engine thread's news, as many rounds as it has. */
@@ -508,14 +365,18 @@ static void gen_take_news(struct server *s)
 				if (p->done)
 					gen_req_send_done(r, p);
 			}
+			/* its prompt computed, or it ends: those waiting for its blocks go */
+			if (!r->released && (p->n_valid >= r->job.n_prompt || p->done))
+				gen_follow_release(s, r, p->n_valid < r->job.n_prompt ? p->n_valid
+							 : r->job.n_prompt);
 			if (p->done)
 				gen_req_finish(s, r, p);
 			else if (p->need_positions)
-				gen_req_grow(s, r, p->need_positions);
+				gen_wait_grow(s, r, p->need_positions);
 		}
 	}
 	if (s->starved || s->preempted_reqs)
-		waiters_unblock(s);
+		gen_wait_unblock(s);
 }
 
 static void gen_notify_cb(evutil_socket_t fd, short what, void *arg)
@@ -546,7 +407,7 @@ void generate_detach(struct conn *c)
 	c->n_reqs = 0;
 	/* those waiting for blocks get no news from the engine: end them now */
 	if (s->gen && (s->starved || s->preempted_reqs))
-		waiters_unblock(s);
+		gen_wait_unblock(s);
 }
 
 void generate_cut_short(struct server *s)
@@ -584,6 +445,7 @@ int generate_start(struct server *s)
 
 void generate_stop(struct server *s)
 {
+	s->gen_closing = true;   /* a follower released from here on does not begin */
 	if (s->gen) {
 		/* every job comes back done; return its blocks before the cache goes */
 		kvp_gen_stop_thread(s->gen);
@@ -598,7 +460,7 @@ void generate_stop(struct server *s)
 
 uint32_t generate_active(const struct server *s)
 {
-	return s->gen ? kvp_gen_active(s->gen) : 0;
+	return (s->gen ? kvp_gen_active(s->gen) : 0) + s->n_following;
 }
 
 void generate_sched_stats(const struct server *s, struct kvp_sched_stats *out)

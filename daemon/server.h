@@ -137,6 +137,8 @@ struct server {
 	uint64_t preempted;          /* generations preempted for blocks (generate.c) */
 	struct gen_req *starved;     /* parked, no block to grow into: oldest first */
 	struct gen_req *preempted_reqs;   /* blocks given back, waiting to take them again */
+	uint32_t n_following;        /* requests waiting for another's prompt (gen_follow.c) */
+	bool gen_closing;            /* generate_stop began: nothing begins any more */
 	struct event *gen_notify;    /* activated by the engine thread */
 };
 

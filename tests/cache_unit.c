@@ -1,7 +1,8 @@
 /*
  * cache_unit.c - the cache (kvp_cache_*) case by case: chunking, block sizes 1 and 4096,
- * pinned blocks and a full pool, argument errors, the tenant quota, and the
- * administrative clear, evict, pin and unpin.
+ * pinned blocks and a full pool, argument errors, the tenant quota, the
+ * administrative clear, evict, pin and unpin, and sequences (growing, publishing their
+ * prompt's blocks while they run).
  *
  * One of the files of test_tree and test_tree_collide; see tree_test_util.h.
  */
@@ -458,5 +459,49 @@ Test(cache, sequence_grows_within_its_tenant_quota)
 	cr_assert_eq(cached_of(c, rb, 2, 1, 8), 4, "B's blocks must stay");
 	kvp_cache_seq_end(c, &seq, ta, 8);
 	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}
+
+/* A running sequence registers its prompt's full blocks before it ends: another
+ * sequence matches them at once, they stay pinned until both end, nothing is
+ * evicted from under the first, and the pool and tree add up all along. */
+Test(cache, sequence_publishes_its_prompt_blocks_while_it_runs)
+{
+	const uint32_t b = 4;
+	struct kvp_cache *c = new_cache(b, 12, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL);
+	uint32_t tok[64], ids[8];
+	struct kvp_cache_result res;
+	struct kvp_cache_stats st;
+	struct kvp_seq a, f;
+
+	cr_assert_eq(kvp_cache_attach_memory(c, 64), 0);
+	fill_prompt(tok, 64, 1, 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, tok, 10, 10, &a), 0);
+	cr_assert_eq(a.matched_blocks, 0);
+	/* positions 0..9 computed: blocks 0 and 1 are full */
+	cr_assert_eq(kvp_cache_seq_publish(c, &a, tok, 10), 2);
+	cr_assert_eq(a.matched_blocks, 2);
+	cr_assert_eq(kvp_cache_seq_publish(c, &a, tok, 10), 0, "once is enough");
+	cr_assert_eq(kvp_cache_lookup(c, ra, tok, 12, 0, false, ids, &res), 0);
+	cr_assert_eq(res.matched_tokens, 8, "another request sees them now");
+	kvp_cache_get_stats(c, &st);
+	cr_assert_eq(st.pool.referenced, 3, "still pinned by the running sequence");
+	/* a follower matches them and takes its own blocks for the rest */
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, tok, 12, 12, &f), 0);
+	cr_assert_eq(f.matched_blocks, 2);
+	cr_assert_eq(f.block_data[0], a.block_data[0], "the same KV bytes, not a copy");
+	/* the first grows and ends; its published blocks stay for the follower */
+	cr_assert_eq(kvp_cache_seq_grow(c, &a, 16), 0);
+	kvp_cache_seq_end(c, &a, tok, 16);
+	kvp_cache_get_stats(c, &st);
+	cr_assert_eq(st.pool.referenced, 3, "the follower's pins and its own block");
+	kvp_cache_seq_end(c, &f, tok, 12);
+	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_get_stats(c, &st);
+	cr_assert_eq(st.pool.referenced, 0);
+	cr_assert_eq(st.pool.free + st.pool.cached, st.pool.total);
+	cr_assert_eq(kvp_cache_lookup(c, ra, tok, 16, 0, false, ids, &res), 0);
+	cr_assert_eq(res.matched_tokens, 16);
 	kvp_cache_destroy(c);
 }

@@ -308,9 +308,37 @@ struct busy_conn {
 	int fd;
 	uint32_t n_req;
 	uint64_t done_ns[16];    /* when each GENERATE_DONE arrived */
+	struct kvp_generate_done usage[16];   /* by req_id - 1 */
 	uint32_t n_done;
 	bool failed;
 };
+
+/* Connect b to the daemon and send n GENERATEs in one write, req_id 1 .. n, request i
+ * prompt[i] (len[i] tokens), max_new each. */
+static void send_pipelined(struct busy_conn *b, const uint32_t *const *prompt,
+			   const uint32_t *len, uint32_t n, uint32_t max_new)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	static uint8_t out[64 * 1024];
+	size_t off = 0;
+
+	b->n_req = n;
+	for (uint32_t id = 1; id <= n; id++) {
+		struct kvp_generate_req m = { .max_new = max_new, .temperature = 0.0f,
+					      .top_p = 1.0f, .n_tokens = len[id - 1] };
+		struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_GENERATE, .req_id = id };
+		size_t sz = kvp_generate_req_encode(out + off + KVP_HDR_SIZE, sizeof(out) - off, &m,
+						    NULL, prompt[id - 1]);
+		cr_assert_gt(sz, 0);
+		h.len = (uint32_t)sz;
+		kvp_hdr_encode(out + off, &h);
+		off += KVP_HDR_SIZE + sz;
+	}
+	b->fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d.socket);
+	cr_assert_eq(connect(b->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(send(b->fd, out, off, MSG_NOSIGNAL), (ssize_t)off);
+}
 
 /* Read frames until every request of b is done (or an error). */
 static void *busy_reader(void *arg)
@@ -339,8 +367,12 @@ static void *busy_reader(void *arg)
 		}
 		if (h.type == KVP_T_ERROR)
 			goto fail;
-		if (h.type == KVP_T_GENERATE_DONE)
+		if (h.type == KVP_T_GENERATE_DONE) {
+			if (h.req_id < 1 || h.req_id > 16 ||
+			    kvp_generate_done_decode(in, h.len, &b->usage[h.req_id - 1]) != 0)
+				goto fail;
 			b->done_ns[b->n_done++] = now_ns();
+		}
 	}
 	return NULL;
 fail:
@@ -355,32 +387,20 @@ fail:
 Test(batch, one_request_is_not_starved_by_a_busy_connection, .fini = stop, .timeout = 240)
 {
 	const char *extra[] = { "--max-seqs", "2", "--max-batch-tokens", "64", NULL };
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	static uint8_t out[6 * 1024];
-	struct busy_conn a = { .n_req = 6 };
+	struct busy_conn a = { 0 };
 	struct job lone = { .n = 30, .max_new = 8, .stop = UINT32_MAX };
 	struct kvp_client *c;
 	pthread_t th;
-	uint32_t p[100], before = 0;
-	size_t off = 0;
+	uint32_t p[100], before = 0, len[6];
+	const uint32_t *ps[6];
 
 	start(extra);
 	prompt(p, 100, 71);
-	for (uint32_t id = 1; id <= a.n_req; id++) {
-		struct kvp_generate_req m = { .max_new = 96, .temperature = 0.0f, .top_p = 1.0f,
-					      .n_tokens = 100 };
-		struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_GENERATE, .req_id = id };
-		size_t n = kvp_generate_req_encode(out + off + KVP_HDR_SIZE, sizeof(out) - off, &m,
-						   NULL, p);
-		cr_assert_gt(n, 0);
-		h.len = (uint32_t)n;
-		kvp_hdr_encode(out + off, &h);
-		off += KVP_HDR_SIZE + n;
+	for (int i = 0; i < 6; i++) {
+		ps[i] = p;
+		len[i] = 100;
 	}
-	a.fd = socket(AF_UNIX, SOCK_STREAM, 0);
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d.socket);
-	cr_assert_eq(connect(a.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	cr_assert_eq(send(a.fd, out, off, MSG_NOSIGNAL), (ssize_t)off);
+	send_pipelined(&a, ps, len, 6, 96);
 	cr_assert_eq(pthread_create(&th, NULL, busy_reader, &a), 0);
 	c = conn(NULL);
 	/* B goes once all six of A's are in the daemon: two running, four waiting */
@@ -398,4 +418,42 @@ Test(batch, one_request_is_not_starved_by_a_busy_connection, .fini = stop, .time
 	cr_assert_leq(before, 2, "B finished after %u of A's 6 requests", before);
 	close(a.fd);
 	kvp_client_close(c);
+}
+
+/* ---- a prefix in flight is computed once ---------------------------------------------- */
+
+/* Six requests arrive together (in one write), each a 1,000-token prefix nobody has
+ * cached and a suffix of its own: the first computes the prefix, the other five wait
+ * for its blocks and compute only their suffix. Usage and STATS say so. */
+Test(batch, a_prefix_in_flight_is_computed_once, .fini = stop, .timeout = 240)
+{
+	static uint32_t p[6][1020];
+	struct busy_conn a = { 0 };
+	const uint32_t *ps[6];
+	uint32_t len[6], computed = 0, hits = 0;
+	struct kvp_client *c;
+
+	start(NULL);
+	for (int i = 0; i < 6; i++) {
+		prompt(p[i], 1000, 90);
+		prompt(p[i] + 1000, 20, 91 + (uint32_t)i);
+		ps[i] = p[i];
+		len[i] = 1020;
+	}
+	send_pipelined(&a, ps, len, 6, 4);
+	busy_reader(&a);
+	cr_assert(!a.failed, "a request failed");
+	for (int i = 0; i < 6; i++) {
+		computed += a.usage[i].computed_tokens;
+		hits += a.usage[i].cached_tokens >= 992;   /* 62 full blocks of the prefix */
+	}
+	cr_assert_eq(a.usage[0].cached_tokens, 0, "the first found the prefix cached");
+	cr_assert_eq(hits, 5, "%u of the five later requests counted the prefix as cached",
+		     hits);
+	cr_assert_eq(computed, 1020 + 5 * 28, "%u prompt positions computed", computed);
+	c = conn(NULL);
+	cr_assert_eq(stat_of(c, NULL, "computed_tokens"), 1020 + 5 * 28);
+	cr_assert_eq(stat_of(c, NULL, "blocks_pinned"), 0, "a block stayed pinned");
+	kvp_client_close(c);
+	close(a.fd);
 }

@@ -934,6 +934,19 @@ Test(engine, ttft_and_generation_counters, .fini = stop, .timeout = 300)
 		cr_assert_eq(sum_c, jnum(st, "computed_tokens"));
 		cr_assert_eq(sum_q, jnum(st, "query_tokens"));
 	}
+	/* the scheduler: every generation admitted, every step in the histogram, as STATS */
+	{
+		const cJSON *sc = cJSON_GetObjectItem(st, "scheduler");
+		uint64_t steps = check_hist(text, "kvprefix_step_rows", "");
+
+		cr_assert_not_null(sc, "STATS has no scheduler in engine mode");
+		cr_assert_eq(sample(text, "kvprefix_admitted_total"), runs);
+		cr_assert_eq(jnum(sc, "admitted"), runs);
+		cr_assert_geq(steps, (uint64_t)runs, "at least a step per generation");
+		cr_assert_leq((double)steps, jnum(sc, "steps"), "STATS read later, not fewer");
+		cr_assert_eq(sample(text, "kvprefix_sequences{state=\"waiting\"}"), 0);
+		cr_assert_eq(sample(text, "kvprefix_preemptions_total"), 0);
+	}
 	cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(st, "ttft_us_p50")), "ttft_us_p50 after runs");
 	cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(st, "ttft_us_p99")));
 	cr_assert_geq(jnum(st, "ttft_us_p99"), jnum(st, "ttft_us_p50"));
