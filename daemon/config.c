@@ -133,7 +133,7 @@ static const struct opt_def opt_table[] = {
 	  .max = 65536, .base = 10, .arg = "N",
 	  .help = "rows of one engine step: a decode token of every running\n"
 		  "generation, then prompt chunks filling the rest; at least\n"
-		  "--max-seqs (default 512)" },
+		  "--max-seqs; the engine's run state grows with it (default 512)" },
 	/* limits */
 	{ .name = "max-tokens", .kind = KIND_U32, FIELD(max_tokens), .min = 1, .max = 1u << 28,
 	  .base = 10, .arg = "N", .help = "tokens per request (default 1048576)" },

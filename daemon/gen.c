@@ -13,7 +13,9 @@
  *   per job: sample from its own logits row, publish (one lock, one notify)
  *
  * A long prompt therefore delays the streaming jobs by one step of max_batch_tokens
- * rows at most, and every running job makes progress every step.
+ * rows at most; every decoding job gets a token every step, and the prompts share what
+ * the decode rows leave of the budget, oldest first (a job resumed after waiting for
+ * blocks goes to the end of the list).
  */
 #include "kvp_gen.h"
 
@@ -36,6 +38,7 @@ struct kvp_gen {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool stopping;
+	bool kicked;                                       /* kvp_gen_kick: look again; under mu */
 	struct kvp_gen_job *submitted, **submitted_tail;   /* FIFO, under mu */
 	struct kvp_gen_job *resumed, **resumed_tail;       /* FIFO, under mu */
 	struct kvp_gen_job *parked;                        /* waiting for blocks, under mu */
@@ -78,6 +81,9 @@ static void publish_locked(struct kvp_gen *g, struct kvp_gen_job *j)
 	if (q->eng.done)
 		g->n_active--;
 	mark_dirty(g, j);
+	/* the figures the loop reads with this news: the lists as they are now */
+	g->st.running = g->n_admitted;
+	g->st.waiting = g->n_waiting;
 }
 
 static void publish(struct kvp_gen *g, struct kvp_gen_job *j)
@@ -461,6 +467,9 @@ static void end_all(struct kvp_gen *g)
 	g->running_tail = &g->running;
 	g->waiting_tail = &g->waiting;
 	g->n_admitted = g->n_waiting = 0;
+	pthread_mutex_lock(&g->mu);
+	g->st.running = g->st.waiting = 0;
+	pthread_mutex_unlock(&g->mu);
 }
 
 static void *engine_main(void *arg)
@@ -471,9 +480,10 @@ static void *engine_main(void *arg)
 		bool stopping;
 
 		pthread_mutex_lock(&g->mu);
-		while (!g->submitted && !g->resumed && !g->running && !g->stopping &&
+		while (!g->submitted && !g->resumed && !g->running && !g->stopping && !g->kicked &&
 		       !(g->waiting && g->n_admitted < g->cfg.max_seqs))
 			pthread_cond_wait(&g->cv, &g->mu);
+		g->kicked = false;
 		take_new(g, kvp_clock_ns());
 		stopping = g->stopping;
 		if (!stopping)
@@ -608,6 +618,24 @@ void kvp_gen_resume_recompute(struct kvp_gen *g, struct kvp_gen_job *j)
 	g->st.recomputes++;
 	resume_locked(g, j);
 	pthread_mutex_unlock(&g->mu);
+}
+
+void kvp_gen_kick(struct kvp_gen *g)
+{
+	pthread_mutex_lock(&g->mu);
+	g->kicked = true;
+	pthread_cond_signal(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+}
+
+uint32_t kvp_gen_admitted(struct kvp_gen *g)
+{
+	uint32_t n;
+
+	pthread_mutex_lock(&g->mu);
+	n = g->st.running;
+	pthread_mutex_unlock(&g->mu);
+	return n;
 }
 
 uint32_t kvp_gen_active(struct kvp_gen *g)

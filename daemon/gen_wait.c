@@ -69,8 +69,11 @@ static int preempted_restart(struct server *s, struct gen_req *r)
 {
 	struct kvp_gen_job *j = &r->job;
 	const uint32_t b = s->cfg->block_tokens;
-	int rc = kvp_cache_seq_begin(s->cache, r->conn->root, r->conn->group, j->tokens,
-				     r->n_valid, r->n_valid + 1, &r->seq);
+	/* match at most --max-tokens of it (a generation may grow past that): the rest is
+	 * recomputed */
+	const uint32_t match = r->n_valid < s->cfg->max_tokens ? r->n_valid : s->cfg->max_tokens;
+	int rc = kvp_cache_seq_begin(s->cache, r->conn->root, r->conn->group, j->tokens, match,
+				     r->n_valid + 1, &r->seq);
 
 	if (rc == KVP_OK) {
 		j->blocks = r->seq.block_data;
@@ -143,8 +146,10 @@ void gen_wait_unblock(struct server *s)
 		waiters_retry(s);
 		starved = wait_count(s->starved);
 		pre = wait_count(s->preempted_reqs);
-		if (starved + pre == 0 || kvp_gen_active(s->gen) > starved + pre)
-			return;   /* something runs: its end or its growth brings news */
+		/* something admitted runs: its end or its growth brings news (those waiting
+		 * for a place do not count: they cannot be admitted while these hold it) */
+		if (starved + pre == 0 || kvp_gen_admitted(s->gen) > starved + pre)
+			return;
 		if (starved + pre >= 2 && starved > 0) {
 			for (r = s->starved; r; r = r->next_wait)
 				if (!young || r->job.t_received_ns > young->job.t_received_ns)

@@ -405,9 +405,12 @@ void generate_detach(struct conn *c)
 	}
 	c->reqs = NULL;
 	c->n_reqs = 0;
-	/* those waiting for blocks get no news from the engine: end them now */
+	/* those waiting for blocks get no news from the engine: end them now; and the
+	 * engine ends a cancelled job still waiting for a place even if all it runs wait */
 	if (s->gen && (s->starved || s->preempted_reqs))
 		gen_wait_unblock(s);
+	if (s->gen)
+		kvp_gen_kick(s->gen);
 }
 
 void generate_cut_short(struct server *s)

@@ -505,3 +505,36 @@ Test(cache, sequence_publishes_its_prompt_blocks_while_it_runs)
 	cr_assert_eq(res.matched_tokens, 16);
 	kvp_cache_destroy(c);
 }
+
+/* Two sequences compute the same uncached prompt side by side: the first to publish
+ * registers it, the other's publish stops at the block already there (its own copy is
+ * freed at its end), and the pool and tree add up afterwards. */
+Test(cache, publishing_a_block_another_registered_first)
+{
+	const uint32_t b = 4;
+	struct kvp_cache *c = new_cache(b, 12, 64);
+	struct kvp_key ra = kvp_ns_root("m", 1, NULL);
+	uint32_t tok[16], ids[8];
+	struct kvp_cache_result res;
+	struct kvp_cache_stats st;
+	struct kvp_seq a, x;
+
+	cr_assert_eq(kvp_cache_attach_memory(c, 64), 0);
+	fill_prompt(tok, 16, 3, 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, tok, 8, 8, &a), 0);
+	cr_assert_eq(kvp_cache_seq_begin(c, ra, ra, tok, 8, 8, &x), 0);
+	cr_assert_eq(x.matched_blocks, 0, "nothing registered yet");
+	cr_assert_eq(kvp_cache_seq_publish(c, &a, tok, 8), 2);
+	cr_assert_eq(kvp_cache_seq_publish(c, &x, tok, 8), 0, "already registered by a");
+	cr_assert_eq(x.matched_blocks, 0);
+	kvp_cache_seq_end(c, &x, tok, 8);
+	kvp_cache_seq_end(c, &a, tok, 8);
+	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_get_stats(c, &st);
+	cr_assert_eq(st.pool.referenced, 0);
+	cr_assert_eq(st.pool.cached, 2, "one copy of each block stays");
+	cr_assert_eq(st.pool.free + st.pool.cached, st.pool.total);
+	cr_assert_eq(kvp_cache_lookup(c, ra, tok, 8, 0, false, ids, &res), 0);
+	cr_assert_eq(res.matched_tokens, 8);
+	kvp_cache_destroy(c);
+}

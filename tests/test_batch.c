@@ -302,6 +302,35 @@ Test(batch, preempted_requests_finish_right_and_leave_nothing_pinned, .fini = st
 	kvp_client_close(c);
 }
 
+/* The same with two places for the four: the two waiting for a place hold their
+ * prompts' blocks, so the two admitted run out; the youngest of those is preempted
+ * (not stuck behind the waiting ones), and all four finish right. */
+Test(batch, preemption_with_requests_waiting_for_a_place, .fini = stop, .timeout = 240)
+{
+	static struct job alone[PRE], together[PRE];
+	const char *extra[] = { "--capacity-blocks", "24", "--max-seqs", "2", NULL };
+	struct kvp_client *c;
+
+	start(extra);
+	c = conn(NULL);
+	for (int i = 0; i < PRE; i++) {
+		alone[i] = (struct job){ .n = 40, .max_new = 120, .stop = UINT32_MAX };
+		prompt(alone[i].p, 40, 400 + (uint32_t)i);
+		run_on(c, &alone[i]);
+		cr_assert_eq(alone[i].rc, 0, "alone %d: %s", i, alone[i].err);
+	}
+	memcpy(together, alone, sizeof(together));
+	for (int i = 0; i < PRE; i++)
+		together[i].adapter = "together";
+	run_together(together, PRE);
+	for (int i = 0; i < PRE; i++)
+		expect_same(&together[i], &alone[i], i);
+	cr_assert_eq(stat_of(c, "scheduler", "running"), 0, "STATS still counts one running");
+	cr_assert_eq(stat_of(c, "scheduler", "waiting"), 0);
+	cr_assert_eq(stat_of(c, NULL, "blocks_pinned"), 0, "a block stayed pinned");
+	kvp_client_close(c);
+}
+
 /* ---- fairness -------------------------------------------------------------------------- */
 
 struct busy_conn {
