@@ -109,7 +109,9 @@ static void usage_engine(FILE *f)
 		"                          inter-token latency p50/p99 (target: 8 clients >= %.0fx\n"
 		"                          the decode of 1, inter-token p99 <= %.0fx of 1's); then\n"
 		"                          a mixed chat (%u users over %u system prompts arriving\n"
-		"                          at random, %u turns each): throughput, hit rate, TTFT\n"
+		"                          at random, %u turns each): throughput, hit rate, TTFT;\n"
+		"                          with the model file at hand, each level's decode in\n"
+		"                          process too (the engine alone)\n"
 		"      --dtype T           weight type of the default model (kvprefix-mkmodel\n"
 		"                          --dtype: f32, f16, q8_0, q4_k_m, ...; default f32)\n"
 		"  -q, --quick             a smoke run: fewer repetitions, %u requests in (c)\n"
@@ -647,15 +649,20 @@ static void print_engine_conc(const char *model, const struct eng_conc *r)
 	printf("kvprefixd on %s: C clients at once, each a %u-token prompt, %u greedy tokens;\n"
 	       "decode and inter-token figures while all C decode (whole-stream p99: with the\n"
 	       "steps that took the others' prompts)\n", model, r->prompt, r->max_new);
-	printf("  %8s %14s %8s %20s %24s %18s\n", "clients", "decode tok/s", "x of 1",
-	       "TTFT p50 / p99 ms", "inter-token p50 / p99 ms", "whole-stream p99");
+	printf("  %8s %14s %8s %20s %24s %18s %18s\n", "clients", "decode tok/s", "x of 1",
+	       "TTFT p50 / p99 ms", "inter-token p50 / p99 ms", "whole-stream p99",
+	       "in process (x)");
 	for (uint32_t i = 0; i < r->n_levels; i++) {
 		const struct eng_conc_level *lv = &r->levels[i];
 
-		printf("  %8u %14.1f %8.2f %9.1f / %8.1f %11.1f / %10.1f %18.1f\n", lv->clients,
+		printf("  %8u %14.1f %8.2f %9.1f / %8.1f %11.1f / %10.1f %18.1f", lv->clients,
 		       lv->decode_tps, one ? lv->decode_tps / one->decode_tps : NAN,
 		       lv->ttft_p50_ms, lv->ttft_p99_ms, lv->itl_p50_ms, lv->itl_p99_ms,
 		       lv->itl_all_p99_ms);
+		if (r->inproc)
+			printf(" %10.1f (%.2f)", lv->inproc_tps,
+			       one ? lv->inproc_tps / one->inproc_tps : NAN);
+		printf("\n");
 	}
 	if (conc_targets(r, &speedup, &itl))
 		printf("  8 clients: %.2fx the decode of 1 (target >= %.0fx: %s), inter-token p99 "
@@ -697,6 +704,8 @@ static bool json_engine_conc_fields(cJSON *root, const char *model, const struct
 		cJSON_AddNumberToObject(o, "itl_ms_p99", lv->itl_p99_ms);
 		cJSON_AddNumberToObject(o, "itl_whole_ms_p50", lv->itl_all_p50_ms);
 		cJSON_AddNumberToObject(o, "itl_whole_ms_p99", lv->itl_all_p99_ms);
+		if (r->inproc)
+			cJSON_AddNumberToObject(o, "inproc_decode_tps", lv->inproc_tps);
 	}
 	if (conc_targets(r, &speedup, &itl)) {
 		cJSON_AddNumberToObject(root, "speedup_8", speedup);
@@ -729,6 +738,10 @@ static int run_engine_conc(const struct engine_opts *o, const char *sock)
 		return KVP_EXIT_FAIL;
 	kvp_client_close(c);
 	if (bench_concurrency(sock, info.vocab_size, o->levels, o->n_levels, o->quick, &r) < 0)
+		return KVP_EXIT_FAIL;
+	/* the engine alone beside it, when this command has the model file */
+	if (o->model && o->backend == KVP_BACKEND_CPU &&
+	    bench_concurrency_inproc(o->model, (int)o->threads, o->dtype, o->quick, &r) < 0)
 		return KVP_EXIT_FAIL;
 	print_engine_conc(info.name, &r);
 	root = cJSON_CreateObject();

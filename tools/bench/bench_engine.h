@@ -128,6 +128,7 @@ struct eng_conc_level {
 	double ttft_p50_ms, ttft_p99_ms;
 	double itl_p50_ms, itl_p99_ms;           /* while all C decode */
 	double itl_all_p50_ms, itl_all_p99_ms;   /* whole streams */
+	double inproc_tps;       /* the engine alone: C sequences' decode in one batch */
 };
 
 struct eng_conc_mixed {
@@ -139,6 +140,7 @@ struct eng_conc_mixed {
 
 struct eng_conc {
 	uint32_t prompt, max_new, n_levels;
+	bool inproc;             /* the in-process figures were measured */
 	struct eng_conc_level levels[CONC_MAX_LEVELS];
 	struct eng_conc_mixed mixed;
 };
@@ -147,6 +149,10 @@ struct eng_conc {
  * then the mixed chat workload. 0, or -1 (message printed). */
 int bench_concurrency(const char *sock, uint32_t vocab, const uint32_t *levels,
 		      uint32_t n_levels, bool quick, struct eng_conc *res);
+/* After bench_concurrency: each level's decode in process on the model file, without
+ * a daemon or clients sharing the cores (inproc_tps). 0, or -1 (message printed). */
+int bench_concurrency_inproc(const char *model_path, int threads, enum kvp_kv_dtype dtype,
+			     bool quick, struct eng_conc *res);
 
 /* (a) on the CPU: load the model, prefill 512 and 2,048 tokens cold, decode, a cached
  * suffix; against the peak FMA rate around each 512-token run. 0, or -1 (message). */

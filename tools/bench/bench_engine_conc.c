@@ -332,6 +332,100 @@ static int chat_mixed(const char *sock, uint32_t vocab, struct eng_conc_mixed *m
 	return ret;
 }
 
+/* ---- the engine alone ---------------------------------------------------------------- */
+
+/* C sequences' decode in process, without a daemon or clients beside it: each a 64-token
+ * prompt prefilled in one batch, then CONC_MAX_NEW (or the quick count) steps of one
+ * batch of C rows. Tokens/s into *tps. 0, or -1 (message printed). */
+static int inproc_level(struct kvp_engine *e, uint32_t vocab, uint32_t c, uint32_t steps,
+			double *tps)
+{
+	const uint32_t bt = 16, n_pos = CONC_PROMPT + steps, nb = (n_pos + bt - 1) / bt;
+	const size_t bb = (kvp_engine_block_bytes(e) + 63) / 64 * 64;
+	struct kvp_engine_seq *q = calloc(c, sizeof(*q));
+	void **blocks = calloc((size_t)c * nb, sizeof(void *));
+	uint32_t *tok = calloc((size_t)c * n_pos, sizeof(uint32_t));
+	float *lg = malloc((size_t)c * vocab * sizeof(float));
+	char *arena = aligned_alloc(64, (size_t)c * nb * bb);
+	int ret = -1;
+
+	if (!q || !blocks || !tok || !lg || !arena) {
+		fprintf(stderr, PROG " engine: out of memory for %u sequences in process\n", c);
+		goto out;
+	}
+	for (size_t i = 0; i < (size_t)c * nb; i++)
+		blocks[i] = arena + i * bb;
+	for (uint32_t s = 0; s < c; s++) {
+		bench_rand_tokens(tok + (size_t)s * n_pos, n_pos, 0x1C0000ull + s, vocab);
+		q[s] = (struct kvp_engine_seq){ .blocks = blocks + (size_t)s * nb, .n_blocks = nb,
+						.tokens = tok + (size_t)s * n_pos, .n = CONC_PROMPT,
+						.logits = lg + (size_t)s * vocab };
+	}
+	if (kvp_engine_forward_batch(e, q, c) < 0)
+		goto fail;
+	uint64_t t0 = kvp_tool_now_ns();
+
+	for (uint32_t st = 0; st < steps; st++) {
+		for (uint32_t s = 0; s < c; s++) {
+			q[s].pos0 = CONC_PROMPT + st;
+			q[s].n = 1;
+			q[s].tokens = tok + (size_t)s * n_pos + CONC_PROMPT + st;
+			q[s].kv_write_from = 0;
+		}
+		if (kvp_engine_forward_batch(e, q, c) < 0)
+			goto fail;
+	}
+	*tps = (double)c * steps / ((double)(kvp_tool_now_ns() - t0) / 1e9);
+	ret = 0;
+	goto out;
+fail:
+	fprintf(stderr, PROG " engine: a batched forward in process failed\n");
+out:
+	free(q);
+	free(blocks);
+	free(tok);
+	free(lg);
+	free(arena);
+	return ret;
+}
+
+int bench_concurrency_inproc(const char *model_path, int threads, enum kvp_kv_dtype dtype,
+			     bool quick, struct eng_conc *res)
+{
+	const uint32_t steps = quick ? CONC_MAX_NEW_QUICK : CONC_MAX_NEW;
+	struct kvp_engine_config ec = { .threads = threads, .kv_dtype = dtype, .block_tokens = 16,
+					.max_batch = ENGINE_MAX_BATCH };
+	struct kvp_model *m = NULL;
+	struct kvp_engine *e = NULL;
+	char err[512];
+	int ret = -1;
+
+	if (kvp_model_load(model_path, &m, err, sizeof(err)) < 0) {
+		fprintf(stderr, PROG " engine: %s: %s\n", model_path, err);
+		return -1;
+	}
+	ec.err = err;
+	ec.errlen = sizeof(err);
+	if (kvp_engine_create(m, &ec, &e) < 0) {
+		fprintf(stderr, PROG " engine: kvp_engine_create: %s\n", err);
+		goto out;
+	}
+	for (uint32_t i = 0; i < res->n_levels; i++) {
+		struct eng_conc_level *lv = &res->levels[i];
+
+		if (inproc_level(e, m->cfg.vocab, lv->clients, steps, &lv->inproc_tps) < 0)
+			goto out;
+		fprintf(stderr, "engine: in process, %u sequences: %.1f decode tokens/s\n",
+			lv->clients, lv->inproc_tps);
+	}
+	res->inproc = true;
+	ret = 0;
+out:
+	kvp_engine_destroy(e);
+	kvp_model_free(m);
+	return ret;
+}
+
 /* ---- the whole run ------------------------------------------------------------------ */
 
 int bench_concurrency(const char *sock, uint32_t vocab, const uint32_t *levels,
