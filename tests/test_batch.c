@@ -266,58 +266,25 @@ Test(batch, together_equals_alone, .fini = stop, .timeout = 240)
 
 #define PRE 4
 
-/* Four generations that need 10 blocks each from a pool of 24: alone each fits; at once
- * they cannot all grow, so the scheduler pauses them and preempts the youngest (its
- * blocks given back, recomputed later). Every one finishes with the tokens it gets
- * alone; afterwards nothing is pinned and the pool adds up. */
-Test(batch, preempted_requests_finish_right_and_leave_nothing_pinned, .fini = stop,
-     .timeout = 240)
+/* A daemon with a 24-block pool and max_seqs places; four generations that need 10
+ * blocks each, run alone (each fits) and then at once in another namespace (nothing of
+ * theirs cached): each at once gets the tokens it got alone, and afterwards nothing is
+ * pinned, the pool adds up and STATS counts nobody running. Returns a client for more
+ * STATS checks. */
+static struct kvp_client *four_in_a_small_pool(const char *max_seqs, uint32_t seed)
 {
 	static struct job alone[PRE], together[PRE];
-	const char *extra[] = { "--capacity-blocks", "24", "--max-seqs", "4", NULL };
+	const char *extra[] = { "--capacity-blocks", "24", "--max-seqs", max_seqs, NULL };
 	struct kvp_client *c;
 
 	start(extra);
 	c = conn(NULL);
 	for (int i = 0; i < PRE; i++) {
 		alone[i] = (struct job){ .n = 40, .max_new = 120, .stop = UINT32_MAX };
-		prompt(alone[i].p, 40, 300 + (uint32_t)i);
+		prompt(alone[i].p, 40, seed + (uint32_t)i);
 		run_on(c, &alone[i]);
 		cr_assert_eq(alone[i].rc, 0, "alone %d: %s", i, alone[i].err);
 		cr_assert_eq(alone[i].n_tok, 120);
-	}
-	memcpy(together, alone, sizeof(together));
-	for (int i = 0; i < PRE; i++)
-		together[i].adapter = "together";   /* nothing of theirs cached there */
-	run_together(together, PRE);
-	for (int i = 0; i < PRE; i++)
-		expect_same(&together[i], &alone[i], i);
-	cr_assert_geq(stat_of(c, "scheduler", "preempted"), 1,
-		      "40 blocks wanted of 24: someone must have been preempted");
-	cr_assert_geq(stat_of(c, "scheduler", "recomputes"),
-		      stat_of(c, "scheduler", "preempted"));
-	cr_assert_eq(stat_of(c, NULL, "blocks_pinned"), 0, "a block stayed pinned");
-	cr_assert_eq(stat_of(c, NULL, "blocks_free") + stat_of(c, NULL, "blocks_cached"),
-		     stat_of(c, NULL, "blocks_total"), "the pool does not add up");
-	kvp_client_close(c);
-}
-
-/* The same with two places for the four: the two waiting for a place hold their
- * prompts' blocks, so the two admitted run out; the youngest of those is preempted
- * (not stuck behind the waiting ones), and all four finish right. */
-Test(batch, preemption_with_requests_waiting_for_a_place, .fini = stop, .timeout = 240)
-{
-	static struct job alone[PRE], together[PRE];
-	const char *extra[] = { "--capacity-blocks", "24", "--max-seqs", "2", NULL };
-	struct kvp_client *c;
-
-	start(extra);
-	c = conn(NULL);
-	for (int i = 0; i < PRE; i++) {
-		alone[i] = (struct job){ .n = 40, .max_new = 120, .stop = UINT32_MAX };
-		prompt(alone[i].p, 40, 400 + (uint32_t)i);
-		run_on(c, &alone[i]);
-		cr_assert_eq(alone[i].rc, 0, "alone %d: %s", i, alone[i].err);
 	}
 	memcpy(together, alone, sizeof(together));
 	for (int i = 0; i < PRE; i++)
@@ -325,9 +292,36 @@ Test(batch, preemption_with_requests_waiting_for_a_place, .fini = stop, .timeout
 	run_together(together, PRE);
 	for (int i = 0; i < PRE; i++)
 		expect_same(&together[i], &alone[i], i);
+	cr_assert_eq(stat_of(c, NULL, "blocks_pinned"), 0, "a block stayed pinned");
+	cr_assert_eq(stat_of(c, NULL, "blocks_free") + stat_of(c, NULL, "blocks_cached"),
+		     stat_of(c, NULL, "blocks_total"), "the pool does not add up");
 	cr_assert_eq(stat_of(c, "scheduler", "running"), 0, "STATS still counts one running");
 	cr_assert_eq(stat_of(c, "scheduler", "waiting"), 0);
-	cr_assert_eq(stat_of(c, NULL, "blocks_pinned"), 0, "a block stayed pinned");
+	return c;
+}
+
+/* Four places for the four: at once they cannot all grow, so the scheduler pauses them
+ * and preempts the youngest (its blocks given back, recomputed later). */
+Test(batch, preempted_requests_finish_right_and_leave_nothing_pinned, .fini = stop,
+     .timeout = 240)
+{
+	struct kvp_client *c = four_in_a_small_pool("4", 300);
+
+	cr_assert_geq(stat_of(c, "scheduler", "preempted"), 1,
+		      "40 blocks wanted of 24: someone must have been preempted");
+	cr_assert_geq(stat_of(c, "scheduler", "recomputes"),
+		      stat_of(c, "scheduler", "preempted"));
+	kvp_client_close(c);
+}
+
+/* Two places for the four: the two waiting for a place hold their prompts' blocks, so
+ * the two admitted run out; the youngest of those is preempted (not stuck behind the
+ * waiting ones), and all four finish right. */
+Test(batch, preemption_with_requests_waiting_for_a_place, .fini = stop, .timeout = 240)
+{
+	struct kvp_client *c = four_in_a_small_pool("2", 400);
+
+	cr_assert_geq(stat_of(c, "scheduler", "preempted"), 1);
 	kvp_client_close(c);
 }
 
