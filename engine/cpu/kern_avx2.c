@@ -77,6 +77,15 @@ static inline __m256 exp256(__m256 x)
 	return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
+/* The sums of four vectors a, b, c, d into out[0..3], by a pairwise tree across them. */
+static inline void hsum4_256(__m256 a, __m256 b, __m256 c, __m256 d, float *out)
+{
+	__m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+
+	_mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+}
+#define VF_HSUM4(a, b, c, d, out) hsum4_256(a, b, c, d, out)
+
 #include "kern_body.h"
 
 /* ---- GEMM tile ------------------------------------------------------------------------ */

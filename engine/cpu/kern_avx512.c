@@ -63,6 +63,21 @@ static inline __m512 exp512(__m512 x)
 	return _mm512_maskz_mov_ps((__mmask16)~under, _mm512_scalef_ps(p, n));
 }
 
+/* The sums of four vectors a, b, c, d into out[0..3]: halves added, then a pairwise
+ * tree across the four (a quarter of the shuffles of four separate reductions). */
+static inline void hsum4_512(__m512 a, __m512 b, __m512 c, __m512 d, float *out)
+{
+#define HALVES(v) _mm256_add_ps(_mm512_castps512_ps256(v), \
+				_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+	__m256 ab = _mm256_hadd_ps(HALVES(a), HALVES(b));
+	__m256 cd = _mm256_hadd_ps(HALVES(c), HALVES(d));
+#undef HALVES
+	__m256 abcd = _mm256_hadd_ps(ab, cd);
+
+	_mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+}
+#define VF_HSUM4(a, b, c, d, out) hsum4_512(a, b, c, d, out)
+
 #include "kern_body.h"
 
 /* ---- GEMM tile ------------------------------------------------------------------------ */

@@ -174,14 +174,23 @@ BODY_INLINE void gemv_tile(const int wt, const int M, const int J, const float *
 				acc[r][j] = VF_FMA(av, wv[j], acc[r][j]);
 		}
 	}
-	for (int r = 0; r < M; r++)
+	for (int r = 0; r < M; r++) {
+		float sums[4];
+#ifdef VF_HSUM4
+		if (J == 4)
+			VF_HSUM4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], sums);
+		else
+#endif
+			for (int j = 0; j < J; j++)
+				sums[j] = VF_HSUM(acc[r][j]);
 		for (int j = 0; j < J; j++) {
-			float s = VF_HSUM(acc[r][j]);
+			float s = sums[j];
 			for (int t = kk; t < k; t++)
 				s += a[(size_t)r * lda + t] * gemv_wscalar(wt, w, (size_t)j * ldw + t);
 			float *cp = c + (size_t)r * ldc + j;
 			*cp = accumulate ? *cp + s : s;
 		}
+	}
 }
 
 BODY_INLINE void gemv_rows(const int wt, const int M, const float *a, size_t lda, const void *w,
