@@ -4,7 +4,7 @@
  *   options ──▶ [model_open: backend, model, engine, pool size]  (engine mode)
  *           ──▶ cache (tree + pool), its KV memory (host, or the GPU's)
  *           ──▶ request scratch, event base, /metrics (before any client socket)
- *           ──▶ engine thread ──▶ listening socket ──▶ signals, tick
+ *           ──▶ engine thread ──▶ signals, tick ──▶ listening socket
  *           ──▶ READY=1 ──▶ event loop ... ──▶ teardown in reverse
  *
  * The files of the daemon and what each holds are listed in server.h.
@@ -172,10 +172,12 @@ static int server_open(struct server *s)
 				       &s->metrics);
 	if (rc == KVP_OK && s->engine)
 		rc = generate_start(s);
-	if (rc == KVP_OK)
-		rc = clients_open(s);
+	/* signals before the client socket: a SIGTERM sent as soon as a client could
+	 * connect is a graceful stop, not the default action's kill */
 	if (rc == KVP_OK)
 		rc = lifecycle_start(s);
+	if (rc == KVP_OK)
+		rc = clients_open(s);
 	return rc;
 }
 
