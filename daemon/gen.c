@@ -288,13 +288,23 @@ static enum job_fate job_check(struct kvp_gen *g, struct kvp_gen_job *j)
 	return JOB_RUNS;
 }
 
-/* Publish every job of news (n), parking those marked parked, with one lock and one
- * notify; finished jobs belong to the loop afterwards. */
-static void publish_all(struct kvp_gen *g, struct kvp_gen_job **news, uint32_t n)
+static unsigned hist_bucket(uint32_t rows);
+
+/* Count a step of rows over seqs sequences (none: no step ran) and publish every job of
+ * news (n), parking those marked parked, with one lock and one notify; finished jobs
+ * belong to the loop afterwards. */
+static void publish_all(struct kvp_gen *g, struct kvp_gen_job **news, uint32_t n,
+			uint32_t rows, uint32_t seqs)
 {
 	if (n == 0)
 		return;
 	pthread_mutex_lock(&g->mu);
+	if (seqs) {
+		g->st.steps++;
+		g->st.step_rows += rows;
+		g->st.step_seqs += seqs;
+		g->st.rows_hist[hist_bucket(rows)]++;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		if (news[i]->priv.eng.need_positions)
 			park(g, news[i]);
@@ -345,10 +355,8 @@ static uint32_t build_batch(struct kvp_gen *g, uint32_t *n_news)
 			struct kvp_gen_job_private *q = &j->priv;
 			uint32_t p, rows;
 
-			if (pass == 0 && prefilling(j))
-				continue;   /* decode rows first */
-			if (pass == 1 && !prefilling(j))
-				continue;
+			if (prefilling(j) != (pass == 1))
+				continue;   /* decode rows first, prompt chunks second */
 			p = pass == 0 ? decode_pos(j) : q->pos;
 			rows = pass == 0 ? 1 : q->prefill_end - q->pos;
 			if (rows > budget)
@@ -383,6 +391,7 @@ static unsigned hist_bucket(uint32_t rows)
 static void step(struct kvp_gen *g)
 {
 	uint32_t n_news, n = build_batch(g, &n_news), rows = 0;
+	struct kvp_gen_job **pp;
 	uint64_t t0 = kvp_clock_ns(), dt;
 	int rc = n ? kvp_engine_forward_batch(g->e, g->batch, n) : KVP_OK;
 
@@ -398,7 +407,7 @@ static void step(struct kvp_gen *g)
 		g->news[n_news++] = j;
 	}
 	/* the finished ones leave the running list before they are published */
-	for (struct kvp_gen_job **pp = &g->running; *pp;) {
+	for (pp = &g->running; *pp;) {
 		if ((*pp)->priv.eng.done) {
 			*pp = (*pp)->priv.next_q;
 			g->n_admitted--;
@@ -406,17 +415,8 @@ static void step(struct kvp_gen *g)
 			pp = &(*pp)->priv.next_q;
 		}
 	}
-	for (g->running_tail = &g->running; *g->running_tail;)
-		g->running_tail = &(*g->running_tail)->priv.next_q;
-	if (n) {
-		pthread_mutex_lock(&g->mu);
-		g->st.steps++;
-		g->st.step_rows += rows;
-		g->st.step_seqs += n;
-		g->st.rows_hist[hist_bucket(rows)]++;
-		pthread_mutex_unlock(&g->mu);
-	}
-	publish_all(g, g->news, n_news);
+	g->running_tail = pp;
+	publish_all(g, g->news, n_news, rows, n);
 }
 
 /* Under mu: submitted jobs join the waiting queue, resumed ones the running list. */

@@ -157,34 +157,31 @@ static int conc_level(const char *sock, uint32_t vocab, uint32_t max_new, uint32
 	struct conc_client *cl = calloc(n, sizeof(*cl));
 	pthread_t *th = calloc(n, sizeof(*th));
 	pthread_barrier_t go;
-	uint32_t started = 0;
-	int ret = -1;
+	bool mem = cl && th;
+	int ret = 0;
 
-	if (!cl || !th || pthread_barrier_init(&go, NULL, n) != 0)
-		goto out;
-	for (uint32_t i = 0; i < n; i++) {
+	for (uint32_t i = 0; mem && i < n; i++) {
 		cl[i] = (struct conc_client){ .sock = sock, .vocab = vocab, .max_new = max_new,
 					      .seed = 0xC0C0000ull + run * 1000 + i, .go = &go };
-		cl[i].t_tok = calloc(max_new, sizeof(uint64_t));
-		if (!cl[i].t_tok)
-			goto out_join;
+		mem = (cl[i].t_tok = calloc(max_new, sizeof(uint64_t))) != NULL;
 	}
-	for (; started < n; started++)
-		if (pthread_create(&th[started], NULL, conc_thread, &cl[started]) != 0)
-			break;
-out_join:
-	if (started < n) {
-		/* nobody passes the barrier now: the message, and nothing was run */
-		fprintf(stderr, PROG " engine: cannot start %u client threads\n", n);
-		abort();
+	if (!mem || pthread_barrier_init(&go, NULL, n) != 0) {
+		fprintf(stderr, PROG " engine: out of memory for %u clients\n", n);
+		ret = -1;
+		goto out;
 	}
 	for (uint32_t i = 0; i < n; i++)
+		if (pthread_create(&th[i], NULL, conc_thread, &cl[i]) != 0) {
+			/* those started wait at the barrier for the rest: no way back */
+			fprintf(stderr, PROG " engine: cannot start %u client threads\n", n);
+			abort();
+		}
+	for (uint32_t i = 0; i < n; i++) {
 		pthread_join(th[i], NULL);
-	pthread_barrier_destroy(&go);
-	ret = 0;
-	for (uint32_t i = 0; i < n; i++)
 		if (cl[i].rc < 0)
 			ret = -1;
+	}
+	pthread_barrier_destroy(&go);
 	if (ret == 0)
 		conc_summarize(cl, n, lv);
 out:
@@ -192,8 +189,6 @@ out:
 		free(cl[i].t_tok);
 	free(cl);
 	free(th);
-	if (ret < 0 && (!cl || !th))
-		fprintf(stderr, PROG " engine: out of memory\n");
 	return ret;
 }
 
