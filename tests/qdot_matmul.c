@@ -3,7 +3,7 @@
  *
  *   reference   random valid W, random A, shapes off every tile (N 1, 37, 70; K of one
  *               and of several blocks and KC slices; M 1, 2, 3, the dot path's limit and
- *               past it), no pool, 1 and 2 threads, accumulate on and off, padded rows:
+ *               past it; the dot path's limit with rows of 2,560), no pool, 1 and 2 threads, accumulate on and off, padded rows:
  *               within the bound kvp_cpu.h states against dequantize + a dot in double
  *   gemm_exact  M past the dot path: bit for bit kvp_cpu_matmul on the dequantized W
  *               (for block types, with A rounded to 8 bits per block as the dot path
@@ -36,6 +36,14 @@ static void check_case(struct kvp_threadpool *tp, uint32_t type, int m, int n, i
 	float *c0 = qt_alloc((size_t)m * ldc * sizeof(float));
 	char buf[16];
 
+	/* blocks of A of different magnitudes, so that a block's scale taken for another's
+	 * shows */
+	for (size_t i = 0; i < (size_t)m * lda; i += KVP_QK) {
+		const float f = (float)(1u << (2 * (qt_rand() % 4))) / 16.0f;
+
+		for (size_t e = i; e < i + KVP_QK && e < (size_t)m * lda; e++)
+			a[e] *= f;
+	}
 	qt_rand_weight(&w, type, n, k, pad, false);
 	memcpy(c0, c, (size_t)m * ldc * sizeof(float));
 	cr_assert_eq(kvp_cpu_matmul_w(tp, a, lda, &w, c, ldc, m, acc), 0);
@@ -91,6 +99,8 @@ static void reference_cases(uint32_t type)
 				}
 		/* the default model's FFN, a decode row */
 		check_case(tp2, type, 1, 1536, 512, s % 2, 0);
+		/* a full dot-path batch of long rows: A past what a kernel copies to its stack */
+		check_case(tp2, type, KVP_CPU_DOT_MAX_M, 37, 2560 / blk * blk, false, 0);
 	}
 	kvp_cpu_force_isa(NULL);
 	kvp_threadpool_destroy(tp1);
@@ -258,6 +268,8 @@ static void grid_cases(struct kvp_threadpool *tp, uint32_t type, int blk)
 		grid_case(tp, type, m, 19, blk);
 		grid_case(tp, type, m, 33, 4 * blk);
 	}
+	/* rows past what a kernel copies to its stack */
+	grid_case(tp, type, KVP_CPU_DOT_MAX_M, 7, 2560 / blk * blk);
 }
 
 Test(matmul_w, grid_is_exact_on_every_isa) { every_isa_and_type(grid_cases); }

@@ -155,7 +155,40 @@ BODY_INLINE float gemv_wscalar(const int wt, const void *w, size_t i)
 	return ((const float *)w)[i];
 }
 
-/* C[0:M, 0:J] (+)= A (M, k) . W (J, k)^T, dot products along k. */
+/* c[r] (+)= A row r . w for r < M (1 or 2): one row of W read front to back, the one
+ * sequential stream per thread that the hardware prefetcher follows best (what decode,
+ * bound by the reads, needs). Each dot product in four chains of partial sums. */
+BODY_INLINE void gemv_row(const int wt, const int M, const float *a, size_t lda,
+			  const void *w, int k, float *c, size_t ldc, bool accumulate)
+{
+	VF acc[2][4];
+	for (int r = 0; r < M; r++)
+		for (int u = 0; u < 4; u++)
+			acc[r][u] = VF_ZERO();
+	int kk = 0;
+	for (; kk + 4 * VLEN <= k; kk += 4 * VLEN)
+		for (int u = 0; u < 4; u++) {
+			VF wv = gemv_wload(wt, w, (size_t)kk + (size_t)u * VLEN);
+			for (int r = 0; r < M; r++)
+				acc[r][u] = VF_FMA(VF_LOAD(a + (size_t)r * lda + kk + u * VLEN), wv,
+						   acc[r][u]);
+		}
+	for (; kk + VLEN <= k; kk += VLEN) {
+		VF wv = gemv_wload(wt, w, (size_t)kk);
+		for (int r = 0; r < M; r++)
+			acc[r][0] = VF_FMA(VF_LOAD(a + (size_t)r * lda + kk), wv, acc[r][0]);
+	}
+	for (int r = 0; r < M; r++) {
+		float s = VF_HSUM(VF_ADD(VF_ADD(acc[r][0], acc[r][1]), VF_ADD(acc[r][2], acc[r][3])));
+		for (int t = kk; t < k; t++)
+			s += a[(size_t)r * lda + t] * gemv_wscalar(wt, w, (size_t)t);
+		float *cp = c + (size_t)r * ldc;
+		*cp = accumulate ? *cp + s : s;
+	}
+}
+
+/* C[0:M, 0:J] (+)= A (M, k) . W (J, k)^T for M of 3 or 4: the products, no longer the
+ * reads, are the bound; a tile of four rows of W reuses each load of A four times. */
 BODY_INLINE void gemv_tile(const int wt, const int M, const int J, const float *a, size_t lda,
 			   const void *w, size_t ldw, int k, float *c, size_t ldc, bool accumulate)
 {
@@ -193,11 +226,19 @@ BODY_INLINE void gemv_tile(const int wt, const int M, const int J, const float *
 	}
 }
 
+/* Rows of W against M (1 .. 4) rows of A. The two kernels sum in different orders: a
+ * result differs between one or two rows and three or four by f32 rounding. */
 BODY_INLINE void gemv_rows(const int wt, const int M, const float *a, size_t lda, const void *w,
 			   size_t ldw, int n, int k, float *c, size_t ldc, bool accumulate)
 {
 	const size_t esz = wt == GEMV_F32 ? sizeof(float) : sizeof(uint16_t);
 	int j = 0;
+	if (M <= 2) {
+		for (; j < n; j++)
+			gemv_row(wt, M, a, lda, (const char *)w + (size_t)j * ldw * esz, k, c + j, ldc,
+				 accumulate);
+		return;
+	}
 	for (; j + 4 <= n; j += 4)
 		gemv_tile(wt, M, 4, a, lda, (const char *)w + (size_t)j * ldw * esz, ldw, k, c + j,
 			  ldc, accumulate);

@@ -59,31 +59,83 @@ static inline __m512i scales_by(__m512i s, int g0, int shift)
 
 /* ---- Q8_0, two blocks at a time -------------------------------------------------------- */
 
-QDOT_INLINE __m512 blk2_q8_0(const void *wv, int b, const void *av, __m512 acc)
+/* acc + the products of W's blocks w[0], w[1] with y, the activation's 64 values of the
+ * same blocks, scaled by ad (their two scales, f32, in lanes 0 and 1). */
+QDOT_INLINE __m512 pair_q8_0(const struct kvp_block_q8_0 *w, __m512i y, __m128 ad, __m512 acc)
 {
-	const struct kvp_block_q8_0 *w = (const struct kvp_block_q8_0 *)wv + 2 * b;
-	const struct kvp_block_q8_0 *a = (const struct kvp_block_q8_0 *)av + 2 * b;
 	const __m512i x = join256(load256(w[0].qs), load256(w[1].qs));
-	const __m512i y = join256(load256(a[0].qs), load256(a[1].qs));
 	/* |x| * (y * sign x) */
 	const __m512i sy = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(x), _mm512_setzero_si512(), y);
 	const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(x), sy),
 					    _mm512_set1_epi16(1));
-	const __m512 d = _mm512_mask_blend_ps((__mmask16)0xFF00,
-					      _mm512_set1_ps(H2F(w[0].d) * H2F(a[0].d)),
-					      _mm512_set1_ps(H2F(w[1].d) * H2F(a[1].d)));
+	/* both of W's f16 scales converted at once; lanes 0-7 take the first product, 8-15
+	 * the second */
+	const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)(w[0].d | (uint32_t)w[1].d << 16))),
+				     ad);
+	const __m512 d = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+					       _mm512_castps128_ps512(dd));
 
 	return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
 }
 
+/* Blocks 2b and 2b + 1 of a row of W and of A's Q8_0 blocks. */
+QDOT_INLINE __m512 blk2_q8_0(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q8_0 *a = (const struct kvp_block_q8_0 *)av + 2 * b;
+
+	return pair_q8_0((const struct kvp_block_q8_0 *)wv + 2 * b,
+			 join256(load256(a[0].qs), load256(a[1].qs)),
+			 _mm_cvtph_ps(_mm_cvtsi32_si128((int)(a[0].d | (uint32_t)a[1].d << 16))), acc);
+}
+
+/* A's blocks in pairs, as the kernel reads them best: the 64 values in one load, the two
+ * scales already f32. Filled from the Q8_0 rows once a call; the products are the same. */
+struct q8_0_pair {
+	int8_t qs[2 * KVP_QK];
+	float d[2];
+};
+
+#define Q8_0_PAIRS_MAX 512      /* pairs on the stack: 36 KiB, rows x k / 64 at most */
+
+QDOT_INLINE __m512 blk2_q8_0_pairs(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct q8_0_pair *a = (const struct q8_0_pair *)av + b;
+
+	return pair_q8_0((const struct kvp_block_q8_0 *)wv + 2 * b,
+			 _mm512_loadu_si512((const void *)a->qs),
+			 _mm_castpd_ps(_mm_load_sd((const double *)a->d)), acc);
+}
+
 static void rows_q8_0(const struct kvp_qdot_args *x, int j0, int j1)
 {
+	const int pairs = x->k / (2 * KVP_QK);
+	struct q8_0_pair ap[Q8_0_PAIRS_MAX];
+	struct kvp_qdot_args xp = *x;
+
 	if (x->k % (2 * KVP_QK)) {
 		/* an odd number of blocks: the AVX2 kernel's */
 		kvp_cpu_qdot_avx2.dot[KVP_GGML_Q8_0](x, j0, j1);
 		return;
 	}
-	qdot_rows(x, j0, j1, 2 * KVP_QK, blk2_q8_0);
+	if ((size_t)x->m * (size_t)pairs > Q8_0_PAIRS_MAX) {
+		qdot_rows(x, j0, j1, 2 * KVP_QK, blk2_q8_0);
+		return;
+	}
+	for (int r = 0; r < x->m; r++) {
+		const struct kvp_block_q8_0 *a = (const struct kvp_block_q8_0 *)(x->aq + (size_t)r * x->aq_stride);
+
+		for (int i = 0; i < pairs; i++) {
+			struct q8_0_pair *o = &ap[r * pairs + i];
+
+			memcpy(o->qs, a[2 * i].qs, KVP_QK);
+			memcpy(o->qs + KVP_QK, a[2 * i + 1].qs, KVP_QK);
+			o->d[0] = H2F(a[2 * i].d);
+			o->d[1] = H2F(a[2 * i + 1].d);
+		}
+	}
+	xp.aq = (const char *)ap;
+	xp.aq_stride = (size_t)pairs * sizeof(struct q8_0_pair);
+	qdot_rows(&xp, j0, j1, 2 * KVP_QK, blk2_q8_0_pairs);
 }
 
 /* ---- Q4_K ------------------------------------------------------------------------------- */

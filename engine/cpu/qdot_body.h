@@ -8,9 +8,7 @@
  *     QDOT_INLINE QACC blk_<type>(const void *w, int b, const void *a, QACC acc)
  *
  * (block b of the rows at w and a), then name the type's row loop QDOT_ROWS(<type>,
- * block elements). The loop dots QDOT_NR rows of W at once, block by block: as many
- * independent accumulators, and as many streams from memory (one sequential stream a
- * thread leaves bandwidth unused: too few misses in flight).
+ * block elements). The loop takes W's rows one after another (qdot_rows).
  *
  * The element order inside the K types' super-blocks, from quant.c's dequantizers: an
  * element e of a super-block of 256 belongs to scale group e / 16 (Q2_K, Q3_K, Q6_K) or
@@ -61,8 +59,6 @@ QDOT_INLINE void qdot_k3_scales(const uint8_t packed[12], uint32_t out[4])
 	out[3] = ((u[1] >> 4) & m4) | ((u[2] >> 6) & m2) << 4;
 }
 
-#define QDOT_NR 4               /* rows of W dotted at once */
-
 QDOT_INLINE void qdot_store(const struct kvp_qdot_args *x, int r, int j, float s)
 {
 	float *cp = x->c + (size_t)r * x->ldc + j;
@@ -70,33 +66,16 @@ QDOT_INLINE void qdot_store(const struct kvp_qdot_args *x, int r, int j, float s
 	*cp = x->accumulate ? *cp + s : s;
 }
 
-/* C[r][j] (+)= dot(W_j, A_r) for every row r of A and W rows [j0, j1): each W row is
- * read from memory once, then from L1 for the further rows of A. */
+/* C[r][j] (+)= dot(W_j, A_r) for every row r of A and W rows [j0, j1), one row of W
+ * after another: each is read from memory once, front to back (the one sequential stream
+ * per thread that the hardware prefetcher follows best), then from L1 for the further
+ * rows of A. Two chains of partial sums, even and odd blocks, summed in that order. */
 QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
 			   QACC (*fn)(const void *w, int b, const void *a, QACC acc))
 {
 	const int nb = x->k / blk;
-	int j = j0;
 
-	for (; j + QDOT_NR <= j1; j += QDOT_NR) {
-		const char *w = x->w + (size_t)j * x->w_stride;
-
-		for (int r = 0; r < x->m; r++) {
-			const char *a = x->aq + (size_t)r * x->aq_stride;
-			QACC acc[QDOT_NR];
-
-			for (int i = 0; i < QDOT_NR; i++)
-				acc[i] = QACC_ZERO();
-			for (int b = 0; b < nb; b++) {
-#pragma GCC unroll 4
-				for (int i = 0; i < QDOT_NR; i++)
-					acc[i] = fn(w + (size_t)i * x->w_stride, b, a, acc[i]);
-			}
-			for (int i = 0; i < QDOT_NR; i++)
-				qdot_store(x, r, j + i, QACC_SUM(acc[i]));
-		}
-	}
-	for (; j < j1; j++) {
+	for (int j = j0; j < j1; j++) {
 		const char *w = x->w + (size_t)j * x->w_stride;
 
 		for (int r = 0; r < x->m; r++) {

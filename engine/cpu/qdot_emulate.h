@@ -46,4 +46,19 @@ static inline float emu_reduce_add_ps(simde__m512 v)
 #define _mm512_reduce_add_ps(v) emu_reduce_add_ps(v)
 #define _cvtsh_ss(h) kvp_f16_to_f32(h)
 
+/* F16C's four f16 in the low 64 bits of v to f32 */
+static inline simde__m128 emu_cvtph_ps(simde__m128i v)
+{
+	uint16_t h[8];
+	float f[4];
+	simde__m128 r;
+
+	memcpy(h, &v, sizeof(h));
+	for (int k = 0; k < 4; k++)
+		f[k] = kvp_f16_to_f32(h[k]);
+	memcpy(&r, f, sizeof(r));
+	return r;
+}
+#define _mm_cvtph_ps(v) emu_cvtph_ps(v)
+
 #endif
