@@ -48,11 +48,12 @@ allowed_of() {
 	device) echo "device common" ;;
 	store) echo "store device common" ;;
 	cache) echo "cache index store common" ;;
+	tier) echo "tier index common" ;;
 	engine) echo "engine engine/cpu common" ;;   # model.c: the CPU's bulk f16/bf16 converters
 	engine/cpu) echo "engine/cpu engine common" ;;
 	engine/cuda) echo "engine/cuda engine/cpu engine device common" ;;
-	daemon) echo "daemon cache index store proto engine common" ;;
-	tools) echo "tools proto common engine index store device" ;;
+	daemon) echo "daemon cache tier index store proto engine common" ;;
+	tools) echo "tools proto common engine index store device tier" ;;
 	# kvprefix-bench kernels times the CPU kernels directly, as the engine's tests do
 	tools/kernels) echo "tools proto common engine engine/cpu index store device" ;;
 	tests | fuzz) echo "*" ;;

@@ -1,0 +1,420 @@
+/*
+ * test_disk.c - the disk tier (tier/kvp_disk.h) on real files in a temporary directory:
+ *
+ *   roundtrip       blocks put, then probed as a chain and fetched byte for byte
+ *   warm_restart    closed and opened again: every block still found and read
+ *   cold_when       another model, block size or KV dtype: nothing kept, and why
+ *   corrupt         a flipped KV byte, a crafted header (valid checksum, other tokens),
+ *                   a slot cut short: each a miss counted as a verify failure, never
+ *                   bytes handed out as the block
+ *   leaf_first      at capacity the least recently used block that nothing continues
+ *                   goes, never a parent before its child
+ *   clear           gone now and after a restart
+ *   model           random puts, probes, fetches, clears and restarts at a small
+ *                   capacity against a map of what was put: every fetch that succeeds
+ *                   gives the bytes put under that key, and kvp_disk_check holds after
+ *                   every step
+ */
+#include <criterion/criterion.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../tier/disk_format.h"
+#include "kvp_disk.h"
+#include "kvp_status.h"
+
+#define BT 4                  /* tokens a block */
+#define BB 1000               /* KV bytes a block */
+
+static char dir[] = "/tmp/kvp-test-disk-XXXXXX";
+
+static void setup(void)
+{
+	strcpy(dir, "/tmp/kvp-test-disk-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+}
+
+static void teardown(void)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(disk, .init = setup, .fini = teardown);
+
+static struct kvp_disk_config config(uint32_t slots)
+{
+	return (struct kvp_disk_config){
+		.dir = dir, .capacity_bytes = (uint64_t)slots * slot_bytes(BT, BB),
+		.model = "m@0123456789abcdef", .block_tokens = BT, .kv_dtype = "f16",
+		.block_bytes = BB, .staging_bytes = 1 << 20,
+	};
+}
+
+static struct kvp_disk *open_disk(const struct kvp_disk_config *cfg, bool warm)
+{
+	struct kvp_disk *d;
+	char why[512];
+
+	cr_assert_eq(kvp_disk_open(cfg, &d, why, sizeof(why)), KVP_OK, "%s", why);
+	cr_assert_eq(why[0] == '\0', warm, "why: \"%s\"", why);
+	return d;
+}
+
+/* Block i of chain c: tokens, key, parent, KV bytes (all from c and i). */
+struct blk {
+	uint32_t tokens[BT];
+	struct kvp_key key, parent, root;
+	uint8_t kv[BB];
+};
+
+static void make_block(struct blk *b, uint32_t c, uint32_t i)
+{
+	b->root = (struct kvp_key){ 77, 0 };
+	for (int t = 0; t < BT; t++)
+		b->tokens[t] = c * 1000 + i * 10 + (uint32_t)t;
+	b->parent = i ? (struct kvp_key){ c * 100 + i - 1, c + 1 } : b->root;
+	b->key = (struct kvp_key){ c * 100 + i, c + 1 };
+	for (int k = 0; k < BB; k++)
+		b->kv[k] = (uint8_t)(c * 31 + i * 7 + (uint32_t)k);
+}
+
+static struct kvp_disk_meta meta_of(const struct blk *b)
+{
+	return (struct kvp_disk_meta){ .key = b->key, .parent = b->parent, .root = b->root,
+				       .tokens = b->tokens };
+}
+
+static void settle(struct kvp_disk *d)
+{
+	kvp_disk_drain(d);
+	(void)kvp_disk_poll(d);
+	cr_assert_eq(kvp_disk_check(d), KVP_OK);
+}
+
+/* Probe chain c from block 0 for n blocks: how many follow on disk. */
+static uint32_t probe(struct kvp_disk *d, uint32_t c, uint32_t n)
+{
+	struct kvp_key keys[16];
+	uint32_t tokens[16 * BT];
+	struct blk b;
+
+	for (uint32_t i = 0; i < n; i++) {
+		make_block(&b, c, i);
+		keys[i] = b.key;
+		memcpy(tokens + i * BT, b.tokens, sizeof(b.tokens));
+	}
+	make_block(&b, c, 0);
+	return kvp_disk_probe(d, b.root, b.root, keys, tokens, n);
+}
+
+static void fetched(void *arg, int status)
+{
+	*(int *)arg = status;
+}
+
+/* Fetch block i of chain c: its status, and dst holds what was read. */
+static int fetch(struct kvp_disk *d, uint32_t c, uint32_t i, uint8_t *dst)
+{
+	struct blk b;
+	struct kvp_disk_meta m;
+	int status = 1, rc;
+
+	make_block(&b, c, i);
+	m = meta_of(&b);
+	rc = kvp_disk_fetch(d, &m, dst, fetched, &status);
+	if (rc)
+		return rc;
+	settle(d);
+	cr_assert_neq(status, 1, "the fetch never completed");
+	return status;
+}
+
+static void put_chain(struct kvp_disk *d, uint32_t c, uint32_t n)
+{
+	struct blk b;
+
+	for (uint32_t i = n; i-- > 0;) {   /* leaf first, as the pool evicts */
+		struct kvp_disk_meta m;
+
+		make_block(&b, c, i);
+		m = meta_of(&b);
+		cr_assert_eq(kvp_disk_put(d, &m, b.kv), KVP_OK);
+	}
+	settle(d);
+}
+
+static void assert_block(struct kvp_disk *d, uint32_t c, uint32_t i)
+{
+	uint8_t got[BB];
+	struct blk b;
+
+	make_block(&b, c, i);
+	cr_assert_eq(fetch(d, c, i, got), KVP_OK, "chain %u block %u", c, i);
+	cr_assert_arr_eq(got, b.kv, BB, "chain %u block %u: other bytes", c, i);
+}
+
+Test(disk, roundtrip)
+{
+	struct kvp_disk_config cfg = config(16);
+	struct kvp_disk *d = open_disk(&cfg, false);
+	struct kvp_disk_stats st;
+	struct blk b;
+	struct kvp_disk_meta m;
+
+	put_chain(d, 1, 3);
+	cr_assert_eq(probe(d, 1, 3), 3);
+	cr_assert_eq(probe(d, 1, 5), 3, "blocks never put were found");
+	cr_assert_eq(probe(d, 2, 2), 0);
+	for (uint32_t i = 0; i < 3; i++)
+		assert_block(d, 1, i);
+	make_block(&b, 1, 0);
+	m = meta_of(&b);
+	cr_assert_eq(kvp_disk_put(d, &m, b.kv), KVP_EEXIST);
+	kvp_disk_get_stats(d, &st);
+	cr_assert_eq(st.writes, 3);
+	cr_assert_eq(st.reads, 3);
+	cr_assert_eq(st.used, 3);
+	kvp_disk_close(d);
+}
+
+Test(disk, warm_restart)
+{
+	struct kvp_disk_config cfg = config(16);
+	struct kvp_disk *d = open_disk(&cfg, false);
+	struct kvp_disk_stats st;
+
+	put_chain(d, 1, 4);
+	put_chain(d, 2, 2);
+	kvp_disk_close(d);
+	d = open_disk(&cfg, true);
+	kvp_disk_get_stats(d, &st);
+	cr_assert_eq(st.warm_blocks, 6);
+	cr_assert_eq(kvp_disk_check(d), KVP_OK);
+	cr_assert_eq(probe(d, 1, 4), 4);
+	cr_assert_eq(probe(d, 2, 2), 2);
+	assert_block(d, 1, 3);
+	assert_block(d, 2, 0);
+	kvp_disk_close(d);
+}
+
+static void expect_cold(struct kvp_disk_config *cfg, const char *word)
+{
+	struct kvp_disk *d;
+	char why[512];
+
+	cr_assert_eq(kvp_disk_open(cfg, &d, why, sizeof(why)), KVP_OK, "%s", why);
+	cr_assert_not_null(strstr(why, word), "why: \"%s\" (wanted it to name %s)", why, word);
+	cr_assert_eq(probe(d, 1, 2), 0, "blocks of another configuration were kept");
+	put_chain(d, 1, 2);
+	kvp_disk_close(d);
+}
+
+Test(disk, cold_when_anything_differs)
+{
+	struct kvp_disk_config cfg = config(16);
+	struct kvp_disk *d = open_disk(&cfg, false);
+
+	put_chain(d, 1, 2);
+	kvp_disk_close(d);
+	cfg.model = "m@fedcba9876543210";
+	expect_cold(&cfg, "model");
+	cfg.kv_dtype = "f32";
+	expect_cold(&cfg, "kv_dtype");
+	cfg.block_bytes = BB + 16;
+	expect_cold(&cfg, "block_bytes");
+	cfg = config(16);
+	d = open_disk(&cfg, false);   /* back to the first: cold too, what was there differs */
+	kvp_disk_close(d);
+}
+
+/* Offset of chain c block i's slot in DIR/blocks, from a fresh tier of n slots. */
+static int blocks_fd(void)
+{
+	char path[128];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/blocks", dir);
+	fd = open(path, O_RDWR);
+	cr_assert_geq(fd, 0);
+	return fd;
+}
+
+Test(disk, corrupt_kv_byte_is_a_miss)
+{
+	struct kvp_disk_config cfg = config(4);
+	struct kvp_disk *d = open_disk(&cfg, false);
+	struct kvp_disk_stats st;
+	uint8_t got[BB], x;
+	int fd;
+
+	put_chain(d, 1, 1);   /* slot 0 */
+	fd = blocks_fd();
+	cr_assert_eq(pread(fd, &x, 1, (off_t)slot_head_bytes(BT) + 500), 1);
+	x ^= 0x40;
+	cr_assert_eq(pwrite(fd, &x, 1, (off_t)slot_head_bytes(BT) + 500), 1);
+	close(fd);
+	cr_assert_eq(probe(d, 1, 1), 1, "the header still names the block");
+	cr_assert_eq(fetch(d, 1, 0, got), KVP_ENOTFOUND);
+	kvp_disk_get_stats(d, &st);
+	cr_assert_eq(st.verify_failures, 1);
+	cr_assert_eq(probe(d, 1, 1), 0, "a block that failed its check is still offered");
+	kvp_disk_close(d);
+}
+
+Test(disk, crafted_header_is_a_miss)
+{
+	struct kvp_disk_config cfg = config(4);
+	struct kvp_disk *d = open_disk(&cfg, false);
+	uint8_t head[8192], got[BB];
+	struct slot_hdr h;
+	uint32_t tokens[BT];
+	struct blk b;
+	int fd;
+
+	put_chain(d, 1, 1);
+	kvp_disk_close(d);
+	/* the same key and a consistent header checksum, but other tokens (and KV whose
+	 * checksum the header states): what a forged or colliding block looks like */
+	make_block(&b, 1, 0);
+	fd = blocks_fd();
+	cr_assert_eq(pread(fd, head, slot_head_bytes(BT), 0), (ssize_t)slot_head_bytes(BT));
+	cr_assert(slot_decode(head, BT, BB, &h, tokens));
+	tokens[0] ^= 1;
+	slot_encode(head, &h, tokens);
+	cr_assert_eq(pwrite(fd, head, slot_head_bytes(BT), 0), (ssize_t)slot_head_bytes(BT));
+	close(fd);
+	d = open_disk(&cfg, true);
+	cr_assert_eq(probe(d, 1, 1), 0, "a block with other tokens was offered");
+	/* fetched anyway (a probe it passed before being rewritten): still refused */
+	struct kvp_disk_meta m = meta_of(&b);
+	int rc = kvp_disk_fetch(d, &m, got, fetched, &(int){ 0 });
+	cr_assert(rc == KVP_ENOTFOUND || rc == KVP_OK);
+	settle(d);
+	kvp_disk_close(d);
+}
+
+Test(disk, slot_cut_short_is_a_miss)
+{
+	struct kvp_disk_config cfg = config(2);
+	struct kvp_disk *d = open_disk(&cfg, false);
+	uint8_t got[BB];
+	int fd;
+
+	put_chain(d, 1, 2);   /* block 1 in slot 0, block 0 in slot 1 */
+	kvp_disk_close(d);
+	fd = blocks_fd();     /* a crash during block 0's write: slot 1 ends mid-KV */
+	cr_assert_eq(ftruncate(fd, (off_t)slot_bytes(BT, BB) + (off_t)slot_head_bytes(BT) + 10), 0);
+	close(fd);
+	d = open_disk(&cfg, true);
+	cr_assert_eq(probe(d, 1, 2), 2, "headers are whole");
+	cr_assert_eq(fetch(d, 1, 0, got), KVP_ENOTFOUND, "a torn block was read as whole");
+	assert_block(d, 1, 1);
+	kvp_disk_close(d);
+}
+
+Test(disk, leaf_first_at_capacity)
+{
+	struct kvp_disk_config cfg = config(4);
+	struct kvp_disk *d = open_disk(&cfg, false);
+	struct kvp_disk_stats st;
+
+	put_chain(d, 1, 3);   /* 1.0 <- 1.1 <- 1.2 */
+	cr_assert_eq(probe(d, 1, 3), 3);   /* used root first: 1.0 is the least recent */
+	put_chain(d, 2, 1);
+	cr_assert_eq(probe(d, 2, 1), 1);   /* chain 2 used after chain 1 */
+	put_chain(d, 3, 1);   /* one must go: the LRU leaf is 1.2, not 1.0 or 1.1 */
+	cr_assert_eq(probe(d, 1, 3), 2, "a parent went before its child, or the wrong block");
+	cr_assert_eq(probe(d, 2, 1), 1);
+	cr_assert_eq(probe(d, 3, 1), 1);
+	kvp_disk_get_stats(d, &st);
+	cr_assert_eq(st.evictions, 1);
+	kvp_disk_close(d);
+}
+
+Test(disk, clear_lasts_past_a_restart)
+{
+	struct kvp_disk_config cfg = config(8);
+	struct kvp_disk *d = open_disk(&cfg, false);
+
+	put_chain(d, 1, 3);
+	kvp_disk_clear(d);
+	settle(d);
+	cr_assert_eq(probe(d, 1, 3), 0);
+	kvp_disk_close(d);
+	d = open_disk(&cfg, true);
+	cr_assert_eq(probe(d, 1, 3), 0, "cleared blocks came back after a restart");
+	put_chain(d, 1, 1);
+	assert_block(d, 1, 0);
+	kvp_disk_close(d);
+}
+
+Test(disk, bad_config_is_refused)
+{
+	struct kvp_disk_config cfg = config(4);
+	struct kvp_disk *d;
+	char why[256];
+
+	cfg.capacity_bytes = 100;
+	cr_assert_eq(kvp_disk_open(&cfg, &d, why, sizeof(why)), KVP_EINVAL);
+	cr_assert_not_null(strstr(why, "holds no block"), "why: %s", why);
+	cfg = config(4);
+	cfg.dir = "/proc/kvp-no-such/dir";
+	cr_assert_eq(kvp_disk_open(&cfg, &d, why, sizeof(why)), KVP_EIO);
+	cr_assert_not_null(strstr(why, "/proc/kvp-no-such/dir"), "why: %s", why);
+}
+
+/* ---- against a model ------------------------------------------------------------------ */
+
+Test(disk, random_model)
+{
+	enum { CHAINS = 6, LEN = 4, SLOTS = 7 };
+	struct kvp_disk_config cfg = config(SLOTS);
+	struct kvp_disk *d = open_disk(&cfg, false);
+	unsigned seed = 12345;
+
+	for (int step = 0; step < 600; step++) {
+		uint32_t c = (uint32_t)rand_r(&seed) % CHAINS, i = (uint32_t)rand_r(&seed) % LEN;
+		int op = rand_r(&seed) % 20;
+		struct blk b;
+
+		make_block(&b, c, i);
+		if (op < 8) {
+			struct kvp_disk_meta m = meta_of(&b);
+			int rc = kvp_disk_put(d, &m, b.kv);
+
+			cr_assert(rc == KVP_OK || rc == KVP_EEXIST || rc == KVP_EFULL, "put: %d", rc);
+		} else if (op < 13) {
+			uint32_t n = probe(d, c, LEN);
+
+			cr_assert_leq(n, LEN);
+		} else if (op < 18) {
+			uint8_t got[BB];
+			struct kvp_disk_meta m = meta_of(&b);
+			int status = 1, rc = kvp_disk_fetch(d, &m, got, fetched, &status);
+
+			if (rc == KVP_OK) {
+				settle(d);
+				cr_assert_eq(status, KVP_OK, "step %d: a block held failed its read", step);
+				cr_assert_arr_eq(got, b.kv, BB, "step %d: other bytes", step);
+			} else {
+				cr_assert_eq(rc, KVP_ENOTFOUND);
+			}
+		} else if (op == 18) {
+			kvp_disk_clear(d);
+		} else {
+			kvp_disk_close(d);
+			d = open_disk(&cfg, true);
+		}
+		if (step % 3 == 0)
+			settle(d);
+		cr_assert_eq(kvp_disk_check(d), KVP_OK, "step %d", step);
+	}
+	kvp_disk_close(d);
+}
