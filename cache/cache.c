@@ -59,6 +59,8 @@ struct kvp_cache {
 	struct kvp_cache_ns *running;     /* namespaces with a sequence running */
 	uint64_t next_lease;
 	struct kvp_cache_stats st;
+	void (*demote)(void *arg, const struct kvp_cache_demoted *b);
+	void *demote_arg;
 };
 
 int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
@@ -833,6 +835,62 @@ int kvp_cache_admin_unpin(struct kvp_cache *c, struct kvp_key root, const uint32
 	if (o->n_leases == 0)
 		owner_remove(c, o);
 	return KVP_OK;
+}
+
+/* The tree's eviction hook: the node as the lower tier needs it. */
+static void demote_node(void *arg, const struct kvp_tree_node *n)
+{
+	struct kvp_cache *c = arg;
+	const struct kvp_tree_node *p = kvp_tree_node_parent(n);
+	struct kvp_cache_demoted b = {
+		.root = kvp_tree_node_root(n),
+		.key = kvp_tree_node_key(n),
+		.tokens = kvp_tree_node_tokens(n),
+		.block_id = kvp_tree_node_block(n),
+	};
+
+	b.parent = p ? kvp_tree_node_key(p) : b.root;
+	c->demote(c->demote_arg, &b);
+}
+
+void kvp_cache_set_demote(struct kvp_cache *c,
+			  void (*demote)(void *arg, const struct kvp_cache_demoted *b), void *arg)
+{
+	c->demote = demote;
+	c->demote_arg = arg;
+	kvp_tree_set_evict_hook(c->tree, demote ? demote_node : NULL, c);
+}
+
+size_t kvp_cache_demote_some(struct kvp_cache *c, size_t max)
+{
+	uint32_t id;
+	size_t n = 0;
+
+	while (n < max && kvp_tree_evict(c->tree, &id) == 0) {
+		(void)kvp_pool_evict(c->pool, id);
+		n++;
+	}
+	return n;
+}
+
+int kvp_cache_block_read(const struct kvp_cache *c, uint32_t id, void *dst)
+{
+	return kvp_pool_block_read(c->pool, id, dst);
+}
+
+int kvp_cache_block_write(struct kvp_cache *c, uint32_t id, const void *src)
+{
+	return kvp_pool_block_write(c->pool, id, src);
+}
+
+size_t kvp_cache_block_bytes(const struct kvp_cache *c)
+{
+	return kvp_pool_block_bytes(c->pool);
+}
+
+bool kvp_cache_on_device(const struct kvp_cache *c)
+{
+	return kvp_pool_on_device(c->pool);
 }
 
 size_t kvp_cache_ns_blocks(const struct kvp_cache *c, struct kvp_key root)

@@ -176,6 +176,35 @@ uint32_t kvp_cache_seq_publish(struct kvp_cache *c, struct kvp_seq *seq, const u
 void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t *tokens,
 		       uint32_t n_valid);
 
+/*
+ * A lower tier under the pool. demote(arg, b) is called with each cached block about
+ * to leave the pool to make room (evictions by pool pressure or a tenant's quota, not
+ * an administrator's clear or evict), and with the blocks kvp_cache_demote_some takes
+ * out, before its memory is reused: b's fields stay valid for the
+ * call only, and the block's KV can be read then with kvp_cache_block_read. demote
+ * must not call into the cache. NULL demote: none.
+ */
+struct kvp_cache_demoted {
+	struct kvp_key root;
+	struct kvp_key parent;        /* the root for the first block of a prompt */
+	struct kvp_key key;
+	const uint32_t *tokens;       /* block_tokens of them */
+	uint32_t block_id;
+};
+void kvp_cache_set_demote(struct kvp_cache *c,
+			  void (*demote)(void *arg, const struct kvp_cache_demoted *b), void *arg);
+/* Up to max unpinned blocks out of the pool, least recently used leaf first, each
+ * through demote (a stop's flush to a lower tier, in batches). Returns how many: 0
+ * once none is left. */
+size_t kvp_cache_demote_some(struct kvp_cache *c, size_t max);
+/* A block's KV bytes (kvp_cache_block_bytes of them) to or from host memory, through a
+ * staging buffer when the pool is on the GPU. KVP_EINVAL (no such block, or no
+ * memory attached), KVP_EIO. */
+int kvp_cache_block_read(const struct kvp_cache *c, uint32_t id, void *dst);
+int kvp_cache_block_write(struct kvp_cache *c, uint32_t id, const void *src);
+size_t kvp_cache_block_bytes(const struct kvp_cache *c);
+bool kvp_cache_on_device(const struct kvp_cache *c);
+
 void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st);
 /* Pool invariant, tree invariants, and node pins == pool references for every node;
  * only meaningful while no sequence is running.

@@ -125,6 +125,13 @@ static const struct opt_def opt_table[] = {
 		  "cpu, and logs which (default auto)" },
 	{ .name = "threads", .kind = KIND_U32, FIELD(threads), .min = 0, .max = 1024, .base = 10,
 	  .arg = "N", .help = "compute threads of the engine (default 0: all cores)" },
+	{ .name = "disk-cache", .kind = KIND_PATH, FIELD(disk_cache), .arg = "DIR",
+	  .help = "keep KV blocks evicted from the pool in DIR, read back\n"
+		  "instead of recomputed, and there after a restart (with\n"
+		  "--model; default none)" },
+	{ .name = "disk-cache-gb", .kind = KIND_U32, FIELD(disk_cache_gb), .min = 1,
+	  .max = 1u << 20, .base = 10, .arg = "GB",
+	  .help = "size of the disk tier in GB (default 10)" },
 	{ .name = "max-seqs", .kind = KIND_U32, FIELD(max_seqs), .min = 1, .max = 1024,
 	  .base = 10, .arg = "N",
 	  .help = "generations the engine runs at once, in one batched step;\n"
@@ -496,6 +503,7 @@ static void set_defaults(struct kvp_config *cfg)
 		.stop_timeout_s = 30,
 		.socket_mode = 0660,
 		.pool_mb = 1024,
+		.disk_cache_gb = 10,
 		.kv_dtype = KVP_KV_F16,
 		.threads = 0,            /* finish(): all cores */
 		.log_level = KVP_LOG_INFO,

@@ -266,6 +266,9 @@ struct req_outcome handle_generate(struct conn *c, const struct kvp_frame_hdr *h
 		s->n_following++;
 		return (struct req_outcome){ .later = true };
 	}
+	/* blocks of its prompt on the disk: read them back, then begin */
+	if (tier_promote(s, r))
+		return (struct req_outcome){ .later = true };
 	rc = gen_req_begin(s, r);
 	return rc ? (struct req_outcome){ .status = rc } : (struct req_outcome){ .later = true };
 }
@@ -463,7 +466,7 @@ void generate_stop(struct server *s)
 
 uint32_t generate_active(const struct server *s)
 {
-	return (s->gen ? kvp_gen_active(s->gen) : 0) + s->n_following;
+	return (s->gen ? kvp_gen_active(s->gen) : 0) + s->n_following + s->n_promoting;
 }
 
 void generate_sched_stats(const struct server *s, struct kvp_sched_stats *out)

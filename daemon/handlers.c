@@ -310,6 +310,7 @@ static struct req_outcome handle_stats(struct conn *c, const struct kvp_frame_hd
 	if (!conn_is_admin(c))
 		v.tenant = &uid;
 	kvp_cache_get_stats(s->cache, &v.cache);
+	tier_view(s, &v.tier);
 	txt = kvp_stats_json(&s->stats, &v);
 	if (!txt)
 		return req_refuse(c, h, KVP_ENOMEM, "out of memory building STATS");

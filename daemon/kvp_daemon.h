@@ -33,6 +33,8 @@ struct kvp_config {
 	uint32_t pool_mb;           /* KV pool size when capacity_blocks is not given */
 	uint32_t max_seqs;          /* generations the engine runs at once */
 	uint32_t max_batch_tokens;  /* rows of one engine step */
+	const char *disk_cache;     /* disk tier directory; NULL: none */
+	uint32_t disk_cache_gb;     /* its size, GB (10^9 bytes) */
 	bool capacity_given;        /* --capacity-blocks was on the command line */
 	/* operations */
 	int log_level;              /* enum kvp_log_level */

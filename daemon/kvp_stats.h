@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "kvp_cache.h"
+#include "kvp_disk.h"
 
 struct cJSON;
 
@@ -207,6 +208,16 @@ struct kvp_sched_stats {
 	uint64_t recomputes;         /* preempted ones taken up again */
 };
 
+/* ---- the tiers below the pool ---------------------------------------------------- */
+
+/* The disk tier as STATS and /metrics show it (present only with --disk-cache). */
+struct kvp_tier_view {
+	bool present;
+	struct kvp_disk_stats disk;
+	uint64_t promotions;        /* GENERATEs that read blocks back */
+	uint64_t promoted_blocks;   /* blocks read back and registered in the pool */
+};
+
 /* ---- STATS (stats_json.c) -------------------------------------------------------- */
 
 /* What a STATS reply shows beside the counters. */
@@ -219,6 +230,7 @@ struct kvp_stats_view {
 	uint32_t connections;
 	struct kvp_cache_stats cache;
 	struct kvp_sched_stats sched;
+	struct kvp_tier_view tier;
 };
 
 /* The STATS reply (docs/protocol.md): a JSON object as compact text, to free with

@@ -229,6 +229,42 @@ static void sched_series(struct emit *e, const struct kvp_sched_stats *sc)
 		sc->recomputes);
 }
 
+/* The disk tier's series, labelled tier="disk". */
+static void tier_series(struct emit *e, const struct kvp_tier_view *t)
+{
+	const struct kvp_disk_stats *d = &t->disk;
+	const struct {
+		const char *name, *type, *help;
+		uint64_t v;
+	} s[] = {
+		{ "kvprefix_tier_blocks", "gauge", "Blocks a tier below the pool holds", d->used },
+		{ "kvprefix_tier_capacity_blocks", "gauge", "Blocks a tier below the pool can hold",
+		  d->slots },
+		{ "kvprefix_tier_bytes", "gauge", "Bytes of the blocks a tier holds",
+		  d->used * d->slot_bytes },
+		{ "kvprefix_tier_demotions_total", "counter",
+		  "Blocks written to a tier as they left the one above", d->writes },
+		{ "kvprefix_tier_promotions_total", "counter",
+		  "Generations that read blocks back from a tier", t->promotions },
+		{ "kvprefix_tier_promoted_blocks_total", "counter",
+		  "Blocks read back from a tier instead of recomputed", t->promoted_blocks },
+		{ "kvprefix_tier_dropped_total", "counter",
+		  "Blocks not written to a tier: its queue was full", d->dropped },
+		{ "kvprefix_tier_evictions_total", "counter",
+		  "Blocks a tier dropped to make room", d->evictions },
+		{ "kvprefix_tier_verify_failures_total", "counter",
+		  "Blocks read back that did not match what was asked for (a miss)",
+		  d->verify_failures },
+		{ "kvprefix_tier_io_errors_total", "counter", "Reads and writes that failed",
+		  d->read_errors + d->write_errors },
+	};
+
+	for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++) {
+		family(e, s[i].name, s[i].type, s[i].help);
+		emitf(e, "%s{tier=\"disk\"} %" PRIu64 "\n", s[i].name, s[i].v);
+	}
+}
+
 int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 {
 	struct emit e = { .out = out };
@@ -308,6 +344,8 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 
 	if (v->sched.present)
 		sched_series(&e, &v->sched);
+	if (v->tier.present)
+		tier_series(&e, &v->tier);
 	if (v->ns) {
 		const struct kvp_ns_stats_table *t = v->ns;
 

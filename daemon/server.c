@@ -4,7 +4,7 @@
  *   options ──▶ [model_open: backend, model, engine, pool size]  (engine mode)
  *           ──▶ cache (tree + pool), its KV memory (host, or the GPU's)
  *           ──▶ request scratch, event base, /metrics (before any client socket)
- *           ──▶ engine thread ──▶ signals, tick ──▶ listening socket
+ *           ──▶ the disk tier (--disk-cache) ──▶ engine thread ──▶ signals, tick ──▶ listening socket
  *           ──▶ READY=1 ──▶ event loop ... ──▶ teardown in reverse
  *
  * The files of the daemon and what each holds are listed in server.h.
@@ -46,6 +46,7 @@ static void metrics_render(void *arg, struct evbuffer *out)
 
 	kvp_cache_get_stats(s->cache, &v.cache);
 	generate_sched_stats(s, &v.sched);
+	tier_view(s, &v.tier);
 	(void)kvp_metrics_render(&v, out);   /* on failure out is empty: a 500 */
 }
 
@@ -54,6 +55,7 @@ static void server_free(struct server *s)
 	while (s->conns)
 		conn_close(s->conns, "daemon stopping");
 	generate_stop(s);
+	tier_close(s);   /* every cached block to the disk before the pool goes */
 	kvp_metrics_free(s->metrics);
 	if (s->listener)
 		evconnlistener_free(s->listener);
@@ -170,6 +172,11 @@ static int server_open(struct server *s)
 	if (rc == KVP_OK && cfg->metrics_listen[0])
 		rc = kvp_metrics_start(s->base, cfg->metrics_listen, metrics_render, s,
 				       &s->metrics);
+	if (rc == KVP_OK && s->engine)
+		rc = tier_open(s);
+	else if (rc == KVP_OK && cfg->disk_cache)
+		kvp_warn("--disk-cache %s: ignored with --index-only (no KV to keep)",
+			 cfg->disk_cache);
 	if (rc == KVP_OK && s->engine)
 		rc = generate_start(s);
 	/* signals before the client socket: a SIGTERM sent as soon as a client could

@@ -10,10 +10,12 @@
  *   generate.c    GENERATE: start a job, stream its tokens, finish it
  *   lifecycle.c   signals, graceful stop, SIGHUP reload, live options, watchdog
  *   model_open.c  backend choice, model load, fingerprint, engine, pool size
+ *   tier.c        the disk tier under the pool: evicted blocks out, a prompt's back in
  *   stats.c ...   the counters (kvp_stats.h), STATS (stats_json.c), /metrics (metrics.c)
  *
- * Threading: everything here runs on the event loop thread, but for gen_notify (the
- * engine thread's wake-up, which only activates an event). Errors: 0 or a negative
+ * Threading: everything here runs on the event loop thread, but for gen_notify and
+ * tier_notify (the engine's and the disk tier's threads' wake-ups, which only activate
+ * an event). Errors: 0 or a negative
  * enum kvp_status; a request's outcome travels as struct req_outcome.
  */
 #ifndef KVP_SERVER_H
@@ -140,6 +142,13 @@ struct server {
 	uint32_t n_following;        /* requests waiting for another's prompt (gen_follow.c) */
 	bool gen_closing;            /* generate_stop began: nothing begins any more */
 	struct event *gen_notify;    /* activated by the engine thread */
+	/* the disk tier (tier.c) */
+	struct kvp_disk *disk;       /* NULL without --disk-cache */
+	struct event *tier_event;    /* activated by the tier's thread */
+	uint8_t *tier_buf;           /* one block copied out of the pool */
+	uint32_t n_promoting;        /* GENERATEs waiting for blocks read from the disk */
+	uint64_t tier_promotions;    /* GENERATEs that read blocks back */
+	uint64_t tier_promoted_blocks;
 };
 
 /*
@@ -254,6 +263,20 @@ uint32_t quota_blocks(const struct kvp_config *cfg, uint32_t capacity);
 void maybe_finish_stop(struct server *s);
 /* One line for systemctl status. */
 void notify_status(struct server *s);
+
+/* ---- tier.c ------------------------------------------------------------------------ */
+
+struct gen_req;
+/* Open the disk tier (--disk-cache) after the cache, and hook it under the pool.
+ * 0 without one; else 0 or the status it failed with (logged). */
+int tier_open(struct server *s);
+/* What STATS and /metrics show of the tiers (present false without one). */
+void tier_view(const struct server *s, struct kvp_tier_view *v);
+/* Finish the reads in flight, write every unpinned cached block, close the files. */
+void tier_close(struct server *s);
+/* Before r begins: when the disk holds blocks of its prompt past the pool's, read them
+ * and begin r once they are in (true); false when there is nothing to read. */
+bool tier_promote(struct server *s, struct gen_req *r);
 
 /* ---- model_open.c ------------------------------------------------------------------ */
 

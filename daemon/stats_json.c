@@ -157,6 +157,31 @@ static void add_sched(cJSON *o, const struct kvp_sched_stats *sc)
 	cJSON_AddNumberToObject(x, "recomputes", (double)sc->recomputes);
 }
 
+/* "tiers": {"disk": ...} (with --disk-cache only). */
+static void add_tiers(cJSON *o, const struct kvp_tier_view *t)
+{
+	const struct kvp_disk_stats *d = &t->disk;
+	cJSON *x = cJSON_AddObjectToObject(o, "tiers"), *k;
+
+	if (!x || !(k = cJSON_AddObjectToObject(x, "disk")))
+		return;
+	cJSON_AddNumberToObject(k, "blocks", (double)d->used);
+	cJSON_AddNumberToObject(k, "capacity_blocks", (double)d->slots);
+	cJSON_AddNumberToObject(k, "bytes", (double)(d->used * d->slot_bytes));
+	cJSON_AddNumberToObject(k, "capacity_bytes", (double)(d->slots * d->slot_bytes));
+	cJSON_AddNumberToObject(k, "demotions", (double)d->writes);
+	cJSON_AddNumberToObject(k, "demotion_bytes", (double)d->write_bytes);
+	cJSON_AddNumberToObject(k, "dropped", (double)d->dropped);
+	cJSON_AddNumberToObject(k, "evictions", (double)d->evictions);
+	cJSON_AddNumberToObject(k, "promotions", (double)t->promotions);
+	cJSON_AddNumberToObject(k, "promoted_blocks", (double)t->promoted_blocks);
+	cJSON_AddNumberToObject(k, "promotion_bytes", (double)d->read_bytes);
+	cJSON_AddNumberToObject(k, "verify_failures", (double)d->verify_failures);
+	cJSON_AddNumberToObject(k, "read_errors", (double)d->read_errors);
+	cJSON_AddNumberToObject(k, "write_errors", (double)d->write_errors);
+	cJSON_AddNumberToObject(k, "warm_blocks", (double)d->warm_blocks);
+}
+
 char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -173,6 +198,8 @@ char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
 	add_cache(o, &s->t, &v->cache);
 	if (v->sched.present)
 		add_sched(o, &v->sched);
+	if (v->tier.present)
+		add_tiers(o, &v->tier);
 	cJSON_AddNumberToObject(o, "connections", v->connections);
 	cJSON_AddNumberToObject(o, "connections_total", (double)s->t.connections_total);
 	cJSON_AddNumberToObject(o, "errors", (double)s->t.errors);

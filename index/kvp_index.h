@@ -137,10 +137,17 @@ size_t kvp_tree_clear_ns(struct kvp_tree *t, struct kvp_key root,
  * namespace x depth): an administrative operation, not a request path. */
 size_t kvp_tree_evict_under(struct kvp_tree *t, struct kvp_tree_node *top,
 			    void (*cb)(void *arg, uint32_t block_id), void *arg);
+/* Called with each node that kvp_tree_evict, _evict_group or _evict_ns (evictions to
+ * make room) is about to remove, before it goes: what a lower tier keeps. Not called
+ * by the clears or the evictions an administrator asks for. fn must not call into the
+ * tree. NULL fn: none. */
+void kvp_tree_set_evict_hook(struct kvp_tree *t,
+			     void (*fn)(void *arg, const struct kvp_tree_node *n), void *arg);
 /* Evict n itself if it is an unpinned leaf: 0 and its block id, else KVP_EBUSY. */
 int kvp_tree_evict_node(struct kvp_tree *t, struct kvp_tree_node *n, uint32_t *block_id);
 
 struct kvp_key kvp_tree_node_key(const struct kvp_tree_node *n);
+struct kvp_key kvp_tree_node_root(const struct kvp_tree_node *n);   /* its namespace */
 uint32_t kvp_tree_node_block(const struct kvp_tree_node *n);
 uint32_t kvp_tree_node_pins(const struct kvp_tree_node *n);
 struct kvp_tree_node *kvp_tree_node_parent(const struct kvp_tree_node *n);

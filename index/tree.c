@@ -158,6 +158,8 @@ struct kvp_tree {
 	struct tree_ns **ns_buckets;    /* namespaces by root.lo (power of two) */
 	size_t ns_mask;
 	size_t n_ns;
+	void (*evict_hook)(void *arg, const struct kvp_tree_node *n);   /* or NULL */
+	void *evict_arg;
 };
 
 #define KVP_TREE_MIN_BUCKETS 16u
@@ -630,6 +632,11 @@ struct kvp_key kvp_tree_node_key(const struct kvp_tree_node *n)
 	return n->key;
 }
 
+struct kvp_key kvp_tree_node_root(const struct kvp_tree_node *n)
+{
+	return n->root;
+}
+
 uint32_t kvp_tree_node_block(const struct kvp_tree_node *n)
 {
 	return n->block_id;
@@ -843,12 +850,27 @@ static uint32_t evict_leaf(struct kvp_tree *t, struct kvp_tree_node *n)
 	return id;
 }
 
+void kvp_tree_set_evict_hook(struct kvp_tree *t,
+			     void (*fn)(void *arg, const struct kvp_tree_node *n), void *arg)
+{
+	t->evict_hook = fn;
+	t->evict_arg = arg;
+}
+
+/* An eviction to make room: the hook sees n before it goes. */
+static uint32_t evict_for_room(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	if (t->evict_hook)
+		t->evict_hook(t->evict_arg, n);
+	return evict_leaf(t, n);
+}
+
 int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id)
 {
 	assert(t && block_id);
 	if (t->lru.next == &t->lru)
 		return KVP_EFULL;
-	*block_id = evict_leaf(t, node_of_link(t->lru.next));
+	*block_id = evict_for_room(t, node_of_link(t->lru.next));
 	return 0;
 }
 
@@ -873,7 +895,7 @@ int kvp_tree_evict_group(struct kvp_tree *t, struct kvp_key group, uint32_t *blo
 	assert(block_id);
 	if (!g || g->glru.next == &g->glru)
 		return KVP_EFULL;
-	*block_id = evict_leaf(t, node_of_glink(g->glru.next));
+	*block_id = evict_for_room(t, node_of_glink(g->glru.next));
 	return 0;
 }
 
@@ -889,7 +911,7 @@ int kvp_tree_evict_ns(struct kvp_tree *t, struct kvp_key root, uint32_t *block_i
 	assert(block_id);
 	if (!ns || ns->lru.next == &ns->lru)
 		return KVP_EFULL;
-	*block_id = evict_leaf(t, node_of_nlink(ns->lru.next));
+	*block_id = evict_for_room(t, node_of_nlink(ns->lru.next));
 	return 0;
 }
 

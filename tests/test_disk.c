@@ -212,7 +212,8 @@ static void expect_cold(struct kvp_disk_config *cfg, const char *word)
 	cr_assert_eq(kvp_disk_open(cfg, &d, why, sizeof(why)), KVP_OK, "%s", why);
 	cr_assert_not_null(strstr(why, word), "why: \"%s\" (wanted it to name %s)", why, word);
 	cr_assert_eq(probe(d, 1, 2), 0, "blocks of another configuration were kept");
-	put_chain(d, 1, 2);
+	if (cfg->block_bytes == BB)   /* this test's blocks fit */
+		put_chain(d, 1, 2);
 	kvp_disk_close(d);
 }
 

@@ -1,0 +1,281 @@
+/*
+ * test_tier.c - the disk tier behind the real daemon (--disk-cache), on real files:
+ *
+ *   back_from_disk      a prompt evicted from a small pool comes back from the disk:
+ *                       its usage counts it cached, its tokens and logits are the ones
+ *                       it got when computed, STATS shows the promotion
+ *   warm_restart        SIGTERM, start again on the same directory: the next request
+ *                       hits and gets the same answer
+ *   crash_and_torn      kill -9 after requests, then the KV of three blocks damaged on
+ *                       disk: after a start, no wrong answer, the damage counted, the
+ *                       rest still hits
+ *   other_model_cold    the same directory under another model: a cold start, said in
+ *                       the log, and nothing of the first model's served
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "daemon_harness.h"
+#include "kvprefix.h"
+
+#define VOCAB 1024
+#define NTOK 300
+#define MAX_NEW 6
+
+static struct kvp_daemon d;
+static char disk_dir[64];
+
+static const char *model_of(int seed)
+{
+	char args[256];
+
+	snprintf(args, sizeof(args),
+		 "--vocab 1024 --dim 128 --layers 2 --heads 4 --kv-heads 2 --ffn 256 --ctx 2048 "
+		 "--dtype f32 --seed %d --weight-std 0.08", seed);
+	return kvp_test_model(seed == 7 ? "small" : "small-other", args);
+}
+
+static void setup(void)
+{
+	cr_assert_eq(kvp_tmpdir_make(disk_dir, sizeof(disk_dir), "tier"), 0);
+}
+
+static void teardown(void)
+{
+	if (d.pid > 0)
+		(void)kvp_daemon_stop(&d);
+	kvp_tmpdir_remove(disk_dir);
+}
+
+TestSuite(tier, .init = setup, .fini = teardown, .timeout = 300);
+
+/* kvprefixd on a model with a pool of 24 blocks of 16 tokens and the disk tier. */
+static void start(int seed)
+{
+	char dir[80];
+	const char *args[] = { "--model", model_of(seed), "--kv-dtype", "f32", "--block-tokens", "16",
+			       "--capacity-blocks", "24", "--threads", "2", "--disk-cache", dir,
+			       "--disk-cache-gb", "1", NULL };
+
+	snprintf(dir, sizeof(dir), "%s/tier", disk_dir);
+	cr_assert_eq(kvp_daemon_start(&d, args), 0, "kvprefixd did not start");
+}
+
+static void stop(void)
+{
+	int st = kvp_daemon_stop(&d);
+
+	cr_assert_eq(st, 0, "kvprefixd exited with %d (its log is above)", st);
+	d.pid = 0;
+}
+
+static bool log_has(const char *what)
+{
+	char buf[65536];
+	FILE *f = fopen(d.log, "r");
+	size_t n;
+
+	cr_assert_not_null(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	return strstr(buf, what) != NULL;
+}
+
+struct answer {
+	uint32_t tokens[MAX_NEW];
+	uint32_t n;
+	struct kvp_usage u;
+	float logits[VOCAB];
+};
+
+static void collect(void *arg, const uint32_t *tokens, uint32_t n)
+{
+	struct answer *a = arg;
+
+	for (uint32_t i = 0; i < n && a->n < MAX_NEW; i++)
+		a->tokens[a->n++] = tokens[i];
+}
+
+static void prompt(uint32_t *t, uint32_t seed)
+{
+	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+
+	for (size_t i = 0; i < NTOK; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		t[i] = (uint32_t)(x % VOCAB);
+	}
+}
+
+/* Prompt p (seed) greedily, MAX_NEW tokens, with its last position's logits. */
+static struct answer ask(uint32_t p)
+{
+	struct kvp_client *c = NULL;
+	struct kvp_generate_params gp;
+	struct answer a = { .n = 0 };
+	uint32_t t[NTOK];
+	int rc;
+
+	prompt(t, p);
+	cr_assert_eq(kvp_client_connect(d.socket, &c), 0);
+	cr_assert_eq(kvp_client_set_timeout_ms(c, 120000), 0);
+	kvp_generate_params_init(&gp);
+	gp.max_new = MAX_NEW;
+	gp.flags = KVP_GEN_LOGITS;
+	rc = kvp_client_generate(c, t, NTOK, &gp, collect, &a, &a.u);
+	cr_assert_eq(rc, 0, "generate: %s: %s", kvp_strerror(rc), kvp_client_error(c));
+	memcpy(a.logits, a.u.logits, sizeof(a.logits));
+	kvp_client_close(c);
+	return a;
+}
+
+static void same_answer(const struct answer *got, const struct answer *want, const char *what)
+{
+	cr_assert_eq(got->n, want->n, "%s: %u tokens, %u before", what, got->n, want->n);
+	cr_assert_arr_eq(got->tokens, want->tokens, got->n * sizeof(uint32_t),
+			 "%s: other tokens than when computed", what);
+	for (int i = 0; i < VOCAB; i++)
+		cr_assert(fabsf(got->logits[i] - want->logits[i]) <= 1e-4f,
+			  "%s: logit %d is %g, was %g", what, i, got->logits[i], want->logits[i]);
+}
+
+/* tiers.disk.<key> of STATS. */
+static double disk_stat(const char *key)
+{
+	struct kvp_client *c = NULL;
+	char *json = NULL;
+	cJSON *o, *v;
+	double x;
+
+	cr_assert_eq(kvp_client_connect(d.socket, &c), 0);
+	cr_assert_eq(kvp_client_stats(c, &json), 0);
+	kvp_client_close(c);
+	o = cJSON_Parse(json);
+	cr_assert_not_null(o);
+	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), "disk"), key);
+	cr_assert(cJSON_IsNumber(v), "STATS has no tiers.disk.%s: %s", key, json);
+	x = v->valuedouble;
+	cJSON_Delete(o);
+	free(json);
+	return x;
+}
+
+#define FULL_BLOCKS (NTOK / 16 * 16)
+
+Test(tier, back_from_disk)
+{
+	struct answer a0, b0, a1;
+
+	start(7);
+	a0 = ask(1);
+	cr_assert_eq(a0.u.cached_tokens, 0);
+	b0 = ask(2);   /* 19 blocks of a pool of 24: most of the first prompt's evicted */
+	cr_assert_eq(b0.u.cached_tokens, 0);
+	cr_assert_gt(disk_stat("demotions"), 0, "nothing was written to the disk");
+	a1 = ask(1);
+	cr_assert_eq(a1.u.cached_tokens, FULL_BLOCKS, "%u of the prompt's %u block tokens cached",
+		     a1.u.cached_tokens, FULL_BLOCKS);
+	same_answer(&a1, &a0, "read back from the disk");
+	cr_assert_gt(disk_stat("promoted_blocks"), 0);
+	cr_assert_eq(disk_stat("verify_failures"), 0);
+	stop();
+}
+
+Test(tier, warm_restart)
+{
+	struct answer a0, b0, a1, b1;
+
+	start(7);
+	a0 = ask(1);
+	b0 = ask(2);
+	stop();
+	start(7);
+	cr_assert(log_has("warm start"), "the log does not say the start was warm");
+	a1 = ask(1);
+	b1 = ask(2);
+	cr_assert_eq(a1.u.cached_tokens, FULL_BLOCKS);
+	cr_assert_eq(b1.u.cached_tokens, FULL_BLOCKS);
+	same_answer(&a1, &a0, "after a restart");
+	same_answer(&b1, &b0, "after a restart");
+	stop();
+}
+
+/* Flip a byte of the KV of the first three slots of DIR/blocks (what was demoted
+ * first: the deepest blocks of the first prompt); returns how many slots. */
+static int damage_slots(void)
+{
+	char path[128];
+	struct stat st;
+	int fd, n = 0;
+	/* the slot size of this model: 4096 of header and tokens, then the KV (2 layers x
+	 * 2 x 64 x 16 tokens x f32 = 16 KiB) */
+	const off_t slot = 4096 + 16384;
+
+	snprintf(path, sizeof(path), "%s/tier/blocks", disk_dir);
+	fd = open(path, O_RDWR);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(fstat(fd, &st), 0);
+	for (off_t off = 0; off + slot <= st.st_size && n < 3; off += slot, n++) {
+		uint8_t x;
+
+		cr_assert_eq(pread(fd, &x, 1, off + 4096 + 1000), 1);
+		x ^= 0x5a;
+		cr_assert_eq(pwrite(fd, &x, 1, off + 4096 + 1000), 1);
+	}
+	close(fd);
+	return n;
+}
+
+Test(tier, crash_and_torn_blocks)
+{
+	struct answer a0, b0, a1, b1;
+	int status;
+
+	start(7);
+	a0 = ask(1);
+	b0 = ask(2);
+	(void)ask(3);   /* more of the first two on the disk */
+	kill(d.pid, SIGKILL);
+	cr_assert_eq(waitpid(d.pid, &status, 0), d.pid);
+	d.pid = 0;
+	cr_assert_eq(kvp_daemon_stop(&d), 0);   /* reaped: only its directory goes */
+	damage_slots();
+	start(7);
+	a1 = ask(1);
+	b1 = ask(2);
+	same_answer(&a1, &a0, "after a crash and damaged slots");
+	same_answer(&b1, &b0, "after a crash and damaged slots");
+	cr_assert_gt(disk_stat("verify_failures"), 0, "no damaged block was noticed");
+	cr_assert_gt(a1.u.cached_tokens + b1.u.cached_tokens, 0,
+		     "nothing undamaged was served from the disk");
+	stop();
+}
+
+Test(tier, other_model_starts_cold)
+{
+	struct answer a;
+
+	start(7);
+	(void)ask(1);
+	(void)ask(2);
+	stop();
+	start(8);
+	cr_assert(log_has("starting cold") && log_has("was written for \"model "),
+		  "the log does not say why the start was cold");
+	a = ask(1);
+	cr_assert_eq(a.u.cached_tokens, 0, "another model's blocks were served");
+	cr_assert_eq(disk_stat("promoted_blocks"), 0);
+	stop();
+}
