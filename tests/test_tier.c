@@ -11,6 +11,7 @@
  *                       rest still hits
  *   other_model_cold    the same directory under another model: a cold start, said in
  *                       the log, and nothing of the first model's served
+ *   admin_clear_all     ADMIN CLEAR of every namespace empties the disk tier too
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
@@ -277,5 +278,25 @@ Test(tier, other_model_starts_cold)
 	a = ask(1);
 	cr_assert_eq(a.u.cached_tokens, 0, "another model's blocks were served");
 	cr_assert_eq(disk_stat("promoted_blocks"), 0);
+	stop();
+}
+
+Test(tier, admin_clear_all_empties_the_disk)
+{
+	struct kvp_client *c = NULL;
+	struct answer a;
+	uint32_t blocks = 0;
+
+	start(7);
+	(void)ask(1);
+	(void)ask(2);
+	cr_assert_gt(disk_stat("blocks"), 0);
+	cr_assert_eq(kvp_client_connect(d.socket, &c), 0);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CLEAR, KVP_ADMIN_F_ALL, 0, NULL, 0, NULL,
+				      &blocks, NULL), 0, "%s", kvp_client_error(c));
+	kvp_client_close(c);
+	cr_assert_eq(disk_stat("blocks"), 0, "ADMIN CLEAR ALL left blocks on the disk");
+	a = ask(1);
+	cr_assert_eq(a.u.cached_tokens, 0, "a cleared prefix was served");
 	stop();
 }
