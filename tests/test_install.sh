@@ -249,6 +249,15 @@ else
 	fail "the shipped service command line does not start a serving daemon (installed $KVP_CONFDIR/kvprefixd.conf must choose a mode, e.g. 'index-only = true')"
 fi
 
+# the disk tier's directory: the one the sandbox (ProtectSystem=strict) lets it write
+if grep -q '^CacheDirectory=kvprefix$' "$root$KVP_UNITDIR/kvprefixd.service" &&
+	grep -q '^ProtectSystem=strict$' "$root$KVP_UNITDIR/kvprefixd.service" &&
+	grep -q 'set disk-cache = /var/cache/kvprefix' "$root$KVP_CONFDIR/kvprefixd.conf"; then
+	pass "kvprefixd.service: CacheDirectory=kvprefix under ProtectSystem=strict, named in the config"
+else
+	fail "kvprefixd.service needs CacheDirectory=kvprefix (the disk tier's only writable place) and kvprefixd.conf must name it"
+fi
+
 # ---------------------------------------------------------------------------------------
 section "(a) systemd-analyze verify"
 if command -v systemd-analyze >/dev/null; then
