@@ -3,7 +3,7 @@
  *
  *   back_from_disk      a prompt evicted from a small pool comes back from the disk:
  *                       its usage counts it cached, its tokens and logits are the ones
- *                       it got when computed, STATS shows the promotion
+ *                       it got when computed, STATS and kvprefix-stat show the promotion
  *   warm_restart        SIGTERM, start again on the same directory: the next request
  *                       hits and gets the same answer
  *   crash_and_torn      kill -9 after requests, then the KV of three blocks damaged on
@@ -191,6 +191,13 @@ Test(tier, back_from_disk)
 	same_answer(&a1, &a0, "read back from the disk");
 	cr_assert_gt(disk_stat("promoted_blocks"), 0);
 	cr_assert_eq(disk_stat("verify_failures"), 0);
+	{   /* kvprefix-stat shows the tier */
+		char cmd[512], out[8192];
+
+		snprintf(cmd, sizeof(cmd), "'%s' --socket '%s'", KVP_STAT_PATH, d.socket);
+		cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
+		cr_assert_not_null(strstr(out, "disk tier (blocks)"), "kvprefix-stat: %s", out);
+	}
 	stop();
 }
 

@@ -253,6 +253,27 @@ static void print_pool_bar(const cJSON *o)
 	       fmt_pct(c, sizeof(c), v[2] / total));
 }
 
+/* The disk tier's line (--disk-cache only): what it holds, what went down and came
+ * back, what was refused. */
+static void print_tiers(const cJSON *o)
+{
+	const cJSON *d = cJSON_GetObjectItemCaseSensitive(
+		cJSON_GetObjectItemCaseSensitive(o, "tiers"), "disk");
+	char a[32], b[32], c[32], e[32];
+
+	if (!cJSON_IsObject(d))
+		return;
+	printf("\n  disk tier (blocks) %7s %10s %10s %10s\n", "held", "of", "written", "read back");
+	printf("  %-18s %7s %10s %10s %10s\n", "", fmt_count(a, sizeof(a), num(d, "blocks")),
+	       fmt_count(b, sizeof(b), num(d, "capacity_blocks")),
+	       fmt_count(c, sizeof(c), num(d, "demotions")),
+	       fmt_count(e, sizeof(e), num(d, "promoted_blocks")));
+	printf("  dropped %s, evicted %s, failed checks %s, found at start %s\n",
+	       fmt_count(a, sizeof(a), num(d, "dropped")), fmt_count(b, sizeof(b), num(d, "evictions")),
+	       fmt_count(c, sizeof(c), num(d, "verify_failures")),
+	       fmt_count(e, sizeof(e), num(d, "warm_blocks")));
+}
+
 /* A namespace's name for a terminal: printable ASCII only, cut to fit its column. */
 static void ns_display(char *buf, size_t cap, const char *name)
 {
@@ -419,6 +440,7 @@ static void print_table(const struct snap *cur, const struct snap *prev,
 	       fmt_count(c, sizeof(c), num(o, "connections")));
 	printf(" (%s in all)\n", fmt_count(a, sizeof(a), num(o, "connections_total")));
 	print_pool_bar(o);
+	print_tiers(o);
 	print_namespaces(cur, prev, iv);
 }
 
