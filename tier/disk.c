@@ -233,6 +233,25 @@ static void run_job(struct kvp_disk *d, struct job *j)
 	}
 }
 
+/* The next job off the queue (under the mutex): the first, except that among the reads
+ * queued one after another at its head the one lowest in the file goes first, so that
+ * a prompt's blocks (demoted deepest first, so lying back to front) are read front to
+ * back, as readahead expects. Reads touch no slot being written, so their order is
+ * free; writes and wipes keep theirs. */
+static struct job *take_next(struct kvp_disk *d)
+{
+	struct job **best = &d->todo, *j;
+
+	for (struct job **pp = &d->todo; *pp && (*pp)->kind == JOB_READ; pp = &(*pp)->next)
+		if ((*pp)->e->slot < (*best)->e->slot)
+			best = pp;
+	j = *best;
+	*best = j->next;
+	if (d->todo_tail == &j->next)
+		d->todo_tail = best;
+	return j;
+}
+
 void *disk_io_main(void *arg)
 {
 	struct kvp_disk *d = arg;
@@ -248,10 +267,7 @@ void *disk_io_main(void *arg)
 		}
 		if (!d->todo)
 			break;
-		j = d->todo;
-		d->todo = j->next;
-		if (!d->todo)
-			d->todo_tail = &d->todo;
+		j = take_next(d);
 		d->busy = true;
 		pthread_mutex_unlock(&d->mu);
 		run_job(d, j);

@@ -10,6 +10,7 @@
  *   kernels  the CPU matrix kernels on weights in their file form (bench_kernels.c)
  *   chat     a multi-user chat with a shared system prompt (bench_chat.c)
  *   load     N clients, a random mix of requests for S seconds (bench_load*.c)
+ *   tiers    TTFT cold, from the pool, from the disk tier; promotion rate (bench_tiers.c)
  */
 #include <signal.h>
 #include <stdio.h>
@@ -35,6 +36,8 @@ static void usage_main(FILE *f)
 		"           running kvprefixd and show what each turn found cached\n"
 		"  load     N clients issue a random mix of requests for S seconds; latency,\n"
 		"           errors, the daemon's RSS and pinned blocks at the end\n"
+		"  tiers    TTFT of a prompt cold, from the pool and from the disk tier; the\n"
+		"           disk tier's promotion rate against a sequential read of its file\n"
 		"\n"
 		"Run 'kvprefix-bench COMMAND --help' for a command's options.\n"
 		"Exit status: 0 ok, 1 daemon, I/O or input error, 2 usage error.\n");
@@ -52,6 +55,7 @@ int main(int argc, char **argv)
 		{ "kernels", bench_cmd_kernels },
 		{ "chat", bench_cmd_chat },
 		{ "load", bench_cmd_load },
+		{ "tiers", bench_cmd_tiers },
 	};
 	const char *cmd;
 
