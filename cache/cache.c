@@ -893,6 +893,51 @@ bool kvp_cache_on_device(const struct kvp_cache *c)
 	return kvp_pool_on_device(c->pool);
 }
 
+int kvp_cache_admin_pins(const struct kvp_cache *c,
+			 void (*fn)(void *arg, struct kvp_key root, struct kvp_key group,
+				    const uint32_t *tokens, size_t n_tokens),
+			 void *arg)
+{
+	const struct owner *o = owner_find(c, KVP_CACHE_ADMIN_OWNER);
+	const uint32_t b = c->cfg.block_tokens;
+	uint32_t *tokens;
+
+	if (!o)
+		return KVP_OK;
+	tokens = malloc(c->path_cap * b * sizeof(*tokens));
+	if (!tokens)
+		return KVP_ENOMEM;
+	for (const struct lease *l = o->leases; l; l = l->next) {
+		struct kvp_key root, group;
+
+		if (l->n == 0)
+			continue;
+		root = kvp_tree_node_root(l->nodes[0]);
+		if (kvp_tree_ns_group(c->tree, root, &group) != KVP_OK)
+			group = root;
+		for (uint32_t i = 0; i < l->n; i++)
+			memcpy(tokens + (size_t)i * b, kvp_tree_node_tokens(l->nodes[i]),
+			       b * sizeof(*tokens));
+		fn(arg, root, group, tokens, (size_t)l->n * b);
+	}
+	free(tokens);
+	return KVP_OK;
+}
+
+size_t kvp_cache_admin_unpin_all(struct kvp_cache *c)
+{
+	struct owner *o = owner_find(c, KVP_CACHE_ADMIN_OWNER);
+	size_t n = 0;
+
+	while (o && o->leases) {
+		(void)lease_drop(c, o, o->leases);
+		n++;
+	}
+	if (o)
+		owner_remove(c, o);
+	return n;
+}
+
 size_t kvp_cache_ns_blocks(const struct kvp_cache *c, struct kvp_key root)
 {
 	return kvp_tree_ns_size(c->tree, root);

@@ -109,6 +109,16 @@ int kvp_cache_admin_pin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 int kvp_cache_admin_unpin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
 			  size_t n_tokens, uint32_t *unpinned);
 
+/* Every admin pin: fn(arg, root, group, tokens, n_tokens) with its namespace, quota
+ * group and prefix (its blocks' tokens end to end; valid during the call). What a stop
+ * saves so that the next start pins them again. KVP_OK or KVP_ENOMEM. */
+int kvp_cache_admin_pins(const struct kvp_cache *c,
+			 void (*fn)(void *arg, struct kvp_key root, struct kvp_key group,
+				    const uint32_t *tokens, size_t n_tokens),
+			 void *arg);
+/* Drop every admin pin; returns how many there were. */
+size_t kvp_cache_admin_unpin_all(struct kvp_cache *c);
+
 /* block_ids: room for n_tokens / block_tokens ids. owner != 0 is needed for pin.
  * KVP_ETOOBIG when n_tokens > max_tokens, KVP_EBUSY when owner already holds
  * max_leases, KVP_ENOMEM. */

@@ -11,6 +11,7 @@
  *   lifecycle.c   signals, graceful stop, SIGHUP reload, live options, watchdog
  *   model_open.c  backend choice, model load, fingerprint, engine, pool size
  *   tier.c        the disk tier under the pool: evicted blocks out, a prompt's back in
+ *   tier_pins.c   ADMIN pins saved at stop, pinned again at a warm start
  *   stats.c ...   the counters (kvp_stats.h), STATS (stats_json.c), /metrics (metrics.c)
  *
  * Threading: everything here runs on the event loop thread, but for gen_notify and
@@ -277,6 +278,14 @@ void tier_close(struct server *s);
 /* Before r begins: when the disk holds blocks of its prompt past the pool's, read them
  * and begin r once they are in (true); false when there is nothing to read. */
 bool tier_promote(struct server *s, struct gen_req *r);
+
+/* ---- tier_pins.c ------------------------------------------------------------------- */
+
+/* At stop: the ADMIN pins to DIR/pins, then dropped (their blocks are flushed too). */
+void tier_pins_save(struct server *s);
+/* At start: a warm start reads their blocks back and pins them again; a cold one
+ * removes the file. */
+void tier_pins_restore(struct server *s, bool warm);
 
 /* ---- model_open.c ------------------------------------------------------------------ */
 

@@ -13,8 +13,9 @@
  *                pinned); each read is checked against the block asked for; then the
  *                good ones are registered as if computed and the request begins, its
  *                usage counting them as cached
- *   stop         (tier_close) reads finished, every unpinned cached block written,
- *                the file synced: the next start is warm
+ *   stop         (tier_close) reads finished, the ADMIN pins saved and dropped
+ *                (tier_pins.c), every cached block written, the file synced: the next
+ *                start is warm, and pins its prefixes again
  *
  * Event loop thread only, but for tier_notify (the tier's thread activating an event).
  */
@@ -117,6 +118,7 @@ int tier_open(struct server *s)
 		 (unsigned long long)st.slots, (unsigned long long)st.slot_bytes,
 		 cfg->disk_cache_gb);
 	kvp_cache_set_demote(s->cache, tier_demote, s);
+	tier_pins_restore(s, why[0] == '\0');
 	return KVP_OK;
 }
 
@@ -145,8 +147,10 @@ void tier_close(struct server *s)
 			kvp_disk_drain(s->disk);
 			(void)kvp_disk_poll(s->disk);
 		}
-		if (s->cache)
+		if (s->cache) {
+			tier_pins_save(s);
 			tier_flush(s);
+		}
 		kvp_cache_set_demote(s->cache, NULL, NULL);
 		kvp_disk_close(s->disk);
 		s->disk = NULL;

@@ -123,6 +123,8 @@ int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_
 			    struct kvp_tree_node *parent, struct kvp_key key,
 			    const uint32_t *tokens, uint32_t block_id, struct kvp_tree_node **out);
 size_t kvp_tree_group_size(const struct kvp_tree *t, struct kvp_key group);   /* nodes */
+/* The group namespace root belongs to: KVP_OK, or KVP_ENOTFOUND while it has no node. */
+int kvp_tree_ns_group(const struct kvp_tree *t, struct kvp_key root, struct kvp_key *group);
 /* kvp_tree_evict within a group: the least recently used unpinned leaf of any of its
  * namespaces; KVP_EFULL when there is none. */
 int kvp_tree_evict_group(struct kvp_tree *t, struct kvp_key group, uint32_t *block_id);

@@ -899,6 +899,16 @@ int kvp_tree_evict_group(struct kvp_tree *t, struct kvp_key group, uint32_t *blo
 	return 0;
 }
 
+int kvp_tree_ns_group(const struct kvp_tree *t, struct kvp_key root, struct kvp_key *group)
+{
+	const struct tree_ns *ns = ns_find(t, root);
+
+	if (!ns || !ns->grp)
+		return KVP_ENOTFOUND;
+	*group = ns->grp->root;
+	return KVP_OK;
+}
+
 size_t kvp_tree_ns_count(const struct kvp_tree *t)
 {
 	return t->n_ns;

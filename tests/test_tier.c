@@ -12,6 +12,7 @@
  *   other_model_cold    the same directory under another model: a cold start, said in
  *                       the log, and nothing of the first model's served
  *   admin_clear_all     ADMIN CLEAR of every namespace empties the disk tier too
+ *   admin_pins          an ADMIN pin is saved at stop and pinned again at the next start
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
@@ -152,8 +153,8 @@ static void same_answer(const struct answer *got, const struct answer *want, con
 			  "%s: logit %d is %g, was %g", what, i, got->logits[i], want->logits[i]);
 }
 
-/* tiers.disk.<key> of STATS. */
-static double disk_stat(const char *key)
+/* <key> of STATS, or tiers.disk.<key> with disk. */
+static double stat_of(bool disk, const char *key)
 {
 	struct kvp_client *c = NULL;
 	char *json = NULL;
@@ -165,12 +166,18 @@ static double disk_stat(const char *key)
 	kvp_client_close(c);
 	o = cJSON_Parse(json);
 	cr_assert_not_null(o);
-	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), "disk"), key);
-	cr_assert(cJSON_IsNumber(v), "STATS has no tiers.disk.%s: %s", key, json);
+	v = cJSON_GetObjectItem(disk ? cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), "disk")
+				     : o, key);
+	cr_assert(cJSON_IsNumber(v), "STATS has no %s%s: %s", disk ? "tiers.disk." : "", key, json);
 	x = v->valuedouble;
 	cJSON_Delete(o);
 	free(json);
 	return x;
+}
+
+static double disk_stat(const char *key)
+{
+	return stat_of(true, key);
 }
 
 #define FULL_BLOCKS (NTOK / 16 * 16)
@@ -305,5 +312,37 @@ Test(tier, admin_clear_all_empties_the_disk)
 	cr_assert_eq(disk_stat("blocks"), 0, "ADMIN CLEAR ALL left blocks on the disk");
 	a = ask(1);
 	cr_assert_eq(a.u.cached_tokens, 0, "a cleared prefix was served");
+	stop();
+}
+
+static uint32_t admin(uint32_t op, const uint32_t *tokens, size_t n)
+{
+	struct kvp_client *c = NULL;
+	uint32_t blocks = 0;
+
+	cr_assert_eq(kvp_client_connect(d.socket, &c), 0);
+	cr_assert_eq(kvp_client_admin(c, op, 0, 0, tokens, n, NULL, &blocks, NULL), 0, "%s",
+		     kvp_client_error(c));
+	kvp_client_close(c);
+	return blocks;
+}
+
+Test(tier, admin_pins_survive_a_restart)
+{
+	uint32_t t[NTOK];
+
+	prompt(t, 1);
+	start(7);
+	(void)ask(1);
+	cr_assert_eq(admin(KVP_ADMIN_PIN, t, 48), 3);
+	stop();
+	start(7);
+	cr_assert(log_has("1 of 1 ADMIN pins restored"), "the log does not say the pin came back");
+	cr_assert_eq(stat_of(false, "blocks_pinned"), 3);
+	(void)ask(2);   /* pool pressure: the pinned blocks stay */
+	(void)ask(3);
+	cr_assert_eq(stat_of(false, "blocks_pinned"), 3);
+	cr_assert_eq(admin(KVP_ADMIN_UNPIN, t, 48), 3, "the restored pin is not an ADMIN pin");
+	cr_assert_eq(stat_of(false, "blocks_pinned"), 0);
 	stop();
 }

@@ -1,0 +1,245 @@
+/*
+ * tier_pins.c - ADMIN pins across a restart, with the disk tier (--disk-cache).
+ *
+ *   stop    every admin pin (its namespace, quota group and prefix) written to DIR/pins,
+ *           then the pins dropped so that the flush writes their blocks too
+ *   start   (warm only) each pin's blocks read back from the disk into the pool, then
+ *           pinned again as ADMIN PIN would; a pin whose blocks are gone pins what is
+ *           left of its prefix, or nothing
+ *
+ * DIR/pins: magic "KVPPINS1", u32 count, then per pin the root (lo, hi), the group
+ * (lo, hi), u32 n_tokens and the tokens (u32 each), all little-endian, then the XXH3-64
+ * of everything before it. A file that does not check out is ignored (logged). Runs at
+ * start and stop only, where waiting for the disk is fine. Event loop thread.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "kvp_disk.h"
+#include "kvp_le.h"
+#include "kvp_log.h"
+#include "server.h"
+
+static const char pins_magic[8] = { 'K', 'V', 'P', 'P', 'I', 'N', 'S', '1' };
+
+struct pins_buf {
+	uint8_t *p;
+	size_t len, cap;
+	uint32_t count;
+	bool oom;
+};
+
+static void put(struct pins_buf *b, const void *src, size_t n)
+{
+	if (b->oom)
+		return;
+	if (b->len + n > b->cap) {
+		size_t cap = (b->cap ? b->cap * 2 : 4096) + n;
+		uint8_t *p = realloc(b->p, cap);
+
+		if (!p) {
+			b->oom = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, src, n);
+	b->len += n;
+}
+
+static void put_u32(struct pins_buf *b, uint32_t v)
+{
+	uint8_t x[4];
+
+	kvp_le_put_u32(x, v);
+	put(b, x, 4);
+}
+
+static void put_key(struct pins_buf *b, struct kvp_key k)
+{
+	uint8_t x[16];
+
+	kvp_le_put_u64(x, k.lo);
+	kvp_le_put_u64(x + 8, k.hi);
+	put(b, x, 16);
+}
+
+static void add_pin(void *arg, struct kvp_key root, struct kvp_key group, const uint32_t *tokens,
+		    size_t n)
+{
+	struct pins_buf *b = arg;
+
+	put_key(b, root);
+	put_key(b, group);
+	put_u32(b, (uint32_t)n);
+	for (size_t i = 0; i < n; i++)
+		put_u32(b, tokens[i]);
+	b->count++;
+}
+
+static void pins_path(const struct server *s, char *out, size_t cap, const char *suffix)
+{
+	snprintf(out, cap, "%s/pins%s", s->cfg->disk_cache, suffix);
+}
+
+void tier_pins_save(struct server *s)
+{
+	struct pins_buf b = { 0 };
+	char path[4096], tmp[4096];
+	uint8_t sum[8];
+	FILE *f;
+	bool ok;
+
+	put(&b, pins_magic, sizeof(pins_magic));
+	put_u32(&b, 0);   /* the count, below */
+	if (kvp_cache_admin_pins(s->cache, add_pin, &b) != KVP_OK || b.oom) {
+		kvp_err("disk tier: out of memory saving the ADMIN pins: they are lost");
+		free(b.p);
+		return;
+	}
+	kvp_le_put_u32(b.p + 8, b.count);
+	kvp_le_put_u64(sum, XXH3_64bits(b.p, b.len));
+	put(&b, sum, sizeof(sum));
+	pins_path(s, path, sizeof(path), "");
+	pins_path(s, tmp, sizeof(tmp), ".tmp");
+	f = b.oom ? NULL : fopen(tmp, "wb");
+	ok = f && fwrite(b.p, 1, b.len, f) == b.len && fflush(f) == 0 && fsync(fileno(f)) == 0;
+	if (f)
+		ok = fclose(f) == 0 && ok;
+	if (!ok || rename(tmp, path) != 0) {
+		kvp_err("disk tier: cannot write %s: %s; the ADMIN pins are lost", path,
+			strerror(errno));
+		unlink(tmp);
+	} else if (b.count) {
+		kvp_info("disk tier: %u ADMIN pins saved", b.count);
+	}
+	free(b.p);
+	(void)kvp_cache_admin_unpin_all(s->cache);   /* their blocks go to the disk too */
+}
+
+/* ---- restoring ------------------------------------------------------------------------ */
+
+struct pin_read {
+	int status;
+	bool done;
+};
+
+static void pin_read_done(void *arg, int status)
+{
+	struct pin_read *r = arg;
+
+	r->status = status;
+	r->done = true;
+}
+
+/* The blocks of tokens[0 .. n) the disk holds, read into the pool now (waiting for
+ * them) and registered; how many leading blocks are cached afterwards. */
+static uint32_t pin_promote(struct server *s, struct kvp_key root, struct kvp_key group,
+			    const uint32_t *tokens, uint32_t n)
+{
+	const uint32_t bt = s->cfg->block_tokens, nb = n / bt;
+	const size_t bb = kvp_cache_block_bytes(s->cache);
+	const bool dev = kvp_cache_on_device(s->cache);
+	struct kvp_key *keys = malloc((nb ? nb : 1) * sizeof(*keys));
+	struct pin_read *rd = calloc(nb ? nb : 1, sizeof(*rd));
+	uint8_t *stage = dev ? malloc(bb) : NULL;
+	struct kvp_seq seq;
+	uint32_t d, good = 0;
+
+	if (!keys || !rd || (dev && !stage) || nb == 0)
+		goto out;
+	kvp_chain_keys(root, tokens, nb, bt, keys);
+	d = kvp_disk_probe(s->disk, root, root, keys, tokens, nb);
+	if (d == 0 || kvp_cache_seq_begin(s->cache, root, group, tokens, d * bt, d * bt, &seq))
+		goto out;
+	for (good = seq.matched_blocks; good < d; good++) {
+		const struct kvp_disk_meta m = { .key = keys[good],
+						 .parent = good ? keys[good - 1] : root,
+						 .root = root, .tokens = tokens + (size_t)good * bt };
+
+		if (kvp_disk_fetch(s->disk, &m, dev ? stage : seq.block_data[good], pin_read_done,
+				   &rd[good]) != KVP_OK)
+			break;
+		while (!rd[good].done) {   /* one at a time: a stage of one block */
+			kvp_disk_drain(s->disk);
+			(void)kvp_disk_poll(s->disk);
+		}
+		if (rd[good].status != KVP_OK ||
+		    (dev && kvp_cache_block_write(s->cache, seq.block_ids[good], stage) != KVP_OK))
+			break;
+	}
+	kvp_cache_seq_end(s->cache, &seq, tokens, good * bt);
+	s->tier_promoted_blocks += good;
+out:
+	free(keys);
+	free(rd);
+	free(stage);
+	return good;
+}
+
+/* Parse and re-pin every pin of buf (len bytes, checksum checked). */
+static void restore(struct server *s, const uint8_t *buf, size_t len)
+{
+	uint32_t count = kvp_le_get_u32(buf + 8), restored = 0, *tokens = NULL;
+	size_t off = 12;
+
+	for (uint32_t i = 0; i < count; i++) {
+		struct kvp_key root, group;
+		uint32_t n, pinned = 0;
+
+		if (off + 36 > len)
+			break;
+		root = (struct kvp_key){ kvp_le_get_u64(buf + off), kvp_le_get_u64(buf + off + 8) };
+		group = (struct kvp_key){ kvp_le_get_u64(buf + off + 16),
+					  kvp_le_get_u64(buf + off + 24) };
+		n = kvp_le_get_u32(buf + off + 32);
+		off += 36;
+		if (n > s->cfg->max_tokens || off + 4 * (size_t)n > len)
+			break;
+		free(tokens);
+		tokens = malloc((n ? n : 1) * sizeof(*tokens));
+		if (!tokens)
+			break;
+		for (uint32_t t = 0; t < n; t++)
+			tokens[t] = kvp_le_get_u32(buf + off + 4 * (size_t)t);
+		off += 4 * (size_t)n;
+		if (pin_promote(s, root, group, tokens, n) &&
+		    kvp_cache_admin_pin(s->cache, root, tokens, n, &pinned) == KVP_OK && pinned)
+			restored++;
+	}
+	free(tokens);
+	kvp_info("disk tier: %u of %u ADMIN pins restored", restored, count);
+}
+
+void tier_pins_restore(struct server *s, bool warm)
+{
+	char path[4096];
+	uint8_t *buf = NULL;
+	long len;
+	FILE *f;
+
+	pins_path(s, path, sizeof(path), "");
+	if (!warm) {
+		(void)unlink(path);   /* another model's, or another layout's */
+		return;
+	}
+	f = fopen(path, "rb");
+	if (!f)
+		return;
+	if (fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 20 && len < (1l << 30) &&
+	    fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)len)) &&
+	    fread(buf, 1, (size_t)len, f) == (size_t)len &&
+	    memcmp(buf, pins_magic, sizeof(pins_magic)) == 0 &&
+	    kvp_le_get_u64(buf + len - 8) == XXH3_64bits(buf, (size_t)len - 8))
+		restore(s, buf, (size_t)len - 8);
+	else
+		kvp_warn("disk tier: %s is not a pins file this daemon wrote: ignored", path);
+	fclose(f);
+	free(buf);
+}
