@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kvp_cache.h"
 #include "kvp_index.h"
@@ -536,5 +537,113 @@ Test(cache, publishing_a_block_another_registered_first)
 	cr_assert_eq(st.pool.free + st.pool.cached, st.pool.total);
 	cr_assert_eq(kvp_cache_lookup(c, ra, tok, 8, 0, false, ids, &res), 0);
 	cr_assert_eq(res.matched_tokens, 8);
+	kvp_cache_destroy(c);
+}
+
+/* ---- a lower tier's hooks ------------------------------------------------------------- */
+
+struct demoted_log {
+	struct kvp_cache_demoted b[64];
+	uint32_t tokens[64][4];
+	int n;
+};
+
+static void record_demote(void *arg, const struct kvp_cache_demoted *b)
+{
+	struct demoted_log *l = arg;
+
+	cr_assert_lt(l->n, 64);
+	l->b[l->n] = *b;
+	memcpy(l->tokens[l->n], b->tokens, sizeof(l->tokens[0]));
+	l->b[l->n].tokens = l->tokens[l->n];
+	l->n++;
+}
+
+/* Evictions to make room hand each block to the demote hook, leaf first, with the key,
+ * parent and root a lower tier needs (the key is the chain's); an administrator's
+ * clear does not; demote_some takes the rest out in batches. */
+Test(cache, demote_hook_sees_what_leaves_the_pool)
+{
+	struct kvp_cache *c = new_cache(4, 4, 64);
+	struct kvp_key root = kvp_ns_root("m", 3, "a"), keys[4];
+	struct demoted_log log = { .n = 0 };
+	struct kvp_cache_result res;
+	uint32_t tok[16], other[16], ids[4];
+
+	for (uint32_t i = 0; i < 16; i++) {
+		tok[i] = i;
+		other[i] = 100 + i;
+	}
+	kvp_chain_keys(root, tok, 4, 4, keys);
+	kvp_cache_set_demote(c, record_demote, &log);
+	cr_assert_eq(kvp_cache_insert(c, root, root, tok, 16, 0, false, ids, &res), 0);
+	cr_assert_eq(log.n, 0);
+	/* two blocks of another prompt: the first's two deepest leave, deepest first */
+	cr_assert_eq(kvp_cache_insert(c, root, root, other, 8, 0, false, ids, &res), 0);
+	cr_assert_eq(log.n, 2);
+	for (int i = 0; i < 2; i++) {
+		const int blk = 3 - i;
+
+		cr_assert(kvp_key_eq(log.b[i].key, keys[blk]), "demoted %d: not block %d's key", i, blk);
+		cr_assert(kvp_key_eq(log.b[i].parent, keys[blk - 1]));
+		cr_assert(kvp_key_eq(log.b[i].root, root));
+		cr_assert_arr_eq(log.tokens[i], tok + 4 * blk, sizeof(log.tokens[0]));
+	}
+	/* an administrator's clear is no demotion */
+	cr_assert_eq(kvp_cache_evict_prefix(c, root, other, 8, &(uint32_t){ 0 }), 0);
+	cr_assert_eq(log.n, 2);
+	/* the rest, one at a time: block 1, then block 0 whose parent is the root */
+	cr_assert_eq(kvp_cache_demote_some(c, 1), 1);
+	cr_assert_eq(kvp_cache_demote_some(c, 5), 1);
+	cr_assert_eq(kvp_cache_demote_some(c, 5), 0);
+	cr_assert_eq(log.n, 4);
+	cr_assert(kvp_key_eq(log.b[3].key, keys[0]) && kvp_key_eq(log.b[3].parent, root));
+	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}
+
+struct pin_list {
+	struct kvp_key root, group;
+	size_t n;
+	int count;
+};
+
+static void record_pin(void *arg, struct kvp_key root, struct kvp_key group,
+		       const uint32_t *tokens, size_t n)
+{
+	struct pin_list *p = arg;
+
+	p->root = root;
+	p->group = group;
+	p->n = n;
+	p->count++;
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(tokens[i], i, "pinned token %zu", i);
+}
+
+/* The admin pins as a stop saves them, and dropping them all. */
+Test(cache, admin_pins_listed_and_dropped)
+{
+	struct kvp_cache *c = new_cache(4, 8, 64);
+	struct kvp_key root = kvp_ns_root("m", 3, "a"), group = kvp_ns_root("m", 3, NULL);
+	struct pin_list p = { .count = 0 };
+	struct kvp_cache_result res;
+	uint32_t tok[16], ids[4], pinned = 0;
+
+	for (uint32_t i = 0; i < 16; i++)
+		tok[i] = i;
+	cr_assert_eq(kvp_cache_insert(c, root, group, tok, 16, 0, false, ids, &res), 0);
+	cr_assert_eq(kvp_cache_admin_pin(c, root, tok, 12, &pinned), 0);
+	cr_assert_eq(pinned, 3);
+	cr_assert_eq(kvp_cache_admin_pins(c, record_pin, &p), 0);
+	cr_assert_eq(p.count, 1);
+	cr_assert_eq(p.n, 12);
+	cr_assert(kvp_key_eq(p.root, root) && kvp_key_eq(p.group, group), "root or group lost");
+	cr_assert_eq(kvp_cache_admin_unpin_all(c), 1);
+	cr_assert_eq(kvp_cache_admin_unpin_all(c), 0);
+	p.count = 0;
+	cr_assert_eq(kvp_cache_admin_pins(c, record_pin, &p), 0);
+	cr_assert_eq(p.count, 0);
+	cr_assert_eq(kvp_cache_check(c), 0);
 	kvp_cache_destroy(c);
 }
