@@ -88,17 +88,9 @@ void gen_follow_release(struct server *s, struct gen_req *leader, uint32_t n_val
 			  leader->req_id, n);
 	}
 	for (; f; f = next) {
-		int rc;
-
 		next = f->next_follower;
 		f->leader = NULL;
 		s->n_following--;
-		if (!f->conn) {
-			gen_req_drop(s, f);   /* its client is gone */
-			continue;
-		}
-		rc = gen_req_begin(s, f);
-		if (rc)   /* refused now (its ERROR sent): counted as a refused GENERATE */
-			kvp_stats_request(&s->stats, KVP_T_GENERATE, rc);
+		gen_req_begin_waited(s, f);
 	}
 }

@@ -53,6 +53,9 @@ struct gen_req {
 int gen_req_begin(struct server *s, struct gen_req *r);
 /* Free a request that never began (its client gone while it followed). */
 void gen_req_drop(struct server *s, struct gen_req *r);
+/* A request that waited before it began (for another's prompt, or for blocks read back
+ * from a tier): begin it now, or drop it when its client is gone. */
+void gen_req_begin_waited(struct server *s, struct gen_req *r);
 
 /* gen_wait.c */
 /* r's job waits for blocks to cover need positions: give them, or make it wait. */

@@ -192,6 +192,19 @@ void gen_req_drop(struct server *s, struct gen_req *r)
 	gen_req_free(r);
 }
 
+void gen_req_begin_waited(struct server *s, struct gen_req *r)
+{
+	int rc;
+
+	if (!r->conn) {
+		gen_req_drop(s, r);   /* its client is gone */
+		return;
+	}
+	rc = gen_req_begin(s, r);
+	if (rc)   /* refused now (its ERROR sent): counted as a refused GENERATE */
+		kvp_stats_request(&s->stats, KVP_T_GENERATE, rc);
+}
+
 /* The checks a GENERATE passes before it takes any memory. */
 static struct req_outcome gen_check(struct conn *c, const struct kvp_frame_hdr *h,
 				    const struct kvp_generate_req *m, int rc)

@@ -191,7 +191,6 @@ static void promotion_finish(struct promotion *p)
 	const uint32_t bt = s->cfg->block_tokens;
 	const size_t bb = kvp_cache_block_bytes(s->cache);
 	uint32_t n = p->first;
-	int rc;
 
 	for (; n < p->end && p->reads[n - p->first].status == KVP_OK; n++)
 		if (p->staging &&
@@ -204,13 +203,7 @@ static void promotion_finish(struct promotion *p)
 		  n - p->first, p->end - p->first);
 	s->n_promoting--;
 	promotion_free(p);
-	if (!r->conn) {
-		gen_req_drop(s, r);   /* its client is gone */
-		return;
-	}
-	rc = gen_req_begin(s, r);
-	if (rc)   /* refused now (its ERROR sent): counted as a refused GENERATE */
-		kvp_stats_request(&s->stats, KVP_T_GENERATE, rc);
+	gen_req_begin_waited(s, r);
 }
 
 static void promotion_read_done(void *arg, int status)

@@ -324,15 +324,20 @@ void kvp_disk_close(struct kvp_disk *d)
 		n = j->next;
 		free_job(j);
 	}
-	if (d->fd >= 0) {
+	if (d->fd >= 0)
 		(void)fsync(d->fd);
-		close(d->fd);
-	}
-	for (uint32_t i = 0; i < d->n_slots; i++)
-		free(d->by_slot[i]);
 	pthread_mutex_destroy(&d->mu);
 	pthread_cond_destroy(&d->wake);
 	pthread_cond_destroy(&d->idle);
+	disk_free(d);
+}
+
+void disk_free(struct kvp_disk *d)
+{
+	if (d->fd >= 0)
+		close(d->fd);
+	for (uint32_t i = 0; d->by_slot && i < d->n_slots; i++)
+		free(d->by_slot[i]);
 	free(d->by_slot);
 	free(d->free_slots);
 	free(d->buckets);

@@ -71,5 +71,7 @@ struct entry *disk_new_entry(struct kvp_disk *d, const struct kvp_disk_meta *m, 
 void disk_link(struct kvp_disk *d, struct entry *e);
 void disk_drop(struct kvp_disk *d, struct entry *e);
 void *disk_io_main(void *arg);
+/* The file closed and every allocation freed (no thread running, no lock held). */
+void disk_free(struct kvp_disk *d);
 
 #endif

@@ -235,16 +235,7 @@ int kvp_disk_open(const struct kvp_disk_config *cfg, struct kvp_disk **out, char
 	if (rc == KVP_OK && pthread_create(&d->thread, NULL, disk_io_main, d) != 0)
 		rc = KVP_ENOMEM;
 	if (rc) {
-		if (d->fd >= 0)
-			close(d->fd);
-		for (uint32_t i = 0; d->by_slot && i < d->n_slots; i++)
-			free(d->by_slot[i]);
-		free(d->by_slot);
-		free(d->free_slots);
-		free(d->buckets);
-		free(d->pbuckets);
-		free(d->scratch);
-		free(d);
+		disk_free(d);
 		return rc;
 	}
 	*out = d;

@@ -120,7 +120,8 @@ size_t kvp_disk_poll(struct kvp_disk *d);
 void kvp_disk_clear(struct kvp_disk *d);
 
 void kvp_disk_get_stats(const struct kvp_disk *d, struct kvp_disk_stats *st);
-/* Index, LRU and slot accounting consistent: 0 or KVP_EINTERNAL. O(slots). */
+/* Index, LRU and slot accounting consistent: 0 or KVP_EINTERNAL. O(slots^2): for
+ * tests, on small tiers. */
 int kvp_disk_check(const struct kvp_disk *d);
 
 #endif
