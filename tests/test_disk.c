@@ -14,6 +14,9 @@
  *                   capacity against a map of what was put: every fetch that succeeds
  *                   gives the bytes put under that key, and kvp_disk_check holds after
  *                   every step
+ *   together        a small pool over a small disk tier, glued as kvprefixd glues them,
+ *                   under random requests: every block cached or read back is its own
+ *                   KV, and both tiers' invariants hold after every step
  */
 #include <criterion/criterion.h>
 
@@ -418,4 +421,127 @@ Test(disk, random_model)
 		cr_assert_eq(kvp_disk_check(d), KVP_OK, "step %d", step);
 	}
 	kvp_disk_close(d);
+}
+
+/* ---- the pool and the disk tier together --------------------------------------------------
+ *
+ * A cache of 6 blocks with host memory over a disk tier of 5 slots, glued as kvprefixd
+ * glues them: the demote hook puts each evicted block, a "request" first reads back
+ * what the disk holds past the pool's prefix (fresh blocks from seq_begin, fetched,
+ * registered by seq_end), then "computes" the rest. A block's KV is a function of its
+ * key, so every block the pool holds and every block read back can be checked. Both
+ * tiers' invariants after every step.
+ */
+
+#include "kvp_cache.h"
+
+#define PB 4                      /* tokens a block in this test */
+#define PKV 64                    /* KV bytes a block */
+
+struct glue {
+	struct kvp_cache *c;
+	struct kvp_disk *d;
+	uint8_t buf[PKV];
+	int demoted;
+};
+
+static void kv_of(struct kvp_key k, uint8_t *kv)
+{
+	for (int i = 0; i < PKV; i++)
+		kv[i] = (uint8_t)((k.lo >> (i % 8 * 8)) ^ (k.hi >> (i % 7 * 8)) ^ (uint64_t)i);
+}
+
+static void glue_demote(void *arg, const struct kvp_cache_demoted *b)
+{
+	struct glue *g = arg;
+	const struct kvp_disk_meta m = { .key = b->key, .parent = b->parent, .root = b->root,
+					 .tokens = b->tokens };
+
+	cr_assert_eq(kvp_cache_block_read(g->c, b->block_id, g->buf), 0);
+	(void)kvp_disk_put(g->d, &m, g->buf);
+	g->demoted++;
+}
+
+static void run_request(struct glue *g, struct kvp_key root, const uint32_t *tok, uint32_t n)
+{
+	const uint32_t nb = n / PB;
+	struct kvp_key keys[8];
+	struct kvp_cache_result res;
+	struct kvp_seq seq;
+	uint32_t ids[8], m, d, good;
+	int st[8];
+
+	kvp_chain_keys(root, tok, nb, PB, keys);
+	cr_assert_eq(kvp_cache_lookup(g->c, root, tok, n, 0, false, ids, &res), 0);
+	m = res.matched_tokens / PB;
+	d = m < nb ? kvp_disk_probe(g->d, root, m ? keys[m - 1] : root, keys + m,
+				    tok + (size_t)m * PB, nb - m)
+		   : 0;
+	if (d && kvp_cache_seq_begin(g->c, root, root, tok, (m + d) * PB, (m + d) * PB, &seq) == 0) {
+		for (good = seq.matched_blocks; good < m + d; good++) {
+			const struct kvp_disk_meta dm = { .key = keys[good],
+							  .parent = good ? keys[good - 1] : root,
+							  .root = root, .tokens = tok + (size_t)good * PB };
+
+			st[good] = 1;
+			if (kvp_disk_fetch(g->d, &dm, seq.block_data[good], fetched, &st[good]))
+				break;
+			settle(g->d);
+			if (st[good] != KVP_OK)
+				break;
+			kv_of(keys[good], g->buf);
+			cr_assert_arr_eq(seq.block_data[good], g->buf, PKV, "a block read back is not its KV");
+		}
+		kvp_cache_seq_end(g->c, &seq, tok, good * PB);
+	}
+	/* the rest computed: every block's KV written, then cached */
+	if (kvp_cache_seq_begin(g->c, root, root, tok, n, n, &seq) != 0)
+		return;
+	for (uint32_t i = 0; i < seq.n_blocks && i < nb; i++) {
+		if (i < seq.matched_blocks) {
+			kv_of(keys[i], g->buf);
+			cr_assert_arr_eq(seq.block_data[i], g->buf, PKV, "a cached block is not its KV");
+		} else {
+			kv_of(keys[i], seq.block_data[i]);
+		}
+	}
+	kvp_cache_seq_end(g->c, &seq, tok, n);
+}
+
+Test(disk, pool_and_disk_together)
+{
+	struct kvp_cache_config cc = { .block_tokens = PB, .capacity_blocks = 6, .max_tokens = 64,
+				       .max_leases = 4 };
+	struct kvp_disk_config cfg = {
+		.dir = dir, .capacity_bytes = 5 * slot_bytes(PB, PKV), .model = "m@1",
+		.block_tokens = PB, .kv_dtype = "f32", .block_bytes = PKV, .staging_bytes = 1 << 16,
+	};
+	struct glue g = { .demoted = 0 };
+	struct kvp_key root = { 5, 5 };
+	unsigned seed = 99;
+	char why[256];
+
+	cr_assert_eq(kvp_cache_create(&cc, &g.c), 0);
+	cr_assert_eq(kvp_cache_attach_memory(g.c, PKV), 0);
+	cr_assert_eq(kvp_disk_open(&cfg, &g.d, why, sizeof(why)), 0, "%s", why);
+	kvp_cache_set_demote(g.c, glue_demote, &g);
+	for (int step = 0; step < 400; step++) {
+		uint32_t tok[16], chain = (uint32_t)rand_r(&seed) % 4, len = 4 + rand_r(&seed) % 13;
+
+		for (uint32_t i = 0; i < 16; i++)   /* prompts of one of 4 families, shared starts */
+			tok[i] = chain * 100 + (i < 8 ? i : i + (uint32_t)step % 2);
+		run_request(&g, root, tok, len);
+		settle(g.d);
+		cr_assert_eq(kvp_cache_check(g.c), 0, "step %d: the pool", step);
+		cr_assert_eq(kvp_disk_check(g.d), 0, "step %d: the disk tier", step);
+	}
+	cr_assert_gt(g.demoted, 0);
+	{
+		struct kvp_disk_stats st;
+
+		kvp_disk_get_stats(g.d, &st);
+		cr_assert_gt(st.reads, 0, "nothing came back from the disk");
+	}
+	kvp_disk_close(g.d);
+	kvp_cache_destroy(g.c);
 }
