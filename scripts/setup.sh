@@ -5,9 +5,10 @@ set -euo pipefail
 # 14) and llvm (llvm-symbolizer, for readable reports) are for scripts/fuzz.sh.
 # libsimde-dev (headers) lets test_qdot_emulated run the AVX-512 kernels on CPUs
 # without AVX-512.
+# libhiredis-dev is the Redis tier's client; redis-server is started by the tests.
 pkgs=(build-essential cmake pkg-config libxxhash-dev libevent-dev libmimalloc-dev
-      libcjson-dev libcriterion-dev libsystemd-dev libinih-dev
-      clang libclang-rt-14-dev llvm libsimde-dev)
+      libcjson-dev libcriterion-dev libsystemd-dev libinih-dev libhiredis-dev
+      redis-server clang libclang-rt-14-dev llvm libsimde-dev)
 # promtool, from the Debian package prometheus (~100 MB with its dependencies), checks
 # /metrics in test_metrics, which skips that check with a reason where it is missing:
 # installed only where apt knows the package.

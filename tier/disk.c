@@ -206,7 +206,7 @@ static int run_read(struct kvp_disk *d, struct job *j)
 		return KVP_ENOTFOUND;   /* a slot never written to its end */
 	if (!slot_decode(j->buf, d->cfg.block_tokens, d->cfg.block_bytes, &h, d->scratch) ||
 	    !kvp_key_eq(h.key, j->key) || !kvp_key_eq(h.parent, j->parent) ||
-	    !kvp_key_eq(h.root, j->root) ||
+	    !kvp_key_eq(h.root, j->root) || h.fingerprint != d->fingerprint ||
 	    memcmp(d->scratch, j->tokens, d->cfg.block_tokens * sizeof(uint32_t)) != 0 ||
 	    kv_checksum(j->dst, d->cfg.block_bytes) != h.kv_sum)
 		return KVP_ENOTFOUND;
@@ -390,7 +390,8 @@ int kvp_disk_put(struct kvp_disk *d, const struct kvp_disk_meta *m, const void *
 	disk_link(d, e);
 	h = (struct slot_hdr){ .block_tokens = d->cfg.block_tokens, .block_bytes = d->cfg.block_bytes,
 			       .key = m->key, .parent = m->parent, .root = m->root, .seq = e->seq,
-			       .kv_sum = kv_checksum(kv, d->cfg.block_bytes) };
+			       .kv_sum = kv_checksum(kv, d->cfg.block_bytes),
+			       .fingerprint = d->fingerprint };
 	slot_encode(j->buf, &h, m->tokens);
 	memcpy(j->buf + d->head_bytes, kv, d->cfg.block_bytes);
 	j->kind = JOB_WRITE;

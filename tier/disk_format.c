@@ -62,6 +62,7 @@ void slot_encode(uint8_t *head, const struct slot_hdr *h, const uint32_t *tokens
 	put_key(head + 56, h->root);
 	kvp_le_put_u64(head + 72, h->seq);
 	kvp_le_put_u64(head + 80, h->kv_sum);
+	kvp_le_put_u64(head + 88, h->fingerprint);
 	for (uint32_t i = 0; i < h->block_tokens; i++)
 		kvp_le_put_u32(head + KVP_SLOT_HDR + 4 * (size_t)i, tokens[i]);
 	kvp_le_put_u64(head + 120, head_checksum(head, h->block_tokens));
@@ -82,6 +83,7 @@ bool slot_decode(const uint8_t *head, uint32_t block_tokens, uint64_t block_byte
 	h->root = get_key(head + 56);
 	h->seq = kvp_le_get_u64(head + 72);
 	h->kv_sum = kvp_le_get_u64(head + 80);
+	h->fingerprint = kvp_le_get_u64(head + 88);
 	for (uint32_t i = 0; i < block_tokens; i++)
 		tokens[i] = kvp_le_get_u32(head + KVP_SLOT_HDR + 4 * (size_t)i);
 	return true;
@@ -107,6 +109,16 @@ uint64_t tokens_checksum(const uint32_t *tokens, uint32_t n)
 		i += k;
 	}
 	return XXH3_64bits_digest(&st);
+}
+
+uint64_t tier_fingerprint(const char *model, uint32_t block_tokens, const char *kv_dtype,
+			  size_t block_bytes)
+{
+	char text[1024];
+	int n = snprintf(text, sizeof(text), "kvprefix tier %u\n%s\n%u\n%s\n%zu\n", KVP_DISK_FORMAT,
+			 model, block_tokens, kv_dtype, block_bytes);
+
+	return XXH3_64bits(text, n < 0 ? 0 : (size_t)n < sizeof(text) ? (size_t)n : sizeof(text) - 1);
 }
 
 int manifest_text(char *out, size_t outlen, const char *model, uint32_t block_tokens,

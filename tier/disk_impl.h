@@ -51,6 +51,7 @@ struct kvp_disk {
 	size_t mask;
 	struct entry lru;            /* sentinel */
 	uint64_t next_seq;
+	uint64_t fingerprint;        /* tier_fingerprint of what the daemon runs */
 	size_t staged;               /* bytes of writes queued or running */
 	uint32_t *scratch;           /* (block_tokens) */
 	struct kvp_disk_stats st;

@@ -99,7 +99,8 @@ static int scan(struct kvp_disk *d)
 		struct entry *old, *e;
 
 		if (r != (ssize_t)d->head_bytes ||
-		    !slot_decode(head, d->cfg.block_tokens, d->cfg.block_bytes, &h, d->scratch)) {
+		    !slot_decode(head, d->cfg.block_tokens, d->cfg.block_bytes, &h, d->scratch) ||
+		    h.fingerprint != d->fingerprint) {
 			d->free_slots[d->n_free++] = i;
 			continue;
 		}
@@ -203,6 +204,8 @@ int kvp_disk_open(const struct kvp_disk_config *cfg, struct kvp_disk **out, char
 	d->fd = -1;
 	d->cfg = *cfg;
 	d->cfg.dir = d->cfg.model = d->cfg.kv_dtype = NULL;   /* the caller's, open only */
+	d->fingerprint = tier_fingerprint(cfg->model, cfg->block_tokens, cfg->kv_dtype,
+					  cfg->block_bytes);
 	d->head_bytes = slot_head_bytes(cfg->block_tokens);
 	d->slot_bytes = slot_bytes(cfg->block_tokens, cfg->block_bytes);
 	if (cfg->capacity_bytes / d->slot_bytes == 0 ||
