@@ -59,8 +59,10 @@ struct kvp_cache {
 	struct kvp_cache_ns *running;     /* namespaces with a sequence running */
 	uint64_t next_lease;
 	struct kvp_cache_stats st;
-	void (*demote)(void *arg, const struct kvp_cache_demoted *b);
+	void (*demote)(void *arg, const struct kvp_cache_block_info *b);
 	void *demote_arg;
+	void (*stored)(void *arg, const struct kvp_cache_block_info *b);
+	void *stored_arg;
 };
 
 int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
@@ -421,6 +423,47 @@ static void running_put(struct kvp_cache *c, struct kvp_cache_ns *r, uint32_t bl
 	free(r);
 }
 
+/* A node as a tier needs it. */
+static struct kvp_cache_block_info block_info(const struct kvp_tree_node *n)
+{
+	const struct kvp_tree_node *p = kvp_tree_node_parent(n);
+	struct kvp_cache_block_info b = {
+		.root = kvp_tree_node_root(n),
+		.key = kvp_tree_node_key(n),
+		.tokens = kvp_tree_node_tokens(n),
+		.block_id = kvp_tree_node_block(n),
+	};
+
+	b.parent = p ? kvp_tree_node_key(p) : b.root;
+	return b;
+}
+
+/* The tree's eviction hook. */
+static void demote_node(void *arg, const struct kvp_tree_node *n)
+{
+	struct kvp_cache *c = arg;
+	const struct kvp_cache_block_info b = block_info(n);
+
+	c->demote(c->demote_arg, &b);
+}
+
+/* A sequence's block registered: to the tier beside the pool, if any. */
+static void stored_node(struct kvp_cache *c, const struct kvp_tree_node *n)
+{
+	if (c->stored) {
+		const struct kvp_cache_block_info b = block_info(n);
+
+		c->stored(c->stored_arg, &b);
+	}
+}
+
+void kvp_cache_set_stored(struct kvp_cache *c,
+			  void (*stored)(void *arg, const struct kvp_cache_block_info *b), void *arg)
+{
+	c->stored = stored;
+	c->stored_arg = arg;
+}
+
 /*
  * A free pool block for a namespace of quota group `group` (a tenant), which already
  * holds `pending` more blocks than its tree nodes (taken by running sequences, not
@@ -696,6 +739,7 @@ uint32_t kvp_cache_seq_publish(struct kvp_cache *c, struct kvp_seq *seq, const u
 		kvp_tree_pin(c->tree, node);
 		seq->nodes[i] = node;
 		c->st.inserted_blocks++;
+		stored_node(c, node);
 		parent = node;
 	}
 	done = i - seq->matched_blocks;
@@ -731,6 +775,7 @@ void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t 
 		} else {
 			(void)kvp_pool_unref(c->pool, id);
 			c->st.inserted_blocks++;
+			stored_node(c, node);
 		}
 		parent = node;
 	}
@@ -837,24 +882,8 @@ int kvp_cache_admin_unpin(struct kvp_cache *c, struct kvp_key root, const uint32
 	return KVP_OK;
 }
 
-/* The tree's eviction hook: the node as the lower tier needs it. */
-static void demote_node(void *arg, const struct kvp_tree_node *n)
-{
-	struct kvp_cache *c = arg;
-	const struct kvp_tree_node *p = kvp_tree_node_parent(n);
-	struct kvp_cache_demoted b = {
-		.root = kvp_tree_node_root(n),
-		.key = kvp_tree_node_key(n),
-		.tokens = kvp_tree_node_tokens(n),
-		.block_id = kvp_tree_node_block(n),
-	};
-
-	b.parent = p ? kvp_tree_node_key(p) : b.root;
-	c->demote(c->demote_arg, &b);
-}
-
 void kvp_cache_set_demote(struct kvp_cache *c,
-			  void (*demote)(void *arg, const struct kvp_cache_demoted *b), void *arg)
+			  void (*demote)(void *arg, const struct kvp_cache_block_info *b), void *arg)
 {
 	c->demote = demote;
 	c->demote_arg = arg;

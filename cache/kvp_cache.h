@@ -194,7 +194,7 @@ void kvp_cache_seq_end(struct kvp_cache *c, struct kvp_seq *seq, const uint32_t 
  * call only, and the block's KV can be read then with kvp_cache_block_read. demote
  * must not call into the cache. NULL demote: none.
  */
-struct kvp_cache_demoted {
+struct kvp_cache_block_info {
 	struct kvp_key root;
 	struct kvp_key parent;        /* the root for the first block of a prompt */
 	struct kvp_key key;
@@ -202,7 +202,12 @@ struct kvp_cache_demoted {
 	uint32_t block_id;
 };
 void kvp_cache_set_demote(struct kvp_cache *c,
-			  void (*demote)(void *arg, const struct kvp_cache_demoted *b), void *arg);
+			  void (*demote)(void *arg, const struct kvp_cache_block_info *b), void *arg);
+/* A tier beside the pool: stored(arg, b) is called with each block a sequence
+ * registers (kvp_cache_seq_publish, kvp_cache_seq_end: the KV an engine computed, or
+ * read back from a tier) once it is in the tree, as demote is. NULL: none. */
+void kvp_cache_set_stored(struct kvp_cache *c,
+			  void (*stored)(void *arg, const struct kvp_cache_block_info *b), void *arg);
 /* Up to max unpinned blocks out of the pool, least recently used leaf first, each
  * through demote (a stop's flush to a lower tier, in batches). Returns how many: 0
  * once none is left. */

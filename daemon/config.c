@@ -71,6 +71,7 @@ enum opt_kind {
 #define OPT_CLI_ONLY  0x4u   /* not a config-file key */
 #define OPT_GIVEN     0x8u   /* setting it sets capacity_given */
 #define OPT_SOCKET    0x10u  /* --help appends the default socket path */
+#define OPT_SECRET    0x20u  /* ADMIN CONFIG shows whether it is set, never the value */
 
 struct opt_def {
 	const char *name;    /* long option; the config-file key */
@@ -132,6 +133,19 @@ static const struct opt_def opt_table[] = {
 	{ .name = "disk-cache-gb", .kind = KIND_U32, FIELD(disk_cache_gb), .min = 1,
 	  .max = 1u << 20, .base = 10, .arg = "GB",
 	  .help = "size of the disk tier in GB (default 10)" },
+	{ .name = "redis", .kind = KIND_PATH, FIELD(redis), .arg = "URL",
+	  .help = "share KV blocks through Redis (redis://HOST:PORT or\n"
+		  "unix:PATH; with --model; default none): blocks computed\n"
+		  "here are written there, and a prompt's blocks found there\n"
+		  "are read back instead of computed" },
+	{ .name = "redis-password", .kind = KIND_TEXT, .flags = OPT_SECRET, FIELD(redis_password),
+	  .min = 0,
+	  .max = sizeof(((struct kvp_config *)0)->redis_password) - 1, .noun = "password",
+	  .arg = "PASSWORD", .help = "Redis AUTH password (better in the config file)" },
+	{ .name = "redis-ttl", .kind = KIND_U32, FIELD(redis_ttl_s), .min = 0, .max = 1u << 30,
+	  .base = 10, .arg = "SECONDS",
+	  .help = "expiry of each block written to Redis (default 0: none,\n"
+		  "Redis's memory policy decides)" },
 	{ .name = "max-seqs", .kind = KIND_U32, FIELD(max_seqs), .min = 1, .max = 1024,
 	  .base = 10, .arg = "N",
 	  .help = "generations the engine runs at once, in one batched step;\n"
@@ -1069,6 +1083,8 @@ int kvp_config_format(const struct kvp_config *cfg, const char *key, char *buf, 
 			continue;
 		found = true;
 		opt_format(o, cfg, val, sizeof(val));
+		if (o->flags & OPT_SECRET && val[0])
+			snprintf(val, sizeof(val), "(set, not shown)");
 		n = snprintf(buf + used, used < len ? len - used : 0, "%s = %s\n", o->name, val);
 		if (n > 0)
 			used += (size_t)n;

@@ -36,6 +36,7 @@
 
 #include "kvp_cache.h"
 #include "kvp_disk.h"
+#include "kvp_redis.h"
 
 struct cJSON;
 
@@ -212,10 +213,14 @@ struct kvp_sched_stats {
 
 /* The disk tier as STATS and /metrics show it (present only with --disk-cache). */
 struct kvp_tier_view {
-	bool present;
+	bool present;               /* the disk tier */
 	struct kvp_disk_stats disk;
-	uint64_t promotions;        /* GENERATEs that read blocks back */
-	uint64_t promoted_blocks;   /* blocks read back and registered in the pool */
+	uint64_t promotions;        /* GENERATEs that read blocks back from the disk */
+	uint64_t promoted_blocks;   /* blocks read back from the disk and registered */
+	bool redis_present;         /* the Redis tier */
+	struct kvp_redis_stats redis;
+	uint64_t redis_promotions;  /* GENERATEs that asked Redis for blocks */
+	uint64_t redis_promoted_blocks;
 };
 
 /* ---- STATS (stats_json.c) -------------------------------------------------------- */

@@ -233,6 +233,12 @@ static void sched_series(struct emit *e, const struct kvp_sched_stats *sc)
 static void tier_series(struct emit *e, const struct kvp_tier_view *t)
 {
 	const struct kvp_disk_stats *d = &t->disk;
+	const struct kvp_redis_stats *r = &t->redis;
+	/* the same series for Redis where they apply (NA: Redis's own business) */
+	const uint64_t NA = UINT64_MAX;
+	const uint64_t redis[] = { NA, NA, NA, r->writes, t->redis_promotions,
+				   t->redis_promoted_blocks, r->dropped, NA, r->verify_failures,
+				   r->errors };
 	const struct {
 		const char *name, *type, *help;
 		uint64_t v;
@@ -249,7 +255,7 @@ static void tier_series(struct emit *e, const struct kvp_tier_view *t)
 		{ "kvprefix_tier_promoted_blocks_total", "counter",
 		  "Blocks read back from a tier instead of recomputed", t->promoted_blocks },
 		{ "kvprefix_tier_dropped_total", "counter",
-		  "Blocks not written to a tier: its queue was full", d->dropped },
+		  "Blocks not written to a tier: its queue was full, or it was down", d->dropped },
 		{ "kvprefix_tier_evictions_total", "counter",
 		  "Blocks a tier dropped to make room", d->evictions },
 		{ "kvprefix_tier_verify_failures_total", "counter",
@@ -260,8 +266,24 @@ static void tier_series(struct emit *e, const struct kvp_tier_view *t)
 	};
 
 	for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++) {
+		const bool rd = t->redis_present && redis[i] != NA;
+
+		if (!t->present && !rd)
+			continue;
 		family(e, s[i].name, s[i].type, s[i].help);
-		emitf(e, "%s{tier=\"disk\"} %" PRIu64 "\n", s[i].name, s[i].v);
+		if (t->present)
+			emitf(e, "%s{tier=\"disk\"} %" PRIu64 "\n", s[i].name, s[i].v);
+		if (rd)
+			emitf(e, "%s{tier=\"redis\"} %" PRIu64 "\n", s[i].name, redis[i]);
+	}
+	if (t->redis_present) {
+		gauge(e, "kvprefix_redis_connected", "Whether the Redis tier's connection is up",
+		      t->redis.connected);
+		counter(e, "kvprefix_redis_round_trips_total",
+			"Pipelined fetches from Redis (one round trip each)", t->redis.fetches);
+		family(e, "kvprefix_redis_fetch_seconds_total", "counter",
+		       "Time of the fetches from Redis, summed");
+		emitf(e, "kvprefix_redis_fetch_seconds_total %.6f\n", (double)t->redis.fetch_us / 1e6);
 	}
 }
 
@@ -344,7 +366,7 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 
 	if (v->sched.present)
 		sched_series(&e, &v->sched);
-	if (v->tier.present)
+	if (v->tier.present || v->tier.redis_present)
 		tier_series(&e, &v->tier);
 	if (v->ns) {
 		const struct kvp_ns_stats_table *t = v->ns;

@@ -148,8 +148,14 @@ struct server {
 	struct event *tier_event;    /* activated by the tier's thread */
 	uint8_t *tier_buf;           /* one block copied out of the pool */
 	uint32_t n_promoting;        /* GENERATEs waiting for blocks read from the disk */
-	uint64_t tier_promotions;    /* GENERATEs that read blocks back */
-	uint64_t tier_promoted_blocks;
+	uint64_t tier_promotions;    /* GENERATEs that read blocks back from the disk */
+	uint64_t tier_promoted_blocks;   /* of them, from the disk */
+	bool tier_quiet;             /* registering blocks read back: not written to Redis */
+	/* the Redis tier (tier.c) */
+	struct kvp_redis *redis;     /* NULL without --redis */
+	struct event *redis_event;   /* activated by its thread */
+	uint64_t redis_promotions;   /* GENERATEs that asked Redis for blocks */
+	uint64_t redis_promoted_blocks;
 };
 
 /*

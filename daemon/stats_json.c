@@ -157,13 +157,38 @@ static void add_sched(cJSON *o, const struct kvp_sched_stats *sc)
 	cJSON_AddNumberToObject(x, "recomputes", (double)sc->recomputes);
 }
 
-/* "tiers": {"disk": ...} (with --disk-cache only). */
+/* tiers.redis (with --redis only). */
+static void add_redis(cJSON *x, const struct kvp_tier_view *t)
+{
+	const struct kvp_redis_stats *r = &t->redis;
+	cJSON *k = cJSON_AddObjectToObject(x, "redis");
+
+	if (!k)
+		return;
+	cJSON_AddBoolToObject(k, "connected", r->connected);
+	cJSON_AddNumberToObject(k, "writes", (double)r->writes);
+	cJSON_AddNumberToObject(k, "write_bytes", (double)r->write_bytes);
+	cJSON_AddNumberToObject(k, "dropped", (double)r->dropped);
+	cJSON_AddNumberToObject(k, "round_trips", (double)r->fetches);
+	cJSON_AddNumberToObject(k, "fetch_us_mean",
+				r->fetches ? (double)r->fetch_us / (double)r->fetches : 0);
+	cJSON_AddNumberToObject(k, "hits", (double)r->hits);
+	cJSON_AddNumberToObject(k, "hit_bytes", (double)r->hit_bytes);
+	cJSON_AddNumberToObject(k, "promotions", (double)t->redis_promotions);
+	cJSON_AddNumberToObject(k, "promoted_blocks", (double)t->redis_promoted_blocks);
+	cJSON_AddNumberToObject(k, "verify_failures", (double)r->verify_failures);
+	cJSON_AddNumberToObject(k, "errors", (double)r->errors);
+}
+
+/* "tiers": {"disk": ..., "redis": ...} (with --disk-cache or --redis only). */
 static void add_tiers(cJSON *o, const struct kvp_tier_view *t)
 {
 	const struct kvp_disk_stats *d = &t->disk;
 	cJSON *x = cJSON_AddObjectToObject(o, "tiers"), *k;
 
-	if (!x || !(k = cJSON_AddObjectToObject(x, "disk")))
+	if (x && t->redis_present)
+		add_redis(x, t);
+	if (!x || !t->present || !(k = cJSON_AddObjectToObject(x, "disk")))
 		return;
 	cJSON_AddNumberToObject(k, "blocks", (double)d->used);
 	cJSON_AddNumberToObject(k, "capacity_blocks", (double)d->slots);
@@ -198,7 +223,7 @@ char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
 	add_cache(o, &s->t, &v->cache);
 	if (v->sched.present)
 		add_sched(o, &v->sched);
-	if (v->tier.present)
+	if (v->tier.present || v->tier.redis_present)
 		add_tiers(o, &v->tier);
 	cJSON_AddNumberToObject(o, "connections", v->connections);
 	cJSON_AddNumberToObject(o, "connections_total", (double)s->t.connections_total);

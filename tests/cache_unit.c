@@ -543,12 +543,12 @@ Test(cache, publishing_a_block_another_registered_first)
 /* ---- a lower tier's hooks ------------------------------------------------------------- */
 
 struct demoted_log {
-	struct kvp_cache_demoted b[64];
+	struct kvp_cache_block_info b[64];
 	uint32_t tokens[64][4];
 	int n;
 };
 
-static void record_demote(void *arg, const struct kvp_cache_demoted *b)
+static void record_demote(void *arg, const struct kvp_cache_block_info *b)
 {
 	struct demoted_log *l = arg;
 

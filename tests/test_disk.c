@@ -451,7 +451,7 @@ static void kv_of(struct kvp_key k, uint8_t *kv)
 		kv[i] = (uint8_t)((k.lo >> (i % 8 * 8)) ^ (k.hi >> (i % 7 * 8)) ^ (uint64_t)i);
 }
 
-static void glue_demote(void *arg, const struct kvp_cache_demoted *b)
+static void glue_demote(void *arg, const struct kvp_cache_block_info *b)
 {
 	struct glue *g = arg;
 	const struct kvp_disk_meta m = { .key = b->key, .parent = b->parent, .root = b->root,
