@@ -182,6 +182,7 @@ static bool connected(struct kvp_redis *r)
 		return false;
 	}
 	(void)redisSetTimeout(r->ctx, tv);
+	r->ctx->reader->maxbuf = 0;   /* keep the read buffer: values are 100s of KB each */
 	if (r->password[0]) {
 		rep = redisCommand(r->ctx, "AUTH %s", r->password);
 		if (!rep || rep->type == REDIS_REPLY_ERROR) {

@@ -28,11 +28,11 @@
 
 #include "bench.h"
 #include "bench_engine.h"
+#include "bench_tiers.h"
 #include "spawn.h"
 #include "util.h"
 
 #define CMD "tiers"
-#define MAX_ROUNDS 16
 
 struct tiers_opts {
 	const char *model;
@@ -41,12 +41,13 @@ struct tiers_opts {
 };
 
 struct tiers_result {
-	double cold_ms[MAX_ROUNDS], pool_ms[MAX_ROUNDS], disk_ms[MAX_ROUNDS];
-	uint32_t disk_cached[MAX_ROUNDS];
-	double promote_gbs[MAX_ROUNDS];
+	double cold_ms[TIERS_MAX_ROUNDS], pool_ms[TIERS_MAX_ROUNDS], disk_ms[TIERS_MAX_ROUNDS];
+	uint32_t disk_cached[TIERS_MAX_ROUNDS];
+	double promote_gbs[TIERS_MAX_ROUNDS];
 	double read_gbs;
 	uint64_t block_kv_bytes;
 	uint32_t rounds;
+	struct tiers_redis_result redis;
 };
 
 static void usage(FILE *f)
@@ -92,7 +93,7 @@ static int parse_tiers(int argc, char **argv, struct tiers_opts *o)
 			o->prompt_tokens = (uint32_t)v;
 			break;
 		case 'r':
-			if (!bench_parse_u64(CMD, "--rounds", optarg, 1, MAX_ROUNDS, &v))
+			if (!bench_parse_u64(CMD, "--rounds", optarg, 1, TIERS_MAX_ROUNDS, &v))
 				return KVP_EXIT_USAGE;
 			o->rounds = (uint32_t)v;
 			break;
@@ -253,18 +254,15 @@ static int start_daemon(const struct tiers_opts *o, const char *model, const cha
 	return bench_daemon_start(d, CMD, args, ENGINE_DAEMON_WAIT_MS);
 }
 
-static int run_tiers(const struct tiers_opts *o, const char *dir, struct tiers_result *res)
+static int run_tiers(const struct tiers_opts *o, const char *model, const char *dir,
+		     struct tiers_result *res)
 {
-	char model[PATH_MAX], blocks[PATH_MAX];
+	char blocks[PATH_MAX];
 	struct kvp_daemon d = { 0 };
 	struct kvp_server_info info;
 	struct kvp_client *c = NULL;
 	int rc = -1;
 
-	if (o->model)
-		snprintf(model, sizeof(model), "%s", o->model);
-	else if (bench_make_model(dir, KVP_BACKEND_CPU, "f32", model, sizeof(model)))
-		return -1;
 	snprintf(blocks, sizeof(blocks), "%s/disk/blocks", dir);
 	if (start_daemon(o, model, dir, &d) || bench_connect_engine(PROG " " CMD, d.socket, &c, &info))
 		goto out;
@@ -299,6 +297,24 @@ static void print_tiers(const struct tiers_opts *o, struct tiers_result *r)
 	printf("  disk promotion          %10.2f GB/s (blocks of %llu KV bytes) against a sequential "
 	       "read of the same file at %.2f GB/s (%.0f%%)\n", prom,
 	       (unsigned long long)r->block_kv_bytes, r->read_gbs, 100.0 * prom / r->read_gbs);
+	if (r->redis.ran) {
+		const struct tiers_redis_result *x = &r->redis;
+		double rc = bench_median(r->redis.cold_ms, n), rr = bench_median(r->redis.redis_ms, n);
+
+		printf("  Redis: two daemons, one Redis on a Unix socket; the second asks for a prompt "
+		       "the first computed\n");
+		printf("  TTFT computed cold      %10.1f ms\n", rc);
+		printf("  TTFT from Redis         %10.1f ms   (%.1fx faster than cold; target 5x; %u "
+		       "tokens read back)\n", rr, rc / rr, x->cached[0]);
+		printf("  Redis fetch             %10.2f GB/s against redis-benchmark GET of %llu-byte "
+		       "values at %.2f GB/s (one connection, pipelined)\n", x->fetch_gbs,
+		       (unsigned long long)x->value_bytes + 4096, x->bench_gbs);
+		built = built && cJSON_AddNumberToObject(j, "redis_ttft_cold_ms", rc) &&
+			cJSON_AddNumberToObject(j, "redis_ttft_ms", rr) &&
+			cJSON_AddNumberToObject(j, "cold_over_redis", rc / rr) &&
+			cJSON_AddNumberToObject(j, "redis_fetch_gbs", x->fetch_gbs) &&
+			cJSON_AddNumberToObject(j, "redis_benchmark_get_gbs", x->bench_gbs);
+	}
 	built = built && cJSON_AddStringToObject(j, "bench", "tiers") &&
 		cJSON_AddNumberToObject(j, "prompt_tokens", o->prompt_tokens) &&
 		cJSON_AddNumberToObject(j, "rounds", (double)n) &&
@@ -330,7 +346,7 @@ int bench_cmd_tiers(int argc, char **argv)
 {
 	struct tiers_opts o;
 	struct tiers_result *res;
-	char dir[64];
+	char dir[64], model[PATH_MAX];
 	int rc = parse_tiers(argc, argv, &o);
 
 	if (rc != BENCH_RUN)
@@ -340,7 +356,14 @@ int bench_cmd_tiers(int argc, char **argv)
 		free(res);
 		return KVP_EXIT_FAIL;
 	}
-	rc = run_tiers(&o, dir, res);
+	if (o.model)
+		snprintf(model, sizeof(model), "%s", o.model);
+	else if (bench_make_model(dir, KVP_BACKEND_CPU, "f32", model, sizeof(model)))
+		rc = -1;
+	if (rc == BENCH_RUN)
+		rc = run_tiers(&o, model, dir, res);
+	if (rc == 0)
+		rc = bench_tiers_redis(model, dir, o.prompt_tokens, o.rounds, &res->redis);
 	if (rc == 0)
 		print_tiers(&o, res);
 	remove_dir(dir);
