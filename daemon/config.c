@@ -133,6 +133,11 @@ static const struct opt_def opt_table[] = {
 	{ .name = "disk-cache-gb", .kind = KIND_U32, FIELD(disk_cache_gb), .min = 1,
 	  .max = 1u << 20, .base = 10, .arg = "GB",
 	  .help = "size of the disk tier in GB (default 10)" },
+	{ .name = "host-cache-mb", .kind = KIND_U32, FIELD(host_cache_mb), .min = 0,
+	  .max = 1u << 24, .base = 10, .arg = "MB",
+	  .help = "a host RAM tier of MB between the pool and the disk tier:\n"
+		  "blocks evicted from the pool are copied there first (for\n"
+		  "the CUDA backend's GPU pool; default 0: none)" },
 	{ .name = "redis", .kind = KIND_PATH, FIELD(redis), .arg = "URL",
 	  .help = "share KV blocks through Redis (redis://HOST:PORT or\n"
 		  "unix:PATH; with --model; default none): blocks computed\n"

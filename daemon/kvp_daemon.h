@@ -35,6 +35,7 @@ struct kvp_config {
 	uint32_t max_batch_tokens;  /* rows of one engine step */
 	const char *disk_cache;     /* disk tier directory; NULL: none */
 	uint32_t disk_cache_gb;     /* its size, GB (10^9 bytes) */
+	uint32_t host_cache_mb;     /* host RAM tier, MB (10^6 bytes); 0 none */
 	const char *redis;          /* Redis tier: redis://HOST:PORT or unix:PATH; NULL none */
 	char redis_password[128];   /* its AUTH; "" none */
 	uint32_t redis_ttl_s;       /* expiry of each block written there; 0 none */

@@ -217,6 +217,9 @@ struct kvp_tier_view {
 	struct kvp_disk_stats disk;
 	uint64_t promotions;        /* GENERATEs that read blocks back from the disk */
 	uint64_t promoted_blocks;   /* blocks read back from the disk and registered */
+	bool host_present;          /* the host RAM tier */
+	struct kvp_disk_stats host;
+	uint64_t host_promotions, host_promoted_blocks;
 	bool redis_present;         /* the Redis tier */
 	struct kvp_redis_stats redis;
 	uint64_t redis_promotions;  /* GENERATEs that asked Redis for blocks */

@@ -229,61 +229,73 @@ static void sched_series(struct emit *e, const struct kvp_sched_stats *sc)
 		sc->recomputes);
 }
 
-/* The disk tier's series, labelled tier="disk". */
+/* A tier's values of the series below (NA: not its own business). */
+#define TIER_NA UINT64_MAX
+enum { TIER_SERIES = 10 };
+
+static void slots_values(const struct kvp_disk_stats *d, uint64_t promotions, uint64_t promoted,
+			 uint64_t v[TIER_SERIES])
+{
+	const uint64_t x[TIER_SERIES] = { d->used, d->slots, d->used * d->slot_bytes, d->writes,
+					   promotions, promoted, d->dropped, d->evictions,
+					   d->verify_failures, d->read_errors + d->write_errors };
+
+	memcpy(v, x, sizeof(x));
+}
+
+/* The tiers' series, labelled tier="host", "disk" or "redis". */
 static void tier_series(struct emit *e, const struct kvp_tier_view *t)
 {
-	const struct kvp_disk_stats *d = &t->disk;
-	const struct kvp_redis_stats *r = &t->redis;
-	/* the same series for Redis where they apply (NA: Redis's own business) */
-	const uint64_t NA = UINT64_MAX;
-	const uint64_t redis[] = { NA, NA, NA, r->writes, t->redis_promotions,
-				   t->redis_promoted_blocks, r->dropped, NA, r->verify_failures,
-				   r->errors };
-	const struct {
+	static const struct {
 		const char *name, *type, *help;
-		uint64_t v;
-	} s[] = {
-		{ "kvprefix_tier_blocks", "gauge", "Blocks a tier below the pool holds", d->used },
-		{ "kvprefix_tier_capacity_blocks", "gauge", "Blocks a tier below the pool can hold",
-		  d->slots },
-		{ "kvprefix_tier_bytes", "gauge", "Bytes of the blocks a tier holds",
-		  d->used * d->slot_bytes },
+	} s[TIER_SERIES] = {
+		{ "kvprefix_tier_blocks", "gauge", "Blocks a tier below the pool holds" },
+		{ "kvprefix_tier_capacity_blocks", "gauge", "Blocks a tier below the pool can hold" },
+		{ "kvprefix_tier_bytes", "gauge", "Bytes of the blocks a tier holds" },
 		{ "kvprefix_tier_demotions_total", "counter",
-		  "Blocks written to a tier as they left the one above", d->writes },
+		  "Blocks written to a tier (as they left the pool; Redis: as they were computed)" },
 		{ "kvprefix_tier_promotions_total", "counter",
-		  "Generations that read blocks back from a tier", t->promotions },
+		  "Generations that read blocks back from a tier (Redis: asked it)" },
 		{ "kvprefix_tier_promoted_blocks_total", "counter",
-		  "Blocks read back from a tier instead of recomputed", t->promoted_blocks },
+		  "Blocks read back from a tier instead of recomputed" },
 		{ "kvprefix_tier_dropped_total", "counter",
-		  "Blocks not written to a tier: its queue was full, or it was down", d->dropped },
-		{ "kvprefix_tier_evictions_total", "counter",
-		  "Blocks a tier dropped to make room", d->evictions },
+		  "Blocks not written to a tier: its queue was full, or it was down" },
+		{ "kvprefix_tier_evictions_total", "counter", "Blocks a tier dropped to make room" },
 		{ "kvprefix_tier_verify_failures_total", "counter",
-		  "Blocks read back that did not match what was asked for (a miss)",
-		  d->verify_failures },
-		{ "kvprefix_tier_io_errors_total", "counter", "Reads and writes that failed",
-		  d->read_errors + d->write_errors },
+		  "Blocks read back that were not the block asked for (a miss)" },
+		{ "kvprefix_tier_io_errors_total", "counter", "Reads, writes or connections that failed" },
 	};
+	const char *const names[3] = { "host", "disk", "redis" };
+	const bool present[3] = { t->host_present, t->present, t->redis_present };
+	const struct kvp_redis_stats *r = &t->redis;
+	uint64_t v[3][TIER_SERIES];
+	const uint64_t rv[TIER_SERIES] = { TIER_NA, TIER_NA, TIER_NA, r->writes, t->redis_promotions,
+					   t->redis_promoted_blocks, r->dropped, TIER_NA,
+					   r->verify_failures, r->errors };
 
-	for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++) {
-		const bool rd = t->redis_present && redis[i] != NA;
+	slots_values(&t->host, t->host_promotions, t->host_promoted_blocks, v[0]);
+	slots_values(&t->disk, t->promotions, t->promoted_blocks, v[1]);
+	memcpy(v[2], rv, sizeof(rv));
+	for (size_t i = 0; i < TIER_SERIES; i++) {
+		bool any = false;
 
-		if (!t->present && !rd)
+		for (int k = 0; k < 3; k++)
+			any = any || (present[k] && v[k][i] != TIER_NA);
+		if (!any)
 			continue;
 		family(e, s[i].name, s[i].type, s[i].help);
-		if (t->present)
-			emitf(e, "%s{tier=\"disk\"} %" PRIu64 "\n", s[i].name, s[i].v);
-		if (rd)
-			emitf(e, "%s{tier=\"redis\"} %" PRIu64 "\n", s[i].name, redis[i]);
+		for (int k = 0; k < 3; k++)
+			if (present[k] && v[k][i] != TIER_NA)
+				emitf(e, "%s{tier=\"%s\"} %" PRIu64 "\n", s[i].name, names[k], v[k][i]);
 	}
 	if (t->redis_present) {
 		gauge(e, "kvprefix_redis_connected", "Whether the Redis tier's connection is up",
-		      t->redis.connected);
+		      r->connected);
 		counter(e, "kvprefix_redis_round_trips_total",
-			"Pipelined fetches from Redis (one round trip each)", t->redis.fetches);
+			"Pipelined fetches from Redis (one round trip each)", r->fetches);
 		family(e, "kvprefix_redis_fetch_seconds_total", "counter",
 		       "Time of the fetches from Redis, summed");
-		emitf(e, "kvprefix_redis_fetch_seconds_total %.6f\n", (double)t->redis.fetch_us / 1e6);
+		emitf(e, "kvprefix_redis_fetch_seconds_total %.6f\n", (double)r->fetch_us / 1e6);
 	}
 }
 
@@ -366,7 +378,7 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 
 	if (v->sched.present)
 		sched_series(&e, &v->sched);
-	if (v->tier.present || v->tier.redis_present)
+	if (v->tier.present || v->tier.host_present || v->tier.redis_present)
 		tier_series(&e, &v->tier);
 	if (v->ns) {
 		const struct kvp_ns_stats_table *t = v->ns;

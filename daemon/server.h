@@ -10,7 +10,8 @@
  *   generate.c    GENERATE: start a job, stream its tokens, finish it
  *   lifecycle.c   signals, graceful stop, SIGHUP reload, live options, watchdog
  *   model_open.c  backend choice, model load, fingerprint, engine, pool size
- *   tier.c        the disk tier under the pool: evicted blocks out, a prompt's back in
+ *   tier.c        the tiers beside the pool (host RAM, disk, Redis): open, demote, flush
+ *   tier_promote.c a prompt's blocks read back from the tiers before it begins
  *   tier_pins.c   ADMIN pins saved at stop, pinned again at a warm start
  *   stats.c ...   the counters (kvp_stats.h), STATS (stats_json.c), /metrics (metrics.c)
  *
@@ -151,6 +152,10 @@ struct server {
 	uint64_t tier_promotions;    /* GENERATEs that read blocks back from the disk */
 	uint64_t tier_promoted_blocks;   /* of them, from the disk */
 	bool tier_quiet;             /* registering blocks read back: not written to Redis */
+	bool tier_flushing;          /* a stop's flush: demotions go straight to the disk */
+	/* the host RAM tier (tier.c, the disk tier in memory mode) */
+	struct kvp_disk *host;       /* NULL without --host-cache-mb */
+	uint64_t host_promotions, host_promoted_blocks;
 	/* the Redis tier (tier.c) */
 	struct kvp_redis *redis;     /* NULL without --redis */
 	struct event *redis_event;   /* activated by its thread */

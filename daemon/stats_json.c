@@ -180,15 +180,13 @@ static void add_redis(cJSON *x, const struct kvp_tier_view *t)
 	cJSON_AddNumberToObject(k, "errors", (double)r->errors);
 }
 
-/* "tiers": {"disk": ..., "redis": ...} (with --disk-cache or --redis only). */
-static void add_tiers(cJSON *o, const struct kvp_tier_view *t)
+/* tiers.<name>: a tier of slots (the disk, or the host RAM tier). */
+static void add_slots_tier(cJSON *x, const char *name, const struct kvp_disk_stats *d,
+			   uint64_t promotions, uint64_t promoted)
 {
-	const struct kvp_disk_stats *d = &t->disk;
-	cJSON *x = cJSON_AddObjectToObject(o, "tiers"), *k;
+	cJSON *k = cJSON_AddObjectToObject(x, name);
 
-	if (x && t->redis_present)
-		add_redis(x, t);
-	if (!x || !t->present || !(k = cJSON_AddObjectToObject(x, "disk")))
+	if (!k)
 		return;
 	cJSON_AddNumberToObject(k, "blocks", (double)d->used);
 	cJSON_AddNumberToObject(k, "capacity_blocks", (double)d->slots);
@@ -198,13 +196,28 @@ static void add_tiers(cJSON *o, const struct kvp_tier_view *t)
 	cJSON_AddNumberToObject(k, "demotion_bytes", (double)d->write_bytes);
 	cJSON_AddNumberToObject(k, "dropped", (double)d->dropped);
 	cJSON_AddNumberToObject(k, "evictions", (double)d->evictions);
-	cJSON_AddNumberToObject(k, "promotions", (double)t->promotions);
-	cJSON_AddNumberToObject(k, "promoted_blocks", (double)t->promoted_blocks);
+	cJSON_AddNumberToObject(k, "promotions", (double)promotions);
+	cJSON_AddNumberToObject(k, "promoted_blocks", (double)promoted);
 	cJSON_AddNumberToObject(k, "promotion_bytes", (double)d->read_bytes);
 	cJSON_AddNumberToObject(k, "verify_failures", (double)d->verify_failures);
 	cJSON_AddNumberToObject(k, "read_errors", (double)d->read_errors);
 	cJSON_AddNumberToObject(k, "write_errors", (double)d->write_errors);
 	cJSON_AddNumberToObject(k, "warm_blocks", (double)d->warm_blocks);
+}
+
+/* "tiers": {"host": ..., "disk": ..., "redis": ...}, each with its option only. */
+static void add_tiers(cJSON *o, const struct kvp_tier_view *t)
+{
+	cJSON *x = cJSON_AddObjectToObject(o, "tiers");
+
+	if (!x)
+		return;
+	if (t->host_present)
+		add_slots_tier(x, "host", &t->host, t->host_promotions, t->host_promoted_blocks);
+	if (t->present)
+		add_slots_tier(x, "disk", &t->disk, t->promotions, t->promoted_blocks);
+	if (t->redis_present)
+		add_redis(x, t);
 }
 
 char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
@@ -223,7 +236,7 @@ char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
 	add_cache(o, &s->t, &v->cache);
 	if (v->sched.present)
 		add_sched(o, &v->sched);
-	if (v->tier.present || v->tier.redis_present)
+	if (v->tier.present || v->tier.host_present || v->tier.redis_present)
 		add_tiers(o, &v->tier);
 	cJSON_AddNumberToObject(o, "connections", v->connections);
 	cJSON_AddNumberToObject(o, "connections_total", (double)s->t.connections_total);

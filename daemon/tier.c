@@ -1,6 +1,9 @@
 /*
- * tier.c - kvprefixd's disk tier (--disk-cache DIR, --disk-cache-gb N): below the pool.
+ * tier.c - kvprefixd's tiers beside the pool: host RAM (--host-cache-mb), disk
+ * (--disk-cache DIR, --disk-cache-gb N), Redis (--redis); promotion is tier_promote.c.
  *
+ *   host         --host-cache-mb: the same tier in memory, between the pool and the disk
+ *                (the host RAM under a GPU pool); what it drops goes to the disk
  *   start        kvp_disk_open after the cache: a warm start keeps what DIR holds for
  *                this model, block size and KV dtype; anything else starts cold, and
  *                the log says why
@@ -35,23 +38,6 @@
 #define TIER_STAGING_BYTES (64u << 20)   /* disk writes queued at once */
 #define REDIS_QUEUE_BYTES (64u << 20)    /* Redis writes queued at once */
 
-/* A GENERATE's blocks being read back: [first, disk_end) from the disk, then
- * [redis_from, end) from Redis. */
-struct promotion {
-	struct server *s;
-	struct gen_req *r;
-	struct kvp_seq seq;
-	struct kvp_key *keys;      /* (end) chained keys of the prompt's blocks */
-	uint32_t first, disk_end, redis_from, end;
-	uint32_t pending;          /* reads and fetches not back yet */
-	uint32_t redis_good;       /* leading blocks from redis_from that Redis had */
-	uint8_t *staging;          /* a GPU pool's blocks are read here, then copied up */
-	struct promo_read {
-		struct promotion *p;
-		int status;
-	} *reads;                  /* (disk_end - first) */
-};
-
 static void tier_notify(void *arg)
 {
 	struct server *s = arg;
@@ -65,11 +51,15 @@ static void tier_event_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	(void)kvp_disk_poll(s->disk);
+	if (s->host)
+		(void)kvp_disk_poll(s->host);
+	if (s->disk)
+		(void)kvp_disk_poll(s->disk);
 	maybe_finish_stop(s);
 }
 
-/* The cache's demote hook: the block copied out and queued for the disk. */
+/* The cache's demote hook: the block copied out and queued for the tier below the
+ * pool: the host tier, else (or at a stop, or when its queue is full) the disk. */
 static void tier_demote(void *arg, const struct kvp_cache_block_info *b)
 {
 	struct server *s = arg;
@@ -78,7 +68,20 @@ static void tier_demote(void *arg, const struct kvp_cache_block_info *b)
 
 	if (kvp_cache_block_read(s->cache, b->block_id, s->tier_buf) != KVP_OK)
 		return;
-	(void)kvp_disk_put(s->disk, &m, s->tier_buf);   /* dropped ones are counted there */
+	/* dropped ones are counted there */
+	if (s->host && !s->tier_flushing && kvp_disk_put(s->host, &m, s->tier_buf) != KVP_EFULL)
+		return;
+	if (s->disk)
+		(void)kvp_disk_put(s->disk, &m, s->tier_buf);
+}
+
+/* The host tier's evicted hook: a block it drops to make room goes to the disk. */
+static void host_pass_down(void *arg, const struct kvp_disk_meta *m, const void *kv)
+{
+	struct server *s = arg;
+
+	if (s->disk)
+		(void)kvp_disk_put(s->disk, m, kv);
 }
 
 /* ---- Redis ------------------------------------------------------------------------------ */
@@ -171,11 +174,6 @@ static int disk_open(struct server *s)
 	char why[1024];
 	int rc;
 
-	s->tier_event = event_new(s->base, -1, 0, tier_event_cb, s);
-	if (!s->tier_event) {
-		kvp_err("out of memory at start");
-		return KVP_ENOMEM;
-	}
 	rc = kvp_disk_open(&dc, &s->disk, why, sizeof(why));
 	if (rc) {
 		kvp_err("--disk-cache %s: %s", cfg->disk_cache, why[0] ? why : kvp_strerror(rc));
@@ -190,8 +188,40 @@ static int disk_open(struct server *s)
 	kvp_info("disk tier %s: %llu blocks of %llu bytes (%u GB)", cfg->disk_cache,
 		 (unsigned long long)st.slots, (unsigned long long)st.slot_bytes,
 		 cfg->disk_cache_gb);
-	kvp_cache_set_demote(s->cache, tier_demote, s);
 	tier_pins_restore(s, why[0] == '\0');
+	return KVP_OK;
+}
+
+/* The host RAM tier (--host-cache-mb): the disk tier's index over slots in memory. */
+static int host_open(struct server *s)
+{
+	const struct kvp_config *cfg = s->cfg;
+	const struct kvp_disk_config hc = {
+		.dir = NULL,
+		.capacity_bytes = (uint64_t)cfg->host_cache_mb * 1000000u,
+		.model = s->ns_name,
+		.block_tokens = cfg->block_tokens,
+		.kv_dtype = cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32",
+		.block_bytes = kvp_engine_block_bytes(s->engine),
+		.staging_bytes = TIER_STAGING_BYTES,
+		.notify = tier_notify,
+		.notify_arg = s,
+		.evicted = host_pass_down,
+		.evicted_arg = s,
+	};
+	struct kvp_disk_stats st;
+	char why[600];
+	int rc = kvp_disk_open(&hc, &s->host, why, sizeof(why));
+
+	if (rc) {
+		kvp_err("--host-cache-mb %u: %s", cfg->host_cache_mb,
+			rc == KVP_EINVAL && why[0] ? why : kvp_strerror(rc));
+		return rc;
+	}
+	kvp_disk_get_stats(s->host, &st);
+	kvp_info("host tier: %llu blocks of %llu bytes in RAM (%u MB)%s",
+		 (unsigned long long)st.slots, (unsigned long long)st.slot_bytes,
+		 cfg->host_cache_mb, s->disk ? ", over the disk tier" : "");
 	return KVP_OK;
 }
 
@@ -199,21 +229,27 @@ int tier_open(struct server *s)
 {
 	int rc = KVP_OK;
 
-	if (!s->cfg->disk_cache && !s->cfg->redis)
+	if (!s->cfg->disk_cache && !s->cfg->redis && !s->cfg->host_cache_mb)
 		return KVP_OK;
 	s->tier_buf = srv_malloc_aligned(kvp_engine_block_bytes(s->engine), 64);
-	if (!s->tier_buf) {
+	s->tier_event = event_new(s->base, -1, 0, tier_event_cb, s);
+	if (!s->tier_buf || !s->tier_event) {
 		kvp_err("out of memory at start");
 		return KVP_ENOMEM;
 	}
 	if (s->cfg->disk_cache)
 		rc = disk_open(s);
+	if (rc == KVP_OK && s->cfg->host_cache_mb)
+		rc = host_open(s);
+	if (rc == KVP_OK && (s->disk || s->host))
+		kvp_cache_set_demote(s->cache, tier_demote, s);
 	if (rc == KVP_OK && s->cfg->redis)
 		rc = redis_open(s);
 	return rc;
 }
 
-/* Every unpinned cached block to the disk, a queue's worth at a time. */
+/* Every block of the host tier, then every unpinned cached block, to the disk, a
+ * queue's worth at a time. */
 static void tier_flush(struct server *s)
 {
 	struct kvp_disk_stats st;
@@ -221,7 +257,16 @@ static void tier_flush(struct server *s)
 
 	kvp_disk_get_stats(s->disk, &st);   /* a slot is at least what a write stages */
 	batch = TIER_STAGING_BYTES / st.slot_bytes ? TIER_STAGING_BYTES / st.slot_bytes : 1;
-
+	s->tier_flushing = true;             /* demotions go straight to the disk */
+	if (s->host) {
+		kvp_disk_drain(s->host);
+		(void)kvp_disk_poll(s->host);
+		while ((n = kvp_disk_evict_some(s->host, batch)) > 0) {
+			total += n;
+			kvp_disk_drain(s->disk);
+			(void)kvp_disk_poll(s->disk);
+		}
+	}
 	while ((n = kvp_cache_demote_some(s->cache, batch)) > 0) {
 		total += n;
 		kvp_disk_drain(s->disk);
@@ -234,9 +279,13 @@ void tier_close(struct server *s)
 {
 	/* reads in flight complete first: their requests end, their blocks go back */
 	while (s->n_promoting) {
-		if (s->disk) {
-			kvp_disk_drain(s->disk);
-			(void)kvp_disk_poll(s->disk);
+		for (int t = 0; t < 2; t++) {
+			struct kvp_disk *d = t ? s->disk : s->host;
+
+			if (d) {
+				kvp_disk_drain(d);
+				(void)kvp_disk_poll(d);
+			}
 		}
 		if (s->redis && kvp_redis_poll(s->redis) == 0 && s->n_promoting)
 			usleep(1000);   /* a fetch on Redis's thread: at most its timeout */
@@ -249,15 +298,16 @@ void tier_close(struct server *s)
 	if (s->redis_event)
 		event_free(s->redis_event);
 	s->redis_event = NULL;
-	if (s->disk) {
-		if (s->cache) {
-			tier_pins_save(s);
-			tier_flush(s);
-		}
-		kvp_cache_set_demote(s->cache, NULL, NULL);
-		kvp_disk_close(s->disk);
-		s->disk = NULL;
+	if (s->disk && s->cache) {
+		tier_pins_save(s);
+		tier_flush(s);
 	}
+	if (s->cache)
+		kvp_cache_set_demote(s->cache, NULL, NULL);
+	kvp_disk_close(s->host);   /* what it held is on the disk now, or gone with it */
+	s->host = NULL;
+	kvp_disk_close(s->disk);
+	s->disk = NULL;
 	if (s->tier_event)
 		event_free(s->tier_event);
 	s->tier_event = NULL;
@@ -268,6 +318,12 @@ void tier_close(struct server *s)
 void tier_view(const struct server *s, struct kvp_tier_view *v)
 {
 	memset(v, 0, sizeof(*v));
+	if (s->host) {
+		v->host_present = true;
+		kvp_disk_get_stats(s->host, &v->host);
+		v->host_promotions = s->host_promotions;
+		v->host_promoted_blocks = s->host_promoted_blocks;
+	}
 	if (s->disk) {
 		v->present = true;
 		v->promotions = s->tier_promotions;
@@ -282,195 +338,3 @@ void tier_view(const struct server *s, struct kvp_tier_view *v)
 	}
 }
 
-/* ---- promotion ------------------------------------------------------------------------ */
-
-static void promotion_free(struct promotion *p)
-{
-	free(p->keys);
-	free(p->reads);
-	srv_free(p->staging);
-	free(p);
-}
-
-/* Where block i's KV is read to: its pool block, or its place in the staging buffer. */
-static void *promotion_dst(struct promotion *p, uint32_t i)
-{
-	return p->staging ? p->staging + (size_t)(i - p->first) * kvp_cache_block_bytes(p->s->cache)
-			  : p->seq.block_data[i];
-}
-
-/* Every read is back: the leading good blocks registered, then the request begins. */
-static void promotion_finish(struct promotion *p)
-{
-	struct server *s = p->s;
-	struct gen_req *r = p->r;
-	const uint32_t bt = s->cfg->block_tokens;
-	uint32_t n = p->first, disk;
-
-	while (n < p->disk_end && p->reads[n - p->first].status == KVP_OK)
-		n++;
-	disk = n - p->first;
-	if (n >= p->redis_from)
-		n = p->redis_from + p->redis_good;
-	for (uint32_t i = p->first; p->staging && i < n; i++)
-		if (kvp_cache_block_write(s->cache, p->seq.block_ids[i], promotion_dst(p, i)) != KVP_OK) {
-			n = i;
-			break;
-		}
-	s->tier_quiet = true;   /* blocks read back are not written to Redis again */
-	kvp_cache_seq_end(s->cache, &p->seq, r->job.tokens, n * bt);
-	s->tier_quiet = false;
-	s->tier_promoted_blocks += disk < n - p->first ? disk : n - p->first;
-	s->redis_promoted_blocks += n > p->redis_from ? n - p->redis_from : 0;
-	kvp_debug("GENERATE %u: %u blocks read back (disk %u, Redis %u)", r->req_id, n - p->first,
-		  disk, p->redis_good);
-	s->n_promoting--;
-	promotion_free(p);
-	gen_req_begin_waited(s, r);
-}
-
-static void promotion_read_done(void *arg, int status)
-{
-	struct promo_read *rd = arg;
-	struct promotion *p = rd->p;
-
-	rd->status = status;
-	if (--p->pending == 0)
-		promotion_finish(p);
-}
-
-static void promotion_fetch_done(void *arg, uint32_t good)
-{
-	struct promotion *p = arg;
-
-	p->redis_good = good;
-	if (--p->pending == 0)
-		promotion_finish(p);
-}
-
-/* Blocks [first, disk_end) of p's prompt: one disk read each. How many were queued. */
-static uint32_t promotion_reads(struct server *s, struct promotion *p, struct kvp_key root)
-{
-	const uint32_t bt = s->cfg->block_tokens;
-	uint32_t queued = 0;
-
-	for (uint32_t i = p->first; i < p->disk_end; i++) {
-		struct promo_read *rd = &p->reads[i - p->first];
-		const struct kvp_disk_meta m = {
-			.key = p->keys[i], .parent = i ? p->keys[i - 1] : root, .root = root,
-			.tokens = p->r->job.tokens + (size_t)i * bt,
-		};
-
-		rd->p = p;
-		rd->status = KVP_ENOTFOUND;
-		if (kvp_disk_fetch(s->disk, &m, promotion_dst(p, i), promotion_read_done, rd) != KVP_OK)
-			break;   /* the rest stay not found: only blocks before it count */
-		queued++;
-	}
-	return queued;
-}
-
-/* Blocks [redis_from, end) in one fetch from Redis. 1 when it was queued, else 0. */
-static uint32_t promotion_fetch(struct server *s, struct promotion *p, struct kvp_key root)
-{
-	const uint32_t n = p->end - p->redis_from;
-	void **dst = n ? malloc(n * sizeof(*dst)) : NULL;
-	int rc;
-
-	if (!dst)
-		return 0;
-	for (uint32_t i = 0; i < n; i++)
-		dst[i] = promotion_dst(p, p->redis_from + i);
-	rc = kvp_redis_fetch(s->redis, root, p->redis_from ? p->keys[p->redis_from - 1] : root,
-			     p->keys + p->redis_from,
-			     p->r->job.tokens + (size_t)p->redis_from * s->cfg->block_tokens, n, dst,
-			     promotion_fetch_done, p);
-	free(dst);
-	return rc == KVP_OK;
-}
-
-/* Whether Redis is worth a round trip now. */
-static bool redis_up(const struct server *s)
-{
-	struct kvp_redis_stats st;
-
-	if (!s->redis)
-		return false;
-	kvp_redis_get_stats(s->redis, &st);
-	return st.connected;
-}
-
-/* The prompt's blocks past the pool's prefix that a tier may hold: *disk from the disk
- * (probed), then *more to ask Redis for; their keys in *keys. */
-static void promotion_probe(struct server *s, struct gen_req *r, struct kvp_key root,
-			    uint32_t *matched, uint32_t *disk, uint32_t *more, struct kvp_key **keys)
-{
-	const uint32_t bt = s->cfg->block_tokens, n = r->req.n_tokens, nb = n / bt;
-	struct kvp_cache_result res;
-	uint32_t m;
-
-	*disk = *more = 0;
-	if (nb == 0 || kvp_cache_lookup(s->cache, root, r->job.tokens, n, 0, false, s->block_ids,
-					&res) != KVP_OK)
-		return;
-	m = res.matched_tokens / bt;
-	if (m >= nb || !(*keys = malloc(nb * sizeof(**keys))))
-		return;
-	kvp_chain_keys(root, r->job.tokens, nb, bt, *keys);
-	if (s->disk)
-		*disk = kvp_disk_probe(s->disk, root, m ? (*keys)[m - 1] : root, *keys + m,
-				       r->job.tokens + (size_t)m * bt, nb - m);
-	if (redis_up(s))
-		*more = nb - m - *disk;
-	*matched = m;
-}
-
-bool tier_promote(struct server *s, struct gen_req *r)
-{
-	const struct conn *c = r->conn;
-	const uint32_t bt = s->cfg->block_tokens;
-	struct promotion *p;
-	struct kvp_key *keys = NULL;
-	uint32_t m = 0, d, more;
-
-	if (!s->disk && !s->redis)
-		return false;
-	promotion_probe(s, r, c->root, &m, &d, &more, &keys);
-	if (d + more == 0) {
-		free(keys);
-		return false;
-	}
-	p = calloc(1, sizeof(*p));
-	if (!p) {
-		free(keys);
-		return false;
-	}
-	p->s = s;
-	p->r = r;
-	p->keys = keys;
-	/* the matched prefix pinned, fresh blocks for the rest: as a sequence takes them */
-	if (kvp_cache_seq_begin(s->cache, c->root, c->group, r->job.tokens, (m + d + more) * bt,
-				(m + d + more) * bt, &p->seq) != KVP_OK) {
-		promotion_free(p);
-		return false;   /* the request begins as it is, and says why if it cannot */
-	}
-	p->first = p->seq.matched_blocks;
-	p->end = m + d + more;
-	p->disk_end = m + d > p->first ? m + d : p->first;
-	p->redis_from = more ? p->disk_end : p->end;
-	p->reads = calloc(p->disk_end - p->first + 1, sizeof(*p->reads));
-	if (kvp_cache_on_device(s->cache))
-		p->staging = srv_malloc_aligned((size_t)(p->end - p->first) *
-						kvp_cache_block_bytes(s->cache), 64);
-	if (p->reads && (p->staging || !kvp_cache_on_device(s->cache))) {
-		p->pending = promotion_reads(s, p, c->root);
-		if (p->redis_from < p->end)
-			p->pending += promotion_fetch(s, p, c->root);
-	}
-	s->n_promoting++;
-	s->tier_promotions += d > 0;
-	s->redis_promotions += more > 0;
-	if (p->pending == 0)
-		promotion_finish(p);   /* nothing could be queued: the request begins now */
-	return true;
-}

@@ -545,3 +545,52 @@ Test(disk, pool_and_disk_together)
 	kvp_disk_close(g.d);
 	kvp_cache_destroy(g.c);
 }
+
+/* ---- memory mode: the host RAM tier ---------------------------------------------------- */
+
+struct passed {
+	struct kvp_disk_meta m[8];
+	uint32_t tokens[8][BT];
+	uint8_t kv[8][BB];
+	int n;
+};
+
+static void record_passed(void *arg, const struct kvp_disk_meta *m, const void *kv)
+{
+	struct passed *p = arg;
+
+	cr_assert_lt(p->n, 8);
+	p->m[p->n] = *m;
+	memcpy(p->tokens[p->n], m->tokens, sizeof(p->tokens[0]));
+	memcpy(p->kv[p->n], kv, BB);
+	p->n++;
+}
+
+/* Slots in memory, nothing on disk; a block dropped to make room is handed down whole. */
+Test(disk, memory_mode_hands_evicted_blocks_down)
+{
+	struct kvp_disk_config cfg = config(3);
+	struct passed p = { .n = 0 };
+	struct kvp_disk *d;
+	struct blk b;
+	char path[128];
+
+	cfg.dir = NULL;
+	cfg.evicted = record_passed;
+	cfg.evicted_arg = &p;
+	d = open_disk(&cfg, true);   /* no manifest to compare: never "cold" */
+	put_chain(d, 1, 3);
+	cr_assert_eq(probe(d, 1, 3), 3);
+	put_chain(d, 2, 1);          /* full: the LRU leaf, 1.2, goes down */
+	cr_assert_eq(p.n, 1);
+	make_block(&b, 1, 2);
+	cr_assert(kvp_key_eq(p.m[0].key, b.key) && kvp_key_eq(p.m[0].parent, b.parent) &&
+		  kvp_key_eq(p.m[0].root, b.root), "another block was handed down");
+	cr_assert_arr_eq(p.tokens[0], b.tokens, sizeof(b.tokens));
+	cr_assert_arr_eq(p.kv[0], b.kv, BB, "its KV bytes were not the block's");
+	assert_block(d, 1, 0);
+	assert_block(d, 2, 0);
+	snprintf(path, sizeof(path), "%s/blocks", dir);
+	cr_assert_neq(access(path, F_OK), 0, "memory mode wrote a file");
+	kvp_disk_close(d);
+}

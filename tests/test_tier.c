@@ -13,6 +13,9 @@
  *                       the log, and nothing of the first model's served
  *   admin_clear_all     ADMIN CLEAR of every namespace empties the disk tier too
  *   admin_pins          an ADMIN pin is saved at stop and pinned again at the next start
+ *   host_tier           a host RAM tier between the pool and the disk: blocks go down a
+ *                       tier at a time and come back right from either; a stop hands
+ *                       what it holds to the disk
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
@@ -61,16 +64,23 @@ static void teardown(void)
 
 TestSuite(tier, .init = setup, .fini = teardown, .timeout = 300);
 
-/* kvprefixd on a model with a pool of 24 blocks of 16 tokens and the disk tier. */
-static void start(int seed)
+/* kvprefixd on a model with a pool of 24 blocks of 16 tokens and the disk tier, and a
+ * host tier of host_mb MB when not 0. */
+static void start_host(int seed, int host_mb)
 {
-	char dir[80];
+	char dir[80], mb[16];
 	const char *args[] = { "--model", model_of(seed), "--kv-dtype", "f32", "--block-tokens", "16",
 			       "--capacity-blocks", "24", "--threads", "2", "--disk-cache", dir,
-			       "--disk-cache-gb", "1", NULL };
+			       "--disk-cache-gb", "1", host_mb ? "--host-cache-mb" : NULL, mb, NULL };
 
 	snprintf(dir, sizeof(dir), "%s/tier", disk_dir);
+	snprintf(mb, sizeof(mb), "%d", host_mb);
 	cr_assert_eq(kvp_daemon_start(&d, args), 0, "kvprefixd did not start");
+}
+
+static void start(int seed)
+{
+	start_host(seed, 0);
 }
 
 static void stop(void)
@@ -178,6 +188,26 @@ static double stat_of(bool disk, const char *key)
 static double disk_stat(const char *key)
 {
 	return stat_of(true, key);
+}
+
+/* tiers.host.<key> of STATS. */
+static double host_stat(const char *key)
+{
+	struct kvp_client *c = NULL;
+	char *json = NULL;
+	cJSON *o, *v;
+	double x;
+
+	cr_assert_eq(kvp_client_connect(d.socket, &c), 0);
+	cr_assert_eq(kvp_client_stats(c, &json), 0);
+	kvp_client_close(c);
+	o = cJSON_Parse(json);
+	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), "host"), key);
+	cr_assert(cJSON_IsNumber(v), "STATS has no tiers.host.%s: %s", key, json);
+	x = v->valuedouble;
+	cJSON_Delete(o);
+	free(json);
+	return x;
 }
 
 #define FULL_BLOCKS (NTOK / 16 * 16)
@@ -344,5 +374,37 @@ Test(tier, admin_pins_survive_a_restart)
 	cr_assert_eq(stat_of(false, "blocks_pinned"), 3);
 	cr_assert_eq(admin(KVP_ADMIN_UNPIN, t, 48), 3, "the restored pin is not an ADMIN pin");
 	cr_assert_eq(stat_of(false, "blocks_pinned"), 0);
+	stop();
+}
+
+/* Pool (24 blocks) over a host tier (1 MB: 48 blocks of this model) over the disk:
+ * blocks go down one tier at a time and come back from either, right; a restart finds
+ * what the host tier held on the disk. */
+Test(tier, host_tier_between_pool_and_disk)
+{
+	struct answer first[6], again;
+
+	start_host(7, 1);
+	cr_assert(log_has("host tier: 48 blocks"), "the log does not size the host tier");
+	for (uint32_t p = 1; p <= 5; p++)
+		first[p] = ask(p);
+	cr_assert_gt(host_stat("evictions"), 0, "the host tier never passed a block down");
+	cr_assert_gt(disk_stat("demotions"), 0);
+	for (uint32_t p = 1; p <= 4; p++) {
+		again = ask(p);
+		cr_assert_eq(again.u.cached_tokens, FULL_BLOCKS, "prompt %u: %u tokens cached", p,
+			     again.u.cached_tokens);
+		same_answer(&again, &first[p], "read back through the tiers");
+	}
+	cr_assert_gt(host_stat("promoted_blocks"), 0, "nothing came back from the host tier");
+	cr_assert_gt(disk_stat("promoted_blocks"), 0, "nothing came back from the disk");
+	cr_assert_eq(host_stat("verify_failures") + disk_stat("verify_failures"), 0);
+	stop();
+	start_host(7, 1);
+	for (uint32_t p = 1; p <= 5; p++) {
+		again = ask(p);
+		cr_assert_eq(again.u.cached_tokens, FULL_BLOCKS, "after a restart, prompt %u", p);
+		same_answer(&again, &first[p], "after a restart");
+	}
 	stop();
 }

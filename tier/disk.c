@@ -130,6 +130,27 @@ void disk_drop(struct kvp_disk *d, struct entry *e)
 	free_slot(d, e);
 }
 
+static off_t slot_off(const struct kvp_disk *d, uint32_t slot)
+{
+	return (off_t)slot * (off_t)d->slot_bytes;
+}
+
+/* Memory mode: a block dropped to make room goes to the tier below (its slot is
+ * written and not busy, so its bytes are whole). */
+static void pass_down(struct kvp_disk *d, const struct entry *e)
+{
+	const uint8_t *slot = d->mem ? d->mem + slot_off(d, e->slot) : NULL;
+	struct slot_hdr h;
+	struct kvp_disk_meta m;
+
+	if (!slot || !d->cfg.evicted ||
+	    !slot_decode(slot, d->cfg.block_tokens, d->cfg.block_bytes, &h, d->pass_tokens))
+		return;
+	m = (struct kvp_disk_meta){ .key = h.key, .parent = h.parent, .root = h.root,
+				    .tokens = d->pass_tokens };
+	d->cfg.evicted(d->cfg.evicted_arg, &m, slot + d->head_bytes);
+}
+
 /* A slot for a new block: a free one, else the least recently used leaf's. */
 static int take_slot(struct kvp_disk *d, uint32_t *slot)
 {
@@ -140,6 +161,7 @@ static int take_slot(struct kvp_disk *d, uint32_t *slot)
 			return KVP_EFULL;
 		victim = d->lru.next;
 		unlink_entry(d, victim);
+		pass_down(d, victim);
 		free_slot(d, victim);
 		d->st.evictions++;
 	}
@@ -167,11 +189,6 @@ struct entry *disk_new_entry(struct kvp_disk *d, const struct kvp_disk_meta *m, 
 
 /* ---- the tier's thread --------------------------------------------------------------- */
 
-static off_t slot_off(const struct kvp_disk *d, uint32_t slot)
-{
-	return (off_t)slot * (off_t)d->slot_bytes;
-}
-
 static bool write_all(int fd, const uint8_t *p, size_t n, off_t off)
 {
 	while (n) {
@@ -197,9 +214,15 @@ static int run_read(struct kvp_disk *d, struct job *j)
 	struct slot_hdr h;
 	ssize_t r;
 
-	do
-		r = preadv(d->fd, iov, 2, slot_off(d, j->e->slot));
-	while (r < 0 && errno == EINTR);
+	if (d->mem) {
+		memcpy(j->buf, d->mem + slot_off(d, j->e->slot), d->head_bytes);
+		memcpy(j->dst, d->mem + slot_off(d, j->e->slot) + d->head_bytes, d->cfg.block_bytes);
+		r = (ssize_t)want;
+	} else {
+		do
+			r = preadv(d->fd, iov, 2, slot_off(d, j->e->slot));
+		while (r < 0 && errno == EINTR);
+	}
 	if (r < 0)
 		return KVP_EIO;
 	if ((size_t)r < want)
@@ -217,6 +240,11 @@ static void run_job(struct kvp_disk *d, struct job *j)
 {
 	switch (j->kind) {
 	case JOB_WRITE:
+		if (d->mem) {
+			memcpy(d->mem + slot_off(d, j->e->slot), j->buf, j->len);
+			j->status = KVP_OK;
+			break;
+		}
 		j->status = write_all(d->fd, j->buf, j->len, slot_off(d, j->e->slot)) ? KVP_OK
 										       : KVP_EIO;
 		break;
@@ -225,6 +253,10 @@ static void run_job(struct kvp_disk *d, struct job *j)
 		break;
 	case JOB_WIPE:
 		/* every slot's header gone: a restart finds nothing of what was cleared */
+		if (d->mem) {
+			j->status = KVP_OK;   /* nothing outlives the process */
+			break;
+		}
 		j->status = ftruncate(d->fd, 0) == 0 &&
 					    ftruncate(d->fd, slot_off(d, d->n_slots)) == 0
 				    ? KVP_OK
@@ -336,6 +368,8 @@ void disk_free(struct kvp_disk *d)
 {
 	if (d->fd >= 0)
 		close(d->fd);
+	free(d->mem);
+	free(d->pass_tokens);
 	for (uint32_t i = 0; d->by_slot && i < d->n_slots; i++)
 		free(d->by_slot[i]);
 	free(d->by_slot);
@@ -411,7 +445,7 @@ uint32_t kvp_disk_probe(struct kvp_disk *d, struct kvp_key root, struct kvp_key 
 	for (; i < n; i++) {
 		struct entry *e = disk_find(d, keys[i], root);
 
-		if (!e || e->writing || !kvp_key_eq(e->parent, parent) ||
+		if (!e || !kvp_key_eq(e->parent, parent) ||
 		    e->tok_sum != tokens_checksum(tokens + (size_t)i * d->cfg.block_tokens,
 						  d->cfg.block_tokens))
 			break;
@@ -427,7 +461,8 @@ int kvp_disk_fetch(struct kvp_disk *d, const struct kvp_disk_meta *m, void *dst,
 	struct entry *e = disk_find(d, m->key, m->root);
 	struct job *j;
 
-	if (!e || e->writing || !kvp_key_eq(e->parent, m->parent))
+	/* a block still being written is read after its write: the queue keeps their order */
+	if (!e || !kvp_key_eq(e->parent, m->parent))
 		return KVP_ENOTFOUND;
 	j = calloc(1, sizeof(*j));
 	if (!j || !(j->buf = malloc(d->head_bytes)) ||
@@ -537,6 +572,21 @@ void kvp_disk_clear(struct kvp_disk *d)
 		j->kind = JOB_WIPE;
 		queue_job(d, j);
 	}
+}
+
+size_t kvp_disk_evict_some(struct kvp_disk *d, size_t max)
+{
+	size_t n = 0;
+
+	while (n < max && d->lru.next != &d->lru) {
+		struct entry *victim = d->lru.next;
+
+		unlink_entry(d, victim);
+		pass_down(d, victim);
+		free_slot(d, victim);
+		n++;
+	}
+	return n;
 }
 
 void kvp_disk_get_stats(const struct kvp_disk *d, struct kvp_disk_stats *st)

@@ -42,7 +42,8 @@ struct job {
 
 struct kvp_disk {
 	struct kvp_disk_config cfg;
-	int fd;
+	int fd;                      /* the blocks file; -1 in memory mode */
+	uint8_t *mem;                /* memory mode: the slots (n_slots x slot_bytes) */
 	size_t head_bytes, slot_bytes;
 	uint32_t n_slots;
 	struct entry **by_slot;      /* (n_slots) the entry holding each slot, or NULL */
@@ -53,7 +54,8 @@ struct kvp_disk {
 	uint64_t next_seq;
 	uint64_t fingerprint;        /* tier_fingerprint of what the daemon runs */
 	size_t staged;               /* bytes of writes queued or running */
-	uint32_t *scratch;           /* (block_tokens) */
+	uint32_t *scratch;           /* (block_tokens) the tier's thread's */
+	uint32_t *pass_tokens;       /* (block_tokens) the owner's, for evicted */
 	struct kvp_disk_stats st;
 	/* the thread */
 	pthread_t thread;

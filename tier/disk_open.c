@@ -1,7 +1,7 @@
 /*
  * disk_open.c - opening the disk tier: the directory, the manifest compared with what
  * this daemon runs, the blocks file sized to the capacity, and on a warm start the scan
- * of every slot's header into the index.
+ * of every slot's header into the index; in memory mode, its slots' allocation.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -138,9 +138,11 @@ static int alloc_index(struct kvp_disk *d)
 	d->buckets = calloc(nb, sizeof(*d->buckets));
 	d->pbuckets = calloc(nb, sizeof(*d->pbuckets));
 	d->scratch = calloc(d->cfg.block_tokens, sizeof(*d->scratch));
+	d->pass_tokens = calloc(d->cfg.block_tokens, sizeof(*d->pass_tokens));
 	d->lru.prev = d->lru.next = &d->lru;
 	d->todo_tail = &d->todo;
-	return d->by_slot && d->free_slots && d->buckets && d->pbuckets && d->scratch
+	return d->by_slot && d->free_slots && d->buckets && d->pbuckets && d->scratch &&
+			       d->pass_tokens
 		       ? KVP_OK
 		       : KVP_ENOMEM;
 }
@@ -195,7 +197,7 @@ int kvp_disk_open(const struct kvp_disk_config *cfg, struct kvp_disk **out, char
 
 	if (why && whylen)
 		why[0] = '\0';
-	if (!cfg->dir || !cfg->model || !cfg->kv_dtype || cfg->block_tokens == 0 ||
+	if (!cfg->model || !cfg->kv_dtype || cfg->block_tokens == 0 ||
 	    cfg->block_tokens > KVP_BLOCK_TOKENS_MAX || cfg->block_bytes == 0)
 		return KVP_EINVAL;
 	d = calloc(1, sizeof(*d));
@@ -220,8 +222,12 @@ int kvp_disk_open(const struct kvp_disk_config *cfg, struct kvp_disk **out, char
 	if (d->cfg.staging_bytes < d->head_bytes + cfg->block_bytes)
 		d->cfg.staging_bytes = d->head_bytes + cfg->block_bytes;
 	rc = alloc_index(d);
-	if (rc == KVP_OK)
+	if (rc == KVP_OK && cfg->dir) {
 		rc = open_files(d, cfg, &cold, why, whylen);
+	} else if (rc == KVP_OK) {   /* memory mode: the slots in an allocation of its own */
+		d->mem = malloc((size_t)d->n_slots * d->slot_bytes);
+		rc = d->mem ? KVP_OK : KVP_ENOMEM;
+	}
 	if (rc == KVP_OK && pthread_mutex_init(&d->mu, NULL) != 0)
 		rc = KVP_ENOMEM;
 	else if (rc == KVP_OK && (pthread_cond_init(&d->wake, NULL) != 0 ||

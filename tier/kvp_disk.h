@@ -27,6 +27,10 @@
  *
  * Memory: written blocks are copied into a bounded staging area first; when it is
  * full the block is not kept (kvp_disk_put says so and it is counted).
+ *
+ * Memory mode (dir NULL): the same tier with its slots in host memory instead of a
+ * file: the host RAM tier under a GPU pool. Nothing survives the process; a block it
+ * drops to make room goes to evicted (the disk tier below it) instead of away.
  */
 #ifndef KVP_DISK_H
 #define KVP_DISK_H
@@ -38,9 +42,10 @@
 #include "kvp_index.h"
 
 struct kvp_disk;
+struct kvp_disk_meta;
 
 struct kvp_disk_config {
-	const char *dir;             /* created if missing (one level) */
+	const char *dir;             /* created if missing (one level); NULL: memory mode */
 	uint64_t capacity_bytes;     /* slots = capacity_bytes / slot bytes, at least 1 */
 	const char *model;           /* the namespace string: name@fingerprint */
 	uint32_t block_tokens;
@@ -49,6 +54,10 @@ struct kvp_disk_config {
 	size_t staging_bytes;        /* writes queued at once (at least one block's) */
 	void (*notify)(void *arg);   /* on the tier's thread: completions to poll */
 	void *notify_arg;
+	/* called (owner thread) with each block dropped to make room, before its slot is
+	 * reused: kv valid for the call (memory mode only; the next tier down keeps it) */
+	void (*evicted)(void *arg, const struct kvp_disk_meta *m, const void *kv);
+	void *evicted_arg;
 };
 
 /* What a block is: its key, its parent's key (the namespace root for the first block
@@ -95,8 +104,9 @@ int kvp_disk_put(struct kvp_disk *d, const struct kvp_disk_meta *m, const void *
 /*
  * How many of the blocks keys[0 .. n) follow one another on disk: block i's key is
  * keys[i], its parent keys[i - 1] (parent0 for i = 0), its root root and its tokens
- * tokens[i * block_tokens ..]. Stops at the first that is missing or still being
- * written. Counts as use for the LRU. Never allocates.
+ * tokens[i * block_tokens ..]. Stops at the first that is missing. A block still being
+ * written counts: a fetch of it runs after its write (the thread keeps their order).
+ * Counts as use for the LRU. Never allocates.
  */
 uint32_t kvp_disk_probe(struct kvp_disk *d, struct kvp_key root, struct kvp_key parent0,
 			const struct kvp_key *keys, const uint32_t *tokens, uint32_t n);
@@ -118,6 +128,11 @@ size_t kvp_disk_poll(struct kvp_disk *d);
 /* Drop every block (ADMIN CLEAR of everything). Blocks being read are dropped when
  * their read completes. */
 void kvp_disk_clear(struct kvp_disk *d);
+
+/* Up to max blocks out, least recently used leaf first, each through evicted (memory
+ * mode: a stop hands the host tier's blocks to the disk). Returns how many: 0 once
+ * none is left that is not being read or written. */
+size_t kvp_disk_evict_some(struct kvp_disk *d, size_t max);
 
 void kvp_disk_get_stats(const struct kvp_disk *d, struct kvp_disk_stats *st);
 /* Index, LRU and slot accounting consistent: 0 or KVP_EINTERNAL. O(slots^2): for
