@@ -560,6 +560,7 @@ int kvp_cache_insert(struct kvp_cache *c, struct kvp_key root, struct kvp_key gr
 		} else {
 			(void)kvp_pool_unref(c->pool, id);   /* now CACHED, owned by the tree */
 			res->new_blocks++;
+			stored_node(c, node);
 		}
 		pin_node(c, node);
 		if (parent)

@@ -203,9 +203,10 @@ struct kvp_cache_block_info {
 };
 void kvp_cache_set_demote(struct kvp_cache *c,
 			  void (*demote)(void *arg, const struct kvp_cache_block_info *b), void *arg);
-/* A tier beside the pool: stored(arg, b) is called with each block a sequence
- * registers (kvp_cache_seq_publish, kvp_cache_seq_end: the KV an engine computed, or
- * read back from a tier) once it is in the tree, as demote is. NULL: none. */
+/* A tier beside the pool: stored(arg, b) is called with each block a sequence or an
+ * insert registers (kvp_cache_seq_publish, kvp_cache_seq_end: the KV an engine computed,
+ * or read back from a tier; kvp_cache_insert: an index's block) once it is in the tree,
+ * as demote is. NULL: none. */
 void kvp_cache_set_stored(struct kvp_cache *c,
 			  void (*stored)(void *arg, const struct kvp_cache_block_info *b), void *arg);
 /* Up to max unpinned blocks out of the pool, least recently used leaf first, each

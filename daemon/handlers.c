@@ -252,6 +252,8 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 		kvp_stats_insert(&s->stats, conn_stats_ns(c), m.n_tokens);
 	else
 		kvp_stats_lookup(&s->stats, conn_stats_ns(c), m.n_tokens, res.matched_tokens);
+	if (!insert)   /* an index's miss: Redis is asked in the background */
+		tier_index_lookup(s, c, s->tokens, m.n_tokens, res.matched_tokens);
 	if (res.pool_full)
 		kvp_debug("conn %llu: pool full of pinned blocks; cached %u of %u tokens",
 			  (unsigned long long)c->id, res.matched_tokens, m.n_tokens);

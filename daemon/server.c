@@ -172,11 +172,8 @@ static int server_open(struct server *s)
 	if (rc == KVP_OK && cfg->metrics_listen[0])
 		rc = kvp_metrics_start(s->base, cfg->metrics_listen, metrics_render, s,
 				       &s->metrics);
-	if (rc == KVP_OK && s->engine)
+	if (rc == KVP_OK)
 		rc = tier_open(s);
-	else if (rc == KVP_OK && cfg->disk_cache)
-		kvp_warn("--disk-cache %s: ignored with --index-only (no KV to keep)",
-			 cfg->disk_cache);
 	if (rc == KVP_OK && s->engine)
 		rc = generate_start(s);
 	/* signals before the client socket: a SIGTERM sent as soon as a client could

@@ -12,6 +12,7 @@
  *   model_open.c  backend choice, model load, fingerprint, engine, pool size
  *   tier.c        the tiers beside the pool (host RAM, disk, Redis): open, demote, flush
  *   tier_promote.c a prompt's blocks read back from the tiers before it begins
+ *   tier_index.c  an index-only daemon's LOOKUP misses looked up in Redis
  *   tier_pins.c   ADMIN pins saved at stop, pinned again at a warm start
  *   stats.c ...   the counters (kvp_stats.h), STATS (stats_json.c), /metrics (metrics.c)
  *
@@ -159,7 +160,8 @@ struct server {
 	/* the Redis tier (tier.c) */
 	struct kvp_redis *redis;     /* NULL without --redis */
 	struct event *redis_event;   /* activated by its thread */
-	uint64_t redis_promotions;   /* GENERATEs that asked Redis for blocks */
+	uint64_t redis_promotions;   /* GENERATEs (an index: LOOKUPs) that asked Redis */
+	uint32_t n_index_fetches;    /* an index's fetches from Redis in flight */
 	uint64_t redis_promoted_blocks;
 };
 
@@ -289,6 +291,13 @@ void tier_close(struct server *s);
 /* Before r begins: when the disk holds blocks of its prompt past the pool's, read them
  * and begin r once they are in (true); false when there is nothing to read. */
 bool tier_promote(struct server *s, struct gen_req *r);
+
+/* ---- tier_index.c ------------------------------------------------------------------ */
+
+/* After an index-only LOOKUP that matched `matched` of n_tokens: ask Redis for the rest
+ * of its full blocks in the background and register what checks out. */
+void tier_index_lookup(struct server *s, const struct conn *c, const uint32_t *tokens,
+		       uint32_t n_tokens, uint32_t matched);
 
 /* ---- tier_pins.c ------------------------------------------------------------------- */
 

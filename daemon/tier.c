@@ -114,9 +114,14 @@ static void tier_stored(void *arg, const struct kvp_cache_block_info *b)
 	const struct kvp_disk_meta m = { .key = b->key, .parent = b->parent, .root = b->root,
 					 .tokens = b->tokens };
 
-	if (s->tier_quiet || kvp_cache_block_read(s->cache, b->block_id, s->tier_buf) != KVP_OK)
+	if (s->tier_quiet)
 		return;
-	(void)kvp_redis_put(s->redis, &m, s->tier_buf);
+	if (!s->engine) {   /* an index: keys and tokens only */
+		(void)kvp_redis_put(s->redis, &m, NULL);
+		return;
+	}
+	if (kvp_cache_block_read(s->cache, b->block_id, s->tier_buf) == KVP_OK)
+		(void)kvp_redis_put(s->redis, &m, s->tier_buf);
 }
 
 static int redis_open(struct server *s)
@@ -128,8 +133,8 @@ static int redis_open(struct server *s)
 		.ttl_s = cfg->redis_ttl_s,
 		.model = s->ns_name,
 		.block_tokens = cfg->block_tokens,
-		.kv_dtype = cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32",
-		.block_bytes = kvp_engine_block_bytes(s->engine),
+		.kv_dtype = !s->engine ? "index" : cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32",
+		.block_bytes = s->engine ? kvp_engine_block_bytes(s->engine) : 0,
 		.queue_bytes = REDIS_QUEUE_BYTES,
 		.notify = redis_notify,
 		.notify_arg = s,
@@ -147,7 +152,8 @@ static int redis_open(struct server *s)
 		kvp_err("--redis: %s", rc2 == KVP_EINVAL ? why : kvp_strerror(rc2));
 		return rc2;
 	}
-	kvp_info("redis tier %s: blocks computed here are shared there%s", cfg->redis,
+	kvp_info("redis tier %s: %s shared there%s", cfg->redis,
+		 s->engine ? "blocks computed here are" : "this index's blocks (keys and tokens) are",
 		 cfg->redis_ttl_s ? " (with an expiry)" : "");
 	kvp_cache_set_stored(s->cache, tier_stored, s);
 	return KVP_OK;
@@ -229,6 +235,12 @@ int tier_open(struct server *s)
 {
 	int rc = KVP_OK;
 
+	if (!s->engine) {   /* an index shares through Redis; it has no KV to keep */
+		if (s->cfg->disk_cache || s->cfg->host_cache_mb)
+			kvp_warn("--disk-cache and --host-cache-mb are ignored with --index-only "
+				 "(no KV to keep)");
+		return s->cfg->redis ? redis_open(s) : KVP_OK;
+	}
 	if (!s->cfg->disk_cache && !s->cfg->redis && !s->cfg->host_cache_mb)
 		return KVP_OK;
 	s->tier_buf = srv_malloc_aligned(kvp_engine_block_bytes(s->engine), 64);
@@ -278,7 +290,7 @@ static void tier_flush(struct server *s)
 void tier_close(struct server *s)
 {
 	/* reads in flight complete first: their requests end, their blocks go back */
-	while (s->n_promoting) {
+	while (s->n_promoting || s->n_index_fetches) {
 		for (int t = 0; t < 2; t++) {
 			struct kvp_disk *d = t ? s->disk : s->host;
 
@@ -287,7 +299,8 @@ void tier_close(struct server *s)
 				(void)kvp_disk_poll(d);
 			}
 		}
-		if (s->redis && kvp_redis_poll(s->redis) == 0 && s->n_promoting)
+		if (s->redis && kvp_redis_poll(s->redis) == 0 &&
+		    (s->n_promoting || s->n_index_fetches))
 			usleep(1000);   /* a fetch on Redis's thread: at most its timeout */
 	}
 	if (s->redis) {

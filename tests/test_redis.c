@@ -11,6 +11,7 @@
  *   redis_down        Redis killed while the daemons run: no client sees an error; Redis
  *                     back on the same socket: the daemon reconnects and writes resume;
  *                     a daemon started with Redis unreachable serves all the same
+ *   index_only        two index-only daemons: one's INSERTs reach the other's LOOKUPs
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
@@ -360,6 +361,49 @@ Test(redis, redis_down_then_back)
 	wait_connected(&a);
 	x = ask(&a, 4, NULL);
 	wait_writes(&a, w + NB);   /* writes resume */
+	stop(&a);
+	stop(&b);
+}
+
+/* Two index-only daemons: what one INSERTs, the other's LOOKUP finds once it has asked
+ * Redis (a LOOKUP never waits for it: the first one answers from its own index). */
+Test(redis, index_only_daemons_share_their_index)
+{
+	char url[160];
+	const char *args[] = { "--index-only", "--block-tokens", "16", "--redis", url, NULL };
+	struct kvp_client *ca = NULL, *cb = NULL;
+	struct kvp_match got;
+	uint32_t t[NTOK];
+
+	snprintf(url, sizeof(url), "unix:%s", sock);
+	redis_start();
+	cr_assert_eq(kvp_daemon_start(&a, args), 0);
+	cr_assert_eq(kvp_daemon_start(&b, args), 0);
+	wait_connected(&a);
+	wait_connected(&b);
+	prompt(t, 9);
+	cr_assert_eq(kvp_client_connect(a.socket, &ca), 0);
+	cr_assert_eq(kvp_client_connect(b.socket, &cb), 0);
+	cr_assert_eq(kvp_client_insert(ca, t, NTOK, 0, &got), 0);
+	wait_writes(&a, NB);
+	cr_assert_eq(kvp_client_lookup(cb, t, NTOK, 0, &got), 0);
+	cr_assert_eq(got.matched_tokens, 0, "the first LOOKUP waited for Redis");
+	for (int i = 0; i < 500 && got.matched_tokens == 0; i++) {
+		usleep(10000);
+		cr_assert_eq(kvp_client_lookup(cb, t, NTOK, 0, &got), 0);
+	}
+	cr_assert_eq(got.matched_tokens, NB * 16, "B's index never learned A's blocks");
+	/* another namespace (an adapter) finds nothing of them */
+	kvp_client_close(cb);
+	cr_assert_eq(kvp_client_connect(b.socket, &cb), 0);
+	cr_assert_eq(kvp_client_hello(cb, "other", NULL, NULL), 0);
+	for (int i = 0; i < 20; i++) {
+		cr_assert_eq(kvp_client_lookup(cb, t, NTOK, 0, &got), 0);
+		cr_assert_eq(got.matched_tokens, 0, "another namespace's index blocks were served");
+		usleep(5000);
+	}
+	kvp_client_close(ca);
+	kvp_client_close(cb);
 	stop(&a);
 	stop(&b);
 }

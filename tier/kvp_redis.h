@@ -37,7 +37,7 @@ struct kvp_redis_config {
 	const char *model;           /* as the disk tier's (tier_fingerprint) */
 	uint32_t block_tokens;
 	const char *kv_dtype;
-	size_t block_bytes;
+	size_t block_bytes;          /* 0: an index's blocks, keys and tokens only */
 	size_t queue_bytes;          /* puts queued at once */
 	void (*notify)(void *arg);
 	void *notify_arg;
@@ -67,7 +67,8 @@ int kvp_redis_put(struct kvp_redis *r, const struct kvp_disk_meta *m, const void
 
 /*
  * Fetch blocks keys[0 .. n): block i's parent is keys[i - 1] (parent0 for i = 0), its
- * tokens tokens[i * block_tokens ..], its KV goes to dst[i] (block_bytes). done(arg,
+ * tokens tokens[i * block_tokens ..], its KV goes to dst[i] (block_bytes; dst NULL
+ * for an index's blocks, which have none). done(arg,
  * good) comes from kvp_redis_poll with good: how many leading blocks are filled and
  * checked. KVP_OK, KVP_ENOMEM (nothing queued).
  */

@@ -249,7 +249,7 @@ static bool value_ok(struct kvp_redis *r, const struct rjob *j, uint32_t i, cons
 	       kvp_key_eq(h.parent, i ? j->keys[i - 1] : j->parent0) && kvp_key_eq(h.root, j->root) &&
 	       memcmp(r->scratch, j->tokens + (size_t)i * r->block_tokens,
 		      r->block_tokens * sizeof(uint32_t)) == 0 &&
-	       kv_checksum(v->str + r->head_bytes, r->block_bytes) == h.kv_sum;
+	       (r->block_bytes ? kv_checksum(v->str + r->head_bytes, r->block_bytes) : 0) == h.kv_sum;
 }
 
 static void run_fetch(struct kvp_redis *r, struct rjob *j)
@@ -272,7 +272,8 @@ static void run_fetch(struct kvp_redis *r, struct rjob *j)
 			break;
 		}
 		if (!stopped && value_ok(r, j, i, v)) {
-			memcpy(j->dst[i], v->str + r->head_bytes, r->block_bytes);
+			if (r->block_bytes)   /* an index's blocks have no KV */
+				memcpy(j->dst[i], v->str + r->head_bytes, r->block_bytes);
 			j->good++;
 		} else if (!stopped) {
 			stopped = true;
@@ -447,7 +448,7 @@ int kvp_redis_put(struct kvp_redis *r, const struct kvp_disk_meta *m, const void
 	const size_t len = r->head_bytes + r->block_bytes;
 	struct slot_hdr h = { .block_tokens = r->block_tokens, .block_bytes = r->block_bytes,
 			      .key = m->key, .parent = m->parent, .root = m->root,
-			      .kv_sum = kv_checksum(kv, r->block_bytes),
+			      .kv_sum = r->block_bytes ? kv_checksum(kv, r->block_bytes) : 0,
 			      .fingerprint = r->fingerprint };
 	struct rjob *j;
 
@@ -464,7 +465,8 @@ int kvp_redis_put(struct kvp_redis *r, const struct kvp_disk_meta *m, const void
 		return KVP_ENOMEM;
 	}
 	slot_encode(j->val, &h, m->tokens);
-	memcpy(j->val + r->head_bytes, kv, r->block_bytes);
+	if (r->block_bytes)
+		memcpy(j->val + r->head_bytes, kv, r->block_bytes);
 	j->len = len;
 	key_text(r, m->root, m->key, j->key);
 	pthread_mutex_lock(&r->mu);
@@ -482,7 +484,7 @@ int kvp_redis_fetch(struct kvp_redis *r, struct kvp_key root, struct kvp_key par
 
 	if (!j || !(j->keys = malloc(n * sizeof(*keys))) ||
 	    !(j->tokens = malloc((size_t)n * r->block_tokens * sizeof(*tokens))) ||
-	    !(j->dst = malloc(n * sizeof(*dst)))) {
+	    !(j->dst = calloc(n, sizeof(*dst)))) {
 		free_jobs(j);
 		return KVP_ENOMEM;
 	}
@@ -494,7 +496,8 @@ int kvp_redis_fetch(struct kvp_redis *r, struct kvp_key root, struct kvp_key par
 	j->arg = arg;
 	memcpy(j->keys, keys, n * sizeof(*keys));
 	memcpy(j->tokens, tokens, (size_t)n * r->block_tokens * sizeof(*tokens));
-	memcpy(j->dst, dst, n * sizeof(*dst));
+	if (dst)
+		memcpy(j->dst, dst, n * sizeof(*dst));
 	pthread_mutex_lock(&r->mu);
 	enqueue(r, j, &r->fetches_tail);
 	pthread_mutex_unlock(&r->mu);
