@@ -236,6 +236,13 @@ Test(redis, shared_between_two_daemons)
 	cr_assert_eq(redis_stat(&b, "promoted_blocks"), NB);
 	cr_assert_eq(redis_stat(&b, "round_trips"), 1, "more than one round trip for one prompt");
 	cr_assert_eq(redis_stat(&b, "verify_failures"), 0);
+	{   /* kvprefix-stat shows the tier */
+		char cmd[512], out[8192];
+
+		snprintf(cmd, sizeof(cmd), "'%s' --socket '%s'", KVP_STAT_PATH, b.socket);
+		cr_assert_eq(kvp_run_capture(cmd, out, sizeof(out)), 0);
+		cr_assert_not_null(strstr(out, "redis tier (connected): written 0"), "%s", out);
+	}
 	stop(&a);
 	stop(&b);
 }

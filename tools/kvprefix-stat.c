@@ -253,25 +253,43 @@ static void print_pool_bar(const cJSON *o)
 	       fmt_pct(c, sizeof(c), v[2] / total));
 }
 
-/* The disk tier's line (--disk-cache only): what it holds, what went down and came
- * back, what was refused. */
+/* The tiers below the pool, each with its option only: what the host RAM and disk
+ * tiers hold, what went down and came back, what was refused; Redis's writes, fetches
+ * and connection. */
 static void print_tiers(const cJSON *o)
 {
-	const cJSON *d = cJSON_GetObjectItemCaseSensitive(
-		cJSON_GetObjectItemCaseSensitive(o, "tiers"), "disk");
-	char a[32], b[32], c[32], e[32];
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "tiers"), *r;
+	static const char *const names[2] = { "host", "disk" };
+	char a[32], b[32], c[32], e[32], f[32], g[32];
 
-	if (!cJSON_IsObject(d))
+	for (int i = 0; i < 2; i++) {
+		const cJSON *d = cJSON_GetObjectItemCaseSensitive(t, names[i]);
+
+		if (!cJSON_IsObject(d))
+			continue;
+		printf("\n  %s tier (blocks) %*s %10s %10s %10s\n", names[i], 7, "held", "of", "written",
+		       "read back");
+		printf("  %-18s %7s %10s %10s %10s\n", "", fmt_count(a, sizeof(a), num(d, "blocks")),
+		       fmt_count(b, sizeof(b), num(d, "capacity_blocks")),
+		       fmt_count(c, sizeof(c), num(d, "demotions")),
+		       fmt_count(e, sizeof(e), num(d, "promoted_blocks")));
+		printf("  dropped %s, evicted %s, failed checks %s, found at start %s\n",
+		       fmt_count(a, sizeof(a), num(d, "dropped")),
+		       fmt_count(b, sizeof(b), num(d, "evictions")),
+		       fmt_count(c, sizeof(c), num(d, "verify_failures")),
+		       fmt_count(e, sizeof(e), num(d, "warm_blocks")));
+	}
+	r = cJSON_GetObjectItemCaseSensitive(t, "redis");
+	if (!cJSON_IsObject(r))
 		return;
-	printf("\n  disk tier (blocks) %7s %10s %10s %10s\n", "held", "of", "written", "read back");
-	printf("  %-18s %7s %10s %10s %10s\n", "", fmt_count(a, sizeof(a), num(d, "blocks")),
-	       fmt_count(b, sizeof(b), num(d, "capacity_blocks")),
-	       fmt_count(c, sizeof(c), num(d, "demotions")),
-	       fmt_count(e, sizeof(e), num(d, "promoted_blocks")));
-	printf("  dropped %s, evicted %s, failed checks %s, found at start %s\n",
-	       fmt_count(a, sizeof(a), num(d, "dropped")), fmt_count(b, sizeof(b), num(d, "evictions")),
-	       fmt_count(c, sizeof(c), num(d, "verify_failures")),
-	       fmt_count(e, sizeof(e), num(d, "warm_blocks")));
+	printf("\n  redis tier (%s): written %s, dropped %s; %s round trips (%s mean), %s blocks "
+	       "used, failed checks %s\n",
+	       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "connected")) ? "connected" : "down",
+	       fmt_count(a, sizeof(a), num(r, "writes")), fmt_count(b, sizeof(b), num(r, "dropped")),
+	       fmt_count(c, sizeof(c), num(r, "round_trips")),
+	       fmt_us(e, sizeof(e), num(r, "fetch_us_mean")),
+	       fmt_count(f, sizeof(f), num(r, "promoted_blocks")),
+	       fmt_count(g, sizeof(g), num(r, "verify_failures")));
 }
 
 /* A namespace's name for a terminal: printable ASCII only, cut to fit its column. */
