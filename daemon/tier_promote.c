@@ -58,7 +58,7 @@ static void promotion_finish(struct promotion *p)
 	const uint32_t bt = s->cfg->block_tokens;
 	uint32_t n = p->first, host, disk;
 
-	while (n < p->disk_end && p->reads[n - p->first].status == KVP_OK)
+	while (p->reads && n < p->disk_end && p->reads[n - p->first].status == KVP_OK)
 		n++;
 	host = (n < p->host_end ? n : p->host_end) - p->first;
 	disk = n > p->host_end ? n - p->host_end : 0;
@@ -235,6 +235,8 @@ bool tier_promote(struct server *s, struct gen_req *r)
 	p->end = p->disk_end + got[2];
 	p->redis_from = got[2] ? p->disk_end : p->end;
 	p->reads = calloc(p->disk_end - p->first + 1, sizeof(*p->reads));
+	for (uint32_t i = 0; p->reads && i < p->disk_end - p->first; i++)
+		p->reads[i].status = KVP_ENOTFOUND;   /* until its read says otherwise */
 	if (kvp_cache_on_device(s->cache))
 		p->staging = srv_malloc_aligned((size_t)(p->end - p->first) *
 						kvp_cache_block_bytes(s->cache), 64);
