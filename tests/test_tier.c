@@ -163,8 +163,8 @@ static void same_answer(const struct answer *got, const struct answer *want, con
 			  "%s: logit %d is %g, was %g", what, i, got->logits[i], want->logits[i]);
 }
 
-/* <key> of STATS, or tiers.disk.<key> with disk. */
-static double stat_of(bool disk, const char *key)
+/* tiers.<tier>.<key> of STATS, or its top-level <key> with tier NULL. */
+static double stat_in(const char *tier, const char *key)
 {
 	struct kvp_client *c = NULL;
 	char *json = NULL;
@@ -176,9 +176,10 @@ static double stat_of(bool disk, const char *key)
 	kvp_client_close(c);
 	o = cJSON_Parse(json);
 	cr_assert_not_null(o);
-	v = cJSON_GetObjectItem(disk ? cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), "disk")
-				     : o, key);
-	cr_assert(cJSON_IsNumber(v), "STATS has no %s%s: %s", disk ? "tiers.disk." : "", key, json);
+	v = cJSON_GetObjectItem(tier ? cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), tier) : o,
+				key);
+	cr_assert(cJSON_IsNumber(v), "STATS has no %s%s%s: %s", tier ? tier : "", tier ? "." : "",
+		  key, json);
 	x = v->valuedouble;
 	cJSON_Delete(o);
 	free(json);
@@ -187,27 +188,12 @@ static double stat_of(bool disk, const char *key)
 
 static double disk_stat(const char *key)
 {
-	return stat_of(true, key);
+	return stat_in("disk", key);
 }
 
-/* tiers.host.<key> of STATS. */
 static double host_stat(const char *key)
 {
-	struct kvp_client *c = NULL;
-	char *json = NULL;
-	cJSON *o, *v;
-	double x;
-
-	cr_assert_eq(kvp_client_connect(d.socket, &c), 0);
-	cr_assert_eq(kvp_client_stats(c, &json), 0);
-	kvp_client_close(c);
-	o = cJSON_Parse(json);
-	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), "host"), key);
-	cr_assert(cJSON_IsNumber(v), "STATS has no tiers.host.%s: %s", key, json);
-	x = v->valuedouble;
-	cJSON_Delete(o);
-	free(json);
-	return x;
+	return stat_in("host", key);
 }
 
 #define FULL_BLOCKS (NTOK / 16 * 16)
@@ -368,12 +354,12 @@ Test(tier, admin_pins_survive_a_restart)
 	stop();
 	start(7);
 	cr_assert(log_has("1 of 1 ADMIN pins restored"), "the log does not say the pin came back");
-	cr_assert_eq(stat_of(false, "blocks_pinned"), 3);
+	cr_assert_eq(stat_in(NULL, "blocks_pinned"), 3);
 	(void)ask(2);   /* pool pressure: the pinned blocks stay */
 	(void)ask(3);
-	cr_assert_eq(stat_of(false, "blocks_pinned"), 3);
+	cr_assert_eq(stat_in(NULL, "blocks_pinned"), 3);
 	cr_assert_eq(admin(KVP_ADMIN_UNPIN, t, 48), 3, "the restored pin is not an ADMIN pin");
-	cr_assert_eq(stat_of(false, "blocks_pinned"), 0);
+	cr_assert_eq(stat_in(NULL, "blocks_pinned"), 0);
 	stop();
 }
 

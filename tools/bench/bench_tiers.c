@@ -115,8 +115,7 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* tiers.disk.<key> of a STATS reply; NAN when absent. */
-static double disk_stat(struct kvp_client *c, const char *key)
+double tiers_stat(struct kvp_client *c, const char *tier, const char *key)
 {
 	char *json = NULL;
 	cJSON *o;
@@ -126,11 +125,15 @@ static double disk_stat(struct kvp_client *c, const char *key)
 		return NAN;
 	o = cJSON_Parse(json);
 	if (o)
-		x = bench_json_number(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), "disk"),
-				      key);
+		x = bench_json_number(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), tier), key);
 	cJSON_Delete(o);
 	free(json);
 	return x;
+}
+
+static double disk_stat(struct kvp_client *c, const char *key)
+{
+	return tiers_stat(c, "disk", key);
 }
 
 /* Wait until the disk tier's writes stop growing (the evictions' writes are done). */

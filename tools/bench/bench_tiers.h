@@ -20,6 +20,10 @@ struct tiers_redis_result {
 	uint32_t rounds;
 };
 
+/* tiers.<tier>.<key> of the STATS of the daemon on c; NAN when absent (bench_tiers.c). */
+struct kvp_client;
+double tiers_stat(struct kvp_client *c, const char *tier, const char *key);
+
 /* Start redis-server on a socket in dir and two kvprefixd's on model sharing it; per
  * round a new prompt computed by the first (TTFT cold), then asked of the second
  * (TTFT from Redis); then redis-benchmark's GET rate on values of a block's record

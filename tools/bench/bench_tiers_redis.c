@@ -29,22 +29,9 @@
 #define REDIS_SERVER "/usr/bin/redis-server"
 #define REDIS_BENCHMARK "/usr/bin/redis-benchmark"
 
-/* tiers.redis.<key> of a daemon's STATS; NAN when absent. */
 static double redis_stat(struct kvp_client *c, const char *key)
 {
-	char *json = NULL;
-	cJSON *o;
-	double x = NAN;
-
-	if (kvp_client_stats(c, &json) != 0)
-		return NAN;
-	o = cJSON_Parse(json);
-	if (o)
-		x = bench_json_number(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "tiers"), "redis"),
-				      key);
-	cJSON_Delete(o);
-	free(json);
-	return x;
+	return tiers_stat(c, "redis", key);
 }
 
 static pid_t redis_start(const char *sock)
