@@ -16,7 +16,6 @@
 
 #include <event2/bufferevent.h>
 
-#include "kvp_disk.h"
 #include "kvp_log.h"
 #include "server.h"
 
@@ -129,8 +128,7 @@ static int admin_run(struct conn *c, const struct kvp_admin_req *m, uint32_t *bl
 	case KVP_ADMIN_CLEAR:
 		*blocks = (uint32_t)kvp_cache_clear(s->cache,
 						    (m->flags & KVP_ADMIN_F_ALL) ? NULL : &root);
-		if ((m->flags & KVP_ADMIN_F_ALL) && s->disk)
-			kvp_disk_clear(s->disk);   /* the tier below too (not in *blocks) */
+		tier_clear(s, (m->flags & KVP_ADMIN_F_ALL) ? NULL : &root);   /* not in *blocks */
 		break;
 	case KVP_ADMIN_EVICT:
 		rc = kvp_cache_evict_prefix(s->cache, root, s->tokens, m->n_tokens, blocks);

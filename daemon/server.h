@@ -284,6 +284,8 @@ struct gen_req;
 /* Open the disk tier (--disk-cache) after the cache, and hook it under the pool.
  * 0 without one; else 0 or the status it failed with (logged). */
 int tier_open(struct server *s);
+/* ADMIN CLEAR: the tiers' blocks of namespace *root, or (root NULL) all of them. */
+void tier_clear(struct server *s, const struct kvp_key *root);
 /* What STATS and /metrics show of the tiers (present false without one). */
 void tier_view(const struct server *s, struct kvp_tier_view *v);
 /* Finish the reads in flight, write every unpinned cached block, close the files. */

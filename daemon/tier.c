@@ -328,6 +328,22 @@ void tier_close(struct server *s)
 	s->tier_buf = NULL;
 }
 
+void tier_clear(struct server *s, const struct kvp_key *root)
+{
+	struct kvp_disk *const tiers[2] = { s->host, s->disk };
+
+	for (int t = 0; t < 2; t++) {
+		if (!tiers[t])
+			continue;
+		if (root)
+			(void)kvp_disk_clear_ns(tiers[t], *root);
+		else
+			kvp_disk_clear(tiers[t]);
+	}
+	if (s->redis)
+		(void)kvp_redis_clear(s->redis, root);
+}
+
 void tier_view(const struct server *s, struct kvp_tier_view *v)
 {
 	memset(v, 0, sizeof(*v));

@@ -594,3 +594,39 @@ Test(disk, memory_mode_hands_evicted_blocks_down)
 	cr_assert_neq(access(path, F_OK), 0, "memory mode wrote a file");
 	kvp_disk_close(d);
 }
+
+/* One namespace's blocks dropped, now and after a restart; another's kept. */
+Test(disk, clear_one_namespace)
+{
+	struct kvp_disk_config cfg = config(16);
+	struct kvp_disk *d = open_disk(&cfg, false);
+	struct kvp_key other = { 88, 0 };
+	uint32_t tokens[2 * BT];
+	struct kvp_key keys[2];
+	struct blk b;
+
+	put_chain(d, 1, 2);
+	for (uint32_t i = 2; i-- > 0;) {   /* chain 1's blocks again, in namespace "other" */
+		struct kvp_disk_meta m;
+
+		make_block(&b, 1, i);
+		m = meta_of(&b);
+		m.root = other;
+		m.parent = i ? b.parent : other;
+		cr_assert_eq(kvp_disk_put(d, &m, b.kv), KVP_OK);
+		keys[i] = b.key;
+		memcpy(tokens + i * BT, b.tokens, sizeof(b.tokens));
+	}
+	settle(d);
+	cr_assert_eq(kvp_disk_probe(d, other, other, keys, tokens, 2), 2);
+	cr_assert_eq(kvp_disk_clear_ns(d, other), 2);
+	settle(d);
+	cr_assert_eq(kvp_disk_probe(d, other, other, keys, tokens, 2), 0);
+	cr_assert_eq(probe(d, 1, 2), 2, "another namespace's blocks went too");
+	kvp_disk_close(d);
+	d = open_disk(&cfg, true);
+	cr_assert_eq(kvp_disk_probe(d, other, other, keys, tokens, 2), 0,
+		     "a cleared namespace came back after a restart");
+	cr_assert_eq(probe(d, 1, 2), 2);
+	kvp_disk_close(d);
+}

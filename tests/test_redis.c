@@ -12,6 +12,7 @@
  *                     back on the same socket: the daemon reconnects and writes resume;
  *                     a daemon started with Redis unreachable serves all the same
  *   index_only        two index-only daemons: one's INSERTs reach the other's LOOKUPs
+ *   admin_clear       ADMIN CLEAR on one daemon deletes the namespace's blocks in Redis
  */
 #include <criterion/criterion.h>
 #include <fcntl.h>
@@ -411,6 +412,49 @@ Test(redis, index_only_daemons_share_their_index)
 	}
 	kvp_client_close(ca);
 	kvp_client_close(cb);
+	stop(&a);
+	stop(&b);
+}
+
+/* ADMIN CLEAR on one daemon deletes the namespace's blocks from Redis: the other finds
+ * nothing of them. */
+Test(redis, admin_clear_reaches_redis)
+{
+	struct kvp_client *c = NULL;
+	struct answer y;
+	uint32_t blocks = 0;
+	redisContext *rc;
+	redisReply *k;
+
+	redis_start();
+	start(&a);
+	start(&b);
+	wait_connected(&a);
+	wait_connected(&b);
+	(void)ask(&a, 1, NULL);
+	wait_writes(&a, NB);
+	cr_assert_eq(kvp_client_connect(a.socket, &c), 0);
+	cr_assert_eq(kvp_client_admin(c, KVP_ADMIN_CLEAR, 0, 0, NULL, 0, NULL, &blocks, NULL), 0,
+		     "%s", kvp_client_error(c));
+	kvp_client_close(c);
+	rc = redisConnectUnix(sock);
+	cr_assert(rc && !rc->err);
+	for (int i = 0; i < 500; i++) {   /* the tier's thread deletes them */
+		k = redisCommand(rc, "KEYS kvp:1:*");
+		cr_assert_not_null(k);
+		if (k->elements == 0) {
+			freeReplyObject(k);
+			break;
+		}
+		freeReplyObject(k);
+		usleep(10000);
+	}
+	k = redisCommand(rc, "KEYS kvp:1:*");
+	cr_assert_eq(k->elements, 0, "ADMIN CLEAR left %zu keys in Redis", k->elements);
+	freeReplyObject(k);
+	redisFree(rc);
+	y = ask(&b, 1, NULL);
+	cr_assert_eq(y.u.cached_tokens, 0, "a cleared namespace's blocks were served from Redis");
 	stop(&a);
 	stop(&b);
 }

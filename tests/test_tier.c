@@ -11,7 +11,8 @@
  *                       rest still hits
  *   other_model_cold    the same directory under another model: a cold start, said in
  *                       the log, and nothing of the first model's served
- *   admin_clear_all     ADMIN CLEAR of every namespace empties the disk tier too
+ *   admin_clear         ADMIN CLEAR of every namespace empties the disk tier too; of one
+ *                       namespace, its blocks leave it
  *   admin_pins          an ADMIN pin is saved at stop and pinned again at the next start
  *   host_tier           a host RAM tier between the pool and the disk: blocks go down a
  *                       tier at a time and come back right from either; a stop hands
@@ -392,5 +393,21 @@ Test(tier, host_tier_between_pool_and_disk)
 		cr_assert_eq(again.u.cached_tokens, FULL_BLOCKS, "after a restart, prompt %u", p);
 		same_answer(&again, &first[p], "after a restart");
 	}
+	stop();
+}
+
+/* ADMIN CLEAR of the connection's namespace: its blocks leave the disk tier too. */
+Test(tier, admin_clear_of_a_namespace_reaches_the_disk)
+{
+	struct answer a;
+
+	start(7);
+	(void)ask(1);
+	(void)ask(2);   /* most of the first on the disk now */
+	cr_assert_gt(disk_stat("blocks"), 0);
+	cr_assert_geq(admin(KVP_ADMIN_CLEAR, NULL, 0), 0);
+	cr_assert_eq(disk_stat("blocks"), 0, "ADMIN CLEAR of the namespace left blocks on disk");
+	a = ask(1);
+	cr_assert_eq(a.u.cached_tokens, 0, "a cleared prefix came back from the disk");
 	stop();
 }

@@ -251,6 +251,14 @@ static void run_job(struct kvp_disk *d, struct job *j)
 	case JOB_READ:
 		j->status = run_read(d, j);
 		break;
+	case JOB_ZERO: {   /* one slot's header gone: a restart does not find its block */
+		static const uint8_t zeros[KVP_SLOT_HDR];
+
+		j->status = d->mem || write_all(d->fd, zeros, sizeof(zeros), slot_off(d, j->slot))
+				    ? KVP_OK
+				    : KVP_EIO;
+		break;
+	}
 	case JOB_WIPE:
 		/* every slot's header gone: a restart finds nothing of what was cleared */
 		if (d->mem) {
@@ -522,6 +530,7 @@ static void complete(struct kvp_disk *d, struct job *j)
 		}
 		break;
 	case JOB_WIPE:
+	case JOB_ZERO:
 		break;
 	}
 	if (e && e->dead) {
@@ -572,6 +581,28 @@ void kvp_disk_clear(struct kvp_disk *d)
 		j->kind = JOB_WIPE;
 		queue_job(d, j);
 	}
+}
+
+size_t kvp_disk_clear_ns(struct kvp_disk *d, struct kvp_key root)
+{
+	size_t n = 0;
+
+	for (uint32_t i = 0; i < d->n_slots; i++) {
+		struct entry *e = d->by_slot[i];
+		struct job *j;
+
+		if (!e || e->dead || !kvp_key_eq(e->root, root))
+			continue;
+		disk_drop(d, e);
+		n++;
+		/* queued before any later write of the slot: the thread keeps their order */
+		if (!d->mem && (j = calloc(1, sizeof(*j)))) {
+			j->kind = JOB_ZERO;
+			j->slot = i;
+			queue_job(d, j);
+		}
+	}
+	return n;
 }
 
 size_t kvp_disk_evict_some(struct kvp_disk *d, size_t max)

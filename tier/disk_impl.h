@@ -24,12 +24,13 @@ struct entry {
 	struct entry *prev, *next;   /* LRU, least recent first */
 };
 
-enum job_kind { JOB_WRITE, JOB_READ, JOB_WIPE };
+enum job_kind { JOB_WRITE, JOB_READ, JOB_WIPE, JOB_ZERO };
 
 struct job {
 	enum job_kind kind;
 	struct entry *e;
 	uint8_t *buf;                /* write: head + KV; read: head */
+	uint32_t slot;               /* zero: the slot whose header goes */
 	size_t len;
 	void *dst;                   /* read */
 	struct kvp_key key, parent, root;

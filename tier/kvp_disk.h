@@ -134,6 +134,10 @@ void kvp_disk_clear(struct kvp_disk *d);
  * none is left that is not being read or written. */
 size_t kvp_disk_evict_some(struct kvp_disk *d, size_t max);
 
+/* Drop every block of namespace root (ADMIN CLEAR of one namespace), their slots'
+ * headers erased too so that a restart does not find them. Returns how many. O(slots). */
+size_t kvp_disk_clear_ns(struct kvp_disk *d, struct kvp_key root);
+
 void kvp_disk_get_stats(const struct kvp_disk *d, struct kvp_disk_stats *st);
 /* Index, LRU and slot accounting consistent: 0 or KVP_EINTERNAL. O(slots^2): for
  * tests, on small tiers. */

@@ -76,6 +76,11 @@ int kvp_redis_fetch(struct kvp_redis *r, struct kvp_key root, struct kvp_key par
 		    const struct kvp_key *keys, const uint32_t *tokens, uint32_t n,
 		    void *const *dst, void (*done)(void *arg, uint32_t good), void *arg);
 
+/* Delete every block of namespace *root from Redis, or (root NULL) every block of this
+ * tier fingerprint (ADMIN CLEAR), after the writes queued before; on the tier's thread
+ * (SCAN and UNLINK). KVP_OK or KVP_ENOMEM. */
+int kvp_redis_clear(struct kvp_redis *r, const struct kvp_key *root);
+
 size_t kvp_redis_poll(struct kvp_redis *r);
 /* Whether the connection went up or down since the last call (its first state counts
  * as a change): true with a line for the log in msg. */

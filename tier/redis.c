@@ -33,6 +33,8 @@
 
 struct rjob {
 	bool fetch;
+	bool clear;                  /* keys to delete: a namespace's (root), or all (all) */
+	bool all;
 	struct rjob *next;
 	size_t len;                  /* put: value bytes */
 	uint8_t *val;
@@ -290,6 +292,49 @@ static void run_fetch(struct kvp_redis *r, struct rjob *j)
 	pthread_mutex_unlock(&r->mu);
 }
 
+/* Delete every key of namespace j->root, or of this fingerprint with j->all (SCAN,
+ * then UNLINK what each step found); j is freed. */
+static void run_clear(struct kvp_redis *r, struct rjob *j)
+{
+	char pattern[96], cursor[32] = "0";
+
+	if (j->all)
+		snprintf(pattern, sizeof(pattern), "kvp:1:%016llx:*",
+			 (unsigned long long)r->fingerprint);
+	else
+		snprintf(pattern, sizeof(pattern), "kvp:1:%016llx:%016llx%016llx:*",
+			 (unsigned long long)r->fingerprint, (unsigned long long)j->root.hi,
+			 (unsigned long long)j->root.lo);
+	free(j);
+	if (!connected(r))
+		return;
+	do {
+		redisReply *rep = redisCommand(r->ctx, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+
+		if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
+			if (rep)
+				freeReplyObject(rep);
+			else
+				disconnect(r, r->ctx->errstr);
+			return;
+		}
+		snprintf(cursor, sizeof(cursor), "%s", rep->element[0]->str);
+		for (size_t k = 0; k < rep->element[1]->elements; k++)
+			(void)redisAppendCommand(r->ctx, "UNLINK %s", rep->element[1]->element[k]->str);
+		for (size_t k = 0; k < rep->element[1]->elements; k++) {
+			redisReply *u = NULL;
+
+			if (redisGetReply(r->ctx, (void **)&u) != REDIS_OK) {
+				freeReplyObject(rep);
+				disconnect(r, r->ctx->errstr);
+				return;
+			}
+			freeReplyObject(u);
+		}
+		freeReplyObject(rep);
+	} while (strcmp(cursor, "0") != 0);
+}
+
 static void *redis_main(void *arg)
 {
 	struct kvp_redis *r = arg;
@@ -325,11 +370,14 @@ static void *redis_main(void *arg)
 			r->fetches = j->next;
 			if (!r->fetches)
 				r->fetches_tail = &r->fetches;
-		} else {   /* a batch of puts, oldest first */
+		} else {   /* a batch of puts, oldest first; a clear alone, in its turn */
 			struct rjob **pp = &r->puts;
 
-			for (int k = 0; *pp && k < PUT_BATCH; k++)
+			if ((*pp)->clear)
 				pp = &(*pp)->next;
+			else
+				for (int k = 0; *pp && !(*pp)->clear && k < PUT_BATCH; k++)
+					pp = &(*pp)->next;
 			puts = r->puts;
 			r->puts = *pp;
 			*pp = NULL;
@@ -341,6 +389,8 @@ static void *redis_main(void *arg)
 		pthread_mutex_unlock(&r->mu);
 		if (j)
 			run_fetch(r, j);
+		else if (puts->clear)
+			run_clear(r, puts);
 		else
 			run_puts(r, puts);
 		pthread_mutex_lock(&r->mu);
@@ -472,6 +522,22 @@ int kvp_redis_put(struct kvp_redis *r, const struct kvp_disk_meta *m, const void
 	pthread_mutex_lock(&r->mu);
 	r->queued += len;
 	enqueue(r, j, &r->puts_tail);
+	pthread_mutex_unlock(&r->mu);
+	return KVP_OK;
+}
+
+int kvp_redis_clear(struct kvp_redis *r, const struct kvp_key *root)
+{
+	struct rjob *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return KVP_ENOMEM;
+	j->clear = true;
+	j->all = !root;
+	if (root)
+		j->root = *root;
+	pthread_mutex_lock(&r->mu);
+	enqueue(r, j, &r->puts_tail);   /* after the writes queued before it */
 	pthread_mutex_unlock(&r->mu);
 	return KVP_OK;
 }
