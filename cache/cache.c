@@ -908,6 +908,11 @@ int kvp_cache_block_read(const struct kvp_cache *c, uint32_t id, void *dst)
 	return kvp_pool_block_read(c->pool, id, dst);
 }
 
+const void *kvp_cache_block_host(const struct kvp_cache *c, uint32_t id)
+{
+	return kvp_pool_on_device(c->pool) ? NULL : kvp_pool_block_data(c->pool, id);
+}
+
 int kvp_cache_block_write(struct kvp_cache *c, uint32_t id, const void *src)
 {
 	return kvp_pool_block_write(c->pool, id, src);

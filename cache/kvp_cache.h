@@ -217,6 +217,9 @@ size_t kvp_cache_demote_some(struct kvp_cache *c, size_t max);
  * staging buffer when the pool is on the GPU. KVP_EINVAL (no such block, or no
  * memory attached), KVP_EIO. */
 int kvp_cache_block_read(const struct kvp_cache *c, uint32_t id, void *dst);
+/* A block's KV bytes in place when the pool is in host memory (valid while the block is
+ * neither freed nor written); NULL for a GPU pool, an index or a bad id. */
+const void *kvp_cache_block_host(const struct kvp_cache *c, uint32_t id);
 int kvp_cache_block_write(struct kvp_cache *c, uint32_t id, const void *src);
 size_t kvp_cache_block_bytes(const struct kvp_cache *c);
 bool kvp_cache_on_device(const struct kvp_cache *c);

@@ -45,6 +45,17 @@ static void tier_notify(void *arg)
 	event_active(s->tier_event, EV_READ, 0);
 }
 
+/* A block's KV for a tier to copy: in place in a host pool, else read out of the GPU
+ * into tier_buf. NULL when it cannot be read. */
+static const void *block_kv(struct server *s, uint32_t id)
+{
+	const void *kv = kvp_cache_block_host(s->cache, id);
+
+	if (kv)
+		return kv;
+	return kvp_cache_block_read(s->cache, id, s->tier_buf) == KVP_OK ? s->tier_buf : NULL;
+}
+
 static void tier_event_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *s = arg;
@@ -66,13 +77,15 @@ static void tier_demote(void *arg, const struct kvp_cache_block_info *b)
 	const struct kvp_disk_meta m = { .key = b->key, .parent = b->parent, .root = b->root,
 					 .tokens = b->tokens };
 
-	if (kvp_cache_block_read(s->cache, b->block_id, s->tier_buf) != KVP_OK)
+	const void *kv = block_kv(s, b->block_id);
+
+	if (!kv)
 		return;
 	/* dropped ones are counted there */
-	if (s->host && !s->tier_flushing && kvp_disk_put(s->host, &m, s->tier_buf) != KVP_EFULL)
+	if (s->host && !s->tier_flushing && kvp_disk_put(s->host, &m, kv) != KVP_EFULL)
 		return;
 	if (s->disk)
-		(void)kvp_disk_put(s->disk, &m, s->tier_buf);
+		(void)kvp_disk_put(s->disk, &m, kv);
 }
 
 /* The host tier's evicted hook: a block it drops to make room goes to the disk. */
@@ -120,8 +133,10 @@ static void tier_stored(void *arg, const struct kvp_cache_block_info *b)
 		(void)kvp_redis_put(s->redis, &m, NULL);
 		return;
 	}
-	if (kvp_cache_block_read(s->cache, b->block_id, s->tier_buf) == KVP_OK)
-		(void)kvp_redis_put(s->redis, &m, s->tier_buf);
+	const void *kv = block_kv(s, b->block_id);
+
+	if (kv)
+		(void)kvp_redis_put(s->redis, &m, kv);
 }
 
 static int redis_open(struct server *s)
