@@ -38,6 +38,12 @@
 #define TIER_STAGING_BYTES (64u << 20)   /* disk writes queued at once */
 #define REDIS_QUEUE_BYTES (64u << 20)    /* Redis writes queued at once */
 
+/* The KV dtype as the tiers' manifests and fingerprints name it. */
+static const char *kv_dtype_name(const struct server *s)
+{
+	return s->cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32";
+}
+
 static void tier_notify(void *arg)
 {
 	struct server *s = arg;
@@ -148,7 +154,7 @@ static int redis_open(struct server *s)
 		.ttl_s = cfg->redis_ttl_s,
 		.model = s->ns_name,
 		.block_tokens = cfg->block_tokens,
-		.kv_dtype = !s->engine ? "index" : cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32",
+		.kv_dtype = s->engine ? kv_dtype_name(s) : "index",
 		.block_bytes = s->engine ? kvp_engine_block_bytes(s->engine) : 0,
 		.queue_bytes = REDIS_QUEUE_BYTES,
 		.notify = redis_notify,
@@ -176,25 +182,30 @@ static int redis_open(struct server *s)
 
 /* ---- open and close ---------------------------------------------------------------------- */
 
-static int disk_open(struct server *s)
+/* What every tier of slots is opened with: the engine's blocks, the shared event. */
+static struct kvp_disk_config slots_config(struct server *s)
 {
-	const struct kvp_config *cfg = s->cfg;
-	const size_t bb = kvp_engine_block_bytes(s->engine);
-	const struct kvp_disk_config dc = {
-		.dir = cfg->disk_cache,
-		.capacity_bytes = (uint64_t)cfg->disk_cache_gb * 1000000000u,
+	return (struct kvp_disk_config){
 		.model = s->ns_name,
-		.block_tokens = cfg->block_tokens,
-		.kv_dtype = cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32",
-		.block_bytes = bb,
+		.block_tokens = s->cfg->block_tokens,
+		.kv_dtype = kv_dtype_name(s),
+		.block_bytes = kvp_engine_block_bytes(s->engine),
 		.staging_bytes = TIER_STAGING_BYTES,
 		.notify = tier_notify,
 		.notify_arg = s,
 	};
+}
+
+static int disk_open(struct server *s)
+{
+	const struct kvp_config *cfg = s->cfg;
+	struct kvp_disk_config dc = slots_config(s);
 	struct kvp_disk_stats st;
 	char why[1024];
 	int rc;
 
+	dc.dir = cfg->disk_cache;
+	dc.capacity_bytes = (uint64_t)cfg->disk_cache_gb * 1000000000u;
 	rc = kvp_disk_open(&dc, &s->disk, why, sizeof(why));
 	if (rc) {
 		kvp_err("--disk-cache %s: %s", cfg->disk_cache, why[0] ? why : kvp_strerror(rc));
@@ -217,22 +228,15 @@ static int disk_open(struct server *s)
 static int host_open(struct server *s)
 {
 	const struct kvp_config *cfg = s->cfg;
-	const struct kvp_disk_config hc = {
-		.dir = NULL,
-		.capacity_bytes = (uint64_t)cfg->host_cache_mb * 1000000u,
-		.model = s->ns_name,
-		.block_tokens = cfg->block_tokens,
-		.kv_dtype = cfg->kv_dtype == KVP_KV_F16 ? "f16" : "f32",
-		.block_bytes = kvp_engine_block_bytes(s->engine),
-		.staging_bytes = TIER_STAGING_BYTES,
-		.notify = tier_notify,
-		.notify_arg = s,
-		.evicted = host_pass_down,
-		.evicted_arg = s,
-	};
+	struct kvp_disk_config hc = slots_config(s);
 	struct kvp_disk_stats st;
 	char why[600];
-	int rc = kvp_disk_open(&hc, &s->host, why, sizeof(why));
+	int rc;
+
+	hc.capacity_bytes = (uint64_t)cfg->host_cache_mb * 1000000u;   /* dir NULL: memory */
+	hc.evicted = host_pass_down;
+	hc.evicted_arg = s;
+	rc = kvp_disk_open(&hc, &s->host, why, sizeof(why));
 
 	if (rc) {
 		kvp_err("--host-cache-mb %u: %s", cfg->host_cache_mb,

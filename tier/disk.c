@@ -280,15 +280,15 @@ static void run_job(struct kvp_disk *d, struct job *j)
  * free; writes and wipes keep theirs. */
 static struct job *take_next(struct kvp_disk *d)
 {
-	struct job **best = &d->todo, *j;
+	struct job **best = &d->queue, *j;
 
-	for (struct job **pp = &d->todo; *pp && (*pp)->kind == JOB_READ; pp = &(*pp)->next)
+	for (struct job **pp = &d->queue; *pp && (*pp)->kind == JOB_READ; pp = &(*pp)->next)
 		if ((*pp)->e->slot < (*best)->e->slot)
 			best = pp;
 	j = *best;
 	*best = j->next;
-	if (d->todo_tail == &j->next)
-		d->todo_tail = best;
+	if (d->queue_tail == &j->next)
+		d->queue_tail = best;
 	return j;
 }
 
@@ -300,12 +300,12 @@ void *disk_io_main(void *arg)
 	for (;;) {
 		struct job *j;
 
-		while (!d->todo && !d->stop) {
+		while (!d->queue && !d->stop) {
 			d->busy = false;
 			pthread_cond_broadcast(&d->idle);
 			pthread_cond_wait(&d->wake, &d->mu);
 		}
-		if (!d->todo)
+		if (!d->queue)
 			break;
 		j = take_next(d);
 		d->busy = true;
@@ -327,8 +327,8 @@ static void queue_job(struct kvp_disk *d, struct job *j)
 {
 	j->next = NULL;
 	pthread_mutex_lock(&d->mu);
-	*d->todo_tail = j;
-	d->todo_tail = &j->next;
+	*d->queue_tail = j;
+	d->queue_tail = &j->next;
 	pthread_cond_signal(&d->wake);
 	pthread_mutex_unlock(&d->mu);
 }
@@ -338,7 +338,7 @@ static void queue_job(struct kvp_disk *d, struct job *j)
 void kvp_disk_drain(struct kvp_disk *d)
 {
 	pthread_mutex_lock(&d->mu);
-	while (d->todo || d->busy)
+	while (d->queue || d->busy)
 		pthread_cond_wait(&d->idle, &d->mu);
 	pthread_mutex_unlock(&d->mu);
 }

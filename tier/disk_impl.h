@@ -62,7 +62,7 @@ struct kvp_disk {
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t wake, idle;
-	struct job *todo, **todo_tail, *done;
+	struct job *queue, **queue_tail, *done;
 	bool busy, stop;
 };
 

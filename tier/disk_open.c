@@ -140,7 +140,7 @@ static int alloc_index(struct kvp_disk *d)
 	d->scratch = calloc(d->cfg.block_tokens, sizeof(*d->scratch));
 	d->pass_tokens = calloc(d->cfg.block_tokens, sizeof(*d->pass_tokens));
 	d->lru.prev = d->lru.next = &d->lru;
-	d->todo_tail = &d->todo;
+	d->queue_tail = &d->queue;
 	return d->by_slot && d->free_slots && d->buckets && d->pbuckets && d->scratch &&
 			       d->pass_tokens
 		       ? KVP_OK
