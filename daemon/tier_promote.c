@@ -193,6 +193,23 @@ static uint32_t promotion_queue(struct server *s, struct promotion *p, struct kv
 	return n;
 }
 
+/* Whether any tier may hold block m, the first past the pool's prefix: Redis when it is
+ * up (only a round trip tells), else the host or disk tier's index. */
+static bool may_hold_next(struct server *s, struct promotion *p, struct kvp_key root,
+			  uint32_t m)
+{
+	struct kvp_disk *const tiers[2] = { s->host, s->disk };
+	const uint32_t bt = s->cfg->block_tokens;
+
+	if (redis_up(s))
+		return true;
+	for (int t = 0; t < 2; t++)
+		if (tiers[t] && kvp_disk_probe(tiers[t], root, m ? p->keys[m - 1] : root, p->keys + m,
+					       p->r->job.tokens + (size_t)m * bt, 1) == 1)
+			return true;
+	return false;
+}
+
 bool tier_promote(struct server *s, struct gen_req *r)
 {
 	const struct conn *c = r->conn;
@@ -214,6 +231,10 @@ bool tier_promote(struct server *s, struct gen_req *r)
 	p->s = s;
 	p->r = r;
 	kvp_chain_keys(c->root, r->job.tokens, nb, bt, p->keys);
+	if (!may_hold_next(s, p, c->root, res.matched_tokens / bt)) {
+		promotion_free(p);   /* a plain miss: no blocks taken twice for it */
+		return false;
+	}
 	/* the blocks first, the pool's prefix pinned, fresh ones for the rest, as the request
 	 * will take them anyway: the evictions this makes (and the demotions they cascade
 	 * into) are over before the tiers are probed, so nothing probed goes before it is
