@@ -150,7 +150,7 @@ static uint32_t pin_promote(struct server *s, struct kvp_key root, struct kvp_ke
 	struct pin_read *rd = calloc(nb ? nb : 1, sizeof(*rd));
 	uint8_t *stage = dev ? malloc(bb) : NULL;
 	struct kvp_seq seq;
-	uint32_t d, good = 0;
+	uint32_t d, good = 0, first;
 
 	if (!keys || !rd || (dev && !stage) || nb == 0)
 		goto out;
@@ -158,7 +158,8 @@ static uint32_t pin_promote(struct server *s, struct kvp_key root, struct kvp_ke
 	d = kvp_disk_probe(s->disk, root, root, keys, tokens, nb);
 	if (d == 0 || kvp_cache_seq_begin(s->cache, root, group, tokens, d * bt, d * bt, &seq))
 		goto out;
-	for (good = seq.matched_blocks; good < d; good++) {
+	first = seq.matched_blocks;   /* another pin's prefix, already restored */
+	for (good = first; good < d; good++) {
 		const struct kvp_disk_meta m = { .key = keys[good],
 						 .parent = good ? keys[good - 1] : root,
 						 .root = root, .tokens = tokens + (size_t)good * bt };
@@ -175,7 +176,7 @@ static uint32_t pin_promote(struct server *s, struct kvp_key root, struct kvp_ke
 			break;
 	}
 	kvp_cache_seq_end(s->cache, &seq, tokens, good * bt);
-	s->tier_promoted_blocks += good;
+	s->tier_promoted_blocks += good - first;
 out:
 	free(keys);
 	free(rd);
