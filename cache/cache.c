@@ -63,6 +63,8 @@ struct kvp_cache {
 	void *demote_arg;
 	void (*stored)(void *arg, const struct kvp_cache_block_info *b);
 	void *stored_arg;
+	void (*watch)(void *arg, const struct kvp_cache_block_info *b, bool added);
+	void *watch_arg;
 };
 
 int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
@@ -455,6 +457,24 @@ static void stored_node(struct kvp_cache *c, const struct kvp_tree_node *n)
 
 		c->stored(c->stored_arg, &b);
 	}
+}
+
+/* The tree's watch: every node in and out, to the cache's watcher. */
+static void watch_node(void *arg, const struct kvp_tree_node *n, bool added)
+{
+	struct kvp_cache *c = arg;
+	const struct kvp_cache_block_info b = block_info(n);
+
+	c->watch(c->watch_arg, &b, added);
+}
+
+void kvp_cache_set_watch(struct kvp_cache *c,
+			 void (*watch)(void *arg, const struct kvp_cache_block_info *b, bool added),
+			 void *arg)
+{
+	c->watch = watch;
+	c->watch_arg = arg;
+	kvp_tree_set_watch(c->tree, watch ? watch_node : NULL, c);
 }
 
 void kvp_cache_set_stored(struct kvp_cache *c,

@@ -209,6 +209,15 @@ void kvp_cache_set_demote(struct kvp_cache *c,
  * as demote is. NULL: none. */
 void kvp_cache_set_stored(struct kvp_cache *c,
 			  void (*stored)(void *arg, const struct kvp_cache_block_info *b), void *arg);
+/* What the tree holds, as it changes: watch(arg, b, true) with every block once it is
+ * cached (whoever registered it), watch(arg, b, false) with every cached block about to
+ * go, whatever the reason (pool pressure, a quota, a clear, an administrator's evict).
+ * A block's parent is reported cached before it and gone after it. b is valid for the
+ * call only; b->block_id is meaningless in an index. watch must not call into the
+ * cache. NULL: none. */
+void kvp_cache_set_watch(struct kvp_cache *c,
+			 void (*watch)(void *arg, const struct kvp_cache_block_info *b, bool added),
+			 void *arg);
 /* Up to max unpinned blocks out of the pool, least recently used leaf first, each
  * through demote (a stop's flush to a lower tier, in batches). Returns how many: 0
  * once none is left. */

@@ -126,9 +126,13 @@ static int admin_run(struct conn *c, const struct kvp_admin_req *m, uint32_t *bl
 		kvp_load_u32s(s->tokens, m->tokens, m->n_tokens);
 	switch (m->op) {
 	case KVP_ADMIN_CLEAR:
+		if (m->flags & KVP_ADMIN_F_ALL)
+			kv_events_clear_begin(s);
 		*blocks = (uint32_t)kvp_cache_clear(s->cache,
 						    (m->flags & KVP_ADMIN_F_ALL) ? NULL : &root);
 		tier_clear(s, (m->flags & KVP_ADMIN_F_ALL) ? NULL : &root);   /* not in *blocks */
+		if (m->flags & KVP_ADMIN_F_ALL)
+			kv_events_clear_end(s);
 		break;
 	case KVP_ADMIN_EVICT:
 		rc = kvp_cache_evict_prefix(s->cache, root, s->tokens, m->n_tokens, blocks);

@@ -151,6 +151,30 @@ static const struct opt_def opt_table[] = {
 	  .base = 10, .arg = "SECONDS",
 	  .help = "expiry of each block written to Redis (default 0: none,\n"
 		  "Redis's memory policy decides)" },
+	{ .name = "kv-events", .kind = KIND_PATH, FIELD(kv_events), .arg = "ENDPOINT",
+	  .help = "publish KV-cache events in vLLM's format on a ZeroMQ\n"
+		  "PUB socket bound there (tcp://HOST:PORT or ipc://PATH;\n"
+		  "docs/kv-events.md; default none)" },
+	{ .name = "kv-events-replay", .kind = KIND_PATH, FIELD(kv_events_replay),
+	  .arg = "ENDPOINT",
+	  .help = "a ZeroMQ ROUTER socket bound there replays buffered event\n"
+		  "batches from a sequence number on (default none)" },
+	{ .name = "kv-events-buffer", .kind = KIND_U32, FIELD(kv_events_buffer), .min = 1,
+	  .max = 1u << 22, .base = 10, .arg = "N",
+	  .help = "event batches kept for replay (default 10000)" },
+	{ .name = "kv-events-array", .kind = KIND_BOOL, FIELD(kv_events_array),
+	  .help = "encode events as arrays (the older form) instead of maps" },
+	{ .name = "instance-id", .kind = KIND_TEXT, FIELD(instance_id), .min = 1,
+	  .max = KVP_NAME_MAX, .arg = "ID",
+	  .help = "this daemon in the events' topic kv@ID@MODEL (default the\n"
+		  "host name)" },
+	{ .name = "kv-events-sub", .kind = KIND_PATH, FIELD(kv_events_sub), .arg = "ENDPOINTS",
+	  .help = "index-only: index the KV events other engines publish\n"
+		  "there (comma-separated; a fleet index, docs/kv-events.md)" },
+	{ .name = "kv-events-sub-replay", .kind = KIND_PATH, FIELD(kv_events_sub_replay),
+	  .arg = "ENDPOINTS",
+	  .help = "their replay endpoints, in the same order (\"-\" for none):\n"
+		  "gaps in an engine's sequence are filled from there" },
 	{ .name = "max-seqs", .kind = KIND_U32, FIELD(max_seqs), .min = 1, .max = 1024,
 	  .base = 10, .arg = "N",
 	  .help = "generations the engine runs at once, in one batched step;\n"
@@ -523,6 +547,7 @@ static void set_defaults(struct kvp_config *cfg)
 		.socket_mode = 0660,
 		.pool_mb = 1024,
 		.disk_cache_gb = 10,
+		.kv_events_buffer = 10000,
 		.kv_dtype = KVP_KV_F16,
 		.threads = 0,            /* finish(): all cores */
 		.log_level = KVP_LOG_INFO,
@@ -888,6 +913,12 @@ static int finish(struct kvp_config *cfg, struct cerr *e)
 			    "--max-batch-tokens %u is below --max-seqs %u: every running "
 			    "generation's decode token must fit in a step",
 			    cfg->max_batch_tokens, cfg->max_seqs);
+	if (cfg->kv_events_sub && !cfg->index_only)
+		return fail(e, CERR_OTHER, "--kv-events-sub needs --index-only");
+	if (cfg->kv_events_replay && !cfg->kv_events)
+		return fail(e, CERR_OTHER, "--kv-events-replay needs --kv-events");
+	if (cfg->kv_events_sub_replay && !cfg->kv_events_sub)
+		return fail(e, CERR_OTHER, "--kv-events-sub-replay needs --kv-events-sub");
 	if (cfg->admin_group[0] && kvp_config_resolve_group(cfg->admin_group, NULL) != KVP_OK)
 		return fail(e, CERR_OTHER, "--admin-group '%s': no such group", cfg->admin_group);
 	if (kvp_config_uid_listed(cfg->salt_uids, 0, NULL) != KVP_OK)

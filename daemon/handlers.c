@@ -313,6 +313,8 @@ static struct req_outcome handle_stats(struct conn *c, const struct kvp_frame_hd
 		v.tenant = &uid;
 	kvp_cache_get_stats(s->cache, &v.cache);
 	tier_view(s, &v.tier);
+	kv_events_view(s, &v.events);
+	fleet_view(s, &v.events);
 	txt = kvp_stats_json(&s->stats, &v);
 	if (!txt)
 		return req_refuse(c, h, KVP_ENOMEM, "out of memory building STATS");
@@ -339,6 +341,7 @@ struct req_outcome dispatch_frame(struct conn *c, const struct kvp_frame_hdr *h,
 	case KVP_T_STATS: return handle_stats(c, h);
 	case KVP_T_GENERATE: return handle_generate(c, h, p);
 	case KVP_T_ADMIN: return handle_admin(c, h, p);
+	case KVP_T_FLEET: return handle_fleet(c, h, p);
 	case KVP_T_PING: return req_reply(c, h, p, h->len);
 	}
 	return req_malformed(c, h, KVP_EPROTO, "frame type 0x%02x is not a request", h->type);

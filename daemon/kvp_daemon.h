@@ -39,6 +39,14 @@ struct kvp_config {
 	const char *redis;          /* Redis tier: redis://HOST:PORT or unix:PATH; NULL none */
 	char redis_password[128];   /* its AUTH; "" none */
 	uint32_t redis_ttl_s;       /* expiry of each block written there; 0 none */
+	/* KV events (docs/kv-events.md) */
+	const char *kv_events;      /* PUB endpoint; NULL: none */
+	const char *kv_events_replay;   /* ROUTER endpoint for replays; NULL: none */
+	uint32_t kv_events_buffer;  /* batches kept for replay */
+	bool kv_events_array;       /* the older array encoding of events */
+	char instance_id[256];      /* the topic's instance; "" the hostname */
+	const char *kv_events_sub;  /* index-only: endpoints to subscribe to, comma-separated */
+	const char *kv_events_sub_replay;   /* their replay endpoints, in the same order */
 	bool capacity_given;        /* --capacity-blocks was on the command line */
 	/* operations */
 	int log_level;              /* enum kvp_log_level */

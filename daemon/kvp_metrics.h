@@ -39,6 +39,7 @@ struct kvp_metrics_view {
 	uint32_t connections;
 	struct kvp_sched_stats sched;   /* shown when present */
 	struct kvp_tier_view tier;      /* shown when present */
+	struct kvp_events_view events;  /* shown when present */
 	const struct kvp_ns_stats_table *ns;
 	const struct kvp_req_counts *req;
 	const struct kvp_hist *ttft, *lookup, *insert;   /* any may be NULL: not shown */

@@ -226,6 +226,28 @@ struct kvp_tier_view {
 	uint64_t redis_promoted_blocks;
 };
 
+/* ---- KV events and the fleet index (docs/kv-events.md) ------------------------------- */
+
+struct kvp_events_view {
+	bool present;               /* --kv-events */
+	uint64_t batches, events;   /* batches published, events in them */
+	uint64_t sent;              /* batches sent on the PUB socket */
+	uint64_t dropped;           /* batches lost before they were sent */
+	uint64_t lost_events;       /* events lost to memory */
+	uint64_t replays;           /* replay requests served */
+	uint64_t replayed;          /* batches sent in them */
+	uint64_t next_seq;          /* the next batch's sequence number */
+	bool fleet_present;         /* --kv-events-sub */
+	uint32_t instances;         /* engines indexed */
+	uint64_t fleet_blocks;      /* blocks indexed, all engines */
+	uint64_t fleet_batches;     /* batches applied */
+	uint64_t fleet_events;      /* events applied */
+	uint64_t fleet_malformed;   /* batches or events skipped: malformed, or unusable */
+	uint64_t fleet_gaps;        /* sequence gaps seen */
+	uint64_t fleet_replays;     /* replays asked for */
+	uint64_t fleet_replayed;    /* batches recovered through them */
+};
+
 /* ---- STATS (stats_json.c) -------------------------------------------------------- */
 
 /* What a STATS reply shows beside the counters. */
@@ -239,6 +261,7 @@ struct kvp_stats_view {
 	struct kvp_cache_stats cache;
 	struct kvp_sched_stats sched;
 	struct kvp_tier_view tier;
+	struct kvp_events_view events;
 };
 
 /* The STATS reply (docs/protocol.md): a JSON object as compact text, to free with

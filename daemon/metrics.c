@@ -243,6 +243,34 @@ static void slots_values(const struct kvp_disk_stats *d, uint64_t promotions, ui
 	memcpy(v, x, sizeof(x));
 }
 
+/* KV events published (--kv-events) and the fleet index (--kv-events-sub). */
+static void events_series(struct emit *e, const struct kvp_events_view *v)
+{
+	if (v->present) {
+		counter(e, "kvprefix_kv_events_batches_total", "KV event batches published",
+			v->batches);
+		counter(e, "kvprefix_kv_events_total", "KV events published", v->events);
+		counter(e, "kvprefix_kv_events_dropped_total",
+			"KV event batches lost before they were sent", v->dropped);
+		counter(e, "kvprefix_kv_events_replays_total",
+			"Replay requests served on the replay socket", v->replays);
+	}
+	if (v->fleet_present) {
+		gauge(e, "kvprefix_fleet_instances", "Engines the fleet index follows",
+		      (double)v->instances);
+		gauge(e, "kvprefix_fleet_blocks", "Blocks the fleet index holds, all engines",
+		      (double)v->fleet_blocks);
+		counter(e, "kvprefix_fleet_events_applied_total",
+			"Events of other engines applied to the fleet index", v->fleet_events);
+		counter(e, "kvprefix_fleet_events_malformed_total",
+			"Event batches or events skipped: malformed or unusable", v->fleet_malformed);
+		counter(e, "kvprefix_fleet_gaps_total", "Gaps seen in an engine's sequence numbers",
+			v->fleet_gaps);
+		counter(e, "kvprefix_fleet_replays_total", "Replays asked of engines to fill gaps",
+			v->fleet_replays);
+	}
+}
+
 /* The tiers' series, labelled tier="host", "disk" or "redis". */
 static void tier_series(struct emit *e, const struct kvp_tier_view *t)
 {
@@ -380,6 +408,7 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 		sched_series(&e, &v->sched);
 	if (v->tier.present || v->tier.host_present || v->tier.redis_present)
 		tier_series(&e, &v->tier);
+	events_series(&e, &v->events);
 	if (v->ns) {
 		const struct kvp_ns_stats_table *t = v->ns;
 

@@ -47,6 +47,8 @@ static void metrics_render(void *arg, struct evbuffer *out)
 	kvp_cache_get_stats(s->cache, &v.cache);
 	generate_sched_stats(s, &v.sched);
 	tier_view(s, &v.tier);
+	kv_events_view(s, &v.events);
+	fleet_view(s, &v.events);
 	(void)kvp_metrics_render(&v, out);   /* on failure out is empty: a 500 */
 }
 
@@ -56,6 +58,8 @@ static void server_free(struct server *s)
 		conn_close(s->conns, "daemon stopping");
 	generate_stop(s);
 	tier_close(s);   /* every cached block to the disk before the pool goes */
+	kv_events_close(s);
+	fleet_close(s);
 	kvp_metrics_free(s->metrics);
 	if (s->listener)
 		evconnlistener_free(s->listener);
@@ -172,6 +176,10 @@ static int server_open(struct server *s)
 	if (rc == KVP_OK && cfg->metrics_listen[0])
 		rc = kvp_metrics_start(s->base, cfg->metrics_listen, metrics_render, s,
 				       &s->metrics);
+	if (rc == KVP_OK)
+		rc = kv_events_open(s);   /* before the tiers: a warm start's pins are events */
+	if (rc == KVP_OK)
+		rc = fleet_open(s);
 	if (rc == KVP_OK)
 		rc = tier_open(s);
 	if (rc == KVP_OK && s->engine)

@@ -163,6 +163,9 @@ struct server {
 	uint64_t redis_promotions;   /* GENERATEs (an index: LOOKUPs) that asked Redis */
 	uint32_t n_index_fetches;    /* an index's fetches from Redis in flight */
 	uint64_t redis_promoted_blocks;
+	/* KV events (kv_events.c) and the fleet index (fleet.c) */
+	struct kv_events *events;    /* NULL without --kv-events */
+	struct fleet *fleet;         /* NULL without --kv-events-sub */
 };
 
 /*
@@ -293,6 +296,29 @@ void tier_close(struct server *s);
 /* Before r begins: when the disk holds blocks of its prompt past the pool's, read them
  * and begin r once they are in (true); false when there is nothing to read. */
 bool tier_promote(struct server *s, struct gen_req *r);
+
+/* ---- kv_events.c ------------------------------------------------------------------- */
+
+/* --kv-events: bind the sockets, publish AllBlocksCleared, watch the cache. 0 without
+ * the option; else 0 or the status it failed with (logged). */
+int kv_events_open(struct server *s);
+/* Around an ADMIN CLEAR of every namespace: what came before goes out first; when the
+ * pool is empty after it, one AllBlocksCleared replaces the removals. */
+void kv_events_clear_begin(struct server *s);
+void kv_events_clear_end(struct server *s);
+void kv_events_view(const struct server *s, struct kvp_events_view *v);
+/* Publish AllBlocksCleared and what is queued, close the sockets. */
+void kv_events_close(struct server *s);
+
+/* ---- fleet.c ------------------------------------------------------------------------ */
+
+/* --kv-events-sub: the fleet index and its subscriber thread. 0 without the option;
+ * else 0 or the status it failed with (logged). */
+int fleet_open(struct server *s);
+void fleet_view(const struct server *s, struct kvp_events_view *v);
+void fleet_close(struct server *s);
+/* FLEET: each engine's cached prefix of the request's tokens, longest first. */
+struct req_outcome handle_fleet(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p);
 
 /* ---- tier_index.c ------------------------------------------------------------------ */
 

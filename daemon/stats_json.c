@@ -205,6 +205,35 @@ static void add_slots_tier(cJSON *x, const char *name, const struct kvp_disk_sta
 	cJSON_AddNumberToObject(k, "warm_blocks", (double)d->warm_blocks);
 }
 
+/* "kv_events" (with --kv-events) and "fleet" (with --kv-events-sub). */
+static void add_events(cJSON *o, const struct kvp_events_view *e)
+{
+	if (e->present) {
+		cJSON *x = cJSON_AddObjectToObject(o, "kv_events");
+
+		cJSON_AddNumberToObject(x, "batches", (double)e->batches);
+		cJSON_AddNumberToObject(x, "events", (double)e->events);
+		cJSON_AddNumberToObject(x, "sent", (double)e->sent);
+		cJSON_AddNumberToObject(x, "dropped", (double)e->dropped);
+		cJSON_AddNumberToObject(x, "lost_events", (double)e->lost_events);
+		cJSON_AddNumberToObject(x, "replays", (double)e->replays);
+		cJSON_AddNumberToObject(x, "replayed", (double)e->replayed);
+		cJSON_AddNumberToObject(x, "next_seq", (double)e->next_seq);
+	}
+	if (e->fleet_present) {
+		cJSON *x = cJSON_AddObjectToObject(o, "fleet");
+
+		cJSON_AddNumberToObject(x, "instances", e->instances);
+		cJSON_AddNumberToObject(x, "blocks", (double)e->fleet_blocks);
+		cJSON_AddNumberToObject(x, "batches", (double)e->fleet_batches);
+		cJSON_AddNumberToObject(x, "events", (double)e->fleet_events);
+		cJSON_AddNumberToObject(x, "malformed", (double)e->fleet_malformed);
+		cJSON_AddNumberToObject(x, "gaps", (double)e->fleet_gaps);
+		cJSON_AddNumberToObject(x, "replays", (double)e->fleet_replays);
+		cJSON_AddNumberToObject(x, "replayed", (double)e->fleet_replayed);
+	}
+}
+
 /* "tiers": {"host": ..., "disk": ..., "redis": ...}, each with its option only. */
 static void add_tiers(cJSON *o, const struct kvp_tier_view *t)
 {
@@ -238,6 +267,7 @@ char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v)
 		add_sched(o, &v->sched);
 	if (v->tier.present || v->tier.host_present || v->tier.redis_present)
 		add_tiers(o, &v->tier);
+	add_events(o, &v->events);
 	cJSON_AddNumberToObject(o, "connections", v->connections);
 	cJSON_AddNumberToObject(o, "connections_total", (double)s->t.connections_total);
 	cJSON_AddNumberToObject(o, "errors", (double)s->t.errors);

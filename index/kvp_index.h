@@ -145,6 +145,13 @@ size_t kvp_tree_evict_under(struct kvp_tree *t, struct kvp_tree_node *top,
  * tree. NULL fn: none. */
 void kvp_tree_set_evict_hook(struct kvp_tree *t,
 			     void (*fn)(void *arg, const struct kvp_tree_node *n), void *arg);
+/* Called with every node once it is inserted (added true) and with every node about
+ * to be removed, for whatever reason (evictions, clears; added false), while its key,
+ * tokens and parent are still valid; not by kvp_tree_destroy. A node's parent is
+ * reported added before it and removed after it. fn must not call into the tree.
+ * NULL fn: none. */
+void kvp_tree_set_watch(struct kvp_tree *t,
+			void (*fn)(void *arg, const struct kvp_tree_node *n, bool added), void *arg);
 /* Evict n itself if it is an unpinned leaf: 0 and its block id, else KVP_EBUSY. */
 int kvp_tree_evict_node(struct kvp_tree *t, struct kvp_tree_node *n, uint32_t *block_id);
 

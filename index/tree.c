@@ -160,6 +160,8 @@ struct kvp_tree {
 	size_t n_ns;
 	void (*evict_hook)(void *arg, const struct kvp_tree_node *n);   /* or NULL */
 	void *evict_arg;
+	void (*watch)(void *arg, const struct kvp_tree_node *n, bool added);   /* or NULL */
+	void *watch_arg;
 };
 
 #define KVP_TREE_MIN_BUCKETS 16u
@@ -795,6 +797,8 @@ int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_
 	lru_push_tail(t, n);        /* its tick is the newest */
 	table_maybe_grow(t);
 	ns_maybe_grow(t);
+	if (t->watch)
+		t->watch(t->watch_arg, n, true);
 	*out = n;
 	return 0;
 }
@@ -821,6 +825,8 @@ static struct kvp_tree_node *node_detach(struct kvp_tree *t, struct kvp_tree_nod
 {
 	struct kvp_tree_node *p = n->parent;
 
+	if (t->watch)
+		t->watch(t->watch_arg, n, false);
 	table_unlink(t, n);
 	t->size--;
 	n->ns->nodes--;
@@ -855,6 +861,13 @@ void kvp_tree_set_evict_hook(struct kvp_tree *t,
 {
 	t->evict_hook = fn;
 	t->evict_arg = arg;
+}
+
+void kvp_tree_set_watch(struct kvp_tree *t,
+			void (*fn)(void *arg, const struct kvp_tree_node *n, bool added), void *arg)
+{
+	t->watch = fn;
+	t->watch_arg = arg;
 }
 
 /* An eviction to make room: the hook sees n before it goes. */

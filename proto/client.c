@@ -87,6 +87,8 @@ struct kvp_client {
 	size_t scratch_cap;
 	float *logits;          /* the last GENERATE's logits, CLIENT_LOGITS_ALIGN-aligned */
 	size_t logits_cap;      /* floats allocated */
+	char *names;            /* the last FLEET's engine names, each NUL-terminated */
+	size_t names_cap;
 	char err[KVP_ERROR_MSG_MAX + 1];
 };
 
@@ -718,6 +720,7 @@ KVP_API void kvp_client_close(struct kvp_client *c)
 		close(c->fd);
 	free(c->logits);
 	free(c->scratch);
+	free(c->names);
 	free(c->buf);
 	free(c);
 }
@@ -883,6 +886,69 @@ KVP_API int kvp_client_insert(struct kvp_client *c, const uint32_t *tokens, size
 			      uint32_t flags, struct kvp_match *out)
 {
 	return tokens_call(c, KVP_T_INSERT, tokens, n_tokens, flags, out);
+}
+
+/* The FLEET reply's names, NUL-terminated, into c->names; out[i].name points there. */
+static int fleet_names(struct kvp_client *c, const struct kvp_fleet_entry *e, uint32_t n,
+		       struct kvp_fleet_match *out)
+{
+	size_t need = 0, off = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		need += e[i].name_len + 1;
+	if (need > c->names_cap) {
+		char *p = realloc(c->names, need);
+
+		if (!p)
+			return KVP_ENOMEM;
+		c->names = p;
+		c->names_cap = need;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		memcpy(c->names + off, e[i].name, e[i].name_len);
+		c->names[off + e[i].name_len] = '\0';
+		out[i].matched_tokens = e[i].matched_tokens;
+		out[i].name = c->names + off;
+		off += e[i].name_len + 1;
+	}
+	return 0;
+}
+
+KVP_API int kvp_client_fleet(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
+			     struct kvp_fleet_match *out, size_t max, size_t *n)
+{
+	uint8_t head[KVP_HDR_SIZE + 8];
+	struct iovec iov[2] = { { head, sizeof(head) } };
+	struct kvp_fleet_entry e[64];
+	const uint8_t *p;
+	uint32_t len, prompt, count;
+	int rc;
+
+	*n = 0;
+	if ((rc = check_client(c)) < 0)
+		return rc;
+	if ((!tokens && n_tokens) || (!out && max))
+		return KVP_EINVAL;
+	if (n_tokens > CLIENT_MAX_TOKENS)
+		return KVP_ETOOBIG;
+	if (c->server_version && c->server_version < KVP_PROTO_VERSION_FLEET)
+		return KVP_EVERSION;
+	put_le32(head + KVP_HDR_SIZE, 0);
+	put_le32(head + KVP_HDR_SIZE + 4, (uint32_t)n_tokens);
+	if ((rc = tokens_iov(c, tokens, n_tokens, &iov[1])) < 0)
+		return rc;
+	rc = roundtrip_v(c, KVP_PROTO_VERSION_FLEET, KVP_T_FLEET, iov, n_tokens ? 2 : 1,
+			 8 + n_tokens * 4, &p, &len);
+	if (rc < 0)
+		return rc;
+	if (kvp_fleet_reply_decode(p, len, &prompt, e, 64, &count) < 0)
+		return fail(c, KVP_EPROTO);
+	if (count > max)
+		count = (uint32_t)max;
+	if ((rc = fleet_names(c, e, count, out)) < 0)
+		return rc;
+	*n = count;
+	return 0;
 }
 
 KVP_API int kvp_client_release(struct kvp_client *c, uint64_t lease, uint32_t *n_blocks)

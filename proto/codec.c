@@ -165,7 +165,8 @@ static inline bool rd_u32_array(struct rd *r, uint32_t count, const uint8_t **ou
 
 bool kvp_frame_is_request(uint8_t type)
 {
-	return (type >= KVP_T_HELLO && type <= KVP_T_GENERATE) || type == KVP_T_ADMIN;
+	return (type >= KVP_T_HELLO && type <= KVP_T_GENERATE) || type == KVP_T_ADMIN ||
+	       type == KVP_T_FLEET;
 }
 
 bool kvp_frame_type_valid(uint8_t version, uint8_t type)
@@ -178,6 +179,8 @@ bool kvp_frame_type_valid(uint8_t version, uint8_t type)
 		return true;
 	if (req == KVP_T_ADMIN)
 		return version >= KVP_PROTO_VERSION_ADMIN;
+	if (req == KVP_T_FLEET)
+		return version >= KVP_PROTO_VERSION_FLEET;
 	return kvp_frame_is_request(req);
 }
 
@@ -384,6 +387,57 @@ int kvp_blocks_reply_decode(const uint8_t *p, size_t n, struct kvp_blocks_reply 
 	    !rd_u32(&r, &m->n_blocks) || !rd_u32_array(&r, m->n_blocks, &m->block_ids) ||
 	    r.left != 0)
 		return KVP_EPROTO;
+	return 0;
+}
+
+/* ---- FLEET reply ------------------------------------------------------------------------- */
+
+size_t kvp_fleet_reply_size(const struct kvp_fleet_entry *e, uint32_t n)
+{
+	size_t size = 8;
+
+	for (uint32_t i = 0; i < n; i++)
+		size += 8 + e[i].name_len;
+	return size;
+}
+
+size_t kvp_fleet_reply_encode(uint8_t *out, size_t cap, uint32_t prompt_tokens,
+			      const struct kvp_fleet_entry *e, uint32_t n)
+{
+	size_t off = 8;
+
+	if (cap < kvp_fleet_reply_size(e, n))
+		return 0;
+	kvp_le_put_u32(out, prompt_tokens);
+	kvp_le_put_u32(out + 4, n);
+	for (uint32_t i = 0; i < n; i++) {
+		kvp_le_put_u32(out + off, e[i].matched_tokens);
+		kvp_le_put_u32(out + off + 4, e[i].name_len);
+		memcpy(out + off + 8, e[i].name, e[i].name_len);
+		off += 8 + e[i].name_len;
+	}
+	return off;
+}
+
+int kvp_fleet_reply_decode(const uint8_t *p, size_t n, uint32_t *prompt_tokens,
+			   struct kvp_fleet_entry *e, uint32_t max, uint32_t *n_entries)
+{
+	struct rd r = { p, n };
+	uint32_t count;
+
+	if (!rd_u32(&r, prompt_tokens) || !rd_u32(&r, &count) || count > max)
+		return KVP_EPROTO;
+	for (uint32_t i = 0; i < count; i++) {
+		const uint8_t *name;
+
+		if (!rd_u32(&r, &e[i].matched_tokens) || !rd_u32(&r, &e[i].name_len) ||
+		    e[i].name_len > KVP_NAME_MAX || !rd_bytes(&r, e[i].name_len, &name))
+			return KVP_EPROTO;
+		e[i].name = (const char *)name;
+	}
+	if (r.left != 0)
+		return KVP_EPROTO;
+	*n_entries = count;
 	return 0;
 }
 

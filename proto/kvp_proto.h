@@ -7,7 +7,7 @@
  *
  *   off size field
  *    0   4   magic    0x3150564B  (the bytes "KVP1")
- *    4   1   version  1 to 3 (KVP_PROTO_VERSION .. KVP_PROTO_VERSION_MAX)
+ *    4   1   version  1 to 4 (KVP_PROTO_VERSION .. KVP_PROTO_VERSION_MAX)
  *    5   1   type     enum kvp_frame_type
  *    6   2   flags    0 (reserved; non-zero is malformed)
  *    8   4   req_id   chosen by the client, echoed in the reply
@@ -16,7 +16,8 @@
  * Version 2 is version 1 plus one request, ADMIN: every other type has the same payload
  * in all, and KVP_T_ADMIN / its reply exist only in a header of version 2 or above (in
  * a version-1 header they are unknown types). Version 3 is version 2 plus two fields at
- * the end of a HELLO reply whose version field says 3. A reply carries the version of
+ * the end of a HELLO reply whose version field says 3. Version 4 is version 3 plus one
+ * request, FLEET, that exists only in a header of version 4 or above. A reply carries the version of
  * its request's header.
  *
  * A reply has the request's type | 0x80, or KVP_T_ERROR; GENERATE is answered by zero
@@ -116,6 +117,21 @@ size_t kvp_tokens_req_encode(uint8_t *out, size_t cap, uint32_t flags, const uin
 			     uint32_t n_tokens);
 int kvp_tokens_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
 			  struct kvp_tokens_req *m);
+
+/* FLEET (version 4) takes a LOOKUP's request. Its reply: u32 prompt_tokens, u32 n, then
+ * n x {u32 matched_tokens, u32 name_len (<= KVP_NAME_MAX), name bytes}, one per engine
+ * the fleet index follows, longest match first. Encode: 0 when cap is short. Decode:
+ * KVP_EPROTO for a bad layout or more than max entries; names point into p. */
+struct kvp_fleet_entry {
+	uint32_t matched_tokens;
+	uint32_t name_len;
+	const char *name;
+};
+size_t kvp_fleet_reply_size(const struct kvp_fleet_entry *e, uint32_t n);
+size_t kvp_fleet_reply_encode(uint8_t *out, size_t cap, uint32_t prompt_tokens,
+			      const struct kvp_fleet_entry *e, uint32_t n);
+int kvp_fleet_reply_decode(const uint8_t *p, size_t n, uint32_t *prompt_tokens,
+			   struct kvp_fleet_entry *e, uint32_t max, uint32_t *n_entries);
 
 /* LOOKUP and INSERT replies: u32 matched_tokens (INSERT: cached_tokens), u32
  * prompt_tokens, u32 new_blocks (LOOKUP: 0), u64 lease (0 = none), u32 n_blocks,

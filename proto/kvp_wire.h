@@ -1,7 +1,7 @@
 /*
  * kvp_wire.h - the constants of kvprefixd's wire protocol, in one place: the frame
  * header's magic and versions (1; 2 adds ADMIN; 3 adds the model's sizes to the HELLO
- * reply), the frame types, the flag bits and limits of each
+ * reply; 4 adds FLEET), the frame types, the flag bits and limits of each
  * request, the finish codes of a generation and the ADMIN ops.
  *
  * Installed beside kvprefix.h (the client library includes it) and used by the frame
@@ -18,9 +18,10 @@
 
 #define KVP_PROTO_MAGIC 0x3150564Bu  /* the bytes "KVP1" read as a little-endian u32 */
 #define KVP_PROTO_VERSION 1u         /* the version of ordinary frames */
-#define KVP_PROTO_VERSION_MAX 3u     /* the highest version spoken */
+#define KVP_PROTO_VERSION_MAX 4u     /* the highest version spoken */
 #define KVP_PROTO_VERSION_ADMIN 2u   /* the first version with KVP_T_ADMIN */
 #define KVP_PROTO_VERSION_SIZES 3u   /* the first whose HELLO reply has vocab and context */
+#define KVP_PROTO_VERSION_FLEET 4u   /* the first version with KVP_T_FLEET */
 #define KVP_HDR_SIZE 16u             /* bytes of a frame header */
 
 enum kvp_frame_type {
@@ -32,6 +33,7 @@ enum kvp_frame_type {
 	KVP_T_PING = 0x06,
 	KVP_T_GENERATE = 0x07,
 	KVP_T_ADMIN = 0x09,           /* version 2 and up, like its reply KVP_T_ADMIN | KVP_T_REPLY */
+	KVP_T_FLEET = 0x0A,           /* version 4 and up: a prefix's length on each engine */
 	KVP_T_REPLY = 0x80,           /* or-ed into a request type */
 	KVP_T_GENERATE_DONE = 0x88,   /* reply only: the last frame of a GENERATE */
 	KVP_T_ERROR = 0xFF,

@@ -138,9 +138,9 @@ KVP_API int kvp_client_set_timeout_ms(struct kvp_client *c, uint32_t ms);
 
 /* Optional first call: checks the protocol version, sets the adapter id and (where the
  * daemon allows it) a cache salt for this connection; info may be NULL. The library
- * offers version 3; a daemon that answers 1 or 2 is fine (info then lacks the model's
- * sizes), but after a 1 kvp_client_admin fails at once with KVP_EVERSION (nothing is
- * sent). */
+ * offers version 4; a daemon that answers 1 to 3 is fine (info then lacks the model's
+ * sizes below 3), but kvp_client_admin after a 1, and kvp_client_fleet after anything
+ * below 4, fail at once with KVP_EVERSION (nothing is sent). */
 KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const char *salt,
 		     struct kvp_server_info *info);
 
@@ -154,6 +154,18 @@ KVP_API int kvp_client_insert(struct kvp_client *c, const uint32_t *tokens, size
 KVP_API int kvp_client_release(struct kvp_client *c, uint64_t lease, uint32_t *n_blocks);
 /* The daemon's statistics as a JSON object, NUL-terminated, malloc'd: free() it. */
 KVP_API int kvp_client_stats(struct kvp_client *c, char **json);
+/* One engine's answer to FLEET: its name, NUL-terminated in the client's memory until
+ * the next call, and how many leading tokens of the sequence it has cached. */
+struct kvp_fleet_match {
+	uint32_t matched_tokens;
+	const char *name;
+};
+/* For a fleet index (kvprefixd --index-only --kv-events-sub): how many leading tokens of
+ * tokens each engine it follows has cached, longest first, in out (at most max; 64
+ * holds every engine); *n gets how many. KVP_EUNSUPPORTED from a daemon without a fleet
+ * index; KVP_EVERSION (nothing sent) after a HELLO that settled below version 4. */
+KVP_API int kvp_client_fleet(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
+			     struct kvp_fleet_match *out, size_t max, size_t *n);
 /* Round trip of n opaque bytes, echoed back. */
 KVP_API int kvp_client_ping(struct kvp_client *c, const void *data, size_t n);
 

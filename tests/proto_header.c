@@ -70,7 +70,8 @@ Test(header, admin_from_version_2_on)
 
 	cr_assert_eq(KVP_T_ADMIN, 0x09);
 	cr_assert_eq(KVP_PROTO_VERSION, 1);
-	cr_assert_eq(KVP_PROTO_VERSION_MAX, 3);
+	cr_assert_eq(KVP_PROTO_VERSION_MAX, 4);
+	cr_assert_eq(KVP_PROTO_VERSION_FLEET, 4);
 	cr_assert_eq(KVP_PROTO_VERSION_ADMIN, 2);
 	cr_assert_eq(KVP_PROTO_VERSION_SIZES, 3);
 	cr_assert(kvp_frame_is_request(KVP_T_ADMIN));

@@ -43,6 +43,8 @@ static void usage_main(FILE *f)
 		"\n"
 		"Commands:\n"
 		"  lookup     which prefix of a token sequence is cached\n"
+		"  fleet      which prefix of it each engine of a fleet has cached (a\n"
+		"             fleet index: kvprefixd --index-only --kv-events-sub)\n"
 		"  insert     register the full blocks of a token sequence as computed\n"
 		"  generate   generate tokens after a prompt (a daemon that runs a model)\n"
 		"  stats      print the daemon's statistics (JSON)\n"
@@ -58,7 +60,7 @@ static void usage_main(FILE *f)
 
 static void usage_tokens(FILE *f, const char *cmd)
 {
-	bool ins = strcmp(cmd, "insert") == 0;
+	bool ins = strcmp(cmd, "insert") == 0, fleet = strcmp(cmd, "fleet") == 0;
 
 	fprintf(f,
 		"Usage: kvprefix %s [--socket PATH] (--tokens LIST | --tokens-file FILE)\n"
@@ -79,8 +81,12 @@ static void usage_tokens(FILE *f, const char *cmd)
 		cmd, (int)strlen(cmd), "",
 		ins ? "Register the full blocks of the tokens as computed (only full blocks are\n"
 		      "cached; the tail shorter than a block is not)."
+		: fleet ? "Ask a fleet index (kvprefixd --index-only --kv-events-sub) which prefix\n"
+			  "of the tokens each engine it follows has cached, longest first\n"
+			  "(--pin does not apply)."
 		    : "Ask which prefix of the tokens is cached, in whole blocks.",
 		ins ? "cached_tokens, prompt_tokens, new_blocks, block_ids, lease"
+		: fleet ? "prompt_tokens, instances: [{instance, matched_tokens}]"
 		    : "matched_tokens, prompt_tokens, blocks, block_ids, lease");
 }
 
@@ -210,6 +216,51 @@ static int print_match(bool ins, const struct kvp_match *m, bool json)
 	return KVP_EXIT_OK;
 }
 
+/* s as a JSON string: quotes, backslashes and control bytes escaped. */
+static void print_json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (ch == '"' || ch == '\\')
+			printf("\\%c", ch);
+		else if (ch < 0x20)
+			printf("\\u%04x", ch);
+		else
+			putchar(ch);
+	}
+	putchar('"');
+}
+
+/* kvprefix fleet: each engine's cached prefix, longest first, one per line (or JSON). */
+static int run_fleet(struct kvp_client *c, const struct kvp_tokvec *toks, bool json)
+{
+	struct kvp_fleet_match m[64];
+	size_t n;
+	int rc = kvp_client_fleet(c, toks->v, toks->n, m, 64, &n);
+
+	if (rc < 0) {
+		kvp_tool_perror(PROG, "fleet", c, rc);
+		return KVP_EXIT_FAIL;
+	}
+	if (json) {
+		printf("{\"prompt_tokens\":%zu,\"instances\":[", toks->n);
+		for (size_t i = 0; i < n; i++) {
+			printf("%s{\"instance\":", i ? "," : "");
+			print_json_str(m[i].name);
+			printf(",\"matched_tokens\":%u}", m[i].matched_tokens);
+		}
+		printf("]}\n");
+		return KVP_EXIT_OK;
+	}
+	if (n == 0)
+		printf("no engine is followed yet\n");
+	for (size_t i = 0; i < n; i++)
+		printf("%-40s %u of %zu tokens\n", m[i].name, m[i].matched_tokens, toks->n);
+	return KVP_EXIT_OK;
+}
+
 static int cmd_tokens(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -270,6 +321,15 @@ static int cmd_tokens(int argc, char **argv)
 		goto out_free;
 	}
 	kvp_client_set_timeout_ms(c, CLI_TIMEOUT_MS);
+	if (strcmp(cmd, "fleet") == 0 && flags) {
+		fprintf(stderr, PROG " fleet: --pin does not apply\n");
+		ret = KVP_EXIT_USAGE;
+		goto out_close;
+	}
+	if (strcmp(cmd, "fleet") == 0) {
+		ret = run_fleet(c, &toks, json);
+		goto out_close;
+	}
 	rc = ins ? kvp_client_insert(c, toks.v, toks.n, flags, &m)
 		 : kvp_client_lookup(c, toks.v, toks.n, flags, &m);
 	if (rc < 0) {
@@ -1102,7 +1162,7 @@ int main(int argc, char **argv)
 		printf("kvprefix %s\n", KVP_VERSION);
 		return KVP_EXIT_OK;
 	}
-	if (strcmp(cmd, "lookup") == 0 || strcmp(cmd, "insert") == 0)
+	if (strcmp(cmd, "lookup") == 0 || strcmp(cmd, "insert") == 0 || strcmp(cmd, "fleet") == 0)
 		return cmd_tokens(argc - 1, argv + 1);
 	if (strcmp(cmd, "generate") == 0)
 		return cmd_generate(argc - 1, argv + 1);

@@ -1,0 +1,59 @@
+/*
+ * kvp_evpub.h - publishing event batches over ZeroMQ (docs/kv-events.md): a PUB socket
+ * sends each batch as three frames (topic, sequence number as a u64 big-endian,
+ * payload), and an optional ROUTER socket replays the batches still buffered to a
+ * client that asks for them from a sequence number on.
+ *
+ * Threads: kvp_evpub_publish and kvp_evpub_stats are called from one thread (the
+ * daemon's loop) and never block on the network: they take a mutex held only for
+ * pointer moves and copies. A thread of the publisher's own owns both sockets; it sends
+ * each batch once, keeps the last `buffer` batches for replay, and serves replays.
+ * Nothing waits for a subscriber: PUB drops what a slow one cannot take (it sees the gap
+ * in the sequence numbers), and when the loop outruns the thread so far that a batch is
+ * overwritten in the buffer before it was sent, that batch is counted as dropped.
+ *
+ * Errors: 0 or a negative enum kvp_status; open explains a failure in err.
+ */
+#ifndef KVP_EVPUB_H
+#define KVP_EVPUB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvp_status.h"
+
+struct kvp_evpub_config {
+	const char *endpoint;          /* PUB, bound: tcp://HOST:PORT, ipc://PATH */
+	const char *replay_endpoint;   /* ROUTER, bound; NULL: no replay */
+	const char *topic;             /* first frame of each message */
+	uint32_t buffer;               /* batches kept for replay (and in flight), >= 1 */
+	uint32_t hwm;                  /* PUB's send high-water mark, messages */
+};
+
+struct kvp_evpub_stats {
+	uint64_t batches;          /* handed to publish */
+	uint64_t events;           /* events in them */
+	uint64_t sent;             /* batches sent on PUB */
+	uint64_t dropped;          /* batches lost before they were sent */
+	uint64_t replays;          /* replay requests served */
+	uint64_t replayed;         /* batches sent in replies */
+	uint64_t replay_bad;       /* malformed replay requests, ignored */
+	uint64_t replay_cut;       /* replies cut short: the client went or stopped reading */
+	uint64_t next_seq;         /* the sequence number the next batch gets */
+};
+
+struct kvp_evpub;
+
+/* Bind the sockets and start the thread. KVP_EINVAL (a bad endpoint: err says which
+ * and why), KVP_ENOMEM, KVP_EIO. */
+int kvp_evpub_open(const struct kvp_evpub_config *cfg, struct kvp_evpub **out, char *err,
+		   size_t err_len);
+/* Queue one batch (msgpack bytes; ownership of buf, a malloc'd block, passes to the
+ * publisher) of n_events events. It gets the next sequence number, starting at 0. */
+void kvp_evpub_publish(struct kvp_evpub *p, uint8_t *buf, size_t len, uint32_t n_events);
+void kvp_evpub_stats(struct kvp_evpub *p, struct kvp_evpub_stats *st);
+/* Send what is queued (waiting up to 1 s for slow subscribers), stop the thread,
+ * close. NULL is fine. */
+void kvp_evpub_close(struct kvp_evpub *p);
+
+#endif
