@@ -2,7 +2,8 @@
 # test_install.sh BUILD_DIR SOURCE_DIR - the deployment files, installed and packaged.
 #
 #   (b) DESTDIR install of BUILD_DIR: every file where the layout says (paths from
-#       BUILD_DIR/kvp_install_layout.sh, i.e. the prefix the build was configured with);
+#       BUILD_DIR/kvp_install_layout.sh, i.e. the prefix the build was configured with),
+#       the Grafana dashboard among them;
 #       the installed binaries run, a program builds against the installed headers,
 #       library and pkg-config file; the sysusers.d file creates the users in a
 #       scratch root; the shipped service command line (installed unit + installed
@@ -119,6 +120,14 @@ need_file "$root$KVP_CONFDIR/kvprefixd.conf" "$root"
 need_man "$root$KVP_MANDIR/man8" kvprefixd.8 "$root"
 need_man "$root$KVP_MANDIR/man1" kvprefix.1 "$root"
 need_man "$root$KVP_MANDIR/man1" kvprefix-stat.1 "$root"
+need_file "$root$KVP_DATADIR/kvprefix/grafana/kvprefix-dashboard.json" "$root"
+# the dashboard as installed is the one in the tree (tests/check_dashboard.py checks that)
+if cmp -s "$src/etc/grafana/kvprefix-dashboard.json" \
+	"$root$KVP_DATADIR/kvprefix/grafana/kvprefix-dashboard.json"; then
+	pass "the installed Grafana dashboard is etc/grafana/kvprefix-dashboard.json"
+else
+	fail "the installed Grafana dashboard differs from etc/grafana/kvprefix-dashboard.json"
+fi
 
 # The installed service names the installed daemon and configuration.
 unit="$root$KVP_UNITDIR/kvprefixd.service"
@@ -437,6 +446,7 @@ else
 		need_file "$x/usr/share/man/man8/kvprefixd.8.gz" "$x"
 		need_file "$x/usr/share/man/man1/kvprefix.1.gz" "$x"
 		need_file "$x/usr/share/man/man1/kvprefix-stat.1.gz" "$x"
+		need_file "$x/usr/share/kvprefix/grafana/kvprefix-dashboard.json" "$x"
 		grep -qx 'ExecStart=/usr/sbin/kvprefixd --config /etc/kvprefix/kvprefixd.conf $KVPREFIXD_ARGS' \
 			"$x/usr/lib/systemd/system/kvprefixd.service" &&
 			pass "the packaged service runs /usr/sbin/kvprefixd --config /etc/kvprefix/kvprefixd.conf" ||

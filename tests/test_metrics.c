@@ -12,12 +12,15 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -823,6 +826,174 @@ Test(daemon, stat_watch_live_view, .init = start_unix, .fini = stop)
 	cr_assert(strstr(out, ":chat "), "namespace missing:\n%s", out);
 	cr_assert(strstr(out, "req/s"), "%s", out);
 	kvp_client_close(a);
+}
+
+/* Sparkline columns of the line at s: block characters (U+2581..U+2588) counted, with
+ * how many are the lowest and the highest. */
+struct spark_cols {
+	int n, low, high;
+};
+
+static struct spark_cols spark_count(const char *s)
+{
+	struct spark_cols c = { 0 };
+
+	for (; *s && *s != '\n'; s++) {
+		if ((unsigned char)s[0] == 0xe2 && (unsigned char)s[1] == 0x96 &&
+		    (unsigned char)s[2] >= 0x81 && (unsigned char)s[2] <= 0x88) {
+			c.n++;
+			c.low += (unsigned char)s[2] == 0x81;
+			c.high += (unsigned char)s[2] == 0x88;
+			s += 2;
+		}
+	}
+	return c;
+}
+
+/* The first refresh of kvprefix-stat's table at or after s: its "kvprefixd VERSION"
+ * line; NULL if none. */
+static const char *refresh_at(const char *out, const char *s)
+{
+	for (; (s = strstr(s, "kvprefixd ")); s++)
+		if (s == out || s[-1] == '\n')
+			return s;
+	return NULL;
+}
+
+/* The line after the one at s, or NULL. */
+static const char *next_line(const char *s)
+{
+	s = s ? strchr(s, '\n') : NULL;
+	return s ? s + 1 : NULL;
+}
+
+/* kvprefix-stat --watch 0.2 in a UTF-8 locale while this test looks prefixes up: 4
+ * intervals of hits, then 4 of misses. Each refresh after the first shows the history:
+ * a column per interval so far, the hit rate full, then at the bottom. */
+Test(daemon, stat_watch_history_sparklines, .init = start_unix, .fini = stop, .timeout = 60)
+{
+	enum { REFRESHES = 9, CAP = 1 << 18 };
+	struct kvp_client *a = conn("chat");
+	uint32_t t[4 * B], miss[4 * B];
+	struct kvp_match m;
+	char *out = malloc(CAP);
+	size_t len = 0;
+	int fds[2], st, seen = 0, seed = 100;
+	pid_t pid;
+
+	cr_assert_not_null(out);
+	fill(t, 4 * B, 11);
+	cr_assert_eq(kvp_client_insert(a, t, 4 * B, 0, &m), 0);
+	cr_assert_eq(pipe(fds), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		dup2(fds[1], STDOUT_FILENO);
+		close(fds[0]);
+		close(fds[1]);
+		setenv("LC_ALL", "C.UTF-8", 1);
+		execl(KVP_STAT_PATH, KVP_STAT_PATH, "--watch", "0.2", "--socket", d.socket,
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	/* a lookup every 10 ms; which kind by the refreshes printed so far */
+	while (seen < REFRESHES) {
+		struct pollfd pf = { .fd = fds[0], .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&pf, 1, 10) > 0) {
+			n = read(fds[0], out + len, CAP - 1 - len);
+			cr_assert_gt(n, 0, "kvprefix-stat ended early:\n%.*s", (int)len, out);
+			len += (size_t)n;
+			out[len] = '\0';
+			seen = 0;
+			for (const char *p = out; (p = refresh_at(out, p)); p++)
+				seen++;
+		}
+		if (seen <= 4) {
+			cr_assert_eq(kvp_client_lookup(a, t, 4 * B, 0, &m), 0);
+		} else {
+			fill(miss, 4 * B, (uint32_t)seed++);
+			miss[0] = 5000;   /* fill() stays below 1000: never t's first block */
+			cr_assert_eq(kvp_client_lookup(a, miss, 4 * B, 0, &m), 0);
+		}
+	}
+	kill(pid, SIGINT);
+	for (ssize_t n; len < CAP - 1 && (n = read(fds[0], out + len, CAP - 1 - len)) > 0;)
+		len += (size_t)n;
+	out[len] = '\0';
+	close(fds[0]);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFSIGNALED(st) || WIFEXITED(st), "%d", st);
+
+	/* refresh k (from 0) shows k columns: none in the first, then one more each time */
+	{
+		const char *p = out;
+		int k = 0;
+
+		for (; (p = refresh_at(out, p)) && k < REFRESHES; p++, k++) {
+			const char *end = refresh_at(out, p + 1);
+			const char *h = strstr(p, "\n  history   last ");
+
+			if (k == 0) {
+				cr_assert(!h || (end && h > end), "history before an interval:\n%s", out);
+				continue;
+			}
+			cr_assert(h && (!end || h < end), "refresh %d has no history:\n%s", k, out);
+			h = next_line(h + 1);
+			cr_assert(h && strncmp(h, "  hit rate ", 11) == 0, "%.200s", h);
+			cr_assert_leq(spark_count(h).n, k, "%.300s", h);
+			h = next_line(h);
+			cr_assert(h && strncmp(h, "  req/s ", 8) == 0, "%.200s", h);
+			cr_assert_eq(spark_count(h).n, k, "refresh %d:\n%.300s", k, h);
+		}
+		cr_assert_eq(k, REFRESHES, "%s", out);
+	}
+	/* the last history: 8 intervals of 0.2 s and a little more each; hits drawn full,
+	 * misses at the bottom */
+	{
+		const char *last = NULL, *h;
+		struct spark_cols hit;
+		double span;
+
+		for (const char *p = out; (p = strstr(p, "\n  history   last ")); p++)
+			last = p;
+		cr_assert_not_null(last);
+		span = strtod(last + strlen("\n  history   last "), NULL);
+		cr_assert(span >= 1.6 && span < 8, "%.100s", last);
+		h = next_line(last + 1);
+		hit = spark_count(h);
+		cr_assert_geq(hit.high, 1, "no interval of hits drawn full:\n%.300s", h);
+		cr_assert_geq(hit.low, 1, "no interval of misses at the bottom:\n%.300s", h);
+	}
+	free(out);
+	kvp_client_close(a);
+}
+
+/* Outside a UTF-8 locale, and with --ascii, the history is drawn in ASCII. */
+Test(daemon, stat_watch_history_in_ascii, .init = start_unix, .fini = stop)
+{
+	static const char *const how[][2] = { { "LC_ALL=C.UTF-8", "--ascii" }, { "LC_ALL=C", "" } };
+	char cmd[512], out[65536];
+
+	for (size_t i = 0; i < sizeof(how) / sizeof(how[0]); i++) {
+		const char *h;
+		int rc;
+
+		snprintf(cmd, sizeof(cmd), "%s timeout -s INT 1.1 '%s' --watch 0.2 --socket '%s' %s",
+			 how[i][0], KVP_STAT_PATH, d.socket, how[i][1]);
+		rc = kvp_run_capture(cmd, out, sizeof(out));
+		cr_assert(rc == 124 || rc == 130 || rc == 0, "%s: %d\n%s", cmd, rc, out);
+		for (const char *p = out; *p; p++)
+			cr_assert_lt((unsigned char)*p, 0x80, "%s: a byte not ASCII:\n%s", cmd, out);
+		h = strstr(out, "\n  history   last ");
+		cr_assert_not_null(h, "%s: no history:\n%s", cmd, out);
+		h = next_line(next_line(h + 1));
+		/* no requests: every interval at the bottom */
+		cr_assert(h && strncmp(h, "  req/s ", 8) == 0 && strstr(h, "_  0.0/s"),
+			  "%s:\n%.300s", cmd, h ? h : out);
+	}
 }
 
 /* The interval_s of each line of kvprefix-stat --json --watch output; how many lines. */

@@ -1,15 +1,21 @@
 /*
  * kvprefix-stat.c - show kvprefixd's statistics (STATS, a JSON object) as a table.
  *
- *   kvprefix-stat [--socket PATH] [--json] [--watch [SECONDS]]
+ *   kvprefix-stat [--socket PATH] [--json] [--watch [SECONDS]] [--ascii]
  *
  * --json prints the daemon's object through unchanged (one line). --watch N refreshes
  * every N seconds (--watch alone: every second, as watch(1)) and becomes a live view:
  * the last interval beside the lifetime figures (token hit rate, request hit rate,
- * requests/s), the pool as a bar, and the namespaces with the most requests over the
- * interval; --json prints one object per
+ * requests/s), the history of the last HIST_SAMPLES intervals' token hit rate and
+ * requests/s as sparklines (sparkline.h; block characters in a UTF-8 locale, ASCII
+ * otherwise or with --ascii), the pool as a bar, and the namespaces with the most
+ * requests over the interval; --json prints one object per
  * refresh with interval_s, interval_hit_rate and interval_requests_per_s added. The
  * screen is cleared between refreshes only when stdout is a terminal.
+ *
+ *   history   last 12.0s (a column an interval); hit rate 0-100%, req/s 0-9.5/s
+ *   hit rate                                                ▂▄▆█▇▆▅  50.00%
+ *   req/s                                                   ▁▃▅▇██▇  8.1/s
  *
  *   pool   [#########=====...................................]  50 columns
  *           cached    pinned  free            (each state that has a block shows)
@@ -30,6 +36,8 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
+#include <langinfo.h>
+#include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +46,7 @@
 #include <unistd.h>
 
 #include "kvprefix.h"
+#include "sparkline.h"
 #include "util.h"
 
 #define PROG "kvprefix-stat"
@@ -48,12 +57,13 @@
 #define NS_SHOWN 5            /* namespaces in the table */
 #define NS_LISTED 10          /* namespaces the daemon lists (top by requests) */
 #define NS_NAME_COLS 28
+#define HIST_SAMPLES 60       /* intervals in --watch's history, a column each */
 
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"Usage: kvprefix-stat [--socket PATH] [--server-uid UID] [--json]\n"
-		"                     [--watch [SECONDS]]\n"
+		"                     [--watch [SECONDS]] [--ascii]\n"
 		"Show kvprefixd's hit rates and block pool state.\n"
 		"\n"
 		"  -s, --socket PATH      daemon socket (default: the library's default)\n"
@@ -62,9 +72,12 @@ static void usage(FILE *f)
 		"  -j, --json             print the daemon's statistics as one JSON object\n"
 		"  -w, --watch [SECONDS]  refresh every SECONDS (default 1; e.g. 0.5): a live\n"
 		"                         view of the last interval beside the lifetime\n"
-		"                         figures, the pool as a bar and the busiest\n"
-		"                         namespaces; with --json, one object per line per\n"
-		"                         refresh\n"
+		"                         figures, the hit rate and requests/s of the last\n"
+		"                         60 intervals as sparklines, the pool as a bar and\n"
+		"                         the busiest namespaces; with --json, one object\n"
+		"                         per line per refresh\n"
+		"      --ascii            draw the sparklines in ASCII (the default outside\n"
+		"                         a UTF-8 locale)\n"
 		"  -h, --help             show this help\n"
 		"\n"
 		"Hit rate = hit tokens / query tokens over lookups. Exit status: 0 ok,\n"
@@ -171,6 +184,50 @@ static struct interval interval_of(const struct snap *cur, const struct snap *pr
 				delta(cur, prev, "lookups") + delta(cur, prev, "generations"));
 	iv.req_per_s = ratio(delta(cur, prev, "requests"), iv.secs);
 	return iv;
+}
+
+/* --watch's history: an interval's token hit rate (a gap when it had no queries) and
+ * request rate, the last HIST_SAMPLES of each. */
+struct history {
+	struct kvp_spark hit, rps;
+	enum kvp_spark_style style;
+};
+
+static void history_add(struct history *h, const struct interval *iv)
+{
+	if (!iv->have)
+		return;
+	kvp_spark_push(&h->hit, iv->hit_rate, iv->secs);
+	kvp_spark_push(&h->rps, iv->req_per_s, iv->secs);
+}
+
+/* Block characters when the locale's character set is UTF-8, else ASCII. Called after
+ * setlocale(LC_CTYPE, ""). */
+static enum kvp_spark_style style_of_locale(void)
+{
+	const char *cs = nl_langinfo(CODESET);
+
+	return cs && (strcmp(cs, "UTF-8") == 0 || strcmp(cs, "utf8") == 0) ? KVP_SPARK_UTF8 :
+		KVP_SPARK_ASCII;
+}
+
+/* The two sparklines, once there is an interval: the hit rate on 0-100%, requests/s
+ * from 0 to the highest rate shown; the newest interval on the right. */
+static void print_history(const struct history *h)
+{
+	char line[KVP_SPARK_BUF(HIST_SAMPLES)], span[32], a[32], b[32];
+
+	if (!h || h->hit.n == 0)
+		return;
+	printf("  %-9s last %s (a column an interval); hit rate 0-100%%, req/s 0-%s\n",
+	       "history", kvp_spark_fmt_span(span, sizeof(span), kvp_spark_span(&h->hit)),
+	       fmt_rate(a, sizeof(a), kvp_spark_max(&h->rps)));
+	kvp_spark_render(&h->hit, HIST_SAMPLES, 0, 1, h->style, line, sizeof(line));
+	printf("  %-9s %s  %s\n", "hit rate", line,
+	       fmt_pct(b, sizeof(b), kvp_spark_last(&h->hit)));
+	kvp_spark_render(&h->rps, HIST_SAMPLES, 0, NAN, h->style, line, sizeof(line));
+	printf("  %-9s %s  %s\n", "req/s", line,
+	       fmt_rate(b, sizeof(b), kvp_spark_last(&h->rps)));
 }
 
 static const char *fmt_us(char *buf, size_t cap, double us)
@@ -393,7 +450,7 @@ static void print_namespaces(const struct snap *cur, const struct snap *prev,
 }
 
 static void print_table(const struct snap *cur, const struct snap *prev,
-			const struct interval *iv)
+			const struct interval *iv, const struct history *h)
 {
 	static const char *const counts[][2] = {
 		{ "requests", "requests" },       { "  lookups", "lookups" },
@@ -439,6 +496,7 @@ static void print_table(const struct snap *cur, const struct snap *prev,
 	if (iv->have)
 		printf(" %14s", fmt_rate(b, sizeof(b), iv->req_per_s));
 	printf("\n");
+	print_history(h);
 	for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++)
 		printf("  %-18s %14s\n", counts[i][0],
 		       fmt_count(a, sizeof(a), num(o, counts[i][1])));
@@ -553,13 +611,15 @@ int main(int argc, char **argv)
 		{ "server-uid", required_argument, NULL, 'U' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "watch", optional_argument, NULL, 'w' },
+		{ "ascii", no_argument, NULL, 'a' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sock = NULL;
 	struct snap cur = { 0 }, prev = { 0 };
 	struct kvp_client *c = NULL;
-	bool json = false, tty;
+	static struct history hist;   /* two rings of doubles: not on the stack */
+	bool json = false, ascii = false, tty;
 	double watch = 0;
 	int opt, ret = KVP_EXIT_FAIL;
 
@@ -572,6 +632,7 @@ int main(int argc, char **argv)
 				goto out_usage;
 			break;
 		case 'j': json = true; break;
+		case 'a': ascii = true; break;
 		case 'w':
 			if (!watch_option(argc, argv, &watch))
 				return KVP_EXIT_USAGE;
@@ -596,6 +657,10 @@ int main(int argc, char **argv)
 		return KVP_EXIT_FAIL;
 	kvp_client_set_timeout_ms(c, STAT_TIMEOUT_MS);
 	tty = isatty(STDOUT_FILENO);
+	setlocale(LC_CTYPE, "");   /* the character set only: numbers stay in the C locale */
+	kvp_spark_init(&hist.hit, HIST_SAMPLES);
+	kvp_spark_init(&hist.rps, HIST_SAMPLES);
+	hist.style = ascii ? KVP_SPARK_ASCII : style_of_locale();
 	for (bool first = true;; first = false) {
 		struct interval iv;
 
@@ -610,7 +675,9 @@ int main(int argc, char **argv)
 				printf("\033[H\033[2J");
 			else if (!first)
 				printf("\n");
-			print_table(&cur, first ? NULL : &prev, &iv);
+			if (watch > 0)
+				history_add(&hist, &iv);
+			print_table(&cur, first ? NULL : &prev, &iv, watch > 0 ? &hist : NULL);
 		}
 		fflush(stdout);
 		cJSON_Delete(prev.o);
