@@ -6,9 +6,12 @@ set -euo pipefail
 # libsimde-dev (headers) lets test_qdot_emulated run the AVX-512 kernels on CPUs
 # without AVX-512.
 # libhiredis-dev is the Redis tier's client; redis-server is started by the tests.
+# libzmq3-dev and libmsgpack-dev carry the KV events; python3-zmq and python3-msgpack
+# are the tests' subscribers and publishers, python3-pytest runs them.
 pkgs=(build-essential cmake pkg-config libxxhash-dev libevent-dev libmimalloc-dev
       libcjson-dev libcriterion-dev libsystemd-dev libinih-dev libhiredis-dev
-      redis-server clang libclang-rt-14-dev llvm libsimde-dev)
+      redis-server clang libclang-rt-14-dev llvm libsimde-dev python3-pytest
+      libzmq3-dev libmsgpack-dev python3-zmq python3-msgpack)
 # promtool, from the Debian package prometheus (~100 MB with its dependencies), checks
 # /metrics in test_metrics, which skips that check with a reason where it is missing:
 # installed only where apt knows the package.
