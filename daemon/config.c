@@ -164,7 +164,7 @@ static const struct opt_def opt_table[] = {
 	  .help = "event batches kept for replay (default 10000)" },
 	{ .name = "kv-events-array", .kind = KIND_BOOL, FIELD(kv_events_array),
 	  .help = "encode events as arrays (the older form) instead of maps" },
-	{ .name = "instance-id", .kind = KIND_TEXT, FIELD(instance_id), .min = 1,
+	{ .name = "instance-id", .kind = KIND_TEXT, FIELD(instance_id), .min = 0,
 	  .max = KVP_NAME_MAX, .arg = "ID",
 	  .help = "this daemon in the events' topic kv@ID@MODEL (default the\n"
 		  "host name)" },

@@ -49,11 +49,12 @@ allowed_of() {
 	store) echo "store device common" ;;
 	cache) echo "cache index store common" ;;
 	tier) echo "tier index common" ;;
+	events) echo "events index common" ;;
 	engine) echo "engine engine/cpu common" ;;   # model.c: the CPU's bulk f16/bf16 converters
 	engine/cpu) echo "engine/cpu engine common" ;;
 	engine/cuda) echo "engine/cuda engine/cpu engine device common" ;;
-	daemon) echo "daemon cache tier index store proto engine common" ;;
-	tools) echo "tools proto common engine index store device tier" ;;
+	daemon) echo "daemon cache tier events index store proto engine common" ;;
+	tools) echo "tools proto common engine index store device tier events" ;;
 	# kvprefix-bench kernels times the CPU kernels directly, as the engine's tests do
 	tools/kernels) echo "tools proto common engine engine/cpu index store device" ;;
 	tests | fuzz) echo "*" ;;
@@ -67,7 +68,7 @@ private_to() {
 	engine/cpu/*) echo "engine engine/cpu engine/cuda tests tools/kernels" ;;
 	engine/cuda/*) echo "engine/cuda tests" ;;
 	engine/backend.h) echo "engine engine/cpu engine/cuda" ;;
-	daemon/server.h) echo "daemon" ;;
+	daemon/server.h | daemon/fleet.h) echo "daemon" ;;
 	*_impl.h | *_internal.h) module_of "$1" ;;
 	*) echo "" ;;
 	esac

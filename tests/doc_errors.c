@@ -217,7 +217,15 @@ static void p_bad_version(int fd, uint8_t v)
 
 static void p_unknown_type(int fd, uint8_t v)
 {
-	send_frame(fd, v, 0x0a, BAD_ID, NULL, 0);
+	send_frame(fd, v, 0x0b, BAD_ID, NULL, 0);
+}
+
+static void p_fleet_below_v4(int fd, uint8_t v)
+{
+	uint8_t p[8 + 4 * 4];
+
+	tokens_payload(p, 0, 4, 1);
+	send_frame(fd, v, KVP_T_FLEET, BAD_ID, p, sizeof(p));
 }
 
 static void p_admin_v1(int fd, uint8_t v)
@@ -382,6 +390,14 @@ static void generate(int fd, uint8_t v, uint32_t n, uint32_t last, uint32_t max_
 	send_frame(fd, v, KVP_T_GENERATE, BAD_ID, p, len);
 }
 
+static void p_fleet_ok(int fd, uint8_t v)
+{
+	uint8_t p[8 + 4 * 4];
+
+	tokens_payload(p, 0, 4, 1);
+	send_frame(fd, v, KVP_T_FLEET, BAD_ID, p, sizeof(p));
+}
+
 static void p_generate_ok(int fd, uint8_t v)
 {
 	generate(fd, v, 4, 0, 1, 1.0f);
@@ -462,6 +478,7 @@ static const struct provoker provokers[] = {
 	{ "bad-version", D_INDEX, 2, false, p_bad_version },
 	{ "unknown-type", D_INDEX, 2, false, p_unknown_type },
 	{ "admin-in-version-1", D_INDEX, 1, false, p_admin_v1 },
+	{ "fleet-below-version-4", D_INDEX, 3, false, p_fleet_below_v4 },
 	{ "header-flags", D_INDEX, 2, false, p_header_flags },
 	{ "frame-too-big", D_INDEX, 2, false, p_frame_too_big },
 	{ "reply-type", D_INDEX, 2, false, p_reply_type },
@@ -479,6 +496,7 @@ static const struct provoker provokers[] = {
 	{ "lease-limit", D_INDEX, 2, false, p_lease_limit },
 	{ "insert-engine-mode", D_ENGINE, 2, false, p_insert_engine },
 	{ "generate-index-only", D_INDEX, 2, false, p_generate_ok },
+	{ "fleet-no-index", D_INDEX, 4, false, p_fleet_ok },
 	{ "generate-bad-value", D_INDEX, 2, false, p_generate_bad_value },
 	{ "generate-over-context", D_ENGINE, 2, false, p_generate_over_context },
 	{ "generate-bad-token", D_ENGINE, 3, false, p_generate_bad_token },

@@ -104,7 +104,7 @@ static void check_frames(const char *doc, const struct frame *f, int n)
 	int g = -1, done = -1;
 
 	cr_assert_geq(n, 10, "%d frames in the trace", n);
-	wn = dt_example(doc, "hello_v3", want, sizeof(want));
+	wn = dt_example(doc, "hello_v4", want, sizeof(want));
 	cr_assert(f[0].sent && f[0].n == wn && memcmp(f[0].b, want, wn) == 0, "HELLO differs");
 	wn = dt_example(doc, "hello_reply_engine", want, sizeof(want));
 	kvp_le_put_u32(want + KVP_HDR_SIZE + 20, (uint32_t)getuid());   /* the tenant */

@@ -109,7 +109,7 @@ static const uint8_t hex_generate_tokens_2[] = {
 static const uint8_t hex_hello_reply_engine[] = {
 	0x4b, 0x56, 0x50, 0x31, 0x01, 0x81, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
 	0x2c, 0x00, 0x00, 0x00,
-	0x03, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00,
+	0x04, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00,
 	0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xe8, 0x03, 0x00, 0x00,
 	0x0a, 0x00, 0x74, 0x69, 0x6e, 0x79, 0x2d, 0x6c, 0x6c, 0x61, 0x6d, 0x61,
 	0x08, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00,
@@ -365,19 +365,19 @@ static void chk_hello_offer(const uint8_t *p, size_t n, uint32_t version)
 	cr_assert_eq(m.salt_len, 0);
 }
 
-static size_t enc_hello_v3(uint8_t *out, size_t cap)
+static size_t enc_hello_v4(uint8_t *out, size_t cap)
 {
-	return enc_hello_offer(out, cap, 3);
+	return enc_hello_offer(out, cap, 4);
 }
 
-static void chk_hello_v3(const uint8_t *p, size_t n)
+static void chk_hello_v4(const uint8_t *p, size_t n)
 {
-	chk_hello_offer(p, n, 3);
+	chk_hello_offer(p, n, 4);
 }
 
 static size_t enc_hello_reply_engine(uint8_t *out, size_t cap)
 {
-	struct kvp_hello_reply m = { 3, 4, 1024, 2048, 0, 1000, "tiny-llama", 10, 8, 64 };
+	struct kvp_hello_reply m = { 4, 4, 1024, 2048, 0, 1000, "tiny-llama", 10, 8, 64 };
 
 	return kvp_hello_reply_encode(out, cap, &m);
 }
@@ -387,9 +387,9 @@ static void chk_hello_reply_engine(const uint8_t *p, size_t n)
 	struct kvp_hello_reply m;
 
 	cr_assert_eq(kvp_hello_reply_decode(p, n, &m), 0);
-	cr_assert_eq(m.version, 3);
-	cr_assert_eq(m.vocab_size, 8, "version 3: the vocabulary");
-	cr_assert_eq(m.ctx_tokens, 64, "version 3: the context");
+	cr_assert_eq(m.version, 4);
+	cr_assert_eq(m.vocab_size, 8, "version 4, as 3: the vocabulary");
+	cr_assert_eq(m.ctx_tokens, 64, "version 4, as 3: the context");
 	cr_assert_eq(m.block_tokens, 4);
 	cr_assert_eq(m.capacity_blocks, 1024);
 	cr_assert_eq(m.max_tokens, 2048);
@@ -645,7 +645,7 @@ static const struct example examples[] = {
 	{ "ping", KVP_T_PING, 6, enc_ping, chk_ping, NULL, 0, 1 },
 	{ "pong", KVP_T_PING | KVP_T_REPLY, 6, enc_ping, chk_ping, NULL, 0, 1 },
 	{ "error", KVP_T_ERROR, 7, enc_error, chk_error, hex_error, sizeof(hex_error), 1 },
-	{ "hello_v3", KVP_T_HELLO, 1, enc_hello_v3, chk_hello_v3, NULL, 0, 1 },
+	{ "hello_v4", KVP_T_HELLO, 1, enc_hello_v4, chk_hello_v4, NULL, 0, 1 },
 	{ "hello_reply_engine", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply_engine,
 	  chk_hello_reply_engine, hex_hello_reply_engine, sizeof(hex_hello_reply_engine), 1 },
 	{ "generate", KVP_T_GENERATE, 1, enc_generate, chk_generate, hex_generate,

@@ -37,13 +37,14 @@ Test(header, layout_is_byte_exact)
 
 Test(header, every_type_byte)
 {
-	for (unsigned v = 1; v <= 3; v++) {
+	for (unsigned v = 1; v <= 4; v++) {
 		for (unsigned t = 0; t < 256; t++) {
 			uint8_t *b = hdr_bytes((uint8_t)v, (uint8_t)t, 0, 9, 0);
 			struct kvp_frame_hdr h;
-			bool req = (t >= 0x01 && t <= 0x07) || t == 0x09;
+			bool req = (t >= 0x01 && t <= 0x07) || t == 0x09 || t == 0x0A;
 			bool known = (t >= 0x01 && t <= 0x07) || (t >= 0x81 && t <= 0x88) ||
-				     t == 0xFF || (v >= 2 && (t == 0x09 || t == 0x89));
+				     t == 0xFF || (v >= 2 && (t == 0x09 || t == 0x89)) ||
+				     (v >= 4 && (t == 0x0A || t == 0x8A));
 
 			cr_assert_eq(kvp_frame_is_request((uint8_t)t), req, "type 0x%02x", t);
 			cr_assert_eq(kvp_frame_type_valid((uint8_t)v, (uint8_t)t), known,
@@ -59,7 +60,7 @@ Test(header, every_type_byte)
 	/* No type exists in a version the codec does not speak. */
 	for (unsigned t = 0; t < 256; t++) {
 		cr_assert(!kvp_frame_type_valid(0, (uint8_t)t));
-		cr_assert(!kvp_frame_type_valid(4, (uint8_t)t));
+		cr_assert(!kvp_frame_type_valid(5, (uint8_t)t));
 	}
 }
 
@@ -97,8 +98,8 @@ Test(header, admin_from_version_2_on)
 		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 1024, &h), 0);
 		cr_assert_eq(h.version, 3);
 		free(b);
-		/* in version 4: the version is refused first */
-		b = hdr_bytes(4, admin[i], 0, 47, 18);
+		/* in version 5: the version is refused first */
+		b = hdr_bytes(5, admin[i], 0, 47, 18);
 		cr_assert_eq(kvp_hdr_decode(b, KVP_HDR_SIZE, 1024, &h), KVP_EVERSION);
 		cr_assert_eq(h.req_id, 47);
 		free(b);
@@ -178,7 +179,7 @@ Test(header, bad_magic)
 
 Test(header, version)
 {
-	static const uint8_t bad[] = { 0, 4, 5, 0x81, 0xFF };
+	static const uint8_t bad[] = { 0, 5, 6, 0x81, 0xFF };
 
 	for (size_t i = 0; i < sizeof(bad); i++) {
 		uint8_t *b = hdr_bytes(bad[i], KVP_T_HELLO, 0, 31, 12);

@@ -475,6 +475,10 @@ Test(config, diff_names_each_option_with_its_live_flag)
 		{ "host-cache-mb", "512" },
 		{ "redis", "unix:/run/redis/redis.sock" }, { "redis-password", "secret" },
 		{ "redis-ttl", "3600" },
+		{ "kv-events", "tcp://127.0.0.1:5557" }, { "kv-events-replay", "tcp://127.0.0.1:5558" },
+		{ "kv-events-buffer", "100" }, { "kv-events-array", "true" },
+		{ "instance-id", "node-7" }, { "kv-events-sub", "tcp://10.0.0.1:5557" },
+		{ "kv-events-sub-replay", "tcp://10.0.0.1:5558" },
 		{ "threads", "1025" /* replaced below */ }, { "max-seqs", "4" },
 		{ "max-batch-tokens", "64" }, { "max-tokens", "1000" },
 		{ "max-frame-bytes", "16777216" }, { "max-connections", "10" }, { "max-leases", "10" },
@@ -497,17 +501,22 @@ Test(config, diff_names_each_option_with_its_live_flag)
 	cr_assert_eq(keys, sizeof(set) / sizeof(set[0]) + 2, "every key but the mode is here");
 
 	for (size_t i = 0; i < sizeof(set) / sizeof(set[0]); i++) {
+		/* an option that needs another: both are set, and both change */
+		const char *needs = strcmp(set[i].key, "kv-events-replay") == 0 ? "kv-events = ipc:///x"
+				  : strcmp(set[i].key, "kv-events-sub-replay") == 0
+				  ? "kv-events-sub = ipc:///y" : NULL;
 		struct changes c;
+		int k = needs ? 1 : 0;   /* the table lists the one needed first */
 
 		if (strcmp(set[i].key, "threads") == 0)
 			write_file(conf, "threads = %d\n", base.threads == 1 ? 2 : 1);
 		else
-			write_file(conf, "%s = %s\n", set[i].key, set[i].value);
+			write_file(conf, "%s\n%s = %s\n", needs ? needs : "", set[i].key, set[i].value);
 		cr_assert_eq(parse(argv, &cfg, err, sizeof(err)), 0, "%s: %s", set[i].key, err);
 		c = diff(&base, &cfg);
-		cr_assert_eq(c.n, 1, "%s: %d changes", set[i].key, c.n);
-		cr_assert_str_eq(c.names[0], set[i].key);
-		cr_assert_eq(c.live[0], expected_live(set[i].key), "%s", set[i].key);
+		cr_assert_eq(c.n, needs ? 2 : 1, "%s: %d changes", set[i].key, c.n);
+		cr_assert_str_eq(c.names[k], set[i].key);
+		cr_assert_eq(c.live[k], expected_live(set[i].key), "%s", set[i].key);
 		seen++;
 	}
 	cr_assert_eq(seen, keys - 2);

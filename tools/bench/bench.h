@@ -3,7 +3,7 @@
  * timing samples, synthetic prompts, option errors, the JSON line, the daemon a command
  * starts for itself, and a client of an engine daemon. One file a command:
  * bench_replay.c, bench_index.c, bench_engine*.c, bench_kernels.c, bench_chat.c,
- * bench_load*.c, bench_tiers.c; main.c dispatches.
+ * bench_load*.c, bench_tiers.c, bench_events.c; main.c dispatches.
  *
  * Conventions of every command: progress and errors on stderr, each error prefixed
  * with "kvprefix-bench COMMAND: "; figures on stdout, ending with one JSON line. A
@@ -132,5 +132,6 @@ int bench_cmd_kernels(int argc, char **argv);
 int bench_cmd_chat(int argc, char **argv);
 int bench_cmd_load(int argc, char **argv);
 int bench_cmd_tiers(int argc, char **argv);
+int bench_cmd_events(int argc, char **argv);
 
 #endif

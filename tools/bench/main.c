@@ -11,6 +11,7 @@
  *   chat     a multi-user chat with a shared system prompt (bench_chat.c)
  *   load     N clients, a random mix of requests for S seconds (bench_load*.c)
  *   tiers    TTFT cold, from the pool, from the disk tier; promotion rate (bench_tiers.c)
+ *   events   KV events: publishing's cost, the fleet index's ingest (bench_events.c)
  */
 #include <signal.h>
 #include <stdio.h>
@@ -36,6 +37,8 @@ static void usage_main(FILE *f)
 		"           running kvprefixd and show what each turn found cached\n"
 		"  load     N clients issue a random mix of requests for S seconds; latency,\n"
 		"           errors, the daemon's RSS and pinned blocks at the end\n"
+		"  events   what publishing KV events costs a LOOKUP; the fleet index's ingest\n"
+		"           rate and FLEET's latency\n"
 		"  tiers    TTFT of a prompt cold, from the pool and from the disk tier; the\n"
 		"           disk tier's promotion rate against a sequential read of its file\n"
 		"\n"
@@ -56,6 +59,7 @@ int main(int argc, char **argv)
 		{ "chat", bench_cmd_chat },
 		{ "load", bench_cmd_load },
 		{ "tiers", bench_cmd_tiers },
+		{ "events", bench_cmd_events },
 	};
 	const char *cmd;
 
