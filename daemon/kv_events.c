@@ -4,21 +4,21 @@
  *
  *   cache watch ──▶ BlockStored / BlockRemoved appended to the batch being built
  *                   (consecutive blocks of a prompt share one event)
- *   end of the loop's turn (an event activated by the first append) ──▶ the batch
- *                   encoded and handed to the publisher's thread (events/pub.c),
- *                   which sends it and keeps it for replays
+ *   end of the loop's turn (an event activated by the first append) ──▶ the builder
+ *                   handed to the publisher's thread (events/pub.c), which packs it,
+ *                   sends it and keeps it for replays; the loop goes on with an
+ *                   empty one
  *   start, ADMIN CLEAR of every namespace, stop ──▶ AllBlocksCleared
  *
- * Never waits for a subscriber. A batch grown past KV_EVENTS_FLUSH_BYTES is sent at
- * once. An event that cannot be appended or a batch that cannot be encoded for want
- * of memory is lost, and counted (STATS kv_events.lost_events): a subscriber may then
- * hold a block that went, or miss one.
+ * Never waits for a subscriber, and does no msgpack: appending copies a block's hash and
+ * tokens. A batch grown past KV_EVENTS_FLUSH_BYTES is handed over at once. An event
+ * that cannot be appended or handed over for want of memory is lost, and counted (STATS
+ * kv_events.lost_events): a subscriber may then hold a block that went, or miss one.
  *
  * Event loop thread only.
  */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -40,28 +40,21 @@ struct kv_events {
 	uint64_t lost;               /* events lost to memory */
 };
 
-static double wall_seconds(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* The batch built so far to the publisher. */
+/* The batch built so far to the publisher, which packs it on its thread. */
 static void send_batch(struct kv_events *k)
 {
-	size_t n = kvp_evbatch_events(k->batch), len;
-	uint8_t *buf;
+	struct kvp_evbatch *next;
+	size_t n = kvp_evbatch_events(k->batch);
 
 	if (n == 0)
 		return;
-	if (kvp_evbatch_take(k->batch, wall_seconds(), &buf, &len) != 0) {
+	next = kvp_evpub_submit(k->pub, k->batch);
+	if (!next) {
 		k->lost += n;
 		kvp_evbatch_reset(k->batch);
 		return;
 	}
-	kvp_evpub_publish(k->pub, buf, len, (uint32_t)n);
+	k->batch = next;
 }
 
 static void flush_cb(evutil_socket_t fd, short what, void *arg)

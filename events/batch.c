@@ -1,14 +1,16 @@
 /*
- * batch.c - building event batches: events appended as they happen, packed into one
- * msgpack body as each closes, the batch's frame put around the body at take.
+ * batch.c - building event batches: appending records what happened in plain arrays
+ * (cheap, on the daemon's loop); take packs them into msgpack (on the publisher's
+ * thread), merging what vLLM merges:
  *
  *   stored(h1, no parent) stored(h2, parent h1) removed(h7) removed(h8) stored(h9, h3)
  *     └──── one BlockStored [h1 h2] ────┘ └─ one BlockRemoved [h7 h8] ─┘ └ BlockStored ┘
  *
- * The event being extended ("open") keeps its hashes and tokens in growable arrays;
- * it is packed when an event of another kind (or a stored block not continuing it)
- * comes, or at take. The body's events are counted so that take can write the events
- * array's header, which msgpack puts before the elements.
+ * A record is one block (or a clear); a record that continues the one before (a stored
+ * block whose parent is the previous stored block, a removal after a removal, the same
+ * medium) joins its event. The merge is decided at append, so that the count of events
+ * is known without packing; take walks the records once per event to count its blocks
+ * (msgpack writes an array's length before its elements).
  */
 #include <msgpack.h>
 #include <stdlib.h>
@@ -16,23 +18,24 @@
 
 #include "kvp_events.h"
 
-enum open_kind { OPEN_NONE = 0, OPEN_STORED, OPEN_REMOVED };
+enum rec_kind { REC_STORED = 1, REC_REMOVED, REC_CLEARED };
+
+struct rec {
+	uint64_t hash, parent;
+	uint8_t kind;
+	uint8_t medium;
+	bool has_parent;
+	bool joins;                  /* continues the event of the record before */
+};
 
 struct kvp_evbatch {
 	enum kvp_ev_encoding enc;
 	uint32_t block_tokens;
-	msgpack_sbuffer body;        /* the closed events, packed */
-	msgpack_packer pk;           /* into body */
-	size_t n_events;             /* closed events in body */
-	/* the open event */
-	enum open_kind open;
-	enum kvp_ev_medium medium;
-	bool has_parent;
-	uint64_t parent;
-	uint64_t *hashes;
-	size_t n_hashes, cap_hashes;
-	uint32_t *tokens;            /* n_hashes x block_tokens */
-	size_t cap_tokens;
+	struct rec *recs;
+	size_t n, cap;
+	uint32_t *tokens;            /* block_tokens per stored record, in order */
+	size_t n_tokens, cap_tokens;
+	size_t n_events;
 };
 
 const char *kvp_ev_medium_name(enum kvp_ev_medium m)
@@ -58,125 +61,44 @@ int kvp_evbatch_create(enum kvp_ev_encoding enc, uint32_t block_tokens,
 		return KVP_ENOMEM;
 	b->enc = enc;
 	b->block_tokens = block_tokens;
-	msgpack_sbuffer_init(&b->body);
-	msgpack_packer_init(&b->pk, &b->body, msgpack_sbuffer_write);
 	*out = b;
 	return 0;
+}
+
+int kvp_evbatch_create_like(const struct kvp_evbatch *b, struct kvp_evbatch **out)
+{
+	return kvp_evbatch_create(b->enc, b->block_tokens, out);
 }
 
 void kvp_evbatch_destroy(struct kvp_evbatch *b)
 {
 	if (!b)
 		return;
-	msgpack_sbuffer_destroy(&b->body);
-	free(b->hashes);
+	free(b->recs);
 	free(b->tokens);
 	free(b);
 }
 
-static int pack_str(msgpack_packer *pk, const char *s)
+/* ---- appending ------------------------------------------------------------------------ */
+
+static int reserve(struct kvp_evbatch *b, size_t tokens)
 {
-	size_t n = strlen(s);
+	if (b->n == b->cap) {
+		size_t cap = b->cap ? 2 * b->cap : 64;
+		struct rec *r = realloc(b->recs, cap * sizeof(*r));
 
-	return msgpack_pack_str(pk, n) || msgpack_pack_str_body(pk, s, n) ? -1 : 0;
-}
-
-/* A map key, or nothing in the array form. */
-static int pack_key(struct kvp_evbatch *b, const char *name)
-{
-	return b->enc == KVP_EV_MAP ? pack_str(&b->pk, name) : 0;
-}
-
-/* The start of an event of n_fields fields besides its type. */
-static int pack_head(struct kvp_evbatch *b, const char *type, size_t n_fields)
-{
-	int rc = b->enc == KVP_EV_MAP ? msgpack_pack_map(&b->pk, n_fields + 1)
-				      : msgpack_pack_array(&b->pk, n_fields + 1);
-
-	if (rc || pack_key(b, "type"))
-		return -1;
-	return pack_str(&b->pk, type);
-}
-
-static int pack_hashes(struct kvp_evbatch *b)
-{
-	if (pack_key(b, "block_hashes") || msgpack_pack_array(&b->pk, b->n_hashes))
-		return -1;
-	for (size_t i = 0; i < b->n_hashes; i++)
-		if (msgpack_pack_uint64(&b->pk, b->hashes[i]))
-			return -1;
-	return 0;
-}
-
-static int pack_medium(struct kvp_evbatch *b)
-{
-	return pack_key(b, "medium") || pack_str(&b->pk, kvp_ev_medium_name(b->medium)) ? -1 : 0;
-}
-
-/* BlockStored: block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium,
- * lora_name: the array form stops at medium, as the engines that read it expect. */
-static int pack_stored(struct kvp_evbatch *b)
-{
-	size_t n_tok = b->n_hashes * b->block_tokens;
-	msgpack_packer *pk = &b->pk;
-
-	if (pack_head(b, "BlockStored", b->enc == KVP_EV_MAP ? 7 : 6) || pack_hashes(b))
-		return -1;
-	if (pack_key(b, "parent_block_hash") ||
-	    (b->has_parent ? msgpack_pack_uint64(pk, b->parent) : msgpack_pack_nil(pk)))
-		return -1;
-	if (pack_key(b, "token_ids") || msgpack_pack_array(pk, n_tok))
-		return -1;
-	for (size_t i = 0; i < n_tok; i++)
-		if (msgpack_pack_uint32(pk, b->tokens[i]))
-			return -1;
-	if (pack_key(b, "block_size") || msgpack_pack_uint32(pk, b->block_tokens) ||
-	    pack_key(b, "lora_id") || msgpack_pack_nil(pk) || pack_medium(b))
-		return -1;
-	if (b->enc == KVP_EV_MAP && (pack_key(b, "lora_name") || msgpack_pack_nil(pk)))
-		return -1;
-	return 0;
-}
-
-/* Pack the open event into the body. On failure the body is cut back to where it was,
- * and the open event stays open. */
-static int close_open(struct kvp_evbatch *b)
-{
-	size_t mark = b->body.size;
-	int rc = 0;
-
-	if (b->open == OPEN_STORED)
-		rc = pack_stored(b);
-	else if (b->open == OPEN_REMOVED)
-		rc = pack_head(b, "BlockRemoved", 2) || pack_hashes(b) || pack_medium(b);
-	else
-		return 0;
-	if (rc) {
-		b->body.size = mark;
-		return KVP_ENOMEM;
-	}
-	b->n_events++;
-	b->open = OPEN_NONE;
-	b->n_hashes = 0;
-	return 0;
-}
-
-/* Room for one more hash (and block of tokens) in the open event. */
-static int reserve_one(struct kvp_evbatch *b)
-{
-	if (b->n_hashes == b->cap_hashes) {
-		size_t cap = b->cap_hashes ? 2 * b->cap_hashes : 16;
-		uint64_t *h = realloc(b->hashes, cap * sizeof(*h));
-
-		if (!h)
+		if (!r)
 			return KVP_ENOMEM;
-		b->hashes = h;
-		b->cap_hashes = cap;
+		b->recs = r;
+		b->cap = cap;
 	}
-	if ((b->n_hashes + 1) * b->block_tokens > b->cap_tokens) {
-		size_t cap = b->cap_hashes * b->block_tokens;
-		uint32_t *t = realloc(b->tokens, cap * sizeof(*t));
+	if (b->n_tokens + tokens > b->cap_tokens) {
+		size_t cap = b->cap_tokens ? 2 * b->cap_tokens : 64 * (size_t)b->block_tokens;
+		uint32_t *t;
 
+		while (cap < b->n_tokens + tokens)
+			cap *= 2;
+		t = realloc(b->tokens, cap * sizeof(*t));
 		if (!t)
 			return KVP_ENOMEM;
 		b->tokens = t;
@@ -185,103 +107,174 @@ static int reserve_one(struct kvp_evbatch *b)
 	return 0;
 }
 
-/* Make the open event one of this kind that the next block continues, closing the one
- * before when it is not. */
-static int open_for(struct kvp_evbatch *b, enum open_kind kind, enum kvp_ev_medium medium,
-		    bool continues)
+static void push(struct kvp_evbatch *b, struct rec r)
 {
-	int rc;
+	const struct rec *prev = b->n ? &b->recs[b->n - 1] : NULL;
 
-	if (b->open == kind && b->medium == medium && continues)
-		return reserve_one(b);
-	rc = reserve_one(b);
-	if (rc == 0)
-		rc = close_open(b);
-	if (rc)
-		return rc;
-	b->open = kind;
-	b->medium = medium;
-	return 0;
+	r.joins = prev && prev->kind == r.kind && prev->medium == r.medium &&
+		  ((r.kind == REC_STORED && r.has_parent && r.parent == prev->hash) ||
+		   r.kind == REC_REMOVED);
+	b->n_events += !r.joins;
+	b->recs[b->n++] = r;
 }
 
 int kvp_evbatch_stored(struct kvp_evbatch *b, uint64_t hash, bool has_parent, uint64_t parent,
 		       const uint32_t *tokens, enum kvp_ev_medium medium)
 {
-	bool continues = has_parent && b->n_hashes > 0 &&
-			 b->hashes[b->n_hashes - 1] == parent;
-	int rc = open_for(b, OPEN_STORED, medium, continues);
-
-	if (rc)
-		return rc;
-	if (b->n_hashes == 0) {
-		b->has_parent = has_parent;
-		b->parent = parent;
-	}
-	memcpy(b->tokens + b->n_hashes * b->block_tokens, tokens,
-	       b->block_tokens * sizeof(*tokens));
-	b->hashes[b->n_hashes++] = hash;
+	if (reserve(b, b->block_tokens))
+		return KVP_ENOMEM;
+	memcpy(b->tokens + b->n_tokens, tokens, b->block_tokens * sizeof(*tokens));
+	b->n_tokens += b->block_tokens;
+	push(b, (struct rec){ .kind = REC_STORED, .hash = hash, .parent = parent,
+			      .has_parent = has_parent, .medium = (uint8_t)medium });
 	return 0;
 }
 
 int kvp_evbatch_removed(struct kvp_evbatch *b, uint64_t hash, enum kvp_ev_medium medium)
 {
-	int rc = open_for(b, OPEN_REMOVED, medium, true);
-
-	if (rc)
-		return rc;
-	b->hashes[b->n_hashes++] = hash;
+	if (reserve(b, 0))
+		return KVP_ENOMEM;
+	push(b, (struct rec){ .kind = REC_REMOVED, .hash = hash, .medium = (uint8_t)medium });
 	return 0;
 }
 
 int kvp_evbatch_cleared(struct kvp_evbatch *b)
 {
-	size_t mark = b->body.size;
-	int rc = close_open(b);
-
-	if (rc)
-		return rc;
-	if (pack_head(b, "AllBlocksCleared", 0)) {
-		b->body.size = mark;
+	if (reserve(b, 0))
 		return KVP_ENOMEM;
-	}
-	b->n_events++;
+	push(b, (struct rec){ .kind = REC_CLEARED });
 	return 0;
 }
 
 size_t kvp_evbatch_events(const struct kvp_evbatch *b)
 {
-	return b->n_events + (b->open != OPEN_NONE);
+	return b->n_events;
 }
 
 size_t kvp_evbatch_bytes(const struct kvp_evbatch *b)
 {
-	return b->body.size + b->n_hashes * (9 + 5 * (size_t)b->block_tokens);
+	return b->n * 12 + b->n_tokens * 5 + b->n_events * 100;
 }
 
 void kvp_evbatch_reset(struct kvp_evbatch *b)
 {
-	b->body.size = 0;
+	b->n = 0;
+	b->n_tokens = 0;
 	b->n_events = 0;
-	b->open = OPEN_NONE;
-	b->n_hashes = 0;
+}
+
+/* ---- packing ------------------------------------------------------------------------ */
+
+struct packer {
+	const struct kvp_evbatch *b;
+	msgpack_packer pk;
+	bool fail;
+};
+
+static void pack_str(struct packer *p, const char *s)
+{
+	size_t n = strlen(s);
+
+	p->fail |= msgpack_pack_str(&p->pk, n) || msgpack_pack_str_body(&p->pk, s, n);
+}
+
+/* A map key, or nothing in the array form. */
+static void pack_key(struct packer *p, const char *name)
+{
+	if (p->b->enc == KVP_EV_MAP)
+		pack_str(p, name);
+}
+
+/* The start of an event of n_fields fields besides its type. */
+static void pack_head(struct packer *p, const char *type, size_t n_fields)
+{
+	p->fail |= p->b->enc == KVP_EV_MAP ? msgpack_pack_map(&p->pk, n_fields + 1)
+					   : msgpack_pack_array(&p->pk, n_fields + 1);
+	pack_key(p, "type");
+	pack_str(p, type);
+}
+
+static void pack_hashes(struct packer *p, const struct rec *r, size_t n)
+{
+	pack_key(p, "block_hashes");
+	p->fail |= msgpack_pack_array(&p->pk, n);
+	for (size_t i = 0; i < n; i++)
+		p->fail |= msgpack_pack_uint64(&p->pk, r[i].hash);
+}
+
+static void pack_medium(struct packer *p, const struct rec *r)
+{
+	pack_key(p, "medium");
+	pack_str(p, kvp_ev_medium_name((enum kvp_ev_medium)r->medium));
+}
+
+/* BlockStored of n records from r, whose tokens start at t: block_hashes,
+ * parent_block_hash, token_ids, block_size, lora_id, medium, lora_name (the array form
+ * stops at medium, as the engines that read it expect). */
+static void pack_stored(struct packer *p, const struct rec *r, size_t n, const uint32_t *t)
+{
+	const size_t n_tok = n * p->b->block_tokens;
+	msgpack_packer *pk = &p->pk;
+
+	pack_head(p, "BlockStored", p->b->enc == KVP_EV_MAP ? 7 : 6);
+	pack_hashes(p, r, n);
+	pack_key(p, "parent_block_hash");
+	p->fail |= r->has_parent ? msgpack_pack_uint64(pk, r->parent) : msgpack_pack_nil(pk);
+	pack_key(p, "token_ids");
+	p->fail |= msgpack_pack_array(pk, n_tok);
+	for (size_t i = 0; i < n_tok; i++)
+		p->fail |= msgpack_pack_uint32(pk, t[i]);
+	pack_key(p, "block_size");
+	p->fail |= msgpack_pack_uint32(pk, p->b->block_tokens);
+	pack_key(p, "lora_id");
+	p->fail |= msgpack_pack_nil(pk);
+	pack_medium(p, r);
+	if (p->b->enc == KVP_EV_MAP) {
+		pack_key(p, "lora_name");
+		p->fail |= msgpack_pack_nil(pk);
+	}
+}
+
+/* Every event, in order. */
+static void pack_events(struct packer *p)
+{
+	const struct kvp_evbatch *b = p->b;
+	const uint32_t *t = b->tokens;
+
+	for (size_t i = 0; i < b->n && !p->fail;) {
+		const struct rec *r = &b->recs[i];
+		size_t n = 1;
+
+		while (i + n < b->n && b->recs[i + n].joins)
+			n++;
+		if (r->kind == REC_STORED) {
+			pack_stored(p, r, n, t);
+			t += n * b->block_tokens;
+		} else if (r->kind == REC_REMOVED) {
+			pack_head(p, "BlockRemoved", 2);
+			pack_hashes(p, r, n);
+			pack_medium(p, r);
+		} else {
+			pack_head(p, "AllBlocksCleared", 0);
+		}
+		i += n;
+	}
 }
 
 int kvp_evbatch_take(struct kvp_evbatch *b, double ts, uint8_t **buf, size_t *len)
 {
 	msgpack_sbuffer out;
-	msgpack_packer pk;
-	int rc = close_open(b);
+	struct packer p = { .b = b };
 
 	*buf = NULL;
 	*len = 0;
-	if (rc)
-		return rc;
 	msgpack_sbuffer_init(&out);
-	msgpack_packer_init(&pk, &out, msgpack_sbuffer_write);
-	if (msgpack_pack_array(&pk, 3) || msgpack_pack_double(&pk, ts) ||
-	    msgpack_pack_array(&pk, b->n_events) ||
-	    (b->body.size && msgpack_sbuffer_write(&out, b->body.data, b->body.size)) ||
-	    msgpack_pack_nil(&pk)) {
+	msgpack_packer_init(&p.pk, &out, msgpack_sbuffer_write);
+	p.fail |= msgpack_pack_array(&p.pk, 3) || msgpack_pack_double(&p.pk, ts) ||
+		  msgpack_pack_array(&p.pk, b->n_events);
+	pack_events(&p);
+	p.fail |= msgpack_pack_nil(&p.pk);
+	if (p.fail) {
 		msgpack_sbuffer_destroy(&out);
 		return KVP_ENOMEM;
 	}

@@ -362,8 +362,8 @@ int kvp_evdecode(struct kvp_evdecoder *d, const uint8_t *buf, size_t len,
 	}
 	/* the arrays are final now: offsets to pointers */
 	for (uint32_t i = 0; i < arr->via.array.size; i++) {
-		d->ev[i].hashes = d->hashes + (uintptr_t)d->ev[i].hashes;
-		d->ev[i].tokens = d->tokens + (uintptr_t)d->ev[i].tokens;
+		d->ev[i].hashes = d->hashes ? d->hashes + (uintptr_t)d->ev[i].hashes : NULL;
+		d->ev[i].tokens = d->tokens ? d->tokens + (uintptr_t)d->ev[i].tokens : NULL;
 	}
 	*events = d->ev;
 	*n = arr->via.array.size;

@@ -15,6 +15,8 @@
 
 #include "kvp_fleet.h"
 
+#define MATCH_AHEAD 8   /* key-table probes a match has in flight */
+
 struct id_slot {
 	uint64_t id;
 	struct kvp_key key;
@@ -388,7 +390,12 @@ void kvp_fleet_match(const struct kvp_fleet *f, const uint32_t *tokens, size_t n
 	size_t b;
 
 	kvp_chain_keys(f->root, tokens, nb, f->block_tokens, keys);
+	/* the probes are misses in a large table: start the first few loads together */
+	for (b = 0; f->ks && b < nb && b < MATCH_AHEAD; b++)
+		__builtin_prefetch(&f->ks[keys[b].lo & f->kmask]);
 	for (b = 0; b < nb && alive; b++) {
+		if (f->ks && b + MATCH_AHEAD < nb)
+			__builtin_prefetch(&f->ks[keys[b + MATCH_AHEAD].lo & f->kmask]);
 		const struct key_slot *e = key_find(f, keys[b]);
 		uint64_t m = e ? e->mask & alive : 0, gone = alive & ~m;
 

@@ -8,8 +8,11 @@
  * "type" field (KVP_EV_MAP, the default) or the older array form, the type's name first
  * (KVP_EV_ARRAY). Block hashes are integers: the low 64 bits of the chained keys.
  *
- * Pure: no I/O, no threads. One batch builder belongs to one thread. Errors: 0 or a
- * negative enum kvp_status (KVP_ENOMEM leaves the builder as it was before the call).
+ * Pure: no I/O, no threads. A batch builder is used by one thread at a time (the daemon
+ * appends on its loop and hands the builder to the publisher's thread, which packs it).
+ * Appending only copies the block into plain arrays; kvp_evbatch_take does the msgpack.
+ * Errors: 0 or a negative enum kvp_status (KVP_ENOMEM leaves the builder as it was
+ * before the call).
  */
 #ifndef KVP_EVENTS_H
 #define KVP_EVENTS_H
@@ -40,6 +43,8 @@ struct kvp_evbatch;
 /* A builder for blocks of block_tokens tokens. KVP_EINVAL, KVP_ENOMEM. */
 int kvp_evbatch_create(enum kvp_ev_encoding enc, uint32_t block_tokens,
 		       struct kvp_evbatch **out);
+/* An empty builder with b's encoding and block size. */
+int kvp_evbatch_create_like(const struct kvp_evbatch *b, struct kvp_evbatch **out);
 void kvp_evbatch_destroy(struct kvp_evbatch *b);
 
 /*

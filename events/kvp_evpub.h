@@ -4,13 +4,14 @@
  * payload), and an optional ROUTER socket replays the batches still buffered to a
  * client that asks for them from a sequence number on.
  *
- * Threads: kvp_evpub_publish and kvp_evpub_stats are called from one thread (the
- * daemon's loop) and never block on the network: they take a mutex held only for
- * pointer moves and copies. A thread of the publisher's own owns both sockets; it sends
- * each batch once, keeps the last `buffer` batches for replay, and serves replays.
- * Nothing waits for a subscriber: PUB drops what a slow one cannot take (it sees the gap
- * in the sequence numbers), and when the loop outruns the thread so far that a batch is
- * overwritten in the buffer before it was sent, that batch is counted as dropped.
+ * Threads: kvp_evpub_submit, kvp_evpub_publish and kvp_evpub_stats are called from one
+ * thread (the daemon's loop) and never block on the network: they take a mutex held
+ * only for pointer moves. A thread of the publisher's own packs the submitted builders,
+ * owns both sockets, sends each batch once, keeps the last `buffer` batches for replay,
+ * and serves replays; it is woken only when it has nothing left to do. Nothing waits
+ * for a subscriber: PUB drops what a slow one cannot take (it sees the gap in the
+ * sequence numbers), and when more than `buffer` batches wait for the thread, the
+ * oldest waiting one is dropped, counted.
  *
  * Errors: 0 or a negative enum kvp_status; open explains a failure in err.
  */
@@ -34,7 +35,7 @@ struct kvp_evpub_stats {
 	uint64_t batches;          /* handed to publish */
 	uint64_t events;           /* events in them */
 	uint64_t sent;             /* batches sent on PUB */
-	uint64_t dropped;          /* batches lost before they were sent */
+	uint64_t dropped;          /* batches lost before they were sent (numbered, unsent) */
 	uint64_t replays;          /* replay requests served */
 	uint64_t replayed;         /* batches sent in replies */
 	uint64_t replay_bad;       /* malformed replay requests, ignored */
@@ -51,6 +52,11 @@ int kvp_evpub_open(const struct kvp_evpub_config *cfg, struct kvp_evpub **out, c
 /* Queue one batch (msgpack bytes; ownership of buf, a malloc'd block, passes to the
  * publisher) of n_events events. It gets the next sequence number, starting at 0. */
 void kvp_evpub_publish(struct kvp_evpub *p, uint8_t *buf, size_t len, uint32_t n_events);
+/* Queue b's events as the next batch, packed on the publisher's thread (b passes to the
+ * publisher); returns an empty builder like b for the next events, or NULL when memory
+ * ran out: then nothing was queued and b is still the caller's. */
+struct kvp_evbatch;
+struct kvp_evbatch *kvp_evpub_submit(struct kvp_evpub *p, struct kvp_evbatch *b);
 void kvp_evpub_stats(struct kvp_evpub *p, struct kvp_evpub_stats *st);
 /* Send what is queued (waiting up to 1 s for slow subscribers), stop the thread,
  * close. NULL is fine. */

@@ -1,15 +1,19 @@
 /*
- * pub.c - the event publisher: a ring of batches shared by the loop and a thread that
- * owns the ZeroMQ sockets.
+ * pub.c - the event publisher: batches queued by the loop, packed, sent and kept for
+ * replays by a thread that owns the ZeroMQ sockets.
  *
- *   loop: publish ──lock──▶ ring[seq % cap] = batch; next_seq++ ──eventfd──▶
- *   thread: zmq_poll(eventfd, ROUTER)
- *             ├─ ring[sent_seq] copied under the lock, sent on PUB outside it
- *             └─ a replay request [id, "", seq]: every sent batch from seq on that the
- *                ring still holds, [id, "", seq, payload] each, then [id, "", -1, ""]
+ *   loop: submit(builder) / publish(bytes) ──lock──▶ pending list (sequence number
+ *         assigned here), an empty builder back; the thread woken only when it sleeps
+ *   thread: the whole pending list taken at once; each builder packed
+ *           (kvp_evbatch_take), sent on PUB, kept in ring[seq % cap]; builders go
+ *           back to a short free list
+ *         zmq_poll(eventfd, ROUTER): a replay request [id, "", seq] gets every kept
+ *         batch from seq on, [id, "", seq, payload] each, then [id, "", -1, ""]
  *
- * A slot keeps its batch after it is sent, for replays, until the batch cap later
- * overwrites it. Overwriting one not yet sent drops it (counted) and moves sent_seq on.
+ * The loop's part is a few pointer moves under the mutex, so a busy thread never slows
+ * it. When more than `buffer` batches wait (the thread a whole buffer behind), the
+ * oldest waiting one is dropped, counted; its number is never sent, so subscribers see
+ * the gap.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -18,10 +22,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
+#include "kvp_events.h"
 #include "kvp_evpub.h"
+
+#define FREE_BUILDERS 8
+#define KVP_EVPUB_GATHER_NS 1000000   /* 1 ms */
+
+struct pending {
+	struct pending *next;
+	uint64_t seq;
+	struct kvp_evbatch *b;     /* to pack; or NULL and: */
+	uint8_t *buf;              /* packed bytes */
+	size_t len;
+	uint32_t n_events;
+};
 
 struct slot {
 	uint64_t seq;
@@ -34,11 +52,16 @@ struct kvp_evpub {
 	int efd;
 	pthread_t thread;
 	char *topic;
-	pthread_mutex_t mu;        /* guards everything below */
-	struct slot *ring;
 	uint32_t cap;
-	uint64_t next_seq;         /* the next batch's number */
-	uint64_t sent_seq;         /* the next batch to send */
+	struct slot *ring;         /* the thread's: the last cap batches sent */
+	uint64_t sent_end;         /* the thread's: batches below this were sent */
+	pthread_mutex_t mu;        /* guards everything below */
+	struct pending *head, **tail;
+	uint32_t n_pending;
+	struct kvp_evbatch *free[FREE_BUILDERS];
+	unsigned n_free;
+	uint64_t next_seq;
+	bool sleeping;             /* the thread waits in zmq_poll with nothing pending */
 	bool stop;
 	struct kvp_evpub_stats st;
 };
@@ -58,103 +81,117 @@ static uint64_t get_be64(const uint8_t *p)
 	return v;
 }
 
-/* A copy of the batch numbered seq while the ring still holds it (and it was sent,
- * when sent_only), into a new message. false: gone. */
-static bool copy_batch(struct kvp_evpub *p, uint64_t seq, bool sent_only, zmq_msg_t *m)
+static double wall_seconds(void)
 {
-	const struct slot *s;
-	bool ok = false;
+	struct timespec ts;
 
-	pthread_mutex_lock(&p->mu);
-	s = &p->ring[seq % p->cap];
-	if (s->buf && s->seq == seq && (!sent_only || seq < p->sent_seq) &&
-	    zmq_msg_init_size(m, s->len) == 0) {
-		memcpy(zmq_msg_data(m), s->buf, s->len);
-		ok = true;
-	}
-	pthread_mutex_unlock(&p->mu);
-	return ok;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* ---- the thread ---------------------------------------------------------------------- */
+/* ---- the thread: sending ------------------------------------------------------------ */
 
-/* Send every batch queued since the last call, oldest first. */
+/* Keep a sent batch for replays; the one it replaces is freed. */
+static void keep(struct kvp_evpub *p, uint64_t seq, uint8_t *buf, size_t len)
+{
+	struct slot *s = &p->ring[seq % p->cap];
+
+	free(s->buf);
+	*s = (struct slot){ .seq = seq, .buf = buf, .len = len };
+	p->sent_end = seq + 1;
+}
+
+static bool send_batch(struct kvp_evpub *p, uint64_t seq, const uint8_t *buf, size_t len)
+{
+	uint8_t seq8[8];
+
+	put_be64(seq8, seq);
+	return zmq_send(p->pub, p->topic, strlen(p->topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+	       zmq_send(p->pub, seq8, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+	       zmq_send(p->pub, buf, len, ZMQ_DONTWAIT) >= 0;
+}
+
+/* A builder done with: onto the free list, or freed. */
+static void recycle(struct kvp_evpub *p, struct kvp_evbatch *b)
+{
+	if (!b)
+		return;
+	kvp_evbatch_reset(b);
+	pthread_mutex_lock(&p->mu);
+	if (p->n_free < FREE_BUILDERS) {
+		p->free[p->n_free++] = b;
+		b = NULL;
+	}
+	pthread_mutex_unlock(&p->mu);
+	kvp_evbatch_destroy(b);
+}
+
+/* Pack, send and keep every pending batch, oldest first. */
 static void send_pending(struct kvp_evpub *p)
 {
-	for (;;) {
-		uint8_t seq8[8];
-		uint64_t seq;
-		zmq_msg_t m;
-		bool ok;
+	struct pending *list;
 
-		pthread_mutex_lock(&p->mu);
-		seq = p->sent_seq;
-		if (seq == p->next_seq) {
-			pthread_mutex_unlock(&p->mu);
-			return;
+	pthread_mutex_lock(&p->mu);
+	list = p->head;
+	p->head = NULL;
+	p->tail = &p->head;
+	p->n_pending = 0;
+	pthread_mutex_unlock(&p->mu);
+	while (list) {
+		struct pending *x = list;
+		bool packed = true, sent = false;
+
+		list = x->next;
+		if (x->b)
+			packed = kvp_evbatch_take(x->b, wall_seconds(), &x->buf, &x->len) == 0;
+		recycle(p, x->b);
+		if (packed) {
+			sent = send_batch(p, x->seq, x->buf, x->len);
+			keep(p, x->seq, x->buf, x->len);
 		}
-		p->sent_seq++;
-		pthread_mutex_unlock(&p->mu);
-		if (!copy_batch(p, seq, false, &m))
-			continue;   /* overwritten meanwhile: counted by publish */
-		put_be64(seq8, seq);
-		ok = zmq_send(p->pub, p->topic, strlen(p->topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
-		     zmq_send(p->pub, seq8, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
-		     zmq_msg_send(&m, p->pub, ZMQ_DONTWAIT) >= 0;
-		if (!ok)
-			zmq_msg_close(&m);
 		pthread_mutex_lock(&p->mu);
-		if (ok)
+		if (sent)
 			p->st.sent++;
 		else
 			p->st.dropped++;
 		pthread_mutex_unlock(&p->mu);
+		free(x);
 	}
 }
+
+/* ---- the thread: replays ------------------------------------------------------------ */
 
 /* One reply message to a replay client: [id, "", seq8, payload]. */
-static bool reply(struct kvp_evpub *p, const zmq_msg_t *id, const uint8_t seq8[8], zmq_msg_t *m)
+static bool reply(struct kvp_evpub *p, const zmq_msg_t *id, const uint8_t seq8[8],
+		  const uint8_t *buf, size_t len)
 {
-	zmq_msg_t idc;
-	bool ok;
-
-	zmq_msg_init(&idc);
-	zmq_msg_copy(&idc, (zmq_msg_t *)id);
-	ok = zmq_msg_send(&idc, p->router, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
-	     zmq_send(p->router, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
-	     zmq_send(p->router, seq8, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
-	     zmq_msg_send(m, p->router, ZMQ_DONTWAIT) >= 0;
-	if (!ok) {
-		zmq_msg_close(&idc);
-		zmq_msg_close(m);
-	}
-	return ok;
+	return zmq_send(p->router, zmq_msg_data((zmq_msg_t *)id), zmq_msg_size((zmq_msg_t *)id),
+			ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+	       zmq_send(p->router, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+	       zmq_send(p->router, seq8, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+	       zmq_send(p->router, buf, len, ZMQ_DONTWAIT) >= 0;
 }
 
-/* Every sent batch from start on that the ring holds, then the end marker. */
+/* Every kept batch from start on, then the end marker. */
 static void replay_from(struct kvp_evpub *p, const zmq_msg_t *id, uint64_t start)
 {
-	uint64_t seq, end;
+	const uint64_t end = p->sent_end;
+	uint64_t seq = end > p->cap && start < end - p->cap ? end - p->cap : start, n = 0;
 	uint8_t seq8[8];
-	zmq_msg_t m;
-	uint64_t n = 0;
 	bool ok = true;
 
-	pthread_mutex_lock(&p->mu);
-	end = p->sent_seq;
-	seq = end > p->cap && start < end - p->cap ? end - p->cap : start;
-	pthread_mutex_unlock(&p->mu);
 	for (; ok && seq < end; seq++) {
-		if (!copy_batch(p, seq, true, &m))
-			continue;
+		const struct slot *s = &p->ring[seq % p->cap];
+
+		if (!s->buf || s->seq != seq)
+			continue;   /* dropped before it was sent */
 		put_be64(seq8, seq);
-		ok = reply(p, id, seq8, &m);
+		ok = reply(p, id, seq8, s->buf, s->len);
 		n += ok;
 	}
 	if (ok) {
 		memset(seq8, 0xff, 8);   /* -1: the end */
-		zmq_msg_init_size(&m, 0);
-		ok = reply(p, id, seq8, &m);
+		ok = reply(p, id, seq8, (const uint8_t *)"", 0);
 	}
 	pthread_mutex_lock(&p->mu);
 	p->st.replays++;
@@ -169,7 +206,6 @@ static void serve_replays(struct kvp_evpub *p)
 	for (;;) {
 		zmq_msg_t f[3];
 		int n = 0, more = 1;
-		bool well_formed;
 
 		while (more) {
 			zmq_msg_t x;
@@ -189,10 +225,9 @@ static void serve_replays(struct kvp_evpub *p)
 				zmq_msg_close(&x);
 			n++;
 		}
-		well_formed = n == 3 && zmq_msg_size(&f[1]) == 0 && zmq_msg_size(&f[2]) == 8;
-		if (well_formed)
+		if (n == 3 && zmq_msg_size(&f[1]) == 0 && zmq_msg_size(&f[2]) == 8) {
 			replay_from(p, &f[0], get_be64(zmq_msg_data(&f[2])));
-		else {
+		} else {
 			pthread_mutex_lock(&p->mu);
 			p->st.replay_bad++;
 			pthread_mutex_unlock(&p->mu);
@@ -209,48 +244,108 @@ static void *run(void *arg)
 		{ .fd = p->efd, .events = ZMQ_POLLIN },
 		{ .socket = p->router, .events = ZMQ_POLLIN },
 	};
-	bool stop = false;
 
-	while (!stop) {
+	for (;;) {
+		bool stop, idle;
 		uint64_t v;
 
-		if (zmq_poll(items, p->router ? 2 : 1, -1) < 0 && errno != EINTR)
-			break;
-		if (items[0].revents & ZMQ_POLLIN)
-			(void)!read(p->efd, &v, sizeof(v));
+		send_pending(p);
 		pthread_mutex_lock(&p->mu);
 		stop = p->stop;
+		idle = p->head == NULL;
+		p->sleeping = idle && !stop;
 		pthread_mutex_unlock(&p->mu);
-		send_pending(p);
+		if (stop && idle)
+			break;
+		if (idle && zmq_poll(items, p->router ? 2 : 1, -1) < 0 && errno != EINTR)
+			break;
+		if (items[0].revents & ZMQ_POLLIN) {
+			(void)!read(p->efd, &v, sizeof(v));
+			/* woken for a batch: let those of the next moments join it in one pass */
+			nanosleep(&(struct timespec){ .tv_nsec = KVP_EVPUB_GATHER_NS }, NULL);
+		}
+		pthread_mutex_lock(&p->mu);
+		p->sleeping = false;
+		pthread_mutex_unlock(&p->mu);
 		if (p->router && (items[1].revents & ZMQ_POLLIN))
 			serve_replays(p);
+		items[0].revents = items[1].revents = 0;
 	}
 	return NULL;
 }
 
 /* ---- the loop's side ----------------------------------------------------------------- */
 
-void kvp_evpub_publish(struct kvp_evpub *p, uint8_t *buf, size_t len, uint32_t n_events)
+/* Queue x (its seq assigned here); wake the thread if it sleeps. */
+static void enqueue(struct kvp_evpub *p, struct pending *x, uint32_t n_events)
 {
+	struct pending *drop = NULL;
 	uint64_t one = 1;
-	struct slot *s;
-	uint8_t *old;
+	bool wake;
 
 	pthread_mutex_lock(&p->mu);
-	s = &p->ring[p->next_seq % p->cap];
-	old = s->buf;
-	if (old && s->seq >= p->sent_seq) {
-		p->st.dropped++;             /* never sent: the thread fell a whole ring behind */
-		p->sent_seq = s->seq + 1;
+	x->seq = p->next_seq++;
+	x->next = NULL;
+	*p->tail = x;
+	p->tail = &x->next;
+	if (++p->n_pending > p->cap) {   /* the thread a whole buffer behind */
+		drop = p->head;
+		p->head = drop->next;
+		p->n_pending--;
+		p->st.dropped++;
 	}
-	s->seq = p->next_seq++;
-	s->buf = buf;
-	s->len = len;
 	p->st.batches++;
 	p->st.events += n_events;
+	wake = p->sleeping;
+	p->sleeping = false;
 	pthread_mutex_unlock(&p->mu);
-	free(old);
-	(void)!write(p->efd, &one, sizeof(one));
+	if (drop) {
+		kvp_evbatch_destroy(drop->b);
+		free(drop->buf);
+		free(drop);
+	}
+	if (wake)
+		(void)!write(p->efd, &one, sizeof(one));
+}
+
+void kvp_evpub_publish(struct kvp_evpub *p, uint8_t *buf, size_t len, uint32_t n_events)
+{
+	struct pending *x = calloc(1, sizeof(*x));
+
+	if (!x) {
+		free(buf);
+		pthread_mutex_lock(&p->mu);
+		p->next_seq++;   /* a gap subscribers see */
+		p->st.batches++;
+		p->st.dropped++;
+		pthread_mutex_unlock(&p->mu);
+		return;
+	}
+	x->buf = buf;
+	x->len = len;
+	enqueue(p, x, n_events);
+}
+
+struct kvp_evbatch *kvp_evpub_submit(struct kvp_evpub *p, struct kvp_evbatch *b)
+{
+	struct pending *x = calloc(1, sizeof(*x));
+	struct kvp_evbatch *fresh = NULL;
+
+	pthread_mutex_lock(&p->mu);
+	if (p->n_free)
+		fresh = p->free[--p->n_free];
+	pthread_mutex_unlock(&p->mu);
+	if (!fresh && kvp_evbatch_create_like(b, &fresh) != 0)
+		fresh = NULL;
+	if (!x || !fresh) {
+		free(x);
+		if (fresh)
+			recycle(p, fresh);
+		return NULL;   /* b stays the caller's, its events kept */
+	}
+	x->b = b;
+	enqueue(p, x, (uint32_t)kvp_evbatch_events(b));
+	return fresh;
 }
 
 void kvp_evpub_stats(struct kvp_evpub *p, struct kvp_evpub_stats *st)
@@ -298,6 +393,16 @@ static void free_all(struct kvp_evpub *p)
 		close(p->efd);
 	for (uint32_t i = 0; p->ring && i < p->cap; i++)
 		free(p->ring[i].buf);
+	while (p->head) {
+		struct pending *x = p->head;
+
+		p->head = x->next;
+		kvp_evbatch_destroy(x->b);
+		free(x->buf);
+		free(x);
+	}
+	for (unsigned i = 0; i < p->n_free; i++)
+		kvp_evbatch_destroy(p->free[i]);
 	free(p->ring);
 	free(p->topic);
 	pthread_mutex_destroy(&p->mu);
@@ -320,6 +425,7 @@ int kvp_evpub_open(const struct kvp_evpub_config *cfg, struct kvp_evpub **out, c
 	if (!p)
 		return KVP_ENOMEM;
 	pthread_mutex_init(&p->mu, NULL);
+	p->tail = &p->head;
 	p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	p->cap = cfg->buffer;
 	p->ring = calloc(p->cap, sizeof(*p->ring));
