@@ -170,10 +170,7 @@ struct req_outcome handle_fleet(struct conn *c, const struct kvp_frame_hdr *h, c
 	size_t n;
 	int rc;
 
-	if (!f)
-		return req_refuse(c, h, KVP_EUNSUPPORTED,
-				  "FLEET needs a fleet index: kvprefixd --index-only --kv-events-sub "
-				  "ENDPOINT");
+	/* the payload first, as every request: a bad frame is bad whoever receives it */
 	rc = kvp_tokens_req_decode(p, h->len, s->cfg->max_tokens, &m);
 	if (rc == KVP_ETOOBIG)
 		return req_refuse(c, h, rc, "%u tokens: over the limit of %u per request",
@@ -182,6 +179,10 @@ struct req_outcome handle_fleet(struct conn *c, const struct kvp_frame_hdr *h, c
 		rc = KVP_EINVAL;
 	if (rc)
 		return req_malformed(c, h, rc, "malformed FLEET: %s", kvp_strerror(rc));
+	if (!f)
+		return req_refuse(c, h, KVP_EUNSUPPORTED,
+				  "FLEET needs a fleet index: kvprefixd --index-only --kv-events-sub "
+				  "ENDPOINT");
 	kvp_load_u32s(s->tokens, m.tokens, m.n_tokens);
 	pthread_mutex_lock(&f->mu);
 	n = kvp_fleet_instances(f->idx);

@@ -33,7 +33,7 @@ extern "C" {
 struct kvp_client;
 
 struct kvp_server_info {
-	uint32_t version;          /* protocol version the daemon speaks to this client: 1 to 3 */
+	uint32_t version;          /* protocol version the daemon speaks to this client: 1 to 4 */
 	uint32_t block_tokens;
 	uint32_t capacity_blocks;
 	uint32_t max_tokens;       /* tokens per request the daemon accepts */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "doc_test_util.h"
+#include "kvp_le.h"
 #include "kvp_proto.h"
 #include "proto_test_util.h"
 
@@ -626,6 +627,49 @@ static void chk_admin_config_reply(const uint8_t *p, size_t n)
 	cr_assert(memcmp(m.text, ax_config_reply, m.text_len) == 0);
 }
 
+/* §9.3: a FLEET of the tokens 1..8 and its reply of two engines. */
+static size_t enc_fleet(uint8_t *out, size_t cap)
+{
+	static const uint32_t t[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+
+	return kvp_tokens_req_encode(out, cap, 0, t, 8);
+}
+
+static void chk_fleet(const uint8_t *p, size_t n)
+{
+	struct kvp_tokens_req m;
+
+	cr_assert_eq(kvp_tokens_req_decode(p, n, 64, &m), 0);
+	cr_assert_eq(m.flags, 0);
+	cr_assert_eq(m.n_tokens, 8);
+	for (uint32_t i = 0; i < 8; i++)
+		cr_assert_eq(kvp_le_get_u32(m.tokens + 4 * i), i + 1);
+}
+
+static const struct kvp_fleet_entry ex_fleet[2] = { { 8, 5, "eng-a" }, { 4, 5, "eng-b" } };
+
+static size_t enc_fleet_reply(uint8_t *out, size_t cap)
+{
+	return kvp_fleet_reply_encode(out, cap, 8, ex_fleet, 2);
+}
+
+static void chk_fleet_reply(const uint8_t *p, size_t n)
+{
+	struct kvp_fleet_entry e[2];
+	uint32_t prompt, count;
+
+	cr_assert_eq(kvp_fleet_reply_decode(p, n, &prompt, e, 2, &count), 0);
+	cr_assert_eq(prompt, 8);
+	cr_assert_eq(count, 2);
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(e[i].matched_tokens, ex_fleet[i].matched_tokens);
+		cr_assert_eq(e[i].name_len, 5);
+		cr_assert(memcmp(e[i].name, ex_fleet[i].name, 5) == 0);
+	}
+	cr_assert_eq(kvp_fleet_reply_decode(p, n, &prompt, e, 1, &count), KVP_EPROTO,
+		     "more entries than the caller has room for");
+}
+
 static const struct example examples[] = {
 	{ "hello", KVP_T_HELLO, 1, enc_hello, chk_hello, hex_hello, sizeof(hex_hello), 1 },
 	{ "hello_reply", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply, chk_hello_reply, NULL, 0,
@@ -668,6 +712,9 @@ static const struct example examples[] = {
 	{ "admin_config", KVP_T_ADMIN, 3, enc_admin_config, chk_admin_config, NULL, 0, 2 },
 	{ "admin_config_reply", KVP_T_ADMIN | KVP_T_REPLY, 3, enc_admin_config_reply,
 	  chk_admin_config_reply, hex_admin_config_reply, sizeof(hex_admin_config_reply), 2 },
+	{ "fleet", KVP_T_FLEET, 2, enc_fleet, chk_fleet, NULL, 0, 4 },
+	{ "fleet_reply", KVP_T_FLEET | KVP_T_REPLY, 2, enc_fleet_reply, chk_fleet_reply, NULL, 0,
+	  4 },
 };
 #define N_EXAMPLES (sizeof(examples) / sizeof(examples[0]))
 

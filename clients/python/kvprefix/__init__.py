@@ -1,6 +1,6 @@
 """kvprefix: a Python client of kvprefixd, the KV block cache daemon.
 
-It speaks the daemon's binary protocol (docs/protocol.md, versions 1 to 3) over its
+It speaks the daemon's binary protocol (docs/protocol.md, versions 1 to 4) over its
 Unix socket, with the standard library only::
 
     import kvprefix
@@ -13,6 +13,10 @@ Unix socket, with the standard library only::
         for tok in gen:                       # token ids as they stream
             print(tok)
         print(gen.done.finish, gen.done.cached_tokens)
+
+A fleet index (``kvprefixd --index-only --kv-events-sub ...``) answers
+``c.fleet(tokens)``: a list of :class:`FleetMatch`, each engine's cached prefix,
+longest first.
 
 Errors are :class:`KvprefixError` subclasses carrying the protocol's ``code`` and the
 daemon's ``message`` (see :mod:`kvprefix.errors`).
@@ -27,16 +31,16 @@ from .errors import (AlreadyExistsError, BusyError, ConnectionClosedError, Daemo
                      TimedOutError, TooBigError, UnsupportedError, UntrustedServerError,
                      VersionError, error_class)
 from .generation import Generation
-from .results import AdminOp, AdminResult, Finish, Match, ServerInfo, Usage
+from .results import AdminOp, AdminResult, Finish, FleetMatch, Match, ServerInfo, Usage
 
 __version__ = "0.1.0"
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The highest protocol version this client speaks (and offers in HELLO)."""
 
 __all__ = [
     "Client", "Generation", "default_socket_path", "PROTOCOL_VERSION",
-    "ServerInfo", "Match", "Usage", "AdminResult", "Finish", "AdminOp",
+    "ServerInfo", "Match", "Usage", "AdminResult", "FleetMatch", "Finish", "AdminOp",
     "KvprefixError", "OutOfMemoryError", "InvalidArgumentError", "MalformedFrameError",
     "TooBigError", "PoolFullError", "NotFoundError", "VersionError", "DaemonIOError",
     "ConnectionClosedError", "TimedOutError", "BusyError", "PermissionDeniedError",

@@ -24,7 +24,7 @@ import sys
 from typing import Iterable, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import InvalidArgumentError, ProtocolError, TooBigError
-from .results import AdminOp, AdminResult, Finish, Match, ServerInfo, Usage
+from .results import AdminOp, AdminResult, FleetMatch, Finish, Match, ServerInfo, Usage
 
 # ---- the frame header (§3) -------------------------------------------------------
 
@@ -32,7 +32,8 @@ MAGIC = 0x3150564B            # the bytes "KVP1" read as a little-endian u32
 VERSION = 1                   # the version of ordinary frames
 VERSION_ADMIN = 2             # the first version with ADMIN
 VERSION_SIZES = 3             # the first whose HELLO reply has vocab and context
-VERSION_MAX = 3               # the highest version this client speaks
+VERSION_FLEET = 4             # the first version with FLEET
+VERSION_MAX = 4               # the highest version this client speaks
 HDR_SIZE = 16
 
 T_HELLO = 0x01
@@ -43,6 +44,7 @@ T_STATS = 0x05
 T_PING = 0x06
 T_GENERATE = 0x07
 T_ADMIN = 0x09
+T_FLEET = 0x0A
 T_REPLY = 0x80                # or-ed into a request type
 T_GENERATE_TOKENS = T_GENERATE | T_REPLY
 T_GENERATE_DONE = 0x88
@@ -61,6 +63,7 @@ ADMIN_F_TENANT = 0x1
 ADMIN_F_ALL = 0x2
 ADMIN_TEXT_MAX = 4096
 ADMIN_REPLY_TEXT_MAX = 65536
+FLEET_MAX = 64                # engines in one FLEET reply
 MAX_REPLY = 256 << 20         # payload bytes accepted in one reply, as libkvprefix
 U32_MAX = 0xFFFFFFFF
 U64_MAX = 0xFFFFFFFFFFFFFFFF
@@ -84,13 +87,14 @@ def pack_header(version: int, ftype: int, req_id: int, length: int) -> bytes:
 
 
 def is_request_type(ftype: int) -> bool:
-    """True for the request types (HELLO .. GENERATE, ADMIN)."""
-    return T_HELLO <= ftype <= T_GENERATE or ftype == T_ADMIN
+    """True for the request types (HELLO .. GENERATE, ADMIN, FLEET), in some version."""
+    return T_HELLO <= ftype <= T_GENERATE or ftype in (T_ADMIN, T_FLEET)
 
 
 def is_reply_type(ftype: int, version: int) -> bool:
     """True for a type the daemon may send in a header of this version: a reply, a
-    GENERATE token frame, GENERATE_DONE or ERROR (ADMIN's reply from version 2)."""
+    GENERATE token frame, GENERATE_DONE or ERROR (ADMIN's reply from version 2,
+    FLEET's from version 4)."""
     if ftype in (T_ERROR, T_GENERATE_DONE):
         return True
     if not ftype & T_REPLY:
@@ -98,6 +102,8 @@ def is_reply_type(ftype: int, version: int) -> bool:
     req = ftype & ~T_REPLY
     if req == T_ADMIN:
         return version >= VERSION_ADMIN
+    if req == T_FLEET:
+        return version >= VERSION_FLEET
     return is_request_type(req)
 
 
@@ -417,3 +423,36 @@ def decode_admin_reply(payload: bytes) -> AdminResult:
         raise ProtocolError("an ADMIN reply text of %d bytes" % text_len)
     known: Optional[AdminOp] = AdminOp(op) if op in AdminOp._value2member_map_ else None
     return AdminResult(op=known if known is not None else op, blocks=blocks, text=_text(text))
+
+
+# ---- FLEET (§4.13) ---------------------------------------------------------------------------------
+
+class FleetReply(NamedTuple):
+    """A FLEET reply as it came: the request's token count and the engines' matches."""
+
+    prompt_tokens: int
+    matches: Tuple[FleetMatch, ...]
+
+
+def decode_fleet_reply(payload: bytes) -> FleetReply:
+    """A FLEET reply: prompt_tokens, then n (at most 64) entries of matched_tokens,
+    name_len (at most 255) and name. Names are decoded as UTF-8, any byte that is not
+    UTF-8 replaced by U+FFFD. The order (longest match first, equal matches by name
+    bytewise) is checked too."""
+    r = _Reader("FLEET reply", payload)
+    prompt, count = r.u32(), r.u32()
+    if count > FLEET_MAX:
+        raise ProtocolError("a FLEET reply of %d engines, over %d" % (count, FLEET_MAX))
+    entries = []
+    for _ in range(count):
+        matched, name_len = r.u32(), r.u32()
+        if name_len > NAME_MAX:
+            raise ProtocolError("a FLEET reply name of %d bytes" % name_len)
+        entries.append((matched, r.raw(name_len)))
+    r.end()
+    for (m1, n1), (m2, n2) in zip(entries, entries[1:]):
+        if m2 > m1 or (m2 == m1 and n2 < n1):
+            raise ProtocolError("a FLEET reply out of order: %r (%d) before %r (%d)"
+                                % (n1, m1, n2, m2))
+    return FleetReply(prompt, tuple(FleetMatch(instance=_text(name), matched_tokens=matched)
+                                    for matched, name in entries))

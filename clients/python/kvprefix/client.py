@@ -14,8 +14,8 @@ daemon may answer a request sent after a GENERATE before that GENERATE is done
                          until that request's final frame
       anything else      ProtocolError: the stream cannot be trusted, closed
 
-Every request but ADMIN goes in a version-1 header; ADMIN in a version-2 header. A
-client is not thread-safe: use one per thread.
+Every request but ADMIN and FLEET goes in a version-1 header; ADMIN in a version-2
+header, FLEET in a version-4 header. A client is not thread-safe: use one per thread.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .errors import (ConnectionClosedError, InvalidArgumentError, KvprefixConnec
                      KvprefixError, ProtocolError, TimedOutError, TooBigError,
                      UntrustedServerError, VersionError, from_code)
 from .generation import Generation
-from .results import AdminOp, AdminResult, Match, ServerInfo
+from .results import AdminOp, AdminResult, FleetMatch, Match, ServerInfo
 
 __all__ = ["Client", "SocketPath"]
 
@@ -187,15 +187,16 @@ class Client:
     def hello(self, adapter: Union[str, bytes] = "", salt: Union[str, bytes] = "", *,
               version: int = _wire.VERSION_MAX) -> ServerInfo:
         """Say HELLO (optional; at most once, as the first request): offer a protocol
-        version (default 3, the highest this client speaks) and choose the namespace of
+        version (default 4, the highest this client speaks) and choose the namespace of
         the requests that follow: an adapter id (e.g. a LoRA name) and a cache salt
         that replaces the tenant (only for uids in the daemon's ``salt-uids``: else
         :class:`PermissionDeniedError`). Strings are sent as UTF-8, at most 255 bytes
         (:class:`TooBigError`).
 
         Returns the daemon's :class:`ServerInfo`, also kept as :attr:`server_info`.
-        A reply version this client did not offer closes the client
-        (:class:`VersionError`)."""
+        Its ``version`` is the one agreed (at most the offer): below 2 there is no
+        :meth:`admin`, below 4 no :meth:`fleet`. A reply version this client did not
+        offer closes the client (:class:`VersionError`)."""
         if not isinstance(version, int) or not 1 <= version <= _wire.VERSION_MAX:
             raise InvalidArgumentError("version must be 1 to %d" % _wire.VERSION_MAX)
         payload = _wire.encode_hello(version, _utf8("adapter", adapter), _utf8("salt", salt))
@@ -252,6 +253,39 @@ class Client:
         if not isinstance(obj, dict):
             raise self._fail("a STATS reply that is not a JSON object")
         return obj
+
+    def fleet(self, tokens: Iterable[int]) -> List[FleetMatch]:
+        """Ask a fleet index (``kvprefixd --index-only --kv-events-sub ...``, which
+        follows the KV events other engines publish) how many leading tokens of tokens
+        each engine it follows has cached, in whole blocks of its ``block_tokens``.
+
+        Returns one :class:`FleetMatch` per engine the index follows (at most 64; none
+        before the first engine's events), longest match first, equal matches by name
+        (bytewise). Keys are those of the fleet, the same for every connection: a
+        HELLO's adapter or salt does not change the answer.
+
+        Sent in a version-4 header (docs/protocol.md §4.13). A daemon that is not a
+        fleet index raises :class:`UnsupportedError` (the client stays usable); a
+        daemon that said in HELLO it speaks a version below 4 is not asked:
+        :class:`VersionError`, nothing sent. Without a HELLO the request is sent, and
+        a daemon that does not speak version 4 answers :class:`VersionError` and
+        closes the connection.
+        """
+        toks, n = _wire.tokens_bytes(tokens)
+        if self._info is not None and self._info.version < _wire.VERSION_FLEET:
+            raise VersionError("the daemon speaks protocol version %d, without FLEET"
+                               % self._info.version)
+        head = _wire.encode_tokens_head(0, n)
+        reply = self._call(_wire.T_FLEET, [head, toks], version=_wire.VERSION_FLEET)
+        r = self._decode(_wire.decode_fleet_reply, reply)
+        if r.prompt_tokens != n:
+            raise self._fail("a FLEET reply of %d prompt tokens to a request of %d"
+                             % (r.prompt_tokens, n))
+        for m in r.matches:
+            if m.matched_tokens > n:
+                raise self._fail("a FLEET reply of %d matched tokens for %r, of %d asked"
+                                 % (m.matched_tokens, m.instance, n))
+        return list(r.matches)
 
     def ping(self, data: bytes = b"") -> float:
         """Send data (any bytes) and check that the daemon echoes it; returns the round

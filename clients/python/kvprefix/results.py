@@ -1,7 +1,7 @@
 """What the daemon answers, as Python values: the HELLO reply, a LOOKUP or INSERT
-match, a generation's usage and an ADMIN reply, with the protocol's enumerations
-(finish reasons, ADMIN ops). Plain immutable data; docs/protocol.md §4 gives the exact
-meaning of every field.
+match, a generation's usage, an ADMIN reply and a FLEET reply's engines, with the
+protocol's enumerations (finish reasons, ADMIN ops). Plain immutable data;
+docs/protocol.md §4 gives the exact meaning of every field.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-__all__ = ["Finish", "AdminOp", "ServerInfo", "Match", "Usage", "AdminResult"]
+__all__ = ["Finish", "AdminOp", "ServerInfo", "Match", "Usage", "AdminResult", "FleetMatch"]
 
 
 class Finish(enum.IntEnum):
@@ -44,7 +44,7 @@ class ServerInfo:
     """The HELLO reply (§4.2): what the daemon serves to this connection.
 
     Attributes:
-        version: the protocol version both sides speak (1 to 3).
+        version: the protocol version both sides speak (1 to 4).
         block_tokens: tokens per cache block (``B``).
         capacity_blocks: blocks in the daemon's pool.
         max_tokens: most tokens one LOOKUP, INSERT or GENERATE may carry.
@@ -52,7 +52,8 @@ class ServerInfo:
         tenant: the tenant id of the connection (its uid, or 0xFFFFFFFF with a salt).
         name: the index name (index-only) or the model name (engine mode).
         vocab_size: the model's vocabulary size (prompt token ids are below it); 0 in
-            index-only mode; None when the reply's version is below 3.
+            index-only mode; None when the reply's version is below 3 (the fields are
+            in the replies of versions 3 and 4).
         ctx_tokens: the model's context length (prompt plus generated tokens); 0 in
             index-only mode; None when the reply's version is below 3.
     """
@@ -137,3 +138,20 @@ class AdminResult:
     op: int
     blocks: int
     text: str
+
+
+@dataclass(frozen=True)
+class FleetMatch:
+    """One engine of a FLEET reply (§4.13): how much of the asked tokens it has cached.
+
+    Attributes:
+        instance: the engine's name: the ``ID`` of its KV events' topic ``kv@ID@MODEL``,
+            else the whole topic, else the endpoint it publishes on. The daemon sends
+            bytes; they are decoded as UTF-8, a byte that is not UTF-8 replaced by
+            U+FFFD.
+        matched_tokens: the leading tokens of the request that engine has cached: a
+            multiple of the fleet index's ``block_tokens``, 0 when none.
+    """
+
+    instance: str
+    matched_tokens: int

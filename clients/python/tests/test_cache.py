@@ -17,7 +17,7 @@ def test_hello(index_daemon):
         assert c.server_info is None
         info = c.hello()
         assert c.server_info is info
-    assert info == kvprefix.ServerInfo(version=3, block_tokens=4, capacity_blocks=256,
+    assert info == kvprefix.ServerInfo(version=4, block_tokens=4, capacity_blocks=256,
                                        max_tokens=64, index_only=True, tenant=os.geteuid(),
                                        name="kvprefix", vocab_size=0, ctx_tokens=0)
 
@@ -28,6 +28,21 @@ def test_hello_older_version(index_daemon, offer):
     with kvprefix.Client(index_daemon.socket) as c:
         info = c.hello(version=offer)
     assert (info.version, info.vocab_size, info.ctx_tokens) == (offer, None, None)
+
+
+def test_hello_offer_3(index_daemon):
+    """An offer of 3 gets 3, with the model's sizes (0 in index-only mode)."""
+    with kvprefix.Client(index_daemon.socket) as c:
+        info = c.hello(version=3)
+    assert (info.version, info.vocab_size, info.ctx_tokens) == (3, 0, 0)
+
+
+def test_hello_offer_out_of_range(index_daemon):
+    with kvprefix.Client(index_daemon.socket) as c:
+        for offer in (0, 5):
+            with pytest.raises(kvprefix.InvalidArgumentError):
+                c.hello(version=offer)                 # not sent
+        assert c.hello(version=4).version == 4
 
 
 def test_insert_then_lookup(client):

@@ -107,14 +107,57 @@ def _generate_frame(tokens):
     return struct.pack("<IBBHII", 0x3150564B, 1, 7, 0, 1, len(payload)) + payload
 
 
-def test_hello_v3(tmp_path):
-    srv = _serve(tmp_path, [("hello_v3", ["hello_reply_engine"])])
+def test_hello_v4(tmp_path):
+    """The default HELLO offers version 4, and the version-4 reply has the model's
+    sizes (the layout of version 3)."""
+    srv = _serve(tmp_path, [("hello_v4", ["hello_reply_engine"])])
     with kvprefix.Client(srv.path, timeout=10) as c:
         info = c.hello()
     srv.check()
-    assert info == kvprefix.ServerInfo(version=3, block_tokens=4, capacity_blocks=1024,
+    assert kvprefix.PROTOCOL_VERSION == 4
+    assert info == kvprefix.ServerInfo(version=4, block_tokens=4, capacity_blocks=1024,
                                        max_tokens=2048, index_only=False, tenant=1000,
                                        name="tiny-llama", vocab_size=8, ctx_tokens=64)
+
+
+def _as_version(frame, version):
+    """A page frame whose HELLO (or HELLO reply) payload says another version."""
+    out = bytearray(frame)
+    out[16:20] = struct.pack("<I", version)
+    return bytes(out)
+
+
+def test_hello_settles_at_3(tmp_path):
+    """A version-3 daemon answers an offer of 4 with 3, in the layout of version 3."""
+    srv = FakeServer(str(tmp_path), [
+        ("expect", doc_frame("hello_v4")),
+        ("send", _as_version(doc_frame("hello_reply_engine"), 3))])
+    with kvprefix.Client(srv.path, timeout=10) as c:
+        info = c.hello()
+        assert not c.closed
+    srv.check()
+    assert (info.version, info.vocab_size, info.ctx_tokens) == (3, 8, 64)
+
+
+def test_hello_offer_3(tmp_path):
+    srv = FakeServer(str(tmp_path), [
+        ("expect", _as_version(doc_frame("hello_v4"), 3)),
+        ("send", _as_version(doc_frame("hello_reply_engine"), 3))])
+    with kvprefix.Client(srv.path, timeout=10) as c:
+        assert c.hello(version=3).version == 3
+    srv.check()
+
+
+def test_hello_reply_above_the_offer(tmp_path):
+    """A reply version above the offer closes the client."""
+    srv = FakeServer(str(tmp_path), [
+        ("expect", _as_version(doc_frame("hello_v4"), 3)),
+        ("send", doc_frame("hello_reply_engine"))])
+    c = kvprefix.Client(srv.path, timeout=10)
+    with pytest.raises(kvprefix.VersionError):
+        c.hello(version=3)
+    assert c.closed
+    srv.check()
 
 
 def test_session_admin(tmp_path):

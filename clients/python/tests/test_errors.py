@@ -173,12 +173,19 @@ PONG_1 = frame(0x86, 1)
 
 @pytest.mark.parametrize("reply", [
     b"XVP1" + PONG_1[4:],                               # bad magic
-    PONG_1[:4] + b"\x04" + PONG_1[5:],                   # version 4
+    PONG_1[:4] + b"\x05" + PONG_1[5:],                   # version 5
+    PONG_1[:4] + b"\x00" + PONG_1[5:],                   # version 0
     frame(0x86, 1, version=2),                          # not the request's version
+    frame(0x86, 1, version=4),                          # not the request's version
     frame(0x82, 1),                                     # another request's type
     frame(0x06, 1),                                     # a request type
     frame(0x86, 2),                                     # an id never sent
     frame(0x89, 1),                                     # ADMIN's reply in version 1
+    frame(0x8A, 1, struct.pack("<II", 0, 0)),           # FLEET's reply in version 1
+    frame(0x8A, 1, struct.pack("<II", 0, 0), version=3),  # ... in version 3
+    frame(0x8A, 1, struct.pack("<II", 0, 0), version=4),  # ... to a PING
+    frame(0x0A, 1, version=4),                          # FLEET, a request type
+    frame(0x8B, 1, version=4),                          # no such reply
     PONG_1[:6] + b"\x01\x00" + PONG_1[8:],               # header flags
     frame(0x86, 1, b"extra"),                           # not the PING's bytes
     frame(0xFF, 1, struct.pack("<IH", 0, 0)),           # ERROR code 0

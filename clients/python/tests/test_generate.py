@@ -3,14 +3,17 @@ the C client's answer for the same prompt, and the session of docs/protocol.md ย
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import struct
 import subprocess
 
 import pytest
 
 import kvprefix
+from kvprefix import _wire
 from kvp_testlib import Daemon, cli, doc_frame, doc_replay_output, make_model
 
 PROMPT = [1, 2, 3, 4, 5]
@@ -21,7 +24,7 @@ CTX = 64
 def test_hello_engine(eclient):
     info = eclient.server_info
     assert (info.version, info.index_only, info.vocab_size, info.ctx_tokens, info.block_tokens) \
-        == (3, False, VOCAB, CTX, 4)
+        == (4, False, VOCAB, CTX, 4)
 
 
 def test_streams_max_new_tokens(eclient):
@@ -189,7 +192,11 @@ def test_doc_session_replayed(doc_daemon):
     """ยง9.1's commands, through this client: the same tokens, counts and logits."""
     with kvprefix.Client(doc_daemon.socket, timeout=30) as c:
         info = c.hello()
-        assert (info.name, info.vocab_size, info.ctx_tokens) == ("tiny-llama", 8, 64)
+    # the page's version-4 reply, but for the tenant (the page's uid is 1000)
+    page = _wire.decode_hello_reply(doc_frame("hello_reply_engine")[16:])
+    assert info == dataclasses.replace(page, tenant=os.geteuid())
+    assert (info.version, info.name, info.vocab_size, info.ctx_tokens) == \
+        (4, "tiny-llama", 8, 64)
     with kvprefix.Client(doc_daemon.socket, timeout=30) as c:
         assert c.generate([1, 4, 2, 6], max_new=0).wait().computed_tokens == 4
     with kvprefix.Client(doc_daemon.socket, timeout=30) as c:

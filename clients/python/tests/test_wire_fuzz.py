@@ -5,6 +5,7 @@ daemon's own decoders have libFuzzer targets in fuzz/)."""
 from __future__ import annotations
 
 import random
+import struct
 
 from kvprefix import ProtocolError, _wire
 from kvp_testlib import doc_frame
@@ -19,6 +20,12 @@ DECODERS = {
     "generate_done": _wire.decode_generate_done,
     "admin_config_reply": _wire.decode_admin_reply,
 }
+
+# no FLEET reply is on the page: one of three engines, made here
+FLEET_REPLY = (struct.pack("<II", 9, 3)
+               + struct.pack("<II", 8, 5) + b"eng-a"
+               + struct.pack("<II", 4, 5) + b"eng-b"
+               + struct.pack("<II", 0, 8) + b"\xffeng-c\xc3\xa9")
 
 
 def _mutations(rng: random.Random, seed: bytes, count: int):
@@ -42,9 +49,10 @@ def _mutations(rng: random.Random, seed: bytes, count: int):
 def test_decoders_fail_only_as_protocol_errors():
     rng = random.Random(20240601)
     decoded = refused = 0
-    for name, decode in DECODERS.items():
-        seed = doc_frame(name)[16:]
-        decode(seed)                                  # the page's payload decodes
+    seeds = [(doc_frame(name)[16:], decode) for name, decode in DECODERS.items()]
+    seeds.append((FLEET_REPLY, _wire.decode_fleet_reply))
+    for seed, decode in seeds:
+        decode(seed)                                  # the unmutated payload decodes
         for payload in _mutations(rng, seed, 1500):
             try:
                 decode(payload)
@@ -63,7 +71,7 @@ def test_header_check_fails_only_as_protocol_errors():
         raw = (raw + bytes(16))[:16]
         try:
             h = _wire.unpack_header(raw)
-            assert _wire.is_reply_type(h.type, h.version) and 1 <= h.version <= 3
+            assert _wire.is_reply_type(h.type, h.version) and 1 <= h.version <= 4
             outcomes.add("ok")
         except ProtocolError:
             outcomes.add("refused")
