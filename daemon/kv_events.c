@@ -23,6 +23,7 @@
 
 #include <event2/event.h>
 
+#include "kvp_disk.h"
 #include "kvp_events.h"
 #include "kvp_evpub.h"
 #include "kvp_log.h"
@@ -97,6 +98,45 @@ static void watch_cb(void *arg, const struct kvp_cache_block_info *b, bool added
 		rc = kvp_evbatch_removed(k->batch, b->key.lo, k->medium);
 	}
 	appended(k, rc);
+}
+
+/* A tier of slots' watch: a block it now holds, or one gone from it. */
+static void tier_watch(struct kv_events *k, const struct kvp_disk_meta *m, bool added,
+		       enum kvp_ev_medium medium)
+{
+	int rc;
+
+	if (added) {
+		bool first = kvp_key_eq(m->parent, m->root);
+
+		rc = kvp_evbatch_stored(k->batch, m->key.lo, !first, m->parent.lo, m->tokens,
+					medium);
+	} else {
+		rc = kvp_evbatch_removed(k->batch, m->key.lo, medium);
+	}
+	appended(k, rc);
+}
+
+static void disk_watch_cb(void *arg, const struct kvp_disk_meta *m, bool added)
+{
+	tier_watch(arg, m, added, KVP_EV_DISK);
+}
+
+static void host_watch_cb(void *arg, const struct kvp_disk_meta *m, bool added)
+{
+	tier_watch(arg, m, added, KVP_EV_CPU);
+}
+
+void kv_events_tier_watch(struct server *s, bool disk, struct kvp_disk_config *c)
+{
+	struct kv_events *k = s->events;
+
+	/* under a pool in host memory, the host tier's medium would be the pool's: its
+	 * blocks are not published */
+	if (!k || (!disk && k->medium != KVP_EV_GPU))
+		return;
+	c->watch = disk ? disk_watch_cb : host_watch_cb;
+	c->watch_arg = k;
 }
 
 int kv_events_open(struct server *s)

@@ -307,6 +307,10 @@ int kv_events_open(struct server *s);
 void kv_events_clear_begin(struct server *s);
 void kv_events_clear_end(struct server *s);
 void kv_events_view(const struct server *s, struct kvp_events_view *v);
+/* The watch a tier of slots publishes its blocks through (disk: medium DISK; else the
+ * host RAM tier: CPU, only under a GPU pool), set in *c when events are on. */
+struct kvp_disk_config;
+void kv_events_tier_watch(struct server *s, bool disk, struct kvp_disk_config *c);
 /* Publish AllBlocksCleared and what is queued, close the sockets. */
 void kv_events_close(struct server *s);
 

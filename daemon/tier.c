@@ -206,6 +206,7 @@ static int disk_open(struct server *s)
 
 	dc.dir = cfg->disk_cache;
 	dc.capacity_bytes = (uint64_t)cfg->disk_cache_gb * 1000000000u;
+	kv_events_tier_watch(s, true, &dc);
 	rc = kvp_disk_open(&dc, &s->disk, why, sizeof(why));
 	if (rc) {
 		kvp_err("--disk-cache %s: %s", cfg->disk_cache, why[0] ? why : kvp_strerror(rc));
@@ -236,6 +237,7 @@ static int host_open(struct server *s)
 	hc.capacity_bytes = (uint64_t)cfg->host_cache_mb * 1000000u;   /* dir NULL: memory */
 	hc.evicted = host_pass_down;
 	hc.evicted_arg = s;
+	kv_events_tier_watch(s, false, &hc);
 	rc = kvp_disk_open(&hc, &s->host, why, sizeof(why));
 
 	if (rc) {

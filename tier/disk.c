@@ -72,7 +72,7 @@ static void lru_update(struct kvp_disk *d, struct entry *e, bool touch)
 	e->on_lru = true;
 }
 
-void disk_link(struct kvp_disk *d, struct entry *e)
+void disk_link(struct kvp_disk *d, struct entry *e, const uint32_t *tokens)
 {
 	struct entry **pb = &d->pbuckets[e->parent.lo & d->mask], *p;
 
@@ -90,6 +90,12 @@ void disk_link(struct kvp_disk *d, struct entry *e)
 		lru_update(d, p, false);
 	}
 	lru_update(d, e, true);
+	if (d->cfg.watch) {
+		const struct kvp_disk_meta m = { .key = e->key, .parent = e->parent,
+						 .root = e->root, .tokens = tokens };
+
+		d->cfg.watch(d->cfg.watch_arg, &m, true);
+	}
 }
 
 /* Take e out of the index (probes no longer see it); its slot stays its own. */
@@ -97,6 +103,12 @@ static void unlink_entry(struct kvp_disk *d, struct entry *e)
 {
 	struct entry **pp, *p;
 
+	if (d->cfg.watch) {
+		const struct kvp_disk_meta m = { .key = e->key, .parent = e->parent,
+						 .root = e->root };
+
+		d->cfg.watch(d->cfg.watch_arg, &m, false);
+	}
 	for (pp = bucket(d, e->key); *pp != e; pp = &(*pp)->hnext)
 		;
 	*pp = e->hnext;
@@ -429,7 +441,7 @@ int kvp_disk_put(struct kvp_disk *d, const struct kvp_disk_meta *m, const void *
 		return KVP_ENOMEM;
 	}
 	e->writing = true;
-	disk_link(d, e);
+	disk_link(d, e, m->tokens);
 	h = (struct slot_hdr){ .block_tokens = d->cfg.block_tokens, .block_bytes = d->cfg.block_bytes,
 			       .key = m->key, .parent = m->parent, .root = m->root, .seq = e->seq,
 			       .kv_sum = kv_checksum(kv, d->cfg.block_bytes),

@@ -71,8 +71,9 @@ struct entry *disk_find(struct kvp_disk *d, struct kvp_key key, struct kvp_key r
 /* A new entry holding slot (not yet in the index). NULL without memory. */
 struct entry *disk_new_entry(struct kvp_disk *d, const struct kvp_disk_meta *m, uint64_t tok_sum,
 			uint32_t slot, uint64_t seq);
-/* Into the index: by key, by parent, children counted both ways, onto the LRU. */
-void disk_link(struct kvp_disk *d, struct entry *e);
+/* Into the index: by key, by parent, children counted both ways, onto the LRU; the
+ * watch told, with the block's tokens. */
+void disk_link(struct kvp_disk *d, struct entry *e, const uint32_t *tokens);
 void disk_drop(struct kvp_disk *d, struct entry *e);
 void *disk_io_main(void *arg);
 /* The file closed and every allocation freed (no thread running, no lock held). */

@@ -118,7 +118,7 @@ static int scan(struct kvp_disk *d)
 			return KVP_ENOMEM;
 		}
 		d->st.used++;
-		disk_link(d, e);
+		disk_link(d, e, d->scratch);
 		if (h.seq >= d->next_seq)
 			d->next_seq = h.seq + 1;
 	}

@@ -58,6 +58,11 @@ struct kvp_disk_config {
 	 * reused: kv valid for the call (memory mode only; the next tier down keeps it) */
 	void (*evicted)(void *arg, const struct kvp_disk_meta *m, const void *kv);
 	void *evicted_arg;
+	/* called (owner thread) with each block once probes can find it (added: a put, or a
+	 * block found at a warm open; m->tokens valid) and with each one as it leaves the
+	 * index, whatever the reason (added false; m->tokens NULL). NULL: none */
+	void (*watch)(void *arg, const struct kvp_disk_meta *m, bool added);
+	void *watch_arg;
 };
 
 /* What a block is: its key, its parent's key (the namespace root for the first block

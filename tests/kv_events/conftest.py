@@ -15,6 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.environ.get("KVP_BUILD_DIR", os.path.join(HERE, "..", "..", "build"))
 KVPREFIXD = os.environ.get("KVPREFIXD", os.path.join(BUILD, "kvprefixd"))
 CLI = os.environ.get("KVPREFIX_CLI", os.path.join(BUILD, "kvprefix"))
+MKMODEL = os.environ.get("KVPREFIX_MKMODEL", os.path.join(BUILD, "kvprefix-mkmodel"))
 END_SEQ = b"\xff" * 8
 
 
@@ -78,6 +79,10 @@ class Daemon:
     def stats(self):
         return json.loads(self.cli("stats").stdout)
 
+    def generate(self, tokens, max_new=2):
+        return self.cli("generate", "--json", "--max-new", str(max_new), "--tokens",
+                        tokens_arg(tokens))
+
     def fleet(self, tokens):
         r = self.cli("fleet", "--json", "--tokens", tokens_arg(tokens))
         return {e["instance"]: e["matched_tokens"] for e in json.loads(r.stdout)["instances"]}
@@ -130,34 +135,44 @@ def decode_events(payload):
 
 
 class Mirror:
-    """A cache rebuilt from one publisher's events: block hash -> (parent hash, tokens)."""
+    """A cache rebuilt from one publisher's events, per medium: block hash -> (parent
+    hash, tokens). The pool's medium is a tree (a parent stored before its children,
+    removed after them); a lower tier's blocks need not have their parents there."""
 
-    def __init__(self):
-        self.blocks = {}
+    def __init__(self, pool_medium="CPU"):
+        self.pool_medium = pool_medium
+        self.media = {}
         self.expect = 0          # the next sequence number
         self.applied = 0
         self.cleared = 0
 
+    @property
+    def blocks(self):
+        return self.media.setdefault(self.pool_medium, {})
+
     def apply(self, payload):
         for t, f in decode_events(payload):
+            blocks = self.media.setdefault(f.get("medium"), {})
+            tree = f.get("medium") == self.pool_medium
             if t == "BlockStored":
                 bs = f["block_size"]
                 parent = f["parent_block_hash"]
                 toks = f["token_ids"]
                 assert len(toks) == bs * len(f["block_hashes"])
                 for i, h in enumerate(f["block_hashes"]):
-                    assert parent is None or parent in self.blocks, "stored under an unknown parent"
-                    assert h not in self.blocks, "stored twice without a removal"
-                    self.blocks[h] = (parent, tuple(toks[i * bs:(i + 1) * bs]))
+                    assert not tree or parent is None or parent in blocks, \
+                        "stored under an unknown parent"
+                    assert h not in blocks, "stored twice without a removal"
+                    blocks[h] = (parent, tuple(toks[i * bs:(i + 1) * bs]))
                     parent = h
             elif t == "BlockRemoved":
                 for h in f["block_hashes"]:
-                    assert h in self.blocks, "removal of a block never stored"
-                    assert not any(p == h for p, _ in self.blocks.values()), \
+                    assert h in blocks, "removal of a block never stored"
+                    assert not tree or not any(p == h for p, _ in blocks.values()), \
                         "a block removed before its children"
-                    del self.blocks[h]
+                    del blocks[h]
             elif t == "AllBlocksCleared":
-                self.blocks.clear()
+                self.media.clear()
                 self.cleared += 1
             else:
                 raise AssertionError("unknown event " + t)

@@ -14,8 +14,8 @@ BT = 4
 
 class Subscriber:
     """Follows one daemon: SUB for the live stream, a DEALER for replays. A gap in the
-    sequence numbers is filled from the replay socket; a number going back means the
-    daemon restarted, and its stream is replayed from 0."""
+    sequence numbers is filled from the replay socket; a live number at or below the
+    last live one means the daemon restarted, and its stream is replayed from 0."""
 
     def __init__(self, ctx, endpoint, replay, drop_every=0):
         self.ctx = ctx
@@ -28,6 +28,8 @@ class Subscriber:
         self.received = 0
         self.dropped = 0
         self.replays = 0
+        self.restarts = 0
+        self.last_live = None
         self.topics = set()
 
     def close(self):
@@ -53,12 +55,15 @@ class Subscriber:
 
     def handle(self, seq, payload):
         m = self.mirror
-        if seq < m.expect:          # a new process: its stream from the start
+        if self.last_live is not None and seq <= self.last_live:
+            # PUB never sends a number twice: a new process, its stream from the start
+            self.restarts += 1
             m.expect = 0
             self.replay_from(0)
         elif seq > m.expect:        # missed batches
             self.replay_from(m.expect)
-        if seq == m.expect:
+        self.last_live = seq
+        if seq == m.expect:         # (below it: a batch a replay brought already)
             m.apply(payload)
             m.expect += 1
 
@@ -134,6 +139,7 @@ def test_subscriber_rebuilds_the_cache_through_evictions_clears_and_a_restart(wo
         time.sleep(0.3)
         workload(d, sub, random.Random(11), 160, restart_at=80)
         assert_same(d, sub.mirror)
+        assert sub.restarts == 1
         st = d.stats()
         assert st["evictions"] > 0, "the workload must evict: make the pool smaller"
         assert sub.mirror.cleared >= 2    # at the start, and at least one clear
