@@ -312,6 +312,35 @@ static int store_one(struct kvp_fleet *f, unsigned inst, uint64_t id, struct kvp
 	return rc;
 }
 
+/*
+ * An engine's id of a block in a medium. One block may be in several media at once (the
+ * pool and a tier below it) under the same hash, and leave one of them only: the id
+ * map keys (hash, medium). GPU, every engine's usual medium, keeps the hash as it is.
+ */
+static uint64_t medium_id(uint64_t hash, enum kvp_ev_medium m)
+{
+	static const uint64_t salt[] = {
+		[KVP_EV_GPU] = 0,
+		[KVP_EV_CPU] = 0x9e3779b97f4a7c15ull,
+		[KVP_EV_DISK] = 0xc2b2ae3d27d4eb4full,
+	};
+
+	return hash ^ salt[m];
+}
+
+/* A stored block's parent: in its own medium first, else in any other (a tier may hold
+ * a block whose parent only the pool holds). */
+static const struct id_slot *find_parent(const struct kvp_fleet *f, unsigned inst,
+					 const struct kvp_ev *ev)
+{
+	const struct id_slot *p = id_find(&f->inst[inst].ids, medium_id(ev->parent, ev->medium));
+
+	for (int m = KVP_EV_GPU; !p && m <= KVP_EV_DISK; m++)
+		if (m != (int)ev->medium)
+			p = id_find(&f->inst[inst].ids, medium_id(ev->parent, m));
+	return p;
+}
+
 static int apply_stored(struct kvp_fleet *f, unsigned inst, const struct kvp_ev *ev,
 			size_t *skipped)
 {
@@ -323,7 +352,7 @@ static int apply_stored(struct kvp_fleet *f, unsigned inst, const struct kvp_ev 
 		return KVP_EINVAL;
 	}
 	if (ev->has_parent) {
-		const struct id_slot *p = id_find(&f->inst[inst].ids, ev->parent);
+		const struct id_slot *p = find_parent(f, inst, ev);
 
 		if (!p) {
 			*skipped = ev->n_hashes;
@@ -333,7 +362,7 @@ static int apply_stored(struct kvp_fleet *f, unsigned inst, const struct kvp_ev 
 	}
 	for (size_t i = 0; i < ev->n_hashes; i++) {
 		struct kvp_key key = kvp_block_key(parent, ev->tokens + i * bt, bt);
-		int rc = store_one(f, inst, ev->hashes[i], key);
+		int rc = store_one(f, inst, medium_id(ev->hashes[i], ev->medium), key);
 
 		if (rc)
 			return rc;
@@ -365,7 +394,8 @@ int kvp_fleet_apply(struct kvp_fleet *f, unsigned inst, const struct kvp_ev *ev,
 		return apply_stored(f, inst, ev, skipped);
 	case KVP_EV_REMOVED:
 		for (size_t i = 0; i < ev->n_hashes; i++) {
-			struct id_slot *x = id_find(&f->inst[inst].ids, ev->hashes[i]);
+			struct id_slot *x = id_find(&f->inst[inst].ids,
+						    medium_id(ev->hashes[i], ev->medium));
 
 			if (!x) {
 				++*skipped;

@@ -16,7 +16,9 @@
  *   AllBlocksCleared  every id of the engine, as above
  *
  * A stored block whose parent id the engine never stored (events missed) cannot be
- * keyed; it is skipped and counted. At most KVP_FLEET_MAX_INSTANCES engines.
+ * keyed; it is skipped and counted. An engine's ids are per medium (a block in the pool
+ * and on its disk is held until both are removed; a parent is looked for in the block's
+ * own medium, then in the others). At most KVP_FLEET_MAX_INSTANCES engines.
  *
  * Not thread-safe: the caller serialises every call. Errors: 0 or a negative enum
  * kvp_status; KVP_ENOMEM leaves the index consistent (the event applied in part: the

@@ -84,10 +84,10 @@ class Engine:
         self.seq += 1
 
     # --- what the model learns from each event (as the index does) ---
-    def stored(self, ids, parent, tokens):
+    def stored(self, ids, parent, tokens, medium="GPU"):
         evs = self.event("BlockStored", block_hashes=[self.h(i) for i in ids],
                          parent_block_hash=None if parent is None else self.h(parent),
-                         token_ids=tokens, block_size=BT, lora_id=None, medium="GPU",
+                         token_ids=tokens, block_size=BT, lora_id=None, medium=medium,
                          lora_name=None)
         return evs
 
@@ -257,6 +257,22 @@ def test_a_gap_is_repaired_through_the_replay_socket_where_there_is_one(fleet_se
     assert got == {name_of(e): e.matched(toks) for e in engines}
     st = d.stats()["fleet"]
     assert st["replays"] >= 1 and st["gaps"] == 2
+
+
+def test_a_block_in_two_media_is_held_until_both_go(fleet_setup):
+    d, engines = fleet_setup
+    e = engines[2]                        # map encoding, hashes as bytes
+    toks = list(range(90, 90 + 3 * BT))
+    e.batch([e.stored([1, 2], None, toks[:2 * BT])])
+    e.batch([e.stored([2], 1, toks[BT:2 * BT], medium="DISK")])    # also on its disk
+    e.batch([e.stored([3], 2, toks[2 * BT:], medium="CPU")])       # its parent: GPU, DISK
+    wait_for(lambda: d.fleet(toks)[name_of(e)] == 3 * BT, "three blocks held")
+    e.batch([e.event("BlockRemoved", block_hashes=[e.h(2)], medium="GPU")])
+    time.sleep(0.3)
+    assert d.fleet(toks)[name_of(e)] == 3 * BT, "block 2 is still on the disk"
+    e.batch([e.event("BlockRemoved", block_hashes=[e.h(2)], medium="DISK")])
+    wait_for(lambda: d.fleet(toks)[name_of(e)] == BT, "block 2 gone from both")
+    assert d.stats()["fleet"]["malformed"] == 0
 
 
 MALFORMED = [
