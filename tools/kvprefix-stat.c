@@ -349,6 +349,35 @@ static void print_tiers(const cJSON *o)
 	       fmt_count(g, sizeof(g), num(r, "verify_failures")));
 }
 
+/* KV events published (--kv-events) and the fleet index (--kv-events-sub), each with
+ * its option only. */
+static void print_events(const cJSON *o)
+{
+	const cJSON *k = cJSON_GetObjectItemCaseSensitive(o, "kv_events");
+	const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, "fleet");
+	char a[32], b[32], c[32], d[32], e[32];
+
+	if (cJSON_IsObject(k))
+		printf("\n  kv events: %s batches (%s events) published, %s dropped; %s replays "
+		       "(%s batches)\n",
+		       fmt_count(a, sizeof(a), num(k, "batches")),
+		       fmt_count(b, sizeof(b), num(k, "events")),
+		       fmt_count(c, sizeof(c), num(k, "dropped")),
+		       fmt_count(d, sizeof(d), num(k, "replays")),
+		       fmt_count(e, sizeof(e), num(k, "replayed")));
+	if (!cJSON_IsObject(f))
+		return;
+	printf("\n  fleet index: %s engines, %s blocks; %s events applied, %s malformed\n",
+	       fmt_count(a, sizeof(a), num(f, "instances")),
+	       fmt_count(b, sizeof(b), num(f, "blocks")),
+	       fmt_count(c, sizeof(c), num(f, "events")),
+	       fmt_count(d, sizeof(d), num(f, "malformed")));
+	printf("  gaps %s, replays %s (%s batches recovered)\n",
+	       fmt_count(a, sizeof(a), num(f, "gaps")),
+	       fmt_count(b, sizeof(b), num(f, "replays")),
+	       fmt_count(c, sizeof(c), num(f, "replayed")));
+}
+
 /* A namespace's name for a terminal: printable ASCII only, cut to fit its column. */
 static void ns_display(char *buf, size_t cap, const char *name)
 {
@@ -517,6 +546,7 @@ static void print_table(const struct snap *cur, const struct snap *prev,
 	printf(" (%s in all)\n", fmt_count(a, sizeof(a), num(o, "connections_total")));
 	print_pool_bar(o);
 	print_tiers(o);
+	print_events(o);
 	print_namespaces(cur, prev, iv);
 }
 

@@ -16,6 +16,7 @@ BUILD = os.environ.get("KVP_BUILD_DIR", os.path.join(HERE, "..", "..", "build"))
 KVPREFIXD = os.environ.get("KVPREFIXD", os.path.join(BUILD, "kvprefixd"))
 CLI = os.environ.get("KVPREFIX_CLI", os.path.join(BUILD, "kvprefix"))
 MKMODEL = os.environ.get("KVPREFIX_MKMODEL", os.path.join(BUILD, "kvprefix-mkmodel"))
+STAT = os.environ.get("KVPREFIX_STAT", os.path.join(BUILD, "kvprefix-stat"))
 END_SEQ = b"\xff" * 8
 
 
@@ -75,6 +76,13 @@ class Daemon:
     def lookup(self, tokens):
         r = self.cli("lookup", "--json", "--tokens", tokens_arg(tokens))
         return json.loads(r.stdout)["matched_tokens"]
+
+    def stat_view(self):
+        """kvprefix-stat's table."""
+        r = subprocess.run([STAT, "--socket", self.sock], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
 
     def stats(self):
         return json.loads(self.cli("stats").stdout)

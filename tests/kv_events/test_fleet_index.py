@@ -234,6 +234,7 @@ def test_fleet_index_equals_a_model_of_the_events(fleet_setup):
     assert lens == sorted(lens, reverse=True)
     st = d.stats()["fleet"]
     assert st["instances"] == 4 and st["gaps"] == 0 and st["malformed"] == 0
+    assert "fleet index: 4 engines, %d blocks" % st["blocks"] in d.stat_view()
 
 
 def test_a_gap_is_repaired_through_the_replay_socket_where_there_is_one(fleet_setup):

@@ -231,6 +231,7 @@ def test_no_subscriber_costs_nothing_and_a_bad_endpoint_is_refused(workdir, daem
         d.insert([i + 7] * (3 * BT))
     ke = d.stats()["kv_events"]
     assert ke["sent"] == ke["batches"] and ke["dropped"] == 0
+    assert "kv events: %d batches" % ke["batches"] in d.stat_view()
     import subprocess
     from conftest import KVPREFIXD
     r = subprocess.run([KVPREFIXD, "--index-only", "--socket", os.path.join(workdir, "x.sock"),
