@@ -127,25 +127,44 @@ static int value_head(const uint8_t *p, size_t len, size_t *skip, uint64_t *inne
 	}
 }
 
-/* Does buf hold exactly one value whose every container fits in what is left? Each
- * value takes a byte at least, so the values still owed can never exceed the bytes. */
+/* Containers open at once, at most: msgpack-c's parse stack (MSGPACK_EMBED_STACK_SIZE).
+ * It refuses a deeper one with MSGPACK_UNPACK_NOMEM_ERROR, which is no lack of memory. */
+#define EV_MAX_DEPTH 32
+
+static bool is_container(uint8_t t)
+{
+	return (t >= 0x80 && t <= 0x9f) || (t >= 0xdc && t <= 0xdf);
+}
+
+/* Does buf hold exactly one value whose every container fits in what is left, nested
+ * no deeper than EV_MAX_DEPTH? Each value takes a byte at least, so the values still
+ * owed can never exceed the bytes. left[] holds what each open container still owes. */
 static bool bounds_ok(const uint8_t *buf, size_t len)
 {
+	uint64_t left[EV_MAX_DEPTH + 1], owed = 1;
+	unsigned depth = 0;
 	size_t off = 0;
-	uint64_t owed = 1;
 
+	left[0] = 1;
 	while (owed > 0) {
 		size_t skip;
 		uint64_t inner;
 
+		while (left[depth] == 0)
+			depth--;   /* containers done */
 		if (off >= len || value_head(buf + off, len - off, &skip, &inner) != 0)
 			return false;
 		if (skip > len - off)
 			return false;
+		if (is_container(buf[off]) && depth >= EV_MAX_DEPTH)
+			return false;
 		off += skip;
+		left[depth]--;
 		owed = owed - 1 + inner;
 		if (owed > len - off)
 			return false;
+		if (inner > 0)
+			left[++depth] = inner;
 	}
 	return off == len;
 }

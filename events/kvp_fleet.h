@@ -50,9 +50,10 @@ const char *kvp_fleet_instance_name(const struct kvp_fleet *f, unsigned inst);
 size_t kvp_fleet_instance_blocks(const struct kvp_fleet *f, unsigned inst);
 size_t kvp_fleet_blocks(const struct kvp_fleet *f);   /* blocks held, all engines */
 
-/* Apply one decoded event of engine inst. KVP_OK; KVP_EINVAL when it was skipped in
- * whole or in part (a block size other than the index's, an unknown parent: *skipped
- * says how many blocks); KVP_ENOMEM. */
+/* Apply one decoded event of engine inst. KVP_OK (a removal of ids the engine does not
+ * hold counts them in *skipped, and is no error); KVP_EINVAL when a BlockStored was
+ * skipped (a block size other than the index's, an unknown parent: *skipped says how
+ * many blocks); KVP_ENOMEM. */
 int kvp_fleet_apply(struct kvp_fleet *f, unsigned inst, const struct kvp_ev *ev,
 		    size_t *skipped);
 

@@ -5,9 +5,9 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]
 #
-# Environment: FUZZ_TARGETS (default "fuzz_frame fuzz_gguf fuzz_trace fuzz_config"), FUZZ_BUILD_DIR
-# (build-fuzz), FUZZ_CC (clang), FUZZ_ARGS (extra libFuzzer flags, e.g. "-jobs=4
-# -workers=4"), KVP_SKIP_SETUP=1 (do not run scripts/setup.sh).
+# Environment: FUZZ_TARGETS (default "fuzz_frame fuzz_gguf fuzz_trace fuzz_config
+# fuzz_events"), FUZZ_BUILD_DIR (build-fuzz), FUZZ_CC (clang), FUZZ_ARGS (extra libFuzzer
+# flags, e.g. "-jobs=4 -workers=4"), KVP_SKIP_SETUP=1 (do not run scripts/setup.sh).
 #
 # The committed seeds, fuzz/corpus/<target>/, are read only: what the fuzzer finds goes
 # to <build>/corpus/<target>/ (kept between runs; delete it to start afresh), crash
@@ -20,7 +20,7 @@ case $secs in
 '' | *[!0-9]*) echo "usage: $0 [SECONDS_PER_TARGET]" >&2; exit 2 ;;
 esac
 build=${FUZZ_BUILD_DIR:-build-fuzz}
-read -ra targets <<<"${FUZZ_TARGETS:-fuzz_frame fuzz_gguf fuzz_trace fuzz_config}"
+read -ra targets <<<"${FUZZ_TARGETS:-fuzz_frame fuzz_gguf fuzz_trace fuzz_config fuzz_events}"
 read -ra extra <<<"${FUZZ_ARGS:-}"
 [ "${KVP_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh
 

@@ -1,7 +1,9 @@
 /*
  * tree_unit.c - the radix tree (kvp_tree_*) case by case: create and block sizes,
  * chunking, insert, pin, evict and the exact LRU order, clearing, forged and colliding
- * keys, and allocation failure injected through kvp_index_set_allocator.
+ * keys, allocation failure injected through kvp_index_set_allocator, and the watch
+ * (kvp_tree_set_watch): every node reported once as it is inserted and once as it is
+ * removed, whatever removes it, parent before child and child before parent.
  *
  * One of the files of test_tree and test_tree_collide; see tree_test_util.h.
  */
@@ -560,4 +562,398 @@ Test(tree, failed_table_growth_keeps_working)
 	kvp_tree_destroy(t);
 	cr_assert_eq(alloc_live, 0);
 	kvp_index_set_allocator(NULL, NULL);
+}
+
+/* ---- the watch: every node reported as it comes and as it goes ---------------------------- */
+
+#define WATCH_MAX 1024
+
+/* What the watch saw: the nodes reported added and not yet removed (every node of the
+ * tree, when the watch was set on an empty one), and the removals since the last
+ * watch_reset, in order, with what the removed node said of itself then. */
+struct watch_log {
+	const struct kvp_tree_node *live[WATCH_MAX];
+	size_t n_live;
+	const struct kvp_tree_node *added[WATCH_MAX];
+	size_t n_added;
+	uint32_t removed_id[WATCH_MAX];
+	struct kvp_key removed_root[WATCH_MAX];
+	size_t n_removed;
+};
+
+static long watch_find(const struct watch_log *w, const struct kvp_tree_node *n)
+{
+	for (size_t i = 0; i < w->n_live; i++)
+		if (w->live[i] == n)
+			return (long)i;
+	return -1;
+}
+
+/* The watch: a parent is reported added before its child and removed after it. */
+static void watch_fn(void *arg, const struct kvp_tree_node *n, bool added)
+{
+	struct watch_log *w = arg;
+	const struct kvp_tree_node *p = kvp_tree_node_parent(n);
+	long at = watch_find(w, n);
+
+	cr_assert(!p || watch_find(w, p) >= 0, "%s block %u: its parent %u is not in the tree",
+		  added ? "added" : "removed", kvp_tree_node_block(n),
+		  p ? kvp_tree_node_block(p) : 0);
+	if (added) {
+		cr_assert_eq(at, -1, "block %u reported added twice", kvp_tree_node_block(n));
+		cr_assert_lt(w->n_live, WATCH_MAX);
+		w->live[w->n_live++] = n;
+		w->added[w->n_added++] = n;
+		return;
+	}
+	cr_assert_geq(at, 0, "block %u reported removed, never added", kvp_tree_node_block(n));
+	for (size_t i = 0; i < w->n_live; i++)
+		cr_assert_neq(kvp_tree_node_parent(w->live[i]), n,
+			      "block %u removed before its child %u", kvp_tree_node_block(n),
+			      kvp_tree_node_block(w->live[i]));
+	w->live[at] = w->live[--w->n_live];
+	w->removed_id[w->n_removed] = kvp_tree_node_block(n);
+	w->removed_root[w->n_removed++] = kvp_tree_node_root(n);
+}
+
+static void watch_reset(struct watch_log *w)
+{
+	w->n_added = 0;
+	w->n_removed = 0;
+}
+
+/* The watch reported exactly the removals that the call reported, in its order:
+ * got[] as tt_collect_id fills it. */
+static void watch_saw_removed(const struct watch_log *w, const uint32_t *got)
+{
+	cr_assert_eq(w->n_removed, got[0], "watch saw %zu removals, the call %u", w->n_removed,
+		     got[0]);
+	for (uint32_t i = 0; i < got[0]; i++)
+		cr_assert_eq(w->removed_id[i], got[i + 1], "removal %u: watch %u, call %u", i,
+			     w->removed_id[i], got[i + 1]);
+	cr_assert_eq(w->n_added, 0);
+}
+
+/* The live set is the tree: same size, and every live node is found by a match of its
+ * own chain (rebuilt by walking its parents). */
+static void watch_is_tree(const struct watch_log *w, struct kvp_tree *t)
+{
+	cr_assert_eq(w->n_live, kvp_tree_size(t), "watch: %zu live, tree: %zu", w->n_live,
+		     kvp_tree_size(t));
+	for (size_t i = 0; i < w->n_live; i++) {
+		const struct kvp_tree_node *chain[64], *x = w->live[i];
+		uint32_t b = kvp_tree_block_tokens(t), tok[64 * 8];
+		struct kvp_tree_node *path[64];
+		size_t d = 0;
+
+		for (; x; x = kvp_tree_node_parent(x)) {
+			cr_assert_lt(d, 64);
+			chain[d++] = x;
+		}
+		cr_assert_leq(b, 8);
+		for (size_t j = 0; j < d; j++)
+			memcpy(tok + j * b, kvp_tree_node_tokens(chain[d - 1 - j]), b * sizeof(*tok));
+		cr_assert_eq(kvp_tree_match(t, kvp_tree_node_root(w->live[i]), tok, d * b, path, 64), d);
+		cr_assert_eq(path[d - 1], w->live[i]);
+	}
+}
+
+static struct kvp_tree *watched_tree(uint32_t b, struct watch_log *w)
+{
+	struct kvp_tree *t = tt_new_tree(b);
+
+	memset(w, 0, sizeof(*w));
+	kvp_tree_set_watch(t, watch_fn, w);
+	return t;
+}
+
+Test(tree, watch_insert_reports_each_new_node_parent_first)
+{
+	static struct watch_log w;
+	struct kvp_tree *t = NULL;
+	struct kvp_key root = kvp_ns_root("watch", 0, NULL);
+	const uint32_t abc[6] = { 1, 1, 2, 2, 3, 3 }, abd[6] = { 1, 1, 2, 2, 4, 4 };
+	struct kvp_tree_node *p[3], *q[3], *x;
+	uint32_t id = 0;
+
+	t = watched_tree(2, &w);
+	cr_assert_eq(tree_put(t, root, abc, 6, &id, p), 3);
+	cr_assert_eq(w.n_added, 3);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(w.added[i], p[i], "insert %d reported in order", i);
+	cr_assert_eq(w.n_removed, 0);
+	/* a branch: only the new node */
+	watch_reset(&w);
+	cr_assert_eq(tree_put(t, root, abd, 6, &id, q), 3);
+	cr_assert_eq(w.n_added, 1);
+	cr_assert_eq(w.added[0], q[2]);
+	/* the same block again: KVP_EEXIST, nothing reported */
+	watch_reset(&w);
+	cr_assert_eq(kvp_tree_insert(t, root, p[0], kvp_tree_node_key(p[1]), abc + 2, 99, &x),
+		     KVP_EEXIST);
+	cr_assert_eq(w.n_added, 0);
+	/* a failed allocation: nothing inserted, nothing reported */
+	kvp_tree_destroy(t);
+	kvp_index_set_allocator(test_alloc, test_free);
+	t = watched_tree(2, &w);
+	tree_put(t, root, abc, 2, &id, p);
+	watch_reset(&w);
+	alloc_fail_in = 0;
+	cr_assert_eq(kvp_tree_insert(t, root, p[0], kvp_block_key(kvp_tree_node_key(p[0]), abc + 2, 2),
+				     abc + 2, 50, &x), KVP_ENOMEM);
+	cr_assert_eq(w.n_added, 0);
+	watch_is_tree(&w, t);
+	/* no watch: nothing */
+	kvp_tree_set_watch(t, NULL, NULL);
+	tree_put(t, root, abc, 6, &id, p);
+	cr_assert_eq(w.n_added, 0);
+	tt_check_tree(t);
+	kvp_tree_destroy(t);
+	cr_assert_eq(alloc_live, 0);
+	kvp_index_set_allocator(NULL, NULL);
+}
+
+Test(tree, watch_evictions_report_the_node_that_goes)
+{
+	/*   A(0) - B(1) - C(2)      ns1, one group
+	 *   D(3)                    ns2, grouped with ns1
+	 *   E(4) - F(5)             ns3, its own group                                  */
+	static struct watch_log w;
+	struct kvp_tree *t = watched_tree(1, &w);
+	struct kvp_key r1 = kvp_ns_root("w", 1, NULL), r2 = kvp_ns_root("w", 2, NULL),
+		       r3 = kvp_ns_root("w", 3, NULL);
+	const uint32_t abc[3] = { 1, 2, 3 }, d[1] = { 4 }, ef[2] = { 5, 6 };
+	struct kvp_tree_node *p[3], *pd, *pe, *pf;
+	uint32_t id = 0, got;
+
+	tree_put(t, r1, abc, 3, &id, p);
+	cr_assert_eq(kvp_tree_insert_grouped(t, r2, r1, NULL, kvp_block_key(r2, d, 1), d, id++, &pd),
+		     0);
+	tree_put(t, r3, ef, 1, &id, &pe);
+	cr_assert_eq(kvp_tree_insert(t, r3, pe, kvp_block_key(kvp_tree_node_key(pe), ef + 1, 1),
+				     ef + 1, id++, &pf), 0);
+	cr_assert_eq(w.n_added, 6);
+	cr_assert_eq(w.n_live, kvp_tree_size(t));   /* (a match would change the LRU order) */
+
+	watch_reset(&w);
+	cr_assert_eq(kvp_tree_evict(t, &got), 0);   /* C, the oldest leaf */
+	cr_assert_eq(got, 2);
+	cr_assert_eq(w.n_removed, 1);
+	cr_assert_eq(w.removed_id[0], 2);
+	cr_assert(kvp_key_eq(w.removed_root[0], r1));
+
+	watch_reset(&w);
+	cr_assert_eq(kvp_tree_evict_ns(t, r3, &got), 0);   /* F */
+	cr_assert_eq(got, 5);
+	cr_assert_eq(w.n_removed, 1);
+	cr_assert_eq(w.removed_id[0], 5);
+
+	watch_reset(&w);
+	cr_assert_eq(kvp_tree_evict_group(t, r1, &got), 0);   /* B: uncovered before D */
+	cr_assert_eq(w.n_removed, 1);
+	cr_assert_eq(w.removed_id[0], got);
+
+	watch_reset(&w);
+	cr_assert_eq(kvp_tree_evict_node(t, p[0], &got), 0);   /* A, now a leaf */
+	cr_assert_eq(got, 0);
+	cr_assert_eq(w.n_removed, 1);
+	cr_assert_eq(w.removed_id[0], 0);
+	/* a node that is not an evictable leaf: KVP_EBUSY, nothing reported */
+	watch_reset(&w);
+	kvp_tree_pin(t, pd);
+	cr_assert_eq(kvp_tree_evict_node(t, pd, &got), KVP_EBUSY);
+	cr_assert_eq(kvp_tree_evict_ns(t, r2, &got), KVP_EFULL);
+	cr_assert_eq(w.n_removed, 0);
+	kvp_tree_unpin(t, pd);
+	watch_is_tree(&w, t);
+	tt_check_tree(t);
+	/* destroy reports nothing */
+	watch_reset(&w);
+	kvp_tree_destroy(t);
+	cr_assert_eq(w.n_removed, 0);
+}
+
+/* A tree for the clears: namespace r1 holds
+ *
+ *   A(0) - B(1) - C(2) - D(3)      C pinned: D goes, C B A stay
+ *        \ E(4) - F(5)
+ *              \ G(6)
+ *   H(7)
+ *
+ * and namespace r2 holds I(8) - J(9) and K(10). */
+static struct kvp_tree *clear_tree(struct watch_log *w, struct kvp_key r1, struct kvp_key r2,
+				   struct kvp_tree_node **a, struct kvp_tree_node **c,
+				   struct kvp_tree_node **e)
+{
+	struct kvp_tree *t = watched_tree(1, w);
+	const uint32_t abcd[4] = { 1, 2, 3, 4 }, aef[3] = { 1, 5, 6 }, aeg[3] = { 1, 5, 7 },
+		       h[1] = { 8 }, ij[2] = { 9, 10 }, k[1] = { 11 };
+	struct kvp_tree_node *p[4];
+	uint32_t id = 0;
+
+	tree_put(t, r1, abcd, 4, &id, p);
+	*a = p[0];
+	*c = p[2];
+	tree_put(t, r1, aef, 3, &id, p);
+	*e = p[1];
+	tree_put(t, r1, aeg, 3, &id, p);
+	tree_put(t, r1, h, 1, &id, p);
+	tree_put(t, r2, ij, 2, &id, p);
+	tree_put(t, r2, k, 1, &id, p);
+	cr_assert_eq(kvp_tree_size(t), 11);
+	cr_assert_eq(w->n_added, 11);
+	kvp_tree_pin(t, *c);
+	watch_reset(w);
+	return t;
+}
+
+Test(tree, watch_clear_reports_every_removed_node_leaf_first)
+{
+	static struct watch_log w;
+	struct kvp_key r1 = kvp_ns_root("wc", 1, NULL), r2 = kvp_ns_root("wc", 2, NULL);
+	struct kvp_tree_node *a, *c, *e;
+	struct kvp_tree *t = clear_tree(&w, r1, r2, &a, &c, &e);
+	uint32_t got[32] = { 0 };
+
+	kvp_tree_clear(t, tt_collect_id, got);
+	cr_assert_eq(got[0], 8, "D E F G H I J K");
+	watch_saw_removed(&w, got);
+	watch_is_tree(&w, t);
+	cr_assert_eq(kvp_tree_size(t), 3);
+	kvp_tree_unpin(t, c);
+	watch_reset(&w);
+	got[0] = 0;
+	kvp_tree_clear(t, NULL, NULL);
+	cr_assert_eq(w.n_removed, 3);
+	cr_assert_eq(w.removed_id[0], 2, "C, then B, then A");
+	cr_assert_eq(w.removed_id[1], 1);
+	cr_assert_eq(w.removed_id[2], 0);
+	cr_assert_eq(w.n_live, 0);
+	tt_check_tree(t);
+	kvp_tree_destroy(t);
+}
+
+Test(tree, watch_clear_ns_reports_that_namespace_only)
+{
+	static struct watch_log w;
+	struct kvp_key r1 = kvp_ns_root("wn", 1, NULL), r2 = kvp_ns_root("wn", 2, NULL);
+	struct kvp_tree_node *a, *c, *e;
+	struct kvp_tree *t = clear_tree(&w, r1, r2, &a, &c, &e);
+	uint32_t got[32] = { 0 };
+
+	cr_assert_eq(kvp_tree_clear_ns(t, r2, tt_collect_id, got), 3);
+	watch_saw_removed(&w, got);
+	for (size_t i = 0; i < w.n_removed; i++)
+		cr_assert(kvp_key_eq(w.removed_root[i], r2), "removal %zu from another namespace", i);
+	watch_is_tree(&w, t);
+	watch_reset(&w);
+	got[0] = 0;
+	cr_assert_eq(kvp_tree_clear_ns(t, r1, tt_collect_id, got), 5, "D E F G H");
+	watch_saw_removed(&w, got);
+	for (size_t i = 0; i < w.n_removed; i++)
+		cr_assert(kvp_key_eq(w.removed_root[i], r1));
+	watch_is_tree(&w, t);
+	tt_check_tree(t);
+	kvp_tree_destroy(t);
+}
+
+Test(tree, watch_evict_under_reports_the_subtree_that_goes)
+{
+	static struct watch_log w;
+	struct kvp_key r1 = kvp_ns_root("wu", 1, NULL), r2 = kvp_ns_root("wu", 2, NULL);
+	struct kvp_tree_node *a, *c, *e;
+	struct kvp_tree *t = clear_tree(&w, r1, r2, &a, &c, &e);
+	uint32_t got[32] = { 0 };
+
+	/* under E: F, G, then E itself */
+	cr_assert_eq(kvp_tree_evict_under(t, e, tt_collect_id, got), 3);
+	watch_saw_removed(&w, got);
+	cr_assert_eq(w.removed_id[2], 4, "E after its children");
+	watch_is_tree(&w, t);
+	/* under A: D only (C pinned keeps C B A) */
+	watch_reset(&w);
+	got[0] = 0;
+	cr_assert_eq(kvp_tree_evict_under(t, a, tt_collect_id, got), 1);
+	watch_saw_removed(&w, got);
+	cr_assert_eq(w.removed_id[0], 3);
+	watch_is_tree(&w, t);
+	/* unpinned: A's whole subtree, and nothing of H or r2 */
+	kvp_tree_unpin(t, c);
+	watch_reset(&w);
+	got[0] = 0;
+	cr_assert_eq(kvp_tree_evict_under(t, a, tt_collect_id, got), 3);
+	watch_saw_removed(&w, got);
+	cr_assert_eq(w.removed_id[2], 0);
+	watch_is_tree(&w, t);
+	cr_assert_eq(kvp_tree_size(t), 4);
+	tt_check_tree(t);
+	kvp_tree_destroy(t);
+}
+
+Test(tree, watch_random_operations_keep_the_live_set_equal_to_the_tree)
+{
+	/* Random inserts, evictions of every kind, pins, clears: after each, the watch's
+	 * live set is the tree, and every removal the call reported the watch saw. */
+	static struct watch_log w;
+	static struct gen g;
+	struct kvp_tree *t = watched_tree(2, &w);
+	struct kvp_tree_node *pinned[8] = { 0 }, *path[GEN_MAX];
+	uint32_t tok[GEN_MAX], id = 0, got[WATCH_MAX + 1], one;
+
+	tt_gen_init(&g, 4242);
+	for (int step = 0; step < 3000; step++) {
+		uint32_t op = tt_rng_below(&g.r, 100);
+		int ns;
+
+		watch_reset(&w);
+		got[0] = 0;
+		if (op < 50 && kvp_tree_size(t) < 600) {
+			size_t len = tt_gen_prompt(&g, &ns, tok, GEN_MAX), nb = len / 2, before;
+			size_t m = kvp_tree_match(t, g.root[ns], tok, len, path, GEN_MAX);
+
+			before = kvp_tree_size(t);
+			tree_put(t, g.root[ns], tok, len, &id, path);
+			cr_assert_eq(w.n_added, nb - m);
+			cr_assert_eq(kvp_tree_size(t), before + nb - m);
+			for (size_t i = m; i < nb; i++)
+				cr_assert_eq(w.added[i - m], path[i]);
+		} else if (op < 70) {
+			int rc = op < 60 ? kvp_tree_evict(t, &one)
+				 : kvp_tree_evict_ns(t, g.root[op % GEN_NS], &one);
+
+			if (rc == 0) {
+				got[0] = 1;
+				got[1] = one;
+			}
+			watch_saw_removed(&w, got);
+		} else if (op < 80) {
+			uint32_t slot = tt_rng_below(&g.r, 8);
+
+			if (pinned[slot]) {
+				kvp_tree_unpin(t, pinned[slot]);
+				pinned[slot] = NULL;
+			} else if (w.n_live) {
+				pinned[slot] = (struct kvp_tree_node *)w.live[tt_rng_below(&g.r,
+							(uint32_t)w.n_live)];
+				kvp_tree_pin(t, pinned[slot]);
+			}
+		} else if (op < 90 && w.n_live) {
+			struct kvp_tree_node *top = (struct kvp_tree_node *)
+				w.live[tt_rng_below(&g.r, (uint32_t)w.n_live)];
+
+			kvp_tree_evict_under(t, top, tt_collect_id, got);
+			watch_saw_removed(&w, got);
+		} else if (op < 97) {
+			kvp_tree_clear_ns(t, g.root[op % GEN_NS], tt_collect_id, got);
+			watch_saw_removed(&w, got);
+		} else {
+			kvp_tree_clear(t, tt_collect_id, got);
+			watch_saw_removed(&w, got);
+		}
+		watch_is_tree(&w, t);
+		if (step % 100 == 0)
+			tt_check_tree(t);
+	}
+	tt_check_tree(t);
+	kvp_tree_destroy(t);
 }
