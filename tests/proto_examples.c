@@ -58,7 +58,7 @@ static const uint8_t hex_error[] = {
 };
 
 /*
- * The GENERATE session (§9.1, version 3, replayed by doc_replay.c): an engine-mode
+ * The GENERATE session (§9.1, version 4, replayed by doc_replay.c): an engine-mode
  * daemon with 4-token blocks and kvprefix-mkmodel's model of 8 tokens. HELLO offering
  * 3 and its reply with the model's sizes, GENERATE of 6 tokens with LOGITS and stop id
  * 7 (req_id 1: each command has a connection of its own), the first and the last token

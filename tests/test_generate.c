@@ -137,7 +137,7 @@ static float max_abs_diff(const float *a, const float *b, size_t n)
 
 TestSuite(generate, .init = start_small, .fini = stop, .timeout = 120);
 
-/* HELLO (version 3) tells a client the vocabulary and context it must size requests by;
+/* HELLO (version 3 and up; libkvprefix offers 4) tells a client the vocabulary and context it must size requests by;
  * kvprefix ping shows them. */
 Test(generate, hello_gives_vocabulary_and_context)
 {
@@ -148,7 +148,7 @@ Test(generate, hello_gives_vocabulary_and_context)
 
 	memset(&info, 0xAA, sizeof(info));
 	cr_assert_eq(kvp_client_hello(c, NULL, NULL, &info), 0);
-	cr_assert_eq(info.version, 3);
+	cr_assert_eq(info.version, 4);
 	cr_assert_eq(info.index_only, 0);
 	cr_assert_eq(info.vocab_size, VOCAB);
 	cr_assert_eq(info.ctx_tokens, 2048);

@@ -106,7 +106,7 @@ static void usage_simple(FILE *f, const char *cmd)
 		fprintf(f,
 			"Usage: kvprefix ping [--socket PATH] [--json]\n"
 			"Exchange HELLO and one PING with the daemon; print what it serves (with a\n"
-			"model: its vocabulary and context, from a daemon of protocol version 3)\n"
+			"model: its vocabulary and context, from a daemon of protocol version 3 or later)\n"
 			"and the round-trip time.\n"
 			"\n"
 			"  -s, --socket PATH     daemon socket (default: the library's default)\n"
