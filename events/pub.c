@@ -30,7 +30,7 @@
 #include "kvp_evpub.h"
 
 #define FREE_BUILDERS 8
-#define KVP_EVPUB_GATHER_NS 1000000   /* 1 ms */
+#define KVP_EVPUB_GATHER_NS 4000000   /* 4 ms */
 
 struct pending {
 	struct pending *next;
