@@ -201,7 +201,7 @@ static void sub_stop(struct subscriber *s)
 
 /* ---- one run ------------------------------------------------------------------------- */
 
-static double stat_of(struct kvp_client *c, const char *obj, const char *key)
+double events_stat(struct kvp_client *c, const char *obj, const char *key)
 {
 	char *json = NULL;
 	cJSON *o, *x;
@@ -236,9 +236,9 @@ static int run_once(const char *sock, const struct events_opts *o, uint64_t seed
 	bench_rand_tokens(longp, LOOKUP_TOKENS, 7, 1u << 20);
 	if (kvp_client_insert(c, longp, LOOKUP_TOKENS, KVP_LOOKUP_PIN, &m) < 0)
 		goto out;   /* pinned: the pool's churn never takes it */
-	blocks0 = stat_of(c, NULL, "inserted_blocks") + stat_of(c, NULL, "evictions");
-	ev0 = stat_of(c, "kv_events", "events");
-	b0 = stat_of(c, "kv_events", "batches");
+	blocks0 = events_stat(c, NULL, "inserted_blocks") + events_stat(c, NULL, "evictions");
+	ev0 = events_stat(c, "kv_events", "events");
+	b0 = events_stat(c, "kv_events", "batches");
 	t0 = kvp_clock_ns();
 	for (uint32_t i = 0; i < o->inserts; i++) {
 		uint64_t s;
@@ -253,9 +253,9 @@ static int run_once(const char *sock, const struct events_opts *o, uint64_t seed
 		rtt[i] = (double)(kvp_clock_ns() - s) / 1e3;
 	}
 	t1 = kvp_clock_ns();
-	blocks1 = stat_of(c, NULL, "inserted_blocks") + stat_of(c, NULL, "evictions");
-	ev1 = stat_of(c, "kv_events", "events");
-	b1 = stat_of(c, "kv_events", "batches");
+	blocks1 = events_stat(c, NULL, "inserted_blocks") + events_stat(c, NULL, "evictions");
+	ev1 = events_stat(c, "kv_events", "events");
+	b1 = events_stat(c, "kv_events", "batches");
 	f->lookup_us = bench_median(rtt, o->inserts);
 	f->blocks_per_s = (blocks1 - blocks0) / ((double)(t1 - t0) / 1e9);
 	f->events_per_s = (ev1 - ev0) / ((double)(t1 - t0) / 1e9);

@@ -22,6 +22,10 @@ struct fleet_result {
 	double lookup_rtt_us;         /* LOOKUP round trip of the same tokens, median */
 };
 
+/* STATS of the daemon on c: obj.key (obj NULL: a top-level key); NAN when absent. */
+struct kvp_client;
+double events_stat(struct kvp_client *c, const char *obj, const char *key);
+
 /* The fleet index with `instances` engines and `blocks` blocks: in process, then
  * through a kvprefixd --kv-events-sub fed over ipc in dir. 0, or -1 (message). */
 int bench_fleet(uint32_t instances, uint64_t blocks, uint32_t query_tokens, const char *dir,

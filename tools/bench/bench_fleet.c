@@ -217,21 +217,6 @@ static int publish(void *pub, uint32_t inst, uint64_t seq, const uint8_t *buf, s
 	       zmq_send(pub, s8, 8, ZMQ_SNDMORE) < 0 || zmq_send(pub, buf, len, 0) < 0 ? -1 : 0;
 }
 
-static double fleet_stat(struct kvp_client *c, const char *key)
-{
-	char *json = NULL;
-	cJSON *o;
-	double v;
-
-	if (kvp_client_stats(c, &json) < 0)
-		return NAN;
-	o = cJSON_Parse(json);
-	free(json);
-	v = bench_json_number(cJSON_GetObjectItemCaseSensitive(o, "fleet"), key);
-	cJSON_Delete(o);
-	return v;
-}
-
 /* Median FLEET and LOOKUP round trips of stored prompts. */
 static int time_round_trips(struct kvp_client *c, const struct fleet_work *w,
 			    uint32_t query_tokens, struct fleet_result *r)
@@ -295,7 +280,7 @@ static int end_to_end(const struct fleet_work *w, uint32_t query_tokens, const c
 	if (kvp_client_connect(d.socket, &c) < 0 || kvp_client_hello(c, NULL, NULL, NULL) < 0)
 		goto out;
 	/* the subscription takes a moment: announce every engine until it sees them all */
-	for (int k = 0; k < 500 && fleet_stat(c, "instances") < w->instances; k++) {
+	for (int k = 0; k < 500 && events_stat(c, "fleet", "instances") < w->instances; k++) {
 		for (uint32_t i = 0; i < w->instances; i++)
 			publish(pub, i, seq[i]++, clear, clear_len);
 		bench_sleep_ms(10);
@@ -305,10 +290,10 @@ static int end_to_end(const struct fleet_work *w, uint32_t query_tokens, const c
 		if (publish(pub, w->stored[p].inst, seq[w->stored[p].inst]++, w->stored[p].buf,
 			    w->stored[p].len) < 0)
 			goto out;
-	while (fleet_stat(c, "blocks") < (double)r->blocks) {
+	while (events_stat(c, "fleet", "blocks") < (double)r->blocks) {
 		if ((kvp_clock_ns() - t0) > 120 * 1000000000ull) {
 			fprintf(stderr, PROG " " CMD ": the fleet index took in %.0f of %llu blocks\n",
-				fleet_stat(c, "blocks"), (unsigned long long)r->blocks);
+				events_stat(c, "fleet", "blocks"), (unsigned long long)r->blocks);
 			goto out;
 		}
 		bench_sleep_ms(2);
