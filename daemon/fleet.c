@@ -80,7 +80,7 @@ static void fleet_free(struct fleet *f)
 	}
 	if (f->ctx)
 		zmq_ctx_term(f->ctx);
-	if (f->efd > 0)
+	if (f->efd >= 0)
 		close(f->efd);
 	kvp_evdecoder_destroy(f->dec);
 	kvp_fleet_destroy(f->idx);
