@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -274,6 +275,45 @@ static void frame_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	conn_finish(c, "frame timeout");
 }
 
+/*
+ * The rest of a frame, straight from the socket into the input buffer: one readv of at
+ * most READ_CHUNK; the bytes read, or 0 or -1 when none were (the loop's own read finds
+ * what comes later, or the end of the stream). libevent reads at most 4 KiB per turn of
+ * the loop, so an 8 KiB LOOKUP took three turns, each an epoll_wait, an ioctl and a
+ * readv.
+ */
+static ssize_t read_rest(struct bufferevent *bev, struct evbuffer *in, size_t missing)
+{
+	struct evbuffer_iovec v[2];
+	struct iovec iov[2];
+	size_t want = missing < READ_CHUNK ? missing : READ_CHUNK, left;
+	ssize_t r = -1;
+	int n;
+
+	/* a bufferevent keeps its input's end frozen but while it reads itself */
+	evbuffer_unfreeze(in, 0);
+	n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+	if (n > 0) {
+		left = want;
+		for (int i = 0; i < n; i++) {
+			iov[i].iov_base = v[i].iov_base;
+			iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
+			left -= iov[i].iov_len;
+		}
+		r = readv(bufferevent_getfd(bev), iov, n);
+	}
+	if (r > 0) {   /* else not committed: the reservation is dropped */
+		left = (size_t)r;
+		for (int i = 0; i < n; i++) {
+			v[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
+			left -= v[i].iov_len;
+		}
+		evbuffer_commit_space(in, v, n);
+	}
+	evbuffer_freeze(in, 0);
+	return r;
+}
+
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
@@ -297,6 +337,10 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			conn_finish(c, "protocol error");
 			return;
 		}
+		while (avail < KVP_HDR_SIZE + (size_t)h.len &&
+		       (bufferevent_get_enabled(bev) & EV_READ) &&
+		       read_rest(bev, in, KVP_HDR_SIZE + (size_t)h.len - avail) > 0)
+			avail = evbuffer_get_length(in);
 		if (avail < KVP_HDR_SIZE + (size_t)h.len) {
 			/* wake up only once the whole frame is here */
 			bufferevent_setwatermark(bev, EV_READ, KVP_HDR_SIZE + (size_t)h.len, 0);
