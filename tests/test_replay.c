@@ -302,6 +302,67 @@ Test(replay, shared_trace_reaches_max_full_block_hit_rate, .timeout = 300)
 	cr_assert_eq(kvp_daemon_stop(&d), 0, "kvprefixd did not exit cleanly");
 }
 
+/* ---- the offline replay ------------------------------------------------------------ */
+
+/* replay --offline runs the daemon's own tree in process: at a pool of 2,000 blocks (the
+ * trace overflows it) its LRU hit rate is the daemon's, to the token; the bound is above
+ * it at every size, and reaches the unbounded rate with room for every block. */
+Test(replay, offline_lru_is_the_daemons_and_the_bound_is_above_it, .timeout = 300)
+{
+	static const char *const args[] = { "--block-tokens", "512", "--capacity-blocks",
+					     "2000", NULL };
+	struct kvp_daemon d;
+	char cmd[1024];
+	char *out = out_buf();
+	cJSON *r, *caps, *x;
+	double daemon_rate, prev_bound = 0;
+	int i = 0;
+
+	if (access(KVP_TRACE_FILE, R_OK) != 0)
+		cr_skip("trace file %s is missing: %s", KVP_TRACE_FILE, strerror(errno));
+	cr_assert_eq(kvp_daemon_start(&d, args), 0, "kvprefixd did not start");
+	snprintf(cmd, sizeof(cmd), "'%s' replay --trace '%s' --socket '%s' 2>/dev/null",
+		 KVP_BENCH_PATH, KVP_TRACE_FILE, d.socket);
+	cr_assert_eq(kvp_run_capture(cmd, out, OUT_CAP), 0, "kvprefix-bench replay failed");
+	r = last_json_line(out);
+	daemon_rate = jnum(r, "hit_rate");
+	cJSON_Delete(r);
+	cr_assert_eq(kvp_daemon_stop(&d), 0);
+	cr_assert(daemon_rate > 0.05 && daemon_rate < 0.6, "daemon hit rate %f", daemon_rate);
+
+	snprintf(cmd, sizeof(cmd), "'%s' replay --offline --trace '%s' --capacities "
+		 "300,2000,25%%,100%% 2>&1", KVP_BENCH_PATH, KVP_TRACE_FILE);
+	cr_assert_eq(kvp_run_capture(cmd, out, OUT_CAP), 0, "replay --offline failed: %s", out);
+	cr_assert(strstr(out, "furthest-use bound"), "%s", out);
+	r = last_json_line(out);
+	caps = cJSON_GetObjectItemCaseSensitive(r, "capacities");
+	cr_assert_eq(cJSON_GetArraySize(caps), 4);
+	cJSON_ArrayForEach(x, caps) {
+		double lru = jnum(x, "lru"), bound = jnum(x, "bound");
+
+		cr_assert(bound >= lru, "capacity %.0f: bound %f below LRU %f", jnum(x, "blocks"),
+			  lru, bound);
+		cr_assert(bound >= prev_bound, "the bound must grow with the pool");
+		prev_bound = bound;
+		if (i == 1) {
+			cr_assert_eq(jnum(x, "blocks"), 2000);
+			cr_assert_float_eq(lru, daemon_rate, 1e-12, "offline %f, daemon %f", lru,
+					   daemon_rate);
+		}
+		if (i == 3) {
+			cr_assert_float_eq(bound, jnum(r, "unbounded"), 1e-12);
+			cr_assert_float_eq(lru, bound, 1e-12, "room for every block: no eviction");
+		}
+		i++;
+	}
+	cr_assert_float_eq(jnum(r, "unbounded"), EXPECTED_HIT_RATE, 0.0001);
+	cJSON_Delete(r);
+	snprintf(cmd, sizeof(cmd), "'%s' replay --offline --trace '%s' --capacities 0%% 2>&1",
+		 KVP_BENCH_PATH, KVP_TRACE_FILE);
+	cr_assert_eq(kvp_run_capture(cmd, out, OUT_CAP), 2, "a capacity of 0%% is a usage error");
+	free(out);
+}
+
 /* ---- the token derivation ------------------------------------------------------ */
 
 static void write_tokens(const char *path, const uint32_t *t, size_t n)

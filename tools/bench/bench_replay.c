@@ -13,16 +13,22 @@
 #include <string.h>
 
 #include "bench.h"
+#include "bench_replay.h"
 #include "kvp_index.h"
 #include "trace.h"
 #include "util.h"
 
 #define PROGRESS_EVERY 500u
 
+#define OFFLINE_MAX_CAPS 32
+
 struct replay_opts {
 	const char *trace, *sock;
 	uint64_t block;           /* 0: take the daemon's */
 	uint64_t limit;           /* 0: every request */
+	bool offline;             /* in process, at several capacities */
+	struct offline_cap caps[OFFLINE_MAX_CAPS];   /* --capacities */
+	size_t n_caps;
 };
 
 /* The trace and every request's tokens: request i is toks[off[i] .. off[i + 1]). */
@@ -53,11 +59,37 @@ static void usage_replay(FILE *f)
 		"  -b, --block-tokens N    check that the daemon uses N tokens a block\n"
 		"                          (default: take the daemon's)\n"
 		"  -n, --limit N           replay only the first N requests\n"
+		"      --offline           no daemon: the trace through the index in process at\n"
+		"                          several pool sizes, leaf-first LRU beside the bound\n"
+		"                          no policy can beat (evict the leaf used furthest ahead)\n"
+		"      --capacities LIST   --offline's pool sizes: blocks, or N%% of the trace's\n"
+		"                          distinct blocks (default 1%%,5%%,10%%,5859,25%%,50%%,100%%)\n"
 		"  -h, --help              show this help\n"
 		"\n"
 		"Progress goes to stderr; the last stdout line is one JSON object: requests,\n"
 		"input_tokens, hit_tokens, hit_rate (hit_tokens / input_tokens), elapsed_s,\n"
 		"requests_per_s, tokens_per_s.\n");
+}
+
+/* "5859,10%,14.6%": block counts (>= 1), or percentages in (0, 100]. */
+static bool parse_caps(const char *arg, struct replay_opts *o)
+{
+	const char *p = arg;
+
+	o->n_caps = 0;
+	while (*p) {
+		char *end;
+		double v = strtod(p, &end);
+		bool pct = end != p && *end == '%';
+
+		end += pct;
+		if (end == p || o->n_caps == OFFLINE_MAX_CAPS || (*end != ',' && *end != '\0') ||
+		    (pct ? !(v > 0 && v <= 100) : !(v >= 1 && v <= 1e12 && v == (double)(uint64_t)v)))
+			return false;
+		o->caps[o->n_caps++] = (struct offline_cap){ .value = v, .percent = pct };
+		p = *end ? end + 1 : end;
+	}
+	return o->n_caps > 0;
 }
 
 static int parse_replay(int argc, char **argv, struct replay_opts *o)
@@ -67,12 +99,15 @@ static int parse_replay(int argc, char **argv, struct replay_opts *o)
 		{ "socket", required_argument, NULL, 's' },
 		{ "block-tokens", required_argument, NULL, 'b' },
 		{ "limit", required_argument, NULL, 'n' },
+		{ "offline", no_argument, NULL, 'O' },
+		{ "capacities", required_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int opt;
 
 	memset(o, 0, sizeof(*o));
+	(void)parse_caps("1%,5%,10%,5859,25%,50%,100%", o);
 	optind = 1;
 	opterr = 0;
 	while ((opt = getopt_long(argc, argv, ":t:s:b:n:h", opts, NULL)) != -1) {
@@ -90,6 +125,13 @@ static int parse_replay(int argc, char **argv, struct replay_opts *o)
 					"number of requests\n", optarg);
 				return KVP_EXIT_USAGE;
 			}
+			break;
+		case 'O': o->offline = true; break;
+		case 'C':
+			if (!parse_caps(optarg, o))
+				return bench_usage_error("replay", "--capacities '%s': want block "
+							 "counts or percentages in (0, 100], comma "
+							 "separated (5859,10%%)", optarg);
 			break;
 		case 'h': usage_replay(stdout); return KVP_EXIT_OK;
 		default: return bench_bad_option("replay", argv, opt);
@@ -266,6 +308,18 @@ int bench_cmd_replay(int argc, char **argv)
 
 	if (ret != BENCH_RUN)
 		return ret;
+	if (o.offline) {
+		char err[512];
+
+		if (kvp_trace_load(o.trace, (size_t)o.limit, &p.tr, err, sizeof(err)) < 0) {
+			fprintf(stderr, PROG " replay: %s\n", err);
+			return KVP_EXIT_FAIL;
+		}
+		ret = bench_replay_offline(&p.tr, o.caps, o.n_caps) == 0 ? KVP_EXIT_OK
+									  : KVP_EXIT_FAIL;
+		kvp_trace_free(&p.tr);
+		return ret;
+	}
 	/* Load and derive everything before touching the daemon or the clock. */
 	if (load_replay_prompts(&o, &p) < 0)
 		return KVP_EXIT_FAIL;
