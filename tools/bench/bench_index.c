@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -79,6 +80,7 @@ struct inproc_result {
 	size_t blocks;
 	struct timing match, xxh3;
 	double ratio;
+	double meta_bytes;   /* the index's memory a block, beside its tokens */
 };
 
 struct rtt_result {
@@ -191,6 +193,25 @@ static int fill_tree(struct inproc *p, const struct kvp_key *keys, size_t nb, ui
 	return KVP_OK;
 }
 
+/* What index/ holds from the allocator (usable sizes, so its overhead counts). */
+static size_t index_bytes;
+
+static void *count_alloc(size_t n)
+{
+	void *p = malloc(n);
+
+	if (p)
+		index_bytes += malloc_usable_size(p);
+	return p;
+}
+
+static void count_free(void *p)
+{
+	if (p)
+		index_bytes -= malloc_usable_size(p);
+	free(p);
+}
+
 /* Build a tree holding every full block of an n-token prompt, then time both. */
 static int bench_inproc(uint32_t block, size_t n, uint64_t seed, struct inproc_result *res)
 {
@@ -212,6 +233,7 @@ static int bench_inproc(uint32_t block, size_t n, uint64_t seed, struct inproc_r
 		goto out_free;
 	}
 	synth_tokens(tokens, n, seed);
+	index_bytes = 0;
 	rc = kvp_tree_create(block, &p.tree);
 	if (rc < 0) {
 		fprintf(stderr, PROG " index: kvp_tree_create(%u): %s\n", block,
@@ -226,6 +248,8 @@ static int bench_inproc(uint32_t block, size_t n, uint64_t seed, struct inproc_r
 	rc = fill_tree(&p, keys, nb, block);
 	if (rc < 0)
 		goto out_destroy;
+	res->meta_bytes = nb ? ((double)index_bytes - (double)nb * block * sizeof(uint32_t)) /
+				       (double)nb : NAN;
 	got = kvp_tree_match(p.tree, p.root, tokens, n, p.path, nb);
 	if (got != nb) {
 		fprintf(stderr, PROG " index: %zu-token prompt: kvp_tree_match found %zu of %zu "
@@ -673,6 +697,7 @@ static int run_index_inproc(uint64_t block, struct inproc_result in[N_SIZES], do
 	       "lookup best", "xxh3 med", "xxh3 best", "ratio");
 	fflush(stdout);
 	*r32 = NAN;
+	kvp_index_set_allocator(count_alloc, count_free);   /* the trees' memory, counted */
 	for (size_t i = 0; i < N_SIZES; i++) {
 		if (bench_inproc((uint32_t)block, inproc_sizes[i], 1 + i, &in[i]) < 0)
 			return -1;
@@ -684,8 +709,12 @@ static int run_index_inproc(uint64_t block, struct inproc_result in[N_SIZES], do
 		if (inproc_sizes[i] == 32768)
 			*r32 = in[i].ratio;
 	}
-	printf("  32k lookup ratio %.2fx, target <= %.0fx: %s\n\n", *r32,
+	kvp_index_set_allocator(NULL, NULL);
+	printf("  32k lookup ratio %.2fx, target <= %.0fx: %s\n", *r32,
 	       TARGET_LOOKUP_32K_RATIO, *r32 <= TARGET_LOOKUP_32K_RATIO ? "met" : "MISSED");
+	printf("  index metadata: %.0f bytes a block beside its %" PRIu64 " tokens' %" PRIu64
+	       " bytes (%zu blocks: nodes, hash table, allocator overhead)\n\n",
+	       in[N_SIZES - 1].meta_bytes, block, block * 4, in[N_SIZES - 1].blocks);
 	fflush(stdout);
 	return 0;
 }
@@ -794,6 +823,7 @@ static bool json_index_fields(cJSON *j, const struct index_opts *o,
 		}
 	}
 	cJSON_AddNumberToObject(j, "lookup_32k_ratio", r32);
+	cJSON_AddNumberToObject(j, "meta_bytes_per_block", in[N_SIZES - 1].meta_bytes);
 	cJSON_AddNumberToObject(j, "lookup_32k_target", TARGET_LOOKUP_32K_RATIO);
 	cJSON_AddBoolToObject(j, "lookup_32k_met", r32 <= TARGET_LOOKUP_32K_RATIO);
 	so = cJSON_AddObjectToObject(j, "socket");
