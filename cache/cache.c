@@ -82,6 +82,10 @@ int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
 	rc = kvp_tree_create(cfg->block_tokens, &c->tree);
 	if (rc)
 		goto out_free;
+	rc = kvp_tree_set_policy_for(c->tree, (enum kvp_evict_policy)cfg->eviction,
+				     cfg->capacity_blocks);
+	if (rc)
+		goto out_tree;
 	rc = kvp_pool_create(cfg->capacity_blocks, &c->pool);
 	if (rc)
 		goto out_tree;

@@ -37,6 +37,7 @@ struct kvp_cache_config {
 	uint32_t max_tokens;        /* longest request accepted */
 	uint32_t max_leases;        /* leases one owner may hold at once */
 	uint32_t tenant_quota;      /* most blocks one namespace may hold; 0: no quota */
+	int eviction;               /* enum kvp_evict_policy of the pool's evictions */
 };
 
 /* The owner of administrative pins (kvp_cache_admin_pin): never a connection. */

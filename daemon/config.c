@@ -61,6 +61,7 @@ enum opt_kind {
 	KIND_LOG_LEVEL,  /* int: enum kvp_log_level */
 	KIND_KV_DTYPE,   /* int: enum kvp_kv_dtype */
 	KIND_BACKEND,    /* int: enum kvp_daemon_backend */
+	KIND_EVICTION,   /* int: enum kvp_evict_policy */
 	KIND_CONFIG,     /* the rest: command line only, no field */
 	KIND_HELP,
 	KIND_VERSION,
@@ -120,6 +121,10 @@ static const struct opt_def opt_table[] = {
 	  .base = 10, .arg = "MB", .help = "KV pool size in engine mode (default 1024)" },
 	{ .name = "kv-dtype", .kind = KIND_KV_DTYPE, FIELD(kv_dtype), .arg = "f16|f32",
 	  .help = "how KV is stored (default f16)" },
+	{ .name = "eviction", .kind = KIND_EVICTION, FIELD(eviction), .arg = "lru|reuse",
+	  .help = "which cached block the pool gives up for a new one:\n"
+		  "lru, the least recently used; reuse, blocks seen once\n"
+		  "before blocks used again (docs/eviction.md; default lru)" },
 	{ .name = "backend", .kind = KIND_BACKEND, FIELD(backend), .arg = "auto|cpu|cuda",
 	  .help = "where the engine runs: cuda keeps the KV pool on the GPU;\n"
 		  "auto picks cuda when a CUDA device is present, else the\n"
@@ -456,6 +461,17 @@ static int opt_store(const struct opt_def *o, const char *val, struct kvp_config
 			i = KVP_KV_F32;
 		} else {
 			snprintf(why, whylen, "'%s' is not f16 or f32", val);
+			return KVP_EINVAL;
+		}
+		memcpy(field, &i, sizeof(i));
+		break;
+	case KIND_EVICTION:
+		if (strcmp(val, "lru") == 0) {
+			i = KVP_EVICT_LRU;
+		} else if (strcmp(val, "reuse") == 0) {
+			i = KVP_EVICT_REUSE;
+		} else {
+			snprintf(why, whylen, "'%s' is not lru or reuse", val);
 			return KVP_EINVAL;
 		}
 		memcpy(field, &i, sizeof(i));
@@ -1091,6 +1107,10 @@ static void opt_format(const struct opt_def *o, const struct kvp_config *cfg, ch
 	case KIND_KV_DTYPE:
 		memcpy(&i, field, sizeof(i));
 		snprintf(buf, len, "%s", i == KVP_KV_F32 ? "f32" : "f16");
+		break;
+	case KIND_EVICTION:
+		memcpy(&i, field, sizeof(i));
+		snprintf(buf, len, "%s", i == KVP_EVICT_REUSE ? "reuse" : "lru");
 		break;
 	case KIND_BACKEND:
 		memcpy(&i, field, sizeof(i));

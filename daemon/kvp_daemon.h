@@ -13,6 +13,7 @@ struct kvp_config {
 	bool index_only;
 	uint32_t block_tokens;
 	uint32_t capacity_blocks;
+	int eviction;               /* enum kvp_evict_policy */
 	uint32_t max_tokens;        /* tokens per LOOKUP / INSERT */
 	uint32_t max_frame_bytes;   /* payload bytes per frame */
 	uint32_t max_connections;

@@ -93,6 +93,7 @@ static int cache_open(struct server *s, uint32_t capacity)
 		.max_tokens = cfg->max_tokens,
 		.max_leases = cfg->max_leases,
 		.tenant_quota = quota_blocks(cfg, capacity),
+		.eviction = cfg->eviction,
 	};
 	bool gpu;
 	size_t bb;

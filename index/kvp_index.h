@@ -97,9 +97,36 @@ int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_nod
 void kvp_tree_pin(struct kvp_tree *t, struct kvp_tree_node *n);
 void kvp_tree_unpin(struct kvp_tree *t, struct kvp_tree_node *n);
 
-/* Evict the least recently used unpinned leaf: returns 0 and its block id, or
- * KVP_EFULL when nothing can be evicted. Its parent may become an evictable leaf. */
+/* Evict the policy's next unpinned leaf (LRU: the least recently used): returns 0 and
+ * its block id, or KVP_EFULL when nothing can be evicted. Its parent may become an
+ * evictable leaf. */
 int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id);
+
+/*
+ * Which leaf kvp_tree_evict (and the quota evictions' hook, kvp_tree_evict_group and
+ * _ns, remember for the ghost) takes. Both policies are leaf-first and prefix-closed.
+ *   KVP_EVICT_LRU     the least recently used unpinned leaf (the default)
+ *   KVP_EVICT_REUSE   blocks used again since they were cached, or cached again while
+ *                     the ghost remembered their key (the last `ghost` to 2 x `ghost`
+ *                     keys evicted), are warm: a warm leaf goes only when it is `bonus`
+ *                     ticks (matches and inserts) older than the coldest other leaf.
+ *                     Blocks seen once go first. The ghost takes 21 to 43 bytes for
+ *                     each of `ghost`.
+ * Set it before the first insert: KVP_EINVAL otherwise (or for an unknown policy),
+ * KVP_ENOMEM. Quota evictions (evict_group, evict_ns) stay least recently used first.
+ */
+enum kvp_evict_policy {
+	KVP_EVICT_LRU = 0,
+	KVP_EVICT_REUSE = 1,
+};
+int kvp_tree_set_policy(struct kvp_tree *t, enum kvp_evict_policy policy, size_t ghost,
+			uint64_t bonus);
+/* REUSE as a pool of capacity blocks runs it: a ghost of 8 x capacity keys, a bonus of
+ * 4 x capacity ticks. Measured with kvprefix-bench replay --offline (docs/eviction.md):
+ * above LRU at every pool size from 1% to 100% of the shared trace's blocks. */
+#define KVP_REUSE_GHOST_PER_BLOCK 8u
+#define KVP_REUSE_BONUS_PER_BLOCK 4u
+int kvp_tree_set_policy_for(struct kvp_tree *t, enum kvp_evict_policy policy, size_t capacity);
 
 /* Remove every unpinned node, leaf first, calling cb for each block id freed. Unpinned
  * ancestors of pinned nodes stay (the tree is prefix-closed). cb may be NULL and must

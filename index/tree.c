@@ -67,6 +67,8 @@
 #include <emmintrin.h>
 #endif
 
+#include "alloc_internal.h"
+#include "ghost_internal.h"
 #include "hash_internal.h"
 #include "kvp_index.h"
 
@@ -84,6 +86,16 @@ void kvp_index_set_allocator(void *(*alloc)(size_t), void (*release)(void *))
 }
 
 #define KVP_INDEX_MALLOC(size) (kvp_index_alloc_fn(size))
+
+void *kvp_index_alloc(size_t size)
+{
+	return kvp_index_alloc_fn(size);
+}
+
+void kvp_index_release(void *p)
+{
+	kvp_index_release_fn(p);
+}
 
 /* A function that allocates, kept as one copy out of line so that its allocation has
  * exactly one call site whatever the optimiser does (tests/test_faults.c counts the
@@ -123,6 +135,7 @@ struct kvp_tree_node {
 	uint32_t pins;
 	uint32_t block_id;
 	uint32_t scratch;               /* kvp_tree_check's tally; meaningless otherwise */
+	uint8_t warm;                   /* REUSE: used again, or back from the ghost */
 	uint32_t tokens[];              /* block_tokens of them */
 };
 
@@ -162,6 +175,13 @@ struct kvp_tree {
 	void *evict_arg;
 	void (*watch)(void *arg, const struct kvp_tree_node *n, bool added);   /* or NULL */
 	void *watch_arg;
+	/* the eviction policy: LRU keeps every evictable node on lru; REUSE keeps the warm
+	 * ones on warm instead, and evicts from there only when its head is bonus ticks
+	 * older than lru's; ghost remembers the keys evicted lately */
+	enum kvp_evict_policy policy;
+	struct kvp_link warm;           /* sentinel, through node->lru, ascending tick */
+	uint64_t bonus;
+	struct kvp_ghost *ghost;
 };
 
 #define KVP_TREE_MIN_BUCKETS 16u
@@ -213,6 +233,12 @@ static inline int node_evictable(const struct kvp_tree_node *n)
 
 /* ---- LRU list (intrusive, sentinel-headed, ascending tick) ------------------------ */
 
+/* The tree-wide list an evictable node belongs on: its class's (REUSE), else the LRU. */
+static inline struct kvp_link *glist(struct kvp_tree *t, const struct kvp_tree_node *n)
+{
+	return n->warm ? &t->warm : &t->lru;
+}
+
 static inline void link_between(struct kvp_link *l, struct kvp_link *prev,
 				struct kvp_link *next)
 {
@@ -242,7 +268,9 @@ static inline void lru_remove(struct kvp_tree *t, struct kvp_tree_node *n)
 /* n->tick is the newest tick: append. */
 static inline void lru_push_tail(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	link_between(&n->lru, t->lru.prev, &t->lru);
+	struct kvp_link *h = glist(t, n);
+
+	link_between(&n->lru, h->prev, h);
 	link_between(&n->nlru, n->ns->lru.prev, &n->ns->lru);
 	link_between(&n->glru, n->ns->grp->glru.prev, &n->ns->grp->glru);
 	t->n_lru++;
@@ -253,7 +281,9 @@ static inline void lru_push_tail(struct kvp_tree *t, struct kvp_tree_node *n)
 /* n (evictable, not listed) to the head of both lists: it goes next. */
 static inline void lru_push_head(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	link_between(&n->lru, &t->lru, t->lru.next);
+	struct kvp_link *h = glist(t, n);
+
+	link_between(&n->lru, h, h->next);
 	link_between(&n->nlru, &n->ns->lru, n->ns->lru.next);
 	link_between(&n->glru, &n->ns->grp->glru, n->ns->grp->glru.next);
 	t->n_lru++;
@@ -327,7 +357,7 @@ static void list_insert_ordered(struct kvp_link *head, struct kvp_link *l, uint6
 static void lru_insert_near(struct kvp_tree *t, struct kvp_tree_node *n, struct kvp_link *hint,
 			    struct kvp_link *nhint, struct kvp_link *ghint)
 {
-	list_insert_ordered(&t->lru, &n->lru, n->tick, offsetof(struct kvp_tree_node, lru), hint);
+	list_insert_ordered(glist(t, n), &n->lru, n->tick, offsetof(struct kvp_tree_node, lru), hint);
 	list_insert_ordered(&n->ns->lru, &n->nlru, n->tick, offsetof(struct kvp_tree_node, nlru),
 			    nhint);
 	list_insert_ordered(&n->ns->grp->glru, &n->glru, n->tick,
@@ -577,6 +607,7 @@ int kvp_tree_create(uint32_t block_tokens, struct kvp_tree **out)
 	memset(t->ns_buckets, 0, KVP_TREE_MIN_NS_BUCKETS * sizeof(*t->ns_buckets));
 	t->ns_mask = KVP_TREE_MIN_NS_BUCKETS - 1;
 	t->lru.prev = t->lru.next = &t->lru;
+	t->warm.prev = t->warm.next = &t->warm;
 	t->block_tokens = block_tokens;
 	*out = t;
 	return 0;
@@ -611,6 +642,7 @@ void kvp_tree_destroy(struct kvp_tree *t)
 	}
 	KVP_INDEX_FREE(t->ns_buckets);
 	KVP_INDEX_FREE(t->buckets);
+	kvp_ghost_destroy(t->ghost);
 	KVP_INDEX_FREE(t);
 }
 
@@ -697,13 +729,14 @@ match_loop(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens, size
 		if (!n)
 			break;
 		n->tick = tick;
+		n->warm |= t->policy == KVP_EVICT_REUSE;   /* used again */
 		path[i] = n;
 		parent = n;
 	}
 	/* Only the deepest matched node can be a leaf (the others have a matched child):
 	 * if it is on the LRU, it is now the most recently used. */
 	if (i > 0 && node_evictable(parent) &&
-	    (parent->lru.next != &t->lru || parent->nlru.next != &parent->ns->lru ||
+	    (parent->lru.next != glist(t, parent) || parent->nlru.next != &parent->ns->lru ||
 	     parent->glru.next != &parent->ns->grp->glru)) {
 		lru_remove(t, parent);
 		lru_push_tail(t, parent);
@@ -782,6 +815,7 @@ int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_
 	n->pins = 0;
 	n->block_id = block_id;
 	n->scratch = 0;
+	n->warm = t->ghost && kvp_ghost_has(t->ghost, key.lo);   /* evicted lately */
 	memcpy(n->tokens, tokens, bytes);
 
 	bucket = bucket_of(t, key);
@@ -850,8 +884,8 @@ static uint32_t evict_leaf(struct kvp_tree *t, struct kvp_tree_node *n)
 	assert(node_evictable(n));
 	lru_remove(t, n);
 	p = node_detach(t, n);
-	if (p)
-		lru_insert_near(t, p, hint, nhint, ghint);
+	if (p)   /* n's place in the tree-wide list is a hint only in p's own list */
+		lru_insert_near(t, p, p->warm == n->warm ? hint : NULL, nhint, ghint);
 	KVP_INDEX_FREE(n);
 	return id;
 }
@@ -870,20 +904,59 @@ void kvp_tree_set_watch(struct kvp_tree *t,
 	t->watch_arg = arg;
 }
 
-/* An eviction to make room: the hook sees n before it goes. */
+/* An eviction to make room: the hook sees n before it goes; the ghost keeps its key. */
 static uint32_t evict_for_room(struct kvp_tree *t, struct kvp_tree_node *n)
 {
 	if (t->evict_hook)
 		t->evict_hook(t->evict_arg, n);
+	if (t->ghost)
+		kvp_ghost_add(t->ghost, n->key.lo);
 	return evict_leaf(t, n);
+}
+
+/* The next victim of pool pressure: LRU's head; under REUSE the older of the two
+ * heads, a warm node counting bonus ticks younger. NULL: nothing evictable. */
+static struct kvp_link *victim(struct kvp_tree *t)
+{
+	struct kvp_link *c = t->lru.next, *w = t->warm.next;
+	const size_t off = offsetof(struct kvp_tree_node, lru);
+
+	if (w == &t->warm)
+		return c == &t->lru ? NULL : c;
+	if (c == &t->lru)
+		return w;
+	return link_tick(c, off) <= link_tick(w, off) + t->bonus ? c : w;
 }
 
 int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id)
 {
+	struct kvp_link *v;
+
 	assert(t && block_id);
-	if (t->lru.next == &t->lru)
+	v = victim(t);
+	if (!v)
 		return KVP_EFULL;
-	*block_id = evict_for_room(t, node_of_link(t->lru.next));
+	*block_id = evict_for_room(t, node_of_link(v));
+	return 0;
+}
+
+int kvp_tree_set_policy_for(struct kvp_tree *t, enum kvp_evict_policy policy, size_t capacity)
+{
+	return kvp_tree_set_policy(t, policy, KVP_REUSE_GHOST_PER_BLOCK * capacity,
+				   (uint64_t)KVP_REUSE_BONUS_PER_BLOCK * capacity);
+}
+
+int kvp_tree_set_policy(struct kvp_tree *t, enum kvp_evict_policy policy, size_t ghost,
+			uint64_t bonus)
+{
+	if (t->size != 0 || (policy != KVP_EVICT_LRU && policy != KVP_EVICT_REUSE))
+		return KVP_EINVAL;
+	kvp_ghost_destroy(t->ghost);
+	t->ghost = NULL;
+	if (policy == KVP_EVICT_REUSE && !(t->ghost = kvp_ghost_create(ghost)))
+		return KVP_ENOMEM;
+	t->policy = policy;
+	t->bonus = bonus;
 	return 0;
 }
 
@@ -1030,8 +1103,9 @@ void kvp_tree_clear(struct kvp_tree *t, void (*cb)(void *arg, uint32_t block_id)
 	/* Pop the head until the LRU is empty. A parent uncovered on the way goes to the
 	 * head, so it is removed next (leaf first, no recursion); order no longer matters
 	 * because everything on the list goes. cb must not call into this tree. */
-	while (t->lru.next != &t->lru) {
-		struct kvp_tree_node *n = node_of_link(t->lru.next), *p;
+	while (t->lru.next != &t->lru || t->warm.next != &t->warm) {
+		struct kvp_link *l = t->lru.next != &t->lru ? t->lru.next : t->warm.next;
+		struct kvp_tree_node *n = node_of_link(l), *p;
 		uint32_t id = n->block_id;
 
 		lru_remove(t, n);
@@ -1087,21 +1161,27 @@ int kvp_tree_check(const struct kvp_tree *t)
 		}
 	}
 
-	/* 3. LRU: resident evictable nodes, each once, ticks ascending, links mirrored. */
-	head = &t->lru;
-	for (const struct kvp_link *l = head->next; l != head; l = l->next) {
-		struct kvp_tree_node *n = node_of_link(l);
+	/* 3. LRU (and REUSE's warm list): resident evictable nodes, each once, on the list
+	 * of their class, ticks ascending, links mirrored. */
+	for (int w = 0; w < 2; w++) {
+		head = w ? &t->warm : &t->lru;
+		last_tick = 0;
+		for (const struct kvp_link *l = head->next; l != head; l = l->next) {
+			struct kvp_tree_node *n = node_of_link(l);
 
-		KVP_CHECK(++count <= 2 * t->size);
-		KVP_CHECK(l->next && l->prev && l->next->prev == l && l->prev->next == l);
-		KVP_CHECK(table_contains(t, n));
-		KVP_CHECK(!(n->scratch & KVP_CHECK_LRU_BIT));
-		KVP_CHECK(n->tick >= last_tick);
-		last_tick = n->tick;
-		n->scratch |= KVP_CHECK_LRU_BIT;
+			KVP_CHECK(++count <= 2 * t->size);
+			KVP_CHECK(l->next && l->prev && l->next->prev == l && l->prev->next == l);
+			KVP_CHECK(table_contains(t, n));
+			KVP_CHECK(!(n->scratch & KVP_CHECK_LRU_BIT));
+			KVP_CHECK(n->tick >= last_tick);
+			KVP_CHECK((n->warm != 0) == (w == 1));
+			last_tick = n->tick;
+			n->scratch |= KVP_CHECK_LRU_BIT;
+		}
+		KVP_CHECK(head->next->prev == head && head->prev->next == head);
 	}
-	KVP_CHECK(head->next->prev == head && head->prev->next == head);
 	KVP_CHECK(count - t->size == t->n_lru);
+	KVP_CHECK(t->policy == KVP_EVICT_REUSE || t->warm.next == &t->warm);
 
 	/* 4. Every node: children counted right; on the LRU iff evictable. */
 	for (size_t i = 0; i <= t->mask; i++) {

@@ -471,6 +471,7 @@ Test(config, diff_names_each_option_with_its_live_flag)
 		{ "socket", "/tmp/kvp-other.sock" }, { "socket-mode", "0600" },
 		{ "index-name", "other" }, { "block-tokens", "32" },
 		{ "capacity-blocks", "1000" }, { "pool-mb", "64" }, { "kv-dtype", "f32" },
+		{ "eviction", "reuse" },
 		{ "disk-cache", "/var/cache/kvprefix" }, { "disk-cache-gb", "20" },
 		{ "host-cache-mb", "512" },
 		{ "redis", "unix:/run/redis/redis.sock" }, { "redis-password", "secret" },

@@ -305,29 +305,44 @@ Test(replay, shared_trace_reaches_max_full_block_hit_rate, .timeout = 300)
 /* ---- the offline replay ------------------------------------------------------------ */
 
 /* replay --offline runs the daemon's own tree in process: at a pool of 2,000 blocks (the
- * trace overflows it) its LRU hit rate is the daemon's, to the token; the bound is above
- * it at every size, and reaches the unbounded rate with room for every block. */
-Test(replay, offline_lru_is_the_daemons_and_the_bound_is_above_it, .timeout = 300)
+ * trace overflows it) its LRU and reuse hit rates are the daemon's under each --eviction,
+ * to the token; reuse is no worse than LRU, the bound above both at every size, and it
+ * reaches the unbounded rate with room for every block. */
+/* The hit rate of the shared trace replayed against a daemon started with args. */
+static double daemon_replay_rate(const char *const *args, char *out)
 {
-	static const char *const args[] = { "--block-tokens", "512", "--capacity-blocks",
-					     "2000", NULL };
 	struct kvp_daemon d;
 	char cmd[1024];
-	char *out = out_buf();
-	cJSON *r, *caps, *x;
-	double daemon_rate, prev_bound = 0;
-	int i = 0;
+	cJSON *r;
+	double rate;
 
-	if (access(KVP_TRACE_FILE, R_OK) != 0)
-		cr_skip("trace file %s is missing: %s", KVP_TRACE_FILE, strerror(errno));
 	cr_assert_eq(kvp_daemon_start(&d, args), 0, "kvprefixd did not start");
 	snprintf(cmd, sizeof(cmd), "'%s' replay --trace '%s' --socket '%s' 2>/dev/null",
 		 KVP_BENCH_PATH, KVP_TRACE_FILE, d.socket);
 	cr_assert_eq(kvp_run_capture(cmd, out, OUT_CAP), 0, "kvprefix-bench replay failed");
 	r = last_json_line(out);
-	daemon_rate = jnum(r, "hit_rate");
+	rate = jnum(r, "hit_rate");
 	cJSON_Delete(r);
 	cr_assert_eq(kvp_daemon_stop(&d), 0);
+	return rate;
+}
+
+Test(replay, offline_lru_is_the_daemons_and_the_bound_is_above_it, .timeout = 300)
+{
+	static const char *const args[] = { "--block-tokens", "512", "--capacity-blocks",
+					     "2000", NULL };
+	static const char *const args_reuse[] = { "--block-tokens", "512", "--capacity-blocks",
+						  "2000", "--eviction", "reuse", NULL };
+	char cmd[1024];
+	char *out = out_buf();
+	cJSON *r, *caps, *x;
+	double daemon_rate, reuse_rate, prev_bound = 0;
+	int i = 0;
+
+	if (access(KVP_TRACE_FILE, R_OK) != 0)
+		cr_skip("trace file %s is missing: %s", KVP_TRACE_FILE, strerror(errno));
+	daemon_rate = daemon_replay_rate(args, out);
+	reuse_rate = daemon_replay_rate(args_reuse, out);
 	cr_assert(daemon_rate > 0.05 && daemon_rate < 0.6, "daemon hit rate %f", daemon_rate);
 
 	snprintf(cmd, sizeof(cmd), "'%s' replay --offline --trace '%s' --capacities "
@@ -338,16 +353,21 @@ Test(replay, offline_lru_is_the_daemons_and_the_bound_is_above_it, .timeout = 30
 	caps = cJSON_GetObjectItemCaseSensitive(r, "capacities");
 	cr_assert_eq(cJSON_GetArraySize(caps), 4);
 	cJSON_ArrayForEach(x, caps) {
-		double lru = jnum(x, "lru"), bound = jnum(x, "bound");
+		double lru = jnum(x, "lru"), bound = jnum(x, "bound"), reuse = jnum(x, "reuse");
 
-		cr_assert(bound >= lru, "capacity %.0f: bound %f below LRU %f", jnum(x, "blocks"),
-			  lru, bound);
+		cr_assert(bound >= lru && bound >= reuse, "capacity %.0f: bound %f below LRU %f "
+			  "or reuse %f", jnum(x, "blocks"), bound, lru, reuse);
+		cr_assert(reuse >= lru, "capacity %.0f: reuse %f below LRU %f", jnum(x, "blocks"),
+			  reuse, lru);
 		cr_assert(bound >= prev_bound, "the bound must grow with the pool");
 		prev_bound = bound;
 		if (i == 1) {
 			cr_assert_eq(jnum(x, "blocks"), 2000);
 			cr_assert_float_eq(lru, daemon_rate, 1e-12, "offline %f, daemon %f", lru,
 					   daemon_rate);
+			cr_assert_float_eq(reuse, reuse_rate, 1e-12, "reuse offline %f, daemon %f",
+					   reuse, reuse_rate);
+			cr_assert(reuse > lru, "reuse %f must beat LRU %f here", reuse, lru);
 		}
 		if (i == 3) {
 			cr_assert_float_eq(bound, jnum(r, "unbounded"), 1e-12);

@@ -41,7 +41,7 @@ static void tree_model_insert(struct kvp_tree *t, struct model *m, const struct 
 	cr_assert_eq(got, mm);
 	m->tick++;
 	for (size_t i = 0; i < mm; i++)
-		m->v[mpath[i]].tick = m->tick;
+		tt_model_touch(m, mpath[i]);
 	for (size_t i = mm; i < nb && m->alive < limit; i++) {
 		int parent = i ? mpath[i - 1] : -1;
 		struct kvp_tree_node *n;
@@ -156,13 +156,16 @@ static size_t tree_model_trim(struct kvp_tree *t, struct model *m, size_t limit,
 		cr_assert_eq(kvp_tree_evict(t, &id), 0);
 		cr_assert_eq(id, m->v[v].block, "op %zu: trim evicted %u, LRU is %u", op, id,
 			     m->v[v].block);
+		tt_model_evicted(m, v);
 		tt_model_remove(m, v);
 		n_evict++;
 	}
 	return n_evict;
 }
 
-Test(tree_model, random_operations, .timeout = 60)
+/* 100,000 random operations against the model, under policy (REUSE: a bonus of `bonus`
+ * ticks and a ghost larger than the run evicts, which the model's never forgets). */
+static void random_operations(enum kvp_evict_policy policy, uint64_t bonus)
 {
 	const uint32_t b = 2;
 	const size_t limit = 96, ops = 100000;
@@ -177,6 +180,10 @@ Test(tree_model, random_operations, .timeout = 60)
 	size_t n_evict_group = 0;
 
 	tt_model_init(&m, b, limit + GEN_MAX);
+	if (policy == KVP_EVICT_REUSE) {
+		cr_assert_eq(kvp_tree_set_policy(t, policy, 1u << 20, bonus), 0);
+		tt_model_set_reuse(&m, bonus);
+	}
 	tt_gen_init(&g, 0xC0FFEE);
 	for (size_t op = 0; op < ops; op++) {
 		uint32_t what = tt_rng_below(&g.r, 100);
@@ -192,7 +199,7 @@ Test(tree_model, random_operations, .timeout = 60)
 			m.tick++;
 			for (size_t i = 0; i < mm; i++) {
 				cr_assert_eq(path[i], m.v[mpath[i]].tn);
-				m.v[mpath[i]].tick = m.tick;
+				tt_model_touch(&m, mpath[i]);
 			}
 			n_hits += mm > 0;
 		} else if (what < 60) {                    /* match, then insert the rest */
@@ -208,6 +215,7 @@ Test(tree_model, random_operations, .timeout = 60)
 				cr_assert_eq(rc, 0);
 				cr_assert_eq(id, m.v[v].block, "op %zu: group evicted %u, its LRU is %u",
 					     op, id, m.v[v].block);
+				tt_model_evicted(&m, v);
 				tt_model_remove(&m, v);
 				n_evict++;
 				n_evict_group++;
@@ -223,6 +231,7 @@ Test(tree_model, random_operations, .timeout = 60)
 				cr_assert_eq(rc, 0);
 				cr_assert_eq(id, m.v[v].block, "op %zu: ns evicted %u, its LRU is %u", op,
 					     id, m.v[v].block);
+				tt_model_evicted(&m, v);
 				tt_model_remove(&m, v);
 				n_evict++;
 				n_evict_ns++;
@@ -238,6 +247,7 @@ Test(tree_model, random_operations, .timeout = 60)
 				cr_assert_eq(rc, 0);
 				cr_assert_eq(id, m.v[v].block, "op %zu: evicted %u, LRU is %u", op,
 					     id, m.v[v].block);
+				tt_model_evicted(&m, v);
 				tt_model_remove(&m, v);
 				n_evict++;
 			}
@@ -291,4 +301,17 @@ Test(tree_model, random_operations, .timeout = 60)
 		  n_under);
 	kvp_tree_destroy(t);
 	tt_model_free(&m);
+}
+
+Test(tree_model, random_operations, .timeout = 60)
+{
+	random_operations(KVP_EVICT_LRU, 0);
+}
+
+/* REUSE's choice between its two lists goes both ways in the run: with a bonus of 0 a
+ * warm leaf still loses ties to a colder one, with 300 it outlives many cold ones. */
+Test(tree_model, random_operations_reuse, .timeout = 120)
+{
+	random_operations(KVP_EVICT_REUSE, 0);
+	random_operations(KVP_EVICT_REUSE, 300);
 }

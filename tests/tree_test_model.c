@@ -20,6 +20,7 @@
 
 void tt_model_init(struct model *m, uint32_t b, size_t slots)
 {
+	memset(m, 0, sizeof(*m));
 	m->b = b;
 	m->slots = slots;
 	m->alive = 0;
@@ -37,6 +38,62 @@ void tt_model_free(struct model *m)
 	for (size_t i = 0; i < m->slots; i++)
 		free(m->v[i].tok);
 	free(m->v);
+	free(m->ghost);
+}
+
+/* ---- REUSE: the ghost, a growing set of keys' low words (0 stored as 1) -------------- */
+
+static size_t ghost_slot(const struct model *m, uint64_t k)
+{
+	size_t s = (size_t)(k * 0x9e3779b97f4a7c15ull) & (m->ghost_cap - 1);
+
+	while (m->ghost[s] && m->ghost[s] != k)
+		s = (s + 1) & (m->ghost_cap - 1);
+	return s;
+}
+
+static bool ghost_has(const struct model *m, uint64_t k)
+{
+	return m->ghost_cap && m->ghost[ghost_slot(m, k ? k : 1)] != 0;
+}
+
+static void ghost_add(struct model *m, uint64_t k)
+{
+	k = k ? k : 1;
+	if (2 * (m->ghost_n + 1) > m->ghost_cap) {
+		uint64_t *old = m->ghost;
+		size_t old_cap = m->ghost_cap;
+
+		m->ghost_cap = old_cap ? 2 * old_cap : 1024;
+		m->ghost = calloc(m->ghost_cap, sizeof(*m->ghost));
+		cr_assert_not_null(m->ghost);
+		for (size_t i = 0; i < old_cap; i++)
+			if (old[i])
+				m->ghost[ghost_slot(m, old[i])] = old[i];
+		free(old);
+	}
+	if (!m->ghost[ghost_slot(m, k)]) {
+		m->ghost[ghost_slot(m, k)] = k;
+		m->ghost_n++;
+	}
+}
+
+void tt_model_set_reuse(struct model *m, uint64_t bonus)
+{
+	m->reuse = true;
+	m->bonus = bonus;
+}
+
+void tt_model_touch(struct model *m, int s)
+{
+	m->v[s].tick = m->tick;
+	m->v[s].warm |= m->reuse;
+}
+
+void tt_model_evicted(struct model *m, int s)
+{
+	if (m->reuse)
+		ghost_add(m, m->v[s].key.lo);
 }
 
 static int model_child(const struct model *m, int ns, int parent, const uint32_t *blk)
@@ -98,6 +155,21 @@ int tt_model_victim(const struct model *m, int except)
 			cr_assert_neq(x->tick, m->v[best].tick, "LRU tie");
 		if (best < 0 || x->tick < m->v[best].tick)
 			best = (int)i;
+	}
+	if (m->reuse && best >= 0) {   /* the coldest of each class, then the rule */
+		int cold = -1, warm = -1;
+
+		for (size_t i = 0; i < m->slots; i++) {
+			const struct mnode *x = &m->v[i];
+			int *c = x->warm ? &warm : &cold;
+
+			if (tt_model_evictable(x) && (int)i != except &&
+			    (*c < 0 || x->tick < m->v[*c].tick))
+				*c = (int)i;
+		}
+		if (cold >= 0 && warm >= 0)
+			return m->v[cold].tick <= m->v[warm].tick + m->bonus ? cold : warm;
+		return cold >= 0 ? cold : warm;
 	}
 	return best;
 }
@@ -174,6 +246,7 @@ int tt_model_add(struct model *m, int ns, int parent, const uint32_t *blk,
 		x->block = UINT32_MAX;
 		x->key = key;
 		x->tn = NULL;
+		x->warm = m->reuse && ghost_has(m, key.lo);
 		memcpy(x->tok, blk, m->b * sizeof(uint32_t));
 		if (parent >= 0)
 			m->v[parent].children++;

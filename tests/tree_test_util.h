@@ -56,6 +56,7 @@ struct mnode {
 	struct kvp_key key;
 	struct kvp_tree_node *tn;    /* tree-level test */
 	uint32_t *tok;               /* this block's tokens */
+	bool warm;                   /* REUSE: used again, or cached again from the ghost */
 };
 
 struct model {
@@ -64,6 +65,12 @@ struct model {
 	size_t slots;
 	size_t alive;
 	uint64_t tick;
+	/* KVP_EVICT_REUSE (tt_model_set_reuse): the bonus, and every key evicted for room
+	 * (an unbounded ghost: the tree's must be set larger than the test evicts) */
+	bool reuse;
+	uint64_t bonus;
+	uint64_t *ghost;
+	size_t ghost_cap, ghost_n;
 };
 
 /* A model of b-token blocks with room for `slots` blocks; tt_model_free frees it. */
@@ -92,6 +99,12 @@ int tt_model_add(struct model *m, int ns, int parent, const uint32_t *blk,
 		 struct kvp_key key, uint64_t tick);
 /* Drop slot s, which must be evictable. */
 void tt_model_remove(struct model *m, int s);
+/* Evict like the tree's REUSE policy from now on, with this bonus in ticks. */
+void tt_model_set_reuse(struct model *m, uint64_t bonus);
+/* A match used slot s: its tick, and under REUSE it is warm. */
+void tt_model_touch(struct model *m, int s);
+/* Slot s is about to be evicted for room: under REUSE the ghost keeps its key. */
+void tt_model_evicted(struct model *m, int s);
 
 /* Quota groups of the random model: namespace 0 alone, 1 and 2 together (keyed by
  * namespace 1's root, so one record is both a namespace and a group). */

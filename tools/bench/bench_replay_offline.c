@@ -2,11 +2,12 @@
  * bench_replay_offline.c - kvprefix-bench replay --offline: a trace through the index in
  * process, at several pool sizes, beside what no online policy can beat.
  *
- *   leaf-first LRU   the daemon's own radix tree (index/), 1-token blocks whose token
- *                    is the trace's hash_id, so a chain of ids is a chain of keys: per
- *                    request a match, then its missing blocks inserted (its own blocks
- *                    pinned meanwhile), the least recently used unpinned leaf evicted
- *                    whenever the pool is full
+ *   lru, reuse       the daemon's own radix tree (index/) under each eviction policy,
+ *                    1-token blocks whose token is the trace's block id, so a chain of
+ *                    ids is a chain of keys: per request a match (the LOOKUP) and
+ *                    another (the INSERT's), then its missing blocks inserted (its own
+ *                    blocks pinned meanwhile), the policy's leaf evicted whenever the
+ *                    pool is full: what a daemon with that --eviction does
  *   the bound        the same requests, evicting instead the unpinned leaf whose next
  *                    use lies furthest ahead (known from the whole trace): leaf-first and
  *                    prefix-closed like the tree, so an upper bound for its policies
@@ -107,7 +108,7 @@ static void dense_free(struct dense *d)
 
 /* ---- leaf-first LRU: the tree itself ------------------------------------------------------ */
 
-static double run_lru(const struct dense *d, size_t cap)
+static double run_tree(const struct dense *d, size_t cap, enum kvp_evict_policy policy)
 {
 	const struct kvp_key root = kvp_ns_root("replay-offline", 0, NULL);
 	struct kvp_tree_node **path = NULL, **pinned = NULL;
@@ -122,7 +123,8 @@ static double run_lru(const struct dense *d, size_t cap)
 	path = malloc((longest + 1) * sizeof(*path));
 	pinned = malloc((longest + 1) * sizeof(*pinned));
 	toks = malloc((longest + 1) * sizeof(*toks));
-	if (!path || !pinned || !toks || kvp_tree_create(1, &t) != 0)
+	if (!path || !pinned || !toks || kvp_tree_create(1, &t) != 0 ||
+	    kvp_tree_set_policy_for(t, policy, cap) != 0)
 		goto out;
 	for (size_t i = 0; i < d->n_reqs; i++) {
 		size_t n = d->off[i + 1] - d->off[i], m, np = 0;
@@ -130,6 +132,8 @@ static double run_lru(const struct dense *d, size_t cap)
 		struct kvp_key pk;
 
 		memcpy(toks, d->blk + d->off[i], n * sizeof(*toks));
+		/* a LOOKUP, then an INSERT's own match, as the daemon's replay does them */
+		(void)kvp_tree_match(t, root, toks, n, path, n);
 		m = kvp_tree_match(t, root, toks, n, path, n);
 		hit += (uint64_t)m * KVP_TRACE_BLOCK;
 		for (size_t k = 0; k < m; k++)
@@ -304,26 +308,28 @@ int bench_replay_offline(const struct kvp_trace *tr, const struct offline_cap *c
 	unbounded = run_bound(&d, d.n_ids);
 	printf("offline replay: %zu requests, %u distinct blocks of %u tokens\n", d.n_reqs,
 	       d.n_ids, KVP_TRACE_BLOCK);
-	printf("  capacity (blocks)   %% of distinct   leaf-first LRU   furthest-use bound\n");
+	printf("  capacity (blocks)   %% of distinct   leaf-first LRU      reuse   furthest-use bound\n");
 	o = cJSON_CreateObject();
 	arr = o ? cJSON_AddArrayToObject(o, "capacities") : NULL;
 	built = arr != NULL;
 	for (size_t i = 0; i < n; i++) {
 		size_t cap = caps[i].percent ? (size_t)(caps[i].value / 100.0 * d.n_ids + 0.5)
 					     : (size_t)caps[i].value;
-		double lru, bound;
+		double lru, reuse, bound;
 		cJSON *x;
 
 		if (cap < 1)
 			cap = 1;
-		lru = run_lru(&d, cap);
+		lru = run_tree(&d, cap, KVP_EVICT_LRU);
+		reuse = run_tree(&d, cap, KVP_EVICT_REUSE);
 		bound = run_bound(&d, cap);
-		printf("  %17zu   %13.1f   %14.4f   %18.4f\n", cap, 100.0 * (double)cap / d.n_ids,
-		       lru, bound);
+		printf("  %17zu   %13.1f   %14.4f   %8.4f   %18.4f\n", cap,
+		       100.0 * (double)cap / d.n_ids, lru, reuse, bound);
 		x = cJSON_CreateObject();
 		built = built && x && cJSON_AddItemToArray(arr, x) &&
 			cJSON_AddNumberToObject(x, "blocks", (double)cap) &&
 			cJSON_AddNumberToObject(x, "lru", lru) &&
+			cJSON_AddNumberToObject(x, "reuse", reuse) &&
 			cJSON_AddNumberToObject(x, "bound", bound);
 	}
 	printf("  unbounded: %.4f\n", unbounded);
