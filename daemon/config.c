@@ -158,8 +158,8 @@ static const struct opt_def opt_table[] = {
 		  "Redis's memory policy decides)" },
 	{ .name = "kv-events", .kind = KIND_PATH, FIELD(kv_events), .arg = "ENDPOINT",
 	  .help = "publish KV-cache events in vLLM's format on a ZeroMQ\n"
-		  "PUB socket bound there (tcp://HOST:PORT or ipc://PATH;\n"
-		  "docs/kv-events.md; default none)" },
+		  "PUB socket: bound at tcp://*:PORT or ipc://PATH, connected\n"
+		  "to tcp://HOST:PORT (docs/kv-events.md; default none)" },
 	{ .name = "kv-events-replay", .kind = KIND_PATH, FIELD(kv_events_replay),
 	  .arg = "ENDPOINT",
 	  .help = "a ZeroMQ ROUTER socket bound there replays buffered event\n"
@@ -175,7 +175,8 @@ static const struct opt_def opt_table[] = {
 		  "host name)" },
 	{ .name = "kv-events-sub", .kind = KIND_PATH, FIELD(kv_events_sub), .arg = "ENDPOINTS",
 	  .help = "index-only: index the KV events other engines publish\n"
-		  "there (comma-separated; a fleet index, docs/kv-events.md)" },
+		  "there (comma-separated; tcp://*:PORT is bound, for engines\n"
+		  "that connect; a fleet index, docs/kv-events.md)" },
 	{ .name = "kv-events-sub-replay", .kind = KIND_PATH, FIELD(kv_events_sub_replay),
 	  .arg = "ENDPOINTS",
 	  .help = "their replay endpoints, in the same order (\"-\" for none):\n"

@@ -272,7 +272,9 @@ int fleet_sub_start(struct fleet *f)
 		zmq_setsockopt(e->sub, ZMQ_LINGER, &zero, sizeof(zero));
 		zmq_setsockopt(e->sub, ZMQ_RCVHWM, &hwm, sizeof(hwm));
 		zmq_setsockopt(e->sub, ZMQ_SUBSCRIBE, "", 0);
-		if (zmq_connect(e->sub, e->endpoint) != 0) {
+		/* a wildcard address: engines connect to it (one socket, many engines) */
+		if ((kvp_ev_endpoint_binds(e->endpoint) && strncmp(e->endpoint, "ipc://", 6) != 0
+		     ? zmq_bind(e->sub, e->endpoint) : zmq_connect(e->sub, e->endpoint)) != 0) {
 			kvp_err("--kv-events-sub '%s': %s", e->endpoint, zmq_strerror(zmq_errno()));
 			return KVP_EINVAL;
 		}

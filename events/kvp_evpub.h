@@ -1,6 +1,6 @@
 /*
  * kvp_evpub.h - publishing event batches over ZeroMQ (docs/kv-events.md): a PUB socket
- * sends each batch as three frames (topic, sequence number as a u64 big-endian,
+ * (bound, or connected to a subscriber that binds) sends each batch as three frames (topic, sequence number as a u64 big-endian,
  * payload), and an optional ROUTER socket replays the batches still buffered to a
  * client that asks for them from a sequence number on.
  *
@@ -24,8 +24,9 @@
 #include "kvp_status.h"
 
 struct kvp_evpub_config {
-	const char *endpoint;          /* PUB, bound: tcp://HOST:PORT, ipc://PATH */
-	const char *replay_endpoint;   /* ROUTER, bound; NULL: no replay */
+	const char *endpoint;          /* PUB: bound (a wildcard address, an ipc path) or
+					* connected (a host): kvp_ev_endpoint_binds */
+	const char *replay_endpoint;   /* ROUTER, always bound; NULL: no replay */
 	const char *topic;             /* first frame of each message */
 	uint32_t buffer;               /* batches kept for replay (and in flight), >= 1 */
 	uint32_t hwm;                  /* PUB's send high-water mark, messages */
@@ -45,7 +46,7 @@ struct kvp_evpub_stats {
 
 struct kvp_evpub;
 
-/* Bind the sockets and start the thread. KVP_EINVAL (a bad endpoint: err says which
+/* Open the sockets and start the thread. KVP_EINVAL (a bad endpoint: err says which
  * and why), KVP_ENOMEM, KVP_EIO. */
 int kvp_evpub_open(const struct kvp_evpub_config *cfg, struct kvp_evpub **out, char *err,
 		   size_t err_len);

@@ -358,9 +358,11 @@ void kvp_evpub_stats(struct kvp_evpub *p, struct kvp_evpub_stats *st)
 
 /* ---- open and close ------------------------------------------------------------------ */
 
+/* A socket of type on endpoint: bound, or (PUB to a host) connected. */
 static void *bound_socket(void *ctx, int type, const char *endpoint, int hwm, const char *what,
 			  char *err, size_t err_len)
 {
+	bool bind = type == ZMQ_ROUTER || kvp_ev_endpoint_binds(endpoint);
 	void *s = zmq_socket(ctx, type);
 	int linger = 1000, one = 1;
 
@@ -372,7 +374,7 @@ static void *bound_socket(void *ctx, int type, const char *endpoint, int hwm, co
 	zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof(hwm));
 	if (type == ZMQ_ROUTER)
 		zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
-	if (zmq_bind(s, endpoint) != 0) {
+	if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)) != 0) {
 		snprintf(err, err_len, "%s endpoint '%s': %s", what, endpoint,
 			 zmq_strerror(zmq_errno()));
 		zmq_close(s);

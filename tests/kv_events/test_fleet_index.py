@@ -319,3 +319,36 @@ def test_fleet_needs_a_fleet_index(workdir, daemons):
     r = d.cli("fleet", "--tokens", "1,2,3,4", check=False)
     assert r.returncode == 1
     assert "--kv-events-sub" in r.stderr
+
+
+def test_a_kvprefixd_feeds_a_fleet_index_over_tcp(workdir, daemons):
+    """The other way round from the tests above: the fleet index binds a wildcard
+    address and a kvprefixd connects its publisher to it (as engines do when a router
+    collects their events on one socket)."""
+    import socket as pysocket
+    s = pysocket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    fleet = daemons(workdir, "fleet", ["--index-only", "--block-tokens", str(BT),
+                                       "--kv-events-sub", "tcp://*:%d" % port])
+    eng = daemons(workdir, "eng", ["--index-only", "--block-tokens", str(BT),
+                                   "--kv-events", "tcp://127.0.0.1:%d" % port,
+                                   "--instance-id", "node-7"])
+    # the subscription reaches the publisher a moment after it connects
+    k = 0
+    def seen():
+        nonlocal k
+        k += 1
+        eng.insert([500 + k] * BT)
+        return d_instances(fleet) == 1
+    wait_for(seen, "the fleet index to hear the engine")
+    toks = list(range(200, 200 + 3 * BT))
+    eng.insert(toks)
+    wait_for(lambda: fleet.fleet(toks + [1]).get("node-7") == 3 * BT,
+             "the engine's prompt in the fleet index")
+    assert eng.lookup(toks) == 3 * BT
+
+
+def d_instances(d):
+    return d.stats()["fleet"]["instances"]
