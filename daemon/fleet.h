@@ -34,7 +34,7 @@ struct fleet {
 	pthread_mutex_t mu;          /* guards idx, seq and the counters */
 	struct kvp_fleet *idx;
 	struct fleet_seq seq[KVP_FLEET_MAX_INSTANCES];
-	uint64_t batches, events, malformed, gaps, replays, replayed, skipped_blocks;
+	uint64_t batches, events, malformed, gaps, replays, replayed;
 	/* the thread's own */
 	pthread_t thread;
 	void *ctx;

@@ -19,16 +19,9 @@
 #include <zmq.h>
 
 #include "fleet.h"
+#include "kvp_be.h"
+#include "kvp_evpub.h"
 #include "kvp_log.h"
-
-static uint64_t be64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | p[i];
-	return v;
-}
 
 /* The engine a message comes from, into name (KVP_FLEET_NAME_MAX + 1 bytes). */
 static void instance_name(const char *topic, size_t len, const char *endpoint, char *name)
@@ -53,7 +46,7 @@ static void instance_name(const char *topic, size_t len, const char *endpoint, c
 static void apply_batch(struct fleet *f, int inst, const uint8_t *buf, size_t len)
 {
 	const struct kvp_ev *ev;
-	size_t n, skipped_total = 0;
+	size_t n;
 	int rc = kvp_evdecode(f->dec, buf, len, &ev, &n);
 
 	pthread_mutex_lock(&f->mu);
@@ -66,13 +59,11 @@ static void apply_batch(struct fleet *f, int inst, const uint8_t *buf, size_t le
 		size_t skipped;
 
 		rc = kvp_fleet_apply(f->idx, (unsigned)inst, &ev[i], &skipped);
-		skipped_total += skipped;
 		if (rc == KVP_EINVAL || rc == KVP_ENOMEM)
 			f->malformed++;
 	}
 	f->batches++;
 	f->events += n;
-	f->skipped_blocks += skipped_total;
 	pthread_mutex_unlock(&f->mu);
 }
 
@@ -137,8 +128,7 @@ static void replay(struct fleet *f, struct fleet_endpoint *e, int inst, uint64_t
 
 	if (!e->dealer)
 		return;
-	for (int i = 7; i >= 0; i--)
-		req[7 - i] = (uint8_t)(from >> (8 * i));
+	kvp_be_put_u64(req, from);
 	if (zmq_send(e->dealer, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
 	    zmq_send(e->dealer, req, 8, ZMQ_DONTWAIT) < 0) {
 		dealer_reset(f, e);
@@ -160,7 +150,7 @@ static void replay(struct fleet *f, struct fleet_endpoint *e, int inst, uint64_t
 			close_frames(m, n, 3);
 			continue;
 		}
-		seq = be64(zmq_msg_data(&m[1]));
+		seq = kvp_be_get_u64(zmq_msg_data(&m[1]));
 		if (seq == UINT64_MAX) {
 			close_frames(m, n, 3);
 			break;   /* the end */
@@ -193,7 +183,7 @@ static void on_message(struct fleet *f, struct fleet_endpoint *e, zmq_msg_t *m, 
 		return;
 	}
 	instance_name(zmq_msg_data(&m[0]), zmq_msg_size(&m[0]), e->endpoint, name);
-	seq = be64(zmq_msg_data(&m[1]));
+	seq = kvp_be_get_u64(zmq_msg_data(&m[1]));
 	pthread_mutex_lock(&f->mu);
 	inst = kvp_fleet_instance(f->idx, name);
 	if (inst < 0) {

@@ -32,7 +32,6 @@
 #define KV_EVENTS_FLUSH_BYTES (1u << 20)
 
 struct kv_events {
-	struct server *s;
 	struct kvp_evbatch *batch;
 	struct kvp_evpub *pub;
 	struct event *flush;         /* activated by the first event of a batch */
@@ -83,48 +82,38 @@ static void appended(struct kv_events *k, int rc)
 	}
 }
 
-/* The cache's watch: a block cached or gone. */
+/* A block cached (added: its tokens given) or gone, in medium. */
+static void block_event(struct kv_events *k, struct kvp_key key, struct kvp_key parent,
+			struct kvp_key root, const uint32_t *tokens, bool added,
+			enum kvp_ev_medium medium)
+{
+	int rc;
+
+	if (added)   /* the first block of a prompt has the root for parent: nil */
+		rc = kvp_evbatch_stored(k->batch, key.lo, !kvp_key_eq(parent, root), parent.lo,
+					tokens, medium);
+	else
+		rc = kvp_evbatch_removed(k->batch, key.lo, medium);
+	appended(k, rc);
+}
+
+/* The cache's watch: a block of the pool cached or gone. */
 static void watch_cb(void *arg, const struct kvp_cache_block_info *b, bool added)
 {
 	struct kv_events *k = arg;
-	int rc;
 
-	if (added) {
-		bool first = kvp_key_eq(b->parent, b->root);
-
-		rc = kvp_evbatch_stored(k->batch, b->key.lo, !first, b->parent.lo, b->tokens,
-					k->medium);
-	} else {
-		rc = kvp_evbatch_removed(k->batch, b->key.lo, k->medium);
-	}
-	appended(k, rc);
+	block_event(k, b->key, b->parent, b->root, b->tokens, added, k->medium);
 }
 
 /* A tier of slots' watch: a block it now holds, or one gone from it. */
-static void tier_watch(struct kv_events *k, const struct kvp_disk_meta *m, bool added,
-		       enum kvp_ev_medium medium)
-{
-	int rc;
-
-	if (added) {
-		bool first = kvp_key_eq(m->parent, m->root);
-
-		rc = kvp_evbatch_stored(k->batch, m->key.lo, !first, m->parent.lo, m->tokens,
-					medium);
-	} else {
-		rc = kvp_evbatch_removed(k->batch, m->key.lo, medium);
-	}
-	appended(k, rc);
-}
-
 static void disk_watch_cb(void *arg, const struct kvp_disk_meta *m, bool added)
 {
-	tier_watch(arg, m, added, KVP_EV_DISK);
+	block_event(arg, m->key, m->parent, m->root, m->tokens, added, KVP_EV_DISK);
 }
 
 static void host_watch_cb(void *arg, const struct kvp_disk_meta *m, bool added)
 {
-	tier_watch(arg, m, added, KVP_EV_CPU);
+	block_event(arg, m->key, m->parent, m->root, m->tokens, added, KVP_EV_CPU);
 }
 
 void kv_events_tier_watch(struct server *s, bool disk, struct kvp_disk_config *c)
@@ -163,7 +152,6 @@ int kv_events_open(struct server *s)
 	k = calloc(1, sizeof(*k));
 	if (!k)
 		return KVP_ENOMEM;
-	k->s = s;
 	k->medium = s->engine && kvp_cache_on_device(s->cache) ? KVP_EV_GPU : KVP_EV_CPU;
 	rc = kvp_evbatch_create(cfg->kv_events_array ? KVP_EV_ARRAY : KVP_EV_MAP,
 				cfg->block_tokens, &k->batch);

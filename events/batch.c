@@ -48,12 +48,6 @@ const char *kvp_ev_medium_name(enum kvp_ev_medium m)
 	return "CPU";
 }
 
-bool kvp_ev_endpoint_binds(const char *endpoint)
-{
-	return strchr(endpoint, '*') || strstr(endpoint, "::") ||
-	       strncmp(endpoint, "ipc://", 6) == 0 || strncmp(endpoint, "inproc://", 9) == 0;
-}
-
 int kvp_evbatch_create(enum kvp_ev_encoding enc, uint32_t block_tokens,
 		       struct kvp_evbatch **out)
 {

@@ -36,11 +36,6 @@ enum kvp_ev_medium {
 };
 const char *kvp_ev_medium_name(enum kvp_ev_medium m);
 
-/* Whether a socket takes an endpoint by binding it (a wildcard address, "*" or "::", or
- * an ipc:// or inproc:// path) or by connecting to it (a host to reach), as vLLM's
- * publisher decides. */
-bool kvp_ev_endpoint_binds(const char *endpoint);
-
 /* ---- building batches ------------------------------------------------------------- */
 
 struct kvp_evbatch;

@@ -46,6 +46,11 @@ struct kvp_evpub_stats {
 
 struct kvp_evpub;
 
+/* Whether a socket takes an endpoint by binding it (a wildcard address, "*" or "::", or
+ * an ipc:// or inproc:// path) or by connecting to it (a host to reach), as vLLM's
+ * publisher decides. */
+bool kvp_ev_endpoint_binds(const char *endpoint);
+
 /* Open the sockets and start the thread. KVP_EINVAL (a bad endpoint: err says which
  * and why), KVP_ENOMEM, KVP_EIO. */
 int kvp_evpub_open(const struct kvp_evpub_config *cfg, struct kvp_evpub **out, char *err,

@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "kvp_be.h"
 #include "kvp_events.h"
 #include "kvp_evpub.h"
 
@@ -66,21 +67,6 @@ struct kvp_evpub {
 	struct kvp_evpub_stats st;
 };
 
-static void put_be64(uint8_t *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		p[i] = (uint8_t)v;
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | p[i];
-	return v;
-}
-
 static double wall_seconds(void)
 {
 	struct timespec ts;
@@ -105,7 +91,7 @@ static bool send_batch(struct kvp_evpub *p, uint64_t seq, const uint8_t *buf, si
 {
 	uint8_t seq8[8];
 
-	put_be64(seq8, seq);
+	kvp_be_put_u64(seq8, seq);
 	return zmq_send(p->pub, p->topic, strlen(p->topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
 	       zmq_send(p->pub, seq8, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
 	       zmq_send(p->pub, buf, len, ZMQ_DONTWAIT) >= 0;
@@ -185,7 +171,7 @@ static void replay_from(struct kvp_evpub *p, const zmq_msg_t *id, uint64_t start
 
 		if (!s->buf || s->seq != seq)
 			continue;   /* dropped before it was sent */
-		put_be64(seq8, seq);
+		kvp_be_put_u64(seq8, seq);
 		ok = reply(p, id, seq8, s->buf, s->len);
 		n += ok;
 	}
@@ -226,7 +212,7 @@ static void serve_replays(struct kvp_evpub *p)
 			n++;
 		}
 		if (n == 3 && zmq_msg_size(&f[1]) == 0 && zmq_msg_size(&f[2]) == 8) {
-			replay_from(p, &f[0], get_be64(zmq_msg_data(&f[2])));
+			replay_from(p, &f[0], kvp_be_get_u64(zmq_msg_data(&f[2])));
 		} else {
 			pthread_mutex_lock(&p->mu);
 			p->st.replay_bad++;
@@ -357,6 +343,12 @@ void kvp_evpub_stats(struct kvp_evpub *p, struct kvp_evpub_stats *st)
 }
 
 /* ---- open and close ------------------------------------------------------------------ */
+
+bool kvp_ev_endpoint_binds(const char *endpoint)
+{
+	return strchr(endpoint, '*') || strstr(endpoint, "::") ||
+	       strncmp(endpoint, "ipc://", 6) == 0 || strncmp(endpoint, "inproc://", 9) == 0;
+}
 
 /* A socket of type on endpoint: bound, or (PUB to a host) connected. */
 static void *bound_socket(void *ctx, int type, const char *endpoint, int hwm, const char *what,

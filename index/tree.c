@@ -709,6 +709,7 @@ static inline __attribute__((always_inline)) size_t
 match_loop(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens, size_t n_blocks,
 	   struct kvp_tree_node **path, uint64_t tick, uint32_t b)
 {
+	const bool reuse = t->policy == KVP_EVICT_REUSE;
 	struct kvp_key key, next;
 	struct kvp_tree_node *parent = NULL;
 	size_t i;
@@ -729,7 +730,8 @@ match_loop(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens, size
 		if (!n)
 			break;
 		n->tick = tick;
-		n->warm |= t->policy == KVP_EVICT_REUSE;   /* used again */
+		if (reuse)
+			n->warm = 1;   /* used again */
 		path[i] = n;
 		parent = n;
 	}

@@ -57,8 +57,6 @@ def test_the_disk_tier_is_published_as_medium_disk(workdir, daemons, model):
         assert_same(d, sub.mirror)
         on_disk = assert_disk_same(d, sub.mirror)
         assert len(on_disk) > 0, "the workload must evict to the disk: make the pool smaller"
-        st = d.stats()
-        assert st["tiers"]["disk"]["promoted_blocks"] >= 0
         # a stop flushes the pool to the disk; the warm start publishes what the disk holds
         d.stop()
         d.start()

@@ -23,6 +23,7 @@
 
 #include "bench.h"
 #include "bench_events.h"
+#include "kvp_be.h"
 #include "kvp_clock.h"
 #include "kvp_events.h"
 #include "kvp_fleet.h"
@@ -211,8 +212,7 @@ static int publish(void *pub, uint32_t inst, uint64_t seq, const uint8_t *buf, s
 	uint8_t s8[8];
 
 	snprintf(topic, sizeof(topic), "kv@engine-%u@bench", inst);
-	for (int i = 7; i >= 0; i--, seq >>= 8)
-		s8[i] = (uint8_t)seq;
+	kvp_be_put_u64(s8, seq);
 	return zmq_send(pub, topic, strlen(topic), ZMQ_SNDMORE) < 0 ||
 	       zmq_send(pub, s8, 8, ZMQ_SNDMORE) < 0 || zmq_send(pub, buf, len, 0) < 0 ? -1 : 0;
 }

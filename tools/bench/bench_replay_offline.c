@@ -32,6 +32,7 @@ struct dense {
 	uint32_t *parent;     /* per dense id: its parent's, or UINT32_MAX */
 	uint32_t *next_use;   /* per occurrence: the next request using that block, or MAX */
 	uint32_t n_ids;
+	uint32_t n_once;      /* ids only one request uses */
 	uint64_t total_tokens;
 	size_t n_reqs;
 };
@@ -94,6 +95,10 @@ static int densify(const struct kvp_trace *tr, struct dense *d)
 			d->next_use[o] = last[d->blk[o]];
 			last[d->blk[o]] = (uint32_t)i;
 		}
+	/* last[] is now each id's first request: used once when nothing follows it there */
+	for (size_t i = 0; i < tr->n_reqs; i++)
+		for (size_t o = d->off[i]; o < d->off[i + 1]; o++)
+			d->n_once += last[d->blk[o]] == i && d->next_use[o] == UINT32_MAX;
 	free(last);
 	return 0;
 }
@@ -306,8 +311,9 @@ int bench_replay_offline(const struct kvp_trace *tr, const struct offline_cap *c
 		return -1;
 	}
 	unbounded = run_bound(&d, d.n_ids);
-	printf("offline replay: %zu requests, %u distinct blocks of %u tokens\n", d.n_reqs,
-	       d.n_ids, KVP_TRACE_BLOCK);
+	printf("offline replay: %zu requests, %u distinct blocks of %u tokens, %u (%.0f%%) used "
+	       "by one request only\n", d.n_reqs, d.n_ids, KVP_TRACE_BLOCK, d.n_once,
+	       100.0 * d.n_once / (d.n_ids ? d.n_ids : 1));
 	printf("  capacity (blocks)   %% of distinct   leaf-first LRU      reuse   furthest-use bound\n");
 	o = cJSON_CreateObject();
 	arr = o ? cJSON_AddArrayToObject(o, "capacities") : NULL;
