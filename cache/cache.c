@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "diag_internal.h"
+
 struct lease {
 	uint64_t id;
 	struct lease *next;               /* owner's list */
@@ -59,6 +61,8 @@ struct kvp_cache {
 	struct kvp_cache_ns *running;     /* namespaces with a sequence running */
 	uint64_t next_lease;
 	struct kvp_cache_stats st;
+	struct kvp_diag *diag;            /* every block in and out: the miss diagnostics */
+	enum kvp_gone_why gone_why;       /* why the blocks leaving now go */
 	void (*demote)(void *arg, const struct kvp_cache_block_info *b);
 	void *demote_arg;
 	void (*stored)(void *arg, const struct kvp_cache_block_info *b);
@@ -66,6 +70,8 @@ struct kvp_cache {
 	void (*watch)(void *arg, const struct kvp_cache_block_info *b, bool added);
 	void *watch_arg;
 };
+
+static void watch_node(void *arg, const struct kvp_tree_node *n, bool added);
 
 int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
 {
@@ -99,11 +105,17 @@ int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
 	c->owners = calloc(c->n_buckets, sizeof(*c->owners));
 	if (!c->owners)
 		goto out_path;
+	c->diag = kvp_diag_create(cfg->capacity_blocks, cfg->block_tokens);
+	if (!c->diag)
+		goto out_path;
+	c->gone_why = KVP_GONE_ADMIN;
+	kvp_tree_set_watch(c->tree, watch_node, c);
 	c->next_lease = 1;
 	*out = c;
 	return KVP_OK;
 
 out_path:
+	free(c->owners);
 	free(c->path);
 	free(c->admin_ids);
 
@@ -140,6 +152,7 @@ void kvp_cache_destroy(struct kvp_cache *c)
 	free(c->admin_ids);
 	kvp_pool_destroy(c->pool);
 	kvp_tree_destroy(c->tree);
+	kvp_diag_destroy(c->diag);
 	free(c);
 }
 
@@ -352,6 +365,13 @@ static void result_blocks(struct kvp_cache *c, size_t n, uint32_t *block_ids,
 	res->matched_tokens = (uint32_t)(n * c->cfg.block_tokens);
 }
 
+/* The query diagnosed after its match of m blocks (in c->path). */
+static void diagnose(const struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+		     size_t n_tokens, size_t m, struct kvp_cache_miss *out)
+{
+	kvp_diag_query(c->diag, m ? c->path[m - 1] : NULL, root, tokens, n_tokens, m, out);
+}
+
 int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
 		     size_t n_tokens, uint64_t owner, bool pin, uint32_t *block_ids,
 		     struct kvp_cache_result *res)
@@ -372,6 +392,7 @@ int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 			return KVP_EBUSY;
 	}
 	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
+	diagnose(c, root, tokens, n_tokens, m, &res->miss);
 	if (pin && m) {
 		/* sized by the match, not the request: a lease lives as long as its owner */
 		rc = lease_prepare(c, owner, m, &o, &l);
@@ -463,13 +484,20 @@ static void stored_node(struct kvp_cache *c, const struct kvp_tree_node *n)
 	}
 }
 
-/* The tree's watch: every node in and out, to the cache's watcher. */
+/* The tree's watch: every node in and out, to the diagnostics and the cache's watcher. */
 static void watch_node(void *arg, const struct kvp_tree_node *n, bool added)
 {
 	struct kvp_cache *c = arg;
-	const struct kvp_cache_block_info b = block_info(n);
 
-	c->watch(c->watch_arg, &b, added);
+	if (added)
+		kvp_diag_added(c->diag, n);
+	else
+		kvp_diag_removed(c->diag, n, c->gone_why);
+	if (c->watch) {
+		const struct kvp_cache_block_info b = block_info(n);
+
+		c->watch(c->watch_arg, &b, added);
+	}
 }
 
 void kvp_cache_set_watch(struct kvp_cache *c,
@@ -478,7 +506,6 @@ void kvp_cache_set_watch(struct kvp_cache *c,
 {
 	c->watch = watch;
 	c->watch_arg = arg;
-	kvp_tree_set_watch(c->tree, watch ? watch_node : NULL, c);
 }
 
 void kvp_cache_set_stored(struct kvp_cache *c,
@@ -505,12 +532,17 @@ static int take_block(struct kvp_cache *c, struct kvp_key group, uint32_t pendin
 
 	if (c->cfg.tenant_quota &&
 	    (held = kvp_tree_group_size(c->tree, group) + pending) >= c->cfg.tenant_quota) {
+		int rc;
+
+		c->gone_why = KVP_GONE_QUOTA;
 		if (held > c->cfg.tenant_quota && kvp_tree_evict_group(c->tree, group, &victim) == 0) {
 			(void)kvp_pool_evict(c->pool, victim);
 			c->st.evictions++;
 			c->st.quota_evictions++;
 		}
-		if (kvp_tree_evict_group(c->tree, group, &victim)) {
+		rc = kvp_tree_evict_group(c->tree, group, &victim);
+		c->gone_why = KVP_GONE_ADMIN;
+		if (rc) {
 			c->st.quota_refusals++;
 			*quota = true;
 			return KVP_EFULL;
@@ -521,7 +553,12 @@ static int take_block(struct kvp_cache *c, struct kvp_key group, uint32_t pendin
 		return kvp_pool_alloc(c->pool, id);   /* the block just freed */
 	}
 	while (kvp_pool_alloc(c->pool, id) == KVP_EFULL) {
-		if (kvp_tree_evict(c->tree, &victim))
+		int rc;
+
+		c->gone_why = KVP_GONE_POOL;
+		rc = kvp_tree_evict(c->tree, &victim);
+		c->gone_why = KVP_GONE_ADMIN;
+		if (rc)
 			return KVP_EFULL;
 		(void)kvp_pool_evict(c->pool, victim);
 		c->st.evictions++;
@@ -623,6 +660,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, struct kvp_key
 	const uint32_t b = c->cfg.block_tokens;
 	uint32_t need, m, got = 0;
 	struct kvp_cache_ns *r;
+	struct kvp_cache_miss miss;
 	bool quota = false;
 	int rc = KVP_ENOMEM;
 
@@ -642,6 +680,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, struct kvp_key
 		goto out_free;
 
 	m = (uint32_t)kvp_tree_match(c->tree, root, tokens, n_prompt, c->path, c->path_cap);
+	diagnose(c, root, tokens, n_prompt, m, &miss);
 	for (uint32_t i = 0; i < m; i++) {
 		seq->nodes[i] = c->path[i];
 		seq->block_ids[i] = kvp_tree_node_block(c->path[i]);
@@ -676,6 +715,7 @@ int kvp_cache_seq_begin(struct kvp_cache *c, struct kvp_key root, struct kvp_key
 	seq->ns = r;
 	seq->n_blocks = need;
 	seq->matched_blocks = m;
+	seq->miss = miss;
 	return KVP_OK;
 
 out_free:
@@ -1007,11 +1047,26 @@ size_t kvp_cache_group_blocks(const struct kvp_cache *c, struct kvp_key group)
 	return kvp_tree_group_size(c->tree, group);
 }
 
+int kvp_cache_explain(const struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+		      size_t n_tokens, uint8_t *fates, uint64_t *ages, size_t *n_out)
+{
+	*n_out = 0;
+	if (n_tokens > c->cfg.max_tokens)
+		return KVP_ETOOBIG;
+	return kvp_diag_explain(c->diag, c->tree, root, tokens, n_tokens, fates, ages, n_out);
+}
+
+size_t kvp_cache_diag_bytes(const struct kvp_cache *c)
+{
+	return kvp_diag_bytes(c->diag);
+}
+
 void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st)
 {
 	*st = c->st;
 	st->pool = kvp_pool_counts(c->pool);
 	st->tree_nodes = kvp_tree_size(c->tree);
+	st->diag_bytes = kvp_diag_bytes(c->diag);
 }
 
 int kvp_cache_check(const struct kvp_cache *c)

@@ -43,6 +43,56 @@ struct kvp_cache_config {
 /* The owner of administrative pins (kvp_cache_admin_pin): never a connection. */
 #define KVP_CACHE_ADMIN_OWNER UINT64_MAX
 
+/*
+ * What became of each block of a query (miss diagnostics). A query's tokens are split
+ * by fate: CACHED (matched), then the full blocks after the match, all counted under
+ * the fate of the first of them, then the tokens of a last partial block (PARTIAL:
+ * never cached, whatever happens). The fate of a block not matched:
+ *   POOL, QUOTA, ADMIN  it was cached and left: evicted to make room, evicted because
+ *                       its tenant was at its quota, or cleared or evicted by an
+ *                       administrator (or a stop's flush). Departures are remembered
+ *                       for the last KVP_CACHE_GONE_PER_BLOCK x capacity of them.
+ *   OTHER_NS            the same tokens, after the same prefix, are cached in another
+ *                       namespace (another tenant, adapter or salt). Only root may be
+ *                       told: to the tenant it is NEW, or it would leak across tenants.
+ *   NEW                 none of these: never cached, or left too long ago to remember.
+ */
+enum kvp_fate {
+	KVP_FATE_CACHED,
+	KVP_FATE_NEW,
+	KVP_FATE_POOL,
+	KVP_FATE_QUOTA,
+	KVP_FATE_ADMIN,
+	KVP_FATE_OTHER_NS,
+	KVP_FATE_PARTIAL,
+	KVP_FATE_N
+};
+/* "cached", "new", "evicted_pool", "evicted_quota", "evicted_admin", "other_namespace",
+ * "partial". Never NULL. */
+const char *kvp_fate_name(enum kvp_fate f);
+
+/* Departures remembered, per pool block: enough that the estimate for a pool of 4x the
+ * capacity finds the blocks it needs although many departures no longer count (their
+ * blocks cached again, or gone again later). */
+#define KVP_CACHE_GONE_PER_BLOCK 6u
+/* The larger pools a query is scored against: 2x and 4x the capacity. */
+#define KVP_CACHE_GHOST_N 2
+#define KVP_CACHE_GHOST_MULTIPLES { 2u, 4u }
+
+/*
+ * A query (lookup, seq_begin) diagnosed. tokens[f]: its tokens by fate; they add up to
+ * the query's tokens. ghost_tokens[i]: tokens after the match that a pool of
+ * KVP_CACHE_GHOST_MULTIPLES[i] x capacity would have matched too: the consecutive
+ * blocks after the match that left to make room at most (multiple - 1) x capacity
+ * evictions to make room ago. Exact for leaf-first LRU when every eviction is one to
+ * make room; an estimate otherwise (docs/eviction.md gives its error on the shared
+ * trace).
+ */
+struct kvp_cache_miss {
+	uint32_t tokens[KVP_FATE_N];
+	uint32_t ghost_tokens[KVP_CACHE_GHOST_N];
+};
+
 struct kvp_cache_result {
 	uint32_t matched_tokens;    /* lookup: cached prefix before the call; insert: after */
 	uint32_t prompt_tokens;
@@ -51,6 +101,7 @@ struct kvp_cache_result {
 	uint64_t lease;             /* 0 unless pinned */
 	bool pool_full;             /* insert stopped early: nothing left to evict */
 	bool quota_full;            /* ... because the namespace is at its quota */
+	struct kvp_cache_miss miss; /* lookup: the query diagnosed */
 };
 
 /* What the cache did. What clients asked and got (queries, hit tokens, requests) is
@@ -67,6 +118,7 @@ struct kvp_cache_stats {
 	uint64_t leases_total;
 	struct kvp_pool_counts pool;
 	size_t tree_nodes;
+	size_t diag_bytes;          /* kvp_cache_diag_bytes */
 };
 
 int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out);
@@ -157,6 +209,7 @@ struct kvp_seq {
 	void **block_data;            /* (n_blocks) KV bytes of each block */
 	struct kvp_tree_node **nodes; /* (matched_blocks) pinned prefix */
 	bool quota_full;              /* after a KVP_EFULL: the namespace's quota, not the pool */
+	struct kvp_cache_miss miss;   /* the prompt diagnosed at its match */
 };
 
 /* Give the pool's blocks block_bytes of host memory each (engine mode). */
@@ -233,6 +286,23 @@ const void *kvp_cache_block_host(const struct kvp_cache *c, uint32_t id);
 int kvp_cache_block_write(struct kvp_cache *c, uint32_t id, const void *src);
 size_t kvp_cache_block_bytes(const struct kvp_cache *c);
 bool kvp_cache_on_device(const struct kvp_cache *c);
+
+/*
+ * The fate of every block of tokens in namespace root, as a query would be diagnosed,
+ * but touching nothing (no block counts as used): fates[i] and ages[i] for block i of
+ * the n_tokens / block_tokens full blocks, then one more for a last partial block when
+ * there is one (KVP_FATE_PARTIAL); *n_out: how many were written (room for
+ * n_tokens / block_tokens + 1). ages[i]: for POOL, the evictions to make room since
+ * the block left (a pool of capacity + age + 1 would have kept it under LRU); else 0.
+ * Every block is diagnosed on its own (a block after one that left may be NEW).
+ * OTHER_NS is reported: this is for an administrator. KVP_ETOOBIG (n_tokens >
+ * max_tokens).
+ */
+int kvp_cache_explain(const struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
+		      size_t n_tokens, uint8_t *fates, uint64_t *ages, size_t *n_out);
+/* Bytes the miss diagnostics take (departures, and the table of blocks' contents that
+ * finds OTHER_NS): about 56 bytes a pool block (docs/eviction.md). */
+size_t kvp_cache_diag_bytes(const struct kvp_cache *c);
 
 void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st);
 /* Pool invariant, tree invariants, and node pins == pool references for every node;

@@ -5,6 +5,7 @@
  *                          │ yes
  *                          ▼
  *        CLEAR / EVICT / PIN / UNPIN ──▶ the cache      CONFIG ──▶ the live options
+ *        EXPLAIN ──▶ explain.c
  *
  * Root, and the members of --admin-group (its primary group, or a supplementary one
  * through SO_PEERGROUPS), may; anyone else is refused and logged.
@@ -19,7 +20,9 @@
 #include "kvp_log.h"
 #include "server.h"
 
-static const char *const op_names[] = { "?", "CLEAR", "EVICT", "PIN", "UNPIN", "CONFIG" };
+static const char *const op_names[] = {
+	"?", "CLEAR", "EVICT", "PIN", "UNPIN", "CONFIG", "EXPLAIN",
+};
 
 static const char *op_name(uint32_t op)
 {
@@ -148,6 +151,9 @@ static int admin_run(struct conn *c, const struct kvp_admin_req *m, uint32_t *bl
 	case KVP_ADMIN_CONFIG:
 		rc = admin_config(s, c, m->text, m->text_len, text, cap);
 		break;
+	case KVP_ADMIN_EXPLAIN:
+		rc = admin_explain(s, root, s->tokens, m->n_tokens, blocks, text, cap);
+		break;
 	default:
 		rc = KVP_EINVAL;
 		snprintf(text, cap, "unknown ADMIN op %u", m->op);
@@ -208,7 +214,7 @@ struct req_outcome handle_admin(struct conn *c, const struct kvp_frame_hdr *h, c
 	if (rc) {
 		o = req_refuse(c, h, rc, "%s", text[0] ? text : kvp_strerror(rc));
 	} else {
-		if (m.op != KVP_ADMIN_CONFIG)
+		if (m.op != KVP_ADMIN_CONFIG && m.op != KVP_ADMIN_EXPLAIN)
 			kvp_info("admin: uid %u %s%s: %u blocks", (unsigned)c->uid, op_name(m.op),
 				 (m.flags & KVP_ADMIN_F_ALL) ? " (all namespaces)" : "", blocks);
 		o = admin_reply(c, h, m.op, blocks, text);

@@ -146,7 +146,7 @@ static void gen_req_prepare(struct server *s, struct gen_req *r)
 	/* a whole cached prompt still runs its last token, for its logits */
 	r->cached_report = j->cached < m->n_tokens ? j->cached : m->n_tokens - 1;
 	r->ns = kvp_stats_generation_begin(&s->stats, conn_stats_ns(c), m->n_tokens,
-					   r->seq.matched_blocks * s->cfg->block_tokens);
+					   r->seq.matched_blocks * s->cfg->block_tokens, &r->seq.miss);
 	j->blocks = r->seq.block_data;
 	j->n_blocks = r->seq.n_blocks;
 	j->positions = r->seq.n_blocks * s->cfg->block_tokens;

@@ -251,7 +251,8 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 	if (insert)
 		kvp_stats_insert(&s->stats, conn_stats_ns(c), m.n_tokens);
 	else
-		kvp_stats_lookup(&s->stats, conn_stats_ns(c), m.n_tokens, res.matched_tokens);
+		kvp_stats_lookup(&s->stats, conn_stats_ns(c), m.n_tokens, res.matched_tokens,
+				 &res.miss);
 	if (!insert)   /* an index's miss: Redis is asked in the background */
 		tier_index_lookup(s, c, s->tokens, m.n_tokens, res.matched_tokens);
 	if (res.pool_full)

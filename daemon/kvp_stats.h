@@ -80,6 +80,7 @@ struct kvp_ns_counters {
 	uint64_t hit_tokens;
 	uint64_t computed_tokens;   /* prompt and generated positions the engine computed */
 	uint64_t generated_tokens;
+	uint64_t fate_tokens[KVP_FATE_N];   /* query tokens by fate (kvp_cache_miss) */
 };
 
 struct kvp_ns_entry {
@@ -141,6 +142,8 @@ struct kvp_stats_totals {
 	uint64_t generation_hits;   /* of those, with at least one cached block */
 	uint64_t query_tokens;      /* tokens of LOOKUPs and GENERATE prompts */
 	uint64_t hit_tokens;        /* of those, served from the cache */
+	uint64_t fate_tokens[KVP_FATE_N];   /* of those, by fate (kvp_cache_miss) */
+	uint64_t ghost_tokens[KVP_CACHE_GHOST_N];   /* more a pool 2x, 4x would have hit */
 	uint64_t inserts;           /* INSERT requests answered */
 	uint64_t insert_tokens;
 	uint64_t generations_done;  /* generations finished, however they ended */
@@ -167,17 +170,19 @@ struct kvp_stats_ns {
 /* Empty counters, the histograms with their bounds. */
 void kvp_stats_init(struct kvp_stats *s);
 
-/* A LOOKUP answered: query_tokens asked, hit_tokens of them cached. */
+/* A LOOKUP answered: query_tokens asked, hit_tokens of them cached, the query
+ * diagnosed in miss. */
 void kvp_stats_lookup(struct kvp_stats *s, struct kvp_stats_ns ns, uint32_t query_tokens,
-		      uint32_t hit_tokens);
+		      uint32_t hit_tokens, const struct kvp_cache_miss *miss);
 /* An INSERT answered with tokens tokens. */
 void kvp_stats_insert(struct kvp_stats *s, struct kvp_stats_ns ns, uint32_t tokens);
 /* Time spent in the index by a LOOKUP or INSERT, answered or not. */
 void kvp_stats_index_latency(struct kvp_stats *s, bool insert, double us);
-/* A GENERATE started: prompt_tokens, hit_tokens of them cached. Returns its
- * namespace's counters, for kvp_stats_generation_end. */
+/* A GENERATE started: prompt_tokens, hit_tokens of them cached, the prompt diagnosed
+ * in miss. Returns its namespace's counters, for kvp_stats_generation_end. */
 struct kvp_ns_counters *kvp_stats_generation_begin(struct kvp_stats *s, struct kvp_stats_ns ns,
-						   uint32_t prompt_tokens, uint32_t hit_tokens);
+						   uint32_t prompt_tokens, uint32_t hit_tokens,
+						   const struct kvp_cache_miss *miss);
 /* A generation ended with status (0 or why it stopped early): computed prompt
  * positions, generated tokens, and its TTFT when it succeeded. Counts the GENERATE
  * request's outcome too. */
@@ -271,11 +276,15 @@ struct kvp_stats_view {
 char *kvp_stats_json(const struct kvp_stats *s, const struct kvp_stats_view *v);
 /* Add to a STATS object: "namespaces" (top 10 by requests, "other" included when it
  * has any: namespace, tenant, adapter, requests, queries, query_tokens, hit_tokens,
- * hit_rate), "namespaces_tracked", and "ttft_us_p50", "ttft_us_p99", "lookup_us_p99"
+ * hit_rate, misses), "namespaces_tracked", and "ttft_us_p50", "ttft_us_p99", "lookup_us_p99"
  * (null while the histogram is empty). With tenant set, only that tenant's tracked
  * namespaces are listed and counted. Allocation failures leave keys out. */
 void kvp_stats_json_detail(struct cJSON *o, const struct kvp_ns_stats_table *t,
 			   const struct kvp_hist *ttft, const struct kvp_hist *lookup,
 			   const uint32_t *tenant);
+/* Add "misses": query tokens not served by fate (new, evicted_pool, evicted_quota,
+ * evicted_admin, partial, and other_namespace for root_view only; otherwise those
+ * count as new: another tenant's blocks are not for a tenant to learn of). */
+void kvp_stats_json_misses(struct cJSON *o, const uint64_t *fate_tokens, bool root_view);
 
 #endif

@@ -163,18 +163,20 @@ static void hist_series(struct emit *e, const char *name, const char *labels,
 	}
 }
 
-/* The namespace labels of entry i of t, or of "other" when i == t->n. */
-static void ns_labels(struct emit *e, const struct kvp_ns_stats_table *t, uint32_t i)
+/* The namespace labels of entry i of t, or of "other" when i == t->n; extra (a label
+ * with its leading comma, or "") after them. */
+static void ns_labels(struct emit *e, const struct kvp_ns_stats_table *t, uint32_t i,
+		      const char *extra)
 {
 	if (i == t->n) {
-		emitf(e, "{namespace=\"other\",tenant=\"\",adapter=\"\"}");
+		emitf(e, "{namespace=\"other\",tenant=\"\",adapter=\"\"%s}", extra);
 		return;
 	}
 	emitf(e, "{namespace=\"%" PRIu32 ":", t->e[i].tenant);
 	emit_label(e, t->e[i].adapter);
 	emitf(e, "\",tenant=\"%" PRIu32 "\",adapter=\"", t->e[i].tenant);
 	emit_label(e, t->e[i].adapter);
-	emitf(e, "\"}");
+	emitf(e, "\"%s}", extra);
 }
 
 static void ns_family(struct emit *e, const struct kvp_ns_stats_table *t, const char *name,
@@ -187,9 +189,51 @@ static void ns_family(struct emit *e, const struct kvp_ns_stats_table *t, const 
 
 		memcpy(&v, (const char *)c + field, sizeof(v));
 		emitf(e, "%s", name);
-		ns_labels(e, t, i);
+		ns_labels(e, t, i, "");
 		emitf(e, " %" PRIu64 "\n", v);
 	}
+}
+
+/* Query tokens not served, by cause: the daemon's (t NULL) or by namespace. */
+static void miss_family(struct emit *e, const uint64_t *totals,
+			const struct kvp_ns_stats_table *t)
+{
+	const char *name = t ? "kvprefix_namespace_miss_tokens_total" : "kvprefix_miss_tokens_total";
+	char extra[48];
+
+	family(e, name, "counter", t ? "Query tokens not served from the cache, by namespace "
+		       "and cause (docs/eviction.md)" : "Query tokens not served from the cache, by "
+		       "cause: new, evicted_pool, evicted_quota, evicted_admin, other_namespace, "
+		       "partial (docs/eviction.md)");
+	for (int f = KVP_FATE_CACHED + 1; f < KVP_FATE_N; f++) {
+		snprintf(extra, sizeof(extra), ",cause=\"%s\"", kvp_fate_name((enum kvp_fate)f));
+		if (!t) {
+			emitf(e, "%s{%s} %" PRIu64 "\n", name, extra + 1, totals[f]);
+			continue;
+		}
+		for (uint32_t i = 0; i <= t->n; i++) {
+			const struct kvp_ns_counters *c = i < t->n ? &t->e[i].c : &t->other;
+
+			emitf(e, "%s", name);
+			ns_labels(e, t, i, extra);
+			emitf(e, " %" PRIu64 "\n", c->fate_tokens[f]);
+		}
+	}
+}
+
+/* What pools 2x and 4x as large would have served, and what the estimate costs. */
+static void larger_pool_series(struct emit *e, const struct kvp_stats_totals *tt, size_t bytes)
+{
+	static const uint32_t mult[KVP_CACHE_GHOST_N] = KVP_CACHE_GHOST_MULTIPLES;
+
+	family(e, "kvprefix_larger_pool_hit_tokens_total", "counter",
+	       "Query tokens a pool of `pool` times the capacity would have served (estimate; "
+	       "hit rate if larger = this / query tokens)");
+	for (int k = 0; k < KVP_CACHE_GHOST_N; k++)
+		emitf(e, "kvprefix_larger_pool_hit_tokens_total{pool=\"%ux\"} %" PRIu64 "\n",
+		      mult[k], tt->hit_tokens + tt->ghost_tokens[k]);
+	gauge(e, "kvprefix_diagnostics_bytes",
+	      "Memory of the miss diagnostics and the larger-pool estimate", (double)bytes);
 }
 
 /* The engine scheduler's series: sequences by state, steps, rows per step (a histogram
@@ -355,6 +399,8 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 	counter(&e, "kvprefix_query_tokens_total", "Tokens of every query", tt->query_tokens);
 	counter(&e, "kvprefix_hit_tokens_total",
 		"Query tokens served from the cache (hit rate = hit / query tokens)", tt->hit_tokens);
+	miss_family(&e, tt->fate_tokens, NULL);
+	larger_pool_series(&e, tt, st->diag_bytes);
 	counter(&e, "kvprefix_computed_tokens_total",
 		"Positions whose KV the engine computed (prompt not cached, and generated)",
 		tt->computed_tokens);
@@ -431,6 +477,7 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 		ns_family(&e, t, "kvprefix_namespace_generated_tokens_total",
 			  "Tokens generated, by namespace",
 			  offsetof(struct kvp_ns_counters, generated_tokens));
+		miss_family(&e, NULL, t);
 	}
 
 	if (v->ttft) {

@@ -7,6 +7,7 @@
  *   conn.c        accept, connection states, the read loop, replies, deferred close
  *   handlers.c    dispatch a frame; HELLO, LOOKUP/INSERT, RELEASE, STATS, PING
  *   admin.c       ADMIN: who may, and the ops
+ *   explain.c     ADMIN EXPLAIN: each block's fate, as text
  *   generate.c    GENERATE: start a job, stream its tokens, finish it
  *   lifecycle.c   signals, graceful stop, SIGHUP reload, live options, watchdog
  *   model_open.c  backend choice, model load, fingerprint, engine, pool size
@@ -239,6 +240,11 @@ struct kvp_stats_ns conn_stats_ns(const struct conn *c);
 /* ---- admin.c ----------------------------------------------------------------------- */
 
 struct req_outcome handle_admin(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p);
+/* ADMIN EXPLAIN (explain.c): the fate of each block of tokens[0..n) in namespace root, as
+ * the reply's text in out (cap bytes, cut with "...\n" when longer); *cached: the blocks
+ * cached. 0, KVP_ETOOBIG, KVP_ENOMEM. */
+int admin_explain(struct server *s, struct kvp_key root, const uint32_t *tokens, size_t n,
+		  uint32_t *cached, char *out, size_t cap);
 
 /* ---- generate.c -------------------------------------------------------------------- */
 

@@ -191,7 +191,8 @@ void kvp_stats_init(struct kvp_stats *s)
 
 /* A query against the cache, in the totals and in its namespace's counters. */
 static struct kvp_ns_counters *count_query(struct kvp_stats *s, struct kvp_stats_ns ns,
-					   uint32_t query_tokens, uint32_t hit_tokens)
+					   uint32_t query_tokens, uint32_t hit_tokens,
+					   const struct kvp_cache_miss *miss)
 {
 	struct kvp_ns_counters *c = kvp_ns_stats_get(&s->ns, ns.tenant, ns.adapter);
 
@@ -201,15 +202,21 @@ static struct kvp_ns_counters *count_query(struct kvp_stats *s, struct kvp_stats
 	c->queries++;
 	c->query_tokens += query_tokens;
 	c->hit_tokens += hit_tokens;
+	for (int f = 0; f < KVP_FATE_N; f++) {
+		s->t.fate_tokens[f] += miss->tokens[f];
+		c->fate_tokens[f] += miss->tokens[f];
+	}
+	for (int k = 0; k < KVP_CACHE_GHOST_N; k++)
+		s->t.ghost_tokens[k] += miss->ghost_tokens[k];
 	return c;
 }
 
 void kvp_stats_lookup(struct kvp_stats *s, struct kvp_stats_ns ns, uint32_t query_tokens,
-		      uint32_t hit_tokens)
+		      uint32_t hit_tokens, const struct kvp_cache_miss *miss)
 {
 	s->t.lookups++;
 	s->t.lookup_hits += hit_tokens > 0;
-	(void)count_query(s, ns, query_tokens, hit_tokens);
+	(void)count_query(s, ns, query_tokens, hit_tokens, miss);
 }
 
 void kvp_stats_insert(struct kvp_stats *s, struct kvp_stats_ns ns, uint32_t tokens)
@@ -225,11 +232,12 @@ void kvp_stats_index_latency(struct kvp_stats *s, bool insert, double us)
 }
 
 struct kvp_ns_counters *kvp_stats_generation_begin(struct kvp_stats *s, struct kvp_stats_ns ns,
-						   uint32_t prompt_tokens, uint32_t hit_tokens)
+						   uint32_t prompt_tokens, uint32_t hit_tokens,
+						   const struct kvp_cache_miss *miss)
 {
 	s->t.generations++;
 	s->t.generation_hits += hit_tokens > 0;
-	return count_query(s, ns, prompt_tokens, hit_tokens);
+	return count_query(s, ns, prompt_tokens, hit_tokens, miss);
 }
 
 void kvp_stats_generation_end(struct kvp_stats *s, struct kvp_ns_counters *ns, int status,

@@ -14,6 +14,23 @@
 
 /* ---- namespaces and percentiles ---------------------------------------------- */
 
+void kvp_stats_json_misses(struct cJSON *o, const uint64_t *fate_tokens, bool root_view)
+{
+	cJSON *m = cJSON_AddObjectToObject(o, "misses");
+
+	if (!m)
+		return;
+	for (int f = KVP_FATE_CACHED + 1; f < KVP_FATE_N; f++) {
+		uint64_t v = fate_tokens[f];
+
+		if (f == KVP_FATE_OTHER_NS && !root_view)
+			continue;   /* another tenant's blocks: counted as new below */
+		if (f == KVP_FATE_NEW && !root_view)
+			v += fate_tokens[KVP_FATE_OTHER_NS];
+		cJSON_AddNumberToObject(m, kvp_fate_name((enum kvp_fate)f), (double)v);
+	}
+}
+
 static void add_num_or_null(cJSON *o, const char *key, double v)
 {
 	if (isnan(v))
@@ -77,6 +94,7 @@ void kvp_stats_json_detail(struct cJSON *o, const struct kvp_ns_stats_table *t,
 		cJSON_AddNumberToObject(x, "hit_tokens", (double)c->hit_tokens);
 		cJSON_AddNumberToObject(x, "hit_rate", c->query_tokens ?
 					(double)c->hit_tokens / (double)c->query_tokens : 0.0);
+		kvp_stats_json_misses(x, c->fate_tokens, tenant == NULL);
 		cJSON_AddItemToArray(arr, x);
 	}
 	cJSON_AddNumberToObject(o, "namespaces_tracked", tracked);
@@ -111,6 +129,13 @@ static void add_requests(cJSON *o, const struct kvp_stats_totals *t,
 	cJSON_AddNumberToObject(o, "hit_rate", t->query_tokens ?
 				(double)t->hit_tokens / (double)t->query_tokens : 0.0);
 	cJSON_AddNumberToObject(o, "insert_tokens", (double)t->insert_tokens);
+	kvp_stats_json_misses(o, t->fate_tokens, v->tenant == NULL);
+	cJSON_AddNumberToObject(o, "hit_rate_if_2x", t->query_tokens ?
+				(double)(t->hit_tokens + t->ghost_tokens[0]) / (double)t->query_tokens :
+				0.0);
+	cJSON_AddNumberToObject(o, "hit_rate_if_4x", t->query_tokens ?
+				(double)(t->hit_tokens + t->ghost_tokens[1]) / (double)t->query_tokens :
+				0.0);
 }
 
 /* What the cache did, and the pool's blocks by state. */
@@ -127,6 +152,7 @@ static void add_cache(cJSON *o, const struct kvp_stats_totals *t, const struct k
 	cJSON_AddNumberToObject(o, "blocks_cached", st->pool.cached);
 	cJSON_AddNumberToObject(o, "blocks_pinned", st->pool.referenced);
 	cJSON_AddNumberToObject(o, "tree_nodes", (double)st->tree_nodes);
+	cJSON_AddNumberToObject(o, "diagnostics_bytes", (double)st->diag_bytes);
 	cJSON_AddNumberToObject(o, "leases_active", (double)st->leases_active);
 }
 

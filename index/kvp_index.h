@@ -49,6 +49,16 @@ struct kvp_key kvp_ns_root(const char *model, uint32_t tenant, const char *adapt
  * allocates; blocks over 56 tokens use a 16 KiB stack buffer. */
 struct kvp_key kvp_block_key(struct kvp_key parent, const uint32_t *tokens, uint32_t n);
 
+/* A block's content key: the low 64 bits of kvp_block_key({ parent, KVP_CONTENT_SALT },
+ * tokens, n), chained from parent 0 at the first block, so without any namespace: the
+ * same prefix has the same content key in every namespace. For diagnostics (which
+ * namespace holds these tokens too), never for a match. */
+#define KVP_CONTENT_SALT 0x746e65746e6f632dull   /* "-content" */
+static inline uint64_t kvp_content_key(uint64_t parent, const uint32_t *tokens, uint32_t n)
+{
+	return kvp_block_key((struct kvp_key){ parent, KVP_CONTENT_SALT }, tokens, n).lo;
+}
+
 /* Keys of the first n_blocks full blocks of tokens (block size b), written to out. */
 void kvp_chain_keys(struct kvp_key root, const uint32_t *tokens, size_t n_blocks,
 		    uint32_t b, struct kvp_key *out);
@@ -79,6 +89,11 @@ size_t kvp_tree_evictable(const struct kvp_tree *t);     /* unpinned leaves on t
  */
 size_t kvp_tree_match(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens,
 		      size_t n_tokens, struct kvp_tree_node **path, size_t max_nodes);
+
+/* How many leading full blocks of tokens are cached under root, as kvp_tree_match
+ * counts them, but touching nothing: no node counts as used. For diagnostics. */
+size_t kvp_tree_peek(const struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens,
+		     size_t n_tokens);
 
 /*
  * Add one block under parent (NULL: directly under root) with the given key (computed
@@ -188,6 +203,7 @@ uint32_t kvp_tree_node_block(const struct kvp_tree_node *n);
 uint32_t kvp_tree_node_pins(const struct kvp_tree_node *n);
 struct kvp_tree_node *kvp_tree_node_parent(const struct kvp_tree_node *n);
 const uint32_t *kvp_tree_node_tokens(const struct kvp_tree_node *n);
+uint64_t kvp_tree_node_content(const struct kvp_tree_node *n);   /* kvp_content_key */
 
 /* Walk every structural invariant (links, LRU membership, counts). 0 or KVP_EINTERNAL.
  * O(nodes); writes a check-only scratch word in each node, so it is not safe to run

@@ -127,6 +127,7 @@ struct kvp_tree_node {
 	struct kvp_tree_node *parent;   /* NULL at depth 0 */
 	struct kvp_key root;            /* namespace root (compared at depth 0) */
 	uint64_t tick;                  /* last use: tree tick of the last match/insert */
+	uint64_t content;               /* kvp_content_key chain: the same in every namespace */
 	struct kvp_link lru;            /* linked iff pins == 0 && children == 0 */
 	struct tree_ns *ns;             /* its namespace's accounting */
 	struct kvp_link nlru;           /* the namespace's own LRU: linked iff lru is */
@@ -691,6 +692,11 @@ const uint32_t *kvp_tree_node_tokens(const struct kvp_tree_node *n)
 	return n->tokens;
 }
 
+uint64_t kvp_tree_node_content(const struct kvp_tree_node *n)
+{
+	return n->content;
+}
+
 /* ---- match ----------------------------------------------------------------------- */
 
 /*
@@ -761,6 +767,28 @@ size_t kvp_tree_match(struct kvp_tree *t, struct kvp_key root, const uint32_t *t
 	return matched;
 }
 
+size_t kvp_tree_peek(const struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens,
+		     size_t n_tokens)
+{
+	const uint32_t b = t->block_tokens;
+	const size_t n_blocks = n_tokens / b;
+	const struct kvp_tree_node *parent = NULL;
+	struct kvp_key key = root;
+	size_t i;
+
+	for (i = 0; i < n_blocks; i++) {
+		const uint32_t *blk = tokens + i * b;
+		const struct kvp_tree_node *n;
+
+		key = kvp_block_key(key, blk, b);
+		n = table_find(t, root, parent, key, blk, b);
+		if (!n)
+			break;
+		parent = n;
+	}
+	return i;
+}
+
 /* ---- insert / pin / evict / clear ------------------------------------------------ */
 
 static KVP_OUT_OF_LINE struct kvp_tree_node *node_new(size_t token_bytes_)
@@ -809,6 +837,7 @@ int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_
 	n->key = key;
 	n->parent = parent;
 	n->root = parent ? parent->root : root;
+	n->content = kvp_content_key(parent ? parent->content : 0, tokens, t->block_tokens);
 	n->ns = ns;
 	ns->nodes++;
 	ns->grp->gnodes++;

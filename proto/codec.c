@@ -696,6 +696,7 @@ static int admin_op_check(const struct kvp_admin_req *m)
 	case KVP_ADMIN_EVICT:
 	case KVP_ADMIN_PIN:
 	case KVP_ADMIN_UNPIN:
+	case KVP_ADMIN_EXPLAIN:
 		if (all || m->n_tokens == 0 || m->text_len)
 			return KVP_EINVAL;
 		return 0;

@@ -272,7 +272,7 @@ int kvp_generate_done_decode(const uint8_t *p, size_t n, struct kvp_generate_don
  *    4      4    flags      KVP_ADMIN_F_TENANT, KVP_ADMIN_F_ALL; other bits reserved
  *    8      4    tenant     the namespace's tenant with KVP_ADMIN_F_TENANT, else 0
  *   12      4    n_tokens   T
- *   16     4T    tokens     a prefix of token ids (EVICT, PIN, UNPIN)
+ *   16     4T    tokens     a prefix of token ids (EVICT, PIN, UNPIN, EXPLAIN)
  *   16+4T   2    text_len   X, 0 .. KVP_ADMIN_TEXT_MAX
  *   18+4T   X    text       CONFIG's argument; no byte below 0x20
  *
@@ -299,7 +299,7 @@ size_t kvp_admin_req_size(const struct kvp_admin_req *m);
  * decoder's order: KVP_EINVAL for reserved flag bits; KVP_EINVAL for a value out of
  * range: tenant != 0 without KVP_ADMIN_F_TENANT, a text byte below 0x20, and for the
  * known ops a field the op does not take (ALL but with CLEAR; ALL with TENANT; tokens
- * with CLEAR or CONFIG; T == 0 with EVICT, PIN or UNPIN; text but with CONFIG; flags
+ * with CLEAR or CONFIG; T == 0 with EVICT, PIN, UNPIN or EXPLAIN; text but with CONFIG; flags
  * with CONFIG); KVP_ETOOBIG for text_len > KVP_ADMIN_TEXT_MAX. 0 when none applies.
  * Reads m->text (text_len bytes), not m->tokens. Lets a sender learn what the
  * encoder's 0 means.

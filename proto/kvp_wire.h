@@ -71,6 +71,7 @@ enum kvp_frame_type {
 #define KVP_ADMIN_PIN 3u            /* pin a cached prefix until UNPIN or the daemon stops */
 #define KVP_ADMIN_UNPIN 4u          /* undo one PIN of the same prefix */
 #define KVP_ADMIN_CONFIG 5u         /* list, show or set the daemon's options */
+#define KVP_ADMIN_EXPLAIN 6u        /* what became of each block of a prompt (miss causes) */
 #define KVP_ADMIN_F_TENANT 0x1u     /* act on the namespace of `tenant`, not the connection's */
 #define KVP_ADMIN_F_ALL 0x2u        /* CLEAR: every namespace */
 #define KVP_ADMIN_FLAGS_KNOWN (KVP_ADMIN_F_TENANT | KVP_ADMIN_F_ALL)

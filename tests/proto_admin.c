@@ -81,7 +81,7 @@ Test(roundtrip, admin_req)
 		{ KVP_ADMIN_CONFIG, 0, 0, 0, NULL, KVP_ADMIN_TEXT_MAX, big },
 		/* an unknown op is well-formed: the daemon answers it */
 		{ 0, 0, 0, 0, NULL, 0, NULL },
-		{ 6, KVP_ADMIN_F_TENANT | KVP_ADMIN_F_ALL, 3, 7, NULL, 5, "x y z" },
+		{ 7, KVP_ADMIN_F_TENANT | KVP_ADMIN_F_ALL, 3, 7, NULL, 5, "x y z" },
 		{ UINT32_MAX, KVP_ADMIN_F_ALL, 0, 2, NULL, 1, "~" },
 	};
 
@@ -255,9 +255,14 @@ Test(admin, fields_each_op_takes)
 		{ KVP_ADMIN_CONFIG, KVP_ADMIN_F_TENANT, 0, 3, KVP_EINVAL },
 		{ KVP_ADMIN_CONFIG, KVP_ADMIN_F_ALL, 0, 0, KVP_EINVAL },
 		{ KVP_ADMIN_CONFIG, 0, 1, 3, KVP_EINVAL },
+		{ KVP_ADMIN_EXPLAIN, 0, 4, 0, 0 },
+		{ KVP_ADMIN_EXPLAIN, KVP_ADMIN_F_TENANT, 4, 0, 0 },
+		{ KVP_ADMIN_EXPLAIN, 0, 0, 0, KVP_EINVAL },
+		{ KVP_ADMIN_EXPLAIN, KVP_ADMIN_F_ALL, 4, 0, KVP_EINVAL },
+		{ KVP_ADMIN_EXPLAIN, 0, 4, 1, KVP_EINVAL },
 		/* unknown ops take anything but reserved bits; the daemon refuses the op */
 		{ 0, KVP_ADMIN_F_TENANT | KVP_ADMIN_F_ALL, 5, 5, 0 },
-		{ 6, 0, 0, 0, 0 },
+		{ 7, 0, 0, 0, 0 },
 		{ 0x80000001u, KVP_ADMIN_F_ALL, 1, 1, 0 },
 	};
 	uint32_t toks[16] = { 0 };
@@ -268,6 +273,7 @@ Test(admin, fields_each_op_takes)
 	cr_assert_eq(KVP_ADMIN_PIN, 3);
 	cr_assert_eq(KVP_ADMIN_UNPIN, 4);
 	cr_assert_eq(KVP_ADMIN_CONFIG, 5);
+	cr_assert_eq(KVP_ADMIN_EXPLAIN, 6);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		uint32_t tenant = (cases[i].flags & KVP_ADMIN_F_TENANT) ? 1000 : 0;
 		struct kvp_admin_req in = { cases[i].op, cases[i].flags, tenant, cases[i].n_tokens,

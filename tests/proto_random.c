@@ -219,10 +219,10 @@ static void random_roundtrip_generate_admin(unsigned k)
 	}
 	case 9: {
 		static const uint32_t ops[] = { KVP_ADMIN_CLEAR, KVP_ADMIN_EVICT, KVP_ADMIN_PIN,
-						KVP_ADMIN_UNPIN, KVP_ADMIN_CONFIG,
-						0, 6, UINT32_MAX };
+						KVP_ADMIN_UNPIN, KVP_ADMIN_CONFIG, KVP_ADMIN_EXPLAIN,
+						0, 7, UINT32_MAX };
 		char text[300];
-		struct kvp_admin_req in = { ops[pt_rnd_below(8)], 0, 0, 0, NULL, 0, text }, out;
+		struct kvp_admin_req in = { ops[pt_rnd_below(9)], 0, 0, 0, NULL, 0, text }, out;
 
 		switch (in.op) {
 		case KVP_ADMIN_CLEAR:
@@ -231,6 +231,7 @@ static void random_roundtrip_generate_admin(unsigned k)
 		case KVP_ADMIN_EVICT:
 		case KVP_ADMIN_PIN:
 		case KVP_ADMIN_UNPIN:
+		case KVP_ADMIN_EXPLAIN:
 			in.flags = pt_rnd_below(2);
 			in.n_tokens = 1 + pt_rnd_below(299);
 			break;

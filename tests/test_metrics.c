@@ -597,6 +597,27 @@ Test(daemon, counters_agree_with_stats, .init = start_unix, .fini = stop)
 	cr_assert_eq(sample(text, "kvprefix_pool_blocks{state=\"cached\"}"), jnum(st, "blocks_cached"));
 	cr_assert_eq(sample(text, "kvprefix_pool_blocks{state=\"pinned\"}"), jnum(st, "blocks_pinned"));
 	cr_assert_eq(sample(text, "kvprefix_pool_blocks{state=\"free\"}"), jnum(st, "blocks_free"));
+	{
+		static const char *const causes[] = { "new", "evicted_pool", "evicted_quota",
+						      "evicted_admin", "other_namespace", "partial" };
+		const cJSON *mi = cJSON_GetObjectItemCaseSensitive(st, "misses");
+		double missed = 0;
+		char name[96];
+
+		for (size_t i = 0; i < sizeof(causes) / sizeof(causes[0]); i++) {
+			snprintf(name, sizeof(name), "kvprefix_miss_tokens_total{cause=\"%s\"}",
+				 causes[i]);
+			cr_assert_eq(sample(text, name), jnum(mi, causes[i]), "%s", name);
+			missed += jnum(mi, causes[i]);
+		}
+		cr_assert_eq(missed + jnum(st, "hit_tokens"), jnum(st, "query_tokens"),
+			     "the causes and the hits add up to the query tokens");
+		cr_assert_float_eq(sample(text, "kvprefix_larger_pool_hit_tokens_total{pool=\"2x\"}") /
+				   jnum(st, "query_tokens"), jnum(st, "hit_rate_if_2x"), 1e-9);
+		cr_assert_float_eq(sample(text, "kvprefix_larger_pool_hit_tokens_total{pool=\"4x\"}") /
+				   jnum(st, "query_tokens"), jnum(st, "hit_rate_if_4x"), 1e-9);
+		cr_assert_eq(sample(text, "kvprefix_diagnostics_bytes"), jnum(st, "diagnostics_bytes"));
+	}
 	/* and what the test did */
 	cr_assert_eq(jnum(st, "lookups"), lookups);
 	cr_assert_eq(jnum(st, "inserts"), inserts);

@@ -310,6 +310,36 @@ static void print_pool_bar(const cJSON *o)
 	       fmt_pct(c, sizeof(c), v[2] / total));
 }
 
+/* Why query tokens missed (STATS "misses", as shares of the query tokens), and the
+ * hit rate a pool 2x and 4x as large would have had. Nothing from a daemon too old to
+ * say. */
+static void print_misses(const cJSON *o)
+{
+	static const char *const causes[][2] = {
+		{ "new", "new" }, { "evicted (room)", "evicted_pool" },
+		{ "evicted (quota)", "evicted_quota" }, { "evicted (admin)", "evicted_admin" },
+		{ "other namespace", "other_namespace" }, { "partial block", "partial" },
+	};
+	const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "misses");
+	double q = num(o, "query_tokens");
+	char a[32], b[32], c[32];
+
+	if (!cJSON_IsObject(m))
+		return;
+	printf("\n  tokens missed, by cause (share of query tokens)\n");
+	for (size_t i = 0; i < sizeof(causes) / sizeof(causes[0]); i++) {
+		double v = num(m, causes[i][1]);
+
+		if (!isnan(v))   /* other_namespace: root and the admin group only */
+			printf("  %-18s %14s %10s\n", causes[i][0], fmt_count(a, sizeof(a), v),
+			       fmt_pct(b, sizeof(b), ratio(v, q)));
+	}
+	printf("  hit rate if the pool were 2x %s, 4x %s (estimate; memory %s bytes)\n",
+	       fmt_pct(a, sizeof(a), num(o, "hit_rate_if_2x")),
+	       fmt_pct(b, sizeof(b), num(o, "hit_rate_if_4x")),
+	       fmt_count(c, sizeof(c), num(o, "diagnostics_bytes")));
+}
+
 /* The tiers below the pool, each with its option only: what the host RAM and disk
  * tiers hold, what went down and came back, what was refused; Redis's writes, fetches
  * and connection. */
@@ -545,6 +575,7 @@ static void print_table(const struct snap *cur, const struct snap *prev,
 	       fmt_count(c, sizeof(c), num(o, "connections")));
 	printf(" (%s in all)\n", fmt_count(a, sizeof(a), num(o, "connections_total")));
 	print_pool_bar(o);
+	print_misses(o);
 	print_tiers(o);
 	print_events(o);
 	print_namespaces(cur, prev, iv);

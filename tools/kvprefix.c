@@ -12,6 +12,7 @@
  *   kvprefix admin evict|pin|unpin [--socket PATH] [--tenant UID]
  *                                  (--tokens 1,2,3 | --tokens-file FILE)
  *   kvprefix admin config [--socket PATH] [KEY[=VALUE]]
+ *   kvprefix [admin] explain [--socket PATH] [--tenant UID] (--tokens 1,2,3 | --tokens-file FILE)
  *
  * Exit status: 0 ok, 1 the daemon answered an error or I/O failed, 2 usage (including
  * bad token input). Arguments are checked before connecting, so bad input never
@@ -51,6 +52,8 @@ static void usage_main(FILE *f)
 		"  ping       check that the daemon answers, and show what it serves\n"
 		"  admin      clear, evict or pin cached blocks; show or set daemon options\n"
 		"             (root or the daemon's admin group)\n"
+		"  explain    what became of each block of a prompt: why it missed\n"
+		"             (= admin explain: root or the daemon's admin group)\n"
 		"\n"
 		"Run 'kvprefix COMMAND --help' for a command's options. Every command takes\n"
 		"--socket PATH and --server-uid UID (also trust a kvprefixd that runs as UID;\n"
@@ -895,14 +898,16 @@ struct admin_sub {
 	const char *name;
 	uint32_t op;
 	const char *done;   /* "evicted", "pinned", ...; NULL: print the daemon's text */
+	bool tokens;        /* takes a token prefix */
 };
 
 static const struct admin_sub admin_subs[] = {
-	{ "clear", KVP_ADMIN_CLEAR, "evicted" },
-	{ "evict", KVP_ADMIN_EVICT, "evicted" },
-	{ "pin", KVP_ADMIN_PIN, "pinned" },
-	{ "unpin", KVP_ADMIN_UNPIN, "unpinned" },
-	{ "config", KVP_ADMIN_CONFIG, NULL },
+	{ "clear", KVP_ADMIN_CLEAR, "evicted", false },
+	{ "evict", KVP_ADMIN_EVICT, "evicted", true },
+	{ "pin", KVP_ADMIN_PIN, "pinned", true },
+	{ "unpin", KVP_ADMIN_UNPIN, "unpinned", true },
+	{ "config", KVP_ADMIN_CONFIG, NULL, false },
+	{ "explain", KVP_ADMIN_EXPLAIN, NULL, true },
 };
 
 static void usage_admin(FILE *f)
@@ -914,6 +919,7 @@ static void usage_admin(FILE *f)
 		"       kvprefix admin pin    (the same options as evict)\n"
 		"       kvprefix admin unpin  (the same options as evict)\n"
 		"       kvprefix admin config [--socket PATH] [KEY[=VALUE]]\n"
+		"       kvprefix admin explain (the same options as evict; also 'kvprefix explain')\n"
 		"Administrative requests (protocol version 2). The daemon accepts them only from\n"
 		"root and from the members of its admin-group.\n"
 		"\n"
@@ -927,6 +933,10 @@ static void usage_admin(FILE *f)
 		"  config   no argument: list the daemon's options; KEY: show one;\n"
 		"           KEY=VALUE: set an option that can change while the daemon runs\n"
 		"           (several words are joined with spaces: 'KEY = VALUE' works too)\n"
+		"  explain  what became of each block of a prompt: cached, new, evicted (to\n"
+		"           make room, by the tenant's quota, by an administrator), the same\n"
+		"           tokens cached in another namespace, or a partial last block; one\n"
+		"           line per run of blocks (docs/eviction.md). Changes nothing.\n"
 		"\n"
 		"  -s, --socket PATH       daemon socket (default: the library's default)\n"
 		"      --server-uid UID    also trust a kvprefixd that runs as UID (else: root,\n"
@@ -1015,7 +1025,8 @@ static int cmd_admin(int argc, char **argv)
 	int opt, rc, ret = KVP_EXIT_USAGE;
 
 	if (argc < 2) {
-		fprintf(stderr, PROG " admin: which request? clear, evict, pin, unpin or config\n"
+		fprintf(stderr, PROG " admin: which request? clear, evict, pin, unpin, config or "
+			"explain\n"
 			"Try '" PROG " admin --help'.\n");
 		return KVP_EXIT_USAGE;
 	}
@@ -1028,13 +1039,12 @@ static int cmd_admin(int argc, char **argv)
 		if (strcmp(argv[1], admin_subs[i].name) == 0)
 			sub = &admin_subs[i];
 	if (!sub) {
-		fprintf(stderr, PROG " admin: unknown request '%s' (clear, evict, pin, unpin or "
-			"config)\nTry '" PROG " admin --help'.\n", argv[1]);
+		fprintf(stderr, PROG " admin: unknown request '%s' (clear, evict, pin, unpin, "
+			"config or explain)\nTry '" PROG " admin --help'.\n", argv[1]);
 		return KVP_EXIT_USAGE;
 	}
 	snprintf(what, sizeof(what), "admin %s", sub->name);
-	takes_tokens = sub->op == KVP_ADMIN_EVICT || sub->op == KVP_ADMIN_PIN ||
-		       sub->op == KVP_ADMIN_UNPIN;
+	takes_tokens = sub->tokens;
 
 	argc--;
 	argv++;
@@ -1170,6 +1180,8 @@ int main(int argc, char **argv)
 		return cmd_simple(argc - 1, argv + 1);
 	if (strcmp(cmd, "admin") == 0)
 		return cmd_admin(argc - 1, argv + 1);
+	if (strcmp(cmd, "explain") == 0)   /* kvprefix explain = kvprefix admin explain */
+		return cmd_admin(argc, argv);
 	fprintf(stderr, PROG ": unknown command '%s'\n", cmd);
 	usage_main(stderr);
 	return KVP_EXIT_USAGE;

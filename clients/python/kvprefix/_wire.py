@@ -390,7 +390,7 @@ def admin_check(op: int, flags: int, tenant: int, n_tokens: int, text: bytes) ->
     all_, by_tenant = bool(flags & ADMIN_F_ALL), bool(flags & ADMIN_F_TENANT)
     if op == AdminOp.CLEAR:
         bad = (all_ and by_tenant) or n_tokens or text
-    elif op in (AdminOp.EVICT, AdminOp.PIN, AdminOp.UNPIN):
+    elif op in (AdminOp.EVICT, AdminOp.PIN, AdminOp.UNPIN, AdminOp.EXPLAIN):
         bad = all_ or n_tokens == 0 or text
     elif op == AdminOp.CONFIG:
         bad = flags or n_tokens

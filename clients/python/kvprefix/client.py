@@ -392,6 +392,11 @@ class Client:
         held. :class:`NotFoundError` when there is none."""
         return self.admin(AdminOp.UNPIN, tokens=tokens, tenant=tenant).blocks
 
+    def admin_explain(self, tokens: Iterable[int], *, tenant: Optional[int] = None) -> str:
+        """ADMIN EXPLAIN: what became of each block of tokens, one line per run of blocks
+        of one fate (``blocks A-B tokens X-Y: FATE``, §4.12); changes nothing."""
+        return self.admin(AdminOp.EXPLAIN, tokens=tokens, tenant=tenant).text
+
     def admin_config(self, text: str = "") -> str:
         """ADMIN CONFIG: ``""`` lists every option, ``"key"`` shows one, ``"key=value"``
         sets one that can change while the daemon runs (not written to the config

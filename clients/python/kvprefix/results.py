@@ -37,6 +37,8 @@ class AdminOp(enum.IntEnum):
     """Remove one PIN of a prefix."""
     CONFIG = 5
     """List, show or set the daemon's options."""
+    EXPLAIN = 6
+    """Say what became of each block of a prompt (why it missed)."""
 
 
 @dataclass(frozen=True)

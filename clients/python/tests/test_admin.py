@@ -1,5 +1,5 @@
 """ADMIN (protocol version 2) against the real index-only daemon: CLEAR, EVICT, PIN,
-UNPIN and CONFIG, and what is refused before sending."""
+UNPIN, CONFIG and EXPLAIN, and what is refused before sending."""
 
 from __future__ import annotations
 
@@ -44,6 +44,17 @@ def test_clear_all(index_daemon):
             assert two.lookup(B).matched_tokens == 0
     finally:
         d.stop_clean()
+
+
+def test_explain(client):
+    client.insert(A)
+    assert client.admin_explain(A + [77]) == ("blocks 0-2 tokens 0-11: cached\n"
+                                              "tokens 12-12: partial\n")
+    client.admin_evict(A)
+    r = client.admin(AdminOp.EXPLAIN, tokens=A)
+    assert (r.op, r.blocks) == (AdminOp.EXPLAIN, 0)
+    assert r.text == "blocks 0-2 tokens 0-11: evicted_admin\n"
+    assert client.admin_explain([500, 501, 502, 503]) == "blocks 0-0 tokens 0-3: new\n"
 
 
 def test_evict(client):
