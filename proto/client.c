@@ -744,6 +744,15 @@ KVP_API int kvp_client_refused(const struct kvp_client *c)
 	return c && c->refused;
 }
 
+KVP_API int kvp_client_fd(const struct kvp_client *c)
+{
+	if (!c)
+		return KVP_EINVAL;
+	if (c->fatal)
+		return c->fatal;
+	return c->n_owed || c->have > c->frame ? KVP_EBUSY : c->fd;
+}
+
 KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const char *salt,
 			     struct kvp_server_info *info)
 {

@@ -223,6 +223,18 @@ KVP_API const char *kvp_client_error(const struct kvp_client *c);
  */
 KVP_API int kvp_client_refused(const struct kvp_client *c);
 
+/*
+ * The connected socket, for a caller that pipelines requests itself: between two calls
+ * on c it may write request frames of its own (kvp_wire.h, docs/protocol.md; any req_id
+ * but 0), and it reads every reply to them before the next call, which then finds the
+ * stream where the last call left it. The library neither sees nor traces those frames
+ * (KVP_TRACE_FRAMES). Returns the descriptor, still c's to close; KVP_EBUSY while the
+ * stream is not at a frame boundary the caller can start from (a reply to a request that
+ * timed out is still due, or bytes past the last reply returned are buffered); or, when
+ * c is not open or no longer usable, the status its calls return (KVP_ECLOSED, ...).
+ */
+KVP_API int kvp_client_fd(const struct kvp_client *c);
+
 #ifdef __cplusplus
 }
 #endif
