@@ -40,24 +40,24 @@ static void put(struct explain_text *t, const char *fmt, ...)
 	t->len += (size_t)n;
 }
 
-/* The run of blocks [a, e) of one fate. */
+/* The line of the run of blocks [a, e) of one fate, whole or not at all. */
 static void put_run(struct explain_text *t, uint32_t bt, uint32_t capacity, const uint8_t *fates,
 		    const uint64_t *ages, size_t a, size_t e)
 {
 	uint64_t lo = UINT64_MAX, hi = 0;
+	char age[128] = "";
 
-	put(t, "blocks %zu-%zu tokens %zu-%zu: %s", a, e - 1, a * bt, e * bt - 1,
-	    kvp_fate_name((enum kvp_fate)fates[a]));
-	if (fates[a] != KVP_FATE_POOL) {
-		put(t, "\n");
-		return;
+	if (fates[a] == KVP_FATE_POOL) {
+		for (size_t i = a; i < e; i++) {
+			lo = ages[i] < lo ? ages[i] : lo;
+			hi = ages[i] > hi ? ages[i] : hi;
+		}
+		snprintf(age, sizeof(age), " age %llu-%llu (a pool %.2fx as large would hold them)",
+			 (unsigned long long)lo, (unsigned long long)hi,
+			 ((double)capacity + (double)hi + 1.0) / (double)capacity);
 	}
-	for (size_t i = a; i < e; i++) {
-		lo = ages[i] < lo ? ages[i] : lo;
-		hi = ages[i] > hi ? ages[i] : hi;
-	}
-	put(t, " age %llu-%llu (a pool %.2fx as large would hold them)\n", (unsigned long long)lo,
-	    (unsigned long long)hi, ((double)capacity + (double)hi + 1.0) / (double)capacity);
+	put(t, "blocks %zu-%zu tokens %zu-%zu: %s%s\n", a, e - 1, a * bt, e * bt - 1,
+	    kvp_fate_name((enum kvp_fate)fates[a]), age);
 }
 
 int admin_explain(struct server *s, struct kvp_key root, const uint32_t *tokens, size_t n,
