@@ -14,8 +14,11 @@
  *     add the chains of all its full blocks
  *   hit_rate = sum hit / sum input_length        (0.6504 for the shared trace)
  *
- * and the daemon's own counters (kvprefix-stat --json) must agree to the token.
- * Also: the token derivation against docs/trace-replay.md, the kvprefix CLI's JSON
+ * and the daemon's own counters (kvprefix-stat --json) must agree to the token. The
+ * replay pipelines its requests (--window, default 64 in flight); the plain replay
+ * (--window 1, a round trip at a time) must hit the very same tokens, here and where
+ * the pool is too small for the trace and the order of every LOOKUP and INSERT shows
+ * in the hit rate. Also: the token derivation against docs/trace-replay.md, the kvprefix CLI's JSON
  * output and its exit codes, and the replay tool's report of a bad trace line.
  */
 #include <criterion/criterion.h>
@@ -237,6 +240,24 @@ static void expected_from_trace(const char *path, struct expected *e)
 
 /* ---- replay of the shared trace ------------------------------------------------ */
 
+/* The JSON line (caller deletes) of kvprefix-bench replay of the shared trace with the
+ * options opts, against a daemon of its own started with args. */
+static cJSON *daemon_replay(const char *const *args, const char *opts, char *out)
+{
+	struct kvp_daemon d;
+	char cmd[1024];
+	cJSON *r;
+
+	cr_assert_eq(kvp_daemon_start(&d, args), 0, "kvprefixd did not start");
+	snprintf(cmd, sizeof(cmd), "'%s' replay --trace '%s' --socket '%s' %s 2>/dev/null",
+		 KVP_BENCH_PATH, KVP_TRACE_FILE, d.socket, opts);
+	cr_assert_eq(kvp_run_capture(cmd, out, OUT_CAP), 0, "kvprefix-bench replay %s failed",
+		     opts);
+	r = last_json_line(out);
+	cr_assert_eq(kvp_daemon_stop(&d), 0);
+	return r;
+}
+
 Test(replay, shared_trace_reaches_max_full_block_hit_rate, .timeout = 300)
 {
 	static const char *const args[] = { "--block-tokens", "512", "--capacity-blocks",
@@ -277,6 +298,8 @@ Test(replay, shared_trace_reaches_max_full_block_hit_rate, .timeout = 300)
 	r = last_json_line(out);
 	cr_log_info("replay: %.0f requests/s, %.0f tokens/s, hit rate %.6f",
 		    jnum(r, "requests_per_s"), jnum(r, "tokens_per_s"), jnum(r, "hit_rate"));
+	cr_assert(jnum(r, "window") > 1, "the replay is not pipelined: window %.0f",
+		  jnum(r, "window"));
 	cr_assert_eq((uint64_t)jnum(r, "requests"), e.requests);
 	cr_assert_eq((uint64_t)jnum(r, "input_tokens"), e.input_tokens);
 	cr_assert_eq((uint64_t)jnum(r, "hit_tokens"), e.hit_tokens,
@@ -295,11 +318,19 @@ Test(replay, shared_trace_reaches_max_full_block_hit_rate, .timeout = 300)
 	cr_assert_float_eq(jnum(s, "hit_rate"), rate, 1e-9 * rate);
 	cr_assert_eq((uint64_t)jnum(s, "evictions"), 0);
 	cr_assert_eq((uint64_t)jnum(s, "blocks_cached"), e.chains);
-
 	cJSON_Delete(s);
 	cJSON_Delete(r);
-	free(out);
 	cr_assert_eq(kvp_daemon_stop(&d), 0, "kvprefixd did not exit cleanly");
+
+	/* One round trip at a time: the same tokens hit. */
+	r = daemon_replay(args, "--window 1", out);
+	cr_log_info("replay --window 1: %.0f requests/s", jnum(r, "requests_per_s"));
+	cr_assert_eq(jnum(r, "window"), 1);
+	cr_assert_eq((uint64_t)jnum(r, "hit_tokens"), e.hit_tokens,
+		     "--window 1 hit_tokens %.0f, expected %llu", jnum(r, "hit_tokens"),
+		     (unsigned long long)e.hit_tokens);
+	cJSON_Delete(r);
+	free(out);
 }
 
 /* ---- the offline replay ------------------------------------------------------------ */
@@ -308,22 +339,22 @@ Test(replay, shared_trace_reaches_max_full_block_hit_rate, .timeout = 300)
  * trace overflows it) its LRU and reuse hit rates are the daemon's under each --eviction,
  * to the token; reuse is no worse than LRU, the bound above both at every size, and it
  * reaches the unbounded rate with room for every block. */
-/* The hit rate of the shared trace replayed against a daemon started with args. */
+/* The hit rate of the shared trace replayed against a daemon started with args, by the
+ * pipelined replay; the plain one (--window 1), on a daemon of its own, hits the same
+ * tokens: with evictions, a LOOKUP run before the INSERT ahead of it, or any other
+ * order, would show. */
 static double daemon_replay_rate(const char *const *args, char *out)
 {
-	struct kvp_daemon d;
-	char cmd[1024];
-	cJSON *r;
-	double rate;
+	cJSON *piped = daemon_replay(args, "", out);
+	cJSON *plain = daemon_replay(args, "--window 1", out);
+	double rate = jnum(piped, "hit_rate");
 
-	cr_assert_eq(kvp_daemon_start(&d, args), 0, "kvprefixd did not start");
-	snprintf(cmd, sizeof(cmd), "'%s' replay --trace '%s' --socket '%s' 2>/dev/null",
-		 KVP_BENCH_PATH, KVP_TRACE_FILE, d.socket);
-	cr_assert_eq(kvp_run_capture(cmd, out, OUT_CAP), 0, "kvprefix-bench replay failed");
-	r = last_json_line(out);
-	rate = jnum(r, "hit_rate");
-	cJSON_Delete(r);
-	cr_assert_eq(kvp_daemon_stop(&d), 0);
+	cr_assert(jnum(piped, "window") > 1 && jnum(plain, "window") == 1);
+	cr_assert_eq((uint64_t)jnum(piped, "hit_tokens"), (uint64_t)jnum(plain, "hit_tokens"),
+		     "pipelined replay hit %.0f tokens, plain %.0f", jnum(piped, "hit_tokens"),
+		     jnum(plain, "hit_tokens"));
+	cJSON_Delete(plain);
+	cJSON_Delete(piped);
 	return rate;
 }
 
@@ -482,6 +513,10 @@ Test(replay, bad_trace_line_is_reported_with_its_number, .timeout = 60)
 		 dir);
 	cr_assert_eq(kvp_run_capture(cmd, out, OUT_CAP), 2, "no --trace must be usage: %s",
 		     out);
+	snprintf(cmd, sizeof(cmd), "'%s' replay --trace '%s' --window 0 2>&1", KVP_BENCH_PATH,
+		 trace);
+	cr_assert_eq(kvp_run_capture(cmd, out, OUT_CAP), 2, "--window 0 must be usage: %s", out);
+	cr_assert(strstr(out, "--window") != NULL, "no option named in: %s", out);
 	unlink(trace);
 	rmdir(dir);
 	free(out);
