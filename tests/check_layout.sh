@@ -69,7 +69,7 @@ private_to() {
 	engine/cuda/*) echo "engine/cuda tests" ;;
 	engine/backend.h) echo "engine engine/cpu engine/cuda" ;;
 	daemon/server.h | daemon/fleet.h) echo "daemon" ;;
-	*_impl.h | *_internal.h) module_of "$1" ;;
+	*_impl.h | *_internal.h) echo "$(module_of "$1") tests" ;;
 	*) echo "" ;;
 	esac
 }
