@@ -29,6 +29,11 @@ struct lease {
 	uint64_t id;
 	struct lease *next;               /* owner's list */
 	struct lease **pprev;
+	/* a keep (KVP_CACHE_KEEP_OWNER's) only: */
+	struct lease *knext;              /* its bucket of c->keeps, by deepest node */
+	uint64_t until_ms;                /* kept until then */
+	uint32_t priority;
+	struct kvp_key group;             /* the quota group of its namespace */
 	uint32_t n;
 	struct kvp_tree_node *nodes[];    /* (n) root first */
 };
@@ -62,6 +67,9 @@ struct kvp_cache {
 	uint64_t next_lease;
 	struct kvp_cache_stats st;
 	struct kvp_diag *diag;            /* every block in and out: the miss diagnostics */
+	struct lease **keeps;             /* (n_keep_buckets) keeps by deepest node */
+	size_t n_keep_buckets;
+	uint64_t next_expiry_ms;          /* no keep expires before: UINT64_MAX when none */
 	enum kvp_gone_why gone_why;       /* why the blocks leaving now go */
 	void (*demote)(void *arg, const struct kvp_cache_block_info *b);
 	void *demote_arg;
@@ -106,8 +114,12 @@ int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
 	if (!c->owners)
 		goto out_path;
 	c->diag = kvp_diag_create(cfg->capacity_blocks, cfg->block_tokens);
-	if (!c->diag)
+	for (c->n_keep_buckets = 16; c->n_keep_buckets < cfg->capacity_blocks / 4;)
+		c->n_keep_buckets *= 2;
+	c->keeps = calloc(c->n_keep_buckets, sizeof(*c->keeps));
+	if (!c->diag || !c->keeps)
 		goto out_path;
+	c->next_expiry_ms = UINT64_MAX;
 	c->gone_why = KVP_GONE_ADMIN;
 	kvp_tree_set_watch(c->tree, watch_node, c);
 	c->next_lease = 1;
@@ -115,6 +127,8 @@ int kvp_cache_create(const struct kvp_cache_config *cfg, struct kvp_cache **out)
 	return KVP_OK;
 
 out_path:
+	kvp_diag_destroy(c->diag);
+	free(c->keeps);
 	free(c->owners);
 	free(c->path);
 	free(c->admin_ids);
@@ -153,6 +167,7 @@ void kvp_cache_destroy(struct kvp_cache *c)
 	kvp_pool_destroy(c->pool);
 	kvp_tree_destroy(c->tree);
 	kvp_diag_destroy(c->diag);
+	free(c->keeps);
 	free(c);
 }
 
@@ -247,7 +262,7 @@ static int lease_prepare(struct kvp_cache *c, uint64_t owner, size_t n, struct o
 	struct owner *o = owner_find(c, owner);
 	struct lease *l;
 
-	if (o && o->n_leases >= c->cfg.max_leases && owner != KVP_CACHE_ADMIN_OWNER)
+	if (o && o->n_leases >= c->cfg.max_leases && owner < KVP_CACHE_KEEP_OWNER)
 		return KVP_EBUSY;
 	l = malloc(sizeof(*l) + n * sizeof(l->nodes[0]));
 	if (!l)
@@ -303,11 +318,120 @@ static uint64_t lease_commit(struct kvp_cache *c, struct owner *o, struct lease 
 	return l->id;
 }
 
+/* ---- keeps: leases of KVP_CACHE_KEEP_OWNER with a lifetime and a priority ---------- */
+
+static size_t keep_bucket(const struct kvp_cache *c, const struct kvp_tree_node *deepest)
+{
+	return (size_t)(((uint64_t)(uintptr_t)deepest * 0x9E3779B97F4A7C15ull) >> 32) &
+	       (c->n_keep_buckets - 1);
+}
+
+static void keep_unlink(struct kvp_cache *c, struct lease *l)
+{
+	struct lease **pp = &c->keeps[keep_bucket(c, l->nodes[l->n - 1])];
+
+	while (*pp != l)
+		pp = &(*pp)->knext;
+	*pp = l->knext;
+}
+
+static uint32_t lease_drop(struct kvp_cache *c, struct owner *o, struct lease *l);
+
+/* Give up the keep with the lowest priority (the one expiring first among equals), of
+ * quota group *group only when group is not NULL. False when there is none. */
+static bool keep_give_up(struct kvp_cache *c, const struct kvp_key *group)
+{
+	struct owner *o = owner_find(c, KVP_CACHE_KEEP_OWNER);
+	struct lease *worst = NULL;
+
+	for (struct lease *l = o ? o->leases : NULL; l; l = l->next) {
+		if (group && !kvp_key_eq(l->group, *group))
+			continue;
+		if (!worst || l->priority < worst->priority ||
+		    (l->priority == worst->priority && l->until_ms < worst->until_ms))
+			worst = l;
+	}
+	if (!worst)
+		return false;
+	(void)lease_drop(c, o, worst);
+	if (o->n_leases == 0)
+		owner_remove(c, o);
+	c->st.keeps_given_up++;
+	return true;
+}
+
+int kvp_cache_keep(struct kvp_cache *c, struct kvp_key root, struct kvp_key group,
+		   const uint32_t *tokens, size_t n_tokens, uint64_t until_ms, uint32_t priority,
+		   uint32_t *kept)
+{
+	struct owner *o;
+	struct lease *l;
+	size_t m, b;
+	int rc;
+
+	*kept = 0;
+	if (n_tokens > c->cfg.max_tokens)
+		return KVP_ETOOBIG;
+	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
+	if (m == 0)
+		return KVP_OK;
+	b = keep_bucket(c, c->path[m - 1]);
+	for (l = c->keeps[b]; l; l = l->knext) {
+		if (l->n == m && l->nodes[m - 1] == c->path[m - 1]) {   /* kept again: longer */
+			l->until_ms = until_ms > l->until_ms ? until_ms : l->until_ms;
+			l->priority = priority > l->priority ? priority : l->priority;
+			*kept = (uint32_t)m;
+			return KVP_OK;
+		}
+	}
+	rc = lease_prepare(c, KVP_CACHE_KEEP_OWNER, m, &o, &l);
+	if (rc)
+		return rc;
+	(void)lease_commit(c, o, l, m, c->path, m);   /* room for m: l stays where it is */
+	l->until_ms = until_ms;
+	l->priority = priority;
+	l->group = group;
+	l->knext = c->keeps[b];
+	c->keeps[b] = l;
+	if (until_ms < c->next_expiry_ms)
+		c->next_expiry_ms = until_ms;
+	c->st.keeps_made++;
+	*kept = (uint32_t)m;
+	return KVP_OK;
+}
+
+size_t kvp_cache_expire(struct kvp_cache *c, uint64_t now_ms)
+{
+	struct owner *o;
+	uint64_t next = UINT64_MAX;
+	size_t n = 0;
+
+	if (now_ms < c->next_expiry_ms)
+		return 0;
+	o = owner_find(c, KVP_CACHE_KEEP_OWNER);
+	for (struct lease *l = o ? o->leases : NULL, *ln; l; l = ln) {
+		ln = l->next;
+		if (l->until_ms <= now_ms) {
+			(void)lease_drop(c, o, l);
+			n++;
+		} else if (l->until_ms < next) {
+			next = l->until_ms;
+		}
+	}
+	if (o && o->n_leases == 0)
+		owner_remove(c, o);
+	c->next_expiry_ms = next;
+	c->st.keeps_expired += n;
+	return n;
+}
+
 static uint32_t lease_drop(struct kvp_cache *c, struct owner *o, struct lease *l)
 {
 	uint32_t n = l->n;
 
 	/* deepest first, so each unpinned node turns into an evictable leaf in order */
+	if (o->id == KVP_CACHE_KEEP_OWNER)
+		keep_unlink(c, l);
 	for (uint32_t i = n; i-- > 0;)
 		unpin_node(c, l->nodes[i]);
 	*l->pprev = l->next;
@@ -388,7 +512,7 @@ int kvp_cache_lookup(struct kvp_cache *c, struct kvp_key root, const uint32_t *t
 		return KVP_EINVAL;
 	if (pin) {
 		o = owner_find(c, owner);
-		if (o && o->n_leases >= c->cfg.max_leases && owner != KVP_CACHE_ADMIN_OWNER)
+		if (o && o->n_leases >= c->cfg.max_leases && owner < KVP_CACHE_KEEP_OWNER)
 			return KVP_EBUSY;
 	}
 	m = kvp_tree_match(c->tree, root, tokens, n_tokens, c->path, c->path_cap);
@@ -541,6 +665,8 @@ static int take_block(struct kvp_cache *c, struct kvp_key group, uint32_t pendin
 			c->st.quota_evictions++;
 		}
 		rc = kvp_tree_evict_group(c->tree, group, &victim);
+		while (rc && keep_give_up(c, &group))   /* nothing else of its own to give */
+			rc = kvp_tree_evict_group(c->tree, group, &victim);
 		c->gone_why = KVP_GONE_ADMIN;
 		if (rc) {
 			c->st.quota_refusals++;
@@ -557,6 +683,8 @@ static int take_block(struct kvp_cache *c, struct kvp_key group, uint32_t pendin
 
 		c->gone_why = KVP_GONE_POOL;
 		rc = kvp_tree_evict(c->tree, &victim);
+		while (rc && keep_give_up(c, NULL))   /* nothing left but kept blocks */
+			rc = kvp_tree_evict(c->tree, &victim);
 		c->gone_why = KVP_GONE_ADMIN;
 		if (rc)
 			return KVP_EFULL;
@@ -1063,7 +1191,10 @@ size_t kvp_cache_diag_bytes(const struct kvp_cache *c)
 
 void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st)
 {
+	const struct owner *keep = owner_find(c, KVP_CACHE_KEEP_OWNER);
+
 	*st = c->st;
+	st->keeps_active = keep ? keep->n_leases : 0;
 	st->pool = kvp_pool_counts(c->pool);
 	st->tree_nodes = kvp_tree_size(c->tree);
 	st->diag_bytes = kvp_diag_bytes(c->diag);

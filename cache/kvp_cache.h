@@ -42,6 +42,9 @@ struct kvp_cache_config {
 
 /* The owner of administrative pins (kvp_cache_admin_pin): never a connection. */
 #define KVP_CACHE_ADMIN_OWNER UINT64_MAX
+/* The owner of keeps (kvp_cache_keep): never a connection. Owners from here up have no
+ * lease limit. */
+#define KVP_CACHE_KEEP_OWNER (UINT64_MAX - 1)
 
 /*
  * What became of each block of a query (miss diagnostics). A query's tokens are split
@@ -114,8 +117,12 @@ struct kvp_cache_stats {
 	uint64_t quota_evictions;   /* of those, a namespace at its quota giving up its own */
 	uint64_t quota_refusals;    /* blocks refused: namespace at quota, nothing of its own
 	                               to give up */
-	uint64_t leases_active;
+	uint64_t leases_active;     /* connections', admin pins and keeps */
 	uint64_t leases_total;
+	uint64_t keeps_active;      /* kvp_cache_keep's prefixes kept now */
+	uint64_t keeps_made;
+	uint64_t keeps_expired;     /* let go at their time (kvp_cache_expire) */
+	uint64_t keeps_given_up;    /* let go early: nothing else could make room */
 	struct kvp_pool_counts pool;
 	size_t tree_nodes;
 	size_t diag_bytes;          /* kvp_cache_diag_bytes */
@@ -161,6 +168,28 @@ int kvp_cache_admin_pin(struct kvp_cache *c, struct kvp_key root, const uint32_t
 			size_t n_tokens, uint32_t *pinned);
 int kvp_cache_admin_unpin(struct kvp_cache *c, struct kvp_key root, const uint32_t *tokens,
 			  size_t n_tokens, uint32_t *unpinned);
+
+/*
+ * Keeps: a prefix pinned until a time, with a priority (INSERT and GENERATE with KEEP).
+ * keep pins the cached prefix of tokens in namespace root (quota group group) until
+ * until_ms (the caller's clock, milliseconds: the daemon's is CLOCK_MONOTONIC, a test's
+ * anything); *kept gets its blocks (0: nothing cached, no keep made). The same prefix
+ * kept again keeps its one keep, until the later time and at the higher priority. A
+ * kept block is never evicted while a block nobody pins can go; when nothing else can
+ * (the pool, or a group at its tenant quota, full of pinned blocks), the keep with the
+ * lowest priority goes first (the one expiring first among equals; for a group at its
+ * quota, one of that group's own keeps), its blocks evicted the usual way. Kept blocks
+ * count toward their group's quota. KVP_ETOOBIG (n_tokens > max_tokens), KVP_ENOMEM.
+ * O(1) but for the match; giving a keep up is O(keeps).
+ *
+ * expire lets go of every keep whose time is at or before now_ms (its blocks stay
+ * cached, evictable as any other); returns how many. O(1) until the first keep is due,
+ * then O(keeps).
+ */
+int kvp_cache_keep(struct kvp_cache *c, struct kvp_key root, struct kvp_key group,
+		   const uint32_t *tokens, size_t n_tokens, uint64_t until_ms, uint32_t priority,
+		   uint32_t *kept);
+size_t kvp_cache_expire(struct kvp_cache *c, uint64_t now_ms);
 
 /* Every admin pin: fn(arg, root, group, tokens, n_tokens) with its namespace, quota
  * group and prefix (its blocks' tokens end to end; valid during the call). What a stop
