@@ -120,12 +120,36 @@ static void check_tokens_req(const uint8_t *p, size_t n, uint8_t *out)
 
 	if (kvp_tokens_req_decode(p, n, MAX_TOKENS, &m) != 0)
 		return;
-	if (m.n_tokens > MAX_TOKENS || kvp_tokens_req_size(m.n_tokens) != n)
-		die("tokens req: count or size", p, n);
+	if (m.n_tokens > MAX_TOKENS || (m.flags & ~KVP_LOOKUP_FLAGS_KNOWN) || m.keep_s ||
+	    m.priority || kvp_tokens_req_size(m.n_tokens) != n)
+		die("tokens req: count, flags or size", p, n);
 	ids = load_ids(m.tokens, m.n_tokens);
 	same("tokens req", kvp_tokens_req_encode(out, n, m.flags, ids, m.n_tokens), out, p, n);
 	if (kvp_tokens_req_encode(out, n - 1, m.flags, ids, m.n_tokens) != 0)
 		die("tokens req: short cap accepted", p, n);
+	free(ids);
+}
+
+/* INSERT's decoder: KEEP's keep_s and priority after the tokens. */
+static void check_insert_req(const uint8_t *p, size_t n, uint8_t *out)
+{
+	struct kvp_tokens_req m;
+	uint32_t *ids;
+
+	if (kvp_tokens_req_decode_insert(p, n, MAX_TOKENS, &m) != 0)
+		return;
+	if (m.n_tokens > MAX_TOKENS || (m.flags & ~KVP_INSERT_FLAGS_KNOWN) ||
+	    kvp_tokens_req_size_flags(m.n_tokens, m.flags) != n)
+		die("insert req: count, flags or size", p, n);
+	if ((m.flags & KVP_F_KEEP) ? m.keep_s == 0 || m.keep_s > KVP_KEEP_MAX_S
+				   : m.keep_s || m.priority)
+		die("insert req: keep_s or priority", p, n);
+	ids = load_ids(m.tokens, m.n_tokens);
+	same("insert req", kvp_tokens_req_encode_keep(out, n, m.flags, ids, m.n_tokens, m.keep_s,
+						      m.priority), out, p, n);
+	if (kvp_tokens_req_encode_keep(out, n - 1, m.flags, ids, m.n_tokens, m.keep_s,
+				       m.priority) != 0)
+		die("insert req: short cap accepted", p, n);
 	free(ids);
 }
 
@@ -182,21 +206,29 @@ static void check_generate_req(const uint8_t *p, size_t n, uint8_t *out)
 {
 	struct kvp_generate_req m;
 	uint32_t *stop, *toks;
-	size_t head;
+	size_t head, tail;
 
 	if (kvp_generate_req_decode(p, n, MAX_TOKENS, &m) != 0)
 		return;
 	if (m.n_tokens == 0 || m.n_tokens > MAX_TOKENS || m.n_stop > KVP_STOP_MAX ||
-	    kvp_generate_req_size(m.n_stop, m.n_tokens) != n)
+	    kvp_generate_req_size_flags(m.n_stop, m.n_tokens, m.flags) != n)
 		die("generate req: counts or size", p, n);
+	if ((m.flags & KVP_GEN_KEEP) ? m.keep_s == 0 || m.keep_s > KVP_KEEP_MAX_S
+				     : m.keep_s || m.priority)
+		die("generate req: keep_s or priority", p, n);
 	stop = load_ids(m.stop, m.n_stop);
 	toks = load_ids(m.tokens, m.n_tokens);
 	same("generate req", kvp_generate_req_encode(out, n, &m, stop, toks), out, p, n);
 	if (kvp_generate_req_encode(out, n - 1, &m, stop, toks) != 0)
 		die("generate req: short cap accepted", p, n);
+	/* head, tokens, tail: the tail is what follows the tokens */
+	tail = kvp_generate_req_tail_size(&m);
 	head = kvp_generate_req_encode_head(out, n, &m, stop);
-	if (head != n - (size_t)m.n_tokens * 4 || memcmp(out, p, head) != 0)
+	if (head != n - (size_t)m.n_tokens * 4 - tail || memcmp(out, p, head) != 0)
 		die("generate req: head", p, n);
+	if (kvp_generate_req_encode_tail(out, n, &m) != tail ||
+	    (tail && memcmp(out, p + n - tail, tail) != 0))
+		die("generate req: tail", p, n);
 	free(stop);
 	free(toks);
 }
@@ -284,6 +316,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_hello(p, n, out);
 	check_hello_reply(p, n, out);
 	check_tokens_req(p, n, out);
+	check_insert_req(p, n, out);
 	check_blocks_reply(p, n, out);
 	check_scalars(p, n, out);
 	check_error(p, n, out);

@@ -42,7 +42,6 @@
 
 #define HELLO_FLAGS_KNOWN 0u
 #define HELLO_REPLY_FLAGS_KNOWN KVP_HELLO_INDEX_ONLY
-#define TOKENS_FLAGS_KNOWN KVP_F_PIN
 
 /* ---- little-endian arrays (scalars: kvp_le.h) -------------------------------- */
 
@@ -325,36 +324,97 @@ int kvp_hello_reply_decode(const uint8_t *p, size_t n, struct kvp_hello_reply *m
 
 /* ---- LOOKUP / INSERT requests ---------------------------------------------------------- */
 
+/* keep_s in its range: KVP_EINVAL or 0. */
+static int keep_check(uint32_t keep_s)
+{
+	return keep_s == 0 || keep_s > KVP_KEEP_MAX_S ? KVP_EINVAL : 0;
+}
+
+/* keep_s and priority as a request with or without KEEP has them: with, keep_s in
+ * range; without, both 0. For the encoders. */
+static bool keep_fields_ok(bool keep, uint32_t keep_s, uint32_t priority)
+{
+	return keep ? keep_check(keep_s) == 0 : keep_s == 0 && priority == 0;
+}
+
+/* Read keep_s and priority when the flags say they are there; else set both 0. */
+static bool rd_keep(struct rd *r, bool keep, uint32_t *keep_s, uint32_t *priority)
+{
+	*keep_s = *priority = 0;
+	return !keep || (rd_u32(r, keep_s) && rd_u32(r, priority));
+}
+
 size_t kvp_tokens_req_size(uint32_t n_tokens)
 {
 	return TOKENS_REQ_FIXED + (size_t)n_tokens * 4;
 }
 
-size_t kvp_tokens_req_encode(uint8_t *out, size_t cap, uint32_t flags, const uint32_t *tokens,
-			     uint32_t n_tokens)
+size_t kvp_tokens_req_size_flags(uint32_t n_tokens, uint32_t flags)
 {
-	if ((flags & ~TOKENS_FLAGS_KNOWN) || cap < TOKENS_REQ_FIXED ||
-	    (cap - TOKENS_REQ_FIXED) / 4 < n_tokens)
+	return kvp_tokens_req_size(n_tokens) + (flags & KVP_F_KEEP ? KVP_KEEP_SIZE : 0);
+}
+
+size_t kvp_tokens_req_encode_keep(uint8_t *out, size_t cap, uint32_t flags,
+				  const uint32_t *tokens, uint32_t n_tokens, uint32_t keep_s,
+				  uint32_t priority)
+{
+	const bool keep = flags & KVP_F_KEEP;
+	const size_t tail = keep ? KVP_KEEP_SIZE : 0;
+	uint8_t *p;
+
+	if ((flags & ~KVP_INSERT_FLAGS_KNOWN) || !keep_fields_ok(keep, keep_s, priority) ||
+	    cap < TOKENS_REQ_FIXED + tail || (cap - TOKENS_REQ_FIXED - tail) / 4 < n_tokens)
 		return 0;
 	kvp_le_put_u32(out, flags);
 	kvp_le_put_u32(out + 4, n_tokens);
 	kvp_store_u32s(out + TOKENS_REQ_FIXED, tokens, n_tokens);
-	return kvp_tokens_req_size(n_tokens);
+	p = out + TOKENS_REQ_FIXED + (size_t)n_tokens * 4;
+	if (keep) {
+		kvp_le_put_u32(p, keep_s);
+		kvp_le_put_u32(p + 4, priority);
+	}
+	return kvp_tokens_req_size_flags(n_tokens, flags);
+}
+
+size_t kvp_tokens_req_encode(uint8_t *out, size_t cap, uint32_t flags, const uint32_t *tokens,
+			     uint32_t n_tokens)
+{
+	if (flags & ~KVP_LOOKUP_FLAGS_KNOWN)
+		return 0;
+	return kvp_tokens_req_encode_keep(out, cap, flags, tokens, n_tokens, 0, 0);
+}
+
+/* LOOKUP's and INSERT's decoder: the flags of known; keep_s and priority follow the
+ * tokens when KVP_F_KEEP is one of them and is set. */
+static int tokens_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens, uint32_t known,
+			     struct kvp_tokens_req *m)
+{
+	struct rd r = { p, n };
+
+	m->keep_s = m->priority = 0;
+	if (!rd_u32(&r, &m->flags) || !rd_u32(&r, &m->n_tokens) ||
+	    !rd_u32_array(&r, m->n_tokens, &m->tokens) ||
+	    !rd_keep(&r, m->flags & known & KVP_F_KEEP, &m->keep_s, &m->priority) || r.left != 0)
+		return KVP_EPROTO;
+	if (m->flags & ~known)
+		return KVP_EINVAL;
+	if ((m->flags & KVP_F_KEEP) && keep_check(m->keep_s) < 0)
+		return KVP_EINVAL;
+	if (m->n_tokens > max_tokens)
+		return KVP_ETOOBIG;
+	return 0;
 }
 
 int kvp_tokens_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
 			  struct kvp_tokens_req *m)
 {
-	struct rd r = { p, n };
+	return tokens_req_decode(p, n, max_tokens, KVP_LOOKUP_FLAGS_KNOWN, m);
+}
 
-	if (!rd_u32(&r, &m->flags) || !rd_u32(&r, &m->n_tokens) ||
-	    !rd_u32_array(&r, m->n_tokens, &m->tokens) || r.left != 0)
-		return KVP_EPROTO;
-	if (m->flags & ~TOKENS_FLAGS_KNOWN)
-		return KVP_EINVAL;
-	if (m->n_tokens > max_tokens)
-		return KVP_ETOOBIG;
-	return 0;
+int kvp_tokens_req_decode_insert(const uint8_t *p, size_t n, uint32_t max_tokens,
+				 struct kvp_tokens_req *m)
+{
+	return tokens_req_decode(p, n, max_tokens, KVP_INSERT_FLAGS_KNOWN, m);
 }
 
 /* ---- LOOKUP / INSERT replies -------------------------------------------------------------- */
@@ -548,6 +608,8 @@ static int generate_values_check(const struct kvp_generate_req *m)
 		return KVP_EINVAL;
 	if (m->n_stop > KVP_STOP_MAX || m->n_tokens == 0)
 		return KVP_EINVAL;
+	if ((m->flags & KVP_GEN_KEEP) && keep_check(m->keep_s) < 0)
+		return KVP_EINVAL;
 	return 0;
 }
 
@@ -556,12 +618,19 @@ size_t kvp_generate_req_size(uint32_t n_stop, uint32_t n_tokens)
 	return GEN_REQ_FIXED + ((size_t)n_stop + n_tokens) * 4;
 }
 
+size_t kvp_generate_req_size_flags(uint32_t n_stop, uint32_t n_tokens, uint32_t flags)
+{
+	return kvp_generate_req_size(n_stop, n_tokens) +
+	       (flags & KVP_GEN_KEEP ? KVP_KEEP_SIZE : 0);
+}
+
 size_t kvp_generate_req_encode_head(uint8_t *out, size_t cap, const struct kvp_generate_req *m,
 				    const uint32_t *stop)
 {
 	size_t need;
 
-	if ((m->flags & ~KVP_GEN_FLAGS_KNOWN) || generate_values_check(m) < 0)
+	if ((m->flags & ~KVP_GEN_FLAGS_KNOWN) || generate_values_check(m) < 0 ||
+	    !keep_fields_ok(m->flags & KVP_GEN_KEEP, m->keep_s, m->priority))
 		return 0;
 	need = GEN_REQ_FIXED + (size_t)m->n_stop * 4;   /* n_stop <= KVP_STOP_MAX here */
 	if (cap < need)
@@ -578,15 +647,32 @@ size_t kvp_generate_req_encode_head(uint8_t *out, size_t cap, const struct kvp_g
 	return need;
 }
 
+size_t kvp_generate_req_tail_size(const struct kvp_generate_req *m)
+{
+	return m->flags & KVP_GEN_KEEP ? KVP_KEEP_SIZE : 0;
+}
+
+size_t kvp_generate_req_encode_tail(uint8_t *out, size_t cap, const struct kvp_generate_req *m)
+{
+	if (!(m->flags & KVP_GEN_KEEP) || cap < KVP_KEEP_SIZE)
+		return 0;
+	kvp_le_put_u32(out, m->keep_s);
+	kvp_le_put_u32(out + 4, m->priority);
+	return KVP_KEEP_SIZE;
+}
+
 size_t kvp_generate_req_encode(uint8_t *out, size_t cap, const struct kvp_generate_req *m,
 			       const uint32_t *stop, const uint32_t *tokens)
 {
 	size_t head = kvp_generate_req_encode_head(out, cap, m, stop);
+	size_t tail = kvp_generate_req_tail_size(m), body;
 
-	if (head == 0 || (cap - head) / 4 < m->n_tokens)
+	if (head == 0 || cap - head < tail || (cap - head - tail) / 4 < m->n_tokens)
 		return 0;
+	body = head + (size_t)m->n_tokens * 4;
 	kvp_store_u32s(out + head, tokens, m->n_tokens);
-	return head + (size_t)m->n_tokens * 4;
+	kvp_generate_req_encode_tail(out + body, cap - body, m);
+	return body + tail;
 }
 
 int kvp_generate_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
@@ -595,12 +681,13 @@ int kvp_generate_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
 	struct rd r = { p, n };
 	int rc;
 
+	m->keep_s = m->priority = 0;
 	if (!rd_u32(&r, &m->flags) || !rd_u32(&r, &m->max_new) ||
 	    !rd_f32(&r, &m->temperature) || !rd_u32(&r, &m->top_k) ||
 	    !rd_f32(&r, &m->top_p) || !rd_u64(&r, &m->seed) ||
 	    !rd_u32(&r, &m->n_stop) || !rd_u32_array(&r, m->n_stop, &m->stop) ||
 	    !rd_u32(&r, &m->n_tokens) || !rd_u32_array(&r, m->n_tokens, &m->tokens) ||
-	    r.left != 0)
+	    !rd_keep(&r, m->flags & KVP_GEN_KEEP, &m->keep_s, &m->priority) || r.left != 0)
 		return KVP_EPROTO;
 	if (m->flags & ~KVP_GEN_FLAGS_KNOWN)
 		return KVP_EINVAL;

@@ -104,19 +104,53 @@ size_t kvp_hello_reply_size(const struct kvp_hello_reply *m);
 size_t kvp_hello_reply_encode(uint8_t *out, size_t cap, const struct kvp_hello_reply *m);
 int kvp_hello_reply_decode(const uint8_t *p, size_t n, struct kvp_hello_reply *m);
 
-/* LOOKUP and INSERT requests: u32 flags, u32 n_tokens, n_tokens x u32 token.
- * Decode: KVP_EPROTO unless n == 8 + 4 * n_tokens, KVP_ETOOBIG when n_tokens >
- * max_tokens, KVP_EINVAL for unknown flags. tokens points at little-endian bytes. */
+/*
+ * LOOKUP and INSERT requests:
+ *
+ *   off    size  field
+ *    0      4    flags      KVP_F_PIN; INSERT also KVP_F_KEEP; other bits reserved
+ *    4      4    n_tokens   T
+ *    8     4T    tokens
+ *    8+4T   4    keep_s     with KVP_F_KEEP only: 1 .. KVP_KEEP_MAX_S
+ *   12+4T   4    priority   with KVP_F_KEEP only: any value
+ *
+ * Size 8 + 4T, or 16 + 4T with KVP_F_KEEP. Decode: KVP_EPROTO unless n is the size the
+ * flags say (a LOOKUP's KVP_F_KEEP is a reserved bit, so its layout is 8 + 4T); then
+ * KVP_EINVAL for reserved flag bits; then KVP_EINVAL for keep_s 0 or over
+ * KVP_KEEP_MAX_S; then KVP_ETOOBIG when T > max_tokens. Whenever the layout is sound
+ * every field is filled (keep_s and priority 0 without KVP_F_KEEP), so the daemon can
+ * tell reserved bits (m->flags & ~KVP_INSERT_FLAGS_KNOWN) from a keep_s out of range.
+ * tokens points at little-endian bytes inside the input.
+ */
+#define KVP_LOOKUP_FLAGS_KNOWN KVP_F_PIN                   /* LOOKUP's flags (and FLEET's: none) */
+#define KVP_INSERT_FLAGS_KNOWN (KVP_F_PIN | KVP_F_KEEP)    /* INSERT's */
+#define KVP_KEEP_SIZE 8u                                  /* bytes of keep_s and priority */
 struct kvp_tokens_req {
 	uint32_t flags;
 	uint32_t n_tokens;
 	const uint8_t *tokens;
+	uint32_t keep_s;     /* KVP_F_KEEP: seconds to keep the blocks for; else 0 */
+	uint32_t priority;   /* KVP_F_KEEP: the lowest is given up first; else 0 */
 };
+/* The size of a request without KVP_F_KEEP, 8 + 4T; of any, by its flags. */
 size_t kvp_tokens_req_size(uint32_t n_tokens);
+size_t kvp_tokens_req_size_flags(uint32_t n_tokens, uint32_t flags);
+/* A LOOKUP (or an INSERT without KEEP): 0 for flags other than KVP_F_PIN, or a short
+ * cap. */
 size_t kvp_tokens_req_encode(uint8_t *out, size_t cap, uint32_t flags, const uint32_t *tokens,
 			     uint32_t n_tokens);
+/* An INSERT: flags of KVP_INSERT_FLAGS_KNOWN; with KVP_F_KEEP, keep_s and priority
+ * follow the tokens. 0 (nothing usable written) for a reserved flag bit, keep_s out of
+ * range with KVP_F_KEEP, keep_s or priority not 0 without it, or a short cap. */
+size_t kvp_tokens_req_encode_keep(uint8_t *out, size_t cap, uint32_t flags,
+				  const uint32_t *tokens, uint32_t n_tokens, uint32_t keep_s,
+				  uint32_t priority);
+/* LOOKUP's decoder (FLEET's too): KVP_F_KEEP is a reserved bit. */
 int kvp_tokens_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
 			  struct kvp_tokens_req *m);
+/* INSERT's decoder: KVP_F_PIN and KVP_F_KEEP. */
+int kvp_tokens_req_decode_insert(const uint8_t *p, size_t n, uint32_t max_tokens,
+				 struct kvp_tokens_req *m);
 
 /* FLEET (version 4) takes a LOOKUP's request. Its reply: u32 prompt_tokens, u32 n, then
  * n x {u32 matched_tokens, u32 name_len (<= KVP_NAME_MAX), name bytes}, one per engine
@@ -173,24 +207,27 @@ int kvp_error_decode(const uint8_t *p, size_t n, struct kvp_error *m);
 /*
  * GENERATE request:
  *
- *   off   size  field
- *    0     4    flags        KVP_GEN_LOGITS; other bits reserved
- *    4     4    max_new      0 .. KVP_GEN_MAX_NEW
- *    8     4    temperature  f32 (IEEE-754 bits), finite and >= 0; 0 = greedy
- *   12     4    top_k        0 = off
- *   16     4    top_p        f32 in (0, 1]; 1 = off
- *   20     8    seed
- *   28     4    n_stop       S <= KVP_STOP_MAX
- *   32    4S    stop         stop token ids
- *   32+4S  4    n_tokens     T, 1 .. max_tokens
- *   36+4S 4T    tokens       prompt token ids
+ *   off    size  field
+ *    0      4    flags        KVP_GEN_LOGITS, KVP_GEN_KEEP; other bits reserved
+ *    4      4    max_new      0 .. KVP_GEN_MAX_NEW
+ *    8      4    temperature  f32 (IEEE-754 bits), finite and >= 0; 0 = greedy
+ *   12      4    top_k        0 = off
+ *   16      4    top_p        f32 in (0, 1]; 1 = off
+ *   20      8    seed
+ *   28      4    n_stop       S <= KVP_STOP_MAX
+ *   32     4S    stop         stop token ids
+ *   32+4S   4    n_tokens     T, 1 .. max_tokens
+ *   36+4S  4T    tokens       prompt token ids
+ *   36+4S+4T 4   keep_s       with KVP_GEN_KEEP only: 1 .. KVP_KEEP_MAX_S
+ *   40+4S+4T 4   priority     with KVP_GEN_KEEP only: any value
  *
- * Decode: KVP_EPROTO unless n == 36 + 4 * (S + T); then KVP_EINVAL for reserved flag
- * bits, then KVP_EINVAL for a value out of range (max_new, temperature, top_p, n_stop,
- * n_tokens 0), then KVP_ETOOBIG when T > max_tokens. Whenever the layout is sound
- * every field is filled, so the daemon can name the count it refuses (and tell flags,
- * m->flags & ~KVP_GEN_FLAGS_KNOWN, from other values). stop and tokens point at
- * little-endian bytes inside the input.
+ * Decode: KVP_EPROTO unless n == 36 + 4 * (S + T), plus KVP_KEEP_SIZE with
+ * KVP_GEN_KEEP; then KVP_EINVAL for reserved flag bits, then KVP_EINVAL for a value out
+ * of range (max_new, temperature, top_p, n_stop, n_tokens 0, keep_s 0 or over
+ * KVP_KEEP_MAX_S), then KVP_ETOOBIG when T > max_tokens. Whenever the layout is sound
+ * every field is filled (keep_s and priority 0 without KVP_GEN_KEEP), so the daemon can
+ * name the count it refuses (and tell flags, m->flags & ~KVP_GEN_FLAGS_KNOWN, from
+ * other values). stop and tokens point at little-endian bytes inside the input.
  */
 struct kvp_generate_req {
 	uint32_t flags;
@@ -203,16 +240,30 @@ struct kvp_generate_req {
 	const uint8_t *stop;
 	uint32_t n_tokens;
 	const uint8_t *tokens;
+	uint32_t keep_s;     /* KVP_GEN_KEEP: seconds to keep the prompt's blocks for; else 0 */
+	uint32_t priority;   /* KVP_GEN_KEEP: the lowest is given up first; else 0 */
 };
+/* The size of a request without KVP_GEN_KEEP; of any, by its flags. */
 size_t kvp_generate_req_size(uint32_t n_stop, uint32_t n_tokens);
+size_t kvp_generate_req_size_flags(uint32_t n_stop, uint32_t n_tokens, uint32_t flags);
 /* Encoders refuse (0) whatever the decoder refuses, except T > max_tokens, which they
- * cannot know. m->stop and m->tokens are ignored: the ids come from stop / tokens. */
+ * cannot know, and keep_s or priority not 0 without KVP_GEN_KEEP. m->stop and
+ * m->tokens are ignored: the ids come from stop / tokens. */
 size_t kvp_generate_req_encode(uint8_t *out, size_t cap, const struct kvp_generate_req *m,
 			       const uint32_t *stop, const uint32_t *tokens);
-/* Everything before the prompt tokens (36 + 4 * S bytes: the fields, the stop ids and
- * n_tokens), for a sender that gathers the tokens from elsewhere (writev). */
+/*
+ * For a sender that gathers the prompt tokens from elsewhere (writev), the payload in
+ * three parts: the head, everything before the tokens (36 + 4 * S bytes: the fields,
+ * the stop ids and n_tokens); the T tokens, 4 * T bytes; the tail, everything after
+ * them: keep_s and priority with KVP_GEN_KEEP (KVP_KEEP_SIZE bytes), else nothing.
+ * encode_head refuses what kvp_generate_req_encode refuses (but a short cap for the
+ * tokens and tail). encode_tail returns the tail's bytes, kvp_generate_req_tail_size(m):
+ * 0 without KVP_GEN_KEEP; KVP_KEEP_SIZE with it, or 0 when cap is short.
+ */
 size_t kvp_generate_req_encode_head(uint8_t *out, size_t cap, const struct kvp_generate_req *m,
 				    const uint32_t *stop);
+size_t kvp_generate_req_tail_size(const struct kvp_generate_req *m);
+size_t kvp_generate_req_encode_tail(uint8_t *out, size_t cap, const struct kvp_generate_req *m);
 int kvp_generate_req_decode(const uint8_t *p, size_t n, uint32_t max_tokens,
 			    struct kvp_generate_req *m);
 

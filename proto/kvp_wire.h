@@ -51,11 +51,17 @@ enum kvp_frame_type {
 /* ---- LOOKUP / INSERT -------------------------------------------------------------------- */
 
 #define KVP_F_PIN 0x1u              /* pin the resulting blocks under a new lease */
+#define KVP_F_KEEP 0x2u             /* INSERT only (reserved in LOOKUP): keep the blocks */
+
+/* INSERT's KVP_F_KEEP and GENERATE's KVP_GEN_KEEP: u32 keep_s (1 .. KVP_KEEP_MAX_S, a
+ * week) and u32 priority (lower is given up first) follow the tokens. */
+#define KVP_KEEP_MAX_S 604800u
 
 /* ---- GENERATE ----------------------------------------------------------------------------- */
 
 #define KVP_GEN_LOGITS 0x1u         /* return the logits of the last prompt position */
-#define KVP_GEN_FLAGS_KNOWN KVP_GEN_LOGITS
+#define KVP_GEN_KEEP 0x2u           /* keep the prompt's blocks (as INSERT's KVP_F_KEEP) */
+#define KVP_GEN_FLAGS_KNOWN (KVP_GEN_LOGITS | KVP_GEN_KEEP)
 #define KVP_STOP_MAX 64u            /* stop token ids in one request */
 #define KVP_GEN_MAX_NEW (1u << 20)  /* largest max_new */
 

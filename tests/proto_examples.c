@@ -402,7 +402,8 @@ static void chk_hello_reply_engine(const uint8_t *p, size_t n)
 
 static size_t enc_generate(uint8_t *out, size_t cap)
 {
-	struct kvp_generate_req m = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 1, NULL, 6, NULL };
+	struct kvp_generate_req m = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 1, NULL, 6, NULL,
+				      0, 0 };
 
 	return kvp_generate_req_encode(out, cap, &m, gx_stop, gx_prompt);
 }

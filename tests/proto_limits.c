@@ -71,6 +71,13 @@ Test(truncate, every_message_at_every_length)
 	check_exact_length("LOOKUP/INSERT", pt_dec_tokens, buf, n);
 	n = kvp_tokens_req_encode(buf, sizeof(buf), 0, NULL, 0);
 	check_exact_length("LOOKUP/INSERT (no tokens)", pt_dec_tokens, buf, n);
+	n = kvp_tokens_req_encode_keep(buf, sizeof(buf), KVP_F_PIN | KVP_F_KEEP, pt_ex_tokens, 10,
+				       3600, 7);
+	check_exact_length("INSERT (KEEP)", pt_dec_insert, buf, n);
+	n = kvp_tokens_req_encode_keep(buf, sizeof(buf), KVP_F_KEEP, NULL, 0, 1, 0);
+	check_exact_length("INSERT (KEEP, no tokens)", pt_dec_insert, buf, n);
+	n = kvp_tokens_req_encode(buf, sizeof(buf), KVP_F_PIN, pt_ex_tokens, 10);
+	check_exact_length("INSERT (no KEEP)", pt_dec_insert, buf, n);
 	n = kvp_blocks_reply_encode(buf, sizeof(buf), &br, ids);
 	check_exact_length("LOOKUP/INSERT reply", pt_dec_blocks, buf, n);
 	n = kvp_blocks_reply_encode(buf, sizeof(buf), &br0, NULL);
@@ -84,8 +91,9 @@ Test(truncate, every_message_at_every_length)
 	n = kvp_error_encode(buf, sizeof(buf), KVP_EFULL, "");
 	check_exact_length("ERROR (no message)", pt_dec_error, buf, n);
 
-	struct kvp_generate_req g = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 3, NULL, 10, NULL };
-	struct kvp_generate_req g0 = { 0, 0, 0.0f, 0, 1.0f, 0, 0, NULL, 1, NULL };
+	struct kvp_generate_req g = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 3, NULL, 10, NULL,
+				      0, 0 };
+	struct kvp_generate_req g0 = { 0, 0, 0.0f, 0, 1.0f, 0, 0, NULL, 1, NULL, 0, 0 };
 	struct kvp_generate_done d = { 10, 8, 2, 4, KVP_FINISH_LENGTH, 5, 6, 7, 8, NULL };
 	struct kvp_generate_done d0 = { 10, 8, 2, 4, KVP_FINISH_CONTEXT, 5, 6, 7, 0, NULL };
 
@@ -93,6 +101,11 @@ Test(truncate, every_message_at_every_length)
 	check_exact_length("GENERATE", pt_dec_generate, buf, n);
 	n = kvp_generate_req_encode(buf, sizeof(buf), &g0, NULL, pt_ex_tokens);
 	check_exact_length("GENERATE (no stop ids, one token)", pt_dec_generate, buf, n);
+	g.flags |= KVP_GEN_KEEP;
+	g.keep_s = KVP_KEEP_MAX_S;
+	g.priority = UINT32_MAX;
+	n = kvp_generate_req_encode(buf, sizeof(buf), &g, ids, pt_ex_tokens);
+	check_exact_length("GENERATE (KEEP)", pt_dec_generate, buf, n);
 	n = kvp_token_chunk_encode(buf, sizeof(buf), ids, 5);
 	check_exact_length("GENERATE tokens", pt_dec_chunk, buf, n);
 	n = kvp_token_chunk_encode(buf, sizeof(buf), NULL, 0);
@@ -298,7 +311,7 @@ Test(limits, unknown_flags)
 	uint8_t *b;
 	struct kvp_tokens_req tr;
 
-	/* LOOKUP/INSERT: only PIN */
+	/* LOOKUP: only PIN (KEEP is INSERT's: proto_keep.c) */
 	cr_assert_eq(kvp_tokens_req_encode(buf, sizeof(buf), 2, pt_ex_tokens, 1), 0);
 	n = kvp_tokens_req_encode(buf, sizeof(buf), KVP_F_PIN, pt_ex_tokens, 1);
 	for (int bit = 1; bit < 32; bit++) {
@@ -335,7 +348,8 @@ Test(limits, unknown_flags)
 static size_t generate_base(uint8_t *buf, size_t cap)
 {
 	static const uint32_t stop[2] = { 2, 9 };
-	struct kvp_generate_req g = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 2, NULL, 5, NULL };
+	struct kvp_generate_req g = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 2, NULL, 5, NULL,
+				      0, 0 };
 	size_t n = kvp_generate_req_encode(buf, cap, &g, stop, pt_ex_tokens);
 
 	cr_assert_eq(n, 64);
@@ -372,7 +386,7 @@ Test(limits, generate_bad_temperature)
 	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct kvp_generate_req e = { 0, 1, pt_bitsf(bad[i]), 0, 1.0f, 0, 0, NULL, 1,
-					      NULL };
+					      NULL, 0, 0 };
 
 		pt_put32(buf + 8, bad[i]);
 		cr_assert_eq(generate_decode_copy(buf, n, 5, &m), KVP_EINVAL, "bits 0x%08x",
@@ -407,7 +421,7 @@ Test(limits, generate_bad_top_p)
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct kvp_generate_req e = { 0, 1, 0.0f, 0, pt_bitsf(bad[i]), 0, 0, NULL, 1,
-					      NULL };
+					      NULL, 0, 0 };
 
 		pt_put32(buf + 16, bad[i]);
 		cr_assert_eq(generate_decode_copy(buf, n, 5, &m), KVP_EINVAL, "top_p bits 0x%08x",
@@ -437,7 +451,7 @@ Test(limits, generate_max_new_and_counts)
 	cr_assert_eq(generate_decode_copy(buf, n, 5, &m), 0, "max_new 0: prefill only");
 
 	/* n_stop 64 is the most; 65, with all its bytes present, is out of range. */
-	struct kvp_generate_req g = { 0, 4, 0.0f, 0, 1.0f, 0, KVP_STOP_MAX, NULL, 1, NULL };
+	struct kvp_generate_req g = { 0, 4, 0.0f, 0, 1.0f, 0, KVP_STOP_MAX, NULL, 1, NULL, 0, 0 };
 
 	n = kvp_generate_req_encode(buf, sizeof(buf), &g, stop, pt_ex_tokens);
 	cr_assert_eq(n, 36 + 4 * KVP_STOP_MAX + 4);
@@ -454,7 +468,7 @@ Test(limits, generate_max_new_and_counts)
 	cr_assert_eq(generate_decode_copy(buf, n + 3, 1, &m), KVP_EPROTO, "layout first");
 
 	/* n_tokens 0: sound layout, out of range; refused by the encoder too. */
-	struct kvp_generate_req z = { 0, 4, 0.0f, 0, 1.0f, 0, 0, NULL, 0, NULL };
+	struct kvp_generate_req z = { 0, 4, 0.0f, 0, 1.0f, 0, 0, NULL, 0, NULL, 0, 0 };
 
 	cr_assert_eq(kvp_generate_req_encode(buf, sizeof(buf), &z, NULL, NULL), 0);
 	memset(buf, 0, 36);
@@ -503,8 +517,10 @@ Test(limits, generate_flags)
 
 	for (int bit = 1; bit < 32; bit++) {
 		struct kvp_generate_req e = { KVP_GEN_LOGITS | 1u << bit, 1, 0.0f, 0, 1.0f, 0, 0,
-					      NULL, 1, NULL };
+					      NULL, 1, NULL, 0, 0 };
 
+		if ((1u << bit) & KVP_GEN_FLAGS_KNOWN)
+			continue;   /* KEEP: its fields follow the tokens (proto_keep.c) */
 		pt_put32(buf, KVP_GEN_LOGITS | 1u << bit);
 		cr_assert_eq(generate_decode_copy(buf, n, 5, &m), KVP_EINVAL, "bit %d", bit);
 		cr_assert_eq(m.flags, KVP_GEN_LOGITS | 1u << bit);

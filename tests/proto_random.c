@@ -82,20 +82,27 @@ static void random_roundtrip_index(unsigned k)
 		break;
 	}
 	case 2: {
-		uint32_t n = pt_rnd_below(300), flags = (uint32_t)pt_rnd_below(2);
+		/* LOOKUP's flags, or INSERT's with KEEP half the time */
+		uint32_t n = pt_rnd_below(300), flags = (uint32_t)pt_rnd_below(4);
+		uint32_t keep_s = flags & KVP_F_KEEP ? 1 + pt_rnd_below(KVP_KEEP_MAX_S) : 0;
+		uint32_t priority = flags & KVP_F_KEEP ? random_u32() : 0;
 		struct kvp_tokens_req out;
 
 		for (uint32_t i = 0; i < n; i++)
 			arr[i] = random_u32();
-		sz = kvp_tokens_req_size(n);
+		sz = kvp_tokens_req_size_flags(n, flags);
 		b = malloc(sz);
-		cr_assert_eq(kvp_tokens_req_encode(b, sz, flags, arr, n), sz);
-		cr_assert_eq(kvp_tokens_req_decode(b, sz, n, &out), 0);
-		cr_assert(out.flags == flags && out.n_tokens == n);
+		cr_assert_eq(kvp_tokens_req_encode_keep(b, sz, flags, arr, n, keep_s, priority), sz);
+		cr_assert_eq(kvp_tokens_req_decode_insert(b, sz, n, &out), 0);
+		cr_assert(out.flags == flags && out.n_tokens == n && out.keep_s == keep_s &&
+			  out.priority == priority);
 		kvp_load_u32s(back, out.tokens, n);
 		cr_assert(memcmp(back, arr, (size_t)n * 4) == 0);
 		if (n)
-			cr_assert_eq(kvp_tokens_req_decode(b, sz, n - 1, &out), KVP_ETOOBIG);
+			cr_assert_eq(kvp_tokens_req_decode_insert(b, sz, n - 1, &out), KVP_ETOOBIG);
+		/* LOOKUP's decoder takes what has no KEEP and refuses the rest */
+		cr_assert_eq(kvp_tokens_req_decode(b, sz, n, &out),
+			     flags & KVP_F_KEEP ? KVP_EPROTO : 0);
 		break;
 	}
 	case 3: {
@@ -158,14 +165,19 @@ static void random_roundtrip_generate_admin(unsigned k)
 	case 6: {
 		uint32_t ns = pt_rnd_below(KVP_STOP_MAX + 1), nt = 1 + pt_rnd_below(200);
 		struct kvp_generate_req in = {
-			(uint32_t)pt_rnd_below(2), pt_rnd_below(KVP_GEN_MAX_NEW + 1),
+			(uint32_t)pt_rnd_below(4), pt_rnd_below(KVP_GEN_MAX_NEW + 1),
 			pt_rnd_below(4) ? (float)pt_rnd_below(2000) / 100.0f : 0.0f, random_u32(),
 			(float)(1 + pt_rnd_below(1000)) / 1000.0f, pt_rnd(), ns, NULL, nt, NULL,
+			0, 0,
 		}, out;
 
+		if (in.flags & KVP_GEN_KEEP) {
+			in.keep_s = 1 + pt_rnd_below(KVP_KEEP_MAX_S);
+			in.priority = random_u32();
+		}
 		for (uint32_t i = 0; i < ns + nt; i++)
 			arr[i] = random_u32();
-		sz = kvp_generate_req_size(ns, nt);
+		sz = kvp_generate_req_size_flags(ns, nt, in.flags);
 		b = malloc(sz);
 		cr_assert_eq(kvp_generate_req_encode(b, sz, &in, arr, arr + ns), sz);
 		cr_assert_eq(kvp_generate_req_decode(b, sz, nt, &out), 0);
@@ -173,7 +185,8 @@ static void random_roundtrip_generate_admin(unsigned k)
 			  pt_fbits(out.temperature) == pt_fbits(in.temperature) &&
 			  out.top_k == in.top_k &&
 			  pt_fbits(out.top_p) == pt_fbits(in.top_p) && out.seed == in.seed &&
-			  out.n_stop == ns && out.n_tokens == nt);
+			  out.n_stop == ns && out.n_tokens == nt && out.keep_s == in.keep_s &&
+			  out.priority == in.priority);
 		kvp_load_u32s(back, out.stop, ns);
 		kvp_load_u32s(back + ns, out.tokens, nt);
 		cr_assert(memcmp(back, arr, ((size_t)ns + nt) * 4) == 0);
@@ -364,7 +377,19 @@ static void reencode_matches(unsigned k, const uint8_t *p, size_t n)
 			return;
 		break;
 	}
-	case 6: {
+	case 11: {
+		struct kvp_tokens_req t;
+		uint32_t tok[1024];
+
+		if (kvp_tokens_req_decode_insert(p, n, 1024, &t) != 0)
+			return;
+		kvp_load_u32s(tok, t.tokens, t.n_tokens);
+		m = kvp_tokens_req_encode_keep(out, sizeof(out), t.flags, tok, t.n_tokens, t.keep_s,
+					       t.priority);
+		break;
+	}
+	case 6:
+	case 12: {
 		struct kvp_generate_req g;
 		uint32_t stop[KVP_STOP_MAX], tok[1024];
 
@@ -405,7 +430,7 @@ static void reencode_matches(unsigned k, const uint8_t *p, size_t n)
 		m = kvp_admin_req_encode(out, sizeof(out), &a, tok);
 		break;
 	}
-	default: {
+	case 10: {
 		struct kvp_admin_reply a;
 
 		if (kvp_admin_reply_decode(p, n, &a) != 0)
@@ -419,9 +444,12 @@ static void reencode_matches(unsigned k, const uint8_t *p, size_t n)
 
 Test(random, mutated_payloads_never_overread)
 {
-	uint8_t base[11][512];
-	size_t base_n[11];
-	struct kvp_generate_req gr = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 2, NULL, 6, NULL };
+	uint8_t base[13][512];
+	size_t base_n[13];
+	struct kvp_generate_req gr = { KVP_GEN_LOGITS, 8, 0.7f, 40, 0.9f, 42, 2, NULL, 6, NULL,
+				       0, 0 };
+	struct kvp_generate_req gk = { KVP_GEN_KEEP, 8, 0.0f, 0, 1.0f, 42, 1, NULL, 5, NULL,
+				       3600, 2 };
 	struct kvp_generate_done gd = { 6, 4, 2, 3, KVP_FINISH_STOP, 1250, 1100, 2300, 8, NULL };
 	struct kvp_hello he = { 1, 0, "lora", 4, "s", 1 };
 	struct kvp_hello_reply hr = { 1, 16, 64, 4096, 1, 1000, "idx", 3, 0, 0 };
@@ -446,9 +474,13 @@ Test(random, mutated_payloads_never_overread)
 		base_n[9] = kvp_admin_req_encode(base[9], 512, &ar, pt_ex_tokens);
 		base_n[10] = kvp_admin_reply_encode(base[10], 512, &rr);
 	}
+	/* INSERT and GENERATE with KEEP: keep_s and priority after the tokens */
+	base_n[11] = kvp_tokens_req_encode_keep(base[11], 512, KVP_F_PIN | KVP_F_KEEP, pt_ex_tokens,
+						10, 60, 7);
+	base_n[12] = kvp_generate_req_encode(base[12], 512, &gk, ids, pt_ex_tokens);
 
-	for (unsigned i = 0; i < 110000; i++) {
-		unsigned k = i % 11;
+	for (unsigned i = 0; i < 130000; i++) {
+		unsigned k = i % 13;
 		uint8_t tmp[512];
 		size_t n = base_n[k];
 		uint8_t *b;
@@ -472,6 +504,7 @@ Test(random, mutated_payloads_never_overread)
 		pt_dec_hello(b, n);
 		pt_dec_hello_reply(b, n);
 		pt_dec_tokens(b, n);
+		pt_dec_insert(b, n);
 		pt_dec_blocks(b, n);
 		pt_dec_release(b, n);
 		pt_dec_u32(b, n);

@@ -313,15 +313,15 @@ Test(roundtrip, generate_req)
 {
 	static uint32_t stop[KVP_STOP_MAX], toks[4096];
 	struct kvp_generate_req cases[] = {
-		{ 0, 16, 0.0f, 0, 1.0f, 0, 0, NULL, 1, NULL },
-		{ KVP_GEN_LOGITS, 0, 0.7f, 40, 0.9f, 42, 1, NULL, 6, NULL },
+		{ 0, 16, 0.0f, 0, 1.0f, 0, 0, NULL, 1, NULL, 0, 0 },
+		{ KVP_GEN_LOGITS, 0, 0.7f, 40, 0.9f, 42, 1, NULL, 6, NULL, 0, 0 },
 		{ 0, KVP_GEN_MAX_NEW, FLT_MAX, UINT32_MAX, FLT_MIN, UINT64_MAX, KVP_STOP_MAX, NULL,
-		  4096, NULL },
+		  4096, NULL, 0, 0 },
 		/* -0 is >= 0; the smallest denormal is > 0 */
 		{ KVP_GEN_LOGITS, 1, -0.0f, 1, pt_bitsf(1), 0x0102030405060708ull, 3, NULL, 17,
-		  NULL },
+		  NULL, 0, 0 },
 		/* top_p just below 1 */
-		{ 0, 5, pt_bitsf(1), 0, pt_bitsf(0x3f7fffffu), 7, 0, NULL, 2, NULL },
+		{ 0, 5, pt_bitsf(1), 0, pt_bitsf(0x3f7fffffu), 7, 0, NULL, 2, NULL, 0, 0 },
 	};
 
 	for (size_t i = 0; i < KVP_STOP_MAX; i++)

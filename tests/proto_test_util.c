@@ -136,6 +136,13 @@ int pt_dec_tokens(const uint8_t *p, size_t n)
 	return kvp_tokens_req_decode(p, n, UINT32_MAX, &m);
 }
 
+int pt_dec_insert(const uint8_t *p, size_t n)
+{
+	struct kvp_tokens_req m;
+
+	return kvp_tokens_req_decode_insert(p, n, UINT32_MAX, &m);
+}
+
 int pt_dec_blocks(const uint8_t *p, size_t n)
 {
 	struct kvp_blocks_reply m;

@@ -43,6 +43,7 @@ extern const float pt_gx_logits[8];
 int pt_dec_hello(const uint8_t *p, size_t n);
 int pt_dec_hello_reply(const uint8_t *p, size_t n);
 int pt_dec_tokens(const uint8_t *p, size_t n);
+int pt_dec_insert(const uint8_t *p, size_t n);
 int pt_dec_blocks(const uint8_t *p, size_t n);
 int pt_dec_release(const uint8_t *p, size_t n);
 int pt_dec_u32(const uint8_t *p, size_t n);
