@@ -31,10 +31,14 @@
  * before it is sent. A reply must carry its request's version; an ERROR may carry
  * another (a version-1 daemon answers a version-2 header with ERROR EVERSION in a
  * version-1 header).
+ *
+ * GENERATE's request and answer are in client_generate.c; the struct and the frame I/O
+ * both files use are declared in client_internal.h.
  */
 #include "kvprefix.h"
 #include "kvp_proto.h"
 #include "kvp_sockpath.h"
+#include "client_internal.h"
 #include "dump_internal.h"
 
 #include <errno.h>
@@ -61,36 +65,9 @@
 #define CLIENT_MAX_REPLY (256u << 20)        /* payload bytes accepted in one reply */
 #define CLIENT_BUF_INIT (16u << 10)          /* receive buffer at connect */
 #define CLIENT_BUF_KEEP (4u << 20)           /* shrink back to INIT above this, when idle */
-#define CLIENT_MAX_TOKENS ((UINT32_MAX - 8u) / 4u)   /* what a u32 payload length holds */
-#define CLIENT_MAX_GEN_TOKENS ((UINT32_MAX - 36u - 4u * KVP_STOP_MAX) / 4u)
+/* what a u32 payload length holds: the tokens of an INSERT with KEEP */
+#define CLIENT_MAX_TOKENS ((UINT32_MAX - 8u - KVP_KEEP_SIZE) / 4u)
 #define CLIENT_MAX_ADMIN_TOKENS ((UINT32_MAX - 18u - KVP_ADMIN_TEXT_MAX) / 4u)
-#define CLIENT_OWED_MAX 64u                  /* timed-out requests awaited at once */
-#define CLIENT_LOGITS_ALIGN 64u
-
-struct kvp_client {
-	int fd;
-	int fatal;              /* 0, or the status every later call returns */
-	uint32_t next_id;       /* req_id of the next request sent */
-	uint32_t owed[CLIENT_OWED_MAX];   /* ids of timed-out requests whose final frame is due */
-	uint32_t n_owed;
-	uint32_t timeout_ms;    /* 0: wait forever */
-	uint32_t server_version;   /* from the HELLO reply; 0: no HELLO yet */
-	uint32_t server_uid;    /* with server_uid_set: a daemon uid trusted besides the usual */
-	bool server_uid_set;
-	bool refused;           /* the daemon refused the connection as a whole */
-	bool trace;             /* KVP_TRACE_FRAMES: every frame to stderr, in hex */
-	uint8_t *buf;           /* receive buffer; a frame starts at buf[0] */
-	size_t cap;             /* bytes allocated */
-	size_t have;            /* bytes received and held */
-	size_t frame;           /* bytes of the frame the last call returned */
-	uint8_t *scratch;       /* big-endian hosts: tokens converted for sending */
-	size_t scratch_cap;
-	float *logits;          /* the last GENERATE's logits, CLIENT_LOGITS_ALIGN-aligned */
-	size_t logits_cap;      /* floats allocated */
-	char *names;            /* the last FLEET's engine names, each NUL-terminated */
-	size_t names_cap;
-	char err[KVP_ERROR_MSG_MAX + 1];
-};
 
 static inline void put_le32(uint8_t *p, uint32_t v)
 {
@@ -140,7 +117,7 @@ static void buf_consume(struct kvp_client *c)
 
 /* ---- time ---------------------------------------------------------------------------- */
 
-static int64_t now_ms(void)
+int64_t kvp_cl_now_ms(void)
 {
 	struct timespec ts;
 
@@ -156,9 +133,7 @@ static int fail(struct kvp_client *c, int status)
 	return status;
 }
 
-/* The daemon broke the protocol: say how, for kvp_client_error(); KVP_EPROTO. */
-__attribute__((format(printf, 2, 3)))
-static int broken(struct kvp_client *c, const char *fmt, ...)
+int kvp_cl_broken(struct kvp_client *c, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -215,7 +190,7 @@ static int fill(struct kvp_client *c, int64_t deadline)
 
 		if (c->timeout_ms) {
 			struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
-			int64_t left = deadline - now_ms();
+			int64_t left = deadline - kvp_cl_now_ms();
 			int r;
 
 			if (left <= 0)
@@ -280,7 +255,7 @@ static bool is_reply_type(uint8_t type)
 
 /* Remember that request id timed out: its frames are to be dropped. With the set full
  * the client gives up (the daemon has not answered CLIENT_OWED_MAX requests). */
-static void owe(struct kvp_client *c, uint32_t id)
+void kvp_cl_owe(struct kvp_client *c, uint32_t id)
 {
 	if (c->fatal)
 		return;
@@ -306,12 +281,12 @@ static int keep_error(struct kvp_client *c, const uint8_t *p, size_t n, int *cod
 }
 
 /* An ERROR answering our request: its code. */
-static int take_error(struct kvp_client *c, const uint8_t *p, size_t n)
+int kvp_cl_take_error(struct kvp_client *c, const uint8_t *p, size_t n)
 {
 	int code;
 
 	if (keep_error(c, p, n, &code) < 0)
-		return broken(c, "an ERROR frame that does not decode");
+		return kvp_cl_broken(c, "an ERROR frame that does not decode");
 	return code;
 }
 
@@ -325,7 +300,7 @@ static int take_refusal(struct kvp_client *c, const uint8_t *p, size_t n)
 	int code;
 
 	if (keep_error(c, p, n, &code) < 0)
-		return broken(c, "an ERROR frame that does not decode");
+		return kvp_cl_broken(c, "an ERROR frame that does not decode");
 	c->refused = true;
 	c->fatal = KVP_ECLOSED;
 	return code;
@@ -354,7 +329,7 @@ static int salvage_error(struct kvp_client *c, uint32_t id)
 				kvp_frame_dump(stderr, false, &(struct iovec){ c->buf, c->frame }, 1);
 			if (h.req_id == 0)
 				return take_refusal(c, c->buf + KVP_HDR_SIZE, h.len);
-			return take_error(c, c->buf + KVP_HDR_SIZE, h.len);
+			return kvp_cl_take_error(c, c->buf + KVP_HDR_SIZE, h.len);
 		}
 		if (c->have == c->cap)
 			return KVP_ECLOSED;
@@ -373,8 +348,8 @@ static int salvage_error(struct kvp_client *c, uint32_t id)
  * this function fills in. *id gets the request's id. On failure nothing went out
  * unless c->fatal is set.
  */
-static int send_request(struct kvp_client *c, uint8_t version, uint8_t type,
-			struct iovec *iov, int iovcnt, size_t payload_len, uint32_t *id)
+int kvp_cl_send(struct kvp_client *c, uint8_t version, uint8_t type, struct iovec *iov,
+		int iovcnt, size_t payload_len, uint32_t *id)
 {
 	struct kvp_frame_hdr h = {
 		.version = version,
@@ -409,7 +384,7 @@ static int send_request(struct kvp_client *c, uint8_t version, uint8_t type,
  * other than ERROR in another version, is KVP_EPROTO. KVP_ETIMEDOUT: the caller decides
  * whether id is now owed.
  */
-static int next_frame(struct kvp_client *c, uint32_t id, uint8_t version, int64_t deadline,
+int kvp_cl_next_frame(struct kvp_client *c, uint32_t id, uint8_t version, int64_t deadline,
 		      struct kvp_frame_hdr *h)
 {
 	int rc;
@@ -425,8 +400,8 @@ static int next_frame(struct kvp_client *c, uint32_t id, uint8_t version, int64_
 			kvp_frame_dump(stderr, false, &(struct iovec){ c->buf, c->frame }, 1);
 		if (h->req_id == id) {
 			if (h->type != KVP_T_ERROR && h->version != version)
-				return broken(c, "a reply in a version-%u header to a version-%u "
-					      "request", h->version, version);
+				return kvp_cl_broken(c, "a reply in a version-%u header to a "
+						     "version-%u request", h->version, version);
 			return 0;
 		}
 		if (h->req_id == 0 && h->type == KVP_T_ERROR)
@@ -456,16 +431,16 @@ static int roundtrip_v(struct kvp_client *c, uint8_t version, uint8_t type, stru
 	*payload = NULL;
 	*len = 0;
 	if (c->timeout_ms)
-		deadline = now_ms() + c->timeout_ms;
-	if ((rc = send_request(c, version, type, iov, iovcnt, payload_len, &id)) < 0)
+		deadline = kvp_cl_now_ms() + c->timeout_ms;
+	if ((rc = kvp_cl_send(c, version, type, iov, iovcnt, payload_len, &id)) < 0)
 		return rc;
-	if ((rc = next_frame(c, id, version, deadline, &h)) < 0) {
+	if ((rc = kvp_cl_next_frame(c, id, version, deadline, &h)) < 0) {
 		if (rc == KVP_ETIMEDOUT)
-			owe(c, id);
+			kvp_cl_owe(c, id);
 		return rc;
 	}
 	if (h.type == KVP_T_ERROR)
-		return take_error(c, c->buf + KVP_HDR_SIZE, h.len);
+		return kvp_cl_take_error(c, c->buf + KVP_HDR_SIZE, h.len);
 	if (h.type != (type | KVP_T_REPLY))
 		return fail(c, KVP_EPROTO);
 	*payload = c->buf + KVP_HDR_SIZE;
@@ -480,7 +455,7 @@ static int roundtrip(struct kvp_client *c, uint8_t type, struct iovec *iov, int 
 	return roundtrip_v(c, KVP_PROTO_VERSION, type, iov, iovcnt, payload_len, payload, len);
 }
 
-static int check_client(struct kvp_client *c)
+int kvp_cl_check(struct kvp_client *c)
 {
 	if (!c)
 		return KVP_EINVAL;
@@ -730,7 +705,7 @@ KVP_API int kvp_client_set_timeout_ms(struct kvp_client *c, uint32_t ms)
 	uint32_t old;
 	int rc;
 
-	if ((rc = check_client(c)) < 0)
+	if ((rc = kvp_cl_check(c)) < 0)
 		return rc;
 	old = c->timeout_ms;
 	c->timeout_ms = ms;
@@ -765,7 +740,7 @@ KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const ch
 	uint32_t len;
 	int rc;
 
-	if ((rc = check_client(c)) < 0)
+	if ((rc = kvp_cl_check(c)) < 0)
 		return rc;
 	alen = adapter ? strnlen(adapter, KVP_NAME_MAX + 1) : 0;
 	slen = salt ? strnlen(salt, KVP_NAME_MAX + 1) : 0;
@@ -803,7 +778,7 @@ KVP_API int kvp_client_hello(struct kvp_client *c, const char *adapter, const ch
 
 /* Point iov at tokens as little-endian bytes: the caller's array itself on a
  * little-endian host, a converted copy in c->scratch elsewhere. */
-static int tokens_iov(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
+int kvp_cl_tokens_iov(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
 		      struct iovec *iov)
 {
 	size_t tbytes = n_tokens * 4;
@@ -828,7 +803,7 @@ static int tokens_iov(struct kvp_client *c, const uint32_t *tokens, size_t n_tok
 
 /* The token ids of a frame, in host order, in place: ids sits at a 4-byte aligned
  * offset of c->buf (malloc'd), and the bytes are ours until the next call. */
-static const uint32_t *host_ids(const uint8_t *raw, uint32_t n)
+const uint32_t *kvp_cl_host_ids(const uint8_t *raw, uint32_t n)
 {
 	uint32_t *ids = (uint32_t *)(void *)(uintptr_t)raw;
 
@@ -845,31 +820,43 @@ static const uint32_t *host_ids(const uint8_t *raw, uint32_t n)
 	return ids;
 }
 
-/* LOOKUP and INSERT: header and fixed fields from the stack, tokens from the caller. */
+/* LOOKUP and INSERT: header and fixed fields from the stack, tokens from the caller,
+ * then, for an INSERT with keep (keep_s, priority; NULL: none), KVP_F_KEEP's fields. */
 static int tokens_call(struct kvp_client *c, uint8_t type, const uint32_t *tokens,
-		       size_t n_tokens, uint32_t flags, struct kvp_match *out)
+		       size_t n_tokens, uint32_t flags, const uint32_t *keep,
+		       struct kvp_match *out)
 {
-	uint8_t head[KVP_HDR_SIZE + 8];
-	struct iovec iov[2] = { { head, sizeof(head) } };
+	uint8_t head[KVP_HDR_SIZE + 8], tail[KVP_KEEP_SIZE];
+	struct iovec iov[3] = { { head, sizeof(head) } };
 	struct kvp_blocks_reply r;
 	const uint8_t *p;
-	size_t tbytes;
+	size_t tbytes, tn = 0;
 	uint32_t len;
-	int rc;
+	int rc, iovcnt = 1;
 
-	if ((rc = check_client(c)) < 0)
+	if ((rc = kvp_cl_check(c)) < 0)
 		return rc;
 	if ((flags & ~(uint32_t)KVP_LOOKUP_PIN) || (!tokens && n_tokens))
 		return KVP_EINVAL;
+	if (keep && (keep[0] == 0 || keep[0] > KVP_KEEP_MAX_S))
+		return KVP_EINVAL;   /* as the daemon's decoder would */
 	if (n_tokens > CLIENT_MAX_TOKENS)
 		return KVP_ETOOBIG;
 	tbytes = n_tokens * 4;
-	put_le32(head + KVP_HDR_SIZE, flags);
+	put_le32(head + KVP_HDR_SIZE, keep ? flags | KVP_F_KEEP : flags);
 	put_le32(head + KVP_HDR_SIZE + 4, (uint32_t)n_tokens);
-	if ((rc = tokens_iov(c, tokens, n_tokens, &iov[1])) < 0)
+	if ((rc = kvp_cl_tokens_iov(c, tokens, n_tokens, &iov[1])) < 0)
 		return rc;
+	if (tbytes)
+		iovcnt++;
+	if (keep) {
+		put_le32(tail, keep[0]);
+		put_le32(tail + 4, keep[1]);
+		tn = sizeof(tail);
+		iov[iovcnt++] = (struct iovec){ tail, tn };
+	}
 
-	if ((rc = roundtrip(c, type, iov, tbytes ? 2 : 1, 8 + tbytes, &p, &len)) < 0)
+	if ((rc = roundtrip(c, type, iov, iovcnt, 8 + tbytes + tn, &p, &len)) < 0)
 		return rc;
 	if (kvp_blocks_reply_decode(p, len, &r) < 0)
 		return fail(c, KVP_EPROTO);
@@ -881,20 +868,30 @@ static int tokens_call(struct kvp_client *c, uint8_t type, const uint32_t *token
 	out->lease = r.lease;
 	out->n_blocks = r.n_blocks;
 	/* The ids sit at buf + 40: 4-byte aligned, since buf comes from malloc. */
-	out->block_ids = host_ids(r.block_ids, r.n_blocks);
+	out->block_ids = kvp_cl_host_ids(r.block_ids, r.n_blocks);
 	return 0;
 }
 
 KVP_API int kvp_client_lookup(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
 			      uint32_t flags, struct kvp_match *out)
 {
-	return tokens_call(c, KVP_T_LOOKUP, tokens, n_tokens, flags, out);
+	return tokens_call(c, KVP_T_LOOKUP, tokens, n_tokens, flags, NULL, out);
 }
 
 KVP_API int kvp_client_insert(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
 			      uint32_t flags, struct kvp_match *out)
 {
-	return tokens_call(c, KVP_T_INSERT, tokens, n_tokens, flags, out);
+	return tokens_call(c, KVP_T_INSERT, tokens, n_tokens, flags, NULL, out);
+}
+
+KVP_API int kvp_client_insert_keep(struct kvp_client *c, const uint32_t *tokens,
+				   size_t n_tokens, uint32_t flags, uint32_t keep_s,
+				   uint32_t priority, struct kvp_match *out)
+{
+	const uint32_t keep[2] = { keep_s, priority };
+
+	return tokens_call(c, KVP_T_INSERT, tokens, n_tokens, flags & ~(uint32_t)KVP_F_KEEP,
+			   keep, out);
 }
 
 /* The FLEET reply's names, NUL-terminated, into c->names; out[i].name points there. */
@@ -934,7 +931,7 @@ KVP_API int kvp_client_fleet(struct kvp_client *c, const uint32_t *tokens, size_
 	int rc;
 
 	*n = 0;
-	if ((rc = check_client(c)) < 0)
+	if ((rc = kvp_cl_check(c)) < 0)
 		return rc;
 	if ((!tokens && n_tokens) || (!out && max))
 		return KVP_EINVAL;
@@ -944,7 +941,7 @@ KVP_API int kvp_client_fleet(struct kvp_client *c, const uint32_t *tokens, size_
 		return KVP_EVERSION;
 	put_le32(head + KVP_HDR_SIZE, 0);
 	put_le32(head + KVP_HDR_SIZE + 4, (uint32_t)n_tokens);
-	if ((rc = tokens_iov(c, tokens, n_tokens, &iov[1])) < 0)
+	if ((rc = kvp_cl_tokens_iov(c, tokens, n_tokens, &iov[1])) < 0)
 		return rc;
 	rc = roundtrip_v(c, KVP_PROTO_VERSION_FLEET, KVP_T_FLEET, iov, n_tokens ? 2 : 1,
 			 8 + n_tokens * 4, &p, &len);
@@ -968,7 +965,7 @@ KVP_API int kvp_client_release(struct kvp_client *c, uint64_t lease, uint32_t *n
 	uint32_t len, v;
 	int rc;
 
-	if ((rc = check_client(c)) < 0)
+	if ((rc = kvp_cl_check(c)) < 0)
 		return rc;
 	kvp_release_encode(frame + KVP_HDR_SIZE, 8, lease);
 	if ((rc = roundtrip(c, KVP_T_RELEASE, &iov, 1, 8, &p, &len)) < 0)
@@ -989,7 +986,7 @@ KVP_API int kvp_client_stats(struct kvp_client *c, char **json)
 	char *s;
 	int rc;
 
-	if ((rc = check_client(c)) < 0)
+	if ((rc = kvp_cl_check(c)) < 0)
 		return rc;
 	if (!json)
 		return KVP_EINVAL;
@@ -1013,7 +1010,7 @@ KVP_API int kvp_client_ping(struct kvp_client *c, const void *data, size_t n)
 	uint32_t len;
 	int rc;
 
-	if ((rc = check_client(c)) < 0)
+	if ((rc = kvp_cl_check(c)) < 0)
 		return rc;
 	if (!data && n)
 		return KVP_EINVAL;
@@ -1023,194 +1020,6 @@ KVP_API int kvp_client_ping(struct kvp_client *c, const void *data, size_t n)
 		return rc;
 	if (len != n || (n && memcmp(p, data, n) != 0))
 		return fail(c, KVP_EPROTO);
-	return 0;
-}
-
-/* ---- GENERATE ------------------------------------------------------------------------ */
-
-KVP_API void kvp_generate_params_init(struct kvp_generate_params *p)
-{
-	if (!p)
-		return;
-	memset(p, 0, sizeof(*p));
-	p->max_new = 16;
-	p->temperature = 0.0f;
-	p->top_k = 0;
-	p->top_p = 1.0f;
-	p->seed = 0;
-	p->stop = NULL;
-	p->n_stop = 0;
-	p->flags = 0;
-}
-
-static bool is_stop(const struct kvp_generate_params *p, uint32_t tok)
-{
-	for (uint32_t i = 0; i < p->n_stop; i++)
-		if (p->stop[i] == tok)
-			return true;
-	return false;
-}
-
-/* Copy the DONE frame's logits into aligned storage the client owns. */
-static int keep_logits(struct kvp_client *c, const uint8_t *raw, uint32_t n)
-{
-	if (n > c->logits_cap) {
-		size_t bytes = ((size_t)n * sizeof(float) + CLIENT_LOGITS_ALIGN - 1) &
-			       ~(size_t)(CLIENT_LOGITS_ALIGN - 1);
-		float *l = aligned_alloc(CLIENT_LOGITS_ALIGN, bytes);
-
-		if (!l)
-			return KVP_ENOMEM;
-		free(c->logits);
-		c->logits = l;
-		c->logits_cap = bytes / sizeof(float);
-	}
-	kvp_load_f32s(c->logits, raw, n);
-	return 0;
-}
-
-static const char *finish_name(uint32_t finish)
-{
-	switch (finish) {
-	case KVP_FINISH_LENGTH: return "length";
-	case KVP_FINISH_STOP: return "stop";
-	default: return "context";
-	}
-}
-
-/*
- * The usage must add up with what was streamed (docs/protocol.md, GENERATE_DONE): 0, or
- * KVP_EPROTO saying what does not. finish is checked against the request: "length" is
- * max_new tokens, "context" fewer (the model's context filled first), "stop" a stop id
- * last.
- */
-static int done_check(struct kvp_client *c, const struct kvp_generate_done *d,
-		      const struct kvp_generate_params *p, size_t n, uint32_t streamed,
-		      bool stopped)
-{
-	if (d->prompt_tokens != n || d->generated_tokens != streamed)
-		return broken(c, "GENERATE_DONE counts %u prompt and %u generated tokens; %zu "
-			      "and %u were sent", d->prompt_tokens, d->generated_tokens, n,
-			      streamed);
-	if ((uint64_t)d->cached_tokens + d->computed_tokens != d->prompt_tokens ||
-	    d->computed_tokens == 0)
-		return broken(c, "GENERATE_DONE: %u cached + %u computed tokens are not the "
-			      "prompt's %u (with at least 1 computed)", d->cached_tokens,
-			      d->computed_tokens, d->prompt_tokens);
-	if (d->n_logits && !(p->flags & KVP_GEN_LOGITS))
-		return broken(c, "GENERATE_DONE carries logits that were not asked for");
-	if (d->finish == KVP_FINISH_STOP ? stopped
-	    : !stopped && (d->finish == KVP_FINISH_LENGTH ? streamed == p->max_new
-							  : streamed < p->max_new))
-		return 0;
-	return broken(c, "GENERATE_DONE says finish %u (%s) after %u of at most %u tokens%s",
-		      d->finish, finish_name(d->finish), streamed, p->max_new,
-		      stopped ? ", the last a stop id" : ", none a stop id");
-}
-
-KVP_API int kvp_client_generate(struct kvp_client *c, const uint32_t *prompt, size_t n,
-				const struct kvp_generate_params *p, kvp_token_cb cb, void *arg,
-				struct kvp_usage *usage)
-{
-	uint8_t head[KVP_HDR_SIZE + 36 + 4 * KVP_STOP_MAX];
-	struct iovec iov[2] = { { head, 0 } };
-	struct kvp_generate_params defaults;
-	struct kvp_generate_req m;
-	struct kvp_generate_done d;
-	struct kvp_frame_hdr h;
-	int64_t deadline = 0;
-	uint32_t id, streamed = 0;
-	bool stopped = false;
-	size_t hn;
-	int rc;
-
-	if ((rc = check_client(c)) < 0)
-		return rc;
-	if (!p) {
-		kvp_generate_params_init(&defaults);
-		p = &defaults;
-	}
-	if (n == 0 || !prompt || (p->n_stop && !p->stop))
-		return KVP_EINVAL;
-	if (n > CLIENT_MAX_GEN_TOKENS)
-		return KVP_ETOOBIG;
-	m = (struct kvp_generate_req){
-		.flags = p->flags,
-		.max_new = p->max_new,
-		.temperature = p->temperature,
-		.top_k = p->top_k,
-		.top_p = p->top_p,
-		.seed = p->seed,
-		.n_stop = p->n_stop,
-		.n_tokens = (uint32_t)n,
-	};
-	/* The encoder refuses exactly what the daemon's decoder would (but max_tokens). */
-	hn = kvp_generate_req_encode_head(head + KVP_HDR_SIZE, sizeof(head) - KVP_HDR_SIZE, &m,
-					  p->stop);
-	if (hn == 0)
-		return KVP_EINVAL;
-	iov[0].iov_len = KVP_HDR_SIZE + hn;
-	if ((rc = tokens_iov(c, prompt, n, &iov[1])) < 0)
-		return rc;
-
-	if (c->timeout_ms)
-		deadline = now_ms() + c->timeout_ms;
-	rc = send_request(c, KVP_PROTO_VERSION, KVP_T_GENERATE, iov, 2, hn + n * 4, &id);
-	if (rc < 0)
-		return rc;
-	for (;;) {
-		const uint8_t *payload;
-		struct kvp_token_chunk chunk;
-		const uint32_t *ids;
-
-		if ((rc = next_frame(c, id, KVP_PROTO_VERSION, deadline, &h)) < 0) {
-			if (rc == KVP_ETIMEDOUT)
-				owe(c, id);
-			return rc;
-		}
-		payload = c->buf + KVP_HDR_SIZE;
-		if (h.type == KVP_T_ERROR)
-			return take_error(c, payload, h.len);
-		if (h.type == KVP_T_GENERATE_DONE)
-			break;
-		if (h.type != (KVP_T_GENERATE | KVP_T_REPLY))
-			return broken(c, "a frame of type 0x%02x in a GENERATE's answer", h.type);
-		if (kvp_token_chunk_decode(payload, h.len, &chunk) < 0)
-			return broken(c, "a GENERATE token frame that does not decode");
-		if (chunk.n > p->max_new - streamed)
-			return broken(c, "%u tokens after %u, over max_new %u", chunk.n, streamed,
-				      p->max_new);
-		ids = host_ids(chunk.ids, chunk.n);
-		/* A stop id ends the generation: it can only be the last token. */
-		for (uint32_t i = 0; i < chunk.n; i++) {
-			if (stopped)
-				return broken(c, "token %u after a stop id", ids[i]);
-			stopped = p->n_stop && is_stop(p, ids[i]);
-		}
-		streamed += chunk.n;
-		if (cb && chunk.n)
-			cb(arg, ids, chunk.n);
-		if (c->timeout_ms)
-			deadline = now_ms() + c->timeout_ms;
-	}
-	if (kvp_generate_done_decode(c->buf + KVP_HDR_SIZE, h.len, &d) < 0)
-		return broken(c, "a GENERATE_DONE that does not decode");
-	if ((rc = done_check(c, &d, p, n, streamed, stopped)) < 0)
-		return rc;
-	if (d.n_logits && (rc = keep_logits(c, d.logits, d.n_logits)) < 0)
-		return rc;
-	if (usage) {
-		usage->prompt_tokens = d.prompt_tokens;
-		usage->cached_tokens = d.cached_tokens;
-		usage->computed_tokens = d.computed_tokens;
-		usage->generated_tokens = d.generated_tokens;
-		usage->finish = d.finish;
-		usage->ttft_us = d.ttft_us;
-		usage->prefill_us = d.prefill_us;
-		usage->decode_us = d.decode_us;
-		usage->n_logits = d.n_logits;
-		usage->logits = d.n_logits ? c->logits : NULL;
-	}
 	return 0;
 }
 
@@ -1232,7 +1041,7 @@ KVP_API int kvp_client_admin(struct kvp_client *c, uint32_t op, uint32_t flags,
 
 	if (reply_text)
 		*reply_text = NULL;
-	if ((rc = check_client(c)) < 0)
+	if ((rc = kvp_cl_check(c)) < 0)
 		return rc;
 	if (!tokens && n_tokens)
 		return KVP_EINVAL;

@@ -68,10 +68,16 @@ struct kvp_generate_params {
 	uint64_t seed;             /* seeds the sampler's random numbers (unused when greedy) */
 	const uint32_t *stop;      /* stop token ids; generation ends after emitting one */
 	uint32_t n_stop;           /* 0 .. KVP_STOP_MAX */
-	uint32_t flags;            /* 0 or KVP_GEN_LOGITS */
+	uint32_t flags;            /* 0 or KVP_GEN_LOGITS; KVP_GEN_KEEP is set from keep_s */
+	/* Keep the full blocks of the prompt cached when it completes for keep_s seconds,
+	 * 1 .. KVP_KEEP_MAX_S, at priority (as kvp_client_insert_keep); keep_s 0: no keep,
+	 * and priority must be 0. A daemon older than KEEP refuses it (KVP_EINVAL). */
+	uint32_t keep_s;
+	uint32_t priority;
 };
 
-/* max_new 16, greedy (temperature 0), top_k 0, top_p 1, seed 0, no stop ids, flags 0. */
+/* max_new 16, greedy (temperature 0), top_k 0, top_p 1, seed 0, no stop ids, flags 0,
+ * no keep (keep_s 0, priority 0). */
 KVP_API void kvp_generate_params_init(struct kvp_generate_params *p);
 
 /* What a generation cost; see docs/protocol.md (GENERATE_DONE) for the exact meaning. */
@@ -150,6 +156,17 @@ KVP_API int kvp_client_lookup(struct kvp_client *c, const uint32_t *tokens, size
 /* Register the full blocks of tokens as computed. flags: 0 or KVP_LOOKUP_PIN. */
 KVP_API int kvp_client_insert(struct kvp_client *c, const uint32_t *tokens, size_t n_tokens,
 		      uint32_t flags, struct kvp_match *out);
+/*
+ * kvp_client_insert, and keep the full blocks of tokens cached now for keep_s seconds
+ * (1 .. KVP_KEEP_MAX_S, a week; else KVP_EINVAL, nothing sent) at priority (when the
+ * pool or the tenant's quota has nothing else to give, the lowest priority is given up
+ * first). docs/protocol.md (INSERT, KEEP) says what a keep does. flags: as insert's
+ * (KVP_F_KEEP is implied). A daemon older than KEEP refuses it as a reserved flag bit
+ * (KVP_EINVAL) and closes the connection.
+ */
+KVP_API int kvp_client_insert_keep(struct kvp_client *c, const uint32_t *tokens,
+				   size_t n_tokens, uint32_t flags, uint32_t keep_s,
+				   uint32_t priority, struct kvp_match *out);
 /* Unpin a lease; *n_blocks (may be NULL) gets how many blocks it held. */
 KVP_API int kvp_client_release(struct kvp_client *c, uint64_t lease, uint32_t *n_blocks);
 /* The daemon's statistics as a JSON object, NUL-terminated, malloc'd: free() it. */
