@@ -2,8 +2,9 @@
  * test_client.c - libkvprefix and the tools facing a server they should not trust or
  * that answers oddly: a daemon run by another user, a socket directory another user
  * made, a daemon that refuses the connection, and a GENERATE that ends with a full
- * context. Real daemons where the daemon can say it; a scripted server on a socket of
- * the test's own (fake_*) where the daemon cannot, or not yet.
+ * context; and the bytes of a KEEP that the library and the CLI send, or refuse to.
+ * Real daemons where the daemon can say it; a scripted server on a socket of the
+ * test's own (fake_*) where the daemon cannot, or not yet.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -272,38 +273,42 @@ Test(socket_dir, daemon_refuses_a_directory_open_to_all, .fini = stop)
 /* ---- a scripted server ------------------------------------------------------------------ */
 
 /* Accepts `conns` connections one after the other; on each, reads one request frame
- * first (unless !read_first) and sends `script`, then closes. */
+ * first (unless !read_first; kept in req, the last connection's) and sends `script`,
+ * then closes. */
 struct fake {
 	char dir[64], path[108];
 	int lfd, conns;
 	bool read_first;
 	uint8_t script[1024];
 	size_t len;
+	uint8_t req[4096];   /* the request frame read, header first */
+	size_t req_len;      /* its bytes: 0 when none came whole */
 	pthread_t th;
 };
 
-static void fake_read_frame(int fd)
+static void fake_read_frame(struct fake *f, int fd)
 {
-	uint8_t hb[KVP_HDR_SIZE], sink[4096];
 	struct kvp_frame_hdr h;
 	size_t got = 0;
 
-	while (got < sizeof(hb)) {
-		ssize_t r = recv(fd, hb + got, sizeof(hb) - got, 0);
+	f->req_len = 0;
+	while (got < KVP_HDR_SIZE) {
+		ssize_t r = recv(fd, f->req + got, KVP_HDR_SIZE - got, 0);
 
 		if (r <= 0)
 			return;
 		got += (size_t)r;
 	}
-	if (kvp_hdr_decode(hb, sizeof(hb), sizeof(sink), &h) != 0)
+	if (kvp_hdr_decode(f->req, KVP_HDR_SIZE, sizeof(f->req) - KVP_HDR_SIZE, &h) != 0)
 		return;
 	for (got = 0; got < h.len;) {
-		ssize_t r = recv(fd, sink, h.len - got, 0);
+		ssize_t r = recv(fd, f->req + KVP_HDR_SIZE + got, h.len - got, 0);
 
 		if (r <= 0)
 			return;
 		got += (size_t)r;
 	}
+	f->req_len = KVP_HDR_SIZE + h.len;
 }
 
 static void *fake_main(void *arg)
@@ -316,7 +321,7 @@ static void *fake_main(void *arg)
 		if (fd < 0)
 			break;
 		if (f->read_first)
-			fake_read_frame(fd);
+			fake_read_frame(f, fd);
 		(void)send(fd, f->script, f->len, MSG_NOSIGNAL);
 		close(fd);
 	}
@@ -511,4 +516,151 @@ Test(generate_finish, length_before_max_new_is_refused_saying_why, .timeout = 60
 	cr_assert(strstr(out, "kvprefix: generate: malformed frame: GENERATE_DONE says finish 0 "
 			 "(length) after 3 of at most 8 tokens"), "%s", out);
 	fake_stop(&f);
+}
+
+/* ---- KEEP: what goes out ------------------------------------------------------------ */
+
+/* The request the scripted server read is one frame of type, req_id 1, whose payload
+ * is want[0..n). */
+static void assert_request(const struct fake *f, uint8_t type, const uint8_t *want, size_t n)
+{
+	struct kvp_frame_hdr h;
+
+	cr_assert_eq(f->req_len, KVP_HDR_SIZE + n, "request of %zu bytes, want %zu",
+		     f->req_len, KVP_HDR_SIZE + n);
+	cr_assert_eq(kvp_hdr_decode(f->req, f->req_len, UINT32_MAX, &h), 0);
+	cr_assert_eq(h.type, type);
+	cr_assert_eq(h.req_id, 1, "refused calls sent nothing before it");
+	cr_assert(memcmp(f->req + KVP_HDR_SIZE, want, n) == 0, "the payload differs");
+}
+
+/* An INSERT reply (req_id 1): 4 tokens cached in one block, id 3. */
+static void fake_insert_reply(struct fake *f)
+{
+	static const uint32_t ids[1] = { 3 };
+	struct kvp_blocks_reply r = { 4, 5, 1, 0, 1, NULL };
+	uint8_t p[64];
+
+	fake_add(f, KVP_T_INSERT | KVP_T_REPLY, 1, p,
+		 kvp_blocks_reply_encode(p, sizeof(p), &r, ids));
+}
+
+/* kvp_client_insert_keep refuses keep_s out of range before sending, and sends
+ * keep_s and priority after the tokens, with KVP_F_KEEP. */
+Test(keep, insert_keep_bytes_and_refusals, .timeout = 60)
+{
+	static const uint32_t toks[5] = { 10, 11, 12, 13, 14 };
+	struct fake f = { .read_first = true };
+	struct kvp_client *c = NULL;
+	struct kvp_match m;
+	uint8_t want[64];
+	size_t n;
+
+	fake_insert_reply(&f);
+	fake_start(&f, 1);
+	cr_assert_eq(kvp_client_connect(f.path, &c), 0);
+	cr_assert_eq(kvp_client_insert_keep(c, toks, 5, 0, 0, 1, &m), KVP_EINVAL, "keep_s 0");
+	cr_assert_eq(kvp_client_insert_keep(c, toks, 5, 0, KVP_KEEP_MAX_S + 1, 1, &m),
+		     KVP_EINVAL);
+	cr_assert_eq(kvp_client_insert_keep(c, toks, 5, 0x4u, 60, 1, &m), KVP_EINVAL,
+		     "a reserved flag");
+	cr_assert_eq(kvp_client_insert(c, toks, 5, KVP_F_KEEP, &m), KVP_EINVAL,
+		     "KEEP without its fields");
+	cr_assert_eq(kvp_client_lookup(c, toks, 5, KVP_F_KEEP, &m), KVP_EINVAL,
+		     "KEEP is not LOOKUP's");
+	cr_assert_eq(kvp_client_insert_keep(c, toks, 5, KVP_LOOKUP_PIN, KVP_KEEP_MAX_S,
+					    UINT32_MAX, &m), 0, "%s", kvp_client_error(c));
+	cr_assert_eq(m.matched_tokens, 4);
+	kvp_client_close(c);
+	fake_stop(&f);
+	n = kvp_tokens_req_encode_keep(want, sizeof(want), KVP_F_PIN | KVP_F_KEEP, toks, 5,
+				       KVP_KEEP_MAX_S, UINT32_MAX);
+	cr_assert_eq(n, 16 + 20);
+	assert_request(&f, KVP_T_INSERT, want, n);
+}
+
+/* The same through the CLI: kvprefix insert --keep --priority. */
+Test(keep, cli_insert_keep_bytes, .timeout = 60)
+{
+	static const uint32_t toks[3] = { 1, 2, 3 };
+	struct fake f = { .read_first = true };
+	uint8_t want[64];
+	char out[4096];
+	size_t n;
+	int rc;
+
+	fake_insert_reply(&f);
+	fake_start(&f, 1);
+	rc = run(out, sizeof(out), "'%s' insert --socket '%s' --tokens 1,2,3 --keep 3600 "
+		 "--priority 7", KVP_CLI_PATH, f.path);
+	cr_assert_eq(rc, 0, "%s", out);
+	fake_stop(&f);
+	n = kvp_tokens_req_encode_keep(want, sizeof(want), KVP_F_KEEP, toks, 3, 3600, 7);
+	assert_request(&f, KVP_T_INSERT, want, n);
+}
+
+/* kvp_client_generate with keep_s: KVP_GEN_KEEP, keep_s and priority after the prompt;
+ * out of range, or a priority without keep_s, refused before sending. */
+Test(keep, generate_keep_bytes_and_refusals, .timeout = 60)
+{
+	static const uint32_t prompt[2] = { 1, 2 };
+	struct fake f = { .read_first = true };
+	struct kvp_generate_params gp;
+	struct kvp_generate_req m;
+	struct kvp_client *c = NULL;
+	struct kvp_usage u;
+	uint8_t want[128];
+	size_t n;
+
+	fake_generation(&f, KVP_FINISH_CONTEXT);
+	fake_start(&f, 1);
+	cr_assert_eq(kvp_client_connect(f.path, &c), 0);
+	kvp_generate_params_init(&gp);
+	cr_assert(gp.keep_s == 0 && gp.priority == 0, "no keep by default");
+	gp.max_new = 8;
+	gp.priority = 5;
+	cr_assert_eq(kvp_client_generate(c, prompt, 2, &gp, NULL, NULL, &u), KVP_EINVAL,
+		     "a priority without keep_s");
+	gp.keep_s = KVP_KEEP_MAX_S + 1;
+	cr_assert_eq(kvp_client_generate(c, prompt, 2, &gp, NULL, NULL, &u), KVP_EINVAL);
+	gp.keep_s = 0;
+	gp.priority = 0;
+	gp.flags = KVP_GEN_KEEP;
+	cr_assert_eq(kvp_client_generate(c, prompt, 2, &gp, NULL, NULL, &u), KVP_EINVAL,
+		     "KEEP without keep_s");
+	gp.flags = 0;
+	gp.keep_s = 60;
+	gp.priority = 9;
+	cr_assert_eq(kvp_client_generate(c, prompt, 2, &gp, NULL, NULL, &u), 0, "%s",
+		     kvp_client_error(c));
+	cr_assert_eq(u.generated_tokens, 3);
+	kvp_client_close(c);
+	fake_stop(&f);
+	m = (struct kvp_generate_req){ .flags = KVP_GEN_KEEP, .max_new = 8, .top_p = 1.0f,
+				       .n_tokens = 2, .keep_s = 60, .priority = 9 };
+	n = kvp_generate_req_encode(want, sizeof(want), &m, NULL, prompt);
+	cr_assert_eq(n, 36 + 8 + 8);
+	assert_request(&f, KVP_T_GENERATE, want, n);
+}
+
+/* The same through the CLI: kvprefix generate --keep --priority. */
+Test(keep, cli_generate_keep_bytes, .timeout = 60)
+{
+	static const uint32_t prompt[2] = { 1, 2 };
+	struct kvp_generate_req m = { .flags = KVP_GEN_KEEP, .max_new = 8, .top_p = 1.0f,
+				      .n_tokens = 2, .keep_s = 604800, .priority = 0 };
+	struct fake f = { .read_first = true };
+	uint8_t want[128];
+	char out[4096];
+	size_t n;
+	int rc;
+
+	fake_generation(&f, KVP_FINISH_CONTEXT);
+	fake_start(&f, 1);
+	rc = run(out, sizeof(out), "'%s' generate --socket '%s' --tokens 1,2 --max-new 8 "
+		 "--keep 604800", KVP_CLI_PATH, f.path);
+	cr_assert_eq(rc, 0, "%s", out);
+	fake_stop(&f);
+	n = kvp_generate_req_encode(want, sizeof(want), &m, NULL, prompt);
+	assert_request(&f, KVP_T_GENERATE, want, n);
 }

@@ -3,9 +3,11 @@
  *
  *   kvprefix lookup|insert [--socket PATH] (--tokens 1,2,3 | --tokens-file FILE)
  *                          [--pin] [--json]
+ *                          (insert:) [--keep SECONDS [--priority N]]
  *   kvprefix generate [--socket PATH] (--tokens 1,2,3 | --tokens-file FILE)
  *                     [--max-new N] [--temperature T] [--top-k K] [--top-p P]
  *                     [--seed S] [--stop ID[,ID...]] [--json] [--logits-out FILE]
+ *                     [--keep SECONDS [--priority N]]
  *   kvprefix stats [--socket PATH]
  *   kvprefix ping  [--socket PATH] [--json]
  *   kvprefix admin clear [--socket PATH] [--all | --tenant UID]
@@ -35,6 +37,8 @@
 #define CLI_GEN_TIMEOUT_MS 600000u   /* generate: the longest wait for each frame */
 #define HUMAN_IDS_MAX 32   /* block ids listed in human output */
 #define OPT_SERVER_UID 512 /* --server-uid, an option of every command */
+#define OPT_KEEP 513       /* --keep, of insert and generate */
+#define OPT_PRIORITY 514   /* --priority, with --keep */
 
 static void usage_main(FILE *f)
 {
@@ -61,13 +65,21 @@ static void usage_main(FILE *f)
 		"Exit status: 0 ok, 1 daemon or I/O error, 2 usage error.\n");
 }
 
+/* --keep and --priority in the help of insert and generate. */
+#define KEEP_HELP \
+	"      --keep SECONDS      keep the full blocks of the tokens (generate: of the\n" \
+	"                          prompt) for SECONDS, 1-604800 (a week): not evicted\n" \
+	"                          while blocks nobody keeps can go\n" \
+	"      --priority N        with --keep: when nothing else can go, the lowest\n" \
+	"                          priority is given up first, 0-4294967295 (default 0)\n"
+
 static void usage_tokens(FILE *f, const char *cmd)
 {
 	bool ins = strcmp(cmd, "insert") == 0, fleet = strcmp(cmd, "fleet") == 0;
 
 	fprintf(f,
 		"Usage: kvprefix %s [--socket PATH] (--tokens LIST | --tokens-file FILE)\n"
-		"                %*s [--pin] [--json]\n"
+		"                %*s [--pin] [--json]%s\n"
 		"%s\n"
 		"\n"
 		"  -s, --socket PATH       daemon socket (default: the library's default)\n"
@@ -78,16 +90,18 @@ static void usage_tokens(FILE *f, const char *cmd)
 		"                          whitespace or commas, or a JSON array\n"
 		"  -p, --pin               pin the blocks under a lease (released when this\n"
 		"                          command exits and its connection closes)\n"
+		"%s"
 		"  -j, --json              print one JSON object:\n"
 		"                          %s\n"
 		"  -h, --help              show this help\n",
-		cmd, (int)strlen(cmd), "",
+		cmd, (int)strlen(cmd), "", ins ? " [--keep SECONDS [--priority N]]" : "",
 		ins ? "Register the full blocks of the tokens as computed (only full blocks are\n"
 		      "cached; the tail shorter than a block is not)."
 		: fleet ? "Ask a fleet index (kvprefixd --index-only --kv-events-sub) which prefix\n"
 			  "of the tokens each engine it follows has cached, longest first\n"
 			  "(--pin does not apply)."
 		    : "Ask which prefix of the tokens is cached, in whole blocks.",
+		ins ? KEEP_HELP : "",
 		ins ? "cached_tokens, prompt_tokens, new_blocks, block_ids, lease"
 		: fleet ? "prompt_tokens, instances: [{instance, matched_tokens}]"
 		    : "matched_tokens, prompt_tokens, blocks, block_ids, lease");
@@ -264,6 +278,46 @@ static int run_fleet(struct kvp_client *c, const struct kvp_tokvec *toks, bool j
 	return KVP_EXIT_OK;
 }
 
+/* What --keep and --priority asked for. */
+struct keep_opts {
+	uint32_t keep_s, priority;
+	bool priority_set;
+};
+
+/* --keep or --priority into k; false after printing why it is wrong. */
+static bool keep_option(const char *cmd, int opt, struct keep_opts *k)
+{
+	uint64_t v;
+
+	if (opt == OPT_KEEP) {
+		if (!kvp_tool_parse_u64(optarg, 1, KVP_KEEP_MAX_S, &v)) {
+			fprintf(stderr, PROG " %s: --keep '%s': want seconds from 1 to %u (a "
+				"week)\n", cmd, optarg, KVP_KEEP_MAX_S);
+			return false;
+		}
+		k->keep_s = (uint32_t)v;
+		return true;
+	}
+	if (!kvp_tool_parse_u64(optarg, 0, UINT32_MAX, &v)) {
+		fprintf(stderr, PROG " %s: --priority '%s': want an integer from 0 to %u\n", cmd,
+			optarg, UINT32_MAX);
+		return false;
+	}
+	k->priority = (uint32_t)v;
+	k->priority_set = true;
+	return true;
+}
+
+/* After the options: --priority needs --keep; false after printing so. */
+static bool keep_options_done(const char *cmd, const struct keep_opts *k)
+{
+	if (k->priority_set && !k->keep_s) {
+		fprintf(stderr, PROG " %s: --priority needs --keep SECONDS\n", cmd);
+		return false;
+	}
+	return true;
+}
+
 static int cmd_tokens(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -272,12 +326,15 @@ static int cmd_tokens(int argc, char **argv)
 		{ "tokens", required_argument, NULL, 't' },
 		{ "tokens-file", required_argument, NULL, 'f' },
 		{ "pin", no_argument, NULL, 'p' },
+		{ "keep", required_argument, NULL, OPT_KEEP },
+		{ "priority", required_argument, NULL, OPT_PRIORITY },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *cmd = argv[0], *sock = NULL, *list = NULL, *file = NULL;
 	bool ins = strcmp(cmd, "insert") == 0, json = false;
+	struct keep_opts keep = { 0 };
 	struct kvp_tokvec toks = { 0 };
 	struct kvp_client *c = NULL;
 	struct kvp_match m;
@@ -294,6 +351,15 @@ static int cmd_tokens(int argc, char **argv)
 		case 'f': file = optarg; break;
 		case 'p': flags |= KVP_LOOKUP_PIN; break;
 		case 'j': json = true; break;
+		case OPT_KEEP: case OPT_PRIORITY:
+			if (!ins) {
+				fprintf(stderr, PROG " %s: --%s is insert's\n", cmd,
+					opt == OPT_KEEP ? "keep" : "priority");
+				goto out_usage;
+			}
+			if (!keep_option(cmd, opt, &keep))
+				goto out_usage;
+			break;
 		case OPT_SERVER_UID:
 			if (!kvp_tool_server_uid_option(PROG, optarg))
 				goto out_usage;
@@ -306,6 +372,8 @@ static int cmd_tokens(int argc, char **argv)
 		fprintf(stderr, PROG " %s: unexpected argument '%s'\n", cmd, argv[optind]);
 		goto out_usage;
 	}
+	if (!keep_options_done(cmd, &keep))
+		goto out_usage;
 	if (!list == !file) {
 		fprintf(stderr, PROG " %s: give exactly one of --tokens LIST or "
 			"--tokens-file FILE\n", cmd);
@@ -333,8 +401,12 @@ static int cmd_tokens(int argc, char **argv)
 		ret = run_fleet(c, &toks, json);
 		goto out_close;
 	}
-	rc = ins ? kvp_client_insert(c, toks.v, toks.n, flags, &m)
-		 : kvp_client_lookup(c, toks.v, toks.n, flags, &m);
+	if (keep.keep_s)
+		rc = kvp_client_insert_keep(c, toks.v, toks.n, flags, keep.keep_s, keep.priority,
+					    &m);
+	else
+		rc = ins ? kvp_client_insert(c, toks.v, toks.n, flags, &m)
+			 : kvp_client_lookup(c, toks.v, toks.n, flags, &m);
 	if (rc < 0) {
 		kvp_tool_perror(PROG, cmd, c, rc);
 		ret = KVP_EXIT_FAIL;
@@ -370,6 +442,7 @@ static void usage_generate(FILE *f)
 		"                         [--max-new N] [--temperature T] [--top-k K]\n"
 		"                         [--top-p P] [--seed S] [--stop ID[,ID...]]\n"
 		"                         [--json] [--logits-out FILE]\n"
+		"                         [--keep SECONDS [--priority N]]\n"
 		"Generate tokens after a prompt of token ids (the daemon must run a model, not\n"
 		"--index-only). The cached prefix of the prompt is reused; the rest is computed\n"
 		"and cached. Without --json the generated ids are printed as they arrive,\n"
@@ -396,6 +469,7 @@ static void usage_generate(FILE *f)
 		"                          prefill_us, decode_us\n"
 		"      --logits-out FILE   ask for the logits of the last prompt position and\n"
 		"                          write them to FILE as little-endian float32\n"
+		KEEP_HELP
 		"  -h, --help              show this help\n"
 		"\n"
 		"Each frame from the daemon is awaited for at most %u s.\n",
@@ -502,6 +576,7 @@ struct gen_opts {
 	const char *sock, *list, *file, *logits_path;
 	struct kvp_generate_params gp;
 	struct kvp_tokvec stop;
+	struct keep_opts keep;
 	bool json;
 };
 
@@ -596,6 +671,8 @@ static int generate_args(int argc, char **argv, struct gen_opts *o)
 		{ "stop", required_argument, NULL, OPT_STOP },
 		{ "json", no_argument, NULL, 'j' },
 		{ "logits-out", required_argument, NULL, OPT_LOGITS_OUT },
+		{ "keep", required_argument, NULL, OPT_KEEP },
+		{ "priority", required_argument, NULL, OPT_PRIORITY },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -620,6 +697,10 @@ static int generate_args(int argc, char **argv, struct gen_opts *o)
 			if (!generate_option(opt, o))
 				goto out_usage;
 			break;
+		case OPT_KEEP: case OPT_PRIORITY:
+			if (!keep_option("generate", opt, &o->keep))
+				goto out_usage;
+			break;
 		default:
 			return bad_option("generate", argv, opt);
 		}
@@ -633,8 +714,12 @@ static int generate_args(int argc, char **argv, struct gen_opts *o)
 			"--tokens-file FILE\n");
 		goto out_usage;
 	}
+	if (!keep_options_done("generate", &o->keep))
+		goto out_usage;
 	o->gp.stop = o->stop.v;
 	o->gp.n_stop = (uint32_t)o->stop.n;
+	o->gp.keep_s = o->keep.keep_s;
+	o->gp.priority = o->keep.priority;
 	return -1;
 
 out_usage:
