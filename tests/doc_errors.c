@@ -363,6 +363,17 @@ static void p_lease_limit(int fd, uint8_t v)
 	send_frame(fd, v, KVP_T_LOOKUP, BAD_ID, p, sizeof(p));
 }
 
+static void p_insert_bad_keep(int fd, uint8_t v)
+{
+	static const uint32_t t[4] = { 1, 2, 3, 4 };
+	uint8_t p[16 + 16];
+
+	cr_assert_eq(kvp_tokens_req_encode_keep(p, sizeof(p), KVP_F_KEEP, t, 4, 60, 1),
+		     sizeof(p));
+	kvp_le_put_u32(p + 8 + 16, 0);   /* keep_s 0: out of range, the layout sound */
+	send_frame(fd, v, KVP_T_INSERT, BAD_ID, p, sizeof(p));
+}
+
 static void p_insert_engine(int fd, uint8_t v)
 {
 	uint8_t p[8 + 16];
@@ -494,6 +505,7 @@ static const struct provoker provokers[] = {
 	{ "too-many-tokens", D_INDEX, 2, false, p_too_many_tokens },
 	{ "unknown-lease", D_INDEX, 2, false, p_unknown_lease },
 	{ "lease-limit", D_INDEX, 2, false, p_lease_limit },
+	{ "insert-bad-keep", D_INDEX, 3, false, p_insert_bad_keep },
 	{ "insert-engine-mode", D_ENGINE, 2, false, p_insert_engine },
 	{ "generate-index-only", D_INDEX, 2, false, p_generate_ok },
 	{ "fleet-no-index", D_INDEX, 4, false, p_fleet_ok },

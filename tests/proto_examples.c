@@ -20,14 +20,14 @@
 /* ---- the examples of docs/protocol.md ----------------------------------------------------
  *
  * A session with a daemon of 4-token blocks: HELLO, INSERT 10 tokens (2 full blocks),
- * LOOKUP them with PIN, RELEASE the lease, STATS, PING, and an ERROR for a RELEASE of an
- * unknown lease. Its 10 tokens, pt_ex_tokens, are in proto_test_util.c: other files use
- * them too.
+ * LOOKUP them with PIN, RELEASE the lease, STATS, PING, an ERROR for a RELEASE of an
+ * unknown lease, and the INSERT again with KEEP (an hour, priority 5). Its 10 tokens,
+ * pt_ex_tokens, are in proto_test_util.c: other files use them too.
  */
 static const uint32_t ex_blocks[2] = { 0, 1 };
 static const char ex_stats_json[] = "{\"lookups\":1,\"hit_tokens\":8}";
 
-/* Three examples as literal bytes, copied from the page. */
+/* Some examples as literal bytes, copied from the page. */
 static const uint8_t hex_hello[] = {
 	0x4b, 0x56, 0x50, 0x31, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
 	0x14, 0x00, 0x00, 0x00,
@@ -49,6 +49,16 @@ static const uint8_t hex_lookup_reply[] = {
 	0x08, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
 	0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
 	0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+};
+static const uint8_t hex_insert_keep[] = {
+	0x4b, 0x56, 0x50, 0x31, 0x01, 0x03, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00,
+	0x38, 0x00, 0x00, 0x00,
+	0x02, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00,
+	0x00, 0xf4, 0x01, 0x00, 0x17, 0x03, 0x00, 0x00, 0xde, 0x0f, 0x00, 0x00,
+	0x76, 0x37, 0x00, 0x00, 0xff, 0x9b, 0x00, 0x00, 0xec, 0x89, 0x00, 0x00,
+	0x9f, 0x03, 0x00, 0x00, 0x17, 0x01, 0x00, 0x00, 0xb5, 0x3e, 0x00, 0x00,
+	0x2f, 0x16, 0x00, 0x00,
+	0x10, 0x0e, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00,
 };
 static const uint8_t hex_error[] = {
 	0x4b, 0x56, 0x50, 0x31, 0x01, 0xff, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00,
@@ -230,6 +240,27 @@ static void chk_lookup(const uint8_t *p, size_t n)
 	chk_tokens(p, n, KVP_F_PIN);
 }
 
+static size_t enc_insert_keep(uint8_t *out, size_t cap)
+{
+	return kvp_tokens_req_encode_keep(out, cap, KVP_F_KEEP, pt_ex_tokens, 10, 3600, 5);
+}
+
+static void chk_insert_keep(const uint8_t *p, size_t n)
+{
+	struct kvp_tokens_req m;
+	uint32_t got[10];
+
+	cr_assert_eq(kvp_tokens_req_decode_insert(p, n, 131072, &m), 0);
+	cr_assert_eq(m.flags, KVP_F_KEEP);
+	cr_assert_eq(m.n_tokens, 10);
+	cr_assert_eq(m.keep_s, 3600);
+	cr_assert_eq(m.priority, 5);
+	kvp_load_u32s(got, m.tokens, 10);
+	cr_assert(memcmp(got, pt_ex_tokens, sizeof(got)) == 0);
+	cr_assert_eq(kvp_tokens_req_decode(p, n, 131072, &m), KVP_EPROTO,
+		     "not a LOOKUP's layout");
+}
+
 static void chk_blocks(const uint8_t *p, size_t n, uint32_t new_blocks, uint64_t lease)
 {
 	struct kvp_blocks_reply m;
@@ -255,6 +286,18 @@ static size_t enc_insert_reply(uint8_t *out, size_t cap)
 static void chk_insert_reply(const uint8_t *p, size_t n)
 {
 	chk_blocks(p, n, 2, 0);
+}
+
+static size_t enc_insert_keep_reply(uint8_t *out, size_t cap)
+{
+	struct kvp_blocks_reply m = { 8, 10, 0, 0, 2, NULL };
+
+	return kvp_blocks_reply_encode(out, cap, &m, ex_blocks);
+}
+
+static void chk_insert_keep_reply(const uint8_t *p, size_t n)
+{
+	chk_blocks(p, n, 0, 0);
 }
 
 static size_t enc_lookup_reply(uint8_t *out, size_t cap)
@@ -690,6 +733,10 @@ static const struct example examples[] = {
 	{ "ping", KVP_T_PING, 6, enc_ping, chk_ping, NULL, 0, 1 },
 	{ "pong", KVP_T_PING | KVP_T_REPLY, 6, enc_ping, chk_ping, NULL, 0, 1 },
 	{ "error", KVP_T_ERROR, 7, enc_error, chk_error, hex_error, sizeof(hex_error), 1 },
+	{ "insert_keep", KVP_T_INSERT, 8, enc_insert_keep, chk_insert_keep, hex_insert_keep,
+	  sizeof(hex_insert_keep), 1 },
+	{ "insert_keep_reply", KVP_T_INSERT | KVP_T_REPLY, 8, enc_insert_keep_reply,
+	  chk_insert_keep_reply, NULL, 0, 1 },
 	{ "hello_v4", KVP_T_HELLO, 1, enc_hello_v4, chk_hello_v4, NULL, 0, 1 },
 	{ "hello_reply_engine", KVP_T_HELLO | KVP_T_REPLY, 1, enc_hello_reply_engine,
 	  chk_hello_reply_engine, hex_hello_reply_engine, sizeof(hex_hello_reply_engine), 1 },
