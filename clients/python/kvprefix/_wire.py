@@ -56,7 +56,11 @@ NAME_MAX = 255                # adapter, salt, name
 ERROR_MSG_MAX = 1024
 HELLO_INDEX_ONLY = 0x1        # HELLO reply flag
 F_PIN = 0x1                   # LOOKUP / INSERT
+F_KEEP = 0x2                  # INSERT only (a reserved bit of LOOKUP): keep_s, priority follow
+KEEP_MAX_S = 604800           # the longest keep_s (INSERT and GENERATE), a week
+KEEP_SIZE = 8                 # bytes of keep_s and priority after the tokens
 GEN_LOGITS = 0x1              # GENERATE
+GEN_KEEP = 0x2                # GENERATE: keep_s, priority follow the prompt
 STOP_MAX = 64
 GEN_MAX_NEW = 1 << 20
 ADMIN_F_TENANT = 0x1
@@ -263,6 +267,23 @@ def encode_tokens_head(flags: int, n_tokens: int) -> bytes:
     return struct.pack("<II", flags, n_tokens)
 
 
+def encode_keep(keep_s: int, priority: int) -> bytes:
+    """What follows the tokens of an INSERT (F_KEEP) or a GENERATE (GEN_KEEP) that
+    keeps its blocks: u32 keep_s and u32 priority; b"" for keep_s 0 (no keep).
+    InvalidArgumentError for keep_s over KEEP_MAX_S (the daemon's decoder refuses it,
+    as libkvprefix does before sending), a priority that is not a u32, or a priority
+    without keep_s."""
+    check_u32("keep_s", keep_s)
+    check_u32("priority", priority)
+    if keep_s > KEEP_MAX_S:
+        raise InvalidArgumentError("keep_s %d is over %d (a week)" % (keep_s, KEEP_MAX_S))
+    if keep_s == 0:
+        if priority:
+            raise InvalidArgumentError("a priority needs keep_s (1 to %d)" % KEEP_MAX_S)
+        return b""
+    return struct.pack("<II", keep_s, priority)
+
+
 def decode_blocks_reply(payload: bytes) -> Match:
     """A LOOKUP or INSERT reply."""
     r = _Reader("LOOKUP/INSERT reply", payload)
@@ -316,13 +337,16 @@ class GenerateParams(NamedTuple):
     top_p: float
     seed: int
     stop: Tuple[int, ...]
+    keep: bytes = b""         # encode_keep's: with GEN_KEEP, keep_s and priority
 
 
 def generate_params(max_new: int, temperature: float, top_k: int, top_p: float, seed: int,
-                    stop: Sequence[int], logits: bool) -> GenerateParams:
+                    stop: Sequence[int], logits: bool, keep_s: int = 0,
+                    priority: int = 0) -> GenerateParams:
     """Check a GENERATE's fields: InvalidArgumentError for what the daemon would refuse
     (§4.9: max_new over 2^20, temperature negative or not finite, top_p outside (0, 1],
-    more than 64 stop ids), as libkvprefix refuses them before sending."""
+    more than 64 stop ids, keep_s over a week), as libkvprefix refuses them before
+    sending. keep_s 0 is no keep (and priority must be 0)."""
     check_u32("max_new", max_new)
     check_u32("top_k", top_k)
     if not isinstance(seed, int) or not 0 <= seed <= U64_MAX:
@@ -338,11 +362,14 @@ def generate_params(max_new: int, temperature: float, top_k: int, top_p: float, 
     stop_ids = tuple(check_u32("stop id", s) for s in stop)
     if len(stop_ids) > STOP_MAX:
         raise InvalidArgumentError("%d stop ids, over %d" % (len(stop_ids), STOP_MAX))
-    return GenerateParams(GEN_LOGITS if logits else 0, max_new, t, top_k, p, seed, stop_ids)
+    keep = encode_keep(keep_s, priority)
+    flags = (GEN_LOGITS if logits else 0) | (GEN_KEEP if keep else 0)
+    return GenerateParams(flags, max_new, t, top_k, p, seed, stop_ids, keep)
 
 
 def encode_generate_head(p: GenerateParams, n_tokens: int) -> bytes:
-    """A GENERATE payload up to its prompt (which follows as tokens_bytes)."""
+    """A GENERATE payload up to its prompt (which follows as tokens_bytes, then
+    p.keep)."""
     stop, _ = tokens_bytes(p.stop)
     return (struct.pack("<IIfIfQI", p.flags, p.max_new, p.temperature, p.top_k, p.top_p,
                         p.seed, len(p.stop))

@@ -217,12 +217,22 @@ class Client:
         client closes."""
         return self._tokens_call(_wire.T_LOOKUP, tokens, pin)
 
-    def insert(self, tokens: Iterable[int], *, pin: bool = False) -> Match:
+    def insert(self, tokens: Iterable[int], *, pin: bool = False, keep_s: int = 0,
+               priority: int = 0) -> Match:
         """Register the full blocks of tokens as computed by an external engine
         (index-only daemons; an engine-mode daemon raises :class:`UnsupportedError`).
         ``Match.matched_tokens`` is the prefix cached now: fewer than the full blocks
-        when the pool is full of pinned blocks. ``pin`` as for :meth:`lookup`."""
-        return self._tokens_call(_wire.T_INSERT, tokens, pin)
+        when the pool is full of pinned blocks. ``pin`` as for :meth:`lookup`.
+
+        ``keep_s`` (1 to 604800, a week; 0: no keep) keeps the blocks cached now for
+        that many seconds: they are not evicted to make room while any block nobody
+        keeps can go, and when nothing else can go the lowest ``priority`` is given up
+        first (docs/protocol.md §4.3). Out of range raises
+        :class:`InvalidArgumentError` before sending. A daemon older than KEEP refuses
+        it as a reserved flag bit (:class:`InvalidArgumentError`) and closes the
+        connection."""
+        return self._tokens_call(_wire.T_INSERT, tokens, pin, _wire.encode_keep(keep_s,
+                                                                               priority))
 
     @contextlib.contextmanager
     def lease(self, tokens: Iterable[int], *, insert: bool = False) -> Iterator[Match]:
@@ -302,7 +312,8 @@ class Client:
 
     def generate(self, prompt: Iterable[int], *, max_new: int = 16, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 stop: Sequence[int] = (), logits: bool = False) -> Generation:
+                 stop: Sequence[int] = (), logits: bool = False, keep_s: int = 0,
+                 priority: int = 0) -> Generation:
         """Generate up to ``max_new`` tokens after prompt (at least one token), on a
         daemon that runs a model.
 
@@ -312,7 +323,8 @@ class Client:
         random numbers seeded by ``seed``. Generation ends after a token in ``stop``
         (that token is yielded), after ``max_new`` tokens or when the model's context
         is full. ``logits``: return the raw logits of the last prompt position in
-        ``Usage.logits``.
+        ``Usage.logits``. ``keep_s`` and ``priority``: keep the full blocks of the
+        prompt cached when it completes, as :meth:`insert` keeps its blocks.
 
         The request is sent now (values the daemon would refuse raise
         :class:`InvalidArgumentError` here, before sending); the returned
@@ -321,12 +333,13 @@ class Client:
         vocabulary, a prompt over the context, an index-only daemon, ...) are raised
         by the iteration. Other requests may be made on this client meanwhile.
         """
-        p = _wire.generate_params(max_new, temperature, top_k, top_p, seed, stop, logits)
+        p = _wire.generate_params(max_new, temperature, top_k, top_p, seed, stop, logits,
+                                  keep_s, priority)
         toks, n = _wire.tokens_bytes(prompt)
         if n == 0:
             raise InvalidArgumentError("a GENERATE needs at least one prompt token")
         req_id = self._send(_wire.VERSION, _wire.T_GENERATE,
-                            [_wire.encode_generate_head(p, n), toks])
+                            [_wire.encode_generate_head(p, n), toks, p.keep])
         self._queues[req_id] = deque()
         return Generation(self, req_id, p, n)
 
@@ -407,10 +420,13 @@ class Client:
 
     # ---- one request ------------------------------------------------------------------------
 
-    def _tokens_call(self, ftype: int, tokens: Iterable[int], pin: bool) -> Match:
+    def _tokens_call(self, ftype: int, tokens: Iterable[int], pin: bool,
+                     keep: bytes = b"") -> Match:
+        """LOOKUP or INSERT; keep: an INSERT's encode_keep bytes, sent with F_KEEP."""
         toks, n = _wire.tokens_bytes(tokens)
-        head = _wire.encode_tokens_head(_wire.F_PIN if pin else 0, n)
-        m = self._decode(_wire.decode_blocks_reply, self._call(ftype, [head, toks]))
+        flags = (_wire.F_PIN if pin else 0) | (_wire.F_KEEP if keep else 0)
+        head = _wire.encode_tokens_head(flags, n)
+        m = self._decode(_wire.decode_blocks_reply, self._call(ftype, [head, toks, keep]))
         if m.prompt_tokens != n or (m.lease and not pin):
             raise self._fail("a reply of %d prompt tokens%s to a request of %d"
                              % (m.prompt_tokens, ", with a lease," if m.lease and not pin

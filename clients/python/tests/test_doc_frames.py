@@ -58,6 +58,25 @@ def test_session_index_only(tmp_path):
     assert ei.value.code == 6 and ei.value.message == "no such lease"
 
 
+def _as_req_id(frame, req_id):
+    """A page frame with another req_id."""
+    out = bytearray(frame)
+    out[8:12] = struct.pack("<I", req_id)
+    return bytes(out)
+
+
+def test_session_insert_keep(tmp_path):
+    """The page's INSERT with KEEP (req_id 8 there, a fresh client's first request
+    here): keep_s and priority after the tokens."""
+    srv = FakeServer(str(tmp_path), [("expect", _as_req_id(doc_frame("insert_keep"), 1)),
+                                     ("send", _as_req_id(doc_frame("insert_keep_reply"), 1))])
+    with kvprefix.Client(srv.path, timeout=10) as c:
+        m = c.insert(SESSION_TOKENS, keep_s=3600, priority=5)
+    srv.check()
+    assert (m.cached_tokens, m.prompt_tokens, m.new_blocks, m.lease, m.block_ids) == \
+        (8, 10, 0, 0, (0, 1))
+
+
 def test_session_generate(tmp_path):
     # the page's token frames bring 6, 2, 1, 7: the middle two are the first one's
     # with another token
