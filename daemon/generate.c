@@ -79,8 +79,11 @@ static struct req_outcome gen_req_blocks(struct conn *c, const struct kvp_frame_
 	struct server *s = c->srv;
 	const uint32_t need = (n_positions + s->cfg->block_tokens - 1) / s->cfg->block_tokens;
 	struct kvp_cache_stats st;
-	int rc = kvp_cache_seq_begin(s->cache, c->root, c->group, r->job.tokens, n_prompt,
-				     n_positions, &r->seq);
+	int rc;
+
+	srv_keeps_expire(s);   /* what is due goes before blocks are taken */
+	rc = kvp_cache_seq_begin(s->cache, c->root, c->group, r->job.tokens, n_prompt,
+				 n_positions, &r->seq);
 
 	if (rc == KVP_EFULL && r->seq.quota_full)
 		return req_refuse(c, h, rc,
@@ -218,8 +221,8 @@ static struct req_outcome gen_check(struct conn *c, const struct kvp_frame_hdr *
 				  m->n_tokens, s->cfg->max_tokens);
 	if (rc)
 		return req_refuse(c, h, rc, "GENERATE: a sampling value or count is out of range "
-				  "(temperature >= 0, top_p in (0, 1], 1..max tokens, <= %u stop ids)",
-				  KVP_STOP_MAX);
+				  "(temperature >= 0, top_p in (0, 1], 1..max tokens, <= %u stop ids, "
+				  "KEEP of 1 to %u seconds)", KVP_STOP_MAX, KVP_KEEP_MAX_S);
 	if (c->n_reqs >= s->cfg->max_inflight)
 		return req_refuse(c, h, KVP_EBUSY,
 				  "this connection already runs %u generations (--max-inflight)",
@@ -356,8 +359,14 @@ static void gen_req_finish(struct server *s, struct gen_req *r, const struct kvp
 			    : p->n_valid > j->cached ? p->n_valid - j->cached : 0;
 
 	gen_wait_forget(s, r);
-	if (r->seq.ns)   /* a preempted request gave its blocks back already */
+	if (r->seq.ns) {   /* a preempted request gave its blocks back already */
+		const struct kvp_key root = r->seq.root, group = r->seq.group;
+
 		kvp_cache_seq_end(s->cache, &r->seq, j->tokens, p->n_valid);
+		if (r->req.flags & KVP_GEN_KEEP)   /* what of its prompt is cached now */
+			srv_keep(s, root, group, j->tokens, j->n_prompt, r->req.keep_s,
+				 r->req.priority);
+	}
 	kvp_stats_generation_end(&s->stats, r->ns, p->status, computed, p->n_generated,
 				 p->ttft_us);
 	gen_req_unlink(r);

@@ -153,6 +153,26 @@ static struct req_outcome handle_hello(struct conn *c, const struct kvp_frame_hd
 	return req_reply(c, h, buf, kvp_hello_reply_encode(buf, sizeof(buf), &r));
 }
 
+/* ---- keeps ------------------------------------------------------------------------- */
+
+void srv_keeps_expire(struct server *s)
+{
+	(void)kvp_cache_expire(s->cache, kvp_clock_ns() / 1000000u);
+}
+
+void srv_keep(struct server *s, struct kvp_key root, struct kvp_key group,
+	      const uint32_t *tokens, uint32_t n_tokens, uint32_t keep_s, uint32_t priority)
+{
+	static struct kvp_log_limit lim;
+	uint32_t kept;
+
+	if (kvp_cache_keep(s->cache, root, group, tokens, n_tokens,
+			   kvp_clock_ns() / 1000000u + (uint64_t)keep_s * 1000u, priority,
+			   &kept) != KVP_OK)
+		kvp_warn_limited(&lim, "out of memory keeping a prefix of %u tokens for %u s",
+				 n_tokens, keep_s);
+}
+
 /* ---- LOOKUP / INSERT --------------------------------------------------------------- */
 
 /* The cache call itself, timed for the latency histograms. */
@@ -223,11 +243,16 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 	struct kvp_cache_result res;
 	struct kvp_blocks_reply r;
 	struct req_outcome o;
-	int rc = kvp_tokens_req_decode(p, h->len, s->cfg->max_tokens, &m);
+	const uint32_t known = insert ? KVP_INSERT_FLAGS_KNOWN : KVP_LOOKUP_FLAGS_KNOWN;
+	int rc = insert ? kvp_tokens_req_decode_insert(p, h->len, s->cfg->max_tokens, &m)
+			: kvp_tokens_req_decode(p, h->len, s->cfg->max_tokens, &m);
 
 	if (rc == KVP_ETOOBIG)   /* well-formed but over the limit: the connection stays */
 		return req_refuse(c, h, rc, "%u tokens: over the limit of %u per request",
 				  m.n_tokens, s->cfg->max_tokens);
+	if (rc == KVP_EINVAL && !(m.flags & ~known))   /* a value, not the layout: it stays */
+		return req_refuse(c, h, rc, "INSERT KEEP of %u seconds: from 1 to %u", m.keep_s,
+				  KVP_KEEP_MAX_S);
 	if (rc)
 		return req_malformed(c, h, rc, "malformed %s: %s", insert ? "INSERT" : "LOOKUP",
 				     kvp_strerror(rc));
@@ -239,6 +264,8 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 	    lease_over_limit(c, h, m.n_tokens / s->cfg->block_tokens, &o))
 		return o;
 	kvp_load_u32s(s->tokens, m.tokens, m.n_tokens);
+	if (insert)
+		srv_keeps_expire(s);   /* what is due goes before blocks are taken */
 	rc = tokens_run(c, insert, m.flags & KVP_F_PIN, m.n_tokens, &res);
 	if (rc == KVP_EBUSY)
 		return req_refuse(c, h, rc, "this connection already holds %u leases",
@@ -248,6 +275,8 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 				  kvp_strerror(rc));
 	if (res.lease)
 		lease_account(c, true, res.n_blocks);
+	if (insert && (m.flags & KVP_F_KEEP))
+		srv_keep(s, c->root, c->group, s->tokens, m.n_tokens, m.keep_s, m.priority);
 	if (insert)
 		kvp_stats_insert(&s->stats, conn_stats_ns(c), m.n_tokens);
 	else

@@ -82,6 +82,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct server *s = arg;
 
 	(void)sd_notify(0, "WATCHDOG=1");
+	srv_keeps_expire(s);
 	notify_status(s);
 }
 

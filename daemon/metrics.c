@@ -446,6 +446,13 @@ int kvp_metrics_render(const struct kvp_metrics_view *v, struct evbuffer *out)
 	gauge(&e, "kvprefix_pool_capacity_blocks", "Blocks in the pool", (double)st->pool.total);
 	gauge(&e, "kvprefix_tree_nodes", "Nodes of the prefix tree", (double)st->tree_nodes);
 	gauge(&e, "kvprefix_leases_active", "Leases held by clients", (double)st->leases_active);
+	gauge(&e, "kvprefix_keeps_active", "Prefixes kept by INSERT or GENERATE with KEEP",
+	      (double)st->keeps_active);
+	family(&e, "kvprefix_keeps_ended_total", "counter",
+	       "Keeps ended: at their time (expired), or early because nothing else could make "
+	       "room (given_up)");
+	emitf(&e, "kvprefix_keeps_ended_total{how=\"expired\"} %" PRIu64 "\n", st->keeps_expired);
+	emitf(&e, "kvprefix_keeps_ended_total{how=\"given_up\"} %" PRIu64 "\n", st->keeps_given_up);
 	gauge(&e, "kvprefix_connections", "Client connections open", (double)v->connections);
 	gauge(&e, "kvprefix_generations_active", "Generations submitted and not done",
 	      (double)v->generations_active);

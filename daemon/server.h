@@ -240,6 +240,11 @@ struct kvp_stats_ns conn_stats_ns(const struct conn *c);
 /* ---- admin.c ----------------------------------------------------------------------- */
 
 struct req_outcome handle_admin(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p);
+/* Keeps (handlers.c): let go of the keeps that are due (before a request takes blocks,
+ * and on the tick); keep the cached prefix of tokens for keep_s seconds from now. */
+void srv_keeps_expire(struct server *s);
+void srv_keep(struct server *s, struct kvp_key root, struct kvp_key group,
+	      const uint32_t *tokens, uint32_t n_tokens, uint32_t keep_s, uint32_t priority);
 /* ADMIN EXPLAIN (explain.c): the fate of each block of tokens[0..n) in namespace root, as
  * the reply's text in out (cap bytes, cut with "...\n" when longer); *cached: the blocks
  * cached. 0, KVP_ETOOBIG, KVP_ENOMEM. */

@@ -154,6 +154,9 @@ static void add_cache(cJSON *o, const struct kvp_stats_totals *t, const struct k
 	cJSON_AddNumberToObject(o, "tree_nodes", (double)st->tree_nodes);
 	cJSON_AddNumberToObject(o, "diagnostics_bytes", (double)st->diag_bytes);
 	cJSON_AddNumberToObject(o, "leases_active", (double)st->leases_active);
+	cJSON_AddNumberToObject(o, "keeps_active", (double)st->keeps_active);
+	cJSON_AddNumberToObject(o, "keeps_expired", (double)st->keeps_expired);
+	cJSON_AddNumberToObject(o, "keeps_given_up", (double)st->keeps_given_up);
 }
 
 /* "scheduler": the engine's batched steps (engine mode only). */

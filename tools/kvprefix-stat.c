@@ -574,6 +574,10 @@ static void print_table(const struct snap *cur, const struct snap *prev,
 	       fmt_count(b, sizeof(b), num(o, "leases_active")),
 	       fmt_count(c, sizeof(c), num(o, "connections")));
 	printf(" (%s in all)\n", fmt_count(a, sizeof(a), num(o, "connections_total")));
+	printf("  keeps %s (ended: %s at their time, %s given up for room)\n",
+	       fmt_count(a, sizeof(a), num(o, "keeps_active")),
+	       fmt_count(b, sizeof(b), num(o, "keeps_expired")),
+	       fmt_count(c, sizeof(c), num(o, "keeps_given_up")));
 	print_pool_bar(o);
 	print_misses(o);
 	print_tiers(o);
