@@ -919,8 +919,9 @@ static int finish(struct kvp_config *cfg, struct cerr *e)
 	}
 	if (!cfg->index_only && !cfg->model_path)
 		return fail(e, CERR_NO_MODE, "choose a mode: --index-only or --model FILE");
-	/* the largest request, a GENERATE with every stop id, must fit in a frame */
-	frame_need = (uint64_t)cfg->max_tokens * 4 + kvp_generate_req_size(KVP_STOP_MAX, 0);
+	/* the largest request, a GENERATE with every stop id and a KEEP, must fit in a frame */
+	frame_need = (uint64_t)cfg->max_tokens * 4 +
+		     kvp_generate_req_size_flags(KVP_STOP_MAX, 0, KVP_GEN_KEEP);
 	if (frame_need > cfg->max_frame_bytes)
 		return fail(e, CERR_OTHER,
 			    "--max-tokens %u needs frames of %llu bytes, over --max-frame-bytes %u",
