@@ -9,11 +9,12 @@
  *                                                        once, memory freed later from
  *                                                        the loop, never in its own cb
  *
- * Bounds: a header's payload length is checked against --max-frame-bytes before any
- * byte of the payload is buffered for it; at most FRAMES_PER_WAKEUP frames run per
- * read callback (the rest are picked up by a deferred trigger) so one busy client
- * cannot starve the others; reading pauses while a connection's unsent output is
- * over OUTPUT_HIGH_WATER.
+ * Bounds: a header's payload length is checked against --max-frame-bytes before the
+ * connection's read buffer grows for it (a read only fills the room it already has);
+ * the buffer's size is bounded as "reading" below says; at most FRAMES_PER_WAKEUP
+ * frames run per read callback (the rest are picked up by a deferred trigger) so one
+ * busy client cannot starve the others; reading pauses while a connection's unsent
+ * output is over OUTPUT_HIGH_WATER.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -38,7 +39,6 @@
 #define FRAMES_PER_WAKEUP 64
 #define OUTPUT_HIGH_WATER (16u << 20)
 #define CLOSE_FLUSH_SECONDS 5
-#define READ_CHUNK (256u << 10)
 
 static const char *const conn_state_names[] = { "reading", "closing", "closed" };
 
@@ -118,11 +118,21 @@ int send_error(struct conn *c, uint8_t version, uint32_t req_id, int status, con
 
 /* ---- closing ----------------------------------------------------------------- */
 
+/* Stop watching the socket for reading (the idle timeout stops with it). */
+static void read_stop(struct conn *c)
+{
+	if (c->reading) {
+		event_del(c->rev);
+		c->reading = false;
+	}
+}
+
 static void conn_free_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
 
 	bufferevent_free(c->bev);
+	srv_free(c->rbuf);
 	srv_free(c);
 }
 
@@ -156,6 +166,12 @@ void conn_close(struct conn *c, const char *why)
 		event_free(c->frame_timer);
 		c->frame_timer = NULL;
 	}
+	if (c->rev) {
+		/* the read buffer stays until the free: a frame may be running from it */
+		event_free(c->rev);
+		c->rev = NULL;
+		c->reading = false;
+	}
 	kvp_debug("conn %llu (uid %u): closed (%s); %zu leases released",
 		  (unsigned long long)c->id, (unsigned)c->uid, why, n);
 	*c->pprev = c->next;
@@ -165,6 +181,7 @@ void conn_close(struct conn *c, const char *why)
 	if (event_base_once(s->base, -1, EV_TIMEOUT, conn_free_cb, c, NULL) != 0) {
 		/* cannot defer: freeing here is still safe with libevent's deferred cbs off */
 		bufferevent_free(c->bev);
+		srv_free(c->rbuf);
 		srv_free(c);
 	}
 }
@@ -174,7 +191,7 @@ void conn_finish(struct conn *c, const char *why)
 	struct timeval tv = { CLOSE_FLUSH_SECONDS, 0 };
 
 	conn_set_state(c, CONN_CLOSING);
-	bufferevent_disable(c->bev, EV_READ);
+	read_stop(c);
 	bufferevent_set_timeouts(c->bev, NULL, &tv);
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_close(c, why);
@@ -182,16 +199,106 @@ void conn_finish(struct conn *c, const char *why)
 
 /* ---- reading ------------------------------------------------------------------ */
 
-/* Decode and check the header at the front of in. 0, or the status of the ERROR sent
- * (the connection must then close). */
-static int read_header(struct conn *c, struct evbuffer *in, struct kvp_frame_hdr *h)
+/*
+ * Each connection reads its socket itself, into a buffer it owns and reuses, and each
+ * whole frame runs where it lies: its payload is never copied. The bufferevent only
+ * writes (and runs conn_run_cb, the deferred turn).
+ *
+ *   rbuf 0            rpos                              rlen               rcap
+ *        | run already | frames not run yet, the last    | free: the next    |
+ *        |             | maybe part-read (rneed: its size)| read lands here   |
+ *
+ * A read asks for the rest of the part-read frame and the header behind it, or for
+ * RBUF_AHEAD bytes where that is less (small frames come by the dozen): in a stream
+ * of large frames each read ends on the next frame's header, one read a frame, and
+ * what a read brings of a frame it does not finish is RBUF_AHEAD bytes at most.
+ *   - empty (rpos == rlen): both go back to 0
+ *   - the part-read frame moves to the front when it is RBUF_MOVE bytes or less, or
+ *     when it would run past rcap: RBUF_AHEAD bytes moved at most
+ *   - a frame up to RBUF_KEEP: the buffer doubles at once until it holds the frame
+ *     and RBUF_AHEAD more (RBUF_KEEP at most); a larger frame: the buffer goes to
+ *     RBUF_KEEP, then doubles each time it is full of the frame, up to the frame's
+ *     size (so never more than twice the bytes received)
+ *   - larger than RBUF_KEEP, it goes back to RBUF_KEEP once a frame that fits
+ *     RBUF_KEEP has run or the socket is drained, and what is left fits
+ *
+ * Memory, each connection: nothing until its first byte, then RBUF_MIN, doubling up
+ * to RBUF_KEEP as its frames need, and kept. A larger frame (--max-frame-bytes at
+ * most) takes the larger of RBUF_KEEP and twice its bytes received, never more than
+ * its own size, and is given back after it as above. So between frames connections
+ * hold --max-connections x RBUF_KEEP at most (256 MiB at the default 1,024).
+ */
+#define RBUF_MIN (64u << 10)
+#define RBUF_KEEP (256u << 10)
+#define RBUF_AHEAD (16u << 10)
+#define RBUF_MOVE (4u << 10)
+
+/* Move the unread bytes to the front of a new buffer of cap bytes (cap >= them).
+ * 0, or KVP_ENOMEM with the buffer as it was. */
+static int rbuf_resize(struct conn *c, size_t cap)
+{
+	const size_t have = c->rlen - c->rpos;
+	uint8_t *b = srv_malloc(cap);
+
+	if (!b)
+		return KVP_ENOMEM;
+	if (have)
+		memcpy(b, c->rbuf + c->rpos, have);
+	srv_free(c->rbuf);
+	c->rbuf = b;
+	c->rcap = cap;
+	c->rpos = 0;
+	c->rlen = have;
+	return KVP_OK;
+}
+
+/* Make room behind what is buffered for the next read (the rules above); *room: the
+ * bytes to ask for, 0 when whole frames wait for a deferred turn. 0 or KVP_ENOMEM. */
+static int rbuf_room(struct conn *c, size_t *room)
+{
+	const size_t need = c->rneed ? c->rneed : KVP_HDR_SIZE;
+	const size_t have = c->rlen - c->rpos;
+	size_t cap = c->rcap ? c->rcap : RBUF_MIN, ask;
+
+	*room = 0;
+	if (have == 0)
+		c->rpos = c->rlen = 0;
+	else if (have >= need)
+		return KVP_OK;
+	if (c->rpos && (have <= RBUF_MOVE || c->rpos + need > c->rcap)) {
+		memmove(c->rbuf, c->rbuf + c->rpos, have);
+		c->rpos = 0;
+		c->rlen = have;
+	}
+	while (cap < need + RBUF_AHEAD && cap < RBUF_KEEP)
+		cap *= 2;
+	if (need > cap && c->rcap == cap && c->rlen == cap)
+		cap = need < 2 * cap ? need : 2 * cap;   /* full of a frame over RBUF_KEEP */
+	if (cap > c->rcap && rbuf_resize(c, cap) != KVP_OK)
+		return KVP_ENOMEM;
+	ask = need - have + KVP_HDR_SIZE;
+	if (ask < RBUF_AHEAD)
+		ask = RBUF_AHEAD;
+	*room = c->rcap - c->rlen < ask ? c->rcap - c->rlen : ask;
+	return KVP_OK;
+}
+
+/* Back to RBUF_KEEP after a larger frame, when what is left fits (a failure keeps the
+ * larger buffer). */
+static void rbuf_trim(struct conn *c)
+{
+	if (c->rcap > RBUF_KEEP && c->rlen - c->rpos <= RBUF_KEEP && c->rneed <= RBUF_KEEP)
+		(void)rbuf_resize(c, RBUF_KEEP);
+}
+
+/* The header at rpos (at least KVP_HDR_SIZE bytes are there), decoded and checked. 0,
+ * or the status of the ERROR sent (the connection must then close). */
+static int read_header(struct conn *c, struct kvp_frame_hdr *h)
 {
 	const uint32_t max = c->srv->cfg->max_frame_bytes;
-	uint8_t hb[KVP_HDR_SIZE];
 	int rc;
 
-	evbuffer_copyout(in, hb, sizeof(hb));
-	rc = kvp_hdr_decode(hb, sizeof(hb), max, h);
+	rc = kvp_hdr_decode(c->rbuf + c->rpos, KVP_HDR_SIZE, max, h);
 	/* nothing in a bad header is trusted: the ERROR speaks version 1 */
 	if (rc == KVP_ETOOBIG)
 		return send_error(c, KVP_PROTO_VERSION, h->req_id, rc,
@@ -205,24 +312,27 @@ static int read_header(struct conn *c, struct evbuffer *in, struct kvp_frame_hdr
 	return KVP_OK;
 }
 
-/* Run one complete frame; false when the connection must close. */
-static bool run_frame(struct conn *c, struct evbuffer *in, const struct kvp_frame_hdr *h)
+/* The part-read frame's header, where it came whole and sound; else a version 1
+ * header with id 0 (what an ERROR about it carries). */
+static struct kvp_frame_hdr front_header(const struct conn *c)
 {
-	const uint8_t *p = NULL;
+	struct kvp_frame_hdr h = { .version = KVP_PROTO_VERSION };
+
+	if (c->rlen - c->rpos >= KVP_HDR_SIZE &&
+	    kvp_hdr_decode(c->rbuf + c->rpos, KVP_HDR_SIZE, UINT32_MAX, &h) != KVP_OK)
+		h = (struct kvp_frame_hdr){ .version = KVP_PROTO_VERSION };
+	return h;
+}
+
+/* Run one complete frame, its payload p in the read buffer; false when the
+ * connection must close. */
+static bool run_frame(struct conn *c, const struct kvp_frame_hdr *h, const uint8_t *p)
+{
 	struct req_outcome o;
 
-	if (h->len) {
-		p = evbuffer_pullup(in, KVP_HDR_SIZE + (ssize_t)h->len);
-		if (!p) {
-			send_error(c, h->version, h->req_id, KVP_ENOMEM, "out of memory reading a frame");
-			return false;
-		}
-		p += KVP_HDR_SIZE;
-	}
-	o = dispatch_frame(c, h, p);
+	o = dispatch_frame(c, h, h->len ? p : NULL);
 	if (!o.later)
 		kvp_stats_request(&c->srv->stats, h->type, o.status);
-	evbuffer_drain(in, KVP_HDR_SIZE + (size_t)h->len);
 	return !o.close;
 }
 
@@ -235,13 +345,13 @@ static void frame_timer_stop(struct conn *c)
 	}
 }
 
-/* The frame at the front of in is not whole yet: it has --frame-timeout from its first
- * byte (the timer runs from the first call that sees it part-read). */
-static void frame_timer_arm(struct conn *c, struct evbuffer *in)
+/* The frame at rpos is not whole yet: it has --frame-timeout from its first byte (the
+ * timer runs from the first call that sees it part-read). */
+static void frame_timer_arm(struct conn *c)
 {
 	struct timeval tv = { (time_t)c->srv->cfg->frame_timeout_s, 0 };
 
-	if (evbuffer_get_length(in) == 0) {
+	if (c->rlen == c->rpos) {
 		frame_timer_stop(c);
 		return;
 	}
@@ -254,123 +364,163 @@ static void frame_timer_arm(struct conn *c, struct evbuffer *in)
 static void frame_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
-	struct evbuffer *in = bufferevent_get_input(c->bev);
-	struct kvp_frame_hdr h = { .version = KVP_PROTO_VERSION };
-	uint8_t hb[KVP_HDR_SIZE];
+	struct kvp_frame_hdr h;
 
 	c->frame_timing = false;
 	if (c->state != CONN_READING)
 		return;
 	/* the request's id where its header came whole and sound; 0 otherwise */
-	if (evbuffer_copyout(in, hb, sizeof(hb)) == (ssize_t)sizeof(hb) &&
-	    kvp_hdr_decode(hb, sizeof(hb), UINT32_MAX, &h) != KVP_OK)
-		h = (struct kvp_frame_hdr){ .version = KVP_PROTO_VERSION };
+	h = front_header(c);
 	kvp_warn_limited(&c->srv->log_frame_timeout,
 			 "conn %llu (uid %u): a frame took over %u s to arrive (%zu bytes of it); "
 			 "closing", (unsigned long long)c->id, (unsigned)c->uid,
-			 c->srv->cfg->frame_timeout_s, evbuffer_get_length(in));
+			 c->srv->cfg->frame_timeout_s, c->rlen - c->rpos);
 	send_error(c, h.version, h.req_id, KVP_ETIMEDOUT,
 		   "a frame must arrive whole within %u s of its first byte (--frame-timeout)",
 		   c->srv->cfg->frame_timeout_s);
 	conn_finish(c, "frame timeout");
 }
 
-/*
- * The rest of a frame, straight from the socket into the input buffer: one readv of at
- * most READ_CHUNK; the bytes read, or 0 or -1 when none were (the loop's own read finds
- * what comes later, or the end of the stream). libevent reads at most 4 KiB per turn of
- * the loop, so an 8 KiB LOOKUP took three turns, each an epoll_wait, an ioctl and a
- * readv.
- */
-static ssize_t read_rest(struct bufferevent *bev, struct evbuffer *in, size_t missing)
+/* Watch the socket for reading, with the live idle timeout. */
+static void read_start(struct conn *c)
 {
-	struct evbuffer_iovec v[2];
-	struct iovec iov[2];
-	size_t want = missing < READ_CHUNK ? missing : READ_CHUNK, left;
-	ssize_t r = -1;
-	int n;
+	const uint32_t idle_s = c->srv->cfg->idle_timeout_s;
+	struct timeval idle = { (time_t)idle_s, 0 };
 
-	/* a bufferevent keeps its input's end frozen but while it reads itself */
-	evbuffer_unfreeze(in, 0);
-	n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
-	if (n > 0) {
-		left = want;
-		for (int i = 0; i < n; i++) {
-			iov[i].iov_base = v[i].iov_base;
-			iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
-			left -= iov[i].iov_len;
-		}
-		r = readv(bufferevent_getfd(bev), iov, n);
-	}
-	if (r > 0) {   /* else not committed: the reservation is dropped */
-		left = (size_t)r;
-		for (int i = 0; i < n; i++) {
-			v[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
-			left -= v[i].iov_len;
-		}
-		evbuffer_commit_space(in, v, n);
-	}
-	evbuffer_freeze(in, 0);
-	return r;
+	if (!c->reading && c->rev && event_add(c->rev, idle_s ? &idle : NULL) == 0)
+		c->reading = true;
 }
 
-static void conn_read_cb(struct bufferevent *bev, void *arg)
+/*
+ * Run the whole frames buffered, in order, budget at most (the rest in a deferred
+ * turn, so that one busy client cannot starve the others); then close after a
+ * half-close, time a part-read frame, and stop reading while the replies are not
+ * read. The frames run.
+ */
+static int conn_run(struct conn *c, int budget)
 {
-	struct conn *c = arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
 	int frames = 0;
-	bool more = false;
+	bool more = false, fits = false;
 
 	while (c->state == CONN_READING) {
 		struct kvp_frame_hdr h;
-		size_t avail = evbuffer_get_length(in);
+		const uint8_t *f;
+		size_t size;
 
-		if (avail < KVP_HDR_SIZE)
+		if (c->rlen - c->rpos < KVP_HDR_SIZE)
 			break;
-		if (frames == FRAMES_PER_WAKEUP) {
+		if (frames == budget) {
 			/* fairness: let other connections run, continue on the next turn */
-			bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+			bufferevent_trigger(c->bev, EV_READ,
+					    BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 			more = true;
 			break;
 		}
-		if (read_header(c, in, &h) != KVP_OK) {
+		if (read_header(c, &h) != KVP_OK) {
 			conn_finish(c, "protocol error");
-			return;
+			return frames;
 		}
-		while (avail < KVP_HDR_SIZE + (size_t)h.len &&
-		       (bufferevent_get_enabled(bev) & EV_READ) &&
-		       read_rest(bev, in, KVP_HDR_SIZE + (size_t)h.len - avail) > 0)
-			avail = evbuffer_get_length(in);
-		if (avail < KVP_HDR_SIZE + (size_t)h.len) {
-			/* wake up only once the whole frame is here */
-			bufferevent_setwatermark(bev, EV_READ, KVP_HDR_SIZE + (size_t)h.len, 0);
+		size = KVP_HDR_SIZE + (size_t)h.len;
+		if (c->rlen - c->rpos < size) {
+			c->rneed = size;   /* rbuf_room makes room for all of it */
 			break;
 		}
-		bufferevent_setwatermark(bev, EV_READ, 0, 0);
+		f = c->rbuf + c->rpos;   /* stays put until the next read */
+		c->rneed = 0;
+		c->rpos += size;
+		fits |= size <= RBUF_KEEP;
 		frame_timer_stop(c);   /* the next frame's time starts now */
 		frames++;
-		if (!run_frame(c, in, &h)) {
+		if (!run_frame(c, &h, f + KVP_HDR_SIZE)) {
 			conn_finish(c, "protocol error");
-			return;
+			return frames;
 		}
 	}
 	if (c->state != CONN_READING)
-		return;
+		return frames;
+	if (c->rpos == c->rlen)
+		c->rpos = c->rlen = 0;
 	if (c->peer_eof && !more) {
 		/* half-closed peer: every complete frame is answered, and every generation it
 		 * started runs to its end (generate.c finishes the connection after the last
 		 * one); then flush and close */
 		if (c->n_reqs == 0)
 			conn_finish(c, "peer closed");
-		return;
+		return frames;
 	}
 	if (!more)
-		frame_timer_arm(c, in);
-	if (!c->peer_eof && evbuffer_get_length(bufferevent_get_output(bev)) > OUTPUT_HIGH_WATER) {
+		frame_timer_arm(c);
+	if (fits)
+		rbuf_trim(c);
+	if (!c->peer_eof && evbuffer_get_length(bufferevent_get_output(c->bev)) > OUTPUT_HIGH_WATER) {
 		/* the client is not reading its replies: stop reading its requests, and stop
 		 * timing the frame it sends meanwhile (the wait is ours) */
-		bufferevent_disable(bev, EV_READ);
+		read_stop(c);
 		frame_timer_stop(c);
+	}
+	return frames;
+}
+
+/* The deferred turn: frames left over from the last one, or reading enabled again. */
+static void conn_run_cb(struct bufferevent *bev, void *arg)
+{
+	(void)conn_run(arg, FRAMES_PER_WAKEUP);
+}
+
+/* The socket is readable: read into the buffer and run the frames that completed; go
+ * on while each read got all it asked for (more is likely waiting), up to
+ * FRAMES_PER_WAKEUP frames. Or nothing came for --idle-timeout. */
+static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	int ran = 0;
+
+	if (!(what & EV_READ)) {
+		/* idle: nothing arrived for --idle-timeout; a running generation is not idle */
+		if (c->n_reqs)
+			return;
+		kvp_debug("conn %llu: idle for %u s", (unsigned long long)c->id,
+			  c->srv->cfg->idle_timeout_s);
+		conn_close(c, "idle timeout");
+		return;
+	}
+	while (c->state == CONN_READING && c->reading) {
+		size_t room;
+		ssize_t r;
+
+		if (rbuf_room(c, &room) != KVP_OK) {
+			struct kvp_frame_hdr h = front_header(c);
+
+			send_error(c, h.version, h.req_id, KVP_ENOMEM, "out of memory reading a frame");
+			conn_finish(c, "out of memory");
+			return;
+		}
+		if (room == 0) {   /* whole frames wait: run them, read next time */
+			(void)conn_run(c, FRAMES_PER_WAKEUP - ran);
+			return;
+		}
+		do
+			r = read(fd, c->rbuf + c->rlen, room);
+		while (r < 0 && errno == EINTR);
+		if (r == 0) {
+			/* a shutdown(SHUT_WR) still expects its replies: answer the frames
+			 * already buffered, then finish */
+			read_stop(c);
+			c->peer_eof = true;
+		} else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+			conn_close(c, strerror(errno));
+			return;
+		}
+		if (r > 0)
+			c->rlen += (size_t)r;
+		ran += conn_run(c, FRAMES_PER_WAKEUP - ran);
+		if (r < (ssize_t)room) {   /* the socket is drained */
+			if (c->state == CONN_READING)
+				rbuf_trim(c);
+			return;
+		}
+		if (ran >= FRAMES_PER_WAKEUP)
+			return;
 	}
 }
 
@@ -381,9 +531,8 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 	/* called when the output has drained */
 	if (c->state == CONN_CLOSING) {
 		conn_close(c, "flushed");
-	} else if (c->state == CONN_READING && !c->peer_eof &&
-		   !(bufferevent_get_enabled(bev) & EV_READ)) {
-		bufferevent_enable(bev, EV_READ);
+	} else if (c->state == CONN_READING && !c->peer_eof && !c->reading) {
+		read_start(c);
 		bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 	}
 }
@@ -392,24 +541,16 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn *c = arg;
 
+	/* the bufferevent only writes: these are the write side's */
 	if ((what & BEV_EVENT_EOF) && c->state == CONN_READING) {
-		/* a shutdown(SHUT_WR) still expects its replies: answer the frames already
-		 * buffered (the read cb finishes the connection once they are done) */
+		/* answer the frames already buffered (conn_run finishes the connection once
+		 * they are done) */
+		read_stop(c);
 		c->peer_eof = true;
-		conn_read_cb(bev, c);
+		(void)conn_run(c, FRAMES_PER_WAKEUP);
 	} else if (what & BEV_EVENT_EOF)
 		conn_close(c, "peer closed");
-	else if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
-		 c->state == CONN_READING) {
-		/* idle: nothing arrived for --idle-timeout; a running generation is not idle */
-		if (c->n_reqs) {
-			bufferevent_enable(bev, EV_READ);
-			return;
-		}
-		kvp_debug("conn %llu: idle for %u s", (unsigned long long)c->id,
-			  c->srv->cfg->idle_timeout_s);
-		conn_close(c, "idle timeout");
-	} else if (what & BEV_EVENT_TIMEOUT)
+	else if (what & BEV_EVENT_TIMEOUT)
 		conn_close(c, "flush timed out");
 	else if (what & BEV_EVENT_ERROR)
 		conn_close(c, strerror(EVUTIL_SOCKET_ERROR()));
@@ -420,9 +561,15 @@ void conn_apply_idle_timeout(struct server *s)
 	const uint32_t idle_s = s->cfg->idle_timeout_s;
 	struct timeval idle = { (time_t)idle_s, 0 };
 
-	for (struct conn *c = s->conns; c; c = c->next)
-		if (c->state == CONN_READING)
-			bufferevent_set_timeouts(c->bev, idle_s ? &idle : NULL, NULL);
+	/* a connection not reading now takes the timeout when it reads again */
+	for (struct conn *c = s->conns; c; c = c->next) {
+		if (c->state != CONN_READING || !c->reading)
+			continue;
+		if (idle_s)
+			(void)event_add(c->rev, &idle);
+		else
+			(void)event_remove_timer(c->rev);
+	}
 }
 
 void conn_flush_all(struct server *s)
@@ -556,6 +703,8 @@ static void conn_unopen(struct conn *c)
 		evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->out_cb);
 	if (c->frame_timer)
 		event_free(c->frame_timer);
+	if (c->rev)
+		event_free(c->rev);
 	if (c->bev) {
 		bufferevent_setfd(c->bev, -1);
 		bufferevent_free(c->bev);
@@ -563,8 +712,8 @@ static void conn_unopen(struct conn *c)
 	srv_free(c);
 }
 
-/* A connection on fd, with its bufferevent and timers, counted against its uid; NULL
- * when out of memory (fd still open). */
+/* A connection on fd, with its bufferevent, read event and timers, counted against its
+ * uid; NULL when out of memory (fd still open). */
 static struct conn *conn_open(struct server *s, evutil_socket_t fd, uid_t uid)
 {
 	struct conn *c = srv_zalloc(sizeof(*c));
@@ -574,7 +723,9 @@ static struct conn *conn_open(struct server *s, evutil_socket_t fd, uid_t uid)
 		return NULL;
 	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	c->frame_timer = c->bev ? evtimer_new(s->base, frame_timeout_cb, c) : NULL;
-	c->out_cb = c->frame_timer ? evbuffer_add_cb(bufferevent_get_output(c->bev),
+	c->rev = c->frame_timer ? event_new(s->base, fd, EV_READ | EV_PERSIST, conn_readable_cb, c)
+				: NULL;
+	c->out_cb = c->rev ? evbuffer_add_cb(bufferevent_get_output(c->bev),
 						     out_bytes_cb, s) : NULL;
 	u = c->out_cb ? uid_table_get(&s->uids, uid) : NULL;
 	if (!u) {
@@ -617,14 +768,13 @@ void conn_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockadd
 		return;
 	}
 	conn_register(s, c, &cred);
-	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-	if (s->cfg->idle_timeout_s) {
-		struct timeval idle = { (time_t)s->cfg->idle_timeout_s, 0 };
-		bufferevent_set_timeouts(c->bev, &idle, NULL);
+	bufferevent_setcb(c->bev, conn_run_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_enable(c->bev, EV_WRITE);   /* reading is conn_readable_cb's */
+	read_start(c);
+	if (!c->reading) {
+		conn_close(c, "cannot watch the socket");
+		return;
 	}
-	/* take a whole request in one read where the socket has it */
-	bufferevent_set_max_single_read(c->bev, READ_CHUNK);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	kvp_debug("conn %llu: accepted (uid %u, pid %d)", (unsigned long long)c->id,
 		  (unsigned)c->uid, (int)c->pid);
 }

@@ -96,6 +96,12 @@ struct conn {
 	uint64_t leased;             /* blocks under this connection's leases */
 	struct event *frame_timer;   /* from a frame's first byte to its last (--frame-timeout) */
 	bool frame_timing;           /* frame_timer is pending */
+	/* the read path (conn.c): the socket read straight into rbuf, frames run in place */
+	struct event *rev;           /* the socket readable, or --idle-timeout passed */
+	bool reading;                /* rev is added */
+	uint8_t *rbuf;               /* (rcap) bytes [rpos, rlen) read and not yet run */
+	size_t rcap, rpos, rlen;
+	size_t rneed;                /* the part-read frame at rpos: its whole size; 0: unknown */
 	struct evbuffer_cb_entry *out_cb;   /* keeps the server's out_bytes */
 	struct conn *next, **pprev;  /* server's list */
 };
