@@ -316,7 +316,7 @@ static int replay_plain(struct kvp_client *c, const struct replay_prompts *p,
  *   answered  L0 I0 L1 I1                       request 1's INSERT was answered
  *
  * The daemon runs the frames of one connection one at a time, in the order they arrive,
- * and answers them in that order (daemon/conn.c: conn_read_cb cuts whole frames from the
+ * and answers them in that order (daemon/conn.c: conn_run cuts whole frames from the
  * input and runs each to its end before it looks at the next; past FRAMES_PER_WAKEUP the
  * rest wait for a later turn of the loop, still in order; handlers.c handle_tokens
  * answers a LOOKUP or an INSERT on the spot, none is deferred as a GENERATE is; and
