@@ -510,6 +510,52 @@ Test(daemon, pipelined_requests_answered_in_order)
 	close(fd);
 }
 
+/* Frames of every size, from empty to over the read buffer's 256 KiB, written back to
+ * back in chunks of random sizes (a header split anywhere, a frame's end and the next
+ * one's start in one write): every reply comes back whole and in order. */
+Test(daemon, frames_of_any_size_split_anywhere_answered_in_order)
+{
+	static const uint32_t sizes[] = { 0, 1, 15, 16, 4095, 16381, 16384, 16389, 70000,
+					  1, 300000, 0, 1u << 20, 8, 262144, 262145, 3, 65536 };
+	const size_t n = sizeof(sizes) / sizeof(sizes[0]);
+	size_t total = 0, off = 0, got;
+	uint8_t *out, *buf = malloc((1u << 20) + 16);
+	int fd = raw_connect();
+
+	for (size_t i = 0; i < n; i++)
+		total += KVP_HDR_SIZE + sizes[i];
+	out = malloc(total);
+	cr_assert(out && buf);
+	for (size_t i = 0; i < n; i++) {
+		struct kvp_frame_hdr h = { .version = 1, .type = KVP_T_PING, .req_id = 500 + (uint32_t)i,
+					   .len = sizes[i] };
+
+		kvp_hdr_encode(out + off, &h);
+		for (uint32_t k = 0; k < sizes[i]; k++)
+			out[off + KVP_HDR_SIZE + k] = (uint8_t)(i * 31 + k * 7);
+		off += KVP_HDR_SIZE + sizes[i];
+	}
+	srand(7);
+	for (off = 0; off < total; off += got) {
+		got = 1 + (size_t)rand() % (rand() % 4 ? 40 : 9000);   /* mostly tiny writes */
+		if (got > total - off)
+			got = total - off;
+		raw_send(fd, out + off, got);
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct kvp_frame_hdr h = raw_recv(fd, buf, (1u << 20) + 16);
+
+		cr_assert_eq(h.type, KVP_T_PING | KVP_T_REPLY, "frame %zu", i);
+		cr_assert_eq(h.req_id, 500 + i);
+		cr_assert_eq(h.len, sizes[i]);
+		for (uint32_t k = 0; k < sizes[i]; k++)
+			cr_assert_eq(buf[k], (uint8_t)(i * 31 + k * 7), "frame %zu, byte %u", i, k);
+	}
+	close(fd);
+	free(out);
+	free(buf);
+}
+
 Test(daemon, second_daemon_on_live_socket_refuses)
 {
 	char cmd[512], out[4096];
