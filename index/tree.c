@@ -713,7 +713,7 @@ uint64_t kvp_tree_node_content(const struct kvp_tree_node *n)
  */
 static inline __attribute__((always_inline)) size_t
 match_loop(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens, size_t n_blocks,
-	   struct kvp_tree_node **path, uint64_t tick, uint32_t b)
+	   struct kvp_tree_node **path, uint64_t tick, uint32_t b, bool touch)
 {
 	const bool reuse = t->policy == KVP_EVICT_REUSE;
 	struct kvp_key key, next;
@@ -735,15 +735,17 @@ match_loop(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens, size
 		n = table_find(t, root, parent, key, blk, b);
 		if (!n)
 			break;
+		parent = n;
+		if (!touch)
+			continue;
 		n->tick = tick;
 		if (reuse)
 			n->warm = 1;   /* used again */
 		path[i] = n;
-		parent = n;
 	}
 	/* Only the deepest matched node can be a leaf (the others have a matched child):
 	 * if it is on the LRU, it is now the most recently used. */
-	if (i > 0 && node_evictable(parent) &&
+	if (touch && i > 0 && node_evictable(parent) &&
 	    (parent->lru.next != glist(t, parent) || parent->nlru.next != &parent->ns->lru ||
 	     parent->glru.next != &parent->ns->grp->glru)) {
 		lru_remove(t, parent);
@@ -763,30 +765,21 @@ size_t kvp_tree_match(struct kvp_tree *t, struct kvp_key root, const uint32_t *t
 	if (n_blocks > max_nodes)
 		n_blocks = max_nodes;
 	KVP_HASH_SPECIALISE(t->block_tokens,
-		matched = match_loop(t, root, tokens, n_blocks, path, tick, kvp_b_));
+		matched = match_loop(t, root, tokens, n_blocks, path, tick, kvp_b_, true));
 	return matched;
 }
 
 size_t kvp_tree_peek(const struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens,
 		     size_t n_tokens)
 {
-	const uint32_t b = t->block_tokens;
-	const size_t n_blocks = n_tokens / b;
-	const struct kvp_tree_node *parent = NULL;
-	struct kvp_key key = root;
-	size_t i;
+	/* the match loop, touching nothing: it writes to no node and no list */
+	struct kvp_tree *tt = (struct kvp_tree *)t;
+	size_t matched;
 
-	for (i = 0; i < n_blocks; i++) {
-		const uint32_t *blk = tokens + i * b;
-		const struct kvp_tree_node *n;
-
-		key = kvp_block_key(key, blk, b);
-		n = table_find(t, root, parent, key, blk, b);
-		if (!n)
-			break;
-		parent = n;
-	}
-	return i;
+	KVP_HASH_SPECIALISE(t->block_tokens,
+		matched = match_loop(tt, root, tokens, n_tokens / t->block_tokens, NULL, 0,
+				     kvp_b_, false));
+	return matched;
 }
 
 /* ---- insert / pin / evict / clear ------------------------------------------------ */
