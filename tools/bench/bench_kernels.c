@@ -35,6 +35,7 @@
 
 struct kernels_opts {
 	uint64_t threads;
+	uint64_t rows;          /* rows of A in decode: the sequences of one step */
 	const char *isa;
 	bool quick;
 };
@@ -54,10 +55,10 @@ static const uint32_t quick_types[] = { KVP_GGML_F16, KVP_GGML_Q8_0, KVP_GGML_Q4
 static void usage_kernels(FILE *f)
 {
 	fprintf(f,
-		"Usage: kvprefix-bench kernels [--threads N] [--isa NAME] [--quick]\n"
+		"Usage: kvprefix-bench kernels [--threads N] [--rows N] [--isa NAME] [--quick]\n"
 		"Time the CPU matrix kernels on weights in their file form (F32, F16, BF16 and\n"
 		"the quantized GGUF types), in process:\n"
-		"  decode   one row of A against W (N x K) at %d x %d (the default model's FFN)\n"
+		"  decode   --rows rows of A against W (N x K) at %d x %d (the default model's FFN)\n"
 		"           and %d x %d (past the caches): GB/s of W's bytes against the read\n"
 		"           bandwidth of the same buffer on the same threads, one sequential\n"
 		"           stream a thread (STREAM's) and four (as the kernels read; higher\n"
@@ -67,6 +68,8 @@ static void usage_kernels(FILE *f)
 		"           prepacked and packed per call, F16, Q8_0, Q4_K.\n"
 		"\n"
 		"  -t, --threads N   compute threads (default: all online CPUs, here %d)\n"
+		"  -r, --rows N      rows of A in decode, 1 to 16: a step of N sequences\n"
+		"                    (default 1); GB/s is still W's bytes over the time\n"
 		"      --isa NAME    the kernels of generic, avx2 or avx512 (default: the best\n"
 		"                    this CPU runs)\n"
 		"  -q, --quick       the small shapes and F16, Q8_0, Q4_K only\n"
@@ -81,6 +84,7 @@ static int parse_kernels(int argc, char **argv, struct kernels_opts *o)
 	enum { O_ISA = 256 };
 	static const struct option opts[] = {
 		{ "threads", required_argument, NULL, 't' },
+		{ "rows", required_argument, NULL, 'r' },
 		{ "isa", required_argument, NULL, O_ISA },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -88,13 +92,17 @@ static int parse_kernels(int argc, char **argv, struct kernels_opts *o)
 	};
 	int opt;
 
-	*o = (struct kernels_opts){ .threads = (uint64_t)bench_online_cpus() };
+	*o = (struct kernels_opts){ .threads = (uint64_t)bench_online_cpus(), .rows = 1 };
 	optind = 1;
 	opterr = 0;
-	while ((opt = getopt_long(argc, argv, ":t:qh", opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":t:r:qh", opts, NULL)) != -1) {
 		switch (opt) {
 		case 't':
 			if (!bench_parse_u64("kernels", "--threads", optarg, 1, 1024, &o->threads))
+				return KVP_EXIT_USAGE;
+			break;
+		case 'r':
+			if (!bench_parse_u64("kernels", "--rows", optarg, 1, 16, &o->rows))
 				return KVP_EXIT_USAGE;
 			break;
 		case O_ISA: o->isa = optarg; break;
@@ -235,21 +243,22 @@ struct decode_fig {
 	double mb, gbps, read1_gbps, read4_gbps;
 };
 
-static int run_decode(struct kvp_threadpool *tp, uint32_t type, int n, int k, double batch_s,
-		      struct decode_fig *f)
+static int run_decode(struct kvp_threadpool *tp, uint32_t type, int rows, int n, int k,
+		      double batch_s, struct decode_fig *f)
 {
 	struct kvp_cpu_weight w;
-	float *a = malloc((size_t)k * sizeof(float)), *c = malloc((size_t)n * sizeof(float));
+	float *a = malloc((size_t)rows * k * sizeof(float));
+	float *c = malloc((size_t)rows * n * sizeof(float));
 	struct bench_read_job *rj = calloc(2, sizeof(*rj));
 	int rc = -1;
 
 	if (!a || !c || !rj || make_weight(type, n, k, &w) < 0)
 		goto out_free;
-	for (int i = 0; i < k; i++)
+	for (size_t i = 0; i < (size_t)rows * k; i++)
 		a[i] = (float)((i * 7919) % 2001) / 1000.0f - 1.0f;
 	rj[0] = (struct bench_read_job){ .p = w.data, .bytes = w.row_bytes * (size_t)n, .streams = 1 };
 	rj[1] = (struct bench_read_job){ .p = w.data, .bytes = w.row_bytes * (size_t)n, .streams = 4 };
-	const struct call mv = { .tp = tp, .a = a, .w = &w, .c = c, .m = 1 };
+	const struct call mv = { .tp = tp, .a = a, .w = &w, .c = c, .m = rows };
 	const struct call r1 = { .tp = tp, .read = &rj[0] }, r4 = { .tp = tp, .read = &rj[1] };
 	const struct call *calls[3] = { &mv, &r1, &r4 };
 	const double bytes = (double)rj[0].bytes;
@@ -342,7 +351,7 @@ static int run_kernels(const struct kernels_opts *o, struct kvp_threadpool *tp,
 		for (size_t t = 0; t < nt; t++) {
 			fprintf(stderr, "kernels: decode %s %d x %d\n",
 				kvp_ggml_type_name(types[t], buf, sizeof(buf)), shapes[s].n, shapes[s].k);
-			if (run_decode(tp, types[t], shapes[s].n, shapes[s].k, batch,
+			if (run_decode(tp, types[t], (int)o->rows, shapes[s].n, shapes[s].k, batch,
 				       &fg->dec[fg->n_dec]) < 0)
 				return -1;
 			fg->n_dec++;
@@ -366,7 +375,8 @@ static void print_kernels(const struct kernels_opts *o, const struct kernels_fig
 
 	printf("CPU kernels on weights in their file form: %s, %d thread%s\n\n", kvp_cpu_isa(),
 	       (int)o->threads, o->threads == 1 ? "" : "s");
-	printf("decode, 1 row of A %25s  %-19s %s\n", "kernel", "read, 1 stream a", "read, 4 streams a");
+	printf("decode, %2d row%s of A %23s  %-19s %s\n", (int)o->rows, o->rows == 1 ? " " : "s",
+	       "kernel", "read, 1 stream a", "read, 4 streams a");
 	printf("  %-10s %6s %6s %8s %8s  %-19s %s\n", "type", "N", "K", "W MB", "GB/s",
 	       "thread: GB/s (%)", "thread: GB/s (%)");
 	for (int i = 0; i < fg->n_dec; i++) {
@@ -397,6 +407,7 @@ static bool json_kernels(const struct kernels_opts *o, const struct kernels_figs
 
 	built = built && cJSON_AddStringToObject(j, "isa", kvp_cpu_isa()) &&
 		cJSON_AddNumberToObject(j, "threads", (double)o->threads) &&
+		cJSON_AddNumberToObject(j, "rows", (double)o->rows) &&
 		cJSON_AddNumberToObject(j, "peak_gflops", fg->peak);
 	for (int i = 0; built && i < fg->n_dec; i++) {
 		const struct decode_fig *d = &fg->dec[i];
