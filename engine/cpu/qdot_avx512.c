@@ -89,21 +89,57 @@ QDOT_INLINE __m512 blk2_q8_0(const void *wv, int b, const void *av, __m512 acc)
 }
 
 /* A's blocks in pairs, as the kernel reads them best: the 64 values in one load, the two
- * scales already f32. Filled from the Q8_0 rows once a call; the products are the same. */
+ * scales already f32 and spread as the products lie (lanes 0-7 the first block's, 8-15
+ * the second's). Filled from the Q8_0 rows once a call; the products are the same. */
 struct q8_0_pair {
 	int8_t qs[2 * KVP_QK];
-	float d[2];
+	float d[16];
 };
 
-#define Q8_0_PAIRS_MAX 512      /* pairs on the stack: 36 KiB, rows x k / 64 at most */
+#define Q8_0_PAIRS_MAX 256      /* pairs on the stack: 32 KiB, rows x k / 64 at most */
+
+/* W's two scales spread as a pair's products lie: the same for every row of A. */
+QDOT_INLINE __m512 w_scales_q8_0(const struct kvp_block_q8_0 *w)
+{
+	const __m128 wd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(w[0].d | (uint32_t)w[1].d << 16)));
+
+	return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+				     _mm512_castps128_ps512(wd));
+}
 
 QDOT_INLINE __m512 blk2_q8_0_pairs(const void *wv, int b, const void *av, __m512 acc)
 {
+	const struct kvp_block_q8_0 *w = (const struct kvp_block_q8_0 *)wv + 2 * b;
 	const struct q8_0_pair *a = (const struct q8_0_pair *)av + b;
+	const __m512i x = join256(load256(w[0].qs), load256(w[1].qs));
+	const __m512i y = _mm512_loadu_si512((const void *)a->qs);
+	/* |x| * (y * sign x) */
+	const __m512i sy = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(x), _mm512_setzero_si512(), y);
+	const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(x), sy),
+					    _mm512_set1_epi16(1));
+	const __m512 d = _mm512_mul_ps(w_scales_q8_0(w), _mm512_loadu_ps(a->d));
 
-	return pair_q8_0((const struct kvp_block_q8_0 *)wv + 2 * b,
-			 _mm512_loadu_si512((const void *)a->qs),
-			 _mm_castpd_ps(_mm_load_sd((const double *)a->d)), acc);
+	return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+}
+
+/* The Q8_0 rows of A as pairs. */
+static void q8_0_to_pairs(const struct kvp_qdot_args *x, int pairs, struct q8_0_pair *ap)
+{
+	for (int r = 0; r < x->m; r++) {
+		const struct kvp_block_q8_0 *a = (const struct kvp_block_q8_0 *)(x->aq + (size_t)r * x->aq_stride);
+
+		for (int i = 0; i < pairs; i++) {
+			struct q8_0_pair *o = &ap[r * pairs + i];
+			const float d0 = H2F(a[2 * i].d), d1 = H2F(a[2 * i + 1].d);
+
+			memcpy(o->qs, a[2 * i].qs, KVP_QK);
+			memcpy(o->qs + KVP_QK, a[2 * i + 1].qs, KVP_QK);
+			for (int t = 0; t < 8; t++) {
+				o->d[t] = d0;
+				o->d[8 + t] = d1;
+			}
+		}
+	}
 }
 
 static void rows_q8_0(const struct kvp_qdot_args *x, int j0, int j1)
@@ -112,27 +148,12 @@ static void rows_q8_0(const struct kvp_qdot_args *x, int j0, int j1)
 	struct q8_0_pair ap[Q8_0_PAIRS_MAX];
 	struct kvp_qdot_args xp = *x;
 
-	if (x->k % (2 * KVP_QK)) {
-		/* an odd number of blocks: the AVX2 kernel's */
+	if (x->k % (2 * KVP_QK) || (size_t)x->m * (size_t)pairs > Q8_0_PAIRS_MAX) {
+		/* an odd number of blocks, or more than the stack holds: the AVX2 kernel's */
 		kvp_cpu_qdot_avx2.dot[KVP_GGML_Q8_0](x, j0, j1);
 		return;
 	}
-	if ((size_t)x->m * (size_t)pairs > Q8_0_PAIRS_MAX) {
-		qdot_rows(x, j0, j1, 2 * KVP_QK, blk2_q8_0);
-		return;
-	}
-	for (int r = 0; r < x->m; r++) {
-		const struct kvp_block_q8_0 *a = (const struct kvp_block_q8_0 *)(x->aq + (size_t)r * x->aq_stride);
-
-		for (int i = 0; i < pairs; i++) {
-			struct q8_0_pair *o = &ap[r * pairs + i];
-
-			memcpy(o->qs, a[2 * i].qs, KVP_QK);
-			memcpy(o->qs + KVP_QK, a[2 * i + 1].qs, KVP_QK);
-			o->d[0] = H2F(a[2 * i].d);
-			o->d[1] = H2F(a[2 * i + 1].d);
-		}
-	}
+	q8_0_to_pairs(x, pairs, ap);
 	xp.aq = (const char *)ap;
 	xp.aq_stride = (size_t)pairs * sizeof(struct q8_0_pair);
 	qdot_rows(&xp, j0, j1, 2 * KVP_QK, blk2_q8_0_pairs);

@@ -66,31 +66,58 @@ QDOT_INLINE void qdot_store(const struct kvp_qdot_args *x, int r, int j, float s
 	*cp = x->accumulate ? *cp + s : s;
 }
 
-/* C[r][j] (+)= dot(W_j, A_r) for every row r of A and W rows [j0, j1), one row of W
- * after another: each is read from memory once, front to back (the one sequential stream
- * per thread that the hardware prefetcher follows best), then from L1 for the further
- * rows of A. Two chains of partial sums, even and odd blocks, summed in that order. */
+/* C[r][j] (+)= dot(W_j, A_r) for R rows of A from r0 (R a constant, 1 .. 4) and W rows
+ * [j0, j1), one row of W after another: each is read from memory once, front to back
+ * (the one sequential stream per thread that the hardware prefetcher follows best).
+ * Block b of W is taken against the R rows together, so that what the block functions
+ * do to W alone (loading, unpacking, the signs) is the same expression R times over and
+ * the compiler computes it once. Two chains of partial sums a row, even and odd blocks,
+ * summed in that order: a row's result does not depend on R. */
+QDOT_INLINE void qdot_rows_r(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
+			     QACC (*fn)(const void *w, int b, const void *a, QACC acc),
+			     const int R, int r0)
+{
+	const int nb = x->k / blk;
+	const char *a[4];
+
+	for (int r = 0; r < R; r++)
+		a[r] = x->aq + (size_t)(r0 + r) * x->aq_stride;
+	for (int j = j0; j < j1; j++) {
+		const char *w = x->w + (size_t)j * x->w_stride;
+		QACC acc0[4], acc1[4];
+		int b = 0;
+
+		for (int r = 0; r < R; r++) {
+			acc0[r] = QACC_ZERO();
+			acc1[r] = QACC_ZERO();
+		}
+		for (; b + 1 < nb; b += 2) {
+			for (int r = 0; r < R; r++)
+				acc0[r] = fn(w, b, a[r], acc0[r]);
+			for (int r = 0; r < R; r++)
+				acc1[r] = fn(w, b + 1, a[r], acc1[r]);
+		}
+		if (b < nb)
+			for (int r = 0; r < R; r++)
+				acc0[r] = fn(w, b, a[r], acc0[r]);
+		for (int r = 0; r < R; r++)
+			qdot_store(x, r0 + r, j, QACC_SUM(acc0[r]) + QACC_SUM(acc1[r]));
+	}
+}
+
+/* Every row of A, four at a time. */
 QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
 			   QACC (*fn)(const void *w, int b, const void *a, QACC acc))
 {
-	const int nb = x->k / blk;
+	int r0 = 0;
 
-	for (int j = j0; j < j1; j++) {
-		const char *w = x->w + (size_t)j * x->w_stride;
-
-		for (int r = 0; r < x->m; r++) {
-			const char *a = x->aq + (size_t)r * x->aq_stride;
-			QACC acc0 = QACC_ZERO(), acc1 = QACC_ZERO();
-			int b = 0;
-
-			for (; b + 1 < nb; b += 2) {
-				acc0 = fn(w, b, a, acc0);
-				acc1 = fn(w, b + 1, a, acc1);
-			}
-			if (b < nb)
-				acc0 = fn(w, b, a, acc0);
-			qdot_store(x, r, j, QACC_SUM(acc0) + QACC_SUM(acc1));
-		}
+	for (; r0 + 4 <= x->m; r0 += 4)
+		qdot_rows_r(x, j0, j1, blk, fn, 4, r0);
+	switch (x->m - r0) {
+	case 3: qdot_rows_r(x, j0, j1, blk, fn, 3, r0); break;
+	case 2: qdot_rows_r(x, j0, j1, blk, fn, 2, r0); break;
+	case 1: qdot_rows_r(x, j0, j1, blk, fn, 1, r0); break;
+	default: break;
 	}
 }
 
