@@ -96,7 +96,7 @@ struct q8_0_pair {
 	float d[16];
 };
 
-#define Q8_0_PAIRS_MAX 256      /* pairs on the stack: 32 KiB, rows x k / 64 at most */
+#define Q8_0_PAIRS_MAX 512      /* pairs on the stack: 64 KiB, rows x k / 64 at most */
 
 /* W's two scales spread as a pair's products lie: the same for every row of A. */
 QDOT_INLINE __m512 w_scales_q8_0(const struct kvp_block_q8_0 *w)
@@ -122,7 +122,7 @@ QDOT_INLINE __m512 blk2_q8_0_pairs(const void *wv, int b, const void *av, __m512
 	return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
 }
 
-/* The Q8_0 rows of A as pairs. */
+/* A's Q8_0 rows as pairs. */
 static void q8_0_to_pairs(const struct kvp_qdot_args *x, int pairs, struct q8_0_pair *ap)
 {
 	for (int r = 0; r < x->m; r++) {
@@ -148,9 +148,14 @@ static void rows_q8_0(const struct kvp_qdot_args *x, int j0, int j1)
 	struct q8_0_pair ap[Q8_0_PAIRS_MAX];
 	struct kvp_qdot_args xp = *x;
 
-	if (x->k % (2 * KVP_QK) || (size_t)x->m * (size_t)pairs > Q8_0_PAIRS_MAX) {
-		/* an odd number of blocks, or more than the stack holds: the AVX2 kernel's */
+	if (x->k % (2 * KVP_QK)) {
+		/* an odd number of blocks: the AVX2 kernel's */
 		kvp_cpu_qdot_avx2.dot[KVP_GGML_Q8_0](x, j0, j1);
+		return;
+	}
+	if ((size_t)x->m * (size_t)pairs > Q8_0_PAIRS_MAX) {
+		/* more than the stack holds: A's blocks as they are */
+		qdot_rows(x, j0, j1, 2 * KVP_QK, blk2_q8_0);
 		return;
 	}
 	q8_0_to_pairs(x, pairs, ap);

@@ -105,19 +105,29 @@ QDOT_INLINE void qdot_rows_r(const struct kvp_qdot_args *x, int j0, int j1, cons
 	}
 }
 
-/* Every row of A, four at a time. */
+/* Every row of A, four at a time. With more than four, W goes a chunk of rows at a time,
+ * small enough to stay in L1 while each group of A's rows passes over it: W is read from
+ * memory once whatever M. */
+#define QDOT_CHUNK_BYTES 16384
+
 QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
 			   QACC (*fn)(const void *w, int b, const void *a, QACC acc))
 {
-	int r0 = 0;
+	const int fit = (int)(QDOT_CHUNK_BYTES / x->w_stride);
+	const int chunk = x->m <= 4 ? j1 - j0 : fit > 1 ? fit : 1;
 
-	for (; r0 + 4 <= x->m; r0 += 4)
-		qdot_rows_r(x, j0, j1, blk, fn, 4, r0);
-	switch (x->m - r0) {
-	case 3: qdot_rows_r(x, j0, j1, blk, fn, 3, r0); break;
-	case 2: qdot_rows_r(x, j0, j1, blk, fn, 2, r0); break;
-	case 1: qdot_rows_r(x, j0, j1, blk, fn, 1, r0); break;
-	default: break;
+	for (int j = j0; j < j1; j += chunk) {
+		const int je = j1 - j < chunk ? j1 : j + chunk;
+		int r0 = 0;
+
+		for (; r0 + 4 <= x->m; r0 += 4)
+			qdot_rows_r(x, j, je, blk, fn, 4, r0);
+		switch (x->m - r0) {
+		case 3: qdot_rows_r(x, j, je, blk, fn, 3, r0); break;
+		case 2: qdot_rows_r(x, j, je, blk, fn, 2, r0); break;
+		case 1: qdot_rows_r(x, j, je, blk, fn, 1, r0); break;
+		default: break;
+		}
 	}
 }
 
