@@ -29,6 +29,7 @@
 #define QACC_ZERO() _mm512_setzero_ps()
 #define QACC_SUM(acc) _mm512_reduce_add_ps(acc)
 
+#define QDOT_GROUP 8            /* 32 registers: eight rows of A against each block */
 #include "qdot_body.h"
 
 #if defined(KVP_QDOT_EMULATE)

@@ -66,7 +66,11 @@ QDOT_INLINE void qdot_store(const struct kvp_qdot_args *x, int r, int j, float s
 	*cp = x->accumulate ? *cp + s : s;
 }
 
-/* C[r][j] (+)= dot(W_j, A_r) for R rows of A from r0 (R a constant, 1 .. 4) and W rows
+#ifndef QDOT_GROUP
+#define QDOT_GROUP 4            /* rows of A taken together: 4, or 8 with 32 registers */
+#endif
+
+/* C[r][j] (+)= dot(W_j, A_r) for R rows of A from r0 (R a constant, 1 .. QDOT_GROUP) and W rows
  * [j0, j1), one row of W after another: each is read from memory once, front to back
  * (the one sequential stream per thread that the hardware prefetcher follows best).
  * Block b of W is taken against the R rows together, so that what the block functions
@@ -78,13 +82,13 @@ QDOT_INLINE void qdot_rows_r(const struct kvp_qdot_args *x, int j0, int j1, cons
 			     const int R, int r0)
 {
 	const int nb = x->k / blk;
-	const char *a[4];
+	const char *a[QDOT_GROUP];
 
 	for (int r = 0; r < R; r++)
 		a[r] = x->aq + (size_t)(r0 + r) * x->aq_stride;
 	for (int j = j0; j < j1; j++) {
 		const char *w = x->w + (size_t)j * x->w_stride;
-		QACC acc0[4], acc1[4];
+		QACC acc0[QDOT_GROUP], acc1[QDOT_GROUP];
 		int b = 0;
 
 		for (int r = 0; r < R; r++) {
@@ -105,7 +109,7 @@ QDOT_INLINE void qdot_rows_r(const struct kvp_qdot_args *x, int j0, int j1, cons
 	}
 }
 
-/* Every row of A, four at a time. With more than four, W goes a chunk of rows at a time,
+/* Every row of A, QDOT_GROUP at a time. With more than that, W goes a chunk of rows at a time,
  * small enough to stay in L1 while each group of A's rows passes over it: W is read from
  * memory once whatever M. */
 #define QDOT_CHUNK_BYTES 16384
@@ -114,15 +118,21 @@ QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const 
 			   QACC (*fn)(const void *w, int b, const void *a, QACC acc))
 {
 	const int fit = (int)(QDOT_CHUNK_BYTES / x->w_stride);
-	const int chunk = x->m <= 4 ? j1 - j0 : fit > 1 ? fit : 1;
+	const int chunk = x->m <= QDOT_GROUP ? j1 - j0 : fit > 1 ? fit : 1;
 
 	for (int j = j0; j < j1; j += chunk) {
 		const int je = j1 - j < chunk ? j1 : j + chunk;
 		int r0 = 0;
 
-		for (; r0 + 4 <= x->m; r0 += 4)
-			qdot_rows_r(x, j, je, blk, fn, 4, r0);
+		for (; r0 + QDOT_GROUP <= x->m; r0 += QDOT_GROUP)
+			qdot_rows_r(x, j, je, blk, fn, QDOT_GROUP, r0);
 		switch (x->m - r0) {
+#if QDOT_GROUP > 4
+		case 7: qdot_rows_r(x, j, je, blk, fn, 7, r0); break;
+		case 6: qdot_rows_r(x, j, je, blk, fn, 6, r0); break;
+		case 5: qdot_rows_r(x, j, je, blk, fn, 5, r0); break;
+		case 4: qdot_rows_r(x, j, je, blk, fn, 4, r0); break;
+#endif
 		case 3: qdot_rows_r(x, j, je, blk, fn, 3, r0); break;
 		case 2: qdot_rows_r(x, j, je, blk, fn, 2, r0); break;
 		case 1: qdot_rows_r(x, j, je, blk, fn, 1, r0); break;
