@@ -109,9 +109,9 @@ QDOT_INLINE void qdot_rows_r(const struct kvp_qdot_args *x, int j0, int j1, cons
 	}
 }
 
-/* Every row of A, QDOT_GROUP at a time. With more than that, W goes a chunk of rows at a time,
- * small enough to stay in L1 while each group of A's rows passes over it: W is read from
- * memory once whatever M. */
+/* Every row of A, QDOT_GROUP at a time. With more than that, W goes a chunk of rows at
+ * a time, small enough to stay in L1 while each group of A's rows passes over it: W is
+ * read from memory once whatever M. */
 #define QDOT_CHUNK_BYTES 16384
 
 QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
