@@ -70,13 +70,13 @@ QDOT_INLINE void qdot_store(const struct kvp_qdot_args *x, int r, int j, float s
 #define QDOT_GROUP 4            /* rows of A taken together: 4, or 8 with 32 registers */
 #endif
 
-/* C[r][j] (+)= dot(W_j, A_r) for R rows of A from r0 (R a constant, 1 .. QDOT_GROUP) and W rows
- * [j0, j1), one row of W after another: each is read from memory once, front to back
- * (the one sequential stream per thread that the hardware prefetcher follows best).
- * Block b of W is taken against the R rows together, so that what the block functions
- * do to W alone (loading, unpacking, the signs) is the same expression R times over and
- * the compiler computes it once. Two chains of partial sums a row, even and odd blocks,
- * summed in that order: a row's result does not depend on R. */
+/* C[r][j] (+)= dot(W_j, A_r) for R rows of A from r0 (R a constant, 1 .. QDOT_GROUP)
+ * and W rows [j0, j1), one row of W after another: each is read from memory once, front
+ * to back (the one sequential stream per thread that the hardware prefetcher follows
+ * best). Block b of W is taken against the R rows together, so that what the block
+ * functions do to W alone (loading, unpacking, the signs) is the same expression R
+ * times over and the compiler computes it once. Two chains of partial sums a row, even
+ * and odd blocks, summed in that order: a row's result does not depend on R. */
 QDOT_INLINE void qdot_rows_r(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
 			     QACC (*fn)(const void *w, int b, const void *a, QACC acc),
 			     const int R, int r0)
