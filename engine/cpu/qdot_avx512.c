@@ -29,7 +29,13 @@
 #define QACC_ZERO() _mm512_setzero_ps()
 #define QACC_SUM(acc) _mm512_reduce_add_ps(acc)
 
+#if defined(KVP_QDOT_EMULATE)
+/* SIMDe's AVX-512 with eight rows a group took 3 minutes to compile under ASan (four:
+ * 85 s); the grouping is qdot_body.h's, the same code at every group size */
+#define QDOT_GROUP 4
+#else
 #define QDOT_GROUP 8            /* 32 registers: eight rows of A against each block */
+#endif
 #include "qdot_body.h"
 
 #if defined(KVP_QDOT_EMULATE)
