@@ -66,21 +66,27 @@ static inline __m512i scales_by(__m512i s, int g0, int shift)
 
 /* ---- Q8_0, two blocks at a time -------------------------------------------------------- */
 
+/* Two blocks' f16 scales as f32, spread as a pair's products lie: lanes 0-7 the first,
+ * 8-15 the second. */
+QDOT_INLINE __m512 spread_q8_0_scales(uint16_t d0, uint16_t d1)
+{
+	const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(d0 | (uint32_t)d1 << 16)));
+
+	return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+				     _mm512_castps128_ps512(d));
+}
+
 /* acc + the products of W's blocks w[0], w[1] with y, the activation's 64 values of the
- * same blocks, scaled by ad (their two scales, f32, in lanes 0 and 1). */
-QDOT_INLINE __m512 pair_q8_0(const struct kvp_block_q8_0 *w, __m512i y, __m128 ad, __m512 acc)
+ * same blocks, scaled by ad (their two scales, spread). What is W's alone (x, its signs,
+ * its scales) is the same for every row of A: the row loop computes it once. */
+QDOT_INLINE __m512 pair_q8_0(const struct kvp_block_q8_0 *w, __m512i y, __m512 ad, __m512 acc)
 {
 	const __m512i x = join256(load256(w[0].qs), load256(w[1].qs));
 	/* |x| * (y * sign x) */
 	const __m512i sy = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(x), _mm512_setzero_si512(), y);
 	const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(x), sy),
 					    _mm512_set1_epi16(1));
-	/* both of W's f16 scales converted at once; lanes 0-7 take the first product, 8-15
-	 * the second */
-	const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)(w[0].d | (uint32_t)w[1].d << 16))),
-				     ad);
-	const __m512 d = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-					       _mm512_castps128_ps512(dd));
+	const __m512 d = _mm512_mul_ps(spread_q8_0_scales(w[0].d, w[1].d), ad);
 
 	return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
 }
@@ -92,12 +98,12 @@ QDOT_INLINE __m512 blk2_q8_0(const void *wv, int b, const void *av, __m512 acc)
 
 	return pair_q8_0((const struct kvp_block_q8_0 *)wv + 2 * b,
 			 join256(load256(a[0].qs), load256(a[1].qs)),
-			 _mm_cvtph_ps(_mm_cvtsi32_si128((int)(a[0].d | (uint32_t)a[1].d << 16))), acc);
+			 spread_q8_0_scales(a[0].d, a[1].d), acc);
 }
 
 /* A's blocks in pairs, as the kernel reads them best: the 64 values in one load, the two
- * scales already f32 and spread as the products lie (lanes 0-7 the first block's, 8-15
- * the second's). Filled from the Q8_0 rows once a call; the products are the same. */
+ * scales already f32 and spread. Filled from the Q8_0 rows once a call; the products are
+ * the same. */
 struct q8_0_pair {
 	int8_t qs[2 * KVP_QK];
 	float d[16];
@@ -105,28 +111,12 @@ struct q8_0_pair {
 
 #define Q8_0_PAIRS_MAX 512      /* pairs on the stack: 64 KiB, rows x k / 64 at most */
 
-/* W's two scales spread as a pair's products lie: the same for every row of A. */
-QDOT_INLINE __m512 w_scales_q8_0(const struct kvp_block_q8_0 *w)
-{
-	const __m128 wd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(w[0].d | (uint32_t)w[1].d << 16)));
-
-	return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-				     _mm512_castps128_ps512(wd));
-}
-
 QDOT_INLINE __m512 blk2_q8_0_pairs(const void *wv, int b, const void *av, __m512 acc)
 {
-	const struct kvp_block_q8_0 *w = (const struct kvp_block_q8_0 *)wv + 2 * b;
 	const struct q8_0_pair *a = (const struct q8_0_pair *)av + b;
-	const __m512i x = join256(load256(w[0].qs), load256(w[1].qs));
-	const __m512i y = _mm512_loadu_si512((const void *)a->qs);
-	/* |x| * (y * sign x) */
-	const __m512i sy = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(x), _mm512_setzero_si512(), y);
-	const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(x), sy),
-					    _mm512_set1_epi16(1));
-	const __m512 d = _mm512_mul_ps(w_scales_q8_0(w), _mm512_loadu_ps(a->d));
 
-	return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+	return pair_q8_0((const struct kvp_block_q8_0 *)wv + 2 * b,
+			 _mm512_loadu_si512((const void *)a->qs), _mm512_loadu_ps(a->d), acc);
 }
 
 /* A's Q8_0 rows as pairs. */
@@ -137,14 +127,10 @@ static void q8_0_to_pairs(const struct kvp_qdot_args *x, int pairs, struct q8_0_
 
 		for (int i = 0; i < pairs; i++) {
 			struct q8_0_pair *o = &ap[r * pairs + i];
-			const float d0 = H2F(a[2 * i].d), d1 = H2F(a[2 * i + 1].d);
 
 			memcpy(o->qs, a[2 * i].qs, KVP_QK);
 			memcpy(o->qs + KVP_QK, a[2 * i + 1].qs, KVP_QK);
-			for (int t = 0; t < 8; t++) {
-				o->d[t] = d0;
-				o->d[8 + t] = d1;
-			}
+			_mm512_storeu_ps(o->d, spread_q8_0_scales(a[2 * i].d, a[2 * i + 1].d));
 		}
 	}
 }
