@@ -364,7 +364,7 @@ static void tier_series(struct emit *e, const struct kvp_tier_view *t)
 		gauge(e, "kvprefix_redis_connected", "Whether the Redis tier's connection is up",
 		      r->connected);
 		counter(e, "kvprefix_redis_round_trips_total",
-			"Pipelined fetches from Redis (one round trip each)", r->fetches);
+			"Pipelined fetches from Redis (one per prompt)", r->fetches);
 		family(e, "kvprefix_redis_fetch_seconds_total", "counter",
 		       "Time of the fetches from Redis, summed");
 		emitf(e, "kvprefix_redis_fetch_seconds_total %.6f\n", (double)r->fetch_us / 1e6);

@@ -2,7 +2,7 @@
  * tier_promote.c - a GENERATE's prompt read back from the tiers before it begins.
  *
  *   pool: the cached prefix (m blocks) ──▶ the host tier's blocks that continue it
- *   ──▶ the disk tier's after those ──▶ Redis asked for all the rest, one round trip
+ *   ──▶ the disk tier's after those ──▶ Redis asked for all the rest, one pipeline
  *
  * Fresh pool blocks are taken for all of them as a sequence takes them (the prefix
  * pinned); each tier reads into them on its own thread, checking every block; when all

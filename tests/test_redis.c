@@ -35,6 +35,8 @@
 #define VOCAB 1024
 #define NTOK 300
 #define NB (NTOK / 16)
+#define LONG_NTOK 1000       /* 62 blocks: more than the fetch window holds at this size */
+#define LONG_NB (LONG_NTOK / 16)
 #define MAX_NEW 4
 
 static struct kvp_daemon a, b;
@@ -140,11 +142,12 @@ static void collect(void *arg, const uint32_t *tokens, uint32_t n)
 		x->tokens[x->n++] = tokens[i];
 }
 
-static void prompt(uint32_t *t, uint32_t seed)
+/* n tokens of prompt seed (a longer one begins as a shorter one does). */
+static void prompt_n(uint32_t *t, uint32_t seed, uint32_t n)
 {
 	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
 
-	for (size_t i = 0; i < NTOK; i++) {
+	for (size_t i = 0; i < n; i++) {
 		x ^= x << 13;
 		x ^= x >> 7;
 		x ^= x << 17;
@@ -152,15 +155,21 @@ static void prompt(uint32_t *t, uint32_t seed)
 	}
 }
 
-static struct answer ask(struct kvp_daemon *d, uint32_t p, const char *adapter)
+static void prompt(uint32_t *t, uint32_t seed)
+{
+	prompt_n(t, seed, NTOK);
+}
+
+static struct answer ask_n(struct kvp_daemon *d, uint32_t p, uint32_t n, const char *adapter)
 {
 	struct kvp_client *c = NULL;
 	struct kvp_generate_params gp;
 	struct answer x = { .n = 0 };
-	uint32_t t[NTOK];
+	uint32_t t[LONG_NTOK];
 	int rc;
 
-	prompt(t, p);
+	cr_assert_leq(n, LONG_NTOK);
+	prompt_n(t, p, n);
 	cr_assert_eq(kvp_client_connect(d->socket, &c), 0);
 	cr_assert_eq(kvp_client_set_timeout_ms(c, 120000), 0);
 	if (adapter)
@@ -168,11 +177,16 @@ static struct answer ask(struct kvp_daemon *d, uint32_t p, const char *adapter)
 	kvp_generate_params_init(&gp);
 	gp.max_new = MAX_NEW;
 	gp.flags = KVP_GEN_LOGITS;
-	rc = kvp_client_generate(c, t, NTOK, &gp, collect, &x, &x.u);
+	rc = kvp_client_generate(c, t, n, &gp, collect, &x, &x.u);
 	cr_assert_eq(rc, 0, "generate: %s: %s", kvp_strerror(rc), kvp_client_error(c));
 	memcpy(x.logits, x.u.logits, sizeof(x.logits));
 	kvp_client_close(c);
 	return x;
+}
+
+static struct answer ask(struct kvp_daemon *d, uint32_t p, const char *adapter)
+{
+	return ask_n(d, p, NTOK, adapter);
 }
 
 static void same(const struct answer *got, const struct answer *want, const char *what)
@@ -320,6 +334,68 @@ Test(redis, bad_values_are_misses)
 	cr_assert_eq(y2.u.cached_tokens, 0, "a block with another's header was used");
 	same(&y2, &x2, "with a crafted block in Redis");
 	cr_assert_eq(redis_stat(&b, "verify_failures"), 2);
+	stop(&a);
+	stop(&b);
+}
+
+/* The GETs Redis has answered since its statistics were last reset. */
+static long redis_gets(redisContext *c)
+{
+	redisReply *r = redisCommand(c, "INFO commandstats");
+	const char *at;
+	long n = 0;
+
+	cr_assert(r && r->type == REDIS_REPLY_STRING, "INFO commandstats failed");
+	at = strstr(r->str, "cmdstat_get:calls=");
+	if (at)
+		n = strtol(at + strlen("cmdstat_get:calls="), NULL, 10);
+	freeReplyObject(r);
+	return n;
+}
+
+/* A chain longer than the GETs one fetch keeps in flight: they slide along it, every
+ * block comes back; with a bad value early in a chain, nothing after it is asked for
+ * beyond what was already in flight. */
+Test(redis, long_chain_fetched_through_a_window)
+{
+	struct answer x1, x2, y1, y2;
+	redisContext *c;
+	redisReply *r;
+	char key[128], *val;
+	size_t len;
+	long gets;
+
+	redis_start();
+	start(&a);
+	wait_connected(&a);
+	x1 = ask_n(&a, 5, LONG_NTOK, NULL);
+	x2 = ask_n(&a, 6, LONG_NTOK, NULL);
+	wait_writes(&a, 2 * LONG_NB);
+	c = redisConnectUnix(sock);
+	cr_assert(c && !c->err);
+	cr_assert(find_value(c, 6, 3, key, &val, &len), "block 3 of prompt 6 is not in Redis");
+	val[len - 100] ^= 0x20;
+	r = redisCommand(c, "SET %s %b", key, val, len);
+	freeReplyObject(r);
+	free(val);
+	start(&b);
+	wait_connected(&b);
+	y1 = ask_n(&b, 5, LONG_NTOK, NULL);
+	cr_assert_eq(y1.u.cached_tokens, LONG_NB * 16, "B found %u tokens in Redis",
+		     y1.u.cached_tokens);
+	same(&y1, &x1, "a long chain served from Redis");
+	cr_assert_eq(redis_stat(&b, "round_trips"), 1);
+	r = redisCommand(c, "CONFIG RESETSTAT");
+	freeReplyObject(r);
+	y2 = ask_n(&b, 6, LONG_NTOK, NULL);
+	cr_assert_eq(y2.u.cached_tokens, 3 * 16, "the blocks before the damaged one: %u tokens",
+		     y2.u.cached_tokens);
+	same(&y2, &x2, "a long chain with a damaged block in Redis");
+	gets = redis_gets(c);
+	cr_assert(gets >= 4 && gets < LONG_NB,
+		  "%ld GETs for a chain of %d whose block 3 is bad: the rest was asked for too",
+		  gets, LONG_NB);
+	redisFree(c);
 	stop(&a);
 	stop(&b);
 }

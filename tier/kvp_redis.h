@@ -5,7 +5,8 @@
  *   put     a block the engine computed: its record (the disk tier's slot format,
  *           docs/tiers.md) queued and SET by the thread, EX the TTL if one is set;
  *           a full queue, or Redis down, drops it (counted)
- *   fetch   the blocks keys[0 .. n) of a prompt in one pipelined round trip of GETs;
+ *   fetch   the blocks keys[0 .. n) of a prompt in one pipeline of GETs (512 KiB of
+ *           values in flight; none asked after the first bad one);
  *           each value is checked (record header and checksums, tier fingerprint,
  *           key, parent key, namespace root, tokens) and copied into the caller's
  *           buffer; the leading good ones count, a bad one is a miss (counted)

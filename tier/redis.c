@@ -5,8 +5,9 @@
  *
  *   owner thread                      the tier's thread
  *   put: record encoded, queued  ──▶  SETs, up to 64 in one pipeline
- *   fetch: keys queued (first)   ──▶  n GETs in one pipeline; each value checked in
- *                                       order and copied to its buffer while good
+ *   fetch: keys queued (first)   ──▶  n GETs pipelined, 512 KiB of values in flight;
+ *                                       each value checked in order and copied to its
+ *                                       buffer while good; none asked after a bad one
  *   poll: done(arg, good)  ◀───────   done list, notify()
  *
  * Not connected: (re)connect once the backoff has passed; until then puts are dropped
@@ -27,6 +28,7 @@
 #include "kvp_status.h"
 
 #define PUT_BATCH 64
+#define FETCH_WINDOW_BYTES (512u * 1024)
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define IO_TIMEOUT_S 1
@@ -254,33 +256,68 @@ static bool value_ok(struct kvp_redis *r, const struct rjob *j, uint32_t i, cons
 	       (r->block_bytes ? kv_checksum(v->str + r->head_bytes, r->block_bytes) : 0) == h.kv_sum;
 }
 
+/* GETs of one fetch in flight at once: enough values to cover a network's round trip,
+ * few enough that Redis never buffers a whole chain's replies (it builds every reply
+ * of a pipeline before writing one, in memory it first has to fault in). */
+static uint32_t fetch_window(const struct kvp_redis *r)
+{
+	size_t w = FETCH_WINDOW_BYTES / (r->head_bytes + r->block_bytes);
+
+	return w < 1 ? 1 : w > UINT32_MAX ? UINT32_MAX : (uint32_t)w;
+}
+
+/* Send what the output buffer holds; false (disconnected) on an error. */
+static bool flush_out(struct kvp_redis *r)
+{
+	int done = 0;
+
+	while (!done)
+		if (redisBufferWrite(r->ctx, &done) != REDIS_OK) {
+			disconnect(r, r->ctx->errstr);
+			return false;
+		}
+	return true;
+}
+
+/* The GETs of blocks keys[0 .. n), at most a window in flight; each value is checked in
+ * order and copied while good. After the first bad or missing one nothing more is
+ * asked, and the GETs in flight are drained. */
 static void run_fetch(struct kvp_redis *r, struct rjob *j)
 {
 	uint64_t t0 = now_ns();
-	uint32_t sent = 0, bad = 0;
-	bool stopped = false, up = connected(r);
+	uint32_t sent = 0, got = 0, bad = 0, window = fetch_window(r);
+	bool stopped = false, can_ask = true, up = connected(r);
 	char key[96];
 
-	for (uint32_t i = 0; up && i < j->n; i++) {
-		key_text(r, j->root, j->keys[i], key);
-		if (redisAppendCommand(r->ctx, "GET %s", key) == REDIS_OK)
-			sent++;
-	}
-	for (uint32_t i = 0; i < sent; i++) {
+	while (up) {
+		uint32_t before = sent;
 		redisReply *v = NULL;
 
+		while (can_ask && !stopped && sent < j->n && sent - got < window) {
+			key_text(r, j->root, j->keys[sent], key);
+			if (redisAppendCommand(r->ctx, "GET %s", key) != REDIS_OK) {
+				can_ask = false;   /* out of memory: what was sent is still read */
+				break;
+			}
+			sent++;
+		}
+		if (sent > before && !(up = flush_out(r)))
+			break;
+		if (got == sent)
+			break;
 		if (redisGetReply(r->ctx, (void **)&v) != REDIS_OK) {
 			disconnect(r, r->ctx->errstr);
 			break;
 		}
-		if (!stopped && value_ok(r, j, i, v)) {
+		if (!stopped && value_ok(r, j, got, v)) {
 			if (r->block_bytes)   /* an index's blocks have no KV */
-				memcpy(j->dst[i], v->str + r->head_bytes, r->block_bytes);
+				memcpy(j->dst[got], v->str + r->head_bytes, r->block_bytes);
 			j->good++;
 		} else if (!stopped) {
 			stopped = true;
 			bad += v && v->type != REDIS_REPLY_NIL;
 		}
+		got++;
 		freeReplyObject(v);
 	}
 	pthread_mutex_lock(&r->mu);
