@@ -56,9 +56,11 @@ int kvp_pool_put(struct kvp_pool *p, uint32_t id);
 /* Return an unreferenced CACHED block to the free list. KVP_EINVAL otherwise. */
 int kvp_pool_evict(struct kvp_pool *p, uint32_t id);
 
-/* Give every block block_bytes of host memory (one 64-byte aligned allocation, zeroed
- * lazily by the kernel). Call once, before blocks are used. KVP_ENOMEM, KVP_EINVAL
- * (already attached, or capacity x block_bytes overflows). Index-only pools have none. */
+/* Give every block block_bytes of host memory (one page-aligned mapping, zeroed, in
+ * huge pages where allowed, and made resident before this returns: its time grows with
+ * capacity x block_bytes). Call once, before blocks are used. KVP_ENOMEM (the mapping,
+ * or the memory to make it resident), KVP_EINVAL (already attached, or capacity x
+ * block_bytes overflows). Index-only pools have none. */
 int kvp_pool_attach_memory(struct kvp_pool *p, size_t block_bytes);
 /* The same on the GPU (store/pool_device.c): one device allocation of capacity x
  * block_bytes (zeroed), block i at base + i * block_bytes as on the host, and a page-locked

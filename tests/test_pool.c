@@ -5,9 +5,12 @@
  * can be had (test_cuda covers device pools on a GPU).
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "kvp_device.h"
 #include "kvp_store.h"
@@ -119,6 +122,42 @@ Test(pool, random_operations_match_model)
 		cr_assert_eq(kvp_pool_state(p, id), state[id]);
 		cr_assert_eq(kvp_pool_refs(p, id), refs[id]);
 	}
+	kvp_pool_destroy(p);
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* Host block memory is resident once attached (and zero): a request's first write to a
+ * block is never a page fault. */
+Test(pool, attached_memory_is_resident_and_zero)
+{
+	const size_t bb = 64 * 1024, nblocks = 64;
+	const long page = sysconf(_SC_PAGESIZE);
+	unsigned char vec[(64 * 64 * 1024) / 4096];
+	struct kvp_pool *p;
+	void *probe;
+	size_t pages;
+	uint8_t *data;
+
+	probe = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	cr_assert_neq(probe, MAP_FAILED);
+	if (madvise(probe, (size_t)page, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
+		munmap(probe, (size_t)page);
+		cr_skip_test("this kernel has no MADV_POPULATE_WRITE (Linux 5.14): pools fault in as used");
+	}
+	munmap(probe, (size_t)page);
+	cr_assert_eq(page, 4096, "the test counts 4 KiB pages");
+	cr_assert_eq(kvp_pool_create((uint32_t)nblocks, &p), KVP_OK);
+	cr_assert_eq(kvp_pool_attach_memory(p, bb), KVP_OK);
+	data = kvp_pool_block_data(p, 0);
+	pages = nblocks * bb / (size_t)page;
+	cr_assert_eq(mincore(data, nblocks * bb, vec), 0, "mincore: %s", strerror(errno));
+	for (size_t i = 0; i < pages; i++)
+		cr_assert(vec[i] & 1, "page %zu of %zu is not resident after attach", i, pages);
+	for (size_t i = 0; i < nblocks * bb; i += 4093)
+		cr_assert_eq(data[i], 0, "byte %zu", i);
 	kvp_pool_destroy(p);
 }
 
