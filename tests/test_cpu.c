@@ -113,6 +113,92 @@ Test(pool, every_ith_once)
 	cr_assert_eq(kvp_threadpool_create(0, &(struct kvp_threadpool *){ NULL }), KVP_EINVAL);
 }
 
+struct task_job {
+	_Atomic int hits[512];
+	_Atomic int bad;
+	_Atomic int done;
+	int expect_n;
+	bool stall_first;       /* task 0 waits until every other task is done */
+};
+
+static void task_fn(void *arg, int t, int ntasks)
+{
+	struct task_job *j = arg;
+
+	if (ntasks != j->expect_n || t < 0 || t >= ntasks) {
+		atomic_fetch_add(&j->bad, 1);
+		return;
+	}
+	if (j->stall_first && t == 0) {
+		struct timespec t0, now;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		do {   /* the others' tasks must not wait for this one's thread (10 s cap) */
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			if (now.tv_sec - t0.tv_sec > 10) {
+				atomic_fetch_add(&j->bad, 1000);
+				break;
+			}
+		} while (atomic_load(&j->done) < ntasks - 1);
+	}
+	atomic_fetch_add(&j->hits[t], 1);
+	atomic_fetch_add(&j->done, 1);
+}
+
+/* Runs of tasks, between runs of the other kind: every task once, every ith once. */
+Test(pool, every_task_once)
+{
+	static const int counts[] = { 0, 1, 2, 3, 7, 64, 512 };
+
+	for (int nt = 1; nt <= 3; nt++) {
+		struct kvp_threadpool *tp;
+
+		cr_assert_eq(kvp_threadpool_create(nt, &tp), 0);
+		for (int run = 0; run < 3000; run++) {
+			const int n = counts[run % 7];
+			struct task_job j = { .expect_n = n };
+			struct count_job c = { .expect_nth = nt };
+
+			kvp_threadpool_run_tasks(tp, task_fn, &j, n);
+			cr_assert_eq(atomic_load(&j.bad), 0, "nt %d run %d: a bad task index", nt, run);
+			for (int t = 0; t < n; t++)
+				cr_assert_eq(atomic_load(&j.hits[t]), 1, "nt %d run %d: task %d of %d ran "
+					     "%d times", nt, run, t, n, atomic_load(&j.hits[t]));
+			if (run % 3 == 0) {
+				kvp_threadpool_run(tp, count_fn, &c);
+				for (int i = 0; i < nt; i++)
+					cr_assert_eq(atomic_load(&c.hits[i]), 1, "nt %d run %d ith %d", nt,
+						     run, i);
+			}
+			if (run % 500 == 499) {   /* the futex path */
+				struct timespec ts = { 0, 5 * 1000 * 1000 };
+				nanosleep(&ts, NULL);
+			}
+		}
+		kvp_threadpool_destroy(tp);
+	}
+}
+
+/* A thread held up in one task holds up only that task: the other threads take the
+ * rest (with one thread a pool runs them in order, so task 0 would wait forever). */
+Test(pool, a_stalled_task_does_not_hold_up_the_others)
+{
+	for (int nt = 2; nt <= 3; nt++) {
+		struct kvp_threadpool *tp;
+
+		cr_assert_eq(kvp_threadpool_create(nt, &tp), 0);
+		for (int run = 0; run < 20; run++) {
+			struct task_job j = { .expect_n = 16, .stall_first = true };
+
+			kvp_threadpool_run_tasks(tp, task_fn, &j, 16);
+			cr_assert_eq(atomic_load(&j.bad), 0, "nt %d run %d: task 0 waited 10 s for "
+				     "the others", nt, run);
+			cr_assert_eq(atomic_load(&j.done), 16);
+		}
+		kvp_threadpool_destroy(tp);
+	}
+}
+
 /* ---- matmul ---------------------------------------------------------------------------- */
 
 static void check_matmul(struct kvp_threadpool *tp, int m, int n, int k, int pad, bool acc)

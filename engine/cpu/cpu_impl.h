@@ -110,17 +110,21 @@ const struct kvp_cpu_kern *kvp_cpu_kern(void);
 /* ---- pool internals ---------------------------------------------------------------- */
 
 /* Per-thread scratch of at least bytes, 64-byte aligned, owned by the pool and valid
- * until the next call by the same ith; only thread ith may ask for slot ith, from
- * inside kvp_threadpool_run, except slot 0, which is also the calling thread's between
- * runs (a buffer it fills and then shares with a run, as matmul_w.c does with the
- * quantized activations). Slot KVP_POOL_CALLER_SLOT is the calling thread's alone,
- * between runs: a buffer it fills and shares with runs that use their own slots, 0
- * included (matmul_w.c's rounded activations for the GEMM). NULL when it cannot grow
- * (the caller takes a path that needs none, or reports KVP_ENOMEM). */
+ * until the next call for the same ith; only the task ith of a kvp_cpu_parallel run
+ * (or thread ith of a kvp_threadpool_run) may ask for slot ith, from inside the run,
+ * except slot 0, which is also the calling thread's between runs (a buffer it fills and
+ * then shares with a run, as matmul_w.c does with the quantized activations). Slot
+ * KVP_POOL_CALLER_SLOT is the calling thread's alone, between runs: a buffer it fills
+ * and shares with runs that use their own slots, 0 included (matmul_w.c's rounded
+ * activations for the GEMM). NULL when it cannot grow (the caller takes a path that
+ * needs none, or reports KVP_ENOMEM). */
 #define KVP_POOL_CALLER_SLOT (-1)
 void *kvp_threadpool_scratch(struct kvp_threadpool *tp, int ith, size_t bytes);
 
-/* Run fn on tp, or on the calling thread alone (ith 0 of 1) when tp is NULL. */
+/* Run fn(arg, ith, nth) for ith = 0..nth-1, nth the pool's size, as tasks
+ * (kvp_threadpool_run_tasks): each share taken by the first thread free for it, so a
+ * thread the machine has not scheduled yet does not hold up the others, which take its
+ * share. On the calling thread alone (ith 0 of 1) when tp is NULL. */
 void kvp_cpu_parallel(struct kvp_threadpool *tp, void (*fn)(void *arg, int ith, int nth),
 		      void *arg);
 

@@ -38,6 +38,14 @@ int kvp_threadpool_size(const struct kvp_threadpool *tp);
  * when all are done. Only one thread may call run on a pool at a time. */
 void kvp_threadpool_run(struct kvp_threadpool *tp, void (*fn)(void *arg, int ith, int nth),
 			void *arg);
+/* Run fn(arg, t, ntasks) once for each task t = 0..ntasks-1 (0 <= ntasks <=
+ * KVP_POOL_MAX_TASKS), each on whichever thread takes it first, the caller included,
+ * and return when all are done: a thread the machine does not schedule holds up only
+ * the tasks it has taken. Tasks of one run may run on one thread one after another, or
+ * on several at once. One caller at a time, as run. */
+#define KVP_POOL_MAX_TASKS 0xffff
+void kvp_threadpool_run_tasks(struct kvp_threadpool *tp,
+			      void (*fn)(void *arg, int t, int ntasks), void *arg, int ntasks);
 
 /* ---- matrix multiply ---------------------------------------------------------- */
 
