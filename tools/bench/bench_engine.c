@@ -27,7 +27,7 @@ struct engine_opts {
 	const char *weights;     /* --dtype: the default model's weight type */
 	uint32_t levels[CONC_MAX_LEVELS];   /* --concurrency */
 	uint32_t n_levels;
-	uint64_t threads, block, pool_mb, max_batch;
+	uint64_t threads, block, pool_mb, max_batch, busy;
 	enum kvp_kv_dtype dtype;
 	enum kvp_backend backend;
 	bool quick;
@@ -49,7 +49,8 @@ static void usage_engine(FILE *f)
 		"                             [--kv-dtype f32|f16] [--block-tokens N]\n"
 		"                             [--max-batch N] [--socket PATH] [--pool-mb MB]\n"
 		"                             [--quick]\n"
-		"       kvprefix-bench engine --types LIST [--threads N] [--kv-dtype T] [--quick]\n"
+		"       kvprefix-bench engine --types LIST [--threads N] [--kv-dtype T] [--busy N]\n"
+		"                             [--quick]\n"
 		"       kvprefix-bench engine --concurrency LIST [--dtype T | --model FILE]\n"
 		"                             [--socket PATH] [--threads N] [--quick]\n"
 		"Measure the transformer engine and what the prefix cache saves:\n"
@@ -101,6 +102,9 @@ static void usage_engine(FILE *f)
 		"                          against this machine's read bandwidth measured in the\n"
 		"                          same process (target: >= 70%% for f16 and q8_0, 2\n"
 		"                          threads)\n"
+		"      --busy N            with --types: N processes spinning on the CPU beside\n"
+		"                          the engine's runs (not the read bandwidth's), as on a\n"
+		"                          machine that serves other work too (default 0)\n"
 		"      --concurrency LIST  instead of (a) to (c), through kvprefixd: for each client\n"
 		"                          count C of LIST (e.g. 1,2,4,8,16), C clients at once,\n"
 		"                          each on its own connection one greedy generation of\n"
@@ -172,7 +176,7 @@ static bool parse_levels(const char *arg, struct engine_opts *o)
 
 static int parse_engine(int argc, char **argv, struct engine_opts *o)
 {
-	enum { O_POOL = 256, O_MAX_BATCH, O_TYPES, O_CONC, O_DTYPE };
+	enum { O_POOL = 256, O_MAX_BATCH, O_TYPES, O_CONC, O_DTYPE, O_BUSY };
 	static const struct option opts[] = {
 		{ "backend", required_argument, NULL, 'B' },
 		{ "model", required_argument, NULL, 'm' },
@@ -183,6 +187,7 @@ static int parse_engine(int argc, char **argv, struct engine_opts *o)
 		{ "pool-mb", required_argument, NULL, O_POOL },
 		{ "max-batch", required_argument, NULL, O_MAX_BATCH },
 		{ "types", required_argument, NULL, O_TYPES },
+		{ "busy", required_argument, NULL, O_BUSY },
 		{ "concurrency", required_argument, NULL, O_CONC },
 		{ "dtype", required_argument, NULL, O_DTYPE },
 		{ "quick", no_argument, NULL, 'q' },
@@ -206,6 +211,7 @@ static int parse_engine(int argc, char **argv, struct engine_opts *o)
 		case O_TYPES: o->types = optarg; break;
 		case O_DTYPE: o->weights = optarg; break;
 		case O_CONC: ok = parse_levels(optarg, o); break;
+		case O_BUSY: ok = bench_parse_u64("engine", "--busy", optarg, 0, 64, &o->busy); break;
 		case 's': o->sock = optarg; break;
 		case 'q': o->quick = true; break;
 		case 'B':
@@ -246,6 +252,8 @@ static int parse_engine(int argc, char **argv, struct engine_opts *o)
 	if (o->weights && (o->model || o->types))
 		return bench_usage_error("engine", "--dtype is the weight type of the default "
 					 "model: not with --model or --types");
+	if (o->busy && !o->types)
+		return bench_usage_error("engine", "--busy goes with --types");
 	if (o->types && o->n_levels)
 		return bench_usage_error("engine", "--types and --concurrency are runs of their "
 					 "own: one at a time");
@@ -767,7 +775,7 @@ int bench_cmd_engine(int argc, char **argv)
 		const struct bench_types_opts to = {
 			.types = o.types, .threads = (int)o.threads, .kv_dtype = o.dtype,
 			.block = (uint32_t)o.block, .max_batch = (uint32_t)o.max_batch,
-			.quick = o.quick,
+			.quick = o.quick, .busy = (int)o.busy,
 		};
 
 		if (bench_tmpdir("engine", tmpdir, sizeof(tmpdir), "kvprefix-bench-types") == 0)

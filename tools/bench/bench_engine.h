@@ -170,6 +170,7 @@ struct bench_types_opts {
 	enum kvp_kv_dtype kv_dtype;
 	uint32_t block, max_batch;
 	bool quick;
+	int busy;                /* processes spinning beside the engine's runs */
 };
 
 /* Make each type's model in dir, measure it in a child process, print a table and a

@@ -12,6 +12,9 @@
  *   - RSS after the model is loaded and the engine made, and at the end (the weights'
  *     pages read in, the KV blocks of the runs written).
  *
+ * With --busy N, N child processes spin on the CPU for the length of the engine's runs,
+ * the read bandwidth's passes excepted: the engine on a machine shared with other work.
+ *
  * Decode reads every matrix once a token but the embedding (one row): decode GB/s is
  * decode tokens/s x those bytes, set against the read bandwidth, for the decode after a
  * 16-token prompt, where the weights are nearly all it reads. After 512 tokens it also
@@ -20,6 +23,7 @@
  * it a fifth of the time.
  */
 #include <errno.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +80,31 @@ static double read_bandwidth(int threads, size_t bytes, int reps)
 }
 
 /* The child's work for one type: everything in *f. 0, or -1 (message printed). */
+/* n processes spinning until killed; their pids in pids. How many started. */
+static int busy_start(int n, pid_t *pids)
+{
+	int k = 0;
+
+	fflush(NULL);
+	for (; k < n; k++) {
+		pids[k] = fork();
+		if (pids[k] < 0)
+			break;
+		if (pids[k] == 0)
+			for (volatile unsigned long x = 0;; x++)
+				;
+	}
+	return k;
+}
+
+static void busy_stop(int n, const pid_t *pids)
+{
+	for (int k = 0; k < n; k++) {
+		kill(pids[k], SIGKILL);
+		waitpid(pids[k], NULL, 0);
+	}
+}
+
 static int measure_type(const char *path, const struct bench_types_opts *o,
 			struct type_fig *f)
 {
@@ -84,6 +113,8 @@ static int measure_type(const char *path, const struct bench_types_opts *o,
 	char err[512];
 	double before, after;
 	const int reps = o->quick ? 3 : 8;
+	pid_t pids[64];
+	int busy, rc;
 
 	if (kvp_model_load(path, &m, err, sizeof(err)) < 0) {
 		fprintf(stderr, PROG " engine: %s: %s\n", path, err);
@@ -93,8 +124,14 @@ static int measure_type(const char *path, const struct bench_types_opts *o,
 	f->read_mb = decode_matrix_bytes(m) / 1e6;
 	kvp_model_free(m);
 	before = read_bandwidth(o->threads, (size_t)(f->read_mb * 1e6), reps);
-	if (bench_engine_cpu(path, o->threads, o->kv_dtype, o->block, o->max_batch, o->quick,
-			     &a) < 0)
+	busy = busy_start(o->busy, pids);
+	rc = bench_engine_cpu(path, o->threads, o->kv_dtype, o->block, o->max_batch, o->quick, &a);
+	busy_stop(busy, pids);
+	if (busy < o->busy) {
+		fprintf(stderr, PROG " engine: fork of a busy process: %s\n", strerror(errno));
+		return -1;
+	}
+	if (rc < 0)
 		return -1;
 	after = read_bandwidth(o->threads, (size_t)(f->read_mb * 1e6), reps);
 	f->kv_mb = (double)a.block_bytes / o->block *
@@ -153,8 +190,11 @@ static int measure_in_child(const char *path, const struct bench_types_opts *o,
 static void print_types(const struct bench_types_opts *o, const struct type_fig *f, int n)
 {
 	printf("engine, in process, per weight type: the default model (kvprefix-mkmodel), %d "
-	       "threads, KV %s, %s runs\n", o->threads, o->kv_dtype == KVP_KV_F16 ? "f16" : "f32",
+	       "threads, KV %s, %s runs", o->threads, o->kv_dtype == KVP_KV_F16 ? "f16" : "f32",
 	       o->quick ? "quick" : "full");
+	if (o->busy)
+		printf(", %d busy process%s beside the engine", o->busy, o->busy > 1 ? "es" : "");
+	printf("\n");
 	printf("%-7s %8s %8s %6s %9s %9s %9s %9s %8s %8s %8s %8s %7s\n", "type", "file MB",
 	       "dec MB/t", "KV MB/t", "RSS load", "RSS end", "pf 512/s", "pf 2k/s", "dec t/s",
 	       "dec16 t/s", "dec GB/s", "read GB/s", "of read");
@@ -179,6 +219,7 @@ static bool json_types(const struct bench_types_opts *o, const struct type_fig *
 	if (built) {
 		cJSON_AddStringToObject(j, "bench", "engine-types");
 		cJSON_AddNumberToObject(j, "threads", o->threads);
+		cJSON_AddNumberToObject(j, "busy", o->busy);
 		cJSON_AddStringToObject(j, "kv_dtype", o->kv_dtype == KVP_KV_F16 ? "f16" : "f32");
 		cJSON_AddNumberToObject(j, "decode_fraction_target", TARGET_DECODE_FRACTION);
 		cJSON_AddItemToObject(j, "types", arr);
