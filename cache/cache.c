@@ -1120,18 +1120,27 @@ bool kvp_cache_on_device(const struct kvp_cache *c)
 	return kvp_pool_on_device(c->pool);
 }
 
+/* Lease l's prefix, its blocks' tokens end to end, into tokens (path_cap blocks). */
+static size_t lease_tokens(const struct kvp_cache *c, const struct lease *l, uint32_t *tokens)
+{
+	const uint32_t b = c->cfg.block_tokens;
+
+	for (uint32_t i = 0; i < l->n; i++)
+		memcpy(tokens + (size_t)i * b, kvp_tree_node_tokens(l->nodes[i]), b * sizeof(*tokens));
+	return (size_t)l->n * b;
+}
+
 int kvp_cache_admin_pins(const struct kvp_cache *c,
 			 void (*fn)(void *arg, struct kvp_key root, struct kvp_key group,
 				    const uint32_t *tokens, size_t n_tokens),
 			 void *arg)
 {
 	const struct owner *o = owner_find(c, KVP_CACHE_ADMIN_OWNER);
-	const uint32_t b = c->cfg.block_tokens;
 	uint32_t *tokens;
 
 	if (!o)
 		return KVP_OK;
-	tokens = malloc(c->path_cap * b * sizeof(*tokens));
+	tokens = malloc(c->path_cap * c->cfg.block_tokens * sizeof(*tokens));
 	if (!tokens)
 		return KVP_ENOMEM;
 	for (const struct lease *l = o->leases; l; l = l->next) {
@@ -1142,10 +1151,34 @@ int kvp_cache_admin_pins(const struct kvp_cache *c,
 		root = kvp_tree_node_root(l->nodes[0]);
 		if (kvp_tree_ns_group(c->tree, root, &group) != KVP_OK)
 			group = root;
-		for (uint32_t i = 0; i < l->n; i++)
-			memcpy(tokens + (size_t)i * b, kvp_tree_node_tokens(l->nodes[i]),
-			       b * sizeof(*tokens));
-		fn(arg, root, group, tokens, (size_t)l->n * b);
+		fn(arg, root, group, tokens, lease_tokens(c, l, tokens));
+	}
+	free(tokens);
+	return KVP_OK;
+}
+
+int kvp_cache_keeps(const struct kvp_cache *c,
+		    void (*fn)(void *arg, const struct kvp_cache_keep_info *k), void *arg)
+{
+	const struct owner *o = owner_find(c, KVP_CACHE_KEEP_OWNER);
+	uint32_t *tokens;
+
+	if (!o)
+		return KVP_OK;
+	tokens = malloc(c->path_cap * c->cfg.block_tokens * sizeof(*tokens));
+	if (!tokens)
+		return KVP_ENOMEM;
+	for (const struct lease *l = o->leases; l; l = l->next) {
+		struct kvp_cache_keep_info k = {
+			.group = l->group, .tokens = tokens, .until_ms = l->until_ms,
+			.priority = l->priority,
+		};
+
+		if (l->n == 0)
+			continue;
+		k.root = kvp_tree_node_root(l->nodes[0]);
+		k.n_tokens = lease_tokens(c, l, tokens);
+		fn(arg, &k);
 	}
 	free(tokens);
 	return KVP_OK;

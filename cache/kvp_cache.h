@@ -198,6 +198,19 @@ int kvp_cache_admin_pins(const struct kvp_cache *c,
 			 void (*fn)(void *arg, struct kvp_key root, struct kvp_key group,
 				    const uint32_t *tokens, size_t n_tokens),
 			 void *arg);
+
+/* Every keep: fn(arg, k) with its namespace, quota group, prefix (valid during the call),
+ * time (the clock kvp_cache_keep was given) and priority. What a stop saves so that the
+ * next start keeps them again, until the same time. KVP_OK or KVP_ENOMEM. */
+struct kvp_cache_keep_info {
+	struct kvp_key root, group;
+	const uint32_t *tokens;
+	size_t n_tokens;
+	uint64_t until_ms;
+	uint32_t priority;
+};
+int kvp_cache_keeps(const struct kvp_cache *c,
+		    void (*fn)(void *arg, const struct kvp_cache_keep_info *k), void *arg);
 /* Drop every admin pin; returns how many there were. */
 size_t kvp_cache_admin_unpin_all(struct kvp_cache *c);
 

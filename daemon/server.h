@@ -14,7 +14,7 @@
  *   tier.c        the tiers beside the pool (host RAM, disk, Redis): open, demote, flush
  *   tier_promote.c a prompt's blocks read back from the tiers before it begins
  *   tier_index.c  an index-only daemon's LOOKUP misses looked up in Redis
- *   tier_pins.c   ADMIN pins saved at stop, pinned again at a warm start
+ *   tier_pins.c   ADMIN pins and keeps saved at stop, held again at a warm start
  *   stats.c ...   the counters (kvp_stats.h), STATS (stats_json.c), /metrics (metrics.c)
  *
  * Threading: everything here runs on the event loop thread, but for gen_notify and
@@ -350,10 +350,11 @@ void tier_index_lookup(struct server *s, const struct conn *c, const uint32_t *t
 
 /* ---- tier_pins.c ------------------------------------------------------------------- */
 
-/* At stop: the ADMIN pins to DIR/pins, then dropped (their blocks are flushed too). */
+/* At stop: the ADMIN pins and keeps to DIR/pins, then dropped (their blocks are flushed
+ * too). */
 void tier_pins_save(struct server *s);
-/* At start: a warm start reads their blocks back and pins them again; a cold one
- * removes the file. */
+/* At start: a warm start reads their blocks back and pins or keeps them again (a keep
+ * until the same time, unless it has passed); a cold one removes the file. */
 void tier_pins_restore(struct server *s, bool warm);
 
 /* ---- model_open.c ------------------------------------------------------------------ */

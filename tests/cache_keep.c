@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kvp_cache.h"
 #include "kvp_index.h"
@@ -156,5 +157,51 @@ Test(keep, within_the_tenant_quota)
 	cr_assert_eq(stats(c).keeps_active, 2);
 	cr_assert_leq(kvp_cache_group_blocks(c, x), 4);
 	cr_assert_eq(kvp_cache_check(c), 0);
+	kvp_cache_destroy(c);
+}
+
+struct listed {
+	uint32_t n;
+	struct kvp_cache_keep_info k[4];
+	uint32_t tokens[4][8];
+};
+
+static void list_keep(void *arg, const struct kvp_cache_keep_info *k)
+{
+	struct listed *l = arg;
+
+	cr_assert_lt(l->n, 4);
+	cr_assert_eq(k->n_tokens, 8);
+	l->k[l->n] = *k;
+	memcpy(l->tokens[l->n], k->tokens, sizeof(l->tokens[0]));
+	l->n++;
+}
+
+/* kvp_cache_keeps lists each keep once, with what a restart needs to make it again. */
+Test(keep, listed_with_their_time_and_priority)
+{
+	struct kvp_cache *c = keep_cache(16, 0);
+	const struct kvp_key r1 = { 1, 2 }, r2 = { 3, 4 };
+	const uint32_t *a = put(c, r1, 1), *b = put(c, r2, 2);
+	struct listed l = { 0 };
+
+	keep(c, r1, a, 5000, 7);
+	keep(c, r2, b, 9000, 3);
+	keep(c, r1, a, 6000, 2);   /* kept again: one keep, until 6000, priority 7 */
+	cr_assert_eq(kvp_cache_keeps(c, list_keep, &l), 0);
+	cr_assert_eq(l.n, 2);
+	for (uint32_t i = 0; i < 2; i++) {
+		const bool first = kvp_key_eq(l.k[i].root, r1);
+
+		cr_assert(first || kvp_key_eq(l.k[i].root, r2));
+		cr_assert(kvp_key_eq(l.k[i].group, l.k[i].root));
+		cr_assert_eq(l.k[i].until_ms, first ? 6000u : 9000u);
+		cr_assert_eq(l.k[i].priority, first ? 7u : 3u);
+		cr_assert_arr_eq(l.tokens[i], first ? a : b, 8 * sizeof(uint32_t));
+	}
+	cr_assert_eq(kvp_cache_expire(c, 6000), 1);
+	l.n = 0;
+	cr_assert_eq(kvp_cache_keeps(c, list_keep, &l), 0);
+	cr_assert_eq(l.n, 1, "an ended keep is still listed");
 	kvp_cache_destroy(c);
 }

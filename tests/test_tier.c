@@ -14,6 +14,8 @@
  *   admin_clear         ADMIN CLEAR of every namespace empties the disk tier too; of one
  *                       namespace, its blocks leave it
  *   admin_pins          an ADMIN pin is saved at stop and pinned again at the next start
+ *   keeps               a keep is too, until its time; one that ended while stopped is not
+ *   pins_first_layout   a pins file of the first layout (pins only) is still read
  *   host_tier           a host RAM tier between the pool and the disk: blocks go down a
  *                       tier at a time and come back right from either; a stop hands
  *                       what it holds to the disk
@@ -27,9 +29,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+
+#include <xxhash.h>
 
 #include "daemon_harness.h"
 #include "kvprefix.h"
@@ -387,6 +392,99 @@ Test(tier, admin_pins_survive_a_restart)
 	cr_assert_eq(stat_in(NULL, "blocks_pinned"), 3);
 	cr_assert_eq(admin(KVP_ADMIN_UNPIN, t, 48), 3, "the restored pin is not an ADMIN pin");
 	cr_assert_eq(stat_in(NULL, "blocks_pinned"), 0);
+	stop();
+}
+
+/* A pins file of the first layout (ADMIN pins only, "KVPPINS1") is still read: the
+ * one a stop just wrote, rewritten so, pins its prefix again at the next start. */
+Test(tier, a_pins_file_of_the_first_layout_is_read)
+{
+	uint32_t t[NTOK];
+	char path[128];
+	uint8_t *buf;
+	uint64_t sum;
+	long len;
+	FILE *f;
+
+	prompt(t, 1);
+	start(7);
+	(void)ask(1);
+	cr_assert_eq(admin(KVP_ADMIN_PIN, t, 48), 3);
+	stop();
+	snprintf(path, sizeof(path), "%s/tier/pins", disk_dir);
+	f = fopen(path, "rb");
+	cr_assert_not_null(f, "no pins file at %s", path);
+	cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+	len = ftell(f);
+	rewind(f);
+	buf = malloc((size_t)len);
+	cr_assert_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
+	fclose(f);
+	cr_assert_eq(memcmp(buf, "KVPPINS2", 8), 0);
+	cr_assert_eq(buf[len - 12], 0, "keeps were saved");   /* u32 0 keeps, then the sum */
+	buf[7] = '1';
+	len -= 12;   /* no keeps section */
+	sum = XXH3_64bits(buf, (size_t)len);
+	for (int i = 0; i < 8; i++)
+		buf[len + i] = (uint8_t)(sum >> (8 * i));
+	f = fopen(path, "wb");
+	cr_assert_eq(fwrite(buf, 1, (size_t)len + 8, f), (size_t)len + 8);
+	fclose(f);
+	free(buf);
+	start(7);
+	cr_assert(log_has("1 of 1 ADMIN pins restored"), "the first layout's pin did not come back");
+	cr_assert_eq(stat_in(NULL, "blocks_pinned"), 3);
+	stop();
+}
+
+/* GENERATE (the prompt alone) with KEEP of tokens[0 .. n) for keep_s s at priority. */
+static void keep(const uint32_t *tokens, size_t n, uint32_t keep_s, uint32_t priority)
+{
+	struct kvp_client *c = NULL;
+	struct kvp_generate_params gp;
+	struct answer a = { .n = 0 };
+
+	cr_assert_eq(kvp_client_connect(d.socket, &c), 0);
+	cr_assert_eq(kvp_client_set_timeout_ms(c, 120000), 0);
+	kvp_generate_params_init(&gp);
+	gp.max_new = 0;
+	gp.keep_s = keep_s;
+	gp.priority = priority;
+	cr_assert_eq(kvp_client_generate(c, tokens, n, &gp, collect, &a, &a.u), 0, "%s",
+		     kvp_client_error(c));
+	kvp_client_close(c);
+}
+
+/* A keep is saved at stop and kept again at the next start until the same time; one
+ * whose time passes while the daemon is down is not. */
+Test(tier, keeps_survive_a_restart)
+{
+	uint32_t t1[NTOK], t4[NTOK];
+	struct timespec t0, now;
+
+	prompt(t1, 1);
+	prompt(t4, 4);
+	start(7);
+	(void)ask(1);
+	(void)ask(4);
+	keep(t1, 48, 3600, 5);   /* 3 blocks for an hour */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	keep(t4, 32, 2, 9);      /* 2 blocks for 2 s */
+	cr_assert_eq(stat_in(NULL, "keeps_active"), 2);
+	stop();
+	do {   /* until the short keep's time has passed */
+		usleep(50000);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000 < 2200);
+	start(7);
+	cr_assert(log_has("1 of 2 keeps restored (1 had ended while stopped)"),
+		  "the log does not say the hour's keep came back and the other did not");
+	cr_assert_eq(stat_in(NULL, "keeps_active"), 1);
+	cr_assert_eq(stat_in(NULL, "blocks_pinned"), 3);
+	(void)ask(2);   /* pool pressure: the kept blocks stay */
+	(void)ask(3);
+	cr_assert_eq(stat_in(NULL, "blocks_pinned"), 3);
+	cr_assert_eq(stat_in(NULL, "keeps_given_up"), 0);
 	stop();
 }
 
