@@ -79,8 +79,8 @@ struct timing {
 struct inproc_result {
 	size_t tokens;
 	size_t blocks;
-	struct timing match, xxh3;
-	double ratio;
+	struct timing match, xxh3, chain;   /* chain: the block keys alone */
+	double ratio, chain_ratio;
 	double meta_bytes;   /* the index's memory a block, beside its tokens */
 };
 
@@ -157,6 +157,8 @@ struct inproc {
 	size_t n_tokens;
 	struct kvp_tree_node **path;
 	size_t max_nodes;
+	uint32_t block;
+	struct kvp_key *keys;    /* (max_nodes) */
 };
 
 static void run_match(void *arg)
@@ -165,6 +167,16 @@ static void run_match(void *arg)
 
 	bench_sink += kvp_tree_match(p->tree, p->root, p->tokens, p->n_tokens, p->path,
 				     p->max_nodes);
+}
+
+/* The chained block keys alone (each block's key hashes its parent's): what any lookup
+ * must compute before it can look at the tree. */
+static void run_chain(void *arg)
+{
+	struct inproc *p = arg;
+
+	kvp_chain_keys(p->root, p->tokens, p->max_nodes, p->block, p->keys);
+	bench_sink += p->keys[p->max_nodes ? p->max_nodes - 1 : 0].lo;
 }
 
 static void run_xxh3(void *arg)
@@ -258,9 +270,13 @@ static int bench_inproc(uint32_t block, size_t n, uint64_t seed, struct inproc_r
 		rc = KVP_EINTERNAL;
 		goto out_destroy;
 	}
+	p.block = block;
+	p.keys = keys;
 	measure(run_match, &p, INPROC_BUDGET_S, &res->match);
 	measure(run_xxh3, &p, INPROC_BUDGET_S, &res->xxh3);
+	measure(run_chain, &p, INPROC_BUDGET_S, &res->chain);
 	res->ratio = res->match.median_ns / res->xxh3.median_ns;
+	res->chain_ratio = res->chain.median_ns / res->xxh3.median_ns;
 	rc = KVP_OK;
 out_destroy:
 	kvp_tree_destroy(p.tree);
@@ -692,27 +708,33 @@ static int parse_index(int argc, char **argv, struct index_opts *o)
 /* (a) for every size, printed as a table; the 32k ratio in *r32. */
 static int run_index_inproc(uint64_t block, struct inproc_result in[N_SIZES], double *r32)
 {
+	double chain32 = NAN;
+
 	printf("kvprefix-bench index: block %" PRIu64 " tokens\n\n", block);
 	printf("(a) in process: kvp_tree_match of a fully cached prompt vs XXH3_128bits\n");
-	printf("  %8s %7s %14s %14s %14s %14s %8s\n", "tokens", "blocks", "lookup med",
-	       "lookup best", "xxh3 med", "xxh3 best", "ratio");
+	printf("  %8s %7s %14s %14s %14s %14s %8s %14s %8s\n", "tokens", "blocks", "lookup med",
+	       "lookup best", "xxh3 med", "xxh3 best", "ratio", "keys alone", "ratio");
 	fflush(stdout);
 	*r32 = NAN;
 	kvp_index_set_allocator(count_alloc, count_free);   /* the trees' memory, counted */
 	for (size_t i = 0; i < N_SIZES; i++) {
 		if (bench_inproc((uint32_t)block, inproc_sizes[i], 1 + i, &in[i]) < 0)
 			return -1;
-		printf("  %8zu %7zu %11.1f us %11.1f us %11.1f us %11.1f us %7.2fx\n",
+		printf("  %8zu %7zu %11.1f us %11.1f us %11.1f us %11.1f us %7.2fx %11.1f us %7.2fx\n",
 		       in[i].tokens, in[i].blocks, in[i].match.median_ns / 1e3,
 		       in[i].match.best_ns / 1e3, in[i].xxh3.median_ns / 1e3,
-		       in[i].xxh3.best_ns / 1e3, in[i].ratio);
+		       in[i].xxh3.best_ns / 1e3, in[i].ratio, in[i].chain.median_ns / 1e3,
+		       in[i].chain_ratio);
 		fflush(stdout);
-		if (inproc_sizes[i] == 32768)
+		if (inproc_sizes[i] == 32768) {
 			*r32 = in[i].ratio;
+			chain32 = in[i].chain_ratio;
+		}
 	}
 	kvp_index_set_allocator(NULL, NULL);
-	printf("  32k lookup ratio %.2fx, target <= %.1fx: %s\n", *r32,
-	       TARGET_LOOKUP_32K_RATIO, *r32 <= TARGET_LOOKUP_32K_RATIO ? "met" : "MISSED");
+	printf("  32k lookup ratio %.2fx, target <= %.1fx: %s (the chained keys alone, medians: "
+	       "%.2fx)\n", *r32, TARGET_LOOKUP_32K_RATIO,
+	       *r32 <= TARGET_LOOKUP_32K_RATIO ? "met" : "MISSED", chain32);
 	printf("  index metadata: %.0f bytes a block beside its %" PRIu64 " tokens' %" PRIu64
 	       " bytes (%zu blocks: nodes, hash table, allocator overhead), target <= %.0f: %s\n\n",
 	       in[N_SIZES - 1].meta_bytes, block, block * 4, in[N_SIZES - 1].blocks,
@@ -784,6 +806,8 @@ static cJSON *timing_json(const struct inproc_result *r)
 	cJSON_AddNumberToObject(o, "xxh3_ns_median", r->xxh3.median_ns);
 	cJSON_AddNumberToObject(o, "xxh3_ns_best", r->xxh3.best_ns);
 	cJSON_AddNumberToObject(o, "ratio", r->ratio);
+	cJSON_AddNumberToObject(o, "keys_ns_median", r->chain.median_ns);
+	cJSON_AddNumberToObject(o, "keys_ratio", r->chain_ratio);
 	return o;
 }
 
