@@ -283,11 +283,24 @@ out:
 	return rc;
 }
 
+/* The median of the rounds whose promotion rate could be measured (a round whose disk
+ * TTFT was no longer than its pool one has none); NAN when none could. */
+static double promotion_median(const double *gbs, size_t n)
+{
+	double v[TIERS_MAX_ROUNDS];
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (isfinite(gbs[i]))
+			v[k++] = gbs[i];
+	return k ? bench_median(v, k) : NAN;
+}
+
 static void print_tiers(const struct tiers_opts *o, struct tiers_result *r)
 {
 	const size_t n = r->rounds;
 	double cold = bench_median(r->cold_ms, n), pool = bench_median(r->pool_ms, n);
-	double disk = bench_median(r->disk_ms, n), prom = bench_median(r->promote_gbs, n);
+	double disk = bench_median(r->disk_ms, n), prom = promotion_median(r->promote_gbs, n);
 	cJSON *j = cJSON_CreateObject();
 	bool built = j != NULL;
 
