@@ -116,8 +116,15 @@ static void check_frames(const char *doc, const struct frame *f, int n)
 		if (f[i].sent && f[i].n == wn && memcmp(f[i].b, want, wn) == 0)
 			g = i;
 	cr_assert_geq(g, 0, "no GENERATE as on the page");
+	/* the page's first token frame carries one token; a daemon may put the next ones in
+	 * the same frame when its loop comes to it late (§4.10): the header but for len, and
+	 * the first token, are the page's */
 	wn = dt_example(doc, "generate_tokens", want, sizeof(want));
-	cr_assert(f[g + 1].n == wn && memcmp(f[g + 1].b, want, wn) == 0, "first token frame");
+	cr_assert(f[g + 1].n >= wn && memcmp(f[g + 1].b, want, 12) == 0 &&
+		  kvp_le_get_u32(f[g + 1].b + 12) == f[g + 1].n - KVP_HDR_SIZE &&
+		  kvp_le_get_u32(f[g + 1].b + KVP_HDR_SIZE) == (f[g + 1].n - KVP_HDR_SIZE - 4) / 4 &&
+		  memcmp(f[g + 1].b + KVP_HDR_SIZE + 4, want + KVP_HDR_SIZE + 4, 4) == 0,
+		  "first token frame");
 	for (int i = g + 1; i < n && done < 0; i++)
 		if (f[i].b[5] == KVP_T_GENERATE_DONE)
 			done = i;
