@@ -1120,14 +1120,50 @@ bool kvp_cache_on_device(const struct kvp_cache *c)
 	return kvp_pool_on_device(c->pool);
 }
 
-/* Lease l's prefix, its blocks' tokens end to end, into tokens (path_cap blocks). */
-static size_t lease_tokens(const struct kvp_cache *c, const struct lease *l, uint32_t *tokens)
+/* visit(c, l, tokens, n_tokens, arg) for every lease of owner id that holds blocks, with
+ * its prefix (its blocks' tokens end to end, valid during the call). KVP_OK or
+ * KVP_ENOMEM. */
+static int each_prefix(const struct kvp_cache *c, uint64_t id,
+		       void (*visit)(const struct kvp_cache *c, const struct lease *l,
+				     const uint32_t *tokens, size_t n_tokens, void *arg),
+		       void *arg)
 {
+	const struct owner *o = owner_find(c, id);
 	const uint32_t b = c->cfg.block_tokens;
+	uint32_t *tokens;
 
-	for (uint32_t i = 0; i < l->n; i++)
-		memcpy(tokens + (size_t)i * b, kvp_tree_node_tokens(l->nodes[i]), b * sizeof(*tokens));
-	return (size_t)l->n * b;
+	if (!o)
+		return KVP_OK;
+	tokens = malloc(c->path_cap * b * sizeof(*tokens));
+	if (!tokens)
+		return KVP_ENOMEM;
+	for (const struct lease *l = o->leases; l; l = l->next) {
+		if (l->n == 0)
+			continue;
+		for (uint32_t i = 0; i < l->n; i++)
+			memcpy(tokens + (size_t)i * b, kvp_tree_node_tokens(l->nodes[i]),
+			       b * sizeof(*tokens));
+		visit(c, l, tokens, (size_t)l->n * b, arg);
+	}
+	free(tokens);
+	return KVP_OK;
+}
+
+struct pins_visit {
+	void (*fn)(void *arg, struct kvp_key root, struct kvp_key group, const uint32_t *tokens,
+		   size_t n_tokens);
+	void *arg;
+};
+
+static void visit_pin(const struct kvp_cache *c, const struct lease *l, const uint32_t *tokens,
+		      size_t n_tokens, void *arg)
+{
+	const struct pins_visit *v = arg;
+	struct kvp_key root = kvp_tree_node_root(l->nodes[0]), group;
+
+	if (kvp_tree_ns_group(c->tree, root, &group) != KVP_OK)
+		group = root;
+	v->fn(v->arg, root, group, tokens, n_tokens);
 }
 
 int kvp_cache_admin_pins(const struct kvp_cache *c,
@@ -1135,53 +1171,35 @@ int kvp_cache_admin_pins(const struct kvp_cache *c,
 				    const uint32_t *tokens, size_t n_tokens),
 			 void *arg)
 {
-	const struct owner *o = owner_find(c, KVP_CACHE_ADMIN_OWNER);
-	uint32_t *tokens;
+	struct pins_visit v = { fn, arg };
 
-	if (!o)
-		return KVP_OK;
-	tokens = malloc(c->path_cap * c->cfg.block_tokens * sizeof(*tokens));
-	if (!tokens)
-		return KVP_ENOMEM;
-	for (const struct lease *l = o->leases; l; l = l->next) {
-		struct kvp_key root, group;
+	return each_prefix(c, KVP_CACHE_ADMIN_OWNER, visit_pin, &v);
+}
 
-		if (l->n == 0)
-			continue;
-		root = kvp_tree_node_root(l->nodes[0]);
-		if (kvp_tree_ns_group(c->tree, root, &group) != KVP_OK)
-			group = root;
-		fn(arg, root, group, tokens, lease_tokens(c, l, tokens));
-	}
-	free(tokens);
-	return KVP_OK;
+struct keeps_visit {
+	void (*fn)(void *arg, const struct kvp_cache_keep_info *k);
+	void *arg;
+};
+
+static void visit_keep(const struct kvp_cache *c, const struct lease *l, const uint32_t *tokens,
+		       size_t n_tokens, void *arg)
+{
+	const struct keeps_visit *v = arg;
+	const struct kvp_cache_keep_info k = {
+		.root = kvp_tree_node_root(l->nodes[0]), .group = l->group, .tokens = tokens,
+		.n_tokens = n_tokens, .until_ms = l->until_ms, .priority = l->priority,
+	};
+
+	(void)c;
+	v->fn(v->arg, &k);
 }
 
 int kvp_cache_keeps(const struct kvp_cache *c,
 		    void (*fn)(void *arg, const struct kvp_cache_keep_info *k), void *arg)
 {
-	const struct owner *o = owner_find(c, KVP_CACHE_KEEP_OWNER);
-	uint32_t *tokens;
+	struct keeps_visit v = { fn, arg };
 
-	if (!o)
-		return KVP_OK;
-	tokens = malloc(c->path_cap * c->cfg.block_tokens * sizeof(*tokens));
-	if (!tokens)
-		return KVP_ENOMEM;
-	for (const struct lease *l = o->leases; l; l = l->next) {
-		struct kvp_cache_keep_info k = {
-			.group = l->group, .tokens = tokens, .until_ms = l->until_ms,
-			.priority = l->priority,
-		};
-
-		if (l->n == 0)
-			continue;
-		k.root = kvp_tree_node_root(l->nodes[0]);
-		k.n_tokens = lease_tokens(c, l, tokens);
-		fn(arg, &k);
-	}
-	free(tokens);
-	return KVP_OK;
+	return each_prefix(c, KVP_CACHE_KEEP_OWNER, visit_keep, &v);
 }
 
 size_t kvp_cache_admin_unpin_all(struct kvp_cache *c)
