@@ -118,7 +118,7 @@ static const struct opt_def opt_table[] = {
 		  "the pool is sized by --pool-mb unless this is given)" },
 	/* engine */
 	{ .name = "pool-mb", .kind = KIND_U32, FIELD(pool_mb), .min = 1, .max = 1u << 24,
-	  .base = 10, .arg = "MB", .help = "KV pool size in engine mode, resident from the start (default 1024)" },
+	  .base = 10, .arg = "MB", .help = "KV pool size in engine mode (default 1024)" },
 	{ .name = "kv-dtype", .kind = KIND_KV_DTYPE, FIELD(kv_dtype), .arg = "f16|f32",
 	  .help = "how KV is stored (default f16)" },
 	{ .name = "eviction", .kind = KIND_EVICTION, FIELD(eviction), .arg = "lru|reuse",

@@ -119,8 +119,11 @@ static int cache_open(struct server *s, uint32_t capacity)
 			gpu ? " on the GPU" : "", kvp_strerror(rc),
 			rc == KVP_ENOMEM ? " (a smaller --pool-mb or --capacity-blocks fits)" : "");
 	else if (!gpu)
-		kvp_info("KV pool: %.1f MiB resident in %.0f ms", (double)capacity * (double)bb / 1048576.0,
-			 (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+		kvp_info("KV pool: %.1f MiB in %.0f ms, %s", (double)capacity * (double)bb / 1048576.0,
+			 (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
+			 (double)capacity * (double)bb > 64.0 * 1048576.0
+				 ? "its first 64 MiB resident, the rest made so in the background"
+				 : "resident");
 	return rc;
 }
 

@@ -57,10 +57,10 @@ int kvp_pool_put(struct kvp_pool *p, uint32_t id);
 int kvp_pool_evict(struct kvp_pool *p, uint32_t id);
 
 /* Give every block block_bytes of host memory (one page-aligned mapping, zeroed, in
- * huge pages where allowed, and made resident before this returns: its time grows with
- * capacity x block_bytes). Call once, before blocks are used. KVP_ENOMEM (the mapping,
- * or the memory to make it resident), KVP_EINVAL (already attached, or capacity x
- * block_bytes overflows). Index-only pools have none. */
+ * huge pages where allowed, made resident: its first 64 MiB before this returns, the
+ * rest by a thread of the pool's that destroy stops and joins). Call once, before blocks
+ * are used. KVP_ENOMEM (the mapping, or the memory of its first 64 MiB), KVP_EINVAL
+ * (already attached, or capacity x block_bytes overflows). Index-only pools have none. */
 int kvp_pool_attach_memory(struct kvp_pool *p, size_t block_bytes);
 /* The same on the GPU (store/pool_device.c): one device allocation of capacity x
  * block_bytes (zeroed), block i at base + i * block_bytes as on the host, and a page-locked

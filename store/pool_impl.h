@@ -5,6 +5,8 @@
 #ifndef KVP_POOL_IMPL_H
 #define KVP_POOL_IMPL_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,6 +28,10 @@ struct kvp_pool {
 	size_t data_bytes;    /* mapping (or device allocation) length */
 	bool on_device;       /* data is one kvp_device_alloc */
 	void *staging;        /* (block_bytes) page-locked host buffer of a device pool */
+	/* a host pool too large to make resident at attach: the thread that does it */
+	pthread_t populator;
+	bool populating;      /* populator started (joined by destroy) */
+	_Atomic bool stop_populating;
 };
 
 #endif

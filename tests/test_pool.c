@@ -129,6 +129,18 @@ Test(pool, random_operations_match_model)
 #define MADV_POPULATE_WRITE 23
 #endif
 
+static bool populate_supported(void)
+{
+	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	void *probe = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	bool ok;
+
+	cr_assert_neq(probe, MAP_FAILED);
+	ok = madvise(probe, page, MADV_POPULATE_WRITE) == 0 || errno != EINVAL;
+	munmap(probe, page);
+	return ok;
+}
+
 /* Host block memory is resident once attached (and zero): a request's first write to a
  * block is never a page fault. */
 Test(pool, attached_memory_is_resident_and_zero)
@@ -137,17 +149,11 @@ Test(pool, attached_memory_is_resident_and_zero)
 	const long page = sysconf(_SC_PAGESIZE);
 	unsigned char vec[(64 * 64 * 1024) / 4096];
 	struct kvp_pool *p;
-	void *probe;
 	size_t pages;
 	uint8_t *data;
 
-	probe = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	cr_assert_neq(probe, MAP_FAILED);
-	if (madvise(probe, (size_t)page, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
-		munmap(probe, (size_t)page);
+	if (!populate_supported())
 		cr_skip_test("this kernel has no MADV_POPULATE_WRITE (Linux 5.14): pools fault in as used");
-	}
-	munmap(probe, (size_t)page);
 	cr_assert_eq(page, 4096, "the test counts 4 KiB pages");
 	cr_assert_eq(kvp_pool_create((uint32_t)nblocks, &p), KVP_OK);
 	cr_assert_eq(kvp_pool_attach_memory(p, bb), KVP_OK);
@@ -158,6 +164,45 @@ Test(pool, attached_memory_is_resident_and_zero)
 		cr_assert(vec[i] & 1, "page %zu of %zu is not resident after attach", i, pages);
 	for (size_t i = 0; i < nblocks * bb; i += 4093)
 		cr_assert_eq(data[i], 0, "byte %zu", i);
+	kvp_pool_destroy(p);
+}
+
+/* Resident pages of [p, p + len) (4 KiB pages). */
+static size_t resident_pages(const uint8_t *p, size_t len)
+{
+	static unsigned char vec[(96u << 20) / 4096];
+	size_t n = len / 4096, k = 0;
+
+	cr_assert_leq(n, sizeof(vec));
+	cr_assert_eq(mincore((void *)p, len, vec), 0, "mincore: %s", strerror(errno));
+	for (size_t i = 0; i < n; i++)
+		k += vec[i] & 1;
+	return k;
+}
+
+/* Past its first 64 MiB, a pool is made resident by a thread of its own; destroy stops
+ * one still at work. */
+Test(pool, a_large_pool_becomes_resident_in_the_background)
+{
+	const size_t bb = 64 * 1024, nblocks = 1536, pages = nblocks * bb / 4096;   /* 96 MiB */
+	struct kvp_pool *p;
+	uint8_t *data;
+	size_t got = 0;
+
+	if (!populate_supported())
+		cr_skip_test("this kernel has no MADV_POPULATE_WRITE (Linux 5.14): pools fault in as used");
+	cr_assert_eq(sysconf(_SC_PAGESIZE), 4096, "the test counts 4 KiB pages");
+	cr_assert_eq(kvp_pool_create((uint32_t)nblocks, &p), KVP_OK);
+	cr_assert_eq(kvp_pool_attach_memory(p, bb), KVP_OK);
+	data = kvp_pool_block_data(p, 0);
+	cr_assert_eq(resident_pages(data, 64u << 20), (64u << 20) / 4096,
+		     "the first 64 MiB are not resident when attach returns");
+	for (int i = 0; i < 1000 && (got = resident_pages(data, nblocks * bb)) < pages; i++)
+		usleep(10000);
+	cr_assert_eq(got, pages, "%zu of %zu pages resident after 10 s", got, pages);
+	kvp_pool_destroy(p);
+	cr_assert_eq(kvp_pool_create(8192, &p), KVP_OK);   /* 512 MiB, destroyed at once */
+	cr_assert_eq(kvp_pool_attach_memory(p, bb), KVP_OK);
 	kvp_pool_destroy(p);
 }
 
