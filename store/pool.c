@@ -87,8 +87,8 @@ out_free_pool:
  * made resident (MADV_POPULATE_WRITE) so that a block's first write is not a page fault.
  * Left to fault in, a fresh daemon's first prompts paid for them: ~11 us per 4 KiB page
  * on a virtualised host, 45-60 ms of a 2,000-token prompt's 16 MiB read back from Redis.
- * Up to POOL_RESIDENT_NOW bytes are made resident before attach returns (a pool the
- * machine cannot hold is refused then); the rest by a thread of the pool's, a chunk at
+ * Up to POOL_RESIDENT_NOW bytes are made resident before attach returns (a machine that
+ * cannot give even those refuses the pool); the rest by a thread of the pool's, a chunk at
  * a time from block 0 (the free list hands out the low blocks first), so that a large
  * pool does not hold up the start: on that host 1 GiB took from 50 ms to 1.5 s. A kernel
  * without MADV_POPULATE_WRITE (before 5.14) faults pages in as they are used.

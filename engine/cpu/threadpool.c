@@ -33,12 +33,12 @@
  */
 #include <assert.h>
 #include <errno.h>
-#include <stdbool.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
