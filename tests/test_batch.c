@@ -271,8 +271,9 @@ Test(batch, together_equals_alone, .fini = stop, .timeout = 240)
  * blocks each, run alone (each fits) and then at once in another namespace (nothing of
  * theirs cached): each at once gets the tokens it got alone, and afterwards nothing is
  * pinned, the pool adds up and STATS counts nobody running. Each needing more than half
- * the pool, any two that run at once must run out of it, however late the machine lets
- * a client send its request. Returns a client for more STATS checks. */
+ * the pool, two that run side by side for most of their length cannot both fit, even
+ * when the machine lets some clients send their requests late. Returns a client for
+ * more STATS checks. */
 static struct kvp_client *four_in_a_small_pool(const char *max_seqs, uint32_t seed)
 {
 	static struct job alone[PRE], together[PRE];
