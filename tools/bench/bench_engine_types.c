@@ -125,12 +125,13 @@ static int measure_type(const char *path, const struct bench_types_opts *o,
 	kvp_model_free(m);
 	before = read_bandwidth(o->threads, (size_t)(f->read_mb * 1e6), reps);
 	busy = busy_start(o->busy, pids);
-	rc = bench_engine_cpu(path, o->threads, o->kv_dtype, o->block, o->max_batch, o->quick, &a);
-	busy_stop(busy, pids);
 	if (busy < o->busy) {
 		fprintf(stderr, PROG " engine: fork of a busy process: %s\n", strerror(errno));
+		busy_stop(busy, pids);
 		return -1;
 	}
+	rc = bench_engine_cpu(path, o->threads, o->kv_dtype, o->block, o->max_batch, o->quick, &a);
+	busy_stop(busy, pids);
 	if (rc < 0)
 		return -1;
 	after = read_bandwidth(o->threads, (size_t)(f->read_mb * 1e6), reps);
