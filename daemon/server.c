@@ -13,7 +13,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -21,6 +20,7 @@
 #include <event2/thread.h>
 #include <systemd/sd-daemon.h>
 
+#include "kvp_clock.h"
 #include "kvp_engine.h"
 #include "kvp_log.h"
 #include "kvp_metrics.h"
@@ -96,7 +96,7 @@ static int cache_open(struct server *s, uint32_t capacity)
 		.tenant_quota = quota_blocks(cfg, capacity),
 		.eviction = cfg->eviction,
 	};
-	struct timespec t0, t1;
+	uint64_t t0;
 	bool gpu;
 	size_t bb;
 	int rc = kvp_cache_create(&cc, &s->cache);
@@ -111,17 +111,16 @@ static int cache_open(struct server *s, uint32_t capacity)
 		return KVP_OK;
 	gpu = kvp_engine_backend(s->engine) == KVP_BACKEND_CUDA;
 	bb = kvp_engine_block_bytes(s->engine);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	t0 = kvp_clock_ns();
 	rc = gpu ? kvp_cache_attach_device(s->cache, bb) : kvp_cache_attach_memory(s->cache, bb);
-	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (rc)
 		kvp_err("cannot allocate the KV pool (%u blocks of %zu bytes%s): %s%s", capacity, bb,
 			gpu ? " on the GPU" : "", kvp_strerror(rc),
 			rc == KVP_ENOMEM ? " (a smaller --pool-mb or --capacity-blocks fits)" : "");
 	else if (!gpu)
 		kvp_info("KV pool: %.1f MiB in %.0f ms, %s", (double)capacity * (double)bb / 1048576.0,
-			 (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
-			 (double)capacity * (double)bb > 64.0 * 1048576.0
+			 (double)(kvp_clock_ns() - t0) / 1e6,
+			 (double)capacity * (double)bb > KVP_POOL_RESIDENT_AT_ATTACH
 				 ? "its first 64 MiB resident, the rest made so in the background"
 				 : "resident");
 	return rc;

@@ -79,11 +79,9 @@ static void put_key(struct pins_buf *b, struct kvp_key k)
 	put(b, x, 16);
 }
 
-static void put_prefix(struct pins_buf *b, struct kvp_key root, struct kvp_key group,
-		       const uint32_t *tokens, size_t n)
+/* u32 n, then the tokens */
+static void put_tokens(struct pins_buf *b, const uint32_t *tokens, size_t n)
 {
-	put_key(b, root);
-	put_key(b, group);
 	put_u32(b, (uint32_t)n);
 	for (size_t i = 0; i < n; i++)
 		put_u32(b, tokens[i]);
@@ -94,7 +92,9 @@ static void add_pin(void *arg, struct kvp_key root, struct kvp_key group, const 
 {
 	struct pins_buf *b = arg;
 
-	put_prefix(b, root, group, tokens, n);
+	put_key(b, root);
+	put_key(b, group);
+	put_tokens(b, tokens, n);
 	b->count++;
 }
 
@@ -110,9 +110,7 @@ static void add_keep(void *arg, const struct kvp_cache_keep_info *k)
 	kvp_le_put_u64(x, b->unix_ms + (k->until_ms - b->mono_ms));
 	put(b, x, 8);
 	put_u32(b, k->priority);
-	put_u32(b, (uint32_t)k->n_tokens);
-	for (size_t i = 0; i < k->n_tokens; i++)
-		put_u32(b, k->tokens[i]);
+	put_tokens(b, k->tokens, k->n_tokens);
 	b->count++;
 }
 

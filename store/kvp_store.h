@@ -61,6 +61,7 @@ int kvp_pool_evict(struct kvp_pool *p, uint32_t id);
  * rest by a thread of the pool's that destroy stops and joins). Call once, before blocks
  * are used. KVP_ENOMEM (the mapping, or the memory of its first 64 MiB), KVP_EINVAL
  * (already attached, or capacity x block_bytes overflows). Index-only pools have none. */
+#define KVP_POOL_RESIDENT_AT_ATTACH (64u << 20)
 int kvp_pool_attach_memory(struct kvp_pool *p, size_t block_bytes);
 /* The same on the GPU (store/pool_device.c): one device allocation of capacity x
  * block_bytes (zeroed), block i at base + i * block_bytes as on the host, and a page-locked

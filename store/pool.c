@@ -93,7 +93,7 @@ out_free_pool:
  * pool does not hold up the start: on that host 1 GiB took from 50 ms to 1.5 s. A kernel
  * without MADV_POPULATE_WRITE (before 5.14) faults pages in as they are used.
  */
-#define POOL_RESIDENT_NOW (64u << 20)
+#define POOL_RESIDENT_NOW KVP_POOL_RESIDENT_AT_ATTACH
 #define POOL_RESIDENT_CHUNK (64u << 20)
 
 static void *populate_main(void *arg)

@@ -293,6 +293,22 @@ static bool find_value(redisContext *c, uint32_t p, uint32_t i, char *key, char 
 	return found;
 }
 
+/* Block i of prompt p, its KV damaged in Redis (one bit of a byte near the end): its
+ * header and key still hold, its checksum no longer does. */
+static void damage_kv(redisContext *c, uint32_t p, uint32_t i)
+{
+	char key[128], *val;
+	size_t len;
+	redisReply *r;
+
+	cr_assert(find_value(c, p, i, key, &val, &len), "block %u of prompt %u is not in Redis", i,
+		  p);
+	val[len - 100] ^= 0x20;
+	r = redisCommand(c, "SET %s %b", key, val, len);
+	freeReplyObject(r);
+	free(val);
+}
+
 Test(redis, bad_values_are_misses)
 {
 	struct answer x1, x2, y1, y2;
@@ -309,12 +325,7 @@ Test(redis, bad_values_are_misses)
 	wait_writes(&a, 2 * NB);
 	c = redisConnectUnix(sock);
 	cr_assert(c && !c->err);
-	/* prompt 1: block 5's KV damaged */
-	cr_assert(find_value(c, 1, 5, key, &val, &len), "block 5 of prompt 1 is not in Redis");
-	val[len - 100] ^= 0x20;
-	r = redisCommand(c, "SET %s %b", key, val, len);
-	freeReplyObject(r);
-	free(val);
+	damage_kv(c, 1, 5);   /* prompt 1: block 5's KV */
 	/* prompt 2: block 0's value replaced by block 1's (checksums hold; key and tokens are
 	 * another block's) */
 	cr_assert(find_value(c, 2, 0, key0, &val, &len));
@@ -361,8 +372,6 @@ Test(redis, long_chain_fetched_through_a_window)
 	struct answer x1, x2, y1, y2;
 	redisContext *c;
 	redisReply *r;
-	char key[128], *val;
-	size_t len;
 	long gets;
 
 	redis_start();
@@ -373,11 +382,7 @@ Test(redis, long_chain_fetched_through_a_window)
 	wait_writes(&a, 2 * LONG_NB);
 	c = redisConnectUnix(sock);
 	cr_assert(c && !c->err);
-	cr_assert(find_value(c, 6, 3, key, &val, &len), "block 3 of prompt 6 is not in Redis");
-	val[len - 100] ^= 0x20;
-	r = redisCommand(c, "SET %s %b", key, val, len);
-	freeReplyObject(r);
-	free(val);
+	damage_kv(c, 6, 3);
 	start(&b);
 	wait_connected(&b);
 	y1 = ask_n(&b, 5, LONG_NTOK, NULL);

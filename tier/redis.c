@@ -301,7 +301,7 @@ static void run_fetch(struct kvp_redis *r, struct rjob *j)
 			}
 			sent++;
 		}
-		if (sent > before && !(up = flush_out(r)))
+		if (sent > before && !flush_out(r))
 			break;
 		if (got == sent)
 			break;
