@@ -628,16 +628,6 @@ void kvp_gen_kick(struct kvp_gen *g)
 	pthread_mutex_unlock(&g->mu);
 }
 
-uint32_t kvp_gen_admitted(struct kvp_gen *g)
-{
-	uint32_t n;
-
-	pthread_mutex_lock(&g->mu);
-	n = g->st.running;
-	pthread_mutex_unlock(&g->mu);
-	return n;
-}
-
 uint32_t kvp_gen_active(struct kvp_gen *g)
 {
 	uint32_t n;

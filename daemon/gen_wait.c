@@ -135,6 +135,16 @@ static void waiters_retry(struct server *s)
 	}
 }
 
+/* Whether a job the engine has, other than the parked ones, will send news: one that
+ * runs (its growth or its end), one whose end the loop has not taken yet, or one
+ * waiting for a place while a place is not held by a parked job (the engine admits it
+ * and runs it). Counted as the loop sees them, not as the engine does now: a job that
+ * ended after the loop's last poll still holds its blocks until its news is taken. */
+static bool others_bring_news(const struct server *s, uint32_t parked)
+{
+	return s->n_submitted > parked && parked < s->cfg->max_seqs;
+}
+
 /* Nothing the engine runs can free a block: preempt the youngest starved, or end the
  * last one waiting. */
 void gen_wait_unblock(struct server *s)
@@ -146,9 +156,7 @@ void gen_wait_unblock(struct server *s)
 		waiters_retry(s);
 		starved = wait_count(s->starved);
 		pre = wait_count(s->preempted_reqs);
-		/* something admitted runs: its end or its growth brings news (those waiting
-		 * for a place do not count: they cannot be admitted while these hold it) */
-		if (starved + pre == 0 || kvp_gen_admitted(s->gen) > starved + pre)
+		if (starved + pre == 0 || others_bring_news(s, starved + pre))
 			return;
 		if (starved + pre >= 2 && starved > 0) {
 			for (r = s->starved; r; r = r->next_wait)

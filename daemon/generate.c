@@ -185,6 +185,7 @@ int gen_req_begin(struct server *s, struct gen_req *r)
 		  (unsigned long long)r->conn->id, r->req_id, r->req.n_tokens, r->job.cached,
 		  r->max_new);
 	kvp_gen_submit(s->gen, &r->job);
+	s->n_submitted++;
 	return KVP_OK;
 }
 
@@ -359,6 +360,7 @@ static void gen_req_finish(struct server *s, struct gen_req *r, const struct kvp
 			    : p->n_valid > j->cached ? p->n_valid - j->cached : 0;
 
 	gen_wait_forget(s, r);
+	s->n_submitted--;
 	if (r->seq.ns) {   /* a preempted request gave its blocks back already */
 		const struct kvp_key root = r->seq.root, group = r->seq.group;
 

@@ -141,9 +141,6 @@ void kvp_gen_resume(struct kvp_gen *g, struct kvp_gen_job *job, int status);
 void kvp_gen_resume_recompute(struct kvp_gen *g, struct kvp_gen_job *job);
 /* Jobs submitted and not yet done. */
 uint32_t kvp_gen_active(struct kvp_gen *g);
-/* Jobs admitted and not done, parked ones included (not those waiting for a place), as
- * of the last news published. */
-uint32_t kvp_gen_admitted(struct kvp_gen *g);
 /* Make the engine thread look at its jobs again (one was cancelled while all it runs
  * are parked). */
 void kvp_gen_kick(struct kvp_gen *g);

@@ -150,6 +150,7 @@ struct server {
 	struct gen_req *starved;     /* parked, no block to grow into: oldest first */
 	struct gen_req *preempted_reqs;   /* blocks given back, waiting to take them again */
 	uint32_t n_following;        /* requests waiting for another's prompt (gen_follow.c) */
+	uint32_t n_submitted;        /* jobs given to the engine whose done news is not taken */
 	bool gen_closing;            /* generate_stop began: nothing begins any more */
 	struct event *gen_notify;    /* activated by the engine thread */
 	/* the disk tier (tier.c) */
