@@ -12,6 +12,7 @@
  *               or of 40 (the GEMM), up to f32 rounding
  *   grid        scales and activations on a grid where every sum is exact: every ISA's
  *               result equals the double reference exactly (the integer parts agree)
+ *   vnni        the AVX512-VNNI dot kernels give the AVX-512 ones' results
  */
 #include <criterion/criterion.h>
 
@@ -273,3 +274,60 @@ static void grid_cases(struct kvp_threadpool *tp, uint32_t type, int blk)
 }
 
 Test(matmul_w, grid_is_exact_on_every_isa) { every_isa_and_type(grid_cases); }
+
+/* ---- the VNNI dot kernels are the AVX-512 ones, faster ----------------------------------- */
+
+/* C of avx512vnni against avx512 on random W and A: the same integer sums, so Q8_0 and
+ * Q4_K bit for bit; Q6_K's -32 is taken out in other lanes, whose f32 sums round
+ * otherwise: within twice the bound both are held to (kvp_cpu.h's). Rows
+ * of A 1 to 16 (the pairs A copies to the stack and past them), W rows 37, K of one
+ * and of many super-blocks. */
+static void vnni_case(struct kvp_threadpool *tp, uint32_t type, int m, int k)
+{
+	const int n = 37;
+	struct kvp_cpu_weight w;
+	float *a = qt_rand_floats((size_t)m * k);
+	float *c0 = qt_alloc((size_t)m * n * sizeof(float)), *c1 = qt_alloc((size_t)m * n * sizeof(float));
+	struct qt_ref ref;
+	char buf[16];
+
+	qt_rand_weight(&w, type, n, k, 0, false);
+	qt_reference(&w, a, (size_t)k, m, &ref);
+	cr_assert(qt_use_isa("avx512"));
+	cr_assert_eq(kvp_cpu_matmul_w(tp, a, (size_t)k, &w, c0, (size_t)n, m, false), 0);
+	cr_assert(qt_use_isa("avx512vnni"));
+	cr_assert_eq(kvp_cpu_matmul_w(tp, a, (size_t)k, &w, c1, (size_t)n, m, false), 0);
+	for (int i = 0; i < m * n; i++) {
+		const double tol = type == KVP_GGML_Q6_K ? 2.0 * ref.tol[i] : 0.0;
+
+		cr_assert(fabs((double)c1[i] - (double)c0[i]) <= tol,
+			  "%s m %d k %d: c[%d][%d] avx512vnni %.9g, avx512 %.9g",
+			  kvp_ggml_type_name(type, buf, sizeof(buf)), m, k, i / n, i % n, c1[i],
+			  c0[i]);
+	}
+	qt_ref_free(&ref);
+	free((void *)w.data);
+	free(a);
+	free(c0);
+	free(c1);
+}
+
+Test(matmul_w, vnni_kernels_equal_avx512s)
+{
+	const uint32_t types[] = { KVP_GGML_Q8_0, KVP_GGML_Q4_K, KVP_GGML_Q6_K };
+	const int mv[] = { 1, 2, 5, 8, KVP_CPU_DOT_MAX_M };
+	struct kvp_threadpool *tp;
+
+	if (kvp_cpu_force_isa("avx512vnni") == KVP_EUNSUPPORTED) {
+		cr_skip_test("this CPU has no AVX512-VNNI: its kernels cannot run here");
+		return;
+	}
+	cr_assert_eq(kvp_threadpool_create(2, &tp), 0);
+	for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
+		for (size_t i = 0; i < sizeof(mv) / sizeof(mv[0]); i++) {
+			vnni_case(tp, types[t], mv[i], KVP_QK_K);
+			vnni_case(tp, types[t], mv[i], 24 * KVP_QK_K);
+		}
+	kvp_cpu_force_isa(NULL);
+	kvp_threadpool_destroy(tp);
+}

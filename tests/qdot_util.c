@@ -18,8 +18,8 @@ const uint32_t qt_types[] = {
 	KVP_GGML_Q4_K, KVP_GGML_Q5_K, KVP_GGML_Q6_K,
 };
 const int qt_n_types = sizeof(qt_types) / sizeof(qt_types[0]);
-const char *const qt_isas[] = { "generic", "avx2", "avx512" };
-const int qt_n_isas = 3;
+const char *const qt_isas[] = { "generic", "avx2", "avx512", "avx512vnni" };
+const int qt_n_isas = 4;
 
 /* Where a block keeps its f16 scales, and which bytes are quant bits (value 0 there
  * leaves the element's offset: the min, -8 d, -32 d sc and the like). */
@@ -87,8 +87,10 @@ bool qt_use_isa(const char *isa)
 {
 	int rc = kvp_cpu_force_isa(isa);
 
-	if (rc == KVP_EUNSUPPORTED)
+	if (rc == KVP_EUNSUPPORTED) {
+		cr_log_info("%s: not on this CPU, its kernels are not tried here", isa);
 		return false;
+	}
 	cr_assert_eq(rc, 0);
 	return true;
 }

@@ -6,6 +6,8 @@
  * compiler flags (engine/cpu/CMakeLists.txt):
  *
  *     kern_avx512.c  -mavx512f -mavx512vl -mavx512bw -mavx2 -mfma -mf16c   12x32 GEMM tile
+ *                    (two tables: avx512, and avx512vnni whose dot kernels are
+ *                    qdot_avx512vnni.c's, built with -mavx512vnni as well)
  *     kern_avx2.c    -mavx2 -mfma -mf16c                                     6x16 GEMM tile
  *     kern_generic.c (baseline x86-64 / any target)                          4x8  GEMM tile
  *
@@ -14,7 +16,8 @@
  * including it. matmul.c picks the table at run time (__builtin_cpu_supports) and
  * the drivers (matmul.c, matmul_w.c, ops.c, attention.c) only ever call through it.
  * Each kern table points at its ISA's dot kernels for weights in their file form
- * (qdot_avx512.c, qdot_avx2.c, qdot_generic.c; their loops in qdot_body.h), so
+ * (qdot_avx512vnni.c, qdot_avx512.c, qdot_avx2.c, qdot_generic.c; their loops in
+ * qdot_body.h), so
  * kvp_cpu_force_isa switches both.
  */
 #ifndef KVP_CPU_IMPL_H
@@ -102,6 +105,7 @@ extern const struct kvp_cpu_kern kvp_cpu_kern_generic;
 #if defined(__x86_64__)
 extern const struct kvp_cpu_kern kvp_cpu_kern_avx2;
 extern const struct kvp_cpu_kern kvp_cpu_kern_avx512;
+extern const struct kvp_cpu_kern kvp_cpu_kern_avx512vnni;   /* avx512's, VNNI dot kernels */
 #endif
 
 /* The dispatched table (kvp_cpu_force_isa can change it). */
@@ -165,8 +169,8 @@ typedef void (*kvp_qdot_fn)(const struct kvp_qdot_args *x, int j0, int j1);
 #define KVP_QDOT_NTYPES 31      /* ggml type ids 0 .. 30 (BF16) */
 
 /* One instruction set's dot kernels, indexed by ggml type id; a type it leaves NULL is
- * taken from the fallback table (avx512 -> avx2 -> generic, which has every block type
- * with weights true). F32, F16 and BF16 go through the kern table's gemv entries. */
+ * taken from the fallback table (avx512vnni -> avx512 -> avx2 -> generic, which has
+ * every block type with weights true). F32, F16 and BF16 go through the kern table's gemv entries. */
 struct kvp_cpu_qdot {
 	const char *name;
 	kvp_qdot_fn dot[KVP_QDOT_NTYPES];
@@ -177,6 +181,7 @@ extern const struct kvp_cpu_qdot kvp_cpu_qdot_generic;
 #if defined(__x86_64__)
 extern const struct kvp_cpu_qdot kvp_cpu_qdot_avx2;
 extern const struct kvp_cpu_qdot kvp_cpu_qdot_avx512;
+extern const struct kvp_cpu_qdot kvp_cpu_qdot_avx512vnni;
 #endif
 
 /*

@@ -211,25 +211,22 @@ static double peak(long iters)
 	return (double)iters * 16 * 16 * 2;
 }
 
+/* Both tables but their names and dot kernels (qdot_avx512.c, qdot_avx512vnni.c). */
+#define KERN_AVX512_COMMON                                                               \
+	.mr = MR, .nr = NR, .kc = KC, .vlen = VLEN, .ukr = ukr, .pack_w = pack_w,          \
+	.gemv = body_gemv, .gemv_f16 = body_gemv_f16, .gemv_bf16 = body_gemv_bf16,         \
+	.peak = peak, .rmsnorm = body_rmsnorm, .swiglu = body_swiglu, .add = body_add,     \
+	.rope = body_rope, .f16_to_f32 = body_f16_to_f32, .f32_to_f16 = body_f32_to_f16,   \
+	.attn_big = body_attn_big, .attn_small = body_attn_small
+
 const struct kvp_cpu_kern kvp_cpu_kern_avx512 = {
 	.name = "avx512",
-	.mr = MR,
-	.nr = NR,
-	.kc = KC,
-	.vlen = VLEN,
-	.ukr = ukr,
-	.pack_w = pack_w,
-	.gemv = body_gemv,
-	.gemv_f16 = body_gemv_f16,
-	.gemv_bf16 = body_gemv_bf16,
-	.peak = peak,
-	.rmsnorm = body_rmsnorm,
-	.swiglu = body_swiglu,
-	.add = body_add,
-	.rope = body_rope,
-	.f16_to_f32 = body_f16_to_f32,
-	.f32_to_f16 = body_f32_to_f16,
-	.attn_big = body_attn_big,
-	.attn_small = body_attn_small,
+	KERN_AVX512_COMMON,
 	.qdot = &kvp_cpu_qdot_avx512,
+};
+
+const struct kvp_cpu_kern kvp_cpu_kern_avx512vnni = {
+	.name = "avx512vnni",
+	KERN_AVX512_COMMON,
+	.qdot = &kvp_cpu_qdot_avx512vnni,
 };

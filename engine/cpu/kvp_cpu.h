@@ -167,10 +167,11 @@ void kvp_cpu_quant_q8_k(const float *x, struct kvp_block_q8_k *y, int k);
  * measured with the widest vector unit the matmul uses: independent FMA chains in
  * registers on every thread of tp at once, best of 8 runs of ~20 ms. Takes about 0.2 s. */
 double kvp_cpu_peak_gflops(struct kvp_threadpool *tp);
-/* Name of the dispatched path: "avx512", "avx2" or "generic". */
+/* Name of the dispatched path: "avx512vnni" (avx512 with AVX512-VNNI dot kernels),
+ * "avx512", "avx2" or "generic". */
 const char *kvp_cpu_isa(void);
-/* Tests and benchmarks: dispatch every kernel to the named path ("avx512", "avx2",
- * "generic"), or back to the detected one when name is NULL. KVP_EUNSUPPORTED when
+/* Tests and benchmarks: dispatch every kernel to the named path ("avx512vnni",
+ * "avx512", "avx2", "generic"), or back to the detected one when name is NULL. KVP_EUNSUPPORTED when
  * this CPU lacks it. Not thread-safe against kernels running on other threads. */
 int kvp_cpu_force_isa(const char *name);
 

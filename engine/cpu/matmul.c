@@ -67,11 +67,18 @@ static bool has_avx512_path(void)
 	return has_avx2_path() && __builtin_cpu_supports("avx512f") &&
 	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 }
+
+static bool has_avx512vnni_path(void)
+{
+	return has_avx512_path() && __builtin_cpu_supports("avx512vnni");
+}
 #endif
 
 static const struct kvp_cpu_kern *detect(void)
 {
 #if defined(__x86_64__)
+	if (has_avx512vnni_path())
+		return &kvp_cpu_kern_avx512vnni;
 	if (has_avx512_path())
 		return &kvp_cpu_kern_avx512;
 	if (has_avx2_path())
@@ -119,6 +126,9 @@ int kvp_cpu_force_isa(const char *name)
 	} else if (strcmp(name, "avx512") == 0) {
 		if (has_avx512_path())
 			k = &kvp_cpu_kern_avx512;
+	} else if (strcmp(name, "avx512vnni") == 0) {
+		if (has_avx512vnni_path())
+			k = &kvp_cpu_kern_avx512vnni;
 	}
 #endif
 	if (!k)

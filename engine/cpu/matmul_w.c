@@ -15,7 +15,7 @@
  *   F32: kvp_cpu_matmul
  *
  * The dot kernels come from the dispatched ISA's table (kern->qdot), or the table it
- * falls back to for a type it leaves out (avx512 -> avx2 -> generic).
+ * falls back to for a type it leaves out (avx512vnni -> avx512 -> avx2 -> generic).
  */
 #include <assert.h>
 #include <stdlib.h>

@@ -7,8 +7,22 @@
  * The products as in qdot_avx2.c, 64 bytes an instruction: two Q8_0 blocks, or 64
  * elements of a K super-block (two of Q4_K's 32-element groups, four of Q6_K's 16).
  * AVX-512BW has no vpsignb: the sign trick is |w| (vpabsb) against a negated where w
- * is negative (a masked subtract). No VNNI: vpmaddubsw + vpmaddwd keep the decode path
- * on the weights' bandwidth already, and every AVX-512 CPU has them.
+ * is negative (a masked subtract).
+ *
+ * Built a second time with KVP_QDOT_VNNI (qdot_avx512vnni.c, -mavx512vnni) as the
+ * table kvp_cpu_qdot_avx512vnni, for CPUs with AVX512-VNNI. vpdpbusd and vpdpwssd
+ * each do a product and its sum in one instruction, into the accumulator: what
+ * vpmaddubsw + vpmaddwd + vpaddd did in three. A step of several sequences pays the
+ * products once per row of A, so they, not W's bytes, bound it. The integer sums are
+ * the same as without VNNI:
+ *   Q8_0   W's bytes + 128 as unsigned (one xor a block of W, not a sign trick a row
+ *          of A); each lane of the product starts from -128 x the sum of its four
+ *          activations, a constant of A's row computed once a call
+ *   Q4_K   vpdpwssd for the scale words' products and their sum
+ *   Q6_K   the -32 offset of W's values is taken out once a super-block, from A's
+ *          bsums, instead of a second vpmaddubsw per 64 values and row
+ * so a result is the same whichever of the two tables runs (Q6_K: up to the f32
+ * rounding of its lanes, summed in another order).
  *
  * KVP_QDOT_EMULATE (tests only) builds this file against SIMDe's portable AVX-512, so
  * that a CPU without it still checks these kernels' arithmetic.
@@ -40,6 +54,17 @@
 
 #if defined(KVP_QDOT_EMULATE)
 extern const struct kvp_cpu_qdot kvp_cpu_qdot_avx512_emulated;
+#endif
+
+/* acc + the 4-product sums of unsigned u and signed s bytes, a dword lane each (no
+ * saturation in the byte products' range here: |u|, |s| <= 128, s never -128) */
+#if defined(KVP_QDOT_VNNI)
+#define DOT_U8S8(acc, u, s) _mm512_dpbusd_epi32(acc, u, s)
+#define DOT_S16(acc, a, b) _mm512_dpwssd_epi32(acc, a, b)
+#else
+#define DOT_U8S8(acc, u, s) \
+	_mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)))
+#define DOT_S16(acc, a, b) _mm512_add_epi32(acc, _mm512_madd_epi16(a, b))
 #endif
 
 /* 2 x 32 bytes -> one register */
@@ -84,8 +109,12 @@ QDOT_INLINE __m512 pair_q8_0(const struct kvp_block_q8_0 *w, __m512i y, __m512 a
 	const __m512i x = join256(load256(w[0].qs), load256(w[1].qs));
 	/* |x| * (y * sign x) */
 	const __m512i sy = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(x), _mm512_setzero_si512(), y);
+#if defined(KVP_QDOT_VNNI)
+	const __m512i p = DOT_U8S8(_mm512_setzero_si512(), _mm512_abs_epi8(x), sy);
+#else
 	const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(x), sy),
 					    _mm512_set1_epi16(1));
+#endif
 	const __m512 d = _mm512_mul_ps(spread_q8_0_scales(w[0].d, w[1].d), ad);
 
 	return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
@@ -107,16 +136,30 @@ QDOT_INLINE __m512 blk2_q8_0(const void *wv, int b, const void *av, __m512 acc)
 struct q8_0_pair {
 	int8_t qs[2 * KVP_QK];
 	float d[16];
+#if defined(KVP_QDOT_VNNI)
+	int32_t c[16];          /* -128 x the sum of each dword lane's four values of qs */
+#endif
 };
 
-#define Q8_0_PAIRS_MAX 512      /* pairs on the stack: 64 KiB, rows x k / 64 at most */
+/* pairs on the stack: 64 KiB, rows x k / 64 at most */
+#define Q8_0_PAIRS_MAX ((int)(65536 / sizeof(struct q8_0_pair)))
 
 QDOT_INLINE __m512 blk2_q8_0_pairs(const void *wv, int b, const void *av, __m512 acc)
 {
 	const struct q8_0_pair *a = (const struct q8_0_pair *)av + b;
+	const struct kvp_block_q8_0 *w = (const struct kvp_block_q8_0 *)wv + 2 * b;
+#if defined(KVP_QDOT_VNNI)
+	/* sum (w + 128) y - 128 sum y = sum w y, lane by lane */
+	const __m512i wu = _mm512_xor_si512(join256(load256(w[0].qs), load256(w[1].qs)),
+					    _mm512_set1_epi8((char)0x80));
+	const __m512i p = DOT_U8S8(_mm512_loadu_si512((const void *)a->c), wu,
+				   _mm512_loadu_si512((const void *)a->qs));
+	const __m512 d = _mm512_mul_ps(spread_q8_0_scales(w[0].d, w[1].d), _mm512_loadu_ps(a->d));
 
-	return pair_q8_0((const struct kvp_block_q8_0 *)wv + 2 * b,
-			 _mm512_loadu_si512((const void *)a->qs), _mm512_loadu_ps(a->d), acc);
+	return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+#else
+	return pair_q8_0(w, _mm512_loadu_si512((const void *)a->qs), _mm512_loadu_ps(a->d), acc);
+#endif
 }
 
 /* A's Q8_0 rows as pairs. */
@@ -131,6 +174,11 @@ static void q8_0_to_pairs(const struct kvp_qdot_args *x, int pairs, struct q8_0_
 			memcpy(o->qs, a[2 * i].qs, KVP_QK);
 			memcpy(o->qs + KVP_QK, a[2 * i + 1].qs, KVP_QK);
 			_mm512_storeu_ps(o->d, spread_q8_0_scales(a[2 * i].d, a[2 * i + 1].d));
+#if defined(KVP_QDOT_VNNI)
+			_mm512_storeu_si512((void *)o->c, _mm512_sub_epi32(_mm512_setzero_si512(),
+				DOT_U8S8(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80),
+					 _mm512_loadu_si512((const void *)o->qs))));
+#endif
 		}
 	}
 }
@@ -138,7 +186,7 @@ static void q8_0_to_pairs(const struct kvp_qdot_args *x, int pairs, struct q8_0_
 static void rows_q8_0(const struct kvp_qdot_args *x, int j0, int j1)
 {
 	const int pairs = x->k / (2 * KVP_QK);
-	struct q8_0_pair ap[Q8_0_PAIRS_MAX];
+	_Alignas(64) struct q8_0_pair ap[Q8_0_PAIRS_MAX];
 	struct kvp_qdot_args xp = *x;
 
 	if (x->k % (2 * KVP_QK)) {
@@ -185,7 +233,7 @@ QDOT_INLINE __m512 blk_q4_k(const void *wv, int b, const void *av, __m512 acc)
 					  _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4));
 		const __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)q8));
 
-		sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scales_by(sc, 2 * j, 4), p));
+		sumi = DOT_S16(sumi, scales_by(sc, 2 * j, 4), p);
 	}
 	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
 }
@@ -197,7 +245,9 @@ QDOT_INLINE __m512 blk_q6_k(const void *wv, int b, const void *av, __m512 acc)
 	const struct kvp_block_q6_k *w = (const struct kvp_block_q6_k *)wv + b;
 	const struct kvp_block_q8_k *a = (const struct kvp_block_q8_k *)av + b;
 	const __m512i m4 = _mm512_set1_epi8(0xF), m2 = _mm512_set1_epi8(3);
+#if !defined(KVP_QDOT_VNNI)
 	const __m512i m32 = _mm512_set1_epi8(32);
+#endif
 	const __m512i sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w->scales)));
 	const int8_t *q8 = a->qs;
 	__m512i sumi = _mm512_setzero_si512();
@@ -217,18 +267,42 @@ QDOT_INLINE __m512 blk_q6_k(const void *wv, int b, const void *av, __m512 acc)
 
 		for (int s = 0; s < 2; s++) {
 			const __m512i y = _mm512_loadu_si512((const void *)(q8 + 64 * s));
+#if defined(KVP_QDOT_VNNI)
+			const __m512i p = _mm512_maddubs_epi16(q[s], y);
+#else
 			const __m512i p = _mm512_sub_epi16(_mm512_maddubs_epi16(q[s], y),
 							   _mm512_maddubs_epi16(m32, y));
+#endif
 
-			sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scales_by(sc, 8 * h + 4 * s, 3), p));
+			sumi = DOT_S16(sumi, scales_by(sc, 8 * h + 4 * s, 3), p);
 		}
 	}
+#if defined(KVP_QDOT_VNNI)
+	/* the values' -32: 32 x sum over the 16 groups of scale x the group's sum of A */
+	{
+		const __m256i sb = _mm256_madd_epi16(_mm512_castsi512_si256(sc), load256(a->bsums));
+
+		sumi = _mm512_sub_epi32(sumi, _mm512_inserti64x4(_mm512_setzero_si512(),
+								_mm256_slli_epi32(sb, 5), 0));
+	}
+#endif
 	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
 }
 
 QDOT_ROWS(q4_k, KVP_QK_K)
 QDOT_ROWS(q6_k, KVP_QK_K)
 
+#if defined(KVP_QDOT_VNNI)
+const struct kvp_cpu_qdot kvp_cpu_qdot_avx512vnni = {
+	.name = "avx512vnni",
+	.dot = {
+		[KVP_GGML_Q8_0] = rows_q8_0,
+		[KVP_GGML_Q4_K] = rows_q4_k,
+		[KVP_GGML_Q6_K] = rows_q6_k,
+	},
+	.fallback = &kvp_cpu_qdot_avx512,
+};
+#else
 const struct kvp_cpu_qdot kvp_cpu_qdot_avx512 = {
 	.name = "avx512",
 	.dot = {
@@ -238,3 +312,4 @@ const struct kvp_cpu_qdot kvp_cpu_qdot_avx512 = {
 	},
 	.fallback = &kvp_cpu_qdot_avx2,
 };
+#endif
