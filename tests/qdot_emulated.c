@@ -69,7 +69,9 @@ static void emulated_case(uint32_t type, int m, int n, int k, bool grid)
 
 Test(matmul_w, avx512_kernels_emulated)
 {
-	static const uint32_t types[] = { KVP_GGML_Q8_0, KVP_GGML_Q4_K, KVP_GGML_Q6_K };
+	static const uint32_t types[] = { KVP_GGML_Q4_0, KVP_GGML_Q4_1, KVP_GGML_Q5_0,
+					  KVP_GGML_Q5_1, KVP_GGML_Q8_0, KVP_GGML_Q4_K,
+					  KVP_GGML_Q6_K };
 
 	for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
 		const int blk = (int)kvp_ggml_type(types[t])->block_elems;
@@ -79,7 +81,8 @@ Test(matmul_w, avx512_kernels_emulated)
 				emulated_case(types[t], m, n, 2 * blk, false);
 				emulated_case(types[t], m, n + 30, 6 * blk, false);
 				emulated_case(types[t], m, n, 4 * blk, true);
-				/* Q8_0, an odd number of blocks: the AVX2 kernel's */
+				/* the 32-element types, an odd number of blocks: the
+				 * AVX2 kernel's */
 				emulated_case(types[t], m, n, 3 * blk, true);
 			}
 	}

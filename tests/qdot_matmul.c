@@ -277,8 +277,8 @@ Test(matmul_w, grid_is_exact_on_every_isa) { every_isa_and_type(grid_cases); }
 
 /* ---- the VNNI dot kernels are the AVX-512 ones, faster ----------------------------------- */
 
-/* C of avx512vnni against avx512 on random W and A: the same integer sums, so Q8_0 and
- * Q4_K bit for bit; Q6_K's -32 is taken out in other lanes, whose f32 sums round
+/* C of avx512vnni against avx512 on random W and A: the same integer sums, so all but
+ * Q6_K bit for bit; Q6_K's -32 is taken out in other lanes, whose f32 sums round
  * otherwise: within twice the bound both are held to (kvp_cpu.h's). Rows
  * of A 1 to 16 (the pairs A copies to the stack and past them), W rows 37, K of one
  * and of many super-blocks. */
@@ -314,7 +314,8 @@ static void vnni_case(struct kvp_threadpool *tp, uint32_t type, int m, int k)
 
 Test(matmul_w, vnni_kernels_equal_avx512s)
 {
-	const uint32_t types[] = { KVP_GGML_Q8_0, KVP_GGML_Q4_K, KVP_GGML_Q6_K };
+	const uint32_t types[] = { KVP_GGML_Q4_0, KVP_GGML_Q4_1, KVP_GGML_Q5_0, KVP_GGML_Q5_1,
+				   KVP_GGML_Q8_0, KVP_GGML_Q4_K, KVP_GGML_Q6_K };
 	const int mv[] = { 1, 2, 5, 8, KVP_CPU_DOT_MAX_M };
 	struct kvp_threadpool *tp;
 

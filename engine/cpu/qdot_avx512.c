@@ -136,13 +136,12 @@ QDOT_INLINE __m512 blk2_q8_0(const void *wv, int b, const void *av, __m512 acc)
 struct q8_0_pair {
 	int8_t qs[2 * KVP_QK];
 	float d[16];
-#if defined(KVP_QDOT_VNNI)
 	int32_t c[16];          /* -128 x the sum of each dword lane's four values of qs */
-#endif
+	float s[16];            /* d x that sum: the min types' sums of A, lane by lane */
 };
 
-/* pairs on the stack: 64 KiB, rows x k / 64 at most */
-#define Q8_0_PAIRS_MAX ((int)(65536 / sizeof(struct q8_0_pair)))
+/* pairs on the stack: 128 KiB, rows x k / 64 at most */
+#define Q8_0_PAIRS_MAX ((int)(131072 / sizeof(struct q8_0_pair)))
 
 QDOT_INLINE __m512 blk2_q8_0_pairs(const void *wv, int b, const void *av, __m512 acc)
 {
@@ -173,37 +172,150 @@ static void q8_0_to_pairs(const struct kvp_qdot_args *x, int pairs, struct q8_0_
 
 			memcpy(o->qs, a[2 * i].qs, KVP_QK);
 			memcpy(o->qs + KVP_QK, a[2 * i + 1].qs, KVP_QK);
-			_mm512_storeu_ps(o->d, spread_q8_0_scales(a[2 * i].d, a[2 * i + 1].d));
-#if defined(KVP_QDOT_VNNI)
-			_mm512_storeu_si512((void *)o->c, _mm512_sub_epi32(_mm512_setzero_si512(),
-				DOT_U8S8(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80),
-					 _mm512_loadu_si512((const void *)o->qs))));
-#endif
+			const __m512 d = spread_q8_0_scales(a[2 * i].d, a[2 * i + 1].d);
+			/* each lane's four values of A summed */
+			const __m512i sum = _mm512_madd_epi16(
+				_mm512_maddubs_epi16(_mm512_set1_epi8(1),
+						     _mm512_loadu_si512((const void *)o->qs)),
+				_mm512_set1_epi16(1));
+
+			_mm512_storeu_ps(o->d, d);
+			_mm512_storeu_si512((void *)o->c,
+					    _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7)));
+			_mm512_storeu_ps(o->s, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sum)));
 		}
 	}
 }
 
-static void rows_q8_0(const struct kvp_qdot_args *x, int j0, int j1)
+/* The pairs path of a 32-element type: A's Q8_0 rows as pairs on the stack, then blk
+ * (two blocks of W against a pair) over W's rows. With an odd number of blocks, or
+ * more pairs than the stack holds, other's kernel. */
+QDOT_INLINE void rows_pairs(const struct kvp_qdot_args *x, int j0, int j1,
+			    __m512 (*blk)(const void *w, int b, const void *a, __m512 acc),
+			    kvp_qdot_fn other)
 {
 	const int pairs = x->k / (2 * KVP_QK);
 	_Alignas(64) struct q8_0_pair ap[Q8_0_PAIRS_MAX];
 	struct kvp_qdot_args xp = *x;
 
-	if (x->k % (2 * KVP_QK)) {
-		/* an odd number of blocks: the AVX2 kernel's */
-		kvp_cpu_qdot_avx2.dot[KVP_GGML_Q8_0](x, j0, j1);
-		return;
-	}
-	if ((size_t)x->m * (size_t)pairs > Q8_0_PAIRS_MAX) {
-		/* more than the stack holds: A's blocks as they are */
-		qdot_rows(x, j0, j1, 2 * KVP_QK, blk2_q8_0);
+	if (x->k % (2 * KVP_QK) || (size_t)x->m * (size_t)pairs > Q8_0_PAIRS_MAX) {
+		other(x, j0, j1);
 		return;
 	}
 	q8_0_to_pairs(x, pairs, ap);
 	xp.aq = (const char *)ap;
 	xp.aq_stride = (size_t)pairs * sizeof(struct q8_0_pair);
-	qdot_rows(&xp, j0, j1, 2 * KVP_QK, blk2_q8_0_pairs);
+	qdot_rows(&xp, j0, j1, 2 * KVP_QK, blk);
 }
+
+/* More pairs than the stack holds: A's blocks as they are; an odd number of blocks:
+ * the AVX2 kernel's. */
+static void rows_q8_0_unpaired(const struct kvp_qdot_args *x, int j0, int j1)
+{
+	if (x->k % (2 * KVP_QK))
+		kvp_cpu_qdot_avx2.dot[KVP_GGML_Q8_0](x, j0, j1);
+	else
+		qdot_rows(x, j0, j1, 2 * KVP_QK, blk2_q8_0);
+}
+
+static void rows_q8_0(const struct kvp_qdot_args *x, int j0, int j1)
+{
+	rows_pairs(x, j0, j1, blk2_q8_0_pairs, rows_q8_0_unpaired);
+}
+
+/* ---- Q4_0, Q4_1, Q5_0, Q5_1, two blocks at a time -------------------------------------- */
+
+/* Two blocks' 16 bytes of nibbles -> 64 bytes as a pair of A lies: block 0's low
+ * nibbles (its elements 0-15), its high ones (16-31), then block 1's. */
+QDOT_INLINE __m512i nibbles64(const uint8_t *q0, const uint8_t *q1)
+{
+	const __m256i t = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)q1),
+					   _mm_loadu_si128((const __m128i *)q0));
+	const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(t), _mm256_srli_epi16(t, 4), 1);
+
+	/* 128-bit lanes [q0, q1, q0 >> 4, q1 >> 4] -> [q0, q0 >> 4, q1, q1 >> 4] */
+	return _mm512_and_si512(_mm512_shuffle_i32x4(z, z, _MM_SHUFFLE(3, 1, 2, 0)),
+				_mm512_set1_epi8(0x0F));
+}
+
+/* The fifth bits of two Q5 blocks (bit i of qh: element i) added to their nibbles u. */
+QDOT_INLINE __m512i fifth_bits(__m512i u, const uint8_t *qh0, const uint8_t *qh1)
+{
+	uint32_t h0, h1;
+
+	memcpy(&h0, qh0, sizeof(h0));
+	memcpy(&h1, qh1, sizeof(h1));
+	return _mm512_mask_add_epi8(u, (__mmask64)((uint64_t)h1 << 32 | h0), u, _mm512_set1_epi8(16));
+}
+
+/* acc + two blocks of W whose values are u - 2^(7 - shift) (u unsigned: Q4_0's nibble
+ * - 8, shift 4; Q5_0's five bits - 16, shift 3), scales d0, d1, against pair a: each
+ * lane's products from its -2^(7 - shift) x its sum of A, a's c shifted. */
+QDOT_INLINE __m512 pair_offset(__m512i u, int shift, uint16_t d0, uint16_t d1,
+			       const struct q8_0_pair *a, __m512 acc)
+{
+	const __m512i y = _mm512_loadu_si512((const void *)a->qs);
+	const __m512i p = DOT_U8S8(_mm512_srai_epi32(_mm512_loadu_si512((const void *)a->c), shift),
+				   u, y);
+	const __m512 d = _mm512_mul_ps(spread_q8_0_scales(d0, d1), _mm512_loadu_ps(a->d));
+
+	return _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+}
+
+/* acc + two blocks of W whose values are d u + m (Q4_1, Q5_1) against pair a: the
+ * products, and the mins against a's sums. */
+QDOT_INLINE __m512 pair_min(__m512i u, uint16_t d0, uint16_t d1, uint16_t m0, uint16_t m1,
+			    const struct q8_0_pair *a, __m512 acc)
+{
+	const __m512i p = DOT_U8S8(_mm512_setzero_si512(), u, _mm512_loadu_si512((const void *)a->qs));
+	const __m512 d = _mm512_mul_ps(spread_q8_0_scales(d0, d1), _mm512_loadu_ps(a->d));
+
+	acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+	return _mm512_fmadd_ps(spread_q8_0_scales(m0, m1), _mm512_loadu_ps(a->s), acc);
+}
+
+QDOT_INLINE __m512 blk2_q4_0(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q4_0 *w = (const struct kvp_block_q4_0 *)wv + 2 * b;
+
+	return pair_offset(nibbles64(w[0].qs, w[1].qs), 4, w[0].d, w[1].d,
+			   (const struct q8_0_pair *)av + b, acc);
+}
+
+QDOT_INLINE __m512 blk2_q5_0(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q5_0 *w = (const struct kvp_block_q5_0 *)wv + 2 * b;
+
+	return pair_offset(fifth_bits(nibbles64(w[0].qs, w[1].qs), w[0].qh, w[1].qh), 3, w[0].d,
+			   w[1].d, (const struct q8_0_pair *)av + b, acc);
+}
+
+QDOT_INLINE __m512 blk2_q4_1(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q4_1 *w = (const struct kvp_block_q4_1 *)wv + 2 * b;
+
+	return pair_min(nibbles64(w[0].qs, w[1].qs), w[0].d, w[1].d, w[0].m, w[1].m,
+			(const struct q8_0_pair *)av + b, acc);
+}
+
+QDOT_INLINE __m512 blk2_q5_1(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q5_1 *w = (const struct kvp_block_q5_1 *)wv + 2 * b;
+
+	return pair_min(fifth_bits(nibbles64(w[0].qs, w[1].qs), w[0].qh, w[1].qh), w[0].d, w[1].d,
+			w[0].m, w[1].m, (const struct q8_0_pair *)av + b, acc);
+}
+
+#define ROWS_PAIRS(type, TYPE)                                                             \
+	static void rows_##type(const struct kvp_qdot_args *x, int j0, int j1)             \
+	{                                                                                   \
+		rows_pairs(x, j0, j1, blk2_##type, kvp_cpu_qdot_avx2.dot[KVP_GGML_##TYPE]); \
+	}
+
+ROWS_PAIRS(q4_0, Q4_0)
+ROWS_PAIRS(q4_1, Q4_1)
+ROWS_PAIRS(q5_0, Q5_0)
+ROWS_PAIRS(q5_1, Q5_1)
 
 /* ---- Q4_K ------------------------------------------------------------------------------- */
 
@@ -296,6 +408,10 @@ QDOT_ROWS(q6_k, KVP_QK_K)
 const struct kvp_cpu_qdot kvp_cpu_qdot_avx512vnni = {
 	.name = "avx512vnni",
 	.dot = {
+		[KVP_GGML_Q4_0] = rows_q4_0,
+		[KVP_GGML_Q4_1] = rows_q4_1,
+		[KVP_GGML_Q5_0] = rows_q5_0,
+		[KVP_GGML_Q5_1] = rows_q5_1,
 		[KVP_GGML_Q8_0] = rows_q8_0,
 		[KVP_GGML_Q4_K] = rows_q4_k,
 		[KVP_GGML_Q6_K] = rows_q6_k,
@@ -306,6 +422,10 @@ const struct kvp_cpu_qdot kvp_cpu_qdot_avx512vnni = {
 const struct kvp_cpu_qdot kvp_cpu_qdot_avx512 = {
 	.name = "avx512",
 	.dot = {
+		[KVP_GGML_Q4_0] = rows_q4_0,
+		[KVP_GGML_Q4_1] = rows_q4_1,
+		[KVP_GGML_Q5_0] = rows_q5_0,
+		[KVP_GGML_Q5_1] = rows_q5_1,
 		[KVP_GGML_Q8_0] = rows_q8_0,
 		[KVP_GGML_Q4_K] = rows_q4_k,
 		[KVP_GGML_Q6_K] = rows_q6_k,

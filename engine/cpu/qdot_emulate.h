@@ -16,6 +16,7 @@
 #include "kvp_half.h"
 
 #define __mmask16 simde__mmask16
+#define __mmask64 simde__mmask64
 #undef _mm512_madd_epi16
 #define _mm512_madd_epi16(a, b) simde_mm512_madd_epi16(a, b)
 
@@ -42,7 +43,19 @@ static inline float emu_reduce_add_ps(simde__m512 v)
 	return s;
 }
 
+static inline simde__m512i emu_srai_epi32(simde__m512i v, int n)
+{
+	int32_t i[16];
+
+	memcpy(i, &v, sizeof(i));
+	for (int k = 0; k < 16; k++)
+		i[k] >>= n;     /* arithmetic in GCC and Clang, as vpsrad */
+	memcpy(&v, i, sizeof(i));
+	return v;
+}
+
 #define _mm512_cvtepi32_ps(v) emu_cvtepi32_ps(v)
+#define _mm512_srai_epi32(v, n) emu_srai_epi32(v, n)
 #define _mm512_reduce_add_ps(v) emu_reduce_add_ps(v)
 #define _cvtsh_ss(h) kvp_f16_to_f32(h)
 
