@@ -611,28 +611,179 @@ static void body_attn_big(const struct kvp_attn_args *args, uint32_t hk, uint32_
 	}
 }
 
-/* ---- attention, one query row (decode) ------------------------------------------------
+/* ---- attention, a few queries per kv head (decode) -------------------------------------
  *
- * Query row r, the G heads of kv head hk; vectors run along head_dim. Per tile of up to
- * 16 positions: s_i = q . k_i, online softmax, o = o * e^(m - m') + sum_i p_i v_i.
- * Everything lives on the stack (48 KiB): heads go up to 8 at a time and tiles shrink
- * so that (heads, d) and (tile, d) fit 8 x 256 and 16 x 256 floats (d <= 2048).
- */
+ * One query row r against positions 0 .. pos0 + r, the G query heads of kv head hk
+ * two at a time, a tile of TS positions at a time with the online softmax. K and V are
+ * read where they lie, f16 rows converted in registers: each K and V vector is loaded
+ * once for both heads of a pair; the scores of four positions are summed across lanes
+ * together (VF_HSUM4), and each output vector takes the tile's positions in two
+ * chains of partial sums. The queries and outputs live on the stack (16 KiB): heads go
+ * up to 8 at a time, fewer past d = 256, so that (heads, d) fits 8 x 256 floats. */
 
-static float body_dot(const float *a, const float *b, int n)
+/* The K and V rows of positions t0 .. t0+tt-1 (f32 or f16, as stored). */
+static void attn_tile_ptrs(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t0, int tt,
+			   const void **kp, const void **vp)
 {
-	VF s0 = VF_ZERO(), s1 = VF_ZERO();
-	int i = 0;
-	for (; i + 2 * VLEN <= n; i += 2 * VLEN) {
-		s0 = VF_FMA(VF_LOAD(a + i), VF_LOAD(b + i), s0);
-		s1 = VF_FMA(VF_LOAD(a + i + VLEN), VF_LOAD(b + i + VLEN), s1);
+	const size_t esz = kv->dtype == KVP_KV_F16 ? 2 : 4, row = kv->head_dim * esz;
+	const size_t koff = kvp_kv_offset(kv, 0, hk, 0) * esz, voff = kvp_kv_offset(kv, 1, hk, 0) * esz;
+	uint32_t b = t0 / kv->block_tokens, j = t0 % kv->block_tokens;
+
+	for (int i = 0; i < tt; i++) {
+		const char *base = (const char *)kv->blocks[b] + j * row;
+
+		kp[i] = base + koff;
+		vp[i] = base + voff;
+		if (++j == kv->block_tokens) {
+			j = 0;
+			b++;
+		}
 	}
-	for (; i + VLEN <= n; i += VLEN)
-		s0 = VF_FMA(VF_LOAD(a + i), VF_LOAD(b + i), s0);
-	float s = VF_HSUM(VF_ADD(s0, s1));
-	for (; i < n; i++)
-		s += a[i] * b[i];
-	return s;
+}
+
+BODY_INLINE VF attn_vload(const int f16, const void *row, int e)
+{
+	return f16 ? VF_LOAD_F16((const uint16_t *)row + e) : VF_LOAD((const float *)row + e);
+}
+
+BODY_INLINE float attn_sload(const int f16, const void *row, int e)
+{
+	return f16 ? kvp_f16_to_f32(((const uint16_t *)row)[e]) : ((const float *)row)[e];
+}
+
+/* s[g * TS + i] = q_g . K_i for the GB (1 or 2) heads at q (d apart), i < tt. */
+BODY_INLINE void attn_small_scores(const int f16, const int GB, const float *q, int d,
+				   const void *const *kp, int tt, float *s)
+{
+	enum { TS = KVP_ATTN_SMALL_TILE };
+	const int dv = d / VLEN * VLEN;
+	int i = 0;
+
+#ifdef VF_HSUM4
+	for (; i + 4 <= tt; i += 4) {
+		VF acc[2][4];
+
+		for (int g = 0; g < GB; g++)
+			for (int j = 0; j < 4; j++)
+				acc[g][j] = VF_ZERO();
+		for (int e = 0; e < dv; e += VLEN) {
+			VF k[4];
+
+			for (int j = 0; j < 4; j++)
+				k[j] = attn_vload(f16, kp[i + j], e);
+			for (int g = 0; g < GB; g++) {
+				VF qv = VF_LOAD(q + (size_t)g * d + e);
+
+				for (int j = 0; j < 4; j++)
+					acc[g][j] = VF_FMA(qv, k[j], acc[g][j]);
+			}
+		}
+		for (int g = 0; g < GB; g++) {
+			float *sg = s + (size_t)g * TS + i;
+
+			VF_HSUM4(acc[g][0], acc[g][1], acc[g][2], acc[g][3], sg);
+			for (int j = 0; j < 4; j++)
+				for (int e = dv; e < d; e++)
+					sg[j] += q[(size_t)g * d + e] * attn_sload(f16, kp[i + j], e);
+		}
+	}
+#endif
+	for (; i < tt; i++)
+		for (int g = 0; g < GB; g++) {
+			VF acc = VF_ZERO();
+			float x;
+
+			for (int e = 0; e < dv; e += VLEN)
+				acc = VF_FMA(VF_LOAD(q + (size_t)g * d + e), attn_vload(f16, kp[i], e), acc);
+			x = VF_HSUM(acc);
+			for (int e = dv; e < d; e++)
+				x += q[(size_t)g * d + e] * attn_sload(f16, kp[i], e);
+			s[(size_t)g * TS + i] = x;
+		}
+}
+
+/* o_g = o_g * corr[g] + sum_i p[g * TS + i] V_i for the GB heads at o (d apart). */
+BODY_INLINE void attn_small_values(const int f16, const int GB, const float *p, const float *corr,
+				   const void *const *vp, int tt, int d, float *o)
+{
+	enum { TS = KVP_ATTN_SMALL_TILE };
+	const int dv = d / VLEN * VLEN;
+
+	for (int e = 0; e < dv; e += VLEN) {
+		VF a[2], b[2];
+		int i = 0;
+
+		for (int g = 0; g < GB; g++) {
+			a[g] = VF_MUL(VF_LOAD(o + (size_t)g * d + e), VF_SET1(corr[g]));
+			b[g] = VF_ZERO();
+		}
+		for (; i + 2 <= tt; i += 2) {
+			VF v0 = attn_vload(f16, vp[i], e), v1 = attn_vload(f16, vp[i + 1], e);
+
+			for (int g = 0; g < GB; g++) {
+				a[g] = VF_FMA(VF_SET1(p[(size_t)g * TS + i]), v0, a[g]);
+				b[g] = VF_FMA(VF_SET1(p[(size_t)g * TS + i + 1]), v1, b[g]);
+			}
+		}
+		if (i < tt) {
+			VF v0 = attn_vload(f16, vp[i], e);
+
+			for (int g = 0; g < GB; g++)
+				a[g] = VF_FMA(VF_SET1(p[(size_t)g * TS + i]), v0, a[g]);
+		}
+		for (int g = 0; g < GB; g++)
+			VF_STORE(o + (size_t)g * d + e, VF_ADD(a[g], b[g]));
+	}
+	for (int e = dv; e < d; e++)
+		for (int g = 0; g < GB; g++) {
+			float acc = o[(size_t)g * d + e] * corr[g];
+
+			for (int i = 0; i < tt; i++)
+				acc += p[(size_t)g * TS + i] * attn_sload(f16, vp[i], e);
+			o[(size_t)g * d + e] = acc;
+		}
+}
+
+/* The scores s (TS, -inf past tt) of one head into probabilities, its running max *m
+ * and sum *l updated; returns the factor its output so far is to be scaled by. */
+BODY_INLINE float attn_small_softmax(float *s, int tt, float *m, float *l)
+{
+	enum { TS = KVP_ATTN_SMALL_TILE };
+	VF vm = VF_SET1(-INFINITY), vs = VF_ZERO(), vmn;
+	float tmax, mnew, corr;
+
+	for (int i = tt; i < TS; i++)
+		s[i] = -INFINITY;
+	for (int i = 0; i < TS; i += VLEN)
+		vm = VF_MAX(vm, VF_LOAD(s + i));
+	tmax = VF_HMAX(vm);
+	mnew = *m > tmax ? *m : tmax;
+	corr = mnew == *m ? 1.0f : expf(*m - mnew);
+	vmn = VF_SET1(mnew);
+	for (int i = 0; i < TS; i += VLEN) {
+		VF p = VF_EXP(VF_SUB(VF_LOAD(s + i), vmn));
+
+		VF_STORE(s + i, p);
+		vs = VF_ADD(vs, p);
+	}
+	*m = mnew;
+	*l = *l * corr + VF_HSUM(vs);
+	return corr;
+}
+
+/* One tile of positions for the GB heads from g (their scaled queries at qs, outputs
+ * at o, both (.., d)). */
+BODY_INLINE void attn_small_tile(const int f16, const int GB, const float *qs, float *o, int d,
+				 const void *const *kp, const void *const *vp, int tt, float *m,
+				 float *l)
+{
+	enum { TS = KVP_ATTN_SMALL_TILE };
+	float s[2 * TS], corr[2];
+
+	attn_small_scores(f16, GB, qs, d, kp, tt, s);
+	for (int g = 0; g < GB; g++)
+		corr[g] = attn_small_softmax(s + (size_t)g * TS, tt, m + g, l + g);
+	attn_small_values(f16, GB, s, corr, vp, tt, d, o);
 }
 
 static void body_attn_small(const struct kvp_attn_args *args, uint32_t r, uint32_t hk)
@@ -641,16 +792,13 @@ static void body_attn_small(const struct kvp_attn_args *args, uint32_t r, uint32
 	const struct kvp_kv_view *kv = args->kv;
 	const int d = (int)kv->head_dim, G = (int)args->group;
 	const int gmax = d <= MAXD ? MAXG : MAXG * MAXD / d;
-	const int ts = d <= MAXD ? TS : TS * MAXD / d;
+	const int f16 = kv->dtype == KVP_KV_F16;
 	const size_t ldq = (size_t)args->n_heads * (size_t)d;
 	const uint32_t last = args->pos0 + r;
 	float qs[MAXG * MAXD];     /* (gmax, d) scaled queries */
 	float o[MAXG * MAXD];      /* (gmax, d) output so far */
-	float kt[TS * MAXD];       /* (ts, d) f16 K tile as f32 */
-	float vt[TS * MAXD];       /* (ts, d) f16 V tile as f32 */
-	float s[TS];               /* (TS) scores, then probabilities; -inf past ts */
 	float m[MAXG], l[MAXG];    /* (gmax) running max and sum */
-	const float *kp[TS], *vp[TS];
+	const void *kp[TS], *vp[TS];
 
 	for (int g0 = 0; g0 < G; g0 += gmax) {
 		const int gn = G - g0 < gmax ? G - g0 : gmax;
@@ -664,49 +812,26 @@ static void body_attn_small(const struct kvp_attn_args *args, uint32_t r, uint32
 			m[g] = -INFINITY;
 			l[g] = 0.0f;
 		}
-		for (uint32_t t0 = 0; t0 <= last; t0 += (uint32_t)ts) {
-			const int tt = (int)(last + 1 - t0 < (uint32_t)ts ? last + 1 - t0 : (uint32_t)ts);
-			attn_tile_rows(kv, hk, t0, tt, kt, vt, kp, vp);
+		for (uint32_t t0 = 0; t0 <= last; t0 += TS) {
+			const int tt = (int)(last + 1 - t0 < TS ? last + 1 - t0 : TS);
+			attn_tile_ptrs(kv, hk, t0, tt, kp, vp);
 			/* two tiles ahead: a tile's work is shorter than a DRAM round trip */
-			if (t0 + 2 * (uint32_t)ts <= last) {
-				uint32_t t2 = t0 + 2 * (uint32_t)ts;
-				attn_tile_prefetch(kv, hk, t2, (int)(last + 1 - t2 < (uint32_t)ts ? last + 1 - t2
-											: (uint32_t)ts));
+			if (t0 + 2 * TS <= last) {
+				uint32_t t2 = t0 + 2 * TS;
+				attn_tile_prefetch(kv, hk, t2, (int)(last + 1 - t2 < TS ? last + 1 - t2 : TS));
 			}
-			for (int g = 0; g < gn; g++) {
+			for (int g = 0; g < gn; g += 2) {
 				float *og = o + (size_t)g * d;
-				for (int i = 0; i < tt; i++)
-					s[i] = body_dot(qs + (size_t)g * d, kp[i], d);
-				for (int i = tt; i < TS; i++)
-					s[i] = -INFINITY;
-				VF vm = VF_SET1(-INFINITY);
-				for (int i = 0; i < TS; i += VLEN)
-					vm = VF_MAX(vm, VF_LOAD(s + i));
-				float tmax = VF_HMAX(vm);
-				float mnew = m[g] > tmax ? m[g] : tmax;
-				float corr = mnew == m[g] ? 1.0f : expf(m[g] - mnew);
-				VF vs = VF_ZERO(), vmn = VF_SET1(mnew);
-				for (int i = 0; i < TS; i += VLEN) {
-					VF p = VF_EXP(VF_SUB(VF_LOAD(s + i), vmn));
-					VF_STORE(s + i, p);
-					vs = VF_ADD(vs, p);
-				}
-				float sum = VF_HSUM(vs);
-				m[g] = mnew;
-				l[g] = l[g] * corr + sum;
-				int e = 0;
-				for (; e + VLEN <= d; e += VLEN) {
-					VF acc = VF_MUL(VF_LOAD(og + e), VF_SET1(corr));
-					for (int i = 0; i < tt; i++)
-						acc = VF_FMA(VF_SET1(s[i]), VF_LOAD(vp[i] + e), acc);
-					VF_STORE(og + e, acc);
-				}
-				for (; e < d; e++) {
-					float acc = og[e] * corr;
-					for (int i = 0; i < tt; i++)
-						acc += s[i] * vp[i][e];
-					og[e] = acc;
-				}
+				const float *qg = qs + (size_t)g * d;
+
+				if (gn - g >= 2 && f16)
+					attn_small_tile(1, 2, qg, og, d, kp, vp, tt, m + g, l + g);
+				else if (gn - g >= 2)
+					attn_small_tile(0, 2, qg, og, d, kp, vp, tt, m + g, l + g);
+				else if (f16)
+					attn_small_tile(1, 1, qg, og, d, kp, vp, tt, m + g, l + g);
+				else
+					attn_small_tile(0, 1, qg, og, d, kp, vp, tt, m + g, l + g);
 			}
 		}
 		for (int g = 0; g < gn; g++) {
