@@ -404,23 +404,20 @@ QDOT_INLINE __m512 blk_q6_k(const void *wv, int b, const void *av, __m512 acc)
 QDOT_ROWS(q4_k, KVP_QK_K)
 QDOT_ROWS(q6_k, KVP_QK_K)
 
+/* This build's table: the VNNI one falls back to the plain AVX-512 one, that one to
+ * AVX2's. */
 #if defined(KVP_QDOT_VNNI)
-const struct kvp_cpu_qdot kvp_cpu_qdot_avx512vnni = {
-	.name = "avx512vnni",
-	.dot = {
-		[KVP_GGML_Q4_0] = rows_q4_0,
-		[KVP_GGML_Q4_1] = rows_q4_1,
-		[KVP_GGML_Q5_0] = rows_q5_0,
-		[KVP_GGML_Q5_1] = rows_q5_1,
-		[KVP_GGML_Q8_0] = rows_q8_0,
-		[KVP_GGML_Q4_K] = rows_q4_k,
-		[KVP_GGML_Q6_K] = rows_q6_k,
-	},
-	.fallback = &kvp_cpu_qdot_avx512,
-};
+#define QDOT_TABLE kvp_cpu_qdot_avx512vnni
+#define QDOT_NAME "avx512vnni"
+#define QDOT_FALLBACK kvp_cpu_qdot_avx512
 #else
-const struct kvp_cpu_qdot kvp_cpu_qdot_avx512 = {
-	.name = "avx512",
+#define QDOT_TABLE kvp_cpu_qdot_avx512
+#define QDOT_NAME "avx512"
+#define QDOT_FALLBACK kvp_cpu_qdot_avx2
+#endif
+
+const struct kvp_cpu_qdot QDOT_TABLE = {
+	.name = QDOT_NAME,
 	.dot = {
 		[KVP_GGML_Q4_0] = rows_q4_0,
 		[KVP_GGML_Q4_1] = rows_q4_1,
@@ -430,6 +427,5 @@ const struct kvp_cpu_qdot kvp_cpu_qdot_avx512 = {
 		[KVP_GGML_Q4_K] = rows_q4_k,
 		[KVP_GGML_Q6_K] = rows_q6_k,
 	},
-	.fallback = &kvp_cpu_qdot_avx2,
+	.fallback = &QDOT_FALLBACK,
 };
-#endif
