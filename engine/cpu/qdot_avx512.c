@@ -1,20 +1,24 @@
 /*
  * qdot_avx512.c - the dot kernels with AVX-512 F/BW/VL (built with -mavx512f -mavx512bw
- * -mavx512vl, called only when the CPU has all three) for the types decode spends its
- * time on: Q8_0, Q4_K, Q6_K. The others take the AVX2 kernels (the fallback table);
- * F16 and BF16 rows go through kern_avx512.c's matrix-vector kernels.
+ * -mavx512vl, called only when the CPU has all three) for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+ * Q4_K and Q6_K. Q2_K, Q3_K and Q5_K take the AVX2 kernels (the fallback table); F16
+ * and BF16 rows go through kern_avx512.c's matrix-vector kernels.
  *
- * The products as in qdot_avx2.c, 64 bytes an instruction: two Q8_0 blocks, or 64
- * elements of a K super-block (two of Q4_K's 32-element groups, four of Q6_K's 16).
- * AVX-512BW has no vpsignb: the sign trick is |w| (vpabsb) against a negated where w
- * is negative (a masked subtract).
+ * The products as in qdot_avx2.c, 64 bytes an instruction: two blocks of a 32-element
+ * type, or 64 elements of a K super-block (two of Q4_K's 32-element groups, four of
+ * Q6_K's 16). A's Q8_0 rows are first copied into pairs of blocks (q8_0_pair: the 64
+ * values, the two scales spread over their lanes, each lane's sum of A), so that the
+ * 32-element types take a pair in one load; the 4- and 5-bit types unpack two blocks of
+ * W into one register, take their offsets (Q4_0's -8, Q5_0's -16) from A's sums and
+ * their mins (Q4_1, Q5_1) against them. AVX-512BW has no vpsignb: Q8_0's sign trick is
+ * |w| (vpabsb) against a negated where w is negative (a masked subtract).
  *
  * Built a second time with KVP_QDOT_VNNI (qdot_avx512vnni.c, -mavx512vnni) as the
  * table kvp_cpu_qdot_avx512vnni, for CPUs with AVX512-VNNI. vpdpbusd and vpdpwssd
  * each do a product and its sum in one instruction, into the accumulator: what
- * vpmaddubsw + vpmaddwd + vpaddd did in three. A step of several sequences pays the
- * products once per row of A, so they, not W's bytes, bound it. The integer sums are
- * the same as without VNNI:
+ * vpmaddubsw + vpmaddwd + vpaddd did in three (5-7 % faster for Q8_0 on a Zen 5 VM:
+ * the products were not all that held these kernels back). The integer sums are the
+ * same as without VNNI:
  *   Q8_0   W's bytes + 128 as unsigned (one xor a block of W, not a sign trick a row
  *          of A); each lane of the product starts from -128 x the sum of its four
  *          activations, a constant of A's row computed once a call
