@@ -315,7 +315,7 @@ static void vnni_case(struct kvp_threadpool *tp, uint32_t type, int m, int k)
 Test(matmul_w, vnni_kernels_equal_avx512s)
 {
 	const uint32_t types[] = { KVP_GGML_Q4_0, KVP_GGML_Q4_1, KVP_GGML_Q5_0, KVP_GGML_Q5_1,
-				   KVP_GGML_Q8_0, KVP_GGML_Q4_K, KVP_GGML_Q6_K };
+				   KVP_GGML_Q8_0, KVP_GGML_Q4_K, KVP_GGML_Q5_K, KVP_GGML_Q6_K };
 	const int mv[] = { 1, 2, 5, 8, KVP_CPU_DOT_MAX_M };
 	struct kvp_threadpool *tp;
 

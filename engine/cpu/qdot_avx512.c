@@ -1,7 +1,7 @@
 /*
  * qdot_avx512.c - the dot kernels with AVX-512 F/BW/VL (built with -mavx512f -mavx512bw
  * -mavx512vl, called only when the CPU has all three) for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
- * Q4_K and Q6_K. Q2_K, Q3_K and Q5_K take the AVX2 kernels (the fallback table); F16
+ * Q4_K, Q5_K and Q6_K. Q2_K and Q3_K take the AVX2 kernels (the fallback table); F16
  * and BF16 rows go through kern_avx512.c's matrix-vector kernels.
  *
  * The products as in qdot_avx2.c, 64 bytes an instruction: two blocks of a 32-element
@@ -22,7 +22,7 @@
  *   Q8_0   W's bytes + 128 as unsigned (one xor a block of W, not a sign trick a row
  *          of A); each lane of the product starts from -128 x the sum of its four
  *          activations, a constant of A's row computed once a call
- *   Q4_K   vpdpwssd for the scale words' products and their sum
+ *   Q4_K, Q5_K   vpdpwssd for the scale words' products and their sum
  *   Q6_K   the -32 offset of W's values is taken out once a super-block, from A's
  *          bsums, instead of a second vpmaddubsw per 64 values and row
  * so a result is the same whichever of the two tables runs (Q6_K: up to the f32
@@ -323,35 +323,59 @@ ROWS_PAIRS(q5_1, Q5_1)
 
 /* ---- Q4_K ------------------------------------------------------------------------------- */
 
-QDOT_INLINE __m512 blk_q4_k(const void *wv, int b, const void *av, __m512 acc)
+/* A Q4_K or Q5_K super-block (qh: Q5_K's fifth bits, or NULL) against A's. */
+QDOT_INLINE __m512 k4_block(const uint8_t *qs, const uint8_t *qh, const uint8_t *scales,
+			    uint16_t d, uint16_t dmin, const struct kvp_block_q8_k *a, __m512 acc)
 {
-	const struct kvp_block_q4_k *w = (const struct kvp_block_q4_k *)wv + b;
-	const struct kvp_block_q8_k *a = (const struct kvp_block_q8_k *)av + b;
 	const __m256i m4 = _mm256_set1_epi8(0xF);
-	const uint8_t *q4 = w->qs;
+	const uint8_t *q4 = qs;
 	const int8_t *q8 = a->qs;
 	__m512i sumi = _mm512_setzero_si512();
 	uint32_t u[4];
 
-	qdot_k4_scales(w->scales, u);
+	qdot_k4_scales(scales, u);
 	/* words: scales 0-7, then mins 0-7 */
 	const __m256i ms = _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
 	const __m256i bsums = load256(a->bsums);
 	const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
 	const __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(ms, 1), q8s);
 	const __m512i sc = _mm512_castsi256_si512(ms);
+	/* Q5_K: qh[l] twice, its bits 2 j (the low nibbles' elements) against the first
+	 * copy, 2 j + 1 (the high ones') against the second */
+	const __m512i hh = qh ? join256(load256(qh), load256(qh)) : _mm512_setzero_si512();
 
-	acc = _mm512_fmadd_ps(_mm512_set1_ps(-a->d * H2F(w->dmin)),
+	acc = _mm512_fmadd_ps(_mm512_set1_ps(-a->d * H2F(dmin)),
 			      _mm512_cvtepi32_ps(_mm512_inserti32x4(_mm512_setzero_si512(), prod, 0)), acc);
 	for (int j = 0; j < 4; j++, q4 += 32, q8 += 64) {
 		const __m256i bits = load256(q4);
-		const __m512i q = join256(_mm256_and_si256(bits, m4),
-					  _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4));
+		__m512i q = join256(_mm256_and_si256(bits, m4),
+				    _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4));
+
+		if (qh) {
+			const __m512i sel = join256(_mm256_set1_epi8((char)(1 << (2 * j))),
+						    _mm256_set1_epi8((char)(1 << (2 * j + 1))));
+
+			q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(hh, sel), q, _mm512_set1_epi8(16));
+		}
 		const __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)q8));
 
 		sumi = DOT_S16(sumi, scales_by(sc, 2 * j, 4), p);
 	}
-	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
+	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(d)), _mm512_cvtepi32_ps(sumi), acc);
+}
+
+QDOT_INLINE __m512 blk_q4_k(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q4_k *w = (const struct kvp_block_q4_k *)wv + b;
+
+	return k4_block(w->qs, NULL, w->scales, w->d, w->dmin, (const struct kvp_block_q8_k *)av + b, acc);
+}
+
+QDOT_INLINE __m512 blk_q5_k(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q5_k *w = (const struct kvp_block_q5_k *)wv + b;
+
+	return k4_block(w->qs, w->qh, w->scales, w->d, w->dmin, (const struct kvp_block_q8_k *)av + b, acc);
 }
 
 /* ---- Q6_K ------------------------------------------------------------------------------- */
@@ -406,6 +430,7 @@ QDOT_INLINE __m512 blk_q6_k(const void *wv, int b, const void *av, __m512 acc)
 }
 
 QDOT_ROWS(q4_k, KVP_QK_K)
+QDOT_ROWS(q5_k, KVP_QK_K)
 QDOT_ROWS(q6_k, KVP_QK_K)
 
 /* This build's table: the VNNI one falls back to the plain AVX-512 one, that one to
@@ -429,6 +454,7 @@ const struct kvp_cpu_qdot QDOT_TABLE = {
 		[KVP_GGML_Q5_1] = rows_q5_1,
 		[KVP_GGML_Q8_0] = rows_q8_0,
 		[KVP_GGML_Q4_K] = rows_q4_k,
+		[KVP_GGML_Q5_K] = rows_q5_k,
 		[KVP_GGML_Q6_K] = rows_q6_k,
 	},
 	.fallback = &QDOT_FALLBACK,
