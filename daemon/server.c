@@ -117,12 +117,16 @@ static int cache_open(struct server *s, uint32_t capacity)
 		kvp_err("cannot allocate the KV pool (%u blocks of %zu bytes%s): %s%s", capacity, bb,
 			gpu ? " on the GPU" : "", kvp_strerror(rc),
 			rc == KVP_ENOMEM ? " (a smaller --pool-mb or --capacity-blocks fits)" : "");
-	else if (!gpu)
-		kvp_info("KV pool: %.1f MiB in %.0f ms, %s", (double)capacity * (double)bb / 1048576.0,
-			 (double)(kvp_clock_ns() - t0) / 1e6,
-			 (double)capacity * (double)bb > KVP_POOL_RESIDENT_AT_ATTACH
-				 ? "its first 64 MiB resident, the rest made so in the background"
-				 : "resident");
+	else if (!gpu) {
+		const double mib = (double)capacity * (double)bb / 1048576.0;
+		const double ms = (double)(kvp_clock_ns() - t0) / 1e6;
+
+		if (mib > (double)(KVP_POOL_RESIDENT_AT_ATTACH >> 20))
+			kvp_info("KV pool: %.1f MiB in %.0f ms, its first %u MiB resident, the rest "
+				 "made so in the background", mib, ms, KVP_POOL_RESIDENT_AT_ATTACH >> 20);
+		else
+			kvp_info("KV pool: %.1f MiB in %.0f ms, resident", mib, ms);
+	}
 	return rc;
 }
 

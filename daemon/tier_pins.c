@@ -235,14 +235,16 @@ out:
 	return good;
 }
 
-/* One prefix at buf + *off (root, group, then with time the until and priority, then
- * n_tokens and the tokens into *tokens, grown as needed); false when the file ends or
- * cannot be what this daemon wrote. */
+/* A pin or keep as saved: its tokens in a buffer take_prefix grows. */
 struct saved {
 	struct kvp_key root, group;
 	uint64_t until;
 	uint32_t priority, n, *tokens;
 };
+
+/* One prefix at buf + *off into *p (root, group, then when timed the until and priority,
+ * then n_tokens and the tokens); false when the file ends or cannot be what this daemon
+ * wrote. */
 
 static bool take_prefix(const struct server *s, const uint8_t *buf, size_t len, size_t *off,
 			bool timed, struct saved *p)

@@ -157,20 +157,26 @@ static size_t resident_pages(const uint8_t *p, size_t len)
 	return k;
 }
 
+/* A pool of nblocks blocks of bb bytes in *p, host memory attached; its first byte.
+ * Skips the test on a kernel that cannot make memory resident. */
+static uint8_t *attached_pool(size_t nblocks, size_t bb, struct kvp_pool **p)
+{
+	if (!populate_supported())
+		cr_skip_test("this kernel has no MADV_POPULATE_WRITE (Linux 5.14): pools fault in as used");
+	cr_assert_eq(sysconf(_SC_PAGESIZE), 4096, "the test counts 4 KiB pages");
+	cr_assert_eq(kvp_pool_create((uint32_t)nblocks, p), KVP_OK);
+	cr_assert_eq(kvp_pool_attach_memory(*p, bb), KVP_OK);
+	return kvp_pool_block_data(*p, 0);
+}
+
 /* Host block memory is resident once attached (and zero): a request's first write to a
  * block is never a page fault. */
 Test(pool, attached_memory_is_resident_and_zero)
 {
 	const size_t bb = 64 * 1024, nblocks = 64, pages = nblocks * bb / 4096;
 	struct kvp_pool *p;
-	uint8_t *data;
+	uint8_t *data = attached_pool(nblocks, bb, &p);
 
-	if (!populate_supported())
-		cr_skip_test("this kernel has no MADV_POPULATE_WRITE (Linux 5.14): pools fault in as used");
-	cr_assert_eq(sysconf(_SC_PAGESIZE), 4096, "the test counts 4 KiB pages");
-	cr_assert_eq(kvp_pool_create((uint32_t)nblocks, &p), KVP_OK);
-	cr_assert_eq(kvp_pool_attach_memory(p, bb), KVP_OK);
-	data = kvp_pool_block_data(p, 0);
 	cr_assert_eq(resident_pages(data, nblocks * bb), pages,
 		     "not every page is resident after attach");
 	for (size_t i = 0; i < nblocks * bb; i += 4093)
@@ -184,15 +190,9 @@ Test(pool, a_large_pool_becomes_resident_in_the_background)
 {
 	const size_t bb = 64 * 1024, nblocks = 1536, pages = nblocks * bb / 4096;   /* 96 MiB */
 	struct kvp_pool *p;
-	uint8_t *data;
+	uint8_t *data = attached_pool(nblocks, bb, &p);
 	size_t got = 0;
 
-	if (!populate_supported())
-		cr_skip_test("this kernel has no MADV_POPULATE_WRITE (Linux 5.14): pools fault in as used");
-	cr_assert_eq(sysconf(_SC_PAGESIZE), 4096, "the test counts 4 KiB pages");
-	cr_assert_eq(kvp_pool_create((uint32_t)nblocks, &p), KVP_OK);
-	cr_assert_eq(kvp_pool_attach_memory(p, bb), KVP_OK);
-	data = kvp_pool_block_data(p, 0);
 	cr_assert_eq(resident_pages(data, KVP_POOL_RESIDENT_AT_ATTACH),
 		     KVP_POOL_RESIDENT_AT_ATTACH / 4096,
 		     "the first 64 MiB are not resident when attach returns");

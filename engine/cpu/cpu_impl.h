@@ -17,8 +17,7 @@
  * the drivers (matmul.c, matmul_w.c, ops.c, attention.c) only ever call through it.
  * Each kern table points at its ISA's dot kernels for weights in their file form
  * (qdot_avx512vnni.c, qdot_avx512.c, qdot_avx2.c, qdot_generic.c; their loops in
- * qdot_body.h), so
- * kvp_cpu_force_isa switches both.
+ * qdot_body.h), so kvp_cpu_force_isa switches both.
  */
 #ifndef KVP_CPU_IMPL_H
 #define KVP_CPU_IMPL_H
@@ -33,7 +32,8 @@
 /* Attention: tokens per K/V tile, and the most query vectors one work item holds. */
 #define KVP_ATTN_TILE 64
 #define KVP_ATTN_MAX_Q 64
-/* The small (decode) attention path keeps its tiles on the stack. */
+/* The small (decode) attention path: a tile's positions, and the queries and outputs
+ * it keeps on the stack. */
 #define KVP_ATTN_SMALL_TILE 16    /* a multiple of every VLEN */
 #define KVP_ATTN_SMALL_MAX_D 256
 #define KVP_ATTN_SMALL_MAX_G 8
@@ -170,7 +170,8 @@ typedef void (*kvp_qdot_fn)(const struct kvp_qdot_args *x, int j0, int j1);
 
 /* One instruction set's dot kernels, indexed by ggml type id; a type it leaves NULL is
  * taken from the fallback table (avx512vnni -> avx512 -> avx2 -> generic, which has
- * every block type with weights true). F32, F16 and BF16 go through the kern table's gemv entries. */
+ * every block type with weights true). F32, F16 and BF16 go through the kern table's
+ * gemv entries. */
 struct kvp_cpu_qdot {
 	const char *name;
 	kvp_qdot_fn dot[KVP_QDOT_NTYPES];

@@ -171,8 +171,9 @@ double kvp_cpu_peak_gflops(struct kvp_threadpool *tp);
  * "avx512", "avx2" or "generic". */
 const char *kvp_cpu_isa(void);
 /* Tests and benchmarks: dispatch every kernel to the named path ("avx512vnni",
- * "avx512", "avx2", "generic"), or back to the detected one when name is NULL. KVP_EUNSUPPORTED when
- * this CPU lacks it. Not thread-safe against kernels running on other threads. */
+ * "avx512", "avx2", "generic"), or back to the detected one when name is NULL.
+ * KVP_EUNSUPPORTED when this CPU lacks it. Not thread-safe against kernels running on
+ * other threads. */
 int kvp_cpu_force_isa(const char *name);
 
 /* ---- elementwise -------------------------------------------------------------- */

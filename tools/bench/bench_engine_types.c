@@ -23,11 +23,12 @@
  * it a fifth of the time.
  */
 #include <errno.h>
-#include <signal.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,10 +80,11 @@ static double read_bandwidth(int threads, size_t bytes, int reps)
 	return gbs;
 }
 
-/* The child's work for one type: everything in *f. 0, or -1 (message printed). */
-/* n processes spinning until killed; their pids in pids. How many started. */
+/* n processes spinning until killed (or until this one dies); their pids in pids. How
+ * many started. */
 static int busy_start(int n, pid_t *pids)
 {
+	const pid_t parent = getpid();
 	int k = 0;
 
 	fflush(NULL);
@@ -90,9 +92,13 @@ static int busy_start(int n, pid_t *pids)
 		pids[k] = fork();
 		if (pids[k] < 0)
 			break;
-		if (pids[k] == 0)
+		if (pids[k] == 0) {
+			(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() != parent)
+				_exit(0);   /* the bench died before that */
 			for (volatile unsigned long x = 0;; x++)
 				;
+		}
 	}
 	return k;
 }
@@ -105,6 +111,7 @@ static void busy_stop(int n, const pid_t *pids)
 	}
 }
 
+/* The child's work for one type: everything in *f. 0, or -1 (message printed). */
 static int measure_type(const char *path, const struct bench_types_opts *o,
 			struct type_fig *f)
 {
