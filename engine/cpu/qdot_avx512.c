@@ -321,33 +321,37 @@ ROWS_PAIRS(q4_1, Q4_1)
 ROWS_PAIRS(q5_0, Q5_0)
 ROWS_PAIRS(q5_1, Q5_1)
 
-/* ---- Q4_K ------------------------------------------------------------------------------- */
+/* ---- Q4_K, Q5_K ------------------------------------------------------------------------ */
 
-/* A Q4_K or Q5_K super-block (qh: Q5_K's fifth bits, or NULL) against A's. */
-QDOT_INLINE __m512 k4_block(const uint8_t *qs, const uint8_t *qh, const uint8_t *scales,
-			    uint16_t d, uint16_t dmin, const struct kvp_block_q8_k *a, __m512 acc)
+/* A Q4_K or Q5_K super-block of W, unpacked once for every row of A: its 256 values as
+ * bytes (64 a register, the order of A's), each lane's scale word, its 8 mins. */
+struct k4_prep {
+	__m512i q[4];
+	__m512i sc[4];
+	__m128i mins;
+	float d, dmin;
+};
+
+/* qh: Q5_K's fifth bits, or NULL */
+QDOT_INLINE void k4_prep(const uint8_t *qs, const uint8_t *qh, const uint8_t *scales,
+			 uint16_t d, uint16_t dmin, struct k4_prep *p)
 {
 	const __m256i m4 = _mm256_set1_epi8(0xF);
-	const uint8_t *q4 = qs;
-	const int8_t *q8 = a->qs;
-	__m512i sumi = _mm512_setzero_si512();
 	uint32_t u[4];
 
 	qdot_k4_scales(scales, u);
 	/* words: scales 0-7, then mins 0-7 */
 	const __m256i ms = _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
-	const __m256i bsums = load256(a->bsums);
-	const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
-	const __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(ms, 1), q8s);
 	const __m512i sc = _mm512_castsi256_si512(ms);
 	/* Q5_K: qh[l] twice, its bits 2 j (the low nibbles' elements) against the first
 	 * copy, 2 j + 1 (the high ones') against the second */
 	const __m512i hh = qh ? join256(load256(qh), load256(qh)) : _mm512_setzero_si512();
 
-	acc = _mm512_fmadd_ps(_mm512_set1_ps(-a->d * H2F(dmin)),
-			      _mm512_cvtepi32_ps(_mm512_inserti32x4(_mm512_setzero_si512(), prod, 0)), acc);
-	for (int j = 0; j < 4; j++, q4 += 32, q8 += 64) {
-		const __m256i bits = load256(q4);
+	p->mins = _mm256_extracti128_si256(ms, 1);
+	p->d = H2F(d);
+	p->dmin = H2F(dmin);
+	for (int j = 0; j < 4; j++) {
+		const __m256i bits = load256(qs + 32 * j);
 		__m512i q = join256(_mm256_and_si256(bits, m4),
 				    _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4));
 
@@ -357,26 +361,47 @@ QDOT_INLINE __m512 k4_block(const uint8_t *qs, const uint8_t *qh, const uint8_t 
 
 			q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(hh, sel), q, _mm512_set1_epi8(16));
 		}
-		const __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)q8));
-
-		sumi = DOT_S16(sumi, scales_by(sc, 2 * j, 4), p);
+		p->q[j] = q;
+		p->sc[j] = scales_by(sc, 2 * j, 4);
 	}
-	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(d)), _mm512_cvtepi32_ps(sumi), acc);
 }
 
-QDOT_INLINE __m512 blk_q4_k(const void *wv, int b, const void *av, __m512 acc)
+/* acc + an unpacked Q4_K or Q5_K super-block against block b of a row of A. */
+QDOT_INLINE __m512 use_k4(const void *pv, int b, const void *av, __m512 acc)
+{
+	const struct k4_prep *p = pv;
+	const struct kvp_block_q8_k *a = (const struct kvp_block_q8_k *)av + b;
+	const __m256i bsums = load256(a->bsums);
+	const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+	const __m128i prod = _mm_madd_epi16(p->mins, q8s);
+	__m512i sumi = _mm512_setzero_si512();
+
+	acc = _mm512_fmadd_ps(_mm512_set1_ps(-a->d * p->dmin),
+			      _mm512_cvtepi32_ps(_mm512_inserti32x4(_mm512_setzero_si512(), prod, 0)), acc);
+	for (int j = 0; j < 4; j++) {
+		const __m512i y = _mm512_loadu_si512((const void *)(a->qs + 64 * j));
+
+		sumi = DOT_S16(sumi, p->sc[j], _mm512_maddubs_epi16(p->q[j], y));
+	}
+	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * p->d), _mm512_cvtepi32_ps(sumi), acc);
+}
+
+QDOT_INLINE void prep_q4_k(const void *wv, int b, void *out)
 {
 	const struct kvp_block_q4_k *w = (const struct kvp_block_q4_k *)wv + b;
 
-	return k4_block(w->qs, NULL, w->scales, w->d, w->dmin, (const struct kvp_block_q8_k *)av + b, acc);
+	k4_prep(w->qs, NULL, w->scales, w->d, w->dmin, out);
 }
 
-QDOT_INLINE __m512 blk_q5_k(const void *wv, int b, const void *av, __m512 acc)
+QDOT_INLINE void prep_q5_k(const void *wv, int b, void *out)
 {
 	const struct kvp_block_q5_k *w = (const struct kvp_block_q5_k *)wv + b;
 
-	return k4_block(w->qs, w->qh, w->scales, w->d, w->dmin, (const struct kvp_block_q8_k *)av + b, acc);
+	k4_prep(w->qs, w->qh, w->scales, w->d, w->dmin, out);
 }
+
+#define use_q4_k use_k4
+#define use_q5_k use_k4
 
 /* ---- Q6_K ------------------------------------------------------------------------------- */
 
@@ -429,8 +454,8 @@ QDOT_INLINE __m512 blk_q6_k(const void *wv, int b, const void *av, __m512 acc)
 	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
 }
 
-QDOT_ROWS(q4_k, KVP_QK_K)
-QDOT_ROWS(q5_k, KVP_QK_K)
+QDOT_ROWS_PREP(q4_k, KVP_QK_K)
+QDOT_ROWS_PREP(q5_k, KVP_QK_K)
 QDOT_ROWS(q6_k, KVP_QK_K)
 
 /* This build's table: the VNNI one falls back to the plain AVX-512 one, that one to

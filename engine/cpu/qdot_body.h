@@ -70,19 +70,31 @@ QDOT_INLINE void qdot_store(const struct kvp_qdot_args *x, int r, int j, float s
 #define QDOT_GROUP 4            /* rows of A taken together: 4, or 8 with 32 registers */
 #endif
 
+/* A type whose work on W alone is heavy (unpacking, scales) may give its block product
+ * in two halves instead of one blk_ function: prep (block b of W into a struct of the
+ * type's own, up to QDOT_PREP_BYTES) and use (that struct against the same block of a
+ * row of A, added into acc). The row loop calls prep once a block and use once a row
+ * of A, so that the unpacked block stays in registers or L1 for every row. use must do
+ * what blk would, in the same order: a row's result depends on neither R nor the split. */
+typedef void (*qdot_prep_fn)(const void *w, int b, void *out);
+typedef QACC (*qdot_use_fn)(const void *prep, int b, const void *a, QACC acc);
+#define QDOT_PREP_BYTES 640
+
 /* C[r][j] (+)= dot(W_j, A_r) for R rows of A from r0 (R a constant, 1 .. QDOT_GROUP)
  * and W rows [j0, j1), one row of W after another: each is read from memory once, front
  * to back (the one sequential stream per thread that the hardware prefetcher follows
- * best). Block b of W is taken against the R rows together, so that what the block
- * functions do to W alone (loading, unpacking, the signs) is the same expression R
- * times over and the compiler computes it once. Two chains of partial sums a row, even
- * and odd blocks, summed in that order: a row's result does not depend on R. */
+ * best). Block b of W is taken against the R rows together: by fn, where what it does
+ * to W alone (loading, unpacking, the signs) is the same expression R times over and
+ * the compiler computes it once; or by prep once and use R times. Two chains of partial
+ * sums a row, even and odd blocks, summed in that order: a row's result does not depend
+ * on R. */
 QDOT_INLINE void qdot_rows_r(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
 			     QACC (*fn)(const void *w, int b, const void *a, QACC acc),
-			     const int R, int r0)
+			     qdot_prep_fn prep, qdot_use_fn use, const int R, int r0)
 {
 	const int nb = x->k / blk;
 	const char *a[QDOT_GROUP];
+	_Alignas(64) char pb[2][QDOT_PREP_BYTES];
 
 	for (int r = 0; r < R; r++)
 		a[r] = x->aq + (size_t)(r0 + r) * x->aq_stride;
@@ -96,14 +108,26 @@ QDOT_INLINE void qdot_rows_r(const struct kvp_qdot_args *x, int j0, int j1, cons
 			acc1[r] = QACC_ZERO();
 		}
 		for (; b + 1 < nb; b += 2) {
+			if (prep) {
+				prep(w, b, pb[0]);
+				prep(w, b + 1, pb[1]);
+				for (int r = 0; r < R; r++)
+					acc0[r] = use(pb[0], b, a[r], acc0[r]);
+				for (int r = 0; r < R; r++)
+					acc1[r] = use(pb[1], b + 1, a[r], acc1[r]);
+				continue;
+			}
 			for (int r = 0; r < R; r++)
 				acc0[r] = fn(w, b, a[r], acc0[r]);
 			for (int r = 0; r < R; r++)
 				acc1[r] = fn(w, b + 1, a[r], acc1[r]);
 		}
-		if (b < nb)
+		if (b < nb) {
+			if (prep)
+				prep(w, b, pb[0]);
 			for (int r = 0; r < R; r++)
-				acc0[r] = fn(w, b, a[r], acc0[r]);
+				acc0[r] = prep ? use(pb[0], b, a[r], acc0[r]) : fn(w, b, a[r], acc0[r]);
+		}
 		for (int r = 0; r < R; r++)
 			qdot_store(x, r0 + r, j, QACC_SUM(acc0[r]) + QACC_SUM(acc1[r]));
 	}
@@ -114,8 +138,9 @@ QDOT_INLINE void qdot_rows_r(const struct kvp_qdot_args *x, int j0, int j1, cons
  * read from memory once whatever M. */
 #define QDOT_CHUNK_BYTES 16384
 
-QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
-			   QACC (*fn)(const void *w, int b, const void *a, QACC acc))
+QDOT_INLINE void qdot_rows_pu(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
+			      QACC (*fn)(const void *w, int b, const void *a, QACC acc),
+			      qdot_prep_fn prep, qdot_use_fn use)
 {
 	const int fit = (int)(QDOT_CHUNK_BYTES / x->w_stride);
 	const int chunk = x->m <= QDOT_GROUP ? j1 - j0 : fit > 1 ? fit : 1;
@@ -125,26 +150,39 @@ QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const 
 		int r0 = 0;
 
 		for (; r0 + QDOT_GROUP <= x->m; r0 += QDOT_GROUP)
-			qdot_rows_r(x, j, je, blk, fn, QDOT_GROUP, r0);
+			qdot_rows_r(x, j, je, blk, fn, prep, use, QDOT_GROUP, r0);
 		switch (x->m - r0) {
 #if QDOT_GROUP > 4
-		case 7: qdot_rows_r(x, j, je, blk, fn, 7, r0); break;
-		case 6: qdot_rows_r(x, j, je, blk, fn, 6, r0); break;
-		case 5: qdot_rows_r(x, j, je, blk, fn, 5, r0); break;
-		case 4: qdot_rows_r(x, j, je, blk, fn, 4, r0); break;
+		case 7: qdot_rows_r(x, j, je, blk, fn, prep, use, 7, r0); break;
+		case 6: qdot_rows_r(x, j, je, blk, fn, prep, use, 6, r0); break;
+		case 5: qdot_rows_r(x, j, je, blk, fn, prep, use, 5, r0); break;
+		case 4: qdot_rows_r(x, j, je, blk, fn, prep, use, 4, r0); break;
 #endif
-		case 3: qdot_rows_r(x, j, je, blk, fn, 3, r0); break;
-		case 2: qdot_rows_r(x, j, je, blk, fn, 2, r0); break;
-		case 1: qdot_rows_r(x, j, je, blk, fn, 1, r0); break;
+		case 3: qdot_rows_r(x, j, je, blk, fn, prep, use, 3, r0); break;
+		case 2: qdot_rows_r(x, j, je, blk, fn, prep, use, 2, r0); break;
+		case 1: qdot_rows_r(x, j, je, blk, fn, prep, use, 1, r0); break;
 		default: break;
 		}
 	}
+}
+
+QDOT_INLINE void qdot_rows(const struct kvp_qdot_args *x, int j0, int j1, const int blk,
+			   QACC (*fn)(const void *w, int b, const void *a, QACC acc))
+{
+	qdot_rows_pu(x, j0, j1, blk, fn, NULL, NULL);
 }
 
 #define QDOT_ROWS(type, blk)                                                              \
 	static void rows_##type(const struct kvp_qdot_args *x, int j0, int j1)            \
 	{                                                                                  \
 		qdot_rows(x, j0, j1, blk, blk_##type);                                     \
+	}
+
+/* The row loop of a type given as prep_<type> and use_<type>. */
+#define QDOT_ROWS_PREP(type, blk)                                                         \
+	static void rows_##type(const struct kvp_qdot_args *x, int j0, int j1)            \
+	{                                                                                  \
+		qdot_rows_pu(x, j0, j1, blk, NULL, prep_##type, use_##type);               \
 	}
 
 /* The row loops and the table of an ISA with a blk_ function for every block type. */
