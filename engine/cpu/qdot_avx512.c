@@ -331,6 +331,7 @@ struct k4_prep {
 	__m128i mins;
 	float d, dmin;
 };
+_Static_assert(sizeof(struct k4_prep) <= QDOT_PREP_BYTES, "k4_prep outgrew the row loop's room");
 
 /* qh: Q5_K's fifth bits, or NULL */
 QDOT_INLINE void k4_prep(const uint8_t *qs, const uint8_t *qh, const uint8_t *scales,

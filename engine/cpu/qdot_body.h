@@ -78,7 +78,7 @@ QDOT_INLINE void qdot_store(const struct kvp_qdot_args *x, int r, int j, float s
  * what blk would, in the same order: a row's result depends on neither R nor the split. */
 typedef void (*qdot_prep_fn)(const void *w, int b, void *out);
 typedef QACC (*qdot_use_fn)(const void *prep, int b, const void *a, QACC acc);
-#define QDOT_PREP_BYTES 640
+#define QDOT_PREP_BYTES 640     /* a multiple of 64: the second of two stays aligned */
 
 /* C[r][j] (+)= dot(W_j, A_r) for R rows of A from r0 (R a constant, 1 .. QDOT_GROUP)
  * and W rows [j0, j1), one row of W after another: each is read from memory once, front
