@@ -19,13 +19,13 @@
  *
  *   namespace root r (a key, not a node)
  *        :
- *        A (depth 0: parent NULL, root r stored and compared)
+ *        A (depth 0: parent NULL, its namespace's root compared)
  *        |
  *        B          A node, in one allocation:
- *       / \         +------+------+--------+------+------+-----------------------+
- *      C   D (pin)  | key  |hnext | parent | root | tick | lru links | children,   |
- *          |        | 128b |      |        | 128b |      |           | pins, block |
- *          E        +------+------+--------+------+------+-----------+-------------+
+ *       / \         +------+------+--------+------+---------+------------+------------+
+ *      C   D (pin)  | key  |hnext | parent | tick | content | ns, the 3  | children,  |
+ *          |        | 128b |      |        |      |         | lru links  | pins, block|
+ *          E        +------+------+--------+------+---------+------------+------------+
  *                   | tokens[block_tokens] (flexible array member, u32 each)    ...
  *                   +---------------------------------------------------------------+
  *
@@ -34,8 +34,9 @@
  *   evictable leaf again and is put back on the LRU in tick order.
  *
  * Tricky cases
- *   - Every namespace's first block has parent == NULL, so at depth 0 the stored root
- *     key is compared as well; below depth 0 the parent pointer pins the namespace.
+ *   - Every namespace's first block has parent == NULL, so at depth 0 the root key of
+ *     the node's namespace record (node->ns) is compared as well; below depth 0 the
+ *     parent pointer pins the namespace. A node does not store the root itself.
  *   - Keys can collide (by accident, or crafted, or on purpose in the test build with
  *     KVP_TREE_TEST_HASH_BITS). A node matches only if key, parent (and root at depth
  *     0) AND tokens are all equal, and a probe walks the whole bucket past nodes that
@@ -125,7 +126,6 @@ struct kvp_tree_node {
 	struct kvp_key key;             /* full 128-bit chained key */
 	struct kvp_tree_node *hnext;    /* next in the hash bucket */
 	struct kvp_tree_node *parent;   /* NULL at depth 0 */
-	struct kvp_key root;            /* namespace root (compared at depth 0) */
 	uint64_t tick;                  /* last use: tree tick of the last match/insert */
 	uint64_t content;               /* kvp_content_key chain: the same in every namespace */
 	struct kvp_link lru;            /* linked iff pins == 0 && children == 0 */
@@ -567,7 +567,7 @@ table_find(const struct kvp_tree *t, struct kvp_key root, const struct kvp_tree_
 	for (; n; n = n->hnext) {
 		if (!tree_key_eq(n->key, key) || n->parent != parent)
 			continue;
-		if (!parent && !kvp_key_eq(n->root, root))
+		if (!parent && !kvp_key_eq(n->ns->root, root))
 			continue;
 		if (tokens_eq(n->tokens, tokens, b))
 			return n;
@@ -669,7 +669,7 @@ struct kvp_key kvp_tree_node_key(const struct kvp_tree_node *n)
 
 struct kvp_key kvp_tree_node_root(const struct kvp_tree_node *n)
 {
-	return n->root;
+	return n->ns->root;
 }
 
 uint32_t kvp_tree_node_block(const struct kvp_tree_node *n)
@@ -811,7 +811,7 @@ int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_
 	size_t bytes = token_bytes(t);
 
 	assert(t && tokens && out);
-	assert(!parent || kvp_key_eq(parent->root, root));
+	assert(!parent || kvp_key_eq(parent->ns->root, root));
 	*out = NULL;
 	n = table_find(t, root, parent, key, tokens, t->block_tokens);
 	if (n) {
@@ -829,7 +829,6 @@ int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_
 
 	n->key = key;
 	n->parent = parent;
-	n->root = parent ? parent->root : root;
 	n->content = kvp_content_key(parent ? parent->content : 0, tokens, t->block_tokens);
 	n->ns = ns;
 	ns->nodes++;
@@ -1174,13 +1173,13 @@ int kvp_tree_check(const struct kvp_tree *t)
 
 			if (p) {
 				KVP_CHECK(p != n && table_contains(t, p));
-				KVP_CHECK(kvp_key_eq(p->root, n->root));
+				KVP_CHECK(p->ns == n->ns);
 				KVP_CHECK(p->scratch < t->size);
 				p->scratch++;
 			}
 			for (struct kvp_tree_node *o = n->hnext; o; o = o->hnext)
 				KVP_CHECK(!(tree_key_eq(o->key, n->key) && o->parent == p &&
-					    kvp_key_eq(o->root, n->root) &&
+					    o->ns == n->ns &&
 					    memcmp(o->tokens, n->tokens, bytes) == 0));
 		}
 	}
@@ -1264,7 +1263,7 @@ int kvp_tree_check(const struct kvp_tree *t)
 			ns->scratch = ns->gscratch = 0;
 	for (size_t i = 0; i <= t->mask; i++) {
 		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
-			KVP_CHECK(n->ns && kvp_key_eq(n->ns->root, n->root) && n->ns->grp);
+			KVP_CHECK(n->ns && ns_find(t, n->ns->root) == n->ns && n->ns->grp);
 			KVP_CHECK((n->lru.next != NULL) == (n->nlru.next != NULL));
 			KVP_CHECK((n->lru.next != NULL) == (n->glru.next != NULL));
 			KVP_CHECK(!n->parent || n->parent->ns == n->ns);
