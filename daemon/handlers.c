@@ -176,18 +176,18 @@ void srv_keep(struct server *s, struct kvp_key root, struct kvp_key group,
 /* ---- LOOKUP / INSERT --------------------------------------------------------------- */
 
 /* The cache call itself, timed for the latency histograms. */
-static int tokens_run(struct conn *c, bool insert, bool pin, uint32_t n_tokens,
-		      struct kvp_cache_result *res)
+static int tokens_run(struct conn *c, bool insert, bool pin, const uint32_t *tokens,
+		      uint32_t n_tokens, struct kvp_cache_result *res)
 {
 	struct server *s = c->srv;
 	uint64_t t0 = kvp_clock_ns();
 	int rc;
 
 	if (insert)
-		rc = kvp_cache_insert(s->cache, c->root, c->group, s->tokens, n_tokens, c->id, pin,
+		rc = kvp_cache_insert(s->cache, c->root, c->group, tokens, n_tokens, c->id, pin,
 				      s->block_ids, res);
 	else
-		rc = kvp_cache_lookup(s->cache, c->root, s->tokens, n_tokens, c->id, pin,
+		rc = kvp_cache_lookup(s->cache, c->root, tokens, n_tokens, c->id, pin,
 				      s->block_ids, res);
 	kvp_stats_index_latency(&s->stats, insert, (double)(kvp_clock_ns() - t0) / 1e3);
 	return rc;
@@ -243,6 +243,7 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 	struct kvp_cache_result res;
 	struct kvp_blocks_reply r;
 	struct req_outcome o;
+	const uint32_t *tokens;
 	const uint32_t known = insert ? KVP_INSERT_FLAGS_KNOWN : KVP_LOOKUP_FLAGS_KNOWN;
 	int rc = insert ? kvp_tokens_req_decode_insert(p, h->len, s->cfg->max_tokens, &m)
 			: kvp_tokens_req_decode(p, h->len, s->cfg->max_tokens, &m);
@@ -263,10 +264,10 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 	if ((m.flags & KVP_F_PIN) &&
 	    lease_over_limit(c, h, m.n_tokens / s->cfg->block_tokens, &o))
 		return o;
-	kvp_load_u32s(s->tokens, m.tokens, m.n_tokens);
+	tokens = kvp_view_u32s(s->tokens, m.tokens, m.n_tokens);   /* in the frame: no copy */
 	if (insert)
 		srv_keeps_expire(s);   /* what is due goes before blocks are taken */
-	rc = tokens_run(c, insert, m.flags & KVP_F_PIN, m.n_tokens, &res);
+	rc = tokens_run(c, insert, m.flags & KVP_F_PIN, tokens, m.n_tokens, &res);
 	if (rc == KVP_EBUSY)
 		return req_refuse(c, h, rc, "this connection already holds %u leases",
 				  s->cfg->max_leases);
@@ -276,14 +277,14 @@ static struct req_outcome handle_tokens(struct conn *c, const struct kvp_frame_h
 	if (res.lease)
 		lease_account(c, true, res.n_blocks);
 	if (insert && (m.flags & KVP_F_KEEP))
-		srv_keep(s, c->root, c->group, s->tokens, m.n_tokens, m.keep_s, m.priority);
+		srv_keep(s, c->root, c->group, tokens, m.n_tokens, m.keep_s, m.priority);
 	if (insert)
 		kvp_stats_insert(&s->stats, conn_stats_ns(c), m.n_tokens);
 	else
 		kvp_stats_lookup(&s->stats, conn_stats_ns(c), m.n_tokens, res.matched_tokens,
 				 &res.miss);
 	if (!insert)   /* an index's miss: Redis is asked in the background */
-		tier_index_lookup(s, c, s->tokens, m.n_tokens, res.matched_tokens);
+		tier_index_lookup(s, c, tokens, m.n_tokens, res.matched_tokens);
 	if (res.pool_full)
 		kvp_debug("conn %llu: pool full of pinned blocks; cached %u of %u tokens",
 			  (unsigned long long)c->id, res.matched_tokens, m.n_tokens);

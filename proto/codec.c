@@ -57,6 +57,16 @@ void kvp_load_u32s(uint32_t *dst, const uint8_t *src, size_t n)
 #endif
 }
 
+const uint32_t *kvp_view_u32s(uint32_t *scratch, const uint8_t *src, size_t n)
+{
+#if KVP_HOST_LE
+	if (((uintptr_t)src & (_Alignof(uint32_t) - 1)) == 0)
+		return (const uint32_t *)(const void *)src;
+#endif
+	kvp_load_u32s(scratch, src, n);
+	return scratch;
+}
+
 void kvp_store_u32s(uint8_t *dst, const uint32_t *src, size_t n)
 {
 	if (n == 0)

@@ -380,6 +380,10 @@ int kvp_admin_reply_decode(const uint8_t *p, size_t n, struct kvp_admin_reply *m
 
 /* Copy n little-endian u32 values from src (any alignment) to dst (host order). */
 void kvp_load_u32s(uint32_t *dst, const uint8_t *src, size_t n);
+/* src's n values as host u32s: src itself where it is already that (a little-endian
+ * host, src 4-byte aligned: no copy), else copied into scratch (room for n), which is
+ * returned. The result lives as long as src or scratch. */
+const uint32_t *kvp_view_u32s(uint32_t *scratch, const uint8_t *src, size_t n);
 /* And back. */
 void kvp_store_u32s(uint8_t *dst, const uint32_t *src, size_t n);
 /* The same for f32: IEEE-754 bits, little-endian, copied exactly (NaN payloads too). */

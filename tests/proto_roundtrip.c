@@ -239,6 +239,30 @@ Test(roundtrip, load_store_u32s_any_alignment)
 	kvp_store_u32s(NULL, NULL, 0);
 }
 
+Test(roundtrip, view_u32s_copies_only_what_it_must)
+{
+	const uint16_t one = 1;
+	const bool le = *(const uint8_t *)&one == 1;
+	uint32_t src[67], scratch[67];
+	_Alignas(8) uint8_t raw[4 * 67 + 8];
+
+	for (size_t i = 0; i < 67; i++)
+		src[i] = (uint32_t)pt_rnd();
+	for (size_t off = 0; off < 8; off++) {
+		const uint32_t *v;
+
+		memset(scratch, 0, sizeof(scratch));
+		kvp_store_u32s(raw + off, src, 67);
+		v = kvp_view_u32s(scratch, raw + off, 67);
+		cr_assert(memcmp(v, src, sizeof(src)) == 0, "offset %zu", off);
+		/* in place exactly where the bytes already are host u32s */
+		if (le && off % 4 == 0)
+			cr_assert(v == (const uint32_t *)(const void *)(raw + off), "offset %zu", off);
+		else
+			cr_assert(v == scratch, "offset %zu", off);
+	}
+}
+
 Test(roundtrip, load_store_f32s_bits_exact)
 {
 	/* NaN payloads, infinities, -0 and denormals travel as their exact bits. */
