@@ -70,8 +70,9 @@ static void emulated_case(uint32_t type, int m, int n, int k, bool grid)
 Test(matmul_w, avx512_kernels_emulated)
 {
 	static const uint32_t types[] = { KVP_GGML_Q4_0, KVP_GGML_Q4_1, KVP_GGML_Q5_0,
-					  KVP_GGML_Q5_1, KVP_GGML_Q8_0, KVP_GGML_Q4_K,
-					  KVP_GGML_Q5_K, KVP_GGML_Q6_K };
+					  KVP_GGML_Q5_1, KVP_GGML_Q8_0, KVP_GGML_Q2_K,
+					  KVP_GGML_Q3_K, KVP_GGML_Q4_K, KVP_GGML_Q5_K,
+					  KVP_GGML_Q6_K };
 
 	for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
 		const int blk = (int)kvp_ggml_type(types[t])->block_elems;

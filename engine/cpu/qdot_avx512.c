@@ -1,12 +1,12 @@
 /*
  * qdot_avx512.c - the dot kernels with AVX-512 F/BW/VL (built with -mavx512f -mavx512bw
- * -mavx512vl, called only when the CPU has all three) for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
- * Q4_K, Q5_K and Q6_K. Q2_K and Q3_K take the AVX2 kernels (the fallback table); F16
- * and BF16 rows go through kern_avx512.c's matrix-vector kernels.
+ * -mavx512vl, called only when the CPU has all three) for every block type: Q4_0, Q4_1,
+ * Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K. F16 and BF16 rows go through
+ * kern_avx512.c's matrix-vector kernels.
  *
  * The products as in qdot_avx2.c, 64 bytes an instruction: two blocks of a 32-element
  * type, or 64 elements of a K super-block (two of Q4_K's 32-element groups, four of
- * Q6_K's 16). A's Q8_0 rows are first copied into pairs of blocks (q8_0_pair: the 64
+ * Q6_K's, Q2_K's and Q3_K's 16). A's Q8_0 rows are first copied into pairs of blocks (q8_0_pair: the 64
  * values, the two scales spread over their lanes, each lane's sum of A), so that the
  * 32-element types take a pair in one load; the 4- and 5-bit types unpack two blocks of
  * W into one register, take their offsets (Q4_0's -8, Q5_0's -16) from A's sums and
@@ -321,6 +321,87 @@ ROWS_PAIRS(q4_1, Q4_1)
 ROWS_PAIRS(q5_0, Q5_0)
 ROWS_PAIRS(q5_1, Q5_1)
 
+/* ---- Q2_K, Q3_K -------------------------------------------------------------------------- */
+
+/* The 2-bit fields of 64 elements of a Q2_K or Q3_K super-block: half h's 32 bytes of
+ * qs, bits 2 s and 2 s + 2 (s = 0 or 2), elements 128 h + 32 s .. + 63 in A's order. */
+QDOT_INLINE __m512i k2_pairs(const uint8_t *qs, int h, int s)
+{
+	const __m256i bits = load256(qs + 32 * h);
+
+	return _mm512_and_si512(join256(_mm256_srli_epi16(bits, 2 * s), _mm256_srli_epi16(bits, 2 * s + 2)),
+				_mm512_set1_epi8(3));
+}
+
+/* acc + the 16 groups' word scales sc (low 256 bits) against the products of q (values
+ * by register, four of 64 elements) with A's values: the integer sum of a super-block. */
+QDOT_INLINE __m512i k2_sums(const __m512i q[4], __m512i sc, const int8_t *q8)
+{
+	__m512i sumi = _mm512_setzero_si512();
+
+	for (int i = 0; i < 4; i++) {
+		const __m512i p = _mm512_maddubs_epi16(q[i], _mm512_loadu_si512((const void *)(q8 + 64 * i)));
+
+		sumi = DOT_S16(sumi, scales_by(sc, 4 * i, 3), p);
+	}
+	return sumi;
+}
+
+QDOT_INLINE __m512 blk_q2_k(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q2_k *w = (const struct kvp_block_q2_k *)wv + b;
+	const struct kvp_block_q8_k *a = (const struct kvp_block_q8_k *)av + b;
+	const __m128i m4 = _mm_set1_epi8(0xF);
+	const __m128i ms = _mm_loadu_si128((const __m128i *)w->scales);
+	/* words: the 16 scales (low nibbles), the 16 mins (high ones) */
+	const __m256i sc = _mm256_cvtepu8_epi16(_mm_and_si128(ms, m4));
+	const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(ms, 4), m4));
+	const __m256i prod = _mm256_madd_epi16(mins, load256(a->bsums));
+	const __m512i q[4] = { k2_pairs(w->qs, 0, 0), k2_pairs(w->qs, 0, 2),
+			       k2_pairs(w->qs, 1, 0), k2_pairs(w->qs, 1, 2) };
+	const __m512i sumi = k2_sums(q, _mm512_castsi256_si512(sc), a->qs);
+
+	acc = _mm512_fmadd_ps(_mm512_set1_ps(-a->d * H2F(w->dmin)),
+			      _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_setzero_si512(), prod, 0)), acc);
+	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
+}
+
+/* Q3_K's values are the 2-bit field + 4 x its hmask bit - 4: the field and the bit here
+ * (0..7), the -4 taken once a super-block from A's bsums, as Q6_K's -32 is. */
+QDOT_INLINE __m512 blk_q3_k(const void *wv, int b, const void *av, __m512 acc)
+{
+	const struct kvp_block_q3_k *w = (const struct kvp_block_q3_k *)wv + b;
+	const struct kvp_block_q8_k *a = (const struct kvp_block_q8_k *)av + b;
+	const __m256i hm = load256(w->hmask);
+	const __m512i hh = join256(hm, hm);
+	uint32_t u[4];
+	__m512i q[4];
+
+	qdot_k3_scales(w->scales, u);
+	/* the 16 signed scales as words */
+	const __m256i sc = _mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1],
+									   (int)u[0]),
+							     _mm_set1_epi8(32)));
+	/* element 128 h + 32 s + l: bit 4 h + s of hmask[l] */
+	for (int i = 0; i < 4; i++) {
+		const int h = i / 2, s = 2 * (i % 2);
+		const __m512i sel = join256(_mm256_set1_epi8((char)(1 << (4 * h + s))),
+					    _mm256_set1_epi8((char)(1 << (4 * h + s + 1))));
+		const __m512i lo = k2_pairs(w->qs, h, s);
+
+		q[i] = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(hh, sel), lo, _mm512_set1_epi8(4));
+	}
+	/* 4 x sum over the 16 groups of scale x the group's sum of A */
+	const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(sc, load256(a->bsums)), 2);
+	const __m512i sumi = _mm512_sub_epi32(k2_sums(q, _mm512_castsi256_si512(sc), a->qs),
+					      _mm512_inserti64x4(_mm512_setzero_si512(), off, 0));
+
+	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
+}
+
+QDOT_ROWS(q2_k, KVP_QK_K)
+QDOT_ROWS(q3_k, KVP_QK_K)
+
 /* ---- Q4_K, Q5_K ------------------------------------------------------------------------ */
 
 /* A Q4_K or Q5_K super-block of W, unpacked once for every row of A: its 256 values as
@@ -479,6 +560,8 @@ const struct kvp_cpu_qdot QDOT_TABLE = {
 		[KVP_GGML_Q5_0] = rows_q5_0,
 		[KVP_GGML_Q5_1] = rows_q5_1,
 		[KVP_GGML_Q8_0] = rows_q8_0,
+		[KVP_GGML_Q2_K] = rows_q2_k,
+		[KVP_GGML_Q3_K] = rows_q3_k,
 		[KVP_GGML_Q4_K] = rows_q4_k,
 		[KVP_GGML_Q5_K] = rows_q5_k,
 		[KVP_GGML_Q6_K] = rows_q6_k,
