@@ -1248,6 +1248,7 @@ void kvp_cache_get_stats(const struct kvp_cache *c, struct kvp_cache_stats *st)
 	st->keeps_active = keep ? keep->n_leases : 0;
 	st->pool = kvp_pool_counts(c->pool);
 	st->tree_nodes = kvp_tree_size(c->tree);
+	st->tree_node_allocs = kvp_tree_node_allocations(c->tree);
 	st->diag_bytes = kvp_diag_bytes(c->diag);
 }
 
@@ -1257,8 +1258,11 @@ int kvp_cache_check(const struct kvp_cache *c)
 	uint32_t *cnt;
 	int rc = KVP_OK;
 
-	if (kvp_pool_check(c->pool) || kvp_tree_check(c->tree))
+	if (kvp_pool_check(c->pool))
 		return KVP_EINTERNAL;
+	rc = kvp_tree_check(c->tree);
+	if (rc)
+		return rc == KVP_ENOMEM ? rc : KVP_EINTERNAL;
 	/* every tree node owns exactly one non-free block */
 	if ((size_t)pc.cached + pc.referenced != kvp_tree_size(c->tree))
 		return KVP_EINTERNAL;

@@ -125,6 +125,7 @@ struct kvp_cache_stats {
 	uint64_t keeps_given_up;    /* let go early: nothing else could make room */
 	struct kvp_pool_counts pool;
 	size_t tree_nodes;
+	size_t tree_node_allocs;    /* kvp_tree_node_allocations */
 	size_t diag_bytes;          /* kvp_cache_diag_bytes */
 };
 

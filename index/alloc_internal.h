@@ -10,4 +10,11 @@
 void *kvp_index_alloc(size_t size);
 void kvp_index_release(void *p);
 
+/* The hooks themselves, for a call site of its own: tests/test_faults.c tells the sites
+ * apart by return address, and a call through kvp_index_alloc has that function's. */
+extern void *(*kvp_index_alloc_fn)(size_t);
+extern void (*kvp_index_release_fn)(void *);
+#define KVP_INDEX_MALLOC(size) (kvp_index_alloc_fn(size))
+#define KVP_INDEX_FREE(p) (kvp_index_release_fn(p))
+
 #endif

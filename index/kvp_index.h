@@ -79,6 +79,10 @@ void kvp_tree_destroy(struct kvp_tree *t);
 uint32_t kvp_tree_block_tokens(const struct kvp_tree *t);
 size_t kvp_tree_size(const struct kvp_tree *t);          /* nodes in the tree */
 size_t kvp_tree_evictable(const struct kvp_tree *t);     /* unpinned leaves on the LRU */
+/* The allocations holding the nodes (they live in slabs of slots, not one allocation a
+ * node): they grow with the most nodes the tree has held at once and are given back
+ * by kvp_tree_destroy. For memory accounting and its tests. */
+size_t kvp_tree_node_allocations(const struct kvp_tree *t);
 
 /*
  * Longest cached prefix of the full blocks of tokens[0..n_tokens) under root.

@@ -4,28 +4,30 @@
  * The tree has no child pointers. Each node names its parent; nodes are found through
  * one hash table keyed by the node's chained block key, and a lookup walks down a
  * prompt by computing the next block's key and probing for it. Leaves that nobody pins
- * sit on an LRU list, oldest first.
+ * sit on an LRU list, oldest first. Nodes live in a slab of fixed-size slots
+ * (slab.c) and name each other by 32-bit handle (0: none), which keeps a node at 88
+ * bytes beside its tokens.
  *
  *   struct kvp_tree
  *   +---------------------+        buckets[] (power of two; grows x2 when size > buckets)
- *   | buckets  ---------------->  [0] -> A -> D -> NULL      chained through node->hnext,
- *   | mask, size          |      [1] -> NULL                 duplicate keys allowed
- *   | tick (per call)     |      [2] -> B -> NULL
- *   | lru (sentinel) -----------+ [3] -> C -> E -> NULL
- *   +---------------------+     |
- *                               |  LRU: evictable nodes only (pins == 0 && children == 0),
+ *   | buckets  ---------------->  [0] -> A -> D -> 0         handles, chained through
+ *   | mask, size          |      [1] -> 0                    node->hnext, duplicate
+ *   | tick (per call)     |      [2] -> B -> 0               keys allowed
+ *   | lru (first, last) --------+ [3] -> C -> E -> 0
+ *   | slab (the nodes)    |     |
+ *   +---------------------+     |  LRU: evictable nodes only (pins == 0 && children == 0),
  *                               |  ordered by last-use tick, least recently used first
- *                               +-> E(t=3) <-> C(t=7) <-> sentinel
+ *                               +-> E(t=3) <-> C(t=7)     (handles; 0 at both ends)
  *
  *   namespace root r (a key, not a node)
  *        :
- *        A (depth 0: parent NULL, its namespace's root compared)
+ *        A (depth 0: parent 0, its namespace's root compared)
  *        |
- *        B          A node, in one allocation:
- *       / \         +------+------+--------+------+---------+------------+------------+
- *      C   D (pin)  | key  |hnext | parent | tick | content | ns, the 3  | children,  |
- *          |        | 128b |      |        |      |         | lru links  | pins, block|
- *          E        +------+------+--------+------+---------+------------+------------+
+ *        B          A node, one slot of the slab:
+ *       / \         +------+---------+-----+-----+-------+------+----------+------------+
+ *      C   D (pin)  | key  |  tick,  | ns  | self| hnext,| the 3| children,|  block id  |
+ *          |        | 128b | content |     |     | parent| lrus | pins+warm|            |
+ *          E        +------+---------+-----+-----+-------+------+----------+------------+
  *                   | tokens[block_tokens] (flexible array member, u32 each)    ...
  *                   +---------------------------------------------------------------+
  *
@@ -34,9 +36,9 @@
  *   evictable leaf again and is put back on the LRU in tick order.
  *
  * Tricky cases
- *   - Every namespace's first block has parent == NULL, so at depth 0 the root key of
- *     the node's namespace record (node->ns) is compared as well; below depth 0 the
- *     parent pointer pins the namespace. A node does not store the root itself.
+ *   - Every namespace's first block has parent 0, so at depth 0 the root key of the
+ *     node's namespace record (node->ns) is compared as well; below depth 0 the parent
+ *     pins the namespace. A node does not store the root itself.
  *   - Keys can collide (by accident, or crafted, or on purpose in the test build with
  *     KVP_TREE_TEST_HASH_BITS). A node matches only if key, parent (and root at depth
  *     0) AND tokens are all equal, and a probe walks the whole bucket past nodes that
@@ -52,8 +54,13 @@
  *     that grinds prompts for keys with equal low bits can lengthen one chain: that
  *     costs probe time (bounded by the pool size), never correctness. A keyed bucket
  *     hash would close it; not done yet.
- *   - Allocation: only insert (node), create and the table growth allocate. A failed
- *     node allocation changes nothing; a failed growth keeps the old, fuller table.
+ *   - Allocation: only insert (a slab chunk when every slot is taken), create and the
+ *     table growth allocate. A failed chunk allocation changes nothing; a failed growth
+ *     keeps the old, fuller table. An evicted node's slot is taken again by the next
+ *     insert; the slab's chunks go back with the tree.
+ *   - Lists are linear with both ends in their owner (the tree, a namespace, a group),
+ *     so taking a node off one needs the list: a REUSE node turning warm is taken off
+ *     the cold list before its flag changes (match_loop).
  *
  * Test-only build: with KVP_TREE_TEST_HASH_BITS=n the table looks only at the low n
  * bits of key.lo, both to pick the bucket and to compare keys (the full key is still
@@ -72,11 +79,12 @@
 #include "ghost_internal.h"
 #include "hash_internal.h"
 #include "kvp_index.h"
+#include "slab_internal.h"
 
 /* ---- module allocator ------------------------------------------------------------ */
 
-static void *(*kvp_index_alloc_fn)(size_t) = malloc;
-static void (*kvp_index_release_fn)(void *) = free;
+void *(*kvp_index_alloc_fn)(size_t) = malloc;
+void (*kvp_index_release_fn)(void *) = free;
 
 /* Set the hooks before creating any tree (or keep release able to free what the
  * previous alloc returned): nodes are freed through whatever hook is current. */
@@ -85,8 +93,6 @@ void kvp_index_set_allocator(void *(*alloc)(size_t), void (*release)(void *))
 	kvp_index_alloc_fn = alloc ? alloc : malloc;
 	kvp_index_release_fn = release ? release : free;
 }
-
-#define KVP_INDEX_MALLOC(size) (kvp_index_alloc_fn(size))
 
 void *kvp_index_alloc(size_t size)
 {
@@ -106,7 +112,6 @@ void kvp_index_release(void *p)
 #else
 #define KVP_OUT_OF_LINE __attribute__((noinline))
 #endif
-#define KVP_INDEX_FREE(p) (kvp_index_release_fn(p))
 
 /* Conditions that must hold even in release builds; checked by kvp_tree_check. */
 #define KVP_CHECK(cond)                    \
@@ -117,28 +122,39 @@ void kvp_index_release(void *p)
 
 /* ---- layout ---------------------------------------------------------------------- */
 
+/* A node's place on one of the LRU lists: the handles before and after it, 0 at either
+ * end and while it is on no list. */
 struct kvp_link {
-	struct kvp_link *prev;
-	struct kvp_link *next;
+	uint32_t prev;
+	uint32_t next;
 };
 
+/* A list's two ends (0, 0 when empty). */
+struct kvp_list {
+	uint32_t first;
+	uint32_t last;
+};
+
+/* A node lives in the tree's slab (slab_internal.h) and names other nodes by handle. */
 struct kvp_tree_node {
 	struct kvp_key key;             /* full 128-bit chained key */
-	struct kvp_tree_node *hnext;    /* next in the hash bucket */
-	struct kvp_tree_node *parent;   /* NULL at depth 0 */
 	uint64_t tick;                  /* last use: tree tick of the last match/insert */
 	uint64_t content;               /* kvp_content_key chain: the same in every namespace */
-	struct kvp_link lru;            /* linked iff pins == 0 && children == 0 */
-	struct tree_ns *ns;             /* its namespace's accounting */
-	struct kvp_link nlru;           /* the namespace's own LRU: linked iff lru is */
-	struct kvp_link glru;           /* its group's LRU: linked iff lru is */
+	struct tree_ns *ns;             /* its namespace's accounting (and root) */
+	uint32_t self;                  /* its own handle */
+	uint32_t hnext;                 /* next in the hash bucket */
+	uint32_t parent;                /* 0 at depth 0 */
+	struct kvp_link lru;            /* on the tree's list iff pins == 0 && children == 0 */
+	struct kvp_link nlru;           /* the namespace's own LRU: on it iff on lru's */
+	struct kvp_link glru;           /* its group's LRU: on it iff on lru's */
 	uint32_t children;              /* resident nodes whose parent this is */
-	uint32_t pins;
+	uint32_t pins;                  /* NODE_PINS: the pins; NODE_WARM: REUSE's "used again" */
 	uint32_t block_id;
-	uint32_t scratch;               /* kvp_tree_check's tally; meaningless otherwise */
-	uint8_t warm;                   /* REUSE: used again, or back from the ghost */
 	uint32_t tokens[];              /* block_tokens of them */
 };
+
+#define NODE_WARM 0x80000000u
+#define NODE_PINS 0x7fffffffu
 
 /* Per-namespace accounting: resident nodes, and an LRU of the namespace's evictable
  * nodes (the same nodes as on the tree's LRU, in the same tick order), so that a
@@ -148,27 +164,29 @@ struct kvp_tree_node {
 struct tree_ns {
 	struct kvp_key root;
 	struct tree_ns *next;           /* hash chain */
+	struct kvp_tree *tree;          /* whose slab its nodes live in */
 	size_t nodes;
 	size_t n_lru;
-	struct kvp_link lru;            /* sentinel, through node->nlru */
+	struct kvp_list lru;            /* through node->nlru */
 	/* the group (quota unit) the namespace's nodes count in: a record of the same
 	 * table, keyed by the group key given at the namespace's first insert (itself
 	 * when the key is the root); NULL while the namespace has no node */
 	struct tree_ns *grp;
 	size_t gnodes;                  /* as a group: nodes of its namespaces */
 	size_t gn_lru;
-	struct kvp_link glru;           /* sentinel, through node->glru */
+	struct kvp_list glru;           /* through node->glru */
 	size_t scratch, gscratch;       /* kvp_tree_check's tallies */
 };
 
 struct kvp_tree {
-	struct kvp_tree_node **buckets;
+	uint32_t *buckets;              /* node handles, chained through node->hnext */
 	size_t mask;                    /* number of buckets - 1 */
 	size_t size;                    /* nodes */
 	size_t n_lru;                   /* nodes on the LRU list */
 	uint64_t tick;                  /* bumped by every match and insert */
-	struct kvp_link lru;            /* sentinel: lru.next is the least recently used */
+	struct kvp_list lru;            /* lru.first is the least recently used */
 	uint32_t block_tokens;
+	struct kvp_slab slab;           /* the nodes */
 	struct tree_ns **ns_buckets;    /* namespaces by root.lo (power of two) */
 	size_t ns_mask;
 	size_t n_ns;
@@ -180,21 +198,18 @@ struct kvp_tree {
 	 * ones on warm instead, and evicts from there only when its head is bonus ticks
 	 * older than lru's; ghost remembers the keys evicted lately */
 	enum kvp_evict_policy policy;
-	struct kvp_link warm;           /* sentinel, through node->lru, ascending tick */
+	struct kvp_list warm;           /* through node->lru, ascending tick */
 	uint64_t bonus;
 	struct kvp_ghost *ghost;
 };
 
 #define KVP_TREE_MIN_BUCKETS 16u
 #define KVP_CHECK_LRU_BIT 0x80000000u
-
-#define node_of_link(l) \
-	((struct kvp_tree_node *)((char *)(l) - offsetof(struct kvp_tree_node, lru)))
-#define node_of_nlink(l) \
-	((struct kvp_tree_node *)((char *)(l) - offsetof(struct kvp_tree_node, nlru)))
-#define node_of_glink(l) \
-	((struct kvp_tree_node *)((char *)(l) - offsetof(struct kvp_tree_node, glru)))
 #define KVP_TREE_MIN_NS_BUCKETS 4u
+
+#define LRU_OFF offsetof(struct kvp_tree_node, lru)
+#define NLRU_OFF offsetof(struct kvp_tree_node, nlru)
+#define GLRU_OFF offsetof(struct kvp_tree_node, glru)
 
 #ifdef KVP_TREE_TEST_HASH_BITS
 #define KVP_TREE_KEY_MASK ((UINT64_C(1) << (KVP_TREE_TEST_HASH_BITS)) - 1u)
@@ -217,7 +232,13 @@ static inline int tree_key_eq(struct kvp_key a, struct kvp_key b)
 }
 #endif
 
-static inline struct kvp_tree_node **bucket_of(const struct kvp_tree *t, struct kvp_key k)
+/* The node of handle h (0: NULL). */
+static inline struct kvp_tree_node *node_at(const struct kvp_tree *t, uint32_t h)
+{
+	return kvp_slab_at(&t->slab, h);
+}
+
+static inline uint32_t *bucket_of(const struct kvp_tree *t, struct kvp_key k)
 {
 	return &t->buckets[tree_hash(k) & t->mask];
 }
@@ -227,40 +248,80 @@ static inline size_t token_bytes(const struct kvp_tree *t)
 	return (size_t)t->block_tokens * sizeof(uint32_t);
 }
 
+static inline uint32_t node_pins(const struct kvp_tree_node *n)
+{
+	return n->pins & NODE_PINS;
+}
+
+static inline bool node_warm(const struct kvp_tree_node *n)
+{
+	return (n->pins & NODE_WARM) != 0;
+}
+
 static inline int node_evictable(const struct kvp_tree_node *n)
 {
-	return n->pins == 0 && n->children == 0;
+	return node_pins(n) == 0 && n->children == 0;
 }
 
-/* ---- LRU list (intrusive, sentinel-headed, ascending tick) ------------------------ */
+/* ---- LRU lists (intrusive, by handle, ascending tick) ---------------------------- */
 
 /* The tree-wide list an evictable node belongs on: its class's (REUSE), else the LRU. */
-static inline struct kvp_link *glist(struct kvp_tree *t, const struct kvp_tree_node *n)
+static inline struct kvp_list *glist(struct kvp_tree *t, const struct kvp_tree_node *n)
 {
-	return n->warm ? &t->warm : &t->lru;
+	return node_warm(n) ? &t->warm : &t->lru;
 }
 
-static inline void link_between(struct kvp_link *l, struct kvp_link *prev,
-				struct kvp_link *next)
+/* The link at offset off (LRU_OFF, NLRU_OFF, GLRU_OFF) of node h. */
+static inline struct kvp_link *link_of(const struct kvp_tree *t, uint32_t h, size_t off)
 {
-	l->prev = prev;
-	l->next = next;
-	prev->next = l;
-	next->prev = l;
+	return (struct kvp_link *)(void *)((char *)node_at(t, h) + off);
 }
 
-static inline void link_unlink(struct kvp_link *l)
+static inline uint64_t tick_of(const struct kvp_tree *t, uint32_t h)
 {
-	l->prev->next = l->next;
-	l->next->prev = l->prev;
-	l->prev = l->next = NULL;
+	return node_at(t, h)->tick;
+}
+
+/* n's link at off into list l, right after node `after` (0: first). */
+static inline void list_put_after(const struct kvp_tree *t, struct kvp_list *l,
+				  struct kvp_tree_node *n, size_t off, uint32_t after)
+{
+	struct kvp_link *k = (struct kvp_link *)(void *)((char *)n + off);
+	uint32_t next = after ? link_of(t, after, off)->next : l->first;
+
+	k->prev = after;
+	k->next = next;
+	if (after)
+		link_of(t, after, off)->next = n->self;
+	else
+		l->first = n->self;
+	if (next)
+		link_of(t, next, off)->prev = n->self;
+	else
+		l->last = n->self;
+}
+
+static inline void list_take(const struct kvp_tree *t, struct kvp_list *l,
+			     struct kvp_tree_node *n, size_t off)
+{
+	struct kvp_link *k = (struct kvp_link *)(void *)((char *)n + off);
+
+	if (k->prev)
+		link_of(t, k->prev, off)->next = k->next;
+	else
+		l->first = k->next;
+	if (k->next)
+		link_of(t, k->next, off)->prev = k->prev;
+	else
+		l->last = k->prev;
+	k->prev = k->next = 0;
 }
 
 static inline void lru_remove(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	link_unlink(&n->lru);
-	link_unlink(&n->nlru);
-	link_unlink(&n->glru);
+	list_take(t, glist(t, n), n, LRU_OFF);
+	list_take(t, &n->ns->lru, n, NLRU_OFF);
+	list_take(t, &n->ns->grp->glru, n, GLRU_OFF);
 	t->n_lru--;
 	n->ns->n_lru--;
 	n->ns->grp->gn_lru--;
@@ -269,100 +330,89 @@ static inline void lru_remove(struct kvp_tree *t, struct kvp_tree_node *n)
 /* n->tick is the newest tick: append. */
 static inline void lru_push_tail(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	struct kvp_link *h = glist(t, n);
+	struct kvp_list *g = glist(t, n);
 
-	link_between(&n->lru, h->prev, h);
-	link_between(&n->nlru, n->ns->lru.prev, &n->ns->lru);
-	link_between(&n->glru, n->ns->grp->glru.prev, &n->ns->grp->glru);
+	list_put_after(t, g, n, LRU_OFF, g->last);
+	list_put_after(t, &n->ns->lru, n, NLRU_OFF, n->ns->lru.last);
+	list_put_after(t, &n->ns->grp->glru, n, GLRU_OFF, n->ns->grp->glru.last);
 	t->n_lru++;
 	n->ns->n_lru++;
 	n->ns->grp->gn_lru++;
 }
 
-/* n (evictable, not listed) to the head of both lists: it goes next. */
+/* n (evictable, not listed) to the head of the lists: it goes next. */
 static inline void lru_push_head(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	struct kvp_link *h = glist(t, n);
-
-	link_between(&n->lru, h, h->next);
-	link_between(&n->nlru, &n->ns->lru, n->ns->lru.next);
-	link_between(&n->glru, &n->ns->grp->glru, n->ns->grp->glru.next);
+	list_put_after(t, glist(t, n), n, LRU_OFF, 0);
+	list_put_after(t, &n->ns->lru, n, NLRU_OFF, 0);
+	list_put_after(t, &n->ns->grp->glru, n, GLRU_OFF, 0);
 	t->n_lru++;
 	n->ns->n_lru++;
 	n->ns->grp->gn_lru++;
-}
-
-static inline uint64_t link_tick(const struct kvp_link *l, size_t off)
-{
-	return ((const struct kvp_tree_node *)(const void *)((const char *)l - off))->tick;
 }
 
 /*
- * Put link l of a node with this tick at its place in the list at head (links at
- * offset off in the node): after every node with a tick <= tick, before every node
- * with a greater one. The two ends are checked first (the usual cases: a leaf just
- * used goes last, a parent uncovered by an eviction goes first); otherwise the list is
- * walked from whichever is nearest by tick: either end, or hint (a link of the list,
- * or head for none). A parent uncovered by evicting its child gets the link that
- * followed the child as hint: the child may have sat anywhere in the list (a
- * namespace's own least recently used leaf is in the middle of the tree's LRU), and
- * the parent's tick is usually close to the child's.
+ * Put n's link at off at its place in list l: after every node with a tick <= n's,
+ * before every node with a greater one. The two ends are checked first (the usual
+ * cases: a leaf just used goes last, a parent uncovered by an eviction goes first);
+ * otherwise the list is walked from whichever is nearest by tick: either end, or hint
+ * (a node on the list, or 0 for none). A parent uncovered by evicting its child gets
+ * the node that followed the child as hint: the child may have sat anywhere in the
+ * list (a namespace's own least recently used leaf is in the middle of the tree's
+ * LRU), and the parent's tick is usually close to the child's.
  */
-static void list_insert_ordered(struct kvp_link *head, struct kvp_link *l, uint64_t tick,
-				size_t off, struct kvp_link *hint)
+static void list_insert_ordered(const struct kvp_tree *t, struct kvp_list *l,
+				struct kvp_tree_node *n, size_t off, uint32_t hint)
 {
+	const uint64_t tick = n->tick;
 	uint64_t first, last;
+	uint32_t x;
 
-	if (head->next == head || link_tick(head->prev, off) <= tick) {
-		link_between(l, head->prev, head);
+	if (!l->first || tick_of(t, l->last) <= tick) {
+		list_put_after(t, l, n, off, l->last);
 		return;
 	}
-	first = link_tick(head->next, off);
-	last = link_tick(head->prev, off);
+	first = tick_of(t, l->first);
+	last = tick_of(t, l->last);
 	if (tick < first) {
-		link_between(l, head, head->next);
+		list_put_after(t, l, n, off, 0);
 		return;
 	}
-	if (hint && hint != head) {
-		uint64_t at = link_tick(hint, off), d = at > tick ? at - tick : tick - at;
+	if (hint) {
+		uint64_t at = tick_of(t, hint), d = at > tick ? at - tick : tick - at;
 
 		if (d < tick - first && d < last - tick) {
-			struct kvp_link *x = hint;
-
-			while (x->prev != head && link_tick(x->prev, off) > tick)
-				x = x->prev;
-			while (x != head && link_tick(x, off) <= tick)
-				x = x->next;
-			link_between(l, x->prev, x);
+			x = hint;
+			while (link_of(t, x, off)->prev && tick_of(t, link_of(t, x, off)->prev) > tick)
+				x = link_of(t, x, off)->prev;
+			while (x && tick_of(t, x) <= tick)
+				x = link_of(t, x, off)->next;
+			list_put_after(t, l, n, off, x ? link_of(t, x, off)->prev : l->last);
 			return;
 		}
 	}
 	if (tick - first < last - tick) {
-		struct kvp_link *x = head->next;
-
-		while (x != head && link_tick(x, off) <= tick)
-			x = x->next;
-		link_between(l, x->prev, x);
+		x = l->first;
+		while (x && tick_of(t, x) <= tick)
+			x = link_of(t, x, off)->next;
+		list_put_after(t, l, n, off, x ? link_of(t, x, off)->prev : l->last);
 	} else {
-		struct kvp_link *x = head->prev;
-
-		while (x != head && link_tick(x, off) > tick)
-			x = x->prev;
-		link_between(l, x, x->next);
+		x = l->last;
+		while (x && tick_of(t, x) > tick)
+			x = link_of(t, x, off)->prev;
+		list_put_after(t, l, n, off, x);
 	}
 }
 
 /* n just became evictable: onto the tree's LRU, its namespace's and its group's, by
- * tick, with the links hint, nhint and ghint of those lists as places to start from
- * (NULL: none). */
-static void lru_insert_near(struct kvp_tree *t, struct kvp_tree_node *n, struct kvp_link *hint,
-			    struct kvp_link *nhint, struct kvp_link *ghint)
+ * tick, with the nodes hint, nhint and ghint of those lists as places to start from
+ * (0: none). */
+static void lru_insert_near(struct kvp_tree *t, struct kvp_tree_node *n, uint32_t hint,
+			    uint32_t nhint, uint32_t ghint)
 {
-	list_insert_ordered(glist(t, n), &n->lru, n->tick, offsetof(struct kvp_tree_node, lru), hint);
-	list_insert_ordered(&n->ns->lru, &n->nlru, n->tick, offsetof(struct kvp_tree_node, nlru),
-			    nhint);
-	list_insert_ordered(&n->ns->grp->glru, &n->glru, n->tick,
-			    offsetof(struct kvp_tree_node, glru), ghint);
+	list_insert_ordered(t, glist(t, n), n, LRU_OFF, hint);
+	list_insert_ordered(t, &n->ns->lru, n, NLRU_OFF, nhint);
+	list_insert_ordered(t, &n->ns->grp->glru, n, GLRU_OFF, ghint);
 	t->n_lru++;
 	n->ns->n_lru++;
 	n->ns->grp->gn_lru++;
@@ -370,7 +420,7 @@ static void lru_insert_near(struct kvp_tree *t, struct kvp_tree_node *n, struct 
 
 static void lru_insert_ordered(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	lru_insert_near(t, n, NULL, NULL, NULL);
+	lru_insert_near(t, n, 0, 0, 0);
 }
 
 /* ---- namespaces ------------------------------------------------------------------ */
@@ -432,8 +482,7 @@ static KVP_OUT_OF_LINE struct tree_ns *ns_get(struct kvp_tree *t, struct kvp_key
 		return NULL;
 	memset(ns, 0, sizeof(*ns));
 	ns->root = root;
-	ns->lru.prev = ns->lru.next = &ns->lru;
-	ns->glru.prev = ns->glru.next = &ns->glru;
+	ns->tree = t;
 	b = ns_bucket(t, root);
 	ns->next = t->ns_buckets[b];
 	t->ns_buckets[b] = ns;
@@ -496,22 +545,22 @@ static void ns_release(struct kvp_tree *t, struct tree_ns *ns)
 
 static inline void table_unlink(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	struct kvp_tree_node **pp = bucket_of(t, n->key);
+	uint32_t *pp = bucket_of(t, n->key);
 
-	while (*pp != n) {
+	while (*pp != n->self) {
 		assert(*pp);
-		pp = &(*pp)->hnext;
+		pp = &node_at(t, *pp)->hnext;
 	}
 	*pp = n->hnext;
-	n->hnext = NULL;
+	n->hnext = 0;
 }
 
 /* Double the bucket array when the load passes 1. On allocation failure keep the old
  * table: lookups stay correct, only chains get longer. */
-static void table_maybe_grow(struct kvp_tree *t)
+static KVP_OUT_OF_LINE void table_maybe_grow(struct kvp_tree *t)
 {
 	size_t old_n = t->mask + 1, new_n = old_n * 2;
-	struct kvp_tree_node **nb;
+	uint32_t *nb;
 
 	if (t->size <= old_n || new_n > SIZE_MAX / sizeof(*nb))
 		return;
@@ -520,14 +569,15 @@ static void table_maybe_grow(struct kvp_tree *t)
 		return;
 	memset(nb, 0, new_n * sizeof(*nb));
 	for (size_t i = 0; i < old_n; i++) {
-		struct kvp_tree_node *n = t->buckets[i], *next;
+		uint32_t h = t->buckets[i], next;
 
-		for (; n; n = next) {
+		for (; h; h = next) {
+			struct kvp_tree_node *n = node_at(t, h);
 			size_t b = tree_hash(n->key) & (new_n - 1);
 
 			next = n->hnext;
 			n->hnext = nb[b];
-			nb[b] = n;
+			nb[b] = h;
 		}
 	}
 	KVP_INDEX_FREE(t->buckets);
@@ -562,12 +612,15 @@ static inline __attribute__((always_inline)) struct kvp_tree_node *
 table_find(const struct kvp_tree *t, struct kvp_key root, const struct kvp_tree_node *parent,
 	   struct kvp_key key, const uint32_t *tokens, uint32_t b)
 {
-	struct kvp_tree_node *n = *bucket_of(t, key);
+	const uint32_t ph = parent ? parent->self : 0;
 
-	for (; n; n = n->hnext) {
-		if (!tree_key_eq(n->key, key) || n->parent != parent)
+	for (uint32_t h = *bucket_of(t, key); h;) {
+		struct kvp_tree_node *n = node_at(t, h);
+
+		h = n->hnext;
+		if (!tree_key_eq(n->key, key) || n->parent != ph)
 			continue;
-		if (!parent && !kvp_key_eq(n->ns->root, root))
+		if (!ph && !kvp_key_eq(n->ns->root, root))
 			continue;
 		if (tokens_eq(n->tokens, tokens, b))
 			return n;
@@ -575,10 +628,12 @@ table_find(const struct kvp_tree *t, struct kvp_key root, const struct kvp_tree_
 	return NULL;
 }
 
-static int table_contains(const struct kvp_tree *t, const struct kvp_tree_node *x)
+static int table_contains(const struct kvp_tree *t, uint32_t x)
 {
-	for (const struct kvp_tree_node *n = *bucket_of(t, x->key); n; n = n->hnext)
-		if (n == x)
+	const struct kvp_tree_node *n = node_at(t, x);
+
+	for (uint32_t h = *bucket_of(t, n->key); h; h = node_at(t, h)->hnext)
+		if (h == x)
 			return 1;
 	return 0;
 }
@@ -607,9 +662,8 @@ int kvp_tree_create(uint32_t block_tokens, struct kvp_tree **out)
 		goto out_free_buckets;
 	memset(t->ns_buckets, 0, KVP_TREE_MIN_NS_BUCKETS * sizeof(*t->ns_buckets));
 	t->ns_mask = KVP_TREE_MIN_NS_BUCKETS - 1;
-	t->lru.prev = t->lru.next = &t->lru;
-	t->warm.prev = t->warm.next = &t->warm;
 	t->block_tokens = block_tokens;
+	kvp_slab_init(&t->slab, offsetof(struct kvp_tree_node, tokens) + token_bytes(t));
 	*out = t;
 	return 0;
 
@@ -625,14 +679,7 @@ void kvp_tree_destroy(struct kvp_tree *t)
 {
 	if (!t)
 		return;
-	for (size_t i = 0; i <= t->mask; i++) {
-		struct kvp_tree_node *n = t->buckets[i], *next;
-
-		for (; n; n = next) {
-			next = n->hnext;
-			KVP_INDEX_FREE(n);
-		}
-	}
+	kvp_slab_fini(&t->slab);
 	for (size_t i = 0; i <= t->ns_mask; i++) {
 		struct tree_ns *ns = t->ns_buckets[i], *next;
 
@@ -662,6 +709,11 @@ size_t kvp_tree_evictable(const struct kvp_tree *t)
 	return t->n_lru;
 }
 
+size_t kvp_tree_node_allocations(const struct kvp_tree *t)
+{
+	return kvp_slab_allocations(&t->slab);
+}
+
 struct kvp_key kvp_tree_node_key(const struct kvp_tree_node *n)
 {
 	return n->key;
@@ -679,12 +731,12 @@ uint32_t kvp_tree_node_block(const struct kvp_tree_node *n)
 
 uint32_t kvp_tree_node_pins(const struct kvp_tree_node *n)
 {
-	return n->pins;
+	return node_pins(n);
 }
 
 struct kvp_tree_node *kvp_tree_node_parent(const struct kvp_tree_node *n)
 {
-	return n->parent;
+	return node_at(n->ns->tree, n->parent);
 }
 
 const uint32_t *kvp_tree_node_tokens(const struct kvp_tree_node *n)
@@ -738,16 +790,24 @@ match_loop(struct kvp_tree *t, struct kvp_key root, const uint32_t *tokens, size
 		parent = n;
 		if (!touch)
 			continue;
+		if (reuse && !node_warm(n)) {   /* used again: warm */
+			const bool listed = node_evictable(n);
+
+			if (listed)   /* from the cold list to the warm one, last */
+				lru_remove(t, n);
+			n->pins |= NODE_WARM;
+			n->tick = tick;
+			if (listed)
+				lru_push_tail(t, n);
+		}
 		n->tick = tick;
-		if (reuse)
-			n->warm = 1;   /* used again */
 		path[i] = n;
 	}
 	/* Only the deepest matched node can be a leaf (the others have a matched child):
 	 * if it is on the LRU, it is now the most recently used. */
 	if (touch && i > 0 && node_evictable(parent) &&
-	    (parent->lru.next != glist(t, parent) || parent->nlru.next != &parent->ns->lru ||
-	     parent->glru.next != &parent->ns->grp->glru)) {
+	    (glist(t, parent)->last != parent->self || parent->ns->lru.last != parent->self ||
+	     parent->ns->grp->glru.last != parent->self)) {
 		lru_remove(t, parent);
 		lru_push_tail(t, parent);
 	}
@@ -784,17 +844,6 @@ size_t kvp_tree_peek(const struct kvp_tree *t, struct kvp_key root, const uint32
 
 /* ---- insert / pin / evict / clear ------------------------------------------------ */
 
-static KVP_OUT_OF_LINE struct kvp_tree_node *node_new(size_t token_bytes_)
-{
-	struct kvp_tree_node *n = KVP_INDEX_MALLOC(sizeof(struct kvp_tree_node) + token_bytes_);
-
-	/* touching the result keeps the allocation a call from here, not a jump that
-	 * would make each caller of node_new a call site of its own */
-	if (n)
-		n->scratch = 0;
-	return n;
-}
-
 int kvp_tree_insert(struct kvp_tree *t, struct kvp_key root, struct kvp_tree_node *parent,
 		    struct kvp_key key, const uint32_t *tokens, uint32_t block_id,
 		    struct kvp_tree_node **out)
@@ -806,9 +855,10 @@ int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_
 			    struct kvp_tree_node *parent, struct kvp_key key,
 			    const uint32_t *tokens, uint32_t block_id, struct kvp_tree_node **out)
 {
-	struct kvp_tree_node *n, **bucket;
+	struct kvp_tree_node *n;
 	struct tree_ns *ns;
 	size_t bytes = token_bytes(t);
+	uint32_t h, *bucket;
 
 	assert(t && tokens && out);
 	assert(!parent || kvp_key_eq(parent->ns->root, root));
@@ -821,29 +871,30 @@ int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_
 	ns = parent ? parent->ns : ns_get_in_group(t, root, group);
 	if (!ns)
 		return KVP_ENOMEM;
-	n = node_new(bytes);
-	if (!n) {
+	h = kvp_slab_alloc(&t->slab);
+	if (!h) {
 		ns_release(t, ns);
 		return KVP_ENOMEM;
 	}
 
+	n = node_at(t, h);
+	memset(n, 0, sizeof(*n));
+	n->self = h;
 	n->key = key;
-	n->parent = parent;
+	n->parent = parent ? parent->self : 0;
 	n->content = kvp_content_key(parent ? parent->content : 0, tokens, t->block_tokens);
 	n->ns = ns;
 	ns->nodes++;
 	ns->grp->gnodes++;
 	n->tick = ++t->tick;
-	n->children = 0;
-	n->pins = 0;
 	n->block_id = block_id;
-	n->scratch = 0;
-	n->warm = t->ghost && kvp_ghost_has(t->ghost, key.lo);   /* evicted lately */
+	if (t->ghost && kvp_ghost_has(t->ghost, key.lo))   /* evicted lately */
+		n->pins = NODE_WARM;
 	memcpy(n->tokens, tokens, bytes);
 
 	bucket = bucket_of(t, key);
 	n->hnext = *bucket;
-	*bucket = n;
+	*bucket = h;
 	t->size++;
 	if (parent) {
 		if (node_evictable(parent))
@@ -862,7 +913,7 @@ int kvp_tree_insert_grouped(struct kvp_tree *t, struct kvp_key root, struct kvp_
 
 void kvp_tree_pin(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	assert(n && n->pins < UINT32_MAX);
+	assert(n && node_pins(n) < NODE_PINS);
 	if (node_evictable(n))
 		lru_remove(t, n);
 	n->pins++;
@@ -870,8 +921,9 @@ void kvp_tree_pin(struct kvp_tree *t, struct kvp_tree_node *n)
 
 void kvp_tree_unpin(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	assert(n && n->pins > 0);
-	if (--n->pins == 0 && n->children == 0)
+	assert(n && node_pins(n) > 0);
+	n->pins--;
+	if (node_evictable(n))
 		lru_insert_ordered(t, n);
 }
 
@@ -880,7 +932,7 @@ void kvp_tree_unpin(struct kvp_tree *t, struct kvp_tree_node *n)
  * evictable leaf (not yet on the LRU). */
 static struct kvp_tree_node *node_detach(struct kvp_tree *t, struct kvp_tree_node *n)
 {
-	struct kvp_tree_node *p = n->parent;
+	struct kvp_tree_node *p = node_at(t, n->parent);
 
 	if (t->watch)
 		t->watch(t->watch_arg, n, false);
@@ -893,7 +945,14 @@ static struct kvp_tree_node *node_detach(struct kvp_tree *t, struct kvp_tree_nod
 		return NULL;
 	}
 	assert(p->children > 0);
-	return --p->children == 0 && p->pins == 0 ? p : NULL;
+	p->children--;
+	return node_evictable(p) ? p : NULL;
+}
+
+/* Give n's slot back (n is out of the table and off every list). */
+static void node_free(struct kvp_tree *t, struct kvp_tree_node *n)
+{
+	kvp_slab_free(&t->slab, n->self);
 }
 
 /* Remove n, an evictable leaf; its parent goes onto the LRUs if it becomes one, placed
@@ -901,15 +960,15 @@ static struct kvp_tree_node *node_detach(struct kvp_tree *t, struct kvp_tree_nod
 static uint32_t evict_leaf(struct kvp_tree *t, struct kvp_tree_node *n)
 {
 	struct kvp_tree_node *p;
-	struct kvp_link *hint = n->lru.next, *nhint = n->nlru.next, *ghint = n->glru.next;
+	uint32_t hint = n->lru.next, nhint = n->nlru.next, ghint = n->glru.next;
 	uint32_t id = n->block_id;
 
 	assert(node_evictable(n));
 	lru_remove(t, n);
 	p = node_detach(t, n);
 	if (p)   /* n's place in the tree-wide list is a hint only in p's own list */
-		lru_insert_near(t, p, p->warm == n->warm ? hint : NULL, nhint, ghint);
-	KVP_INDEX_FREE(n);
+		lru_insert_near(t, p, node_warm(p) == node_warm(n) ? hint : 0, nhint, ghint);
+	node_free(t, n);
 	return id;
 }
 
@@ -939,27 +998,26 @@ static uint32_t evict_for_room(struct kvp_tree *t, struct kvp_tree_node *n)
 
 /* The next victim of pool pressure: LRU's head; under REUSE the older of the two
  * heads, a warm node counting bonus ticks younger. NULL: nothing evictable. */
-static struct kvp_link *victim(struct kvp_tree *t)
+static struct kvp_tree_node *victim(struct kvp_tree *t)
 {
-	struct kvp_link *c = t->lru.next, *w = t->warm.next;
-	const size_t off = offsetof(struct kvp_tree_node, lru);
+	uint32_t c = t->lru.first, w = t->warm.first;
 
-	if (w == &t->warm)
-		return c == &t->lru ? NULL : c;
-	if (c == &t->lru)
-		return w;
-	return link_tick(c, off) <= link_tick(w, off) + t->bonus ? c : w;
+	if (!w)
+		return node_at(t, c);
+	if (!c)
+		return node_at(t, w);
+	return node_at(t, tick_of(t, c) <= tick_of(t, w) + t->bonus ? c : w);
 }
 
 int kvp_tree_evict(struct kvp_tree *t, uint32_t *block_id)
 {
-	struct kvp_link *v;
+	struct kvp_tree_node *v;
 
 	assert(t && block_id);
 	v = victim(t);
 	if (!v)
 		return KVP_EFULL;
-	*block_id = evict_for_room(t, node_of_link(v));
+	*block_id = evict_for_room(t, v);
 	return 0;
 }
 
@@ -1002,9 +1060,9 @@ int kvp_tree_evict_group(struct kvp_tree *t, struct kvp_key group, uint32_t *blo
 	struct tree_ns *g = ns_find(t, group);
 
 	assert(block_id);
-	if (!g || g->glru.next == &g->glru)
+	if (!g || !g->glru.first)
 		return KVP_EFULL;
-	*block_id = evict_for_room(t, node_of_glink(g->glru.next));
+	*block_id = evict_for_room(t, node_at(t, g->glru.first));
 	return 0;
 }
 
@@ -1028,9 +1086,9 @@ int kvp_tree_evict_ns(struct kvp_tree *t, struct kvp_key root, uint32_t *block_i
 	struct tree_ns *ns = ns_find(t, root);
 
 	assert(block_id);
-	if (!ns || ns->lru.next == &ns->lru)
+	if (!ns || !ns->lru.first)
 		return KVP_EFULL;
-	*block_id = evict_for_room(t, node_of_nlink(ns->lru.next));
+	*block_id = evict_for_room(t, node_at(t, ns->lru.first));
 	return 0;
 }
 
@@ -1045,9 +1103,9 @@ size_t kvp_tree_clear_ns(struct kvp_tree *t, struct kvp_key root,
 		bool last = ns->nodes == 1;
 		uint32_t id;
 
-		if (ns->lru.next == &ns->lru)
+		if (!ns->lru.first)
 			break;
-		id = evict_leaf(t, node_of_nlink(ns->lru.next));
+		id = evict_leaf(t, node_at(t, ns->lru.first));
 		n++;
 		if (cb)
 			cb(arg, id);
@@ -1058,9 +1116,10 @@ size_t kvp_tree_clear_ns(struct kvp_tree *t, struct kvp_key root,
 }
 
 /* Is x in the subtree under top (top itself included)? Walks x's ancestors. */
-static bool in_subtree(const struct kvp_tree_node *x, const struct kvp_tree_node *top)
+static bool in_subtree(const struct kvp_tree *t, const struct kvp_tree_node *x,
+		       const struct kvp_tree_node *top)
 {
-	for (; x; x = x->parent)
+	for (; x; x = node_at(t, x->parent))
 		if (x == top)
 			return true;
 	return false;
@@ -1070,7 +1129,7 @@ size_t kvp_tree_evict_under(struct kvp_tree *t, struct kvp_tree_node *top,
 			    void (*cb)(void *arg, uint32_t block_id), void *arg)
 {
 	struct tree_ns *ns = top->ns;
-	struct kvp_link *l, *next;
+	uint32_t l, next;
 	size_t n = 0;
 	bool gone = false;
 
@@ -1081,11 +1140,11 @@ size_t kvp_tree_evict_under(struct kvp_tree *t, struct kvp_tree_node *top,
 	 * that can go is thus reached from one of its leaves. Evicting top ends the pass
 	 * (nothing under it is left; the namespace may have gone with it).
 	 */
-	for (l = ns->lru.next; !gone && l != &ns->lru; l = next) {
-		struct kvp_tree_node *x = node_of_nlink(l);
+	for (l = ns->lru.first; !gone && l; l = next) {
+		struct kvp_tree_node *x = node_at(t, l);
 
-		next = l->next;
-		if (!in_subtree(x, top))
+		next = x->nlru.next;
+		if (!in_subtree(t, x, top))
 			continue;
 		lru_remove(t, x);
 		for (;;) {
@@ -1093,7 +1152,7 @@ size_t kvp_tree_evict_under(struct kvp_tree *t, struct kvp_tree_node *top,
 			struct kvp_tree_node *up = node_detach(t, x);   /* uncovered parent */
 			uint32_t id = x->block_id;
 
-			KVP_INDEX_FREE(x);
+			node_free(t, x);
 			n++;
 			if (cb)
 				cb(arg, id);
@@ -1126,16 +1185,15 @@ void kvp_tree_clear(struct kvp_tree *t, void (*cb)(void *arg, uint32_t block_id)
 	/* Pop the head until the LRU is empty. A parent uncovered on the way goes to the
 	 * head, so it is removed next (leaf first, no recursion); order no longer matters
 	 * because everything on the list goes. cb must not call into this tree. */
-	while (t->lru.next != &t->lru || t->warm.next != &t->warm) {
-		struct kvp_link *l = t->lru.next != &t->lru ? t->lru.next : t->warm.next;
-		struct kvp_tree_node *n = node_of_link(l), *p;
+	while (t->lru.first || t->warm.first) {
+		struct kvp_tree_node *n = node_at(t, t->lru.first ? t->lru.first : t->warm.first), *p;
 		uint32_t id = n->block_id;
 
 		lru_remove(t, n);
 		p = node_detach(t, n);
 		if (p)
 			lru_push_head(t, p);
-		KVP_INDEX_FREE(n);
+		node_free(t, n);
 		if (cb)
 			cb(arg, id);
 	}
@@ -1143,79 +1201,111 @@ void kvp_tree_clear(struct kvp_tree *t, void (*cb)(void *arg, uint32_t block_id)
 
 /* ---- invariants ------------------------------------------------------------------ */
 
-int kvp_tree_check(const struct kvp_tree *t)
+/* Is h a handle the slab has handed out? (A corrupt link must not be followed.) */
+static bool handle_ok(const struct kvp_tree *t, uint32_t h)
 {
-	const struct kvp_link *head;
-	size_t count = 0, n_evictable = 0, bytes;
+	return h >= 1 && h <= t->slab.used;
+}
+
+/* Walk list l through the links at off: each node resident, in the table, once on the
+ * list (the tally's bit, set here when mark), ticks ascending, links mirrored, the ends
+ * right. Counts the nodes into *count (at most max). 0 or KVP_EINTERNAL. */
+static int check_list(const struct kvp_tree *t, const struct kvp_list *l, size_t off,
+		      uint32_t *tally, bool mark, size_t max, size_t *count)
+{
+	uint32_t prev = 0;
 	uint64_t last_tick = 0;
 
-	KVP_CHECK(t && t->buckets);
-	KVP_CHECK(((t->mask + 1) & t->mask) == 0 && t->mask + 1 >= KVP_TREE_MIN_BUCKETS);
-	KVP_CHECK(t->block_tokens >= 1 && t->block_tokens <= KVP_BLOCK_TOKENS_MAX);
-	bytes = token_bytes(t);
+	*count = 0;
+	KVP_CHECK((l->first == 0) == (l->last == 0));
+	for (uint32_t h = l->first; h; h = link_of(t, h, off)->next) {
+		const struct kvp_tree_node *n;
 
-	/* 1. Table: every node in its own bucket, the count matches; reset the tallies.
-	 * (The tree is const; the nodes' scratch words are check-only state.) */
+		KVP_CHECK(handle_ok(t, h) && ++*count <= max);
+		n = node_at(t, h);
+		KVP_CHECK(n->self == h && table_contains(t, h));
+		KVP_CHECK(link_of(t, h, off)->prev == prev);
+		KVP_CHECK(n->tick >= last_tick);
+		if (mark) {
+			KVP_CHECK(!(tally[h] & KVP_CHECK_LRU_BIT));
+			tally[h] |= KVP_CHECK_LRU_BIT;
+		} else {
+			KVP_CHECK(tally[h] & KVP_CHECK_LRU_BIT);   /* on the tree's list too */
+		}
+		last_tick = n->tick;
+		prev = h;
+	}
+	KVP_CHECK(l->last == prev);
+	return 0;
+}
+
+static int check_with(const struct kvp_tree *t, uint32_t *tally)
+{
+	size_t count = 0, on = 0, n_evictable = 0, bytes = token_bytes(t);
+
+	/* 1. Table: every node in its own bucket, named by its own handle; the counts. */
 	for (size_t i = 0; i <= t->mask; i++) {
-		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
-			KVP_CHECK(++count <= t->size);
+		for (uint32_t h = t->buckets[i]; h; h = node_at(t, h)->hnext) {
+			const struct kvp_tree_node *n;
+
+			KVP_CHECK(handle_ok(t, h) && ++count <= t->size);
+			n = node_at(t, h);
+			KVP_CHECK(n->self == h);
 			KVP_CHECK((tree_hash(n->key) & t->mask) == i);
 			KVP_CHECK(n->tick <= t->tick);
-			n->scratch = 0;
 		}
 	}
-	KVP_CHECK(count == t->size);
+	KVP_CHECK(count == t->size && t->slab.live == t->size);
 
 	/* 2. Parents: resident, same namespace; tally children. No identical twins. */
 	for (size_t i = 0; i <= t->mask; i++) {
-		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
-			struct kvp_tree_node *p = n->parent;
+		for (uint32_t h = t->buckets[i]; h; h = node_at(t, h)->hnext) {
+			const struct kvp_tree_node *n = node_at(t, h);
+			uint32_t p = n->parent;
 
 			if (p) {
-				KVP_CHECK(p != n && table_contains(t, p));
-				KVP_CHECK(p->ns == n->ns);
-				KVP_CHECK(p->scratch < t->size);
-				p->scratch++;
+				KVP_CHECK(p != h && handle_ok(t, p) && table_contains(t, p));
+				KVP_CHECK(node_at(t, p)->ns == n->ns);
+				KVP_CHECK(tally[p] < t->size);
+				tally[p]++;
 			}
-			for (struct kvp_tree_node *o = n->hnext; o; o = o->hnext)
-				KVP_CHECK(!(tree_key_eq(o->key, n->key) && o->parent == p &&
-					    o->ns == n->ns &&
-					    memcmp(o->tokens, n->tokens, bytes) == 0));
+			for (uint32_t o = n->hnext; o; o = node_at(t, o)->hnext) {
+				const struct kvp_tree_node *x = node_at(t, o);
+
+				KVP_CHECK(!(tree_key_eq(x->key, n->key) && x->parent == p &&
+					    x->ns == n->ns &&
+					    memcmp(x->tokens, n->tokens, bytes) == 0));
+			}
 		}
 	}
 
 	/* 3. LRU (and REUSE's warm list): resident evictable nodes, each once, on the list
 	 * of their class, ticks ascending, links mirrored. */
 	for (int w = 0; w < 2; w++) {
-		head = w ? &t->warm : &t->lru;
-		last_tick = 0;
-		for (const struct kvp_link *l = head->next; l != head; l = l->next) {
-			struct kvp_tree_node *n = node_of_link(l);
+		const struct kvp_list *l = w ? &t->warm : &t->lru;
 
-			KVP_CHECK(++count <= 2 * t->size);
-			KVP_CHECK(l->next && l->prev && l->next->prev == l && l->prev->next == l);
-			KVP_CHECK(table_contains(t, n));
-			KVP_CHECK(!(n->scratch & KVP_CHECK_LRU_BIT));
-			KVP_CHECK(n->tick >= last_tick);
-			KVP_CHECK((n->warm != 0) == (w == 1));
-			last_tick = n->tick;
-			n->scratch |= KVP_CHECK_LRU_BIT;
-		}
-		KVP_CHECK(head->next->prev == head && head->prev->next == head);
+		if (check_list(t, l, LRU_OFF, tally, true, t->size, &on))
+			return KVP_EINTERNAL;
+		for (uint32_t h = l->first; h; h = node_at(t, h)->lru.next)
+			KVP_CHECK(node_warm(node_at(t, h)) == (w == 1));
+		n_evictable += on;
 	}
-	KVP_CHECK(count - t->size == t->n_lru);
-	KVP_CHECK(t->policy == KVP_EVICT_REUSE || t->warm.next == &t->warm);
+	KVP_CHECK(n_evictable == t->n_lru);
+	KVP_CHECK(t->policy == KVP_EVICT_REUSE || !t->warm.first);
 
-	/* 4. Every node: children counted right; on the LRU iff evictable. */
+	/* 4. Every node: children counted right; on the LRU iff evictable, and with no
+	 * links while on none. */
+	n_evictable = 0;
 	for (size_t i = 0; i <= t->mask; i++) {
-		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
-			int on_lru = (n->scratch & KVP_CHECK_LRU_BIT) != 0;
+		for (uint32_t h = t->buckets[i]; h; h = node_at(t, h)->hnext) {
+			const struct kvp_tree_node *n = node_at(t, h);
+			int on_lru = (tally[h] & KVP_CHECK_LRU_BIT) != 0;
 
-			KVP_CHECK((n->scratch & ~KVP_CHECK_LRU_BIT) == n->children);
+			KVP_CHECK((tally[h] & ~KVP_CHECK_LRU_BIT) == n->children);
 			KVP_CHECK(on_lru == node_evictable(n));
-			KVP_CHECK(on_lru == (n->lru.next != NULL));
+			KVP_CHECK(on_lru || !(n->lru.prev | n->lru.next | n->nlru.prev | n->nlru.next |
+					      n->glru.prev | n->glru.next));
 			n_evictable += on_lru;
-			n->scratch = 0;
 		}
 	}
 	KVP_CHECK(n_evictable == t->n_lru);
@@ -1226,34 +1316,19 @@ int kvp_tree_check(const struct kvp_tree *t)
 	count = 0;
 	for (size_t i = 0; i <= t->ns_mask; i++) {
 		for (const struct tree_ns *ns = t->ns_buckets[i]; ns; ns = ns->next) {
-			size_t on = 0;
-
 			KVP_CHECK(++count <= t->n_ns);
 			KVP_CHECK(ns_find(t, ns->root) == ns && (ns->nodes > 0 || ns->gnodes > 0));
-			KVP_CHECK((ns->grp != NULL) == (ns->nodes > 0));
-			last_tick = 0;
-			for (const struct kvp_link *l = ns->lru.next; l != &ns->lru; l = l->next) {
-				const struct kvp_tree_node *n = node_of_nlink(l);
-
-				KVP_CHECK(++on <= ns->nodes);
-				KVP_CHECK(l->next->prev == l && l->prev->next == l);
-				KVP_CHECK(n->ns == ns && n->lru.next != NULL);
-				KVP_CHECK(n->tick >= last_tick);
-				last_tick = n->tick;
-			}
+			KVP_CHECK((ns->grp != NULL) == (ns->nodes > 0) && ns->tree == t);
+			if (check_list(t, &ns->lru, NLRU_OFF, tally, false, ns->nodes, &on))
+				return KVP_EINTERNAL;
 			KVP_CHECK(on == ns->n_lru);
-			on = 0;
-			last_tick = 0;
-			for (const struct kvp_link *l = ns->glru.next; l != &ns->glru; l = l->next) {
-				const struct kvp_tree_node *n = node_of_glink(l);
-
-				KVP_CHECK(++on <= ns->gnodes);
-				KVP_CHECK(l->next->prev == l && l->prev->next == l);
-				KVP_CHECK(n->ns->grp == ns && n->lru.next != NULL);
-				KVP_CHECK(n->tick >= last_tick);
-				last_tick = n->tick;
-			}
+			for (uint32_t h = ns->lru.first; h; h = node_at(t, h)->nlru.next)
+				KVP_CHECK(node_at(t, h)->ns == ns);
+			if (check_list(t, &ns->glru, GLRU_OFF, tally, false, ns->gnodes, &on))
+				return KVP_EINTERNAL;
 			KVP_CHECK(on == ns->gn_lru);
+			for (uint32_t h = ns->glru.first; h; h = node_at(t, h)->glru.next)
+				KVP_CHECK(node_at(t, h)->ns->grp == ns);
 		}
 	}
 	KVP_CHECK(count == t->n_ns);
@@ -1262,11 +1337,10 @@ int kvp_tree_check(const struct kvp_tree *t)
 		for (struct tree_ns *ns = t->ns_buckets[i]; ns; ns = ns->next)
 			ns->scratch = ns->gscratch = 0;
 	for (size_t i = 0; i <= t->mask; i++) {
-		for (struct kvp_tree_node *n = t->buckets[i]; n; n = n->hnext) {
+		for (uint32_t h = t->buckets[i]; h; h = node_at(t, h)->hnext) {
+			const struct kvp_tree_node *n = node_at(t, h);
+
 			KVP_CHECK(n->ns && ns_find(t, n->ns->root) == n->ns && n->ns->grp);
-			KVP_CHECK((n->lru.next != NULL) == (n->nlru.next != NULL));
-			KVP_CHECK((n->lru.next != NULL) == (n->glru.next != NULL));
-			KVP_CHECK(!n->parent || n->parent->ns == n->ns);
 			n->ns->scratch++;
 			n->ns->grp->gscratch++;
 		}
@@ -1279,4 +1353,22 @@ int kvp_tree_check(const struct kvp_tree *t)
 	}
 	KVP_CHECK(n_evictable == t->n_lru);
 	return 0;
+}
+
+int kvp_tree_check(const struct kvp_tree *t)
+{
+	uint32_t *tally;
+	int rc;
+
+	KVP_CHECK(t && t->buckets);
+	KVP_CHECK(((t->mask + 1) & t->mask) == 0 && t->mask + 1 >= KVP_TREE_MIN_BUCKETS);
+	KVP_CHECK(t->block_tokens >= 1 && t->block_tokens <= KVP_BLOCK_TOKENS_MAX);
+	/* a tally a handle: children counted, and the bit for "seen on the LRU" (not
+	 * through the module's allocator: checking is no part of the tree's memory) */
+	tally = calloc((size_t)t->slab.used + 1, sizeof(*tally));
+	if (!tally)
+		return KVP_ENOMEM;
+	rc = check_with(t, tally);
+	free(tally);
+	return rc;
 }

@@ -34,11 +34,12 @@
  *
  * Coverage is checked, not assumed: the allocator records the return address of every
  * call (one per call instruction) and of every call it failed, and the sweep must have
- * failed every allocation site of index/ and store/. There are 11, counted by hand:
+ * failed every allocation site of index/ and store/. There are 12, counted by hand:
  *
  *   index/tree.c  kvp_tree_create   the tree                    KVP_INDEX_MALLOC(sizeof(*t))
  *   index/tree.c  kvp_tree_create   the first bucket array      KVP_INDEX_MALLOC(16 * ptr)
- *   index/tree.c  kvp_tree_insert   the node                    KVP_INDEX_MALLOC(node + tokens)
+ *   index/slab.c  chunk_new         a chunk of node slots       kvp_index_alloc(slots * slot)
+ *   index/slab.c  table_grow        the doubled chunk table     kvp_index_alloc(cap * ptr)
  *   index/tree.c  table_maybe_grow  the doubled bucket array    KVP_INDEX_MALLOC(new_n * ptr)
  *   index/tree.c  kvp_tree_create   the namespace table         KVP_INDEX_MALLOC(4 * ptr) 
  *   index/tree.c  ns_get            a namespace or group record KVP_INDEX_MALLOC(sizeof(*ns))
@@ -71,8 +72,8 @@
 #include "kvp_index.h"
 #include "kvp_store.h"
 
-#define EXPECTED_SITES 11       /* the list above */
-#define INDEX_SITES 7
+#define EXPECTED_SITES 12       /* the list above */
+#define INDEX_SITES 8
 #define STORE_SITES 4
 
 /* ---- failure reports with context --------------------------------------------------- */
@@ -323,6 +324,7 @@ struct mlease {
 struct model {
 	struct mnode v[MODEL_SLOTS];
 	uint32_t alive;
+	uint32_t peak;               /* the most alive at once */
 	uint32_t hi;                 /* slots [hi, MODEL_SLOTS) have never been used */
 	uint64_t tick;               /* mirrors the tree's: +1 per match, +1 per new node */
 	uint32_t free_stack[CAP];    /* the pool's LIFO free list, top last */
@@ -440,6 +442,8 @@ static int model_add(struct model *m, const struct prompt *p, int parent, uint32
 		if (parent >= 0)
 			m->v[parent].children++;
 		m->alive++;
+		if (m->alive > m->peak)
+			m->peak = m->alive;
 		if (i >= m->hi)
 			m->hi = i + 1;
 		return (int)i;
@@ -498,8 +502,8 @@ struct crun {
 };
 
 /* Allocations live through the hooks while a cache exists: the tree, its bucket array,
- * its namespace table, one per node and one per namespace holding a node; the pool and
- * its three arrays. */
+ * its namespace table, the node slab's (kvp_tree_node_allocations) and one per
+ * namespace holding a node; the pool and its three arrays. */
 #define CACHE_FIXED_ALLOCS 7
 
 static void cache_compare(struct crun *r)
@@ -519,8 +523,10 @@ static void cache_compare(struct crun *r)
 	    (unsigned long long)st.evictions, (unsigned long long)m->evictions);
 	REQ(st.leases_active == m->n_leases, "%llu leases, model %u",
 	    (unsigned long long)st.leases_active, m->n_leases);
-	REQ(fa.live == (long)(CACHE_FIXED_ALLOCS + m->alive + model_n_ns(m)),
-	    "%ld live allocations for %u nodes in %u namespaces", fa.live, m->alive, model_n_ns(m));
+	REQ(fa.live == (long)(CACHE_FIXED_ALLOCS + st.tree_node_allocs + model_n_ns(m)) &&
+	    st.tree_node_allocs <= 2 + 2 * m->peak, "%ld live allocations, %zu of the node slab, "
+	    "for %u nodes (%u at most) in %u namespaces", fa.live, st.tree_node_allocs, m->alive,
+	    m->peak, model_n_ns(m));
 }
 
 static void cache_lookup(struct crun *r, const struct prompt *p, uint64_t owner, bool pin)
@@ -566,7 +572,9 @@ static void cache_insert(struct crun *r, const struct prompt *p, uint64_t owner,
 	bool failed_here, full = false;
 	int path[MAXB], parent, rc, mrc = 0;
 	uint32_t mm, k, added = 0;
+	struct kvp_cache_stats st0, st;
 
+	kvp_cache_get_stats(r->c, &st0);
 	rc = kvp_cache_insert(r->c, r->root[p->ns], r->root[GROUP_OF(p->ns)], tok, nt, owner, pin,
 			      ids, &res);
 	failed_here = fa.failures != failures;
@@ -631,13 +639,13 @@ static void cache_insert(struct crun *r, const struct prompt *p, uint64_t owner,
 	} else {
 		REQ(res.lease == 0, "lease without pinned blocks");
 	}
-	/* a failure that did not fail the call can only have been the table's growth,
-	 * which follows a new node */
+	/* a failure that did not fail the call can only be a table's growth after a node */
 	if (failed_here && rc == 0)
 		REQ(added > 0, "an allocation failed under an insert that added nothing");
-	/* short of memory for good: nothing new can be cached */
+	/* short of memory for good: new nodes only in slots the node slab already held */
+	kvp_cache_get_stats(r->c, &st);
 	if (r->mode == FAIL_FROM && failures > 0)
-		REQ(added == 0, "a node was added after memory ran out");
+		REQ(st.tree_node_allocs == st0.tree_node_allocs, "the slab grew after memory ran out");
 	if (full)
 		r->n_full++;
 	if (rc == KVP_ENOMEM) {
@@ -660,7 +668,7 @@ static void cache_generate(struct crun *r, const struct prompt *p0)
 	struct prompt q = *p0;
 	uint32_t tok[MAX_TOKENS], ids[MAXB], prompt_nb, need, n_positions, n_valid, full;
 	uint32_t mm, got, i, delta;
-	uint64_t calls = fa.calls, failures;
+	uint64_t calls = fa.calls, failures, slab_allocs;
 	struct kvp_cache_stats st;
 	struct kvp_seq seq;
 	int path[MAXB], parent, rc;
@@ -723,6 +731,7 @@ static void cache_generate(struct crun *r, const struct prompt *p0)
 
 	ctx.what = "generate: seq_end";
 	failures = fa.failures;
+	slab_allocs = st.tree_node_allocs;
 	kvp_cache_seq_end(r->c, &seq, tok, n_valid);
 	REQ(seq.block_ids == NULL && seq.n_blocks == 0, "seq_end left the sequence set");
 	kvp_cache_get_stats(r->c, &st);
@@ -745,8 +754,9 @@ static void cache_generate(struct crun *r, const struct prompt *p0)
 		m->free_stack[m->n_free++] = ids[i];
 	for (i = 0; i < mm; i++)
 		m->v[path[i]].pins--;
+	/* after memory ran out, nodes go only into slots the node slab already held */
 	if (r->mode == FAIL_FROM && failures > 0)
-		REQ(delta == 0, "a node was added after memory ran out");
+		REQ(st.tree_node_allocs == slab_allocs, "the node slab grew after memory ran out");
 	r->n_seq++;
 	gen_remember(&r->g, &q);
 	if (fa.failures != failures) {
@@ -958,15 +968,16 @@ struct trun {
 static void tree_compare(struct trun *r)
 {
 	int rc = kvp_tree_check(r->t);
+	size_t slab = kvp_tree_node_allocations(r->t);
 
 	REQ(rc == 0, "kvp_tree_check: %d", rc);
 	REQ(kvp_tree_size(r->t) == r->m.alive, "tree %zu nodes, model %u", kvp_tree_size(r->t),
 	    r->m.alive);
 	REQ(kvp_tree_evictable(r->t) == model_n_evictable(&r->m), "%zu evictable, model %u",
 	    kvp_tree_evictable(r->t), model_n_evictable(&r->m));
-	REQ(fa.live == (long)(3 + r->m.alive + model_n_ns(&r->m)),
-	    "%ld live allocations for %u nodes in %u namespaces", fa.live, r->m.alive,
-	    model_n_ns(&r->m));
+	REQ(fa.live == (long)(3 + slab + model_n_ns(&r->m)) && slab <= 2 + 2 * (size_t)r->m.peak,
+	    "%ld live allocations, %zu of the node slab, for %u nodes (%u at most) in %u "
+	    "namespaces", fa.live, slab, r->m.alive, r->m.peak, model_n_ns(&r->m));
 }
 
 /* Match p in tree and model; returns the length, real nodes in path. */
@@ -1013,6 +1024,7 @@ static void tree_insert(struct trun *r, const struct prompt *p)
 	for (uint32_t k = mm; k < p->nb; k++) {
 		const uint32_t *blk = tok + k * B;
 		uint64_t failures = fa.failures;
+		size_t slab_allocs = kvp_tree_node_allocations(r->t);
 		size_t size = kvp_tree_size(r->t), evictable = kvp_tree_evictable(r->t);
 		int rc, x;
 
@@ -1032,8 +1044,10 @@ static void tree_insert(struct trun *r, const struct prompt *p)
 			return;
 		}
 		REQ(rc == 0, "insert: %d", rc);
+		/* after memory ran out, only a slot the node slab already held can take it */
 		if (r->mode == FAIL_FROM && failures > 0)
-			REQ(0, "a node was added after memory ran out");
+			REQ(kvp_tree_node_allocations(r->t) == slab_allocs,
+			    "the node slab grew after memory ran out");
 		REQ(out && kvp_tree_node_block(out) == p->tags[k] &&
 		    kvp_tree_node_parent(out) == parent && kvp_tree_node_pins(out) == 0,
 		    "the new node");

@@ -44,11 +44,12 @@ static size_t tree_put(struct kvp_tree *t, struct kvp_key root, const uint32_t *
 
 static long alloc_live;          /* allocations not yet freed */
 static long alloc_fail_in = -1;  /* fail the allocation this many calls from now */
-static size_t alloc_fail_min;    /* or: fail every allocation of at least this size */
+static size_t alloc_fail_pow2;   /* or: fail every allocation of a power of two >= this */
 
 static void *test_alloc(size_t n)
 {
-	if (alloc_fail_in == 0 || (alloc_fail_min && n >= alloc_fail_min)) {
+	if (alloc_fail_in == 0 ||
+	    (alloc_fail_pow2 && n >= alloc_fail_pow2 && (n & (n - 1)) == 0)) {
 		alloc_fail_in = -1;
 		return NULL;
 	}
@@ -530,8 +531,9 @@ Test(tree, failed_allocation_changes_nothing)
 
 Test(tree, failed_table_growth_keeps_working)
 {
-	/* Refuse every allocation the size of a grown bucket array (and larger); nodes
-	 * (B=4: well under 256 bytes) still come. The table stays at its first size and
+	/* Refuse every allocation the size of a grown bucket array (powers of two from 32
+	 * 4-byte handles on); the node slab's chunks (B=4: 2^k slots of 104 bytes) and its
+	 * chunk table (6 x 2^k pointers) still come. The table stays at its first size and
 	 * everything still works, with longer chains. */
 	struct kvp_tree *t = NULL;
 	struct kvp_key root = kvp_ns_root("grow", 0, NULL);
@@ -540,13 +542,13 @@ Test(tree, failed_table_growth_keeps_working)
 
 	kvp_index_set_allocator(test_alloc, test_free);
 	cr_assert_eq(kvp_tree_create(4, &t), 0);
-	alloc_fail_min = 256;
+	alloc_fail_pow2 = 128;
 	for (uint32_t i = 0; i < 1000; i++) {
 		for (int j = 0; j < 4; j++)
 			tok[j] = i;
 		tree_put(t, root, tok, 4, &id, path);
 	}
-	alloc_fail_min = 0;
+	alloc_fail_pow2 = 0;
 	tt_check_tree(t);
 	cr_assert_eq(kvp_tree_size(t), 1000);
 	for (uint32_t i = 0; i < 1000; i++) {
