@@ -209,9 +209,10 @@ struct kvp_tree_node *kvp_tree_node_parent(const struct kvp_tree_node *n);
 const uint32_t *kvp_tree_node_tokens(const struct kvp_tree_node *n);
 uint64_t kvp_tree_node_content(const struct kvp_tree_node *n);   /* kvp_content_key */
 
-/* Walk every structural invariant (links, LRU membership, counts). 0 or KVP_EINTERNAL.
- * O(nodes); writes a check-only scratch word in each node, so it is not safe to run
- * concurrently with anything else on the tree (nothing is, see Threading). */
+/* Walk every structural invariant (links, LRU membership, counts). 0, KVP_EINTERNAL, or
+ * KVP_ENOMEM when its scratch array (a word a node, from malloc, not the hooks) cannot
+ * be had. O(nodes); writes check-only tallies in the namespace records, so it is not
+ * safe to run concurrently with anything else on the tree (nothing is, see Threading). */
 int kvp_tree_check(const struct kvp_tree *t);
 
 #endif
