@@ -133,8 +133,9 @@ static void body_rope(float *x, int n_heads, int head_dim, int pairs, const floa
 
 /* ---- matrix-vector -------------------------------------------------------------------- */
 
-/* W's element type in the matrix-vector kernels: f32, or f16 / bf16 converted in
- * registers (a constant after inlining). */
+/* The element type of rows read as f32 vectors: f32, or f16 / bf16 converted in
+ * registers (a constant after inlining). W in the matrix-vector kernels; K and V in
+ * decode attention. */
 enum { GEMV_F32, GEMV_F16, GEMV_BF16 };
 
 BODY_INLINE VF gemv_wload(const int wt, const void *w, size_t i)
@@ -399,30 +400,44 @@ BODY_INLINE void attn_pv_cols(const int DB, const int QB, const float *const *vp
 		attn_pv_blk(1, QB, vp, e, tt, st, rp, ot + (size_t)e * rp);
 }
 
-/* Gather the K and V row pointers of positions t0 .. t0+tt-1, converting f16 rows into
- * kt, vt (TILE, d). Walks the block table without a division per row. */
-static void attn_tile_rows(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t0, int tt,
-			   float *kt, float *vt, const float **kp, const float **vp)
+/* The K and V rows of positions t0 .. t0+tt-1 (f32 or f16, as stored; tt <= KVP_ATTN_TILE).
+ * Walks the block table without a division per row. */
+static void attn_tile_ptrs(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t0, int tt,
+			   const void **kp, const void **vp)
 {
-	const size_t d = kv->head_dim, esz = kv->dtype == KVP_KV_F16 ? 2 : 4;
+	const size_t esz = kv->dtype == KVP_KV_F16 ? 2 : 4, row = kv->head_dim * esz;
 	const size_t koff = kvp_kv_offset(kv, 0, hk, 0) * esz, voff = kvp_kv_offset(kv, 1, hk, 0) * esz;
 	uint32_t b = t0 / kv->block_tokens, j = t0 % kv->block_tokens;
+
 	for (int i = 0; i < tt; i++) {
-		const char *base = kv->blocks[b];
-		const void *kr = base + koff + j * d * esz;
-		const void *vr = base + voff + j * d * esz;
-		if (kv->dtype == KVP_KV_F16) {
-			body_f16_to_f32(kt + (size_t)i * d, kr, d);
-			body_f16_to_f32(vt + (size_t)i * d, vr, d);
-			kp[i] = kt + (size_t)i * d;
-			vp[i] = vt + (size_t)i * d;
-		} else {
-			kp[i] = kr;
-			vp[i] = vr;
-		}
+		const char *base = (const char *)kv->blocks[b] + j * row;
+
+		kp[i] = base + koff;
+		vp[i] = base + voff;
 		if (++j == kv->block_tokens) {
 			j = 0;
 			b++;
+		}
+	}
+}
+
+/* attn_tile_ptrs with f16 rows converted into kt, vt (TILE, d): rows of f32 in both. */
+static void attn_tile_rows(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t0, int tt,
+			   float *kt, float *vt, const float **kp, const float **vp)
+{
+	const size_t d = kv->head_dim;
+	const void *kr[KVP_ATTN_TILE], *vr[KVP_ATTN_TILE];
+
+	attn_tile_ptrs(kv, hk, t0, tt, kr, vr);
+	for (int i = 0; i < tt; i++) {
+		if (kv->dtype == KVP_KV_F16) {
+			body_f16_to_f32(kt + (size_t)i * d, kr[i], d);
+			body_f16_to_f32(vt + (size_t)i * d, vr[i], d);
+			kp[i] = kt + (size_t)i * d;
+			vp[i] = vt + (size_t)i * d;
+		} else {
+			kp[i] = kr[i];
+			vp[i] = vr[i];
 		}
 	}
 }
@@ -432,20 +447,15 @@ static void attn_tile_rows(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t
  * short for the hardware prefetcher, so decode would wait on every block. */
 static void attn_tile_prefetch(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t0, int tt)
 {
-	const size_t esz = kv->dtype == KVP_KV_F16 ? 2 : 4, row = kv->head_dim * esz;
-	const size_t koff = kvp_kv_offset(kv, 0, hk, 0) * esz, voff = kvp_kv_offset(kv, 1, hk, 0) * esz;
-	uint32_t b = t0 / kv->block_tokens, j = t0 % kv->block_tokens;
-	for (int i = 0; i < tt; i++) {
-		const char *base = (const char *)kv->blocks[b] + j * row;
+	const size_t row = kv->head_dim * (kv->dtype == KVP_KV_F16 ? 2 : 4);
+	const void *kp[KVP_ATTN_TILE], *vp[KVP_ATTN_TILE];
+
+	attn_tile_ptrs(kv, hk, t0, tt, kp, vp);
+	for (int i = 0; i < tt; i++)
 		for (size_t off = 0; off < row; off += 64) {
-			__builtin_prefetch(base + koff + off);
-			__builtin_prefetch(base + voff + off);
+			__builtin_prefetch((const char *)kp[i] + off);
+			__builtin_prefetch((const char *)vp[i] + off);
 		}
-		if (++j == kv->block_tokens) {
-			j = 0;
-			b++;
-		}
-	}
 }
 
 /* The K and V row addresses of positions t0 .. t0+tt-1, for attn_pf_rows. */
@@ -621,38 +631,8 @@ static void body_attn_big(const struct kvp_attn_args *args, uint32_t hk, uint32_
  * chains of partial sums. The queries and outputs live on the stack (16 KiB): heads go
  * up to 8 at a time, fewer past d = 256, so that (heads, d) fits 8 x 256 floats. */
 
-/* The K and V rows of positions t0 .. t0+tt-1 (f32 or f16, as stored). */
-static void attn_tile_ptrs(const struct kvp_kv_view *kv, uint32_t hk, uint32_t t0, int tt,
-			   const void **kp, const void **vp)
-{
-	const size_t esz = kv->dtype == KVP_KV_F16 ? 2 : 4, row = kv->head_dim * esz;
-	const size_t koff = kvp_kv_offset(kv, 0, hk, 0) * esz, voff = kvp_kv_offset(kv, 1, hk, 0) * esz;
-	uint32_t b = t0 / kv->block_tokens, j = t0 % kv->block_tokens;
-
-	for (int i = 0; i < tt; i++) {
-		const char *base = (const char *)kv->blocks[b] + j * row;
-
-		kp[i] = base + koff;
-		vp[i] = base + voff;
-		if (++j == kv->block_tokens) {
-			j = 0;
-			b++;
-		}
-	}
-}
-
-BODY_INLINE VF attn_vload(const int f16, const void *row, int e)
-{
-	return f16 ? VF_LOAD_F16((const uint16_t *)row + e) : VF_LOAD((const float *)row + e);
-}
-
-BODY_INLINE float attn_sload(const int f16, const void *row, int e)
-{
-	return f16 ? kvp_f16_to_f32(((const uint16_t *)row)[e]) : ((const float *)row)[e];
-}
-
 /* s[g * TS + i] = q_g . K_i for the GB (1 or 2) heads at q (d apart), i < tt. */
-BODY_INLINE void attn_small_scores(const int f16, const int GB, const float *q, int d,
+BODY_INLINE void attn_small_scores(const int et, const int GB, const float *q, int d,
 				   const void *const *kp, int tt, float *s)
 {
 	enum { TS = KVP_ATTN_SMALL_TILE };
@@ -670,7 +650,7 @@ BODY_INLINE void attn_small_scores(const int f16, const int GB, const float *q, 
 			VF k[4];
 
 			for (int j = 0; j < 4; j++)
-				k[j] = attn_vload(f16, kp[i + j], e);
+				k[j] = gemv_wload(et, kp[i + j], e);
 			for (int g = 0; g < GB; g++) {
 				VF qv = VF_LOAD(q + (size_t)g * d + e);
 
@@ -684,7 +664,7 @@ BODY_INLINE void attn_small_scores(const int f16, const int GB, const float *q, 
 			VF_HSUM4(acc[g][0], acc[g][1], acc[g][2], acc[g][3], sg);
 			for (int j = 0; j < 4; j++)
 				for (int e = dv; e < d; e++)
-					sg[j] += q[(size_t)g * d + e] * attn_sload(f16, kp[i + j], e);
+					sg[j] += q[(size_t)g * d + e] * gemv_wscalar(et, kp[i + j], e);
 		}
 	}
 #endif
@@ -694,16 +674,16 @@ BODY_INLINE void attn_small_scores(const int f16, const int GB, const float *q, 
 			float x;
 
 			for (int e = 0; e < dv; e += VLEN)
-				acc = VF_FMA(VF_LOAD(q + (size_t)g * d + e), attn_vload(f16, kp[i], e), acc);
+				acc = VF_FMA(VF_LOAD(q + (size_t)g * d + e), gemv_wload(et, kp[i], e), acc);
 			x = VF_HSUM(acc);
 			for (int e = dv; e < d; e++)
-				x += q[(size_t)g * d + e] * attn_sload(f16, kp[i], e);
+				x += q[(size_t)g * d + e] * gemv_wscalar(et, kp[i], e);
 			s[(size_t)g * TS + i] = x;
 		}
 }
 
 /* o_g = o_g * corr[g] + sum_i p[g * TS + i] V_i for the GB heads at o (d apart). */
-BODY_INLINE void attn_small_values(const int f16, const int GB, const float *p, const float *corr,
+BODY_INLINE void attn_small_values(const int et, const int GB, const float *p, const float *corr,
 				   const void *const *vp, int tt, int d, float *o)
 {
 	enum { TS = KVP_ATTN_SMALL_TILE };
@@ -718,7 +698,7 @@ BODY_INLINE void attn_small_values(const int f16, const int GB, const float *p, 
 			b[g] = VF_ZERO();
 		}
 		for (; i + 2 <= tt; i += 2) {
-			VF v0 = attn_vload(f16, vp[i], e), v1 = attn_vload(f16, vp[i + 1], e);
+			VF v0 = gemv_wload(et, vp[i], e), v1 = gemv_wload(et, vp[i + 1], e);
 
 			for (int g = 0; g < GB; g++) {
 				a[g] = VF_FMA(VF_SET1(p[(size_t)g * TS + i]), v0, a[g]);
@@ -726,7 +706,7 @@ BODY_INLINE void attn_small_values(const int f16, const int GB, const float *p, 
 			}
 		}
 		if (i < tt) {
-			VF v0 = attn_vload(f16, vp[i], e);
+			VF v0 = gemv_wload(et, vp[i], e);
 
 			for (int g = 0; g < GB; g++)
 				a[g] = VF_FMA(VF_SET1(p[(size_t)g * TS + i]), v0, a[g]);
@@ -739,7 +719,7 @@ BODY_INLINE void attn_small_values(const int f16, const int GB, const float *p, 
 			float acc = o[(size_t)g * d + e] * corr[g];
 
 			for (int i = 0; i < tt; i++)
-				acc += p[(size_t)g * TS + i] * attn_sload(f16, vp[i], e);
+				acc += p[(size_t)g * TS + i] * gemv_wscalar(et, vp[i], e);
 			o[(size_t)g * d + e] = acc;
 		}
 }
@@ -773,17 +753,17 @@ BODY_INLINE float attn_small_softmax(float *s, int tt, float *m, float *l)
 
 /* One tile of positions for the GB heads from g (their scaled queries at qs, outputs
  * at o, both (.., d)). */
-BODY_INLINE void attn_small_tile(const int f16, const int GB, const float *qs, float *o, int d,
+BODY_INLINE void attn_small_tile(const int et, const int GB, const float *qs, float *o, int d,
 				 const void *const *kp, const void *const *vp, int tt, float *m,
 				 float *l)
 {
 	enum { TS = KVP_ATTN_SMALL_TILE };
 	float s[2 * TS], corr[2];
 
-	attn_small_scores(f16, GB, qs, d, kp, tt, s);
+	attn_small_scores(et, GB, qs, d, kp, tt, s);
 	for (int g = 0; g < GB; g++)
 		corr[g] = attn_small_softmax(s + (size_t)g * TS, tt, m + g, l + g);
-	attn_small_values(f16, GB, s, corr, vp, tt, d, o);
+	attn_small_values(et, GB, s, corr, vp, tt, d, o);
 }
 
 static void body_attn_small(const struct kvp_attn_args *args, uint32_t r, uint32_t hk)
@@ -825,13 +805,13 @@ static void body_attn_small(const struct kvp_attn_args *args, uint32_t r, uint32
 				const float *qg = qs + (size_t)g * d;
 
 				if (gn - g >= 2 && f16)
-					attn_small_tile(1, 2, qg, og, d, kp, vp, tt, m + g, l + g);
+					attn_small_tile(GEMV_F16, 2, qg, og, d, kp, vp, tt, m + g, l + g);
 				else if (gn - g >= 2)
-					attn_small_tile(0, 2, qg, og, d, kp, vp, tt, m + g, l + g);
+					attn_small_tile(GEMV_F32, 2, qg, og, d, kp, vp, tt, m + g, l + g);
 				else if (f16)
-					attn_small_tile(1, 1, qg, og, d, kp, vp, tt, m + g, l + g);
+					attn_small_tile(GEMV_F16, 1, qg, og, d, kp, vp, tt, m + g, l + g);
 				else
-					attn_small_tile(0, 1, qg, og, d, kp, vp, tt, m + g, l + g);
+					attn_small_tile(GEMV_F32, 1, qg, og, d, kp, vp, tt, m + g, l + g);
 			}
 		}
 		for (int g = 0; g < gn; g++) {
