@@ -321,6 +321,17 @@ ROWS_PAIRS(q4_1, Q4_1)
 ROWS_PAIRS(q5_0, Q5_0)
 ROWS_PAIRS(q5_1, Q5_1)
 
+/* sumi less 2^shift x the sum over a super-block's 16 groups of scale (sc16, words) x
+ * the group's sum of A: an offset of W's values (Q3_K's -4, Q6_K's -32) taken once a
+ * super-block from A's bsums instead of once a product. */
+QDOT_INLINE __m512i sub_group_offset(__m512i sumi, __m256i sc16, const int16_t *bsums, int shift)
+{
+	const __m256i sb = _mm256_madd_epi16(sc16, load256(bsums));
+
+	return _mm512_sub_epi32(sumi, _mm512_inserti64x4(_mm512_setzero_si512(),
+							 _mm256_slli_epi32(sb, shift), 0));
+}
+
 /* ---- Q2_K, Q3_K -------------------------------------------------------------------------- */
 
 /* The 2-bit fields of 64 elements of a Q2_K or Q3_K super-block: half h's 32 bytes of
@@ -391,10 +402,8 @@ QDOT_INLINE __m512 blk_q3_k(const void *wv, int b, const void *av, __m512 acc)
 
 		q[i] = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(hh, sel), lo, _mm512_set1_epi8(4));
 	}
-	/* 4 x sum over the 16 groups of scale x the group's sum of A */
-	const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(sc, load256(a->bsums)), 2);
-	const __m512i sumi = _mm512_sub_epi32(k2_sums(q, _mm512_castsi256_si512(sc), a->qs),
-					      _mm512_inserti64x4(_mm512_setzero_si512(), off, 0));
+	const __m512i sumi = sub_group_offset(k2_sums(q, _mm512_castsi256_si512(sc), a->qs), sc,
+					      a->bsums, 2);
 
 	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
 }
@@ -525,13 +534,7 @@ QDOT_INLINE __m512 blk_q6_k(const void *wv, int b, const void *av, __m512 acc)
 		}
 	}
 #if defined(KVP_QDOT_VNNI)
-	/* the values' -32: 32 x sum over the 16 groups of scale x the group's sum of A */
-	{
-		const __m256i sb = _mm256_madd_epi16(_mm512_castsi512_si256(sc), load256(a->bsums));
-
-		sumi = _mm512_sub_epi32(sumi, _mm512_inserti64x4(_mm512_setzero_si512(),
-								_mm256_slli_epi32(sb, 5), 0));
-	}
+	sumi = sub_group_offset(sumi, _mm512_castsi512_si256(sc), a->bsums, 5);   /* the -32 */
 #endif
 	return _mm512_fmadd_ps(_mm512_set1_ps(a->d * H2F(w->d)), _mm512_cvtepi32_ps(sumi), acc);
 }
