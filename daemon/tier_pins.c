@@ -245,7 +245,6 @@ struct saved {
 /* One prefix at buf + *off into *p (root, group, then when timed the until and priority,
  * then n_tokens and the tokens); false when the file ends or cannot be what this daemon
  * wrote. */
-
 static bool take_prefix(const struct server *s, const uint8_t *buf, size_t len, size_t *off,
 			bool timed, struct saved *p)
 {
