@@ -1,6 +1,6 @@
 /*
  * alloc_internal.h - private to index/: the module's allocator (kvp_index_set_allocator's
- * hooks), for the files beside tree.c.
+ * hooks, alloc.c), for every file of index/ that allocates.
  */
 #ifndef KVP_INDEX_ALLOC_INTERNAL_H
 #define KVP_INDEX_ALLOC_INTERNAL_H
@@ -16,5 +16,14 @@ extern void *(*kvp_index_alloc_fn)(size_t);
 extern void (*kvp_index_release_fn)(void *);
 #define KVP_INDEX_MALLOC(size) (kvp_index_alloc_fn(size))
 #define KVP_INDEX_FREE(p) (kvp_index_release_fn(p))
+
+/* A function that allocates, kept as one copy out of line so that its allocation has
+ * exactly one call site whatever the optimiser does (tests/test_faults.c counts the
+ * sites by return address): no inlining and, with GCC, no specialised clones. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define KVP_OUT_OF_LINE __attribute__((noinline, noclone))
+#else
+#define KVP_OUT_OF_LINE __attribute__((noinline))
+#endif
 
 #endif

@@ -12,14 +12,6 @@
 #define SLAB_CHUNK_BYTES 16384u
 #define SLAB_MIN_TABLE 6u        /* chunk pointers at first, then doubled */
 
-/* Each allocation has one call site (tests/test_faults.c counts them by return
- * address), so these stay out of line and unspecialised. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define SLAB_OUT_OF_LINE __attribute__((noinline, noclone))
-#else
-#define SLAB_OUT_OF_LINE __attribute__((noinline))
-#endif
-
 void kvp_slab_init(struct kvp_slab *s, size_t slot_bytes)
 {
 	memset(s, 0, sizeof(*s));
@@ -44,7 +36,7 @@ void kvp_slab_fini(struct kvp_slab *s)
 }
 
 /* Room for one more chunk pointer: the table doubled. */
-static SLAB_OUT_OF_LINE int table_grow(struct kvp_slab *s)
+static KVP_OUT_OF_LINE int table_grow(struct kvp_slab *s)
 {
 	size_t cap = s->cap_chunks ? 2 * s->cap_chunks : SLAB_MIN_TABLE;
 	char **t = KVP_INDEX_MALLOC(cap * sizeof(*t));
@@ -60,7 +52,7 @@ static SLAB_OUT_OF_LINE int table_grow(struct kvp_slab *s)
 }
 
 /* Chunk k, of 2^min(k, shift) slots. */
-static SLAB_OUT_OF_LINE char *chunk_new(const struct kvp_slab *s, uint32_t k)
+static KVP_OUT_OF_LINE char *chunk_new(const struct kvp_slab *s, uint32_t k)
 {
 	char *c = KVP_INDEX_MALLOC(s->slot << (k < s->shift ? k : s->shift));
 
