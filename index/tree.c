@@ -49,7 +49,8 @@
  *     parent is then inserted into the LRU at its own tick (typically the head, since a
  *     parent is rarely used more recently than its last child).
  *   - Deep chains: a 128k-token prompt at B=16 is 8k nodes deep. Nothing here recurses;
- *     clear and check walk the LRU list and the bucket array iteratively.
+ *     clear and kvp_tree_check (tree_check.c) walk the lists and the bucket array
+ *     iteratively.
  *   - The bucket is the low bits of key.lo, a public function of the tokens. A client
  *     that grinds prompts for keys with equal low bits can lengthen one chain: that
  *     costs probe time (bounded by the pool size), never correctness. A keyed bucket
