@@ -1,8 +1,8 @@
 /*
  * conn.c - client connections: accept, the state of each, the read loop that cuts
- * frames out of the byte stream, replies, and closing at a safe point.
+ * frames out of the byte stream, and closing at a safe point.
  *
- *   accept ──▶ conn READING ──frame──▶ dispatch_frame ──▶ reply appended to output
+ *   accept ──▶ conn READING ──frame──▶ dispatch_frame ──▶ reply (reply.c)
  *                 │   ▲                  │ malformed / over limit
  *                 │   └──────────────────┘ ERROR, then ─▶ CLOSING (flush, 5 s max)
  *                 └── EOF / error ─────────────────────▶ CLOSED: leases released at
@@ -51,71 +51,6 @@ static void conn_set_state(struct conn *c, enum conn_state s)
 	c->state = s;
 }
 
-/* ---- replies --------------------------------------------------------------- */
-
-int send_frame(struct conn *c, uint8_t version, uint8_t type, uint32_t req_id,
-	       const void *payload, size_t len)
-{
-	struct evbuffer *out = bufferevent_get_output(c->bev);
-	struct kvp_frame_hdr h = {
-		.version = version, .type = type, .req_id = req_id, .len = (uint32_t)len,
-	};
-	uint8_t hdr[KVP_HDR_SIZE];
-	struct iovec iov[2] = {
-		{ .iov_base = hdr, .iov_len = sizeof(hdr) },
-		{ .iov_base = (void *)payload, .iov_len = len },
-	};
-	size_t sent = 0;
-
-	kvp_hdr_encode(hdr, &h);
-	/*
-	 * Nothing queued: write straight to the socket, which saves the write-readiness
-	 * round through epoll for the common small reply. Whatever does not fit is queued
-	 * behind, so order is kept either way.
-	 */
-	if (evbuffer_get_length(out) == 0) {
-		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
-		ssize_t r = sendmsg(bufferevent_getfd(c->bev), &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (r > 0)
-			sent = (size_t)r;
-	}
-	for (int i = 0; i < 2; i++) {
-		size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
-		sent -= skip;
-		if (iov[i].iov_len > skip &&
-		    evbuffer_add(out, (const uint8_t *)iov[i].iov_base + skip, iov[i].iov_len - skip))
-			return KVP_ENOMEM;
-	}
-	return KVP_OK;
-}
-
-int send_verror(struct conn *c, uint8_t version, uint32_t req_id, int status, const char *fmt,
-		va_list ap)
-{
-	char msg[KVP_ERROR_MSG_MAX + 1];
-	uint8_t buf[KVP_ERROR_MSG_MAX + 16];
-	size_t n;
-
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	n = kvp_error_encode(buf, sizeof(buf), status, msg);
-	kvp_stats_error(&c->srv->stats);
-	kvp_debug("conn %llu: ERROR %d (%s): %s", (unsigned long long)c->id, -status,
-		  kvp_strerror(status), msg);
-	if (n)
-		(void)send_frame(c, version, KVP_T_ERROR, req_id, buf, n);
-	return status;
-}
-
-int send_error(struct conn *c, uint8_t version, uint32_t req_id, int status, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	status = send_verror(c, version, req_id, status, fmt, ap);
-	va_end(ap);
-	return status;
-}
-
 /* ---- closing ----------------------------------------------------------------- */
 
 /* Stop watching the socket for reading (the idle timeout stops with it). */
@@ -132,6 +67,7 @@ static void conn_free_cb(evutil_socket_t fd, short what, void *arg)
 	struct conn *c = arg;
 
 	bufferevent_free(c->bev);
+	reply_free(c);
 	srv_free(c->rbuf);
 	srv_free(c);
 }
@@ -147,6 +83,7 @@ void conn_close(struct conn *c, const char *why)
 		return;
 	conn_set_state(c, CONN_CLOSED);
 	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+	reply_discard(c);   /* dropped with the connection, as its queued output is */
 	n = kvp_cache_release_owner(s->cache, c->id);
 	generate_detach(c);
 	u = uid_table_find(&s->uids, c->uid);
@@ -179,10 +116,12 @@ void conn_close(struct conn *c, const char *why)
 		c->next->pprev = c->pprev;
 	s->n_conns--;
 	if (event_base_once(s->base, -1, EV_TIMEOUT, conn_free_cb, c, NULL) != 0) {
-		/* cannot defer: freeing here is still safe with libevent's deferred cbs off */
-		bufferevent_free(c->bev);
-		srv_free(c->rbuf);
-		srv_free(c);
+		/* cannot defer: freeing here is still safe with libevent's deferred cbs off,
+		 * but for a read callback's uncork, which frees it instead */
+		if (c->corked)
+			c->free_pending = true;
+		else
+			conn_free_cb(-1, 0, c);
 	}
 }
 
@@ -192,6 +131,10 @@ void conn_finish(struct conn *c, const char *why)
 
 	conn_set_state(c, CONN_CLOSING);
 	read_stop(c);
+	if (reply_flush(c) != KVP_OK) {
+		conn_close(c, "out of memory");
+		return;
+	}
 	bufferevent_set_timeouts(c->bev, NULL, &tv);
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_close(c, why);
@@ -461,29 +404,39 @@ static int conn_run(struct conn *c, int budget)
 	return frames;
 }
 
+/* The end of a callback that ran frames with their replies gathered (reply_cork):
+ * write them. c is freed here instead where it closed meanwhile and conn_close could
+ * not defer that. */
+static void run_done(struct conn *c)
+{
+	if (c->free_pending) {
+		conn_free_cb(-1, 0, c);
+		return;
+	}
+	if (c->state == CONN_CLOSED) {
+		c->corked = false;
+		return;
+	}
+	if (reply_uncork(c) != KVP_OK)
+		conn_close(c, "out of memory");
+}
+
 /* The deferred turn: frames left over from the last one, or reading enabled again. */
 static void conn_run_cb(struct bufferevent *bev, void *arg)
 {
-	(void)conn_run(arg, FRAMES_PER_WAKEUP);
+	struct conn *c = arg;
+
+	reply_cork(c);
+	(void)conn_run(c, FRAMES_PER_WAKEUP);
+	run_done(c);
 }
 
-/* The socket is readable: read into the buffer and run the frames that completed; go
- * on while each read got all it asked for (more is likely waiting), up to
- * FRAMES_PER_WAKEUP frames. Or nothing came for --idle-timeout. */
-static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
+/* Read into the buffer and run the frames that completed; go on while each read got
+ * all it asked for (more is likely waiting), up to FRAMES_PER_WAKEUP frames. */
+static void read_and_run(struct conn *c, evutil_socket_t fd)
 {
-	struct conn *c = arg;
 	int ran = 0;
 
-	if (!(what & EV_READ)) {
-		/* idle: nothing arrived for --idle-timeout; a running generation is not idle */
-		if (c->n_reqs)
-			return;
-		kvp_debug("conn %llu: idle for %u s", (unsigned long long)c->id,
-			  c->srv->cfg->idle_timeout_s);
-		conn_close(c, "idle timeout");
-		return;
-	}
 	while (c->state == CONN_READING && c->reading) {
 		size_t room;
 		ssize_t r;
@@ -524,6 +477,26 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* The socket is readable: read and run what came, the replies written together when
+ * done. Or nothing came for --idle-timeout. */
+static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	if (!(what & EV_READ)) {
+		/* idle: nothing arrived for --idle-timeout; a running generation is not idle */
+		if (c->n_reqs)
+			return;
+		kvp_debug("conn %llu: idle for %u s", (unsigned long long)c->id,
+			  c->srv->cfg->idle_timeout_s);
+		conn_close(c, "idle timeout");
+		return;
+	}
+	reply_cork(c);
+	read_and_run(c, fd);
+	run_done(c);
+}
+
 static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
@@ -547,7 +520,9 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 		 * they are done) */
 		read_stop(c);
 		c->peer_eof = true;
+		reply_cork(c);
 		(void)conn_run(c, FRAMES_PER_WAKEUP);
+		run_done(c);
 	} else if (what & BEV_EVENT_EOF)
 		conn_close(c, "peer closed");
 	else if (what & BEV_EVENT_TIMEOUT)
@@ -577,7 +552,10 @@ void conn_flush_all(struct server *s)
 	for (struct conn *c = s->conns; c; c = c->next) {
 		struct evbuffer *out = bufferevent_get_output(c->bev);
 
-		if (c->state != CONN_CLOSED && evbuffer_get_length(out))
+		if (c->state == CONN_CLOSED)
+			continue;
+		(void)reply_flush(c);
+		if (evbuffer_get_length(out))
 			(void)evbuffer_write(out, bufferevent_getfd(c->bev));
 	}
 }

@@ -4,7 +4,8 @@
  *
  *   server.c      kvp_server_run: build everything in order, run the loop, tear down
  *   listen.c      the listening socket: systemd's, or one bound at --socket
- *   conn.c        accept, connection states, the read loop, replies, deferred close
+ *   conn.c        accept, connection states, the read loop, deferred close
+ *   reply.c       replies: framed, written at once or gathered while frames run
  *   handlers.c    dispatch a frame; HELLO, LOOKUP/INSERT, RELEASE, STATS, PING
  *   admin.c       ADMIN: who may, and the ops
  *   explain.c     ADMIN EXPLAIN: each block's fate, as text
@@ -103,6 +104,11 @@ struct conn {
 	size_t rcap, rpos, rlen;
 	size_t rneed;                /* the part-read frame at rpos: its whole size; 0: unknown */
 	struct evbuffer_cb_entry *out_cb;   /* keeps the server's out_bytes */
+	/* replies gathered while a read callback runs frames (reply.c) */
+	uint8_t *wbuf;               /* REPLY_BATCH bytes once used, wlen of them held */
+	size_t wlen;
+	bool corked;                 /* between reply_cork and reply_uncork */
+	bool free_pending;           /* closed while corked and not deferred: free at uncork */
 	struct conn *next, **pprev;  /* server's list */
 };
 
@@ -187,10 +193,11 @@ struct req_outcome {
 	bool later;
 };
 
-/* ---- conn.c ------------------------------------------------------------------------ */
+/* ---- reply.c ----------------------------------------------------------------------- */
 
-/* Queue one frame of version version on c (written at once when nothing is queued).
- * 0 or KVP_ENOMEM. */
+/* One frame of version version for c: gathered while c is corked, else written at once
+ * when nothing is queued; what the socket does not take is queued in order. 0 or
+ * KVP_ENOMEM (the connection should then close: a frame may be cut short). */
 int send_frame(struct conn *c, uint8_t version, uint8_t type, uint32_t req_id,
 	       const void *payload, size_t len);
 /* Send an ERROR frame (counted in the stats); returns status. */
@@ -198,6 +205,17 @@ int send_error(struct conn *c, uint8_t version, uint32_t req_id, int status, con
 	__attribute__((format(printf, 5, 6)));
 int send_verror(struct conn *c, uint8_t version, uint32_t req_id, int status, const char *fmt,
 		va_list ap) __attribute__((format(printf, 5, 0)));
+/* Gather c's replies from now on, until reply_uncork writes them (0 or KVP_ENOMEM). */
+void reply_cork(struct conn *c);
+int reply_uncork(struct conn *c);
+/* Write what is gathered now, staying corked (conn_finish: before the close). */
+int reply_flush(struct conn *c);
+/* Drop what is gathered (a connection closing hard); free the buffer (c's free). */
+void reply_discard(struct conn *c);
+void reply_free(struct conn *c);
+
+/* ---- conn.c ------------------------------------------------------------------------ */
+
 /* Unlink c, release its leases now, cancel its generations; free it from the loop
  * later, never inside its own callback. */
 void conn_close(struct conn *c, const char *why);

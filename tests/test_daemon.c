@@ -486,10 +486,12 @@ Test(daemon, request_over_token_limit_keeps_connection)
 	kvp_client_close(c);
 }
 
-Test(daemon, pipelined_requests_answered_in_order)
+/* Eight PINGs and a malformed header in one write: the PONGs come in order (gathered
+ * into one write by the daemon), then the ERROR, then the close. */
+Test(daemon, pipelined_requests_answered_in_order_up_to_a_fatal_error)
 {
 	int fd = raw_connect();
-	uint8_t out[8 * (KVP_HDR_SIZE + 8)], buf[256];
+	uint8_t out[8 * (KVP_HDR_SIZE + 8) + KVP_HDR_SIZE], buf[256];
 	size_t off = 0;
 
 	for (uint32_t i = 0; i < 8; i++) {
@@ -499,7 +501,8 @@ Test(daemon, pipelined_requests_answered_in_order)
 		out[off + KVP_HDR_SIZE] = (uint8_t)i;
 		off += KVP_HDR_SIZE + 8;
 	}
-	raw_send(fd, out, off);
+	memcpy(out + off, "GET / HTTP/1.1\r\n", KVP_HDR_SIZE);
+	raw_send(fd, out, off + KVP_HDR_SIZE);
 	for (uint32_t i = 0; i < 8; i++) {
 		struct kvp_frame_hdr h = raw_recv(fd, buf, sizeof(buf));
 		cr_assert_eq(h.type, KVP_T_PING | KVP_T_REPLY);
@@ -507,6 +510,7 @@ Test(daemon, pipelined_requests_answered_in_order)
 		cr_assert_eq(h.len, 8);
 		cr_assert_eq(buf[0], i);
 	}
+	raw_expect_error_then_close(fd, (uint32_t)-KVP_EPROTO);
 	close(fd);
 }
 
