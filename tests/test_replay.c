@@ -71,6 +71,14 @@ static double jnum(const cJSON *o, const char *key)
 	return v->valuedouble;
 }
 
+static const char *jstr(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	cr_assert(cJSON_IsString(v), "no string \"%s\" in the JSON output", key);
+	return v->valuestring;
+}
+
 static void dump_file(const char *path)
 {
 	char line[1024];
@@ -330,6 +338,15 @@ Test(replay, shared_trace_reaches_max_full_block_hit_rate, .timeout = 300)
 		     "--window 1 hit_tokens %.0f, expected %llu", jnum(r, "hit_tokens"),
 		     (unsigned long long)e.hit_tokens);
 	cJSON_Delete(r);
+
+	/* The INSERT alone, its reply read for what was cached before it: the same. */
+	r = daemon_replay(args, "--insert-only", out);
+	cr_log_info("replay --insert-only: %.0f requests/s", jnum(r, "requests_per_s"));
+	cr_assert_str_eq(jstr(r, "frames"), "insert");
+	cr_assert_eq((uint64_t)jnum(r, "hit_tokens"), e.hit_tokens,
+		     "--insert-only hit_tokens %.0f, expected %llu", jnum(r, "hit_tokens"),
+		     (unsigned long long)e.hit_tokens);
+	cJSON_Delete(r);
 	free(out);
 }
 
@@ -342,8 +359,10 @@ Test(replay, shared_trace_reaches_max_full_block_hit_rate, .timeout = 300)
 /* The hit rate of the shared trace replayed against a daemon started with args, by the
  * pipelined replay; the plain one (--window 1), on a daemon of its own, hits the same
  * tokens: with evictions, a LOOKUP run before the INSERT ahead of it, or any other
- * order, would show. */
-static double daemon_replay_rate(const char *const *args, char *out)
+ * order, would show. With insert_only_same, so does --insert-only (pipelined, and plain
+ * on a daemon of its own): LRU's order is the same whether a request's blocks were
+ * matched once or twice, where reuse's clock counts the matches. */
+static double daemon_replay_rate(const char *const *args, bool insert_only_same, char *out)
 {
 	cJSON *piped = daemon_replay(args, "", out);
 	cJSON *plain = daemon_replay(args, "--window 1", out);
@@ -353,6 +372,19 @@ static double daemon_replay_rate(const char *const *args, char *out)
 	cr_assert_eq((uint64_t)jnum(piped, "hit_tokens"), (uint64_t)jnum(plain, "hit_tokens"),
 		     "pipelined replay hit %.0f tokens, plain %.0f", jnum(piped, "hit_tokens"),
 		     jnum(plain, "hit_tokens"));
+	if (insert_only_same) {
+		static const char *const opts[] = { "--insert-only", "--insert-only --window 1" };
+
+		for (size_t i = 0; i < 2; i++) {
+			cJSON *ins = daemon_replay(args, opts[i], out);
+
+			cr_assert_eq((uint64_t)jnum(ins, "hit_tokens"),
+				     (uint64_t)jnum(piped, "hit_tokens"),
+				     "replay %s hit %.0f tokens, LOOKUP then INSERT %.0f",
+				     opts[i], jnum(ins, "hit_tokens"), jnum(piped, "hit_tokens"));
+			cJSON_Delete(ins);
+		}
+	}
 	cJSON_Delete(plain);
 	cJSON_Delete(piped);
 	return rate;
@@ -372,8 +404,8 @@ Test(replay, offline_lru_is_the_daemons_and_the_bound_is_above_it, .timeout = 30
 
 	if (access(KVP_TRACE_FILE, R_OK) != 0)
 		cr_skip("trace file %s is missing: %s", KVP_TRACE_FILE, strerror(errno));
-	daemon_rate = daemon_replay_rate(args, out);
-	reuse_rate = daemon_replay_rate(args_reuse, out);
+	daemon_rate = daemon_replay_rate(args, true, out);
+	reuse_rate = daemon_replay_rate(args_reuse, false, out);
 	cr_assert(daemon_rate > 0.05 && daemon_rate < 0.6, "daemon hit rate %f", daemon_rate);
 
 	snprintf(cmd, sizeof(cmd), "'%s' replay --offline --trace '%s' --capacities "

@@ -4,11 +4,16 @@
  * the request's tokens. The tokens of every request are derived from its hash_ids
  * (docs/trace-replay.md) before the clock starts. Progress on stderr; the last line on
  * stdout is one JSON object: requests, input_tokens, hit_tokens, hit_rate, elapsed_s,
- * requests_per_s, tokens_per_s, block_tokens, window.
+ * requests_per_s, tokens_per_s, block_tokens, window, frames.
  *
  * --window N keeps up to N requests in flight on the one connection (the pipelined
  * replay below); --window 1 is the plain one, a LOOKUP round trip then an INSERT round
  * trip through libkvprefix's calls. Both give the same hit tokens, to the token.
+ *
+ * --insert-only sends the INSERT alone, which is a lookup and an insert in one request:
+ * its reply's cached_tokens less new_blocks x B is the prefix that was cached before
+ * it, which is what the LOOKUP would have found. The same hit tokens again, with half
+ * the frames and bytes.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -39,6 +44,7 @@ struct replay_opts {
 	uint64_t block;           /* 0: take the daemon's */
 	uint64_t limit;           /* 0: every request */
 	uint64_t window;          /* requests in flight; 1: one round trip at a time */
+	bool insert_only;         /* INSERT alone, the hit read from its reply */
 	bool offline;             /* in process, at several capacities */
 	struct offline_cap caps[OFFLINE_MAX_CAPS];   /* --capacities */
 	size_t n_caps;
@@ -61,7 +67,7 @@ static void usage_replay(FILE *f)
 {
 	fprintf(f,
 		"Usage: kvprefix-bench replay --trace FILE [--socket PATH] [--block-tokens N]\n"
-		"                             [--limit N] [--window N]\n"
+		"                             [--limit N] [--window N] [--insert-only]\n"
 		"Replay a Mooncake trace (JSON lines with input_length and hash_ids, one\n"
 		"512-token block per hash_id) against a running kvprefixd: per request a\n"
 		"LOOKUP, then an INSERT of its tokens. Tokens are derived from the hash_ids\n"
@@ -78,6 +84,9 @@ static void usage_replay(FILE *f)
 		"                          LOOKUP still follows the previous request's INSERT,\n"
 		"                          so the hit rate does not change. 1: a LOOKUP round\n"
 		"                          trip, then an INSERT round trip, per request\n"
+		"      --insert-only       one INSERT a request, no LOOKUP: its reply says what\n"
+		"                          was cached before it (cached_tokens - new_blocks x\n"
+		"                          block), the same hit tokens with half the traffic\n"
 		"      --offline           no daemon: the trace through the index in process at\n"
 		"                          several pool sizes, under each --eviction policy (lru,\n"
 		"                          reuse), beside the bound no policy can beat (evict the\n"
@@ -88,7 +97,8 @@ static void usage_replay(FILE *f)
 		"\n"
 		"Progress goes to stderr; the last stdout line is one JSON object: requests,\n"
 		"input_tokens, hit_tokens, hit_rate (hit_tokens / input_tokens), elapsed_s,\n"
-		"requests_per_s, tokens_per_s, block_tokens, window.\n",
+		"requests_per_s, tokens_per_s, block_tokens, window, frames (a request's:\n"
+		"\"lookup+insert\" or \"insert\").\n",
 		WINDOW_MAX, WINDOW_DEFAULT);
 }
 
@@ -121,6 +131,7 @@ static int parse_replay(int argc, char **argv, struct replay_opts *o)
 		{ "block-tokens", required_argument, NULL, 'b' },
 		{ "limit", required_argument, NULL, 'n' },
 		{ "window", required_argument, NULL, 'w' },
+		{ "insert-only", no_argument, NULL, 'I' },
 		{ "offline", no_argument, NULL, 'O' },
 		{ "capacities", required_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
@@ -154,6 +165,7 @@ static int parse_replay(int argc, char **argv, struct replay_opts *o)
 					     &o->window))
 				return KVP_EXIT_USAGE;
 			break;
+		case 'I': o->insert_only = true; break;
 		case 'O': o->offline = true; break;
 		case 'C':
 			if (!parse_caps(optarg, o))
@@ -269,22 +281,24 @@ static void replay_progress(const struct replay_prompts *p, size_t done, uint64_
 		(double)hit / (double)p->off[done], (double)done / s);
 }
 
-/* LOOKUP then INSERT of request i; its matched tokens added to *hit. The status
- * (message printed naming the step). */
+/* LOOKUP then INSERT of request i (the INSERT alone with insert_only); the tokens
+ * cached before it added to *hit. The status (message printed naming the step). */
 static int replay_one(struct kvp_client *c, const struct replay_prompts *p, size_t i,
-		      uint64_t *hit)
+		      bool insert_only, uint32_t block, uint64_t *hit)
 {
 	const struct kvp_trace_req *r = &p->tr.reqs[i];
 	const uint32_t *toks = p->toks + p->off[i];
 	const char *step = "lookup";
 	struct kvp_match m;
 	char what[512];
-	int rc = kvp_client_lookup(c, toks, r->input_length, 0, &m);
+	int rc = insert_only ? 0 : kvp_client_lookup(c, toks, r->input_length, 0, &m);
 
 	if (rc == 0) {
-		*hit += m.matched_tokens;
+		*hit += insert_only ? 0 : m.matched_tokens;
 		step = "insert";
 		rc = kvp_client_insert(c, toks, r->input_length, 0, &m);
+		if (rc == 0 && insert_only)
+			*hit += m.matched_tokens - (uint64_t)m.new_blocks * block;
 	}
 	if (rc < 0) {
 		snprintf(what, sizeof(what), "%s of request %zu (line %zu)", step, i + 1, r->line);
@@ -295,10 +309,10 @@ static int replay_one(struct kvp_client *c, const struct replay_prompts *p, size
 
 /* --window 1: one round trip at a time, through libkvprefix's calls. 0 or -1. */
 static int replay_plain(struct kvp_client *c, const struct replay_prompts *p,
-			uint64_t t_start, uint64_t *hit)
+			bool insert_only, uint32_t block, uint64_t t_start, uint64_t *hit)
 {
 	for (size_t i = 0; i < p->tr.n_reqs; i++) {
-		if (replay_one(c, p, i, hit) < 0)
+		if (replay_one(c, p, i, insert_only, block, hit) < 0)
 			return -1;
 		replay_progress(p, i + 1, *hit, t_start);
 	}
@@ -345,6 +359,7 @@ struct pipe {
 	int fd;
 	const struct replay_prompts *p;
 	uint32_t block;           /* the daemon's tokens a block */
+	bool insert_only;         /* one frame a request, its INSERT */
 	size_t sent, done;        /* requests whose frames went out; whose replies came back */
 	bool insert_due;          /* the next reply due is request done's INSERT's */
 	uint32_t send_id, due_id; /* req_id of the next frame sent; of the next reply due */
@@ -405,7 +420,14 @@ static int send_iov(int fd, struct iovec *iov, int n)
 	return 0;
 }
 
-/* LOOKUP and INSERT of request pp->sent, in one sendmsg. 0, or -1 with errno. */
+/* Frames a request: LOOKUP and INSERT, or the INSERT alone. */
+static int pipe_frames(const struct pipe *pp)
+{
+	return pp->insert_only ? 1 : 2;
+}
+
+/* LOOKUP and INSERT of request pp->sent (or the INSERT alone), in one sendmsg. 0, or -1
+ * with errno. */
 static int pipe_send(struct pipe *pp)
 {
 	const size_t i = pp->sent;
@@ -413,7 +435,7 @@ static int pipe_send(struct pipe *pp)
 	uint8_t head[2][KVP_HDR_SIZE + PIPE_TOKENS_HEAD];
 	struct iovec iov[4];
 
-	for (int k = 0; k < 2; k++) {
+	for (int k = 2 - pipe_frames(pp); k < 2; k++) {
 		uint8_t *h = head[k];
 
 		kvp_le_put_u32(h, KVP_PROTO_MAGIC);
@@ -428,9 +450,9 @@ static int pipe_send(struct pipe *pp)
 		iov[2 * k] = (struct iovec){ h, sizeof(head[k]) };
 		iov[2 * k + 1] = (struct iovec){ pp->p->toks + pp->p->off[i], 4 * (size_t)n };
 	}
-	if (send_iov(pp->fd, iov, 4) < 0)
+	if (send_iov(pp->fd, iov + 2 * (2 - pipe_frames(pp)), 2 * pipe_frames(pp)) < 0)
 		return -1;
-	pp->owed += 2 * pipe_reply_max(pp, n);
+	pp->owed += (uint64_t)pipe_frames(pp) * pipe_reply_max(pp, n);
 	pp->sent++;
 	return 0;
 }
@@ -483,8 +505,11 @@ static int pipe_take(struct pipe *pp, const uint8_t *f)
 		pp->insert_due = true;
 		return 0;
 	}
-	pp->insert_due = false;
-	pp->owed -= 2 * pipe_reply_max(pp, pp->p->tr.reqs[pp->done].input_length);
+	if (pp->insert_only)   /* cached_tokens less what it added: cached before it */
+		pp->hit += kvp_le_get_u32(p) - (uint64_t)kvp_le_get_u32(p + 8) * pp->block;
+	pp->insert_due = pp->insert_only;
+	pp->owed -= (uint64_t)pipe_frames(pp) *
+		    pipe_reply_max(pp, pp->p->tr.reqs[pp->done].input_length);
 	pp->done++;
 	replay_progress(pp->p, pp->done, pp->hit, pp->t_start);
 	return 0;
@@ -528,9 +553,11 @@ static int pipe_recv(struct pipe *pp)
 /* The pipelined replay of every request, at most window in flight. 0, or -1 (message
  * printed). */
 static int replay_pipelined(struct kvp_client *c, const struct replay_prompts *p,
-			    uint32_t block, uint64_t window, uint64_t t_start, uint64_t *hit)
+			    uint32_t block, bool insert_only, uint64_t window, uint64_t t_start,
+			    uint64_t *hit)
 {
-	struct pipe pp = { .p = p, .block = block, .send_id = 1, .due_id = 1,
+	struct pipe pp = { .p = p, .block = block, .insert_only = insert_only,
+			   .insert_due = insert_only, .send_id = 1, .due_id = 1,
 			   .t_start = t_start };
 	const size_t n = p->tr.n_reqs;
 	int ret = -1;
@@ -551,7 +578,7 @@ static int replay_pipelined(struct kvp_client *c, const struct replay_prompts *p
 	}
 	while (pp.done < n) {
 		while (pp.sent < n && pp.sent - pp.done < window &&
-		       (pp.sent == pp.done || pp.owed + 2 * pipe_reply_max(&pp,
+		       (pp.sent == pp.done || pp.owed + (uint64_t)pipe_frames(&pp) * pipe_reply_max(&pp,
 				p->tr.reqs[pp.sent].input_length) <= PIPE_REPLY_BUDGET)) {
 			if (pipe_send(&pp) == 0)
 				continue;
@@ -586,8 +613,9 @@ static int run_replay(struct kvp_client *c, const struct replay_prompts *p,
 	int rc;
 
 	res->hit = 0;
-	rc = o->window == 1 ? replay_plain(c, p, t_start, &res->hit)
-			    : replay_pipelined(c, p, block, o->window, t_start, &res->hit);
+	rc = o->window == 1 ? replay_plain(c, p, o->insert_only, block, t_start, &res->hit)
+			    : replay_pipelined(c, p, block, o->insert_only, o->window, t_start,
+					       &res->hit);
 	if (rc < 0)
 		return -1;
 	res->elapsed_s = (double)(kvp_tool_now_ns() - t_start) / 1e9;
@@ -601,7 +629,7 @@ static int run_replay(struct kvp_client *c, const struct replay_prompts *p,
 
 /* The JSON line; false (message printed) when out of memory. */
 static bool json_replay(const struct kvp_trace *tr, const struct replay_result *res,
-			uint32_t block_tokens, uint64_t window)
+			uint32_t block_tokens, const struct replay_opts *opt)
 {
 	const double el = res->elapsed_s, total = (double)tr->total_tokens;
 	cJSON *o = cJSON_CreateObject();
@@ -613,7 +641,9 @@ static bool json_replay(const struct kvp_trace *tr, const struct replay_result *
 		     cJSON_AddNumberToObject(o, "requests_per_s", (double)tr->n_reqs / el) &&
 		     cJSON_AddNumberToObject(o, "tokens_per_s", total / el) &&
 		     cJSON_AddNumberToObject(o, "block_tokens", block_tokens) &&
-		     cJSON_AddNumberToObject(o, "window", (double)window);
+		     cJSON_AddNumberToObject(o, "window", (double)opt->window) &&
+		     cJSON_AddStringToObject(o, "frames",
+					     opt->insert_only ? "insert" : "lookup+insert");
 
 	return bench_json_finish("replay", o, built);
 }
@@ -651,7 +681,7 @@ int bench_cmd_replay(int argc, char **argv)
 		goto out_free;
 	if (replay_hello(c, &o, &p, &info) == 0 &&
 	    run_replay(c, &p, &o, info.block_tokens, &res) == 0 &&
-	    json_replay(&p.tr, &res, info.block_tokens, o.window))
+	    json_replay(&p.tr, &res, info.block_tokens, &o))
 		ret = KVP_EXIT_OK;
 	kvp_client_close(c);
 out_free:
