@@ -69,7 +69,7 @@ struct kvp_cpu_kern {
 	/* P (kc, NR) <- W (nr, kc)^T, rows of W ldw apart; columns nr..NR-1 of P zero.
 	 * P is 64-byte aligned. */
 	void (*pack_w)(const float *w, size_t ldw, int nr, int kc, float *p);
-	/* C (m, n) (+)= A (m, k) . W (n, k)^T for m <= 4: the matrix-vector path. */
+	/* C (m, n) (+)= A (m, k) . W (n, k)^T for m <= 8: the matrix-vector path. */
 	void (*gemv)(const float *a, size_t lda, int m, const float *w, size_t ldw, int n,
 		     int k, float *c, size_t ldc, bool accumulate);
 	/* The same with W in f16 or bf16 (ldw in elements), converted in registers. */
