@@ -162,10 +162,12 @@ static void split(int units, int ith, int nth, int *lo, int *hi)
 	kvp_cpu_split_rows(units, ith, nth, lo, hi);
 }
 
-/* C[m0:m1, n0:n1] through the gemv kernel, KVP_GEMV_ROWS rows at a time (the small-M
- * path, and the fallback when a thread gets no scratch). W goes a chunk of rows at a
- * time, small enough to stay in L1 while every group of rows of A passes over it: W is
- * read from memory once whatever M. */
+/* C[m0:m1, n0:n1] through the gemv kernel (the small-M path, and the fallback when a
+ * thread gets no scratch): 5 to KVP_GEMV_WIDE_ROWS rows whose A fits in
+ * KVP_GEMV_WIDE_A_BYTES in one call, each row of W against all of them; otherwise
+ * KVP_GEMV_ROWS rows at a time, W a chunk of rows at a time, small enough to stay in L1
+ * while every group of rows of A passes over it. Either way W is read from memory once
+ * whatever M. */
 static void gemm_rows_gemv(const struct gemm_job *g, int m0, int m1, int n0, int n1)
 {
 	if (m1 - m0 > KVP_GEMV_ROWS && m1 - m0 <= KVP_GEMV_WIDE_ROWS &&
