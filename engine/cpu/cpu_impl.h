@@ -132,6 +132,19 @@ void *kvp_threadpool_scratch(struct kvp_threadpool *tp, int ith, size_t bytes);
 void kvp_cpu_parallel(struct kvp_threadpool *tp, void (*fn)(void *arg, int ith, int nth),
 		      void *arg);
 
+/* The matrix-vector path's rows of A a kernel call takes (matmul.c, matmul_w.c): 5 to
+ * KVP_GEMV_WIDE_ROWS at once while they fit in KVP_GEMV_WIDE_A_BYTES, each row of W
+ * against all of them (kern_body.h gemv_col, best where W streams from memory), else
+ * KVP_GEMV_ROWS at a time in tiles over a chunk of W that stays in L1. */
+#define KVP_GEMV_ROWS 4
+#define KVP_GEMV_WIDE_ROWS 8
+#define KVP_GEMV_WIDE_A_BYTES 16384
+static inline bool kvp_cpu_gemv_wide(int m, int k)
+{
+	return m > KVP_GEMV_ROWS && m <= KVP_GEMV_WIDE_ROWS &&
+	       (size_t)m * (size_t)k * sizeof(float) <= KVP_GEMV_WIDE_A_BYTES;
+}
+
 /* Rows [r0, r1) of m for thread ith of nth: contiguous near-equal ranges (the batched
  * row ops, and the matmul's split of panels or rows). */
 static inline void kvp_cpu_split_rows(int m, int ith, int nth, int *r0, int *r1)

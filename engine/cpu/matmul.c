@@ -42,9 +42,6 @@
 #define KVP_GEMV_MAX_M 16        /* up to this many rows (a decode batch): the
                                     matrix-vector path, W read once */
 #define KVP_GEMV_CHUNK_BYTES 32768   /* W rows dotted with every row of A while in L1 */
-#define KVP_GEMV_ROWS 4          /* rows one gemv kernel call takes, in tiles */
-#define KVP_GEMV_WIDE_ROWS 8     /* or up to this many at once, one row of W at a time, */
-#define KVP_GEMV_WIDE_A_BYTES 16384  /* when A's rows fit in this much (stay in L1) */
 #define KVP_CPU_PEAK_MAX_THREADS 1024
 
 /* ---- dispatch ------------------------------------------------------------------------ */
@@ -170,8 +167,7 @@ static void split(int units, int ith, int nth, int *lo, int *hi)
  * whatever M. */
 static void gemm_rows_gemv(const struct gemm_job *g, int m0, int m1, int n0, int n1)
 {
-	if (m1 - m0 > KVP_GEMV_ROWS && m1 - m0 <= KVP_GEMV_WIDE_ROWS &&
-	    (size_t)(m1 - m0) * (size_t)g->k * sizeof(float) <= KVP_GEMV_WIDE_A_BYTES) {
+	if (kvp_cpu_gemv_wide(m1 - m0, g->k)) {
 		/* every row of A against each row of W in turn (kern_body.h gemv_col) */
 		g->kern->gemv(g->a + (size_t)m0 * g->lda, g->lda, m1 - m0, g->w + (size_t)n0 * g->ldw,
 			      g->ldw, n1 - n0, g->k, g->c + (size_t)m0 * g->ldc + n0, g->ldc,

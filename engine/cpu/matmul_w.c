@@ -25,7 +25,6 @@
 
 #define DOT_UNIT 16             /* rows of W a thread takes at a time: whole lines of C */
 #define ACT_STACK_BYTES 16384   /* quantized A on the stack (tp NULL) up to this */
-#define GEMV_ROWS 4             /* rows of A one gemv call takes at most */
 #define GEMV_CHUNK_BYTES 32768  /* W rows dotted with every row of A while in L1 */
 
 int kvp_cpu_weight_check(const struct kvp_cpu_weight *w)
@@ -137,23 +136,27 @@ struct gemv_h_job {
 	bool accumulate, bf16;
 };
 
-/* Thread ith's rows of W, a chunk that stays in L1 at a time, against every row of A
- * GEMV_ROWS at a time: W read from memory once whatever M. */
+/* Thread ith's rows of W against every row of A: all of them at once where
+ * kvp_cpu_gemv_wide, else KVP_GEMV_ROWS at a time over a chunk of W that stays in L1. W
+ * is read from memory once whatever M. */
 static void gemv_h_worker(void *arg, int ith, int nth)
 {
 	const struct gemv_h_job *g = arg;
+	const bool wide = kvp_cpu_gemv_wide(g->m, g->k);
 	const int fit = (int)(GEMV_CHUNK_BYTES / (2 * (size_t)g->k)) / 4 * 4;
-	const int chunk = fit > 4 ? fit : 4;
 	int units = (g->n + DOT_UNIT - 1) / DOT_UNIT, lo, hi;
 
 	kvp_cpu_split_rows(units, ith, nth, &lo, &hi);
 	lo *= DOT_UNIT;
 	hi = hi * DOT_UNIT < g->n ? hi * DOT_UNIT : g->n;
+	const int chunk = wide ? hi - lo : fit > 4 ? fit : 4;
+	const int step = wide ? g->m : KVP_GEMV_ROWS;
+
 	for (int j = lo; j < hi; j += chunk) {
 		int nj = hi - j < chunk ? hi - j : chunk;
 
-		for (int r = 0; r < g->m; r += GEMV_ROWS) {
-			int mr = g->m - r < GEMV_ROWS ? g->m - r : GEMV_ROWS;
+		for (int r = 0; r < g->m; r += step) {
+			int mr = g->m - r < step ? g->m - r : step;
 
 			(g->bf16 ? g->kern->gemv_bf16 : g->kern->gemv_f16)(
 				g->a + (size_t)r * g->lda, g->lda, mr, g->w + (size_t)j * g->ldw,
