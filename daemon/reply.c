@@ -13,6 +13,10 @@
  * Whatever the socket does not take is queued in the bufferevent's output behind what
  * is already there, so the order of replies is kept either way.
  *
+ * Out of memory queueing a reply, the connection's stream may have lost bytes: nothing
+ * more is written on it (send_frame and reply_flush answer KVP_ENOMEM), and the read
+ * callback's uncork fails, which closes it.
+ *
  * Memory: the batch buffer is allocated at a connection's first batched reply and kept
  * until it is freed: REPLY_BATCH bytes each (16 MiB at the default 1,024 connections).
  * A reply larger than the batch skips it, after what the batch holds.
@@ -61,10 +65,14 @@ int reply_flush(struct conn *c)
 {
 	struct iovec iov = { .iov_base = c->wbuf, .iov_len = c->wlen };
 
+	if (c->wfail)
+		return KVP_ENOMEM;
 	if (c->wlen == 0)
 		return KVP_OK;
 	c->wlen = 0;
-	return write_or_queue(c, &iov, 1);
+	if (write_or_queue(c, &iov, 1) != KVP_OK)
+		c->wfail = true;   /* the stream lost bytes: nothing more goes out */
+	return c->wfail ? KVP_ENOMEM : KVP_OK;
 }
 
 void reply_cork(struct conn *c)
@@ -90,21 +98,21 @@ void reply_free(struct conn *c)
 	c->wlen = 0;
 }
 
-/* Append a frame to the batch when it fits (the buffer allocated at first use). false:
- * it goes the other way. */
-static bool batch_add(struct conn *c, const uint8_t *hdr, const void *payload, size_t len)
+/* Append a frame to the batch when it fits (the buffer allocated at first use; what it
+ * holds written first when full). 1: appended; 0: it goes the other way; KVP_ENOMEM. */
+static int batch_add(struct conn *c, const uint8_t *hdr, const void *payload, size_t len)
 {
 	if (!c->corked || KVP_HDR_SIZE + len > REPLY_BATCH)
-		return false;
+		return 0;
 	if (!c->wbuf && !(c->wbuf = srv_malloc(REPLY_BATCH)))
-		return false;
+		return 0;
 	if (c->wlen + KVP_HDR_SIZE + len > REPLY_BATCH && reply_flush(c) != KVP_OK)
-		return false;
+		return KVP_ENOMEM;
 	memcpy(c->wbuf + c->wlen, hdr, KVP_HDR_SIZE);
 	if (len)
 		memcpy(c->wbuf + c->wlen + KVP_HDR_SIZE, payload, len);
 	c->wlen += KVP_HDR_SIZE + len;
-	return true;
+	return 1;
 }
 
 int send_frame(struct conn *c, uint8_t version, uint8_t type, uint32_t req_id,
@@ -118,13 +126,19 @@ int send_frame(struct conn *c, uint8_t version, uint8_t type, uint32_t req_id,
 		{ .iov_base = hdr, .iov_len = sizeof(hdr) },
 		{ .iov_base = (void *)payload, .iov_len = len },
 	};
+	int rc;
 
+	if (c->wfail)
+		return KVP_ENOMEM;
 	kvp_hdr_encode(hdr, &h);
-	if (batch_add(c, hdr, payload, len))
-		return KVP_OK;
+	rc = batch_add(c, hdr, payload, len);
+	if (rc != 0)
+		return rc < 0 ? rc : KVP_OK;
 	if (reply_flush(c) != KVP_OK)   /* what the batch holds goes first */
 		return KVP_ENOMEM;
-	return write_or_queue(c, iov, len ? 2 : 1);
+	if (write_or_queue(c, iov, len ? 2 : 1) != KVP_OK)
+		c->wfail = true;
+	return c->wfail ? KVP_ENOMEM : KVP_OK;
 }
 
 int send_verror(struct conn *c, uint8_t version, uint32_t req_id, int status, const char *fmt,

@@ -109,6 +109,7 @@ struct conn {
 	size_t wlen;
 	bool corked;                 /* between reply_cork and reply_uncork */
 	bool free_pending;           /* closed while corked and not deferred: free at uncork */
+	bool wfail;                  /* a reply could not be queued: write nothing more */
 	struct conn *next, **pprev;  /* server's list */
 };
 
