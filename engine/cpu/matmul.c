@@ -169,9 +169,9 @@ static void gemm_rows_gemv(const struct gemm_job *g, int m0, int m1, int n0, int
 {
 	if (kvp_cpu_gemv_wide(m1 - m0, g->k)) {
 		/* every row of A against each row of W in turn (kern_body.h gemv_col) */
-		g->kern->gemv(g->a + (size_t)m0 * g->lda, g->lda, m1 - m0, g->w + (size_t)n0 * g->ldw,
-			      g->ldw, n1 - n0, g->k, g->c + (size_t)m0 * g->ldc + n0, g->ldc,
-			      g->accumulate);
+		g->kern->gemv(g->a + (size_t)m0 * g->lda, g->lda, m1 - m0,
+			      g->w + (size_t)n0 * g->ldw, g->ldw, n1 - n0, g->k,
+			      g->c + (size_t)m0 * g->ldc + n0, g->ldc, g->accumulate);
 		return;
 	}
 	const int fit = (int)(KVP_GEMV_CHUNK_BYTES / (sizeof(float) * (size_t)g->k)) / 4 * 4;

@@ -578,8 +578,10 @@ static int replay_pipelined(struct kvp_client *c, const struct replay_prompts *p
 	}
 	while (pp.done < n) {
 		while (pp.sent < n && pp.sent - pp.done < window &&
-		       (pp.sent == pp.done || pp.owed + (uint64_t)pipe_frames(&pp) * pipe_reply_max(&pp,
-				p->tr.reqs[pp.sent].input_length) <= PIPE_REPLY_BUDGET)) {
+		       (pp.sent == pp.done ||
+			pp.owed + (uint64_t)pipe_frames(&pp) *
+					  pipe_reply_max(&pp, p->tr.reqs[pp.sent].input_length) <=
+				PIPE_REPLY_BUDGET)) {
 			if (pipe_send(&pp) == 0)
 				continue;
 			if (errno != EPIPE && errno != ECONNRESET) {
