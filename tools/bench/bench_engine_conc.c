@@ -3,7 +3,9 @@
  * kvprefixd at once.
  *
  *   per level C of the list:   CONC_ROUNDS rounds (1 with --quick), each figure the
- *                              median over them; a round: C threads, each its own connection, released together
+ *                              median over them, the levels' rounds in turn (round 1
+ *                              of each level, then round 2, ...); a round: C threads,
+ *                              each its own connection, released together
  *                              by a barrier; each one GENERATE of a fresh random
  *                              CONC_PROMPT-token prompt, greedy, CONC_MAX_NEW tokens;
  *                              the arrival time of every token frame recorded
@@ -428,24 +430,28 @@ int bench_concurrency(const char *sock, uint32_t vocab, const uint32_t *levels,
 {
 	const uint32_t max_new = quick ? CONC_MAX_NEW_QUICK : CONC_MAX_NEW;
 
+	const uint32_t rounds = quick ? 1 : CONC_ROUNDS;
+	struct eng_conc_level round[CONC_MAX_LEVELS][CONC_ROUNDS];
+
 	memset(res, 0, sizeof(*res));
 	res->prompt = CONC_PROMPT;
 	res->max_new = max_new;
 	res->n_levels = n_levels;
+	/* round k of every level before round k + 1 of any: each level's median comes from
+	 * the same stretches of the machine's time as the others', so the ratios between
+	 * levels do not follow what the machine's other tenants did in between */
+	for (uint32_t k = 0; k < rounds; k++)
+		for (uint32_t i = 0; i < n_levels; i++) {
+			fprintf(stderr, "engine: round %u of %u: %u concurrent clients, %u tokens "
+				"each ...\n", k + 1, rounds, levels[i], max_new);
+			round[i][k].clients = levels[i];
+			if (conc_level(sock, vocab, max_new, i * CONC_ROUNDS + k, &round[i][k]) < 0)
+				return -1;
+		}
 	for (uint32_t i = 0; i < n_levels; i++) {
 		struct eng_conc_level *lv = &res->levels[i];
 
-		struct eng_conc_level round[CONC_ROUNDS];
-		const uint32_t rounds = quick ? 1 : CONC_ROUNDS;
-
-		fprintf(stderr, "engine: %u concurrent clients, %u tokens each, %u rounds ...\n",
-			levels[i], max_new, rounds);
-		for (uint32_t k = 0; k < rounds; k++) {
-			round[k].clients = levels[i];
-			if (conc_level(sock, vocab, max_new, i * CONC_ROUNDS + k, &round[k]) < 0)
-				return -1;
-		}
-		conc_median(round, rounds, lv);
+		conc_median(round[i], rounds, lv);
 		fprintf(stderr, "engine: %u clients: %.1f decode tokens/s together, TTFT p50 "
 			"%.1f ms, inter-token p99 %.1f ms\n", lv->clients, lv->decode_tps,
 			lv->ttft_p50_ms, lv->itl_p99_ms);
