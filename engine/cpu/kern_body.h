@@ -240,7 +240,7 @@ BODY_INLINE void gemv_tile(const int wt, const int M, const int J, const float *
  * on is asked for line by line meanwhile, so that W keeps coming from memory at the
  * pace of the products. Where W comes from DRAM, as a model's weights do, this beats
  * the 4 x 4 tiles: 8 sequences of the default model (K = 512 in most of its matrices)
- * decode 1.15-1.2x faster in process (kvprefix-bench engine --concurrency 1,8). Where W
+ * decode 1.2-1.3x faster in process (kvprefix-bench engine --concurrency 1,8). Where W
  * sits in the L3 (kernels' 1536 x 512 shape) it is about 10% slower, and once A's rows
  * outgrow L1 the tiles win (matmul.c KVP_GEMV_WIDE_A_BYTES). */
 #define GEMV_AHEAD 4
