@@ -21,7 +21,6 @@
  * until it is freed: REPLY_BATCH bytes each (16 MiB at the default 1,024 connections).
  * A reply larger than the batch skips it, after what the batch holds.
  */
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>

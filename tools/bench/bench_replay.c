@@ -291,10 +291,11 @@ static int replay_one(struct kvp_client *c, const struct replay_prompts *p, size
 	const char *step = "lookup";
 	struct kvp_match m;
 	char what[512];
-	int rc = insert_only ? 0 : kvp_client_lookup(c, toks, r->input_length, 0, &m);
+	int rc = 0;
 
+	if (!insert_only && (rc = kvp_client_lookup(c, toks, r->input_length, 0, &m)) == 0)
+		*hit += m.matched_tokens;
 	if (rc == 0) {
-		*hit += insert_only ? 0 : m.matched_tokens;
 		step = "insert";
 		rc = kvp_client_insert(c, toks, r->input_length, 0, &m);
 		if (rc == 0 && insert_only)
@@ -507,7 +508,7 @@ static int pipe_take(struct pipe *pp, const uint8_t *f)
 	}
 	if (pp->insert_only)   /* cached_tokens less what it added: cached before it */
 		pp->hit += kvp_le_get_u32(p) - (uint64_t)kvp_le_get_u32(p + 8) * pp->block;
-	pp->insert_due = pp->insert_only;
+	pp->insert_due = pp->insert_only;   /* the next request's first frame */
 	pp->owed -= (uint64_t)pipe_frames(pp) *
 		    pipe_reply_max(pp, pp->p->tr.reqs[pp->done].input_length);
 	pp->done++;
