@@ -242,14 +242,14 @@ BODY_INLINE void gemv_tile(const int wt, const int M, const int J, const float *
  * the 4 x 4 tiles: 8 sequences of the default model (K = 512 in most of its matrices)
  * decode 1.2-1.3x faster in process (kvprefix-bench engine --concurrency 1,8). Where W
  * sits in the L3 (kernels' 1536 x 512 shape) it is about 10% slower, and once A's rows
- * outgrow L1 the tiles win (matmul.c KVP_GEMV_WIDE_A_BYTES). */
+ * outgrow L1 the tiles win (cpu_impl.h kvp_cpu_gemv_wide). */
 #define GEMV_AHEAD 4
 BODY_INLINE void gemv_col(const int wt, const int M, const float *a, size_t lda,
 			  const void *w, size_t ldw, int k, float *c, size_t ldc, bool accumulate)
 {
 	const size_t esz = wt == GEMV_F32 ? sizeof(float) : sizeof(uint16_t);
 	const char *ahead = (const char *)w + GEMV_AHEAD * ldw * esz;
-	VF acc[8];
+	VF acc[KVP_GEMV_WIDE_ROWS];
 	for (int r = 0; r < M; r++)
 		acc[r] = VF_ZERO();
 	int kk = 0;
@@ -276,7 +276,7 @@ BODY_INLINE void gemv_rows(const int wt, const int M, const float *a, size_t lda
 {
 	const size_t esz = wt == GEMV_F32 ? sizeof(float) : sizeof(uint16_t);
 	int j = 0;
-	if (M > 4) {
+	if (M > KVP_GEMV_ROWS) {
 		for (; j < n; j++)
 			gemv_col(wt, M, a, lda, (const char *)w + (size_t)j * ldw * esz, ldw, k,
 				 c + j, ldc, accumulate);
@@ -310,6 +310,8 @@ BODY_INLINE void gemv_any(const int wt, const float *a, size_t lda, int m, const
 	default: gemv_rows(wt, 8, a, lda, w, ldw, n, k, c, ldc, accumulate); break;
 	}
 }
+_Static_assert(KVP_GEMV_ROWS == 4 && KVP_GEMV_WIDE_ROWS == 8,
+	       "gemv_rows' kernels and gemv_any's cases follow these");
 
 static void body_gemv(const float *a, size_t lda, int m, const float *w, size_t ldw, int n,
 		      int k, float *c, size_t ldc, bool accumulate)

@@ -167,21 +167,15 @@ static void split(int units, int ith, int nth, int *lo, int *hi)
  * whatever M. */
 static void gemm_rows_gemv(const struct gemm_job *g, int m0, int m1, int n0, int n1)
 {
-	if (kvp_cpu_gemv_wide(m1 - m0, g->k)) {
-		/* every row of A against each row of W in turn (kern_body.h gemv_col) */
-		g->kern->gemv(g->a + (size_t)m0 * g->lda, g->lda, m1 - m0,
-			      g->w + (size_t)n0 * g->ldw, g->ldw, n1 - n0, g->k,
-			      g->c + (size_t)m0 * g->ldc + n0, g->ldc, g->accumulate);
-		return;
-	}
+	const int step = kvp_cpu_gemv_wide(m1 - m0, g->k) ? m1 - m0 : KVP_GEMV_ROWS;
 	const int fit = (int)(KVP_GEMV_CHUNK_BYTES / (sizeof(float) * (size_t)g->k)) / 4 * 4;
-	const int chunk = m1 - m0 <= KVP_GEMV_ROWS ? n1 - n0 : fit > 4 ? fit : 4;
+	const int chunk = m1 - m0 <= step ? n1 - n0 : fit > 4 ? fit : 4;
 
 	for (int j = n0; j < n1; j += chunk) {
 		int nj = n1 - j < chunk ? n1 - j : chunk;
 
-		for (int i = m0; i < m1; i += KVP_GEMV_ROWS) {
-			int mr = m1 - i < KVP_GEMV_ROWS ? m1 - i : KVP_GEMV_ROWS;
+		for (int i = m0; i < m1; i += step) {
+			int mr = m1 - i < step ? m1 - i : step;
 
 			g->kern->gemv(g->a + (size_t)i * g->lda, g->lda, mr,
 				      g->w + (size_t)j * g->ldw, g->ldw, nj, g->k,

@@ -344,7 +344,7 @@ QDOT_INLINE __m512i k2_pairs(const uint8_t *qs, int h, int s)
 				_mm512_set1_epi8(3));
 }
 
-/* acc + the 16 groups' word scales sc (low 256 bits) against the products of q (values
+/* The 16 groups' word scales sc (low 256 bits) against the products of q (values
  * by register, four of 64 elements) with A's values: the integer sum of a super-block. */
 QDOT_INLINE __m512i k2_sums(const __m512i q[4], __m512i sc, const int8_t *q8)
 {
